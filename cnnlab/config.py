@@ -1,0 +1,40 @@
+"""Global defaults, Keras style: the float dtype new layers use.
+
+>>> import cnnlab
+>>> cnnlab.config.floatx()
+'float32'
+"""
+
+import numpy as np
+
+from cnnlab.errors import ConfigError
+
+_SUPPORTED_FLOATX = ("float32", "float64")
+_floatx = "float32"
+
+
+def floatx() -> str:
+    """The default float dtype of new layers and of data conversions, as a string."""
+    return _floatx
+
+
+def set_floatx(value: str) -> None:
+    """Set the default float dtype: ``'float32'`` (fast) or ``'float64'`` (for gradient checks)."""
+    global _floatx
+    name = np.dtype(value).name if isinstance(value, (str, type, np.dtype)) else value
+    if name not in _SUPPORTED_FLOATX:
+        raise ConfigError(f"set_floatx expects one of {_SUPPORTED_FLOATX}. Received: {value!r}")
+    _floatx = name
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    """``None`` means the current floatx; anything else must name float32 or float64."""
+    if dtype is None:
+        return np.dtype(_floatx)
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as exc:
+        raise ConfigError(f"dtype must be 'float32' or 'float64'. Received: dtype={dtype!r}") from exc
+    if resolved.name not in _SUPPORTED_FLOATX:
+        raise ConfigError(f"dtype must be 'float32' or 'float64'. Received: dtype={dtype!r}")
+    return resolved

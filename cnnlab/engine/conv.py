@@ -1,0 +1,119 @@
+"""2-D convolution, the article's ``input * kernel = feature map``, as im2col + one matrix multiply.
+
+Shapes (letters defined in ``cnnlab.engine``)::
+
+    x       (N, H, W, C)       input images, channels last
+    kernel  (KH, KW, C, F)     Keras layout: one KH x KW x C filter per output channel
+    bias    (F,)
+    out     (N, Ho, Wo, F)     the feature maps, Ho = floor((Hp - KH_eff) / sh) + 1
+
+How it works. Sliding the kernel over the image multiplies each KH x KW x C window by each filter
+and sums. im2col lays every window out as one row of a matrix ``cols (N*Ho*Wo, KH*KW*C)``; then all
+the multiply-adds of the whole layer are one matrix product ``cols @ kernel (KH*KW*C, F)``, which
+BLAS runs near the machine's peak. The price is memory: each input pixel is copied into up to
+KH*KW rows.
+
+The backward pass reverses the same steps: the kernel gradient is ``cols^T @ grad_out``, and the
+input gradient sends each row of ``grad_out @ kernel^T`` back to the pixels its window came from
+(col2im), adding where windows overlap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab.engine.shapes import Pads, output_hw
+
+
+def pad_images(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
+    """Zero padding (or ``value``): ``(N, H, W, C) -> (N, H + top + bottom, W + left + right, C)``.
+
+    Padding lets the kernel centre sit on border pixels, so 'same' convolutions keep the size.
+    """
+    (top, bottom), (left, right) = pads
+    if top == bottom == left == right == 0:
+        return x
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
+
+
+def sliding_windows(xp: np.ndarray, window: tuple[int, int], strides: tuple[int, int],
+                    dilation: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """Every window the kernel visits, as a view (no copy): ``(N, Ho, Wo, KH, KW, C)``.
+
+    Stride is where the kernel jumps: output row ``o`` starts at padded row ``o * sh``.
+    Dilation is the gap between kernel taps: tap ``i`` reads row ``o * sh + i * dh``.
+    """
+    n, _, _, c = xp.shape
+    s_n, s_h, s_w, s_c = xp.strides
+    shape = (n, out_hw[0], out_hw[1], window[0], window[1], c)
+    steps = (s_n, s_h * strides[0], s_w * strides[1], s_h * dilation[0], s_w * dilation[1], s_c)
+    return np.lib.stride_tricks.as_strided(xp, shape=shape, strides=steps, writeable=False)
+
+
+def im2col(x: np.ndarray, kernel_hw: tuple[int, int], strides: tuple[int, int], pads: Pads,
+           dilation: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """Copy every window into one row: ``(N, H, W, C) -> cols (N, Ho, Wo, KH*KW*C)``."""
+    n, h, w, c = x.shape
+    ho, wo = output_hw((h, w), kernel_hw, strides, pads, dilation)
+    xp = pad_images(x, pads)                                          # (N, Hp, Wp, C)
+    windows = sliding_windows(xp, kernel_hw, strides, dilation, (ho, wo))  # (N, Ho, Wo, KH, KW, C)
+    return windows.reshape(n, ho, wo, kernel_hw[0] * kernel_hw[1] * c)    # the im2col copy
+
+
+def col2im(grad_windows: np.ndarray, input_shape: tuple[int, ...], strides: tuple[int, int],
+           pads: Pads, dilation: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """Adjoint of :func:`sliding_windows`: add ``(N, Ho, Wo, KH, KW, C)`` back onto ``(N, H, W, C)``.
+
+    One strided add per kernel tap: tap ``(i, j)`` of every window lands on padded pixels
+    ``(o_h * sh + i * dh, o_w * sw + j * dw)``. Overlapping windows add up, as the chain rule says.
+    The padding's share is cut away at the end: padded zeros have no gradient to pass on.
+    """
+    n, h, w, c = input_shape
+    _, ho, wo, kh, kw, _ = grad_windows.shape
+    (top, bottom), (left, right) = pads
+    sh, sw = strides
+    dh, dw = dilation
+    grad_xp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=grad_windows.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+            grad_xp[:, rows, cols, :] += grad_windows[:, :, :, i, j, :]
+    return grad_xp[:, top:top + h, left:left + w, :]                  # (N, H, W, C)
+
+
+def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
+                   strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
+                   dilation: tuple[int, int] = (1, 1)):
+    """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``.
+
+    Returns ``(out (N, Ho, Wo, F), cache)``.
+    """
+    kh, kw, c, f = kernel.shape
+    cols = im2col(x, (kh, kw), strides, pads, dilation)          # (N, Ho, Wo, KH*KW*C)
+    out = cols @ kernel.reshape(kh * kw * c, f)                  # (N, Ho, Wo, F)
+    if bias is not None:
+        out += bias
+    cache = (cols, kernel, x.shape, strides, pads, dilation, bias is not None)
+    return out, cache
+
+
+def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
+    """Gradients of :func:`conv2d_forward`, given ``grad_out (N, Ho, Wo, F)``.
+
+    Returns ``(grad_x (N, H, W, C) or None, grad_kernel (KH, KW, C, F), grad_bias (F,) or None)``.
+    ``need_input_grad=False`` (the first layer: nobody needs the image's gradient) skips col2im,
+    the costliest half of the backward pass.
+    """
+    cols, kernel, x_shape, strides, pads, dilation, has_bias = cache
+    kh, kw, c, f = kernel.shape
+    n, ho, wo, _ = grad_out.shape
+    grad_rows = grad_out.reshape(n * ho * wo, f)                                 # (N*Ho*Wo, F)
+    grad_kernel = (cols.reshape(n * ho * wo, kh * kw * c).T @ grad_rows)         # (KH*KW*C, F)
+    grad_kernel = grad_kernel.reshape(kh, kw, c, f)
+    grad_bias = grad_rows.sum(axis=0) if has_bias else None                      # (F,)
+    if not need_input_grad:
+        return None, grad_kernel, grad_bias
+    grad_cols = grad_rows @ kernel.reshape(kh * kw * c, f).T                     # (N*Ho*Wo, KH*KW*C)
+    grad_x = col2im(grad_cols.reshape(n, ho, wo, kh, kw, c), x_shape, strides, pads, dilation)
+    return grad_x, grad_kernel, grad_bias

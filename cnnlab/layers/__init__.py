@@ -1,0 +1,16 @@
+"""Keras-named layers. Each holds its parameters and calls the pure functions in ``cnnlab.engine``."""
+
+from cnnlab.layers.base import LAYER_REGISTRY, Layer
+from cnnlab.layers.conv import Conv2D
+from cnnlab.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, ReLU, Softmax
+from cnnlab.layers.pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
+
+# Keras aliases
+Convolution2D = Conv2D
+MaxPool2D = MaxPooling2D
+AvgPool2D = AveragePooling2D
+GlobalAvgPool2D = GlobalAveragePooling2D
+
+__all__ = ["Layer", "LAYER_REGISTRY", "Input", "InputLayer", "Conv2D", "Convolution2D",
+           "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D",
+           "GlobalAvgPool2D", "Flatten", "Dense", "Dropout", "Activation", "ReLU", "Softmax"]

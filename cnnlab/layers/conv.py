@@ -1,0 +1,121 @@
+"""``Conv2D``: holds the kernel and bias and calls ``engine.conv``.
+
+Input shape ``(N, H, W, C)``; output shape ``(N, Ho, Wo, filters)`` with
+``Ho = floor((H - KH_eff + P_top + P_bottom) / sh) + 1`` (``engine.shapes.conv_output_size``).
+
+>>> import numpy as np
+>>> from cnnlab import layers
+>>> conv = layers.Conv2D(32, 5, activation='relu')
+>>> conv(np.zeros((2, 28, 28, 1))).shape
+(2, 24, 24, 32)
+>>> conv.get_weights()[0].shape      # (KH, KW, C_in, C_out), Keras layout
+(5, 5, 1, 32)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab import seeding
+from cnnlab.engine import initializers
+from cnnlab.engine.conv import conv2d_backward, conv2d_forward
+from cnnlab.engine.shapes import as_pair, output_hw, resolve_padding, validate_padding
+from cnnlab.errors import ConfigError
+from cnnlab.layers.base import Layer
+
+
+class Conv2D(Layer):
+    """2-D convolution over NHWC images.
+
+    Args:
+        filters: number of output channels F.
+        kernel_size: int or (KH, KW).
+        strides: int or (sh, sw); how far the kernel jumps between outputs.
+        padding: 'valid' (none), 'same' (TensorFlow semantics: output ``ceil(H / s)``), an int,
+            (P_h, P_w), or ((top, bottom), (left, right)).
+        dilation_rate: int or (dh, dw); the gap between kernel taps.
+        activation: None, 'relu', 'softmax', 'tanh', 'sigmoid', 'linear'.
+        use_bias: whether to add a bias per filter.
+        kernel_initializer, bias_initializer: initializer names.
+    """
+
+    input_rank = 4
+
+    def __init__(self, filters: int, kernel_size, strides=(1, 1), padding="valid",
+                 dilation_rate=(1, 1), activation=None, use_bias: bool = True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 input_shape=None, name=None, dtype=None, trainable=True):
+        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape,
+                         activation=activation)
+        owner = self._describe()
+        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters <= 0:
+            raise ConfigError(f"{owner}: filters must be a positive int. Received: "
+                              f"filters={filters!r}")
+        self.filters = int(filters)
+        self.kernel_size = as_pair(kernel_size, "kernel_size", owner)
+        self.strides = as_pair(strides, "strides", owner)
+        self.dilation_rate = as_pair(dilation_rate, "dilation_rate", owner)
+        validate_padding(padding, owner)
+        self.padding = padding.lower() if isinstance(padding, str) else padding
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        initializers.get(kernel_initializer)
+        initializers.get(bias_initializer)
+        self._cache = None
+
+    def pads_for(self, input_hw):
+        """Explicit ((top, bottom), (left, right)) padding for an input of this height and width."""
+        return resolve_padding(self.padding, input_hw, self.kernel_size, self.strides,
+                               self.dilation_rate, self._describe())
+
+    def build_params(self, input_shape):
+        channels = input_shape[-1]
+        rng = seeding.global_generator()
+        shape = (*self.kernel_size, channels, self.filters)              # (KH, KW, C, F)
+        self.add_weight("kernel", initializers.get(self.kernel_initializer)(shape, rng, self.dtype))
+        if self.use_bias:
+            self.add_weight("bias", initializers.get(self.bias_initializer)(
+                (self.filters,), rng, self.dtype))                        # (F,)
+
+    def compute_output_shape(self, input_shape):
+        h, w = input_shape[0], input_shape[1]
+        ho, wo = output_hw((h, w), self.kernel_size, self.strides, self.pads_for((h, w)),
+                           self.dilation_rate)
+        return ho, wo, self.filters
+
+    def call(self, x, training):
+        bias = self.weights[1] if self.use_bias else None
+        out, self._cache = conv2d_forward(x, self.weights[0], bias, self.strides,
+                                          self.pads_for(x.shape[1:3]), self.dilation_rate)
+        return out
+
+    def call_backward(self, grad_out):
+        grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, self._cache,
+                                                         self.need_input_grad)
+        self.grads = [grad_kernel, grad_bias] if self.use_bias else [grad_kernel]
+        return grad_x
+
+    def get_config(self):
+        padding = self.padding if isinstance(self.padding, (str, int)) else _to_lists(self.padding)
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": list(self.kernel_size), "strides": list(self.strides),
+                "padding": padding, "dilation_rate": list(self.dilation_rate),
+                "activation": self.activation, "use_bias": self.use_bias,
+                "kernel_initializer": self.kernel_initializer,
+                "bias_initializer": self.bias_initializer}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("padding"), list):
+            config["padding"] = _to_tuples(config["padding"])
+        return super().from_config(config)
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _to_tuples(value):
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,0 +1,187 @@
+"""Core layers: ``Input``, ``Dense``, ``Flatten``, ``Dropout``, ``Activation``, ``ReLU``, ``Softmax``.
+
+>>> import numpy as np
+>>> from cnnlab import layers
+>>> layers.Flatten()(np.zeros((2, 4, 4, 64))).shape
+(2, 1024)
+>>> layers.Dense(10, activation='softmax')(np.zeros((2, 1024))).shape
+(2, 10)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab import seeding
+from cnnlab.engine import initializers
+from cnnlab.engine.activations import dropout_backward, dropout_forward
+from cnnlab.engine.dense import dense_backward, dense_forward, flatten_backward, flatten_forward
+from cnnlab.errors import ConfigError
+from cnnlab.layers.base import Layer, check_input_shape
+
+
+class InputLayer(Layer):
+    """Declares a model's input shape (batch axis excluded); passes data through unchanged."""
+
+    def __init__(self, shape=None, name=None, dtype=None, input_shape=None, trainable=True):
+        shape = shape if shape is not None else input_shape
+        if shape is None:
+            raise ConfigError("Input: shape is required, e.g. Input(shape=(28, 28, 1)).")
+        super().__init__(name=name, dtype=dtype, trainable=trainable)
+        self.shape = check_input_shape(tuple(shape) if isinstance(shape, list) else shape,
+                                       self._describe())
+        if len(self.shape) < 1:
+            raise ConfigError(f"{self._describe()}: shape must have at least one axis.")
+
+    def get_config(self):
+        return {**super().get_config(), "shape": list(self.shape)}
+
+
+def Input(shape, name=None, dtype=None) -> InputLayer:  # noqa: N802 (Keras' name)
+    """Keras' ``Input(shape=...)``: start a ``Sequential`` with it to fix the input shape."""
+    return InputLayer(shape=shape, name=name, dtype=dtype)
+
+
+class Dense(Layer):
+    """Fully connected: ``out = activation(x @ kernel + bias)``.
+
+    Input ``(N, D_in)`` (or ``(N, ..., D_in)``: applied to the last axis, as Keras does);
+    output ``(N, units)``. Kernel ``(D_in, units)``, bias ``(units,)``.
+    """
+
+    def __init__(self, units: int, activation=None, use_bias: bool = True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 input_shape=None, name=None, dtype=None, trainable=True):
+        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape,
+                         activation=activation)
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units <= 0:
+            raise ConfigError(f"{self._describe()}: units must be a positive int. Received: "
+                              f"units={units!r}")
+        self.units = int(units)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        initializers.get(kernel_initializer)
+        initializers.get(bias_initializer)
+        self._cache = None
+        self._lead_shape = None
+
+    def build_params(self, input_shape):
+        rng = seeding.global_generator()
+        self.add_weight("kernel", initializers.get(self.kernel_initializer)(
+            (input_shape[-1], self.units), rng, self.dtype))               # (D_in, units)
+        if self.use_bias:
+            self.add_weight("bias", initializers.get(self.bias_initializer)(
+                (self.units,), rng, self.dtype))                            # (units,)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def call(self, x, training):
+        self._lead_shape = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])                                     # (N*..., D_in)
+        bias = self.weights[1] if self.use_bias else None
+        out, self._cache = dense_forward(x2, self.weights[0], bias)         # (N*..., units)
+        return out.reshape(*self._lead_shape, self.units)
+
+    def call_backward(self, grad_out):
+        grad_x, grad_kernel, grad_bias = dense_backward(
+            grad_out.reshape(-1, self.units), self._cache, self.need_input_grad)
+        self.grads = [grad_kernel, grad_bias] if self.use_bias else [grad_kernel]
+        return None if grad_x is None else grad_x.reshape(*self._lead_shape, -1)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation,
+                "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer,
+                "bias_initializer": self.bias_initializer}
+
+
+class Flatten(Layer):
+    """``(N, H, W, C) -> (N, H*W*C)``, in (H, W, C) order as Keras flattens NHWC."""
+
+    def __init__(self, input_shape=None, name=None, dtype=None, trainable=True):
+        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
+        self._cache = None
+
+    def compute_output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def _check_input(self, x):
+        self._check_rank(x.ndim, x.shape[1:])
+        if self.input_shape is not None and x.shape[1:] != self.input_shape:
+            from cnnlab.errors import ShapeError
+            raise ShapeError(f"{self._describe()}: was built for inputs of shape "
+                             f"(N, {', '.join(map(str, self.input_shape))}); received {x.shape}. "
+                             f"The layers after Flatten need exactly that many features.")
+
+    def call(self, x, training):
+        out, self._cache = flatten_forward(x)
+        return out
+
+    def call_backward(self, grad_out):
+        return flatten_backward(grad_out, self._cache)
+
+
+class Dropout(Layer):
+    """Inverted dropout: during training, zero each value with probability ``rate`` and scale the
+    rest by ``1 / (1 - rate)``; at inference, pass through. Any input shape."""
+
+    def __init__(self, rate: float, seed: int | None = None, input_shape=None, name=None,
+                 dtype=None, trainable=True):
+        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ConfigError(f"{self._describe()}: rate must be a number in [0, 1). Received: "
+                              f"rate={rate!r}")
+        self.rate = float(rate)
+        self.seed = seed
+        self.rng = seeding.new_generator(seed)
+        self._mask = None
+
+    def call(self, x, training):
+        if not training or self.rate == 0:
+            self._mask = None
+            return x
+        out, self._mask = dropout_forward(x, self.rate, self.rng)
+        return out
+
+    def call_backward(self, grad_out):
+        return grad_out if self._mask is None else dropout_backward(grad_out, self._mask)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+class Activation(Layer):
+    """Applies an activation by name: ``Activation('relu')``. Same code as ``activation='relu'``."""
+
+    def __init__(self, activation, input_shape=None, name=None, dtype=None, trainable=True):
+        if activation is None:
+            raise ConfigError("Activation: activation is required, e.g. Activation('relu').")
+        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape,
+                         activation=activation)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation}
+
+
+class ReLU(Layer):
+    """``max(x, 0)``, any shape."""
+
+    def __init__(self, input_shape=None, name=None, dtype=None, trainable=True):
+        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape,
+                         activation="relu")
+
+
+class Softmax(Layer):
+    """Softmax over the last axis."""
+
+    def __init__(self, axis: int = -1, input_shape=None, name=None, dtype=None, trainable=True):
+        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape,
+                         activation="softmax")
+        if axis != -1:
+            raise ConfigError(f"{self._describe()}: only axis=-1 (the last axis) is supported. "
+                              f"Received: axis={axis!r}")
+        self.axis = axis
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}

@@ -1,0 +1,203 @@
+"""Optimizers: update rules over ``(parameter, gradient)`` pairs; they know nothing about layers.
+
+Update rules are PyTorch's ``torch.optim`` (tested against it); default hyper-parameters are
+Keras'. Parameters are updated in place, so every layer keeps its own arrays.
+
+>>> import numpy as np
+>>> w, g = np.ones(3), np.full(3, 0.5)
+>>> SGD(learning_rate=0.1).apply([(w, g)])
+>>> w
+array([0.95, 0.95, 0.95])
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import numpy as np
+
+from cnnlab.errors import ConfigError, ModelFileError
+
+
+class Optimizer:
+    """Base class: holds the learning rate, the step count and per-parameter state."""
+
+    def __init__(self, learning_rate: float, name: str | None = None):
+        self.learning_rate = _check_number("learning_rate", learning_rate, type(self).__name__,
+                                           low=0.0, low_inclusive=False)
+        self.name = name or type(self).__name__.lower()
+        self.iterations = 0
+        self._slots: list[dict[str, np.ndarray]] | None = None
+
+    def apply(self, params_and_grads) -> None:
+        """Update each parameter in place from its gradient."""
+        pairs = list(params_and_grads)
+        if self._slots is None:
+            self._slots = [self._new_slots(p) for p, _ in pairs]
+        elif len(self._slots) != len(pairs):
+            raise ConfigError(f"{type(self).__name__} was used with {len(self._slots)} parameters "
+                              f"and now receives {len(pairs)}: use one optimizer per model.")
+        self.iterations += 1
+        for (param, grad), slots in zip(pairs, self._slots):
+            self._update(param, grad, slots)
+
+    def apply_gradients(self, grads_and_vars) -> None:
+        """Keras spelling: ``(gradient, variable)`` pairs."""
+        self.apply((v, g) for g, v in grads_and_vars)
+
+    def _new_slots(self, param: np.ndarray) -> dict[str, np.ndarray]:
+        return {}
+
+    def _update(self, param, grad, slots) -> None:
+        raise NotImplementedError
+
+    # --- state, for saving and resuming -------------------------------------------------------
+    def get_config(self) -> dict:
+        return {"name": self.name, "learning_rate": float(self.learning_rate)}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Everything needed to resume: step count and each parameter's slots."""
+        state = {"iterations": np.array(self.iterations, dtype=np.int64)}
+        for i, slots in enumerate(self._slots or []):
+            for key, value in slots.items():
+                state[f"{i}/{key}"] = value
+        return state
+
+    def load_state_arrays(self, state: dict[str, np.ndarray], params: list[np.ndarray]) -> None:
+        """Restore :meth:`state_arrays`, checking every slot against its parameter's shape."""
+        slots = [self._new_slots(p) for p in params]
+        for key, value in state.items():
+            if key == "iterations":
+                continue
+            index, _, slot = key.partition("/")
+            if not index.isdigit() or int(index) >= len(slots) or slot not in slots[int(index)]:
+                raise ModelFileError(f"Optimizer state has an unexpected entry {key!r} for "
+                                     f"{type(self).__name__} with {len(params)} parameters.")
+            expected = slots[int(index)][slot]
+            if value.shape != expected.shape:
+                raise ModelFileError(f"Optimizer state {key!r} has shape {value.shape}; the "
+                                     f"parameter needs {expected.shape}.")
+            expected[...] = value
+        self.iterations = int(state.get("iterations", 0))
+        self._slots = slots if self.iterations else None
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay.
+
+    Per step, as ``torch.optim.SGD`` (dampening 0)::
+
+        g   = grad + weight_decay * p
+        buf = g                        on the first step, else  momentum * buf + g
+        g   = g + momentum * buf       if nesterov, else  buf
+        p  -= learning_rate * g
+
+    With a constant learning rate this is the same trajectory as Keras' ``velocity`` form.
+    """
+
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, name: str | None = None):
+        super().__init__(learning_rate, name)
+        self.momentum = _check_number("momentum", momentum, "SGD", low=0.0, high=1.0,
+                                      high_inclusive=False)
+        self.weight_decay = _check_number("weight_decay", weight_decay, "SGD", low=0.0)
+        if nesterov and self.momentum == 0:
+            raise ConfigError("SGD: nesterov=True needs momentum > 0. Received: momentum=0.")
+        self.nesterov = bool(nesterov)
+
+    def _new_slots(self, param):
+        return {"momentum_buffer": np.zeros_like(param)} if self.momentum else {}
+
+    def _update(self, param, grad, slots):
+        if self.weight_decay:
+            grad = grad + self.weight_decay * param
+        if self.momentum:
+            buf = slots["momentum_buffer"]
+            if self.iterations == 1:
+                buf[...] = grad
+            else:
+                buf *= self.momentum
+                buf += grad
+            grad = grad + self.momentum * buf if self.nesterov else buf
+        param -= self.learning_rate * grad
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2014) with Keras' defaults and ``torch.optim.Adam``'s update::
+
+        g  = grad + weight_decay * p
+        m  = beta_1 * m + (1 - beta_1) * g
+        v  = beta_2 * v + (1 - beta_2) * g^2
+        p -= lr / (1 - beta_1^t) * m / (sqrt(v) / sqrt(1 - beta_2^t) + epsilon)
+    """
+
+    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, weight_decay: float = 0.0, name: str | None = None):
+        super().__init__(learning_rate, name)
+        self.beta_1 = _check_number("beta_1", beta_1, "Adam", low=0.0, high=1.0,
+                                    high_inclusive=False)
+        self.beta_2 = _check_number("beta_2", beta_2, "Adam", low=0.0, high=1.0,
+                                    high_inclusive=False)
+        self.epsilon = _check_number("epsilon", epsilon, "Adam", low=0.0)
+        self.weight_decay = _check_number("weight_decay", weight_decay, "Adam", low=0.0)
+
+    def _new_slots(self, param):
+        return {"m": np.zeros_like(param), "v": np.zeros_like(param)}
+
+    def _update(self, param, grad, slots):
+        if self.weight_decay:
+            grad = grad + self.weight_decay * param
+        m, v = slots["m"], slots["v"]
+        m *= self.beta_1
+        m += (1 - self.beta_1) * grad
+        v *= self.beta_2
+        v += (1 - self.beta_2) * (grad * grad)
+        step_size = self.learning_rate / (1 - self.beta_1 ** self.iterations)
+        denom = np.sqrt(v) / np.sqrt(1 - self.beta_2 ** self.iterations) + self.epsilon
+        param -= step_size * (m / denom)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "weight_decay": self.weight_decay}
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def get(identifier) -> Optimizer:
+    """``'sgd'``, ``'adam'`` (Keras defaults) or an :class:`Optimizer` instance."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str) and identifier.lower() in OPTIMIZERS:
+        return OPTIMIZERS[identifier.lower()]()
+    if isinstance(identifier, dict) and identifier.get("class_name", "").lower() in OPTIMIZERS:
+        return OPTIMIZERS[identifier["class_name"].lower()].from_config(identifier["config"])
+    hint = difflib.get_close_matches(str(identifier).lower(), OPTIMIZERS, n=1)
+    raise ConfigError(f"Unknown optimizer {identifier!r}. Expected one of {sorted(OPTIMIZERS)} "
+                      f"or an Optimizer instance" + (f"; did you mean {hint[0]!r}?" if hint else "."))
+
+
+def serialize(optimizer: Optimizer) -> dict:
+    return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
+
+
+def _check_number(name, value, owner, low=None, high=None, low_inclusive=True,
+                  high_inclusive=True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(value):
+        raise ConfigError(f"{owner}: {name} must be a finite number. Received: {name}={value!r}")
+    too_low = low is not None and (value < low or (value == low and not low_inclusive))
+    too_high = high is not None and (value > high or (value == high and not high_inclusive))
+    if too_low or too_high:
+        lo = "" if low is None else f"{low} {'<=' if low_inclusive else '<'} "
+        hi = "" if high is None else f" {'<=' if high_inclusive else '<'} {high}"
+        raise ConfigError(f"{owner}: expected {lo}{name}{hi}. Received: {name}={value!r}")
+    return float(value)

@@ -1,0 +1,124 @@
+"""Conv2D forward and backward against torch.nn.functional.conv2d, naive loops and finite
+differences, over random kernels, strides, dilations, paddings, sizes, batches and channels."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import (
+    assert_close,
+    finite_difference_grad,
+    naive_conv2d,
+    nchw,
+    nhwc,
+    torch_kernel,
+    torch_pad,
+)
+
+from cnnlab.engine.conv import conv2d_backward, conv2d_forward
+from cnnlab.engine.shapes import resolve_padding
+from cnnlab.errors import ShapeError
+
+
+@st.composite
+def conv_cases(draw):
+    kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = draw(st.sampled_from(["valid", "same", "int", "pair", "explicit"]))
+    if padding == "int":
+        padding = draw(st.integers(0, 3))
+    elif padding == "pair":
+        padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    elif padding == "explicit":
+        padding = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(2))
+    # the input must be at least one dilated kernel wide, so the output is never empty
+    min_h, min_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
+    h = draw(st.integers(min_h, min_h + 8))
+    w = draw(st.integers(min_w, min_w + 8))
+    return dict(n=draw(st.integers(1, 3)), h=h, w=w, c=draw(st.integers(1, 16)),
+                f=draw(st.integers(1, 8)), kernel=(kh, kw), strides=strides, dilation=dilation,
+                padding=padding, bias=draw(st.booleans()), seed=draw(st.integers(0, 2**31)))
+
+
+def run_case(case, dtype):
+    rng = np.random.default_rng(case["seed"])
+    kh, kw = case["kernel"]
+    x = rng.standard_normal((case["n"], case["h"], case["w"], case["c"])).astype(dtype)
+    kernel = rng.standard_normal((kh, kw, case["c"], case["f"])).astype(dtype)
+    bias = rng.standard_normal(case["f"]).astype(dtype) if case["bias"] else None
+    pads = resolve_padding(case["padding"], (case["h"], case["w"]), case["kernel"],
+                           case["strides"], case["dilation"])
+    out, cache = conv2d_forward(x, kernel, bias, case["strides"], pads, case["dilation"])
+    grad_out = rng.standard_normal(out.shape).astype(dtype)    # random upstream gradient
+    grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache)
+
+    xt, kt = nchw(x), torch_kernel(kernel)
+    bt = torch.tensor(bias, requires_grad=True) if bias is not None else None
+    outt = F.conv2d(torch_pad(xt, pads), kt, bt, stride=case["strides"],
+                    dilation=case["dilation"])
+    (outt * nchw(grad_out, grad=False)).sum().backward()       # sum(out * dout)
+    assert_close(out, nhwc(outt), dtype, "forward")
+    assert_close(grad_x, nhwc(xt.grad), dtype, "grad_x")
+    assert_close(grad_kernel, kt.grad.numpy().transpose(2, 3, 1, 0), dtype, "grad_kernel")
+    if bias is not None:
+        assert_close(grad_bias, bt.grad.numpy(), dtype, "grad_bias")
+    return x, kernel, bias, pads, out
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases())
+def test_conv2d_matches_torch_float64(case):
+    run_case(case, np.float64)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases())
+def test_conv2d_matches_torch_float32(case):
+    run_case(case, np.float32)
+
+
+@settings(max_examples=25, deadline=None)
+@given(conv_cases())
+def test_conv2d_matches_naive_loops(case):
+    x, kernel, bias, pads, out = run_case(case, np.float64)
+    expected = naive_conv2d(x, kernel, bias, case["strides"], pads, case["dilation"])
+    assert_close(out, expected, np.float64, "naive loops")
+
+
+@pytest.mark.parametrize("strides,dilation,padding", [
+    ((1, 1), (1, 1), "valid"), ((2, 1), (1, 2), "same"), ((3, 2), (2, 1), ((1, 0), (2, 1)))])
+def test_conv2d_gradients_match_finite_differences(strides, dilation, padding):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 9, 8, 3))
+    kernel = rng.standard_normal((3, 4, 3, 5))
+    bias = rng.standard_normal(5)
+    pads = resolve_padding(padding, (9, 8), (3, 4), strides, dilation)
+    out, cache = conv2d_forward(x, kernel, bias, strides, pads, dilation)
+    grad_out = rng.standard_normal(out.shape)
+    analytic = conv2d_backward(grad_out, cache)
+
+    def loss():
+        return float((conv2d_forward(x, kernel, bias, strides, pads, dilation)[0]
+                      * grad_out).sum())
+
+    for array, grad in zip((x, kernel, bias), analytic):
+        picks, numeric = finite_difference_grad(loss, array)
+        np.testing.assert_allclose(grad.reshape(-1)[picks], numeric, rtol=1e-6, atol=1e-7)
+
+
+def test_first_layer_can_skip_the_input_gradient():
+    rng = np.random.default_rng(1)
+    x, kernel = rng.standard_normal((2, 6, 6, 1)), rng.standard_normal((3, 3, 1, 4))
+    out, cache = conv2d_forward(x, kernel, None)
+    grad_x, grad_kernel, grad_bias = conv2d_backward(np.ones_like(out), cache,
+                                                     need_input_grad=False)
+    assert grad_x is None and grad_bias is None
+    assert_close(grad_kernel, conv2d_backward(np.ones_like(out), cache)[1], np.float64)
+
+
+def test_too_small_input_names_the_formula():
+    with pytest.raises(ShapeError, match=r"floor\(\(4 - 5 \+ 0\) / 1\) \+ 1 = 0"):
+        conv2d_forward(np.zeros((1, 4, 4, 1)), np.zeros((5, 5, 1, 1)), None)
