@@ -132,3 +132,21 @@ def output_hw(input_hw: tuple[int, int], kernel: tuple[int, int], strides: tuple
                              dilation[0]),
             conv_output_size(input_hw[1], kernel[1], strides[1], pads[1][0], pads[1][1],
                              dilation[1]))
+
+
+def formula_text(size: int, kernel: int, stride: int = 1, pad_before: int = 0,
+                 pad_after: int | None = None, dilation: int = 1) -> str:
+    """The formula with its numbers filled in, as the article writes it.
+
+    >>> formula_text(28, 5)
+    '24 = floor((28 - 5 + 2*0) / 1) + 1'
+    >>> formula_text(28, 2, 1, 0, 1)
+    '28 = floor((28 - 2 + 0+1) / 1) + 1'
+    """
+    if pad_after is None:
+        pad_after = pad_before
+    out = conv_output_size(size, kernel, stride, pad_before, pad_after, dilation)
+    pad = f"2*{pad_before}" if pad_before == pad_after else f"{pad_before}+{pad_after}"
+    k = effective_kernel_size(kernel, dilation)
+    k_text = str(k) if dilation == 1 else f"{k}"
+    return f"{out} = floor(({size} - {k_text} + {pad}) / {stride}) + 1"

@@ -23,6 +23,8 @@ from collections import Counter
 import numpy as np
 
 from cnnlab import config as _config
+from cnnlab import seeding
+from cnnlab.engine import initializers
 from cnnlab.engine.activations import ACTIVATIONS
 from cnnlab.errors import ConfigError, NotBuiltError, ShapeError
 
@@ -93,6 +95,7 @@ class Layer:
         #: False for a model's first layer: its input gradient would be thrown away
         self.need_input_grad = True
         self._activation_cache = None
+        self._recording = None
 
     def _describe(self) -> str:
         return f"{type(self).__name__} {getattr(self, 'name', '')!r}".strip()
@@ -112,11 +115,27 @@ class Layer:
     def build_params(self, input_shape) -> None:
         """Create parameters with :meth:`add_weight`. Layers without parameters skip this."""
 
-    def add_weight(self, name: str, value: np.ndarray) -> np.ndarray:
+    def add_weight(self, name: str, shape: tuple[int, ...], initializer) -> np.ndarray | None:
+        """Create one parameter. While :meth:`weight_shapes` records, only the shape is noted."""
+        shape = tuple(int(d) for d in shape)
+        if self._recording is not None:
+            self._recording.append((name, shape))
+            return None
+        value = initializers.get(initializer)(shape, seeding.global_generator(), self.dtype)
         array = np.ascontiguousarray(value, dtype=self.dtype)
         self.weights.append(array)
         self.weight_names.append(name)
         return array
+
+    def weight_shapes(self, input_shape) -> list[tuple[str, tuple[int, ...]]]:
+        """``(name, shape)`` of every parameter for this input shape, allocating nothing: a model
+        file's claims are checked against these before any array is read."""
+        self._recording = []
+        try:
+            self.build_params(tuple(input_shape))
+            return self._recording
+        finally:
+            self._recording = None
 
     def compute_output_shape(self, input_shape) -> tuple[int, ...]:
         return tuple(input_shape)

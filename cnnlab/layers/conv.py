@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab import seeding
 from cnnlab.engine import initializers
 from cnnlab.engine.conv import conv2d_backward, conv2d_forward
 from cnnlab.engine.shapes import as_pair, output_hw, resolve_padding, validate_padding
@@ -71,12 +70,10 @@ class Conv2D(Layer):
 
     def build_params(self, input_shape):
         channels = input_shape[-1]
-        rng = seeding.global_generator()
-        shape = (*self.kernel_size, channels, self.filters)              # (KH, KW, C, F)
-        self.add_weight("kernel", initializers.get(self.kernel_initializer)(shape, rng, self.dtype))
+        self.add_weight("kernel", (*self.kernel_size, channels, self.filters),  # (KH, KW, C, F)
+                        self.kernel_initializer)
         if self.use_bias:
-            self.add_weight("bias", initializers.get(self.bias_initializer)(
-                (self.filters,), rng, self.dtype))                        # (F,)
+            self.add_weight("bias", (self.filters,), self.bias_initializer)  # (F,)
 
     def compute_output_shape(self, input_shape):
         h, w = input_shape[0], input_shape[1]

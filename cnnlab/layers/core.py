@@ -67,12 +67,10 @@ class Dense(Layer):
         self._lead_shape = None
 
     def build_params(self, input_shape):
-        rng = seeding.global_generator()
-        self.add_weight("kernel", initializers.get(self.kernel_initializer)(
-            (input_shape[-1], self.units), rng, self.dtype))               # (D_in, units)
+        self.add_weight("kernel", (input_shape[-1], self.units),            # (D_in, units)
+                        self.kernel_initializer)
         if self.use_bias:
-            self.add_weight("bias", initializers.get(self.bias_initializer)(
-                (self.units,), rng, self.dtype))                            # (units,)
+            self.add_weight("bias", (self.units,), self.bias_initializer)   # (units,)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)

@@ -1,0 +1,218 @@
+"""``Sequential``: a stack of layers, each feeding the next. Thin on purpose: structure here,
+training in ``models.training``, the summary table in ``models.summary``, files in ``models.saving``.
+
+>>> import numpy as np
+>>> from cnnlab import Sequential, layers
+>>> model = Sequential([layers.Input((28, 28, 1)), layers.Conv2D(8, 3), layers.Flatten(),
+...                     layers.Dense(10, activation='softmax')])
+>>> model.predict(np.zeros((2, 28, 28, 1)), verbose=0).shape
+(2, 10)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab.errors import ConfigError, NotBuiltError, ShapeError
+from cnnlab.layers.base import LAYER_REGISTRY, Layer, unique_name
+from cnnlab.layers.core import InputLayer
+from cnnlab.models.training import Trainer
+
+
+class Sequential(Trainer):
+    """Layers applied in order. The input shape comes from an ``Input`` layer, the first layer's
+    ``input_shape=``, or the first data the model sees."""
+
+    def __init__(self, layers=None, name: str | None = None):
+        super().__init__()
+        self.name = name or unique_name("sequential")
+        self._layers: list[Layer] = []
+        self.input_shape: tuple[int, ...] | None = None    # without the batch axis
+        self._input_dtype = None
+        for layer in layers or []:
+            self.add(layer)
+
+    # --- structure ------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[Layer]:
+        return list(self._layers)
+
+    def add(self, layer: Layer) -> None:
+        """Append a layer; with a known input shape it is built at once, so a shape error
+        names the layer you just added."""
+        if not isinstance(layer, Layer):
+            raise ConfigError(f"Sequential.add expects a cnnlab layer; received "
+                              f"{type(layer).__name__}.")
+        if isinstance(layer, InputLayer):
+            if self._layers or self.input_shape is not None:
+                raise ConfigError("Input must be the first thing added to a Sequential model.")
+            self.input_shape = layer.shape
+            return
+        if any(existing.name == layer.name for existing in self._layers):
+            raise ConfigError(f"A layer named {layer.name!r} is already in model {self.name!r}; "
+                              f"layer names must be unique.")
+        if not self._layers and self.input_shape is None:
+            self.input_shape = layer._declared_input_shape
+        self._layers.append(layer)
+        if self.input_shape is not None:
+            shape = self.input_shape if len(self._layers) == 1 else self._layers[-2].output_shape
+            try:
+                layer.build(shape)
+            except Exception:
+                self._layers.pop()
+                raise
+            self._mark_input_grads()
+        self._on_structure_change()
+
+    def pop(self) -> Layer:
+        layer = self._layers.pop()
+        self._on_structure_change()
+        return layer
+
+    def build(self, input_shape=None) -> None:
+        """Build every layer for inputs of ``input_shape`` (batch axis excluded)."""
+        if input_shape is not None:
+            input_shape = tuple(int(d) for d in input_shape)
+            if len(input_shape) >= 1 and self._layers and self._layers[0].built \
+                    and self.input_shape not in (None, input_shape):
+                raise ShapeError(f"Model {self.name!r} was built for inputs (N, "
+                                 f"{', '.join(map(str, self.input_shape))}); cannot rebuild for "
+                                 f"{input_shape}.")
+            self.input_shape = input_shape
+        if self.input_shape is None:
+            raise NotBuiltError(f"Model {self.name!r} has no input shape: start it with "
+                                f"layers.Input(shape=...), give its first layer input_shape=..., "
+                                f"or call it on data.")
+        shape = self.input_shape
+        for layer in self._layers:
+            if not layer.built:
+                layer.build(shape)
+            shape = layer.output_shape
+        self._mark_input_grads()
+        self._on_structure_change()
+
+    @property
+    def built(self) -> bool:
+        return self.input_shape is not None and all(layer.built for layer in self._layers)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        self._require_built()
+        return self._layers[-1].output_shape if self._layers else self.input_shape
+
+    def _require_built(self):
+        if not self.built:
+            self.build()
+
+    def _mark_input_grads(self):
+        # A layer only needs its input gradient if some earlier layer has parameters to train.
+        has_params_before = False
+        for layer in self._layers:
+            layer.need_input_grad = has_params_before
+            has_params_before = has_params_before or (layer.trainable and bool(layer.weights))
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
+        if index is not None:
+            return self._layers[index]
+        for layer in self._layers:
+            if layer.name == name:
+                return layer
+        raise ConfigError(f"No layer named {name!r} in model {self.name!r}; layers are "
+                          f"{[layer.name for layer in self._layers]}.")
+
+    # --- forward and backward -------------------------------------------------------------------
+    def __call__(self, x, training: bool = False) -> np.ndarray:
+        x = np.asarray(x)
+        if not self.built:
+            self.build(x.shape[1:])
+        return self.forward(x, training)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        for layer in self._layers:
+            x = layer.forward(x, training)
+        return x
+
+    def forward_all(self, x: np.ndarray, training: bool = False) -> list[np.ndarray]:
+        """Every layer's output for ``x``, in order: what the feature-map views show."""
+        outputs = []
+        for layer in self._layers:
+            x = layer.forward(x, training)
+            outputs.append(x)
+        return outputs
+
+    def backward(self, grad: np.ndarray, start: int | None = None) -> np.ndarray | None:
+        """Backpropagate from the output (or from layer ``start``'s output) to the input."""
+        stop = len(self._layers) if start is None else start + 1
+        for layer in reversed(self._layers[:stop]):
+            grad = layer.backward(grad)
+            if grad is None:        # nothing earlier needs a gradient
+                return None
+        return grad
+
+    # --- parameters -----------------------------------------------------------------------------
+    def params_and_grads(self):
+        return [pair for layer in self._layers for pair in layer.params_and_grads()]
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        return [w for layer in self._layers for w in layer.weights]
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights) -> None:
+        self._require_built()
+        weights = list(weights)
+        expected = sum(len(layer.weights) for layer in self._layers)
+        if len(weights) != expected:
+            raise ShapeError(f"Model {self.name!r}: set_weights expects {expected} arrays; "
+                             f"received {len(weights)}.")
+        for layer in self._layers:
+            count = len(layer.weights)
+            layer.set_weights(weights[:count])
+            weights = weights[count:]
+
+    def count_params(self) -> int:
+        self._require_built()
+        return sum(layer.count_params() for layer in self._layers)
+
+    def summary(self, print_fn=print, line_length: int = 110) -> None:
+        from cnnlab.models.summary import summary_text
+        print_fn(summary_text(self, line_length))
+
+    # --- configuration and files ----------------------------------------------------------------
+    def get_config(self) -> dict:
+        return {"name": self.name,
+                "input_shape": list(self.input_shape) if self.input_shape else None,
+                "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()}
+                           for layer in self._layers]}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Sequential:
+        model = cls(name=config.get("name"))
+        if config.get("input_shape"):
+            model.input_shape = tuple(config["input_shape"])
+        for entry in config.get("layers", []):
+            layer_cls = LAYER_REGISTRY.get(entry.get("class_name"))
+            if layer_cls is None:
+                raise ConfigError(f"Unknown layer class {entry.get('class_name')!r}; known: "
+                                  f"{sorted(LAYER_REGISTRY)}.")
+            model.add(layer_cls.from_config(entry.get("config", {})))
+        return model
+
+    def save(self, filepath, include_optimizer: bool = True) -> None:
+        """One ``.cnnlab`` file: architecture (JSON), weights and optimizer state; no pickle."""
+        from cnnlab.models.saving import save_model
+        save_model(self, filepath, include_optimizer=include_optimizer)
+
+    def save_weights(self, filepath) -> None:
+        from cnnlab.models.saving import save_weights
+        save_weights(self, filepath)
+
+    def load_weights(self, filepath) -> None:
+        from cnnlab.models.saving import load_weights
+        load_weights(self, filepath)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self._layers)
+        return f"Sequential(name={self.name!r}, layers=[\n  {inner}\n])"

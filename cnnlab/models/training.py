@@ -1,0 +1,275 @@
+"""``compile``, ``fit``, ``evaluate``, ``predict``: the training loop, Keras semantics.
+
+One training step is: forward through every layer, the loss, backward through every layer in
+reverse, then one optimizer update over all ``(param, grad)`` pairs. When the model ends in a
+softmax and the loss is cross-entropy, the softmax is skipped on the way forward and the loss
+takes the logits: the fused gradient ``(p - y) / N`` is exact and never divides by a probability.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+
+from cnnlab import losses as losses_module
+from cnnlab import metrics as metrics_module
+from cnnlab import optimizers as optimizers_module
+from cnnlab import seeding
+from cnnlab.callbacks import CallbackList, History, ProgbarLogger
+from cnnlab.errors import ConfigError, NotBuiltError
+from cnnlab.models.data import (
+    as_float,
+    batch_slices,
+    check_batch_size,
+    check_inputs,
+    check_pair,
+    split_validation,
+)
+
+
+def _resolve_verbose(verbose) -> int:
+    if verbose == "auto":
+        interactive = sys.stdout.isatty() or "ipykernel" in sys.modules
+        return 1 if interactive else 2
+    if verbose not in (0, 1, 2):
+        raise ConfigError(f"verbose must be 'auto', 0, 1 or 2. Received: verbose={verbose!r}")
+    return int(verbose)
+
+
+class Trainer:
+    """The training half of a model; ``Sequential`` supplies forward, backward and parameters."""
+
+    def __init__(self):
+        self.optimizer = None
+        self.loss = None
+        self.compiled_metrics: list = []
+        self._metric_names: list = []
+        self.stop_training = False
+        self.history = None
+        self._loss_mode = None
+
+    # --- compile --------------------------------------------------------------------------------
+    def compile(self, optimizer="adam", loss=None, metrics=None) -> None:
+        """``optimizer``: 'sgd', 'adam' or an instance; ``loss``: a name, function or Loss;
+        ``metrics``: e.g. ``['accuracy']``."""
+        if loss is None:
+            raise ConfigError("compile needs a loss, e.g. loss='categorical_crossentropy'.")
+        self.optimizer = optimizers_module.get(optimizer)
+        self.loss = losses_module.get(loss)
+        if metrics is not None and not isinstance(metrics, (list, tuple)):
+            raise ConfigError(f"metrics must be a list, e.g. ['accuracy']. Received: "
+                              f"metrics={metrics!r}")
+        self._metric_names = list(metrics or [])
+        self.compiled_metrics = []
+        self._on_structure_change()
+
+    def _on_structure_change(self):
+        self._loss_mode = None
+        self.compiled_metrics = []
+
+    def _require_compiled(self, what: str):
+        if self.loss is None:
+            raise NotBuiltError(f"{what} needs a compiled model: call model.compile(optimizer=..., "
+                                f"loss=...) first.")
+
+    def _prepare(self, x, where):
+        """Check x, build on first data, and resolve loss mode and metrics."""
+        x = check_inputs(x, self.input_shape, where)
+        if not self.built:
+            self.build(x.shape[1:])
+        if self.loss is not None and self._loss_mode is None:
+            last = self._layers[-1] if self._layers else None
+            if self.loss.fuses_softmax and self.loss.from_logits:
+                self._loss_mode = "logits"
+            elif self.loss.fuses_softmax and last is not None and last.activation == "softmax":
+                self._loss_mode = "fused"
+            else:
+                self._loss_mode = "outputs"
+            units = self.output_shape[-1]
+            self.compiled_metrics = [metrics_module.get(m, self.loss.name, units)
+                                     for m in self._metric_names]
+        return x
+
+    # --- one step -------------------------------------------------------------------------------
+    def _forward_loss(self, x, y, training):
+        """Returns ``(loss, output for metrics)``; keeps the loss cache for backward."""
+        if self._loss_mode == "fused":
+            for layer in self._layers[:-1]:
+                x = layer.forward(x, training)
+            logits = self._layers[-1].forward_logits(x, training)
+            loss, self._loss_cache = self.loss.forward_logits(logits, y)
+            return loss, logits
+        out = self.forward(x, training)
+        if self._loss_mode == "logits":
+            loss, self._loss_cache = self.loss.forward_logits(out, y)
+        else:
+            loss, self._loss_cache = self.loss.forward(out, y)
+        return loss, out
+
+    def _backward_loss(self):
+        if self._loss_mode == "fused":
+            grad = self.loss.backward_logits(self._loss_cache)
+            grad = self._layers[-1].backward_logits(grad)
+            if grad is not None:
+                self.backward(grad, start=len(self._layers) - 2)
+        elif self._loss_mode == "logits":
+            self.backward(self.loss.backward_logits(self._loss_cache))
+        else:
+            self.backward(self.loss.backward(self._loss_cache))
+
+    def _train_step(self, x, y):
+        loss, out = self._forward_loss(x, y, training=True)
+        if not np.isfinite(loss):
+            return float(loss), out            # the caller stops; no update from a bad loss
+        self._backward_loss()
+        self.optimizer.apply(self.params_and_grads())
+        return float(loss), out
+
+    # --- the Keras surface ----------------------------------------------------------------------
+    def train_on_batch(self, x, y) -> float | list[float]:
+        self._require_compiled("train_on_batch")
+        x = self._prepare(x, "train_on_batch")
+        y = self.loss.prepare_targets(y, (len(x), *self.output_shape))
+        check_pair(x, y, "train_on_batch")
+        loss, out = self._train_step(as_float(x, self._layers[0].dtype), y)
+        return self._scalar_or_list(loss, y, out)
+
+    def test_on_batch(self, x, y) -> float | list[float]:
+        self._require_compiled("test_on_batch")
+        x = self._prepare(x, "test_on_batch")
+        y = self.loss.prepare_targets(y, (len(x), *self.output_shape))
+        check_pair(x, y, "test_on_batch")
+        loss, out = self._forward_loss(as_float(x, self._layers[0].dtype), y, training=False)
+        return self._scalar_or_list(float(loss), y, out)
+
+    def predict_on_batch(self, x) -> np.ndarray:
+        x = self._prepare(x, "predict_on_batch")
+        return self.forward(as_float(x, self._layers[0].dtype), training=False)
+
+    def _scalar_or_list(self, loss, y, out):
+        if not self.compiled_metrics:
+            return loss
+        results = [loss]
+        for metric in self.compiled_metrics:
+            metric.reset()
+            metric.update(y, out)
+            results.append(metric.result())
+        return results
+
+    def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+        """Train for ``epochs`` passes over ``(x, y)``; returns a ``History``."""
+        self._require_compiled("fit")
+        batch_size = check_batch_size(batch_size)
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ConfigError(f"epochs must be a non-negative int. Received: epochs={epochs!r}")
+        if not 0 <= initial_epoch <= epochs:
+            raise ConfigError(f"initial_epoch must be in [0, epochs={epochs}]. Received: "
+                              f"initial_epoch={initial_epoch!r}")
+        x = self._prepare(x, "fit")
+        check_pair(x, y, "fit")
+        y = self.loss.prepare_targets(y, (len(x), *self.output_shape))
+        x, y, validation = split_validation(x, y, validation_split)
+        if validation_data is not None:
+            validation = self._check_validation_data(validation_data)
+        verbose = _resolve_verbose(verbose)
+        dtype = self._layers[0].dtype
+
+        self.history = History()
+        extra = [ProgbarLogger(verbose)] if verbose else []
+        steps = -(-len(x) // batch_size)
+        callback_list = CallbackList([self.history, *extra, *(callbacks or [])], self,
+                                     {"epochs": epochs, "steps": steps, "verbose": verbose})
+        rng = seeding.new_generator()
+        self.stop_training = False
+        callback_list.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            callback_list.on_epoch_begin(epoch)
+            for metric in self.compiled_metrics:
+                metric.reset()
+            order = rng.permutation(len(x)) if shuffle else None
+            loss_sum, seen, logs = 0.0, 0, {}
+            for step, index in enumerate(batch_slices(len(x), batch_size, order)):
+                callback_list.on_train_batch_begin(step)
+                loss, out = self._train_step(as_float(x[index], dtype), y[index])
+                if not np.isfinite(loss):
+                    warnings.warn(f"Epoch {epoch + 1}, batch {step}: the loss is {loss}; training "
+                                  f"stopped and the weights are those before this batch. Lower "
+                                  f"the learning rate, or check the data for extreme values.",
+                                  RuntimeWarning, stacklevel=2)
+                    self.stop_training = True
+                    break
+                loss_sum += loss * len(out)
+                seen += len(out)
+                for metric in self.compiled_metrics:
+                    metric.update(y[index], out)
+                logs = {"loss": loss_sum / seen,
+                        **{m.name: m.result() for m in self.compiled_metrics}}
+                callback_list.on_train_batch_end(step, logs)
+                if self.stop_training:
+                    break
+            epoch_logs = dict(logs)
+            if validation is not None and seen:
+                val = self.evaluate(*validation, batch_size=batch_size, verbose=0,
+                                    return_dict=True)
+                epoch_logs.update({f"val_{k}": v for k, v in val.items()})
+            callback_list.on_epoch_end(epoch, epoch_logs)
+            if self.stop_training:
+                break
+        callback_list.on_train_end()
+        return self.history
+
+    def _check_validation_data(self, validation_data):
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ConfigError("validation_data must be a tuple (x_val, y_val).")
+        x_val, y_val = validation_data
+        x_val = check_inputs(x_val, self.input_shape, "fit(validation_data)")
+        check_pair(x_val, y_val, "fit(validation_data)")
+        return x_val, self.loss.prepare_targets(y_val, (len(x_val), *self.output_shape))
+
+    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", return_dict=False,
+                 callbacks=None):
+        """Loss (and metrics) over ``(x, y)``: a scalar, ``[loss, metric...]`` or a dict."""
+        self._require_compiled("evaluate")
+        batch_size = check_batch_size(batch_size)
+        x = self._prepare(x, "evaluate")
+        check_pair(x, y, "evaluate")
+        y = self.loss.prepare_targets(y, (len(x), *self.output_shape))
+        dtype = self._layers[0].dtype
+        callback_list = CallbackList(callbacks or [], self, {})
+        callback_list.on_test_begin()
+        for metric in self.compiled_metrics:
+            metric.reset()
+        loss_sum = 0.0
+        for step, index in enumerate(batch_slices(len(x), batch_size)):
+            callback_list.on_test_batch_begin(step)
+            loss, out = self._forward_loss(as_float(x[index], dtype), y[index], training=False)
+            loss_sum += float(loss) * len(out)
+            for metric in self.compiled_metrics:
+                metric.update(y[index], out)
+            callback_list.on_test_batch_end(step)
+        results = {"loss": loss_sum / len(x),
+                   **{m.name: m.result() for m in self.compiled_metrics}}
+        callback_list.on_test_end(results)
+        if _resolve_verbose(verbose):
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in results.items()))
+        if return_dict:
+            return results
+        return results["loss"] if len(results) == 1 else list(results.values())
+
+    def predict(self, x, batch_size=32, verbose="auto", callbacks=None) -> np.ndarray:
+        """The model's outputs for every sample of ``x``, computed in batches."""
+        batch_size = check_batch_size(batch_size)
+        x = self._prepare(x, "predict")
+        dtype = self._layers[0].dtype
+        callback_list = CallbackList(callbacks or [], self, {})
+        callback_list.on_predict_begin()
+        outputs = []
+        for step, index in enumerate(batch_slices(len(x), batch_size)):
+            callback_list.on_predict_batch_begin(step)
+            outputs.append(self.forward(as_float(x[index], dtype), training=False))
+            callback_list.on_predict_batch_end(step)
+        callback_list.on_predict_end()
+        return np.concatenate(outputs)
