@@ -22,8 +22,9 @@ from cnnlab import (  # noqa: E402
                     zoo,
 )
 from cnnlab.errors import CnnlabError  # noqa: E402
+from cnnlab.layers import Input  # noqa: E402
 from cnnlab.models import Sequential, load_model  # noqa: E402
 
-__all__ = ["Sequential", "load_model", "layers", "models", "optimizers", "losses", "metrics",
+__all__ = ["Sequential", "Input", "load_model", "layers", "models", "optimizers", "losses", "metrics",
            "callbacks", "utils", "datasets", "zoo", "config", "seeding", "CnnlabError",
            "__version__"]

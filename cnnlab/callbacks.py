@@ -101,9 +101,12 @@ class ProgbarLogger(Callback):
         total_epochs = self.params.get("epochs", 1)
         if self.verbose == 1:
             from tqdm.auto import tqdm
+            # In a terminal the bar is redrawn in place; in a log file every redraw stays, so
+            # redraw rarely there.
+            interactive = getattr(self.stream, "isatty", lambda: False)()
             self._bar = tqdm(total=self.params.get("steps"), desc=f"Epoch {epoch + 1}/{total_epochs}",
-                             unit="batch", file=self.stream, mininterval=0.3, dynamic_ncols=True,
-                             leave=True)
+                             unit="batch", file=self.stream, mininterval=0.3 if interactive else 10,
+                             dynamic_ncols=True, leave=True)
 
     def on_train_batch_end(self, batch, logs=None):
         if self._bar is not None:

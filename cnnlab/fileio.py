@@ -61,8 +61,9 @@ def write_archive(path, arrays: dict[str, np.ndarray]) -> None:
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive:
             for name, array in arrays.items():
                 with archive.open(name + ".npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.ascontiguousarray(array),
-                                              allow_pickle=False)
+                    array = np.asarray(array)       # (ascontiguousarray would make 0-d 1-d)
+                    np.lib.format.write_array(member, array if array.flags.c_contiguous
+                                              else array.copy(), allow_pickle=False)
 
 
 class ArchiveReader:

@@ -22,7 +22,8 @@ from cnnlab.errors import ConfigError, ModelFileError
 class Optimizer:
     """Base class: holds the learning rate, the step count and per-parameter state."""
 
-    def __init__(self, learning_rate: float, name: str | None = None):
+    def __init__(self, learning_rate: float, name: str | None = None, **legacy):
+        learning_rate = _legacy_lr(type(self).__name__, learning_rate, legacy)
         self.learning_rate = _check_number("learning_rate", learning_rate, type(self).__name__,
                                            low=0.0, low_inclusive=False)
         self.name = name or type(self).__name__.lower()
@@ -82,7 +83,12 @@ class Optimizer:
                 raise ModelFileError(f"Optimizer state {key!r} has shape {value.shape}; the "
                                      f"parameter needs {expected.shape}.")
             expected[...] = value
-        self.iterations = int(state.get("iterations", 0))
+        iterations = np.asarray(state.get("iterations", 0))
+        if iterations.shape != () or iterations.dtype.kind not in "iu" or iterations < 0:
+            raise ModelFileError(f"Optimizer state 'iterations' must be a non-negative integer "
+                                 f"scalar; received {iterations.dtype} of shape "
+                                 f"{iterations.shape}.")
+        self.iterations = int(iterations)
         self._slots = slots if self.iterations else None
 
 
@@ -100,8 +106,8 @@ class SGD(Optimizer):
     """
 
     def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, name: str | None = None):
-        super().__init__(learning_rate, name)
+                 weight_decay: float = 0.0, name: str | None = None, **legacy):
+        super().__init__(learning_rate, name, **legacy)
         self.momentum = _check_number("momentum", momentum, "SGD", low=0.0, high=1.0,
                                       high_inclusive=False)
         self.weight_decay = _check_number("weight_decay", weight_decay, "SGD", low=0.0)
@@ -140,8 +146,9 @@ class Adam(Optimizer):
     """
 
     def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-7, weight_decay: float = 0.0, name: str | None = None):
-        super().__init__(learning_rate, name)
+                 epsilon: float = 1e-7, weight_decay: float = 0.0, name: str | None = None,
+                 **legacy):
+        super().__init__(learning_rate, name, **legacy)
         self.beta_1 = _check_number("beta_1", beta_1, "Adam", low=0.0, high=1.0,
                                     high_inclusive=False)
         self.beta_2 = _check_number("beta_2", beta_2, "Adam", low=0.0, high=1.0,
@@ -187,6 +194,19 @@ def get(identifier) -> Optimizer:
 
 def serialize(optimizer: Optimizer) -> dict:
     return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
+
+
+def _legacy_lr(owner: str, learning_rate, legacy: dict):
+    """Keras 2 spelled it ``lr=``; many tutorials still do, so accept it with a warning."""
+    unknown = set(legacy) - {"lr"}
+    if unknown:
+        raise ConfigError(f"{owner}: unexpected argument(s) {sorted(unknown)}.")
+    if "lr" in legacy:
+        import warnings
+        warnings.warn(f"{owner}(lr=...) is the Keras 2 spelling; use learning_rate=...",
+                      DeprecationWarning, stacklevel=4)
+        return legacy["lr"]
+    return learning_rate
 
 
 def _check_number(name, value, owner, low=None, high=None, low_inclusive=True,

@@ -1,8 +1,54 @@
-"""Datasets with Keras' ``load_data()`` signatures.
+"""Datasets with Keras' ``load_data()`` signatures, and :func:`load` for the command line.
 
 ``mnist_sample`` ships inside the package: 10,000 real MNIST digits, so everything works offline.
 """
 
-from cnnlab.datasets import mnist_sample
+from __future__ import annotations
 
-__all__ = ["mnist_sample"]
+import os
+
+import numpy as np
+
+from cnnlab.datasets import mnist_sample
+from cnnlab.errors import DataError
+
+__all__ = ["mnist_sample", "load", "NAMES"]
+
+NAMES = {"mnist_sample": mnist_sample}
+
+
+def load(spec: str):
+    """``((x_train, y_train), (x_test, y_test))`` from a dataset name or an ``.npz`` path.
+
+    An ``.npz`` holds ``x_train, y_train, x_test, y_test`` (or just ``x, y``, of which the last
+    20% become the test split). Images are ``(N, H, W)`` or ``(N, H, W, C)``.
+    """
+    if spec in NAMES:
+        return NAMES[spec].load_data()
+    if not os.path.exists(spec):
+        raise DataError(f"Unknown dataset {spec!r}: expected one of {sorted(NAMES)} or the path "
+                        f"of an .npz file.")
+    try:
+        with np.load(spec, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"Cannot read {spec!r} as an .npz dataset ({exc}).") from None
+    if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
+        return ((arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]))
+    if {"x", "y"} <= arrays.keys():
+        cut = int(len(arrays["x"]) * 0.8)
+        return ((arrays["x"][:cut], arrays["y"][:cut]), (arrays["x"][cut:], arrays["y"][cut:]))
+    raise DataError(f"{spec!r} has arrays {sorted(arrays)}; expected x_train, y_train, x_test, "
+                    f"y_test (or x, y).")
+
+
+def as_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> floats in [0, 1] with a channel axis: ``(N, H, W[, C]) -> (N, H, W, C)``."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise DataError(f"Expected images of shape (N, H, W) or (N, H, W, C); received "
+                        f"{images.shape}.")
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    return (images / scale).astype(np.float32)

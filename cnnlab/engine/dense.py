@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.engine.conv import column_sums
+
 
 def dense_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None):
     """``out = x @ kernel + bias``. Returns ``(out (N, D_out), cache)``."""
@@ -25,7 +27,7 @@ def dense_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     """Returns ``(grad_x (N, D_in) or None, grad_kernel (D_in, D_out), grad_bias (D_out,) or None)``."""
     x, kernel, has_bias = cache
     grad_kernel = x.T @ grad_out                      # (D_in, D_out)
-    grad_bias = grad_out.sum(axis=0) if has_bias else None
+    grad_bias = column_sums(grad_out) if has_bias else None          # (D_out,)
     grad_x = grad_out @ kernel.T if need_input_grad else None  # (N, D_in)
     return grad_x, grad_kernel, grad_bias
 

@@ -1,0 +1,210 @@
+"""The ``cnnlab`` command: one function per command, each a thin layer over the Python API.
+
+A user error (missing file, bad option, unreadable image) prints one line and exits with status 1;
+argparse's usage errors exit with 2. No tracebacks for mistakes a user can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from cnnlab.errors import CnnlabError
+
+DEFAULTS = {"model": "article", "data": "mnist_sample", "epochs": 5, "batch_size": 128,
+            "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "seed": 0}
+
+
+def _load_model_or_zoo(spec: str):
+    import os
+
+    from cnnlab import zoo
+    from cnnlab.models import load_model
+    if os.path.exists(spec) or spec.endswith(".cnnlab"):
+        return load_model(spec)
+    return zoo.get(spec)
+
+
+def cmd_train(args) -> int:
+    """Train a zoo model on a dataset, report test accuracy, save the model."""
+    from cnnlab import datasets, optimizers, zoo
+    from cnnlab.seeding import set_random_seed
+    set_random_seed(args.seed)
+    (x_train, y_train), (x_test, y_test) = datasets.load(args.data)
+    x_train, x_test = datasets.as_model_input(x_train), datasets.as_model_input(x_test)
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    model = zoo.get(args.model, input_shape=x_train.shape[1:], num_classes=num_classes)
+    if args.optimizer == "sgd":
+        optimizer = optimizers.SGD(args.lr, momentum=args.momentum)
+    else:
+        optimizer = optimizers.Adam(args.lr if args.lr_given else 0.001)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    print(f"Training {model.name} on {args.data}: {len(x_train):,} train / {len(x_test):,} test "
+          f"images {x_train.shape[1:]}, {num_classes} classes; {args.epochs} epochs, batch "
+          f"{args.batch_size}, {type(optimizer).__name__}(lr={optimizer.learning_rate:g}"
+          f"{f', momentum={args.momentum:g}' if args.optimizer == 'sgd' else ''}), seed "
+          f"{args.seed}")
+    start = time.perf_counter()
+    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
+              validation_data=(x_test, y_test), verbose=args.verbose)
+    seconds = time.perf_counter() - start
+    loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
+    out = args.out or f"{model.name}.cnnlab"
+    model.save(out)
+    print(f"Test accuracy: {accuracy:.2%} (loss {loss:.4f}) on {len(x_test):,} held-out images; "
+          f"trained in {seconds:.1f} s ({len(x_train) * args.epochs / seconds:,.0f} images/s)")
+    print(f"Saved model to {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Loss and accuracy of a saved model on a dataset's test split."""
+    from cnnlab import datasets
+    from cnnlab.models import load_model
+    model = load_model(args.model)
+    _, (x_test, y_test) = datasets.load(args.data)
+    x_test = datasets.as_model_input(x_test)
+    if model.loss is None:
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    results = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0,
+                             return_dict=True)
+    print(f"{args.model} on {args.data} ({len(x_test):,} test images): "
+          + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Top classes for each image file."""
+    from cnnlab.models import load_model
+    from cnnlab.preprocess import image_to_input, open_image
+    model = load_model(args.model)
+    invert = {"auto": "auto", "yes": True, "no": False}[args.invert]
+    batch = np.stack([image_to_input(open_image(p), model.input_shape, invert=invert)
+                      for p in args.images])
+    probs = model.predict(batch, verbose=0)
+    for path, p in zip(args.images, probs):
+        top = np.argsort(p)[::-1][:args.top]
+        print(f"{path}: " + ", ".join(f"{int(k)} ({p[k]:.1%})" for k in top))
+    return 0
+
+
+def cmd_summary(args) -> int:
+    """Layers, output shapes, parameters and the output-size formula of a model or zoo name."""
+    _load_model_or_zoo(args.model).summary()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="cnnlab", formatter_class=formatter,
+        description="Build, train, inspect and use convolutional neural networks.",
+        epilog="Example:\n  cnnlab train            # the article's CNN on the bundled digits\n"
+               "  cnnlab predict article_cnn.cnnlab digit.png")
+    from cnnlab import __version__
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train", help="train a model and save it", formatter_class=formatter,
+        description=cmd_train.__doc__,
+        epilog="Example:\n  cnnlab train\n  cnnlab train --model lenet5 --epochs 3 --out lenet.cnnlab")
+    train.add_argument("--model", default=DEFAULTS["model"],
+                       help="zoo model: article or lenet5 (default: %(default)s)")
+    train.add_argument("--data", default=DEFAULTS["data"],
+                       help="dataset name or .npz path (default: %(default)s)")
+    train.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"],
+                       help="passes over the training data (default: %(default)s)")
+    train.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"],
+                       help="images per step (default: %(default)s)")
+    train.add_argument("--optimizer", choices=["sgd", "adam"], default=DEFAULTS["optimizer"],
+                       help="sgd (with momentum) or adam (default: %(default)s)")
+    train.add_argument("--lr", type=_positive_float, default=None,
+                       help=f"learning rate (default: {DEFAULTS['lr']} for sgd, 0.001 for adam)")
+    train.add_argument("--momentum", type=float, default=DEFAULTS["momentum"],
+                       help="SGD momentum (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                       help="random seed; the same seed repeats the run exactly "
+                            "(default: %(default)s)")
+    train.add_argument("--out", default=None,
+                       help="where to save the model (default: MODEL_NAME.cnnlab)")
+    train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,
+                       help="0 silent, 1 progress bar, 2 one line per epoch "
+                            "(default: a bar on a terminal, lines otherwise)")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a saved model", formatter_class=formatter,
+        description=cmd_evaluate.__doc__,
+        epilog="Example:\n  cnnlab evaluate article_cnn.cnnlab --data mnist_sample")
+    evaluate.add_argument("model", help="a .cnnlab file")
+    evaluate.add_argument("--data", default=DEFAULTS["data"], help="dataset (default: %(default)s)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser(
+        "predict", help="classify image files", formatter_class=formatter,
+        description=cmd_predict.__doc__ + "\n\nImages of any size or colour are converted to the "
+        "model's input. For single-channel (digit) models, dark-on-light images are inverted to "
+        "MNIST's white-on-black, and the digit is centred as MNIST's were.",
+        epilog="Example:\n  cnnlab predict article_cnn.cnnlab my_seven.png photo_of_a_3.jpg")
+    predict.add_argument("model", help="a .cnnlab file")
+    predict.add_argument("images", nargs="+", help="PNG/JPEG/... files")
+    predict.add_argument("--top", type=_positive_int, default=3, help="classes to show (default 3)")
+    predict.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                         help="invert grey levels: auto decides from the border (default)")
+    predict.set_defaults(func=cmd_predict)
+
+    summary = commands.add_parser(
+        "summary", help="print a model's layers and shapes", formatter_class=formatter,
+        description=cmd_summary.__doc__,
+        epilog="Example:\n  cnnlab summary article\n  cnnlab summary article_cnn.cnnlab")
+    summary.add_argument("model", help="a .cnnlab file or a zoo name (article, lenet5)")
+    summary.set_defaults(func=cmd_summary)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "train":
+        args.lr_given = args.lr is not None
+        if args.lr is None:
+            args.lr = DEFAULTS["lr"]
+        if args.verbose is None:
+            args.verbose = "auto"
+    try:
+        return args.func(args)
+    except CnnlabError as exc:
+        print(f"cnnlab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

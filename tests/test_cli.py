@@ -1,0 +1,99 @@
+"""The command line: train -> evaluate -> predict -> summary on real digits, help texts, and
+one-line errors for user mistakes."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab import datasets
+from cnnlab.cli import build_parser, main
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    out = folder / "digits.cnnlab"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--verbose", "0"]) == 0
+    return out
+
+
+def test_train_reports_accuracy_and_saves(trained_model, capsys):
+    assert trained_model.exists()
+    assert main(["evaluate", str(trained_model)]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(out.split("accuracy ")[1].split()[0])
+    assert accuracy > 0.9                     # one epoch of the article's CNN on 8,000 digits
+
+
+def test_predict_reads_images_of_any_size_and_polarity(trained_model, tmp_path, capsys):
+    _, (x_test, y_test) = datasets.mnist_sample.load_data()
+    paths = []
+    for i in range(10):
+        # dark ink on white paper, 3x larger, off centre, in RGB: nothing like MNIST's format
+        ink = 255 - x_test[i]
+        page = np.full((120, 110), 255, np.uint8)
+        page[10:94, 20:104] = np.asarray(Image.fromarray(ink).resize((84, 84)))
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(page).convert("RGB").save(path)
+        paths.append(str(path))
+    assert main(["predict", str(trained_model), *paths]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 10
+    top1 = [int(line.split(": ")[1].split(" ")[0]) for line in lines]
+    assert sum(p == t for p, t in zip(top1, y_test[:10])) >= 8
+    assert all(line.count("%") == 3 for line in lines)
+
+
+def test_summary_of_zoo_name_and_file(trained_model, capsys):
+    assert main(["summary", "article"]) == 0
+    assert "24 = floor((28 - 5 + 2*0) / 1) + 1" in capsys.readouterr().out
+    assert main(["summary", str(trained_model)]) == 0
+    assert "Total params: 1,087,106" in capsys.readouterr().out
+
+
+def test_train_on_an_npz_with_other_options(tmp_path, capsys):
+    (x, y), _ = datasets.mnist_sample.load_data()
+    np.savez(tmp_path / "small.npz", x=x[:300], y=y[:300])
+    out = tmp_path / "lenet.cnnlab"
+    assert main(["train", "--model", "lenet5", "--data", str(tmp_path / "small.npz"),
+                 "--epochs", "1", "--batch-size", "32", "--optimizer", "adam", "--seed", "3",
+                 "--out", str(out), "--verbose", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "Epoch 1/1" in text and "Test accuracy" in text and out.exists()
+
+
+def test_every_command_has_help_with_an_example():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    assert set(subparsers.choices) == {"train", "evaluate", "predict", "summary"}
+    for name, sub in subparsers.choices.items():
+        assert "Example:" in sub.format_help(), name
+    assert "Example:" in parser.format_help()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["evaluate", "missing.cnnlab"], "No model file at 'missing.cnnlab'"),
+    (["summary", "resnet"], "Unknown model 'resnet'"),
+    (["train", "--data", "nowhere.npz"], "Unknown dataset 'nowhere.npz'"),
+])
+def test_user_errors_are_one_line_and_exit_1(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error: ") and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_predict_with_a_non_image_file(trained_model, tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["predict", str(trained_model), str(tmp_path / "notes.png")]) == 1
+    assert "is not an image" in capsys.readouterr().err
+
+
+def test_bad_options_exit_2_with_usage():
+    result = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--epochs", "zero"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "expected a positive integer" in result.stderr and "Traceback" not in result.stderr

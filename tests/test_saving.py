@@ -1,0 +1,196 @@
+"""The .cnnlab file: bitwise round trips, optimizer state, and clear errors for every kind of bad
+file. Nothing is unpickled: object arrays are refused from the header."""
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import cnnlab
+from cnnlab import layers, optimizers
+from cnnlab.errors import CnnlabError, ModelFileError
+from cnnlab.fileio import json_array, write_archive
+
+
+@pytest.fixture
+def trained(tmp_path):
+    x = np.random.default_rng(0).random((32, 12, 12, 1)).astype(np.float32)
+    y = np.arange(32) % 4
+    model = cnnlab.Sequential([
+        layers.Input((12, 12, 1)),
+        layers.Conv2D(4, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Conv2D(3, 2, padding=((1, 0), (0, 1)), dilation_rate=1),
+        layers.AveragePooling2D(padding="same"),
+        layers.Flatten(),
+        layers.Dropout(0.2, seed=1),
+        layers.Dense(4, activation="softmax"),
+    ])
+    model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    path = tmp_path / "model.cnnlab"
+    model.save(path)
+    return model, x, y, path
+
+
+def test_round_trip_is_bitwise(trained):
+    model, x, y, path = trained
+    loaded = cnnlab.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert loaded.get_config() == model.get_config()
+    assert loaded.history.history == model.history.history
+    assert type(loaded.optimizer) is optimizers.Adam and loaded.optimizer.learning_rate == 0.01
+
+
+def test_training_resumes_identically_after_load(trained):
+    model, x, y, path = trained
+    loaded = cnnlab.models.load_model(path)
+    dropout = next(layer.name for layer in model.layers if isinstance(layer, layers.Dropout))
+    for m in (model, loaded):                 # same dropout masks on both sides
+        m.get_layer(dropout).rng = np.random.default_rng(5)
+    for m in (model, loaded):
+        m.train_on_batch(x[:8], y[:8])
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_save_and_load_weights(trained, tmp_path):
+    model, x, _, _ = trained
+    model.save_weights(tmp_path / "w.cnnlab")
+    clone = cnnlab.Sequential.from_config(model.get_config())
+    clone.load_weights(tmp_path / "w.cnnlab")
+    np.testing.assert_array_equal(clone.predict(x, verbose=0), model.predict(x, verbose=0))
+    other = cnnlab.Sequential([layers.Input((12, 12, 1)), layers.Flatten(), layers.Dense(4)])
+    with pytest.raises(ModelFileError, match="holds 6 weight arrays; its architecture needs 2"):
+        other.load_weights(tmp_path / "w.cnnlab")
+
+
+def rewrite(path, out, change):
+    """Copy the archive at ``path`` to ``out``, letting ``change(name, bytes)`` edit members."""
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = change(info.filename, src.read(info.filename))
+            if data is not None:
+                dst.writestr(info.filename, data)
+    return out
+
+
+def npy_bytes(array):
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def test_truncated_files_at_every_cut_give_a_cnnlab_error(trained, tmp_path):
+    _, _, _, path = trained
+    data = path.read_bytes()
+    for cut in np.linspace(0, len(data) - 1, 40).astype(int):
+        bad = tmp_path / "cut.cnnlab"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ModelFileError):
+            cnnlab.models.load_model(bad)
+
+
+def test_flipped_bytes_give_a_cnnlab_error_or_a_valid_model(trained, tmp_path):
+    _, x, _, path = trained
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        corrupt = bytearray(data)
+        for i in rng.integers(0, len(data), 3):
+            corrupt[i] ^= 0xFF
+        bad = tmp_path / "flip.cnnlab"
+        bad.write_bytes(bytes(corrupt))
+        try:
+            cnnlab.models.load_model(bad)
+        except CnnlabError:
+            pass                       # only cnnlab errors are allowed out of load_model
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda n, d: None if n == "format.npy" else d, "no entry 'format'"),
+    (lambda n, d: npy_bytes(json_array({"format": "other"})) if n == "format.npy" else d,
+     "not a cnnlab file"),
+    (lambda n, d: npy_bytes(json_array({"format": "cnnlab", "version": 99})) if n == "format.npy"
+     else d, "version 99"),
+    (lambda n, d: npy_bytes(np.array([{"x": 1}], dtype=object)) if n == "model.npy" else d,
+     "dtype object"),
+    (lambda n, d: npy_bytes(np.frombuffer(b"{not json", np.uint8)) if n == "model.npy" else d,
+     "not valid JSON"),
+    (lambda n, d: None if n == "weights/0003.npy" else d, "holds 5 weight arrays"),
+    (lambda n, d: npy_bytes(np.zeros((5, 5), np.float32)) if n == "weights/0000.npy" else d,
+     r"has shape \(5, 5\); the model needs \(3, 3, 1, 4\)"),
+    (lambda n, d: npy_bytes(np.full((4,), np.nan, np.float32)) if n == "weights/0001.npy" else d,
+     "NaN or Inf"),
+    (lambda n, d: d[:-7] if n == "weights/0000.npy" else d, "holds only|truncated"),
+])
+def test_bad_members_are_named(trained, tmp_path, change, match):
+    _, _, _, path = trained
+    bad = rewrite(path, tmp_path / "bad.cnnlab", change)
+    with pytest.raises(ModelFileError, match=match):
+        cnnlab.models.load_model(bad)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda doc: doc["config"]["layers"][0].update(class_name="os.system"), "unknown class"),
+    (lambda doc: doc["config"]["layers"][0]["config"].update(filters=-3), "filters must be"),
+    (lambda doc: doc["config"]["layers"][0]["config"].update(evil=1), "invalid configuration"),
+    (lambda doc: doc["config"].update(input_shape=[10**9, 10**9, 3]), "invalid input shape"),
+    (lambda doc: doc["config"].update(input_shape=[1, 1, 1]), "inconsistent"),
+    (lambda doc: doc["config"].update(input_shape=[2, 2, 1]), r"has shape \(27, 4\)"),
+    (lambda doc: doc.update(class_name="Functional"), "not a Sequential"),
+])
+def test_malicious_or_mismatched_architectures_are_refused(trained, tmp_path, edit, match):
+    _, _, _, path = trained
+
+    def change(name, data):
+        if name != "model.npy":
+            return data
+        document = json.loads(np.load(io.BytesIO(data)).tobytes())
+        edit(document)
+        return npy_bytes(json_array(document))
+
+    with pytest.raises(ModelFileError, match=match):
+        cnnlab.models.load_model(rewrite(path, tmp_path / "bad.cnnlab", change))
+
+
+def test_missing_and_non_files(tmp_path):
+    with pytest.raises(ModelFileError, match="No model file"):
+        cnnlab.models.load_model(tmp_path / "absent.cnnlab")
+    with pytest.raises(ModelFileError, match="is a folder"):
+        cnnlab.models.load_model(tmp_path)
+    (tmp_path / "text.cnnlab").write_text("hello")
+    with pytest.raises(ModelFileError, match="not a valid model file"):
+        cnnlab.models.load_model(tmp_path / "text.cnnlab")
+
+
+def test_header_claiming_huge_array_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "huge.cnnlab"
+    write_archive(path, {"format": json_array({"format": "cnnlab", "version": 1})})
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (10**6, 10**6)})
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("model.npy", header.getvalue() + b"\0" * 16)
+    with pytest.raises(ModelFileError, match="claims shape"):
+        cnnlab.models.load_model(path)
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(trained, tmp_path):
+    model, _, _, path = trained
+    before = path.read_bytes()
+
+    class BoomError(Exception):
+        pass
+
+    def failing_state():
+        raise BoomError
+
+    model.optimizer.state_arrays = failing_state
+    with pytest.raises(BoomError):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.cnnlab"]
