@@ -59,6 +59,13 @@ class MaxPooling2D(_Pooling2D):
     _forward = staticmethod(pool_ops.max_pool2d_forward)
     _backward = staticmethod(pool_ops.max_pool2d_backward)
 
+    def call(self, x, training):
+        # at inference nobody will ask where each maximum was: skip tracking it
+        out, self._cache = pool_ops.max_pool2d_forward(x, self.pool_size, self.strides,
+                                                       self.pads_for(x.shape[1:3]),
+                                                       keep_cache=training)
+        return out
+
 
 class AveragePooling2D(_Pooling2D):
     """The mean of each window's real (unpadded) cells. ``(N, H, W, C) -> (N, Ho, Wo, C)``."""

@@ -1,0 +1,69 @@
+"""Every fast path against the plain reference path it replaced (STYLE principle 13)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import assert_close
+
+from cnnlab.engine import conv
+from cnnlab.engine.pool import max_pool2d_backward, max_pool2d_forward, max_pool2d_forward_reference
+from cnnlab.engine.shapes import resolve_padding
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 5), s=st.integers(1, 3), d=st.integers(1, 2),
+       padding=st.sampled_from(["valid", "same", 1]), c=st.integers(1, 9),
+       seed=st.integers(0, 2**31))
+def test_per_tap_backward_equals_col2im_backward(k, s, d, padding, c, seed):
+    rng = np.random.default_rng(seed)
+    size = d * (k - 1) + 1 + int(rng.integers(0, 6))
+    x = rng.standard_normal((2, size, size + 1, c))
+    kernel = rng.standard_normal((k, k, c, 3))
+    pads = resolve_padding(padding, x.shape[1:3], (k, k), (s, s), (d, d))
+    out, cache = conv.conv2d_forward(x, kernel, rng.standard_normal(3), (s, s), pads, (d, d))
+    grad_out = rng.standard_normal(out.shape)
+    fast = conv.conv2d_backward(grad_out, cache)
+    plain = conv.conv2d_backward_reference(grad_out, cache)
+    for a, b, name in zip(fast, plain, ("grad_x", "grad_kernel", "grad_bias")):
+        assert_close(a, b, np.float64, name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_chunked_convolution_equals_one_shot(monkeypatch, dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((7, 11, 10, 3)).astype(dtype)
+    kernel = rng.standard_normal((3, 3, 3, 4)).astype(dtype)
+    bias = rng.standard_normal(4).astype(dtype)
+    pads = ((1, 1), (1, 1))
+    out, cache = conv.conv2d_forward(x, kernel, bias, (1, 2), pads)
+    grad_out = rng.standard_normal(out.shape).astype(dtype)
+    grads = conv.conv2d_backward(grad_out, cache)
+    # a budget of ~2 images' cols forces 4 chunks, and a backward pass that rebuilds cols
+    monkeypatch.setattr(conv, "COLS_BUDGET_BYTES", 2 * 11 * 5 * 27 * x.itemsize)
+    assert len(conv.batch_chunks(7, 11 * 5 * 27 * x.itemsize)) == 4
+    out_c, cache_c = conv.conv2d_forward(x, kernel, bias, (1, 2), pads)
+    assert cache_c[0] is None and cache_c[1] is x          # keeps x, not cols
+    grads_c = conv.conv2d_backward(grad_out, cache_c)
+    assert_close(out_c, out, dtype, "out")
+    for a, b in zip(grads_c, grads):
+        assert_close(a, b, dtype, "grad")
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=st.integers(1, 4), s=st.integers(1, 3), padding=st.sampled_from(["valid", "same"]),
+       ties=st.booleans(), seed=st.integers(0, 2**31))
+def test_tap_loop_max_pool_equals_argmax_reference(p, s, padding, ties, seed):
+    rng = np.random.default_rng(seed)
+    shape = (2, p + int(rng.integers(0, 7)), p + int(rng.integers(0, 7)), 3)
+    x = rng.integers(0, 2, shape).astype(np.float32) if ties else rng.standard_normal(shape)
+    pads = resolve_padding(padding, shape[1:3], (p, p), (s, s))
+    out, cache = max_pool2d_forward(x, (p, p), (s, s), pads)
+    out_ref, cache_ref = max_pool2d_forward_reference(x, (p, p), (s, s), pads)
+    np.testing.assert_array_equal(out, out_ref)
+    np.testing.assert_array_equal(cache[0], cache_ref[0])     # same winning cell, ties included
+    grad_out = rng.standard_normal(out.shape).astype(x.dtype)
+    np.testing.assert_array_equal(max_pool2d_backward(grad_out, cache),
+                                  max_pool2d_backward(grad_out, cache_ref))
+    inference, _ = max_pool2d_forward(x, (p, p), (s, s), pads, keep_cache=False)
+    np.testing.assert_array_equal(inference, out)
