@@ -5,6 +5,8 @@
 'float32'
 """
 
+import os
+
 import numpy as np
 
 from cnnlab.errors import ConfigError
@@ -38,3 +40,27 @@ def resolve_dtype(dtype) -> np.dtype:
     if resolved.name not in _SUPPORTED_FLOATX:
         raise ConfigError(f"dtype must be 'float32' or 'float64'. Received: dtype={dtype!r}")
     return resolved
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not on Linux
+        return os.cpu_count() or 1
+
+
+_threads = min(_usable_cores(), 8)
+
+
+def threads() -> int:
+    """How many threads a training step, ``evaluate`` and ``predict`` split each batch across."""
+    return _threads
+
+
+def set_threads(count: int) -> None:
+    """Use ``count`` threads per batch (1: the plain single-threaded loop). Results are bitwise
+    repeatable for a given thread count; a different count changes the float rounding order."""
+    global _threads
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"set_threads expects a positive int. Received: {count!r}")
+    _threads = count

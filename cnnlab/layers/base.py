@@ -15,6 +15,7 @@ Subclasses implement:
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import re
@@ -204,6 +205,16 @@ class Layer:
                              f"(N, {', '.join(map(str, self.input_shape))}); received "
                              f"{x.shape}: the last axis is {x.shape[-1]}, expected "
                              f"{self.input_shape[-1]}.")
+
+    def replica(self) -> Layer:
+        """A twin that shares this layer's parameter arrays but has its own caches and gradients,
+        so two threads can each run a shard of a batch through the same weights."""
+        twin = copy.copy(self)
+        twin.grads = [None] * len(self.weights)
+        twin._activation_cache = None
+        if hasattr(twin, "_cache"):
+            twin._cache = None
+        return twin
 
     # --- parameters -----------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:

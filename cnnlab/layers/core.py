@@ -135,6 +135,13 @@ class Dropout(Layer):
         self.rng = seeding.new_generator(seed)
         self._mask = None
 
+    def replica(self):
+        twin = super().replica()
+        # its own mask stream, drawn from this layer's, so seeded runs still repeat exactly
+        twin.rng = np.random.default_rng(int(self.rng.integers(2**63)))
+        twin._mask = None
+        return twin
+
     def call(self, x, training):
         if not training or self.rate == 0:
             self._mask = None

@@ -8,6 +8,8 @@ takes the logits: the fused gradient ``(p - y) / N`` is exact and never divides 
 
 from __future__ import annotations
 
+import copy
+import functools
 import sys
 import warnings
 
@@ -19,6 +21,7 @@ from cnnlab import optimizers as optimizers_module
 from cnnlab import seeding
 from cnnlab.callbacks import CallbackList, History, ProgbarLogger
 from cnnlab.errors import ConfigError, NotBuiltError
+from cnnlab.models import parallel
 from cnnlab.models.data import (
     as_float,
     batch_slices,
@@ -49,6 +52,7 @@ class Trainer:
         self.stop_training = False
         self.history = None
         self._loss_mode = None
+        self._replicas = None
 
     # --- compile --------------------------------------------------------------------------------
     def compile(self, optimizer="adam", loss=None, metrics=None) -> None:
@@ -68,6 +72,7 @@ class Trainer:
     def _on_structure_change(self):
         self._loss_mode = None
         self.compiled_metrics = []
+        self._replicas = None
 
     def _require_compiled(self, what: str):
         if self.loss is None:
@@ -108,24 +113,87 @@ class Trainer:
             loss, self._loss_cache = self.loss.forward(out, y)
         return loss, out
 
-    def _backward_loss(self):
+    def _backward_loss(self, scale: float = 1.0):
+        """Backpropagate the loss; ``scale`` weights a shard's mean loss by its share of the batch."""
         if self._loss_mode == "fused":
             grad = self.loss.backward_logits(self._loss_cache)
+            if scale != 1.0:
+                grad *= scale
             grad = self._layers[-1].backward_logits(grad)
             if grad is not None:
                 self.backward(grad, start=len(self._layers) - 2)
-        elif self._loss_mode == "logits":
-            self.backward(self.loss.backward_logits(self._loss_cache))
         else:
-            self.backward(self.loss.backward(self._loss_cache))
+            grad = (self.loss.backward_logits(self._loss_cache) if self._loss_mode == "logits"
+                    else self.loss.backward(self._loss_cache))
+            if scale != 1.0:
+                grad *= scale
+            self.backward(grad)
+
+    # --- sharding a batch over threads (models.parallel) ----------------------------------------
+    def _shard_models(self, count: int) -> list:
+        """This model and ``count - 1`` replicas sharing its parameter arrays."""
+        if self._replicas is None or len(self._replicas) < count:
+            self._replicas = [self] + [self._replica() for _ in range(count - 1)]
+        return self._replicas[:count]
+
+    def _replica(self):
+        twin = copy.copy(self)
+        twin._layers = [layer.replica() for layer in self._layers]
+        twin._loss_cache = None
+        twin._replicas = None
+        return twin
+
+    def _shard_train(self, x, y, share: float):
+        loss, out = self._forward_loss(x, y, training=True)
+        self._backward_loss(share)
+        return loss, out
 
     def _train_step(self, x, y):
-        loss, out = self._forward_loss(x, y, training=True)
+        parts = parallel.shards(len(x))
+        if parts is None:
+            loss, out = self._forward_loss(x, y, training=True)
+            if not np.isfinite(loss):
+                return float(loss), out        # the caller stops; no update from a bad loss
+            self._backward_loss()
+            self.optimizer.apply(self.params_and_grads())
+            return float(loss), out
+        models = self._shard_models(len(parts))
+        n = len(x)
+        results = parallel.run_sharded([
+            functools.partial(model._shard_train, x[part], y[part], (part.stop - part.start) / n)
+            for model, part in zip(models, parts)])
+        loss = sum(r[0] * (p.stop - p.start) for r, p in zip(results, parts)) / n
+        out = np.concatenate([r[1] for r in results])
         if not np.isfinite(loss):
-            return float(loss), out            # the caller stops; no update from a bad loss
-        self._backward_loss()
+            return float(loss), out
+        for index, layer in enumerate(self._layers):      # sum the shards' gradients, in order
+            for k, total in enumerate(layer.grads):
+                if total is not None:
+                    for twin in models[1:]:
+                        total += twin._layers[index].grads[k]
         self.optimizer.apply(self.params_and_grads())
         return float(loss), out
+
+    def _loss_on_batch(self, x, y):
+        """Loss and outputs for evaluation, sharded over threads like a training step."""
+        parts = parallel.shards(len(x))
+        if parts is None:
+            loss, out = self._forward_loss(x, y, training=False)
+            return float(loss), out
+        models = self._shard_models(len(parts))
+        results = parallel.run_sharded([
+            functools.partial(model._forward_loss, x[part], y[part], False)
+            for model, part in zip(models, parts)])
+        loss = sum(float(r[0]) * (p.stop - p.start) for r, p in zip(results, parts)) / len(x)
+        return loss, np.concatenate([r[1] for r in results])
+
+    def _predict_batch(self, x):
+        parts = parallel.shards(len(x))
+        if parts is None:
+            return self.forward(x, training=False)
+        models = self._shard_models(len(parts))
+        return np.concatenate(parallel.run_sharded([
+            functools.partial(model.forward, x[part], False) for model, part in zip(models, parts)]))
 
     # --- the Keras surface ----------------------------------------------------------------------
     def train_on_batch(self, x, y) -> float | list[float]:
@@ -141,12 +209,12 @@ class Trainer:
         x = self._prepare(x, "test_on_batch")
         y = self.loss.prepare_targets(y, (len(x), *self.output_shape))
         check_pair(x, y, "test_on_batch")
-        loss, out = self._forward_loss(as_float(x, self._layers[0].dtype), y, training=False)
-        return self._scalar_or_list(float(loss), y, out)
+        loss, out = self._loss_on_batch(as_float(x, self._layers[0].dtype), y)
+        return self._scalar_or_list(loss, y, out)
 
     def predict_on_batch(self, x) -> np.ndarray:
         x = self._prepare(x, "predict_on_batch")
-        return self.forward(as_float(x, self._layers[0].dtype), training=False)
+        return self._predict_batch(as_float(x, self._layers[0].dtype))
 
     def _scalar_or_list(self, loss, y, out):
         if not self.compiled_metrics:
@@ -184,6 +252,7 @@ class Trainer:
                                      {"epochs": epochs, "steps": steps, "verbose": verbose})
         rng = seeding.new_generator()
         self.stop_training = False
+        self._replicas = None        # layers may have changed (trainable, weights) since last time
         callback_list.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             callback_list.on_epoch_begin(epoch)
@@ -245,8 +314,8 @@ class Trainer:
         loss_sum = 0.0
         for step, index in enumerate(batch_slices(len(x), batch_size)):
             callback_list.on_test_batch_begin(step)
-            loss, out = self._forward_loss(as_float(x[index], dtype), y[index], training=False)
-            loss_sum += float(loss) * len(out)
+            loss, out = self._loss_on_batch(as_float(x[index], dtype), y[index])
+            loss_sum += loss * len(out)
             for metric in self.compiled_metrics:
                 metric.update(y[index], out)
             callback_list.on_test_batch_end(step)
@@ -269,7 +338,7 @@ class Trainer:
         outputs = []
         for step, index in enumerate(batch_slices(len(x), batch_size)):
             callback_list.on_predict_batch_begin(step)
-            outputs.append(self.forward(as_float(x[index], dtype), training=False))
+            outputs.append(self._predict_batch(as_float(x[index], dtype)))
             callback_list.on_predict_batch_end(step)
         callback_list.on_predict_end()
         return np.concatenate(outputs)

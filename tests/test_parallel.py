@@ -1,0 +1,71 @@
+"""Splitting a batch across threads (models.parallel) computes the same step as one thread."""
+
+import numpy as np
+import pytest
+
+import cnnlab
+from cnnlab import layers, optimizers
+
+
+def model_and_data(dtype="float64"):
+    cnnlab.config.set_floatx(dtype)
+    cnnlab.utils.set_random_seed(3)
+    model = cnnlab.Sequential([
+        layers.Input((10, 10, 2)), layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(),
+        layers.Conv2D(5, 2, padding="same", activation="relu"), layers.Flatten(),
+        layers.Dense(6, activation="relu"), layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=optimizers.SGD(0.1, momentum=0.9), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((37, 10, 10, 2)).astype(dtype)      # 37: shards of 19 and 18
+    y = cnnlab.utils.to_categorical(rng.integers(0, 3, 37), 3, dtype=dtype)
+    return model, x, y
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_sharded_step_equals_single_thread_step(dtype, rtol):
+    results = {}
+    for threads in (1, 2, 3):
+        cnnlab.config.set_threads(threads)
+        model, x, y = model_and_data(dtype)
+        loss, acc = model.train_on_batch(x, y)
+        results[threads] = (loss, model.get_weights(), model.predict(x, batch_size=37, verbose=0),
+                            model.evaluate(x, y, batch_size=37, verbose=0))
+    cnnlab.config.set_threads(2)
+    single = results[1]
+    for threads in (2, 3):
+        loss, weights, predictions, evaluation = results[threads]
+        assert loss == pytest.approx(single[0], rel=rtol)
+        for a, b in zip(weights, single[1]):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-3)
+        np.testing.assert_allclose(predictions, single[2], rtol=rtol, atol=rtol * 1e-3)
+        np.testing.assert_allclose(evaluation, single[3], rtol=rtol)
+
+
+def test_two_threads_repeat_bit_for_bit_with_dropout():
+    cnnlab.config.set_threads(2)
+    runs = []
+    for _ in range(2):
+        cnnlab.utils.set_random_seed(11)
+        model = cnnlab.Sequential([layers.Input((6, 6, 1)), layers.Conv2D(3, 3, activation="relu"),
+                                   layers.Flatten(), layers.Dropout(0.5),
+                                   layers.Dense(2, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        x = np.random.default_rng(1).random((64, 6, 6, 1)).astype(np.float32)
+        model.fit(x, np.arange(64) % 2, batch_size=32, epochs=3, verbose=0)
+        runs.append(model.get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_shards_are_contiguous_and_cover_the_batch():
+    from cnnlab.models.parallel import shards
+    cnnlab.config.set_threads(3)
+    parts = shards(50)
+    assert [(p.start, p.stop) for p in parts] == [(0, 17), (17, 34), (34, 50)]
+    assert shards(15) is None                 # too small to be worth splitting
+    cnnlab.config.set_threads(1)
+    assert shards(1000) is None
+    cnnlab.config.set_threads(2)
+    with pytest.raises(cnnlab.errors.ConfigError):
+        cnnlab.config.set_threads(0)
