@@ -67,3 +67,34 @@ def test_tap_loop_max_pool_equals_argmax_reference(p, s, padding, ties, seed):
                                   max_pool2d_backward(grad_out, cache_ref))
     inference, _ = max_pool2d_forward(x, (p, p), (s, s), pads, keep_cache=False)
     np.testing.assert_array_equal(inference, out)
+
+
+def test_relu_pool_fusion_equals_layer_by_layer():
+    import cnnlab
+    from cnnlab import layers
+    cnnlab.config.set_floatx("float64")
+    model = cnnlab.Sequential([
+        layers.Input((9, 9, 2)), layers.Conv2D(3, 2, activation="relu"), layers.MaxPooling2D(),
+        layers.ReLU(), layers.MaxPooling2D(2, strides=1, padding="same"), layers.Flatten(),
+        layers.Dense(4, activation="softmax")])
+    assert model._execution_modes() == ["defer", "pool_relu", "defer", "pool_relu", "plain",
+                                        "plain"]
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 9, 9, 2))
+    y = cnnlab.utils.to_categorical(rng.integers(0, 4, 5), 4, dtype="float64")
+    model._prepare(x, "test")
+
+    def loss_and_grads():
+        loss, out = model._forward_loss(x, y, training=True)
+        model._backward_loss()
+        return loss, out, [g.copy() for _, g in model.params_and_grads()]
+
+    fused = loss_and_grads()
+    assert np.array_equal(model.forward(x), model.forward_all(x)[-1])   # viz path: unfused
+    model._modes = ["plain"] * 6                                         # switch fusion off
+    plain = loss_and_grads()
+    assert fused[0] == plain[0]
+    np.testing.assert_array_equal(fused[1], plain[1])
+    for a, b in zip(fused[2], plain[2]):
+        np.testing.assert_array_equal(a, b)

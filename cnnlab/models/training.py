@@ -101,8 +101,7 @@ class Trainer:
     def _forward_loss(self, x, y, training):
         """Returns ``(loss, output for metrics)``; keeps the loss cache for backward."""
         if self._loss_mode == "fused":
-            for layer in self._layers[:-1]:
-                x = layer.forward(x, training)
+            x = self.forward(x, training, stop=len(self._layers) - 1)
             logits = self._layers[-1].forward_logits(x, training)
             loss, self._loss_cache = self.loss.forward_logits(logits, y)
             return loss, logits
