@@ -51,13 +51,27 @@ def sliding_windows(xp: np.ndarray, window: tuple[int, int], strides: tuple[int,
 
 
 def im2col(x: np.ndarray, kernel_hw: tuple[int, int], strides: tuple[int, int], pads: Pads,
-           dilation: tuple[int, int] = (1, 1)) -> np.ndarray:
-    """Copy every window into one row: ``(N, H, W, C) -> cols (N, Ho, Wo, KH*KW*C)``."""
+           dilation: tuple[int, int] = (1, 1), ones_column: bool = False,
+           out: np.ndarray | None = None) -> np.ndarray:
+    """Copy every window into one row: ``(N, H, W, C) -> cols (N, Ho, Wo, KH*KW*C [+ 1])``.
+
+    ``ones_column`` appends a column of ones, so that ``cols @ [kernel; bias]`` adds the bias
+    inside the matrix multiply instead of in another pass over the output. ``out``: a buffer of
+    the right shape to write into (reused across steps, it saves allocating and page-faulting
+    the largest array of the layer).
+    """
     n, h, w, c = x.shape
     ho, wo = output_hw((h, w), kernel_hw, strides, pads, dilation)
+    k = kernel_hw[0] * kernel_hw[1] * c
+    shape = (n, ho, wo, k + ones_column)
+    if out is None or out.shape != shape or out.dtype != x.dtype:
+        out = np.empty(shape, dtype=x.dtype)
+        if ones_column:
+            out[..., k] = 1
     xp = pad_images(x, pads)                                          # (N, Hp, Wp, C)
     windows = sliding_windows(xp, kernel_hw, strides, dilation, (ho, wo))  # (N, Ho, Wo, KH, KW, C)
-    return windows.reshape(n, ho, wo, kernel_hw[0] * kernel_hw[1] * c)    # the im2col copy
+    np.copyto(out[..., :k].reshape(n, ho, wo, *kernel_hw, c), windows)   # the im2col copy
+    return out
 
 
 def col2im(grad_windows: np.ndarray, input_shape: tuple[int, ...], strides: tuple[int, int],
@@ -104,28 +118,33 @@ def batch_chunks(n: int, bytes_per_image: int, budget: int | None = None) -> lis
 
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
-                   dilation: tuple[int, int] = (1, 1)):
+                   dilation: tuple[int, int] = (1, 1), workspace: dict | None = None):
     """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``.
 
-    Returns ``(out (N, Ho, Wo, F), cache)``. The cache keeps ``cols`` for the backward pass when
-    it fits the budget; otherwise it keeps ``x`` and the backward pass rebuilds cols chunk by chunk.
+    Returns ``(out (N, Ho, Wo, F), cache)``. The bias rides in the matrix multiply as an extra
+    row of the kernel against a column of ones in cols. The cache keeps ``cols`` for the backward
+    pass when they fit the budget; otherwise it keeps ``x``, and backward rebuilds cols chunk by
+    chunk. ``workspace``: a dict the caller keeps between calls, to reuse the cols buffer.
     """
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
+    has_bias = bias is not None
+    k = kh * kw * c + has_bias
     weights = kernel.reshape(kh * kw * c, f)                                  # (KH*KW*C, F)
-    chunks = batch_chunks(n, ho * wo * kh * kw * c * x.dtype.itemsize)
+    if has_bias:
+        weights = np.vstack([weights, bias[None, :].astype(weights.dtype)])   # (KH*KW*C + 1, F)
+    chunks = batch_chunks(n, ho * wo * k * x.dtype.itemsize)
     out = np.empty((n, ho, wo, f), dtype=np.result_type(x, kernel))         # (N, Ho, Wo, F)
-    cols = None
+    buffer = workspace.get("cols") if workspace is not None else None
     for chunk in chunks:
-        cols = im2col(x[chunk], (kh, kw), strides, pads, dilation)          # (n, Ho, Wo, KH*KW*C)
-        np.matmul(cols.reshape(-1, kh * kw * c), weights,
-                  out=out[chunk].reshape(-1, f))                             # (n*Ho*Wo, F)
-    if bias is not None:
-        out += bias
-    kept_cols = cols if len(chunks) == 1 else None
+        buffer = im2col(x[chunk], (kh, kw), strides, pads, dilation, has_bias, buffer)
+        np.matmul(buffer.reshape(-1, k), weights, out=out[chunk].reshape(-1, f))  # (n*Ho*Wo, F)
+    if workspace is not None:
+        workspace["cols"] = buffer
+    kept_cols = buffer if len(chunks) == 1 else None
     cache = (kept_cols, x if kept_cols is None else None, kernel, x.shape, strides, pads,
-             dilation, bias is not None)
+             dilation, has_bias)
     return out, cache
 
 
@@ -145,16 +164,19 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     cols, x, kernel, x_shape, strides, pads, dilation, has_bias = cache
     kh, kw, c, f = kernel.shape
     n, ho, wo, _ = grad_out.shape
+    k = kh * kw * c + has_bias
     grad_rows = grad_out.reshape(n * ho * wo, f)                                 # (N*Ho*Wo, F)
+    # with the ones column, the same product yields the bias gradient as its last row
     if cols is not None:
-        grad_kernel = cols.reshape(-1, kh * kw * c).T @ grad_rows                # (KH*KW*C, F)
+        grad_weights = cols.reshape(-1, k).T @ grad_rows                         # (K [+ 1], F)
     else:
-        grad_kernel = np.zeros((kh * kw * c, f), dtype=grad_out.dtype)
-        for chunk in batch_chunks(n, ho * wo * kh * kw * c * grad_out.dtype.itemsize):
-            chunk_cols = im2col(x[chunk], (kh, kw), strides, pads, dilation)
-            grad_kernel += chunk_cols.reshape(-1, kh * kw * c).T @ grad_out[chunk].reshape(-1, f)
-    grad_kernel = grad_kernel.reshape(kh, kw, c, f)
-    grad_bias = column_sums(grad_rows) if has_bias else None                     # (F,)
+        grad_weights = np.zeros((k, f), dtype=grad_out.dtype)
+        buffer = None
+        for chunk in batch_chunks(n, ho * wo * k * grad_out.dtype.itemsize):
+            buffer = im2col(x[chunk], (kh, kw), strides, pads, dilation, has_bias, buffer)
+            grad_weights += buffer.reshape(-1, k).T @ grad_out[chunk].reshape(-1, f)
+    grad_kernel = grad_weights[:kh * kw * c].reshape(kh, kw, c, f)
+    grad_bias = grad_weights[-1].copy() if has_bias else None                    # (F,)
     if not need_input_grad:
         return None, grad_kernel, grad_bias
     (top, bottom), (left, right) = pads
@@ -179,6 +201,7 @@ def conv2d_backward_reference(grad_out: np.ndarray, cache, need_input_grad: bool
     n, ho, wo, _ = grad_out.shape
     if cols is None:
         cols = im2col(x, (kh, kw), strides, pads, dilation)
+    cols = cols[..., :kh * kw * c]                                               # drop ones column
     grad_rows = grad_out.reshape(n * ho * wo, f)                                 # (N*Ho*Wo, F)
     grad_kernel = (cols.reshape(-1, kh * kw * c).T @ grad_rows).reshape(kh, kw, c, f)
     grad_bias = grad_rows.sum(axis=0) if has_bias else None

@@ -62,6 +62,12 @@ class Conv2D(Layer):
         initializers.get(kernel_initializer)
         initializers.get(bias_initializer)
         self._cache = None
+        self._workspace: dict = {}     # the im2col buffer, reused from step to step
+
+    def replica(self):
+        twin = super().replica()
+        twin._workspace = {}           # shards run at the same time: one buffer each
+        return twin
 
     def pads_for(self, input_hw):
         """Explicit ((top, bottom), (left, right)) padding for an input of this height and width."""
@@ -84,7 +90,8 @@ class Conv2D(Layer):
     def call(self, x, training):
         bias = self.weights[1] if self.use_bias else None
         out, self._cache = conv2d_forward(x, self.weights[0], bias, self.strides,
-                                          self.pads_for(x.shape[1:3]), self.dilation_rate)
+                                          self.pads_for(x.shape[1:3]), self.dilation_rate,
+                                          self._workspace)
         return out
 
     def call_backward(self, grad_out):
