@@ -130,6 +130,9 @@ def run_torch(seconds, compiled=False):
 
 
 def run_keras(seconds):
+    import importlib.util
+    if importlib.util.find_spec("tensorflow") is None:      # Keras 3 defaults to TensorFlow
+        os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
     from keras import layers
     model = keras.Sequential([
@@ -146,8 +149,8 @@ def run_keras(seconds):
 
 
 def run_tinygrad(seconds):
-    import tinygrad
     from tinygrad import Tensor, TinyJit, nn
+    from tinygrad.helpers import Context
 
     class Net:
         def __init__(self):
@@ -166,19 +169,28 @@ def run_tinygrad(seconds):
     one = Tensor(xs[:1].copy())
 
     @TinyJit
-    @Tensor.train()
-    def train_step():
+    def jitted_step():
         opt.zero_grad()
         loss = net(x).sparse_categorical_crossentropy(y).backward()
         opt.step()
         return loss.realize()
 
-    @TinyJit
-    def infer(batch):
-        return net(batch).realize()
+    def train_step():
+        with Context(TRAINING=1):      # tinygrad 0.14's training switch
+            return jitted_step()
 
-    result = measure(train_step, lambda: infer(x).numpy(), lambda: net(one).numpy(), seconds)
-    return {**result, "version": getattr(tinygrad, "__version__", "?")}
+    @TinyJit
+    def infer_batch():
+        return net(x).realize()
+
+    @TinyJit
+    def infer_one():                  # jitted separately: a jit is specialised to its shapes
+        return net(one).realize()
+
+    result = measure(train_step, lambda: infer_batch().numpy(), lambda: infer_one().numpy(),
+                     seconds)
+    from importlib.metadata import version
+    return {**result, "version": version("tinygrad")}
 
 
 def run_onnxruntime(seconds):

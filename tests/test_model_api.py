@@ -216,3 +216,18 @@ def test_unknown_names_suggest_the_closest():
         model.compile(optimizer="sgd", loss="categorical_crossentropi")
     with pytest.raises(NotBuiltError, match="compile"):
         model.fit(np.zeros((2, 4)), np.zeros(2), verbose=0)
+
+
+def test_terminate_on_nan_stops_at_the_first_bad_batch(capsys):
+    x, y = toy_data()
+
+    class PoisonAfter(callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                logs["loss"] = float("nan")
+
+    model = small_model()
+    history = model.fit(x, y, epochs=5, batch_size=10, verbose=0,
+                        callbacks=[PoisonAfter(), callbacks.TerminateOnNaN()])
+    assert model.stop_training and len(history.history["loss"]) == 1
+    assert "invalid loss" in capsys.readouterr().out
