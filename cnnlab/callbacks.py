@@ -184,19 +184,47 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Save the model (or weights) after each epoch; ``filepath`` may use ``{epoch}`` and log keys,
-    e.g. ``'ckpt-{epoch:02d}-{val_loss:.2f}.cnnlab'``. Writes are atomic."""
+    """Save the model during training; ``filepath`` may use ``{epoch}`` and log keys, e.g.
+    ``'ckpt-{epoch:02d}-{val_loss:.2f}.cnnlab'``.
+
+    ``save_freq='epoch'`` saves after every epoch, an int after every that many batches. A full
+    save (``save_weights_only=False``) is a checkpoint: weights, optimizer state, the epoch and
+    batch position and every random generator's state, so ``load_model`` followed by
+    ``fit(..., initial_epoch=model.training_state['epoch'])`` continues exactly where it was.
+    Writes are atomic: a crash mid-save leaves the previous file intact.
+    """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
-                 save_weights_only=False, mode="auto"):
+                 save_weights_only=False, mode="auto", save_freq="epoch"):
         super().__init__()
         self.filepath, self.monitor, self.verbose = os.fspath(filepath), monitor, verbose
         self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
         self.mode = _resolve_mode(mode, monitor, "ModelCheckpoint")
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int)
+                                     or save_freq <= 0):
+            raise ConfigError(f"ModelCheckpoint: save_freq must be 'epoch' or a positive number "
+                              f"of batches. Received: save_freq={save_freq!r}")
+        self.save_freq = save_freq
         self.best = math.inf if self.mode == "min" else -math.inf
+        self._batches = 0
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches += 1
+        if self._batches >= self.save_freq:
+            self._batches = 0
+            self._save(self._epoch, logs or {})
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+        if self.save_freq == "epoch":
+            self._save(epoch, logs or {})
+
+    def _save(self, epoch, logs):
         if self.save_best_only:
             current = logs.get(self.monitor)
             if current is None or not _improved(self.mode, current, self.best, 0.0):
@@ -212,30 +240,29 @@ class ModelCheckpoint(Callback):
 
 
 class CSVLogger(Callback):
-    """Append one row of logs per epoch to a CSV file."""
+    """One row of logs per epoch in a CSV file, rewritten atomically after every epoch (a crash
+    never leaves half a row)."""
 
     def __init__(self, filename, separator=",", append=False):
         super().__init__()
         self.filename, self.separator, self.append = os.fspath(filename), separator, append
-        self._keys = None
+        self._rows: list[list[str]] = []
 
     def on_train_begin(self, logs=None):
-        self._keys = None
-        if not self.append and os.path.exists(self.filename):
-            os.remove(self.filename)
+        self._rows = []
+        if self.append and os.path.exists(self.filename):
+            with open(self.filename, newline="") as handle:
+                self._rows = list(csv.reader(handle, delimiter=self.separator))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if self._keys is None:
-            self._keys = sorted(logs)
-        write_header = not os.path.exists(self.filename) or os.path.getsize(self.filename) == 0
-        with open(self.filename, "a", newline="") as handle:
-            writer = csv.writer(handle, delimiter=self.separator)
-            if write_header:
-                writer.writerow(["epoch", *self._keys])
-            writer.writerow([epoch, *(logs.get(k, "") for k in self._keys)])
-            handle.flush()
-            os.fsync(handle.fileno())
+        if not self._rows:
+            self._rows.append(["epoch", *sorted(logs)])
+        keys = self._rows[0][1:]
+        self._rows.append([str(epoch), *(str(logs.get(k, "")) for k in keys)])
+        from cnnlab.fileio import atomic_write
+        with atomic_write(self.filename, "w") as handle:
+            csv.writer(handle, delimiter=self.separator, lineterminator="\n").writerows(self._rows)
 
 
 class LearningRateScheduler(Callback):

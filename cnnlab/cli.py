@@ -7,12 +7,13 @@ argparse's usage errors exit with 2. No tracebacks for mistakes a user can fix.
 from __future__ import annotations
 
 import argparse
+import glob
 import sys
 import time
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError
 
 DEFAULTS = {"model": "article", "data": "mnist_sample", "epochs": 5, "batch_size": 128,
             "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "seed": 0}
@@ -28,35 +29,111 @@ def _load_model_or_zoo(spec: str):
     return zoo.get(spec)
 
 
-def cmd_train(args) -> int:
-    """Train a zoo model on a dataset, report test accuracy, save the model."""
+CHECKPOINT_FILE = "checkpoint.cnnlab"
+TRAIN_SETTINGS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "momentum", "seed")
+
+
+def _check_train_options(args) -> None:
+    """Refuse combinations that cannot both be meant, before any work is done."""
+    given = [name for name in TRAIN_SETTINGS if getattr(args, name) is not None]
+    if args.resume and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(f"--resume continues the run saved in {args.resume!r} with its own "
+                          f"model, data and settings; drop {flags}.")
+    if args.optimizer == "adam" and args.momentum is not None:
+        raise ConfigError("--momentum applies to --optimizer sgd only; Adam has no momentum "
+                          "setting here.")
+    if args.checkpoint_every is not None and not (args.checkpoint_dir or args.resume):
+        raise ConfigError("--checkpoint-every needs --checkpoint-dir DIR (where to write them).")
+
+
+def _fresh_run(args):
     from cnnlab import datasets, optimizers, zoo
     from cnnlab.seeding import set_random_seed
-    set_random_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = datasets.load(args.data)
-    x_train, x_test = datasets.as_model_input(x_train), datasets.as_model_input(x_test)
+    settings = {name: getattr(args, name) if getattr(args, name) is not None else DEFAULTS[name]
+                for name in TRAIN_SETTINGS}
+    if args.optimizer == "adam" and args.lr is None:
+        settings["lr"] = 0.001
+    set_random_seed(settings["seed"])
+    (x_train, y_train), (x_test, y_test) = datasets.load(settings["data"])
+    x_train = datasets.as_model_input(x_train)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
-    model = zoo.get(args.model, input_shape=x_train.shape[1:], num_classes=num_classes)
-    if args.optimizer == "sgd":
-        optimizer = optimizers.SGD(args.lr, momentum=args.momentum)
-    else:
-        optimizer = optimizers.Adam(args.lr if args.lr_given else 0.001)
+    model = zoo.get(settings["model"], input_shape=x_train.shape[1:], num_classes=num_classes)
+    optimizer = (optimizers.SGD(settings["lr"], momentum=settings["momentum"])
+                 if settings["optimizer"] == "sgd" else optimizers.Adam(settings["lr"]))
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    print(f"Training {model.name} on {args.data}: {len(x_train):,} train / {len(x_test):,} test "
-          f"images {x_train.shape[1:]}, {num_classes} classes; {args.epochs} epochs, batch "
-          f"{args.batch_size}, {type(optimizer).__name__}(lr={optimizer.learning_rate:g}"
-          f"{f', momentum={args.momentum:g}' if args.optimizer == 'sgd' else ''}), seed "
-          f"{args.seed}")
+    model.metadata["train_settings"] = settings
+    model.metadata["input_scale"] = "uint8 / 255"
+    return model, settings, (x_train, y_train), (x_test, y_test), 0
+
+
+def _resumed_run(args):
+    import os
+
+    from cnnlab import config, datasets
+    from cnnlab.models import load_model
+    path = os.path.join(args.resume, CHECKPOINT_FILE)
+    if not os.path.exists(path):
+        raise ConfigError(f"No checkpoint to resume in {args.resume!r} (expected {path}).")
+    model = load_model(path)
+    settings = model.metadata.get("train_settings")
+    if not isinstance(settings, dict) or model.training_state is None:
+        raise ConfigError(f"{path} is not a cnnlab train checkpoint.")
+    threads = model._resume.get("threads")
+    if isinstance(threads, int) and threads > 0:
+        config.set_threads(threads)        # the same split, for a bit-exact continuation
+    (x_train, y_train), (x_test, y_test) = datasets.load(settings["data"])
+    return (model, settings, (datasets.as_model_input(x_train), y_train), (x_test, y_test),
+            model.training_state["epoch"])
+
+
+def cmd_train(args) -> int:
+    """Train a zoo model on a dataset, report test accuracy, save the model."""
+    import os
+
+    from cnnlab import datasets
+    from cnnlab.callbacks import ModelCheckpoint
+    _check_train_options(args)
+    checkpoint_dir = args.checkpoint_dir or args.resume
+    if args.checkpoint_dir and not args.resume and os.path.exists(
+            os.path.join(args.checkpoint_dir, CHECKPOINT_FILE)):
+        raise ConfigError(f"{args.checkpoint_dir!r} already holds a checkpoint: continue it with "
+                          f"--resume {args.checkpoint_dir}, or choose another folder.")
+    model, settings, (x_train, y_train), (x_test, y_test), initial_epoch = (
+        _resumed_run(args) if args.resume else _fresh_run(args))
+    x_test = datasets.as_model_input(x_test)
+    optimizer = model.optimizer
+    if initial_epoch:
+        print(f"Resuming {model.name} from {checkpoint_dir}: epoch {initial_epoch + 1}, batch "
+              f"{model.training_state['step']}")
+    else:
+        momentum = f", momentum={settings['momentum']:g}" if settings["optimizer"] == "sgd" else ""
+        print(f"Training {model.name} on {settings['data']}: {len(x_train):,} train / "
+              f"{len(x_test):,} test images {x_train.shape[1:]}, {model.output_shape[-1]} "
+              f"classes; {settings['epochs']} epochs, batch {settings['batch_size']}, "
+              f"{type(optimizer).__name__}(lr={optimizer.learning_rate:g}{momentum}), "
+              f"seed {settings['seed']}")
+    callbacks = []
+    if checkpoint_dir:
+        # a run killed mid-write (SIGKILL) leaves its temporary file behind: only we write here
+        for debris in glob.glob(os.path.join(glob.escape(checkpoint_dir),
+                                             ".tmp-*-" + CHECKPOINT_FILE)):
+            os.remove(debris)
+        callbacks.append(ModelCheckpoint(os.path.join(checkpoint_dir, CHECKPOINT_FILE),
+                                         save_freq=args.checkpoint_every or "epoch"))
     start = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-              validation_data=(x_test, y_test), verbose=args.verbose)
+    model.fit(x_train, y_train, batch_size=settings["batch_size"], epochs=settings["epochs"],
+              validation_data=(x_test, y_test), verbose=args.verbose, callbacks=callbacks,
+              initial_epoch=initial_epoch)
     seconds = time.perf_counter() - start
     loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
-    out = args.out or f"{model.name}.cnnlab"
+    out = args.out or settings.get("out") or f"{model.name}.cnnlab"
+    model.metadata["train_settings"] = {**settings, "out": out}
     model.save(out)
+    images = len(x_train) * (settings["epochs"] - initial_epoch)
     print(f"Test accuracy: {accuracy:.2%} (loss {loss:.4f}) on {len(x_test):,} held-out images; "
-          f"trained in {seconds:.1f} s ({len(x_train) * args.epochs / seconds:,.0f} images/s)")
+          f"trained in {seconds:.1f} s ({images / max(seconds, 1e-9):,.0f} images/s)")
     print(f"Saved model to {out}")
     return 0
 
@@ -112,26 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a model and save it", formatter_class=formatter,
         description=cmd_train.__doc__,
-        epilog="Example:\n  cnnlab train\n  cnnlab train --model lenet5 --epochs 3 --out lenet.cnnlab")
-    train.add_argument("--model", default=DEFAULTS["model"],
-                       help="zoo model: article or lenet5 (default: %(default)s)")
-    train.add_argument("--data", default=DEFAULTS["data"],
-                       help="dataset name or .npz path (default: %(default)s)")
-    train.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"],
-                       help="passes over the training data (default: %(default)s)")
-    train.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"],
-                       help="images per step (default: %(default)s)")
-    train.add_argument("--optimizer", choices=["sgd", "adam"], default=DEFAULTS["optimizer"],
-                       help="sgd (with momentum) or adam (default: %(default)s)")
-    train.add_argument("--lr", type=_positive_float, default=None,
+        epilog="Example:\n  cnnlab train\n  cnnlab train --model lenet5 --epochs 3 --out lenet.cnnlab\n"
+               "  cnnlab train --checkpoint-dir runs/a   # killed? then: cnnlab train --resume runs/a")
+    # settings default to None so that --resume can tell which ones were given
+    train.add_argument("--model", help=f"zoo model: article, lenet5 or simple_convnet "
+                                       f"(default: {DEFAULTS['model']})")
+    train.add_argument("--data", help=f"dataset name or .npz path (default: {DEFAULTS['data']})")
+    train.add_argument("--epochs", type=_positive_int,
+                       help=f"passes over the training data (default: {DEFAULTS['epochs']})")
+    train.add_argument("--batch-size", type=_positive_int,
+                       help=f"images per step (default: {DEFAULTS['batch_size']})")
+    train.add_argument("--optimizer", choices=["sgd", "adam"],
+                       help=f"sgd (with momentum) or adam (default: {DEFAULTS['optimizer']})")
+    train.add_argument("--lr", type=_positive_float,
                        help=f"learning rate (default: {DEFAULTS['lr']} for sgd, 0.001 for adam)")
-    train.add_argument("--momentum", type=float, default=DEFAULTS["momentum"],
-                       help="SGD momentum (default: %(default)s)")
-    train.add_argument("--seed", type=int, default=DEFAULTS["seed"],
-                       help="random seed; the same seed repeats the run exactly "
-                            "(default: %(default)s)")
+    train.add_argument("--momentum", type=float,
+                       help=f"SGD momentum (default: {DEFAULTS['momentum']})")
+    train.add_argument("--seed", type=int,
+                       help=f"random seed; the same seed repeats the run exactly "
+                            f"(default: {DEFAULTS['seed']})")
     train.add_argument("--out", default=None,
                        help="where to save the model (default: MODEL_NAME.cnnlab)")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="write a checkpoint there after every epoch (weights, optimizer, "
+                            "position, random states), atomically")
+    train.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                       help="with --checkpoint-dir: checkpoint every N batches instead")
+    train.add_argument("--resume", metavar="DIR",
+                       help="continue the run checkpointed in DIR exactly where it stopped")
     train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,
                        help="0 silent, 1 progress bar, 2 one line per epoch "
                             "(default: a bar on a terminal, lines otherwise)")
@@ -190,12 +275,8 @@ def _positive_float(text: str) -> float:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "command", None) == "train":
-        args.lr_given = args.lr is not None
-        if args.lr is None:
-            args.lr = DEFAULTS["lr"]
-        if args.verbose is None:
-            args.verbose = "auto"
+    if getattr(args, "command", None) == "train" and args.verbose is None:
+        args.verbose = "auto"
     try:
         return args.func(args)
     except CnnlabError as exc:

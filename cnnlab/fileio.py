@@ -13,12 +13,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
 from cnnlab.errors import ModelFileError
+
+# Everything zipfile and the .npy header parser raise on damaged bytes (found by fuzzing: a
+# flipped bit in a zip header can surface as NotImplementedError or struct.error, for example).
+# All of them mean "this file is corrupt"; MemoryError and KeyboardInterrupt are not among them.
+CORRUPT_FILE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
+                       NotImplementedError, RuntimeError, struct.error, zlib.error, KeyError,
+                       IndexError, TypeError, OverflowError, SyntaxError)
 
 ALLOWED_DTYPES = {np.dtype(t) for t in ("float32", "float64", "int64", "int32", "uint8")}
 MAX_ENTRIES = 10_000
@@ -78,7 +87,7 @@ class ArchiveReader:
         try:
             self._zip = zipfile.ZipFile(self.path)
             infos = self._zip.infolist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except CORRUPT_FILE_ERRORS as exc:
             raise ModelFileError(f"{self.path!r} is not a valid {what} (truncated or corrupt: "
                                  f"{exc}).") from None
         if len(infos) > MAX_ENTRIES:
@@ -114,9 +123,9 @@ class ArchiveReader:
                     raise ModelFileError(f"{self.path!r}: {name!r} is {nbytes:,} bytes; at most "
                                          f"{max_bytes:,} are allowed there.")
                 data = member.read(nbytes)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            if isinstance(exc, ModelFileError):
-                raise
+        except ModelFileError:
+            raise
+        except CORRUPT_FILE_ERRORS as exc:
             raise ModelFileError(f"{self.path!r}: entry {name!r} is corrupt ({exc}).") from None
         if len(data) != nbytes:
             raise ModelFileError(f"{self.path!r}: entry {name!r} is truncated ({len(data)} of "
@@ -138,7 +147,7 @@ class ArchiveReader:
             raise ModelFileError(f"{self.path!r} has no entry {name!r}; is it a {self.what}?")
         try:
             return self._zip.open(name + ".npy")
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except CORRUPT_FILE_ERRORS as exc:
             raise ModelFileError(f"{self.path!r}: entry {name!r} is corrupt ({exc}).") from None
 
     def _read_header(self, member, name):
@@ -150,7 +159,7 @@ class ArchiveReader:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
             else:
                 raise ValueError(f"unsupported .npy version {version}")
-        except (ValueError, SyntaxError, TypeError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        except CORRUPT_FILE_ERRORS as exc:
             raise ModelFileError(f"{self.path!r}: entry {name!r} has a corrupt header ({exc}).") \
                 from None
         if dtype not in ALLOWED_DTYPES or fortran:

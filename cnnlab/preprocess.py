@@ -16,13 +16,21 @@ MAX_IMAGE_PIXELS = 64_000_000     # refuse decompression bombs before decoding
 
 
 def open_image(path):
-    """Open an image file with Pillow, applying EXIF rotation; errors name the file."""
+    """Open an image file with Pillow, applying EXIF rotation; errors name the file.
+
+    Images over ``MAX_IMAGE_PIXELS`` are refused before they are decoded (Pillow only warns
+    between 1x and 2x its limit; here that is an error too).
+    """
+    import warnings
+
     from PIL import Image, ImageOps, UnidentifiedImageError
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as img:
-            img.load()
-            return ImageOps.exif_transpose(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise DataError(f"No image file at {str(path)!r}.") from None
     except IsADirectoryError:
@@ -30,7 +38,7 @@ def open_image(path):
     except UnidentifiedImageError:
         raise DataError(f"{str(path)!r} is not an image Pillow can read (PNG, JPEG, BMP, GIF, "
                         f"WebP ...).") from None
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{str(path)!r} is too large to decode safely ({exc}).") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{str(path)!r} is corrupt or truncated ({exc}).") from None
@@ -59,6 +67,29 @@ def _centre_like_mnist(gray: np.ndarray, size: int) -> np.ndarray:
     return canvas
 
 
+def to_gray(image) -> np.ndarray:
+    """Any Pillow mode -> greyscale floats in [0, 1], ``(H, W)``.
+
+    16-bit and 32-bit images are scaled by their bit depth (Pillow's own conversion to 8 bits
+    would clip them); transparent images are laid on white paper first; palette, CMYK and the
+    rest go through Pillow's conversions.
+    """
+    from PIL import Image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        return np.clip(values / top, 0, 1).astype(np.float32)
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        top = values.max(initial=0)
+        return np.clip(values / (top if top > 1 else 1), 0, 1).astype(np.float32)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(paper, rgba)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255
+
+
 def image_to_input(image, input_shape, invert="auto", centre: bool = True) -> np.ndarray:
     """A PIL image (or array) -> one model input ``(H, W, C)`` of floats in [0, 1].
 
@@ -73,7 +104,7 @@ def image_to_input(image, input_shape, invert="auto", centre: bool = True) -> np
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     if channels == 1:
-        gray = np.asarray(image.convert("L"), dtype=np.float32) / 255
+        gray = to_gray(image)
         border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
         if invert is True or (invert == "auto" and border.mean() > 0.5):
             gray = 1 - gray
@@ -85,5 +116,8 @@ def image_to_input(image, input_shape, invert="auto", centre: bool = True) -> np
     if mode is None:
         raise DataError(f"Models with {channels} input channels cannot take images; expected 1, "
                         f"3 or 4.")
+    if image.mode.startswith("I") or image.mode == "F":     # high bit depth: via greyscale
+        gray = Image.fromarray((to_gray(image) * 255).astype(np.uint8))
+        image = gray.convert(mode)
     img = image.convert(mode).resize((w, h), Image.BILINEAR)
     return np.asarray(img, dtype=np.float32) / 255

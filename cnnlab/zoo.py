@@ -45,7 +45,21 @@ def lenet5(input_shape=(28, 28, 1), num_classes: int = 10) -> Sequential:
     ], name="lenet5")
 
 
-MODELS = {"article": article_cnn, "lenet5": lenet5}
+def simple_convnet(input_shape=(28, 28, 1), num_classes: int = 10) -> Sequential:
+    """Keras' "Simple MNIST convnet" example: two 3x3 conv blocks, dropout 0.5, softmax."""
+    return Sequential([
+        layers.Input(input_shape),
+        layers.Conv2D(32, 3, activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(64, 3, activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dropout(0.5),
+        layers.Dense(num_classes, activation="softmax"),
+    ], name="simple_convnet")
+
+
+MODELS = {"article": article_cnn, "lenet5": lenet5, "simple_convnet": simple_convnet}
 ALIASES = {"article_cnn": "article", "lenet": "lenet5", "lenet-5": "lenet5"}
 
 
@@ -53,6 +67,7 @@ def get(name: str, input_shape=(28, 28, 1), num_classes: int = 10) -> Sequential
     key = ALIASES.get(str(name).lower(), str(name).lower())
     if key not in MODELS:
         hint = difflib.get_close_matches(key, [*MODELS, *ALIASES], n=1)
+        hint = [ALIASES.get(h, h) for h in hint]          # suggest the real name, not an alias
         raise ConfigError(f"Unknown model {name!r}. Available: {sorted(MODELS)}"
                           + (f"; did you mean {hint[0]!r}?" if hint else "."))
     return MODELS[key](input_shape=input_shape, num_classes=num_classes)

@@ -42,22 +42,6 @@ def test_sharded_step_equals_single_thread_step(dtype, rtol):
         np.testing.assert_allclose(evaluation, single[3], rtol=rtol)
 
 
-def test_two_threads_repeat_bit_for_bit_with_dropout():
-    cnnlab.config.set_threads(2)
-    runs = []
-    for _ in range(2):
-        cnnlab.utils.set_random_seed(11)
-        model = cnnlab.Sequential([layers.Input((6, 6, 1)), layers.Conv2D(3, 3, activation="relu"),
-                                   layers.Flatten(), layers.Dropout(0.5),
-                                   layers.Dense(2, activation="softmax")])
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        x = np.random.default_rng(1).random((64, 6, 6, 1)).astype(np.float32)
-        model.fit(x, np.arange(64) % 2, batch_size=32, epochs=3, verbose=0)
-        runs.append(model.get_weights())
-    for a, b in zip(*runs):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_shards_are_contiguous_and_cover_the_batch():
     from cnnlab.models.parallel import shards
     cnnlab.config.set_threads(3)

@@ -135,7 +135,7 @@ def test_bad_members_are_named(trained, tmp_path, change, match):
 
 
 @pytest.mark.parametrize("edit,match", [
-    (lambda doc: doc["config"]["layers"][0].update(class_name="os.system"), "unknown class"),
+    (lambda doc: doc["config"]["layers"][0].update(class_name="os.system"), "Unknown layer class"),
     (lambda doc: doc["config"]["layers"][0]["config"].update(filters=-3), "filters must be"),
     (lambda doc: doc["config"]["layers"][0]["config"].update(evil=1), "invalid configuration"),
     (lambda doc: doc["config"].update(input_shape=[10**9, 10**9, 3]), "invalid input shape"),

@@ -37,6 +37,16 @@ def _snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower().replace("2_d", "2d")
 
 
+def layer_class(name) -> type:
+    """A layer class by its name, for configurations and model files."""
+    if isinstance(name, str) and name in LAYER_REGISTRY:
+        return LAYER_REGISTRY[name]
+    hint = difflib.get_close_matches(str(name), LAYER_REGISTRY, n=1, cutoff=0.5)
+    raise ConfigError(f"Unknown layer class {name!r}"
+                      + (f"; did you mean {hint[0]!r}?" if hint else
+                         f". Known: {sorted(LAYER_REGISTRY)}."))
+
+
 def unique_name(base: str) -> str:
     """Keras-style automatic names: ``conv2d``, ``conv2d_1``, ``conv2d_2`` ..."""
     count = _name_counts[base]
@@ -75,7 +85,8 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        LAYER_REGISTRY[cls.__name__] = cls
+        if not cls.__name__.startswith("_"):      # private helpers are not loadable layers
+            LAYER_REGISTRY[cls.__name__] = cls
 
     def __init__(self, name: str | None = None, dtype=None, trainable: bool = True,
                  input_shape=None, activation=None):

@@ -23,7 +23,8 @@ from cnnlab import losses as losses_module
 from cnnlab import optimizers as optimizers_module
 from cnnlab.errors import CnnlabError, ModelFileError
 from cnnlab.fileio import ArchiveReader, json_array, write_archive
-from cnnlab.layers.base import LAYER_REGISTRY
+from cnnlab.layers.base import layer_class
+from cnnlab.models import checkpoint
 
 FORMAT = "cnnlab"
 VERSION = 1
@@ -43,6 +44,11 @@ def _arrays_for(model, kind: str, include_optimizer: bool) -> dict[str, np.ndarr
                 "metrics": [m for m in model._metric_names if isinstance(m, str)]}
         if model.history is not None and model.history.history:
             document["history"] = model.history.history
+        if model.metadata:
+            document["metadata"] = model.metadata
+        record = checkpoint.capture(model)
+        if record is not None:                 # saved during fit: where training is
+            arrays["training"] = json_array(record)
     arrays["model"] = json_array(document)
     for i, weight in enumerate(model.weights):
         arrays[f"weights/{i:04d}"] = weight
@@ -91,10 +97,10 @@ def _layers_from(reader: ArchiveReader, document) -> tuple[list, tuple[int, ...]
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
             raise ModelFileError(f"{where!r}: layer {index} is not a {{class_name, config}} entry.")
-        cls = LAYER_REGISTRY.get(entry.get("class_name"))
-        if cls is None or entry.get("class_name", "").startswith("_"):
-            raise ModelFileError(f"{where!r}: layer {index} has unknown class "
-                                 f"{entry.get('class_name')!r}; known: {sorted(LAYER_REGISTRY)}.")
+        try:
+            cls = layer_class(entry.get("class_name"))
+        except CnnlabError as exc:
+            raise ModelFileError(f"{where!r}: layer {index}: {exc}") from None
         try:
             layers.append(cls.from_config(entry["config"]))
         except (CnnlabError, TypeError, ValueError) as exc:
@@ -151,6 +157,10 @@ def load_model(filepath, compile: bool = True):
         model.set_weights(weights)
         if header.get("kind") == "model" and compile and isinstance(document.get("compile"), dict):
             _restore_compile(model, reader, document["compile"], where)
+        if isinstance(document.get("metadata"), dict):
+            model.metadata = document["metadata"]
+        if header.get("kind") == "model" and "training" in reader.names():
+            model._resume = checkpoint.check(reader.json("training"), where)
         history = document.get("history")
         if isinstance(history, dict):
             from cnnlab.callbacks import History

@@ -15,7 +15,7 @@ import numpy as np
 
 from cnnlab.engine.activations import relu_backward, relu_forward
 from cnnlab.errors import ConfigError, NotBuiltError, ShapeError
-from cnnlab.layers.base import LAYER_REGISTRY, Layer, unique_name
+from cnnlab.layers.base import Layer, layer_class, unique_name
 from cnnlab.layers.core import InputLayer
 from cnnlab.layers.pooling import MaxPooling2D
 from cnnlab.models.training import Trainer
@@ -238,11 +238,7 @@ class Sequential(Trainer):
         if config.get("input_shape"):
             model.input_shape = tuple(config["input_shape"])
         for entry in config.get("layers", []):
-            layer_cls = LAYER_REGISTRY.get(entry.get("class_name"))
-            if layer_cls is None:
-                raise ConfigError(f"Unknown layer class {entry.get('class_name')!r}; known: "
-                                  f"{sorted(LAYER_REGISTRY)}.")
-            model.add(layer_cls.from_config(entry.get("config", {})))
+            model.add(layer_class(entry.get("class_name")).from_config(entry.get("config", {})))
         return model
 
     def save(self, filepath, include_optimizer: bool = True) -> None:

@@ -21,7 +21,7 @@ from cnnlab import optimizers as optimizers_module
 from cnnlab import seeding
 from cnnlab.callbacks import CallbackList, History, ProgbarLogger
 from cnnlab.errors import ConfigError, NotBuiltError
-from cnnlab.models import parallel
+from cnnlab.models import checkpoint, parallel
 from cnnlab.models.data import (
     as_float,
     batch_slices,
@@ -53,6 +53,9 @@ class Trainer:
         self.history = None
         self._loss_mode = None
         self._replicas = None
+        self._progress = None       # where fit is, for checkpoints (models.checkpoint)
+        self._resume = None         # a checkpoint's training record, consumed by the next fit
+        self.metadata: dict = {}    # saved with the model: class names, how inputs were scaled
 
     # --- compile --------------------------------------------------------------------------------
     def compile(self, optimizer="adam", loss=None, metrics=None) -> None:
@@ -252,42 +255,95 @@ class Trainer:
         rng = seeding.new_generator()
         self.stop_training = False
         self._replicas = None        # layers may have changed (trainable, weights) since last time
+        resume = self._take_resume(initial_epoch)
+        if resume is not None:
+            self.history.history = {k: list(v) for k, v in resume["history"].items()}
+            checkpoint.restore_rngs(self, resume)
         callback_list.on_train_begin()
-        for epoch in range(initial_epoch, epochs):
-            callback_list.on_epoch_begin(epoch)
-            for metric in self.compiled_metrics:
-                metric.reset()
-            order = rng.permutation(len(x)) if shuffle else None
-            loss_sum, seen, logs = 0.0, 0, {}
-            for step, index in enumerate(batch_slices(len(x), batch_size, order)):
-                callback_list.on_train_batch_begin(step)
-                loss, out = self._train_step(as_float(x[index], dtype), y[index])
-                if not np.isfinite(loss):
-                    warnings.warn(f"Epoch {epoch + 1}, batch {step}: the loss is {loss}; training "
-                                  f"stopped and the weights are those before this batch. Lower "
-                                  f"the learning rate, or check the data for extreme values.",
-                                  RuntimeWarning, stacklevel=2)
-                    self.stop_training = True
-                    break
-                loss_sum += loss * len(out)
-                seen += len(out)
+        try:
+            for epoch in range(initial_epoch, epochs):
+                callback_list.on_epoch_begin(epoch)
                 for metric in self.compiled_metrics:
-                    metric.update(y[index], out)
-                logs = {"loss": loss_sum / seen,
-                        **{m.name: m.result() for m in self.compiled_metrics}}
-                callback_list.on_train_batch_end(step, logs)
+                    metric.reset()
+                epoch_start_rng = rng.bit_generator.state
+                first_step, loss_sum, seen = 0, 0.0, 0
+                if resume is not None:          # continue the epoch the checkpoint was in
+                    rng.bit_generator.state = epoch_start_rng = resume["shuffle_rng"]
+                    first_step, partial = resume["step"], resume["partial"]
+                    loss_sum, seen = float(partial["loss_sum"]), int(partial["seen"])
+                    for metric, (total, count) in zip(self.compiled_metrics, partial["metrics"]):
+                        metric.total, metric.count = float(total), int(count)
+                    resume = None
+                logs = self._epoch_logs(loss_sum, seen)
+                order = rng.permutation(len(x)) if shuffle else None
+                for step, index in enumerate(batch_slices(len(x), batch_size, order)):
+                    if step < first_step:
+                        continue
+                    callback_list.on_train_batch_begin(step)
+                    loss, out = self._train_step(as_float(x[index], dtype), y[index])
+                    if not np.isfinite(loss):
+                        warnings.warn(f"Epoch {epoch + 1}, batch {step}: the loss is {loss}; "
+                                      f"training stopped and the weights are those before this "
+                                      f"batch. Lower the learning rate, or check the data for "
+                                      f"extreme values.", RuntimeWarning, stacklevel=2)
+                        self.stop_training = True
+                        break
+                    loss_sum += loss * len(out)
+                    seen += len(out)
+                    for metric in self.compiled_metrics:
+                        metric.update(y[index], out)
+                    logs = self._epoch_logs(loss_sum, seen)
+                    self._progress = self._position(epoch, step + 1, epoch_start_rng, loss_sum,
+                                                     seen)
+                    callback_list.on_train_batch_end(step, logs)
+                    if self.stop_training:
+                        break
+                epoch_logs = dict(logs)
+                if validation is not None and seen:
+                    val = self.evaluate(*validation, batch_size=batch_size, verbose=0,
+                                        return_dict=True)
+                    epoch_logs.update({f"val_{k}": v for k, v in val.items()})
+                if not self.stop_training:      # a checkpoint written now resumes next epoch
+                    self._progress = self._position(epoch + 1, 0, rng.bit_generator.state, 0.0, 0,
+                                                    reset_metrics=True)
+                callback_list.on_epoch_end(epoch, epoch_logs)
                 if self.stop_training:
                     break
-            epoch_logs = dict(logs)
-            if validation is not None and seen:
-                val = self.evaluate(*validation, batch_size=batch_size, verbose=0,
-                                    return_dict=True)
-                epoch_logs.update({f"val_{k}": v for k, v in val.items()})
-            callback_list.on_epoch_end(epoch, epoch_logs)
-            if self.stop_training:
-                break
-        callback_list.on_train_end()
+            callback_list.on_train_end()
+        finally:
+            self._progress = None
         return self.history
+
+    def _epoch_logs(self, loss_sum, seen) -> dict:
+        if not seen:
+            return {}
+        return {"loss": loss_sum / seen, **{m.name: m.result() for m in self.compiled_metrics}}
+
+    def _position(self, epoch, step, shuffle_rng, loss_sum, seen, reset_metrics=False) -> dict:
+        metrics = [[0.0, 0] if reset_metrics else [m.total, m.count]
+                   for m in self.compiled_metrics]
+        return {"epoch": epoch, "step": step, "shuffle_rng": shuffle_rng,
+                "partial": {"loss_sum": loss_sum, "seen": seen, "metrics": metrics}}
+
+    def _take_resume(self, initial_epoch):
+        """The checkpoint's record, if this fit continues from it (``initial_epoch`` matches)."""
+        record, self._resume = self._resume, None
+        if record is None:
+            return None
+        if record["epoch"] != initial_epoch:
+            warnings.warn(f"This model was loaded from a checkpoint taken at epoch "
+                          f"{record['epoch']}, batch {record['step']}; fit(initial_epoch="
+                          f"{initial_epoch}) starts elsewhere, so it is not resumed exactly. Pass "
+                          f"initial_epoch={record['epoch']} to continue where it stopped.",
+                          RuntimeWarning, stacklevel=3)
+            return None
+        return record
+
+    @property
+    def training_state(self) -> dict | None:
+        """Where a loaded checkpoint stopped: ``{'epoch': ..., 'step': ...}``, else None."""
+        return None if self._resume is None else {"epoch": self._resume["epoch"],
+                                                  "step": self._resume["step"]}
 
     def _check_validation_data(self, validation_data):
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
