@@ -152,3 +152,21 @@ def test_a_hostile_training_record_is_refused_at_load_time(valid_file, tmp_path,
     path.write_bytes(_rebuild(members))
     with pytest.raises(cnnlab.errors.ModelFileError, match="invalid training record"):
         cnnlab.models.load_model(path)
+
+
+def test_atheris_coverage_guided_fuzzing_finds_no_crash(valid_file, tmp_path):
+    """libFuzzer mutates a real checkpoint for 20,000 runs, guided by coverage of cnnlab's code."""
+    pytest.importorskip("atheris")      # a test extra on Linux x86_64, where its wheels exist
+    import subprocess
+    import sys
+    from pathlib import Path
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "checkpoint.cnnlab").write_bytes(valid_file)
+    harness = Path(__file__).with_name("fuzz_model_file.py")
+    result = subprocess.run([sys.executable, str(harness), str(corpus), "-runs=20000",
+                             "-max_len=16384", "-rss_limit_mb=2048", "-timeout=10", "-seed=1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Done 20000 runs" in result.stderr
+    assert not list(tmp_path.glob("crash-*"))
