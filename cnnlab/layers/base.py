@@ -82,6 +82,8 @@ class Layer:
 
     #: input rank (batch included) this layer accepts, or None for any rank >= 2
     input_rank: int | None = None
+    #: keep what backward needs even at inference (set while Grad-CAM or saliency run)
+    keep_backward_cache: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

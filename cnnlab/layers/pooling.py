@@ -60,10 +60,11 @@ class MaxPooling2D(_Pooling2D):
     _backward = staticmethod(pool_ops.max_pool2d_backward)
 
     def call(self, x, training):
-        # at inference nobody will ask where each maximum was: skip tracking it
-        out, self._cache = pool_ops.max_pool2d_forward(x, self.pool_size, self.strides,
-                                                       self.pads_for(x.shape[1:3]),
-                                                       keep_cache=training)
+        # at inference nobody asks where each maximum was (unless an attribution method will
+        # backpropagate): skip tracking it
+        out, self._cache = pool_ops.max_pool2d_forward(
+            x, self.pool_size, self.strides, self.pads_for(x.shape[1:3]),
+            keep_cache=training or self.keep_backward_cache)
         return out
 
 

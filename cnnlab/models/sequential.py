@@ -161,18 +161,22 @@ class Sequential(Trainer):
         return x
 
     def forward_all(self, x: np.ndarray, training: bool = False) -> list[np.ndarray]:
-        """Every layer's output for ``x``, in order: what the feature-map views show."""
+        """Every layer's output for ``x``, in order: what the feature-map views show. Runs layer by
+        layer (no fusion), so each output is exactly that layer's; ``backward`` may follow."""
+        self._relu_outputs = {}
         outputs = []
         for layer in self._layers:
             x = layer.forward(x, training)
             outputs.append(x)
         return outputs
 
-    def backward(self, grad: np.ndarray, start: int | None = None) -> np.ndarray | None:
-        """Backpropagate from the output (or from layer ``start``'s output) to the input."""
+    def backward(self, grad: np.ndarray, start: int | None = None,
+                 until: int = -1) -> np.ndarray | None:
+        """Backpropagate from the output (or from layer ``start``'s output) down to the input, or
+        only down to the output of layer ``until`` (Grad-CAM needs the gradient there)."""
         stop = len(self._layers) if start is None else start + 1
         modes = self._execution_modes()
-        for index in reversed(range(stop)):
+        for index in reversed(range(until + 1, stop)):
             layer = self._layers[index]
             if modes[index] == "pool_relu" and index in self._relu_outputs:
                 grad = layer.backward(relu_backward(grad, self._relu_outputs[index]))

@@ -1,0 +1,171 @@
+"""The pictures hold the data: grids are the activations, attributions are real gradients
+(finite differences), Grad-CAM finds the one region that matters, and every plot is drawn."""
+
+import numpy as np
+import pytest
+
+import cnnlab
+from cnnlab import layers, viz
+from cnnlab.viz.attribution import _backward_ready, _class_gradient, as_batch
+from cnnlab.viz.grids import grid_shape, tile_position
+
+
+def small_model(seed=0, dtype="float64"):
+    cnnlab.config.set_floatx(dtype)
+    cnnlab.utils.set_random_seed(seed)
+    return cnnlab.Sequential([
+        layers.Input((10, 9, 2)), layers.Conv2D(3, 3, activation="relu"), layers.MaxPooling2D(),
+        layers.Conv2D(4, 2, padding="same", activation="relu"), layers.Flatten(),
+        layers.Dropout(0.3), layers.Dense(5, activation="relu"), layers.Dense(3, activation="softmax")])
+
+
+def test_feature_map_grid_pixels_are_the_min_max_scaled_activations():
+    rng = np.random.default_rng(0)
+    maps = rng.standard_normal((5, 7, 11))
+    maps[:, :, 4] = 3.0                                         # a constant map shows as zeros
+    grid = viz.feature_map_grid(maps)
+    rows, cols = grid_shape(11)
+    assert (rows, cols) == (3, 4) and grid.shape == (3 * 6 - 1, 4 * 8 - 1)
+    for c in range(11):
+        tile = grid[tile_position(c, (5, 7), 11)]
+        expected = (maps[:, :, c] - maps[:, :, c].min()) / np.ptp(maps[:, :, c]) if c != 4 \
+            else np.zeros((5, 7))
+        np.testing.assert_allclose(tile, expected, atol=1e-12)
+    assert np.isnan(grid[5, :]).all()                           # separator row
+    assert viz.feature_map_grid(np.array([1.0, 3.0, 2.0])).tolist() == [[0.0, 1.0, 0.5]]
+
+
+def test_feature_maps_are_each_layers_output():
+    model = small_model()
+    image = np.random.default_rng(1).random((10, 9, 2))
+    maps = viz.feature_maps(model, image)
+    assert [name for name, _ in maps] == [layer.name for layer in model.layers]
+    x = image[None]
+    for (_name, out), layer in zip(maps, model.layers):
+        x = layer.forward(x)
+        np.testing.assert_array_equal(out, x[0])
+
+
+def logit_of_layer_output(model, index, activation, class_index):
+    """Run the layers after ``index`` on a given output of layer ``index``; return one logit."""
+    h = activation[None]
+    for layer in model.layers[index + 1:-1]:
+        h = layer.forward(h)
+    return model.layers[-1].forward_logits(h)[0, class_index]
+
+
+@pytest.mark.parametrize("index", [0, 2, 5])
+def test_class_gradient_matches_finite_differences(index):
+    model = small_model(seed=3)
+    image = np.random.default_rng(2).random((10, 9, 2))
+    with _backward_ready(model):
+        outputs = model.forward_all(as_batch(model, image))
+        grad, _ = _class_gradient(model, outputs, 1, until=index)
+    activation = outputs[index][0].copy()
+    # where a ReLU output is 0, max pooling may see ties and is not differentiable there
+    # (central differences split the gradient between tied cells): compare where it is > 0
+    differentiable = activation.reshape(-1) > 0
+    flat, numeric, eps = activation.reshape(-1), [], 1e-6
+    for k in range(flat.size):
+        saved = flat[k]
+        flat[k] = saved + eps
+        up = logit_of_layer_output(model, index, activation, 1)
+        flat[k] = saved - eps
+        down = logit_of_layer_output(model, index, activation, 1)
+        flat[k] = saved
+        numeric.append((up - down) / (2 * eps))
+    assert differentiable.sum() >= 3
+    np.testing.assert_allclose(grad[0].reshape(-1)[differentiable],
+                               np.array(numeric)[differentiable], rtol=1e-5, atol=1e-8)
+
+
+def test_saliency_is_the_input_gradient():
+    model = small_model(seed=4)
+    image = np.random.default_rng(3).random((10, 9, 2))
+    heat = viz.saliency(model, image, class_index=2)
+    numeric = np.zeros(image.shape)
+    for idx in np.ndindex(image.shape):
+        bumped = image.copy()
+        bumped[idx] += 1e-6
+        dropped = image.copy()
+        dropped[idx] -= 1e-6
+        numeric[idx] = (logit_of_layer_output(model, -1, bumped, 2)
+                        - logit_of_layer_output(model, -1, dropped, 2)) / 2e-6
+    expected = np.abs(numeric).max(axis=-1)
+    np.testing.assert_allclose(heat, expected / expected.max(), atol=1e-5)
+    assert model.layers[0].need_input_grad is False             # restored afterwards
+
+
+def shapes_dataset(n, rng, size=20):
+    """Class 1 iff a '+' cross is present; every image also has a square distractor, so only
+    the cross's region decides. Returns images, labels and each cross's centre (or None).
+
+    (The decisive object must differ in *kind* from the distractor: Grad-CAM weighs whole
+    channels, so two identical squares would light up together wherever they are.)"""
+    x = rng.normal(0, 0.05, (n, size, size, 1))
+    y = rng.integers(0, 2, n)
+    centres = []
+    for i in range(n):
+        square_right = rng.integers(0, 2)
+        sr, sc = rng.integers(2, size - 6), rng.integers(0, 5) + (10 if square_right else 0) + 1
+        x[i, sr:sr + 4, sc:sc + 4, 0] += 1
+        if y[i]:
+            cr, cc = rng.integers(3, size - 3), rng.integers(3, 7) + (0 if square_right else 10)
+            x[i, cr - 2:cr + 3, cc, 0] += 1
+            x[i, cr, cc - 2:cc + 3, 0] += 1
+            centres.append((cr, cc))
+        else:
+            centres.append(None)
+    return np.clip(x, -1, 2).astype(np.float32), y, centres
+
+
+def test_grad_cam_peaks_in_the_only_region_that_matters():
+    cnnlab.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, y, _ = shapes_dataset(800, rng)
+    model = cnnlab.Sequential([
+        layers.Input((20, 20, 1)), layers.Conv2D(8, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(), layers.Conv2D(16, 3, padding="same", activation="relu"),
+        layers.Flatten(), layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, batch_size=32, epochs=10, verbose=0)
+    x_test, y_test, centres = shapes_dataset(60, rng)
+    assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.95
+    hits = positives = 0
+    for image, label, centre in zip(x_test, y_test, centres):
+        if label == 1:
+            heat = viz.grad_cam(model, image, class_index=1)
+            assert heat.shape == (20, 20) and heat.min() >= 0 and heat.max() == pytest.approx(1)
+            row, col = np.unravel_index(heat.argmax(), heat.shape)
+            positives += 1
+            hits += abs(row - centre[0]) <= 3 and abs(col - centre[1]) <= 3
+    assert hits >= 0.9 * positives
+
+
+def test_every_plot_is_drawn_and_saved(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = cnnlab.zoo.get("lenet5")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    (x, y), _ = cnnlab.datasets.mnist_sample.load_data()
+    x = cnnlab.datasets.as_model_input(x[:256])
+    history = model.fit(x, y[:256], epochs=2, batch_size=64, validation_split=0.25, verbose=0)
+    matrix = viz.confusion_matrix(model, x, y[:256])
+    predicted = model.predict(x, verbose=0).argmax(axis=1)
+    assert matrix.sum() == 256 and np.trace(matrix) == (predicted == y[:256]).sum()
+    for i, true, guess, confidence in viz.misclassified(model, x, y[:256]):
+        assert true == y[i] != guess == predicted[i] and 0 < confidence <= 1
+    drawings = {
+        "maps": lambda p: viz.plot_feature_maps(model, x[0], p),
+        "filters": lambda p: viz.plot_filters(model, path=p),
+        "history": lambda p: viz.plot_history(history, p),
+        "confusion": lambda p: viz.plot_confusion_matrix(matrix, path=p),
+        "mistakes": lambda p: viz.plot_misclassified(model, x, y[:256], path=p),
+        "gradcam": lambda p: viz.plot_grad_cam(model, list(x[:4]), path=p),
+    }
+    from PIL import Image
+    for name, draw in drawings.items():
+        path = tmp_path / f"{name}.png"
+        draw(path)
+        with Image.open(path) as picture:
+            assert picture.width > 200 and picture.height > 100, name
+            assert len(set(picture.convert("L").getdata())) > 10, name   # not blank
