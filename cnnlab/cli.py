@@ -175,6 +175,77 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    """The article's concepts with real numbers from the engine."""
+    from cnnlab.viz import explain
+    if args.topic == "conv":
+        print(explain.explain_conv(args.size, args.kernel, args.padding, args.stride, args.seed))
+        slide = explain.conv_slide(args.size, args.kernel, args.padding, args.stride,
+                                   args.seed) if args.gif else None
+    elif args.topic == "pool":
+        print(explain.explain_pool(args.size, args.pool, args.stride, args.kind, args.seed))
+        kind = "max" if args.kind == "both" else args.kind
+        slide = explain.pool_slide(args.size, args.pool, args.stride, kind,
+                                   args.seed) if args.gif else None
+    elif args.topic == "relu":
+        print(explain.explain_relu(args.seed))
+        slide = None
+    elif args.topic == "softmax":
+        print(explain.explain_softmax(args.logits))
+        slide = None
+    else:
+        print(explain.explain_formula(args.size, args.kernel, args.padding, args.stride))
+        slide = None
+    if slide is not None:
+        frames = explain.save_gif(slide, args.gif)
+        print(f"\nSaved {args.gif}: {frames} frames, one per window position")
+    return 0
+
+
+def _add_explain(commands, formatter):
+    explain = commands.add_parser(
+        "explain", help="convolution, padding, stride, pooling, ReLU, softmax, with numbers",
+        formatter_class=formatter, description=cmd_explain.__doc__,
+        epilog="Example:\n  cnnlab explain conv --size 6 --kernel 3 --padding 1 --stride 2\n"
+               "  cnnlab explain formula 28 5 0 1")
+    topics = explain.add_subparsers(dest="topic", metavar="TOPIC", required=True)
+    conv = topics.add_parser(
+        "conv", help="slide a kernel over a zero-padded input", formatter_class=formatter,
+        epilog="Example:\n  cnnlab explain conv --size 6 --kernel 3 --padding 1 --stride 2 "
+               "--gif conv.gif")
+    conv.add_argument("--size", type=_positive_int, default=6, help="input size (default 6)")
+    conv.add_argument("--kernel", type=_positive_int, default=3, help="kernel size (default 3)")
+    conv.add_argument("--padding", type=int, default=1, help="zero padding (default 1)")
+    conv.add_argument("--stride", type=_positive_int, default=2, help="stride (default 2)")
+    conv.add_argument("--seed", type=int, default=0, help="which example input (default 0)")
+    conv.add_argument("--gif", metavar="PATH", help="also write an animation of the slide")
+    pool = topics.add_parser(
+        "pool", help="max and average pooling", formatter_class=formatter,
+        epilog="Example:\n  cnnlab explain pool --size 4 --pool 2 --stride 2 --gif pool.gif")
+    pool.add_argument("--size", type=_positive_int, default=4, help="input size (default 4)")
+    pool.add_argument("--pool", type=_positive_int, default=2, help="window size (default 2)")
+    pool.add_argument("--stride", type=_positive_int, default=2, help="stride (default 2)")
+    pool.add_argument("--kind", choices=["both", "max", "avg"], default="both")
+    pool.add_argument("--seed", type=int, default=0, help="which example input (default 0)")
+    pool.add_argument("--gif", metavar="PATH", help="also write an animation (max, or --kind)")
+    relu = topics.add_parser("relu", help="max(0, x) on a feature map", formatter_class=formatter,
+                             epilog="Example:\n  cnnlab explain relu")
+    relu.add_argument("--seed", type=int, default=0)
+    softmax = topics.add_parser(
+        "softmax", help="scores to probabilities", formatter_class=formatter,
+        epilog="Example:\n  cnnlab explain softmax 2 1 0.1\n"
+               "  cnnlab explain softmax -- 1e4 -1e4     # '--' before negative numbers")
+    softmax.add_argument("logits", type=float, nargs="*", default=[2.0, 1.0, 0.1],
+                         help="the scores (default: 2 1 0.1)")
+    formula = topics.add_parser(
+        "formula", help="O = floor((W - K + 2P) / S) + 1 with your numbers",
+        formatter_class=formatter, epilog="Example:\n  cnnlab explain formula 28 5 0 1")
+    for name, text in (("size", "W: input size"), ("kernel", "K: kernel size"),
+                       ("padding", "P: padding"), ("stride", "S: stride")):
+        formula.add_argument(name, type=int, help=text)
+    explain.set_defaults(func=cmd_explain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -250,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example:\n  cnnlab summary article\n  cnnlab summary article_cnn.cnnlab")
     summary.add_argument("model", help="a .cnnlab file or a zoo name (article, lenet5)")
     summary.set_defaults(func=cmd_summary)
+    _add_explain(commands, formatter)
     return parser
 
 
