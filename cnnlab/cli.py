@@ -131,6 +131,10 @@ def cmd_train(args) -> int:
     out = args.out or settings.get("out") or f"{model.name}.cnnlab"
     model.metadata["train_settings"] = {**settings, "out": out}
     model.save(out)
+    if args.report:
+        from cnnlab.viz.report import write_report
+        report = write_report(model, x_test, y_test, args.report)
+        print(f"Wrote report {report}")
     images = len(x_train) * (settings["epochs"] - initial_epoch)
     print(f"Test accuracy: {accuracy:.2%} (loss {loss:.4f}) on {len(x_test):,} held-out images; "
           f"trained in {seconds:.1f} s ({images / max(seconds, 1e-9):,.0f} images/s)")
@@ -166,6 +170,18 @@ def cmd_predict(args) -> int:
     for path, p in zip(args.images, probs):
         top = np.argsort(p)[::-1][:args.top]
         print(f"{path}: " + ", ".join(f"{int(k)} ({p[k]:.1%})" for k in top))
+    return 0
+
+
+def cmd_report(args) -> int:
+    """A self-contained HTML report of a model evaluated on a dataset's test split."""
+    from cnnlab import datasets
+    from cnnlab.models import load_model
+    from cnnlab.viz.report import write_report
+    model = load_model(args.model)
+    _, (x_test, y_test) = datasets.load(args.data)
+    out = write_report(model, datasets.as_model_input(x_test), y_test, args.out)
+    print(f"Wrote {out}")
     return 0
 
 
@@ -286,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "position, random states), atomically")
     train.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                        help="with --checkpoint-dir: checkpoint every N batches instead")
+    train.add_argument("--report", metavar="HTML", nargs="?", const="report.html",
+                       help="at the end, write an HTML report (default name: report.html)")
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run checkpointed in DIR exactly where it stopped")
     train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,
@@ -321,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example:\n  cnnlab summary article\n  cnnlab summary article_cnn.cnnlab")
     summary.add_argument("model", help="a .cnnlab file or a zoo name (article, lenet5)")
     summary.set_defaults(func=cmd_summary)
+    report = commands.add_parser(
+        "report", help="write a self-contained HTML report", formatter_class=formatter,
+        description=cmd_report.__doc__,
+        epilog="Example:\n  cnnlab report article_cnn.cnnlab --data mnist_sample --out report.html")
+    report.add_argument("model", help="a .cnnlab file")
+    report.add_argument("--data", default=DEFAULTS["data"], help="dataset (default: %(default)s)")
+    report.add_argument("--out", default="report.html", help="HTML file (default: %(default)s)")
+    report.set_defaults(func=cmd_report)
     _add_explain(commands, formatter)
     return parser
 

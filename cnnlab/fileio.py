@@ -34,6 +34,17 @@ MAX_ENTRIES = 10_000
 MAX_JSON_BYTES = 16 * 2**20
 
 
+def _default_file_mode() -> int:
+    """What open() would give a new file: 0o666 less the umask (mkstemp's 0o600 would hide
+    models and reports from everyone else)."""
+    current = os.umask(0)
+    os.umask(current)
+    return 0o666 & ~current
+
+
+_FILE_MODE = _default_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb"):
     """``with atomic_write(path) as handle: ...``: all or nothing at ``path``."""
@@ -42,6 +53,7 @@ def atomic_write(path, mode: str = "wb"):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
     try:
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()

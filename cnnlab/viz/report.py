@@ -1,0 +1,115 @@
+"""One self-contained HTML file about a trained model: every picture is embedded (base64 PNG), so
+it opens anywhere, offline, and can be mailed as one attachment.
+
+Sections: architecture (shapes and the output-size formula per layer), training curves (when the
+model file holds its history), confusion matrix, per-class accuracy, feature maps of a few
+samples, the first layer's filters, misclassified examples, Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+
+import numpy as np
+
+from cnnlab.models.summary import summary_text
+from cnnlab.viz import plots
+
+STYLE = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;
+       max-width: 1040px; margin: 0 auto; padding: 24px; background: #f6f7f9; }
+h1 { margin: 0 0 4px; font-size: 26px; } h2 { margin: 0 0 10px; font-size: 19px; }
+.sub { color: #5a6275; margin-bottom: 20px; }
+section { background: white; border-radius: 10px; padding: 18px 22px; margin: 14px 0;
+          box-shadow: 0 1px 3px rgba(0,0,0,.08); }
+.stats { display: flex; gap: 14px; flex-wrap: wrap; }
+.stat { background: #eef3ff; border-radius: 8px; padding: 10px 16px; }
+.stat b { display: block; font-size: 22px; }
+pre { background: #0f1524; color: #e6e9ef; padding: 14px; border-radius: 8px; overflow-x: auto;
+      font-size: 12.5px; }
+img { max-width: 100%; height: auto; display: block; margin: 6px 0; }
+table { border-collapse: collapse; } td, th { padding: 3px 10px; text-align: left; }
+.bar { background: #4f7cff; height: 10px; border-radius: 5px; }
+.note { color: #5a6275; font-size: 13px; }
+"""
+
+
+def _png(fig) -> str:
+    """A matplotlib figure as an <img> with the PNG inline."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="" src="data:image/png;base64,{data}">'
+
+
+def _section(title: str, body: str, note: str = "") -> str:
+    note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
+    return f"<section><h2>{html.escape(title)}</h2>{note_html}{body}</section>"
+
+
+def build_report(model, x, y, class_names=None, title: str | None = None,
+                 samples: int = 4) -> str:
+    """The report as an HTML string. ``x``: model-ready images; ``y``: integer labels."""
+    y = np.asarray(y).reshape(-1).astype(int)
+    names = class_names or model.metadata.get("class_names") or [
+        str(i) for i in range(model.output_shape[-1])]
+    matrix = plots.confusion_matrix(model, x, y, len(names))
+    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+    per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
+    title = title or f"cnnlab report: {model.name}"
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f'<div class="sub">{datetime.datetime.now():%Y-%m-%d %H:%M} &middot; '
+             f"{len(x):,} test images</div>",
+             '<section class="stats">'
+             f'<div class="stat">test accuracy<b>{accuracy:.2%}</b></div>'
+             f'<div class="stat">parameters<b>{model.count_params():,}</b></div>'
+             f'<div class="stat">layers<b>{len(model.layers)}</b></div>'
+             f'<div class="stat">input<b>{"x".join(map(str, model.input_shape))}</b></div>'
+             "</section>",
+             _section("Architecture", f"<pre>{html.escape(summary_text(model))}</pre>",
+                      "Each conv and pool layer's output size comes from the article's formula "
+                      "O = floor((W - K + 2P) / S) + 1, with the layer's own numbers.")]
+    history = getattr(model, "history", None)
+    if history is not None and history.history.get("loss"):
+        parts.append(_section("Training curves", _png(plots.plot_history(history))))
+    rows = "".join(f"<tr><td>{html.escape(str(names[k]))}</td><td>{per_class[k]:.1%}</td>"
+                   f'<td><div class="bar" style="width:{200 * per_class[k]:.0f}px"></div></td>'
+                   f"<td>{matrix[k].sum()}</td></tr>" for k in range(len(names)))
+    parts.append(_section("Confusion matrix and per-class accuracy",
+                          _png(plots.plot_confusion_matrix(matrix, names)) +
+                          f"<table><tr><th>class</th><th>accuracy</th><th></th><th>images</th>"
+                          f"</tr>{rows}</table>"))
+    for i in range(min(2, len(x))):
+        parts.append(_section(f"Feature maps, sample {i + 1} (true class {names[y[i]]})",
+                              _png(plots.plot_feature_maps(model, x[i])),
+                              "What every layer computes for this image; each map is scaled "
+                              "to its own range."))
+    try:
+        parts.append(_section("First layer's filters", _png(plots.plot_filters(model))))
+    except Exception as exc:                   # a model without Conv2D has no filters to show
+        parts.append(_section("First layer's filters", f"<p>{html.escape(str(exc))}</p>"))
+    parts.append(_section("Misclassified examples",
+                          _png(plots.plot_misclassified(model, x, y, class_names=names))))
+    try:
+        parts.append(_section("Grad-CAM", _png(plots.plot_grad_cam(model, list(x[:samples * 2]),
+                                                                   names)),
+                              "Where the evidence for the predicted class lies (red: most)."))
+    except Exception as exc:
+        parts.append(_section("Grad-CAM", f"<p>{html.escape(str(exc))}</p>"))
+    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            + "".join(parts) + "</body></html>")
+
+
+def write_report(model, x, y, path, class_names=None) -> str:
+    """Build the report and write it atomically to ``path``."""
+    from cnnlab.fileio import atomic_write
+    document = build_report(model, x, y, class_names)
+    with atomic_write(path, "w") as handle:
+        handle.write(document)
+    return str(path)
