@@ -65,6 +65,13 @@ def check_activation(activation, owner: str) -> str:
                       f"{sorted(ACTIVATIONS)}" + (f"; did you mean {hint[0]!r}?" if hint else "."))
 
 
+def check_positive_int(value, name: str, owner: str) -> int:
+    """``filters``, ``units`` and the like: a positive int, echoed back when it is not."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ConfigError(f"{owner}: {name} must be a positive int. Received: {name}={value!r}")
+    return int(value)
+
+
 def check_input_shape(input_shape, owner: str) -> tuple[int, ...] | None:
     """Keras' ``input_shape`` argument: a tuple of positive ints, without the batch axis."""
     if input_shape is None:
@@ -218,6 +225,15 @@ class Layer:
                              f"(N, {', '.join(map(str, self.input_shape))}); received "
                              f"{x.shape}: the last axis is {x.shape[-1]}, expected "
                              f"{self.input_shape[-1]}.")
+
+    def _set_weight_options(self, use_bias, kernel_initializer, bias_initializer) -> None:
+        """Shared by layers with a kernel and a bias: check the initializer names now, not at
+        build time, so a typo is reported where it was written."""
+        initializers.get(kernel_initializer)
+        initializers.get(bias_initializer)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
 
     def replica(self) -> Layer:
         """A twin that shares this layer's parameter arrays but has its own caches and gradients,

@@ -14,13 +14,9 @@ Input shape ``(N, H, W, C)``; output shape ``(N, Ho, Wo, filters)`` with
 
 from __future__ import annotations
 
-import numpy as np
-
-from cnnlab.engine import initializers
 from cnnlab.engine.conv import conv2d_backward, conv2d_forward
 from cnnlab.engine.shapes import as_pair, output_hw, resolve_padding, validate_padding
-from cnnlab.errors import ConfigError
-from cnnlab.layers.base import Layer
+from cnnlab.layers.base import Layer, check_positive_int
 
 
 class Conv2D(Layer):
@@ -47,20 +43,13 @@ class Conv2D(Layer):
         super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape,
                          activation=activation)
         owner = self._describe()
-        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters <= 0:
-            raise ConfigError(f"{owner}: filters must be a positive int. Received: "
-                              f"filters={filters!r}")
-        self.filters = int(filters)
+        self.filters = check_positive_int(filters, "filters", owner)
         self.kernel_size = as_pair(kernel_size, "kernel_size", owner)
         self.strides = as_pair(strides, "strides", owner)
         self.dilation_rate = as_pair(dilation_rate, "dilation_rate", owner)
         validate_padding(padding, owner)
         self.padding = padding.lower() if isinstance(padding, str) else padding
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = kernel_initializer
-        self.bias_initializer = bias_initializer
-        initializers.get(kernel_initializer)
-        initializers.get(bias_initializer)
+        self._set_weight_options(use_bias, kernel_initializer, bias_initializer)
         self._cache = None
         self._workspace: dict = {}     # the im2col buffer, reused from step to step
 

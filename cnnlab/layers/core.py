@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab import seeding
-from cnnlab.engine import initializers
 from cnnlab.engine.activations import dropout_backward, dropout_forward
 from cnnlab.engine.dense import dense_backward, dense_forward, flatten_backward, flatten_forward
 from cnnlab.errors import ConfigError
-from cnnlab.layers.base import Layer, check_input_shape
+from cnnlab.layers.base import Layer, check_input_shape, check_positive_int
 
 
 class InputLayer(Layer):
@@ -54,15 +53,8 @@ class Dense(Layer):
                  input_shape=None, name=None, dtype=None, trainable=True):
         super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape,
                          activation=activation)
-        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units <= 0:
-            raise ConfigError(f"{self._describe()}: units must be a positive int. Received: "
-                              f"units={units!r}")
-        self.units = int(units)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = kernel_initializer
-        self.bias_initializer = bias_initializer
-        initializers.get(kernel_initializer)
-        initializers.get(bias_initializer)
+        self.units = check_positive_int(units, "units", self._describe())
+        self._set_weight_options(use_bias, kernel_initializer, bias_initializer)
         self._cache = None
         self._lead_shape = None
 

@@ -198,20 +198,22 @@ class Trainer:
             functools.partial(model.forward, x[part], False) for model, part in zip(models, parts)]))
 
     # --- the Keras surface ----------------------------------------------------------------------
-    def train_on_batch(self, x, y) -> float | list[float]:
-        self._require_compiled("train_on_batch")
-        x = self._prepare(x, "train_on_batch")
+    def _checked_batch(self, x, y, where):
+        """A batch as the network takes it: validated inputs as floats, validated targets."""
+        self._require_compiled(where)
+        x = self._prepare(x, where)
+        check_pair(x, y, where)
         y = self.loss.prepare_targets(y, (len(x), *self.output_shape))
-        check_pair(x, y, "train_on_batch")
-        loss, out = self._train_step(as_float(x, self._layers[0].dtype), y)
+        return as_float(x, self._layers[0].dtype), y
+
+    def train_on_batch(self, x, y) -> float | list[float]:
+        x, y = self._checked_batch(x, y, "train_on_batch")
+        loss, out = self._train_step(x, y)
         return self._scalar_or_list(loss, y, out)
 
     def test_on_batch(self, x, y) -> float | list[float]:
-        self._require_compiled("test_on_batch")
-        x = self._prepare(x, "test_on_batch")
-        y = self.loss.prepare_targets(y, (len(x), *self.output_shape))
-        check_pair(x, y, "test_on_batch")
-        loss, out = self._loss_on_batch(as_float(x, self._layers[0].dtype), y)
+        x, y = self._checked_batch(x, y, "test_on_batch")
+        loss, out = self._loss_on_batch(x, y)
         return self._scalar_or_list(loss, y, out)
 
     def predict_on_batch(self, x) -> np.ndarray:
