@@ -185,6 +185,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Write a saved model as ONNX for other runtimes."""
+    from cnnlab.models import load_model
+    model = load_model(args.model)
+    model.export(args.out, format="onnx", input_layout="NCHW" if args.nchw else "NHWC")
+    print(f"Wrote {args.out} (ONNX opset 17, input {'NCHW' if args.nchw else 'NHWC'})")
+    return 0
+
+
 def cmd_summary(args) -> int:
     """Layers, output shapes, parameters and the output-size formula of a model or zoo name."""
     _load_model_or_zoo(args.model).summary()
@@ -339,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example:\n  cnnlab summary article\n  cnnlab summary article_cnn.cnnlab")
     summary.add_argument("model", help="a .cnnlab file or a zoo name (article, lenet5)")
     summary.set_defaults(func=cmd_summary)
+    export = commands.add_parser(
+        "export", help="write a model as ONNX", formatter_class=formatter,
+        description=cmd_export.__doc__,
+        epilog="Example:\n  cnnlab export article_cnn.cnnlab article.onnx\n"
+               "  cnnlab export article_cnn.cnnlab article_nchw.onnx --nchw")
+    export.add_argument("model", help="a .cnnlab file")
+    export.add_argument("out", help="the .onnx file to write")
+    export.add_argument("--nchw", action="store_true",
+                        help="take NCHW input (channels first) instead of cnnlab's NHWC")
+    export.set_defaults(func=cmd_export)
     report = commands.add_parser(
         "report", help="write a self-contained HTML report", formatter_class=formatter,
         description=cmd_report.__doc__,

@@ -250,6 +250,14 @@ class Sequential(Trainer):
         from cnnlab.models.saving import save_model
         save_model(self, filepath, include_optimizer=include_optimizer)
 
+    def export(self, filepath, format: str = "onnx", input_layout: str = "NHWC") -> None:
+        """Write the model for other runtimes: ``format='onnx'`` (needs ``cnnlab[export]``)."""
+        if format != "onnx":
+            raise ConfigError(f"export supports format='onnx'; for PyTorch use "
+                              f"cnnlab.export.to_torch(model). Received: format={format!r}")
+        from cnnlab.export import to_onnx
+        to_onnx(self, filepath, input_layout)
+
     def save_weights(self, filepath) -> None:
         from cnnlab.models.saving import save_weights
         save_weights(self, filepath)

@@ -1,0 +1,175 @@
+"""The path out: ONNX under onnxruntime, PyTorch both ways, Keras .weights.h5 in. Each
+converted model gives cnnlab's outputs within 1e-5 (float32)."""
+
+import h5py
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import cnnlab
+from cnnlab import layers
+from cnnlab.cli import main
+from cnnlab.errors import ConfigError, ModelFileError
+from cnnlab.export import from_torch, load_keras_weights, to_onnx, to_torch
+
+
+def every_layer_type():
+    """Each layer type cnnlab has, with asymmetric 'same' padding, dilation and strides."""
+    return cnnlab.Sequential([
+        layers.Input((17, 16, 3)),
+        layers.Conv2D(6, 4, strides=2, padding="same", activation="relu"),
+        layers.Conv2D(5, 3, dilation_rate=2, padding=((1, 0), (2, 1)), use_bias=False),
+        layers.ReLU(),
+        layers.MaxPooling2D(3, strides=1, padding="same"),
+        layers.AveragePooling2D(2, padding="same"),
+        layers.Activation("tanh"),
+        layers.Conv2D(8, 1, activation="sigmoid"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(7, activation="relu"),
+        layers.Dropout(0.3),
+        layers.Dense(4),
+        layers.Softmax(),
+    ])
+
+
+MODELS = {"article": lambda: cnnlab.zoo.get("article"), "lenet5": lambda: cnnlab.zoo.get("lenet5"),
+          "every_layer_type": every_layer_type,
+          "flatten_head": lambda: cnnlab.Sequential([
+              layers.Input((9, 8, 2)), layers.Conv2D(3, 3, activation="relu"),
+              layers.MaxPooling2D(), layers.Flatten(), layers.Dense(5, activation="softmax")])}
+
+
+def inputs_for(model, n=6):
+    return np.random.default_rng(0).random((n, *model.input_shape), dtype=np.float32)
+
+
+def randomise_biases(model):
+    rng = np.random.default_rng(1)
+    model.set_weights([w + (0.1 * rng.standard_normal(w.shape) if w.ndim == 1 else 0)
+                       for w in model.get_weights()])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_onnx_export_runs_in_onnxruntime_with_cnnlab_outputs(name, layout, tmp_path):
+    model = MODELS[name]()
+    randomise_biases(model)
+    x = inputs_for(model)
+    path = tmp_path / "model.onnx"
+    proto = to_onnx(model, path, input_layout=layout)
+    onnx.checker.check_model(onnx.load(path))
+    assert proto.opset_import[0].version >= 13
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = x if layout == "NHWC" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    out = session.run(None, {"input": feed})[0]
+    np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-5, rtol=0)
+
+
+def test_unsupported_layer_is_named(tmp_path):
+    class Doubler(layers.Layer):
+        def call(self, x, training):
+            return 2 * x
+
+    model = cnnlab.Sequential([layers.Input((4, 4, 1)), Doubler(name="doubler"), layers.Flatten()])
+    with pytest.raises(ConfigError, match="layer 'doubler' of type Doubler"):
+        to_onnx(model, tmp_path / "m.onnx")
+    with pytest.raises(ConfigError, match="'doubler'"):
+        to_torch(model)
+
+
+def test_model_export_and_cli(tmp_path, capsys):
+    model = cnnlab.zoo.get("lenet5")
+    model.export(tmp_path / "a.onnx")
+    model.save(tmp_path / "m.cnnlab")
+    assert main(["export", str(tmp_path / "m.cnnlab"), str(tmp_path / "b.onnx"), "--nchw"]) == 0
+    assert "NCHW" in capsys.readouterr().out
+    assert ort.InferenceSession(str(tmp_path / "b.onnx")).get_inputs()[0].shape[1:] == [1, 28, 28]
+    with pytest.raises(ConfigError, match="format='onnx'"):
+        model.export(tmp_path / "c.tflite", format="tflite")
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_to_torch_gives_cnnlab_outputs(name):
+    model = MODELS[name]()
+    randomise_biases(model)
+    x = inputs_for(model)
+    net = to_torch(model)
+    with torch.no_grad():
+        out = net(torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-5, rtol=0)
+    nhwc = to_torch(model, input_layout="NHWC")
+    with torch.no_grad():
+        np.testing.assert_allclose(nhwc(torch.tensor(x)).numpy(), out, atol=1e-6)
+
+
+def test_from_torch_gives_torch_outputs():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, dilation=1), nn.Tanh()), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 2 * 2, 12), nn.Sigmoid(), nn.Dropout(0.2), nn.Linear(12, 4),
+        nn.Softmax(dim=1)).eval()
+    model = from_torch(net, (20, 20, 3))
+    x = np.random.default_rng(2).random((5, 20, 20, 3), dtype=np.float32)
+    with torch.no_grad():
+        expected = net(torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5, rtol=0)
+    # and back again
+    with torch.no_grad():
+        again = to_torch(model)(torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+    np.testing.assert_allclose(again.numpy(), expected, atol=1e-5, rtol=0)
+
+
+def test_from_torch_refuses_what_it_cannot_express():
+    with pytest.raises(ConfigError, match="BatchNorm2d"):
+        from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)), (8, 8, 1))
+    with pytest.raises(ConfigError, match="groups"):
+        from_torch(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), (8, 8, 2))
+
+
+def write_keras_h5(path, groups):
+    """A file in Keras 3's .weights.h5 layout, written with h5py alone (no Keras needed):
+    layers/<name>/vars/<i>, plus empty groups for weightless layers, as Keras writes them."""
+    with h5py.File(path, "w") as handle:
+        top = handle.create_group("layers")
+        for name, arrays in groups.items():
+            variables = top.create_group(name).create_group("vars")
+            variables.attrs["name"] = name
+            for i, array in enumerate(arrays):
+                variables.create_dataset(str(i), data=array)
+        handle.create_group("vars").attrs["name"] = "sequential"
+
+
+def test_keras_weights_load_by_keras_automatic_names(tmp_path):
+    source = cnnlab.zoo.get("article")
+    randomise_biases(source)
+    weights = source.get_weights()
+    groups = {"conv2d": weights[0:2], "max_pooling2d": [], "conv2d_1": weights[2:4],
+              "max_pooling2d_1": [], "flatten": [], "dense": weights[4:6],
+              "dense_1": weights[6:8]}
+    path = tmp_path / "keras.weights.h5"
+    write_keras_h5(path, groups)
+    x = inputs_for(source)
+    by_order = cnnlab.zoo.get("article")
+    for i, layer in enumerate(by_order.layers):        # names the file does not know
+        layer.name = f"mine_{i}"
+    load_keras_weights(by_order, path)                 # matched by Keras' creation order
+    np.testing.assert_array_equal(by_order.predict(x, verbose=0), source.predict(x, verbose=0))
+    by_name = cnnlab.zoo.get("article")
+    for layer, name in zip(by_name.layers, groups):    # the same names as in the file
+        layer.name = name
+    load_keras_weights(by_name, path)
+    np.testing.assert_array_equal(by_name.predict(x, verbose=0), source.predict(x, verbose=0))
+
+
+def test_keras_weights_with_wrong_shapes_are_refused(tmp_path):
+    path = tmp_path / "bad.weights.h5"
+    write_keras_h5(path, {"conv2d": [np.zeros((3, 3, 1, 32), np.float32), np.zeros(32)]})
+    with pytest.raises(ModelFileError, match="needs"):
+        load_keras_weights(cnnlab.zoo.get("article"), path)
+    (tmp_path / "not.h5").write_text("hello")
+    with pytest.raises(ModelFileError, match="Cannot read"):
+        load_keras_weights(cnnlab.zoo.get("article"), tmp_path / "not.h5")
