@@ -225,6 +225,8 @@ class ModelCheckpoint(Callback):
             self._save(epoch, logs or {})
 
     def _save(self, epoch, logs):
+        if not getattr(self.model, "_chief", True):      # distributed: rank 0 writes
+            return
         if self.save_best_only:
             current = logs.get(self.monitor)
             if current is None or not _improved(self.mode, current, self.best, 0.0):
@@ -260,6 +262,8 @@ class CSVLogger(Callback):
             self._rows.append(["epoch", *sorted(logs)])
         keys = self._rows[0][1:]
         self._rows.append([str(epoch), *(str(logs.get(k, "")) for k in keys)])
+        if not getattr(self.model, "_chief", True):      # distributed: rank 0 writes
+            return
         from cnnlab.fileio import atomic_write
         with atomic_write(self.filename, "w") as handle:
             csv.writer(handle, delimiter=self.separator, lineterminator="\n").writerows(self._rows)

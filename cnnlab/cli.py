@@ -95,6 +95,17 @@ def cmd_train(args) -> int:
     from cnnlab import datasets
     from cnnlab.callbacks import ModelCheckpoint
     _check_train_options(args)
+    chief, comm = True, None
+    if args.distributed:
+        from cnnlab import config
+        from cnnlab.distributed import Communicator
+        comm = Communicator()
+        chief = comm.is_chief
+        # ranks on one machine share its cores; MPI already runs one process per share
+        config.set_threads(max(1, config._usable_cores() // comm.local_size))
+        if not chief:
+            args.verbose = 0
+    say = print if chief else (lambda *a, **k: None)
     checkpoint_dir = args.checkpoint_dir or args.resume
     if args.checkpoint_dir and not args.resume and os.path.exists(
             os.path.join(args.checkpoint_dir, CHECKPOINT_FILE)):
@@ -105,11 +116,11 @@ def cmd_train(args) -> int:
     x_test = datasets.as_model_input(x_test)
     optimizer = model.optimizer
     if initial_epoch:
-        print(f"Resuming {model.name} from {checkpoint_dir}: epoch {initial_epoch + 1}, batch "
+        say(f"Resuming {model.name} from {checkpoint_dir}: epoch {initial_epoch + 1}, batch "
               f"{model.training_state['step']}")
     else:
         momentum = f", momentum={settings['momentum']:g}" if settings["optimizer"] == "sgd" else ""
-        print(f"Training {model.name} on {settings['data']}: {len(x_train):,} train / "
+        say(f"Training {model.name} on {settings['data']}: {len(x_train):,} train / "
               f"{len(x_test):,} test images {x_train.shape[1:]}, {model.output_shape[-1]} "
               f"classes; {settings['epochs']} epochs, batch {settings['batch_size']}, "
               f"{type(optimizer).__name__}(lr={optimizer.learning_rate:g}{momentum}), "
@@ -125,20 +136,22 @@ def cmd_train(args) -> int:
     start = time.perf_counter()
     model.fit(x_train, y_train, batch_size=settings["batch_size"], epochs=settings["epochs"],
               validation_data=(x_test, y_test), verbose=args.verbose, callbacks=callbacks,
-              initial_epoch=initial_epoch)
+              initial_epoch=initial_epoch, distributed=args.distributed)
     seconds = time.perf_counter() - start
     loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     out = args.out or settings.get("out") or f"{model.name}.cnnlab"
     model.metadata["train_settings"] = {**settings, "out": out}
-    model.save(out)
-    if args.report:
+    if chief:                                # distributed: one writer
+        model.save(out)
+    if args.report and chief:
         from cnnlab.viz.report import write_report
         report = write_report(model, x_test, y_test, args.report)
-        print(f"Wrote report {report}")
+        say(f"Wrote report {report}")
     images = len(x_train) * (settings["epochs"] - initial_epoch)
-    print(f"Test accuracy: {accuracy:.2%} (loss {loss:.4f}) on {len(x_test):,} held-out images; "
-          f"trained in {seconds:.1f} s ({images / max(seconds, 1e-9):,.0f} images/s)")
-    print(f"Saved model to {out}")
+    ranks = f" on {comm.size} MPI rank{'s' * (comm.size > 1)}" if comm else ""
+    say(f"Test accuracy: {accuracy:.2%} (loss {loss:.4f}) on {len(x_test):,} held-out images; "
+          f"trained in {seconds:.1f} s{ranks} ({images / max(seconds, 1e-9):,.0f} images/s)")
+    say(f"Saved model to {out}")
     return 0
 
 
@@ -286,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a model and save it", formatter_class=formatter,
         description=cmd_train.__doc__,
         epilog="Example:\n  cnnlab train\n  cnnlab train --model lenet5 --epochs 3 --out lenet.cnnlab\n"
-               "  cnnlab train --checkpoint-dir runs/a   # killed? then: cnnlab train --resume runs/a")
+               "  cnnlab train --checkpoint-dir runs/a   # killed? then: cnnlab train --resume runs/a\n"
+               "  mpirun -n 2 cnnlab train --distributed")
     # settings default to None so that --resume can tell which ones were given
     train.add_argument("--model", help=f"zoo model: article, lenet5 or simple_convnet "
                                        f"(default: {DEFAULTS['model']})")
@@ -313,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --checkpoint-dir: checkpoint every N batches instead")
     train.add_argument("--report", metavar="HTML", nargs="?", const="report.html",
                        help="at the end, write an HTML report (default name: report.html)")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over MPI ranks: run under mpirun (needs mpi4py)")
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run checkpointed in DIR exactly where it stopped")
     train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,

@@ -173,3 +173,14 @@ def test_keras_weights_with_wrong_shapes_are_refused(tmp_path):
     (tmp_path / "not.h5").write_text("hello")
     with pytest.raises(ModelFileError, match="Cannot read"):
         load_keras_weights(cnnlab.zoo.get("article"), tmp_path / "not.h5")
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_to_torch_then_from_torch_is_the_same_model(name, layout):
+    model = MODELS[name]()
+    randomise_biases(model)
+    back = from_torch(to_torch(model, input_layout=layout), model.input_shape)
+    x = inputs_for(model)
+    np.testing.assert_allclose(back.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5, rtol=0)

@@ -144,16 +144,49 @@ def from_torch(module, input_shape) -> Sequential:
     model = Sequential([L.Input(tuple(input_shape))])
     weights = []
     flatten_chw = None                 # (C, H, W) of a torch Flatten, for the next Linear
+    pending_pads = None                # an explicit pad module (ours) before a conv or pool
     i = 0
+    if parts and isinstance(parts[0], _Permute) and parts[0].order == (0, 3, 1, 2):
+        i = 1                          # to_torch(..., input_layout='NHWC'): input is cnnlab's
     while i < len(parts):
         part = parts[i]
         name = type(part).__name__
+        if isinstance(part, _Pad):     # to_torch's explicit (left, right, top, bottom) padding
+            pending_pads = part
+            i += 1
+            continue
+        if isinstance(part, _Permute) and part.order == (0, 2, 3, 1) and i + 1 < len(parts) \
+                and isinstance(parts[i + 1], nn.Flatten):
+            model.add(L.Flatten())     # flattens (H, W, C): cnnlab's own order, no permutation
+            weights.append([])
+            i += 2
+            continue
+        if isinstance(part, (nn.MaxPool2d, _AvgPoolRealCells)) and (
+                pending_pads is not None or isinstance(part, _AvgPoolRealCells)):
+            pads = part.pads if isinstance(part, _AvgPoolRealCells) else pending_pads.pads
+            kernel = part.kernel_size if isinstance(part, nn.MaxPool2d) else part.kernel
+            layer = (L.MaxPooling2D if isinstance(part, nn.MaxPool2d) else L.AveragePooling2D)(
+                kernel, strides=part.stride, padding="same")
+            model.add(layer)
+            if _torch_pads(layer) != tuple(pads):
+                raise ConfigError(f"from_torch: the padding before {name} (position {i}) is "
+                                  f"not 'same' padding, the only padding cnnlab pools take.")
+            weights.append([])
+            pending_pads = None
+            i += 1
+            continue
         if isinstance(part, nn.Conv2d):
             if part.groups != 1 or part.padding_mode != "zeros" or isinstance(part.padding, str):
                 raise ConfigError(f"from_torch: Conv2d at position {i} uses groups, a padding "
                                   f"mode or string padding that cnnlab does not support.")
+            padding = tuple(part.padding)
+            if pending_pads is not None:             # ((top, bottom), (left, right))
+                left, right, top, bottom = pending_pads.pads
+                padding = ((top + padding[0], bottom + padding[0]),
+                           (left + padding[1], right + padding[1]))
+                pending_pads = None
             model.add(L.Conv2D(part.out_channels, part.kernel_size, strides=part.stride,
-                               padding=tuple(part.padding), dilation_rate=part.dilation,
+                               padding=padding, dilation_rate=part.dilation,
                                use_bias=part.bias is not None))
             weights.append([part.weight.detach().numpy().transpose(2, 3, 1, 0)]
                            + ([part.bias.detach().numpy()] if part.bias is not None else []))

@@ -54,6 +54,7 @@ class Trainer:
         self._loss_mode = None
         self._replicas = None
         self._progress = None       # where fit is, for checkpoints (models.checkpoint)
+        self._chief = True          # False on MPI ranks other than 0: they write no files
         self._resume = None         # a checkpoint's training record, consumed by the next fit
         self.metadata: dict = {}    # saved with the model: class names, how inputs were scaled
 
@@ -150,31 +151,34 @@ class Trainer:
         self._backward_loss(share)
         return loss, out
 
-    def _train_step(self, x, y):
+    def _gradients(self, x, y, share: float = 1.0):
+        """Forward and backward over one batch, split across threads; parameter gradients are
+        left in the layers, for the mean loss of the batch times ``share`` (a rank's part of a
+        distributed batch). Returns ``(mean loss of this batch, outputs)``."""
         parts = parallel.shards(len(x))
         if parts is None:
             loss, out = self._forward_loss(x, y, training=True)
-            if not np.isfinite(loss):
-                return float(loss), out        # the caller stops; no update from a bad loss
-            self._backward_loss()
-            self.optimizer.apply(self.params_and_grads())
+            self._backward_loss(share)
             return float(loss), out
         models = self._shard_models(len(parts))
         n = len(x)
         results = parallel.run_sharded([
-            functools.partial(model._shard_train, x[part], y[part], (part.stop - part.start) / n)
+            functools.partial(model._shard_train, x[part], y[part],
+                              share * (part.stop - part.start) / n)
             for model, part in zip(models, parts)])
         loss = sum(r[0] * (p.stop - p.start) for r, p in zip(results, parts)) / n
-        out = np.concatenate([r[1] for r in results])
-        if not np.isfinite(loss):
-            return float(loss), out
         for index, layer in enumerate(self._layers):      # sum the shards' gradients, in order
             for k, total in enumerate(layer.grads):
                 if total is not None:
                     for twin in models[1:]:
                         total += twin._layers[index].grads[k]
-        self.optimizer.apply(self.params_and_grads())
-        return float(loss), out
+        return float(loss), np.concatenate([r[1] for r in results])
+
+    def _train_step(self, x, y):
+        loss, out = self._gradients(x, y)
+        if np.isfinite(loss):                  # the caller stops on a bad loss: no update
+            self.optimizer.apply(self.params_and_grads())
+        return loss, out
 
     def _loss_on_batch(self, x, y):
         """Loss and outputs for evaluation, sharded over threads like a training step."""
@@ -231,8 +235,12 @@ class Trainer:
         return results
 
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
-        """Train for ``epochs`` passes over ``(x, y)``; returns a ``History``."""
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
+            distributed=False):
+        """Train for ``epochs`` passes over ``(x, y)``; returns a ``History``.
+
+        ``distributed=True`` (under ``mpirun``) trains data-parallel over MPI ranks, each taking
+        its shard of every global batch of ``batch_size`` (see ``cnnlab.distributed``)."""
         self._require_compiled("fit")
         batch_size = check_batch_size(batch_size)
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
@@ -248,6 +256,16 @@ class Trainer:
             validation = self._check_validation_data(validation_data)
         verbose = _resolve_verbose(verbose)
         dtype = self._layers[0].dtype
+        comm = None
+        if distributed:
+            from cnnlab.distributed import Communicator
+            comm = Communicator()
+            if self._resume is not None:
+                raise ConfigError("Resuming a checkpoint in distributed training is not "
+                                  "supported yet; resume it in one process.")
+            comm.broadcast_weights(self)                 # every rank starts from rank 0's model
+            verbose = verbose if comm.is_chief else 0
+        self._chief = comm is None or comm.is_chief
 
         self.history = History()
         extra = [ProgbarLogger(verbose)] if verbose else []
@@ -255,6 +273,8 @@ class Trainer:
         callback_list = CallbackList([self.history, *extra, *(callbacks or [])], self,
                                      {"epochs": epochs, "steps": steps, "verbose": verbose})
         rng = seeding.new_generator()
+        if comm is not None:       # rank 0's shuffling everywhere: the batches one process sees
+            rng.bit_generator.state = comm.broadcast(rng.bit_generator.state)
         self.stop_training = False
         self._replicas = None        # layers may have changed (trainable, weights) since last time
         resume = self._take_resume(initial_epoch)
@@ -282,7 +302,12 @@ class Trainer:
                     if step < first_step:
                         continue
                     callback_list.on_train_batch_begin(step)
-                    loss, out = self._train_step(as_float(x[index], dtype), y[index])
+                    if comm is None:
+                        loss, out = self._train_step(as_float(x[index], dtype), y[index])
+                        count = len(out)
+                    else:
+                        loss, out, index, count = self._distributed_step(comm, x, y, index,
+                                                                         dtype)
                     if not np.isfinite(loss):
                         warnings.warn(f"Epoch {epoch + 1}, batch {step}: the loss is {loss}; "
                                       f"training stopped and the weights are those before this "
@@ -290,10 +315,14 @@ class Trainer:
                                       f"extreme values.", RuntimeWarning, stacklevel=2)
                         self.stop_training = True
                         break
-                    loss_sum += loss * len(out)
-                    seen += len(out)
+                    loss_sum += loss * count
+                    seen += count
                     for metric in self.compiled_metrics:
+                        before = (metric.total, metric.count)
                         metric.update(y[index], out)
+                        if comm is not None:             # add up every rank's share
+                            metric.total = before[0] + comm.sum(metric.total - before[0])
+                            metric.count = before[1] + int(comm.sum(metric.count - before[1]))
                     logs = self._epoch_logs(loss_sum, seen)
                     self._progress = self._position(epoch, step + 1, epoch_start_rng, loss_sum,
                                                      seen)
@@ -315,6 +344,23 @@ class Trainer:
         finally:
             self._progress = None
         return self.history
+
+    def _distributed_step(self, comm, x, y, index, dtype):
+        """One global batch over MPI: this rank's shard, gradients summed over all ranks."""
+        batch = np.arange(len(x))[index] if isinstance(index, slice) else index
+        mine = batch[comm.shard(len(batch))]
+        if len(mine):
+            loss, out = self._gradients(as_float(x[mine], dtype), y[mine],
+                                        share=len(mine) / len(batch))
+        else:                                            # fewer samples than ranks
+            loss, out = 0.0, np.zeros((0, *self.output_shape), dtype=dtype)
+            for layer in self._layers:
+                layer.grads = [np.zeros_like(w) for w in layer.weights]
+        comm.sum_gradients(self)
+        loss = comm.sum(loss * len(mine)) / len(batch)
+        if np.isfinite(loss):
+            self.optimizer.apply(self.params_and_grads())
+        return loss, out, mine, len(batch)
 
     def _epoch_logs(self, loss_sum, seen) -> dict:
         if not seen:

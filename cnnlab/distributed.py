@@ -1,0 +1,69 @@
+"""Data-parallel training over MPI (Horovod's scheme, on Open MPI and mpi4py):
+
+    mpirun -n 4 cnnlab train --distributed            # or fit(..., distributed=True)
+
+Every rank holds the whole model. Rank 0's initial weights and shuffling seed are broadcast, so
+all ranks draw the same batches. Each rank computes the gradients of its contiguous shard of every
+global batch, weighted by the shard's share of the batch; one in-place ``Allreduce(SUM)`` per
+parameter (on the gradient arrays themselves: no copies beyond MPI's own) then gives every rank
+the gradient of the whole batch's mean loss, and the same optimizer step keeps the weights
+identical everywhere. Only rank 0 prints and writes files.
+
+Cost model per step, for N ranks and P parameters of 4 bytes: compute shrinks as 1/N, while a
+ring allreduce moves about 2 (N - 1) / N x 4P bytes per rank. For the article's network (P = 1.09
+million, 4.3 MB) that is ~8.7 MB per step at any N >= 2, about 7 ms at 10 Gbit/s, against ~35 ms
+of compute for a batch of 128 on one 2-core machine: scaling stays near-linear until the per-rank
+batch is small enough that compute falls to the allreduce time (see README).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab.errors import CnnlabError
+
+
+class Communicator:
+    """The few collective operations training needs, over ``MPI.COMM_WORLD``."""
+
+    def __init__(self):
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise CnnlabError("Distributed training needs mpi4py and an MPI library: pip install "
+                              "'cnnlab[distributed]' and apt-get install openmpi-bin") from None
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.local_size = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous part of ``range(n)`` (sizes differ by at most one)."""
+        size, extra = divmod(n, self.size)
+        start = self.rank * size + min(self.rank, extra)
+        return slice(start, start + size + (1 if self.rank < extra else 0))
+
+    def broadcast_weights(self, model) -> None:
+        for weight in model.weights:
+            self.comm.Bcast(weight, root=0)
+
+    def broadcast(self, value):
+        return self.comm.bcast(value, root=0)
+
+    def sum(self, value: float) -> float:
+        return float(self.comm.allreduce(float(value), op=self.MPI.SUM))
+
+    def sum_gradients(self, model) -> None:
+        """Sum every parameter gradient over the ranks, in place."""
+        for layer in model.layers:
+            for k, grad in enumerate(layer.grads):
+                if grad is None:
+                    continue
+                if not grad.flags.c_contiguous:
+                    grad = layer.grads[k] = np.ascontiguousarray(grad)
+                self.comm.Allreduce(self.MPI.IN_PLACE, grad, op=self.MPI.SUM)

@@ -1,0 +1,78 @@
+"""Data-parallel training over MPI (2 ranks on localhost) equals one process training with the
+same global batch; every rank holds identical weights; only rank 0 prints and writes."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import cnnlab
+
+
+def mpirun(n, *command, cwd):
+    if not shutil.which("mpirun"):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Open MPI (openmpi-bin) and mpi4py (see .ci/run)")
+        pytest.skip("needs Open MPI: apt-get install openmpi-bin libopenmpi-dev")
+    pytest.importorskip("mpi4py")
+    return subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(n),
+                           *command], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, cnnlab
+    cnnlab.config.set_floatx("float64")
+    cnnlab.config.set_threads(1)
+    cnnlab.utils.set_random_seed(0)
+    model = cnnlab.zoo.get("lenet5")
+    model.compile(optimizer=cnnlab.optimizers.SGD(0.05, momentum=0.9),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    (x, y), _ = cnnlab.datasets.mnist_sample.load_data()
+    x, y = cnnlab.datasets.as_model_input(x[:301]).astype("float64"), y[:301]
+    history = model.fit(x, y, batch_size=64, epochs=2, verbose=0, distributed=True)
+    from mpi4py import MPI
+    rank = MPI.COMM_WORLD.Get_rank()
+    np.savez(f"rank{rank}.npz", *model.get_weights(), loss=np.array(history.history["loss"]))
+""")
+
+
+def single_process_run():
+    cnnlab.config.set_floatx("float64")
+    cnnlab.config.set_threads(1)
+    cnnlab.utils.set_random_seed(0)
+    model = cnnlab.zoo.get("lenet5")
+    model.compile(optimizer=cnnlab.optimizers.SGD(0.05, momentum=0.9),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    (x, y), _ = cnnlab.datasets.mnist_sample.load_data()
+    x, y = cnnlab.datasets.as_model_input(x[:301]).astype("float64"), y[:301]
+    history = model.fit(x, y, batch_size=64, epochs=2, verbose=0)
+    return model.get_weights(), history.history["loss"]
+
+
+def test_two_ranks_equal_one_process(tmp_path):
+    (tmp_path / "train.py").write_text(SCRIPT)
+    result = mpirun(2, sys.executable, "train.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    weights, losses = single_process_run()
+    for i, expected in enumerate(weights):
+        np.testing.assert_array_equal(ranks[0][f"arr_{i}"], ranks[1][f"arr_{i}"])  # identical
+        np.testing.assert_allclose(ranks[0][f"arr_{i}"], expected, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(ranks[0]["loss"], losses, rtol=1e-12)   # 301 = uneven shards
+
+
+def test_cli_distributed_rank_zero_prints_and_writes(tmp_path):
+    (x, y), (xt, yt) = cnnlab.datasets.mnist_sample.load_data()
+    np.savez(tmp_path / "d.npz", x_train=x[:512], y_train=y[:512], x_test=xt[:64], y_test=yt[:64])
+    result = mpirun(2, sys.executable, "-m", "cnnlab", "train", "--distributed", "--model",
+                    "lenet5", "--data", "d.npz", "--epochs", "1", "--verbose", "2", "--out",
+                    "m.cnnlab", "--checkpoint-dir", "ck", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Epoch 1/1") == 1 and result.stdout.count("Saved model") == 1
+    assert "on 2 MPI ranks" in result.stdout
+    assert (tmp_path / "m.cnnlab").exists() and (tmp_path / "ck" / "checkpoint.cnnlab").exists()
+    assert not list((tmp_path / "ck").glob(".tmp-*"))
