@@ -9,12 +9,13 @@ import os
 
 import numpy as np
 
-from cnnlab.datasets import mnist_sample
+from cnnlab.datasets import cifar10, fashion_mnist, mnist, mnist_sample
 from cnnlab.errors import DataError
 
-__all__ = ["mnist_sample", "load", "NAMES"]
+__all__ = ["mnist_sample", "mnist", "fashion_mnist", "cifar10", "load", "NAMES"]
 
-NAMES = {"mnist_sample": mnist_sample}
+NAMES = {"mnist_sample": mnist_sample, "mnist": mnist, "fashion_mnist": fashion_mnist,
+         "cifar10": cifar10}
 
 
 def load(spec: str):
