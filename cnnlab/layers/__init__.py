@@ -4,6 +4,14 @@ from cnnlab.layers.base import LAYER_REGISTRY, Layer
 from cnnlab.layers.conv import Conv2D
 from cnnlab.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, ReLU, Softmax
 from cnnlab.layers.pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
+from cnnlab.layers.preprocessing import (
+                                         RandomContrast,
+                                         RandomFlip,
+                                         RandomRotation,
+                                         RandomTranslation,
+                                         RandomZoom,
+                                         Rescaling,
+)
 
 # Keras aliases
 Convolution2D = Conv2D
@@ -13,4 +21,6 @@ GlobalAvgPool2D = GlobalAveragePooling2D
 
 __all__ = ["Layer", "LAYER_REGISTRY", "Input", "InputLayer", "Conv2D", "Convolution2D",
            "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D",
-           "GlobalAvgPool2D", "Flatten", "Dense", "Dropout", "Activation", "ReLU", "Softmax"]
+           "GlobalAvgPool2D", "Flatten", "Dense", "Dropout", "Activation", "ReLU", "Softmax",
+           "Rescaling", "RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom",
+           "RandomContrast"]

@@ -25,7 +25,9 @@ from cnnlab.layers.core import Dropout
 
 
 def _dropout_layers(model) -> list[int]:
-    return [i for i, layer in enumerate(model._layers) if isinstance(layer, Dropout)]
+    """Layers that draw random numbers in training: Dropout and the augmentation layers."""
+    return [i for i, layer in enumerate(model._layers) if isinstance(layer, Dropout)
+            or hasattr(layer, "rng")]
 
 
 def capture(model) -> dict | None:

@@ -77,3 +77,10 @@ def batch_slices(n: int, batch_size: int, order: np.ndarray | None = None):
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         yield slice(start, stop) if order is None else order[start:stop]
+
+
+def is_batches(data) -> bool:
+    """A dataset, generator or other iterable of batches, as opposed to arrays (Keras treats
+    lists and tuples as arrays too)."""
+    return (data is not None and not isinstance(data, (np.ndarray, list, tuple, str, bytes))
+            and hasattr(data, "__iter__"))

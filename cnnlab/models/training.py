@@ -20,7 +20,7 @@ from cnnlab import metrics as metrics_module
 from cnnlab import optimizers as optimizers_module
 from cnnlab import seeding
 from cnnlab.callbacks import CallbackList, History, ProgbarLogger
-from cnnlab.errors import ConfigError, NotBuiltError
+from cnnlab.errors import ConfigError, DataError, NotBuiltError
 from cnnlab.models import checkpoint, parallel
 from cnnlab.models.data import (
     as_float,
@@ -28,6 +28,7 @@ from cnnlab.models.data import (
     check_batch_size,
     check_inputs,
     check_pair,
+    is_batches,
     split_validation,
 )
 
@@ -236,9 +237,11 @@ class Trainer:
 
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
-            distributed=False):
+            steps_per_epoch=None, distributed=False):
         """Train for ``epochs`` passes over ``(x, y)``; returns a ``History``.
 
+        ``x`` may also be a dataset (``image_dataset_from_directory``) or any iterable of
+        ``(x, y)`` batches, with ``y=None``; ``steps_per_epoch`` bounds an endless generator.
         ``distributed=True`` (under ``mpirun``) trains data-parallel over MPI ranks, each taking
         its shard of every global batch of ``batch_size`` (see ``cnnlab.distributed``)."""
         self._require_compiled("fit")
@@ -248,12 +251,21 @@ class Trainer:
         if not 0 <= initial_epoch <= epochs:
             raise ConfigError(f"initial_epoch must be in [0, epochs={epochs}]. Received: "
                               f"initial_epoch={initial_epoch!r}")
-        x = self._prepare(x, "fit")
-        check_pair(x, y, "fit")
-        y = self.loss.prepare_targets(y, (len(x), *self.output_shape))
-        x, y, validation = split_validation(x, y, validation_split)
-        if validation_data is not None:
-            validation = self._check_validation_data(validation_data)
+        streaming = is_batches(x)
+        if streaming:
+            if y is not None or validation_split or distributed:
+                raise ConfigError("With a dataset or an iterable of (x, y) batches, pass y=None "
+                                  "and validation_data= (validation_split and distributed need "
+                                  "arrays).")
+            validation = validation_data
+        else:
+            x = self._prepare(x, "fit")
+            check_pair(x, y, "fit")
+            y = self.loss.prepare_targets(y, (len(x), *self.output_shape))
+            x, y, validation = split_validation(x, y, validation_split)
+            if validation_data is not None:
+                validation = (validation_data if is_batches(validation_data)
+                              else self._check_validation_data(validation_data))
         verbose = _resolve_verbose(verbose)
         dtype = self._layers[0].dtype
         comm = None
@@ -269,7 +281,8 @@ class Trainer:
 
         self.history = History()
         extra = [ProgbarLogger(verbose)] if verbose else []
-        steps = -(-len(x) // batch_size)
+        steps = (steps_per_epoch or (len(x) if hasattr(x, "__len__") else None)) if streaming \
+            else -(-len(x) // batch_size)
         callback_list = CallbackList([self.history, *extra, *(callbacks or [])], self,
                                      {"epochs": epochs, "steps": steps, "verbose": verbose})
         rng = seeding.new_generator()
@@ -297,17 +310,28 @@ class Trainer:
                         metric.total, metric.count = float(total), int(count)
                     resume = None
                 logs = self._epoch_logs(loss_sum, seen)
-                order = rng.permutation(len(x)) if shuffle else None
-                for step, index in enumerate(batch_slices(len(x), batch_size, order)):
+                if streaming:
+                    source = self._stream(x, "fit", steps_per_epoch)
+                    first_step = 0       # a stream cannot be rewound: redo the epoch whole
+                else:
+                    order = rng.permutation(len(x)) if shuffle else None
+                    source = ((None, None, index)
+                              for index in batch_slices(len(x), batch_size, order))
+                for step, (x_batch, y_batch, index) in enumerate(source):
                     if step < first_step:
                         continue
                     callback_list.on_train_batch_begin(step)
-                    if comm is None:
-                        loss, out = self._train_step(as_float(x[index], dtype), y[index])
+                    if streaming:
+                        loss, out = self._train_step(x_batch, y_batch)
+                        count = len(out)
+                    elif comm is None:
+                        y_batch = y[index]
+                        loss, out = self._train_step(as_float(x[index], dtype), y_batch)
                         count = len(out)
                     else:
                         loss, out, index, count = self._distributed_step(comm, x, y, index,
                                                                          dtype)
+                        y_batch = y[index]
                     if not np.isfinite(loss):
                         warnings.warn(f"Epoch {epoch + 1}, batch {step}: the loss is {loss}; "
                                       f"training stopped and the weights are those before this "
@@ -319,7 +343,7 @@ class Trainer:
                     seen += count
                     for metric in self.compiled_metrics:
                         before = (metric.total, metric.count)
-                        metric.update(y[index], out)
+                        metric.update(y_batch, out)
                         if comm is not None:             # add up every rank's share
                             metric.total = before[0] + comm.sum(metric.total - before[0])
                             metric.count = before[1] + int(comm.sum(metric.count - before[1]))
@@ -331,8 +355,10 @@ class Trainer:
                         break
                 epoch_logs = dict(logs)
                 if validation is not None and seen:
-                    val = self.evaluate(*validation, batch_size=batch_size, verbose=0,
-                                        return_dict=True)
+                    val = (self.evaluate(validation, verbose=0, return_dict=True)
+                           if is_batches(validation) else
+                           self.evaluate(*validation, batch_size=batch_size, verbose=0,
+                                         return_dict=True))
                     epoch_logs.update({f"val_{k}": v for k, v in val.items()})
                 if not self.stop_training:      # a checkpoint written now resumes next epoch
                     self._progress = self._position(epoch + 1, 0, rng.bit_generator.state, 0.0, 0,
@@ -344,6 +370,21 @@ class Trainer:
         finally:
             self._progress = None
         return self.history
+
+    def _stream(self, batches, where, steps=None):
+        """Checked ``(x, y, None)`` from an iterable of ``(x, y)`` batches (builds the model on
+        the first)."""
+        for step, batch in enumerate(batches):
+            if steps is not None and step >= steps:
+                return
+            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                raise DataError(f"{where}: each batch must be a pair (x, y); received "
+                                f"{type(batch).__name__}.")
+            x_batch, y_batch = batch
+            x_batch = self._prepare(x_batch, where)
+            check_pair(x_batch, y_batch, where)
+            y_batch = self.loss.prepare_targets(y_batch, (len(x_batch), *self.output_shape))
+            yield as_float(x_batch, self._layers[0].dtype), y_batch, None
 
     def _distributed_step(self, comm, x, y, index, dtype):
         """One global batch over MPI: this rank's shard, gradients summed over all ranks."""
@@ -406,23 +447,31 @@ class Trainer:
         """Loss (and metrics) over ``(x, y)``: a scalar, ``[loss, metric...]`` or a dict."""
         self._require_compiled("evaluate")
         batch_size = check_batch_size(batch_size)
-        x = self._prepare(x, "evaluate")
-        check_pair(x, y, "evaluate")
-        y = self.loss.prepare_targets(y, (len(x), *self.output_shape))
-        dtype = self._layers[0].dtype
+        if is_batches(x):
+            source = ((xb, yb) for xb, yb, _ in self._stream(x, "evaluate"))
+        else:
+            x = self._prepare(x, "evaluate")
+            check_pair(x, y, "evaluate")
+            y = self.loss.prepare_targets(y, (len(x), *self.output_shape))
+            dtype = self._layers[0].dtype
+            source = ((as_float(x[index], dtype), y[index])
+                      for index in batch_slices(len(x), batch_size))
         callback_list = CallbackList(callbacks or [], self, {})
         callback_list.on_test_begin()
         for metric in self.compiled_metrics:
             metric.reset()
-        loss_sum = 0.0
-        for step, index in enumerate(batch_slices(len(x), batch_size)):
+        loss_sum, seen = 0.0, 0
+        for step, (x_batch, y_batch) in enumerate(source):
             callback_list.on_test_batch_begin(step)
-            loss, out = self._loss_on_batch(as_float(x[index], dtype), y[index])
+            loss, out = self._loss_on_batch(x_batch, y_batch)
             loss_sum += loss * len(out)
+            seen += len(out)
             for metric in self.compiled_metrics:
-                metric.update(y[index], out)
+                metric.update(y_batch, out)
             callback_list.on_test_batch_end(step)
-        results = {"loss": loss_sum / len(x),
+        if not seen:
+            raise DataError("evaluate: the data has no samples.")
+        results = {"loss": loss_sum / seen,
                    **{m.name: m.result() for m in self.compiled_metrics}}
         callback_list.on_test_end(results)
         if _resolve_verbose(verbose):
@@ -434,14 +483,18 @@ class Trainer:
     def predict(self, x, batch_size=32, verbose="auto", callbacks=None) -> np.ndarray:
         """The model's outputs for every sample of ``x``, computed in batches."""
         batch_size = check_batch_size(batch_size)
-        x = self._prepare(x, "predict")
-        dtype = self._layers[0].dtype
+        if is_batches(x):                   # batches of x, or of (x, y): the labels are unused
+            source = (self._prepare(b[0] if isinstance(b, (tuple, list)) else b, "predict")
+                      for b in x)
+        else:
+            x = self._prepare(x, "predict")
+            source = (x[index] for index in batch_slices(len(x), batch_size))
         callback_list = CallbackList(callbacks or [], self, {})
         callback_list.on_predict_begin()
         outputs = []
-        for step, index in enumerate(batch_slices(len(x), batch_size)):
+        for step, x_batch in enumerate(source):
             callback_list.on_predict_batch_begin(step)
-            outputs.append(self._predict_batch(as_float(x[index], dtype)))
+            outputs.append(self._predict_batch(as_float(x_batch, self._layers[0].dtype)))
             callback_list.on_predict_batch_end(step)
         callback_list.on_predict_end()
         return np.concatenate(outputs)
