@@ -16,7 +16,8 @@ import numpy as np
 from cnnlab.errors import CnnlabError, ConfigError
 
 DEFAULTS = {"model": "article", "data": "mnist_sample", "epochs": 5, "batch_size": 128,
-            "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "seed": 0}
+            "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "seed": 0, "image_size": 64,
+            "color_mode": "rgb"}
 
 
 def _load_model_or_zoo(spec: str):
@@ -30,7 +31,8 @@ def _load_model_or_zoo(spec: str):
 
 
 CHECKPOINT_FILE = "checkpoint.cnnlab"
-TRAIN_SETTINGS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "momentum", "seed")
+TRAIN_SETTINGS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "momentum", "seed",
+                  "image_size", "color_mode")
 
 
 def _check_train_options(args) -> None:
@@ -47,31 +49,53 @@ def _check_train_options(args) -> None:
         raise ConfigError("--checkpoint-every needs --checkpoint-dir DIR (where to write them).")
 
 
+def _training_data(settings):
+    """(train, test, input shape, class names): arrays for named and .npz datasets, streaming
+    datasets (scaled to [0, 1]) for a folder of images, one subfolder per class."""
+    import os
+
+    from cnnlab import datasets
+    if os.path.isdir(settings["data"]):
+        from cnnlab.utils import image_dataset_from_directory
+        size = settings["image_size"]
+        train, test = image_dataset_from_directory(
+            settings["data"], color_mode=settings["color_mode"], image_size=(size, size),
+            batch_size=settings["batch_size"], validation_split=0.2, subset="both",
+            seed=settings["seed"])
+        names = train.class_names
+        scale = lambda x, y: (x / 255.0, y)                               # noqa: E731
+        return (train.map(scale), test.map(scale), train.element_shape, names)
+    (x_train, y_train), (x_test, y_test) = datasets.load(settings["data"])
+    x_train, x_test = datasets.as_model_input(x_train), datasets.as_model_input(x_test)
+    y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
+    names = [str(i) for i in range(int(max(y_train.max(), y_test.max())) + 1)]
+    return (x_train, y_train), (x_test, y_test), x_train.shape[1:], names
+
+
 def _fresh_run(args):
-    from cnnlab import datasets, optimizers, zoo
+    from cnnlab import optimizers, zoo
     from cnnlab.seeding import set_random_seed
     settings = {name: getattr(args, name) if getattr(args, name) is not None else DEFAULTS[name]
                 for name in TRAIN_SETTINGS}
     if args.optimizer == "adam" and args.lr is None:
         settings["lr"] = 0.001
     set_random_seed(settings["seed"])
-    (x_train, y_train), (x_test, y_test) = datasets.load(settings["data"])
-    x_train = datasets.as_model_input(x_train)
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
-    model = zoo.get(settings["model"], input_shape=x_train.shape[1:], num_classes=num_classes)
+    train, test, input_shape, names = _training_data(settings)
+    model = zoo.get(settings["model"], input_shape=tuple(input_shape), num_classes=len(names))
     optimizer = (optimizers.SGD(settings["lr"], momentum=settings["momentum"])
                  if settings["optimizer"] == "sgd" else optimizers.Adam(settings["lr"]))
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    model.metadata["train_settings"] = settings
-    model.metadata["input_scale"] = "uint8 / 255"
-    return model, settings, (x_train, y_train), (x_test, y_test), 0
+    model.metadata.update({"train_settings": settings, "class_names": names,
+                           "input_scale": "uint8 / 255",
+                           "preprocessing": "mnist" if isinstance(train, tuple) else "resize"})
+    return model, settings, train, test, 0
 
 
 def _resumed_run(args):
     import os
 
-    from cnnlab import config, datasets
+    from cnnlab import config
     from cnnlab.models import load_model
     path = os.path.join(args.resume, CHECKPOINT_FILE)
     if not os.path.exists(path):
@@ -80,19 +104,18 @@ def _resumed_run(args):
     settings = model.metadata.get("train_settings")
     if not isinstance(settings, dict) or model.training_state is None:
         raise ConfigError(f"{path} is not a cnnlab train checkpoint.")
+    settings = {**DEFAULTS, **settings}
     threads = model._resume.get("threads")
     if isinstance(threads, int) and threads > 0:
         config.set_threads(threads)        # the same split, for a bit-exact continuation
-    (x_train, y_train), (x_test, y_test) = datasets.load(settings["data"])
-    return (model, settings, (datasets.as_model_input(x_train), y_train), (x_test, y_test),
-            model.training_state["epoch"])
+    train, test, _, _ = _training_data(settings)
+    return model, settings, train, test, model.training_state["epoch"]
 
 
 def cmd_train(args) -> int:
     """Train a zoo model on a dataset, report test accuracy, save the model."""
     import os
 
-    from cnnlab import datasets
     from cnnlab.callbacks import ModelCheckpoint
     _check_train_options(args)
     chief, comm = True, None
@@ -111,20 +134,22 @@ def cmd_train(args) -> int:
             os.path.join(args.checkpoint_dir, CHECKPOINT_FILE)):
         raise ConfigError(f"{args.checkpoint_dir!r} already holds a checkpoint: continue it with "
                           f"--resume {args.checkpoint_dir}, or choose another folder.")
-    model, settings, (x_train, y_train), (x_test, y_test), initial_epoch = (
+    model, settings, train, test, initial_epoch = (
         _resumed_run(args) if args.resume else _fresh_run(args))
-    x_test = datasets.as_model_input(x_test)
+    streaming = not isinstance(train, tuple)
     optimizer = model.optimizer
     if initial_epoch:
         say(f"Resuming {model.name} from {checkpoint_dir}: epoch {initial_epoch + 1}, batch "
               f"{model.training_state['step']}")
     else:
         momentum = f", momentum={settings['momentum']:g}" if settings["optimizer"] == "sgd" else ""
-        say(f"Training {model.name} on {settings['data']}: {len(x_train):,} train / "
-              f"{len(x_test):,} test images {x_train.shape[1:]}, {model.output_shape[-1]} "
-              f"classes; {settings['epochs']} epochs, batch {settings['batch_size']}, "
-              f"{type(optimizer).__name__}(lr={optimizer.learning_rate:g}{momentum}), "
-              f"seed {settings['seed']}")
+        sizes = (f"{len(train.source.file_paths):,} train / {len(test.source.file_paths):,} "
+                 f"validation images" if streaming else
+                 f"{len(train[0]):,} train / {len(test[0]):,} test images")
+        say(f"Training {model.name} on {settings['data']}: {sizes} {model.input_shape}, "
+            f"{model.output_shape[-1]} classes; {settings['epochs']} epochs, batch "
+            f"{settings['batch_size']}, {type(optimizer).__name__}(lr={optimizer.learning_rate:g}"
+            f"{momentum}), seed {settings['seed']}")
     callbacks = []
     if checkpoint_dir:
         # a run killed mid-write (SIGKILL) leaves its temporary file behind: only we write here
@@ -134,11 +159,25 @@ def cmd_train(args) -> int:
         callbacks.append(ModelCheckpoint(os.path.join(checkpoint_dir, CHECKPOINT_FILE),
                                          save_freq=args.checkpoint_every or "epoch"))
     start = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=settings["batch_size"], epochs=settings["epochs"],
-              validation_data=(x_test, y_test), verbose=args.verbose, callbacks=callbacks,
-              initial_epoch=initial_epoch, distributed=args.distributed)
-    seconds = time.perf_counter() - start
-    loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
+    if streaming:
+        if args.distributed:
+            raise ConfigError("--distributed trains on arrays (a dataset name or .npz), not on "
+                              "a folder of images.")
+        model.fit(train, epochs=settings["epochs"], validation_data=test, verbose=args.verbose,
+                  callbacks=callbacks, initial_epoch=initial_epoch)
+        seconds = time.perf_counter() - start
+        loss, accuracy = model.evaluate(test, verbose=0)
+        x_test, y_test = _materialise(test, limit=512)       # for the report
+        images = len(train.source.file_paths) * (settings["epochs"] - initial_epoch)
+    else:
+        (x_train, y_train), (x_test, y_test) = train, test
+        model.fit(x_train, y_train, batch_size=settings["batch_size"],
+                  epochs=settings["epochs"], validation_data=(x_test, y_test),
+                  verbose=args.verbose, callbacks=callbacks, initial_epoch=initial_epoch,
+                  distributed=args.distributed)
+        seconds = time.perf_counter() - start
+        loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
+        images = len(x_train) * (settings["epochs"] - initial_epoch)
     out = args.out or settings.get("out") or f"{model.name}.cnnlab"
     model.metadata["train_settings"] = {**settings, "out": out}
     if chief:                                # distributed: one writer
@@ -147,21 +186,48 @@ def cmd_train(args) -> int:
         from cnnlab.viz.report import write_report
         report = write_report(model, x_test, y_test, args.report)
         say(f"Wrote report {report}")
-    images = len(x_train) * (settings["epochs"] - initial_epoch)
     ranks = f" on {comm.size} MPI rank{'s' * (comm.size > 1)}" if comm else ""
-    say(f"Test accuracy: {accuracy:.2%} (loss {loss:.4f}) on {len(x_test):,} held-out images; "
+    held_out = len(test.source.file_paths) if streaming else len(x_test)
+    say(f"Test accuracy: {accuracy:.2%} (loss {loss:.4f}) on {held_out:,} held-out images; "
           f"trained in {seconds:.1f} s{ranks} ({images / max(seconds, 1e-9):,.0f} images/s)")
     say(f"Saved model to {out}")
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    """Loss and accuracy of a saved model on a dataset's test split."""
+def _materialise(batches, limit):
+    """Up to ``limit`` samples of a stream of (x, y) batches, as two arrays."""
+    xs, ys, count = [], [], 0
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y)
+        count += len(x)
+        if count >= limit:
+            break
+    return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
+
+
+def _evaluation_data(model, spec, limit=None):
+    """A dataset's test split as arrays, or every image of a folder, prepared for ``model``."""
+    import os
+
     from cnnlab import datasets
+    if os.path.isdir(spec):
+        from cnnlab.utils import image_dataset_from_directory
+        mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[model.input_shape[-1]]
+        folder = image_dataset_from_directory(spec, color_mode=mode,
+                                              image_size=tuple(model.input_shape[:2]),
+                                              shuffle=False, batch_size=256, verbose=False)
+        return _materialise(folder.map(lambda x, y: (x / 255.0, y)),
+                            limit or len(folder.file_paths))
+    _, (x_test, y_test) = datasets.load(spec)
+    return datasets.as_model_input(x_test), np.asarray(y_test).reshape(-1)
+
+
+def cmd_evaluate(args) -> int:
+    """Loss and accuracy of a saved model on a dataset's test split (or a whole folder)."""
     from cnnlab.models import load_model
     model = load_model(args.model)
-    _, (x_test, y_test) = datasets.load(args.data)
-    x_test = datasets.as_model_input(x_test)
+    x_test, y_test = _evaluation_data(model, args.data)
     if model.loss is None:
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     results = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0,
@@ -177,23 +243,26 @@ def cmd_predict(args) -> int:
     from cnnlab.preprocess import image_to_input, open_image
     model = load_model(args.model)
     invert = {"auto": "auto", "yes": True, "no": False}[args.invert]
-    batch = np.stack([image_to_input(open_image(p), model.input_shape, invert=invert)
+    # a model trained on a folder saw plain resized images; digit models saw MNIST's preparation
+    plain = model.metadata.get("preprocessing") == "resize"
+    batch = np.stack([image_to_input(open_image(p), model.input_shape,
+                                     invert=False if plain else invert, centre=not plain)
                       for p in args.images])
     probs = model.predict(batch, verbose=0)
+    names = model.metadata.get("class_names") or [str(k) for k in range(probs.shape[1])]
     for path, p in zip(args.images, probs):
         top = np.argsort(p)[::-1][:args.top]
-        print(f"{path}: " + ", ".join(f"{int(k)} ({p[k]:.1%})" for k in top))
+        print(f"{path}: " + ", ".join(f"{names[int(k)]} ({p[k]:.1%})" for k in top))
     return 0
 
 
 def cmd_report(args) -> int:
     """A self-contained HTML report of a model evaluated on a dataset's test split."""
-    from cnnlab import datasets
     from cnnlab.models import load_model
     from cnnlab.viz.report import write_report
     model = load_model(args.model)
-    _, (x_test, y_test) = datasets.load(args.data)
-    out = write_report(model, datasets.as_model_input(x_test), y_test, args.out)
+    x_test, y_test = _evaluation_data(model, args.data, limit=2000)
+    out = write_report(model, x_test, y_test, args.out)
     print(f"Wrote {out}")
     return 0
 
@@ -300,11 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_train.__doc__,
         epilog="Example:\n  cnnlab train\n  cnnlab train --model lenet5 --epochs 3 --out lenet.cnnlab\n"
                "  cnnlab train --checkpoint-dir runs/a   # killed? then: cnnlab train --resume runs/a\n"
+               "  cnnlab train --data photos/ --image-size 64 --model lenet5\n"
                "  mpirun -n 2 cnnlab train --distributed")
     # settings default to None so that --resume can tell which ones were given
     train.add_argument("--model", help=f"zoo model: article, lenet5 or simple_convnet "
                                        f"(default: {DEFAULTS['model']})")
-    train.add_argument("--data", help=f"dataset name or .npz path (default: {DEFAULTS['data']})")
+    train.add_argument("--data", help=f"a dataset name (mnist_sample, mnist, fashion_mnist, "
+                                      f"cifar10), an .npz, or a folder with one subfolder of "
+                                      f"images per class (default: {DEFAULTS['data']})")
+    train.add_argument("--image-size", type=_positive_int,
+                       help=f"for a folder: images are resized to this square size "
+                            f"(default: {DEFAULTS['image_size']})")
+    train.add_argument("--color-mode", choices=["grayscale", "rgb", "rgba"],
+                       help=f"for a folder (default: {DEFAULTS['color_mode']})")
     train.add_argument("--epochs", type=_positive_int,
                        help=f"passes over the training data (default: {DEFAULTS['epochs']})")
     train.add_argument("--batch-size", type=_positive_int,

@@ -1,7 +1,7 @@
 """MNIST, Keras' ``keras.datasets.mnist.load_data()``: 60,000 + 10,000 handwritten digits.
 
 >>> (x_train, y_train), (x_test, y_test) = load_data()     # doctest: +SKIP
->>> x_train.shape, x_train.dtype
+>>> x_train.shape, x_train.dtype                        # doctest: +SKIP
 ((60000, 28, 28), dtype('uint8'))
 
 Downloaded once (sha256-checked) into ``$CNNLAB_HOME``. ``path`` takes what you already have: a

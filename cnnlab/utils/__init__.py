@@ -1,4 +1,4 @@
-"""Keras' ``utils``: ``to_categorical``, ``set_random_seed``."""
+"""Keras' ``utils``: ``to_categorical``, ``set_random_seed``, ``image_dataset_from_directory``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 
 from cnnlab.errors import DataError
 from cnnlab.seeding import set_random_seed
+from cnnlab.utils.image_dataset import image_dataset_from_directory
 
-__all__ = ["to_categorical", "set_random_seed"]
+__all__ = ["to_categorical", "set_random_seed", "image_dataset_from_directory"]
 
 
 def to_categorical(y, num_classes: int | None = None, dtype="float32") -> np.ndarray:
