@@ -1,8 +1,6 @@
 """MNIST, Keras' ``keras.datasets.mnist.load_data()``: 60,000 + 10,000 handwritten digits.
 
->>> (x_train, y_train), (x_test, y_test) = load_data()     # doctest: +SKIP
->>> x_train.shape, x_train.dtype                        # doctest: +SKIP
-((60000, 28, 28), dtype('uint8'))
+    (x_train, y_train), (x_test, y_test) = load_data()   # uint8 (60000, 28, 28), (60000,)
 
 Downloaded once (sha256-checked) into ``$CNNLAB_HOME``. ``path`` takes what you already have: a
 folder with the four IDX files (``.gz`` or raw), or a Keras-style ``mnist.npz``.
