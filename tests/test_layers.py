@@ -24,12 +24,16 @@ ALL_LAYERS = [
 ]
 
 
+def input_for(layer, seed):
+    """A float32 batch the layer accepts: images, flattened for Dense."""
+    x = np.random.default_rng(seed).standard_normal((2, 6, 5, 3)).astype(np.float32)
+    return x.reshape(2, -1) if isinstance(layer, layers.Dense) else x
+
+
 @pytest.mark.parametrize("make", ALL_LAYERS)
 def test_layers_are_callable_and_round_trip_their_config(make):
     layer = make()
-    x = np.random.default_rng(0).standard_normal((2, 6, 5, 3)).astype(np.float32)
-    if isinstance(layer, layers.Dense):
-        x = x.reshape(2, -1)
+    x = input_for(layer, 0)
     out = layer(x)
     assert out.dtype == np.float32
     assert out.shape[1:] == layer.output_shape
@@ -43,9 +47,7 @@ def test_layers_are_callable_and_round_trip_their_config(make):
 @pytest.mark.parametrize("make", ALL_LAYERS)
 def test_backward_fills_grads_in_get_weights_order(make):
     layer = make()
-    x = np.random.default_rng(1).standard_normal((2, 6, 5, 3)).astype(np.float32)
-    if isinstance(layer, layers.Dense):
-        x = x.reshape(2, -1)
+    x = input_for(layer, 1)
     out = layer(x, training=True)
     grad_in = layer.backward(np.ones_like(out))
     assert grad_in.shape == x.shape

@@ -243,6 +243,8 @@ class Layer:
         twin._activation_cache = None
         if hasattr(twin, "_cache"):
             twin._cache = None
+        if hasattr(self, "rng"):      # Dropout, augmentation: a stream of its own, drawn from
+            twin.rng = np.random.default_rng(int(self.rng.integers(2**63)))   # ours: repeatable
         return twin
 
     # --- parameters -----------------------------------------------------------------------------

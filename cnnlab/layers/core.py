@@ -125,24 +125,17 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.seed = seed
         self.rng = seeding.new_generator(seed)
-        self._mask = None
-
-    def replica(self):
-        twin = super().replica()
-        # its own mask stream, drawn from this layer's, so seeded runs still repeat exactly
-        twin.rng = np.random.default_rng(int(self.rng.integers(2**63)))
-        twin._mask = None
-        return twin
+        self._cache = None            # the mask of the last training forward
 
     def call(self, x, training):
         if not training or self.rate == 0:
-            self._mask = None
+            self._cache = None
             return x
-        out, self._mask = dropout_forward(x, self.rate, self.rng)
+        out, self._cache = dropout_forward(x, self.rate, self.rng)
         return out
 
     def call_backward(self, grad_out):
-        return grad_out if self._mask is None else dropout_backward(grad_out, self._mask)
+        return grad_out if self._cache is None else dropout_backward(grad_out, self._cache)
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}

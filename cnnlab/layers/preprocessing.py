@@ -65,11 +65,6 @@ class _RandomLayer(Layer):
         self.rng = seeding.new_generator(seed)
         self._cache = None
 
-    def replica(self):
-        twin = super().replica()
-        twin.rng = np.random.default_rng(int(self.rng.integers(2**63)))
-        return twin
-
     def call(self, x, training):
         if not training:
             self._cache = None

@@ -21,13 +21,13 @@ import numpy as np
 
 from cnnlab import config
 from cnnlab.errors import ModelFileError
-from cnnlab.layers.core import Dropout
 
 
-def _dropout_layers(model) -> list[int]:
-    """Layers that draw random numbers in training: Dropout and the augmentation layers."""
-    return [i for i, layer in enumerate(model._layers) if isinstance(layer, Dropout)
-            or hasattr(layer, "rng")]
+def _random_layers(model) -> list[int]:
+    """Layers that draw random numbers in training (Dropout, augmentation): those with an
+    ``rng``, the same rule ``Layer.replica`` uses. (The file key keeps its first name,
+    'dropout_rngs', so existing checkpoints stay readable.)"""
+    return [i for i, layer in enumerate(model._layers) if hasattr(layer, "rng")]
 
 
 def capture(model) -> dict | None:
@@ -39,7 +39,7 @@ def capture(model) -> dict | None:
     return {
         **progress,
         "dropout_rngs": [[replica._layers[i].rng.bit_generator.state
-                          for i in _dropout_layers(model)] for replica in replicas],
+                          for i in _random_layers(model)] for replica in replicas],
         "history": model.history.history if model.history is not None else {},
         "threads": config.threads(),
     }
@@ -92,7 +92,7 @@ def check(record, where: str) -> dict:
 def restore_rngs(model, record) -> None:
     """Put every Dropout generator (model and replicas) back where the checkpoint had it."""
     states = record["dropout_rngs"]
-    indices = _dropout_layers(model)
+    indices = _random_layers(model)
     if len(states) > 1:
         model._shard_models(len(states))        # create the replicas first: that draws seeds
     replicas = model._replicas or [model]

@@ -30,7 +30,6 @@ class Sequential(Trainer):
         self.name = name or unique_name("sequential")
         self._layers: list[Layer] = []
         self.input_shape: tuple[int, ...] | None = None    # without the batch axis
-        self._input_dtype = None
         self._modes = None
         self._relu_outputs: dict[int, np.ndarray] = {}   # fused ReLUs' outputs, by pool index
         for layer in layers or []:
