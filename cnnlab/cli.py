@@ -14,10 +14,7 @@ import time
 import numpy as np
 
 from cnnlab.errors import CnnlabError, ConfigError
-
-DEFAULTS = {"model": "article", "data": "mnist_sample", "epochs": 5, "batch_size": 128,
-            "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "seed": 0, "image_size": 64,
-            "color_mode": "rgb"}
+from cnnlab.runs import DEFAULTS, TRAIN_SETTINGS, new_run, run_settings, training_data
 
 
 def _load_model_or_zoo(spec: str):
@@ -31,9 +28,6 @@ def _load_model_or_zoo(spec: str):
 
 
 CHECKPOINT_FILE = "checkpoint.cnnlab"
-TRAIN_SETTINGS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "momentum", "seed",
-                  "image_size", "color_mode")
-
 
 def _check_train_options(args) -> None:
     """Refuse combinations that cannot both be meant, before any work is done."""
@@ -49,46 +43,9 @@ def _check_train_options(args) -> None:
         raise ConfigError("--checkpoint-every needs --checkpoint-dir DIR (where to write them).")
 
 
-def _training_data(settings):
-    """(train, test, input shape, class names): arrays for named and .npz datasets, streaming
-    datasets (scaled to [0, 1]) for a folder of images, one subfolder per class."""
-    import os
-
-    from cnnlab import datasets
-    if os.path.isdir(settings["data"]):
-        from cnnlab.utils import image_dataset_from_directory
-        size = settings["image_size"]
-        train, test = image_dataset_from_directory(
-            settings["data"], color_mode=settings["color_mode"], image_size=(size, size),
-            batch_size=settings["batch_size"], validation_split=0.2, subset="both",
-            seed=settings["seed"])
-        names = train.class_names
-        scale = lambda x, y: (x / 255.0, y)                               # noqa: E731
-        return (train.map(scale), test.map(scale), train.element_shape, names)
-    (x_train, y_train), (x_test, y_test) = datasets.load(settings["data"])
-    x_train, x_test = datasets.as_model_input(x_train), datasets.as_model_input(x_test)
-    y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
-    names = [str(i) for i in range(int(max(y_train.max(), y_test.max())) + 1)]
-    return (x_train, y_train), (x_test, y_test), x_train.shape[1:], names
-
-
 def _fresh_run(args):
-    from cnnlab import optimizers, zoo
-    from cnnlab.seeding import set_random_seed
-    settings = {name: getattr(args, name) if getattr(args, name) is not None else DEFAULTS[name]
-                for name in TRAIN_SETTINGS}
-    if args.optimizer == "adam" and args.lr is None:
-        settings["lr"] = 0.001
-    set_random_seed(settings["seed"])
-    train, test, input_shape, names = _training_data(settings)
-    model = zoo.get(settings["model"], input_shape=tuple(input_shape), num_classes=len(names))
-    optimizer = (optimizers.SGD(settings["lr"], momentum=settings["momentum"])
-                 if settings["optimizer"] == "sgd" else optimizers.Adam(settings["lr"]))
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    model.metadata.update({"train_settings": settings, "class_names": names,
-                           "input_scale": "uint8 / 255",
-                           "preprocessing": "mnist" if isinstance(train, tuple) else "resize"})
+    settings = run_settings(**{name: getattr(args, name) for name in TRAIN_SETTINGS})
+    model, train, test = new_run(settings)
     return model, settings, train, test, 0
 
 
@@ -108,7 +65,7 @@ def _resumed_run(args):
     threads = model._resume.get("threads")
     if isinstance(threads, int) and threads > 0:
         config.set_threads(threads)        # the same split, for a bit-exact continuation
-    train, test, _, _ = _training_data(settings)
+    train, test, _, _ = training_data(settings)
     return model, settings, train, test, model.training_state["epoch"]
 
 
@@ -240,16 +197,13 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     """Top classes for each image file."""
     from cnnlab.models import load_model
-    from cnnlab.preprocess import image_to_input, open_image
+    from cnnlab.preprocess import open_image
+    from cnnlab.runs import class_names, image_for_model
     model = load_model(args.model)
     invert = {"auto": "auto", "yes": True, "no": False}[args.invert]
-    # a model trained on a folder saw plain resized images; digit models saw MNIST's preparation
-    plain = model.metadata.get("preprocessing") == "resize"
-    batch = np.stack([image_to_input(open_image(p), model.input_shape,
-                                     invert=False if plain else invert, centre=not plain)
-                      for p in args.images])
+    batch = np.stack([image_for_model(model, open_image(p), invert) for p in args.images])
     probs = model.predict(batch, verbose=0)
-    names = model.metadata.get("class_names") or [str(k) for k in range(probs.shape[1])]
+    names = class_names(model)
     for path, p in zip(args.images, probs):
         top = np.argsort(p)[::-1][:args.top]
         print(f"{path}: " + ", ".join(f"{names[int(k)]} ({p[k]:.1%})" for k in top))

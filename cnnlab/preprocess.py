@@ -15,33 +15,40 @@ from cnnlab.errors import DataError
 MAX_IMAGE_PIXELS = 64_000_000     # refuse decompression bombs before decoding
 
 
-def open_image(path):
-    """Open an image file with Pillow, applying EXIF rotation; errors name the file.
+def open_image(path, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS):
+    """Open an image file (a path, or a binary file object such as ``io.BytesIO``) with Pillow,
+    applying EXIF rotation; errors name the file (``name``, or else the path).
 
-    Images over ``MAX_IMAGE_PIXELS`` are refused before they are decoded (Pillow only warns
-    between 1x and 2x its limit; here that is an error too).
+    Images over ``max_pixels`` are refused before they are decoded (Pillow only warns between 1x
+    and 2x its limit; here that is an error too).
     """
     import warnings
 
     from PIL import Image, ImageOps, UnidentifiedImageError
+    label = repr(name) if name is not None else repr(str(path))
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                if img.width * img.height > max_pixels:
+                    raise DataError(f"{label} is {img.width} x {img.height} pixels; the limit is "
+                                    f"{max_pixels:,} pixels.")
                 img.load()
                 return ImageOps.exif_transpose(img)
+    except DataError:
+        raise
     except FileNotFoundError:
-        raise DataError(f"No image file at {str(path)!r}.") from None
+        raise DataError(f"No image file at {label}.") from None
     except IsADirectoryError:
-        raise DataError(f"{str(path)!r} is a folder; expected an image file.") from None
+        raise DataError(f"{label} is a folder; expected an image file.") from None
     except UnidentifiedImageError:
-        raise DataError(f"{str(path)!r} is not an image Pillow can read (PNG, JPEG, BMP, GIF, "
+        raise DataError(f"{label} is not an image Pillow can read (PNG, JPEG, BMP, GIF, "
                         f"WebP ...).") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{str(path)!r} is too large to decode safely ({exc}).") from None
+        raise DataError(f"{label} is too large to decode safely ({exc}).") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{str(path)!r} is corrupt or truncated ({exc}).") from None
+        raise DataError(f"{label} is corrupt or truncated ({exc}).") from None
 
 
 def _centre_like_mnist(gray: np.ndarray, size: int) -> np.ndarray:

@@ -1,0 +1,91 @@
+"""A training run as ``cnnlab train`` and the web app set it up, and a picture prepared the way
+that run's model expects it.
+
+    settings = run_settings(model="lenet5", epochs=2)      # DEFAULTS fill the rest
+    model, train, test = new_run(settings)                 # seeded, compiled, data loaded
+    x = image_for_model(model, pil_image)                  # (H, W, C), as in training
+
+Named datasets and ``.npz`` files come as arrays; a folder with one subfolder of images per class
+streams in batches, scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from cnnlab.errors import ConfigError
+
+DEFAULTS = {"model": "article", "data": "mnist_sample", "epochs": 5, "batch_size": 128,
+            "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "seed": 0, "image_size": 64,
+            "color_mode": "rgb"}
+TRAIN_SETTINGS = tuple(DEFAULTS)
+
+
+def run_settings(**given) -> dict:
+    """Every training setting: the ones given (None means 'not given'), DEFAULTS for the rest.
+    Adam's default learning rate is 0.001, not SGD's."""
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"Unknown training settings {unknown}; expected some of "
+                          f"{list(DEFAULTS)}.")
+    settings = {name: given[name] if given.get(name) is not None else DEFAULTS[name]
+                for name in TRAIN_SETTINGS}
+    if settings["optimizer"] == "adam" and given.get("lr") is None:
+        settings["lr"] = 0.001
+    return settings
+
+
+def training_data(settings):
+    """(train, test, input shape, class names): arrays for named and .npz datasets, streaming
+    datasets (scaled to [0, 1]) for a folder of images, one subfolder per class."""
+    from cnnlab import datasets
+    if os.path.isdir(settings["data"]):
+        from cnnlab.utils import image_dataset_from_directory
+        size = settings["image_size"]
+        train, test = image_dataset_from_directory(
+            settings["data"], color_mode=settings["color_mode"], image_size=(size, size),
+            batch_size=settings["batch_size"], validation_split=0.2, subset="both",
+            seed=settings["seed"])
+        names = train.class_names
+        scale = lambda x, y: (x / 255.0, y)                               # noqa: E731
+        return (train.map(scale), test.map(scale), train.element_shape, names)
+    (x_train, y_train), (x_test, y_test) = datasets.load(settings["data"])
+    x_train, x_test = datasets.as_model_input(x_train), datasets.as_model_input(x_test)
+    y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
+    names = [str(i) for i in range(int(max(y_train.max(), y_test.max())) + 1)]
+    return (x_train, y_train), (x_test, y_test), x_train.shape[1:], names
+
+
+def new_run(settings: dict):
+    """Seed, load the data, build and compile the zoo model: ``(model, train, test)``.
+    The model's metadata records the settings, the class names and how inputs were prepared."""
+    from cnnlab import optimizers, zoo
+    from cnnlab.seeding import set_random_seed
+    set_random_seed(settings["seed"])
+    train, test, input_shape, names = training_data(settings)
+    model = zoo.get(settings["model"], input_shape=tuple(input_shape), num_classes=len(names))
+    optimizer = (optimizers.SGD(settings["lr"], momentum=settings["momentum"])
+                 if settings["optimizer"] == "sgd" else optimizers.Adam(settings["lr"]))
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.metadata.update({"train_settings": settings, "class_names": names,
+                           "input_scale": "uint8 / 255",
+                           "preprocessing": "mnist" if isinstance(train, tuple) else "resize"})
+    return model, train, test
+
+
+def class_names(model) -> list[str]:
+    names = model.metadata.get("class_names")
+    return [str(n) for n in names] if names else [str(k) for k in range(model.output_shape[-1])]
+
+
+def image_for_model(model, image, invert="auto") -> np.ndarray:
+    """One picture -> the model's input ``(H, W, C)`` in [0, 1], prepared as its training data
+    was: a model trained on a folder saw plain resized images; digit models saw MNIST's
+    preparation (white on black, centred by centre of mass)."""
+    from cnnlab.preprocess import image_to_input
+    plain = model.metadata.get("preprocessing") == "resize"
+    return image_to_input(image, model.input_shape, invert=False if plain else invert,
+                          centre=not plain)
