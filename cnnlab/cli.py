@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 import time
 
@@ -230,6 +231,35 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """A local web app: draw a digit and watch every layer respond, train live, and step through
+    convolution and pooling."""
+    import ipaddress
+    import socket
+
+    from cnnlab import serve
+    from cnnlab.models import load_model
+    if args.model:
+        model, path = load_model(args.model), args.model
+    else:
+        model, path = serve.default_model(epochs=args.epochs)
+    name = os.path.splitext(os.path.basename(str(path)))[0]
+    app = serve.App({name: (model, str(path))}, serve.models_dir(),
+                    log=(lambda line: print(line, file=sys.stderr)) if args.log else None)
+    try:
+        server = serve.make_server(app, args.host, args.port)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"Cannot listen on {args.host}:{args.port} ({reason}); choose another "
+                          f"--port or --host.") from None
+    if not ipaddress.ip_address(server.server_address[0]).is_loopback:
+        print(f"cnnlab: warning: listening on {args.host} ({socket.gethostname()}): anyone who can "
+              f"reach this machine can use the app and start training runs.", file=sys.stderr)
+    print(f"cnnlab: model {name!r} ({model.count_params():,} parameters) from {path}")
+    serve.run(server)
+    return 0
+
+
 def cmd_summary(args) -> int:
     """Layers, output shapes, parameters and the output-size formula of a model or zoo name."""
     _load_model_or_zoo(args.model).summary()
@@ -413,6 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--data", default=DEFAULTS["data"], help="dataset (default: %(default)s)")
     report.add_argument("--out", default="report.html", help="HTML file (default: %(default)s)")
     report.set_defaults(func=cmd_report)
+    serve = commands.add_parser(
+        "serve", help="a local web app: draw, train, explain", formatter_class=formatter,
+        description=cmd_serve.__doc__ + "\n\nWith no MODEL it uses the article's CNN trained on "
+        "the bundled digits, training it on first start (saved under $CNNLAB_HOME/models).",
+        epilog="Example:\n  cnnlab serve                # then open http://127.0.0.1:8000/\n"
+               "  cnnlab serve lenet.cnnlab --port 8080")
+    serve.add_argument("model", nargs="?", help="a .cnnlab file (default: the digits model)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: %(default)s, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks "
+                                                             "a free one)")
+    serve.add_argument("--epochs", type=_positive_int, default=3,
+                       help="epochs for the first-start digits model (default: %(default)s)")
+    serve.add_argument("--log", action="store_true", help="print one line per request")
+    serve.set_defaults(func=cmd_serve)
     _add_explain(commands, formatter)
     return parser
 

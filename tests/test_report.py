@@ -1,18 +1,15 @@
 """The HTML report: self-contained, every image loads in a real browser (Debian's headless
 Chromium, driven by selenium through the system chromedriver), and a screenshot is kept."""
 
-import os
 import re
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import ARTIFACTS
+from browser import browser as make_browser
 
 import cnnlab
 from cnnlab.cli import main
-
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -43,29 +40,11 @@ def test_report_is_self_contained_with_every_section(trained):
     assert oct(out.stat().st_mode & 0o777) != oct(0o600)            # readable like any file
 
 
-def _browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (chromium and driver):
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium and chromium-driver (see .ci/run)")
-        pytest.skip("needs chromium and chromedriver: apt-get install chromium chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1200,900"):
-        options.add_argument(flag)
-    from selenium.webdriver.chrome.service import Service
-    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
-
-
 def test_report_opens_in_headless_chromium_with_no_broken_image(trained):
     folder, data, model_path = trained
     out = folder / "browser.html"
     main(["report", str(model_path), "--data", str(data), "--out", str(out)])
-    browser = _browser()
+    browser = make_browser(1200, 900)
     try:
         browser.get(out.as_uri())
         images = browser.execute_script(

@@ -31,15 +31,23 @@ def _formula_and_warning(layer) -> tuple[str, str]:
     return "; ".join(parts), ", ".join(warnings)
 
 
-def summary_text(model, line_length: int = 110) -> str:
+def layer_rows(model) -> list[dict]:
+    """The table's content: name, type, output shape, parameters, formula and warning per layer."""
     model._require_built()
-    headers = ("Layer (type)", "Output Shape", "Param #", "Output size = formula")
     rows = []
     for layer in model.layers:
         formula, warning = _formula_and_warning(layer)
-        rows.append((f"{layer.name} ({type(layer).__name__})",
-                     str((None, *layer.output_shape)), f"{layer.count_params():,}",
-                     formula + (f"   ! {warning}" if warning else "")))
+        rows.append({"name": layer.name, "type": type(layer).__name__,
+                     "output_shape": list(layer.output_shape), "params": layer.count_params(),
+                     "formula": formula, "warning": warning})
+    return rows
+
+
+def summary_text(model, line_length: int = 110) -> str:
+    headers = ("Layer (type)", "Output Shape", "Param #", "Output size = formula")
+    rows = [(f"{r['name']} ({r['type']})", str((None, *r["output_shape"])), f"{r['params']:,}",
+             r["formula"] + (f"   ! {r['warning']}" if r["warning"] else ""))
+            for r in layer_rows(model)]
     widths = [max(len(headers[i]), *(len(r[i]) for r in rows)) if rows else len(headers[i])
               for i in range(4)]
     widths[3] = max(widths[3], line_length - sum(widths[:3]) - 6)

@@ -1,0 +1,46 @@
+"""A local web app: draw a digit and watch every layer respond, train live, step through
+convolution and pooling. Works with any model cnnlab trains.
+
+    cnnlab serve [MODEL.cnnlab] [--host 127.0.0.1] [--port 8000]
+
+``api`` holds the JSON API (no HTTP), ``jobs`` the background training run, ``server`` the
+routing on the standard library's threaded HTTP server, and ``static/`` the pages (plain HTML,
+CSS and JavaScript: no build step, nothing fetched from elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cnnlab.serve.server import App, make_server, run
+
+__all__ = ["App", "make_server", "run", "default_model", "models_dir"]
+
+DEFAULT_MODEL_FILE = "digits-article.cnnlab"
+
+
+def models_dir() -> Path:
+    """Where the web app keeps models: ``$CNNLAB_HOME/models`` (default ``~/.cache/cnnlab``)."""
+    return Path(os.environ.get("CNNLAB_HOME") or Path.home() / ".cache" / "cnnlab") / "models"
+
+
+def default_model(epochs: int = 3, verbose="auto", say=print):
+    """The article's CNN trained on the bundled digits: loaded if trained before, else trained
+    now (about half a minute on two cores) and saved for next time. ``(model, path)``."""
+    from cnnlab.models import load_model
+    from cnnlab.runs import new_run, run_settings
+    path = models_dir() / DEFAULT_MODEL_FILE
+    if path.exists():
+        return load_model(path), path
+    settings = run_settings(epochs=epochs)
+    say(f"cnnlab: no model yet; training the article's CNN on the bundled digits "
+        f"({epochs} epochs) -> {path}")
+    model, train, test = new_run(settings)
+    model.fit(*train, batch_size=settings["batch_size"], epochs=epochs, validation_data=test,
+              verbose=verbose)
+    _, accuracy = model.evaluate(*test, verbose=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    say(f"cnnlab: test accuracy {accuracy:.2%}; saved {path}")
+    return model, path

@@ -1,0 +1,196 @@
+"""The web app's JSON API, without HTTP: each function takes parsed input and returns a dict, or
+raises :class:`ApiError` with the HTTP status and a message that says what was wrong and what
+was expected. ``cnnlab.serve.server`` only routes requests here.
+
+Every number the pages show comes from here, computed by the engine: a prediction's
+activations are ``Sequential.forward_all``; the explain page's windows and sums are
+``cnnlab.viz.explain``'s slides, which call ``conv2d_forward`` and the pooling ops.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cnnlab.errors import CnnlabError
+from cnnlab.runs import class_names, image_for_model
+
+#: an upload bigger than this is refused before it is decoded (4096 x 4096)
+MAX_UPLOAD_PIXELS = 4096 * 4096
+
+
+class ApiError(Exception):
+    """A request the API refuses: ``status`` is the HTTP status (4xx), ``message`` says why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class ServedModel:
+    """A model the pages can use.
+
+    Its forward passes all run on one long-lived thread: the layers keep per-call caches, so one
+    request at a time may run a model (a prediction takes about a millisecond), and a warm
+    thread is ~3x faster than the new thread the server starts per connection (BLAS sets up
+    per-thread buffers on a thread's first call).
+    """
+    name: str
+    model: object
+    source: str
+    worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        1, thread_name_prefix="cnnlab-model"))
+
+    def forward_all(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.worker.submit(self.model.forward_all, x).result()
+
+    def describe(self) -> dict:
+        return {"name": self.name, "source": self.source, "input_shape": list(self.model.input_shape),
+                "classes": class_names(self.model), "params": int(self.model.count_params())}
+
+
+# --- predict -------------------------------------------------------------------------------------
+def _uint8_base64(values: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, dtype=np.uint8).tobytes()).decode("ascii")
+
+
+def encode_activation(values: np.ndarray) -> dict:
+    """One layer's output for one image, as 8-bit maps the browser draws.
+
+    ``(H, W, C)`` becomes C maps of H x W (``data``: base64 of uint8 ``(C, H, W)``, each map
+    scaled on its own from its ``min`` (0) to its ``max`` (255)); a vector ``(D,)`` becomes one
+    1 x D map. A constant map is all zeros.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    maps = values.transpose(2, 0, 1) if values.ndim == 3 else values.reshape(1, 1, -1)
+    low = maps.min(axis=(1, 2))
+    high = maps.max(axis=(1, 2))
+    span = np.where(high > low, high - low, 1.0)
+    scaled = np.rint((maps - low[:, None, None]) / span[:, None, None] * 255)
+    count, height, width = maps.shape
+    return {"count": count, "height": height, "width": width, "data": _uint8_base64(scaled),
+            "min": low.round(6).tolist(), "max": high.round(6).tolist()}
+
+
+def _probabilities(model, output: np.ndarray) -> np.ndarray:
+    """The last layer's output as class probabilities: as is after a softmax, else softmaxed
+    (a model that ends in logits), for the bar chart."""
+    from cnnlab.engine.activations import softmax_forward
+    last = model.layers[-1]
+    if getattr(last, "activation", None) == "softmax" or type(last).__name__ == "Softmax":
+        return output
+    return softmax_forward(output[None].astype(np.float64))[0]
+
+
+def predict(served: ServedModel, body: bytes, invert="auto") -> dict:
+    """Classify one uploaded image and return every layer's activations.
+
+    The image is prepared as the model's training data was (for digit models: inverted if dark
+    on light, cropped to the ink, scaled into 20 x 20 and centred by centre of mass in 28 x 28);
+    ``input`` is exactly what the model saw.
+    """
+    from cnnlab.preprocess import open_image
+    start = time.perf_counter()
+    if not body:
+        raise ApiError(400, "The request has no body; send the image's bytes (PNG, JPEG, ...).")
+    try:
+        image = open_image(io.BytesIO(body), name="the uploaded file",
+                           max_pixels=MAX_UPLOAD_PIXELS)
+        x = image_for_model(served.model, image, invert)
+    except CnnlabError as exc:
+        raise ApiError(415 if "not an image" in str(exc) else 400, str(exc)) from None
+    prepared = time.perf_counter()
+    outputs = served.forward_all(x[None].astype(served.model.layers[0].dtype, copy=False))
+    computed = time.perf_counter()
+    probs = _probabilities(served.model, outputs[-1][0].astype(np.float64))
+    layers = [{"name": layer.name, "type": type(layer).__name__, "shape": list(out.shape[1:]),
+               **encode_activation(out[0])}
+              for layer, out in zip(served.model.layers, outputs)]
+    seen = np.clip(np.rint(x * 255), 0, 255)
+    names = class_names(served.model)
+    top = int(np.argmax(probs))
+    return {"model": served.name, "classes": names, "probabilities": probs.round(6).tolist(),
+            "top": {"index": top, "name": names[top], "probability": float(probs[top])},
+            "input": {"height": x.shape[0], "width": x.shape[1], "channels": x.shape[2],
+                      "data": _uint8_base64(seen)},
+            "layers": layers,
+            "timing_ms": {"prepare": round((prepared - start) * 1e3, 3),
+                          "forward": round((computed - prepared) * 1e3, 3),
+                          "total": round((time.perf_counter() - start) * 1e3, 3)}}
+
+
+def summary(served: ServedModel) -> dict:
+    """Layers with output shapes, parameter counts and the output-size formula."""
+    from cnnlab.models.summary import layer_rows, summary_text
+    model = served.model
+    return {"model": served.name, "input_shape": list(model.input_shape),
+            "layers": layer_rows(model), "total_params": int(model.count_params()),
+            "text": summary_text(model)}
+
+
+# --- explain -------------------------------------------------------------------------------------
+def _int_field(params: dict, name: str, default: int, low: int, high: int) -> int:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"'{name}' must be an integer from {low} to {high}. "
+                            f"Received: {value!r}")
+    if not low <= value <= high:
+        raise ApiError(400, f"'{name}' must be from {low} to {high} (so the grid fits on a "
+                            f"screen). Received: {value}")
+    return value
+
+
+def _slide_payload(slide) -> dict:
+    from cnnlab.engine.shapes import dropped_pixels
+    size = slide.image.shape[0]
+    return {"kind": slide.kind, "image": slide.image.tolist(), "padded": slide.padded.tolist(),
+            "pad": slide.pad, "kernel": None if slide.kernel is None else slide.kernel.tolist(),
+            "window": slide.window, "stride": slide.stride,
+            "windows": slide.windows.tolist(), "output": slide.output.tolist(),
+            "formula": slide.formula(),
+            "dropped": dropped_pixels(size, slide.window, slide.stride, slide.pad, slide.pad)}
+
+
+def _known_fields(params: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ApiError(400, f"Unknown fields {unknown}; expected some of {sorted(allowed)}.")
+
+
+def explain_conv(params: dict) -> dict:
+    """A convolution of a small integer image (pixels 1-9, so every 0 is padding) with an
+    edge-detecting kernel: the padded input, every window, the feature map and the formula."""
+    from cnnlab.viz.explain import conv_slide
+    _known_fields(params, {"size", "kernel", "padding", "stride", "seed"})
+    size = _int_field(params, "size", 6, 1, 16)
+    kernel = _int_field(params, "kernel", 3, 1, 7)
+    padding = _int_field(params, "padding", 1, 0, 3)
+    stride = _int_field(params, "stride", 1, 1, 4)
+    seed = _int_field(params, "seed", 0, 0, 2**31 - 1)
+    try:
+        return _slide_payload(conv_slide(size, kernel, padding, stride, seed))
+    except CnnlabError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def explain_pool(params: dict) -> dict:
+    """Max or average pooling of a small integer image: every window and the pooled map."""
+    from cnnlab.viz.explain import pool_slide
+    _known_fields(params, {"size", "pool", "stride", "kind", "seed"})
+    size = _int_field(params, "size", 4, 1, 16)
+    pool = _int_field(params, "pool", 2, 1, 4)
+    stride = _int_field(params, "stride", 2, 1, 4)
+    seed = _int_field(params, "seed", 0, 0, 2**31 - 1)
+    kind = params.get("kind", "max")
+    if kind not in ("max", "avg"):
+        raise ApiError(400, f"'kind' must be 'max' or 'avg'. Received: {kind!r}")
+    try:
+        return _slide_payload(pool_slide(size, pool, stride, kind, seed))
+    except CnnlabError as exc:
+        raise ApiError(400, str(exc)) from None

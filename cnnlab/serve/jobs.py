@@ -1,0 +1,176 @@
+"""Training from the browser: one run at a time, in a background thread, watched live.
+
+A :class:`TrainingJob` trains its own model (never one the draw page is using), so predictions
+go on while it runs. It records a curve point every few batches (the epoch's running mean loss
+and accuracy, as Keras' progress bar shows them) and the validation scores after each epoch;
+every change bumps ``version`` and wakes the threads streaming events to browsers. A stop
+request takes effect after the current batch. When the run ends, stopped or not, its model is
+saved and handed to ``on_finished`` so the draw page can use it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from cnnlab.callbacks import Callback
+from cnnlab.errors import CnnlabError
+from cnnlab.serve.api import ApiError
+
+#: curve points per epoch (about); more would only make the event stream heavier
+POINTS_PER_EPOCH = 40
+LIMITS = {"epochs": (1, 50), "batch_size": (1, 1024)}
+
+
+def parse_settings(params: dict) -> dict:
+    """Check a train request: ``{"model", "data", "epochs", "batch_size", "lr", "optimizer"}``
+    (all optional) -> settings for :func:`cnnlab.runs.run_settings`."""
+    from cnnlab import zoo
+    allowed = {"model", "data", "epochs", "batch_size", "lr", "optimizer", "seed"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ApiError(400, f"Unknown fields {unknown}; expected some of {sorted(allowed)}.")
+    given = {}
+    model = params.get("model", "article")
+    if model not in zoo.MODELS:
+        raise ApiError(404, f"Unknown zoo model {model!r}; expected one of {sorted(zoo.MODELS)}.")
+    given["model"] = model
+    data = params.get("data", "mnist_sample")
+    if not isinstance(data, str) or not data:
+        raise ApiError(400, f"'data' must be 'mnist_sample' or a folder path. Received: {data!r}")
+    if data != "mnist_sample" and not os.path.isdir(data):
+        raise ApiError(400, f"'data' must be 'mnist_sample' (the bundled digits) or a folder "
+                            f"with one subfolder of images per class; {data!r} is not a folder.")
+    given["data"] = data
+    for name, (low, high) in LIMITS.items():
+        if name in params:
+            value = params[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ApiError(400, f"'{name}' must be an integer from {low} to {high}. "
+                                    f"Received: {value!r}")
+            given[name] = value
+    if "lr" in params:
+        lr = params["lr"]
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 10:
+            raise ApiError(400, f"'lr' must be a number in (0, 10]. Received: {lr!r}")
+        given["lr"] = float(lr)
+    if "optimizer" in params:
+        if params["optimizer"] not in ("sgd", "adam"):
+            raise ApiError(400, f"'optimizer' must be 'sgd' or 'adam'. "
+                                f"Received: {params['optimizer']!r}")
+        given["optimizer"] = params["optimizer"]
+    if "seed" in params:
+        if isinstance(params["seed"], bool) or not isinstance(params["seed"], int):
+            raise ApiError(400, f"'seed' must be an integer. Received: {params['seed']!r}")
+        given["seed"] = params["seed"]
+    return given
+
+
+class _Recorder(Callback):
+    """Feeds the job's curve, and asks the model to stop when the job was told to."""
+
+    def __init__(self, job: TrainingJob, steps: int | None):
+        super().__init__()
+        self.job, self.steps = job, steps
+        self.every = max(1, (steps or 100) // POINTS_PER_EPOCH)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.job._update(epoch=epoch + 1, step=0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        if (batch + 1) % self.every == 0 or batch + 1 == self.steps:
+            point = {"epoch": self.job.epoch - 1 + (batch + 1) / (self.steps or batch + 1),
+                     "loss": float(logs.get("loss", float("nan"))),
+                     "accuracy": float(logs.get("accuracy", float("nan")))}
+            self.job._update(step=batch + 1, point=point)
+        if self.job.stop_requested.is_set():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "val_loss" in logs:
+            # where the run is (mid-epoch when it was stopped)
+            where = self.job.points[-1]["epoch"] if self.job.points else epoch + 1
+            self.job._update(validation={"epoch": where, "loss": float(logs["val_loss"]),
+                                         "accuracy": float(logs.get("val_accuracy", "nan"))})
+
+
+class TrainingJob(threading.Thread):
+    """One training run. ``status()`` is what the API and the event stream send."""
+
+    def __init__(self, given: dict, number: int, models_dir, on_finished):
+        super().__init__(name=f"cnnlab-train-{number}", daemon=True)
+        from cnnlab.runs import run_settings
+        self.settings = run_settings(**given)
+        self.model_name = f"{self.settings['model']}-{number}"
+        self.models_dir, self.on_finished = models_dir, on_finished
+        self.state, self.error, self.saved_to = "starting", None, None
+        self.epoch, self.step, self.steps = 0, 0, None
+        self.points, self.validation = [], []
+        self.started = time.time()
+        self.seconds = 0.0
+        self.version = 0
+        self.changed = threading.Condition()
+        self.stop_requested = threading.Event()
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "stopped", "failed")
+
+    def _update(self, point=None, validation=None, **fields):
+        with self.changed:
+            for name, value in fields.items():
+                setattr(self, name, value)
+            if point is not None:
+                self.points.append(point)
+            if validation is not None:
+                self.validation.append(validation)
+            self.seconds = time.time() - self.started
+            self.version += 1
+            self.changed.notify_all()
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+        if not self.finished:
+            self._update(state="stopping")
+
+    def status(self) -> dict:
+        with self.changed:
+            return {"state": self.state, "model": self.model_name, "settings": self.settings,
+                    "epoch": self.epoch, "epochs": self.settings["epochs"], "step": self.step,
+                    "steps": self.steps, "points": list(self.points),
+                    "validation": list(self.validation), "seconds": round(self.seconds, 2),
+                    "error": self.error, "saved_to": self.saved_to, "version": self.version}
+
+    def wait_for_change(self, seen_version: int, timeout: float) -> bool:
+        """Block until ``version`` passes ``seen_version`` (True) or ``timeout`` (False)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.version > seen_version, timeout)
+
+    def run(self) -> None:
+        from cnnlab.runs import new_run
+        try:
+            model, train, test = new_run(self.settings)
+            arrays = isinstance(train, tuple)
+            size = self.settings["batch_size"]
+            steps = -(-len(train[0]) // size) if arrays else len(train)
+            self._update(state="running", steps=steps)
+            recorder = _Recorder(self, steps)
+            if arrays:
+                model.fit(*train, batch_size=size, epochs=self.settings["epochs"],
+                          validation_data=test, verbose=0, callbacks=[recorder])
+            else:
+                model.fit(train, epochs=self.settings["epochs"], validation_data=test,
+                          verbose=0, callbacks=[recorder])
+            path = os.path.join(self.models_dir, f"{self.model_name}.cnnlab")
+            os.makedirs(self.models_dir, exist_ok=True)
+            model.save(path)
+            self.on_finished(self.model_name, model, path)
+            self._update(state="stopped" if self.stop_requested.is_set() else "done",
+                         saved_to=path)
+        except CnnlabError as exc:
+            self._update(state="failed", error=str(exc))
+        except Exception as exc:        # noqa: BLE001 - shown on the page; the server goes on
+            self._update(state="failed", error=f"{type(exc).__name__}: {exc}")

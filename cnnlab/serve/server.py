@@ -1,0 +1,338 @@
+"""The HTTP side of the web app, on the standard library's threaded server.
+
+One thread per connection, so two browsers, a live event stream and a training run go on at
+once. Everything a request can get wrong is answered with a 4xx and a JSON body
+``{"error": "..."}``; an unexpected failure is a 500 with JSON too, and the server goes on.
+Bodies are limited (:data:`MAX_IMAGE_BYTES`, :data:`MAX_JSON_BYTES`) before they are read.
+
+Bound to loopback (the default), it answers only requests addressed to a loopback name, so a web
+page elsewhere cannot reach it through DNS rebinding; JSON endpoints require
+``Content-Type: application/json``, which a cross-site form cannot send.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import mimetypes
+import sys
+import threading
+import traceback
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from cnnlab.serve import api
+from cnnlab.serve.api import ApiError, ServedModel
+from cnnlab.serve.jobs import TrainingJob, parse_settings
+
+MAX_IMAGE_BYTES = 8 * 2**20
+MAX_JSON_BYTES = 64 * 2**10
+#: an idle event stream sends a comment this often, so proxies and browsers keep it open
+KEEPALIVE_SECONDS = 15.0
+PAGES = {"/": "draw.html", "/draw": "draw.html", "/train": "train.html",
+         "/explain": "explain.html"}
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("cnnlab.serve").joinpath("static")))
+
+
+class App:
+    """The served models and the training run, shared by every request thread."""
+
+    def __init__(self, models: dict, models_dir, default: str | None = None, log=None):
+        self._models = {name: ServedModel(name, model, source)
+                        for name, (model, source) in models.items()}
+        self.default = default or next(iter(self._models), None)
+        self.models_dir = Path(models_dir)
+        self.job: TrainingJob | None = None
+        self._jobs_started = 0
+        self._lock = threading.Lock()
+        self.log = log
+
+    def model(self, name: str | None) -> ServedModel:
+        name = name or self.default
+        with self._lock:
+            served = self._models.get(name)
+            known = sorted(self._models)
+        if served is None:
+            raise ApiError(404, f"Unknown model {name!r}; this server has {known}.")
+        return served
+
+    def add_model(self, name: str, model, source: str) -> None:
+        with self._lock:
+            self._models[name] = ServedModel(name, model, source)
+
+    def models(self) -> dict:
+        from cnnlab import zoo
+        with self._lock:
+            served = list(self._models.values())
+        return {"default": self.default, "models": [m.describe() for m in served],
+                "zoo": sorted(zoo.MODELS)}
+
+    def start_training(self, params: dict) -> dict:
+        given = parse_settings(params)
+        with self._lock:
+            if self.job is not None and not self.job.finished:
+                raise ApiError(409, f"A training run ({self.job.model_name}) is already going; "
+                                    f"stop it first (POST /api/train/stop).")
+            self._jobs_started += 1
+            self.job = TrainingJob(given, self._jobs_started, self.models_dir,
+                                   lambda name, model, path: self.add_model(name, model, path))
+            job = self.job
+        job.start()
+        return job.status()
+
+    def stop_training(self) -> dict:
+        job = self.job
+        if job is None:
+            raise ApiError(409, "No training run to stop; start one with POST /api/train.")
+        job.stop()
+        return job.status()
+
+    def training_status(self) -> dict:
+        job = self.job
+        return job.status() if job is not None else {"state": "idle", "version": 0}
+
+    def shutdown(self) -> None:
+        if self.job is not None:
+            self.job.stop()
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True            # open event streams must not keep the process alive
+    allow_reuse_address = True
+    # socketserver's default backlog of 5 refuses connections when many browsers (or a load
+    # test's 200 clients) connect at once; the kernel caps this at net.core.somaxconn
+    request_queue_size = 1024
+
+    def __init__(self, address, app: App):
+        self.app = app
+        super().__init__(address, Handler)
+        host = self.server_address[0]
+        self.loopback_only = ipaddress.ip_address(host).is_loopback
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.server_address[1]}/"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    server_version = "cnnlab"
+    timeout = 60                     # a client that stops sending mid-request frees its thread
+
+    # --- answers ---------------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, content_type: str, extra=()) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in extra:
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, payload, status: int = 200) -> None:
+        self._send(status, json.dumps(payload, allow_nan=False).encode(), "application/json")
+
+    def send_error(self, code, message=None, explain=None):
+        """Also used by the standard library for malformed requests: answer in JSON."""
+        self.close_connection = True
+        if code == HTTPStatus.NOT_IMPLEMENTED:      # the standard library's 'unknown method'
+            code, message = 405, f"Method {self.command!r} is not used here; use GET or POST."
+        try:
+            text = message or HTTPStatus(code).phrase
+        except ValueError:
+            text = message or "error"
+        try:
+            self._json({"error": text}, code)
+        except OSError:
+            pass
+
+    def log_message(self, fmt, *args):
+        if self.server.app.log:
+            self.server.app.log(f"{self.address_string()} {fmt % args}")
+
+    # --- requests --------------------------------------------------------------------------------
+    def do_GET(self):
+        self._dispatch()
+
+    def do_HEAD(self):
+        self._dispatch()
+
+    def do_POST(self):
+        self._dispatch()
+
+    def do_PUT(self):
+        self._dispatch()
+
+    def do_DELETE(self):
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        try:
+            self._check_host()
+            self._route()
+        except ApiError as exc:
+            self.send_error(exc.status, exc.message)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception:            # noqa: BLE001 - one bad request must not stop the server
+            traceback.print_exc(file=sys.stderr)
+            self.send_error(500, "Internal error; the server's log has the details.")
+
+    def _check_host(self) -> None:
+        if not self.server.loopback_only:
+            return
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
+        if host not in ("localhost", "127.0.0.1", "::1") and not host.startswith("127."):
+            raise ApiError(421, f"This server answers requests for localhost only; the request "
+                                f"was for {host!r}.")
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        path, query = url.path, parse_qs(url.query)
+        method = "GET" if self.command == "HEAD" else self.command
+        app = self.server.app
+        if path in PAGES or path.startswith("/static/"):
+            self._require(method, "GET")
+            return self._static(PAGES.get(path) or path[len("/static/"):])
+        if not path.startswith("/api/"):
+            raise ApiError(404, f"No page at {path!r}; the pages are /, /train and /explain.")
+        if path == "/api/models":
+            self._require(method, "GET")
+            return self._json(app.models())
+        if path.startswith("/api/models/") and path.endswith("/summary"):
+            self._require(method, "GET")
+            name = unquote(path[len("/api/models/"):-len("/summary")])
+            return self._json(api.summary(app.model(name)))
+        if path == "/api/predict":
+            self._require(method, "POST")
+            served = app.model(query.get("model", [None])[0])
+            invert = query.get("invert", ["auto"])[0]
+            if invert not in ("auto", "yes", "no"):
+                raise ApiError(400, f"'invert' must be auto, yes or no. Received: {invert!r}")
+            body = self._body(MAX_IMAGE_BYTES)
+            return self._json(api.predict(served, body,
+                                          {"auto": "auto", "yes": True, "no": False}[invert]))
+        if path == "/api/explain/conv":
+            self._require(method, "POST")
+            return self._json(api.explain_conv(self._json_body()))
+        if path == "/api/explain/pool":
+            self._require(method, "POST")
+            return self._json(api.explain_pool(self._json_body()))
+        if path == "/api/train":
+            self._require(method, "POST")
+            return self._json(app.start_training(self._json_body()), 202)
+        if path == "/api/train/stop":
+            self._require(method, "POST")
+            self._json_body(allow_empty=True)
+            return self._json(app.stop_training())
+        if path == "/api/train/status":
+            self._require(method, "GET")
+            return self._json(app.training_status())
+        if path == "/api/train/events":
+            self._require(method, "GET")
+            return self._events()
+        raise ApiError(404, f"No API endpoint {path!r}; the README lists them.")
+
+    def _require(self, method: str, expected: str) -> None:
+        if method != expected:
+            raise ApiError(405, f"{self.path} takes {expected}, not {method}.")
+
+    def _body(self, limit: int) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            raise ApiError(411, "Send the body with a Content-Length, not chunked.")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise ApiError(411, "The request needs a Content-Length header.")
+        try:
+            size = int(length)
+        except ValueError:
+            raise ApiError(400, f"Content-Length must be a number. Received: {length!r}") from None
+        if size < 0:
+            raise ApiError(400, f"Content-Length must not be negative. Received: {size}")
+        if size > limit:
+            raise ApiError(413, f"The body is {size:,} bytes; the limit here is {limit:,}.")
+        body = self.rfile.read(size)
+        if len(body) != size:
+            raise ApiError(400, f"The body ended after {len(body):,} of {size:,} bytes.")
+        return body
+
+    def _json_body(self, allow_empty: bool = False) -> dict:
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        body = self._body(MAX_JSON_BYTES)
+        if allow_empty and not body:
+            return {}
+        if kind != "application/json":
+            raise ApiError(415, f"Send JSON with Content-Type: application/json. "
+                                f"Received: {kind or 'no Content-Type'}.")
+        try:
+            value = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ApiError(400, f"The body is not valid JSON ({exc}).") from None
+        if not isinstance(value, dict):
+            raise ApiError(400, f"Expected a JSON object {{...}}; received a "
+                                f"{type(value).__name__}.")
+        return value
+
+    def _static(self, relative: str) -> None:
+        """A file from the package's static folder; nothing outside it, whatever the path says."""
+        relative = unquote(relative)
+        parts = relative.replace("\\", "/").split("/")
+        if "\x00" in relative or ".." in parts or relative.startswith("/") or ":" in relative:
+            raise ApiError(403, "That path leaves the static folder.")
+        root = static_dir().resolve()
+        target = (root / relative).resolve()
+        if root not in target.parents or not target.is_file():
+            raise ApiError(404, f"No static file {relative!r}.")
+        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if kind.startswith("text/") or kind in ("application/javascript", "image/svg+xml"):
+            kind += "; charset=utf-8"
+        security = [("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:; "
+                                                "style-src 'self'; script-src 'self'")]
+        self._send(200, target.read_bytes(), kind, security)
+
+    def _events(self) -> None:
+        """Server-sent events: the training status whenever it changes, until the run ends."""
+        app = self.server.app
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        seen = -1
+        while True:
+            job = app.job
+            status = app.training_status()
+            if status["version"] != seen:
+                seen = status["version"]
+                self.wfile.write(f"data: {json.dumps(status)}\n\n".encode())
+                self.wfile.flush()
+            if job is None or (job.finished and app.job is job):
+                self.wfile.write(b"event: end\ndata: {}\n\n")
+                self.wfile.flush()
+                return
+            if not job.wait_for_change(seen, KEEPALIVE_SECONDS):
+                self.wfile.write(b": keepalive\n\n")
+                self.wfile.flush()
+
+
+def make_server(app: App, host: str = "127.0.0.1", port: int = 8000) -> Server:
+    return Server((host, port), app)
+
+
+def run(server: Server, say=print) -> None:
+    """Serve until Ctrl-C; then stop any training run and close the socket."""
+    say(f"cnnlab: serving at {server.url}  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        say("\ncnnlab: stopping")
+    finally:
+        server.app.shutdown()
+        server.server_close()
+    say("cnnlab: stopped")

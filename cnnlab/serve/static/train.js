@@ -1,0 +1,129 @@
+// Train page: start a run on the server, follow it through server-sent events, draw the curves.
+import { api, el, markNav } from "/static/common.js";
+
+const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
+let events = null;
+
+function svg(tag, attributes, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/**
+ * A line chart of `series` (training points, x = epochs so far) and `dots` (validation after each
+ * epoch), x from 0 to `epochs`. Axis ranges follow the data; accuracy is drawn from 0 to 1.
+ */
+function chart(node, series, dots, epochs, { fixed } = {}) {
+  const W = 560, H = 260, left = 46, right = 12, top = 12, bottom = 42;
+  const values = [...series.map((p) => p.y), ...dots.map((p) => p.y)].filter(Number.isFinite);
+  let [low, high] = fixed || [0, values.length ? Math.max(...values) * 1.08 : 1];
+  const x = (v) => left + (v / epochs) * (W - left - right);
+  const y = (v) => top + (1 - (v - low) / (high - low)) * (H - top - bottom);
+  const parts = [];
+  for (let i = 0; i <= 4; i++) {
+    const v = low + (i / 4) * (high - low);
+    parts.push(svg("line", { class: "gridline", x1: left, x2: W - right, y1: y(v), y2: y(v) }));
+    parts.push(svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(fixed ? 2 : 3)));
+  }
+  for (let e = 0; e <= epochs; e++) {
+    parts.push(svg("text", { x: x(e), y: H - bottom + 16, "text-anchor": "middle" }, String(e)));
+  }
+  parts.push(svg("text", { x: (left + W - right) / 2, y: H - 4, "text-anchor": "middle" }, "epochs"));
+  parts.push(svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: H - bottom }));
+  parts.push(svg("line", { class: "axis", x1: left, x2: W - right, y1: H - bottom, y2: H - bottom }));
+  const points = series.filter((p) => Number.isFinite(p.y)).map((p) => `${x(p.x).toFixed(1)},${y(p.y).toFixed(1)}`);
+  parts.push(svg("polyline", { class: "train", points: points.join(" "), "data-points": points.length }));
+  for (const p of dots) parts.push(svg("circle", { class: "val", cx: x(p.x), cy: y(p.y), r: 4 }));
+  node.replaceChildren(...parts);
+}
+
+function show(status) {
+  const state = status.state;
+  $("state").textContent = state;
+  $("state").className = `badge ${state}`;
+  const running = ["starting", "running", "stopping"].includes(state);
+  $("start").disabled = running;
+  $("stop").disabled = !running || state === "stopping";
+  if (state === "idle") return;
+  const epochs = status.epochs;
+  const steps = status.steps || 1;
+  $("where").textContent = status.steps
+    ? `${status.model}: epoch ${status.epoch} of ${epochs}, batch ${status.step} of ${status.steps}`
+    : `${status.model}: loading data…`;
+  const done = status.epoch ? (status.epoch - 1 + status.step / steps) / epochs : 0;
+  $("bar").style.width = `${Math.min(100, done * 100).toFixed(1)}%`;
+  $("elapsed").textContent = `${status.seconds.toFixed(1)} s`;
+  const span = Math.max(epochs, 1);
+  chart($("loss-chart"), status.points.map((p) => ({ x: p.epoch, y: p.loss })),
+    status.validation.map((v) => ({ x: v.epoch, y: v.loss })), span);
+  chart($("accuracy-chart"), status.points.map((p) => ({ x: p.epoch, y: p.accuracy })),
+    status.validation.map((v) => ({ x: v.epoch, y: v.accuracy })), span, { fixed: [0, 1] });
+  $("error").textContent = status.error || "";
+  const ready = $("ready");
+  if ((state === "done" || state === "stopped") && status.saved_to) {
+    const last = status.validation[status.validation.length - 1];
+    const score = last ? ` Validation accuracy ${(last.accuracy * 100).toFixed(1)}%.` : "";
+    ready.replaceChildren(`Model ${status.model} is ready (saved to ${status.saved_to}).${score} `,
+      el("a", { href: `/?model=${encodeURIComponent(status.model)}`, id: "use-model", text: "Draw with it →" }));
+    ready.hidden = false;
+  } else {
+    ready.hidden = true;
+  }
+}
+
+function follow() {
+  if (events) events.close();
+  events = new EventSource("/api/train/events");
+  events.onmessage = (message) => show(JSON.parse(message.data));
+  events.addEventListener("end", () => { events.close(); events = null; });
+}
+
+$("data-kind").addEventListener("change", (event) => {
+  $("folder-field").hidden = event.target.value !== "folder";
+});
+$("optimizer").addEventListener("change", (event) => {
+  $("lr").value = event.target.value === "adam" ? "0.001" : "0.05";
+});
+
+$("form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const folder = $("data-kind").value === "folder";
+  const request = {
+    model: $("zoo").value,
+    data: folder ? $("folder").value.trim() : "mnist_sample",
+    epochs: Number($("epochs").value),
+    batch_size: Number($("batch").value),
+    optimizer: $("optimizer").value,
+    lr: Number($("lr").value),
+  };
+  try {
+    show(await api("/api/train", { method: "POST", json: request }));
+    follow();
+  } catch (error) {
+    $("error").textContent = error.message;
+  }
+});
+
+$("stop").addEventListener("click", async () => {
+  try {
+    show(await api("/api/train/stop", { method: "POST", json: {} }));
+  } catch (error) {
+    $("error").textContent = error.message;
+  }
+});
+
+async function init() {
+  markNav();
+  const listing = await api("/api/models");
+  $("zoo").replaceChildren(...listing.zoo.map((name) => el("option", { value: name, text: name })));
+  const status = await api("/api/train/status");
+  chart($("loss-chart"), [], [], 2);
+  chart($("accuracy-chart"), [], [], 2, { fixed: [0, 1] });
+  show(status);
+  if (["starting", "running", "stopping"].includes(status.state)) follow();
+}
+
+init().catch((error) => { $("error").textContent = error.message; });
