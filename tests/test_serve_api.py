@@ -288,9 +288,12 @@ def _wait_for(condition, timeout=120.0, every=0.1):
 
 def test_train_streams_events_predicts_meanwhile_stops_and_serves_the_result(web_app):
     base, app = web_app
+    earlier = app.models_dir / "lenet5-1.cnnlab"          # saved by an earlier server
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier run's model")
     status, started, _ = post_json(base, "/api/train", {"model": "lenet5", "epochs": 3,
                                                          "batch_size": 32})
-    assert status == 202 and started["model"] == "lenet5-1"
+    assert status == 202 and started["model"] == "lenet5-2"
     assert post_json(base, "/api/train", {})[0] == 409                  # one run at a time
     # the event stream delivers status updates as training goes
     host, port = base.split("//")[1].split(":")
@@ -321,10 +324,11 @@ def test_train_streams_events_predicts_meanwhile_stops_and_serves_the_result(web
     assert final["points"] and all(np.isfinite(p["loss"]) for p in final["points"])
     # the trained model is saved and can be used for predictions
     listing = request(base, "/api/models")[1]
-    assert "lenet5-1" in [m["name"] for m in listing["models"]]
+    assert "lenet5-2" in [m["name"] for m in listing["models"]]
     assert cnnlab.models.load_model(final["saved_to"]).count_params() > 0
-    status, payload, _ = request(base, "/api/predict?model=lenet5-1", digit_png("0"), "image/png")
-    assert status == 200 and payload["model"] == "lenet5-1"
+    assert earlier.read_bytes() == b"an earlier run's model"             # not overwritten
+    status, payload, _ = request(base, "/api/predict?model=lenet5-2", digit_png("0"), "image/png")
+    assert status == 200 and payload["model"] == "lenet5-2"
 
 
 def test_training_errors_are_reported_not_raised(web_app, tmp_path):
@@ -337,3 +341,32 @@ def test_training_errors_are_reported_not_raised(web_app, tmp_path):
                       and s, timeout=30)
     assert final["error"]
     assert request(base, "/api/models")[0] == 200
+
+
+def test_train_on_a_folder_of_colour_images_then_predict_with_class_names(web_app, tmp_path):
+    """A user's own folder: RGB pictures of two classes; the result predicts class names."""
+    rng = np.random.default_rng(0)
+    for name, channel in (("red", 0), ("blue", 2)):
+        (tmp_path / name).mkdir()
+        for i in range(12):
+            pixels = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+            pixels[..., channel] = rng.integers(180, 255, (40, 40))
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    base, _ = web_app
+    status, started, _ = post_json(base, "/api/train", {"model": "simple_convnet",
+                                                         "data": str(tmp_path), "epochs": 2,
+                                                         "batch_size": 8, "optimizer": "adam"})
+    assert status == 202
+    final = _wait_for(lambda: (s := request(base, "/api/train/status")[1])["state"] in
+                      ("done", "failed") and s)
+    assert final["state"] == "done", final["error"]
+    assert len(final["validation"]) == 2
+    listing = {m["name"]: m for m in request(base, "/api/models")[1]["models"]}
+    assert listing[started["model"]]["classes"] == ["blue", "red"]
+    assert listing[started["model"]]["input_shape"][-1] == 3
+    picture = io.BytesIO()
+    Image.new("RGB", (90, 60), (230, 20, 20)).save(picture, "JPEG")
+    status, payload, _ = request(base, f"/api/predict?model={started['model']}",
+                                 picture.getvalue(), "image/jpeg")
+    assert status == 200 and payload["input"]["channels"] == 3
+    assert payload["top"]["name"] in ("blue", "red")

@@ -79,8 +79,14 @@ class App:
             if self.job is not None and not self.job.finished:
                 raise ApiError(409, f"A training run ({self.job.model_name}) is already going; "
                                     f"stop it first (POST /api/train/stop).")
-            self._jobs_started += 1
-            self.job = TrainingJob(given, self._jobs_started, self.models_dir,
+            # never overwrite a model saved by an earlier run (or an earlier server)
+            number = self._jobs_started + 1
+            zoo_name = given.get("model", "article")
+            while (f"{zoo_name}-{number}" in self._models
+                   or (self.models_dir / f"{zoo_name}-{number}.cnnlab").exists()):
+                number += 1
+            self._jobs_started = number
+            self.job = TrainingJob(given, number, self.models_dir,
                                    lambda name, model, path: self.add_model(name, model, path))
             job = self.job
         job.start()
