@@ -94,6 +94,27 @@ def test_draw_page_predicts_each_stroke_and_shows_every_layer(web_app, driver):
     no_errors_logged(driver)
 
 
+def test_draw_page_takes_an_uploaded_photo_of_dark_ink_on_paper(web_app, driver, tmp_path):
+    from PIL import Image, ImageDraw
+    photo = Image.new("RGB", (300, 400), (235, 230, 220))               # paper, off-centre '1'
+    ImageDraw.Draw(photo).line([(90, 60), (95, 330)], fill=(30, 30, 40), width=24)
+    path = tmp_path / "one.jpg"
+    photo.save(path, "JPEG")
+    base, _ = web_app
+    driver.get(base + "/")
+    wait_for(driver, "document.querySelectorAll('#model option').length > 0")
+    upload = driver.find_element("id", "upload")
+    driver.execute_script("arguments[0].hidden = false;", upload)       # behind its label
+    upload.send_keys(str(path))
+    assert wait_for(driver, "document.getElementById('top').textContent === '1'")
+    # what the model saw: white ink on black, centred (the paper was inverted away)
+    corner, centre = driver.execute_script("""
+        const c = document.getElementById('seen').getContext('2d');
+        return [c.getImageData(0, 0, 1, 1).data[0], c.getImageData(14, 14, 1, 1).data[0]];""")
+    assert corner == 0 and centre > 128
+    no_errors_logged(driver)
+
+
 def test_train_page_follows_a_run_live_and_stops_it(web_app, driver):
     from selenium.webdriver.support.ui import Select
     base, _ = web_app
