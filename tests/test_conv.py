@@ -23,10 +23,11 @@ from cnnlab.errors import ShapeError
 
 
 @st.composite
-def conv_cases(draw):
+def conv_cases(draw, unit_steps=False):
+    """Random convolutions; ``unit_steps``: stride and dilation 1 (what the frequency domain does)."""
     kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
-    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    strides = (1, 1) if unit_steps else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (1, 1) if unit_steps else (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = draw(st.sampled_from(["valid", "same", "int", "pair", "explicit"]))
     if padding == "int":
         padding = draw(st.integers(0, 3))
@@ -43,7 +44,7 @@ def conv_cases(draw):
                 padding=padding, bias=draw(st.booleans()), seed=draw(st.integers(0, 2**31)))
 
 
-def run_case(case, dtype):
+def run_case(case, dtype, algorithm=None):
     rng = np.random.default_rng(case["seed"])
     kh, kw = case["kernel"]
     x = rng.standard_normal((case["n"], case["h"], case["w"], case["c"])).astype(dtype)
@@ -51,7 +52,8 @@ def run_case(case, dtype):
     bias = rng.standard_normal(case["f"]).astype(dtype) if case["bias"] else None
     pads = resolve_padding(case["padding"], (case["h"], case["w"]), case["kernel"],
                            case["strides"], case["dilation"])
-    out, cache = conv2d_forward(x, kernel, bias, case["strides"], pads, case["dilation"])
+    out, cache = conv2d_forward(x, kernel, bias, case["strides"], pads, case["dilation"],
+                                algorithm=algorithm)
     grad_out = rng.standard_normal(out.shape).astype(dtype)    # random upstream gradient
     grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache)
 
@@ -80,6 +82,18 @@ def test_conv2d_matches_torch_float32(case):
     run_case(case, np.float32)
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases(unit_steps=True))
+def test_frequency_domain_conv2d_matches_torch_float64(case):
+    run_case(case, np.float64, algorithm="fourier")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases(unit_steps=True))
+def test_frequency_domain_conv2d_matches_torch_float32(case):
+    run_case(case, np.float32, algorithm="fourier")
+
+
 @settings(max_examples=25, deadline=None)
 @given(conv_cases())
 def test_conv2d_matches_naive_loops(case):
@@ -88,21 +102,23 @@ def test_conv2d_matches_naive_loops(case):
     assert_close(out, expected, np.float64, "naive loops")
 
 
-@pytest.mark.parametrize("strides,dilation,padding", [
-    ((1, 1), (1, 1), "valid"), ((2, 1), (1, 2), "same"), ((3, 2), (2, 1), ((1, 0), (2, 1)))])
-def test_conv2d_gradients_match_finite_differences(strides, dilation, padding):
+@pytest.mark.parametrize("strides,dilation,padding,algorithm", [
+    ((1, 1), (1, 1), "valid", "direct"), ((2, 1), (1, 2), "same", "direct"),
+    ((3, 2), (2, 1), ((1, 0), (2, 1)), "direct"), ((1, 1), (1, 1), "valid", "fourier"),
+    ((1, 1), (1, 1), ((2, 0), (1, 3)), "fourier")])
+def test_conv2d_gradients_match_finite_differences(strides, dilation, padding, algorithm):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 9, 8, 3))
     kernel = rng.standard_normal((3, 4, 3, 5))
     bias = rng.standard_normal(5)
     pads = resolve_padding(padding, (9, 8), (3, 4), strides, dilation)
-    out, cache = conv2d_forward(x, kernel, bias, strides, pads, dilation)
+    out, cache = conv2d_forward(x, kernel, bias, strides, pads, dilation, algorithm=algorithm)
     grad_out = rng.standard_normal(out.shape)
     analytic = conv2d_backward(grad_out, cache)
 
     def loss():
-        return float((conv2d_forward(x, kernel, bias, strides, pads, dilation)[0]
-                      * grad_out).sum())
+        return float((conv2d_forward(x, kernel, bias, strides, pads, dilation,
+                                     algorithm=algorithm)[0] * grad_out).sum())
 
     for array, grad in zip((x, kernel, bias), analytic):
         picks, numeric = finite_difference_grad(loss, array)

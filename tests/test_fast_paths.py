@@ -21,7 +21,8 @@ def test_per_tap_backward_equals_col2im_backward(k, s, d, padding, c, seed):
     x = rng.standard_normal((2, size, size + 1, c))
     kernel = rng.standard_normal((k, k, c, 3))
     pads = resolve_padding(padding, x.shape[1:3], (k, k), (s, s), (d, d))
-    out, cache = conv.conv2d_forward(x, kernel, rng.standard_normal(3), (s, s), pads, (d, d))
+    out, cache = conv.conv2d_forward(x, kernel, rng.standard_normal(3), (s, s), pads, (d, d),
+                                     algorithm="direct")
     grad_out = rng.standard_normal(out.shape)
     fast = conv.conv2d_backward(grad_out, cache)
     plain = conv.conv2d_backward_reference(grad_out, cache)
@@ -98,3 +99,54 @@ def test_relu_pool_fusion_equals_layer_by_layer():
     np.testing.assert_array_equal(fused[1], plain[1])
     for a, b in zip(fused[2], plain[2]):
         np.testing.assert_array_equal(a, b)
+
+
+# --- convolution in the frequency domain (engine/fourier.py) against im2col --------------------
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_frequency_domain_equals_im2col_on_the_article_layer(dtype, tolerance):
+    """conv2 of the article's network (12x12x32 -> 8x8x64, 5x5) at a training batch size."""
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.standard_normal((64, 12, 12, 32)), 0).astype(dtype)   # after a ReLU
+    kernel = (rng.standard_normal((5, 5, 32, 64)) * 0.05).astype(dtype)
+    bias = rng.standard_normal(64).astype(dtype)
+    direct_out, direct_cache = conv.conv2d_forward(x, kernel, bias, algorithm="direct")
+    out, cache = conv.conv2d_forward(x, kernel, bias)                       # 'auto' picks it
+    assert isinstance(cache, conv.fourier.SpectralCache)
+    assert out.dtype == dtype
+    grad_out = rng.standard_normal(out.shape).astype(dtype)
+    for ours, reference in zip((out, *conv.conv2d_backward(grad_out, cache)),
+                               (direct_out, *conv.conv2d_backward(grad_out, direct_cache))):
+        assert np.abs(ours - reference).max() <= tolerance * np.abs(reference).max()
+
+
+def test_frequency_domain_gives_exact_outputs_where_the_window_saw_only_zeros():
+    """Direct convolution gives exactly the bias there; so must this path, or a following ReLU
+    (at its kink, 0) and max pool (ties) would decide differently than im2col and PyTorch."""
+    rng = np.random.default_rng(4)
+    x = np.zeros((2, 12, 12, 8))
+    x[0, 6:, 6:] = rng.standard_normal((6, 6, 8))                            # ink in one corner
+    kernel, bias = rng.standard_normal((5, 5, 8, 4)), np.array([0.0, 0.5, -1.0, 0.0])
+    out, _ = conv.conv2d_forward(x, kernel, bias, algorithm="fourier")
+    direct, _ = conv.conv2d_forward(x, kernel, bias, algorithm="direct")
+    blank = np.ones((2, 8, 8), dtype=bool)
+    blank[0, 2:, 2:] = False                                                 # windows reaching ink
+    assert np.array_equal(out[blank], direct[blank])
+    assert np.array_equal(out[1], np.broadcast_to(bias, (8, 8, 4)))
+
+
+def test_auto_picks_the_frequency_domain_only_where_it_saves_arithmetic():
+    article_conv2 = dict(padded_hw=(12, 12), kernel_hw=(5, 5), channels=32, filters=64)
+    assert conv.fourier.worthwhile(64, **article_conv2)
+    assert not conv.fourier.worthwhile(1, **article_conv2)       # kernel transform not amortised
+    assert not conv.fourier.worthwhile(64, (28, 28), (5, 5), 1, 32)   # the article's conv1
+    assert not conv.fourier.worthwhile(64, (12, 12), (3, 3), 64, 64)  # small kernel: direct
+    assert not conv.fourier.worthwhile(64, (64, 64), (5, 5), 64, 64)  # big map: DFT too large
+
+
+def test_algorithm_choice_is_checked():
+    from cnnlab.errors import ConfigError
+    x, kernel = np.zeros((1, 8, 8, 1)), np.zeros((3, 3, 1, 1))
+    with pytest.raises(ConfigError, match="stride 1 and dilation 1"):
+        conv.conv2d_forward(x, kernel, None, (2, 2), algorithm="fourier")
+    with pytest.raises(ConfigError, match="algorithm must be one of"):
+        conv.conv2d_forward(x, kernel, None, algorithm="winograd")

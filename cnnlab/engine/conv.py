@@ -16,13 +16,42 @@ KH*KW rows.
 The backward pass reverses the same steps: the kernel gradient is ``cols^T @ grad_out``, and the
 input gradient sends each row of ``grad_out @ kernel^T`` back to the pixels its window came from
 (col2im), adding where windows overlap.
+
+Small maps with large kernels (the article's second layer) go through the frequency domain
+instead (``cnnlab.engine.fourier``), which needs about half the multiply-adds; ``algorithm``
+(or the module-wide ``ALGORITHM``) forces one path, and im2col stays the reference.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.engine import fourier
 from cnnlab.engine.shapes import Pads, output_hw
+from cnnlab.errors import ConfigError
+
+#: 'auto': the frequency domain where ``fourier.worthwhile`` says it saves enough arithmetic,
+#: else im2col. 'direct' or 'fourier' force one (tests compare them).
+ALGORITHM = "auto"
+ALGORITHMS = ("auto", "direct", "fourier")
+
+
+def _use_fourier(x_shape, kernel_shape, strides, pads, dilation, algorithm) -> bool:
+    algorithm = algorithm or ALGORITHM
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"conv2d algorithm must be one of {ALGORITHMS}. Received: {algorithm!r}")
+    if algorithm == "direct":
+        return False
+    (top, bottom), (left, right) = pads
+    padded_hw = (x_shape[1] + top + bottom, x_shape[2] + left + right)
+    possible = tuple(strides) == (1, 1) and tuple(dilation) == (1, 1)
+    if algorithm == "fourier":
+        if not possible:
+            raise ConfigError(f"The frequency-domain convolution needs stride 1 and dilation 1; "
+                              f"received strides={tuple(strides)}, dilation={tuple(dilation)}.")
+        return True
+    return possible and fourier.worthwhile(x_shape[0], padded_hw, kernel_shape[:2],
+                                           kernel_shape[2], kernel_shape[3])
 
 
 def pad_images(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
@@ -123,14 +152,18 @@ def batch_chunks(n: int, bytes_per_image: int, budget: int | None = None) -> lis
 
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
-                   dilation: tuple[int, int] = (1, 1), workspace: dict | None = None):
+                   dilation: tuple[int, int] = (1, 1), workspace: dict | None = None,
+                   algorithm: str | None = None):
     """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``.
 
     Returns ``(out (N, Ho, Wo, F), cache)``. The bias rides in the matrix multiply as an extra
     row of the kernel against a column of ones in cols. The cache keeps ``cols`` for the backward
     pass when they fit the budget; otherwise it keeps ``x``, and backward rebuilds cols chunk by
     chunk. ``workspace``: a dict the caller keeps between calls, to reuse the cols buffer.
+    ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
     """
+    if _use_fourier(x.shape, kernel.shape, strides, pads, dilation, algorithm):
+        return fourier.conv2d_forward(x, kernel, bias, pads)
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
@@ -169,6 +202,8 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
       through ``grad_cols`` C values at a time, and no ``grad_cols`` the size of cols is made.
     - ``need_input_grad=False`` (the first layer: nobody needs the image's gradient) skips it.
     """
+    if isinstance(cache, fourier.SpectralCache):
+        return fourier.conv2d_backward(grad_out, cache, need_input_grad)
     cols, x, kernel, x_shape, strides, pads, dilation, has_bias, fold = cache
     kh, kw, c, f = kernel.shape
     n, ho, wo, _ = grad_out.shape
