@@ -163,7 +163,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
     """
     if _use_fourier(x.shape, kernel.shape, strides, pads, dilation, algorithm):
-        return fourier.conv2d_forward(x, kernel, bias, pads)
+        return fourier.conv2d_forward(x, kernel, bias, pads, workspace)
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)

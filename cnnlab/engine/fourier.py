@@ -39,7 +39,6 @@ import functools
 from typing import NamedTuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from cnnlab.engine.shapes import Pads
 
@@ -145,10 +144,13 @@ def _images_first(a: np.ndarray, h: int, w: int, n: int, c: int) -> np.ndarray:
 
 
 # --- forward and backward ------------------------------------------------------------------------
-def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, pads: Pads):
+def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, pads: Pads,
+                   workspace: dict | None = None):
     """Stride-1 ``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y+i, x+j, c] * kernel[i, j, c, f]``.
 
     ``x (N, H, W, C)``, ``kernel (KH, KW, C, F)`` -> ``(out (N, Ho, Wo, F), SpectralCache)``.
+    ``workspace``: a dict the caller keeps; the kernel's spectrum is reused from it while the
+    kernel is unchanged (inference: every call after the first saves the kernel's transform).
     """
     from cnnlab.engine.conv import pad_images
     kh, kw, c, f = kernel.shape
@@ -159,9 +161,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, p
     name = dtype.name
     x_spectrum = _spectrum(_forward_matrix(hp, wp, hp, wp, name) @ _pixels_first(xp.astype(
         dtype, copy=False)), (n, c), dtype)                                       # (S, N, C)
-    k_spectrum = _spectrum(_forward_matrix(hp, wp, kh, kw, name)
-                           @ kernel.reshape(kh * kw, c * f).astype(dtype, copy=False),
-                           (c, f), dtype)                                           # (S, C, F)
+    k_spectrum = _kernel_spectrum(kernel.astype(dtype, copy=False), hp, wp, workspace)
     out_spectrum = np.matmul(x_spectrum, k_spectrum.conj())                        # (S, N, F)
     out = _images_first(_inverse_matrix(hp, wp, ho, wo, name) @ _stacked(out_spectrum),
                         ho, wo, n, f)                                               # (N, Ho, Wo, F)
@@ -169,12 +169,42 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, p
     # convolution, but the bias plus rounding noise (~1e-17) here. Where a ReLU or a max pool
     # follows, that noise would choose a different side of the kink at 0 or a different winner
     # among tied values than im2col (and PyTorch) do; so such outputs get their exact value.
-    blank = ~sliding_window_view(xp.any(axis=3), (kh, kw), axis=(1, 2)).any(axis=(3, 4))
-    out[blank] = 0
+    out[~_window_sees_ink(xp, kh, kw)] = 0
     if bias is not None:
         out += bias
     return out, SpectralCache(x_spectrum, k_spectrum, x.shape, (hp, wp), (kh, kw), pads,
                               bias is not None)
+
+
+def _kernel_spectrum(kernel: np.ndarray, hp: int, wp: int, workspace: dict | None) -> np.ndarray:
+    """DFT of the kernel zero-padded to Hp x Wp, ``(S, C, F)``; reused while the kernel's values
+    (compared exactly, ~20 us) are those it was computed from."""
+    kh, kw, c, f = kernel.shape
+    saved = workspace.get("kernel_spectrum") if workspace is not None else None
+    if saved is not None and saved[0].shape == kernel.shape and saved[0].dtype == kernel.dtype \
+            and saved[1].shape[0] == hp * (wp // 2 + 1) and np.array_equal(saved[0], kernel):
+        return saved[1]
+    spectrum = _spectrum(_forward_matrix(hp, wp, kh, kw, kernel.dtype.name)
+                         @ kernel.reshape(kh * kw, c * f), (c, f), kernel.dtype)
+    if workspace is not None:
+        workspace["kernel_spectrum"] = (kernel.copy(), spectrum)
+    return spectrum
+
+
+def _window_sees_ink(xp: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """``(N, Ho, Wo)``: True where some pixel of the window is non-zero (an OR over the window,
+    one axis at a time)."""
+    # the sum of |x| over channels is > 0 exactly when one is non-zero (a sum of non-negative
+    # numbers cannot round to 0); as a matrix-vector product it is 2x faster than any()
+    ink = (np.abs(xp) @ np.ones(xp.shape[3], dtype=xp.dtype)) > 0         # (N, Hp, Wp)
+    ho, wo = ink.shape[1] - kh + 1, ink.shape[2] - kw + 1
+    rows = ink[:, :ho].copy()
+    for i in range(1, kh):
+        rows |= ink[:, i:i + ho]
+    seen = rows[:, :, :wo].copy()
+    for j in range(1, kw):
+        seen |= rows[:, :, j:j + wo]
+    return seen
 
 
 def conv2d_backward(grad_out: np.ndarray, cache: SpectralCache, need_input_grad: bool = True):
