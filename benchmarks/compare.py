@@ -27,7 +27,8 @@ import time
 import numpy as np
 
 BATCH = 128
-PEERS = ["cnnlab", "torch", "torch.compile", "keras", "tinygrad", "onnxruntime"]
+PEERS = ["cnnlab", "torch", "torch.compile", "keras-tensorflow", "keras-jax", "tinygrad",
+         "onnxruntime"]
 
 
 # --- what one step costs --------------------------------------------------------------------
@@ -129,10 +130,8 @@ def run_torch(seconds, compiled=False):
     return {**result, "version": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def run_keras(seconds):
-    import importlib.util
-    if importlib.util.find_spec("tensorflow") is None:      # Keras 3 defaults to TensorFlow
-        os.environ.setdefault("KERAS_BACKEND", "jax")
+def run_keras(seconds, backend):
+    os.environ["KERAS_BACKEND"] = backend         # read when keras is first imported
     import keras
     from keras import layers
     model = keras.Sequential([
@@ -210,15 +209,18 @@ def run_onnxruntime(seconds):
 
 
 RUNNERS = {"cnnlab": run_cnnlab, "torch": run_torch,
-           "torch.compile": lambda s: run_torch(s, compiled=True), "keras": run_keras,
+           "torch.compile": lambda s: run_torch(s, compiled=True),
+           "keras-tensorflow": lambda s: run_keras(s, "tensorflow"),
+           "keras-jax": lambda s: run_keras(s, "jax"),
            "tinygrad": run_tinygrad, "onnxruntime": run_onnxruntime}
-REQUIRES = {"torch": "torch", "torch.compile": "torch", "keras": "keras", "tinygrad": "tinygrad",
-            "onnxruntime": "onnxruntime", "cnnlab": "cnnlab"}
+REQUIRES = {"torch": ["torch"], "torch.compile": ["torch"],
+            "keras-tensorflow": ["keras", "tensorflow"], "keras-jax": ["keras", "jax"],
+            "tinygrad": ["tinygrad"], "onnxruntime": ["onnxruntime", "onnx"], "cnnlab": ["cnnlab"]}
 
 
 def installed(peer) -> bool:
     import importlib.util
-    return importlib.util.find_spec(REQUIRES[peer]) is not None
+    return all(importlib.util.find_spec(name) is not None for name in REQUIRES[peer])
 
 
 def run_worker(peer, seconds) -> dict:

@@ -81,33 +81,72 @@ def worthwhile(batch: int, padded_hw, kernel_hw, channels: int, filters: int) ->
     return batch * per_image + per_batch <= MIN_SAVING * batch * direct
 
 
-# --- DFT matrices --------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=32)
-def _forward_matrix(hp: int, wp: int, rows: int, cols: int, dtype: str) -> np.ndarray:
-    """``(2S, rows*cols)``: the half spectrum (real parts, then imaginary parts) of an Hp x Wp map
-    that is zero outside its top-left ``rows x cols`` corner."""
-    u = np.arange(hp)[:, None]                                   # frequency along H
-    v = np.arange(wp // 2 + 1)[None, :]                          # frequency along W (half)
-    p = np.arange(rows)[:, None, None, None]
-    q = np.arange(cols)[None, :, None, None]
-    angle = (-2 * np.pi * (u * p / hp + v * q / wp)).reshape(rows * cols, -1)   # (pixels, S)
-    return np.concatenate([np.cos(angle), np.sin(angle)], axis=1).T.astype(dtype)
+# --- the transforms: a DFT along W, then along H, each one matrix multiply ---------------------
+# A 2-D DFT is a 1-D DFT of every row followed by a 1-D DFT of every column. Done in two GEMMs it
+# costs (for 12 x 12 maps) 6,048 multiply-adds per map instead of 24,192 with one dense 2-D DFT
+# matrix. Arrays stay "pixels first": a stack of maps is (rows, cols, M), M = maps (N*C), and a
+# stacked spectrum is (2S, M): the real parts of the S = Hp*V frequencies (u, v), then the
+# imaginary parts, V = Wp//2 + 1 (the half spectrum of a real map).
+def _angles(n_out: int, n_in: int, period: int) -> np.ndarray:
+    return 2 * np.pi * np.outer(np.arange(n_out), np.arange(n_in)) / period
 
 
-@functools.lru_cache(maxsize=32)
-def _inverse_matrix(hp: int, wp: int, rows: int, cols: int, dtype: str) -> np.ndarray:
-    """``(rows*cols, 2S)``: the real map at the top-left ``rows x cols`` pixels from a half
-    spectrum (real parts, then imaginary parts). Frequencies whose mirror image was dropped count
-    twice; the zero (and, for even Wp, the middle) column has no mirror and counts once."""
-    u = np.arange(hp)[:, None]
-    v = np.arange(wp // 2 + 1)[None, :]
-    weight = np.where((v == 0) | (2 * v == wp), 1.0, 2.0) / (hp * wp)       # (1, Wp//2 + 1)
-    p = np.arange(rows)[:, None, None, None]
-    q = np.arange(cols)[None, :, None, None]
-    angle = 2 * np.pi * (u * p / hp + v * q / wp)                            # (rows, cols, H, V)
-    real = (weight * np.cos(angle)).reshape(rows * cols, -1)
-    imag = (-weight * np.sin(angle)).reshape(rows * cols, -1)
-    return np.concatenate([real, imag], axis=1).astype(dtype)
+@functools.lru_cache(maxsize=64)
+def _along_w(wp: int, cols: int, dtype: str) -> np.ndarray:
+    """``(2V, cols)``: real then imaginary parts of each row's DFT over its first ``cols`` pixels."""
+    angle = _angles(wp // 2 + 1, cols, wp)
+    return np.concatenate([np.cos(angle), -np.sin(angle)]).astype(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _along_h(hp: int, rows: int, dtype: str) -> np.ndarray:
+    """``(2Hp, 2*rows)``: the complex DFT down the columns, over the first ``rows`` rows; input
+    rows ordered (row, re/im), output rows (re/im, u). ``(a + ib) e^-it = a cos t + b sin t +
+    i (b cos t - a sin t)``."""
+    cos, sin = np.cos(_angles(hp, rows, hp)), np.sin(_angles(hp, rows, hp))
+    out = np.empty((2, hp, rows, 2))
+    out[0, :, :, 0], out[0, :, :, 1] = cos, sin
+    out[1, :, :, 0], out[1, :, :, 1] = -sin, cos
+    return out.reshape(2 * hp, 2 * rows).astype(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _back_along_h(hp: int, rows: int, dtype: str) -> np.ndarray:
+    """``(2*rows, 2Hp)``: the inverse complex DFT down the columns, for the first ``rows`` rows;
+    input rows (re/im, u), output rows (row, re/im). ``(a + ib) e^it = a cos t - b sin t +
+    i (a sin t + b cos t)``."""
+    cos, sin = np.cos(_angles(rows, hp, hp)), np.sin(_angles(rows, hp, hp))
+    out = np.empty((rows, 2, 2, hp))
+    out[:, 0, 0], out[:, 0, 1] = cos, -sin
+    out[:, 1, 0], out[:, 1, 1] = sin, cos
+    return out.reshape(2 * rows, 2 * hp).astype(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _back_along_w(hp: int, wp: int, cols: int, dtype: str) -> np.ndarray:
+    """``(cols, 2V)``: each row's real inverse DFT from its half spectrum, at the first ``cols``
+    pixels, with the 1/(Hp*Wp) of the inverse. A frequency whose mirror image was dropped counts
+    twice; the zero (and, for even Wp, the middle) one has no mirror and counts once."""
+    v = np.arange(wp // 2 + 1)
+    weight = np.where((v == 0) | (2 * v == wp), 1.0, 2.0) / (hp * wp)
+    angle = _angles(cols, wp // 2 + 1, wp)
+    return np.concatenate([weight * np.cos(angle), -weight * np.sin(angle)], axis=1).astype(dtype)
+
+
+def _dft(maps: np.ndarray, hp: int, wp: int) -> np.ndarray:
+    """Maps ``(rows, cols, M)``, zero beyond them in Hp x Wp -> stacked spectrum ``(2S, M)``."""
+    rows, cols, m = maps.shape
+    name = maps.dtype.name
+    by_row = np.matmul(_along_w(wp, cols, name), maps)                      # (rows, 2V, M)
+    return (_along_h(hp, rows, name) @ by_row.reshape(2 * rows, -1)).reshape(-1, m)
+
+
+def _inverse_dft(stacked: np.ndarray, hp: int, wp: int, rows: int, cols: int) -> np.ndarray:
+    """Stacked spectrum ``(2S, M)`` -> the real maps' first ``rows x cols`` pixels ``(rows, cols, M)``."""
+    m = stacked.shape[1]
+    name = stacked.dtype.name
+    by_row = _back_along_h(hp, rows, name) @ stacked.reshape(2 * hp, -1)   # (2*rows, V*M)
+    return np.matmul(_back_along_w(hp, wp, cols, name), by_row.reshape(rows, -1, m))
 
 
 def _complex_dtype(dtype) -> np.dtype:
@@ -158,12 +197,11 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, p
     n, hp, wp, _ = xp.shape
     ho, wo = hp - kh + 1, wp - kw + 1
     dtype = np.result_type(x, kernel)
-    name = dtype.name
-    x_spectrum = _spectrum(_forward_matrix(hp, wp, hp, wp, name) @ _pixels_first(xp.astype(
-        dtype, copy=False)), (n, c), dtype)                                       # (S, N, C)
+    x_spectrum = _spectrum(_dft(_pixels_first(xp.astype(dtype, copy=False)).reshape(hp, wp, -1),
+                                hp, wp), (n, c), dtype)                           # (S, N, C)
     k_spectrum = _kernel_spectrum(kernel.astype(dtype, copy=False), hp, wp, workspace)
     out_spectrum = np.matmul(x_spectrum, k_spectrum.conj())                        # (S, N, F)
-    out = _images_first(_inverse_matrix(hp, wp, ho, wo, name) @ _stacked(out_spectrum),
+    out = _images_first(_inverse_dft(_stacked(out_spectrum), hp, wp, ho, wo),
                         ho, wo, n, f)                                               # (N, Ho, Wo, F)
     # A window of zeros (MNIST is mostly background) gives exactly the bias by direct
     # convolution, but the bias plus rounding noise (~1e-17) here. Where a ReLU or a max pool
@@ -184,8 +222,7 @@ def _kernel_spectrum(kernel: np.ndarray, hp: int, wp: int, workspace: dict | Non
     if saved is not None and saved[0].shape == kernel.shape and saved[0].dtype == kernel.dtype \
             and saved[1].shape[0] == hp * (wp // 2 + 1) and np.array_equal(saved[0], kernel):
         return saved[1]
-    spectrum = _spectrum(_forward_matrix(hp, wp, kh, kw, kernel.dtype.name)
-                         @ kernel.reshape(kh * kw, c * f), (c, f), kernel.dtype)
+    spectrum = _spectrum(_dft(kernel.reshape(kh, kw, c * f), hp, wp), (c, f), kernel.dtype)
     if workspace is not None:
         workspace["kernel_spectrum"] = (kernel.copy(), spectrum)
     return spectrum
@@ -214,17 +251,15 @@ def conv2d_backward(grad_out: np.ndarray, cache: SpectralCache, need_input_grad:
     x_spectrum, k_spectrum, x_shape, (hp, wp), (kh, kw), pads, has_bias = cache
     n, ho, wo, f = grad_out.shape
     c = x_shape[3]
-    name = grad_out.dtype.name
-    grad_spectrum = _spectrum(_forward_matrix(hp, wp, ho, wo, name) @ _pixels_first(grad_out),
+    grad_spectrum = _spectrum(_dft(_pixels_first(grad_out).reshape(ho, wo, -1), hp, wp),
                               (n, f), grad_out.dtype)                               # (S, N, F)
     kernel_spectrum = np.matmul(x_spectrum.transpose(0, 2, 1), grad_spectrum.conj())  # (S, C, F)
-    grad_kernel = (_inverse_matrix(hp, wp, kh, kw, name) @ _stacked(kernel_spectrum)
-                   ).reshape(kh, kw, c, f)
+    grad_kernel = _inverse_dft(_stacked(kernel_spectrum), hp, wp, kh, kw).reshape(kh, kw, c, f)
     grad_bias = column_sums(grad_out.reshape(-1, f)) if has_bias else None
     if not need_input_grad:
         return None, grad_kernel, grad_bias
     input_spectrum = np.matmul(grad_spectrum, k_spectrum.transpose(0, 2, 1))       # (S, N, C)
-    grad_xp = _images_first(_inverse_matrix(hp, wp, hp, wp, name) @ _stacked(input_spectrum),
+    grad_xp = _images_first(_inverse_dft(_stacked(input_spectrum), hp, wp, hp, wp),
                             hp, wp, n, c)                                           # (N, Hp, Wp, C)
     (top, _), (left, _) = pads
     return grad_xp[:, top:top + x_shape[1], left:left + x_shape[2], :], grad_kernel, grad_bias
