@@ -139,8 +139,9 @@ def test_auto_picks_the_frequency_domain_only_where_it_saves_arithmetic():
     assert conv.fourier.worthwhile(64, **article_conv2)
     assert not conv.fourier.worthwhile(1, **article_conv2)       # kernel transform not amortised
     assert not conv.fourier.worthwhile(64, (28, 28), (5, 5), 1, 32)   # the article's conv1
-    assert not conv.fourier.worthwhile(64, (12, 12), (3, 3), 64, 64)  # small kernel: direct
-    assert not conv.fourier.worthwhile(64, (64, 64), (5, 5), 64, 64)  # big map: DFT too large
+    assert not conv.fourier.worthwhile(8, **article_conv2)       # measured 2x slower there
+    assert not conv.fourier.worthwhile(64, (8, 8), (3, 3), 64, 128)   # 3x3 on 8x8: no saving
+    assert not conv.fourier.worthwhile(64, (64, 64), (5, 5), 64, 64)  # big map: im2col
 
 
 def test_algorithm_choice_is_checked():

@@ -6,12 +6,12 @@ Why it is cheaper. Sliding a KH x KW kernel costs KH*KW multiply-adds per output
 pair. After a discrete Fourier transform (DFT), correlation becomes one complex multiply per
 frequency: the per-pair cost no longer grows with the kernel. The transforms themselves are paid
 once per map, not once per channel pair. For the article's conv2 a training step (forward and
-both gradients) needs 5.0 M multiply-adds per image instead of 9.8 M.
+both gradients) needs 2.9 M multiply-adds per image instead of 9.8 M.
 
-How the transforms are done. As dense DFT matrices applied with one matrix multiply over all the
-maps of the batch (BLAS), not with an FFT: the maps are tiny (the article's DFT matrix is
-168 x 144), and one GEMM over thousands of maps runs near the machine's peak, where NumPy's FFT
-loops over tiny transforms (measured: 2.3 ms against 1.2 ms for a batch of 64).
+How the transforms are done. As small DFT matrices applied with matrix multiplies over all the
+maps of the batch at once (BLAS): along W, then along H. The maps are tiny, and NumPy's FFT loops
+over tiny transforms one by one (measured for a batch of 64 of the article's maps: 2.3 ms for
+``np.fft.rfft2``, 1.2 ms for one dense 2-D DFT matrix, less again for the two 1-D stages).
 
 Shapes. ``P = Hp*Wp`` pixels of the zero-padded input, ``S = Hp*(Wp//2 + 1)`` frequencies (a real
 map's spectrum is symmetric, so half of it is kept), a spectrum is complex ``(S, N, C)``: one
@@ -42,12 +42,15 @@ import numpy as np
 
 from cnnlab.engine.shapes import Pads
 
-#: largest padded map (pixels) transformed with a dense DFT matrix; beyond it the matrices grow
-#: as P^2 and the direct path is cheaper anyway
-MAX_PIXELS = 400
-#: use the frequency domain only when it needs at most this share of the direct multiply-adds:
-#: its products are many small GEMMs, which run slower per FLOP than im2col's one big GEMM
-MIN_SAVING = 0.6
+#: largest padded map (pixels) taken to the frequency domain; its transform matrices and the
+#: per-frequency products grow with it, and im2col is cheaper for big maps anyway
+MAX_PIXELS = 1024
+#: below this batch the fixed costs (the kernel's transform, ~30 more NumPy calls) outweigh the
+#: saving: measured on the article's conv2, 2.3x slower at batch 2, 0.68x the time at batch 16
+MIN_BATCH = 16
+#: use the frequency domain when it needs at most this share of the direct multiply-adds.
+#: Measured times are ~1.5x that share (its GEMMs are small), so 0.5 means <= ~0.75x the time.
+MIN_SAVING = 0.5
 
 
 class SpectralCache(NamedTuple):
@@ -61,23 +64,28 @@ class SpectralCache(NamedTuple):
     has_bias: bool
 
 
+def _transform_cost(hp: int, wp: int, rows: int, cols: int) -> int:
+    """Multiply-adds to take one map's ``rows x cols`` corner to its spectrum, or back."""
+    half = wp // 2 + 1
+    return rows * 2 * half * cols + 4 * hp * rows * half
+
+
 def worthwhile(batch: int, padded_hw, kernel_hw, channels: int, filters: int) -> bool:
     """True when a training step's multiply-adds in the frequency domain are at most
-    ``MIN_SAVING`` of the direct ones. The kernel's transforms are paid once per batch, so small
-    batches (a single image: 2.2x the direct work for the article's conv2) stay direct."""
+    ``MIN_SAVING`` of the direct ones, the batch is at least ``MIN_BATCH`` and the map at most
+    ``MAX_PIXELS``. For the article's conv2: 2.9 M per image instead of 9.8 M, plus 8.3 M per
+    batch for the kernel's transforms."""
     hp, wp = padded_hw
     kh, kw = kernel_hw
-    pixels, out_pixels = hp * wp, (hp - kh + 1) * (wp - kw + 1)
-    if pixels > MAX_PIXELS or out_pixels <= 0:
+    ho, wo = hp - kh + 1, wp - kw + 1
+    if batch < MIN_BATCH or hp * wp > MAX_PIXELS or ho <= 0 or wo <= 0:
         return False
-    spectrum = 2 * hp * (wp // 2 + 1)                       # real numbers in a half spectrum
-    direct = 3 * out_pixels * kh * kw * channels * filters  # forward + two gradients
-    per_image = (spectrum * pixels * channels               # DFT of x
-                 + spectrum * out_pixels * filters          # DFT of grad_out
-                 + 3 * 2 * spectrum * channels * filters    # three complex products
-                 + out_pixels * spectrum * filters          # inverse DFT of out
-                 + pixels * spectrum * channels)            # inverse DFT of grad_x
-    per_batch = 2 * spectrum * kh * kw * channels * filters  # the kernel's DFT and its gradient's
+    frequencies = hp * (wp // 2 + 1)
+    direct = 3 * ho * wo * kh * kw * channels * filters         # forward + two gradients
+    per_image = (2 * channels * _transform_cost(hp, wp, hp, wp)  # x in, grad_x out
+                 + 2 * filters * _transform_cost(hp, wp, ho, wo)  # out, grad_out
+                 + 3 * 4 * frequencies * channels * filters)      # three complex products
+    per_batch = 2 * channels * filters * _transform_cost(hp, wp, kh, kw)   # kernel, its gradient
     return batch * per_image + per_batch <= MIN_SAVING * batch * direct
 
 
