@@ -14,8 +14,9 @@ over tiny transforms one by one (measured for a batch of 64 of the article's map
 ``np.fft.rfft2``, 1.2 ms for one dense 2-D DFT matrix, less again for the two 1-D stages).
 
 Shapes. ``P = Hp*Wp`` pixels of the zero-padded input, ``S = Hp*(Wp//2 + 1)`` frequencies (a real
-map's spectrum is symmetric, so half of it is kept), a spectrum is complex ``(S, N, C)``: one
-``(N, C)`` matrix per frequency, so the per-frequency products are batched GEMMs.
+map's spectrum is symmetric, so half of it is kept). A spectrum is kept "stacked", ``(2S, N*C)``:
+the real parts, then the imaginary parts; seen as ``(S, N, C)`` it is one ``(N, C)`` matrix per
+frequency, so the per-frequency complex products are batched real GEMMs (four per product).
 
     forward   X = DFT(x),  K = DFT(kernel zero-padded to Hp x Wp)
               Y[s] = X[s] @ conj(K[s])                       (S, N, C) @ (S, C, F)
@@ -55,8 +56,8 @@ MIN_SAVING = 0.5
 
 class SpectralCache(NamedTuple):
     """What the backward pass needs: both spectra, and the shapes."""
-    x_spectrum: np.ndarray        # (S, N, C) complex
-    k_spectrum: np.ndarray        # (S, C, F) complex
+    x_spectrum: np.ndarray        # (2S, N*C) stacked: real parts, then imaginary parts
+    k_spectrum: np.ndarray        # (2S, C*F)
     x_shape: tuple                # (N, H, W, C) before padding
     padded_hw: tuple              # (Hp, Wp)
     kernel_hw: tuple              # (KH, KW)
@@ -157,26 +158,34 @@ def _inverse_dft(stacked: np.ndarray, hp: int, wp: int, rows: int, cols: int) ->
     return np.matmul(_back_along_w(hp, wp, cols, name), by_row.reshape(rows, -1, m))
 
 
-def _complex_dtype(dtype) -> np.dtype:
-    return np.result_type(dtype, np.complex64)
-
-
-def _spectrum(stacked: np.ndarray, shape: tuple, dtype) -> np.ndarray:
-    """``(2S, M)`` real and imaginary parts -> complex ``(S, *shape)``."""
+def _parts(stacked: np.ndarray, rows: int, cols: int):
+    """A stacked spectrum ``(2S, rows*cols)`` as its real and imaginary parts, each a stack of
+    ``(rows, cols)`` matrices, one per frequency: ``(S, rows, cols)`` views, no copy."""
     half = stacked.shape[0] // 2
-    out = np.empty((half, *shape), dtype=_complex_dtype(dtype))
-    out.real = stacked[:half].reshape(half, *shape)
-    out.imag = stacked[half:].reshape(half, *shape)
-    return out
+    return stacked[:half].reshape(half, rows, cols), stacked[half:].reshape(half, rows, cols)
 
 
-def _stacked(spectrum: np.ndarray) -> np.ndarray:
-    """Complex ``(S, A, B)`` -> ``(2S, A*B)`` real parts, then imaginary parts."""
-    half = spectrum.shape[0]
-    out = np.empty((2 * half, spectrum[0].size), dtype=spectrum.real.dtype)
-    out[:half] = spectrum.real.reshape(half, -1)
-    out[half:] = spectrum.imag.reshape(half, -1)
-    return out
+def _complex_matmul(a, b, conjugate_b: bool) -> np.ndarray:
+    """Per frequency, ``(ar + i ai) @ (br +- i bi)`` with four real GEMMs, straight into a stacked
+    spectrum ``(2S, rows*cols)``. ``a`` and ``b`` are ``(real, imaginary)`` pairs of stacks (views,
+    transposed views allowed). The same products as a complex matmul, without converting to
+    and from complex arrays (which cost as much as the products: 1.7 ms against 0.9 ms for the
+    article's forward product)."""
+    (ar, ai), (br, bi) = a, b
+    out = np.empty((2, ar.shape[0], ar.shape[1], br.shape[2]), dtype=np.result_type(ar, br))
+    np.matmul(ar, br, out=out[0])
+    np.matmul(ai, br, out=out[1])
+    if conjugate_b:      # (ar + i ai)(br - i bi) = ar br + ai bi + i (ai br - ar bi)
+        out[0] += ai @ bi
+        out[1] -= ar @ bi
+    else:                # (ar + i ai)(br + i bi) = ar br - ai bi + i (ai br + ar bi)
+        out[0] -= ai @ bi
+        out[1] += ar @ bi
+    return out.reshape(2 * ar.shape[0], -1)
+
+
+def _transposed(parts):
+    return tuple(p.transpose(0, 2, 1) for p in parts)
 
 
 def _pixels_first(a: np.ndarray) -> np.ndarray:
@@ -205,12 +214,12 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, p
     n, hp, wp, _ = xp.shape
     ho, wo = hp - kh + 1, wp - kw + 1
     dtype = np.result_type(x, kernel)
-    x_spectrum = _spectrum(_dft(_pixels_first(xp.astype(dtype, copy=False)).reshape(hp, wp, -1),
-                                hp, wp), (n, c), dtype)                           # (S, N, C)
+    x_spectrum = _dft(_pixels_first(xp.astype(dtype, copy=False)).reshape(hp, wp, -1),
+                      hp, wp)                                                       # (2S, N*C)
     k_spectrum = _kernel_spectrum(kernel.astype(dtype, copy=False), hp, wp, workspace)
-    out_spectrum = np.matmul(x_spectrum, k_spectrum.conj())                        # (S, N, F)
-    out = _images_first(_inverse_dft(_stacked(out_spectrum), hp, wp, ho, wo),
-                        ho, wo, n, f)                                               # (N, Ho, Wo, F)
+    out_spectrum = _complex_matmul(_parts(x_spectrum, n, c), _parts(k_spectrum, c, f),
+                                   conjugate_b=True)                                # (2S, N*F)
+    out = _images_first(_inverse_dft(out_spectrum, hp, wp, ho, wo), ho, wo, n, f)   # (N, Ho, Wo, F)
     # A window of zeros (MNIST is mostly background) gives exactly the bias by direct
     # convolution, but the bias plus rounding noise (~1e-17) here. Where a ReLU or a max pool
     # follows, that noise would choose a different side of the kink at 0 or a different winner
@@ -223,14 +232,14 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, p
 
 
 def _kernel_spectrum(kernel: np.ndarray, hp: int, wp: int, workspace: dict | None) -> np.ndarray:
-    """DFT of the kernel zero-padded to Hp x Wp, ``(S, C, F)``; reused while the kernel's values
-    (compared exactly, ~20 us) are those it was computed from."""
+    """DFT of the kernel zero-padded to Hp x Wp, stacked ``(2S, C*F)``; reused while the kernel's
+    values (compared exactly, ~20 us) are those it was computed from."""
     kh, kw, c, f = kernel.shape
     saved = workspace.get("kernel_spectrum") if workspace is not None else None
     if saved is not None and saved[0].shape == kernel.shape and saved[0].dtype == kernel.dtype \
-            and saved[1].shape[0] == hp * (wp // 2 + 1) and np.array_equal(saved[0], kernel):
+            and saved[1].shape[0] == 2 * hp * (wp // 2 + 1) and np.array_equal(saved[0], kernel):
         return saved[1]
-    spectrum = _spectrum(_dft(kernel.reshape(kh, kw, c * f), hp, wp), (c, f), kernel.dtype)
+    spectrum = _dft(kernel.reshape(kh, kw, c * f), hp, wp)
     if workspace is not None:
         workspace["kernel_spectrum"] = (kernel.copy(), spectrum)
     return spectrum
@@ -259,15 +268,17 @@ def conv2d_backward(grad_out: np.ndarray, cache: SpectralCache, need_input_grad:
     x_spectrum, k_spectrum, x_shape, (hp, wp), (kh, kw), pads, has_bias = cache
     n, ho, wo, f = grad_out.shape
     c = x_shape[3]
-    grad_spectrum = _spectrum(_dft(_pixels_first(grad_out).reshape(ho, wo, -1), hp, wp),
-                              (n, f), grad_out.dtype)                               # (S, N, F)
-    kernel_spectrum = np.matmul(x_spectrum.transpose(0, 2, 1), grad_spectrum.conj())  # (S, C, F)
-    grad_kernel = _inverse_dft(_stacked(kernel_spectrum), hp, wp, kh, kw).reshape(kh, kw, c, f)
+    grad_spectrum = _dft(_pixels_first(grad_out).reshape(ho, wo, -1), hp, wp)     # (2S, N*F)
+    x_parts, g_parts = _parts(x_spectrum, n, c), _parts(grad_spectrum, n, f)
+    kernel_spectrum = _complex_matmul(_transposed(x_parts), g_parts,
+                                      conjugate_b=True)                             # (2S, C*F)
+    grad_kernel = _inverse_dft(kernel_spectrum, hp, wp, kh, kw).reshape(kh, kw, c, f)
     grad_bias = column_sums(grad_out.reshape(-1, f)) if has_bias else None
     if not need_input_grad:
         return None, grad_kernel, grad_bias
-    input_spectrum = np.matmul(grad_spectrum, k_spectrum.transpose(0, 2, 1))       # (S, N, C)
-    grad_xp = _images_first(_inverse_dft(_stacked(input_spectrum), hp, wp, hp, wp),
+    input_spectrum = _complex_matmul(g_parts, _transposed(_parts(k_spectrum, c, f)),
+                                     conjugate_b=False)                             # (2S, N*C)
+    grad_xp = _images_first(_inverse_dft(input_spectrum, hp, wp, hp, wp),
                             hp, wp, n, c)                                           # (N, Hp, Wp, C)
     (top, _), (left, _) = pads
     return grad_xp[:, top:top + x_shape[1], left:left + x_shape[2], :], grad_kernel, grad_bias
