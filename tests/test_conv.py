@@ -64,9 +64,22 @@ def run_case(case, dtype, algorithm=None):
     outt = F.conv2d(torch_pad(xt, pads), kt, bt, stride=case["strides"],
                     dilation=case["dilation"])
     (outt * nchw(grad_out.astype(np.float64), grad=False)).sum().backward()   # sum(out * dout)
-    assert_close(out, nhwc(outt), dtype, "forward")
-    assert_close(grad_x, nhwc(xt.grad), dtype, "grad_x")
-    assert_close(grad_kernel, kt.grad.numpy().transpose(2, 3, 1, 0), dtype, "grad_kernel")
+    scales = {}
+    if algorithm == "fourier":
+        # A transform mixes every pixel of a map, so its rounding error is bounded by norms:
+        # |error of out[n, ..., f]| <~ eps * |x[n]| * |kernel[..., f]| (2-norms), and likewise for
+        # the gradients. An element whose terms cancel can be far smaller than those norms, so
+        # it is measured against them (in float64 this is still 1e-10; model tests stay exact).
+        norm = lambda a, axes: np.sqrt((a.astype(np.float64) ** 2).sum(axis=axes))  # noqa: E731
+        x_n, k_f, g_n, g_f = norm(x, (1, 2, 3)), norm(kernel, (0, 1, 2)), \
+            norm(grad_out, (1, 2, 3)), norm(grad_out, (0, 1, 2))
+        scales = {"forward": (x_n[:, None] * k_f[None, :]).max(),
+                  "grad_x": g_n.max() * norm(kernel, (0, 1, 2, 3)),
+                  "grad_kernel": norm(x, (0, 1, 2, 3)) * g_f.max()}
+    assert_close(out, nhwc(outt), dtype, "forward", scales.get("forward"))
+    assert_close(grad_x, nhwc(xt.grad), dtype, "grad_x", scales.get("grad_x"))
+    assert_close(grad_kernel, kt.grad.numpy().transpose(2, 3, 1, 0), dtype, "grad_kernel",
+                 scales.get("grad_kernel"))
     if bias is not None:     # a sum over every output position: measured against its terms
         terms = np.abs(grad_out.astype(np.float64)).sum(axis=(0, 1, 2)).max()
         assert_close(grad_bias, bt.grad.numpy(), dtype, "grad_bias", scale=terms)
