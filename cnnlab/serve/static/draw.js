@@ -49,29 +49,44 @@ for (const end of ["pointerup", "pointercancel"]) {
 }
 
 $("clear").addEventListener("click", () => {
+  drawingNumber += 1;
+  again = false;
   clearPad();
   showEmpty();
 });
 
 $("upload").addEventListener("change", async (event) => {
   const file = event.target.files[0];
-  if (file) await predict(file, file.type || "application/octet-stream");
+  if (!file) return;
+  drawingNumber += 1;               // an answer for the drawing before it no longer applies
+  again = false;
+  await predict(file, file.type || "application/octet-stream");
   event.target.value = "";
 });
 
-/** One request at a time; strokes that arrive meanwhile are sent together when it returns. */
+/**
+ * One request at a time (from the moment the canvas is captured); strokes that arrive meanwhile
+ * are sent together when it returns. `drawingNumber` goes up on Clear and on model changes, so
+ * an answer for a drawing that is gone is dropped instead of shown.
+ */
+let drawingNumber = 0;
+
 function predictSoon() {
   if (inFlight) { again = true; return; }
+  inFlight = true;
   pad.toBlob((blob) => predict(blob, "image/png"), "image/png");
 }
 
 async function predict(body, type) {
   inFlight = true;
+  const asked = drawingNumber;
   try {
     const query = modelName ? `?model=${encodeURIComponent(modelName)}` : "";
     const result = await api(`/api/predict${query}`, { method: "POST", body, type });
-    $("error").textContent = "";
-    show(result);
+    if (asked === drawingNumber) {
+      $("error").textContent = "";
+      show(result);
+    }
   } catch (error) {
     $("error").textContent = error.message;
   } finally {
@@ -205,6 +220,7 @@ async function loadSummary() {
 }
 
 $("model").addEventListener("change", async (event) => {
+  drawingNumber += 1;
   modelName = event.target.value;
   history.replaceState(null, "", `/?model=${encodeURIComponent(modelName)}`);
   await loadModels();
