@@ -72,11 +72,12 @@ export function drawMap(canvas, data, offset, h, w, { channels = 1, grey = false
   context.putImageData(image, 0, 0);
 }
 
-/** Mark the current page in the navigation bar. */
+/** The top bar of every page: the name, and links to the pages with the current one marked. */
 export function markNav() {
-  for (const link of document.querySelectorAll("header.top nav a")) {
-    if (link.getAttribute("href") === location.pathname) link.classList.add("active");
-  }
+  const links = [["/", "Draw"], ["/train", "Train"], ["/explain", "Explain"]].map(([href, text]) =>
+    el("a", { href, text, class: href === location.pathname ? "active" : "" }));
+  const brand = el("div", { class: "brand" }, "cnn", el("span", { text: "lab" }));
+  document.querySelector("header.top").prepend(brand, el("nav", {}, ...links));
 }
 
 export const format = (x, digits = 3) =>

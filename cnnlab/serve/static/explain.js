@@ -14,10 +14,17 @@ class Stepper {
     for (const input of section.querySelectorAll("[data-param]")) {
       input.addEventListener("change", () => this.load());
     }
+    // the same stepping controls for every section: buttons, step label, error, formula
+    const button = (action, text, extra = {}) => el("button", { "data-action": action, text, ...extra });
     const actions = { reset: () => this.go(0), prev: () => this.go(this.step - 1),
       next: () => this.go(this.step + 1), play: () => this.play() };
-    for (const button of section.querySelectorAll("[data-action]")) {
-      button.addEventListener("click", actions[button.dataset.action]);
+    section.querySelector(".controls").append(button("reset", "↺ Reset"),
+      button("prev", "◀ Step back"), button("next", "Step ▶", { class: "primary" }),
+      button("play", "▶ Play"), el("span", { class: "step-label", "data-role": "step" }));
+    section.querySelector(".controls").after(el("div", { class: "error", "data-role": "error" }),
+      el("p", { class: "formula", "data-role": "formula" }));
+    for (const node of section.querySelectorAll("[data-action]")) {
+      node.addEventListener("click", actions[node.dataset.action]);
     }
   }
 
