@@ -13,6 +13,7 @@ array([0.95, 0.95, 0.95])
 from __future__ import annotations
 
 import difflib
+import functools
 
 import numpy as np
 
@@ -21,6 +22,11 @@ from cnnlab.errors import ConfigError, ModelFileError
 
 class Optimizer:
     """Base class: holds the learning rate, the step count and per-parameter state."""
+
+    #: True when ``_update`` treats every element on its own, so a large parameter may be
+    #: updated in pieces, one per core (``models.parallel.split_elementwise``). A subclass whose
+    #: update mixes elements (a norm, say) leaves it False.
+    elementwise = False
 
     def __init__(self, learning_rate: float, name: str | None = None, **legacy):
         learning_rate = _legacy_lr(type(self).__name__, learning_rate, legacy)
@@ -39,7 +45,21 @@ class Optimizer:
             raise ConfigError(f"{type(self).__name__} was used with {len(self._slots)} parameters "
                               f"and now receives {len(pairs)}: use one optimizer per model.")
         self.iterations += 1
-        for (param, grad), slots in zip(pairs, self._slots):
+        work = [(param, grad, slots) for (param, grad), slots in zip(pairs, self._slots)]
+        if self.elementwise:
+            # the update reads and writes every parameter, gradient and slot once more after
+            # the backward pass: ~1.8 ms of a 23 ms step of the article's network, memory-bound,
+            # and otherwise on one core while the other waits
+            from cnnlab.models import parallel
+            groups = parallel.split_elementwise(work)
+            if groups is not None:
+                parallel.run_sharded([functools.partial(self._update_all, group)
+                                      for group in groups])
+                return
+        self._update_all(work)
+
+    def _update_all(self, work) -> None:
+        for param, grad, slots in work:
             self._update(param, grad, slots)
 
     def apply_gradients(self, grads_and_vars) -> None:
@@ -105,6 +125,8 @@ class SGD(Optimizer):
     With a constant learning rate this is the same trajectory as Keras' ``velocity`` form.
     """
 
+    elementwise = True
+
     def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, name: str | None = None, **legacy):
         super().__init__(learning_rate, name, **legacy)
@@ -144,6 +166,8 @@ class Adam(Optimizer):
         v  = beta_2 * v + (1 - beta_2) * g^2
         p -= lr / (1 - beta_1^t) * m / (sqrt(v) / sqrt(1 - beta_2^t) + epsilon)
     """
+
+    elementwise = True
 
     def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7, weight_decay: float = 0.0, name: str | None = None,

@@ -53,3 +53,28 @@ def test_shards_are_contiguous_and_cover_the_batch():
     cnnlab.config.set_threads(2)
     with pytest.raises(cnnlab.errors.ConfigError):
         cnnlab.config.set_threads(0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: cnnlab.optimizers.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    lambda: cnnlab.optimizers.Adam(1e-3, weight_decay=1e-3)])
+def test_optimizer_split_over_cores_equals_one_core_bit_for_bit(make):
+    """Large parameters are updated in row ranges on both cores (views, in place)."""
+    rng = np.random.default_rng(0)
+    shapes = [(1024, 1000), (1000,), (5, 5, 32, 64), (3,)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    results = []
+    for threads in (1, 2):
+        cnnlab.config.set_threads(threads)
+        ours = [p.copy() for p in params]
+        optimizer = make()
+        for step in range(3):
+            grads = [np.random.default_rng(step).standard_normal(s).astype(np.float32)
+                     for s in shapes]
+            assert (cnnlab.models.parallel.split_elementwise(
+                [(p, g, {}) for p, g in zip(ours, grads)]) is None) == (threads == 1)
+            optimizer.apply(zip(ours, grads))
+        results.append(ours)
+    for one, two in zip(*results):
+        assert np.array_equal(one, two)
+    assert not np.array_equal(results[0][0], params[0])                 # it did update
