@@ -151,3 +151,17 @@ def test_algorithm_choice_is_checked():
         conv.conv2d_forward(x, kernel, None, (2, 2), algorithm="fourier")
     with pytest.raises(ConfigError, match="algorithm must be one of"):
         conv.conv2d_forward(x, kernel, None, algorithm="winograd")
+
+
+def test_kernel_spectrum_is_reused_only_for_the_same_kernel_and_map_size():
+    """Inference keeps the kernel's spectrum; a changed kernel or another map size (12x12 and
+    14x10 have the same number of frequencies) must not pick up the old one."""
+    rng = np.random.default_rng(5)
+    kernel = rng.standard_normal((5, 5, 4, 3))
+    workspace = {}
+    for shape in ((16, 12, 12, 4), (16, 14, 10, 4), (16, 12, 12, 4)):
+        x = rng.standard_normal(shape)
+        for k in (kernel, kernel * 2):
+            out, _ = conv.conv2d_forward(x, k, None, workspace=workspace, algorithm="fourier")
+            direct, _ = conv.conv2d_forward(x, k, None, algorithm="direct")
+            assert np.abs(out - direct).max() <= 1e-12 * np.abs(direct).max()

@@ -236,12 +236,14 @@ def _kernel_spectrum(kernel: np.ndarray, hp: int, wp: int, workspace: dict | Non
     values (compared exactly, ~20 us) are those it was computed from."""
     kh, kw, c, f = kernel.shape
     saved = workspace.get("kernel_spectrum") if workspace is not None else None
-    if saved is not None and saved[0].shape == kernel.shape and saved[0].dtype == kernel.dtype \
-            and saved[1].shape[0] == 2 * hp * (wp // 2 + 1) and np.array_equal(saved[0], kernel):
-        return saved[1]
+    if saved is not None:
+        saved_kernel, saved_hw, spectrum = saved
+        if saved_hw == (hp, wp) and saved_kernel.shape == kernel.shape \
+                and saved_kernel.dtype == kernel.dtype and np.array_equal(saved_kernel, kernel):
+            return spectrum
     spectrum = _dft(kernel.reshape(kh, kw, c * f), hp, wp)
     if workspace is not None:
-        workspace["kernel_spectrum"] = (kernel.copy(), spectrum)
+        workspace["kernel_spectrum"] = (kernel.copy(), (hp, wp), spectrum)
     return spectrum
 
 
