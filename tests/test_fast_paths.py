@@ -165,3 +165,12 @@ def test_kernel_spectrum_is_reused_only_for_the_same_kernel_and_map_size():
             out, _ = conv.conv2d_forward(x, k, None, workspace=workspace, algorithm="fourier")
             direct, _ = conv.conv2d_forward(x, k, None, algorithm="direct")
             assert np.abs(out - direct).max() <= 1e-12 * np.abs(direct).max()
+
+
+def test_frequency_domain_spreads_nan_like_direct_convolution():
+    x = np.zeros((16, 12, 12, 2))
+    x[0, 5, 5, 1] = np.nan                                  # one bad pixel in a blank image
+    kernel = np.ones((5, 5, 2, 3))
+    out, _ = conv.conv2d_forward(x, kernel, None, algorithm="fourier")
+    direct, _ = conv.conv2d_forward(x, kernel, None, algorithm="direct")
+    assert np.isnan(out[0, 1:6, 1:6]).all() and np.isnan(direct[0, 1:6, 1:6]).all()

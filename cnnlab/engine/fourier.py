@@ -250,9 +250,10 @@ def _kernel_spectrum(kernel: np.ndarray, hp: int, wp: int, workspace: dict | Non
 def _window_sees_ink(xp: np.ndarray, kh: int, kw: int) -> np.ndarray:
     """``(N, Ho, Wo)``: True where some pixel of the window is non-zero (an OR over the window,
     one axis at a time)."""
-    # the sum of |x| over channels is > 0 exactly when one is non-zero (a sum of non-negative
-    # numbers cannot round to 0); as a matrix-vector product it is 2x faster than any()
-    ink = (np.abs(xp) @ np.ones(xp.shape[3], dtype=xp.dtype)) > 0         # (N, Hp, Wp)
+    # the sum of |x| over channels is non-zero exactly when one value is (a sum of non-negative
+    # numbers cannot round to 0; a NaN makes it NaN, which counts as ink, so NaN still spreads
+    # as in direct convolution); as a matrix-vector product it is 2x faster than any()
+    ink = (np.abs(xp) @ np.ones(xp.shape[3], dtype=xp.dtype)) != 0        # (N, Hp, Wp)
     ho, wo = ink.shape[1] - kh + 1, ink.shape[2] - kw + 1
     rows = ink[:, :ho].copy()
     for i in range(1, kh):
