@@ -207,6 +207,13 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, p
     ``x (N, H, W, C)``, ``kernel (KH, KW, C, F)`` -> ``(out (N, Ho, Wo, F), SpectralCache)``.
     ``workspace``: a dict the caller keeps; the kernel's spectrum is reused from it while the
     kernel is unchanged (inference: every call after the first saves the kernel's transform).
+
+    >>> x, kernel = np.ones((16, 12, 12, 32)), np.ones((5, 5, 32, 64))
+    >>> out, cache = conv2d_forward(x, kernel, None, ((0, 0), (0, 0)))
+    >>> out.shape, cache.x_spectrum.shape       # 2S = 2 * 12 * 7 rows, N*C columns
+    ((16, 8, 8, 64), (168, 512))
+    >>> round(float(out[0, 0, 0, 0]), 6)        # 5 * 5 * 32 ones
+    800.0
     """
     from cnnlab.engine.conv import pad_images
     kh, kw, c, f = kernel.shape
