@@ -244,7 +244,11 @@ def cmd_serve(args) -> int:
     else:
         model, path = serve.default_model(epochs=args.epochs)
     name = os.path.splitext(os.path.basename(str(path)))[0]
-    app = serve.App({name: (model, str(path))}, serve.models_dir(),
+    models = {name: (model, str(path))}
+    earlier = serve.saved_models(skip=[path],
+                                 say=lambda line: print(line, file=sys.stderr))
+    models.update({k: v for k, v in earlier.items() if k not in models})
+    app = serve.App(models, serve.models_dir(), default=name,
                     log=(lambda line: print(line, file=sys.stderr)) if args.log else None)
     try:
         server = serve.make_server(app, args.host, args.port)
@@ -255,7 +259,8 @@ def cmd_serve(args) -> int:
     if not ipaddress.ip_address(server.server_address[0]).is_loopback:
         print(f"cnnlab: warning: listening on {args.host} ({socket.gethostname()}): anyone who can "
               f"reach this machine can use the app and start training runs.", file=sys.stderr)
-    print(f"cnnlab: model {name!r} ({model.count_params():,} parameters) from {path}")
+    print(f"cnnlab: model {name!r} ({model.count_params():,} parameters) from {path}"
+          + (f"; also {len(earlier)} trained here before: {', '.join(earlier)}" if earlier else ""))
     serve.run(server)
     return 0
 

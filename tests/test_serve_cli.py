@@ -45,9 +45,18 @@ def test_serve_trains_on_first_start_then_reuses_the_model_and_stops_on_ctrl_c(t
         code, rest = stop(process)
     assert code == 0 and "stopped" in rest, rest
     assert (tmp_path / "models" / "digits-article.cnnlab").exists()
+    # a model trained from the web app earlier is offered again; a broken file is left out
+    import cnnlab
+    cnnlab.zoo.get("lenet5").save(tmp_path / "models" / "lenet5-1.cnnlab")
+    (tmp_path / "models" / "broken-2.cnnlab").write_bytes(b"not a model")
     process, url, output = start(["--port", "0"], tmp_path)            # second start: no training
     try:
         assert url and "training" not in output, output
+        assert "not offering broken-2.cnnlab" in output
+        with urllib.request.urlopen(url + "api/models", timeout=30) as response:
+            listing = json.loads(response.read())
+        assert listing["default"] == "digits-article"
+        assert [m["name"] for m in listing["models"]] == ["digits-article", "lenet5-1"]
     finally:
         assert stop(process)[0] == 0
 

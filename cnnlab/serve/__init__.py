@@ -15,7 +15,10 @@ from pathlib import Path
 
 from cnnlab.serve.server import App, make_server, run
 
-__all__ = ["App", "make_server", "run", "default_model", "models_dir"]
+__all__ = ["App", "make_server", "run", "default_model", "models_dir", "saved_models"]
+
+#: models trained from the web app in earlier sessions that are offered again, newest first
+MAX_SAVED_MODELS = 20
 
 DEFAULT_MODEL_FILE = "digits-article.cnnlab"
 
@@ -44,3 +47,21 @@ def default_model(epochs: int = 3, verbose="auto", say=print):
     model.save(path)
     say(f"cnnlab: test accuracy {accuracy:.2%}; saved {path}")
     return model, path
+
+
+def saved_models(skip=(), say=print) -> dict:
+    """Models trained from the web app before (``$CNNLAB_HOME/models/*.cnnlab``), newest first,
+    at most ``MAX_SAVED_MODELS``: ``{name: (model, path)}``. A file that does not load is left
+    out with a one-line warning; ``skip``: paths already served."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.models import load_model
+    skipped = {Path(p).resolve() for p in skip}
+    paths = sorted((p for p in models_dir().glob("*.cnnlab") if p.resolve() not in skipped),
+                   key=lambda p: p.stat().st_mtime, reverse=True)[:MAX_SAVED_MODELS]
+    found = {}
+    for path in paths:
+        try:
+            found[path.stem] = (load_model(path), str(path))
+        except CnnlabError as exc:
+            say(f"cnnlab: warning: not offering {path.name}: {exc}")
+    return found
