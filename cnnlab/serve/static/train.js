@@ -1,5 +1,5 @@
 // Train page: start a run on the server, follow it through server-sent events, draw the curves.
-import { api, el, markNav } from "/static/common.js";
+import { api, el, format, markNav } from "/static/common.js";
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
@@ -16,17 +16,24 @@ function svg(tag, attributes, text) {
  * A line chart of `series` (training points, x = epochs so far) and `dots` (validation after each
  * epoch), x from 0 to `epochs`. Axis ranges follow the data; accuracy is drawn from 0 to 1.
  */
+function niceStep(rough) {
+  const power = 10 ** Math.floor(Math.log10(rough));
+  return [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map((m) => m * power).find((m) => m >= rough);
+}
+
 function chart(node, series, dots, epochs, { fixed } = {}) {
   const W = 560, H = 260, left = 46, right = 12, top = 12, bottom = 42;
   const values = [...series.map((p) => p.y), ...dots.map((p) => p.y)].filter(Number.isFinite);
-  let [low, high] = fixed || [0, values.length ? Math.max(...values) * 1.08 : 1];
+  // round axis steps (0.2, 0.25, 0.5, ...), so tick labels read as plain numbers
+  const step = niceStep((values.length ? Math.max(...values) : 1) * 1.04 / 4);
+  const [low, high] = fixed || [0, 4 * step];
   const x = (v) => left + (v / epochs) * (W - left - right);
   const y = (v) => top + (1 - (v - low) / (high - low)) * (H - top - bottom);
   const parts = [];
   for (let i = 0; i <= 4; i++) {
     const v = low + (i / 4) * (high - low);
     parts.push(svg("line", { class: "gridline", x1: left, x2: W - right, y1: y(v), y2: y(v) }));
-    parts.push(svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(fixed ? 2 : 3)));
+    parts.push(svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end" }, format(v, 3)));
   }
   for (let e = 0; e <= epochs; e++) {
     parts.push(svg("text", { x: x(e), y: H - bottom + 16, "text-anchor": "middle" }, String(e)));
