@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.runs import DEFAULTS, TRAIN_SETTINGS, new_run, run_settings, training_data
+from cnnlab.runs import DEFAULTS, TRAIN_SETTINGS, fit_run, new_run, run_settings, training_data
 
 
 def _load_model_or_zoo(spec: str):
@@ -116,24 +116,19 @@ def cmd_train(args) -> int:
             os.remove(debris)
         callbacks.append(ModelCheckpoint(os.path.join(checkpoint_dir, CHECKPOINT_FILE),
                                          save_freq=args.checkpoint_every or "epoch"))
+    if streaming and args.distributed:
+        raise ConfigError("--distributed trains on arrays (a dataset name or .npz), not on a "
+                          "folder of images.")
     start = time.perf_counter()
+    fit_run(model, settings, train, test, verbose=args.verbose, callbacks=callbacks,
+            initial_epoch=initial_epoch, distributed=args.distributed)
+    seconds = time.perf_counter() - start
     if streaming:
-        if args.distributed:
-            raise ConfigError("--distributed trains on arrays (a dataset name or .npz), not on "
-                              "a folder of images.")
-        model.fit(train, epochs=settings["epochs"], validation_data=test, verbose=args.verbose,
-                  callbacks=callbacks, initial_epoch=initial_epoch)
-        seconds = time.perf_counter() - start
         loss, accuracy = model.evaluate(test, verbose=0)
         x_test, y_test = _materialise(test, limit=512)       # for the report
         images = len(train.source.file_paths) * (settings["epochs"] - initial_epoch)
     else:
-        (x_train, y_train), (x_test, y_test) = train, test
-        model.fit(x_train, y_train, batch_size=settings["batch_size"],
-                  epochs=settings["epochs"], validation_data=(x_test, y_test),
-                  verbose=args.verbose, callbacks=callbacks, initial_epoch=initial_epoch,
-                  distributed=args.distributed)
-        seconds = time.perf_counter() - start
+        (x_train, _), (x_test, y_test) = train, test
         loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
         images = len(x_train) * (settings["epochs"] - initial_epoch)
     out = args.out or settings.get("out") or f"{model.name}.cnnlab"

@@ -42,6 +42,13 @@ def resolve_dtype(dtype) -> np.dtype:
     return resolved
 
 
+def home_dir():
+    """Where cnnlab keeps files between runs (downloaded datasets, the web app's models):
+    ``$CNNLAB_HOME``, else ``~/.cache/cnnlab``."""
+    from pathlib import Path
+    return Path(os.environ.get("CNNLAB_HOME") or Path.home() / ".cache" / "cnnlab")
+
+
 def _usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

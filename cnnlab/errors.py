@@ -21,6 +21,10 @@ class DataError(CnnlabError, ValueError):
     """Training or evaluation data is unusable: NaN, labels out of range, empty, wrong dtype."""
 
 
+class ImageFormatError(DataError):
+    """A file is not an image in a format Pillow can read (the web app answers 415)."""
+
+
 class ModelFileError(CnnlabError, ValueError):
     """A model or weights file is missing, truncated, corrupt, or does not match the model."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.errors import DataError
+from cnnlab.errors import DataError, ImageFormatError
 
 MAX_IMAGE_PIXELS = 64_000_000     # refuse decompression bombs before decoding
 
@@ -43,8 +43,8 @@ def open_image(path, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS
     except IsADirectoryError:
         raise DataError(f"{label} is a folder; expected an image file.") from None
     except UnidentifiedImageError:
-        raise DataError(f"{label} is not an image Pillow can read (PNG, JPEG, BMP, GIF, "
-                        f"WebP ...).") from None
+        raise ImageFormatError(f"{label} is not an image Pillow can read (PNG, JPEG, BMP, GIF, "
+                               f"WebP ...).") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{label} is too large to decode safely ({exc}).") from None
     except (OSError, SyntaxError, ValueError) as exc:

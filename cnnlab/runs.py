@@ -3,6 +3,7 @@ that run's model expects it.
 
     settings = run_settings(model="lenet5", epochs=2)      # DEFAULTS fill the rest
     model, train, test = new_run(settings)                 # seeded, compiled, data loaded
+    fit_run(model, settings, train, test, verbose=0)       # arrays or a stream of batches
     x = image_for_model(model, pil_image)                  # (H, W, C), as in training
 
 Named datasets and ``.npz`` files come as arrays; a folder with one subfolder of images per class
@@ -74,6 +75,15 @@ def new_run(settings: dict):
                            "input_scale": "uint8 / 255",
                            "preprocessing": "mnist" if isinstance(train, tuple) else "resize"})
     return model, train, test
+
+
+def fit_run(model, settings: dict, train, test, **options):
+    """``model.fit`` on a run's data: arrays in batches of the run's size, or a stream of batches
+    (which comes batched already); ``options`` go to ``fit`` (verbose, callbacks, ...)."""
+    if isinstance(train, tuple):
+        return model.fit(*train, batch_size=settings["batch_size"], epochs=settings["epochs"],
+                         validation_data=test, **options)
+    return model.fit(train, epochs=settings["epochs"], validation_data=test, **options)
 
 
 def class_names(model) -> list[str]:

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import struct
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from cnnlab import config
 from cnnlab.errors import DataError
 from cnnlab.fileio import atomic_write
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CNNLAB_HOME") or Path.home() / ".cache" / "cnnlab") / "datasets"
+    return config.home_dir() / "datasets"
 
 
 def sha256_of(path) -> str:

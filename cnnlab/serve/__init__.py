@@ -10,9 +10,9 @@ CSS and JavaScript: no build step, nothing fetched from elsewhere).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from cnnlab import config
 from cnnlab.serve.server import App, make_server, run
 
 __all__ = ["App", "make_server", "run", "default_model", "models_dir", "saved_models"]
@@ -25,14 +25,14 @@ DEFAULT_MODEL_FILE = "digits-article.cnnlab"
 
 def models_dir() -> Path:
     """Where the web app keeps models: ``$CNNLAB_HOME/models`` (default ``~/.cache/cnnlab``)."""
-    return Path(os.environ.get("CNNLAB_HOME") or Path.home() / ".cache" / "cnnlab") / "models"
+    return config.home_dir() / "models"
 
 
 def default_model(epochs: int = 3, verbose="auto", say=print):
     """The article's CNN trained on the bundled digits: loaded if trained before, else trained
     now (about half a minute on two cores) and saved for next time. ``(model, path)``."""
     from cnnlab.models import load_model
-    from cnnlab.runs import new_run, run_settings
+    from cnnlab.runs import fit_run, new_run, run_settings
     path = models_dir() / DEFAULT_MODEL_FILE
     if path.exists():
         return load_model(path), path
@@ -40,8 +40,7 @@ def default_model(epochs: int = 3, verbose="auto", say=print):
     say(f"cnnlab: no model yet; training the article's CNN on the bundled digits "
         f"({epochs} epochs) -> {path}")
     model, train, test = new_run(settings)
-    model.fit(*train, batch_size=settings["batch_size"], epochs=epochs, validation_data=test,
-              verbose=verbose)
+    fit_run(model, settings, train, test, verbose=verbose)
     _, accuracy = model.evaluate(*test, verbose=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)

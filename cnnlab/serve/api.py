@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ImageFormatError
 from cnnlab.runs import class_names, image_for_model
 
 #: an upload bigger than this is refused before it is decoded (4096 x 4096)
@@ -67,14 +67,13 @@ def encode_activation(values: np.ndarray) -> dict:
     scaled on its own from its ``min`` (0) to its ``max`` (255)); a vector ``(D,)`` becomes one
     1 x D map. A constant map is all zeros.
     """
-    values = np.asarray(values, dtype=np.float64)
-    maps = values.transpose(2, 0, 1) if values.ndim == 3 else values.reshape(1, 1, -1)
-    low = maps.min(axis=(1, 2))
-    high = maps.max(axis=(1, 2))
-    span = np.where(high > low, high - low, 1.0)
-    scaled = np.rint((maps - low[:, None, None]) / span[:, None, None] * 255)
+    from cnnlab.viz.grids import scale_each
+    values = np.asarray(values)
+    maps = values.transpose(2, 0, 1) if values.ndim == 3 else values.reshape(1, 1, -1)  # (C, H, W)
+    scaled, low, high = scale_each(maps)
     count, height, width = maps.shape
-    return {"count": count, "height": height, "width": width, "data": _uint8_base64(scaled),
+    return {"count": count, "height": height, "width": width,
+            "data": _uint8_base64(np.rint(scaled * 255)),
             "min": low.round(6).tolist(), "max": high.round(6).tolist()}
 
 
@@ -82,8 +81,9 @@ def _probabilities(model, output: np.ndarray) -> np.ndarray:
     """The last layer's output as class probabilities: as is after a softmax, else softmaxed
     (a model that ends in logits), for the bar chart."""
     from cnnlab.engine.activations import softmax_forward
+    from cnnlab.layers import Softmax
     last = model.layers[-1]
-    if getattr(last, "activation", None) == "softmax" or type(last).__name__ == "Softmax":
+    if isinstance(last, Softmax) or getattr(last, "activation", None) == "softmax":
         return output
     return softmax_forward(output[None].astype(np.float64))[0]
 
@@ -103,8 +103,10 @@ def predict(served: ServedModel, body: bytes, invert="auto") -> dict:
         image = open_image(io.BytesIO(body), name="the uploaded file",
                            max_pixels=MAX_UPLOAD_PIXELS)
         x = image_for_model(served.model, image, invert)
+    except ImageFormatError as exc:
+        raise ApiError(415, str(exc)) from None
     except CnnlabError as exc:
-        raise ApiError(415 if "not an image" in str(exc) else 400, str(exc)) from None
+        raise ApiError(400, str(exc)) from None
     prepared = time.perf_counter()
     outputs = served.forward_all(x[None].astype(served.model.layers[0].dtype, copy=False))
     computed = time.perf_counter()
@@ -135,7 +137,8 @@ def summary(served: ServedModel) -> dict:
 
 
 # --- explain -------------------------------------------------------------------------------------
-def _int_field(params: dict, name: str, default: int, low: int, high: int) -> int:
+def int_field(params: dict, name: str, default: int, low: int, high: int) -> int:
+    """``params[name]`` (or ``default``) if it is an integer in ``[low, high]``; else a 400."""
     value = params.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(400, f"'{name}' must be an integer from {low} to {high}. "
@@ -157,7 +160,8 @@ def _slide_payload(slide) -> dict:
             "dropped": dropped_pixels(size, slide.window, slide.stride, slide.pad, slide.pad)}
 
 
-def _known_fields(params: dict, allowed: set[str]) -> None:
+def known_fields(params: dict, allowed: set[str]) -> None:
+    """A 400 naming any field of a JSON request that is not in ``allowed``."""
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ApiError(400, f"Unknown fields {unknown}; expected some of {sorted(allowed)}.")
@@ -167,12 +171,12 @@ def explain_conv(params: dict) -> dict:
     """A convolution of a small integer image (pixels 1-9, so every 0 is padding) with an
     edge-detecting kernel: the padded input, every window, the feature map and the formula."""
     from cnnlab.viz.explain import conv_slide
-    _known_fields(params, {"size", "kernel", "padding", "stride", "seed"})
-    size = _int_field(params, "size", 6, 1, 16)
-    kernel = _int_field(params, "kernel", 3, 1, 7)
-    padding = _int_field(params, "padding", 1, 0, 3)
-    stride = _int_field(params, "stride", 1, 1, 4)
-    seed = _int_field(params, "seed", 0, 0, 2**31 - 1)
+    known_fields(params, {"size", "kernel", "padding", "stride", "seed"})
+    size = int_field(params, "size", 6, 1, 16)
+    kernel = int_field(params, "kernel", 3, 1, 7)
+    padding = int_field(params, "padding", 1, 0, 3)
+    stride = int_field(params, "stride", 1, 1, 4)
+    seed = int_field(params, "seed", 0, 0, 2**31 - 1)
     try:
         return _slide_payload(conv_slide(size, kernel, padding, stride, seed))
     except CnnlabError as exc:
@@ -182,11 +186,11 @@ def explain_conv(params: dict) -> dict:
 def explain_pool(params: dict) -> dict:
     """Max or average pooling of a small integer image: every window and the pooled map."""
     from cnnlab.viz.explain import pool_slide
-    _known_fields(params, {"size", "pool", "stride", "kind", "seed"})
-    size = _int_field(params, "size", 4, 1, 16)
-    pool = _int_field(params, "pool", 2, 1, 4)
-    stride = _int_field(params, "stride", 2, 1, 4)
-    seed = _int_field(params, "seed", 0, 0, 2**31 - 1)
+    known_fields(params, {"size", "pool", "stride", "kind", "seed"})
+    size = int_field(params, "size", 4, 1, 16)
+    pool = int_field(params, "pool", 2, 1, 4)
+    stride = int_field(params, "stride", 2, 1, 4)
+    seed = int_field(params, "seed", 0, 0, 2**31 - 1)
     kind = params.get("kind", "max")
     if kind not in ("max", "avg"):
         raise ApiError(400, f"'kind' must be 'max' or 'avg'. Received: {kind!r}")

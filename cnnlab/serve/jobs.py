@@ -16,21 +16,18 @@ import time
 
 from cnnlab.callbacks import Callback
 from cnnlab.errors import CnnlabError
-from cnnlab.serve.api import ApiError
+from cnnlab.serve.api import ApiError, int_field, known_fields
 
 #: curve points per epoch (about); more would only make the event stream heavier
 POINTS_PER_EPOCH = 40
-LIMITS = {"epochs": (1, 50), "batch_size": (1, 1024)}
+LIMITS = {"epochs": (1, 50), "batch_size": (1, 1024)}      # a browser's run, not a week's
 
 
 def parse_settings(params: dict) -> dict:
     """Check a train request: ``{"model", "data", "epochs", "batch_size", "lr", "optimizer"}``
     (all optional) -> settings for :func:`cnnlab.runs.run_settings`."""
     from cnnlab import zoo
-    allowed = {"model", "data", "epochs", "batch_size", "lr", "optimizer", "seed"}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ApiError(400, f"Unknown fields {unknown}; expected some of {sorted(allowed)}.")
+    known_fields(params, {"model", "data", "epochs", "batch_size", "lr", "optimizer", "seed"})
     given = {}
     model = params.get("model", "article")
     if model not in zoo.MODELS:
@@ -45,11 +42,7 @@ def parse_settings(params: dict) -> dict:
     given["data"] = data
     for name, (low, high) in LIMITS.items():
         if name in params:
-            value = params[name]
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ApiError(400, f"'{name}' must be an integer from {low} to {high}. "
-                                    f"Received: {value!r}")
-            given[name] = value
+            given[name] = int_field(params, name, None, low, high)
     if "lr" in params:
         lr = params["lr"]
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 10:
@@ -61,19 +54,21 @@ def parse_settings(params: dict) -> dict:
                                 f"Received: {params['optimizer']!r}")
         given["optimizer"] = params["optimizer"]
     if "seed" in params:
-        if isinstance(params["seed"], bool) or not isinstance(params["seed"], int):
-            raise ApiError(400, f"'seed' must be an integer. Received: {params['seed']!r}")
-        given["seed"] = params["seed"]
+        given["seed"] = int_field(params, "seed", None, 0, 2**32 - 1)
     return given
 
 
 class _Recorder(Callback):
     """Feeds the job's curve, and asks the model to stop when the job was told to."""
 
-    def __init__(self, job: TrainingJob, steps: int | None):
+    def __init__(self, job: TrainingJob):
         super().__init__()
-        self.job, self.steps = job, steps
-        self.every = max(1, (steps or 100) // POINTS_PER_EPOCH)
+        self.job = job
+
+    def on_train_begin(self, logs=None):
+        self.steps = self.params.get("steps")             # batches per epoch, as fit counts them
+        self.every = max(1, (self.steps or 100) // POINTS_PER_EPOCH)
+        self.job._update(state="running", steps=self.steps)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.job._update(epoch=epoch + 1, step=0)
@@ -150,20 +145,10 @@ class TrainingJob(threading.Thread):
             return self.changed.wait_for(lambda: self.version > seen_version, timeout)
 
     def run(self) -> None:
-        from cnnlab.runs import new_run
+        from cnnlab.runs import fit_run, new_run
         try:
             model, train, test = new_run(self.settings)
-            arrays = isinstance(train, tuple)
-            size = self.settings["batch_size"]
-            steps = -(-len(train[0]) // size) if arrays else len(train)
-            self._update(state="running", steps=steps)
-            recorder = _Recorder(self, steps)
-            if arrays:
-                model.fit(*train, batch_size=size, epochs=self.settings["epochs"],
-                          validation_data=test, verbose=0, callbacks=[recorder])
-            else:
-                model.fit(train, epochs=self.settings["epochs"], validation_data=test,
-                          verbose=0, callbacks=[recorder])
+            fit_run(model, self.settings, train, test, verbose=0, callbacks=[_Recorder(self)])
             path = os.path.join(self.models_dir, f"{self.model_name}.cnnlab")
             os.makedirs(self.models_dir, exist_ok=True)
             model.save(path)

@@ -81,13 +81,12 @@ class App:
                                     f"stop it first (POST /api/train/stop).")
             # never overwrite a model saved by an earlier run (or an earlier server)
             number = self._jobs_started + 1
-            zoo_name = given.get("model", "article")
+            zoo_name = given["model"]
             while (f"{zoo_name}-{number}" in self._models
                    or (self.models_dir / f"{zoo_name}-{number}.cnnlab").exists()):
                 number += 1
             self._jobs_started = number
-            self.job = TrainingJob(given, number, self.models_dir,
-                                   lambda name, model, path: self.add_model(name, model, path))
+            self.job = TrainingJob(given, number, self.models_dir, self.add_model)
             job = self.job
         job.start()
         return job.status()

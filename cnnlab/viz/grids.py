@@ -11,11 +11,14 @@ import math
 import numpy as np
 
 
-def min_max(values: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1]; a constant map becomes all zeros (nothing to show)."""
-    values = np.asarray(values, dtype=np.float64)
-    low, high = values.min(), values.max()
-    return (values - low) / (high - low) if high > low else np.zeros_like(values)
+def scale_each(maps: np.ndarray):
+    """``(C, H, W)`` maps -> ``(scaled (C, H, W), low (C,), high (C,))``: each map scaled on its
+    own from its lowest value (0) to its highest (1); a constant map becomes all zeros (nothing
+    to show)."""
+    maps = np.asarray(maps, dtype=np.float64)
+    low, high = maps.min(axis=(1, 2)), maps.max(axis=(1, 2))                 # (C,)
+    span = np.where(high > low, high - low, 1.0)
+    return (maps - low[:, None, None]) / span[:, None, None], low, high
 
 
 def grid_shape(count: int) -> tuple[int, int]:
@@ -43,8 +46,9 @@ def feature_map_grid(maps: np.ndarray) -> np.ndarray:
     h, w, count = maps.shape
     rows, cols = grid_shape(count)
     grid = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    scaled, _, _ = scale_each(maps.transpose(2, 0, 1))                      # (C, H, W)
     for c in range(count):
-        grid[tile_position(c, (h, w), count)] = min_max(maps[:, :, c])
+        grid[tile_position(c, (h, w), count)] = scaled[c]
     return grid
 
 

@@ -15,6 +15,7 @@ import io
 
 import numpy as np
 
+from cnnlab import runs
 from cnnlab.models.summary import summary_text
 from cnnlab.viz import plots
 
@@ -56,8 +57,7 @@ def build_report(model, x, y, class_names=None, title: str | None = None,
                  samples: int = 4) -> str:
     """The report as an HTML string. ``x``: model-ready images; ``y``: integer labels."""
     y = np.asarray(y).reshape(-1).astype(int)
-    names = class_names or model.metadata.get("class_names") or [
-        str(i) for i in range(model.output_shape[-1])]
+    names = class_names or runs.class_names(model)
     matrix = plots.confusion_matrix(model, x, y, len(names))
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
