@@ -88,17 +88,21 @@ def data(channels_first=False):
     return (x.transpose(0, 3, 1, 2).copy() if channels_first else x), y
 
 
+def measure_keras_api(model, seconds) -> dict:
+    """``measure`` for a compiled model with Keras' batch methods (cnnlab's and Keras' own)."""
+    x, y = data()
+    one = x[:1]
+    return measure(lambda: model.train_on_batch(x, y), lambda: model.predict_on_batch(x),
+                   lambda: model.predict_on_batch(one), seconds)
+
+
 # --- the peers ----------------------------------------------------------------------------------
 def run_cnnlab(seconds):
     import cnnlab
     model = cnnlab.zoo.get("article")
     model.compile(optimizer=cnnlab.optimizers.SGD(0.01, momentum=0.9),
                   loss="sparse_categorical_crossentropy")
-    x, y = data()
-    one = x[:1]
-    result = measure(lambda: model.train_on_batch(x, y), lambda: model.predict_on_batch(x),
-                     lambda: model.predict_on_batch(one), seconds)
-    return {**result, "version": cnnlab.__version__}
+    return {**measure_keras_api(model, seconds), "version": cnnlab.__version__}
 
 
 def torch_article():
@@ -140,11 +144,8 @@ def run_keras(seconds, backend):
         layers.Dense(1000, activation="relu"), layers.Dense(10, activation="softmax")])
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss="sparse_categorical_crossentropy")
-    x, y = data()
-    one = x[:1]
-    result = measure(lambda: model.train_on_batch(x, y), lambda: model.predict_on_batch(x),
-                     lambda: model.predict_on_batch(one), seconds)
-    return {**result, "version": f"keras {keras.__version__} ({keras.backend.backend()})"}
+    return {**measure_keras_api(model, seconds),
+            "version": f"keras {keras.__version__} ({keras.backend.backend()})"}
 
 
 def run_tinygrad(seconds):
