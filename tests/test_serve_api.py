@@ -322,6 +322,12 @@ def test_train_streams_events_predicts_meanwhile_stops_and_serves_the_result(web
                       and s)
     assert final["epoch"] == 1 and final["step"] < final["steps"]      # stopped mid-epoch
     assert final["points"] and all(np.isfinite(p["loss"]) for p in final["points"])
+    # the stream sent each point once, as what was new since the last message
+    streamed = []
+    for update in updates:
+        assert update["points_from"] == len(streamed)
+        streamed += update["points"]
+    assert streamed == final["points"] and len(updates[-1]["points"]) < len(streamed)
     # the trained model is saved and can be used for predictions
     listing = request(base, "/api/models")[1]
     assert "lenet5-2" in [m["name"] for m in listing["models"]]

@@ -131,13 +131,18 @@ class TrainingJob(threading.Thread):
         if not self.finished:
             self._update(state="stopping")
 
-    def status(self) -> dict:
+    def status(self, points_from: int = 0, validation_from: int = 0) -> dict:
+        """The run's state and its curves; ``points``/``validation`` hold the entries from
+        ``points_from``/``validation_from`` on (the event stream sends only what is new: a long
+        run has thousands of points, and a status goes out every few batches)."""
         with self.changed:
             return {"state": self.state, "model": self.model_name, "settings": self.settings,
                     "epoch": self.epoch, "epochs": self.settings["epochs"], "step": self.step,
-                    "steps": self.steps, "points": list(self.points),
-                    "validation": list(self.validation), "seconds": round(self.seconds, 2),
-                    "error": self.error, "saved_to": self.saved_to, "version": self.version}
+                    "steps": self.steps, "points_from": points_from,
+                    "points": self.points[points_from:], "validation_from": validation_from,
+                    "validation": self.validation[validation_from:],
+                    "seconds": round(self.seconds, 2), "error": self.error,
+                    "saved_to": self.saved_to, "version": self.version}
 
     def wait_for_change(self, seen_version: int, timeout: float) -> bool:
         """Block until ``version`` passes ``seen_version`` (True) or ``timeout`` (False)."""

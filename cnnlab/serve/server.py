@@ -309,12 +309,14 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        seen = -1
+        seen, points, validation = -1, 0, 0
         while True:
             job = app.job
-            status = app.training_status()
+            status = job.status(points, validation) if job is not None else app.training_status()
             if status["version"] != seen:
                 seen = status["version"]
+                points += len(status.get("points", ()))
+                validation += len(status.get("validation", ()))
                 self.wfile.write(f"data: {json.dumps(status)}\n\n".encode())
                 self.wfile.flush()
             if job is None or (job.finished and app.job is job):

@@ -4,6 +4,7 @@ import { api, el, format, markNav } from "/static/common.js";
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 let events = null;
+let points = [], validation = [];   // the curves so far; statuses carry what is new from *_from
 
 function svg(tag, attributes, text) {
   const node = document.createElementNS(SVG, tag);
@@ -48,6 +49,11 @@ function chart(node, series, dots, epochs, { fixed } = {}) {
 }
 
 function show(status) {
+  if (status.points) {
+    points = points.slice(0, status.points_from).concat(status.points);
+    validation = validation.slice(0, status.validation_from).concat(status.validation);
+    Object.assign(status, { points, validation });
+  }
   const state = status.state;
   $("state").textContent = state;
   $("state").className = `badge ${state}`;
