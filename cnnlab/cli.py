@@ -79,7 +79,7 @@ def cmd_train(args) -> int:
     chief, comm = True, None
     if args.distributed:
         from cnnlab import config
-        from cnnlab.distributed import Communicator
+        from cnnlab.training.distributed import Communicator
         comm = Communicator()
         chief = comm.is_chief
         # ranks on one machine share its cores; MPI already runs one process per share

@@ -7,6 +7,7 @@ import pytest
 import cnnlab
 from cnnlab import layers
 from cnnlab.engine import augment
+from cnnlab.layers.base import CallContext
 
 
 @pytest.fixture(autouse=True)
@@ -43,10 +44,9 @@ def test_backward_is_the_exact_adjoint(make):
     layer = make(3)
     layer.build((9, 8, 3))
     x = images(2)
-    out = layer.forward(x, training=True)
+    out, (cache, _, _) = layer.forward(x, CallContext(training=True))   # cache: the random draw
     grad_out = np.random.default_rng(1).standard_normal(out.shape)
-    grad_x = layer.backward(grad_out)
-    cache = layer._cache                                           # the same random draw
+    grad_x, _ = layer.backward(grad_out, (cache, None, None))
     # every augmentation is linear (contrast: affine) given its random draw, so
     # <out(x + d) - out(x), g> = <d, grad_x> for any direction d
     direction = np.random.default_rng(2).standard_normal(x.shape) * 1e-3
@@ -74,7 +74,10 @@ def test_rescaling_forward_backward_and_always_on():
     x = images()
     np.testing.assert_allclose(layer(x), x / 255 - 0.5)
     np.testing.assert_allclose(layer(x, training=True), x / 255 - 0.5)
-    np.testing.assert_allclose(layer.backward(np.ones_like(x)), np.full(x.shape, 1 / 255))
+    layer.build(x.shape[1:])
+    _, cache = layer.forward(x, CallContext())
+    np.testing.assert_allclose(layer.backward(np.ones_like(x), cache)[0],
+                               np.full(x.shape, 1 / 255))
 
 
 def test_augmented_model_trains_saves_and_loads(tmp_path):

@@ -70,35 +70,53 @@ def test_tap_loop_max_pool_equals_argmax_reference(p, s, padding, ties, seed):
     np.testing.assert_array_equal(inference, out)
 
 
-def test_relu_pool_fusion_equals_layer_by_layer():
+def test_relu_pool_fusion_equals_layer_by_layer(monkeypatch):
     import cnnlab
     from cnnlab import layers
+    from cnnlab.graph import fusion
     cnnlab.config.set_floatx("float64")
     model = cnnlab.Sequential([
         layers.Input((9, 9, 2)), layers.Conv2D(3, 2, activation="relu"), layers.MaxPooling2D(),
         layers.ReLU(), layers.MaxPooling2D(2, strides=1, padding="same"), layers.Flatten(),
         layers.Dense(4, activation="softmax")])
-    assert model._execution_modes() == ["defer", "pool_relu", "defer", "pool_relu", "plain",
-                                        "plain"]
+    moved, as_logits = fusion.plan(model, logits_outputs=[0])
+    assert {node.layer.name: activation for node, activation in moved.items()} == {
+        model.layers[0].name: "linear", model.layers[1].name: "relu",
+        model.layers[2].name: "linear", model.layers[3].name: "relu",
+        model.layers[-1].name: "linear"}
+    assert as_logits == {0}
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 9, 9, 2))
     y = cnnlab.utils.to_categorical(rng.integers(0, 4, 5), 4, dtype="float64")
-    model._prepare(x, "test")
 
-    def loss_and_grads():
-        loss, out = model._forward_loss(x, y, training=True)
-        model._backward_loss()
-        return loss, out, [g.copy() for _, g in model.params_and_grads()]
-
-    fused = loss_and_grads()
-    assert np.array_equal(model.forward(x), model.forward_all(x)[-1])   # viz path: unfused
-    model._modes = ["plain"] * 6                                         # switch fusion off
-    plain = loss_and_grads()
+    fused = model.loss_and_gradients(x, y)
+    assert np.array_equal(model.predict(x, verbose=0), model.forward_all(x)[-1])  # viz: unfused
+    monkeypatch.setattr(fusion, "MaxPooling2D", type("NoPool", (), {}))   # ReLU-pool rule off
+    assert len(fusion.plan(model, [0])[0]) == 1                          # softmax-CE only
+    plain = model.loss_and_gradients(x, y)
     assert fused[0] == plain[0]
     np.testing.assert_array_equal(fused[1], plain[1])
-    for a, b in zip(fused[2], plain[2]):
-        np.testing.assert_array_equal(a, b)
+    for name in plain[2]:
+        np.testing.assert_array_equal(fused[2][name], plain[2][name])
+
+
+def test_a_changed_activation_takes_effect_at_the_next_predict():
+    """Regression: the fusion plan was cached, so after a predict, switching a conv's activation
+    from relu to linear left predict applying ReLU (it disagreed with forward_all by 1.65)."""
+    import cnnlab
+    from cnnlab import layers
+    model = cnnlab.Sequential([layers.Input((6, 6, 1)), layers.Conv2D(2, 3, activation="relu"),
+                               layers.MaxPooling2D(), layers.Flatten(), layers.Dense(3)])
+    x = np.random.default_rng(0).standard_normal((16, 6, 6, 1)).astype(np.float32)
+    model.predict(x, verbose=0)
+    model.layers[0].activation = "linear"
+    after = model.predict(x, verbose=0)
+    np.testing.assert_allclose(after, model.forward_all(x)[-1], rtol=1e-6)
+    conv, dense = model.layers[0], model.layers[-1]
+    pooled = layers.MaxPooling2D()(conv(x))
+    expected = pooled.reshape(16, -1) @ dense.weights[0] + dense.weights[1]
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-6)
 
 
 # --- convolution in the frequency domain (engine/fourier.py) against im2col --------------------

@@ -76,16 +76,15 @@ def setup():
 def test_logits_loss_and_every_gradient_equal_torch(setup):
     model, net, x, y = setup
     model.compile(optimizer=optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
-    model._prepare(x, "test")
-    loss, logits = model._forward_loss(x, y, training=True)
-    model._backward_loss()
+    loss, logits, grads = model.loss_and_gradients(x, y)
 
     logits_t = net(torch.tensor(x.transpose(0, 3, 1, 2)))
     loss_t = F.cross_entropy(logits_t, torch.tensor(y))
     loss_t.backward()
     assert_close(logits, logits_t.detach().numpy(), np.float64, "logits")
     assert_close(loss, loss_t.item(), np.float64, "loss")
-    ours = [g for _, g in model.params_and_grads()]
+    ours = list(grads.values())
+    assert list(grads) == model.weight_names                     # every parameter, by name
     for i, (g, gt) in enumerate(zip(ours, torch_grads_in_keras_layout(net))):
         assert_close(g, gt, np.float64, f"gradient {i}")
     probs = model.predict(x, verbose=0)
@@ -142,15 +141,13 @@ def test_whole_small_network_matches_finite_differences():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, 7, 6, 2))
     y = cnnlab.utils.to_categorical(rng.integers(0, 3, 4), 3, dtype="float64")
-    model._prepare(x, "test")
 
     def loss():
-        return float(model._forward_loss(x, y, training=False)[0])
+        return float(model.test_on_batch(x, y))
 
-    model._forward_loss(x, y, training=True)
-    model._backward_loss()
-    for layer in model.layers:
-        for weight, grad in zip(layer.weights, layer.grads):
-            picks, numeric = finite_difference_grad(loss, weight, max_entries=12)
-            np.testing.assert_allclose(grad.reshape(-1)[picks], numeric, rtol=1e-5, atol=1e-8,
-                                       err_msg=f"{layer.name}")
+    _, _, grads = model.loss_and_gradients(x, y)
+    assert len(grads) == len(model.weights)
+    for (name, grad), weight in zip(grads.items(), model.weights):
+        picks, numeric = finite_difference_grad(loss, weight, max_entries=12)
+        np.testing.assert_allclose(grad.reshape(-1)[picks], numeric, rtol=1e-5, atol=1e-8,
+                                   err_msg=name)

@@ -7,6 +7,7 @@ import pytest
 import cnnlab
 from cnnlab import layers
 from cnnlab.errors import ConfigError, ShapeError
+from cnnlab.layers.base import CallContext
 
 ALL_LAYERS = [
     lambda: layers.Conv2D(4, 3, strides=2, padding="same", dilation_rate=1, activation="relu"),
@@ -45,13 +46,15 @@ def test_layers_are_callable_and_round_trip_their_config(make):
 
 
 @pytest.mark.parametrize("make", ALL_LAYERS)
-def test_backward_fills_grads_in_get_weights_order(make):
+def test_backward_returns_input_and_parameter_gradients(make):
     layer = make()
     x = input_for(layer, 1)
-    out = layer(x, training=True)
-    grad_in = layer.backward(np.ones_like(out))
+    layer(x)                                                      # build
+    out, cache = layer.forward(x, CallContext(training=True))
+    grad_in, param_grads = layer.backward(np.ones_like(out), cache)
     assert grad_in.shape == x.shape
-    assert [g.shape for g in layer.grads] == [w.shape for w in layer.get_weights()]
+    assert [g.shape for g in param_grads] == [v.value.shape for v in layer.params]
+    assert not hasattr(layer, "_cache") and not hasattr(layer, "grads")   # nothing per call
 
 
 def test_keras_weight_layouts():

@@ -46,13 +46,14 @@ def test_optimizer_state_round_trips():
     p = rng.standard_normal(5)
     opt = optimizers.Adam(0.01)
     for _ in range(3):
-        opt.apply([(p, rng.standard_normal(5))])
+        opt.apply([("dense/kernel", p, rng.standard_normal(5))])
     p2 = p.copy()
     clone = optimizers.Adam.from_config(opt.get_config())
-    clone.load_state_arrays(opt.state_arrays(), [p2])
+    assert sorted(opt.state_arrays()) == ["dense/kernel/m", "dense/kernel/v", "iterations"]
+    clone.load_state_arrays(opt.state_arrays(), {"dense/kernel": p2})
     g = rng.standard_normal(5)
-    opt.apply([(p, g)])
-    clone.apply([(p2, g)])
+    opt.apply([("dense/kernel", p, g)])
+    clone.apply([("dense/kernel", p2, g)])
     np.testing.assert_array_equal(p, p2)
 
 

@@ -43,7 +43,7 @@ def test_sharded_step_equals_single_thread_step(dtype, rtol):
 
 
 def test_shards_are_contiguous_and_cover_the_batch():
-    from cnnlab.models.parallel import shards
+    from cnnlab.training.parallel import shards
     cnnlab.config.set_threads(3)
     parts = shards(50)
     assert [(p.start, p.stop) for p in parts] == [(0, 17), (17, 34), (34, 50)]
@@ -71,7 +71,7 @@ def test_optimizer_split_over_cores_equals_one_core_bit_for_bit(make):
         for step in range(3):
             grads = [np.random.default_rng(step).standard_normal(s).astype(np.float32)
                      for s in shapes]
-            assert (cnnlab.models.parallel.split_elementwise(
+            assert (cnnlab.training.parallel.split_elementwise(
                 [(p, g, {}) for p, g in zip(ours, grads)]) is None) == (threads == 1)
             optimizer.apply(zip(ours, grads))
         results.append(ours)

@@ -3,6 +3,7 @@ file. Nothing is unpickled: object arrays are refused from the header."""
 
 import io
 import json
+import pathlib
 import zipfile
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import cnnlab
 from cnnlab import layers, optimizers
 from cnnlab.errors import CnnlabError, ModelFileError
-from cnnlab.fileio import json_array, write_archive
+from cnnlab.io.files import json_array, write_archive
 
 
 @pytest.fixture
@@ -20,13 +21,13 @@ def trained(tmp_path):
     y = np.arange(32) % 4
     model = cnnlab.Sequential([
         layers.Input((12, 12, 1)),
-        layers.Conv2D(4, 3, padding="same", activation="relu"),
+        layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_a"),
         layers.MaxPooling2D(),
-        layers.Conv2D(3, 2, padding=((1, 0), (0, 1)), dilation_rate=1),
+        layers.Conv2D(3, 2, padding=((1, 0), (0, 1)), dilation_rate=1, name="conv_b"),
         layers.AveragePooling2D(padding="same"),
         layers.Flatten(),
         layers.Dropout(0.2, seed=1),
-        layers.Dense(4, activation="softmax"),
+        layers.Dense(4, activation="softmax", name="dense"),
     ])
     model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
@@ -64,7 +65,7 @@ def test_save_and_load_weights(trained, tmp_path):
     clone.load_weights(tmp_path / "w.cnnlab")
     np.testing.assert_array_equal(clone.predict(x, verbose=0), model.predict(x, verbose=0))
     other = cnnlab.Sequential([layers.Input((12, 12, 1)), layers.Flatten(), layers.Dense(4)])
-    with pytest.raises(ModelFileError, match="holds 6 weight arrays; its architecture needs 2"):
+    with pytest.raises(ModelFileError, match="do not match the graph; .*unexpected"):
         other.load_weights(tmp_path / "w.cnnlab")
 
 
@@ -120,12 +121,15 @@ def test_flipped_bytes_give_a_cnnlab_error_or_a_valid_model(trained, tmp_path):
      "dtype object"),
     (lambda n, d: npy_bytes(np.frombuffer(b"{not json", np.uint8)) if n == "model.npy" else d,
      "not valid JSON"),
-    (lambda n, d: None if n == "weights/0003.npy" else d, "holds 5 weight arrays"),
-    (lambda n, d: npy_bytes(np.zeros((5, 5), np.float32)) if n == "weights/0000.npy" else d,
-     r"has shape \(5, 5\); the model needs \(3, 3, 1, 4\)"),
-    (lambda n, d: npy_bytes(np.full((4,), np.nan, np.float32)) if n == "weights/0001.npy" else d,
-     "NaN or Inf"),
-    (lambda n, d: d[:-7] if n == "weights/0000.npy" else d, "holds only|truncated"),
+    (lambda n, d: None if n == "weights/conv_b/bias.npy" else d,
+     r"missing \['weights/conv_b/bias'\]"),
+    (lambda n, d: npy_bytes(np.zeros((5, 5), np.float32)) if n == "weights/conv_a/kernel.npy"
+     else d, r"has shape \(5, 5\); the model needs \(3, 3, 1, 4\)"),
+    (lambda n, d: npy_bytes(np.full((4,), np.nan, np.float32)) if n == "weights/conv_a/bias.npy"
+     else d, "NaN or Inf"),
+    (lambda n, d: d[:-7] if n == "weights/conv_a/kernel.npy" else d, "holds only|truncated"),
+    (lambda n, d: npy_bytes(json_array({"format": "cnnlab", "version": 3}))
+     if n == "format.npy" else d, "version 3, written by a newer cnnlab"),
 ])
 def test_bad_members_are_named(trained, tmp_path, change, match):
     _, _, _, path = trained
@@ -139,9 +143,10 @@ def test_bad_members_are_named(trained, tmp_path, change, match):
     (lambda doc: doc["config"]["layers"][0]["config"].update(filters=-3), "filters must be"),
     (lambda doc: doc["config"]["layers"][0]["config"].update(evil=1), "invalid configuration"),
     (lambda doc: doc["config"].update(input_shape=[10**9, 10**9, 3]), "invalid input shape"),
-    (lambda doc: doc["config"].update(input_shape=[1, 1, 1]), "inconsistent"),
+    (lambda doc: doc["config"].update(input_shape=[1, 1, 1]), "graph is invalid"),
     (lambda doc: doc["config"].update(input_shape=[2, 2, 1]), r"has shape \(27, 4\)"),
-    (lambda doc: doc.update(class_name="Functional"), "not a Sequential"),
+    (lambda doc: doc.update(class_name="Conv2D"), "is not a model"),
+    (lambda doc: doc.update(class_name="Model"), "graph is invalid"),
 ])
 def test_malicious_or_mismatched_architectures_are_refused(trained, tmp_path, edit, match):
     _, _, _, path = trained
@@ -194,3 +199,20 @@ def test_save_is_atomic_and_leaves_no_temporary_files(trained, tmp_path):
         model.save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.cnnlab"]
+
+
+def test_a_version_1_file_still_loads():
+    """tests/data/v1_model.cnnlab was written by cnnlab 0.1.0 before the graph (format version 1:
+    a Sequential, weights and optimizer slots by position); the .npz beside it holds what that
+    release predicted and its first momentum buffer."""
+    here = pathlib.Path(__file__).parent / "data"
+    model = cnnlab.models.load_model(here / "v1_model.cnnlab")
+    expected = np.load(here / "v1_model_expected.npz")
+    assert [layer.name for layer in model.layers] == ["conv", "pool", "flatten", "dropout", "dense"]
+    np.testing.assert_array_equal(model.predict(expected["x"], verbose=0), expected["probs"])
+    assert model.metadata["note"].startswith("written by cnnlab 0.1.0")
+    slots = model.optimizer._slots
+    assert sorted(slots) == ["conv/bias", "conv/kernel", "dense/bias", "dense/kernel"]
+    np.testing.assert_array_equal(slots["conv/kernel"]["momentum_buffer"], expected["momentum"])
+    assert model.optimizer.iterations == 8
+    model.fit(expected["x"], np.arange(4) % 4, epochs=1, verbose=0)       # and trains on

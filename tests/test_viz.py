@@ -6,7 +6,8 @@ import pytest
 
 import cnnlab
 from cnnlab import layers, viz
-from cnnlab.viz.attribution import _backward_ready, _class_gradient, as_batch
+from cnnlab.layers.base import CallContext
+from cnnlab.viz.attribution import _class_gradient, as_batch
 from cnnlab.viz.grids import grid_shape, tile_position
 
 
@@ -42,7 +43,7 @@ def test_feature_maps_are_each_layers_output():
     assert [name for name, _ in maps] == [layer.name for layer in model.layers]
     x = image[None]
     for (_name, out), layer in zip(maps, model.layers):
-        x = layer.forward(x)
+        x = layer(x)                                            # each layer on its own, eagerly
         np.testing.assert_array_equal(out, x[0])
 
 
@@ -50,18 +51,18 @@ def logit_of_layer_output(model, index, activation, class_index):
     """Run the layers after ``index`` on a given output of layer ``index``; return one logit."""
     h = activation[None]
     for layer in model.layers[index + 1:-1]:
-        h = layer.forward(h)
-    return model.layers[-1].forward_logits(h)[0, class_index]
+        h = layer(h)
+    return model.layers[-1].forward(h, CallContext(), activation="linear")[0][0, class_index]
 
 
 @pytest.mark.parametrize("index", [0, 2, 5])
 def test_class_gradient_matches_finite_differences(index):
     model = small_model(seed=3)
     image = np.random.default_rng(2).random((10, 9, 2))
-    with _backward_ready(model):
-        outputs = model.forward_all(as_batch(model, image))
-        grad, _ = _class_gradient(model, outputs, 1, until=index)
-    activation = outputs[index][0].copy()
+    tensor = model.layers[index].output
+    tape, grads, _ = _class_gradient(model, as_batch(model, image), 1, wanted=[tensor])
+    grad = grads.tensors[id(tensor)]
+    activation = tape.values[id(tensor)][0].copy()
     # where a ReLU output is 0, max pooling may see ties and is not differentiable there
     # (central differences split the gradient between tied cells): compare where it is > 0
     differentiable = activation.reshape(-1) > 0
@@ -93,7 +94,6 @@ def test_saliency_is_the_input_gradient():
                         - logit_of_layer_output(model, -1, dropped, 2)) / 2e-6
     expected = np.abs(numeric).max(axis=-1)
     np.testing.assert_allclose(heat, expected / expected.max(), atol=1e-5)
-    assert model.layers[0].need_input_grad is False             # restored afterwards
 
 
 def shapes_dataset(n, rng, size=20):

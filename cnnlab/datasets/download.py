@@ -18,7 +18,7 @@ import numpy as np
 
 from cnnlab import config
 from cnnlab.errors import DataError
-from cnnlab.fileio import atomic_write
+from cnnlab.io.files import atomic_write
 
 
 def cache_dir() -> Path:

@@ -3,6 +3,8 @@
 from cnnlab.layers.base import LAYER_REGISTRY, Layer
 from cnnlab.layers.conv import Conv2D
 from cnnlab.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, ReLU, Softmax
+from cnnlab.layers.merge import Add, Average, Concatenate, Maximum, Multiply, Subtract
+from cnnlab.layers.normalization import BatchNormalization
 from cnnlab.layers.pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
 from cnnlab.layers.preprocessing import (
                                          RandomContrast,
@@ -23,4 +25,5 @@ __all__ = ["Layer", "LAYER_REGISTRY", "Input", "InputLayer", "Conv2D", "Convolut
            "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D",
            "GlobalAvgPool2D", "Flatten", "Dense", "Dropout", "Activation", "ReLU", "Softmax",
            "Rescaling", "RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom",
-           "RandomContrast"]
+           "RandomContrast", "BatchNormalization", "Add", "Subtract", "Multiply", "Average",
+           "Maximum", "Concatenate"]

@@ -1,25 +1,36 @@
 """The ``Layer`` contract every cnnlab layer keeps.
 
-A layer is a core op followed by an optional activation. ``Conv2D(activation='relu')`` and a
-``ReLU()`` layer both end in the same ``engine.activations`` functions. Keeping the activation
-separate from the core op also lets ``Sequential`` fuse a final softmax with the cross-entropy
-loss (``forward_logits`` / ``backward_logits``).
+A layer holds variables (parameters and state) and nothing about any one call. Its core op is a
+pure pair:
 
-Subclasses implement:
-- ``build_params(input_shape)``: create parameters (in ``get_weights`` order) from the input shape
-  (without the batch axis);
-- ``compute_output_shape(input_shape)``;
-- ``call(x, training)`` and ``call_backward(grad)``: the core op's forward and backward;
-- ``get_config()``: constructor arguments.
+    call(inputs, ctx)                        -> (out, cache)
+    call_backward(grad, cache, input_grad)   -> (input_grads, param_grads)
+
+``cache`` is whatever backward needs from that call; it is handed back by whoever ran the call
+(the graph's tape), so two calls of one layer, in two threads or twice in one graph, never meet.
+``param_grads`` line up with :attr:`Layer.params`. ``ctx`` (:class:`CallContext`) is the call's
+own: training or inference, the random generator, reductions over a sharded batch, and the
+scratch buffers the caller keeps.
+
+The activation (``Conv2D(activation='relu')``) is not part of the core op: :meth:`Layer.forward`
+applies whichever activation it is asked for after the core op and records it in the cache, so
+the graph can move an activation (ReLU after max pooling, softmax into the loss) without the
+layer knowing, and backward undoes exactly what forward did.
+
+Subclasses implement ``build_params(input_shape)`` (with :meth:`add_weight`),
+``compute_output_shape(input_shape)``, ``call``/``call_backward`` and ``get_config``. Shapes
+exclude the batch axis; a merge layer gets a list of them.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import difflib
 import inspect
 import re
+import threading
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +39,7 @@ from cnnlab import seeding
 from cnnlab.engine import initializers
 from cnnlab.engine.activations import ACTIVATIONS
 from cnnlab.errors import ConfigError, NotBuiltError, ShapeError
+from cnnlab.layers.symbolic import SymbolicTensor, record_call
 
 LAYER_REGISTRY: dict[str, type] = {}
 _name_counts: Counter = Counter()
@@ -84,13 +96,95 @@ def check_input_shape(input_shape, owner: str) -> tuple[int, ...] | None:
     return tuple(int(d) for d in input_shape)
 
 
+@dataclass(eq=False)
+class Variable:
+    """One array a layer owns. ``kind`` is ``'param'`` (trained by the optimizer when the layer is
+    trainable) or ``'state'`` (updated by the forward pass itself, e.g. BatchNormalization's
+    moving mean; never trained). Compared and hashed by identity."""
+
+    name: str
+    value: np.ndarray | None
+    kind: str = "param"
+    #: ``(shape, dtype)`` of a variable created under :func:`deferred_variables`, until filled
+    pending: tuple | None = None
+
+
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_variables():
+    """Build layers without allocating their variables: each gets ``value=None`` and its
+    ``pending`` shape and dtype. A model file's loader builds the graph this way, checks every
+    array in the file against those shapes, and only then fills them: a file cannot make cnnlab
+    allocate more than it holds."""
+    previous = getattr(_deferred, "on", False)
+    _deferred.on = True
+    try:
+        yield
+    finally:
+        _deferred.on = previous
+
+
+class CallContext:
+    """Everything one call of a layer (or a graph) may need besides its inputs. Made per call by
+    whoever runs it; layers read it and never keep it.
+
+    ``training``        batch statistics, dropout and augmentation on
+    ``keep_cache``      a backward pass may follow (always in training; for attribution too)
+    ``workspace``       a dict of scratch buffers the caller keeps for this call site, or None
+                        (``workspaces`` holds them all, ``scope`` names the site)
+    ``state_updates``   ``(variable, new value)`` pairs the call asks for; the caller applies
+                        them once per batch, after the step
+    """
+
+    def __init__(self, training: bool = False, keep_cache: bool | None = None,
+                 batch_sum=None, generators=None):
+        self.training = bool(training)
+        self.keep_cache = self.training if keep_cache is None else bool(keep_cache)
+        self.workspaces = None
+        self.scope: tuple = ()
+        self.workspace: dict | None = None
+        self.state_updates: list[tuple[Variable, np.ndarray]] = []
+        self._batch_sum = batch_sum
+        self._generators = generators
+
+    def sum_over_batch(self, partial: np.ndarray) -> np.ndarray:
+        """A sum over this call's samples -> the sum over the whole batch, when the batch is
+        split over threads or MPI ranks (every part gets the same total). Identity otherwise."""
+        return partial if self._batch_sum is None else self._batch_sum(partial)
+
+    def generator(self, layer) -> np.random.Generator:
+        """The random stream ``layer`` draws from in this call (a shard's own when sharded)."""
+        if self._generators is not None and layer in self._generators:
+            return self._generators[layer]
+        return layer.rng
+
+    def child(self) -> CallContext:
+        """The context for a nested model's layers: the same call, with buffers of their own."""
+        inner = CallContext(self.training, self.keep_cache, self._batch_sum, self._generators)
+        inner.state_updates = self.state_updates
+        inner.workspaces, inner.scope = self.workspaces, self.scope
+        return inner
+
+
+def symbolic_inputs(inputs) -> bool:
+    """True for a symbolic tensor, or a list of them (the functional API)."""
+    items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    found = [isinstance(item, SymbolicTensor) for item in items]
+    if any(found) and not all(found):
+        raise ShapeError("A layer was called on a mix of symbolic tensors and data; pass all "
+                         "symbolic tensors (to build a model) or all arrays (to compute).")
+    return bool(items) and all(found)
+
+
 class Layer:
     """Base class. See the module docstring for what subclasses provide."""
 
     #: input rank (batch included) this layer accepts, or None for any rank >= 2
     input_rank: int | None = None
-    #: keep what backward needs even at inference (set while Grad-CAM or saliency run)
-    keep_backward_cache: bool = False
+    #: how many inputs the layer takes: 1, or None for a list of two or more (merge layers)
+    input_count: int | None = 1
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -99,61 +193,73 @@ class Layer:
 
     def __init__(self, name: str | None = None, dtype=None, trainable: bool = True,
                  input_shape=None, activation=None):
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ConfigError(f"{type(self).__name__}: name must be a non-empty string. "
-                              f"Received: name={name!r}")
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ConfigError(f"{type(self).__name__}: name must be a non-empty string without "
+                              f"'/'. Received: name={name!r}")
         self.name = name or unique_name(_snake_case(type(self).__name__))
         self.dtype = _config.resolve_dtype(dtype)
-        self.trainable = bool(trainable)
+        self._trainable = bool(trainable)
         self.activation = check_activation(activation, self._describe())
         self._declared_input_shape = check_input_shape(input_shape, self._describe())
         self.built = False
-        self.input_shape: tuple[int, ...] | None = None    # without the batch axis
+        self.input_shape = None      # without the batch axis (a list of shapes for merges)
         self.output_shape: tuple[int, ...] | None = None   # without the batch axis
-        self.weights: list[np.ndarray] = []
-        self.weight_names: list[str] = []
-        self.grads: list[np.ndarray | None] = []
-        #: False for a model's first layer: its input gradient would be thrown away
-        self.need_input_grad = True
-        self._activation_cache = None
+        self.variables: list[Variable] = []
+        self._inbound_nodes: list = []    # graph structure: the symbolic calls of this layer
         self._recording = None
 
     def _describe(self) -> str:
         return f"{type(self).__name__} {getattr(self, 'name', '')!r}".strip()
 
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        self._trainable = bool(value)
+
     # --- building ------------------------------------------------------------------------------
     def build(self, input_shape) -> None:
         """Create parameters for inputs of ``input_shape`` (batch axis excluded)."""
-        input_shape = tuple(int(d) for d in input_shape)
-        self._check_rank(len(input_shape) + 1, input_shape)
-        self.weights, self.weight_names = [], []
+        input_shape = self._normalise_shape(input_shape)
+        self._check_shapes(input_shape)
+        self.variables = []
         self.build_params(input_shape)
-        self.grads = [None] * len(self.weights)
         self.input_shape = input_shape
         self.output_shape = tuple(self.compute_output_shape(input_shape))
         self.built = True
 
-    def build_params(self, input_shape) -> None:
-        """Create parameters with :meth:`add_weight`. Layers without parameters skip this."""
+    @staticmethod
+    def _normalise_shape(shape):
+        if shape and isinstance(shape[0], (tuple, list)):
+            return [tuple(int(d) for d in s) for s in shape]
+        return tuple(int(d) for d in shape)
 
-    def add_weight(self, name: str, shape: tuple[int, ...], initializer) -> np.ndarray | None:
-        """Create one parameter. While :meth:`weight_shapes` records, only the shape is noted."""
+    def build_params(self, input_shape) -> None:
+        """Create variables with :meth:`add_weight`. Layers without any skip this."""
+
+    def add_weight(self, name: str, shape: tuple[int, ...], initializer,
+                   kind: str = "param") -> np.ndarray | None:
+        """Create one variable. While :meth:`weight_shapes` records, only the shape is noted."""
         shape = tuple(int(d) for d in shape)
         if self._recording is not None:
             self._recording.append((name, shape))
             return None
+        if getattr(_deferred, "on", False):
+            self.variables.append(Variable(name, None, kind, pending=(shape, self.dtype)))
+            return None
         value = initializers.get(initializer)(shape, seeding.global_generator(), self.dtype)
         array = np.ascontiguousarray(value, dtype=self.dtype)
-        self.weights.append(array)
-        self.weight_names.append(name)
+        self.variables.append(Variable(name, array, kind))
         return array
 
     def weight_shapes(self, input_shape) -> list[tuple[str, tuple[int, ...]]]:
-        """``(name, shape)`` of every parameter for this input shape, allocating nothing: a model
+        """``(name, shape)`` of every variable for this input shape, allocating nothing: a model
         file's claims are checked against these before any array is read."""
         self._recording = []
         try:
-            self.build_params(tuple(input_shape))
+            self.build_params(self._normalise_shape(input_shape))
             return self._recording
         finally:
             self._recording = None
@@ -161,46 +267,58 @@ class Layer:
     def compute_output_shape(self, input_shape) -> tuple[int, ...]:
         return tuple(input_shape)
 
-    # --- forward and backward -------------------------------------------------------------------
-    def __call__(self, x, training: bool = False) -> np.ndarray:
-        """Build on first use, then run :meth:`forward`: ``layers.Conv2D(8, 3)(x)`` just works."""
-        x = self._as_input(x)
+    # --- calling: on data it computes, on symbolic tensors it records a node --------------------
+    def __call__(self, inputs, training: bool = False):
+        """``layers.Conv2D(8, 3)(x)``: on an array, build on first use and compute; on a symbolic
+        tensor (``cnnlab.Input``), record the call in the graph and return a symbolic tensor."""
+        if symbolic_inputs(inputs):
+            return record_call(self, inputs)
+        inputs = self._as_inputs(inputs)
         if not self.built:
-            self.build(x.shape[1:])
-        return self.forward(x, training=training)
-
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        out = self.forward_logits(x, training)
-        if self.activation == "linear":
-            return out
-        out, self._activation_cache = ACTIVATIONS[self.activation][0](out)
+            self.build([x.shape[1:] for x in inputs] if isinstance(inputs, list)
+                       else inputs.shape[1:])
+        ctx = CallContext(training)
+        out, _ = self.forward(inputs, ctx)
+        for variable, value in ctx.state_updates:       # eager: statistics update at once
+            variable.value[...] = value
         return out
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
-        """Gradient w.r.t. the input; parameter gradients land in ``self.grads``."""
-        if self.activation != "linear":
-            grad_out = ACTIVATIONS[self.activation][1](grad_out, self._activation_cache)
-        return self.backward_logits(grad_out)
-
-    def forward_logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """The core op alone, without the activation (the logits, for a softmax layer)."""
+    def forward(self, inputs, ctx: CallContext, activation: str | None = None):
+        """The core op, then ``activation`` (the layer's own unless the caller names another).
+        Returns ``(out, cache)``; :meth:`backward` takes the cache back."""
         if not self.built:
             raise NotBuiltError(f"{self._describe()} is not built: call it on data, or give the "
                                 f"model an input shape, first.")
-        x = self._as_input(x)
-        self._check_input(x)
-        return self.call(x, training)
+        self._check_input(inputs)
+        out, core = self.call(inputs, ctx)
+        activation = self.activation if activation is None else activation
+        if activation == "linear":
+            return out, (core, None, None)
+        out, act = ACTIVATIONS[activation][0](out)
+        return out, (core, activation, act)
 
-    def backward_logits(self, grad_logits: np.ndarray) -> np.ndarray | None:
-        return self.call_backward(grad_logits)
+    def backward(self, grad, cache, input_grad: bool = True):
+        """``(input_grads, param_grads)`` for the upstream gradient ``grad`` of :meth:`forward`'s
+        output; ``input_grad=False`` when nobody needs the input's gradient (it is then None)."""
+        core, activation, act = cache
+        if activation is not None:
+            grad = ACTIVATIONS[activation][1](grad, act)
+        return self.call_backward(grad, core, input_grad)
 
-    def call(self, x: np.ndarray, training: bool) -> np.ndarray:
-        return x
+    def call(self, inputs, ctx: CallContext):
+        """The core op: ``(out, cache)``. The base layer is the identity."""
+        return inputs, None
 
-    def call_backward(self, grad_out: np.ndarray) -> np.ndarray | None:
-        return grad_out
+    def call_backward(self, grad, cache, input_grad: bool):
+        """The core op's backward: ``(input_grads, param_grads)``."""
+        return grad, []
 
     # --- input checks ---------------------------------------------------------------------------
+    def _as_inputs(self, inputs):
+        if isinstance(inputs, (list, tuple)) and self.input_count != 1:
+            return [self._as_input(x) for x in inputs]
+        return self._as_input(inputs)
+
     def _as_input(self, x) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype != self.dtype:
@@ -210,6 +328,14 @@ class Layer:
             x = x.astype(self.dtype)
         return x
 
+    def _check_shapes(self, input_shape) -> None:
+        """Checks an input shape (batch axis excluded) at build time and on symbolic calls."""
+        if self.input_count == 1 and isinstance(input_shape, list):
+            raise ShapeError(f"{self._describe()} takes one input; received {len(input_shape)}.")
+        if self.input_count is None:
+            return
+        self._check_rank(len(input_shape) + 1, input_shape)
+
     def _check_rank(self, rank: int, shape_without_batch) -> None:
         if (self.input_rank is not None and rank != self.input_rank) or rank < 2:
             want = ("(N, H, W, C)" if self.input_rank == 4 else
@@ -218,7 +344,9 @@ class Layer:
                              f"axis first. Received input of rank {rank} (shape without batch "
                              f"{tuple(shape_without_batch)}).")
 
-    def _check_input(self, x: np.ndarray) -> None:
+    def _check_input(self, x) -> None:
+        if isinstance(x, list):
+            return
         self._check_rank(x.ndim, x.shape[1:])
         if self.input_shape is not None and x.shape[-1] != self.input_shape[-1]:
             raise ShapeError(f"{self._describe()}: was built for inputs of shape "
@@ -235,40 +363,85 @@ class Layer:
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
 
-    def replica(self) -> Layer:
-        """A twin that shares this layer's parameter arrays but has its own caches and gradients,
-        so two threads can each run a shard of a batch through the same weights."""
-        twin = copy.copy(self)
-        twin.grads = [None] * len(self.weights)
-        twin._activation_cache = None
-        if hasattr(twin, "_cache"):
-            twin._cache = None
-        if hasattr(self, "rng"):      # Dropout, augmentation: a stream of its own, drawn from
-            twin.rng = np.random.default_rng(int(self.rng.integers(2**63)))   # ours: repeatable
-        return twin
+    def variable(self, name: str) -> np.ndarray:
+        """A variable's array by its name: ``conv.variable('kernel')``."""
+        for v in self.variables:
+            if v.name == name:
+                return v.value
+        raise ConfigError(f"{self._describe()} has no variable {name!r}; it has "
+                          f"{[v.name for v in self.variables]}.")
+
+    # --- the graph: where this layer was called -------------------------------------------------
+    def _only_node(self, what: str):
+        if not self._inbound_nodes:
+            raise ConfigError(f"{self._describe()} has no {what}: it has not been called on a "
+                              f"symbolic tensor (cnnlab.Input) or added to a model.")
+        if len(self._inbound_nodes) > 1:
+            raise ConfigError(f"{self._describe()} was called {len(self._inbound_nodes)} times, "
+                              f"so its {what} is ambiguous; keep the tensor each call returned.")
+        return self._inbound_nodes[0]
+
+    @property
+    def input(self):
+        """The symbolic tensor (or list) this layer was called on."""
+        node = self._only_node("input")
+        return node.inbound[0] if len(node.inbound) == 1 else list(node.inbound)
+
+    @property
+    def output(self):
+        """The symbolic tensor this layer's call returned: ``Model(model.input, layer.output)``."""
+        node = self._only_node("output")
+        return node.outputs[0] if len(node.outputs) == 1 else list(node.outputs)
 
     # --- parameters -----------------------------------------------------------------------------
+    @property
+    def params(self) -> list[Variable]:
+        """The trainable-kind variables, in the order ``call_backward`` returns their gradients."""
+        return [v for v in self.variables if v.kind == "param"]
+
+    @property
+    def trainable_params(self) -> list[Variable]:
+        """The variables an optimizer updates now: none while ``trainable`` is False."""
+        return self.params if self.trainable else []
+
+    def named_variables(self) -> list[tuple[str, Variable]]:
+        """``(name, variable)``; names are unique within the layer (a model prefixes its layers')."""
+        return [(v.name, v) for v in self.variables]
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        return [v.value for v in self.variables]
+
+    @property
+    def weight_names(self) -> list[str]:
+        return [name for name, _ in self.named_variables()]
+
+    @property
+    def trainable_weights(self) -> list[np.ndarray]:
+        return [v.value for v in self.trainable_params]
+
+    @property
+    def non_trainable_weights(self) -> list[np.ndarray]:
+        trained = {id(w) for w in self.trainable_weights}
+        return [w for w in self.weights if id(w) not in trained]
+
     def get_weights(self) -> list[np.ndarray]:
         return [w.copy() for w in self.weights]
 
     def set_weights(self, weights) -> None:
-        """Copy values into the existing parameter arrays (optimizer state stays attached)."""
+        """Copy values into the existing arrays (optimizer state stays attached)."""
         weights = list(weights)
-        if len(weights) != len(self.weights):
-            raise ShapeError(f"{self._describe()}: set_weights expects {len(self.weights)} "
-                             f"arrays {[w.shape for w in self.weights]}; received {len(weights)}.")
-        for target, name, value in zip(self.weights, self.weight_names, weights):
+        targets = self.named_variables()
+        if len(weights) != len(targets):
+            raise ShapeError(f"{self._describe()}: set_weights expects {len(targets)} arrays "
+                             f"{[v.value.shape for _, v in targets]}; received {len(weights)}.")
+        for (name, target), value in zip(targets, weights):
             value = np.asarray(value)
-            if value.shape != target.shape:
-                raise ShapeError(f"{self._describe()}: weight {name!r} has shape {target.shape}; "
-                                 f"received {value.shape}.")
-            target[...] = value
-
-    def params_and_grads(self):
-        """The one parameter interface optimizers see: ``(param, grad)`` pairs."""
-        if not self.trainable:
-            return []
-        return [(w, g) for w, g in zip(self.weights, self.grads) if g is not None]
+            if value.shape != target.value.shape:
+                raise ShapeError(f"{self._describe()}: weight {name!r} has shape "
+                                 f"{target.value.shape}; received {value.shape}.")
+        for (_, target), value in zip(targets, weights):
+            target.value[...] = value
 
     def count_params(self) -> int:
         return int(sum(w.size for w in self.weights))

@@ -50,13 +50,6 @@ class Conv2D(Layer):
         validate_padding(padding, owner)
         self.padding = padding.lower() if isinstance(padding, str) else padding
         self._set_weight_options(use_bias, kernel_initializer, bias_initializer)
-        self._cache = None
-        self._workspace: dict = {}     # the im2col buffer, reused from step to step
-
-    def replica(self):
-        twin = super().replica()
-        twin._workspace = {}           # shards run at the same time: one buffer each
-        return twin
 
     def pads_for(self, input_hw):
         """Explicit ((top, bottom), (left, right)) padding for an input of this height and width."""
@@ -76,18 +69,16 @@ class Conv2D(Layer):
                            self.dilation_rate)
         return ho, wo, self.filters
 
-    def call(self, x, training):
+    def call(self, x, ctx):
+        # ctx.workspace: the im2col buffer and kernel spectrum the caller keeps for this call
+        # site between steps (one per thread and per node, so concurrent calls never share one)
         bias = self.weights[1] if self.use_bias else None
-        out, self._cache = conv2d_forward(x, self.weights[0], bias, self.strides,
-                                          self.pads_for(x.shape[1:3]), self.dilation_rate,
-                                          self._workspace)
-        return out
+        return conv2d_forward(x, self.weights[0], bias, self.strides,
+                              self.pads_for(x.shape[1:3]), self.dilation_rate, ctx.workspace)
 
-    def call_backward(self, grad_out):
-        grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, self._cache,
-                                                         self.need_input_grad)
-        self.grads = [grad_kernel, grad_bias] if self.use_bias else [grad_kernel]
-        return grad_x
+    def call_backward(self, grad_out, cache, input_grad):
+        grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache, input_grad)
+        return grad_x, ([grad_kernel, grad_bias] if self.use_bias else [grad_kernel])
 
     def get_config(self):
         padding = self.padding if isinstance(self.padding, (str, int)) else _to_lists(self.padding)

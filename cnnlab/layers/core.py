@@ -15,12 +15,16 @@ import numpy as np
 from cnnlab import seeding
 from cnnlab.engine.activations import dropout_backward, dropout_forward
 from cnnlab.engine.dense import dense_backward, dense_forward, flatten_backward, flatten_forward
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, ShapeError
 from cnnlab.layers.base import Layer, check_input_shape, check_positive_int
+from cnnlab.layers.symbolic import SymbolicTensor, make_input
 
 
 class InputLayer(Layer):
-    """Declares a model's input shape (batch axis excluded); passes data through unchanged."""
+    """A model's input: its shape (batch axis excluded) and dtype; passes data through unchanged.
+    ``Input(...)`` makes one and returns the symbolic tensor it stands for."""
+
+    input_count = 0
 
     def __init__(self, shape=None, name=None, dtype=None, input_shape=None, trainable=True):
         shape = shape if shape is not None else input_shape
@@ -31,14 +35,21 @@ class InputLayer(Layer):
                                        self._describe())
         if len(self.shape) < 1:
             raise ConfigError(f"{self._describe()}: shape must have at least one axis.")
+        self.input_shape = self.output_shape = self.shape
+        self.built = True
 
     def get_config(self):
         return {**super().get_config(), "shape": list(self.shape)}
 
 
-def Input(shape, name=None, dtype=None) -> InputLayer:  # noqa: N802 (Keras' name)
-    """Keras' ``Input(shape=...)``: start a ``Sequential`` with it to fix the input shape."""
-    return InputLayer(shape=shape, name=name, dtype=dtype)
+def Input(shape, dtype=None, name=None) -> SymbolicTensor:  # noqa: N802 (Keras' name)
+    """Keras' ``Input(shape=...)``: a symbolic tensor to call layers on (the functional API), or
+    the first entry of a ``Sequential``. ``shape`` excludes the batch axis.
+
+    >>> Input((28, 28, 1)).shape
+    (None, 28, 28, 1)
+    """
+    return make_input(InputLayer(shape=shape, name=name, dtype=dtype))
 
 
 class Dense(Layer):
@@ -55,8 +66,6 @@ class Dense(Layer):
                          activation=activation)
         self.units = check_positive_int(units, "units", self._describe())
         self._set_weight_options(use_bias, kernel_initializer, bias_initializer)
-        self._cache = None
-        self._lead_shape = None
 
     def build_params(self, input_shape):
         self.add_weight("kernel", (input_shape[-1], self.units),            # (D_in, units)
@@ -67,18 +76,18 @@ class Dense(Layer):
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
 
-    def call(self, x, training):
-        self._lead_shape = x.shape[:-1]
+    def call(self, x, ctx):
         x2 = x.reshape(-1, x.shape[-1])                                     # (N*..., D_in)
         bias = self.weights[1] if self.use_bias else None
-        out, self._cache = dense_forward(x2, self.weights[0], bias)         # (N*..., units)
-        return out.reshape(*self._lead_shape, self.units)
+        out, cache = dense_forward(x2, self.weights[0], bias)               # (N*..., units)
+        return out.reshape(*x.shape[:-1], self.units), (cache, x.shape[:-1])
 
-    def call_backward(self, grad_out):
+    def call_backward(self, grad_out, cache, input_grad):
+        cache, lead_shape = cache
         grad_x, grad_kernel, grad_bias = dense_backward(
-            grad_out.reshape(-1, self.units), self._cache, self.need_input_grad)
-        self.grads = [grad_kernel, grad_bias] if self.use_bias else [grad_kernel]
-        return None if grad_x is None else grad_x.reshape(*self._lead_shape, -1)
+            grad_out.reshape(-1, self.units), cache, input_grad)
+        grads = [grad_kernel, grad_bias] if self.use_bias else [grad_kernel]
+        return (None if grad_x is None else grad_x.reshape(*lead_shape, -1)), grads
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": self.activation,
@@ -91,7 +100,6 @@ class Flatten(Layer):
 
     def __init__(self, input_shape=None, name=None, dtype=None, trainable=True):
         super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
-        self._cache = None
 
     def compute_output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
@@ -99,17 +107,15 @@ class Flatten(Layer):
     def _check_input(self, x):
         self._check_rank(x.ndim, x.shape[1:])
         if self.input_shape is not None and x.shape[1:] != self.input_shape:
-            from cnnlab.errors import ShapeError
             raise ShapeError(f"{self._describe()}: was built for inputs of shape "
                              f"(N, {', '.join(map(str, self.input_shape))}); received {x.shape}. "
                              f"The layers after Flatten need exactly that many features.")
 
-    def call(self, x, training):
-        out, self._cache = flatten_forward(x)
-        return out
+    def call(self, x, ctx):
+        return flatten_forward(x)
 
-    def call_backward(self, grad_out):
-        return flatten_backward(grad_out, self._cache)
+    def call_backward(self, grad_out, cache, input_grad):
+        return flatten_backward(grad_out, cache), []
 
 
 class Dropout(Layer):
@@ -124,18 +130,15 @@ class Dropout(Layer):
                               f"rate={rate!r}")
         self.rate = float(rate)
         self.seed = seed
-        self.rng = seeding.new_generator(seed)
-        self._cache = None            # the mask of the last training forward
+        self.rng = seeding.new_generator(seed)     # the stream; a sharded call draws its own
 
-    def call(self, x, training):
-        if not training or self.rate == 0:
-            self._cache = None
-            return x
-        out, self._cache = dropout_forward(x, self.rate, self.rng)
-        return out
+    def call(self, x, ctx):
+        if not ctx.training or self.rate == 0:
+            return x, None
+        return dropout_forward(x, self.rate, ctx.generator(self))
 
-    def call_backward(self, grad_out):
-        return grad_out if self._cache is None else dropout_backward(grad_out, self._cache)
+    def call_backward(self, grad_out, mask, input_grad):
+        return (grad_out if mask is None else dropout_backward(grad_out, mask)), []
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}

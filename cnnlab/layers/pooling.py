@@ -31,7 +31,6 @@ class _Pooling2D(Layer):
             raise ConfigError(f"{owner}: padding must be 'valid' or 'same'. Received: "
                               f"padding={padding!r}")
         self.padding = padding.lower()
-        self._cache = None
 
     def pads_for(self, input_hw):
         return resolve_padding(self.padding, input_hw, self.pool_size, self.strides)
@@ -40,13 +39,11 @@ class _Pooling2D(Layer):
         hw = (input_shape[0], input_shape[1])
         return (*output_hw(hw, self.pool_size, self.strides, self.pads_for(hw)), input_shape[2])
 
-    def call(self, x, training):
-        out, self._cache = type(self)._forward(x, self.pool_size, self.strides,
-                                               self.pads_for(x.shape[1:3]))
-        return out
+    def call(self, x, ctx):
+        return type(self)._forward(x, self.pool_size, self.strides, self.pads_for(x.shape[1:3]))
 
-    def call_backward(self, grad_out):
-        return type(self)._backward(grad_out, self._cache)
+    def call_backward(self, grad_out, cache, input_grad):
+        return type(self)._backward(grad_out, cache), []
 
     def get_config(self):
         return {**super().get_config(), "pool_size": list(self.pool_size),
@@ -59,13 +56,11 @@ class MaxPooling2D(_Pooling2D):
     _forward = staticmethod(pool_ops.max_pool2d_forward)
     _backward = staticmethod(pool_ops.max_pool2d_backward)
 
-    def call(self, x, training):
+    def call(self, x, ctx):
         # at inference nobody asks where each maximum was (unless an attribution method will
         # backpropagate): skip tracking it
-        out, self._cache = pool_ops.max_pool2d_forward(
-            x, self.pool_size, self.strides, self.pads_for(x.shape[1:3]),
-            keep_cache=training or self.keep_backward_cache)
-        return out
+        return pool_ops.max_pool2d_forward(x, self.pool_size, self.strides,
+                                           self.pads_for(x.shape[1:3]), keep_cache=ctx.keep_cache)
 
 
 class AveragePooling2D(_Pooling2D):
@@ -82,14 +77,12 @@ class GlobalAveragePooling2D(Layer):
 
     def __init__(self, input_shape=None, name=None, dtype=None, trainable=True):
         super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
-        self._cache = None
 
     def compute_output_shape(self, input_shape):
         return (input_shape[-1],)
 
-    def call(self, x, training):
-        out, self._cache = pool_ops.global_avg_pool2d_forward(x)
-        return out
+    def call(self, x, ctx):
+        return pool_ops.global_avg_pool2d_forward(x)
 
-    def call_backward(self, grad_out):
-        return pool_ops.global_avg_pool2d_backward(grad_out, self._cache)
+    def call_backward(self, grad_out, cache, input_grad):
+        return pool_ops.global_avg_pool2d_backward(grad_out, cache), []

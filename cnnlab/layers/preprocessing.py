@@ -44,11 +44,11 @@ class Rescaling(Layer):
         super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
         self.scale, self.offset = float(scale), float(offset)
 
-    def call(self, x, training):
-        return x * np.asarray(self.scale, x.dtype) + np.asarray(self.offset, x.dtype)
+    def call(self, x, ctx):
+        return x * np.asarray(self.scale, x.dtype) + np.asarray(self.offset, x.dtype), None
 
-    def call_backward(self, grad_out):
-        return grad_out * np.asarray(self.scale, grad_out.dtype)
+    def call_backward(self, grad_out, cache, input_grad):
+        return grad_out * np.asarray(self.scale, grad_out.dtype), []
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "offset": self.offset}
@@ -62,18 +62,15 @@ class _RandomLayer(Layer):
     def __init__(self, seed=None, input_shape=None, name=None, dtype=None, trainable=True):
         super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
         self.seed = seed
-        self.rng = seeding.new_generator(seed)
-        self._cache = None
+        self.rng = seeding.new_generator(seed)     # the stream; a sharded call draws its own
 
-    def call(self, x, training):
-        if not training:
-            self._cache = None
-            return x
-        out, self._cache = self.augment(x)
-        return out
+    def call(self, x, ctx):
+        if not ctx.training:
+            return x, None
+        return self.augment(x, ctx.generator(self))
 
-    def call_backward(self, grad_out):
-        return grad_out if self._cache is None else self.augment_backward(grad_out, self._cache)
+    def call_backward(self, grad_out, cache, input_grad):
+        return (grad_out if cache is None else self.augment_backward(grad_out, cache)), []
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
@@ -89,10 +86,10 @@ class RandomFlip(_RandomLayer):
                               f"'horizontal_and_vertical'. Received: mode={mode!r}")
         self.mode = mode
 
-    def augment(self, x):
+    def augment(self, x, rng):
         n = len(x)
-        horizontal = (self.rng.random(n) < 0.5) & ("horizontal" in self.mode)
-        vertical = (self.rng.random(n) < 0.5) & ("vertical" in self.mode)
+        horizontal = (rng.random(n) < 0.5) & ("horizontal" in self.mode)
+        vertical = (rng.random(n) < 0.5) & ("vertical" in self.mode)
         return augment.flip_forward(x, horizontal, vertical)
 
     def augment_backward(self, grad_out, cache):
@@ -110,8 +107,8 @@ class _AffineLayer(_RandomLayer):
                               f"Received: fill_mode={fill_mode!r}")
         self.fill_mode, self.fill_value = fill_mode, float(fill_value)
 
-    def augment(self, x):
-        out, cache = augment.affine_sample_forward(x, self.matrices(x.shape), self.fill_mode,
+    def augment(self, x, rng):
+        out, cache = augment.affine_sample_forward(x, self.matrices(x.shape, rng), self.fill_mode,
                                                    self.fill_value)
         return out, cache
 
@@ -132,10 +129,10 @@ class RandomTranslation(_AffineLayer):
         self.height_factor = _factor_range(height_factor, "height_factor", self._describe())
         self.width_factor = _factor_range(width_factor, "width_factor", self._describe())
 
-    def matrices(self, shape):
+    def matrices(self, shape, rng):
         n, h, w, _ = shape
-        dy = self.rng.uniform(*self.height_factor, n) * h
-        dx = self.rng.uniform(*self.width_factor, n) * w
+        dy = rng.uniform(*self.height_factor, n) * h
+        dx = rng.uniform(*self.width_factor, n) * w
         return augment.translation_matrices(dy, dx)
 
     def get_config(self):
@@ -150,9 +147,9 @@ class RandomRotation(_AffineLayer):
         super().__init__(fill_mode, fill_value, seed, **kwargs)
         self.factor = _factor_range(factor, "factor", self._describe())
 
-    def matrices(self, shape):
+    def matrices(self, shape, rng):
         n, h, w, _ = shape
-        return augment.rotation_matrices(self.rng.uniform(*self.factor, n) * 2 * np.pi, h, w)
+        return augment.rotation_matrices(rng.uniform(*self.factor, n) * 2 * np.pi, h, w)
 
     def get_config(self):
         return {**super().get_config(), "factor": list(self.factor)}
@@ -169,10 +166,10 @@ class RandomZoom(_AffineLayer):
         self.width_factor = (None if width_factor is None else
                              _factor_range(width_factor, "width_factor", self._describe()))
 
-    def matrices(self, shape):
+    def matrices(self, shape, rng):
         n, h, w, _ = shape
-        zy = 1 + self.rng.uniform(*self.height_factor, n)
-        zx = zy if self.width_factor is None else 1 + self.rng.uniform(*self.width_factor, n)
+        zy = 1 + rng.uniform(*self.height_factor, n)
+        zx = zy if self.width_factor is None else 1 + rng.uniform(*self.width_factor, n)
         return augment.zoom_matrices(zy, zx, h, w)
 
     def get_config(self):
@@ -198,8 +195,8 @@ class RandomContrast(_RandomLayer):
         self.factor = (low, high)
         self.value_range = (float(value_range[0]), float(value_range[1]))
 
-    def augment(self, x):
-        factors = self.rng.uniform(1 - self.factor[0], 1 + self.factor[1], len(x))
+    def augment(self, x, rng):
+        factors = rng.uniform(1 - self.factor[0], 1 + self.factor[1], len(x))
         return augment.contrast_forward(x, factors, self.value_range)
 
     def augment_backward(self, grad_out, cache):

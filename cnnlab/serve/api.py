@@ -3,7 +3,7 @@ raises :class:`ApiError` with the HTTP status and a message that says what was w
 was expected. ``cnnlab.serve.server`` only routes requests here.
 
 Every number the pages show comes from here, computed by the engine: a prediction's
-activations are ``Sequential.forward_all``; the explain page's windows and sums are
+activations are ``Model.run``'s, node by node; the explain page's windows and sums are
 ``cnnlab.viz.explain``'s slides, which call ``conv2d_forward`` and the pooling ops.
 """
 
@@ -12,8 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,21 +33,17 @@ class ApiError(Exception):
 
 @dataclass
 class ServedModel:
-    """A model the pages can use.
-
-    Its forward passes all run on one long-lived thread: the layers keep per-call caches, so one
-    request at a time may run a model (a prediction takes about a millisecond), and a warm
-    thread is ~3x faster than the new thread the server starts per connection (BLAS sets up
-    per-thread buffers on a thread's first call).
-    """
+    """A model the pages can use. Any number of requests may run it at once: a forward pass
+    keeps its state on its own tape, never on the layers."""
     name: str
     model: object
     source: str
-    worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
-        1, thread_name_prefix="cnnlab-model"))
 
-    def forward_all(self, x: np.ndarray) -> list[np.ndarray]:
-        return self.worker.submit(self.model.forward_all, x).result()
+    def activations(self, x: np.ndarray):
+        """``(the model's output, [(layer, output) for every node in topological order])``."""
+        outputs, tape = self.model.run(x)
+        return outputs[0], [(node.layer, tape.values[id(node.outputs[0])])
+                            for node in self.model.nodes]
 
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "input_shape": list(self.model.input_shape),
@@ -82,7 +77,7 @@ def _probabilities(model, output: np.ndarray) -> np.ndarray:
     (a model that ends in logits), for the bar chart."""
     from cnnlab.engine.activations import softmax_forward
     from cnnlab.layers import Softmax
-    last = model.layers[-1]
+    last = model.outputs[0].node.layer
     if isinstance(last, Softmax) or getattr(last, "activation", None) == "softmax":
         return output
     return softmax_forward(output[None].astype(np.float64))[0]
@@ -108,12 +103,12 @@ def predict(served: ServedModel, body: bytes, invert="auto") -> dict:
     except CnnlabError as exc:
         raise ApiError(400, str(exc)) from None
     prepared = time.perf_counter()
-    outputs = served.forward_all(x[None].astype(served.model.layers[0].dtype, copy=False))
+    output, activations = served.activations(x[None].astype(served.model.dtype, copy=False))
     computed = time.perf_counter()
-    probs = _probabilities(served.model, outputs[-1][0].astype(np.float64))
+    probs = _probabilities(served.model, output[0].astype(np.float64))
     layers = [{"name": layer.name, "type": type(layer).__name__, "shape": list(out.shape[1:]),
                **encode_activation(out[0])}
-              for layer, out in zip(served.model.layers, outputs)]
+              for layer, out in activations]
     seen = np.clip(np.rint(x * 255), 0, 255)
     names = class_names(served.model)
     top = int(np.argmax(probs))
@@ -129,7 +124,7 @@ def predict(served: ServedModel, body: bytes, invert="auto") -> dict:
 
 def summary(served: ServedModel) -> dict:
     """Layers with output shapes, parameter counts and the output-size formula."""
-    from cnnlab.models.summary import layer_rows, summary_text
+    from cnnlab.graph.summary import layer_rows, summary_text
     model = served.model
     return {"model": served.name, "input_shape": list(model.input_shape),
             "layers": layer_rows(model), "total_params": int(model.count_params()),

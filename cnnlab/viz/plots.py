@@ -30,9 +30,15 @@ def _finish(fig, path):
 
 
 def feature_maps(model, image) -> list[tuple[str, np.ndarray]]:
-    """Every layer's activations for one image: ``[(layer name, (H, W, C) or (D,)), ...]``."""
-    outputs = model.forward_all(as_batch(model, image))
-    return [(layer.name, out[0]) for layer, out in zip(model.layers, outputs)]
+    """Every node's activations for one image, in topological order (merges included):
+    ``[(layer name, (H, W, C) or (D,)), ...]``; a layer called twice appears as ``name (call 2)``."""
+    calls: dict[str, int] = {}
+    maps = []
+    for layer, out in model.node_outputs(as_batch(model, image)):
+        calls[layer.name] = calls.get(layer.name, 0) + 1
+        count = calls[layer.name]
+        maps.append((layer.name if count == 1 else f"{layer.name} (call {count})", out[0]))
+    return maps
 
 
 def plot_feature_maps(model, image, path=None, layers=None):
@@ -41,7 +47,8 @@ def plot_feature_maps(model, image, path=None, layers=None):
     chosen = [(name, maps) for name, maps in feature_maps(model, image)
               if layers is None or name in layers]
     chosen = [(name, maps) for name, maps in chosen
-              if type(model.get_layer(name)).__name__ not in ("Flatten", "Dropout")]
+              if type(model.get_layer(name.split(" (call")[0])).__name__
+              not in ("Flatten", "Dropout")]
     grids = [(name, feature_map_grid(maps), maps.shape) for name, maps in chosen]
     heights = [max(1.2, min(6.0, 6.0 * g.shape[0] / max(g.shape[1], 1))) for _, g, _ in grids]
     fig, axes = plt.subplots(len(grids) + 1, 1, figsize=(7, 2.2 + sum(heights)),
@@ -51,7 +58,7 @@ def plot_feature_maps(model, image, path=None, layers=None):
     axes[0].set_title(f"Input {tuple(model.input_shape)}")
     axes[0].axis("off")
     for ax, (name, grid, shape) in zip(axes[1:], grids):
-        layer = model.get_layer(name)
+        layer = model.get_layer(name.split(" (call")[0])
         kind = f"{len(shape) == 3 and shape[2] or 1} maps of {shape[0]}x{shape[1]}" \
             if len(shape) == 3 else f"{shape[0]} units"
         ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto" if grid.shape[0] == 1

@@ -16,7 +16,7 @@ import io
 import numpy as np
 
 from cnnlab import runs
-from cnnlab.models.summary import summary_text
+from cnnlab.graph.summary import summary_text
 from cnnlab.viz import plots
 
 STYLE = """
@@ -108,7 +108,7 @@ def build_report(model, x, y, class_names=None, title: str | None = None,
 
 def write_report(model, x, y, path, class_names=None) -> str:
     """Build the report and write it atomically to ``path``."""
-    from cnnlab.fileio import atomic_write
+    from cnnlab.io.files import atomic_write
     document = build_report(model, x, y, class_names)
     with atomic_write(path, "w") as handle:
         handle.write(document)

@@ -1,11 +1,13 @@
 """Both cores for every batch: the batch is cut into shards, one per thread, and each thread runs
-its own replica of the model.
+the same model on its shard.
 
-Replicas share the parameter arrays (``Layer.replica``) and keep their own caches and gradients.
-During the parallel part BLAS is limited to one thread per shard, so the machine runs one GEMM
-per core instead of one GEMM on all cores, and everything that is not a GEMM (im2col, pooling,
-ReLU, the per-tap adds, Python itself while NumPy has released the GIL) now runs on every core
-too. On the 2-core machine this makes a training step of the article's network ~1.7x faster.
+Layers keep no per-call state, so the threads share the model as it is: each call's caches live
+on its own tape, its scratch buffers in its own thread's workspace, its random draws in a
+generator of its own. During the parallel part BLAS is limited to one thread per shard, so the
+machine runs one GEMM per core instead of one GEMM on all cores, and everything that is not a
+GEMM (im2col, pooling, ReLU, the per-tap adds, Python itself while NumPy has released the GIL)
+now runs on every core too. On the 2-core machine this makes a training step of the article's
+network ~1.7x faster.
 
 The arithmetic is the same as one big batch: a shard's loss gradient is scaled by its share of
 the batch, so the summed gradients are those of the mean loss over the whole batch. Summation
@@ -14,7 +16,10 @@ order is fixed, so results repeat bit for bit for a given thread count.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from cnnlab import config
 
@@ -48,9 +53,12 @@ def _single_threaded_blas():
     return _blas.limit(limits=1)
 
 
-def run_sharded(tasks):
+def run_sharded(tasks, on_error=None):
     """Run zero-argument callables, one per thread (the first on this thread); return results
-    in order. Exceptions propagate."""
+    in order. Exceptions propagate; ``on_error`` runs first, so that shards waiting for the
+    failed one (``BatchSums``) are released."""
+    if on_error is not None:
+        tasks = [_calling_on_error(task, on_error) for task in tasks]
     global _executor
     if _executor is None or _executor._max_workers < len(tasks) - 1:
         _executor = ThreadPoolExecutor(max_workers=max(len(tasks) - 1, 1),
@@ -59,6 +67,55 @@ def run_sharded(tasks):
         futures = [_executor.submit(task) for task in tasks[1:]]
         first = tasks[0]()
         return [first, *(f.result() for f in futures)]
+
+
+def _calling_on_error(task, on_error):
+    def run():
+        try:
+            return task()
+        except BaseException:
+            on_error()
+            raise
+    return run
+
+
+class BatchSums:
+    """Sums over a batch that is split over threads (and over MPI ranks): each shard passes its
+    partial sum and every shard gets the same total, added in shard order, so the result does
+    not depend on which thread came first. BatchNormalization's statistics go through this."""
+
+    def __init__(self, count: int, comm=None):
+        self.count, self.comm = count, comm
+        self._barrier = threading.Barrier(count) if count > 1 else None
+        self._parts: list = [None] * count
+        self._total = None
+
+    def for_shard(self, index: int):
+        """The ``batch_sum`` function shard ``index`` calls."""
+        return lambda partial: self._reduce(index, partial)
+
+    def _reduce(self, index: int, partial: np.ndarray) -> np.ndarray:
+        if self._barrier is None:
+            return partial if self.comm is None else self.comm.sum_array(partial)
+        self._parts[index] = partial
+        try:
+            self._barrier.wait()
+            if index == 0:
+                total = self._parts[0].copy()
+                for part in self._parts[1:]:
+                    total += part
+                self._total = total if self.comm is None else self.comm.sum_array(total)
+            self._barrier.wait()
+            total = self._total
+            self._barrier.wait()               # everyone has read it: the slots may be reused
+        except threading.BrokenBarrierError:
+            raise RuntimeError("Another shard of this batch failed; see its error.") from None
+        return total
+
+    def abort(self) -> None:
+        """A shard failed: release the others from their barrier."""
+        if self._barrier is not None:
+            self._barrier.abort()
 
 
 #: parameters smaller than this are updated whole by one thread

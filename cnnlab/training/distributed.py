@@ -48,22 +48,29 @@ class Communicator:
         start = self.rank * size + min(self.rank, extra)
         return slice(start, start + size + (1 if self.rank < extra else 0))
 
-    def broadcast_weights(self, model) -> None:
-        for weight in model.weights:
-            self.comm.Bcast(weight, root=0)
-
     def broadcast(self, value):
         return self.comm.bcast(value, root=0)
 
     def sum(self, value: float) -> float:
         return float(self.comm.allreduce(float(value), op=self.MPI.SUM))
 
-    def sum_gradients(self, model) -> None:
-        """Sum every parameter gradient over the ranks, in place."""
-        for layer in model.layers:
-            for k, grad in enumerate(layer.grads):
-                if grad is None:
-                    continue
-                if not grad.flags.c_contiguous:
-                    grad = layer.grads[k] = np.ascontiguousarray(grad)
-                self.comm.Allreduce(self.MPI.IN_PLACE, grad, op=self.MPI.SUM)
+    def sum_array(self, value: np.ndarray) -> np.ndarray:
+        """The element-wise sum of ``value`` over the ranks (a new array)."""
+        total = np.ascontiguousarray(value).copy()
+        self.comm.Allreduce(self.MPI.IN_PLACE, total, op=self.MPI.SUM)
+        return total
+
+    def sum_gradients(self, grads: dict, variables) -> None:
+        """Sum every parameter's gradient over the ranks, in place, in ``variables`` order (the
+        same on every rank). A rank without a gradient for one contributes zeros."""
+        for variable in variables:
+            grad = grads.get(variable)
+            if grad is None or not grad.flags.c_contiguous or not grad.flags.writeable:
+                grad = grads[variable] = (np.zeros_like(variable.value) if grad is None
+                                          else np.ascontiguousarray(grad).copy())
+            self.comm.Allreduce(self.MPI.IN_PLACE, grad, op=self.MPI.SUM)
+
+    def broadcast_arrays(self, arrays) -> None:
+        """Rank 0's values into every rank's arrays, in place."""
+        for array in arrays:
+            self.comm.Bcast(array, root=0)

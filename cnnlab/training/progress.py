@@ -5,7 +5,8 @@ A checkpoint is a ``.cnnlab`` model file (weights, optimizer state) plus a ``tra
     epoch, step          the next batch to train: batch ``step`` of epoch ``epoch``
     shuffle_rng          the shuffling generator's state at the start of that epoch, so the same
                          permutation is drawn again and the finished batches are skipped
-    dropout_rngs         every Dropout generator's state, of the model and of each thread replica
+    generators           every random layer's generator state (Dropout, augmentation), by layer
+                         name (files before the graph kept a list, 'dropout_rngs', by position)
     partial              the epoch's running loss and metric sums, so its logged loss is exact too
     history, threads     the epochs logged so far, and the thread count (a different count
                          changes the rounding order, so bitwise equality needs the same one)
@@ -21,25 +22,25 @@ import numpy as np
 
 from cnnlab import config
 from cnnlab.errors import ModelFileError
+from cnnlab.training.step import random_layers
 
 
-def _random_layers(model) -> list[int]:
-    """Layers that draw random numbers in training (Dropout, augmentation): those with an
-    ``rng``, the same rule ``Layer.replica`` uses. (The file key keeps its first name,
-    'dropout_rngs', so existing checkpoints stay readable.)"""
-    return [i for i, layer in enumerate(model._layers) if hasattr(layer, "rng")]
+def position(model, epoch, step, shuffle_rng, loss_sum, seen, reset_metrics=False) -> dict:
+    """Where ``fit`` is: the next batch to train, and the epoch's sums so far."""
+    metrics = [[0.0, 0] if reset_metrics else [m.total, m.count]
+               for _, m in model.compiled_metrics]
+    return {"epoch": epoch, "step": step, "shuffle_rng": shuffle_rng,
+            "partial": {"loss_sum": loss_sum, "seen": seen, "metrics": metrics}}
 
 
 def capture(model) -> dict | None:
     """The training record for a checkpoint written now (None outside ``fit``)."""
-    progress = model._progress
-    if progress is None:
+    if model._progress is None:
         return None
-    replicas = model._replicas or [model]
     return {
-        **progress,
-        "dropout_rngs": [[replica._layers[i].rng.bit_generator.state
-                          for i in _random_layers(model)] for replica in replicas],
+        **model._progress,
+        "generators": {layer.name: layer.rng.bit_generator.state
+                       for layer in random_layers(model)},
         "history": model.history.history if model.history is not None else {},
         "threads": config.threads(),
     }
@@ -64,12 +65,16 @@ def check(record, where: str) -> dict:
                    for v in (epoch, step)):
             raise ValueError("epoch and step must be non-negative integers")
         _generator_state(record["shuffle_rng"])
-        if not isinstance(record["dropout_rngs"], list) or not all(
-                isinstance(states, list) for states in record["dropout_rngs"]):
-            raise ValueError("dropout states must be lists")
-        for states in record["dropout_rngs"]:
-            for state in states:
-                _generator_state(state)
+        if "dropout_rngs" in record:          # before the graph: a list per thread replica
+            legacy = record.pop("dropout_rngs")
+            if not isinstance(legacy, list) or not all(isinstance(s, list) for s in legacy):
+                raise ValueError("dropout states must be lists")
+            record["generators"] = legacy[0] if legacy else []
+        generators = record.get("generators", {})
+        if not isinstance(generators, (dict, list)):
+            raise ValueError("generators must map layer names to states")
+        for state in (generators.values() if isinstance(generators, dict) else generators):
+            _generator_state(state)
         partial = record["partial"]
         float(partial["loss_sum"])
         if not isinstance(partial["seen"], int) or not isinstance(partial["metrics"], list):
@@ -89,21 +94,22 @@ def check(record, where: str) -> dict:
     return record
 
 
-def restore_rngs(model, record) -> None:
-    """Put every Dropout generator (model and replicas) back where the checkpoint had it."""
-    states = record["dropout_rngs"]
-    indices = _random_layers(model)
-    if len(states) > 1:
-        model._shard_models(len(states))        # create the replicas first: that draws seeds
-    replicas = model._replicas or [model]
-    for replica, replica_states in zip(replicas, states):
-        if len(replica_states) != len(indices):
+def restore_generators(model, record) -> None:
+    """Put every random layer's generator back where the checkpoint had it."""
+    layers = random_layers(model)
+    states = record.get("generators", {})
+    if isinstance(states, list):                   # an old file: by position
+        if len(states) != len(layers):
             raise ModelFileError("The checkpoint's dropout state does not match the model.")
-        for i, state in zip(indices, replica_states):
-            try:
-                replica._layers[i].rng.bit_generator.state = state
-            except (TypeError, ValueError, KeyError) as exc:
-                raise ModelFileError(f"Invalid generator state in checkpoint: {exc}") from None
+        states = {layer.name: state for layer, state in zip(layers, states)}
+    if set(states) != {layer.name for layer in layers}:
+        raise ModelFileError(f"The checkpoint has generator states for {sorted(states)}; the "
+                             f"model's random layers are {[layer.name for layer in layers]}.")
+    for layer in layers:
+        try:
+            layer.rng.bit_generator.state = states[layer.name]
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelFileError(f"Invalid generator state in checkpoint: {exc}") from None
     if record.get("threads") not in (None, config.threads()):
         warnings.warn(f"This checkpoint was written with {record['threads']} threads and this "
                       f"run uses {config.threads()}: training resumes, but the result will differ "

@@ -50,22 +50,6 @@ def check_pair(x, y, where: str) -> None:
         raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}; they must match.")
 
 
-def split_validation(x, y, validation_split):
-    """Keras semantics: the *last* ``validation_split`` fraction, taken before any shuffling."""
-    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) \
-            or not 0 <= validation_split < 1:
-        raise ConfigError(f"validation_split must be a number in [0, 1). Received: "
-                          f"validation_split={validation_split!r}")
-    if validation_split == 0:
-        return x, y, None
-    cut = int(len(x) * (1 - validation_split))
-    if cut == 0 or cut == len(x):
-        raise DataError(f"validation_split={validation_split} of {len(x)} samples leaves "
-                        f"{cut} for training and {len(x) - cut} for validation; both need at "
-                        f"least one.")
-    return x[:cut], y[:cut], (x[cut:], y[cut:])
-
-
 def as_float(batch: np.ndarray, dtype=None) -> np.ndarray:
     """Batches enter the network as floats (uint8 images included), as in Keras."""
     dtype = np.dtype(dtype or config.floatx())

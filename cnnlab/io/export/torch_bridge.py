@@ -236,5 +236,4 @@ def from_torch(module, input_shape) -> Sequential:
                               f"Linear, ReLU, Tanh, Sigmoid, Softmax, Dropout.")
         i += 1
     model.set_weights([w for group in weights for w in group])
-    model._on_structure_change()
     return model

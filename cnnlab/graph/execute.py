@@ -1,0 +1,143 @@
+"""Running a graph: the forward pass leaves a tape, the backward pass walks it in reverse.
+
+    forward(graph, inputs, ctx, activations)  -> (outputs, tape)
+    backward(graph, tape, output_grads)       -> Gradients (inputs, parameters, asked tensors)
+
+The tape is a list of ``(node, cache)`` in the order the nodes ran: everything backward needs,
+owned by this call alone. Backward sums gradients wherever a tensor feeds several nodes and
+wherever one layer (shared weights) was called more than once: a gradient is added up in a dict
+keyed by tensor, and a parameter's in a dict keyed by its variable.
+
+``activations`` overrides a node's activation for this call: the graph's fusions
+(``graph.fusion``) move a ReLU past max pooling or leave a softmax to the loss; the layer
+records what it ran in its cache, so backward undoes exactly that.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from cnnlab.layers.base import CallContext
+
+
+class Tape(list):
+    """``(node, cache)`` per node run, in order; ``values`` keeps every tensor's value when the
+    forward pass was asked to (feature maps, Grad-CAM)."""
+
+    def __init__(self):
+        super().__init__()
+        self.values: dict[int, np.ndarray] = {}
+
+
+class Gradients:
+    """What one backward pass found: ``inputs`` (a list, None where not asked), ``params``
+    ({variable: gradient}) and ``tensors`` ({id(tensor): gradient} for the tensors asked for)."""
+
+    def __init__(self, inputs, params, tensors):
+        self.inputs, self.params, self.tensors = inputs, params, tensors
+
+
+class Workspaces(threading.local):
+    """Scratch buffers (im2col columns, kernel spectra) kept between calls, per thread and per
+    call site: two threads, or two calls of one layer in a graph, never share a buffer."""
+
+    def __init__(self):
+        self.by_site: dict[tuple, dict] = {}
+
+    def site(self, key: tuple) -> dict:
+        return self.by_site.setdefault(key, {})
+
+
+def _add(total: dict, key, grad: np.ndarray) -> None:
+    """Accumulate without touching an array some cache may still hold."""
+    if key in total:
+        total[key] = total[key] + grad
+    else:
+        total[key] = grad
+
+
+def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict | None = None,
+            keep_values: bool = False) -> tuple[list[np.ndarray], Tape]:
+    """Run every node of ``graph`` in topological order on ``inputs`` (one array per graph
+    input). Values no later node needs are dropped at once unless ``keep_values``."""
+    activations = activations or {}
+    scope = ctx.scope
+    values = {id(t): x for t, x in zip(graph.inputs, inputs)}
+    remaining = dict(graph.consumer_counts)
+    tape = Tape()
+    for node in graph.nodes:
+        args = [values[id(t)] for t in node.inbound]
+        layer = node.layer
+        ctx.scope = (*scope, id(node))          # a nested model's nodes live under this one
+        ctx.workspace = None if ctx.workspaces is None else ctx.workspaces.site(ctx.scope)
+        out, cache = layer.forward(args[0] if layer.input_count == 1 else args, ctx,
+                                   activations.get(node))
+        for tensor, value in zip(node.outputs, out if len(node.outputs) > 1 else [out]):
+            values[id(tensor)] = value
+        if ctx.keep_cache:
+            tape.append((node, cache))
+        if not keep_values:
+            for tensor in node.inbound:
+                remaining[id(tensor)] -= 1
+                if remaining[id(tensor)] == 0:
+                    del values[id(tensor)]
+    ctx.scope = scope
+    if keep_values:
+        tape.values = values
+    return [values[id(t)] for t in graph.outputs], tape
+
+
+def needs_gradient(graph, want_inputs: bool = False, wanted=()) -> set[int]:
+    """Ids of the tensors whose gradient is worth computing: those downstream of a trainable
+    parameter, the graph's inputs when asked, and ``wanted`` tensors. Worked out at every call,
+    so a change to ``trainable`` counts at once."""
+    needed = {id(t) for t in wanted}
+    if want_inputs:
+        needed.update(id(t) for t in graph.inputs)
+    for node in graph.nodes:
+        if node.layer.trainable_params or any(id(t) in needed for t in node.inbound):
+            needed.update(id(t) for t in node.outputs)
+    return needed
+
+
+def backward(graph, tape: Tape, output_grads: list, want_inputs: bool = False,
+             wanted=()) -> Gradients:
+    """Walk the tape in reverse from the gradients of the graph's outputs (None: that output does
+    not contribute)."""
+    needed = needs_gradient(graph, want_inputs, wanted)
+    wanted_ids = {id(t) for t in wanted}
+    grads: dict[int, np.ndarray] = {}
+    for tensor, grad in zip(graph.outputs, output_grads):
+        if grad is not None:
+            _add(grads, id(tensor), grad)
+    params: dict = {}
+    tensors: dict[int, np.ndarray] = {}
+    for node, cache in reversed(tape):
+        outs = [grads.get(id(t)) if id(t) in wanted_ids else grads.pop(id(t), None)
+                for t in node.outputs]
+        if all(g is None for g in outs):
+            continue
+        layer = node.layer
+        input_grad = any(id(t) in needed for t in node.inbound)
+        trainable = layer.trainable_params
+        if not input_grad and not trainable:
+            continue
+        in_grads, param_grads = layer.backward(outs[0] if len(outs) == 1 else outs, cache,
+                                               input_grad)
+        if trainable:
+            keep = {id(v) for v in trainable}
+            for variable, grad in zip(layer.params, param_grads):
+                if grad is not None and id(variable) in keep:
+                    _add(params, variable, grad)
+        if input_grad:
+            in_grads = in_grads if layer.input_count != 1 else [in_grads]
+            for tensor, grad in zip(node.inbound, in_grads):
+                if grad is not None and id(tensor) in needed:
+                    _add(grads, id(tensor), grad)
+    for tensor_id in wanted_ids:
+        if tensor_id in grads:
+            tensors[tensor_id] = grads[tensor_id]
+    inputs = [grads.get(id(t)) for t in graph.inputs] if want_inputs else None
+    return Gradients(inputs, params, tensors)

@@ -1,0 +1,45 @@
+"""The graph's two fusions, as rewrites of which activation runs where. Planned from the graph
+and the layers' current settings at every call (a few dozen attribute reads), so a change to a
+layer's activation counts at once and no plan can go stale. The unfused graph is the reference:
+``activations = {}`` runs every layer exactly as configured.
+
+1. **ReLU after max pooling.** ``conv(relu) -> MaxPooling2D`` runs as ``conv -> pool -> relu``.
+   ReLU is monotone, so ``relu(max(z)) == max(relu(z))``, and the gradients agree too (where the
+   max is <= 0 both are zero). After a 2x2 pool there is a quarter of the data: this saves two
+   full passes over the network's largest activations in every step. Only when the pool is the
+   conv's sole consumer and the conv's output is not itself a model output.
+2. **Softmax into the loss.** A model output made by a softmax, fed to cross-entropy, is left as
+   logits: the loss's fused gradient ``(p - y) / N`` is exact and never divides by a
+   probability.
+"""
+
+from __future__ import annotations
+
+from cnnlab.layers.pooling import MaxPooling2D
+
+
+def plan(graph, logits_outputs=()) -> tuple[dict, set[int]]:
+    """``({node: activation to run instead of its own}, {indices of outputs left as logits})``.
+    ``logits_outputs``: indices of outputs whose loss can take logits in place of a softmax."""
+    activations: dict = {}
+    output_ids = {id(t) for t in graph.outputs}
+    for node in graph.nodes:
+        layer = node.layer
+        if layer.activation != "relu" or len(node.outputs) != 1 \
+                or id(node.outputs[0]) in output_ids:
+            continue
+        consumers = graph.consumers.get(id(node.outputs[0]), [])
+        if len(consumers) == 1 and type(consumers[0].layer) is MaxPooling2D \
+                and consumers[0].layer.activation == "linear" and consumers[0] not in activations:
+            activations[node] = "linear"
+            activations[consumers[0]] = "relu"
+    as_logits = set()
+    for index in logits_outputs:
+        tensor = graph.outputs[index]
+        node = tensor.node
+        if node.layer.activation == "softmax" and node not in activations \
+                and not graph.consumers.get(id(tensor)) \
+                and sum(t is tensor for t in graph.outputs) == 1 and len(node.outputs) == 1:
+            activations[node] = "linear"
+            as_logits.add(index)
+    return activations, as_logits

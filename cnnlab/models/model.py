@@ -1,0 +1,109 @@
+"""``Model``: a graph (``graph.Functional``) that trains (``training.Trainer``), with Keras'
+conveniences for the summary, files and export.
+
+>>> import numpy as np
+>>> from cnnlab import Input, Model, layers
+>>> inputs = Input((8, 8, 3))
+>>> x = layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+>>> x = layers.Add()([x, layers.Conv2D(4, 1)(inputs)])
+>>> outputs = layers.Dense(2, activation="softmax")(layers.Flatten()(x))
+>>> model = Model(inputs, outputs)
+>>> model.predict(np.zeros((3, 8, 8, 3)), verbose=0).shape
+(3, 2)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab.errors import ConfigError
+from cnnlab.graph import execute, fusion
+from cnnlab.graph.functional import Functional
+from cnnlab.layers.base import CallContext, unique_name
+from cnnlab.training.trainer import Trainer
+
+
+class Model(Trainer, Functional):
+    """``Model(inputs, outputs, name=None)``: inputs and outputs are symbolic tensors (one, a list,
+    or a dict by name) from ``cnnlab.Input`` and layer calls."""
+
+    def __init__(self, inputs, outputs, name: str | None = None, trainable: bool = True):
+        Functional.__init__(self, inputs, outputs, name=name or unique_name("functional"),
+                            trainable=trainable)
+        self._init_runtime()
+
+    def _init_runtime(self):
+        self._init_training()
+        self._workspaces = execute.Workspaces()     # scratch buffers, per thread and call site
+
+    # --- parameters by name -----------------------------------------------------------------
+    def named_trainable_params(self) -> list[tuple[str, object]]:
+        """``(name, variable)`` of every parameter the optimizer updates now."""
+        trainable = {id(v) for v in self.trainable_params}
+        return [(name, v) for name, v in self.named_variables() if id(v) in trainable]
+
+    def _require_built(self):
+        if not self.built:
+            self.build()
+
+    # --- looking inside ----------------------------------------------------------------------
+    def run(self, x, training: bool = False, keep_cache: bool = False, fused: bool = False,
+            logits: bool = False):
+        """One forward pass keeping every tensor's value: ``(outputs, tape)``. ``tape.values``
+        maps ``id(tensor)`` to its value; ``backward_from`` walks the tape. Unfused by default,
+        so each layer's output is exactly that layer's (what feature maps show); ``logits``
+        leaves the outputs' softmax out (attribution reads the logits)."""
+        self._require_built()
+        xs = x if isinstance(x, list) else [x]
+        xs = [np.asarray(a, dtype=self.dtype) for a in xs]
+        ctx = CallContext(training, keep_cache=keep_cache or training)
+        ctx.workspaces = self._workspaces
+        activations = fusion.plan(self)[0] if fused else {}
+        if logits:
+            activations.update({t.node: "linear" for t in self.outputs
+                                if t.node.layer.activation in ("softmax", "log_softmax")})
+        return execute.forward(self, xs, ctx, activations, keep_values=True)
+
+    def backward_from(self, tape, output_grads, want_inputs=False, wanted=()):
+        """Gradients of ``sum(output * grad)`` over the tape of :meth:`run` (``keep_cache=True``)."""
+        grads = output_grads if isinstance(output_grads, list) else [output_grads]
+        return execute.backward(self, tape, grads, want_inputs, wanted)
+
+    def node_outputs(self, x) -> list[tuple[object, np.ndarray]]:
+        """``(layer, output)`` for every node in topological order, for one forward pass on
+        ``x``: what feature-map views show (merges included)."""
+        _, tape = self.run(x)
+        return [(node.layer, tape.values[id(node.outputs[0])]) for node in self.nodes]
+
+    def forward_all(self, x) -> list[np.ndarray]:
+        """Every node's output for ``x``, in topological order (unfused)."""
+        return [out for _, out in self.node_outputs(x)]
+
+    # --- Keras conveniences: summary and files -------------------------------------------------
+    def summary(self, print_fn=print, line_length: int = 110) -> None:
+        from cnnlab.graph.summary import summary_text
+        print_fn(summary_text(self, line_length))
+
+    def save(self, filepath, include_optimizer: bool = True) -> None:
+        """One ``.cnnlab`` file: the graph (JSON), weights and optimizer state by name; no pickle."""
+        from cnnlab.io.saving import save_model
+        save_model(self, filepath, include_optimizer=include_optimizer)
+
+    def save_weights(self, filepath) -> None:
+        from cnnlab.io.saving import save_weights
+        save_weights(self, filepath)
+
+    def load_weights(self, filepath) -> None:
+        from cnnlab.io.saving import load_weights
+        load_weights(self, filepath)
+
+    def export(self, filepath, format: str = "onnx", input_layout: str = "NHWC") -> None:
+        """Write the model for other runtimes: ``format='onnx'`` (needs ``cnnlab[export]``)."""
+        if format != "onnx":
+            raise ConfigError(f"export supports format='onnx'; for PyTorch use "
+                              f"cnnlab.export.to_torch(model). Received: format={format!r}")
+        from cnnlab.io.export import to_onnx
+        to_onnx(self, filepath, input_layout)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, layers={len(self.layers)})"

@@ -1,0 +1,151 @@
+"""One batch through a model: where a batch enters training.
+
+    run_batch(model, xs, ys, training=True)  -> BatchResult(loss, losses, outputs, grads)
+
+Forward through the graph (``graph.execute``), the losses, backward, all on one batch. The batch
+is cut into shards over the cores (``training.parallel``) when that pays; each shard runs the same
+model on its own tape, so nothing is copied or replicated. A shard's loss gradient is scaled by
+its share of the batch, so the shards' gradients add up to those of the whole batch's mean loss
+(over MPI ranks too: ``share`` is this rank's part of the global batch). Gradients are summed in
+shard order, so a result repeats bit for bit for a given thread count.
+
+BatchNormalization's batch statistics go through ``ctx.sum_over_batch``: summed over the shards
+and, with ``sync_batch_norm``, over the ranks, so every part normalises with the whole batch's.
+Its moving statistics are updated once per batch, after the step.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnlab.graph import execute, fusion
+from cnnlab.layers.base import CallContext
+from cnnlab.training import parallel
+
+
+@dataclass
+class BatchResult:
+    loss: float                  # the weighted sum of the outputs' mean losses
+    losses: list[float]          # each output's mean loss
+    outputs: list[np.ndarray]    # what metrics read: logits where the softmax went into the loss
+    grads: dict                  # {variable: gradient of the batch's mean loss}
+
+
+def random_layers(model) -> list:
+    """Every layer that draws random numbers in training (Dropout, augmentation), nested models
+    included, in a fixed order."""
+    found = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer is not model:
+            found += [inner for inner in random_layers(layer) if inner not in found]
+        elif hasattr(layer, "rng") and layer not in found:
+            found.append(layer)
+    return found
+
+
+def _shard_generators(model, count: int) -> list[dict | None]:
+    """Shard 0 draws from each layer's own generator; the others from generators seeded from it,
+    drawn here on one thread in a fixed order, so a step repeats exactly."""
+    layers = random_layers(model)
+    if count == 1 or not layers:
+        return [None] * count
+    return [None] + [{layer: np.random.default_rng(int(layer.rng.integers(2**63)))
+                      for layer in layers} for _ in range(count - 1)]
+
+
+def _losses(model, outputs, ys, as_logits, share, want_grads):
+    """Each output's mean loss and, when wanted, the gradient of ``share * sum_i w_i L_i``."""
+    losses, grads = [], []
+    for index, (loss, weight, out, y) in enumerate(zip(model.compiled_losses,
+                                                       model.loss_weights, outputs, ys)):
+        if loss is None:
+            losses.append(0.0)
+            grads.append(None)
+            continue
+        logits = loss.from_logits or index in as_logits
+        value, cache = (loss.forward_logits if logits else loss.forward)(out, y)
+        losses.append(float(value))
+        if want_grads:
+            grad = (loss.backward_logits if logits else loss.backward)(cache)
+            scale = weight * share
+            grads.append(grad * np.asarray(scale, grad.dtype) if scale != 1.0 else grad)
+    return losses, grads
+
+
+def _shard_pass(model, xs, ys, ctx, share, want_grads):
+    candidates = [i for i, loss in enumerate(model.compiled_losses)
+                  if loss is not None and loss.fuses_softmax and not loss.from_logits]
+    activations, as_logits = fusion.plan(model, candidates)
+    outputs, tape = execute.forward(model, xs, ctx, activations)
+    losses, output_grads = _losses(model, outputs, ys, as_logits, share, want_grads)
+    grads = execute.backward(model, tape, output_grads).params if want_grads else {}
+    return losses, outputs, grads
+
+
+def _context(model, training, batch_sum=None, generators=None, keep_cache=None) -> CallContext:
+    ctx = CallContext(training, keep_cache, batch_sum=batch_sum, generators=generators)
+    ctx.workspaces = model._workspaces
+    return ctx
+
+
+def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: float = 1.0,
+              comm=None, want_grads: bool | None = None) -> BatchResult:
+    """Forward (and in training, backward) over one batch, on every core that pays. ``comm``:
+    the MPI communicator BatchNormalization sums its statistics over (None: this process's
+    batch only). ``want_grads`` defaults to ``training``."""
+    want_grads = training if want_grads is None else want_grads
+    n = len(xs[0])
+    parts = parallel.shards(n)
+    count = 1 if parts is None else len(parts)
+    sums = parallel.BatchSums(count, comm) if training else None
+    generators = _shard_generators(model, count) if training else [None] * count
+    contexts = [_context(model, training, sums.for_shard(k) if sums else None, generators[k],
+                         want_grads) for k in range(count)]
+    if parts is None:
+        results = [_shard_pass(model, xs, ys, contexts[0], share, want_grads)]
+        parts = [slice(0, n)]
+    else:
+        results = parallel.run_sharded(
+            [functools.partial(_shard_pass, model, [x[p] for x in xs], [y[p] for y in ys],
+                               ctx, share * (p.stop - p.start) / n, want_grads)
+             for ctx, p in zip(contexts, parts)],
+            on_error=sums.abort if sums else None)
+    weights = [(p.stop - p.start) / n for p in parts]
+    losses = [sum(r[0][i] * w for r, w in zip(results, weights))
+              for i in range(len(model.outputs))]
+    outputs = [np.concatenate([r[1][i] for r in results]) if len(results) > 1 else results[0][1][i]
+               for i in range(len(model.outputs))]
+    grads = dict(results[0][2])
+    for _, _, shard_grads in results[1:]:                   # shard order: repeatable sums
+        for variable, grad in shard_grads.items():
+            execute._add(grads, variable, grad)
+    for variable, value in contexts[0].state_updates:       # the same in every shard
+        variable.value[...] = value
+    total = sum(w * loss for w, loss, fn in zip(model.loss_weights, losses, model.compiled_losses)
+                if fn is not None)
+    return BatchResult(float(total), losses, outputs, grads)
+
+
+def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs (probabilities, not logits), on every core that pays."""
+    activations, _ = fusion.plan(model)
+    n = len(xs[0])
+    parts = parallel.shards(n)
+
+    def run(inputs):
+        return execute.forward(model, inputs, _context(model, False), activations)[0]
+
+    if parts is None:
+        return run(xs)
+    results = parallel.run_sharded([functools.partial(run, [x[p] for x in xs]) for p in parts])
+    return [np.concatenate([r[i] for r in results]) for i in range(len(model.outputs))]
+
+
+def apply_update(model, grads: dict) -> None:
+    """One optimizer step over every trainable parameter that has a gradient, by name."""
+    model.optimizer.apply([(name, variable.value, grads[variable])
+                           for name, variable in model.named_trainable_params()
+                           if variable in grads])
