@@ -127,5 +127,8 @@ class Concatenate(_Merge):
     def call(self, xs, ctx):
         return ops.concatenate_forward(xs, self._feature_axis(xs[0].ndim - 1) + 1)
 
+    def call_backward(self, grad, cache, input_grad):
+        return ops.concatenate_backward(grad, cache), []
+
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}

@@ -66,5 +66,5 @@ def batch_slices(n: int, batch_size: int, order: np.ndarray | None = None):
 def is_batches(data) -> bool:
     """A dataset, generator or other iterable of batches, as opposed to arrays (Keras treats
     lists and tuples as arrays too)."""
-    return (data is not None and not isinstance(data, (np.ndarray, list, tuple, str, bytes))
+    return (data is not None and not isinstance(data, (np.ndarray, list, tuple, dict, str, bytes))
             and hasattr(data, "__iter__"))

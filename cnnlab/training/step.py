@@ -32,6 +32,7 @@ class BatchResult:
     losses: list[float]          # each output's mean loss
     outputs: list[np.ndarray]    # what metrics read: logits where the softmax went into the loss
     grads: dict                  # {variable: gradient of the batch's mean loss}
+    state_updates: list          # (variable, new value): BatchNormalization's moving statistics
 
 
 def random_layers(model) -> list:
@@ -122,11 +123,10 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
     for _, _, shard_grads in results[1:]:                   # shard order: repeatable sums
         for variable, grad in shard_grads.items():
             execute._add(grads, variable, grad)
-    for variable, value in contexts[0].state_updates:       # the same in every shard
-        variable.value[...] = value
     total = sum(w * loss for w, loss, fn in zip(model.loss_weights, losses, model.compiled_losses)
                 if fn is not None)
-    return BatchResult(float(total), losses, outputs, grads)
+    # shard 0's statistics updates: every shard computed the same whole-batch statistics
+    return BatchResult(float(total), losses, outputs, grads, contexts[0].state_updates)
 
 
 def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -144,8 +144,11 @@ def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate([r[i] for r in results]) for i in range(len(model.outputs))]
 
 
-def apply_update(model, grads: dict) -> None:
-    """One optimizer step over every trainable parameter that has a gradient, by name."""
-    model.optimizer.apply([(name, variable.value, grads[variable])
+def apply_update(model, result: BatchResult) -> None:
+    """One optimizer step over every trainable parameter that has a gradient, by name; then the
+    state the forward pass asked to change (moving statistics)."""
+    model.optimizer.apply([(name, variable.value, result.grads[variable])
                            for name, variable in model.named_trainable_params()
-                           if variable in grads])
+                           if variable in result.grads])
+    for variable, value in result.state_updates:
+        variable.value[...] = value

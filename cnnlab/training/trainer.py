@@ -124,7 +124,7 @@ class Trainer:
             comm.sum_gradients(result.grads, [v for _, v in self.named_trainable_params()])
             result.loss = comm.sum(result.loss * share)
         if np.isfinite(result.loss):                 # the caller stops on a bad loss: no update
-            step.apply_update(self, result.grads)
+            step.apply_update(self, result)
         return result
 
     def _logs(self, loss_sum, seen, output_sums=None) -> dict:

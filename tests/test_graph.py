@@ -1,0 +1,290 @@
+"""Graphs against PyTorch in float64: forward, loss and every parameter gradient, for a ResNet
+basic block with a projection shortcut and BatchNormalization, a layer called twice, an
+Inception-style concatenation of three branches, and a model with two inputs and two outputs.
+Also central finite differences through a graph, and BatchNormalization on its own."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from reference import assert_close, finite_difference_grad
+
+import cnnlab
+from cnnlab import Input, Model, layers
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    cnnlab.config.set_floatx("float64")
+    yield
+
+
+def torch_params(model):
+    """Every variable of the cnnlab model as a float64 torch leaf, by name."""
+    return {name: torch.tensor(v.value.copy(), requires_grad=v.kind == "param")
+            for name, v in model.named_variables()}
+
+
+def conv(x, p, name, stride=1, padding=0):
+    """cnnlab's (KH, KW, C, F) kernel on an NCHW torch tensor."""
+    bias = p.get(f"{name}/bias")
+    return F.conv2d(x, p[f"{name}/kernel"].permute(3, 2, 0, 1), bias, stride, padding)
+
+
+def batch_norm(x, p, name, training=True):
+    return F.batch_norm(x, p[f"{name}/moving_mean"].clone(), p[f"{name}/moving_variance"].clone(),
+                        p[f"{name}/gamma"], p[f"{name}/beta"], training=training,
+                        momentum=0.01, eps=1e-3)
+
+
+def dense(x, p, name):
+    return x @ p[f"{name}/kernel"] + p[f"{name}/bias"]
+
+
+def nchw(x):
+    return torch.tensor(x.transpose(0, 3, 1, 2))
+
+
+def compare(model, torch_loss, x, y):
+    """cnnlab's loss and gradients for one batch against ``torch_loss(params) -> (loss, out)``."""
+    loss, _, grads = model.loss_and_gradients(x, y)
+    params = torch_params(model)
+    loss_t, _ = torch_loss(params)
+    loss_t.backward()
+    assert_close(loss, loss_t.item(), np.float64, "loss")
+    trained = [name for name, v in model.named_variables() if v.kind == "param"]
+    assert sorted(grads) == sorted(trained)
+    for name in trained:
+        assert_close(grads[name], params[name].grad.numpy(), np.float64, f"gradient of {name}")
+    return params
+
+
+def resnet_block():
+    x = Input((8, 8, 3), name="image")
+    h = layers.Conv2D(6, 3, strides=2, padding=1, use_bias=False, name="c1")(x)
+    h = layers.ReLU(name="r1")(layers.BatchNormalization(name="bn1")(h))
+    h = layers.Conv2D(6, 3, padding="same", use_bias=False, name="c2")(h)
+    h = layers.BatchNormalization(name="bn2")(h)
+    shortcut = layers.Conv2D(6, 1, strides=2, use_bias=False, name="proj")(x)
+    shortcut = layers.BatchNormalization(name="bnp")(shortcut)
+    h = layers.ReLU(name="r2")(layers.Add(name="add")([h, shortcut]))
+    out = layers.Dense(5, activation="softmax", name="head")(
+        layers.GlobalAveragePooling2D(name="gap")(h))
+    return Model(x, out, name="resnet_block")
+
+
+def resnet_block_torch(p, x, training=True):
+    h = F.relu(batch_norm(conv(x, p, "c1", 2, 1), p, "bn1", training))
+    h = batch_norm(conv(h, p, "c2", 1, 1), p, "bn2", training)
+    shortcut = batch_norm(conv(x, p, "proj", 2), p, "bnp", training)
+    h = F.relu(h + shortcut)
+    return dense(h.mean(dim=(2, 3)), p, "head")                  # logits
+
+
+def randomise_statistics(model, rng):
+    """Non-trivial gamma, beta and moving statistics, so each is really exercised."""
+    for name, v in model.named_variables():
+        if name.endswith(("gamma", "moving_variance")):
+            v.value[...] = rng.uniform(0.5, 1.5, v.value.shape)
+        elif name.endswith(("beta", "moving_mean")):
+            v.value[...] = rng.normal(0, 0.3, v.value.shape)
+
+
+def test_resnet_basic_block_with_projection_and_batch_norm_equals_torch():
+    model = resnet_block()
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    randomise_statistics(model, rng)
+    x, y = rng.standard_normal((6, 8, 8, 3)), rng.integers(0, 5, 6)
+
+    def torch_loss(p):
+        logits = resnet_block_torch(p, nchw(x))
+        return F.cross_entropy(logits, torch.tensor(y)), logits
+
+    params = compare(model, torch_loss, x, y)
+    with torch.no_grad():                                        # inference: moving statistics
+        expected = F.softmax(resnet_block_torch(params, nchw(x), training=False), -1)
+    assert_close(model.predict(x, verbose=0), expected.numpy(), np.float64, "inference")
+
+
+def test_a_layer_called_twice_accumulates_its_gradient():
+    x = Input((6, 6, 4))
+    shared = layers.Conv2D(4, 3, padding="same", activation="relu", name="shared")
+    h = layers.MaxPooling2D(name="pool")(shared(shared(x)))
+    out = layers.Dense(3, activation="softmax", name="head")(layers.Flatten(name="flat")(h))
+    model = Model(x, out)
+    assert len(model.layers) == 5 and len(model.nodes) == 5     # one layer, two nodes
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(1)
+    x_data, y = rng.standard_normal((4, 6, 6, 4)), rng.integers(0, 3, 4)
+
+    def torch_loss(p):
+        h = F.relu(conv(F.relu(conv(nchw(x_data), p, "shared", 1, 1)), p, "shared", 1, 1))
+        h = F.max_pool2d(h, 2).permute(0, 2, 3, 1).flatten(1)
+        logits = dense(h, p, "head")
+        return F.cross_entropy(logits, torch.tensor(y)), logits
+
+    compare(model, torch_loss, x_data, y)
+
+
+def test_inception_style_concatenation_of_three_branches_equals_torch():
+    x = Input((8, 8, 4))
+    b1 = layers.Conv2D(3, 1, activation="relu", name="b1")(x)
+    b2 = layers.Conv2D(5, 3, padding="same", activation="relu", name="b2")(
+        layers.Conv2D(2, 1, name="b2_reduce")(x))
+    b3 = layers.Conv2D(2, 1, name="b3")(
+        layers.MaxPooling2D(3, strides=1, padding="same", name="b3_pool")(x))
+    joined = layers.Concatenate(name="concat")([b1, b2, b3])
+    out = layers.Dense(4, activation="softmax", name="head")(
+        layers.GlobalAveragePooling2D(name="gap")(joined))
+    model = Model(x, out)
+    assert model.get_layer("concat").output.shape == (None, 8, 8, 10)
+    model.compile("sgd", "categorical_crossentropy")
+    rng = np.random.default_rng(2)
+    x_data = rng.standard_normal((5, 8, 8, 4))
+    y = cnnlab.utils.to_categorical(rng.integers(0, 4, 5), 4, dtype="float64")
+
+    def torch_loss(p):
+        t = nchw(x_data)
+        b1 = F.relu(conv(t, p, "b1"))
+        b2 = F.relu(conv(conv(t, p, "b2_reduce"), p, "b2", 1, 1))
+        b3 = conv(F.max_pool2d(t, 3, 1, padding=1), p, "b3")
+        logits = dense(torch.cat([b1, b2, b3], 1).mean(dim=(2, 3)), p, "head")
+        return F.cross_entropy(logits, torch.tensor(y)), logits
+
+    compare(model, torch_loss, x_data, y)
+
+
+def two_in_two_out():
+    image, meta = Input((6, 6, 2), name="image"), Input((3,), name="meta")
+    features = layers.Flatten(name="flat")(layers.Conv2D(3, 3, activation="tanh", name="c")(image))
+    joined = layers.Concatenate(name="join")([features,
+                                              layers.Dense(4, activation="relu", name="m")(meta)])
+    return Model({"image": image, "meta": meta},
+                 {"cls": layers.Dense(3, activation="softmax", name="cls")(joined),
+                  "reg": layers.Dense(2, name="reg")(joined)})
+
+
+def test_two_inputs_two_outputs_with_weighted_losses_equal_torch():
+    model = two_in_two_out()
+    assert model.input_names == ["image", "meta"] and model.output_names == ["cls", "reg"]
+    model.compile("sgd", loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"},
+                  loss_weights={"cls": 1.0, "reg": 0.5}, metrics=["accuracy"])
+    rng = np.random.default_rng(3)
+    x = {"image": rng.standard_normal((7, 6, 6, 2)), "meta": rng.standard_normal((7, 3))}
+    y = {"cls": rng.integers(0, 3, 7), "reg": rng.standard_normal((7, 2))}
+
+    def torch_loss(p):
+        h = torch.tanh(conv(nchw(x["image"]), p, "c")).permute(0, 2, 3, 1).flatten(1)
+        joined = torch.cat([h, F.relu(dense(torch.tensor(x["meta"]), p, "m"))], 1)
+        logits, reg = dense(joined, p, "cls"), dense(joined, p, "reg")
+        loss = F.cross_entropy(logits, torch.tensor(y["cls"])) + 0.5 * F.mse_loss(
+            reg, torch.tensor(y["reg"]))
+        return loss, (logits, reg)
+
+    compare(model, torch_loss, x, y)
+    probs, reg = model.predict(x, verbose=0)
+    assert probs.shape == (7, 3) and reg.shape == (7, 2)
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert {"loss", "cls_loss", "reg_loss", "cls_accuracy"} <= set(history.history)
+    results = model.evaluate([x["image"], x["meta"]], [y["cls"], y["reg"]], return_dict=True,
+                             verbose=0)
+    assert results["loss"] == pytest.approx(results["cls_loss"] + 0.5 * results["reg_loss"])
+
+
+def test_graph_gradients_match_finite_differences():
+    """Training mode: batch statistics, so every sample's change moves every output."""
+    model = resnet_block()
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(4)
+    randomise_statistics(model, rng)
+    x, y = rng.standard_normal((4, 8, 8, 3)), rng.integers(0, 5, 4)
+    _, _, grads = model.loss_and_gradients(x, y)
+    for name, variable in model.named_variables():
+        if variable.kind != "param":
+            continue
+        picks, numeric = finite_difference_grad(lambda: model.loss_and_gradients(x, y)[0],
+                                                variable.value, max_entries=8)
+        np.testing.assert_allclose(grads[name].reshape(-1)[picks], numeric, rtol=1e-5,
+                                   atol=1e-8, err_msg=name)
+
+
+# --- BatchNormalization on its own ----------------------------------------------------------------
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_equals_torch_batchnorm2d(training):
+    rng = np.random.default_rng(5)
+    bn = layers.BatchNormalization(momentum=0.9, epsilon=1e-4)
+    x = rng.normal(2.0, 3.0, (4, 5, 6, 3))
+    bn.build(x.shape[1:])
+    gamma, beta = rng.uniform(0.5, 2, 3), rng.normal(0, 1, 3)
+    mean, var = rng.normal(0, 1, 3), rng.uniform(0.5, 2, 3)
+    bn.set_weights([gamma, beta, mean, var])
+    inputs = Input(x.shape[1:])
+    model = Model(inputs, bn(inputs))
+    model.compile("sgd", "mse")
+    target = rng.standard_normal(x.shape)
+    torch_bn = torch.nn.BatchNorm2d(3, eps=1e-4, momentum=0.1).double()
+    with torch.no_grad():
+        torch_bn.weight.copy_(torch.tensor(gamma))
+        torch_bn.bias.copy_(torch.tensor(beta))
+        torch_bn.running_mean.copy_(torch.tensor(mean))
+        torch_bn.running_var.copy_(torch.tensor(var))
+    torch_bn.train(training)
+    x_t = nchw(x).requires_grad_(True)
+    out_t = torch_bn(x_t)
+    loss_t = F.mse_loss(out_t.permute(0, 2, 3, 1), torch.tensor(target))
+    loss_t.backward()
+    loss, out, grads = model.loss_and_gradients(x, target, training=training)
+    assert_close(out, out_t.detach().numpy().transpose(0, 2, 3, 1), np.float64, "output")
+    assert_close(loss, loss_t.item(), np.float64, "loss")
+    assert_close(grads[f"{bn.name}/gamma"], torch_bn.weight.grad.numpy(), np.float64, "gamma")
+    assert_close(grads[f"{bn.name}/beta"], torch_bn.bias.grad.numpy(), np.float64, "beta")
+    _, tape = model.run(x, training=training, keep_cache=True)
+    input_grad = model.backward_from(tape, [2 * (out - target) / out.size], want_inputs=True)
+    assert_close(input_grad.inputs[0], x_t.grad.numpy().transpose(0, 2, 3, 1), np.float64,
+                 "input gradient")
+
+
+def test_moving_statistics_follow_keras_rule():
+    """moving = momentum * moving + (1 - momentum) * batch, with the biased batch variance."""
+    rng = np.random.default_rng(6)
+    inputs = Input((3, 3, 2))
+    bn = layers.BatchNormalization(momentum=0.8)
+    model = Model(inputs, layers.Dense(1)(layers.Flatten()(bn(inputs))))
+    model.compile(cnnlab.optimizers.SGD(0.01), "mse")
+    mean, var = np.zeros(2), np.ones(2)
+    for _ in range(4):
+        x = rng.normal(1.0, 2.0, (8, 3, 3, 2))
+        model.train_on_batch(x, rng.standard_normal((8, 1)))
+        mean = 0.8 * mean + 0.2 * x.mean(axis=(0, 1, 2))
+        var = 0.8 * var + 0.2 * x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(bn.variable("moving_mean"), mean, rtol=1e-12)
+    np.testing.assert_allclose(bn.variable("moving_variance"), var, rtol=1e-12)
+    assert [w.shape for w in bn.get_weights()] == [(2,)] * 4       # gamma, beta, mean, variance
+    assert bn.weight_names == ["gamma", "beta", "moving_mean", "moving_variance"]
+
+
+def test_frozen_batch_norm_runs_in_inference_mode():
+    """Keras' rule since TF2 (keras #9522): trainable=False keeps the moving statistics, in
+    training too, and uses them to normalise."""
+    rng = np.random.default_rng(7)
+    inputs = Input((4, 4, 2))
+    bn = layers.BatchNormalization(trainable=False)
+    model = Model(inputs, bn(inputs))
+    model.compile("sgd", "mse")
+    x = rng.normal(3.0, 2.0, (8, 4, 4, 2))
+    before = [w.copy() for w in bn.get_weights()]
+    model.train_on_batch(x, rng.standard_normal(x.shape))
+    for a, b in zip(before, bn.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(model(x, training=True), (x - 0) / np.sqrt(1 + 1e-3))
+
+
+def test_summary_counts_moving_statistics_as_non_trainable_and_shows_connections():
+    model = resnet_block()
+    lines = []
+    model.summary(print_fn=lines.append)
+    text = lines[0]
+    assert "Connected to" in text and "bn2[0][0], bnp[0][0]" in text
+    states = sum(v.value.size for v in model.variables if v.kind == "state")
+    assert f"Non-trainable params: {states:,}" in text and states == 36
