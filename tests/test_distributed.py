@@ -76,3 +76,54 @@ def test_cli_distributed_rank_zero_prints_and_writes(tmp_path):
     assert "on 2 MPI ranks" in result.stdout
     assert (tmp_path / "m.cnnlab").exists() and (tmp_path / "ck" / "checkpoint.cnnlab").exists()
     assert not list((tmp_path / "ck").glob(".tmp-*"))
+
+
+BN_MODEL = textwrap.dedent("""
+    import numpy as np, cnnlab
+    from cnnlab import layers
+    def bn_run(distributed=False, sync=True, threads=1):
+        cnnlab.config.set_floatx("float64")
+        cnnlab.config.set_threads(threads)
+        cnnlab.utils.set_random_seed(0)
+        inputs = cnnlab.Input((8, 8, 1))
+        x = layers.Conv2D(4, 3, padding="same", use_bias=False, name="c")(inputs)
+        x = layers.ReLU()(layers.BatchNormalization(name="bn")(x))
+        x = layers.Add()([x, layers.Conv2D(4, 1, name="shortcut")(inputs)])
+        outputs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+        model = cnnlab.Model(inputs, outputs)
+        model.compile(cnnlab.optimizers.SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy")
+        rng = np.random.default_rng(1)
+        x, y = rng.random((70, 8, 8, 1)), rng.integers(0, 3, 70)
+        kwargs = dict(distributed=True, sync_batch_norm=sync) if distributed else {}
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0, **kwargs)
+        return model.get_weights()
+""")
+
+
+def test_batch_norm_over_two_ranks_equals_one_process_and_two_threads(tmp_path):
+    """With BatchNormalization the statistics are summed over the ranks (by default): 2 MPI ranks,
+    1 thread and 2 threads give the same weights; per-rank statistics (sync_batch_norm=False)
+    give different ones, identical on every rank."""
+    script = BN_MODEL + textwrap.dedent("""
+        import sys
+        from mpi4py import MPI
+        weights = bn_run(distributed=True, sync=sys.argv[1] == "sync")
+        np.savez(f"{sys.argv[1]}{MPI.COMM_WORLD.Get_rank()}.npz", *weights)
+    """)
+    (tmp_path / "bn.py").write_text(script)
+    for mode in ("sync", "local"):
+        result = mpirun(2, sys.executable, "bn.py", mode, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    namespace = {}
+    exec(BN_MODEL, namespace)                                     # noqa: S102 (our own code)
+    one, two = namespace["bn_run"](threads=1), namespace["bn_run"](threads=2)
+    ranks = {mode: [np.load(tmp_path / f"{mode}{r}.npz") for r in (0, 1)]
+             for mode in ("sync", "local")}
+    for i, expected in enumerate(one):
+        np.testing.assert_allclose(two[i], expected, rtol=1e-10, atol=1e-12)
+        for mode in ("sync", "local"):
+            np.testing.assert_array_equal(ranks[mode][0][f"arr_{i}"], ranks[mode][1][f"arr_{i}"])
+        np.testing.assert_allclose(ranks["sync"][0][f"arr_{i}"], expected, rtol=1e-10,
+                                   atol=1e-12)
+    assert any(not np.allclose(ranks["local"][0][f"arr_{i}"], expected)
+               for i, expected in enumerate(one))
