@@ -151,3 +151,66 @@ def test_a_truncated_checkpoint_is_refused_not_trusted(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError):
         cnnlab.models.load_model(path)
+
+
+RESNET_SCRIPT = """
+import os, sys
+import numpy as np
+import cnnlab
+from cnnlab import callbacks, layers
+
+checkpoint, out = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+x, y = rng.random((3072, 16, 16, 3)).astype("float32"), rng.integers(0, 4, 3072)
+save = callbacks.ModelCheckpoint(checkpoint, save_freq=1)
+if os.path.exists(checkpoint):
+    model = cnnlab.load_model(checkpoint)
+    start = model.training_state["epoch"]
+else:
+    cnnlab.utils.set_random_seed(3)
+    inputs = cnnlab.Input((16, 16, 3))
+    h = layers.RandomFlip("horizontal", seed=2)(inputs)
+    h = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same")(h)))
+    r = layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same")(h))
+    h = layers.ReLU()(layers.Add()([h, r]))
+    h = layers.Dropout(0.2, seed=4)(layers.GlobalAveragePooling2D()(h))
+    model = cnnlab.Model(inputs, layers.Dense(4, activation="softmax")(h))
+    model.compile(cnnlab.optimizers.Adam(0.01), "sparse_categorical_crossentropy", ["accuracy"])
+    start = 0
+model.fit(x, y, batch_size=32, epochs=3, verbose=0, initial_epoch=start,
+          callbacks=[save] if out != "-" else [])
+np.savez(out if out != "-" else sys.argv[3], *model.get_weights(),
+         loss=np.array(model.history.history["loss"]))
+"""
+
+
+def test_sigkill_and_resume_is_bit_exact_for_a_resnet_with_batch_norm(tmp_path):
+    """A graph with BatchNormalization (moving statistics), a shortcut, Dropout and augmentation:
+    killed at random moments, resumed from its checkpoint, it ends where an uninterrupted run
+    ends, bit for bit, history included."""
+    script = tmp_path / "train.py"
+    script.write_text(RESNET_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "none.cnnlab"), "-",
+                    str(tmp_path / "reference.npz")], check=True, timeout=300)
+    checkpoint, out = tmp_path / "ck.cnnlab", tmp_path / "resumed.npz"
+    rng = random.Random(99)
+    kills = 0
+    for _attempt in range(30):
+        process = subprocess.Popen([sys.executable, str(script), str(checkpoint), str(out)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills < 4:
+            time.sleep(rng.uniform(0.7, 2.5))
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+                kills += 1
+        _, err = process.communicate(timeout=300)
+        if process.returncode == 0:
+            break
+        assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    else:
+        pytest.fail("training never completed")
+    assert kills >= 2
+    reference, resumed = np.load(tmp_path / "reference.npz"), np.load(out)
+    assert sorted(reference.files) == sorted(resumed.files)
+    for name in reference.files:
+        np.testing.assert_array_equal(resumed[name], reference[name], err_msg=name)
