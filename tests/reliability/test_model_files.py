@@ -18,11 +18,15 @@ from cnnlab.errors import CnnlabError
 
 @pytest.fixture(scope="module")
 def valid_file(tmp_path_factory):
-    """A small but complete checkpoint: every kind of member a .cnnlab file can hold."""
+    """A small but complete checkpoint: every kind of member a .cnnlab file (format 2) can hold,
+    and a graph: a shortcut, a concatenation, BatchNormalization's state, Dropout's generator."""
     cnnlab.utils.set_random_seed(0)
-    model = cnnlab.Sequential([layers.Input((6, 6, 1)), layers.Conv2D(2, 3, activation="relu"),
-                               layers.MaxPooling2D(), layers.Flatten(), layers.Dropout(0.1),
-                               layers.Dense(3, activation="softmax")])
+    inputs = layers.Input((6, 6, 1))
+    x = layers.Conv2D(2, 3, activation="relu", padding="same")(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.Concatenate()([layers.Add()([x, layers.Conv2D(2, 1)(inputs)]), inputs])
+    x = layers.Dropout(0.1)(layers.Flatten()(layers.MaxPooling2D()(x)))
+    model = cnnlab.Model(inputs, layers.Dense(3, activation="softmax")(x))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.metadata["note"] = "fuzz"
     path = tmp_path_factory.mktemp("fuzz") / "model.cnnlab"
@@ -103,8 +107,10 @@ json_values = st.recursive(
 @given(member=st.sampled_from(["model.npy", "format.npy", "training.npy"]),
        path_in_json=st.lists(st.sampled_from(["config", "layers", 0, 1, "config", "filters",
                                               "kernel_size", "units", "padding", "input_shape",
-                                              "compile", "optimizer", "epoch", "dropout_rngs",
-                                              "shuffle_rng", "partial", "metadata"]),
+                                              "compile", "optimizer", "epoch", "generators",
+                                              "shuffle_rng", "partial", "metadata",
+                                              "inbound_nodes", "input_layers", "output_layers",
+                                              2, 3, 4, "shape", "axis", "momentum"]),
                              min_size=1, max_size=5),
        value=json_values)
 def test_structurally_valid_files_with_hostile_json_are_refused_cleanly(
@@ -139,7 +145,8 @@ def test_zz_fuzzing_did_not_balloon_memory():
 
 @pytest.mark.parametrize("field,value", [
     ("epoch", -1), ("step", "3"), ("shuffle_rng", {"bit_generator": "PCG64"}),
-    ("dropout_rngs", [[{"state": 1}]]), ("partial", {"loss_sum": "x"}), ("history", {"loss": 3}),
+    ("dropout_rngs", [[{"state": 1}]]), ("generators", {"dropout": 1}),
+    ("partial", {"loss_sum": "x"}), ("history", {"loss": 3}),
 ])
 def test_a_hostile_training_record_is_refused_at_load_time(valid_file, tmp_path, field, value):
     members = _members(valid_file)
@@ -163,6 +170,8 @@ def test_atheris_coverage_guided_fuzzing_finds_no_crash(valid_file, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "checkpoint.cnnlab").write_bytes(valid_file)
+    v1 = Path(__file__).parent.parent / "data" / "v1_model.cnnlab"      # the format before graphs
+    (corpus / "v1.cnnlab").write_bytes(v1.read_bytes())
     harness = Path(__file__).with_name("fuzz_model_file.py")
     result = subprocess.run([sys.executable, str(harness), str(corpus), "-runs=20000",
                              "-max_len=16384", "-rss_limit_mb=2048", "-timeout=10", "-seed=1"],
