@@ -70,8 +70,8 @@ def test_onnx_export_runs_in_onnxruntime_with_cnnlab_outputs(name, layout, tmp_p
 
 def test_unsupported_layer_is_named(tmp_path):
     class Doubler(layers.Layer):
-        def call(self, x, training):
-            return 2 * x
+        def call(self, x, ctx):
+            return 2 * x, None
 
     model = cnnlab.Sequential([layers.Input((4, 4, 1)), Doubler(name="doubler"), layers.Flatten()])
     with pytest.raises(ConfigError, match="layer 'doubler' of type Doubler"):
@@ -184,3 +184,80 @@ def test_to_torch_then_from_torch_is_the_same_model(name, layout):
     x = inputs_for(model)
     np.testing.assert_allclose(back.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5, rtol=0)
+
+
+def resnet_with_batch_norm():
+    """A small ResNet: a stem, two basic blocks (one with a strided 1x1 projection), every conv
+    followed by BatchNormalization, a nested model as a block, and an Inception-style join."""
+    def block(filters, strides, name):
+        inputs = cnnlab.Input((8, 8, 4))
+        h = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(inputs)
+        h = layers.ReLU()(layers.BatchNormalization()(h))
+        h = layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same")(h))
+        shortcut = inputs
+        if strides != 1 or filters != 4:
+            shortcut = layers.BatchNormalization()(
+                layers.Conv2D(filters, 1, strides=strides, use_bias=False)(inputs))
+        return cnnlab.Model(inputs, layers.ReLU()(layers.Add()([h, shortcut])), name=name)
+
+    inputs = cnnlab.Input((8, 8, 3))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(4, 3, padding="same")(inputs)))
+    x = block(4, 1, "block1")(x)
+    x = block(6, 2, "block2")(x)
+    x = layers.Concatenate()([x, layers.MaxPooling2D(3, strides=1, padding="same")(
+        layers.Conv2D(2, 1)(x))])
+    return cnnlab.Model(inputs, layers.Dense(5, activation="softmax")(
+        layers.GlobalAveragePooling2D()(x)))
+
+
+def trained_resnet():
+    cnnlab.utils.set_random_seed(0)
+    model = resnet_with_batch_norm()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    model.fit(rng.random((64, 8, 8, 3), dtype=np.float32), rng.integers(0, 5, 64), epochs=2,
+              verbose=0)                           # moving statistics away from 0 and 1
+    return model, rng.random((6, 8, 8, 3), dtype=np.float32)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_a_resnet_with_batch_norm_exports_to_onnx(layout, tmp_path):
+    model, x = trained_resnet()
+    moving = [v.value for v in model.variables if v.name == "moving_mean"]
+    assert moving and all(np.abs(m).max() > 0.01 for m in moving)
+    to_onnx(model, tmp_path / "resnet.onnx", input_layout=layout)
+    session = ort.InferenceSession(str(tmp_path / "resnet.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    feed = x if layout == "NHWC" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    out = session.run(None, {"input": feed})[0]
+    np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-5, rtol=0)
+    ops = {node.op_type for node in onnx.load(tmp_path / "resnet.onnx").graph.node}
+    assert {"BatchNormalization", "Sum", "Concat"} <= ops
+
+
+def test_a_resnet_with_batch_norm_converts_to_torch():
+    model, x = trained_resnet()
+    net = to_torch(model)
+    with torch.no_grad():
+        out = net(torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-5, rtol=0)
+
+
+def test_two_input_two_output_graphs_export():
+    image, meta = cnnlab.Input((6, 6, 2), name="image"), cnnlab.Input((3,), name="meta")
+    h = layers.Flatten()(layers.Conv2D(3, 3, activation="tanh")(image))
+    joined = layers.Concatenate()([h, layers.Dense(4, activation="relu")(meta)])
+    model = cnnlab.Model([image, meta], [layers.Dense(3, activation="softmax", name="cls")(joined),
+                                         layers.Dense(2, name="reg")(layers.Subtract()([
+                                             layers.Dense(5)(joined), layers.Dense(5)(joined)]))])
+    rng = np.random.default_rng(1)
+    xs = [rng.random((4, 6, 6, 2), dtype=np.float32), rng.random((4, 3), dtype=np.float32)]
+    expected = model.predict(xs, verbose=0)
+    session = ort.InferenceSession(to_onnx(model).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(["cls", "reg"], {"image": xs[0], "meta": xs[1]})
+    with torch.no_grad():
+        torch_out = to_torch(model, input_layout="NHWC")(*[torch.tensor(a) for a in xs])
+    for ours, onnx_out, torch_result in zip(expected, got, torch_out):
+        np.testing.assert_allclose(onnx_out, ours, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(torch_result.numpy(), ours, atol=1e-5, rtol=0)

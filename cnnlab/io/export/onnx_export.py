@@ -1,12 +1,16 @@
-"""A cnnlab model as an ONNX graph (opset 17), built with the ``onnx`` package
+"""A cnnlab model (any graph) as an ONNX graph (opset 17), built with the ``onnx`` package
 (``pip install 'cnnlab[export]'``).
 
-ONNX's Conv and pooling ops are channels-first, cnnlab is channels-last. The graph transposes
-the input to NCHW once (unless it is given NCHW, ``input_layout='NCHW'``), keeps NCHW through the
-conv and pool nodes, and transposes back to NHWC exactly where cnnlab's order matters: before
-Flatten (cnnlab flattens (H, W, C)), before Dense or Softmax on 4-D tensors, and at the output.
-'same' padding becomes explicit pads (the odd pixel after, as TensorFlow does); average pooling
-excludes padding (``count_include_pad=0``), as cnnlab and Keras do.
+ONNX's Conv, pooling and BatchNormalization are channels-first, cnnlab is channels-last. Each
+tensor carries its layout (``NHWC``, ``NCHW`` or ``flat``); a converter asks for the layout it
+needs and a Transpose is inserted only where the layout changes: image tensors stay NCHW through
+conv, pool, BN and merges, and go back to NHWC exactly where cnnlab's order matters (before
+Flatten, which flattens (H, W, C); before Dense on 4-D tensors; at the outputs). 'same' padding
+becomes explicit pads (the odd pixel after, as TensorFlow does); average pooling excludes padding
+(``count_include_pad=0``), as cnnlab and Keras do.
+
+One small converter per layer type, in ``CONVERTERS``: ``convert(emit, layer, inputs) -> tensor``,
+where a tensor is ``(name, layout)``.
 """
 
 from __future__ import annotations
@@ -14,17 +18,32 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.graph.functional import Functional
 from cnnlab.layers import (
     Activation,
+    Add,
     AveragePooling2D,
+    Average,
+    BatchNormalization,
+    Concatenate,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
     GlobalAveragePooling2D,
+    InputLayer,
+    Maximum,
     MaxPooling2D,
+    Multiply,
+    RandomContrast,
+    RandomFlip,
+    RandomRotation,
+    RandomTranslation,
+    RandomZoom,
     ReLU,
+    Rescaling,
     Softmax,
+    Subtract,
 )
 
 OPSET = 17
@@ -32,8 +51,8 @@ _ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "softma
                    "log_softmax": "LogSoftmax"}
 
 
-class _Graph:
-    """Nodes and initializers, with a running record of the current tensor's layout."""
+class _Emitter:
+    """Nodes and initializers of the ONNX graph being built, and layout changes on demand."""
 
     def __init__(self, helper, numpy_helper):
         self.helper, self.numpy_helper = helper, numpy_helper
@@ -56,14 +75,177 @@ class _Graph:
                                                 **attributes))
         return output
 
+    def as_layout(self, tensor, layout: str):
+        """``tensor`` in ``layout`` (only image tensors change: NHWC <-> NCHW)."""
+        name, current = tensor
+        if current == layout or current == "flat" or layout == "flat":
+            return tensor
+        perm = [0, 3, 1, 2] if layout == "NCHW" else [0, 2, 3, 1]
+        return self.node("Transpose", [name], f"to_{layout.lower()}", perm=perm), layout
 
-def _pads(layer) -> list[int]:
-    (top, bottom), (left, right) = layer.pads_for(layer.input_shape[:2])
+
+def _pads(layer, input_hw) -> list[int]:
+    (top, bottom), (left, right) = layer.pads_for(input_hw)
     return [top, left, bottom, right]
 
 
+# --- one converter per layer type ----------------------------------------------------------------
+def _conv(emit, node, inputs):
+    layer = node.layer
+    x, _ = emit.as_layout(inputs[0], "NCHW")
+    args = [x, emit.constant(f"{layer.name}_kernel", layer.weights[0].transpose(3, 2, 0, 1))]
+    if layer.use_bias:
+        args.append(emit.constant(f"{layer.name}_bias", layer.weights[1]))
+    return emit.node("Conv", args, layer.name, kernel_shape=list(layer.kernel_size),
+                     strides=list(layer.strides), dilations=list(layer.dilation_rate),
+                     pads=_pads(layer, node.inbound[0].shape[1:3])), "NCHW"
+
+
+def _pool(emit, node, inputs):
+    layer = node.layer
+    x, _ = emit.as_layout(inputs[0], "NCHW")
+    average = isinstance(layer, AveragePooling2D)
+    return emit.node("AveragePool" if average else "MaxPool", [x], layer.name,
+                     kernel_shape=list(layer.pool_size), strides=list(layer.strides),
+                     pads=_pads(layer, node.inbound[0].shape[1:3]),
+                     **({"count_include_pad": 0} if average else {})), "NCHW"
+
+
+def _global_average(emit, node, inputs):
+    layer = node.layer
+    x, _ = emit.as_layout(inputs[0], "NCHW")
+    pooled = emit.node("GlobalAveragePool", [x], layer.name)
+    return emit.node("Flatten", [pooled], f"{layer.name}_flat", axis=1), "flat"
+
+
+def _flatten(emit, node, inputs):
+    layer = node.layer
+    x, _ = emit.as_layout(inputs[0], "NHWC")                     # cnnlab order: (H, W, C)
+    return emit.node("Flatten", [x], layer.name, axis=1), "flat"
+
+
+def _dense(emit, node, inputs):
+    layer = node.layer
+    x, layout = emit.as_layout(inputs[0], "NHWC")
+    kernel = emit.constant(f"{layer.name}_kernel", layer.weights[0])
+    bias = [emit.constant(f"{layer.name}_bias", layer.weights[1])] if layer.use_bias else []
+    if layout == "flat":
+        return emit.node("Gemm", [x, kernel, *bias], layer.name), "flat"
+    out = emit.node("MatMul", [x, kernel], layer.name)            # Dense on the last axis
+    return (emit.node("Add", [out, *bias], f"{layer.name}_bias_add") if bias else out), layout
+
+
+def _batch_norm(emit, node, inputs):
+    layer = node.layer
+    x, layout = emit.as_layout(inputs[0], "NCHW")
+    channels = layer.input_shape[-1]
+    gamma = layer.variable("gamma") if layer.scale else np.ones(channels)
+    beta = layer.variable("beta") if layer.center else np.zeros(channels)
+    args = [x] + [emit.constant(f"{layer.name}_{k}", v) for k, v in (
+        ("gamma", gamma), ("beta", beta), ("mean", layer.variable("moving_mean")),
+        ("variance", layer.variable("moving_variance")))]
+    return emit.node("BatchNormalization", args, layer.name, epsilon=layer.epsilon), layout
+
+
+def _same_layout(emit, inputs):
+    layout = "NCHW" if any(lay in ("NCHW", "NHWC") for _, lay in inputs) else "flat"
+    return [emit.as_layout(t, layout)[0] for t in inputs], layout
+
+
+def _merge(op):
+    def convert(emit, node, inputs):
+        names, layout = _same_layout(emit, inputs)
+        return emit.node(op, names, node.layer.name), layout
+    return convert
+
+
+def _subtract(emit, node, inputs):
+    layer = node.layer
+    names, layout = _same_layout(emit, inputs)
+    return emit.node("Sub", names, layer.name), layout
+
+
+def _concatenate(emit, node, inputs):
+    layer = node.layer
+    names, layout = _same_layout(emit, inputs)
+    rank = len(layer.output_shape) + 1
+    axis = layer.axis % rank
+    if layout == "NCHW":                                        # NHWC axis -> NCHW axis
+        axis = {1: 2, 2: 3, 3: 1}[axis]
+    return emit.node("Concat", names, layer.name, axis=axis), layout
+
+
+def _rescaling(emit, node, inputs):
+    layer = node.layer
+    scaled = emit.node("Mul", [inputs[0][0], emit.constant(f"{layer.name}_scale",
+                                                           np.array(layer.scale))], layer.name)
+    return emit.node("Add", [scaled, emit.constant(f"{layer.name}_offset",
+                                                   np.array(layer.offset))],
+                     f"{layer.name}_offset"), inputs[0][1]
+
+
+def _identity(emit, node, inputs):
+    """Layers that do nothing at inference: dropout, augmentation, activation-only layers."""
+    return inputs[0]
+
+
+def _nested(emit, node, inputs):
+    layer = node.layer
+    outputs = _emit_graph(emit, layer, inputs)
+    if len(outputs) != 1:
+        raise ConfigError(f"ONNX export of model {layer.name!r}: a nested model with several "
+                          f"outputs is not supported.")
+    return outputs[0]
+
+
+CONVERTERS = {
+    Conv2D: _conv, MaxPooling2D: _pool, AveragePooling2D: _pool,
+    GlobalAveragePooling2D: _global_average, Flatten: _flatten, Dense: _dense,
+    BatchNormalization: _batch_norm, Add: _merge("Sum"), Subtract: _subtract,
+    Multiply: _merge("Mul"), Average: _merge("Mean"), Maximum: _merge("Max"),
+    Concatenate: _concatenate, Rescaling: _rescaling,
+    **{kind: _identity for kind in (Dropout, Activation, ReLU, Softmax, InputLayer, RandomFlip,
+                                    RandomTranslation, RandomRotation, RandomZoom,
+                                    RandomContrast)},
+}
+
+
+def _converter(layer):
+    if isinstance(layer, Functional):
+        return _nested
+    for kind in type(layer).__mro__:
+        if kind in CONVERTERS:
+            return CONVERTERS[kind]
+    supported = sorted(k.__name__ for k in CONVERTERS)
+    raise ConfigError(f"ONNX export does not support layer {layer.name!r} of type "
+                      f"{type(layer).__name__}; supported: {', '.join(supported)}, and nested "
+                      f"models.")
+
+
+def _activation(emit, layer, tensor):
+    name, layout = tensor
+    if layer.activation == "linear":
+        return tensor
+    extra = {"axis": 1 if layout == "NCHW" else -1} if layer.activation in (
+        "softmax", "log_softmax") else {}                          # over the channels
+    return emit.node(_ACTIVATION_OPS[layer.activation], [name],
+                     f"{layer.name}_{layer.activation}", **extra), layout
+
+
+def _emit_graph(emit, graph, inputs):
+    """Every node of ``graph`` in topological order; returns its output tensors."""
+    values = {id(t): value for t, value in zip(graph.inputs, inputs)}
+    for node in graph.nodes:
+        layer = node.layer
+        out = _converter(layer)(emit, node, [values[id(t)] for t in node.inbound])
+        values[id(node.outputs[0])] = _activation(emit, layer, out)
+    return [values[id(t)] for t in graph.outputs]
+
+
 def to_onnx(model, path=None, input_layout: str = "NHWC"):
-    """Build (and, given ``path``, save atomically) the ONNX model; returns the ModelProto."""
+    """Build (and, given ``path``, save atomically) the ONNX model; returns the ModelProto.
+    A model with one input and one output names them ``input`` and ``output``; otherwise they
+    take the model's input and output names."""
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
@@ -73,87 +255,36 @@ def to_onnx(model, path=None, input_layout: str = "NHWC"):
     if input_layout not in ("NHWC", "NCHW"):
         raise ConfigError(f"input_layout must be 'NHWC' or 'NCHW'. Received: {input_layout!r}")
     model._require_built()
-    if any(layer.dtype != np.float32 for layer in model.layers):
+    if any(v.value.dtype != np.float32 for v in model.variables) or model.dtype != np.float32:
         raise ConfigError("ONNX export writes float32 models; this model has float64 layers.")
-    graph = _Graph(helper, numpy_helper)
-    shape = tuple(model.input_shape)
-    image_input = len(shape) == 3
-    if image_input and input_layout == "NCHW":
-        input_dims, current, layout = ["N", shape[2], shape[0], shape[1]], "input", "NCHW"
-    else:
-        input_dims, current, layout = ["N", *shape], "input", "NHWC" if image_input else "flat"
-
-    def channels_first(tensor, layout):
-        return (graph.node("Transpose", [tensor], "to_nchw", perm=[0, 3, 1, 2]), "NCHW") \
-            if layout == "NHWC" else (tensor, layout)
-
-    def channels_last(tensor, layout):
-        return (graph.node("Transpose", [tensor], "to_nhwc", perm=[0, 2, 3, 1]), "NHWC") \
-            if layout == "NCHW" else (tensor, layout)
-
-    for layer in model.layers:
-        kind = type(layer)
-        if kind is Conv2D:
-            current, layout = channels_first(current, layout)
-            inputs = [current, graph.constant(f"{layer.name}_kernel",
-                                              layer.weights[0].transpose(3, 2, 0, 1))]
-            if layer.use_bias:
-                inputs.append(graph.constant(f"{layer.name}_bias", layer.weights[1]))
-            current = graph.node("Conv", inputs, layer.name,
-                                 kernel_shape=list(layer.kernel_size), strides=list(layer.strides),
-                                 dilations=list(layer.dilation_rate), pads=_pads(layer))
-        elif kind in (MaxPooling2D, AveragePooling2D):
-            current, layout = channels_first(current, layout)
-            extra = {"count_include_pad": 0} if kind is AveragePooling2D else {}
-            current = graph.node("MaxPool" if kind is MaxPooling2D else "AveragePool", [current],
-                                 layer.name, kernel_shape=list(layer.pool_size),
-                                 strides=list(layer.strides), pads=_pads(layer), **extra)
-        elif kind is GlobalAveragePooling2D:
-            current, layout = channels_first(current, layout)
-            pooled = graph.node("GlobalAveragePool", [current], layer.name)
-            current, layout = graph.node("Flatten", [pooled], f"{layer.name}_flat", axis=1), "flat"
-        elif kind is Flatten:
-            current, layout = channels_last(current, layout)         # cnnlab order: (H, W, C)
-            current, layout = graph.node("Flatten", [current], layer.name, axis=1), "flat"
-        elif kind is Dense:
-            current, layout = channels_last(current, layout)
-            weights = graph.constant(f"{layer.name}_kernel", layer.weights[0])
-            if layout == "flat":
-                inputs = [current, weights] + ([graph.constant(f"{layer.name}_bias",
-                                                               layer.weights[1])]
-                                               if layer.use_bias else [])
-                current = graph.node("Gemm", inputs, layer.name)
-            else:                                                     # Dense on the last axis
-                current = graph.node("MatMul", [current, weights], layer.name)
-                if layer.use_bias:
-                    current = graph.node("Add", [current, graph.constant(
-                        f"{layer.name}_bias", layer.weights[1])], f"{layer.name}_bias_add")
-        elif kind is Dropout:
-            continue                                                  # identity at inference
-        elif kind not in (Activation, ReLU, Softmax):
-            raise ConfigError(f"ONNX export does not support layer {layer.name!r} of type "
-                              f"{kind.__name__}; supported: Conv2D, MaxPooling2D, "
-                              f"AveragePooling2D, GlobalAveragePooling2D, Flatten, Dense, "
-                              f"Dropout, Activation, ReLU, Softmax.")
-        if layer.activation != "linear":
-            if layer.activation in ("softmax", "log_softmax"):
-                current, layout = channels_last(current, layout)      # over channels
-                current = graph.node(_ACTIVATION_OPS[layer.activation], [current],
-                                     f"{layer.name}_{layer.activation}", axis=-1)
-            else:
-                current = graph.node(_ACTIVATION_OPS[layer.activation], [current],
-                                     f"{layer.name}_{layer.activation}")
-    if layout == "NCHW" and input_layout == "NHWC":
-        current, layout = channels_last(current, layout)
-    graph.nodes.append(helper.make_node("Identity", [current], ["output"], name="output"))
-    out_shape = list(model.output_shape)
-    if layout == "NCHW":                                   # a fully convolutional model, NCHW in
-        out_shape = [out_shape[2], out_shape[0], out_shape[1]]
-    onnx_graph = helper.make_graph(
-        graph.nodes, model.name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_dims)],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", *out_shape])],
-        graph.initializers)
+    emit = _Emitter(helper, numpy_helper)
+    single = len(model.inputs) == 1 and len(model.outputs) == 1
+    input_names = ["input"] if single else model.input_names
+    output_names = ["output"] if single else model.output_names
+    inputs, input_infos = [], []
+    for name, tensor in zip(input_names, model.inputs):
+        shape = tuple(tensor.shape[1:])
+        if len(shape) == 3:
+            nchw = input_layout == "NCHW"
+            dims = ["N", shape[2], shape[0], shape[1]] if nchw else ["N", *shape]
+            inputs.append((name, "NCHW" if nchw else "NHWC"))
+        else:
+            dims = ["N", *shape]
+            inputs.append((name, "flat"))
+        input_infos.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+    outputs = _emit_graph(emit, model, inputs)
+    output_infos = []
+    for name, (tensor, layout), symbolic in zip(output_names, outputs, model.outputs):
+        shape = list(symbolic.shape[1:])
+        if layout == "NCHW" and input_layout == "NHWC":
+            tensor, layout = emit.as_layout((tensor, layout), "NHWC")
+        if layout == "NCHW":                     # a fully convolutional model, NCHW in and out
+            shape = [shape[2], shape[0], shape[1]]
+        emit.nodes.append(helper.make_node("Identity", [tensor], [name], name=name))
+        output_infos.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                          ["N", *shape]))
+    onnx_graph = helper.make_graph(emit.nodes, model.name, input_infos, output_infos,
+                                   emit.initializers)
     proto = helper.make_model(onnx_graph, producer_name="cnnlab",
                               opset_imports=[helper.make_opsetid("", OPSET)])
     proto.ir_version = 8                                 # readable by onnxruntime >= 1.10

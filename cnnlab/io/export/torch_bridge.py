@@ -57,8 +57,8 @@ class _AvgPoolRealCells(nn.Module):
         return sums / self.counts
 
 
-def _torch_pads(layer):
-    (top, bottom), (left, right) = layer.pads_for(layer.input_shape[:2])
+def _torch_pads(layer, input_hw):
+    (top, bottom), (left, right) = layer.pads_for(input_hw)
     return (left, right, top, bottom)
 
 
@@ -66,66 +66,202 @@ def _tensor(array):
     return torch.tensor(np.ascontiguousarray(array))
 
 
-def to_torch(model, input_layout: str = "NCHW") -> nn.Sequential:
-    """A ``torch.nn.Sequential`` with the same weights and the same outputs (eval mode)."""
+def _torch_dtype(layer):
+    return torch.float64 if layer.dtype == np.float64 else torch.float32
+
+
+class _Merge(nn.Module):
+    """A merge layer over NCHW (or flat) tensors: ``kind`` is add, subtract, multiply, average,
+    maximum or concat (along ``dim``)."""
+
+    def __init__(self, kind: str, dim: int = 1):
+        super().__init__()
+        self.kind, self.dim = kind, dim
+
+    def forward(self, *xs):
+        if self.kind == "concat":
+            return torch.cat(xs, self.dim)
+        if self.kind == "subtract":
+            return xs[0] - xs[1]
+        out = xs[0]
+        for x in xs[1:]:
+            out = torch.maximum(out, x) if self.kind == "maximum" else (
+                out * x if self.kind == "multiply" else out + x)
+        return out / len(xs) if self.kind == "average" else out
+
+
+class _Scale(nn.Module):
+    def __init__(self, scale, offset):
+        super().__init__()
+        self.scale, self.offset = scale, offset
+
+    def forward(self, x):
+        return x * self.scale + self.offset
+
+
+class GraphModule(nn.Module):
+    """A cnnlab graph in torch: one module per node, run in cnnlab's topological order. Image
+    tensors are NCHW throughout; ``wiring`` says which earlier values each node reads."""
+
+    def __init__(self, steps, wiring, outputs, permute_input: bool):
+        super().__init__()
+        self.steps = nn.ModuleList(steps)
+        self.wiring, self.outputs, self.permute_input = wiring, outputs, permute_input
+
+    def forward(self, *inputs):
+        values = [x.permute(0, 3, 1, 2) if self.permute_input and x.dim() == 4 else x
+                  for x in inputs]
+        for step, reads in zip(self.steps, self.wiring):
+            values.append(step(*[values[i] for i in reads]))
+        outs = [values[i] for i in self.outputs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+# --- one converter per layer type: (layer, NHWC input shape) -> torch modules, NCHW in and out --
+def _conv(layer, shape):
+    modules = []
+    pads = _torch_pads(layer, shape[:2])
+    if any(pads):
+        modules.append(_Pad(pads))
+    conv = nn.Conv2d(shape[-1], layer.filters, layer.kernel_size, stride=layer.strides,
+                     dilation=layer.dilation_rate, bias=layer.use_bias, dtype=_torch_dtype(layer))
+    with torch.no_grad():
+        conv.weight.copy_(_tensor(layer.weights[0].transpose(3, 2, 0, 1)))
+        if layer.use_bias:
+            conv.bias.copy_(_tensor(layer.weights[1]))
+    return modules + [conv]
+
+
+def _max_pool(layer, shape):
+    pads = _torch_pads(layer, shape[:2])
+    return ([_Pad(pads, value=-float("inf"))] if any(pads) else []) + [
+        nn.MaxPool2d(layer.pool_size, layer.strides)]
+
+
+def _average_pool(layer, shape):
+    pads = _torch_pads(layer, shape[:2])
+    return [_AvgPoolRealCells(pads, layer.pool_size, layer.strides, shape[:2]) if any(pads)
+            else nn.AvgPool2d(layer.pool_size, layer.strides)]
+
+
+def _dense(layer, shape):
+    if len(shape) != 1:
+        raise ConfigError(f"to_torch: Dense {layer.name!r} on a {len(shape)}-D input is not "
+                          f"supported; put a Flatten before it.")
+    linear = nn.Linear(shape[0], layer.units, bias=layer.use_bias, dtype=_torch_dtype(layer))
+    with torch.no_grad():
+        linear.weight.copy_(_tensor(layer.weights[0].T))
+        if layer.use_bias:
+            linear.bias.copy_(_tensor(layer.weights[1]))
+    return [linear]
+
+
+def _batch_norm(layer, shape):
+    kind = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+    norm = kind(shape[-1], eps=layer.epsilon, momentum=1 - layer.momentum,
+                dtype=_torch_dtype(layer))
+    with torch.no_grad():
+        if layer.scale:
+            norm.weight.copy_(_tensor(layer.variable("gamma")))
+        if layer.center:
+            norm.bias.copy_(_tensor(layer.variable("beta")))
+        norm.running_mean.copy_(_tensor(layer.variable("moving_mean")))
+        norm.running_var.copy_(_tensor(layer.variable("moving_variance")))
+    return [norm]
+
+
+def _concatenate(layer, shape):
+    rank = len(layer.output_shape) + 1
+    axis = layer.axis % rank
+    return [_Merge("concat", {1: 2, 2: 3, 3: 1}[axis] if rank == 4 else axis)]
+
+
+def _flatten(layer, shape):
+    # flatten (H, W, C), as cnnlab does, so the next Dense's weights apply unchanged
+    return [_Permute(0, 2, 3, 1), nn.Flatten()] if len(shape) == 3 else [nn.Flatten()]
+
+
+def _merge(layer, shape):
+    return [_Merge(type(layer).__name__.lower())]
+
+
+def _nothing(layer, shape):
+    """Layers that do nothing at inference (or only an activation, added after)."""
+    return []
+
+
+CONVERTERS = {
+    L.Conv2D: _conv, L.MaxPooling2D: _max_pool, L.AveragePooling2D: _average_pool,
+    L.GlobalAveragePooling2D: lambda layer, shape: [nn.AdaptiveAvgPool2d(1), nn.Flatten()],
+    L.Flatten: _flatten, L.Dense: _dense,
+    L.Dropout: lambda layer, shape: [nn.Dropout(layer.rate)],
+    L.BatchNormalization: _batch_norm, L.Concatenate: _concatenate,
+    L.Rescaling: lambda layer, shape: [_Scale(layer.scale, layer.offset)],
+    L.Add: _merge, L.Subtract: _merge, L.Multiply: _merge, L.Average: _merge, L.Maximum: _merge,
+    L.Activation: _nothing, L.ReLU: _nothing, L.Softmax: _nothing, L.InputLayer: _nothing,
+    L.RandomFlip: _nothing, L.RandomTranslation: _nothing, L.RandomRotation: _nothing,
+    L.RandomZoom: _nothing, L.RandomContrast: _nothing,
+}
+
+
+def _activation_modules(layer, rank):
+    if layer.activation in _ACTIVATIONS:
+        return [_ACTIVATIONS[layer.activation]()]
+    if layer.activation in ("softmax", "log_softmax"):
+        channel_axis = 1 if rank == 3 else -1                  # NCHW: channels on 1
+        return [nn.Softmax(channel_axis) if layer.activation == "softmax"
+                else nn.LogSoftmax(channel_axis)]
+    return []
+
+
+def _node_modules(node) -> list:
+    """The torch modules for one node: its layer's core op, then its activation."""
+    layer = node.layer
+    converter = next((CONVERTERS[k] for k in type(layer).__mro__ if k in CONVERTERS), None)
+    if converter is None:
+        raise ConfigError(f"to_torch does not support layer {layer.name!r} of type "
+                          f"{type(layer).__name__}; supported: "
+                          f"{', '.join(sorted(k.__name__ for k in CONVERTERS))}, nested models.")
+    shape = tuple(node.inbound[0].shape[1:])
+    return converter(layer, shape) + _activation_modules(layer, len(node.outputs[0].shape) - 1)
+
+
+def to_torch(model, input_layout: str = "NCHW") -> nn.Module:
+    """A torch module with the same weights and the same outputs (eval mode). A chain of layers
+    (a Sequential) becomes an ``nn.Sequential``; any other graph a :class:`GraphModule`."""
+    from cnnlab.graph.summary import is_chain
     if input_layout not in ("NHWC", "NCHW"):
         raise ConfigError(f"input_layout must be 'NHWC' or 'NCHW'. Received: {input_layout!r}")
     model._require_built()
-    modules = [_Permute(0, 3, 1, 2)] if input_layout == "NHWC" and len(model.input_shape) == 3 \
-        else []
-    for layer in model.layers:
-        kind = type(layer)
-        if kind is L.Conv2D:
-            pads = _torch_pads(layer)
-            if any(pads):
-                modules.append(_Pad(pads))
-            conv = nn.Conv2d(layer.input_shape[-1], layer.filters, layer.kernel_size,
-                             stride=layer.strides, dilation=layer.dilation_rate,
-                             bias=layer.use_bias, dtype=torch.float64 if layer.dtype == np.float64
-                             else torch.float32)
-            with torch.no_grad():
-                conv.weight.copy_(_tensor(layer.weights[0].transpose(3, 2, 0, 1)))
-                if layer.use_bias:
-                    conv.bias.copy_(_tensor(layer.weights[1]))
-            modules.append(conv)
-        elif kind is L.MaxPooling2D:
-            pads = _torch_pads(layer)
-            if any(pads):
-                modules.append(_Pad(pads, value=-float("inf")))
-            modules.append(nn.MaxPool2d(layer.pool_size, layer.strides))
-        elif kind is L.AveragePooling2D:
-            pads = _torch_pads(layer)
-            modules.append(_AvgPoolRealCells(pads, layer.pool_size, layer.strides,
-                                             layer.input_shape[:2]) if any(pads)
-                           else nn.AvgPool2d(layer.pool_size, layer.strides))
-        elif kind is L.GlobalAveragePooling2D:
-            modules += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        elif kind is L.Flatten:
-            modules += [_Permute(0, 2, 3, 1), nn.Flatten()]        # flatten (H, W, C), as cnnlab
-        elif kind is L.Dense:
-            if len(layer.input_shape) != 1:
-                raise ConfigError(f"to_torch: Dense {layer.name!r} on a {len(layer.input_shape)}"
-                                  f"-D input is not supported; put a Flatten before it.")
-            linear = nn.Linear(layer.input_shape[0], layer.units, bias=layer.use_bias,
-                               dtype=torch.float64 if layer.dtype == np.float64 else torch.float32)
-            with torch.no_grad():
-                linear.weight.copy_(_tensor(layer.weights[0].T))
-                if layer.use_bias:
-                    linear.bias.copy_(_tensor(layer.weights[1]))
-            modules.append(linear)
-        elif kind is L.Dropout:
-            modules.append(nn.Dropout(layer.rate))
-        elif kind not in (L.Activation, L.ReLU, L.Softmax):
-            raise ConfigError(f"to_torch does not support layer {layer.name!r} of type "
-                              f"{kind.__name__}.")
-        if layer.activation in _ACTIVATIONS:
-            modules.append(_ACTIVATIONS[layer.activation]())
-        elif layer.activation in ("softmax", "log_softmax"):
-            channel_axis = 1 if len(layer.output_shape) == 3 else -1   # NCHW: channels on 1
-            modules.append(nn.Softmax(channel_axis) if layer.activation == "softmax"
-                           else nn.LogSoftmax(channel_axis))
-    return nn.Sequential(*modules).eval()
+    permute = input_layout == "NHWC"
+    if is_chain(model) and not any(hasattr(node.layer, "nodes") for node in model.nodes):
+        modules = [_Permute(0, 3, 1, 2)] if permute and len(model.input_shapes[0]) == 3 else []
+        for node in model.nodes:
+            modules += _node_modules(node)
+        return nn.Sequential(*modules).eval()
+    steps, wiring, outputs = _graph_steps(model, list(range(len(model.inputs))),
+                                          len(model.inputs))
+    return GraphModule(steps, wiring, outputs, permute).eval()
 
+
+def _graph_steps(graph, input_slots: list[int], first_slot: int):
+    """Modules and wiring for ``graph``'s nodes (a nested model's are inlined), given the value
+    slots its inputs occupy; returns ``(steps, wiring, output slots)``."""
+    slots = {id(t): slot for t, slot in zip(graph.inputs, input_slots)}
+    steps, wiring = [], []
+    for node in graph.nodes:
+        reads = [slots[id(t)] for t in node.inbound]
+        if hasattr(node.layer, "nodes"):                          # a nested model: inline it
+            inner, inner_wiring, outs = _graph_steps(node.layer, reads, first_slot + len(steps))
+            steps += inner
+            wiring += inner_wiring
+            slots[id(node.outputs[0])] = outs[0]
+            continue
+        modules = _node_modules(node)
+        steps.append(modules[0] if len(modules) == 1 else nn.Sequential(*modules))
+        wiring.append(reads)
+        slots[id(node.outputs[0])] = first_slot + len(steps) - 1
+    return steps, wiring, [slots[id(t)] for t in graph.outputs]
 
 
 def _flat(module):
@@ -168,7 +304,7 @@ def from_torch(module, input_shape) -> Sequential:
             layer = (L.MaxPooling2D if isinstance(part, nn.MaxPool2d) else L.AveragePooling2D)(
                 kernel, strides=part.stride, padding="same")
             model.add(layer)
-            if _torch_pads(layer) != tuple(pads):
+            if _torch_pads(layer, layer.input_shape[:2]) != tuple(pads):
                 raise ConfigError(f"from_torch: the padding before {name} (position {i}) is "
                                   f"not 'same' padding, the only padding cnnlab pools take.")
             weights.append([])
