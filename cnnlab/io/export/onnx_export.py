@@ -22,8 +22,8 @@ from cnnlab.graph.functional import Functional
 from cnnlab.layers import (
     Activation,
     Add,
-    AveragePooling2D,
     Average,
+    AveragePooling2D,
     BatchNormalization,
     Concatenate,
     Conv2D,
