@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 import cnnlab
@@ -124,8 +125,8 @@ def test_from_torch_gives_torch_outputs():
 
 
 def test_from_torch_refuses_what_it_cannot_express():
-    with pytest.raises(ConfigError, match="BatchNorm2d"):
-        from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)), (8, 8, 1))
+    with pytest.raises(ConfigError, match="Upsample"):
+        from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2)), (8, 8, 1))
     with pytest.raises(ConfigError, match="groups"):
         from_torch(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), (8, 8, 2))
 
@@ -261,3 +262,69 @@ def test_two_input_two_output_graphs_export():
     for ours, onnx_out, torch_result in zip(expected, got, torch_out):
         np.testing.assert_allclose(onnx_out, ours, atol=1e-5, rtol=0)
         np.testing.assert_allclose(torch_result.numpy(), ours, atol=1e-5, rtol=0)
+
+
+class TorchResidual(nn.Module):
+    """What people write in torch: a residual block with BatchNorm, a concatenation, F.relu."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.side = nn.Conv2d(3, 2, 1)
+        self.head = nn.Linear(6 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.stem(x)))
+        h = torch.relu(self.bn2(self.conv(h)) + h)
+        h = torch.cat([h, self.side(x)], dim=1)
+        return self.head(torch.flatten(F.max_pool2d(h, 2), 1))
+
+
+def test_from_torch_traces_a_residual_module_with_batch_norm():
+    torch.manual_seed(0)
+    net = TorchResidual()
+    with torch.no_grad():                          # trained-looking statistics
+        for bn in (net.bn1, net.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+    net.eval()
+    model = from_torch(net, (8, 8, 3))
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"BatchNormalization", "Add", "Concatenate"} <= kinds
+    x = np.random.default_rng(3).random((4, 8, 8, 3), dtype=np.float32)
+    with torch.no_grad():
+        expected = net(torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5, rtol=0)
+
+
+def test_a_resnet_goes_to_torch_and_back():
+    model, x = trained_resnet()
+    back = from_torch(to_torch(model), model.input_shape)
+    np.testing.assert_allclose(back.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5, rtol=0)
+
+
+def test_keras_weights_load_into_a_functional_model_by_layer_name(tmp_path):
+    def flat_resnet():
+        inputs = cnnlab.Input((8, 8, 3))
+        h = layers.BatchNormalization(name="bn")(layers.Conv2D(4, 3, padding="same",
+                                                                name="conv")(inputs))
+        h = layers.Add(name="add")([h, layers.Conv2D(4, 1, name="shortcut")(inputs)])
+        return cnnlab.Model(inputs, layers.Dense(3, name="head")(
+            layers.GlobalAveragePooling2D(name="gap")(h)))
+
+    source = flat_resnet()
+    rng = np.random.default_rng(4)
+    source.set_weights([w + rng.uniform(0.1, 0.5, w.shape) for w in source.get_weights()])
+    path = tmp_path / "functional.weights.h5"
+    # HDF5 lists groups alphabetically: the file's order is not the model's
+    write_keras_h5(path, {layer.name: layer.get_weights() for layer in source.layers})
+    target = flat_resnet()
+    load_keras_weights(target, path)
+    x = inputs_for(source)
+    np.testing.assert_array_equal(target.predict(x, verbose=0), source.predict(x, verbose=0))

@@ -12,7 +12,7 @@ def to_torch(model, input_layout: str = "NCHW"):
 
 
 def from_torch(module, input_shape):
-    from cnnlab.io.export.torch_bridge import from_torch as convert
+    from cnnlab.io.export.torch_import import from_torch as convert
     return convert(module, input_shape)
 
 

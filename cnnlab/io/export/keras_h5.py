@@ -2,8 +2,9 @@
 (``model.save_weights(...)``) with h5py (``pip install 'cnnlab[keras]'``).
 
 Keras 3 stores each layer's variables as ``layers/<layer name>/vars/0, 1, ...`` (kernel, then
-bias), in Keras' own layouts, which cnnlab shares: Conv2D ``(KH, KW, C, F)``, Dense ``(in, out)``,
-and both flatten NHWC in the same order, so the arrays load unchanged.
+bias; BatchNormalization's gamma, beta, moving mean and variance), in Keras' own layouts, which
+cnnlab shares: Conv2D ``(KH, KW, C, F)``, Dense ``(in, out)``, and both flatten NHWC in the same
+order, so the arrays load unchanged. A functional model's layers are matched by name.
 
 HDF5 lists groups alphabetically, not in model order, so layers are matched by name first, and
 otherwise by Keras' automatic names in creation order (``conv2d``, ``conv2d_1``, ...) against
@@ -18,7 +19,8 @@ import numpy as np
 
 from cnnlab.errors import CnnlabError, ModelFileError
 
-_KERAS_PREFIX = {"Conv2D": "conv2d", "Dense": "dense"}
+_KERAS_PREFIX = {"Conv2D": "conv2d", "Dense": "dense",
+                 "BatchNormalization": "batch_normalization"}
 
 
 def _groups(handle) -> dict[str, list[np.ndarray]]:

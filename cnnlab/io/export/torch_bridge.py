@@ -1,11 +1,10 @@
-"""cnnlab <-> PyTorch. torch is imported here only, when a conversion is asked for.
+"""cnnlab -> PyTorch (``to_torch``). torch is imported here only, when a conversion is asked for.
 
 Layouts: cnnlab is NHWC and flattens (H, W, C); torch is NCHW and flattens (C, H, W).
 ``to_torch`` returns a module that takes NCHW tensors (torch's convention; ``input_layout='NHWC'``
-takes cnnlab's) and flattens in cnnlab's order, so the same Dense weights apply. ``from_torch``
-permutes the first Linear layer after a Flatten so cnnlab's flatten order reads the same
-features. Asymmetric 'same' padding becomes an explicit pad module; average pooling over
-padding divides by the real cells, as cnnlab does.
+takes cnnlab's) and flattens in cnnlab's order, so the same Dense weights apply. Asymmetric
+'same' padding becomes an explicit pad module; average pooling over padding divides by the real
+cells, as cnnlab does. The way back is ``torch_import.from_torch``.
 """
 
 from __future__ import annotations
@@ -13,11 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torch import nn
+from torch import fx, nn
 
 from cnnlab import layers as L  # noqa: N812
 from cnnlab.errors import ConfigError
-from cnnlab.models.sequential import Sequential
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -97,24 +95,6 @@ class _Scale(nn.Module):
 
     def forward(self, x):
         return x * self.scale + self.offset
-
-
-class GraphModule(nn.Module):
-    """A cnnlab graph in torch: one module per node, run in cnnlab's topological order. Image
-    tensors are NCHW throughout; ``wiring`` says which earlier values each node reads."""
-
-    def __init__(self, steps, wiring, outputs, permute_input: bool):
-        super().__init__()
-        self.steps = nn.ModuleList(steps)
-        self.wiring, self.outputs, self.permute_input = wiring, outputs, permute_input
-
-    def forward(self, *inputs):
-        values = [x.permute(0, 3, 1, 2) if self.permute_input and x.dim() == 4 else x
-                  for x in inputs]
-        for step, reads in zip(self.steps, self.wiring):
-            values.append(step(*[values[i] for i in reads]))
-        outs = [values[i] for i in self.outputs]
-        return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 # --- one converter per layer type: (layer, NHWC input shape) -> torch modules, NCHW in and out --
@@ -228,7 +208,8 @@ def _node_modules(node) -> list:
 
 def to_torch(model, input_layout: str = "NCHW") -> nn.Module:
     """A torch module with the same weights and the same outputs (eval mode). A chain of layers
-    (a Sequential) becomes an ``nn.Sequential``; any other graph a :class:`GraphModule`."""
+    (a Sequential) becomes an ``nn.Sequential``; any other graph a ``torch.fx.GraphModule`` with
+    one submodule per node, named after the layer (``print(net.code)`` shows the wiring)."""
     from cnnlab.graph.summary import is_chain
     if input_layout not in ("NHWC", "NCHW"):
         raise ConfigError(f"input_layout must be 'NHWC' or 'NCHW'. Received: {input_layout!r}")
@@ -239,137 +220,38 @@ def to_torch(model, input_layout: str = "NCHW") -> nn.Module:
         for node in model.nodes:
             modules += _node_modules(node)
         return nn.Sequential(*modules).eval()
-    steps, wiring, outputs = _graph_steps(model, list(range(len(model.inputs))),
-                                          len(model.inputs))
-    return GraphModule(steps, wiring, outputs, permute).eval()
+    root, graph = nn.Module(), fx.Graph()
+    inputs = []
+    for name, shape in zip(model.input_names, model.input_shapes):
+        value = graph.placeholder(_identifier(name))
+        if permute and len(shape) == 3:                       # NHWC images in: NCHW inside
+            value = graph.call_method("permute", (value, 0, 3, 1, 2))
+        inputs.append(value)
+    outputs = _emit_nodes(model, inputs, root, graph, prefix="")
+    graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
+    return fx.GraphModule(root, graph, class_name=_identifier(model.name)).eval()
 
 
-def _graph_steps(graph, input_slots: list[int], first_slot: int):
-    """Modules and wiring for ``graph``'s nodes (a nested model's are inlined), given the value
-    slots its inputs occupy; returns ``(steps, wiring, output slots)``."""
-    slots = {id(t): slot for t, slot in zip(graph.inputs, input_slots)}
-    steps, wiring = [], []
-    for node in graph.nodes:
-        reads = [slots[id(t)] for t in node.inbound]
-        if hasattr(node.layer, "nodes"):                          # a nested model: inline it
-            inner, inner_wiring, outs = _graph_steps(node.layer, reads, first_slot + len(steps))
-            steps += inner
-            wiring += inner_wiring
-            slots[id(node.outputs[0])] = outs[0]
+def _identifier(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def _emit_nodes(graph_model, inputs, root, graph, prefix: str) -> list:
+    """One ``call_module`` per node of ``graph_model`` (a nested model's nodes inlined, their
+    modules named ``model__layer``); returns the fx values of its outputs."""
+    values = {id(t): v for t, v in zip(graph_model.inputs, inputs)}
+    for node in graph_model.nodes:
+        reads = tuple(values[id(t)] for t in node.inbound)
+        layer = node.layer
+        if hasattr(layer, "nodes"):                                # a nested model: inline it
+            outs = _emit_nodes(layer, list(reads), root, graph,
+                               f"{prefix}{_identifier(layer.name)}__")
+            values[id(node.outputs[0])] = outs[0]
             continue
         modules = _node_modules(node)
-        steps.append(modules[0] if len(modules) == 1 else nn.Sequential(*modules))
-        wiring.append(reads)
-        slots[id(node.outputs[0])] = first_slot + len(steps) - 1
-    return steps, wiring, [slots[id(t)] for t in graph.outputs]
-
-
-def _flat(module):
-    if isinstance(module, nn.Sequential):
-        for child in module:
-            yield from _flat(child)
-    else:
-        yield module
-
-
-def from_torch(module, input_shape) -> Sequential:
-    """A cnnlab model from an ``nn.Sequential`` of Conv2d, ReLU/Tanh/Sigmoid/Softmax,
-    MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1)+Flatten, Flatten, Linear and Dropout.
-    ``input_shape`` is cnnlab's ``(H, W, C)``."""
-    parts = list(_flat(module))
-    model = Sequential([L.Input(tuple(input_shape))])
-    weights = []
-    flatten_chw = None                 # (C, H, W) of a torch Flatten, for the next Linear
-    pending_pads = None                # an explicit pad module (ours) before a conv or pool
-    i = 0
-    if parts and isinstance(parts[0], _Permute) and parts[0].order == (0, 3, 1, 2):
-        i = 1                          # to_torch(..., input_layout='NHWC'): input is cnnlab's
-    while i < len(parts):
-        part = parts[i]
-        name = type(part).__name__
-        if isinstance(part, _Pad):     # to_torch's explicit (left, right, top, bottom) padding
-            pending_pads = part
-            i += 1
-            continue
-        if isinstance(part, _Permute) and part.order == (0, 2, 3, 1) and i + 1 < len(parts) \
-                and isinstance(parts[i + 1], nn.Flatten):
-            model.add(L.Flatten())     # flattens (H, W, C): cnnlab's own order, no permutation
-            weights.append([])
-            i += 2
-            continue
-        if isinstance(part, (nn.MaxPool2d, _AvgPoolRealCells)) and (
-                pending_pads is not None or isinstance(part, _AvgPoolRealCells)):
-            pads = part.pads if isinstance(part, _AvgPoolRealCells) else pending_pads.pads
-            kernel = part.kernel_size if isinstance(part, nn.MaxPool2d) else part.kernel
-            layer = (L.MaxPooling2D if isinstance(part, nn.MaxPool2d) else L.AveragePooling2D)(
-                kernel, strides=part.stride, padding="same")
-            model.add(layer)
-            if _torch_pads(layer, layer.input_shape[:2]) != tuple(pads):
-                raise ConfigError(f"from_torch: the padding before {name} (position {i}) is "
-                                  f"not 'same' padding, the only padding cnnlab pools take.")
-            weights.append([])
-            pending_pads = None
-            i += 1
-            continue
-        if isinstance(part, nn.Conv2d):
-            if part.groups != 1 or part.padding_mode != "zeros" or isinstance(part.padding, str):
-                raise ConfigError(f"from_torch: Conv2d at position {i} uses groups, a padding "
-                                  f"mode or string padding that cnnlab does not support.")
-            padding = tuple(part.padding)
-            if pending_pads is not None:             # ((top, bottom), (left, right))
-                left, right, top, bottom = pending_pads.pads
-                padding = ((top + padding[0], bottom + padding[0]),
-                           (left + padding[1], right + padding[1]))
-                pending_pads = None
-            model.add(L.Conv2D(part.out_channels, part.kernel_size, strides=part.stride,
-                               padding=padding, dilation_rate=part.dilation,
-                               use_bias=part.bias is not None))
-            weights.append([part.weight.detach().numpy().transpose(2, 3, 1, 0)]
-                           + ([part.bias.detach().numpy()] if part.bias is not None else []))
-        elif isinstance(part, (nn.MaxPool2d, nn.AvgPool2d)):
-            if part.padding not in (0, (0, 0)) or part.ceil_mode:
-                raise ConfigError(f"from_torch: {name} at position {i} uses padding or "
-                                  f"ceil_mode, which cnnlab's pooling does not.")
-            layer = L.MaxPooling2D if isinstance(part, nn.MaxPool2d) else L.AveragePooling2D
-            model.add(layer(part.kernel_size, strides=part.stride))
-            weights.append([])
-        elif isinstance(part, nn.AdaptiveAvgPool2d) and part.output_size in (1, (1, 1)):
-            model.add(L.GlobalAveragePooling2D())
-            weights.append([])
-            if i + 1 < len(parts) and isinstance(parts[i + 1], nn.Flatten):
-                i += 1                                   # (N, C, 1, 1) -> (N, C): already flat
-        elif isinstance(part, nn.Flatten):
-            h, w, c = model.output_shape
-            flatten_chw = (c, h, w)
-            model.add(L.Flatten())
-            weights.append([])
-        elif isinstance(part, nn.Linear):
-            kernel = part.weight.detach().numpy().T                   # (in, out)
-            if flatten_chw is not None:                               # rows: CHW -> HWC order
-                c, h, w = flatten_chw
-                kernel = kernel.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(
-                    c * h * w, -1)
-                flatten_chw = None
-            model.add(L.Dense(part.out_features, use_bias=part.bias is not None))
-            weights.append([kernel] + ([part.bias.detach().numpy()] if part.bias is not None
-                                       else []))
-        elif isinstance(part, (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Softmax)):
-            activation = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
-                          nn.Softmax: "softmax"}[type(part)]
-            last = model.layers[-1] if model.layers else None
-            if last is not None and last.activation == "linear" and isinstance(
-                    last, (L.Conv2D, L.Dense)):
-                last.activation = activation                         # fold into that layer
-            else:
-                model.add(L.Activation(activation))
-                weights.append([])
-        elif isinstance(part, nn.Dropout):
-            model.add(L.Dropout(part.p))
-            weights.append([])
-        else:
-            raise ConfigError(f"from_torch does not support {name} (position {i}); supported: "
-                              f"Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Flatten, "
-                              f"Linear, ReLU, Tanh, Sigmoid, Softmax, Dropout.")
-        i += 1
-    model.set_weights([w for group in weights for w in group])
-    return model
+        name = f"{prefix}{_identifier(layer.name)}"
+        while hasattr(root, name):                                 # a layer called twice
+            name += "_again"
+        root.add_module(name, modules[0] if len(modules) == 1 else nn.Sequential(*modules))
+        values[id(node.outputs[0])] = graph.call_module(name, reads)
+    return [values[id(t)] for t in graph_model.outputs]
