@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab import config
+from cnnlab.atomic import atomic_write
 from cnnlab.errors import DataError
-from cnnlab.io.files import atomic_write
 
 
 def cache_dir() -> Path:

@@ -1,7 +1,5 @@
-"""Files cnnlab writes and reads: atomic writes, and a zip-of-.npy container read without pickle.
-
-Atomic: data goes to a temporary file in the target's folder, is fsync'ed, then renamed over the
-target. A crash leaves either the old file or the new one, never half of one.
+"""The zip-of-.npy container cnnlab's files use, written atomically (``cnnlab.atomic``) and read
+without pickle.
 
 Safe reading: every ``.npy`` header is parsed and checked (dtype, shape, size against caps and
 against the bytes really present) *before* any array is allocated, object dtypes are refused, and
@@ -10,16 +8,15 @@ nothing is ever unpickled.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
 
 import numpy as np
 
+from cnnlab.atomic import atomic_write
 from cnnlab.errors import ModelFileError
 
 # Everything zipfile and the .npy header parser raise on damaged bytes (found by fuzzing: a
@@ -32,43 +29,6 @@ CORRUPT_FILE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueE
 ALLOWED_DTYPES = {np.dtype(t) for t in ("float32", "float64", "int64", "int32", "uint8")}
 MAX_ENTRIES = 10_000
 MAX_JSON_BYTES = 16 * 2**20
-
-
-def _default_file_mode() -> int:
-    """What open() would give a new file: 0o666 less the umask (mkstemp's 0o600 would hide
-    models and reports from everyone else)."""
-    current = os.umask(0)
-    os.umask(current)
-    return 0o666 & ~current
-
-
-_FILE_MODE = _default_file_mode()
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode: str = "wb"):
-    """``with atomic_write(path) as handle: ...``: all or nothing at ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
-    try:
-        os.chmod(tmp, _FILE_MODE)
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        with contextlib.suppress(OSError):       # make the rename itself durable
-            dir_fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def json_array(obj) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Keras-named layers. Each holds its parameters and calls the pure functions in ``cnnlab.engine``."""
 
-from cnnlab.layers.base import LAYER_REGISTRY, Layer
+from cnnlab.layers.base import LAYER_REGISTRY, Layer, layer_class
 from cnnlab.layers.conv import Conv2D
 from cnnlab.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, ReLU, Softmax
 from cnnlab.layers.merge import Add, Average, Concatenate, Maximum, Multiply, Subtract
@@ -21,7 +21,7 @@ MaxPool2D = MaxPooling2D
 AvgPool2D = AveragePooling2D
 GlobalAvgPool2D = GlobalAveragePooling2D
 
-__all__ = ["Layer", "LAYER_REGISTRY", "Input", "InputLayer", "Conv2D", "Convolution2D",
+__all__ = ["Layer", "LAYER_REGISTRY", "layer_class", "Input", "InputLayer", "Conv2D", "Convolution2D",
            "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D",
            "GlobalAvgPool2D", "Flatten", "Dense", "Dropout", "Activation", "ReLU", "Softmax",
            "Rescaling", "RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom",

@@ -19,6 +19,9 @@ import numpy as np
 from cnnlab.errors import ConfigError
 from cnnlab.graph import execute, fusion
 from cnnlab.graph.functional import Functional
+from cnnlab.graph.summary import summary_text
+from cnnlab.io import saving
+from cnnlab.io.export import to_onnx
 from cnnlab.layers.base import CallContext, unique_name
 from cnnlab.training.trainer import Trainer
 
@@ -81,28 +84,23 @@ class Model(Trainer, Functional):
 
     # --- Keras conveniences: summary and files -------------------------------------------------
     def summary(self, print_fn=print, line_length: int = 110) -> None:
-        from cnnlab.graph.summary import summary_text
         print_fn(summary_text(self, line_length))
 
     def save(self, filepath, include_optimizer: bool = True) -> None:
         """One ``.cnnlab`` file: the graph (JSON), weights and optimizer state by name; no pickle."""
-        from cnnlab.io.saving import save_model
-        save_model(self, filepath, include_optimizer=include_optimizer)
+        saving.save_model(self, filepath, include_optimizer=include_optimizer)
 
     def save_weights(self, filepath) -> None:
-        from cnnlab.io.saving import save_weights
-        save_weights(self, filepath)
+        saving.save_weights(self, filepath)
 
     def load_weights(self, filepath) -> None:
-        from cnnlab.io.saving import load_weights
-        load_weights(self, filepath)
+        saving.load_weights(self, filepath)
 
     def export(self, filepath, format: str = "onnx", input_layout: str = "NHWC") -> None:
         """Write the model for other runtimes: ``format='onnx'`` (needs ``cnnlab[export]``)."""
         if format != "onnx":
             raise ConfigError(f"export supports format='onnx'; for PyTorch use "
                               f"cnnlab.export.to_torch(model). Received: format={format!r}")
-        from cnnlab.io.export import to_onnx
         to_onnx(self, filepath, input_layout)
 
     def __repr__(self) -> str:

@@ -264,7 +264,7 @@ class CSVLogger(Callback):
         self._rows.append([str(epoch), *(str(logs.get(k, "")) for k in keys)])
         if not getattr(self.model, "_chief", True):      # distributed: rank 0 writes
             return
-        from cnnlab.io.files import atomic_write
+        from cnnlab.atomic import atomic_write
         with atomic_write(self.filename, "w") as handle:
             csv.writer(handle, delimiter=self.separator, lineterminator="\n").writerows(self._rows)
 

@@ -122,7 +122,12 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
     grads = dict(results[0][2])
     for _, _, shard_grads in results[1:]:                   # shard order: repeatable sums
         for variable, grad in shard_grads.items():
-            execute._add(grads, variable, grad)
+            if variable in grads:
+                # in place: every gradient array is a fresh result of this step's backward
+                grads[variable] = np.add(grads[variable], grad, out=grads[variable]) \
+                    if grads[variable].flags.writeable else grads[variable] + grad
+            else:
+                grads[variable] = grad
     total = sum(w * loss for w, loss, fn in zip(model.loss_weights, losses, model.compiled_losses)
                 if fn is not None)
     # shard 0's statistics updates: every shard computed the same whole-batch statistics

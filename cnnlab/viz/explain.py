@@ -279,7 +279,7 @@ def slide_frames(s: Slide):
 
 def save_gif(s: Slide, path) -> int:
     """Write the animation (atomically); returns the number of frames."""
-    from cnnlab.io.files import atomic_write
+    from cnnlab.atomic import atomic_write
     frames = slide_frames(s)
     with atomic_write(path) as handle:
         frames[0].save(handle, format="GIF", save_all=True, append_images=frames[1:],

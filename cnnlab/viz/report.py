@@ -108,7 +108,7 @@ def build_report(model, x, y, class_names=None, title: str | None = None,
 
 def write_report(model, x, y, path, class_names=None) -> str:
     """Build the report and write it atomically to ``path``."""
-    from cnnlab.io.files import atomic_write
+    from cnnlab.atomic import atomic_write
     document = build_report(model, x, y, class_names)
     with atomic_write(path, "w") as handle:
         handle.write(document)

@@ -290,7 +290,7 @@ def to_onnx(model, path=None, input_layout: str = "NHWC"):
     proto.ir_version = 8                                 # readable by onnxruntime >= 1.10
     onnx.checker.check_model(proto)
     if path is not None:
-        from cnnlab.io.files import atomic_write
+        from cnnlab.atomic import atomic_write
         with atomic_write(path) as handle:
             handle.write(proto.SerializeToString())
     return proto

@@ -276,7 +276,7 @@ def from_torch(module, input_shape):
     pooling, BatchNorm (eval statistics), ReLU/Tanh/Sigmoid/Softmax, Flatten, Dropout, additions,
     products, maxima and concatenations. ``input_shape`` is cnnlab's ``(H, W, C)`` (a list of
     them for several inputs)."""
-    from cnnlab.models.model import Model
+    model_class = L.layer_class("Model")       # cnnlab.models sits above io: found by name
     try:
         graph = _Tracer().trace(module)
     except Exception as exc:                      # what fx raises varies by torch version
@@ -329,4 +329,5 @@ def from_torch(module, input_shape):
         else:
             _refuse(f"the traced operation {node.op} {node.target!r}", "is not supported.")
     ends = [_plain(v, "the model's output") for v in outputs]
-    return Model(inputs if len(inputs) > 1 else inputs[0], ends if len(ends) > 1 else ends[0])
+    return model_class(inputs if len(inputs) > 1 else inputs[0],
+                       ends if len(ends) > 1 else ends[0])
