@@ -376,3 +376,21 @@ def test_train_on_a_folder_of_colour_images_then_predict_with_class_names(web_ap
                                  picture.getvalue(), "image/jpeg")
     assert status == 200 and payload["input"]["channels"] == 3
     assert payload["top"]["name"] in ("blue", "red")
+
+
+def test_predict_on_a_graph_returns_every_node_merges_included():
+    """The draw page lists every layer in topological order: for a graph, the join too."""
+    from cnnlab import layers
+    inputs = cnnlab.Input((28, 28, 1))
+    a = layers.Conv2D(4, 3, padding="same", activation="relu", name="branch")(inputs)
+    b = layers.Conv2D(4, 1, name="shortcut")(inputs)
+    joined = layers.Concatenate(name="join")([a, b])
+    out = layers.Dense(10, activation="softmax", name="head")(
+        layers.GlobalAveragePooling2D(name="gap")(joined))
+    served = serve_api.ServedModel("graph", cnnlab.Model(inputs, out), "test")
+    answer = serve_api.predict(served, digit_png("1"))
+    assert [entry["name"] for entry in answer["layers"]] == ["branch", "shortcut", "join", "gap",
+                                                            "head"]
+    join = answer["layers"][2]
+    assert join["type"] == "Concatenate" and join["shape"] == [28, 28, 8] and join["count"] == 8
+    assert abs(sum(answer["probabilities"]) - 1) < 1e-5

@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+from reference import finite_difference_grad
 
 import cnnlab
 from cnnlab import layers, viz
@@ -169,3 +170,46 @@ def test_every_plot_is_drawn_and_saved(tmp_path):
         with Image.open(path) as picture:
             assert picture.width > 200 and picture.height > 100, name
             assert len(set(picture.convert("L").getdata())) > 10, name   # not blank
+
+
+def residual_graph(seed=0):
+    cnnlab.config.set_floatx("float64")
+    cnnlab.utils.set_random_seed(seed)
+    inputs = cnnlab.Input((9, 8, 2))
+    a = layers.Conv2D(3, 3, padding="same", activation="relu", name="branch")(inputs)
+    b = layers.Conv2D(3, 1, name="shortcut")(inputs)
+    joined = layers.Add(name="join")([a, b])
+    h = layers.GlobalAveragePooling2D(name="gap")(layers.Conv2D(4, 3, activation="tanh",
+                                                                name="top")(joined))
+    return cnnlab.Model(inputs, layers.Dense(3, activation="softmax", name="head")(h))
+
+
+def test_feature_maps_of_a_graph_are_every_node_in_topological_order():
+    model = residual_graph()
+    image = np.random.default_rng(5).random((9, 8, 2))
+    maps = dict(viz.feature_maps(model, image))
+    assert list(maps) == [node.layer.name for node in model.nodes]
+    assert list(maps)[2] == "join"
+    x = image[None]
+    branch, shortcut = model.get_layer("branch")(x), model.get_layer("shortcut")(x)
+    np.testing.assert_array_equal(maps["branch"], branch[0])            # each layer, eagerly
+    np.testing.assert_array_equal(maps["join"], (branch + shortcut)[0])
+
+
+def test_grad_cam_gradient_at_a_merge_of_a_graph_matches_finite_differences():
+    model = residual_graph(seed=1)
+    image = np.random.default_rng(6).random((9, 8, 2))
+    tensor = model.get_layer("join").output
+    tape, grads, _ = _class_gradient(model, as_batch(model, image), 2, wanted=[tensor])
+    joined = tape.values[id(tensor)][0].copy()
+
+    def logit():
+        h = model.get_layer("gap")(model.get_layer("top")(joined[None]))
+        return model.get_layer("head").forward(h, CallContext(), activation="linear")[0][0, 2]
+
+    picks, numeric = finite_difference_grad(logit, joined, max_entries=40)
+    np.testing.assert_allclose(grads.tensors[id(tensor)][0].reshape(-1)[picks], numeric,
+                               rtol=1e-5, atol=1e-8)
+    heat = viz.grad_cam(model, image, layer="join")
+    assert heat.shape == (9, 8) and heat.max() == pytest.approx(1)
+    assert viz.grad_cam(model, image).shape == (9, 8)                   # the last conv: 'top'
