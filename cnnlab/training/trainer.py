@@ -1,9 +1,9 @@
 """``compile``, ``fit``, ``evaluate``, ``predict``: Keras' training surface over any graph.
 
 The pieces live beside this module: a batch enters training in ``training.step.run_batch``
-(forward, losses, backward, on every core); data comes through ``training.adapter``; where a run
-is, for checkpoints and resume, is ``training.progress``. This module is the epoch loop and the
-Keras arguments around it.
+(forward, losses, backward, on every core); data comes through ``training.adapter``; the epoch
+loop is ``training.loop``; where a run is, for checkpoints and resume, is ``training.progress``.
+This module checks Keras' arguments and puts those pieces together.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from cnnlab.training import progress, step
 from cnnlab.training.adapter import Adapter, split_validation
 from cnnlab.training.callbacks import CallbackList, History, ProgbarLogger
 from cnnlab.training.data import check_batch_size, is_batches
+from cnnlab.training.loop import FitLoop
 
 
 def _resolve_verbose(verbose) -> int:
@@ -238,7 +239,6 @@ class Trainer:
             comm.broadcast_arrays(self.weights)          # every rank starts from rank 0's model
             verbose = verbose if comm.is_chief else 0
         self._chief = comm is None or comm.is_chief
-        batch_norm_comm = comm if sync_batch_norm else None
 
         self.history = History()
         extra = [ProgbarLogger(verbose)] if verbose else []
@@ -249,75 +249,21 @@ class Trainer:
         rng = seeding.new_generator()
         if comm is not None:       # rank 0's shuffling everywhere: the batches one process sees
             rng.bit_generator.state = comm.broadcast(rng.bit_generator.state)
-        self.stop_training = False
+
+        def epoch_batches(rng, first_step):
+            if streaming:                          # a stream cannot be rewound: redo the epoch
+                return adapter.stream_epoch(x, steps_per_epoch)
+            order = rng.permutation(len(xs[0])) if shuffle else None
+            return adapter.array_epoch(xs, ys, batch_size, order, first_step, comm)
+
         resume = self._take_resume(initial_epoch)
         if resume is not None:
             self.history.history = {k: list(v) for k, v in resume["history"].items()}
             progress.restore_generators(self, resume)
-        callback_list.on_train_begin()
-        try:
-            for epoch in range(initial_epoch, epochs):
-                callback_list.on_epoch_begin(epoch)
-                for _, metric in self.compiled_metrics:
-                    metric.reset()
-                epoch_start_rng = rng.bit_generator.state
-                first_step, loss_sum, seen = 0, 0.0, 0
-                output_sums = [0.0] * len(self.outputs)
-                if resume is not None:          # continue the epoch the checkpoint was in
-                    rng.bit_generator.state = epoch_start_rng = resume["shuffle_rng"]
-                    first_step, partial = resume["step"], resume["partial"]
-                    loss_sum, seen = float(partial["loss_sum"]), int(partial["seen"])
-                    for (_, metric), (total, count) in zip(self.compiled_metrics,
-                                                           partial["metrics"]):
-                        metric.total, metric.count = float(total), int(count)
-                    resume = None
-                logs = self._logs(loss_sum, seen)
-                if streaming:                    # a stream cannot be rewound: redo the epoch
-                    source = adapter.stream_epoch(x, steps_per_epoch)
-                else:
-                    order = rng.permutation(len(xs[0])) if shuffle else None
-                    source = adapter.array_epoch(xs, ys, batch_size, order, first_step, comm)
-                for batch in source:
-                    callback_list.on_train_batch_begin(batch.step)
-                    share = len(batch.xs[0]) / batch.size
-                    result = self._train_step(batch.xs, batch.ys, share, comm, batch_norm_comm)
-                    if not np.isfinite(result.loss):
-                        warnings.warn(f"Epoch {epoch + 1}, batch {batch.step}: the loss is "
-                                      f"{result.loss}; training stopped and the weights are "
-                                      f"those before this batch. Lower the learning rate, or "
-                                      f"check the data for extreme values.", RuntimeWarning,
-                                      stacklevel=2)
-                        self.stop_training = True
-                        break
-                    loss_sum += result.loss * batch.size
-                    output_sums = [s + v * batch.size for s, v in zip(output_sums, result.losses)]
-                    seen += batch.size
-                    self._update_metrics(batch.ys, result.outputs, comm)
-                    logs = self._logs(loss_sum, seen, output_sums)
-                    self._progress = progress.position(self, epoch, batch.step + 1,
-                                                       epoch_start_rng, loss_sum, seen)
-                    callback_list.on_train_batch_end(batch.step, logs)
-                    if self.stop_training:
-                        break
-                epoch_logs = dict(logs)
-                if validation is not None and seen:
-                    val = (self.evaluate(validation, verbose=0, return_dict=True)
-                           if is_batches(validation) else
-                           self.evaluate(*validation, batch_size=batch_size, verbose=0,
-                                         return_dict=True))
-                    epoch_logs.update({f"val_{k}": v for k, v in val.items()})
-                if not self.stop_training:      # a checkpoint written now resumes next epoch
-                    self._progress = progress.position(self, epoch + 1, 0,
-                                                       rng.bit_generator.state, 0.0, 0,
-                                                       reset_metrics=True)
-                callback_list.on_epoch_end(epoch, epoch_logs)
-                if self.stop_training:
-                    break
-            if comm is not None and not sync_batch_norm:    # one set of moving statistics
-                comm.broadcast_arrays([v.value for v in self.variables if v.kind == "state"])
-            callback_list.on_train_end()
-        finally:
-            self._progress = None
+        FitLoop(self, epoch_batches, callback_list, rng, validation, batch_size, comm,
+                comm if sync_batch_norm else None).run(initial_epoch, epochs, resume)
+        if comm is not None and not sync_batch_norm:      # one set of moving statistics
+            comm.broadcast_arrays([v.value for v in self.variables if v.kind == "state"])
         return self.history
 
     def _validation_arrays(self, validation_data):
