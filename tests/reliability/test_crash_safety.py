@@ -34,32 +34,36 @@ def weights(path):
     return cnnlab.models.load_model(path).get_weights()
 
 
-def test_sigkill_at_random_moments_then_resume_gives_identical_weights(small_data, tmp_path):
-    reference = tmp_path / "reference.cnnlab"
-    subprocess.run(train_command(small_data, reference), check=True, timeout=300)
-
-    checkpoints, out = tmp_path / "ck", tmp_path / "resumed.cnnlab"
-    rng = random.Random(1234)
+def run_killing_at_random(command, rng, max_kills, window) -> int:
+    """Run ``command()`` again and again, SIGKILLing the first ``max_kills`` runs at a random
+    moment in ``window`` seconds (checkpoints are written after every batch, so some kills land
+    mid-write), until a run completes. Returns how many runs were killed."""
     kills = 0
-    fresh = train_command(small_data, out, "--checkpoint-dir", str(checkpoints),
-                          "--checkpoint-every", "1")
-    resume = train_command(small_data, out, "--resume", str(checkpoints))
     for _attempt in range(40):
-        started = (checkpoints / "checkpoint.cnnlab").exists()
-        process = subprocess.Popen(resume if started else fresh, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
-        if kills < 6:
-            # checkpoints are written after every batch, so some kills land mid-write
-            time.sleep(rng.uniform(0.3, 1.5))
+        process = subprocess.Popen(command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills < max_kills:
+            time.sleep(rng.uniform(*window))
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGKILL)
                 kills += 1
         _, err = process.communicate(timeout=300)
         if process.returncode == 0:
-            break
+            return kills
         assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]
-    else:
-        pytest.fail("training never completed")
+    pytest.fail("training never completed")
+
+
+def test_sigkill_at_random_moments_then_resume_gives_identical_weights(small_data, tmp_path):
+    reference = tmp_path / "reference.cnnlab"
+    subprocess.run(train_command(small_data, reference), check=True, timeout=300)
+
+    checkpoints, out = tmp_path / "ck", tmp_path / "resumed.cnnlab"
+    fresh = train_command(small_data, out, "--checkpoint-dir", str(checkpoints),
+                          "--checkpoint-every", "1")
+    resume = train_command(small_data, out, "--resume", str(checkpoints))
+    kills = run_killing_at_random(
+        lambda: resume if (checkpoints / "checkpoint.cnnlab").exists() else fresh,
+        random.Random(1234), max_kills=6, window=(0.3, 1.5))
     assert kills >= 3
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint.cnnlab"]   # no debris
     for ours, theirs in zip(weights(out), weights(reference)):
@@ -193,22 +197,8 @@ def test_sigkill_and_resume_is_bit_exact_for_a_resnet_with_batch_norm(tmp_path):
     subprocess.run([sys.executable, str(script), str(tmp_path / "none.cnnlab"), "-",
                     str(tmp_path / "reference.npz")], check=True, timeout=300)
     checkpoint, out = tmp_path / "ck.cnnlab", tmp_path / "resumed.npz"
-    rng = random.Random(99)
-    kills = 0
-    for _attempt in range(30):
-        process = subprocess.Popen([sys.executable, str(script), str(checkpoint), str(out)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 4:
-            time.sleep(rng.uniform(0.7, 2.5))
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGKILL)
-                kills += 1
-        _, err = process.communicate(timeout=300)
-        if process.returncode == 0:
-            break
-        assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]
-    else:
-        pytest.fail("training never completed")
+    kills = run_killing_at_random(lambda: [sys.executable, str(script), str(checkpoint), str(out)],
+                                  random.Random(99), max_kills=4, window=(0.7, 2.5))
     assert kills >= 2
     reference, resumed = np.load(tmp_path / "reference.npz"), np.load(out)
     assert sorted(reference.files) == sorted(resumed.files)
