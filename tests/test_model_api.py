@@ -170,3 +170,14 @@ def test_terminate_on_nan_stops_at_the_first_bad_batch(capsys):
                         callbacks=[PoisonAfter(), callbacks.TerminateOnNaN()])
     assert model.stop_training and len(history.history["loss"]) == 1
     assert "invalid loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["fit", "train_on_batch", "evaluate", "test_on_batch"])
+def test_a_model_without_an_input_shape_builds_on_its_first_data(method):
+    model = cnnlab.Sequential([layers.Conv2D(2, 3), layers.Flatten(),
+                               layers.Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = np.random.default_rng(0).random((8, 6, 6, 1)), np.arange(8) % 3
+    kwargs = {"verbose": 0} if method in ("fit", "evaluate") else {}
+    getattr(model, method)(x, y, **kwargs)
+    assert model.input_shape == (6, 6, 1) and model.output_shape == (3,)

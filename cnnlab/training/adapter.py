@@ -66,6 +66,7 @@ class Adapter:
     def targets(self, y, n: int) -> list[np.ndarray]:
         """Checked targets, one per output, in the form each output's loss takes."""
         model = self.model
+        model._resolve_compile()                      # the outputs are known once it is built
         ys = as_list(y, model.output_names, "outputs", self.where) if y is not None else None
         if ys is None:
             check_pair(range(n), None, self.where)

@@ -90,8 +90,9 @@ class Trainer:
                                 f"loss=...) first.")
 
     def _resolve_compile(self):
-        """Losses, weights and metrics per output, once the outputs are known."""
-        if self.compiled_losses or self.loss is None:
+        """Losses, weights and metrics per output, once the outputs are known (a Sequential
+        without an input shape knows them after its first data)."""
+        if self.compiled_losses or self.loss is None or not self.built:
             return
         names = self.output_names
         specs = _per_output(self._loss_spec, names, "loss")
@@ -222,7 +223,6 @@ class Trainer:
             validation = validation_data
         else:
             xs = adapter.inputs(x)
-            self._resolve_compile()
             ys = adapter.targets(y, len(xs[0]))
             xs, ys, validation = split_validation(xs, ys, validation_split)
             if validation_data is not None:
@@ -304,7 +304,6 @@ class Trainer:
             source = adapter.stream_epoch(x)
         else:
             xs = adapter.inputs(x)
-            self._resolve_compile()
             ys = adapter.targets(y, len(xs[0]))
             source = adapter.array_epoch(xs, ys, batch_size)
         callback_list = CallbackList(callbacks or [], self, {})
