@@ -1,9 +1,9 @@
 """Seeing inside a CNN: feature maps, filters, curves, confusion, mistakes, Grad-CAM, saliency,
 and the article's concepts (convolution, padding, stride, pooling) explained with real numbers.
 
-Plotting needs matplotlib (``pip install 'cnnlab[viz]'``); the arrays behind every picture
-(``feature_maps``, ``feature_map_grid``, ``grad_cam``, ``saliency``, ``confusion_matrix``) need
-only NumPy.
+matplotlib draws the figures, on figures of their own (no pyplot, no change to the user's
+backend); the arrays behind every picture (``feature_maps``, ``feature_map_grid``, ``grad_cam``,
+``saliency``, ``confusion_matrix``) are plain NumPy.
 """
 
 from cnnlab.viz.attribution import grad_cam, saliency

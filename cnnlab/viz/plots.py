@@ -1,6 +1,10 @@
 """Figures for people: feature maps, filters, training curves, confusion matrix, mistakes,
-Grad-CAM. matplotlib draws them (``pip install 'cnnlab[viz]'``); every function returns the
-figure and, given ``path``, saves it as PNG.
+Grad-CAM. matplotlib draws them; every function returns the figure and, given ``path``, saves it
+as PNG.
+
+Each figure is a ``matplotlib.figure.Figure`` made here, never through ``pyplot``: nothing global
+changes (not the user's backend, not pyplot's list of open figures), so a notebook's own plots
+and windows are left alone. Display one in a notebook with ``display(fig)``.
 """
 
 from __future__ import annotations
@@ -13,14 +17,13 @@ from cnnlab.viz.attribution import as_batch, grad_cam
 from cnnlab.viz.grids import feature_map_grid, kernel_grid
 
 
-def _pyplot():
+def _figure(width: float, height: float):
+    """A figure of its own, outside pyplot (see the module docstring)."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")                   # files, not windows: works on servers and in CI
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
-        raise CnnlabError("Plots need matplotlib: pip install 'cnnlab[viz]'") from None
-    return plt
+        raise CnnlabError("Plots need matplotlib: pip install matplotlib") from None
+    return Figure(figsize=(width, height))
 
 
 def _finish(fig, path):
@@ -43,7 +46,6 @@ def feature_maps(model, image) -> list[tuple[str, np.ndarray]]:
 
 def plot_feature_maps(model, image, path=None, layers=None):
     """One grid per layer (each map min-max scaled on its own), titled with name and shape."""
-    plt = _pyplot()
     chosen = [(name, maps) for name, maps in feature_maps(model, image)
               if layers is None or name in layers]
     chosen = [(name, maps) for name, maps in chosen
@@ -51,8 +53,11 @@ def plot_feature_maps(model, image, path=None, layers=None):
               not in ("Flatten", "Dropout")]
     grids = [(name, feature_map_grid(maps), maps.shape) for name, maps in chosen]
     heights = [max(1.2, min(6.0, 6.0 * g.shape[0] / max(g.shape[1], 1))) for _, g, _ in grids]
-    fig, axes = plt.subplots(len(grids) + 1, 1, figsize=(7, 2.2 + sum(heights)),
-                             gridspec_kw={"height_ratios": [1.6, *heights]}, squeeze=False)
+    # 10 inches: the report's full width (a third of it stayed empty at 7)
+    heights = [h * 10 / 7 for h in heights]
+    fig = _figure(10, 2.2 + sum(heights))
+    axes = fig.subplots(len(grids) + 1, 1, gridspec_kw={"height_ratios": [1.6, *heights]},
+                        squeeze=False)
     axes = axes[:, 0]
     axes[0].imshow(as_batch(model, image)[0].squeeze(), cmap="gray")
     axes[0].set_title(f"Input {tuple(model.input_shape)}")
@@ -73,7 +78,6 @@ def plot_feature_maps(model, image, path=None, layers=None):
 
 def plot_filters(model, layer=None, path=None):
     """A conv layer's learned kernels (default: the first Conv2D): red positive, blue negative."""
-    plt = _pyplot()
     if layer is None:
         conv = next((lay for lay in model.layers if isinstance(lay, Conv2D)), None)
         if conv is None:
@@ -82,7 +86,8 @@ def plot_filters(model, layer=None, path=None):
         conv = model.get_layer(layer) if isinstance(layer, str) else layer
     kernel = conv.weights[0]
     grid = kernel_grid(kernel)
-    fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + 0.8))
+    fig = _figure(6, 6 * grid.shape[0] / grid.shape[1] + 0.8)
+    ax = fig.subplots()
     if grid.ndim == 3:
         ax.imshow(np.nan_to_num(grid, nan=1.0), interpolation="nearest")
     else:
@@ -100,13 +105,13 @@ def plot_filters(model, layer=None, path=None):
 
 def plot_history(history, path=None):
     """Loss and accuracy per epoch, training and validation."""
-    plt = _pyplot()
     logs = getattr(history, "history", history)
     if not logs or "loss" not in logs:
         raise ConfigError("plot_history needs a History (or dict) with a 'loss' list.")
     metrics = ["loss"] + [k for k in logs if not k.startswith("val_") and k not in
                           ("loss", "learning_rate")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    fig = _figure(5 * len(metrics), 3.6)
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, name in zip(axes[0], metrics):
         epochs = np.arange(1, len(logs[name]) + 1)
         ax.plot(epochs, logs[name], "o-", label="training")
@@ -138,10 +143,10 @@ def confusion_matrix(model, x, y, num_classes: int | None = None) -> np.ndarray:
 
 
 def plot_confusion_matrix(matrix, class_names=None, path=None):
-    plt = _pyplot()
     k = len(matrix)
     names = class_names or [str(i) for i in range(k)]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.55 * k))
+    fig = _figure(1.0 + 0.55 * k, 0.8 + 0.55 * k)
+    ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
         if count:
@@ -158,8 +163,9 @@ def plot_confusion_matrix(matrix, class_names=None, path=None):
     return _finish(fig, path)
 
 
-def misclassified(model, x, y, limit: int = 16):
-    """Indices, true and predicted classes and confidence of the first ``limit`` mistakes."""
+def misclassified(model, x, y, limit: int | None = 16):
+    """Indices, true and predicted classes and confidence of the first ``limit`` mistakes (all
+    of them with ``limit=None``)."""
     probs = model.predict(x, batch_size=256, verbose=0)
     predicted = probs.argmax(axis=-1)
     truth = np.asarray(y).reshape(-1) if np.asarray(y).ndim == 1 else np.argmax(y, axis=-1)
@@ -169,29 +175,34 @@ def misclassified(model, x, y, limit: int = 16):
 
 
 def plot_misclassified(model, x, y, limit: int = 16, class_names=None, path=None):
-    """A gallery of mistakes, each titled with its true and predicted class."""
-    plt = _pyplot()
-    mistakes = misclassified(model, x, y, limit)
+    """A gallery of mistakes, each titled with its true and predicted class; the title says how
+    many are shown of how many there are."""
+    every = misclassified(model, x, y, None)
+    mistakes = every[:limit]
     names = class_names or [str(i) for i in range(model.output_shape[-1])]
     cols = min(8, max(1, len(mistakes)))
     rows = max(1, -(-len(mistakes) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    fig = _figure(1.6 * cols, 2.2 * rows + 0.4)
+    # constrained layout keeps each image's two-line title clear of the row above
+    fig.set_layout_engine("constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (i, true, guess, confidence) in zip(axes.ravel(), mistakes):
         ax.imshow(np.asarray(x[i]).squeeze(), cmap="gray")
         ax.set_title(f"true {names[true]}\npred {names[guess]} ({confidence:.0%})", fontsize=8,
                      color="firebrick")
-    fig.suptitle(f"{len(mistakes)} misclassified" if mistakes else "No mistakes", fontsize=10)
-    fig.tight_layout()
+    title = (f"{len(mistakes)} of {len(every)} misclassified images shown"
+             if len(mistakes) < len(every) else f"{len(every)} misclassified images")
+    fig.suptitle(title if every else "No mistakes", fontsize=10)
     return _finish(fig, path)
 
 
 def plot_grad_cam(model, images, class_names=None, path=None):
     """Each image beside its Grad-CAM heat map (for the predicted class), overlaid."""
-    plt = _pyplot()
     names = class_names or [str(i) for i in range(model.output_shape[-1])]
-    fig, axes = plt.subplots(2, len(images), figsize=(1.9 * len(images), 4.0), squeeze=False)
+    fig = _figure(1.9 * len(images), 4.0)
+    axes = fig.subplots(2, len(images), squeeze=False)
     for col, image in enumerate(images):
         batch = as_batch(model, image)
         guess = int(model.predict_on_batch(batch).argmax())

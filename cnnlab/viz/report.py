@@ -42,8 +42,6 @@ def _png(fig) -> str:
     """A matplotlib figure as an <img> with the PNG inline."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-    plt.close(fig)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return f'<img alt="" src="data:image/png;base64,{data}">'
 

@@ -134,12 +134,14 @@ def test_truncated_image_is_named(tmp_path):
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
-    monkeypatch.setattr(preprocess, "MAX_IMAGE_PIXELS", 1_000_000)
-    for side in (1200, 2000):                    # Pillow warns past 1x its limit, errors past 2x
+    for side in (1200, 2000):
         path = tmp_path / f"bomb{side}.png"
         Image.new("L", (side, side)).save(path)
-        with pytest.raises(DataError, match="too large to decode safely"):
-            preprocess.open_image(path)
+        with pytest.raises(DataError, match=f"is {side} x {side} pixels; the limit is 1,000,000"):
+            preprocess.open_image(path, max_pixels=1_000_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)   # the user's own, stricter limit:
+    with pytest.raises(DataError, match="too large to decode safely"):   # Pillow refuses first
+        preprocess.open_image(tmp_path / "bomb1200.png")
 
 
 def test_missing_image_is_named(tmp_path):

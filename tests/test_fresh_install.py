@@ -1,0 +1,32 @@
+"""The README's first command in a fresh virtualenv, then `cnnlab report`: the report needs
+nothing beyond cnnlab's own dependencies (matplotlib is one of them)."""
+
+import pathlib
+import shutil
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_pip_install_then_train_then_report_in_a_fresh_virtualenv(tmp_path):
+    source = tmp_path / "cnnlab-src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", "__pycache__", ".hypothesis", "artifacts"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    bin_dir = venv / "bin"
+
+    def run(*command, cwd=tmp_path):
+        result = subprocess.run([*command], cwd=cwd, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
+        return result.stdout
+
+    run(str(bin_dir / "pip"), "install", "--quiet", str(source))
+    run(str(bin_dir / "cnnlab"), "train", "--epochs", "1", "--verbose", "0")
+    out = run(str(bin_dir / "cnnlab"), "report", "article_cnn.cnnlab", "--out", "report.html")
+    html = (tmp_path / "report.html").read_text()
+    assert "report.html" in out and html.count("data:image/png;base64,") >= 5
+    freeze = run(str(bin_dir / "pip"), "freeze")
+    assert "matplotlib==" in freeze and "torch" not in freeze
