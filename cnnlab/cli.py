@@ -270,7 +270,8 @@ def cmd_explain(args) -> int:
     """The article's concepts with real numbers from the engine."""
     from cnnlab.viz import explain
     if args.topic == "conv":
-        print(explain.explain_conv(args.size, args.kernel, args.padding, args.stride, args.seed))
+        print(explain.explain_conv(args.size, args.kernel, args.padding, args.stride, args.seed,
+                                   every_sum=args.all))
         slide = explain.conv_slide(args.size, args.kernel, args.padding, args.stride,
                                    args.seed) if args.gif else None
     elif args.topic == "pool":
@@ -306,6 +307,8 @@ def _add_explain(commands, formatter):
                "--gif conv.gif")
     conv.add_argument("--size", type=_positive_int, default=6, help="input size (default 6)")
     conv.add_argument("--kernel", type=_positive_int, default=3, help="kernel size (default 3)")
+    conv.add_argument("--all", action="store_true",
+                      help="write out the multiply-add at every position (default: the first 3)")
     conv.add_argument("--padding", type=int, default=1, help="zero padding (default 1)")
     conv.add_argument("--stride", type=_positive_int, default=2, help="stride (default 2)")
     conv.add_argument("--seed", type=int, default=0, help="which example input (default 0)")
@@ -487,13 +490,20 @@ def main(argv=None) -> int:
     if getattr(args, "command", None) == "train" and args.verbose is None:
         args.verbose = "auto"
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()              # a closed pipe shows here, not at interpreter exit
+        return code
     except CnnlabError as exc:
         print(f"cnnlab: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`cnnlab explain conv | head`): stop quietly, as Unix tools do;
+        # stdout goes to /dev/null so Python's final flush cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

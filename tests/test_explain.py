@@ -92,3 +92,24 @@ def test_every_explain_topic_has_help_with_an_example():
     assert set(topics) == {"conv", "pool", "relu", "softmax", "formula"}
     for name, sub in topics.items():
         assert "Example:" in sub.format_help(), name
+
+
+def test_explain_conv_writes_the_first_sums_then_every_one_with_all():
+    from cnnlab.viz.explain import SHOWN_SUMS, explain_conv
+    short, every = explain_conv(6, 3, 1, 1), explain_conv(6, 3, 1, 1, every_sum=True)
+    sums = [line for line in short.splitlines() if line.startswith("        = ")]
+    assert len(sums) == SHOWN_SUMS and "--all writes it for every one" in short
+    assert len([line for line in every.splitlines() if line.startswith("        = ")]) == 36
+    assert "--all" not in every
+
+
+def test_a_closed_pipe_ends_any_command_quietly():
+    """`cnnlab explain conv --all | head -1`: no BrokenPipeError traceback, exit status 0."""
+    import subprocess
+    import sys
+    process = subprocess.Popen([sys.executable, "-m", "cnnlab", "explain", "conv", "--size", "40",
+                                "--all"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.readline()
+    process.stdout.close()                                   # what `head -1` does
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and err == b"", err.decode()[-2000:]

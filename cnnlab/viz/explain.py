@@ -102,7 +102,13 @@ def _terms(window, kernel) -> str:
                       for a, b in zip(window.ravel(), kernel.ravel()))
 
 
-def explain_conv(size=6, kernel=3, padding=1, stride=2, seed=0) -> str:
+#: window positions whose multiply-add ``explain_conv`` writes out unless asked for every one
+SHOWN_SUMS = 3
+
+
+def explain_conv(size=6, kernel=3, padding=1, stride=2, seed=0, every_sum: bool = False) -> str:
+    """The slide, step by step: the multiply-add written out for the first ``SHOWN_SUMS``
+    positions (every one with ``every_sum``), then each position's result."""
     s = conv_slide(size, kernel, padding, stride, seed)
     ho, wo = s.output.shape
     lines = [f"Convolution: a {size}x{size} input, a {kernel}x{kernel} kernel, zero padding "
@@ -122,8 +128,11 @@ def explain_conv(size=6, kernel=3, padding=1, stride=2, seed=0) -> str:
         where = (f"step {step}/{ho * wo}: rows {r}-{r + kernel - 1}, cols {c}-{c + kernel - 1} "
                  f"of the padded input -> feature map [{i}, {j}] = {_number(s.output[i, j])}")
         lines.append("    " + where)
-        if step == 1:
+        if every_sum or step <= SHOWN_SUMS:
             lines.append(f"        = {_terms(s.windows[i, j], s.kernel)}")
+    if not every_sum and len(s.positions) > SHOWN_SUMS:
+        lines.append(f"    (the multiply-add is written out for the first {SHOWN_SUMS} positions; "
+                     f"--all writes it for every one)")
     lines += ["", f"Feature map ({ho}x{wo}):", _matrix(s.output), "",
               "Output size (the article's formula, per axis):", "    " + s.formula()]
     lost = dropped_pixels(size, kernel, stride, padding, padding)
