@@ -107,8 +107,9 @@ def test_a_closed_pipe_ends_any_command_quietly():
     """`cnnlab explain conv --all | head -1`: no BrokenPipeError traceback, exit status 0."""
     import subprocess
     import sys
-    process = subprocess.Popen([sys.executable, "-m", "cnnlab", "explain", "conv", "--size", "64", "--stride", "1",
-                                "--all"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command = [sys.executable, "-m", "cnnlab", "explain", "conv", "--size", "64", "--stride", "1",
+               "--all"]                                   # far more than a pipe buffer holds
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.readline()
     process.stdout.close()                                   # what `head -1` does
     _, err = process.communicate(timeout=60)
