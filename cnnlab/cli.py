@@ -32,16 +32,32 @@ CHECKPOINT_FILE = "checkpoint.cnnlab"
 
 def _check_train_options(args) -> None:
     """Refuse combinations that cannot both be meant, before any work is done."""
-    given = [name for name in TRAIN_SETTINGS if getattr(args, name) is not None]
-    if args.resume and given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise ConfigError(f"--resume continues the run saved in {args.resume!r} with its own "
-                          f"model, data and settings; drop {flags}.")
     if args.optimizer == "adam" and args.momentum is not None:
         raise ConfigError("--momentum applies to --optimizer sgd only; Adam has no momentum "
                           "setting here.")
     if args.checkpoint_every is not None and not (args.checkpoint_dir or args.resume):
         raise ConfigError("--checkpoint-every needs --checkpoint-dir DIR (where to write them).")
+
+
+def _same_setting(name: str, given, saved) -> bool:
+    if name == "data" and isinstance(given, str) and isinstance(saved, str):
+        return given == saved or os.path.abspath(given) == os.path.abspath(saved)
+    if isinstance(given, (int, float)) and isinstance(saved, (int, float)):
+        return float(given) == float(saved)
+    return given == saved
+
+
+def _check_agrees_with_checkpoint(args, settings: dict, path: str) -> None:
+    """Re-running a killed run's command with ``--resume DIR`` added works: options that repeat
+    the checkpoint's settings are fine; one that contradicts them is refused by name."""
+    for name in TRAIN_SETTINGS:
+        given = getattr(args, name)
+        if given is not None and not _same_setting(name, given, settings[name]):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {given} contradicts the run saved in {path}, which has "
+                              f"{flag} {settings[name]}; --resume continues that run with its own "
+                              f"settings. Drop {flag}, or start a new run in another "
+                              f"--checkpoint-dir.")
 
 
 def _fresh_run(args):
@@ -63,6 +79,7 @@ def _resumed_run(args):
     if not isinstance(settings, dict) or model.training_state is None:
         raise ConfigError(f"{path} is not a cnnlab train checkpoint.")
     settings = {**DEFAULTS, **settings}
+    _check_agrees_with_checkpoint(args, settings, path)
     threads = model._resume.get("threads")
     if isinstance(threads, int) and threads > 0:
         config.set_threads(threads)        # the same split, for a bit-exact continuation

@@ -97,3 +97,23 @@ def test_bad_options_exit_2_with_usage():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "expected a positive integer" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_repeating_a_runs_command_with_resume_added_continues_it(tmp_path, capsys):
+    """The options of the run being resumed may be repeated; a contradicting one is refused with
+    the option, the checkpoint's value and the given one."""
+    (x, y), (xt, yt) = datasets.mnist_sample.load_data()
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=x[:256], y_train=y[:256], x_test=xt[:64], y_test=yt[:64])
+    command = ["train", "--model", "lenet5", "--data", str(data), "--epochs", "1", "--seed", "3",
+               "--batch-size", "64", "--verbose", "0", "--checkpoint-dir", str(tmp_path / "ck"),
+               "--out", str(tmp_path / "m.cnnlab")]
+    assert main(command) == 0
+    capsys.readouterr()
+    assert main([*command, "--resume", str(tmp_path / "ck")]) == 0
+    assert "Resuming lenet5" in capsys.readouterr().out
+    contradicting = [*command, "--resume", str(tmp_path / "ck")]
+    contradicting[contradicting.index("--seed") + 1] = "4"
+    assert main(contradicting) == 1
+    err = capsys.readouterr().err
+    assert "--seed 4 contradicts the run saved in" in err and "which has --seed 3" in err

@@ -159,7 +159,7 @@ def test_loading_a_model_file_that_is_not_one(tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["train", "--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd"),
-    (["train", "--resume", "somewhere", "--epochs", "3"], "drop --epochs"),
+    (["train", "--resume", "somewhere", "--epochs", "3"], "No checkpoint to resume"),
     (["train", "--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint-dir"),
     (["predict", "missing.cnnlab", "x.png"], "No model file"),
 ])
