@@ -113,6 +113,10 @@ def cmd_train(args) -> int:
         _resumed_run(args) if args.resume else _fresh_run(args))
     streaming = not isinstance(train, tuple)
     optimizer = model.optimizer
+    out = args.out or settings.get("out") or _new_model_path(f"{model.name}.cnnlab",
+                                                              args.overwrite, say)
+    settings = {**settings, "out": out}
+    model.metadata["train_settings"] = settings      # checkpoints know where the model goes
     if initial_epoch:
         say(f"Resuming {model.name} from {checkpoint_dir}: epoch {initial_epoch + 1}, batch "
               f"{model.training_state['step']}")
@@ -125,6 +129,8 @@ def cmd_train(args) -> int:
             f"{model.output_shape[-1]} classes; {settings['epochs']} epochs, batch "
             f"{settings['batch_size']}, {type(optimizer).__name__}(lr={optimizer.learning_rate:g}"
             f"{momentum}), seed {settings['seed']}")
+    _warn_if_too_few_steps(len(train.source.file_paths) if streaming else len(train[0]),
+                           settings["batch_size"], say)
     callbacks = []
     if checkpoint_dir:
         # a run killed mid-write (SIGKILL) leaves its temporary file behind: only we write here
@@ -148,8 +154,6 @@ def cmd_train(args) -> int:
         (x_train, _), (x_test, y_test) = train, test
         loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
         images = len(x_train) * (settings["epochs"] - initial_epoch)
-    out = args.out or settings.get("out") or f"{model.name}.cnnlab"
-    model.metadata["train_settings"] = {**settings, "out": out}
     if chief:                                # distributed: one writer
         model.save(out)
     if args.report and chief:
@@ -164,6 +168,32 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _new_model_path(path: str, overwrite: bool, say) -> str:
+    """``path``, or, when an earlier run's model is there, the first free ``name-2.cnnlab``,
+    ``name-3.cnnlab`` ... (never overwrite another run's model unasked)."""
+    import os
+    if overwrite or not os.path.exists(path):
+        return path
+    stem, ext = os.path.splitext(path)
+    k = 2
+    while os.path.exists(f"{stem}-{k}{ext}"):
+        k += 1
+    say(f"{path} holds an earlier run's model; this run saves to {stem}-{k}{ext} (--out FILE "
+        f"or --overwrite to choose)")
+    return f"{stem}-{k}{ext}"
+
+
+def _warn_if_too_few_steps(images: int, batch_size: int, say) -> None:
+    """A dataset smaller than a few batches trains to chance without a hint: say so."""
+    steps = -(-images // batch_size)
+    if steps >= 4:
+        return
+    suggestion = max(4, 2 ** int(np.log2(max(images // 8, 1))))
+    say(f"Warning: {images} training images at batch size {batch_size} make {steps} "
+        f"step{'s' * (steps > 1)} per epoch, too few for the network to learn much. Try "
+        f"--batch-size {suggestion} (and more --epochs).")
+
+
 def _materialise(batches, limit):
     """Up to ``limit`` samples of a stream of (x, y) batches, as two arrays."""
     xs, ys, count = [], [], 0
@@ -176,34 +206,64 @@ def _materialise(batches, limit):
     return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
 
 
-def _evaluation_data(model, spec, limit=None):
-    """A dataset's test split as arrays, or every image of a folder, prepared for ``model``."""
+def _evaluation_data(model, path: str, spec, limit=None):
+    """``(x, y, what they are)``: the data ``model`` (loaded from ``path``) is evaluated on.
+
+    Without ``--data``: the test split of the named dataset the model was trained on. A folder:
+    the same validation split the model was trained with when it is the training folder (the
+    split and seed are in the model's metadata), else every image of it."""
     import os
 
     from cnnlab import datasets
+    settings = model.metadata.get("train_settings") or {}
+    trained_on = settings.get("data")
+    folder_trained = model.metadata.get("preprocessing") == "resize"
+    if spec is None:
+        if folder_trained:
+            raise ConfigError(f"{path} was trained on the folder {trained_on!r}, not on a named "
+                              f"dataset: evaluate it with --data {trained_on or 'FOLDER'} (the "
+                              f"validation split it was trained with) or another folder of the "
+                              f"same classes.")
+        spec = trained_on or DEFAULTS["data"]
     if os.path.isdir(spec):
         from cnnlab.utils import image_dataset_from_directory
         mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[model.input_shape[-1]]
-        folder = image_dataset_from_directory(spec, color_mode=mode,
-                                              image_size=tuple(model.input_shape[:2]),
-                                              shuffle=False, batch_size=256, verbose=False)
-        return _materialise(folder.map(lambda x, y: (x / 255.0, y)),
+        options = dict(color_mode=mode, image_size=tuple(model.input_shape[:2]),
+                       shuffle=False, batch_size=256, verbose=False)
+        split = model.metadata.get("validation_split")
+        same = trained_on and os.path.isdir(trained_on) and os.path.samefile(spec, trained_on)
+        if same and split:
+            folder = image_dataset_from_directory(spec, validation_split=split,
+                                                  subset="validation",
+                                                  seed=settings.get("seed"), **options)
+            what = (f"the {split:.0%} validation split of {spec} it was trained with (seed "
+                    f"{settings.get('seed')}): {len(folder.file_paths):,} images it never "
+                    f"trained on")
+        else:
+            folder = image_dataset_from_directory(spec, **options)
+            what = f"all {len(folder.file_paths):,} images of {spec}"
+        x, y = _materialise(folder.map(lambda x, y: (x / 255.0, y)),
                             limit or len(folder.file_paths))
+        return x, y, what
     _, (x_test, y_test) = datasets.load(spec)
-    return datasets.as_model_input(x_test), np.asarray(y_test).reshape(-1)
+    x_test = datasets.as_model_input(x_test)
+    if x_test.shape[1:] != tuple(model.input_shape):
+        raise ConfigError(f"{path} takes images of shape {tuple(model.input_shape)}; {spec}'s "
+                          f"are {x_test.shape[1:]}. Evaluate it on data like the data it was "
+                          f"trained on ({trained_on or 'unknown'}).")
+    return x_test, np.asarray(y_test).reshape(-1), f"{spec}'s {len(x_test):,} test images"
 
 
 def cmd_evaluate(args) -> int:
     """Loss and accuracy of a saved model on a dataset's test split (or a whole folder)."""
     from cnnlab.models import load_model
     model = load_model(args.model)
-    x_test, y_test = _evaluation_data(model, args.data)
+    x_test, y_test, what = _evaluation_data(model, args.model, args.data)
     if model.loss is None:
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     results = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0,
                              return_dict=True)
-    print(f"{args.model} on {args.data} ({len(x_test):,} test images): "
-          + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    print(f"{args.model} on {what}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     return 0
 
 
@@ -228,7 +288,7 @@ def cmd_report(args) -> int:
     from cnnlab.models import load_model
     from cnnlab.viz.report import write_report
     model = load_model(args.model)
-    x_test, y_test = _evaluation_data(model, args.data, limit=2000)
+    x_test, y_test, _ = _evaluation_data(model, args.model, args.data, limit=2000)
     out = write_report(model, x_test, y_test, args.out)
     print(f"Wrote {out}")
     return 0
@@ -400,7 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"random seed; the same seed repeats the run exactly "
                             f"(default: {DEFAULTS['seed']})")
     train.add_argument("--out", default=None,
-                       help="where to save the model (default: MODEL_NAME.cnnlab)")
+                       help="where to save the model (default: MODEL_NAME.cnnlab, or "
+                            "MODEL_NAME-2.cnnlab ... when an earlier run's model is there)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="without --out: replace an earlier run's MODEL_NAME.cnnlab")
     train.add_argument("--checkpoint-dir", metavar="DIR",
                        help="write a checkpoint there after every epoch (weights, optimizer, "
                             "position, random states), atomically")
@@ -422,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_evaluate.__doc__,
         epilog="Example:\n  cnnlab evaluate article_cnn.cnnlab --data mnist_sample")
     evaluate.add_argument("model", help="a .cnnlab file")
-    evaluate.add_argument("--data", default=DEFAULTS["data"], help="dataset (default: %(default)s)")
+    evaluate.add_argument("--data", help="a dataset name, an .npz or a folder (default: the "
+                                          "test split of the dataset the model was trained on)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -460,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_report.__doc__,
         epilog="Example:\n  cnnlab report article_cnn.cnnlab --data mnist_sample --out report.html")
     report.add_argument("model", help="a .cnnlab file")
-    report.add_argument("--data", default=DEFAULTS["data"], help="dataset (default: %(default)s)")
+    report.add_argument("--data", help="a dataset name, an .npz or a folder (default: the test "
+                                        "split of the dataset the model was trained on)")
     report.add_argument("--out", default="report.html", help="HTML file (default: %(default)s)")
     report.set_defaults(func=cmd_report)
     serve = commands.add_parser(

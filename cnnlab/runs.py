@@ -18,6 +18,8 @@ import numpy as np
 
 from cnnlab.errors import ConfigError
 
+#: the share of a folder's images held out for validation (and for `cnnlab evaluate` later)
+FOLDER_VALIDATION_SPLIT = 0.2
 DEFAULTS = {"model": "article", "data": "mnist_sample", "epochs": 5, "batch_size": 128,
             "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "seed": 0, "image_size": 64,
             "color_mode": "rgb"}
@@ -47,7 +49,8 @@ def training_data(settings):
         size = settings["image_size"]
         train, test = image_dataset_from_directory(
             settings["data"], color_mode=settings["color_mode"], image_size=(size, size),
-            batch_size=settings["batch_size"], validation_split=0.2, subset="both",
+            batch_size=settings["batch_size"], validation_split=FOLDER_VALIDATION_SPLIT,
+            subset="both",
             seed=settings["seed"])
         names = train.class_names
         scale = lambda x, y: (x / 255.0, y)                               # noqa: E731
@@ -71,9 +74,12 @@ def new_run(settings: dict):
                  if settings["optimizer"] == "sgd" else optimizers.Adam(settings["lr"]))
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
+    folder = not isinstance(train, tuple)
     model.metadata.update({"train_settings": settings, "class_names": names,
                            "input_scale": "uint8 / 255",
-                           "preprocessing": "mnist" if isinstance(train, tuple) else "resize"})
+                           "preprocessing": "resize" if folder else "mnist"})
+    if folder:                  # so that evaluation later holds out the very same images
+        model.metadata["validation_split"] = FOLDER_VALIDATION_SPLIT
     return model, train, test
 
 

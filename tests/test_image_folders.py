@@ -1,6 +1,7 @@
 """"A data-set of your own": folders of real image files, streamed, with the Keras semantics,
 robust to bad files, and usable from the command line."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -163,3 +164,31 @@ def test_streaming_keeps_memory_bounded(tmp_path):
     decoded_total_mb = 5000 * 64 * 64 * 3 * 4 / 2**20          # 234 MB if all held at once
     assert after - before < 80, (before, after)                 # a few batches, not the folder
     assert decoded_total_mb > 200
+
+
+def test_after_training_on_a_folder_evaluate_uses_its_validation_split(folder, tmp_path, capsys,
+                                                                      monkeypatch):
+    """evaluate without --data names the folder to use; with it, the images held out in training
+    (not the training images); a second run never overwrites the first's model; a dataset of a
+    few batches is flagged."""
+    root, _ = folder
+    monkeypatch.chdir(tmp_path)
+    command = ["train", "--data", str(root), "--image-size", "28", "--color-mode", "grayscale",
+               "--model", "lenet5", "--epochs", "1", "--verbose", "0"]
+    assert main(command) == 0
+    first = capsys.readouterr().out
+    assert "too few for the network to learn much. Try --batch-size 8" in first  # 72 at 128
+    saved = (tmp_path / "lenet5.cnnlab").read_bytes()
+    assert main([*command, "--batch-size", "16"]) == 0
+    second = capsys.readouterr().out
+    assert "lenet5.cnnlab holds an earlier run's model; this run saves to lenet5-2.cnnlab" \
+        in second and "too few" not in second
+    assert (tmp_path / "lenet5.cnnlab").read_bytes() == saved and (tmp_path / "lenet5-2.cnnlab"
+                                                                   ).exists()
+    assert main(["evaluate", "lenet5.cnnlab"]) == 1
+    err = capsys.readouterr().err
+    assert f"was trained on the folder {str(root)!r}" in err and f"--data {root}" in err
+    assert main(["evaluate", "lenet5.cnnlab", "--data", str(root)]) == 0
+    out = capsys.readouterr().out
+    held_out = re.search(r"([\d,]+) validation images", first).group(1)   # what training held out
+    assert "the 20% validation split" in out and f"{held_out} images it never trained on" in out
