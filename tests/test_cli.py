@@ -117,3 +117,31 @@ def test_repeating_a_runs_command_with_resume_added_continues_it(tmp_path, capsy
     assert main(contradicting) == 1
     err = capsys.readouterr().err
     assert "--seed 4 contradicts the run saved in" in err and "which has --seed 3" in err
+
+
+def test_the_readmes_command_table_lists_every_option_help_shows():
+    import argparse
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        if line.startswith("| `cnnlab "):
+            cells = re.split(r"(?<!\\)\|", line)            # cells split at unescaped bars
+            rows[re.match(r"\| `cnnlab (\w+)", line).group(1)] = set(
+                re.findall(r"`(--[a-z-]+)", cells[2]))
+
+    def options(parser):
+        found = set()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found |= options(sub)
+            found.update(o for o in action.option_strings if o.startswith("--") and o != "--help")
+        return found
+
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(rows) == set(commands)
+    for name, parser in commands.items():
+        assert rows[name] == options(parser), name
