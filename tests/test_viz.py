@@ -213,3 +213,29 @@ def test_grad_cam_gradient_at_a_merge_of_a_graph_matches_finite_differences():
     heat = viz.grad_cam(model, image, layer="join")
     assert heat.shape == (9, 8) and heat.max() == pytest.approx(1)
     assert viz.grad_cam(model, image).shape == (9, 8)                   # the last conv: 'top'
+
+
+def test_the_mistakes_gallery_counts_honestly_and_keeps_titles_clear():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    model = cnnlab.Sequential([layers.Input((12, 12, 1)), layers.Conv2D(2, 3), layers.Flatten(),
+                               layers.Dense(3, activation="softmax")])
+    rng = np.random.default_rng(0)
+    x, y = rng.random((60, 12, 12, 1)).astype(np.float32), rng.integers(0, 3, 60)
+    wrong = len(viz.misclassified(model, x, y, limit=None))
+    assert wrong > 16                                    # an untrained model errs a lot
+    fig = viz.plot_misclassified(model, x, y, limit=16)
+    assert fig._suptitle.get_text() == f"16 of {wrong} misclassified images shown"
+    FigureCanvasAgg(fig).draw()
+    grid = [ax for ax in fig.axes]
+    for upper, lower in zip(grid[:8], grid[8:16]):       # a title stays below the row above
+        assert lower.title.get_window_extent().y1 <= upper.get_window_extent().y0 + 1
+
+
+def test_feature_maps_fill_the_reports_width():
+    from PIL import Image
+    model = cnnlab.zoo.get("lenet5")
+    (x, _), _ = cnnlab.datasets.mnist_sample.load_data()
+    buffer = __import__("io").BytesIO()
+    viz.plot_feature_maps(model, cnnlab.datasets.as_model_input(x[:1])[0]).savefig(
+        buffer, format="png", dpi=100, bbox_inches="tight")
+    assert Image.open(buffer).width >= 900               # the report's column is 1,000 px
