@@ -112,6 +112,14 @@ def test_draw_page_takes_an_uploaded_photo_of_dark_ink_on_paper(web_app, driver,
         const c = document.getElementById('seen').getContext('2d');
         return [c.getImageData(0, 0, 1, 1).data[0], c.getImageData(14, 14, 1, 1).data[0]];""")
     assert corner == 0 and centre > 128
+    # and the pad shows the uploaded photo itself: paper-coloured, with the dark stroke
+    paper, stroke = driver.execute_script("""
+        const pad = document.getElementById('pad'), c = pad.getContext('2d');
+        const at = (x, y) => Array.from(c.getImageData(x, y, 1, 1).data.slice(0, 3));
+        const scale = Math.min(pad.width / 300, pad.height / 400);
+        const left = (pad.width - 300 * scale) / 2, top = (pad.height - 400 * scale) / 2;
+        return [at(left + 250 * scale, top + 200 * scale), at(left + 92 * scale, top + 200 * scale)];""")
+    assert min(paper) > 180 and max(stroke) < 90
     no_errors_logged(driver)
 
 
@@ -173,3 +181,47 @@ def test_explain_page_steps_through_convolution_and_pooling(web_app, driver):
         step.click()
     screenshot(driver, "web-explain.png")
     no_errors_logged(driver)
+
+
+def test_the_idle_train_page_draws_its_axes_and_says_what_will_appear(web_app, driver):
+    base, _ = web_app
+    driver.get(base + "/train")
+    wait_for(driver, "document.querySelectorAll('#zoo option').length > 0")
+    for chart in ("loss-chart", "accuracy-chart"):
+        axes = driver.execute_script(
+            f"return document.querySelectorAll('#{chart} line.axis').length")
+        note = driver.find_element("css selector", f"#{chart} .chart-empty").text
+        assert axes == 2 and note == "The curves appear here when training starts."
+    no_errors_logged(driver)
+
+
+def test_a_cold_server_answers_the_explain_pages_first_load_completely(driver, tmp_path,
+                                                                       digits_model_file):
+    """A fresh `cnnlab serve` process, the explain page loaded at once, three times over: both
+    cards get their grids and their formula (a first load once came without them)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    for _ in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cnnlab", "serve", str(digits_model_file), "--port",
+             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "CNNLAB_HOME": str(tmp_path / "home")})
+        try:
+            server.stdout.readline()                         # it prints its URL when listening
+            driver.get(f"http://127.0.0.1:{port}/explain")
+            wait_for(driver, "document.querySelectorAll('#conv [data-role=output] .cell').length"
+                             " === 9 && document.querySelectorAll('#pool [data-role=output] "
+                             ".cell').length === 4", timeout=30)
+            for card in ("conv", "pool"):
+                formula = driver.find_element("css selector", f"#{card} [data-role=formula]")
+                assert "= floor(" in formula.text
+                assert driver.find_element("css selector", f"#{card} [data-role=error]").text == ""
+            no_errors_logged(driver)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

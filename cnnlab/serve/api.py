@@ -16,8 +16,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Imported now, not at the first request: two first requests arriving together (the explain
+# page asks for its two cards at once) would otherwise import the same modules on two threads.
+from cnnlab.engine.activations import softmax_forward
+from cnnlab.engine.shapes import dropped_pixels
 from cnnlab.errors import CnnlabError, ImageFormatError
+from cnnlab.graph.summary import layer_rows, summary_text
+from cnnlab.layers import Softmax
+from cnnlab.preprocess import open_image
 from cnnlab.runs import class_names, image_for_model
+from cnnlab.viz.explain import conv_slide, pool_slide
+from cnnlab.viz.grids import scale_each
 
 #: an upload bigger than this is refused before it is decoded (4096 x 4096)
 MAX_UPLOAD_PIXELS = 4096 * 4096
@@ -62,7 +71,6 @@ def encode_activation(values: np.ndarray) -> dict:
     scaled on its own from its ``min`` (0) to its ``max`` (255)); a vector ``(D,)`` becomes one
     1 x D map. A constant map is all zeros.
     """
-    from cnnlab.viz.grids import scale_each
     values = np.asarray(values)
     maps = values.transpose(2, 0, 1) if values.ndim == 3 else values.reshape(1, 1, -1)  # (C, H, W)
     scaled, low, high = scale_each(maps)
@@ -75,8 +83,6 @@ def encode_activation(values: np.ndarray) -> dict:
 def _probabilities(model, output: np.ndarray) -> np.ndarray:
     """The last layer's output as class probabilities: as is after a softmax, else softmaxed
     (a model that ends in logits), for the bar chart."""
-    from cnnlab.engine.activations import softmax_forward
-    from cnnlab.layers import Softmax
     last = model.outputs[0].node.layer
     if isinstance(last, Softmax) or getattr(last, "activation", None) == "softmax":
         return output
@@ -90,7 +96,6 @@ def predict(served: ServedModel, body: bytes, invert="auto") -> dict:
     on light, cropped to the ink, scaled into 20 x 20 and centred by centre of mass in 28 x 28);
     ``input`` is exactly what the model saw.
     """
-    from cnnlab.preprocess import open_image
     start = time.perf_counter()
     if not body:
         raise ApiError(400, "The request has no body; send the image's bytes (PNG, JPEG, ...).")
@@ -124,7 +129,6 @@ def predict(served: ServedModel, body: bytes, invert="auto") -> dict:
 
 def summary(served: ServedModel) -> dict:
     """Layers with output shapes, parameter counts and the output-size formula."""
-    from cnnlab.graph.summary import layer_rows, summary_text
     model = served.model
     return {"model": served.name, "input_shape": list(model.input_shape),
             "layers": layer_rows(model), "total_params": int(model.count_params()),
@@ -145,7 +149,6 @@ def int_field(params: dict, name: str, default: int, low: int, high: int) -> int
 
 
 def _slide_payload(slide) -> dict:
-    from cnnlab.engine.shapes import dropped_pixels
     size = slide.image.shape[0]
     return {"kind": slide.kind, "image": slide.image.tolist(), "padded": slide.padded.tolist(),
             "pad": slide.pad, "kernel": None if slide.kernel is None else slide.kernel.tolist(),
@@ -165,7 +168,6 @@ def known_fields(params: dict, allowed: set[str]) -> None:
 def explain_conv(params: dict) -> dict:
     """A convolution of a small integer image (pixels 1-9, so every 0 is padding) with an
     edge-detecting kernel: the padded input, every window, the feature map and the formula."""
-    from cnnlab.viz.explain import conv_slide
     known_fields(params, {"size", "kernel", "padding", "stride", "seed"})
     size = int_field(params, "size", 6, 1, 16)
     kernel = int_field(params, "kernel", 3, 1, 7)
@@ -180,7 +182,6 @@ def explain_conv(params: dict) -> dict:
 
 def explain_pool(params: dict) -> dict:
     """Max or average pooling of a small integer image: every window and the pooled map."""
-    from cnnlab.viz.explain import pool_slide
     known_fields(params, {"size", "pool", "stride", "kind", "seed"})
     size = int_field(params, "size", 4, 1, 16)
     pool = int_field(params, "pool", 2, 1, 4)

@@ -55,11 +55,26 @@ $("clear").addEventListener("click", () => {
   showEmpty();
 });
 
+/** An uploaded picture on the pad, scaled to fit and centred, so the pad shows what was sent. */
+async function showOnPad(file) {
+  clearPad();
+  try {
+    const picture = await createImageBitmap(file);
+    const scale = Math.min(pad.width / picture.width, pad.height / picture.height);
+    const w = picture.width * scale, h = picture.height * scale;
+    ink.drawImage(picture, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+    picture.close();
+  } catch {
+    // a format the browser cannot draw: the server still reads it (or says why it cannot)
+  }
+}
+
 $("upload").addEventListener("change", async (event) => {
   const file = event.target.files[0];
   if (!file) return;
   drawingNumber += 1;               // an answer for the drawing before it no longer applies
   again = false;
+  await showOnPad(file);
   await predict(file, file.type || "application/octet-stream");
   event.target.value = "";
 });

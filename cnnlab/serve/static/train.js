@@ -45,6 +45,10 @@ function chart(node, series, dots, epochs, { fixed } = {}) {
   const points = series.filter((p) => Number.isFinite(p.y)).map((p) => `${x(p.x).toFixed(1)},${y(p.y).toFixed(1)}`);
   parts.push(svg("polyline", { class: "train", points: points.join(" "), "data-points": points.length }));
   for (const p of dots) parts.push(svg("circle", { class: "val", cx: x(p.x), cy: y(p.y), r: 4 }));
+  if (!points.length && !dots.length) {
+    parts.push(svg("text", { class: "chart-empty", x: (left + W - right) / 2, y: (top + H - bottom) / 2,
+      "text-anchor": "middle" }, "The curves appear here when training starts."));
+  }
   node.replaceChildren(...parts);
 }
 
@@ -130,11 +134,12 @@ $("stop").addEventListener("click", async () => {
 
 async function init() {
   markNav();
+  // the empty charts first, before any answer from the server: axes, never a blank box
+  chart($("loss-chart"), [], [], 2);
+  chart($("accuracy-chart"), [], [], 2, { fixed: [0, 1] });
   const listing = await api("/api/models");
   $("zoo").replaceChildren(...listing.zoo.map((name) => el("option", { value: name, text: name })));
   const status = await api("/api/train/status");
-  chart($("loss-chart"), [], [], 2);
-  chart($("accuracy-chart"), [], [], 2, { fixed: [0, 1] });
   show(status);
   if (["starting", "running", "stopping"].includes(status.state)) follow();
 }
