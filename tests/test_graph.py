@@ -90,12 +90,17 @@ def randomise_statistics(model, rng):
             v.value[...] = rng.normal(0, 0.3, v.value.shape)
 
 
-def test_resnet_basic_block_with_projection_and_batch_norm_equals_torch():
+def resnet_block_and_batch(seed: int, n: int):
+    """The block, compiled, with non-trivial statistics, and a batch of ``n``."""
     model = resnet_block()
     model.compile("sgd", "sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     randomise_statistics(model, rng)
-    x, y = rng.standard_normal((6, 8, 8, 3)), rng.integers(0, 5, 6)
+    return model, rng.standard_normal((n, 8, 8, 3)), rng.integers(0, 5, n)
+
+
+def test_resnet_basic_block_with_projection_and_batch_norm_equals_torch():
+    model, x, y = resnet_block_and_batch(0, 6)
 
     def torch_loss(p):
         logits = resnet_block_torch(p, nchw(x))
@@ -194,11 +199,7 @@ def test_two_inputs_two_outputs_with_weighted_losses_equal_torch():
 
 def test_graph_gradients_match_finite_differences():
     """Training mode: batch statistics, so every sample's change moves every output."""
-    model = resnet_block()
-    model.compile("sgd", "sparse_categorical_crossentropy")
-    rng = np.random.default_rng(4)
-    randomise_statistics(model, rng)
-    x, y = rng.standard_normal((4, 8, 8, 3)), rng.integers(0, 5, 4)
+    model, x, y = resnet_block_and_batch(4, 4)
     _, _, grads = model.loss_and_gradients(x, y)
     for name, variable in model.named_variables():
         if variable.kind != "param":
