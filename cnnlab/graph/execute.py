@@ -19,6 +19,7 @@ import threading
 
 import numpy as np
 
+from cnnlab.errors import ShapeError
 from cnnlab.layers.base import CallContext
 
 
@@ -58,31 +59,61 @@ def _add(total: dict, key, grad: np.ndarray) -> None:
         total[key] = grad
 
 
+class Step:
+    """One node as the forward pass runs it, worked out once per graph: which values it reads,
+    which it writes, which it is the last reader of (they can be dropped after it), and the key
+    of its scratch buffers."""
+
+    __slots__ = ("node", "layer", "reads", "writes", "last_reads", "site", "one_input")
+
+    def __init__(self, node, last_reads):
+        self.node, self.layer = node, node.layer
+        self.reads = [id(t) for t in node.inbound]
+        self.writes = [id(t) for t in node.outputs]
+        self.last_reads = last_reads
+        self.site = (id(node),)
+        self.one_input = node.layer.input_count == 1
+
+
+def plan_steps(nodes, outputs) -> list[Step]:
+    """The steps of a graph's nodes in order; an output's value is kept to the end."""
+    last_reader = {}
+    for node in nodes:
+        for tensor in node.inbound:
+            last_reader[id(tensor)] = node
+    kept = {id(t) for t in outputs}
+    return [Step(node, [key for key in dict.fromkeys(id(t) for t in node.inbound)
+                        if last_reader[key] is node and key not in kept])
+            for node in nodes]
+
+
 def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict | None = None,
             keep_values: bool = False) -> tuple[list[np.ndarray], Tape]:
     """Run every node of ``graph`` in topological order on ``inputs`` (one array per graph
     input). Values no later node needs are dropped at once unless ``keep_values``."""
     activations = activations or {}
-    scope = ctx.scope
+    for tensor, x in zip(graph.inputs, inputs):
+        if x.shape[1:] != tensor.shape[1:]:
+            raise ShapeError(f"Model {graph.name!r}: input {tensor.name!r} expects (N, "
+                             f"{', '.join(map(str, tensor.shape[1:]))}); received {x.shape}.")
+    scope, sites = ctx.scope, ctx.workspaces
     values = {id(t): x for t, x in zip(graph.inputs, inputs)}
-    remaining = dict(graph.consumer_counts)
     tape = Tape()
-    for node in graph.nodes:
-        args = [values[id(t)] for t in node.inbound]
-        layer = node.layer
-        ctx.scope = (*scope, id(node))          # a nested model's nodes live under this one
-        ctx.workspace = None if ctx.workspaces is None else ctx.workspaces.site(ctx.scope)
-        out, cache = layer.forward(args[0] if layer.input_count == 1 else args, ctx,
-                                   activations.get(node))
-        for tensor, value in zip(node.outputs, out if len(node.outputs) > 1 else [out]):
-            values[id(tensor)] = value
+    for step in graph.steps:
+        args = [values[key] for key in step.reads]
+        ctx.scope = scope + step.site if scope else step.site   # a nested model's nodes: under it
+        ctx.workspace = None if sites is None else sites.site(ctx.scope)
+        out, cache = step.layer.forward(args[0] if step.one_input else args, ctx,
+                                        activations.get(step.node))
+        if len(step.writes) == 1:
+            values[step.writes[0]] = out
+        else:
+            values.update(zip(step.writes, out))
         if ctx.keep_cache:
-            tape.append((node, cache))
+            tape.append((step.node, cache))
         if not keep_values:
-            for tensor in node.inbound:
-                remaining[id(tensor)] -= 1
-                if remaining[id(tensor)] == 0:
-                    del values[id(tensor)]
+            for key in step.last_reads:
+                del values[key]
     ctx.scope = scope
     if keep_values:
         tape.values = values

@@ -102,9 +102,7 @@ class Functional(Layer):
         for node in self.nodes:
             for tensor in node.inbound:
                 self.consumers.setdefault(id(tensor), []).append(node)
-        self.consumer_counts = {key: len(nodes) for key, nodes in self.consumers.items()}
-        for tensor in self.outputs:                  # an output is read once more, at the end
-            self.consumer_counts[id(tensor)] = self.consumer_counts.get(id(tensor), 0) + 1
+        self.steps = execute.plan_steps(self.nodes, self.outputs)
         layers = [t.node.layer for t in self.inputs]
         for node in self.nodes:
             if all(node.layer is not known for known in layers):

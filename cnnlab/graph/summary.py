@@ -45,7 +45,7 @@ def _connections(model) -> dict[int, str]:
 def is_chain(model) -> bool:
     """One input, one output, every layer called once on the previous layer's output."""
     return len(model.inputs) == 1 and len(model.outputs) == 1 and all(
-        len(node.inbound) == 1 and model.consumer_counts.get(id(node.outputs[0]), 0) <= 1
+        len(node.inbound) == 1 and len(model.consumers.get(id(node.outputs[0]), [])) <= 1
         for node in model.nodes)
 
 

@@ -8,9 +8,9 @@ pure pair:
 
 ``cache`` is whatever backward needs from that call; it is handed back by whoever ran the call
 (the graph's tape), so two calls of one layer, in two threads or twice in one graph, never meet.
-``param_grads`` line up with :attr:`Layer.params`. ``ctx`` (:class:`CallContext`) is the call's
-own: training or inference, the random generator, reductions over a sharded batch, and the
-scratch buffers the caller keeps.
+``param_grads`` line up with :attr:`Layer.params`. ``ctx`` (``layers.context.CallContext``) is
+the call's own: training or inference, the random generator, reductions over a sharded batch,
+and the scratch buffers the caller keeps.
 
 The activation (``Conv2D(activation='relu')``) is not part of the core op: :meth:`Layer.forward`
 applies whichever activation it is asked for after the core op and records it in the cache, so
@@ -24,13 +24,10 @@ exclude the batch axis; a merge layer gets a list of them.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import inspect
 import re
-import threading
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,7 +36,10 @@ from cnnlab import seeding
 from cnnlab.engine import initializers
 from cnnlab.engine.activations import ACTIVATIONS
 from cnnlab.errors import ConfigError, NotBuiltError, ShapeError
+from cnnlab.layers.context import CallContext, Variable, deferred_variables, variables_deferred
 from cnnlab.layers.symbolic import SymbolicTensor, record_call
+
+__all__ = ["Layer", "CallContext", "Variable", "deferred_variables", "layer_class"]
 
 LAYER_REGISTRY: dict[str, type] = {}
 _name_counts: Counter = Counter()
@@ -94,78 +94,6 @@ def check_input_shape(input_shape, owner: str) -> tuple[int, ...] | None:
         raise ConfigError(f"{owner}: input_shape must be a tuple of positive ints, without the "
                           f"batch axis, e.g. (28, 28, 1). Received: input_shape={input_shape!r}")
     return tuple(int(d) for d in input_shape)
-
-
-@dataclass(eq=False)
-class Variable:
-    """One array a layer owns. ``kind`` is ``'param'`` (trained by the optimizer when the layer is
-    trainable) or ``'state'`` (updated by the forward pass itself, e.g. BatchNormalization's
-    moving mean; never trained). Compared and hashed by identity."""
-
-    name: str
-    value: np.ndarray | None
-    kind: str = "param"
-    #: ``(shape, dtype)`` of a variable created under :func:`deferred_variables`, until filled
-    pending: tuple | None = None
-
-
-_deferred = threading.local()
-
-
-@contextlib.contextmanager
-def deferred_variables():
-    """Build layers without allocating their variables: each gets ``value=None`` and its
-    ``pending`` shape and dtype. A model file's loader builds the graph this way, checks every
-    array in the file against those shapes, and only then fills them: a file cannot make cnnlab
-    allocate more than it holds."""
-    previous = getattr(_deferred, "on", False)
-    _deferred.on = True
-    try:
-        yield
-    finally:
-        _deferred.on = previous
-
-
-class CallContext:
-    """Everything one call of a layer (or a graph) may need besides its inputs. Made per call by
-    whoever runs it; layers read it and never keep it.
-
-    ``training``        batch statistics, dropout and augmentation on
-    ``keep_cache``      a backward pass may follow (always in training; for attribution too)
-    ``workspace``       a dict of scratch buffers the caller keeps for this call site, or None
-                        (``workspaces`` holds them all, ``scope`` names the site)
-    ``state_updates``   ``(variable, new value)`` pairs the call asks for; the caller applies
-                        them once per batch, after the step
-    """
-
-    def __init__(self, training: bool = False, keep_cache: bool | None = None,
-                 batch_sum=None, generators=None):
-        self.training = bool(training)
-        self.keep_cache = self.training if keep_cache is None else bool(keep_cache)
-        self.workspaces = None
-        self.scope: tuple = ()
-        self.workspace: dict | None = None
-        self.state_updates: list[tuple[Variable, np.ndarray]] = []
-        self._batch_sum = batch_sum
-        self._generators = generators
-
-    def sum_over_batch(self, partial: np.ndarray) -> np.ndarray:
-        """A sum over this call's samples -> the sum over the whole batch, when the batch is
-        split over threads or MPI ranks (every part gets the same total). Identity otherwise."""
-        return partial if self._batch_sum is None else self._batch_sum(partial)
-
-    def generator(self, layer) -> np.random.Generator:
-        """The random stream ``layer`` draws from in this call (a shard's own when sharded)."""
-        if self._generators is not None and layer in self._generators:
-            return self._generators[layer]
-        return layer.rng
-
-    def child(self) -> CallContext:
-        """The context for a nested model's layers: the same call, with buffers of their own."""
-        inner = CallContext(self.training, self.keep_cache, self._batch_sum, self._generators)
-        inner.state_updates = self.state_updates
-        inner.workspaces, inner.scope = self.workspaces, self.scope
-        return inner
 
 
 def symbolic_inputs(inputs) -> bool:
@@ -246,7 +174,7 @@ class Layer:
         if self._recording is not None:
             self._recording.append((name, shape))
             return None
-        if getattr(_deferred, "on", False):
+        if variables_deferred():
             self.variables.append(Variable(name, None, kind, pending=(shape, self.dtype)))
             return None
         value = initializers.get(initializer)(shape, seeding.global_generator(), self.dtype)
@@ -277,6 +205,7 @@ class Layer:
         if not self.built:
             self.build([x.shape[1:] for x in inputs] if isinstance(inputs, list)
                        else inputs.shape[1:])
+        self._check_input(inputs)
         ctx = CallContext(training)
         out, _ = self.forward(inputs, ctx)
         for variable, value in ctx.state_updates:       # eager: statistics update at once
@@ -285,11 +214,12 @@ class Layer:
 
     def forward(self, inputs, ctx: CallContext, activation: str | None = None):
         """The core op, then ``activation`` (the layer's own unless the caller names another).
-        Returns ``(out, cache)``; :meth:`backward` takes the cache back."""
+        Returns ``(out, cache)``; :meth:`backward` takes the cache back. The inputs are checked
+        by the caller (``__call__`` on data; a graph checks its own inputs, and its symbolic
+        shapes vouch for every node inside)."""
         if not self.built:
             raise NotBuiltError(f"{self._describe()} is not built: call it on data, or give the "
                                 f"model an input shape, first.")
-        self._check_input(inputs)
         out, core = self.call(inputs, ctx)
         activation = self.activation if activation is None else activation
         if activation == "linear":

@@ -72,8 +72,8 @@ class Conv2D(Layer):
     def call(self, x, ctx):
         # ctx.workspace: the im2col buffer and kernel spectrum the caller keeps for this call
         # site between steps (one per thread and per node, so concurrent calls never share one)
-        bias = self.weights[1] if self.use_bias else None
-        return conv2d_forward(x, self.weights[0], bias, self.strides,
+        bias = self.variables[1].value if self.use_bias else None
+        return conv2d_forward(x, self.variables[0].value, bias, self.strides,
                               self.pads_for(x.shape[1:3]), self.dilation_rate, ctx.workspace)
 
     def call_backward(self, grad_out, cache, input_grad):

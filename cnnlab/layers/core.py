@@ -78,8 +78,8 @@ class Dense(Layer):
 
     def call(self, x, ctx):
         x2 = x.reshape(-1, x.shape[-1])                                     # (N*..., D_in)
-        bias = self.weights[1] if self.use_bias else None
-        out, cache = dense_forward(x2, self.weights[0], bias)               # (N*..., units)
+        bias = self.variables[1].value if self.use_bias else None
+        out, cache = dense_forward(x2, self.variables[0].value, bias)       # (N*..., units)
         return out.reshape(*x.shape[:-1], self.units), (cache, x.shape[:-1])
 
     def call_backward(self, grad_out, cache, input_grad):

@@ -1,0 +1,91 @@
+"""What a layer owns and what one call of it is given.
+
+``Variable``: one array a layer owns, with a name and a kind (a trained parameter, or state the
+forward pass updates). ``CallContext``: everything one call needs besides its inputs, made by the
+caller for that call and never kept by the layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(eq=False)
+class Variable:
+    """One array a layer owns. ``kind`` is ``'param'`` (trained by the optimizer when the layer is
+    trainable) or ``'state'`` (updated by the forward pass itself, e.g. BatchNormalization's
+    moving mean; never trained). Compared and hashed by identity."""
+
+    name: str
+    value: np.ndarray | None
+    kind: str = "param"
+    #: ``(shape, dtype)`` of a variable created under :func:`deferred_variables`, until filled
+    pending: tuple | None = None
+
+
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_variables():
+    """Build layers without allocating their variables: each gets ``value=None`` and its
+    ``pending`` shape and dtype. A model file's loader builds the graph this way, checks every
+    array in the file against those shapes, and only then fills them: a file cannot make cnnlab
+    allocate more than it holds."""
+    previous = variables_deferred()
+    _deferred.on = True
+    try:
+        yield
+    finally:
+        _deferred.on = previous
+
+
+def variables_deferred() -> bool:
+    """Whether this thread is inside :func:`deferred_variables`."""
+    return getattr(_deferred, "on", False)
+
+
+class CallContext:
+    """Everything one call of a layer (or a graph) may need besides its inputs. Made per call by
+    whoever runs it; layers read it and never keep it.
+
+    ``training``        batch statistics, dropout and augmentation on
+    ``keep_cache``      a backward pass may follow (always in training; for attribution too)
+    ``workspace``       a dict of scratch buffers the caller keeps for this call site, or None
+                        (``workspaces`` holds them all, ``scope`` names the site)
+    ``state_updates``   ``(variable, new value)`` pairs the call asks for; the caller applies
+                        them once per batch, after the step
+    """
+
+    def __init__(self, training: bool = False, keep_cache: bool | None = None,
+                 batch_sum=None, generators=None):
+        self.training = bool(training)
+        self.keep_cache = self.training if keep_cache is None else bool(keep_cache)
+        self.workspaces = None
+        self.scope: tuple = ()
+        self.workspace: dict | None = None
+        self.state_updates: list[tuple[Variable, np.ndarray]] = []
+        self._batch_sum = batch_sum
+        self._generators = generators
+
+    def sum_over_batch(self, partial: np.ndarray) -> np.ndarray:
+        """A sum over this call's samples -> the sum over the whole batch, when the batch is
+        split over threads or MPI ranks (every part gets the same total). Identity otherwise."""
+        return partial if self._batch_sum is None else self._batch_sum(partial)
+
+    def generator(self, layer) -> np.random.Generator:
+        """The random stream ``layer`` draws from in this call (a shard's own when sharded)."""
+        if self._generators is not None and layer in self._generators:
+            return self._generators[layer]
+        return layer.rng
+
+    def child(self) -> CallContext:
+        """The context for a nested model's layers: the same call, with buffers of their own."""
+        inner = CallContext(self.training, self.keep_cache, self._batch_sum, self._generators)
+        inner.state_updates = self.state_updates
+        inner.workspaces, inner.scope = self.workspaces, self.scope
+        return inner
