@@ -111,10 +111,6 @@ class Sequential(Model):
         self._set_graph([self._input_tensor], [x])
         self._graph_layers = list(self._layers)
 
-    def _require_built(self):
-        if not self.built:
-            self.build()
-
     # --- configuration and files ----------------------------------------------------------------
     def get_config(self) -> dict:
         shape = self._input_tensor.shape[1:] if self._input_tensor is not None else None
