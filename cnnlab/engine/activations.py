@@ -71,6 +71,54 @@ def sigmoid_backward(grad_out: np.ndarray, out: np.ndarray) -> np.ndarray:
     return grad_out * out * (1 - out)
 
 
+def leaky_relu_forward(x: np.ndarray, negative_slope: float = 0.2):
+    """``x`` where positive, ``negative_slope * x`` elsewhere (Keras' function default 0.2)."""
+    positive = x > 0
+    return np.where(positive, x, x * np.asarray(negative_slope, x.dtype)), (positive,
+                                                                          negative_slope)
+
+
+def leaky_relu_backward(grad_out: np.ndarray, cache) -> np.ndarray:
+    positive, negative_slope = cache
+    return np.where(positive, grad_out, grad_out * np.asarray(negative_slope, grad_out.dtype))
+
+
+def elu_forward(x: np.ndarray, alpha: float = 1.0):
+    """``x`` where positive, ``alpha * (exp(x) - 1)`` elsewhere; ``expm1`` keeps small negative
+    inputs exact, and ``min(x, 0)`` keeps exp from overflowing where the branch is not taken."""
+    positive = x > 0
+    out = np.where(positive, x, np.asarray(alpha, x.dtype) * np.expm1(np.minimum(x, 0)))
+    return out, (positive, out, alpha)
+
+
+def elu_backward(grad_out: np.ndarray, cache) -> np.ndarray:
+    """``g`` where positive, ``g * (out + alpha)`` (= ``g * alpha * exp(x)``) elsewhere."""
+    positive, out, alpha = cache
+    return grad_out * np.where(positive, 1, out + np.asarray(alpha, out.dtype))
+
+
+def silu_forward(x: np.ndarray):
+    """SiLU, also called swish: ``x * sigmoid(x)``."""
+    s = sigmoid_forward(x)[0]
+    return x * s, (x, s)
+
+
+def silu_backward(grad_out: np.ndarray, cache) -> np.ndarray:
+    """``g * s * (1 + x * (1 - s))``."""
+    x, s = cache
+    return grad_out * s * (1 + x * (1 - s))
+
+
+def hard_sigmoid_forward(x: np.ndarray):
+    """Keras 3's (and torch's) ``relu6(x + 3) / 6``: 0 below -3, 1 above 3, a line between."""
+    inside = (x > -3) & (x < 3)
+    return np.clip(x / np.asarray(6, x.dtype) + np.asarray(0.5, x.dtype), 0, 1), inside
+
+
+def hard_sigmoid_backward(grad_out: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    return grad_out * inside / np.asarray(6, grad_out.dtype)
+
+
 def linear_forward(x: np.ndarray):
     return x, None
 
@@ -88,6 +136,11 @@ ACTIVATIONS = {
     "log_softmax": (log_softmax_forward, log_softmax_backward),
     "tanh": (tanh_forward, tanh_backward),
     "sigmoid": (sigmoid_forward, sigmoid_backward),
+    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
+    "elu": (elu_forward, elu_backward),
+    "silu": (silu_forward, silu_backward),
+    "swish": (silu_forward, silu_backward),                  # Keras' other name for SiLU
+    "hard_sigmoid": (hard_sigmoid_forward, hard_sigmoid_backward),
 }
 
 

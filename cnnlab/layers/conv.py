@@ -1,4 +1,5 @@
-"""``Conv2D``: holds the kernel and bias and calls ``engine.conv``.
+"""``Conv2D``, ``DepthwiseConv2D`` and ``SeparableConv2D``: hold their kernels and bias and call
+``engine.conv`` and ``engine.depthwise``.
 
 Input shape ``(N, H, W, C)``; output shape ``(N, Ho, Wo, filters)`` with
 ``Ho = floor((H - KH_eff + P_top + P_bottom) / sh) + 1`` (``engine.shapes.conv_output_size``).
@@ -14,7 +15,10 @@ Input shape ``(N, H, W, C)``; output shape ``(N, Ho, Wo, filters)`` with
 
 from __future__ import annotations
 
+from cnnlab.engine import initializers
 from cnnlab.engine.conv import conv2d_backward, conv2d_forward
+from cnnlab.engine.dense import dense_backward, dense_forward
+from cnnlab.engine.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
 from cnnlab.engine.shapes import as_pair, output_hw, resolve_padding, validate_padding
 from cnnlab.layers.base import Layer, check_positive_int
 
@@ -103,3 +107,105 @@ def _to_lists(value):
 
 def _to_tuples(value):
     return tuple(_to_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class DepthwiseConv2D(Conv2D):
+    """Each input channel convolved with its own ``depth_multiplier`` filters (no sum over
+    channels): ``(N, H, W, C) -> (N, Ho, Wo, C * depth_multiplier)``, the same output-size formula
+    as ``Conv2D``. Kernel ``(KH, KW, C, depth_multiplier)``, as in Keras; ``engine.depthwise``.
+    """
+
+    def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier: int = 1,
+                 dilation_rate=(1, 1), activation=None, use_bias: bool = True,
+                 depthwise_initializer="glorot_uniform", bias_initializer="zeros",
+                 input_shape=None, name=None, dtype=None, trainable=True):
+        self.depth_multiplier = check_positive_int(depth_multiplier, "depth_multiplier",
+                                                   type(self).__name__)
+        super().__init__(1, kernel_size, strides, padding, dilation_rate, activation, use_bias,
+                         depthwise_initializer, bias_initializer, input_shape, name, dtype,
+                         trainable)
+
+    def build_params(self, input_shape):
+        channels = input_shape[-1]
+        self.filters = channels * self.depth_multiplier
+        self.add_weight("kernel", (*self.kernel_size, channels, self.depth_multiplier),
+                        self.kernel_initializer)                           # (KH, KW, C, M)
+        if self.use_bias:
+            self.add_weight("bias", (self.filters,), self.bias_initializer)  # (C*M,)
+
+    def compute_output_shape(self, input_shape):
+        self.filters = input_shape[-1] * self.depth_multiplier
+        return super().compute_output_shape(input_shape)
+
+    def call(self, x, ctx):
+        bias = self.variables[1].value if self.use_bias else None
+        return depthwise_conv2d_forward(x, self.variables[0].value, bias, self.strides,
+                                        self.pads_for(x.shape[1:3]), self.dilation_rate)
+
+    def call_backward(self, grad_out, cache, input_grad):
+        grad_x, grad_kernel, grad_bias = depthwise_conv2d_backward(grad_out, cache, input_grad)
+        return grad_x, ([grad_kernel, grad_bias] if self.use_bias else [grad_kernel])
+
+    def get_config(self):
+        config = super().get_config()
+        del config["filters"]
+        config["depthwise_initializer"] = config.pop("kernel_initializer")
+        return {**config, "depth_multiplier": self.depth_multiplier}
+
+
+class SeparableConv2D(Conv2D):
+    """A depthwise convolution (``depth_multiplier`` filters per channel, no bias) followed by a
+    1x1 convolution that mixes the channels into ``filters``: the factorised convolution of
+    MobileNet and Xception, at about ``1/filters + 1/(KH*KW)`` of a full conv's multiply-adds.
+    Variables ``depthwise_kernel (KH, KW, C, M)``, ``pointwise_kernel (1, 1, C*M, filters)``,
+    ``bias (filters,)``, as in Keras.
+    """
+
+    def __init__(self, filters: int, kernel_size, strides=(1, 1), padding="valid",
+                 depth_multiplier: int = 1, dilation_rate=(1, 1), activation=None,
+                 use_bias: bool = True, depthwise_initializer="glorot_uniform",
+                 pointwise_initializer="glorot_uniform", bias_initializer="zeros",
+                 input_shape=None, name=None, dtype=None, trainable=True):
+        self.depth_multiplier = check_positive_int(depth_multiplier, "depth_multiplier",
+                                                   type(self).__name__)
+        initializers.get(pointwise_initializer)
+        self.pointwise_initializer = pointwise_initializer
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, activation,
+                         use_bias, depthwise_initializer, bias_initializer, input_shape, name,
+                         dtype, trainable)
+
+    def build_params(self, input_shape):
+        channels = input_shape[-1]
+        self.add_weight("depthwise_kernel",
+                        (*self.kernel_size, channels, self.depth_multiplier),
+                        self.kernel_initializer)                           # (KH, KW, C, M)
+        self.add_weight("pointwise_kernel", (1, 1, channels * self.depth_multiplier,
+                                             self.filters),
+                        self.pointwise_initializer)                        # (1, 1, C*M, F)
+        if self.use_bias:
+            self.add_weight("bias", (self.filters,), self.bias_initializer)  # (F,)
+
+    def call(self, x, ctx):
+        depthwise, pointwise = self.variables[0].value, self.variables[1].value
+        mid, depth_cache = depthwise_conv2d_forward(x, depthwise, None, self.strides,
+                                                    self.pads_for(x.shape[1:3]),
+                                                    self.dilation_rate)  # (N, Ho, Wo, C*M)
+        bias = self.variables[2].value if self.use_bias else None
+        rows = mid.reshape(-1, mid.shape[-1])                                # (N*Ho*Wo, C*M)
+        out, point_cache = dense_forward(rows, pointwise[0, 0], bias)       # (N*Ho*Wo, F)
+        return out.reshape(*mid.shape[:3], self.filters), (depth_cache, point_cache, mid.shape)
+
+    def call_backward(self, grad_out, cache, input_grad):
+        depth_cache, point_cache, mid_shape = cache
+        grad_mid, grad_point, grad_bias = dense_backward(
+            grad_out.reshape(-1, self.filters), point_cache, True)
+        grad_x, grad_depth, _ = depthwise_conv2d_backward(grad_mid.reshape(mid_shape),
+                                                          depth_cache, input_grad)
+        grads = [grad_depth, grad_point.reshape(1, 1, *grad_point.shape)]
+        return grad_x, grads + ([grad_bias] if self.use_bias else [])
+
+    def get_config(self):
+        config = super().get_config()
+        config["depthwise_initializer"] = config.pop("kernel_initializer")
+        return {**config, "depth_multiplier": self.depth_multiplier,
+                "pointwise_initializer": self.pointwise_initializer}

@@ -13,7 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab import seeding
-from cnnlab.engine.activations import dropout_backward, dropout_forward
+from cnnlab.engine.activations import (
+    dropout_backward,
+    dropout_forward,
+    elu_backward,
+    elu_forward,
+    leaky_relu_backward,
+    leaky_relu_forward,
+)
 from cnnlab.engine.dense import dense_backward, dense_forward, flatten_backward, flatten_forward
 from cnnlab.errors import ConfigError, ShapeError
 from cnnlab.layers.base import Layer, check_input_shape, check_positive_int
@@ -178,3 +185,48 @@ class Softmax(Layer):
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
+
+
+def _check_number(value, name: str, owner: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+            or (positive and value <= 0):
+        raise ConfigError(f"{owner}: {name} must be a finite{' positive' if positive else ''} "
+                          f"number. Received: {name}={value!r}")
+    return float(value)
+
+
+class LeakyReLU(Layer):
+    """``x`` where positive, ``negative_slope * x`` elsewhere (Keras' layer default 0.3; the
+    ``'leaky_relu'`` activation string uses Keras' function default, 0.2). Any shape."""
+
+    def __init__(self, negative_slope: float = 0.3, input_shape=None, name=None, dtype=None,
+                 trainable=True):
+        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
+        self.negative_slope = _check_number(negative_slope, "negative_slope", self._describe())
+
+    def call(self, x, ctx):
+        return leaky_relu_forward(x, self.negative_slope)
+
+    def call_backward(self, grad_out, cache, input_grad):
+        return leaky_relu_backward(grad_out, cache), []
+
+    def get_config(self):
+        return {**super().get_config(), "negative_slope": self.negative_slope}
+
+
+class ELU(Layer):
+    """``x`` where positive, ``alpha * (exp(x) - 1)`` elsewhere. Any shape."""
+
+    def __init__(self, alpha: float = 1.0, input_shape=None, name=None, dtype=None,
+                 trainable=True):
+        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
+        self.alpha = _check_number(alpha, "alpha", self._describe(), positive=True)
+
+    def call(self, x, ctx):
+        return elu_forward(x, self.alpha)
+
+    def call_backward(self, grad_out, cache, input_grad):
+        return elu_backward(grad_out, cache), []
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}

@@ -1,4 +1,5 @@
-"""Pooling layers: ``MaxPooling2D``, ``AveragePooling2D``, ``GlobalAveragePooling2D``.
+"""Pooling layers: ``MaxPooling2D``, ``AveragePooling2D``, ``GlobalAveragePooling2D``,
+``GlobalMaxPooling2D``.
 
 >>> import numpy as np
 >>> from cnnlab import layers
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 from cnnlab.engine import pool as pool_ops
+from cnnlab.engine import resample
 from cnnlab.engine.shapes import as_pair, output_hw, resolve_padding
 from cnnlab.errors import ConfigError
 from cnnlab.layers.base import Layer
@@ -86,3 +88,21 @@ class GlobalAveragePooling2D(Layer):
 
     def call_backward(self, grad_out, cache, input_grad):
         return pool_ops.global_avg_pool2d_backward(grad_out, cache), []
+
+
+class GlobalMaxPooling2D(Layer):
+    """The maximum of each feature map: ``(N, H, W, C) -> (N, C)``."""
+
+    input_rank = 4
+
+    def __init__(self, input_shape=None, name=None, dtype=None, trainable=True):
+        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[-1],)
+
+    def call(self, x, ctx):
+        return resample.global_max_pool2d_forward(x)
+
+    def call_backward(self, grad_out, cache, input_grad):
+        return resample.global_max_pool2d_backward(grad_out, cache), []

@@ -1,0 +1,77 @@
+"""Depthwise convolution: each input channel convolved with its own ``M`` filters.
+
+Shapes (letters defined in ``cnnlab.engine``; ``M`` is the depth multiplier)::
+
+    x       (N, H, W, C)
+    kernel  (KH, KW, C, M)        Keras' depthwise layout
+    bias    (C*M,)
+    out     (N, Ho, Wo, C*M)      channel c*M + m is input channel c through filter m
+
+    out[n, y, x, c*M + m] = bias[c*M + m]
+                            + sum_{i, j} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, m]
+
+There is no sum over channels, so no matrix multiply: the op walks the KH*KW taps of all windows
+at once (one strided view of the padded input per tap, as max pooling does) and multiply-adds
+each into the output. That reads the input KH*KW times and never builds im2col's
+(N*Ho*Wo, KH*KW*C) copy, which for a depthwise layer would be KH*KW times the input with no GEMM
+to pay for it. Backward, per tap::
+
+    dkernel[i, j, c, m] = sum_{n, y, x} tap[n, y, x, c] * dout[n, y, x, c, m]
+    dxp[tap's cells, c] += sum_m dout[n, y, x, c, m] * kernel[i, j, c, m]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab.engine.conv import column_sums, pad_images
+from cnnlab.engine.shapes import Pads, output_hw
+
+
+def _tap(xp: np.ndarray, i: int, j: int, strides, dilation, out_hw) -> tuple[slice, slice]:
+    """The rows and columns of the padded input that tap ``(i, j)`` reads for every window."""
+    (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
+    return (slice(i * dh, i * dh + sh * (ho - 1) + 1, sh),
+            slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))
+
+
+def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
+                             strides=(1, 1), pads: Pads = ((0, 0), (0, 0)), dilation=(1, 1)):
+    """Returns ``(out (N, Ho, Wo, C*M), cache)``."""
+    kh, kw, c, m = kernel.shape
+    n, h, w, _ = x.shape
+    out_hw = output_hw((h, w), (kh, kw), strides, pads, dilation)
+    xp = pad_images(x, pads)                                                 # (N, Hp, Wp, C)
+    out = np.zeros((n, *out_hw, c, m), dtype=np.result_type(x, kernel))     # (N, Ho, Wo, C, M)
+    for i in range(kh):
+        for j in range(kw):
+            rows, cols = _tap(xp, i, j, strides, dilation, out_hw)
+            out += xp[:, rows, cols, :, None] * kernel[i, j]                 # (N, Ho, Wo, C, M)
+    out = out.reshape(n, *out_hw, c * m)                                     # (N, Ho, Wo, C*M)
+    if bias is not None:
+        out += bias
+    return out, (xp, x.shape, kernel, strides, pads, dilation, bias is not None)
+
+
+def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
+    """Returns ``(dx (N, H, W, C) or None, dkernel (KH, KW, C, M), dbias (C*M,) or None)``."""
+    xp, x_shape, kernel, strides, pads, dilation, has_bias = cache
+    kh, kw, c, m = kernel.shape
+    n, ho, wo, _ = grad_out.shape
+    g = grad_out.reshape(n, ho, wo, c, m)                                    # (N, Ho, Wo, C, M)
+    grad_kernel = np.empty_like(kernel)                                      # (KH, KW, C, M)
+    grad_xp = np.zeros_like(xp) if need_input_grad else None                 # (N, Hp, Wp, C)
+    for i in range(kh):
+        for j in range(kw):
+            rows, cols = _tap(xp, i, j, strides, dilation, (ho, wo))
+            tap = xp[:, rows, cols, :]                                       # (N, Ho, Wo, C)
+            grad_kernel[i, j] = np.einsum("nyxc,nyxcm->cm", tap, g, optimize=True)
+            if need_input_grad:
+                grad_xp[:, rows, cols, :] += np.einsum("nyxcm,cm->nyxc", g, kernel[i, j],
+                                                       optimize=True)
+    grad_bias = column_sums(grad_out.reshape(-1, c * m)) if has_bias else None  # (C*M,)
+    grad_x = None
+    if need_input_grad:
+        (top, _), (left, _) = pads
+        grad_x = grad_xp[:, top:top + x_shape[1], left:left + x_shape[2], :]  # (N, H, W, C)
+    return grad_x, grad_kernel, grad_bias
