@@ -328,3 +328,37 @@ def test_keras_weights_load_into_a_functional_model_by_layer_name(tmp_path):
     load_keras_weights(target, path)
     x = inputs_for(source)
     np.testing.assert_array_equal(target.predict(x, verbose=0), source.predict(x, verbose=0))
+
+
+def modern_layers_model():
+    """Every layer and activation added for modern CNNs, in one graph."""
+    inputs = cnnlab.Input((12, 11, 3))
+    x = layers.ZeroPadding2D(((1, 2), (0, 1)))(inputs)
+    x = layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2,
+                               activation="hard_sigmoid")(x)
+    x = layers.SeparableConv2D(5, 3, padding="same", dilation_rate=2, activation="silu")(x)
+    x = layers.LeakyReLU(0.1)(layers.UpSampling2D((2, 1))(x))
+    x = layers.ELU(0.5)(layers.Cropping2D(((1, 0), (2, 1)))(x))
+    x = layers.Conv2D(4, 1, activation="leaky_relu")(x)
+    x = layers.Conv2D(4, 1, activation="elu")(x)
+    pooled = layers.Concatenate()([layers.GlobalMaxPooling2D()(x),
+                                   layers.GlobalAveragePooling2D()(x)])
+    return cnnlab.Model(inputs, layers.Dense(3, activation="softmax")(pooled))
+
+
+def test_modern_layers_export_to_onnx_and_torch_and_back(tmp_path):
+    cnnlab.utils.set_random_seed(2)
+    model = modern_layers_model()
+    randomise_biases(model)
+    x = inputs_for(model)
+    expected = model.predict(x, verbose=0)
+    session = ort.InferenceSession(to_onnx(model).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], expected, atol=1e-5, rtol=0)
+    net = to_torch(model, input_layout="NHWC")
+    with torch.no_grad():
+        np.testing.assert_allclose(net(torch.tensor(x)).numpy(), expected, atol=1e-5, rtol=0)
+    back = from_torch(net, model.input_shape)
+    kinds = {type(layer).__name__ for layer in back.layers}
+    assert {"DepthwiseConv2D", "UpSampling2D", "Cropping2D", "GlobalMaxPooling2D"} <= kinds
+    np.testing.assert_allclose(back.predict(x, verbose=0), expected, atol=1e-5, rtol=0)

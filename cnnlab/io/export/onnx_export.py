@@ -20,6 +20,7 @@ import numpy as np
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.graph.functional import Functional
 from cnnlab.layers import (
+    ELU,
     Activation,
     Add,
     Average,
@@ -27,11 +28,15 @@ from cnnlab.layers import (
     BatchNormalization,
     Concatenate,
     Conv2D,
+    Cropping2D,
     Dense,
+    DepthwiseConv2D,
     Dropout,
     Flatten,
     GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
     InputLayer,
+    LeakyReLU,
     Maximum,
     MaxPooling2D,
     Multiply,
@@ -42,13 +47,20 @@ from cnnlab.layers import (
     RandomZoom,
     ReLU,
     Rescaling,
+    SeparableConv2D,
     Softmax,
     Subtract,
+    UpSampling2D,
+    ZeroPadding2D,
 )
 
 OPSET = 17
 _ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "softmax": "Softmax",
-                   "log_softmax": "LogSoftmax"}
+                   "log_softmax": "LogSoftmax", "elu": "Elu", "leaky_relu": "LeakyRelu",
+                   "hard_sigmoid": "HardSigmoid"}
+# ONNX's defaults differ from cnnlab's for these two: say the values
+_ACTIVATION_ATTRIBUTES = {"leaky_relu": {"alpha": 0.2},
+                          "hard_sigmoid": {"alpha": 1 / 6, "beta": 0.5}}
 
 
 class _Emitter:
@@ -99,6 +111,78 @@ def _conv(emit, node, inputs):
     return emit.node("Conv", args, layer.name, kernel_shape=list(layer.kernel_size),
                      strides=list(layer.strides), dilations=list(layer.dilation_rate),
                      pads=_pads(layer, node.inbound[0].shape[1:3])), "NCHW"
+
+
+def _depthwise(emit, node, inputs, kernel=None, bias=True, base=None):
+    """A grouped Conv, one group per input channel; kernel (KH, KW, C, M) -> (C*M, 1, KH, KW)."""
+    layer = node.layer
+    x, _ = emit.as_layout(inputs[0], "NCHW")
+    kernel = layer.variable("kernel") if kernel is None else kernel
+    kh, kw, c, m = kernel.shape
+    args = [x, emit.constant(f"{layer.name}_depthwise",
+                             kernel.reshape(kh, kw, c * m).transpose(2, 0, 1)[:, None])]
+    if bias and layer.use_bias:
+        args.append(emit.constant(f"{layer.name}_bias", layer.variable("bias")))
+    return emit.node("Conv", args, base or layer.name, group=c, kernel_shape=[kh, kw],
+                     strides=list(layer.strides), dilations=list(layer.dilation_rate),
+                     pads=_pads(layer, node.inbound[0].shape[1:3])), "NCHW"
+
+
+def _separable(emit, node, inputs):
+    layer = node.layer
+    mid = _depthwise(emit, node, inputs, layer.variable("depthwise_kernel"), bias=False,
+                     base=f"{layer.name}_depthwise")
+    args = [mid[0], emit.constant(f"{layer.name}_pointwise",
+                                  layer.variable("pointwise_kernel").transpose(3, 2, 0, 1))]
+    if layer.use_bias:
+        args.append(emit.constant(f"{layer.name}_bias", layer.variable("bias")))
+    return emit.node("Conv", args, layer.name, kernel_shape=[1, 1]), "NCHW"
+
+
+def _global_max(emit, node, inputs):
+    x, _ = emit.as_layout(inputs[0], "NCHW")
+    pooled = emit.node("GlobalMaxPool", [x], node.layer.name)
+    return emit.node("Flatten", [pooled], f"{node.layer.name}_flat", axis=1), "flat"
+
+
+def _int64(emit, base, values):
+    name = emit.name(base)
+    emit.initializers.append(emit.numpy_helper.from_array(np.asarray(values, np.int64), name))
+    return name
+
+
+def _zero_pad(emit, node, inputs):
+    x, _ = emit.as_layout(inputs[0], "NCHW")
+    (t, b), (left, r) = node.layer.padding
+    pads = _int64(emit, f"{node.layer.name}_pads", [0, 0, t, left, 0, 0, b, r])
+    return emit.node("Pad", [x, pads], node.layer.name), "NCHW"
+
+
+def _crop(emit, node, inputs):
+    x, _ = emit.as_layout(inputs[0], "NCHW")
+    (t, b), (left, r) = node.layer.cropping
+    h, w = node.inbound[0].shape[1:3]
+    args = [x, _int64(emit, "starts", [t, left]), _int64(emit, "ends", [h - b, w - r]),
+            _int64(emit, "axes", [2, 3])]
+    return emit.node("Slice", args, node.layer.name), "NCHW"
+
+
+def _upsample(emit, node, inputs):
+    x, _ = emit.as_layout(inputs[0], "NCHW")
+    sh, sw = node.layer.size
+    scales = emit.constant(f"{node.layer.name}_scales", np.array([1, 1, sh, sw]))
+    return emit.node("Resize", [x, "", scales], node.layer.name, mode="nearest",
+                     coordinate_transformation_mode="asymmetric", nearest_mode="floor"), "NCHW"
+
+
+def _activation_layer(activation: str, parameter: str):
+    """``LeakyReLU(negative_slope)`` / ``ELU(alpha)``: the op with the layer's own value."""
+    def convert(emit, node, inputs):
+        name, layout = inputs[0]
+        op = _ACTIVATION_OPS[activation]
+        return emit.node(op, [name], node.layer.name,
+                         alpha=float(getattr(node.layer, parameter))), layout
+    return convert
 
 
 def _pool(emit, node, inputs):
@@ -204,6 +288,9 @@ CONVERTERS = {
     BatchNormalization: _batch_norm, Add: _merge("Sum"), Subtract: _subtract,
     Multiply: _merge("Mul"), Average: _merge("Mean"), Maximum: _merge("Max"),
     Concatenate: _concatenate, Rescaling: _rescaling,
+    DepthwiseConv2D: _depthwise, SeparableConv2D: _separable, GlobalMaxPooling2D: _global_max,
+    ZeroPadding2D: _zero_pad, Cropping2D: _crop, UpSampling2D: _upsample,
+    LeakyReLU: _activation_layer("leaky_relu", "negative_slope"), ELU: _activation_layer("elu", "alpha"),
     **{kind: _identity for kind in (Dropout, Activation, ReLU, Softmax, InputLayer, RandomFlip,
                                     RandomTranslation, RandomRotation, RandomZoom,
                                     RandomContrast)},
@@ -226,8 +313,11 @@ def _activation(emit, layer, tensor):
     name, layout = tensor
     if layer.activation == "linear":
         return tensor
+    if layer.activation in ("silu", "swish"):                      # x * sigmoid(x)
+        gate = emit.node("Sigmoid", [name], f"{layer.name}_gate")
+        return emit.node("Mul", [name, gate], f"{layer.name}_silu"), layout
     extra = {"axis": 1 if layout == "NCHW" else -1} if layer.activation in (
-        "softmax", "log_softmax") else {}                          # over the channels
+        "softmax", "log_softmax") else _ACTIVATION_ATTRIBUTES.get(layer.activation, {})
     return emit.node(_ACTIVATION_OPS[layer.activation], [name],
                      f"{layer.name}_{layer.activation}", **extra), layout
 

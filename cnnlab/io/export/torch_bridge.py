@@ -17,7 +17,9 @@ from torch import fx, nn
 from cnnlab import layers as L  # noqa: N812
 from cnnlab.errors import ConfigError
 
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU,
+                "leaky_relu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU, "swish": nn.SiLU,
+                "hard_sigmoid": nn.Hardsigmoid}
 
 
 class _Permute(nn.Module):
@@ -88,6 +90,18 @@ class _Merge(nn.Module):
         return out / len(xs) if self.kind == "average" else out
 
 
+class _Crop(nn.Module):
+    """Rows and columns cut from each border of an NCHW tensor: ((top, bottom), (left, right))."""
+
+    def __init__(self, crops):
+        super().__init__()
+        self.crops = crops
+
+    def forward(self, x):
+        (top, bottom), (left, right) = self.crops
+        return x[:, :, top:x.shape[2] - bottom, left:x.shape[3] - right]
+
+
 class _Scale(nn.Module):
     def __init__(self, scale, offset):
         super().__init__()
@@ -110,6 +124,32 @@ def _conv(layer, shape):
         if layer.use_bias:
             conv.bias.copy_(_tensor(layer.weights[1]))
     return modules + [conv]
+
+
+def _depthwise_conv(layer, shape, kernel=None, bias=True):
+    """A grouped torch conv, one group per input channel: (KH, KW, C, M) -> (C*M, 1, KH, KW)."""
+    kernel = layer.variable("kernel") if kernel is None else kernel
+    kh, kw, c, m = kernel.shape
+    pads = _torch_pads(layer, shape[:2])
+    with_bias = bias and layer.use_bias
+    conv = nn.Conv2d(c, c * m, (kh, kw), stride=layer.strides, dilation=layer.dilation_rate,
+                     groups=c, bias=with_bias, dtype=_torch_dtype(layer))
+    with torch.no_grad():
+        conv.weight.copy_(_tensor(kernel.reshape(kh, kw, c * m).transpose(2, 0, 1)[:, None]))
+        if with_bias:
+            conv.bias.copy_(_tensor(layer.variable("bias")))
+    return ([_Pad(pads)] if any(pads) else []) + [conv]
+
+
+def _separable_conv(layer, shape):
+    pointwise = layer.variable("pointwise_kernel")                    # (1, 1, C*M, F)
+    conv = nn.Conv2d(pointwise.shape[2], layer.filters, 1, bias=layer.use_bias,
+                     dtype=_torch_dtype(layer))
+    with torch.no_grad():
+        conv.weight.copy_(_tensor(pointwise.transpose(3, 2, 0, 1)))
+        if layer.use_bias:
+            conv.bias.copy_(_tensor(layer.variable("bias")))
+    return _depthwise_conv(layer, shape, layer.variable("depthwise_kernel"), bias=False) + [conv]
 
 
 def _max_pool(layer, shape):
@@ -177,6 +217,13 @@ CONVERTERS = {
     L.Dropout: lambda layer, shape: [nn.Dropout(layer.rate)],
     L.BatchNormalization: _batch_norm, L.Concatenate: _concatenate,
     L.Rescaling: lambda layer, shape: [_Scale(layer.scale, layer.offset)],
+    L.DepthwiseConv2D: _depthwise_conv, L.SeparableConv2D: _separable_conv,
+    L.GlobalMaxPooling2D: lambda layer, shape: [nn.AdaptiveMaxPool2d(1), nn.Flatten()],
+    L.ZeroPadding2D: lambda layer, shape: [nn.ZeroPad2d((*layer.padding[1], *layer.padding[0]))],
+    L.Cropping2D: lambda layer, shape: [_Crop(layer.cropping)],
+    L.UpSampling2D: lambda layer, shape: [nn.Upsample(scale_factor=layer.size, mode="nearest")],
+    L.LeakyReLU: lambda layer, shape: [nn.LeakyReLU(layer.negative_slope)],
+    L.ELU: lambda layer, shape: [nn.ELU(layer.alpha)],
     L.Add: _merge, L.Subtract: _merge, L.Multiply: _merge, L.Average: _merge, L.Maximum: _merge,
     L.Activation: _nothing, L.ReLU: _nothing, L.Softmax: _nothing, L.InputLayer: _nothing,
     L.RandomFlip: _nothing, L.RandomTranslation: _nothing, L.RandomRotation: _nothing,

@@ -29,6 +29,7 @@ from cnnlab import layers as L  # noqa: N812
 from cnnlab.errors import ConfigError
 from cnnlab.io.export.torch_bridge import (
     _AvgPoolRealCells,
+    _Crop,
     _Merge,
     _Pad,
     _Permute,
@@ -52,7 +53,7 @@ class _Tracer(fx.Tracer):
     """Our own helper modules stay whole (their attributes say what they do)."""
 
     def is_leaf_module(self, module, name):
-        return isinstance(module, (_Pad, _Permute, _AvgPoolRealCells, _Merge, _Scale)) or (
+        return isinstance(module, (_Pad, _Permute, _AvgPoolRealCells, _Merge, _Scale, _Crop)) or (
             super().is_leaf_module(module, name))
 
 
@@ -88,17 +89,28 @@ def _refuse(what: str, why: str):
 
 # --- modules ---------------------------------------------------------------------------------------
 def _conv(m: nn.Conv2d, value: _Value, name: str) -> _Value:
-    if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
-        _refuse(f"Conv2d {name!r}", "uses groups, a padding mode or string padding that cnnlab "
-                                    "does not support.")
+    depthwise = m.groups == m.in_channels and m.groups > 1 and m.out_channels % m.groups == 0
+    if (m.groups != 1 and not depthwise) or m.padding_mode != "zeros" \
+            or isinstance(m.padding, str):
+        _refuse(f"Conv2d {name!r}", "uses groups (other than one per input channel), a padding "
+                                    "mode or string padding that cnnlab does not support.")
     padding = tuple(m.padding)
     if value.pads is not None:                                # ((top, bottom), (left, right))
         left, right, top, bottom = value.pads
         padding = ((top + padding[0], bottom + padding[0]), (left + padding[1], right + padding[1]))
+    bias = [_numpy(m.bias)] if m.bias is not None else []
+    if depthwise:                              # (C*M, 1, KH, KW) -> (KH, KW, C, M)
+        multiplier = m.out_channels // m.groups
+        kernel = _numpy(m.weight)[:, 0].transpose(1, 2, 0).reshape(
+            *m.kernel_size, m.in_channels, multiplier)
+        layer = L.DepthwiseConv2D(m.kernel_size, strides=m.stride, padding=padding,
+                                  depth_multiplier=multiplier, dilation_rate=m.dilation,
+                                  use_bias=m.bias is not None)
+        return _apply(layer, value, [kernel] + bias, pads_consumed=True)
     layer = L.Conv2D(m.out_channels, m.kernel_size, strides=m.stride, padding=padding,
                      dilation_rate=m.dilation, use_bias=m.bias is not None)
-    return _apply(layer, value, [_numpy(m.weight).transpose(2, 3, 1, 0)]
-                  + ([_numpy(m.bias)] if m.bias is not None else []), pads_consumed=True)
+    return _apply(layer, value, [_numpy(m.weight).transpose(2, 3, 1, 0)] + bias,
+                  pads_consumed=True)
 
 
 def _pool(m, value: _Value, name: str) -> _Value:
@@ -125,6 +137,24 @@ def _adaptive(m: nn.AdaptiveAvgPool2d, value: _Value, name: str) -> _Value:
         _refuse(f"AdaptiveAvgPool2d {name!r}", "pools to a size other than 1.")
     out = _apply(L.GlobalAveragePooling2D(), value)
     out.flat_already = True                                  # (N, C, 1, 1) -> (N, C) in cnnlab
+    return out
+
+
+def _upsample(m: nn.Upsample, value: _Value, name: str) -> _Value:
+    if m.mode != "nearest" or m.scale_factor is None:
+        _refuse(f"Upsample {name!r}", "must be mode='nearest' with a scale_factor.")
+    size = m.scale_factor if isinstance(m.scale_factor, tuple) else (m.scale_factor,) * 2
+    if any(float(s) != int(s) for s in size):
+        _refuse(f"Upsample {name!r}", f"scales by {size}; cnnlab repeats pixels a whole number of "
+                                      f"times.")
+    return _apply(L.UpSampling2D(tuple(int(s) for s in size)), value)
+
+
+def _adaptive_max(m: nn.AdaptiveMaxPool2d, value: _Value, name: str) -> _Value:
+    if m.output_size not in (1, (1, 1)):
+        _refuse(f"AdaptiveMaxPool2d {name!r}", "pools to a size other than 1.")
+    out = _apply(L.GlobalMaxPooling2D(), value)
+    out.flat_already = True
     return out
 
 
@@ -198,7 +228,15 @@ MODULES = {
     nn.AdaptiveAvgPool2d: _adaptive, nn.Flatten: lambda m, v, n: _flatten(v),
     nn.Linear: _linear, nn.BatchNorm2d: _batch_norm, nn.BatchNorm1d: _batch_norm,
     nn.ReLU: _activation("relu"), nn.Tanh: _activation("tanh"),
-    nn.Sigmoid: _activation("sigmoid"), nn.Softmax: _softmax,
+    nn.Sigmoid: _activation("sigmoid"), nn.Softmax: _softmax, nn.SiLU: _activation("silu"),
+    nn.Hardsigmoid: _activation("hard_sigmoid"),
+    nn.LeakyReLU: lambda m, v, n: _apply(L.LeakyReLU(m.negative_slope), v),
+    nn.ELU: lambda m, v, n: _apply(L.ELU(m.alpha), v),
+    nn.ZeroPad2d: lambda m, v, n: _apply(L.ZeroPadding2D(((m.padding[2], m.padding[3]),
+                                                           (m.padding[0], m.padding[1]))), v),
+    _Crop: lambda m, v, n: _apply(L.Cropping2D(m.crops), v),
+    nn.Upsample: lambda m, v, n: _upsample(m, v, n),
+    nn.AdaptiveMaxPool2d: lambda m, v, n: _adaptive_max(m, v, n),
     nn.Dropout: lambda m, v, n: _apply(L.Dropout(m.p), v), nn.Identity: lambda m, v, n: v,
     _Pad: _pad, _Permute: _permute,
     _Scale: lambda m, v, n: _apply(L.Rescaling(m.scale, m.offset), v),
