@@ -126,9 +126,10 @@ def test_from_torch_gives_torch_outputs():
 
 def test_from_torch_refuses_what_it_cannot_express():
     with pytest.raises(ConfigError, match="Upsample"):
-        from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2)), (8, 8, 1))
+        from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2,
+                                                                 mode="bilinear")), (8, 8, 1))
     with pytest.raises(ConfigError, match="groups"):
-        from_torch(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), (8, 8, 2))
+        from_torch(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), (8, 8, 4))
 
 
 def write_keras_h5(path, groups):
