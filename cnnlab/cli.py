@@ -127,7 +127,7 @@ def cmd_train(args) -> int:
                  f"{len(train[0]):,} train / {len(test[0]):,} test images")
         say(f"Training {model.name} on {settings['data']}: {sizes} {model.input_shape}, "
             f"{model.output_shape[-1]} classes; {settings['epochs']} epochs, batch "
-            f"{settings['batch_size']}, {type(optimizer).__name__}(lr={optimizer.learning_rate:g}"
+            f"{settings['batch_size']}, {type(optimizer).__name__}(lr={optimizer.current_learning_rate():g}"
             f"{momentum}), seed {settings['seed']}")
     _warn_if_too_few_steps(len(train.source.file_paths) if streaming else len(train[0]),
                            settings["batch_size"], say)

@@ -278,7 +278,8 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         optimizer = self.model.optimizer
-        lr = float(self.schedule(epoch, float(optimizer.learning_rate)))
+        lr = float(self.schedule(epoch, _settable_learning_rate(optimizer,
+                                                                "LearningRateScheduler")))
         if not np.isfinite(lr) or lr <= 0:
             raise ConfigError(f"LearningRateScheduler: the schedule returned learning rate {lr} "
                               f"for epoch {epoch}; expected a positive finite number.")
@@ -288,7 +289,60 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+            logs["learning_rate"] = self.model.optimizer.current_learning_rate()
+
+
+def _settable_learning_rate(optimizer, owner: str) -> float:
+    """The optimizer's learning rate, when it is a number a callback may change."""
+    from cnnlab.training.schedules import LearningRateSchedule
+    if isinstance(optimizer.learning_rate, LearningRateSchedule):
+        raise ConfigError(f"{owner} sets the learning rate, but this optimizer's comes from a "
+                          f"schedule ({type(optimizer.learning_rate).__name__}); use one or the "
+                          f"other.")
+    return float(optimizer.learning_rate)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not improved by
+    ``min_delta`` for ``patience`` epochs, then wait ``cooldown`` epochs before counting again;
+    never below ``min_lr``. Keras' rule, step for step."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+        super().__init__()
+        if not 0 < factor < 1:
+            raise ConfigError(f"ReduceLROnPlateau: factor must be in (0, 1). Received: "
+                              f"factor={factor!r}")
+        self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
+        self.verbose, self.min_delta = verbose, abs(min_delta)
+        self.cooldown, self.min_lr = int(cooldown), float(min_lr)
+        self.mode = _resolve_mode(mode, monitor, "ReduceLROnPlateau")
+
+    def on_train_begin(self, logs=None):
+        self.wait = self.cooldown_counter = 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        lr = _settable_learning_rate(optimizer, "ReduceLROnPlateau")
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = lr
+        current = logs.get(self.monitor)
+        if current is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if _improved(self.mode, current, self.best, self.min_delta):
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            if self.wait >= self.patience and lr > self.min_lr:
+                optimizer.learning_rate = max(lr * self.factor, self.min_lr)
+                self.cooldown_counter, self.wait = self.cooldown, 0
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing the learning rate "
+                          f"to {optimizer.learning_rate:.6g}.")
 
 
 class TerminateOnNaN(Callback):

@@ -55,11 +55,34 @@ class Loss:
         return {"from_logits": self.from_logits}
 
 
-class CategoricalCrossentropy(Loss):
+def smooth_labels(onehot: np.ndarray, label_smoothing: float) -> np.ndarray:
+    """``y * (1 - s) + s / K``: every class keeps a little probability (Szegedy et al., 2016),
+    the same targets as Keras' and torch's ``label_smoothing``."""
+    k = onehot.shape[-1]
+    return onehot * (1 - label_smoothing) + label_smoothing / k
+
+
+class _CrossEntropy(Loss):
+    """Shared by the two cross-entropies: ``from_logits`` and ``label_smoothing``."""
+
+    fuses_softmax = True
+
+    def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0):
+        super().__init__(from_logits)
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0 <= label_smoothing < 1:
+            raise ConfigError(f"{type(self).__name__}: label_smoothing must be in [0, 1). "
+                              f"Received: label_smoothing={label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+class CategoricalCrossentropy(_CrossEntropy):
     """Cross-entropy with one-hot (or soft) targets of shape ``(N, K)``."""
 
     name = "categorical_crossentropy"
-    fuses_softmax = True
 
     def prepare_targets(self, y, output_shape):
         y = _numeric(y, "categorical_crossentropy")
@@ -71,24 +94,28 @@ class CategoricalCrossentropy(Loss):
                             f"targets of shape {y.shape}.{hint}")
         return y
 
+    def _targets(self, y_true, dtype):
+        y = y_true.astype(dtype, copy=False)
+        return smooth_labels(y, self.label_smoothing) if self.label_smoothing else y
+
     def forward(self, y_pred, y_true):
-        return ops.categorical_crossentropy_forward(y_pred, y_true.astype(y_pred.dtype, copy=False))
+        return ops.categorical_crossentropy_forward(y_pred, self._targets(y_true, y_pred.dtype))
 
     def backward(self, cache):
         return ops.categorical_crossentropy_backward(cache)
 
     def forward_logits(self, logits, y_true):
-        return ops.softmax_cross_entropy_forward(logits, y_true.astype(logits.dtype, copy=False))
+        return ops.softmax_cross_entropy_forward(logits, self._targets(y_true, logits.dtype))
 
     def backward_logits(self, cache):
         return ops.softmax_cross_entropy_backward(cache)
 
 
-class SparseCategoricalCrossentropy(Loss):
-    """Cross-entropy with integer labels of shape ``(N,)`` (or ``(N, 1)``), values in [0, K)."""
+class SparseCategoricalCrossentropy(_CrossEntropy):
+    """Cross-entropy with integer labels of shape ``(N,)`` (or ``(N, 1)``), values in [0, K).
+    With ``label_smoothing`` the labels become smoothed one-hot targets."""
 
     name = "sparse_categorical_crossentropy"
-    fuses_softmax = True
 
     def prepare_targets(self, y, output_shape):
         y = _numeric(y, "sparse_categorical_crossentropy")
@@ -109,17 +136,32 @@ class SparseCategoricalCrossentropy(Loss):
                             f"{int(y.max())}.")
         return y.astype(np.intp, copy=False)
 
+    def _smoothed(self, y_true, like):
+        onehot = np.zeros(like.shape, dtype=like.dtype)                      # (N, K)
+        onehot[np.arange(len(y_true)), y_true] = 1
+        return smooth_labels(onehot, self.label_smoothing)
+
+    # each forward's cache names the backward that undoes it, so backward never re-decides
     def forward(self, y_pred, y_true):
-        return ops.sparse_categorical_crossentropy_forward(y_pred, y_true)
+        if self.label_smoothing:
+            loss, cache = ops.categorical_crossentropy_forward(
+                y_pred, self._smoothed(y_true, y_pred))
+            return loss, (ops.categorical_crossentropy_backward, cache)
+        loss, cache = ops.sparse_categorical_crossentropy_forward(y_pred, y_true)
+        return loss, (ops.sparse_categorical_crossentropy_backward, cache)
 
     def backward(self, cache):
-        return ops.sparse_categorical_crossentropy_backward(cache)
+        backward, cache = cache
+        return backward(cache)
 
     def forward_logits(self, logits, y_true):
-        return ops.sparse_softmax_cross_entropy_forward(logits, y_true)
+        if self.label_smoothing:
+            loss, cache = ops.softmax_cross_entropy_forward(logits, self._smoothed(y_true, logits))
+            return loss, (ops.softmax_cross_entropy_backward, cache)
+        loss, cache = ops.sparse_softmax_cross_entropy_forward(logits, y_true)
+        return loss, (ops.sparse_softmax_cross_entropy_backward, cache)
 
-    def backward_logits(self, cache):
-        return ops.sparse_softmax_cross_entropy_backward(cache)
+    backward_logits = backward
 
 
 class MeanSquaredError(Loss):

@@ -1,7 +1,11 @@
 """Optimizers: update rules over ``(parameter, gradient)`` pairs; they know nothing about layers.
 
-Update rules are PyTorch's ``torch.optim`` (tested against it); default hyper-parameters are
-Keras'. Parameters are updated in place, so every layer keeps its own arrays.
+SGD's and Adam's update rules are PyTorch's ``torch.optim`` (tested against it), RMSprop's is
+Keras' published one; default hyper-parameters are Keras'. What every optimizer shares, as in
+Keras 3: a learning rate that may be a schedule (``schedules``), ``weight_decay`` decoupled from
+the gradient (``p -= lr * weight_decay * p`` before the update, Loshchilov & Hutter's AdamW
+rule), and gradient clipping (``clipvalue``, ``clipnorm`` per parameter, ``global_clipnorm``
+over all). Parameters are updated in place, so every layer keeps its own arrays.
 
 >>> import numpy as np
 >>> w, g = np.ones(3), np.full(3, 0.5)
@@ -18,6 +22,8 @@ import functools
 import numpy as np
 
 from cnnlab.errors import ConfigError, ModelFileError
+from cnnlab.training import schedules
+from cnnlab.training.schedules import LearningRateSchedule
 
 
 class Optimizer:
@@ -33,21 +39,66 @@ class Optimizer:
     #: update mixes elements (a norm, say) leaves it False.
     elementwise = False
 
-    def __init__(self, learning_rate: float, name: str | None = None, **legacy):
-        learning_rate = _legacy_lr(type(self).__name__, learning_rate, legacy)
-        self.learning_rate = _check_number("learning_rate", learning_rate, type(self).__name__,
-                                           low=0.0, low_inclusive=False)
-        self.name = name or type(self).__name__.lower()
+    def __init__(self, learning_rate, name: str | None = None, weight_decay: float = 0.0,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, **legacy):
+        owner = type(self).__name__
+        learning_rate = _legacy_lr(owner, learning_rate, legacy)
+        if isinstance(learning_rate, dict):
+            learning_rate = schedules.deserialize(learning_rate)
+        self.learning_rate = learning_rate if isinstance(learning_rate, LearningRateSchedule) \
+            else _check_number("learning_rate", learning_rate, owner, low=0.0,
+                               low_inclusive=False)
+        self.weight_decay = _check_number("weight_decay", weight_decay, owner, low=0.0)
+        if clipnorm is not None and global_clipnorm is not None:
+            raise ConfigError(f"{owner}: clipnorm and global_clipnorm cannot both be set (as in "
+                              f"Keras): one clips each gradient, the other all of them together. "
+                              f"Received: clipnorm={clipnorm!r}, global_clipnorm="
+                              f"{global_clipnorm!r}")
+        self.clipnorm, self.clipvalue, self.global_clipnorm = (
+            None if v is None else _check_number(name_, v, owner, low=0.0, low_inclusive=False)
+            for name_, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                             ("global_clipnorm", global_clipnorm)))
+        self.name = name or owner.lower()
         self.iterations = 0
+        self.lr = None                  # the learning rate of the step being applied
         self._slots: dict[str, dict[str, np.ndarray]] = {}
+
+    def current_learning_rate(self) -> float:
+        """The learning rate the next step uses (a schedule's value at this step count)."""
+        if not isinstance(self.learning_rate, LearningRateSchedule):
+            return self.learning_rate
+        lr = self.learning_rate(self.iterations)
+        if not np.isfinite(lr) or lr < 0:
+            raise ConfigError(f"{type(self).__name__}: the learning-rate schedule "
+                              f"{type(self.learning_rate).__name__} gives {lr!r} at step "
+                              f"{self.iterations}; a learning rate must be finite and >= 0.")
+        return float(lr)
+
+    def _clip(self, grads: list) -> list:
+        """``clipvalue`` element-wise, ``clipnorm`` per gradient, ``global_clipnorm`` over all:
+        new arrays, the given ones untouched."""
+        if self.clipvalue is not None:
+            grads = [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
+        if self.clipnorm is not None:
+            norms = [np.sqrt(np.vdot(g, g).real) for g in grads]
+            grads = [g * (self.clipnorm / n) if n > self.clipnorm else g
+                     for g, n in zip(grads, norms)]
+        if self.global_clipnorm is not None:
+            norm = np.sqrt(sum(np.vdot(g, g).real for g in grads))
+            if norm > self.global_clipnorm:
+                grads = [g * (self.global_clipnorm / norm) for g in grads]
+        return grads
 
     def apply(self, params_and_grads) -> None:
         """Update each parameter in place from its gradient: ``(param, grad)`` pairs, or
         ``(name, param, grad)`` triples (a model passes its parameters' names)."""
+        items = [item if len(item) == 3 else (f"#{id(item[0])}", *item)
+                 for item in params_and_grads]
+        self.lr = self.current_learning_rate()
+        grads = self._clip([grad for _, _, grad in items])
         self.iterations += 1
         work = []
-        for item in params_and_grads:
-            key, param, grad = item if len(item) == 3 else (f"#{id(item[0])}", *item)
+        for (key, param, _), grad in zip(items, grads):
             slots = self._slots.get(key)
             if slots is None or any(s.shape != param.shape for s in slots.values()):
                 slots = self._slots[key] = self._new_slots(param)
@@ -65,7 +116,10 @@ class Optimizer:
         self._update_all(work)
 
     def _update_all(self, work) -> None:
+        decay = self.lr * self.weight_decay
         for param, grad, slots in work:
+            if decay:
+                param -= decay * param          # decoupled: the gradient never sees it
             self._update(param, grad, slots)
 
     def apply_gradients(self, grads_and_vars) -> None:
@@ -80,7 +134,14 @@ class Optimizer:
 
     # --- state, for saving and resuming -------------------------------------------------------
     def get_config(self) -> dict:
-        return {"name": self.name, "learning_rate": float(self.learning_rate)}
+        lr = self.learning_rate
+        config = {"name": self.name, "learning_rate": schedules.serialize(lr)
+                  if isinstance(lr, LearningRateSchedule) else float(lr),
+                  "weight_decay": self.weight_decay}
+        for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+            if getattr(self, key) is not None:
+                config[key] = getattr(self, key)
+        return config
 
     @classmethod
     def from_config(cls, config: dict):
@@ -123,11 +184,10 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay.
+    """Stochastic gradient descent with optional momentum and Nesterov momentum.
 
-    Per step, as ``torch.optim.SGD`` (dampening 0)::
+    Per step, as ``torch.optim.SGD`` (dampening 0), after the decoupled weight decay::
 
-        g   = grad + weight_decay * p
         buf = g                        on the first step, else  momentum * buf + g
         g   = g + momentum * buf       if nesterov, else  buf
         p  -= learning_rate * g
@@ -137,12 +197,11 @@ class SGD(Optimizer):
 
     elementwise = True
 
-    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, name: str | None = None, **legacy):
-        super().__init__(learning_rate, name, **legacy)
+    def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False,
+                 name: str | None = None, **options):
+        super().__init__(learning_rate, name, **options)
         self.momentum = _check_number("momentum", momentum, "SGD", low=0.0, high=1.0,
                                       high_inclusive=False)
-        self.weight_decay = _check_number("weight_decay", weight_decay, "SGD", low=0.0)
         if nesterov and self.momentum == 0:
             raise ConfigError("SGD: nesterov=True needs momentum > 0. Received: momentum=0.")
         self.nesterov = bool(nesterov)
@@ -151,8 +210,6 @@ class SGD(Optimizer):
         return {"momentum_buffer": np.zeros_like(param)} if self.momentum else {}
 
     def _update(self, param, grad, slots):
-        if self.weight_decay:
-            grad = grad + self.weight_decay * param
         if self.momentum:
             buf = slots["momentum_buffer"]
             if self.iterations == 1:
@@ -161,17 +218,16 @@ class SGD(Optimizer):
                 buf *= self.momentum
                 buf += grad
             grad = grad + self.momentum * buf if self.nesterov else buf
-        param -= self.learning_rate * grad
+        param -= self.lr * grad
 
     def get_config(self):
-        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay}
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba, 2014) with Keras' defaults and ``torch.optim.Adam``'s update::
+    """Adam (Kingma & Ba, 2014) with Keras' defaults and ``torch.optim.Adam``'s update, after the
+    decoupled weight decay (so with ``weight_decay`` it is ``torch.optim.AdamW``)::
 
-        g  = grad + weight_decay * p
         m  = beta_1 * m + (1 - beta_1) * g
         v  = beta_2 * v + (1 - beta_2) * g^2
         p -= lr / (1 - beta_1^t) * m / (sqrt(v) / sqrt(1 - beta_2^t) + epsilon)
@@ -179,38 +235,99 @@ class Adam(Optimizer):
 
     elementwise = True
 
-    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-7, weight_decay: float = 0.0, name: str | None = None,
-                 **legacy):
-        super().__init__(learning_rate, name, **legacy)
+    def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, name: str | None = None, **options):
+        super().__init__(learning_rate, name, **options)
         self.beta_1 = _check_number("beta_1", beta_1, "Adam", low=0.0, high=1.0,
                                     high_inclusive=False)
         self.beta_2 = _check_number("beta_2", beta_2, "Adam", low=0.0, high=1.0,
                                     high_inclusive=False)
         self.epsilon = _check_number("epsilon", epsilon, "Adam", low=0.0)
-        self.weight_decay = _check_number("weight_decay", weight_decay, "Adam", low=0.0)
 
     def _new_slots(self, param):
         return {"m": np.zeros_like(param), "v": np.zeros_like(param)}
 
     def _update(self, param, grad, slots):
-        if self.weight_decay:
-            grad = grad + self.weight_decay * param
         m, v = slots["m"], slots["v"]
         m *= self.beta_1
         m += (1 - self.beta_1) * grad
         v *= self.beta_2
         v += (1 - self.beta_2) * (grad * grad)
-        step_size = self.learning_rate / (1 - self.beta_1 ** self.iterations)
+        step_size = self.lr / (1 - self.beta_1 ** self.iterations)
         denom = np.sqrt(v) / np.sqrt(1 - self.beta_2 ** self.iterations) + self.epsilon
         param -= step_size * (m / denom)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
-                "epsilon": self.epsilon, "weight_decay": self.weight_decay}
+                "epsilon": self.epsilon}
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+class AdamW(Adam):
+    """Adam with decoupled weight decay on by default (Keras 3's ``AdamW``, default 0.004;
+    ``torch.optim.AdamW``'s rule)."""
+
+    def __init__(self, learning_rate=0.001, weight_decay: float = 0.004, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-7, name: str | None = None,
+                 **options):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, name,
+                         weight_decay=weight_decay, **options)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton's lecture notes), Keras' rule, used by Keras' ``cifar10_cnn`` example::
+
+        v  = rho * v + (1 - rho) * g^2
+        a  = rho * a + (1 - rho) * g                      (centered only)
+        d  = lr * g / sqrt(v - a^2 + epsilon)             (a = 0 unless centered)
+        p -= d, or with momentum:  m = momentum * m + d;  p -= m
+
+    (torch's RMSprop puts epsilon outside the square root; Keras' inside is kept here.)
+    """
+
+    elementwise = True
+
+    def __init__(self, learning_rate=0.001, rho: float = 0.9, momentum: float = 0.0,
+                 epsilon: float = 1e-7, centered: bool = False, name: str | None = None,
+                 **options):
+        super().__init__(learning_rate, name, **options)
+        self.rho = _check_number("rho", rho, "RMSprop", low=0.0, high=1.0, high_inclusive=False)
+        self.momentum = _check_number("momentum", momentum, "RMSprop", low=0.0, high=1.0,
+                                      high_inclusive=False)
+        self.epsilon = _check_number("epsilon", epsilon, "RMSprop", low=0.0)
+        self.centered = bool(centered)
+
+    def _new_slots(self, param):
+        slots = {"velocity": np.zeros_like(param)}
+        if self.momentum:
+            slots["momentum"] = np.zeros_like(param)
+        if self.centered:
+            slots["average_gradient"] = np.zeros_like(param)
+        return slots
+
+    def _update(self, param, grad, slots):
+        velocity = slots["velocity"]
+        velocity *= self.rho
+        velocity += (1 - self.rho) * (grad * grad)
+        denominator = velocity
+        if self.centered:
+            average = slots["average_gradient"]
+            average *= self.rho
+            average += (1 - self.rho) * grad
+            denominator = velocity - average * average
+        increment = self.lr * grad / np.sqrt(denominator + self.epsilon)
+        if self.momentum:
+            buf = slots["momentum"]
+            buf *= self.momentum
+            buf += increment
+            increment = buf
+        param -= increment
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
+                "epsilon": self.epsilon, "centered": self.centered}
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
 def get(identifier) -> Optimizer:
