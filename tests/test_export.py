@@ -342,6 +342,8 @@ def modern_layers_model():
     x = layers.ELU(0.5)(layers.Cropping2D(((1, 0), (2, 1)))(x))
     x = layers.Conv2D(4, 1, activation="leaky_relu")(x)
     x = layers.Conv2D(4, 1, activation="elu")(x)
+    x = layers.Conv2D(4, 1, activation="gelu")(x)
+    x = layers.Conv2D(4, 1, activation="gelu_tanh")(x)
     pooled = layers.Concatenate()([layers.GlobalMaxPooling2D()(x),
                                    layers.GlobalAveragePooling2D()(x)])
     return cnnlab.Model(inputs, layers.Dense(3, activation="softmax")(pooled))

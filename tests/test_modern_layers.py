@@ -2,7 +2,8 @@
 gradient and every parameter gradient, for a random upstream gradient) over random shapes,
 strides, dilations and paddings, and against central finite differences: DepthwiseConv2D,
 SeparableConv2D, GlobalMaxPooling2D, ZeroPadding2D, Cropping2D, UpSampling2D, and the
-activations leaky_relu, elu, silu/swish and hard_sigmoid (strings and layers)."""
+activations leaky_relu, elu, silu/swish, hard_sigmoid and gelu, exact and tanh (strings and
+layers); and the engine's erf against math.erf."""
 
 import numpy as np
 import pytest
@@ -176,6 +177,8 @@ ACTIVATIONS = {
     # torch's own hardsigmoid backward multiplies by 1/6 rounded to float32 (1e-8 off in
     # float64); relu6(x + 3) / 6 is the same function with an exact float64 backward
     "hard_sigmoid": lambda t: F.relu6(t + 3) / 6,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
 }
 
 
@@ -208,6 +211,8 @@ def test_activation_layers_with_their_parameters_equal_torch():
     lambda: layers.ZeroPadding2D(1, dtype="float64"),
     lambda: layers.ELU(dtype="float64"),
     lambda: layers.Activation("silu", dtype="float64"),
+    lambda: layers.Activation("gelu", dtype="float64"),
+    lambda: layers.Activation("gelu_tanh", dtype="float64"),
 ])
 def test_gradients_match_finite_differences(make):
     layer = make()
@@ -241,3 +246,12 @@ def test_modern_layers_round_trip_their_config_and_refuse_bad_arguments():
         layers.UpSampling2D(interpolation="bilinear")
     with pytest.raises(ShapeError, match="leaves 0 x"):
         layers.Cropping2D(((2, 2), (0, 0)))(np.zeros((1, 4, 4, 1)))
+
+
+def test_erf_is_double_precision():
+    import math
+
+    from cnnlab.engine.activations import erf
+    xs = np.concatenate([np.linspace(-8, 8, 40001), np.linspace(-1e-3, 1e-3, 101), [0.0]])
+    reference = np.array([math.erf(v) for v in xs])
+    np.testing.assert_allclose(erf(xs), reference, rtol=2e-15, atol=1e-300)

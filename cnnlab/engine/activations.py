@@ -6,7 +6,11 @@ ReLU and tanh/sigmoid cache their output (cheaper than the input and enough for 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+_SQRT_PI = math.sqrt(math.pi)
 
 
 def relu_forward(x: np.ndarray):
@@ -119,6 +123,61 @@ def hard_sigmoid_backward(grad_out: np.ndarray, inside: np.ndarray) -> np.ndarra
     return grad_out * inside / np.asarray(6, grad_out.dtype)
 
 
+def erf(x: np.ndarray) -> np.ndarray:
+    """The error function to double precision (1.3e-15 relative, checked against ``math.erf``
+    from -8 to 8), vectorised; NumPy has none. For ``|x| < 3`` the series
+    ``erf(x) = 2/sqrt(pi) exp(-x^2) sum_n (2x^2)^n x / (1*3*...*(2n+1))`` (positive terms, no
+    cancellation; 60 terms suffice); beyond, ``erfc`` by its continued fraction
+    ``exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...))))`` (Lentz's method)."""
+    z = np.abs(np.asarray(x, dtype=np.float64))
+    out = np.empty_like(z)
+    near = z < 3
+    zn = z[near]
+    term, total, ratio = zn.copy(), zn.copy(), 2 * zn * zn
+    for n in range(1, 60):
+        term = term * ratio / (2 * n + 1)
+        total += term
+    out[near] = 2 / _SQRT_PI * np.exp(-zn * zn) * total
+    zf = z[~near]
+    fraction, c, d = zf.copy(), zf.copy(), np.zeros_like(zf)
+    for k in range(1, 80):
+        d = 1 / (zf + (k / 2) * d)
+        c = zf + (k / 2) / c
+        fraction = fraction * c * d
+    out[~near] = 1 - np.exp(-zf * zf) / _SQRT_PI / fraction
+    return np.copysign(out, x)
+
+
+def gelu_forward(x: np.ndarray):
+    """GELU, exact (Keras' default): ``x * Phi(x)``, with ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``
+    the standard normal's distribution function (Hendrycks & Gimpel, 2016)."""
+    phi_cdf = (0.5 * (1 + erf(x / math.sqrt(2)))).astype(x.dtype)
+    return x * phi_cdf, (x, phi_cdf)
+
+
+def gelu_backward(grad_out: np.ndarray, cache) -> np.ndarray:
+    """``g * (Phi(x) + x * phi(x))``, ``phi`` the normal density."""
+    x, phi_cdf = cache
+    density = np.exp(-0.5 * x * x) / np.asarray(math.sqrt(2 * math.pi), x.dtype)
+    return grad_out * (phi_cdf + x * density)
+
+
+_GELU_C = math.sqrt(2 / math.pi)
+
+
+def gelu_tanh_forward(x: np.ndarray):
+    """GELU's tanh approximation, ``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``: Keras'
+    ``gelu(x, approximate=True)``, torch's ``gelu(x, approximate='tanh')``."""
+    t = np.tanh(_GELU_C * (x + 0.044715 * x * x * x))
+    return 0.5 * x * (1 + t), (x, t)
+
+
+def gelu_tanh_backward(grad_out: np.ndarray, cache) -> np.ndarray:
+    x, t = cache
+    inner = _GELU_C * (1 + 3 * 0.044715 * x * x)
+    return grad_out * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * inner)
+
+
 def linear_forward(x: np.ndarray):
     return x, None
 
@@ -141,6 +200,9 @@ ACTIVATIONS = {
     "silu": (silu_forward, silu_backward),
     "swish": (silu_forward, silu_backward),                  # Keras' other name for SiLU
     "hard_sigmoid": (hard_sigmoid_forward, hard_sigmoid_backward),
+    "gelu": (gelu_forward, gelu_backward),
+    # Keras spells this gelu(x, approximate=True); an activation here is a name, so it has one
+    "gelu_tanh": (gelu_tanh_forward, gelu_tanh_backward),
 }
 
 

@@ -316,10 +316,29 @@ def _activation(emit, layer, tensor):
     if layer.activation in ("silu", "swish"):                      # x * sigmoid(x)
         gate = emit.node("Sigmoid", [name], f"{layer.name}_gate")
         return emit.node("Mul", [name, gate], f"{layer.name}_silu"), layout
+    if layer.activation in ("gelu", "gelu_tanh"):                   # opset 17 has no Gelu
+        return _gelu(emit, layer, name, layer.activation == "gelu_tanh"), layout
     extra = {"axis": 1 if layout == "NCHW" else -1} if layer.activation in (
         "softmax", "log_softmax") else _ACTIVATION_ATTRIBUTES.get(layer.activation, {})
     return emit.node(_ACTIVATION_OPS[layer.activation], [name],
                      f"{layer.name}_{layer.activation}", **extra), layout
+
+
+def _gelu(emit, layer, name, tanh: bool) -> str:
+    """``x/2 (1 + erf(x / sqrt 2))``, or the tanh form, from ONNX's element-wise ops."""
+    const = lambda base, value: emit.constant(f"{layer.name}_{base}", np.array(value))  # noqa: E731
+    if tanh:
+        cube = emit.node("Mul", [name, emit.node("Mul", [name, name], "sq")], "cube")
+        inner = emit.node("Add", [name, emit.node("Mul", [cube, const("k", 0.044715)], "kx3")],
+                          "inner")
+        core = emit.node("Tanh", [emit.node("Mul", [inner, const("c", np.sqrt(2 / np.pi))],
+                                            "scaled")], "tanh")
+    else:
+        core = emit.node("Erf", [emit.node("Mul", [name, const("r", 1 / np.sqrt(2))], "z")],
+                         "erf")
+    half = emit.node("Mul", [name, const("half", 0.5)], "half_x")
+    return emit.node("Mul", [half, emit.node("Add", [core, const("one", 1.0)], "one_plus")],
+                     f"{layer.name}_gelu")
 
 
 def _emit_graph(emit, graph, inputs):

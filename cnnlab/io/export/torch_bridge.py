@@ -19,7 +19,8 @@ from cnnlab.errors import ConfigError
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU,
                 "leaky_relu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU, "swish": nn.SiLU,
-                "hard_sigmoid": nn.Hardsigmoid}
+                "hard_sigmoid": nn.Hardsigmoid, "gelu": nn.GELU,
+                "gelu_tanh": lambda: nn.GELU(approximate="tanh")}
 
 
 class _Permute(nn.Module):

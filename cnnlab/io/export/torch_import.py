@@ -230,6 +230,7 @@ MODULES = {
     nn.ReLU: _activation("relu"), nn.Tanh: _activation("tanh"),
     nn.Sigmoid: _activation("sigmoid"), nn.Softmax: _softmax, nn.SiLU: _activation("silu"),
     nn.Hardsigmoid: _activation("hard_sigmoid"),
+    nn.GELU: lambda m, v, n: _activate(v, "gelu_tanh" if m.approximate == "tanh" else "gelu"),
     nn.LeakyReLU: lambda m, v, n: _apply(L.LeakyReLU(m.negative_slope), v),
     nn.ELU: lambda m, v, n: _apply(L.ELU(m.alpha), v),
     nn.ZeroPad2d: lambda m, v, n: _apply(L.ZeroPadding2D(((m.padding[2], m.padding[3]),
