@@ -109,3 +109,35 @@ def test_augmented_model_trains_saves_and_loads(tmp_path):
 def test_bad_arguments_are_named(bad, match):
     with pytest.raises(cnnlab.errors.ConfigError, match=match):
         bad()
+
+
+def test_random_crop_crops_where_its_generator_says_and_its_backward_is_the_adjoint():
+    layer = layers.RandomCrop(5, 4, seed=3, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((6, 9, 7, 2))
+    layer.build(x.shape[1:])
+    draws = np.random.default_rng(3)                           # the same draws the layer makes
+    tops, lefts = draws.integers(0, 5, 6), draws.integers(0, 4, 6)
+    out, cache = layer.forward(x, CallContext(training=True))
+    for n in range(6):
+        np.testing.assert_array_equal(out[n], x[n, tops[n]:tops[n] + 5, lefts[n]:lefts[n] + 4])
+    grad = np.random.default_rng(1).standard_normal(out.shape)
+    grad_x, _ = layer.backward(grad, cache)
+    direction = np.random.default_rng(2).standard_normal(x.shape)
+    moved, _ = layer.forward(x + direction, CallContext(training=False))   # a different crop
+    shifted = np.stack([(x + direction)[n, tops[n]:tops[n] + 5, lefts[n]:lefts[n] + 4]
+                        for n in range(6)])
+    assert ((shifted - out) * grad).sum() == pytest.approx((direction * grad_x).sum(), rel=1e-12)
+    centre = layer(x)                                         # inference: the centre crop
+    np.testing.assert_array_equal(centre, x[:, 2:7, 1:5])
+    assert moved.shape == centre.shape
+
+
+def test_pad_then_random_crop_is_the_identity_at_inference_and_refuses_small_images():
+    from cnnlab.errors import ShapeError
+    model = cnnlab.Sequential([layers.Input((8, 8, 3)), layers.ZeroPadding2D(4),
+                               layers.RandomCrop(8, 8, seed=0)])
+    x = np.random.default_rng(0).random((3, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), x)
+    assert not np.array_equal(model(x, training=True), x)
+    with pytest.raises(ShapeError, match="a 9 x 9 crop of 8 x 8 images"):
+        cnnlab.Sequential([layers.Input((8, 8, 3)), layers.RandomCrop(9, 9)])

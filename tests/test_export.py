@@ -334,7 +334,7 @@ def test_keras_weights_load_into_a_functional_model_by_layer_name(tmp_path):
 def modern_layers_model():
     """Every layer and activation added for modern CNNs, in one graph."""
     inputs = cnnlab.Input((12, 11, 3))
-    x = layers.ZeroPadding2D(((1, 2), (0, 1)))(inputs)
+    x = layers.RandomCrop(10, 9, seed=1)(layers.ZeroPadding2D(((1, 2), (0, 1)))(inputs))
     x = layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2,
                                activation="hard_sigmoid")(x)
     x = layers.SeparableConv2D(5, 3, padding="same", dilation_rate=2, activation="silu")(x)

@@ -122,3 +122,22 @@ def contrast_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     g = grad_out * unclipped
     mean_g = g.mean(axis=(1, 2), keepdims=True)
     return f * (g - mean_g) + mean_g
+
+
+def crop_forward(x: np.ndarray, tops: np.ndarray, lefts: np.ndarray, size: tuple[int, int]):
+    """Image ``n`` cropped to ``size`` from row ``tops[n]``, column ``lefts[n]``:
+    ``(N, H, W, C) -> (N, h, w, C)``, gathered for the whole batch at once."""
+    h, w = size
+    rows = tops[:, None] + np.arange(h)                                     # (N, h)
+    cols = lefts[:, None] + np.arange(w)                                    # (N, w)
+    batch = np.arange(len(x))[:, None, None]
+    return x[batch, rows[:, :, None], cols[:, None, :]], (rows, cols, x.shape)
+
+
+def crop_backward(grad_out: np.ndarray, cache) -> np.ndarray:
+    """Each crop's gradient back in its place, zeros elsewhere."""
+    rows, cols, shape = cache
+    grad = np.zeros(shape, dtype=grad_out.dtype)                            # (N, H, W, C)
+    batch = np.arange(shape[0])[:, None, None]
+    grad[batch, rows[:, :, None], cols[:, None, :]] = grad_out
+    return grad

@@ -24,6 +24,7 @@ from cnnlab.layers.pooling import (
 )
 from cnnlab.layers.preprocessing import (
     RandomContrast,
+    RandomCrop,
     RandomFlip,
     RandomRotation,
     RandomTranslation,
@@ -47,4 +48,4 @@ __all__ = ["Layer", "LAYER_REGISTRY", "layer_class", "Input", "InputLayer", "Con
            "RandomContrast", "BatchNormalization", "Add", "Subtract", "Multiply", "Average",
            "Maximum", "Concatenate", "DepthwiseConv2D", "SeparableConv2D",
            "SeparableConvolution2D", "GlobalMaxPooling2D", "GlobalMaxPool2D", "ZeroPadding2D",
-           "Cropping2D", "UpSampling2D", "LeakyReLU", "ELU"]
+           "Cropping2D", "UpSampling2D", "LeakyReLU", "ELU", "RandomCrop"]

@@ -16,8 +16,8 @@ import numpy as np
 
 from cnnlab import seeding
 from cnnlab.engine import augment
-from cnnlab.errors import ConfigError
-from cnnlab.layers.base import Layer
+from cnnlab.errors import ConfigError, ShapeError
+from cnnlab.layers.base import Layer, check_positive_int
 
 _FILL_MODES = ("reflect", "constant", "nearest", "wrap")
 
@@ -205,3 +205,47 @@ class RandomContrast(_RandomLayer):
     def get_config(self):
         return {**super().get_config(), "factor": list(self.factor),
                 "value_range": list(self.value_range)}
+
+
+class RandomCrop(_RandomLayer):
+    """Keras 3's ``RandomCrop(height, width)``: in training, each image is cropped to
+    ``(height, width)`` at a random place; at inference, the centre crop. The usual CIFAR
+    augmentation, "pad 4 then crop 32", is ``ZeroPadding2D(4)`` followed by ``RandomCrop(32, 32)``:
+    at inference that crop is the original image. ``(N, H, W, C) -> (N, height, width, C)``;
+    inputs smaller than the crop are refused (Keras would resize them)."""
+
+    def __init__(self, height: int, width: int, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        owner = self._describe()
+        self.height = check_positive_int(height, "height", owner)
+        self.width = check_positive_int(width, "width", owner)
+
+    def compute_output_shape(self, input_shape):
+        h, w, c = input_shape
+        if h < self.height or w < self.width:
+            raise ShapeError(f"{self._describe()}: a {self.height} x {self.width} crop of "
+                             f"{h} x {w} images; the images must be at least that large (pad "
+                             f"them first, e.g. ZeroPadding2D).")
+        return self.height, self.width, c
+
+    def centre_crop(self, h: int, w: int):
+        """The inference crop of an ``h x w`` image, as ``((top, bottom), (left, right))``."""
+        top, left = (h - self.height) // 2, (w - self.width) // 2
+        return (top, h - self.height - top), (left, w - self.width - left)
+
+    def _offsets(self, x, rng):
+        n, h, w, _ = x.shape
+        if rng is None:                                  # inference: the centre
+            (top, _), (left, _) = self.centre_crop(h, w)
+            return np.full(n, top), np.full(n, left)
+        return (rng.integers(0, h - self.height + 1, n), rng.integers(0, w - self.width + 1, n))
+
+    def call(self, x, ctx):
+        tops, lefts = self._offsets(x, ctx.generator(self) if ctx.training else None)
+        return augment.crop_forward(x, tops, lefts, (self.height, self.width))
+
+    def call_backward(self, grad_out, cache, input_grad):
+        return augment.crop_backward(grad_out, cache), []
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width}

@@ -41,6 +41,7 @@ from cnnlab.layers import (
     MaxPooling2D,
     Multiply,
     RandomContrast,
+    RandomCrop,
     RandomFlip,
     RandomRotation,
     RandomTranslation,
@@ -160,8 +161,10 @@ def _zero_pad(emit, node, inputs):
 
 def _crop(emit, node, inputs):
     x, _ = emit.as_layout(inputs[0], "NCHW")
-    (t, b), (left, r) = node.layer.cropping
     h, w = node.inbound[0].shape[1:3]
+    layer = node.layer
+    (t, b), (left, r) = layer.cropping if isinstance(layer, Cropping2D) \
+        else layer.centre_crop(h, w)                          # RandomCrop at inference
     args = [x, _int64(emit, "starts", [t, left]), _int64(emit, "ends", [h - b, w - r]),
             _int64(emit, "axes", [2, 3])]
     return emit.node("Slice", args, node.layer.name), "NCHW"
@@ -289,7 +292,7 @@ CONVERTERS = {
     Multiply: _merge("Mul"), Average: _merge("Mean"), Maximum: _merge("Max"),
     Concatenate: _concatenate, Rescaling: _rescaling,
     DepthwiseConv2D: _depthwise, SeparableConv2D: _separable, GlobalMaxPooling2D: _global_max,
-    ZeroPadding2D: _zero_pad, Cropping2D: _crop, UpSampling2D: _upsample,
+    ZeroPadding2D: _zero_pad, Cropping2D: _crop, RandomCrop: _crop, UpSampling2D: _upsample,
     LeakyReLU: _activation_layer("leaky_relu", "negative_slope"), ELU: _activation_layer("elu", "alpha"),
     **{kind: _identity for kind in (Dropout, Activation, ReLU, Softmax, InputLayer, RandomFlip,
                                     RandomTranslation, RandomRotation, RandomZoom,

@@ -222,6 +222,7 @@ CONVERTERS = {
     L.GlobalMaxPooling2D: lambda layer, shape: [nn.AdaptiveMaxPool2d(1), nn.Flatten()],
     L.ZeroPadding2D: lambda layer, shape: [nn.ZeroPad2d((*layer.padding[1], *layer.padding[0]))],
     L.Cropping2D: lambda layer, shape: [_Crop(layer.cropping)],
+    L.RandomCrop: lambda layer, shape: [_Crop(layer.centre_crop(*shape[:2]))],   # inference
     L.UpSampling2D: lambda layer, shape: [nn.Upsample(scale_factor=layer.size, mode="nearest")],
     L.LeakyReLU: lambda layer, shape: [nn.LeakyReLU(layer.negative_slope)],
     L.ELU: lambda layer, shape: [nn.ELU(layer.alpha)],
