@@ -418,6 +418,7 @@ def _add_explain(commands, formatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cnnlab import zoo
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="cnnlab", formatter_class=formatter,
@@ -433,29 +434,43 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_train.__doc__,
         epilog="Example:\n  cnnlab train\n  cnnlab train --model lenet5 --epochs 3 --out lenet.cnnlab\n"
                "  cnnlab train --checkpoint-dir runs/a   # killed? then: cnnlab train --resume runs/a\n"
-               "  cnnlab train --data photos/ --image-size 64 --model lenet5\n"
-               "  mpirun -n 2 cnnlab train --distributed")
+               "  cnnlab train --data photos/ --model resnet20\n"
+               "  mpirun -n 2 cnnlab train --distributed\n\n"
+               "Recipes (what --model NAME trains with unless an option says otherwise):\n"
+               + "\n".join(f"  {name}: {recipe.describe()}"
+                           for name, recipe in zoo.RECIPES.items()))
     # settings default to None so that --resume can tell which ones were given
-    train.add_argument("--model", help=f"zoo model: article, lenet5 or simple_convnet "
-                                       f"(default: {DEFAULTS['model']})")
+    train.add_argument("--model", help=f"zoo model: {', '.join(zoo.MODELS)} (default: "
+                                       f"{DEFAULTS['model']}); each has a recipe, see below")
     train.add_argument("--data", help=f"a dataset name (mnist_sample, mnist, fashion_mnist, "
                                       f"cifar10), an .npz, or a folder with one subfolder of "
                                       f"images per class (default: {DEFAULTS['data']})")
     train.add_argument("--image-size", type=_positive_int,
-                       help=f"for a folder: images are resized to this square size "
-                            f"(default: {DEFAULTS['image_size']})")
+                       help="for a folder: images are resized to this square size (default: "
+                            "the recipe's)")
     train.add_argument("--color-mode", choices=["grayscale", "rgb", "rgba"],
                        help=f"for a folder (default: {DEFAULTS['color_mode']})")
     train.add_argument("--epochs", type=_positive_int,
-                       help=f"passes over the training data (default: {DEFAULTS['epochs']})")
+                       help="passes over the training data (default: the recipe's)")
     train.add_argument("--batch-size", type=_positive_int,
-                       help=f"images per step (default: {DEFAULTS['batch_size']})")
-    train.add_argument("--optimizer", choices=["sgd", "adam"],
-                       help=f"sgd (with momentum) or adam (default: {DEFAULTS['optimizer']})")
+                       help="images per step (default: the recipe's)")
+    train.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "rmsprop"],
+                       help="the optimizer (default: the model's recipe, sgd with momentum for "
+                            "the digit models)")
     train.add_argument("--lr", type=_positive_float,
-                       help=f"learning rate (default: {DEFAULTS['lr']} for sgd, 0.001 for adam)")
+                       help=f"learning rate, or the one-cycle schedule's peak (default: the "
+                            f"recipe's; {DEFAULTS['lr']} for sgd, 0.001 for the others)")
     train.add_argument("--momentum", type=float,
                        help=f"SGD momentum (default: {DEFAULTS['momentum']})")
+    train.add_argument("--schedule", choices=["constant", "onecycle"],
+                       help="the learning rate over the run (default: the recipe's)")
+    train.add_argument("--weight-decay", type=float,
+                       help="decoupled weight decay, as in Keras 3 (default: the recipe's)")
+    train.add_argument("--label-smoothing", type=float,
+                       help="cross-entropy label smoothing in [0, 1) (default: the recipe's)")
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                       help="random flips and pad-4 crops inside the model, in training "
+                            "(default: the recipe's)")
     train.add_argument("--seed", type=int,
                        help=f"random seed; the same seed repeats the run exactly "
                             f"(default: {DEFAULTS['seed']})")

@@ -22,21 +22,27 @@ from cnnlab.errors import ConfigError
 FOLDER_VALIDATION_SPLIT = 0.2
 DEFAULTS = {"model": "article", "data": "mnist_sample", "epochs": 5, "batch_size": 128,
             "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "seed": 0, "image_size": 64,
-            "color_mode": "rgb"}
+            "color_mode": "rgb", "schedule": "constant", "weight_decay": 0.0,
+            "label_smoothing": 0.0, "augment": False}
 TRAIN_SETTINGS = tuple(DEFAULTS)
+#: the learning rate an optimizer gets when neither the options nor the recipe say
+DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.001}
 
 
 def run_settings(**given) -> dict:
-    """Every training setting: the ones given (None means 'not given'), DEFAULTS for the rest.
-    Adam's default learning rate is 0.001, not SGD's."""
+    """Every training setting: the ones given (None means 'not given'), then the zoo model's
+    recipe, then DEFAULTS. An optimizer other than the recipe's starts from its own default
+    learning rate (Adam's is 0.001, not SGD's)."""
+    from cnnlab import zoo
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"Unknown training settings {unknown}; expected some of "
                           f"{list(DEFAULTS)}.")
-    settings = {name: given[name] if given.get(name) is not None else DEFAULTS[name]
-                for name in TRAIN_SETTINGS}
-    if settings["optimizer"] == "adam" and given.get("lr") is None:
-        settings["lr"] = 0.001
+    recipe = zoo.RECIPES[zoo.resolve(given.get("model") or DEFAULTS["model"])].settings()
+    settings = {name: given[name] if given.get(name) is not None else recipe.get(
+        name, DEFAULTS[name]) for name in TRAIN_SETTINGS}
+    if settings["optimizer"] != recipe["optimizer"] and given.get("lr") is None:
+        settings["lr"] = DEFAULT_LR[settings["optimizer"]]
     return settings
 
 
@@ -65,14 +71,16 @@ def training_data(settings):
 def new_run(settings: dict):
     """Seed, load the data, build and compile the zoo model: ``(model, train, test)``.
     The model's metadata records the settings, the class names and how inputs were prepared."""
-    from cnnlab import optimizers, zoo
+    from cnnlab import losses, zoo
     from cnnlab.seeding import set_random_seed
     set_random_seed(settings["seed"])
     train, test, input_shape, names = training_data(settings)
-    model = zoo.get(settings["model"], input_shape=tuple(input_shape), num_classes=len(names))
-    optimizer = (optimizers.SGD(settings["lr"], momentum=settings["momentum"])
-                 if settings["optimizer"] == "sgd" else optimizers.Adam(settings["lr"]))
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+    model = zoo.get(settings["model"], input_shape=tuple(input_shape), num_classes=len(names),
+                    augment=settings["augment"])
+    images = len(train[0]) if isinstance(train, tuple) else len(train.source.file_paths)
+    model.compile(optimizer=make_optimizer(settings, -(-images // settings["batch_size"])),
+                  loss=losses.SparseCategoricalCrossentropy(
+                      label_smoothing=settings["label_smoothing"]),
                   metrics=["accuracy"])
     folder = not isinstance(train, tuple)
     model.metadata.update({"train_settings": settings, "class_names": names,
@@ -81,6 +89,26 @@ def new_run(settings: dict):
     if folder:                  # so that evaluation later holds out the very same images
         model.metadata["validation_split"] = FOLDER_VALIDATION_SPLIT
     return model, train, test
+
+
+def make_optimizer(settings: dict, steps_per_epoch: int):
+    """The run's optimizer: its learning rate constant, or a one-cycle schedule over every step
+    of the run; decoupled weight decay."""
+    from cnnlab import optimizers
+    lr = settings["lr"]
+    if settings["schedule"] == "onecycle":
+        lr = optimizers.schedules.OneCycle(lr, total_steps=settings["epochs"] * steps_per_epoch)
+    elif settings["schedule"] != "constant":
+        raise ConfigError(f"Unknown schedule {settings['schedule']!r}; expected 'constant' or "
+                          f"'onecycle'.")
+    decay = {"weight_decay": settings["weight_decay"]}
+    name = settings["optimizer"]
+    if name == "sgd":
+        return optimizers.SGD(lr, momentum=settings["momentum"], **decay)
+    kinds = {"adam": optimizers.Adam, "adamw": optimizers.AdamW, "rmsprop": optimizers.RMSprop}
+    if name not in kinds:
+        raise ConfigError(f"Unknown optimizer {name!r}; expected one of {['sgd', *kinds]}.")
+    return kinds[name](lr, **decay)
 
 
 def fit_run(model, settings: dict, train, test, **options):

@@ -1,0 +1,63 @@
+"""The zoo's modern CNNs: their shapes and sizes, their recipes as `cnnlab train` resolves them,
+and that each trains, saves, resumes and exports (ONNX under onnxruntime, and torch) equal to
+cnnlab. The long CIFAR-10 runs live in benchmarks/, not here."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import cnnlab
+from cnnlab import zoo
+from cnnlab.export import to_onnx, to_torch
+from cnnlab.runs import make_optimizer, run_settings
+
+PHOTO_MODELS = ["resnet20", "cifar_vgg", "mobilenet_small"]
+
+
+def test_resnet20_is_he_et_al_s_cifar_network():
+    model = zoo.get("resnet20", input_shape=(32, 32, 3))
+    convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert len([c for c in convs if c.kernel_size == (3, 3)]) == 19      # + the dense = 20 layers
+    assert [c.filters for c in convs if c.kernel_size == (1, 1)] == [32, 64]   # projections
+    assert model.count_params() == 274_042
+    assert model.get_layer("features").output.shape == (None, 64)
+
+
+@pytest.mark.parametrize("name", PHOTO_MODELS)
+def test_each_photo_model_trains_saves_and_exports(name, tmp_path):
+    cnnlab.utils.set_random_seed(0)
+    settings = run_settings(model=name, epochs=1, batch_size=16)
+    assert settings["augment"] and settings["schedule"] == "onecycle"
+    model = zoo.get(name, input_shape=(32, 32, 3), num_classes=4, augment=True)
+    model.compile(make_optimizer(settings, steps_per_epoch=2), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 32, 32, 3), dtype=np.float32), rng.integers(0, 4, 32)
+    before = model.get_weights()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    model.save(tmp_path / "m.cnnlab")
+    loaded = cnnlab.load_model(tmp_path / "m.cnnlab")
+    expected = model.predict(x[:8], verbose=0)
+    np.testing.assert_array_equal(loaded.predict(x[:8], verbose=0), expected)
+    session = ort.InferenceSession(to_onnx(model).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x[:8]})[0], expected, atol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(to_torch(model, input_layout="NHWC")(torch.tensor(x[:8])),
+                                   expected, atol=1e-5)
+
+
+def test_recipes_resolve_and_options_override_them():
+    settings = run_settings(model="resnet20")
+    recipe = zoo.RECIPES["resnet20"]
+    assert (settings["lr"], settings["epochs"], settings["weight_decay"]) == (
+        recipe.lr, recipe.epochs, recipe.weight_decay)
+    assert settings["image_size"] == 32
+    mine = run_settings(model="resnet20", epochs=3, optimizer="adamw", augment=False)
+    assert (mine["epochs"], mine["optimizer"], mine["lr"], mine["augment"]) == (3, "adamw",
+                                                                                0.001, False)
+    assert run_settings()["schedule"] == "constant"          # the article's recipe is unchanged
+    optimizer = make_optimizer(settings, steps_per_epoch=10)
+    assert isinstance(optimizer.learning_rate, cnnlab.optimizers.schedules.OneCycle)
+    assert optimizer.learning_rate.total_steps == 300
