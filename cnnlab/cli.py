@@ -91,6 +91,7 @@ def cmd_train(args) -> int:
     """Train a zoo model on a dataset, report test accuracy, save the model."""
     import os
 
+    from cnnlab import zoo
     from cnnlab.callbacks import ModelCheckpoint
     _check_train_options(args)
     chief, comm = True, None
@@ -112,7 +113,6 @@ def cmd_train(args) -> int:
     model, settings, train, test, initial_epoch = (
         _resumed_run(args) if args.resume else _fresh_run(args))
     streaming = not isinstance(train, tuple)
-    optimizer = model.optimizer
     out = args.out or settings.get("out") or _new_model_path(f"{model.name}.cnnlab",
                                                               args.overwrite, say)
     settings = {**settings, "out": out}
@@ -121,14 +121,12 @@ def cmd_train(args) -> int:
         say(f"Resuming {model.name} from {checkpoint_dir}: epoch {initial_epoch + 1}, batch "
               f"{model.training_state['step']}")
     else:
-        momentum = f", momentum={settings['momentum']:g}" if settings["optimizer"] == "sgd" else ""
         sizes = (f"{len(train.source.file_paths):,} train / {len(test.source.file_paths):,} "
                  f"validation images" if streaming else
                  f"{len(train[0]):,} train / {len(test[0]):,} test images")
+        recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
         say(f"Training {model.name} on {settings['data']}: {sizes} {model.input_shape}, "
-            f"{model.output_shape[-1]} classes; {settings['epochs']} epochs, batch "
-            f"{settings['batch_size']}, {type(optimizer).__name__}(lr={optimizer.current_learning_rate():g}"
-            f"{momentum}), seed {settings['seed']}")
+            f"{model.output_shape[-1]} classes; {recipe.describe()}; seed {settings['seed']}")
     _warn_if_too_few_steps(len(train.source.file_paths) if streaming else len(train[0]),
                            settings["batch_size"], say)
     callbacks = []
