@@ -72,37 +72,35 @@ class AveragePooling2D(_Pooling2D):
     _backward = staticmethod(pool_ops.avg_pool2d_backward)
 
 
-class GlobalAveragePooling2D(Layer):
+class _GlobalPooling2D(Layer):
+    """One number per feature map: ``(N, H, W, C) -> (N, C)``; subclasses name the engine's
+    forward and backward."""
+
+    input_rank = 4
+    _forward = _backward = None
+
+    def __init__(self, input_shape=None, name=None, dtype=None, trainable=True):
+        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[-1],)
+
+    def call(self, x, ctx):
+        return type(self)._forward(x)
+
+    def call_backward(self, grad_out, cache, input_grad):
+        return type(self)._backward(grad_out, cache), []
+
+
+class GlobalAveragePooling2D(_GlobalPooling2D):
     """The mean of each feature map: ``(N, H, W, C) -> (N, C)``."""
 
-    input_rank = 4
-
-    def __init__(self, input_shape=None, name=None, dtype=None, trainable=True):
-        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[-1],)
-
-    def call(self, x, ctx):
-        return pool_ops.global_avg_pool2d_forward(x)
-
-    def call_backward(self, grad_out, cache, input_grad):
-        return pool_ops.global_avg_pool2d_backward(grad_out, cache), []
+    _forward = staticmethod(pool_ops.global_avg_pool2d_forward)
+    _backward = staticmethod(pool_ops.global_avg_pool2d_backward)
 
 
-class GlobalMaxPooling2D(Layer):
+class GlobalMaxPooling2D(_GlobalPooling2D):
     """The maximum of each feature map: ``(N, H, W, C) -> (N, C)``."""
 
-    input_rank = 4
-
-    def __init__(self, input_shape=None, name=None, dtype=None, trainable=True):
-        super().__init__(name=name, dtype=dtype, trainable=trainable, input_shape=input_shape)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[-1],)
-
-    def call(self, x, ctx):
-        return resample.global_max_pool2d_forward(x)
-
-    def call_backward(self, grad_out, cache, input_grad):
-        return resample.global_max_pool2d_backward(grad_out, cache), []
+    _forward = staticmethod(resample.global_max_pool2d_forward)
+    _backward = staticmethod(resample.global_max_pool2d_backward)
