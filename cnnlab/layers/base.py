@@ -134,7 +134,6 @@ class Layer:
         self.output_shape: tuple[int, ...] | None = None   # without the batch axis
         self.variables: list[Variable] = []
         self._inbound_nodes: list = []    # graph structure: the symbolic calls of this layer
-        self._recording = None
 
     def _describe(self) -> str:
         return f"{type(self).__name__} {getattr(self, 'name', '')!r}".strip()
@@ -169,11 +168,8 @@ class Layer:
 
     def add_weight(self, name: str, shape: tuple[int, ...], initializer,
                    kind: str = "param") -> np.ndarray | None:
-        """Create one variable. While :meth:`weight_shapes` records, only the shape is noted."""
+        """Create one variable (under ``deferred_variables``: its shape only, no array)."""
         shape = tuple(int(d) for d in shape)
-        if self._recording is not None:
-            self._recording.append((name, shape))
-            return None
         if variables_deferred():
             self.variables.append(Variable(name, None, kind, pending=(shape, self.dtype)))
             return None
@@ -181,16 +177,6 @@ class Layer:
         array = np.ascontiguousarray(value, dtype=self.dtype)
         self.variables.append(Variable(name, array, kind))
         return array
-
-    def weight_shapes(self, input_shape) -> list[tuple[str, tuple[int, ...]]]:
-        """``(name, shape)`` of every variable for this input shape, allocating nothing: a model
-        file's claims are checked against these before any array is read."""
-        self._recording = []
-        try:
-            self.build_params(self._normalise_shape(input_shape))
-            return self._recording
-        finally:
-            self._recording = None
 
     def compute_output_shape(self, input_shape) -> tuple[int, ...]:
         return tuple(input_shape)
