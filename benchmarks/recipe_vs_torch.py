@@ -1,82 +1,185 @@
-"""The article's network trained the same way in cnnlab and in PyTorch: same initial weights, same
-batches in the same order, same recipe (SGD lr 0.05, momentum 0.9, batch 128, 5 epochs). The two
-test accuracies should agree within noise; the printout also gives each one's wall time.
+"""A zoo model trained by its own recipe in cnnlab and in PyTorch, side by side: the same network
+(``to_torch``), the same initial weights, the same batches in the same order with the same
+augmentation, the same recipe. The two validation accuracies should agree within the spread
+between seeds; the printout also gives each one's wall time.
 
-    python benchmarks/recipe_vs_torch.py [--epochs 5] [--seeds 0 1 2]
+    python benchmarks/recipe_vs_torch.py                                  # article, digits
+    python benchmarks/recipe_vs_torch.py --model resnet20 --train 8000 --epochs 4
+    python benchmarks/recipe_vs_torch.py --model cifar_vgg --train 40000 --epochs 8 --seeds 0 \\
+        --only torch                       # PyTorch eager's time for the README's headline run
+
+Digit models train on the bundled 10,000 MNIST digits (8,000 / 2,000). Photo models train on the
+CIFAR-10 JPEG folder (``--data``, or the tarball in ``../shared`` extracted under /tmp), split as
+``cnnlab train`` splits a folder (20% validation, seed 0), through cnnlab's own folder loader.
+
+What each side runs (the recipe is ``cnnlab.zoo.RECIPES[model]``):
+- cnnlab: ``model.train_on_batch`` with the optimizer ``cnnlab train`` builds (``runs``);
+- PyTorch: ``torch.optim.SGD`` (momentum, dampening 0), ``torch.optim.lr_scheduler.OneCycleLR``
+  (momentum not cycled) for a one-cycle recipe, decoupled weight decay as Keras 3 and cnnlab
+  apply it (``p -= lr * wd * p`` before the step; ``torch.optim.SGD``'s own ``weight_decay`` is
+  L2 in the gradient, a different rule), ``F.cross_entropy(label_smoothing=...)``.
+The augmentation (flip, pad-4 crop) is drawn here, once per batch, and fed to both, so that the
+two see the very same pixels; the models are built without their own augmentation layers.
 """
 
 import argparse
+import os
+import sys
+import tarfile
 import time
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F  # noqa: N812
 
 import cnnlab
-from cnnlab import datasets
+from cnnlab import datasets, runs, zoo
+from cnnlab.export import to_torch
+
+DIGIT_MODELS = ("article", "lenet5", "simple_convnet")
+SHARED_TARBALL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                              "cifar10-train-jpeg.tar.gz")
 
 
-def torch_net(model):
-    """PyTorch twin of cnnlab's article network, with cnnlab's initial weights."""
-    net = nn.Sequential(nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(32, 64, 5),
-                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1024, 1000),
-                        nn.ReLU(), nn.Linear(1000, 10))
-    w = model.get_weights()
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor(w[0].transpose(3, 2, 0, 1)))
-        net[0].bias.copy_(torch.tensor(w[1]))
-        net[3].weight.copy_(torch.tensor(w[2].transpose(3, 2, 0, 1)))
-        net[3].bias.copy_(torch.tensor(w[3]))
-        # cnnlab flattens (H, W, C); torch flattens (C, H, W): permute the dense rows to match
-        fc1 = w[4].reshape(4, 4, 64, 1000).transpose(2, 0, 1, 3).reshape(1024, 1000)
-        net[7].weight.copy_(torch.tensor(fc1.T))
-        net[7].bias.copy_(torch.tensor(w[5]))
-        net[9].weight.copy_(torch.tensor(w[6].T))
-        net[9].bias.copy_(torch.tensor(w[7]))
-    return net
+def cifar_folder(path):
+    """The CIFAR-10 folder: ``path``, or the shared tarball extracted once under /tmp."""
+    if path:
+        return path
+    folder = "/tmp/cnnlab-cifar10/train"
+    if not os.path.isdir(folder):
+        if not os.path.exists(SHARED_TARBALL):
+            sys.exit(f"No CIFAR-10 images: give --data FOLDER (no tarball at {SHARED_TARBALL}).")
+        with tarfile.open(SHARED_TARBALL) as archive:
+            archive.extractall("/tmp/cnnlab-cifar10", filter="data")
+    return folder
 
 
-def run(seed, epochs):
-    (x, y), (xt, yt) = datasets.mnist_sample.load_data()
-    x, xt = datasets.as_model_input(x), datasets.as_model_input(xt)
+def load(model_name, data, train_count, val_count):
+    """``(x, y), (x_val, y_val)`` float32 in [0, 1], NHWC."""
+    if model_name in DIGIT_MODELS:
+        (x, y), (xv, yv) = datasets.mnist_sample.load_data()
+        x, xv = datasets.as_model_input(x), datasets.as_model_input(xv)
+        return (x[:train_count], y[:train_count].astype(np.int64)), (xv[:val_count],
+                                                                    yv[:val_count])
+    from cnnlab.utils import image_dataset_from_directory
+    from cnnlab.utils.image_dataset import decode
+    train, val = image_dataset_from_directory(
+        cifar_folder(data), image_size=(32, 32), validation_split=runs.FOLDER_VALIDATION_SPLIT,
+        subset="both", seed=0, verbose=False)
+
+    def arrays(subset, count):
+        paths = subset.file_paths[:count]
+        x = np.stack([decode(p, "rgb", (32, 32), "bilinear") for p in paths]) / 255.0
+        return x.astype(np.float32), subset._labels[:count]
+    return arrays(train, train_count), arrays(val, val_count)
+
+
+def augmented(x, rng):
+    """Horizontal flip of half the batch, then a random 32x32 crop of the image padded by 4."""
+    flip = rng.random(len(x)) < 0.5
+    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+    padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    h, w = x.shape[1:3]
+    dy, dx = rng.integers(0, 9, len(x)), rng.integers(0, 9, len(x))
+    return np.stack([p[a:a + h, b:b + w] for p, a, b in zip(padded, dy, dx)])
+
+
+def batches(x, y, seed, epochs, batch_size, augment):
+    """Every batch of the run, in order: the same for both frameworks."""
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(x))
+        for k, i in enumerate(range(0, len(x), batch_size)):
+            xb, yb = x[order[i:i + batch_size]], y[order[i:i + batch_size]]
+            if augment:
+                xb = augmented(xb, np.random.default_rng([seed, epoch, k]))
+            yield xb, yb
+
+
+def torch_twin(model):
+    """``to_torch`` of the model with the last layer's softmax left out: PyTorch's loss takes
+    logits."""
+    last = model.layers[-1]
+    activation, last.activation = last.activation, "linear"
+    try:
+        return to_torch(model).train()
+    finally:
+        last.activation = activation
+
+
+def run(model_name, seed, epochs, data, sides):
+    settings = runs.run_settings(model=model_name, epochs=epochs)
+    (x, y), (xv, yv) = data
     cnnlab.utils.set_random_seed(seed)
-    model = cnnlab.zoo.get("article")
-    net = torch_net(model)
-    model.compile(optimizer=cnnlab.optimizers.SGD(0.05, momentum=0.9),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    orders = [np.random.default_rng([seed, e]).permutation(len(x)) for e in range(epochs)]
-    start = time.perf_counter()
-    for order in orders:                       # the same batches, in the same order, for both
-        for i in range(0, len(x), 128):
-            model.train_on_batch(x[order[i:i + 128]], y[order[i:i + 128]])
-    ours_seconds = time.perf_counter() - start
-    ours = model.evaluate(xt, yt, batch_size=500, verbose=0)[1]
-    xs, ys = torch.tensor(x.transpose(0, 3, 1, 2)), torch.tensor(y.astype(np.int64))
-    start = time.perf_counter()
-    for order in orders:
-        for i in range(0, len(x), 128):
-            index = torch.tensor(order[i:i + 128])
+    model = zoo.get(model_name, input_shape=x.shape[1:], num_classes=10, augment=False)
+    steps = epochs * -(-len(x) // settings["batch_size"])
+    net = torch_twin(model)                                  # before cnnlab trains: same start
+    result = {}
+    if "cnnlab" in sides:
+        model.compile(optimizer=runs.make_optimizer(settings, steps // epochs),
+                      loss=cnnlab.losses.SparseCategoricalCrossentropy(
+                          label_smoothing=settings["label_smoothing"]), metrics=["accuracy"])
+        start = time.perf_counter()
+        for xb, yb in batches(x, y, seed, epochs, settings["batch_size"], settings["augment"]):
+            model.train_on_batch(xb, yb)
+        result["cnnlab"] = (model.evaluate(xv, yv, batch_size=500, verbose=0)[1],
+                            time.perf_counter() - start)
+    if "torch" in sides:
+        if settings["optimizer"] != "sgd":
+            sys.exit(f"This benchmark's PyTorch side runs SGD recipes; {model_name}'s is "
+                     f"{settings['optimizer']}.")
+        opt = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=settings["momentum"])
+        schedule = (torch.optim.lr_scheduler.OneCycleLR(
+            opt, settings["lr"], total_steps=steps, cycle_momentum=False)
+            if settings["schedule"] == "onecycle" else None)
+        start = time.perf_counter()
+        for xb, yb in batches(x, y, seed, epochs, settings["batch_size"], settings["augment"]):
             opt.zero_grad()
-            F.cross_entropy(net(xs[index]), ys[index]).backward()
+            logits = net(torch.from_numpy(np.ascontiguousarray(xb.transpose(0, 3, 1, 2))))
+            F.cross_entropy(logits, torch.from_numpy(yb.astype(np.int64)),
+                            label_smoothing=settings["label_smoothing"]).backward()
+            if settings["weight_decay"]:
+                lr = opt.param_groups[0]["lr"]
+                with torch.no_grad():
+                    for p in net.parameters():
+                        p.mul_(1 - lr * settings["weight_decay"])
             opt.step()
-    theirs_seconds = time.perf_counter() - start
-    with torch.no_grad():
-        theirs = (net(torch.tensor(xt.transpose(0, 3, 1, 2))).argmax(1).numpy() == yt).mean()
-    return ours, theirs, ours_seconds, theirs_seconds
+            if schedule is not None:
+                schedule.step()
+        net.eval()
+        with torch.no_grad():
+            logits = torch.cat([net(torch.from_numpy(xv[i:i + 500].transpose(0, 3, 1, 2)))
+                                for i in range(0, len(xv), 500)])
+        result["torch"] = ((logits.argmax(1).numpy() == yv).mean(),
+                           time.perf_counter() - start)
+    return result
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="article", choices=sorted(zoo.RECIPES))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train", type=int, default=8000, help="training images used")
+    parser.add_argument("--val", type=int, default=2000, help="validation images scored")
+    parser.add_argument("--data", help="the CIFAR-10 folder (photo models)")
+    parser.add_argument("--only", choices=["cnnlab", "torch"], help="run one side only")
     args = parser.parse_args()
-    print("| seed | cnnlab test accuracy | PyTorch test accuracy | cnnlab train s | PyTorch train s |")
-    print("|---|---|---|---|---|")
+    name = zoo.resolve(args.model)
+    start = time.perf_counter()
+    data = load(name, args.data, args.train, args.val)
+    print(f"{name}: {len(data[0][0]):,} training images, {len(data[1][0]):,} validation images "
+          f"(loaded in {time.perf_counter() - start:.0f} s); recipe: "
+          f"{zoo.RECIPES[name].describe()}; run here for {args.epochs} epochs; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    sides = [args.only] if args.only else ["cnnlab", "torch"]
+    print("| seed | " + " | ".join(f"{s} accuracy" for s in sides) + " | "
+          + " | ".join(f"{s} train s" for s in sides) + " |")
+    print("|---" * (1 + 2 * len(sides)) + "|")
     for seed in args.seeds:
-        ours, theirs, a, b = run(seed, args.epochs)
-        print(f"| {seed} | {ours:.2%} | {theirs:.2%} | {a:.1f} | {b:.1f} |", flush=True)
+        result = run(name, seed, args.epochs, data, sides)
+        print(f"| {seed} | " + " | ".join(f"{result[s][0]:.2%}" for s in sides) + " | "
+              + " | ".join(f"{result[s][1]:.0f}" for s in sides) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -192,3 +192,28 @@ def test_after_training_on_a_folder_evaluate_uses_its_validation_split(folder, t
     out = capsys.readouterr().out
     held_out = re.search(r"([\d,]+) validation images", first).group(1)   # what training held out
     assert "the 20% validation split" in out and f"{held_out} images it never trained on" in out
+
+
+def test_colour_and_size_conversions_are_said_in_one_line_each(tmp_path, capsys):
+    """A greyscale folder for an RGB model (and the reverse), and images of another size: the
+    batches come in the asked shape, and one line says each conversion."""
+    grey, colour = tmp_path / "grey", tmp_path / "colour"
+    rng = np.random.default_rng(0)
+    for root, mode, size in ((grey, "L", 20), (colour, "RGB", 32)):
+        for name in ("a", "b"):
+            (root / name).mkdir(parents=True)
+            for k in range(3):
+                pixels = rng.integers(0, 256, (size, size, 3) if mode == "RGB" else (size, size))
+                Image.fromarray(pixels.astype(np.uint8), mode).save(root / name / f"{k}.png")
+    dataset = image_dataset_from_directory(grey, image_size=(32, 32), shuffle=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert "Converting greyscale images to RGB (color_mode='rgb')." in lines
+    assert "Resizing images of 20x20 pixels to 32x32 (image_size=(32, 32))." in lines
+    assert next(iter(dataset))[0].shape == (6, 32, 32, 3)
+    dataset = image_dataset_from_directory(colour, image_size=(32, 32), shuffle=False,
+                                           color_mode="grayscale")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == ["Converting RGB images to greyscale (color_mode='grayscale')."]
+    assert next(iter(dataset))[0].shape == (6, 32, 32, 1)
+    image_dataset_from_directory(colour, image_size=(32, 32))
+    assert len(capsys.readouterr().out.splitlines()) == 1          # nothing to convert: silent

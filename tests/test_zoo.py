@@ -2,10 +2,16 @@
 and that each trains, saves, resumes and exports (ONNX under onnxruntime, and torch) equal to
 cnnlab. The long CIFAR-10 runs live in benchmarks/, not here."""
 
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 import cnnlab
 from cnnlab import zoo
@@ -61,3 +67,45 @@ def test_recipes_resolve_and_options_override_them():
     optimizer = make_optimizer(settings, steps_per_epoch=10)
     assert isinstance(optimizer.learning_rate, cnnlab.optimizers.schedules.OneCycle)
     assert optimizer.learning_rate.total_steps == 300
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """4 classes x 10 small random colour photos (32x32 PNG): 32 train, 8 validation."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(3)
+    for name in ("ant", "bee", "cat", "dog"):
+        (root / name).mkdir()
+        for k in range(10):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{k}.png")
+    return str(root)
+
+
+@pytest.mark.parametrize("name", PHOTO_MODELS)
+def test_each_photo_model_resumes_bit_exactly_after_sigkill_midway_through_its_schedule(
+        name, photo_folder, tmp_path):
+    """`cnnlab train --data FOLDER --model NAME` with the model's recipe (one-cycle schedule,
+    augmentation layers, BatchNorm, weight decay, label smoothing), SIGKILLed after its first
+    checkpoint and resumed, ends with the weights of a run never interrupted, bit for bit."""
+    def command(out, *extra):
+        return [sys.executable, "-m", "cnnlab", "train", "--out", str(out), "--verbose", "0",
+                *extra]
+    options = ["--model", name, "--data", photo_folder, "--epochs", "3", "--batch-size", "8"]
+    subprocess.run(command(tmp_path / "reference.cnnlab", *options), check=True, timeout=300)
+    checkpoints, out = tmp_path / "ck", tmp_path / "resumed.cnnlab"
+    process = subprocess.Popen(command(out, *options, "--checkpoint-dir", str(checkpoints),
+                                       "--checkpoint-every", "1"), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (checkpoints / "checkpoint.cnnlab").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]   # killed, not finished
+    progress = cnnlab.load_model(checkpoints / "checkpoint.cnnlab").optimizer.iterations
+    assert 0 < progress < 12                                     # 4 steps per epoch, 3 epochs
+    subprocess.run(command(out, "--resume", str(checkpoints)), check=True, timeout=300)
+    resumed, reference = cnnlab.load_model(out), cnnlab.load_model(tmp_path / "reference.cnnlab")
+    assert resumed.optimizer.iterations == reference.optimizer.iterations == 12
+    for ours, theirs in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)

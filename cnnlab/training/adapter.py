@@ -96,9 +96,11 @@ class Adapter:
             yield Batch(step, self.floats(xs, index),
                         [None if y is None else y[index] for y in ys], size)
 
-    def stream_epoch(self, batches, steps: int | None = None, with_targets: bool = True):
-        """Checked batches from an iterable of ``(x, y)`` (or of ``x`` without targets)."""
-        for step, item in enumerate(batches):
+    def stream_epoch(self, batches, steps: int | None = None, with_targets: bool = True,
+                     first_step: int = 0):
+        """Checked batches from an iterable of ``(x, y)`` (or of ``x`` without targets) whose
+        first item is batch ``first_step`` of the epoch."""
+        for step, item in enumerate(batches, start=first_step):
             if steps is not None and step >= steps:
                 return
             if with_targets:
@@ -129,3 +131,48 @@ def split_validation(xs, ys, validation_split):
                         f"least one.")
     return ([a[:cut] for a in xs], [y[:cut] for y in ys],
             ([a[cut:] for a in xs], [y[cut:] for y in ys]))
+
+
+class ArrayEpochs:
+    """The epochs of ``fit`` on arrays: each a permutation drawn from ``rng`` (``fit``'s own), so
+    an epoch starts from the generator's state, and a resumed one skips its finished batches."""
+
+    def __init__(self, adapter: Adapter, xs, ys, batch_size: int, shuffle: bool, rng, comm):
+        self.adapter, self.xs, self.ys, self.batch_size = adapter, xs, ys, batch_size
+        self.shuffle, self.rng, self.comm = shuffle, rng, comm
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def batches(self, state: dict, first_step: int):
+        self.rng.bit_generator.state = state
+        order = self.rng.permutation(len(self.xs[0])) if self.shuffle else None
+        return self.adapter.array_epoch(self.xs, self.ys, self.batch_size, order, first_step,
+                                        self.comm)
+
+
+class StreamEpochs:
+    """The epochs of ``fit`` on a stream of batches. A stream with ``state()`` and
+    ``epoch_from(state, first_step)`` (cnnlab's image folders) starts each epoch from a state a
+    checkpoint can keep, so a resumed run equals an uninterrupted one; any other stream cannot be
+    rewound, and a run resumed mid-epoch redoes that epoch (with a warning that says so)."""
+
+    def __init__(self, adapter: Adapter, stream, steps: int | None):
+        self.adapter, self.stream, self.steps = adapter, stream, steps
+        self.resumable = hasattr(stream, "state") and hasattr(stream, "epoch_from")
+
+    def state(self) -> dict | None:
+        return self.stream.state() if self.resumable else None
+
+    def batches(self, state: dict | None, first_step: int):
+        if self.resumable and state is not None:
+            return self.adapter.stream_epoch(self.stream.epoch_from(state, first_step),
+                                             self.steps, first_step=first_step)
+        if first_step:
+            import warnings
+            warnings.warn(f"This {type(self.stream).__name__} cannot skip to batch "
+                          f"{first_step}: the interrupted epoch restarts, so the resumed run "
+                          f"differs from an uninterrupted one. (Streams with state() and "
+                          f"epoch_from(), like image_dataset_from_directory's, resume exactly.)",
+                          RuntimeWarning, stacklevel=4)
+        return self.adapter.stream_epoch(self.stream, self.steps)

@@ -16,14 +16,15 @@ from cnnlab.training.data import is_batches
 class FitLoop:
     """One call of ``fit``.
 
-    ``epoch_batches(rng, first_step)`` gives an epoch's batches (arrays shuffled by ``rng``, or a
-    stream); ``comm`` is the MPI communicator of a distributed run (None: one process), and
-    ``batch_norm_comm`` the one BatchNormalization sums its statistics over."""
+    ``epochs`` gives each epoch's batches from the state it starts at (``adapter.ArrayEpochs``,
+    ``adapter.StreamEpochs``), which a checkpoint keeps; ``comm`` is the MPI communicator of a
+    distributed run (None: one process), and ``batch_norm_comm`` the one BatchNormalization
+    sums its statistics over."""
 
-    def __init__(self, model, epoch_batches, callbacks, rng, validation=None, batch_size=32,
-                 comm=None, batch_norm_comm=None):
-        self.model, self.epoch_batches, self.callbacks = model, epoch_batches, callbacks
-        self.rng, self.validation, self.batch_size = rng, validation, batch_size
+    def __init__(self, model, epochs, callbacks, validation=None, batch_size=32, comm=None,
+                 batch_norm_comm=None):
+        self.model, self.epochs, self.callbacks = model, epochs, callbacks
+        self.validation, self.batch_size = validation, batch_size
         self.comm, self.batch_norm_comm = comm, batch_norm_comm
 
     def run(self, initial_epoch: int, epochs: int, resume: dict | None) -> None:
@@ -41,21 +42,21 @@ class FitLoop:
             model._progress = None
 
     def _epoch(self, epoch: int, resume: dict | None) -> None:
-        model, rng = self.model, self.rng
+        model = self.model
         self.callbacks.on_epoch_begin(epoch)
         for _, metric in model.compiled_metrics:
             metric.reset()
-        start_rng = rng.bit_generator.state
+        start = self.epochs.state()
         first_step, loss_sum, seen = 0, 0.0, 0
         output_sums = [0.0] * len(model.outputs)
         if resume is not None:                        # continue the epoch the checkpoint was in
-            rng.bit_generator.state = start_rng = resume["shuffle_rng"]
+            start = resume["shuffle_rng"]
             first_step, partial = resume["step"], resume["partial"]
             loss_sum, seen = float(partial["loss_sum"]), int(partial["seen"])
             for (_, metric), (total, count) in zip(model.compiled_metrics, partial["metrics"]):
                 metric.total, metric.count = float(total), int(count)
         logs = model._logs(loss_sum, seen)
-        for batch in self.epoch_batches(rng, first_step):
+        for batch in self.epochs.batches(start, first_step):
             self.callbacks.on_train_batch_begin(batch.step)
             result = model._train_step(batch.xs, batch.ys, len(batch.xs[0]) / batch.size,
                                        self.comm, self.batch_norm_comm)
@@ -71,7 +72,7 @@ class FitLoop:
             seen += batch.size
             model._update_metrics(batch.ys, result.outputs, self.comm)
             logs = model._logs(loss_sum, seen, output_sums)
-            model._progress = progress.position(model, epoch, batch.step + 1, start_rng,
+            model._progress = progress.position(model, epoch, batch.step + 1, start,
                                                 loss_sum, seen)
             self.callbacks.on_train_batch_end(batch.step, logs)
             if model.stop_training:
@@ -80,8 +81,8 @@ class FitLoop:
         if self.validation is not None and seen:
             logs.update({f"val_{k}": v for k, v in self._validate().items()})
         if not model.stop_training:                   # a checkpoint written now resumes next epoch
-            model._progress = progress.position(model, epoch + 1, 0, rng.bit_generator.state,
-                                                0.0, 0, reset_metrics=True)
+            model._progress = progress.position(model, epoch + 1, 0, self.epochs.state(), 0.0,
+                                                0, reset_metrics=True)
         self.callbacks.on_epoch_end(epoch, logs)
 
     def _validate(self) -> dict:

@@ -3,8 +3,9 @@
 A checkpoint is a ``.cnnlab`` model file (weights, optimizer state) plus a ``training`` record:
 
     epoch, step          the next batch to train: batch ``step`` of epoch ``epoch``
-    shuffle_rng          the shuffling generator's state at the start of that epoch, so the same
-                         permutation is drawn again and the finished batches are skipped
+    shuffle_rng          the shuffling generator's state at the start of that epoch (fit's for
+                         arrays, an image folder's own for it), so the same permutation is drawn
+                         again and the finished batches are skipped
     generators           every random layer's generator state (Dropout, augmentation), by layer
                          name (files before the graph kept a list, 'dropout_rngs', by position)
     partial              the epoch's running loss and metric sums, so its logged loss is exact too
@@ -64,7 +65,8 @@ def check(record, where: str) -> dict:
         if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**40
                    for v in (epoch, step)):
             raise ValueError("epoch and step must be non-negative integers")
-        _generator_state(record["shuffle_rng"])
+        if record["shuffle_rng"] is not None:        # None: a stream that cannot be rewound
+            _generator_state(record["shuffle_rng"])
         if "dropout_rngs" in record:          # before the graph: a list per thread replica
             legacy = record.pop("dropout_rngs")
             if not isinstance(legacy, list) or not all(isinstance(s, list) for s in legacy):

@@ -19,7 +19,7 @@ from cnnlab.training import losses as losses_module
 from cnnlab.training import metrics as metrics_module
 from cnnlab.training import optimizers as optimizers_module
 from cnnlab.training import progress, step
-from cnnlab.training.adapter import Adapter, split_validation
+from cnnlab.training.adapter import Adapter, ArrayEpochs, StreamEpochs, split_validation
 from cnnlab.training.callbacks import CallbackList, History, ProgbarLogger
 from cnnlab.training.data import check_batch_size, is_batches
 from cnnlab.training.loop import FitLoop
@@ -250,17 +250,14 @@ class Trainer:
         if comm is not None:       # rank 0's shuffling everywhere: the batches one process sees
             rng.bit_generator.state = comm.broadcast(rng.bit_generator.state)
 
-        def epoch_batches(rng, first_step):
-            if streaming:                          # a stream cannot be rewound: redo the epoch
-                return adapter.stream_epoch(x, steps_per_epoch)
-            order = rng.permutation(len(xs[0])) if shuffle else None
-            return adapter.array_epoch(xs, ys, batch_size, order, first_step, comm)
+        epochs_source = (StreamEpochs(adapter, x, steps_per_epoch) if streaming
+                         else ArrayEpochs(adapter, xs, ys, batch_size, shuffle, rng, comm))
 
         resume = self._take_resume(initial_epoch)
         if resume is not None:
             self.history.history = {k: list(v) for k, v in resume["history"].items()}
             progress.restore_generators(self, resume)
-        FitLoop(self, epoch_batches, callback_list, rng, validation, batch_size, comm,
+        FitLoop(self, epochs_source, callback_list, validation, batch_size, comm,
                 comm if sync_batch_norm else None).run(initial_epoch, epochs, resume)
         if comm is not None and not sync_batch_norm:      # one set of moving statistics
             comm.broadcast_arrays([v.value for v in self.variables if v.kind == "state"])

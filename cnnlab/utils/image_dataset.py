@@ -45,6 +45,35 @@ def decode(path, color_mode: str, image_size, interpolation: str) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
+def conversion_notes(paths, color_mode: str, image_size, sample: int = 24) -> list[str]:
+    """One line for each way the files differ from what the batches will be: their colour (a
+    greyscale folder for an RGB model, or the reverse) and their size. Reads the headers of up to
+    ``sample`` files spread over the list (Pillow decodes nothing to tell mode and size)."""
+    from PIL import Image
+    picked = [paths[i] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths)), dtype=int)]
+    modes, sizes = set(), set()
+    for path in picked:
+        try:
+            with Image.open(path) as image:
+                modes.add("grayscale" if image.mode in ("1", "L", "LA", "I", "I;16", "F")
+                          else "rgba" if "A" in image.mode else "rgb")
+                sizes.add((image.height, image.width))
+        except Exception:       # unreadable files are reported once, when a batch decodes them
+            continue
+    notes = []
+    colour = {"grayscale": "greyscale", "rgb": "RGB", "rgba": "RGBA"}
+    others = sorted(modes - {color_mode})
+    if others:
+        notes.append(f"Converting {' and '.join(colour[m] for m in others)} images to "
+                     f"{colour[color_mode]} (color_mode={color_mode!r}).")
+    wrong = sorted(sizes - {tuple(image_size)})
+    if wrong:
+        shown = ", ".join(f"{w}x{h}" for h, w in wrong[:3]) + (" ..." if len(wrong) > 3 else "")
+        notes.append(f"Resizing images of {shown} pixels to {image_size[1]}x{image_size[0]} "
+                     f"(image_size={tuple(image_size)}).")
+    return notes
+
+
 class ImageDataset:
     """An iterable of ``(images, labels)`` batches decoded from files, re-iterable per epoch.
 
@@ -93,9 +122,23 @@ class ImageDataset:
         return None
 
     def __iter__(self):
+        return self._epoch(0)
+
+    def state(self) -> dict:
+        """Where the next epoch starts: the shuffling generator's state (checkpoints keep it)."""
+        return self._rng.bit_generator.state
+
+    def epoch_from(self, state: dict, first_step: int = 0):
+        """The epoch that starts at ``state`` (from :meth:`state`), from batch ``first_step`` on;
+        the batches before it are skipped without decoding. ``fit`` resumes a killed run so."""
+        self._rng.bit_generator.state = state
+        return self._epoch(first_step)
+
+    def _epoch(self, first_step: int):
         order = self._rng.permutation(len(self.file_paths)) if self.shuffle \
             else np.arange(len(self.file_paths))
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [order[i:i + self.batch_size]
+                   for i in range(first_step * self.batch_size, len(order), self.batch_size)]
         failed_this_epoch = []
         # a background thread decodes up to `prefetch` batches ahead: memory stays bounded by
         # those few batches, whatever the folder's size
@@ -128,7 +171,16 @@ class _Mapped:
         return len(self.source)
 
     def __iter__(self):
-        for batch in self.source:
+        return self._apply(iter(self.source))
+
+    def state(self) -> dict:
+        return self.source.state()
+
+    def epoch_from(self, state: dict, first_step: int = 0):
+        return self._apply(self.source.epoch_from(state, first_step))
+
+    def _apply(self, batches):
+        for batch in batches:
             yield self.function(*batch) if isinstance(batch, tuple) else self.function(batch)
 
 
@@ -209,6 +261,8 @@ def image_dataset_from_directory(directory, labels="inferred", label_mode="int",
         listing = ", ".join(f"{name} {n}" for name, n in counts.items())
         print(f"Found {len(paths)} files belonging to {len(names)} classes ({listing}).",
               file=sys.stdout)
+        for line in conversion_notes(paths, color_mode, image_size):
+            print(line, file=sys.stdout)
     if validation_split is not None:
         order = np.random.default_rng(seed).permutation(len(paths)) if shuffle \
             else np.arange(len(paths))
