@@ -127,3 +127,45 @@ def test_batch_norm_over_two_ranks_equals_one_process_and_two_threads(tmp_path):
                                    atol=1e-12)
     assert any(not np.allclose(ranks["local"][0][f"arr_{i}"], expected)
                for i, expected in enumerate(one))
+
+
+ZOO_SCRIPT = textwrap.dedent("""
+    import json, numpy as np, cnnlab
+    from mpi4py import MPI
+    from cnnlab.runs import make_optimizer, run_settings
+    from cnnlab.training.step import random_layers
+    cnnlab.config.set_threads(1)
+    rank, record = MPI.COMM_WORLD.Get_rank(), {}
+    for name in ("resnet20", "cifar_vgg", "mobilenet_small"):
+        cnnlab.utils.set_random_seed(0)
+        model = cnnlab.zoo.get(name, input_shape=(32, 32, 3), num_classes=4, augment=True)
+        model.compile(make_optimizer(run_settings(model=name, epochs=1), 2),
+                      "sparse_categorical_crossentropy")
+        rng = np.random.default_rng(1)
+        x, y = rng.random((32, 32, 32, 3), dtype=np.float32), rng.integers(0, 4, 32)
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, distributed=True)
+        np.savez(f"{name}{rank}.npz", *model.get_weights())
+        record[name] = {"loss": history.history["loss"][0], "streams": [
+            layer.rng.bit_generator.state["state"]["state"] for layer in random_layers(model)]}
+    json.dump(record, open(f"record{rank}.json", "w"))
+""")
+
+
+def test_every_photo_model_trains_on_two_ranks_with_its_own_augmentation_per_rank(tmp_path):
+    """Each zoo photo model (BatchNorm, augmentation layers, its recipe's schedule) trains over
+    2 MPI ranks: the ranks end with identical weights, and each rank draws its own augmentation
+    (the same seed everywhere would flip and crop both halves of a batch alike)."""
+    import json
+    (tmp_path / "zoo.py").write_text(ZOO_SCRIPT)
+    result = mpirun(2, sys.executable, "zoo.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads((tmp_path / f"record{r}.json").read_text()) for r in (0, 1)]
+    for name in ("resnet20", "cifar_vgg", "mobilenet_small"):
+        ranks = [np.load(tmp_path / f"{name}{r}.npz") for r in (0, 1)]
+        assert len(ranks[0].files) > 10
+        for key in ranks[0].files:
+            np.testing.assert_array_equal(ranks[0][key], ranks[1][key])
+        assert records[0][name]["loss"] == records[1][name]["loss"]
+        assert np.isfinite(records[0][name]["loss"])
+        streams = [records[r][name]["streams"] for r in (0, 1)]
+        assert len(streams[0]) >= 2 and all(a != b for a, b in zip(*streams))

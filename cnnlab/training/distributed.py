@@ -48,6 +48,18 @@ class Communicator:
         start = self.rank * size + min(self.rank, extra)
         return slice(start, start + size + (1 if self.rank < extra else 0))
 
+    def own_random_streams(self, layers) -> None:
+        """Give each rank other than 0 its own stream for every random layer (dropout,
+        augmentation): the ranks start from the same seed, and would otherwise draw the very same
+        flips and masks for their different shards. Derived from the layer's stream and the rank,
+        so a run repeats exactly for a given number of ranks."""
+        if self.rank == 0:
+            return
+        for layer in layers:
+            entropy = int(layer.rng.integers(2**63))
+            layer.rng = np.random.default_rng(np.random.SeedSequence(entropy,
+                                                                     spawn_key=(self.rank,)))
+
     def broadcast(self, value):
         return self.comm.bcast(value, root=0)
 

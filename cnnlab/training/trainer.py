@@ -237,6 +237,7 @@ class Trainer:
                 raise ConfigError("Resuming a checkpoint in distributed training is not "
                                   "supported yet; resume it in one process.")
             comm.broadcast_arrays(self.weights)          # every rank starts from rank 0's model
+            comm.own_random_streams(step.random_layers(self))
             verbose = verbose if comm.is_chief else 0
         self._chief = comm is None or comm.is_chief
 
