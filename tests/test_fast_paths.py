@@ -15,7 +15,9 @@ from cnnlab.engine.shapes import resolve_padding
 @given(k=st.integers(1, 5), s=st.integers(1, 3), d=st.integers(1, 2),
        padding=st.sampled_from(["valid", "same", 1]), c=st.integers(1, 9),
        seed=st.integers(0, 2**31))
-def test_per_tap_backward_equals_col2im_backward(k, s, d, padding, c, seed):
+def test_fast_backward_equals_col2im_backward(k, s, d, padding, c, seed):
+    """Stride 1: the input gradient as one full correlation; otherwise, or where the padding
+    exceeds the kernel's reach, one product per tap. Both against grad_cols + col2im."""
     rng = np.random.default_rng(seed)
     size = d * (k - 1) + 1 + int(rng.integers(0, 6))
     x = rng.standard_normal((2, size, size + 1, c))
@@ -192,3 +194,22 @@ def test_frequency_domain_spreads_nan_like_direct_convolution():
     out, _ = conv.conv2d_forward(x, kernel, None, algorithm="fourier")
     direct, _ = conv.conv2d_forward(x, kernel, None, algorithm="direct")
     assert np.isnan(out[0, 1:6, 1:6]).all() and np.isnan(direct[0, 1:6, 1:6]).all()
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_pointwise_convolution_is_one_gemm_on_the_nhwc_array(stride):
+    """A 1x1 convolution without padding reads the NHWC array itself (no im2col copy at stride
+    1) and equals the im2col product it replaces, forward and backward."""
+    rng = np.random.default_rng(stride)
+    x, kernel, bias = (rng.standard_normal((3, 7, 8, 5)), rng.standard_normal((1, 1, 5, 4)),
+                       rng.standard_normal(4))
+    pads = ((0, 0), (0, 0))
+    out, cache = conv.conv2d_forward(x, kernel, bias, (stride, stride), pads)
+    cols = conv.im2col(x, (1, 1), (stride, stride), pads)
+    assert_close(out, cols @ kernel.reshape(5, 4) + bias, np.float64, "out")
+    assert np.shares_memory(cache[0], x) == (stride == 1)
+    grad_out = rng.standard_normal(out.shape)
+    fast = conv.conv2d_backward(grad_out, cache)
+    plain = conv.conv2d_backward_reference(grad_out, cache)
+    for a, b, name in zip(fast, plain, ("grad_x", "grad_kernel", "grad_bias")):
+        assert_close(a, b, np.float64, name)

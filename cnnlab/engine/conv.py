@@ -164,6 +164,8 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     """
     if _use_fourier(x.shape, kernel.shape, strides, pads, dilation, algorithm):
         return fourier.conv2d_forward(x, kernel, bias, pads, workspace)
+    if kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
+        return _pointwise_forward(x, kernel, bias, strides, dilation, workspace)
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
@@ -185,8 +187,35 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
         workspace["cols"] = buffer
     kept_cols = buffer if len(chunks) == 1 else None
     cache = (kept_cols, x if kept_cols is None else None, kernel, x.shape, strides, pads,
-             dilation, has_bias, fold)
+             dilation, has_bias, fold, workspace)
     return out, cache
+
+
+def _pointwise_forward(x, kernel, bias, strides, dilation, workspace):
+    """A 1x1 convolution without padding: ``out = x[:, ::sh, ::sw] @ kernel[0, 0] (+ bias)``, one
+    GEMM on the NHWC array, which is its own im2col matrix (a view at stride 1, a copy of the
+    sampled pixels at stride 2). The cache is im2col's, so the backward pass is shared."""
+    f = kernel.shape[3]
+    picked = x if tuple(strides) == (1, 1) else np.ascontiguousarray(x[:, ::strides[0],
+                                                                         ::strides[1]])
+    n, ho, wo, c = picked.shape                                              # (N, Ho, Wo, C)
+    out = (picked.reshape(-1, c) @ kernel[0, 0]).reshape(n, ho, wo, f)       # (N, Ho, Wo, F)
+    if bias is not None:
+        out += bias
+    cache = (picked, None, kernel, x.shape, strides, ((0, 0), (0, 0)), dilation,
+             bias is not None, False, workspace)
+    return out, cache
+
+
+def transposed_pads(kernel_hw, pads: Pads, dilation) -> Pads | None:
+    """The padding under which a stride-1 convolution's input gradient is itself a stride-1
+    convolution: of ``grad_out`` padded by ``(K - 1) * d - p`` on each side, with the kernel
+    flipped and its channel axes swapped (a 'full' correlation). None where a side's padding
+    exceeds the kernel's reach ``(K - 1) * d`` (that side would need cropping instead)."""
+    reach = ((kernel_hw[0] - 1) * dilation[0], (kernel_hw[1] - 1) * dilation[1])
+    flipped = tuple((reach[axis] - before, reach[axis] - after)
+                    for axis, (before, after) in enumerate(pads))
+    return flipped if min(min(side) for side in flipped) >= 0 else None
 
 
 def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
@@ -204,7 +233,7 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     """
     if isinstance(cache, fourier.SpectralCache):
         return fourier.conv2d_backward(grad_out, cache, need_input_grad)
-    cols, x, kernel, x_shape, strides, pads, dilation, has_bias, fold = cache
+    cols, x, kernel, x_shape, strides, pads, dilation, has_bias, fold, workspace = cache
     kh, kw, c, f = kernel.shape
     n, ho, wo, _ = grad_out.shape
     k = kh * kw * c + fold
@@ -225,6 +254,16 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
         grad_bias = column_sums(grad_rows) if has_bias else None
     if not need_input_grad:
         return None, grad_kernel, grad_bias
+    full_pads = transposed_pads((kh, kw), pads, dilation) if tuple(strides) == (1, 1) else None
+    if full_pads is not None:
+        # grad_x[n, y, x, c] = sum_{i, j, f} gp[n, y + i*dh, x + j*dw, f] * kernel[KH-1-i, KW-1-j, c, f]
+        # with gp = grad_out padded by full_pads: one convolution, one GEMM with K = KH*KW*F,
+        # ~2-3x faster than the KH*KW small products of the taps below (K = F each)
+        flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))   # (KH, KW, F, C)
+        scratch = workspace.setdefault("input_grad", {}) if workspace is not None else None
+        grad_x, _ = conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch,
+                                   algorithm="direct")
+        return grad_x, grad_kernel, grad_bias
     (top, bottom), (left, right) = pads
     grad_xp = np.zeros((n, x_shape[1] + top + bottom, x_shape[2] + left + right, c),
                        dtype=grad_out.dtype)                                     # (N, Hp, Wp, C)
@@ -242,7 +281,7 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
 
 def conv2d_backward_reference(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     """The plain backward pass the fast one is tested against: one ``grad_cols`` product, col2im."""
-    cols, x, kernel, x_shape, strides, pads, dilation, has_bias, _ = cache
+    cols, x, kernel, x_shape, strides, pads, dilation, has_bias, _, _ = cache
     kh, kw, c, f = kernel.shape
     n, ho, wo, _ = grad_out.shape
     if cols is None:
