@@ -23,9 +23,10 @@ from cnnlab.errors import ShapeError
 
 
 @st.composite
-def conv_cases(draw, unit_steps=False):
-    """Random convolutions; ``unit_steps``: stride and dilation 1 (what the frequency domain does)."""
-    kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+def conv_cases(draw, unit_steps=False, three_by_three=False):
+    """Random convolutions; ``unit_steps``: stride and dilation 1 (what the frequency domain does);
+    ``three_by_three``: and a 3x3 kernel (what Winograd does)."""
+    kh, kw = (3, 3) if three_by_three else (draw(st.integers(1, 7)), draw(st.integers(1, 7)))
     strides = (1, 1) if unit_steps else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     dilation = (1, 1) if unit_steps else (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = draw(st.sampled_from(["valid", "same", "int", "pair", "explicit"]))
@@ -65,11 +66,12 @@ def run_case(case, dtype, algorithm=None):
                     dilation=case["dilation"])
     (outt * nchw(grad_out.astype(np.float64), grad=False)).sum().backward()   # sum(out * dout)
     scales = {}
-    if algorithm == "fourier":
-        # A transform mixes every pixel of a map, so its rounding error is bounded by norms:
-        # |error of out[n, ..., f]| <~ eps * |x[n]| * |kernel[..., f]| (2-norms), and likewise for
-        # the gradients. An element whose terms cancel can be far smaller than those norms, so
-        # it is measured against them (in float64 this is still 1e-10; model tests stay exact).
+    if algorithm in ("fourier", "winograd"):
+        # A transform mixes every pixel of a map (Winograd's, of a 4x4 tile), so its rounding
+        # error is bounded by norms: |error of out[n, ..., f]| <~ eps * |x[n]| * |kernel[..., f]|
+        # (2-norms), and likewise for the gradients. An element whose terms cancel can be far
+        # smaller than those norms, so it is measured against them (in float64 this is still
+        # 1e-10; model tests stay exact).
         norm = lambda a, axes: np.sqrt((a.astype(np.float64) ** 2).sum(axis=axes))  # noqa: E731
         x_n, k_f, g_n, g_f = norm(x, (1, 2, 3)), norm(kernel, (0, 1, 2)), \
             norm(grad_out, (1, 2, 3)), norm(grad_out, (0, 1, 2))
@@ -108,6 +110,18 @@ def test_frequency_domain_conv2d_matches_torch_float64(case):
 @given(conv_cases(unit_steps=True))
 def test_frequency_domain_conv2d_matches_torch_float32(case):
     run_case(case, np.float32, algorithm="fourier")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases(unit_steps=True, three_by_three=True), st.sampled_from([np.float64, np.float32]))
+def test_winograd_conv2d_matches_torch(case, dtype):
+    """Forward and both gradients, the input gradient (itself a 3x3 convolution) by Winograd too."""
+    import cnnlab.engine.conv as conv
+    conv.ALGORITHM = "winograd"
+    try:
+        run_case(case, dtype, algorithm="winograd")
+    finally:
+        conv.ALGORITHM = "auto"
 
 
 @settings(max_examples=25, deadline=None)

@@ -16,8 +16,9 @@ from cnnlab.engine.shapes import resolve_padding
        padding=st.sampled_from(["valid", "same", 1]), c=st.integers(1, 9),
        seed=st.integers(0, 2**31))
 def test_fast_backward_equals_col2im_backward(k, s, d, padding, c, seed):
-    """Stride 1: the input gradient as one full correlation; otherwise, or where the padding
-    exceeds the kernel's reach, one product per tap. Both against grad_cols + col2im."""
+    """Stride 1: the input gradient as one full correlation (grad_out cropped where the padding
+    exceeds the kernel's reach); otherwise one product per tap. Both against grad_cols +
+    col2im."""
     rng = np.random.default_rng(seed)
     size = d * (k - 1) + 1 + int(rng.integers(0, 6))
     x = rng.standard_normal((2, size, size + 1, c))
@@ -154,14 +155,42 @@ def test_frequency_domain_gives_exact_outputs_where_the_window_saw_only_zeros():
     assert np.array_equal(out[1], np.broadcast_to(bias, (8, 8, 4)))
 
 
-def test_auto_picks_the_frequency_domain_only_where_it_saves_arithmetic():
-    article_conv2 = dict(padded_hw=(12, 12), kernel_hw=(5, 5), channels=32, filters=64)
-    assert conv.fourier.worthwhile(64, **article_conv2)
-    assert not conv.fourier.worthwhile(1, **article_conv2)       # kernel transform not amortised
-    assert not conv.fourier.worthwhile(64, (28, 28), (5, 5), 1, 32)   # the article's conv1
-    assert not conv.fourier.worthwhile(8, **article_conv2)       # measured 2x slower there
-    assert not conv.fourier.worthwhile(64, (8, 8), (3, 3), 64, 128)   # 3x3 on 8x8: no saving
-    assert not conv.fourier.worthwhile(64, (64, 64), (5, 5), 64, 64)  # big map: im2col
+#: ms per training step (forward + both gradients) of each path, one core, float32, measured by
+#: benchmarks/conv_paths.py on this project's 2-core machine: (batch, H, W, C, F, K) -> ms
+CALIBRATED = {
+    (64, 32, 32, 16, 16, 3): {"direct": 48.2, "winograd": 44.7, "fourier": 38.0},
+    (64, 16, 16, 32, 32, 3): {"direct": 23.0, "winograd": 20.4, "fourier": 15.6},
+    (64, 8, 8, 64, 64, 3): {"direct": 16.3, "winograd": 12.8, "fourier": 11.6},
+    (64, 32, 32, 24, 32, 3): {"direct": 78.9, "winograd": 74.2, "fourier": 53.4},
+    (64, 4, 4, 128, 128, 3): {"direct": 11.2, "winograd": 9.3, "fourier": 12.4},
+    (64, 30, 30, 32, 32, 3): {"direct": 75.4, "winograd": 64.8, "fourier": 52.0},
+    (64, 16, 16, 128, 128, 3): {"direct": 197.2, "winograd": 134.7, "fourier": 135.2},
+    (64, 12, 12, 32, 64, 5): {"direct": 51.8, "fourier": 14.6},
+    (4, 32, 32, 16, 16, 3): {"direct": 1.2, "winograd": 1.6, "fourier": 2.1},
+    (4, 8, 8, 64, 64, 3): {"direct": 0.8, "winograd": 1.1, "fourier": 1.2},
+    (4, 16, 16, 128, 128, 3): {"direct": 12.3, "winograd": 9.2, "fourier": 25.4},
+    (4, 12, 12, 32, 64, 5): {"direct": 2.2, "fourier": 1.7},
+}
+
+
+@pytest.mark.parametrize("shape", list(CALIBRATED))
+def test_the_cost_model_picks_a_measured_fastest_path_on_the_calibrated_shapes(shape):
+    """On shapes whose times were measured, the pick is the fastest path or within 10% of it
+    (the machine's noise); the 'same' padding of the zoo's layers."""
+    n, h, w, c, f, k = shape
+    pads = ((k // 2, k // 2), (k // 2, k // 2))
+    picked = conv.choose((n, h, w, c), (k, k, c, f), (1, 1), pads, (1, 1))
+    measured = CALIBRATED[shape]
+    assert measured[picked] <= 1.1 * min(measured.values()), (picked, measured)
+
+
+def test_strided_dilated_and_pointwise_convolutions_stay_direct():
+    pads = ((1, 1), (1, 1))
+    assert conv.choose((64, 32, 32, 16), (3, 3, 16, 32), (2, 2), pads, (1, 1)) == "direct"
+    assert conv.choose((64, 32, 32, 16), (3, 3, 16, 32), (1, 1), pads, (2, 2)) == "direct"
+    assert conv.choose((64, 32, 32, 64), (1, 1, 64, 64), (1, 1), ((0, 0), (0, 0)),
+                       (1, 1)) == "direct"
+    assert conv.choose((64, 40, 40, 16), (3, 3, 16, 16), (1, 1), pads, (1, 1)) != "fourier"
 
 
 def test_algorithm_choice_is_checked():
@@ -170,7 +199,11 @@ def test_algorithm_choice_is_checked():
     with pytest.raises(ConfigError, match="stride 1 and dilation 1"):
         conv.conv2d_forward(x, kernel, None, (2, 2), algorithm="fourier")
     with pytest.raises(ConfigError, match="algorithm must be one of"):
-        conv.conv2d_forward(x, kernel, None, algorithm="winograd")
+        conv.conv2d_forward(x, kernel, None, algorithm="lavin")
+    with pytest.raises(ConfigError, match=r"needs a 3x3 kernel.*kernel \(5, 5\)"):
+        conv.conv2d_forward(x, np.zeros((5, 5, 1, 1)), None, algorithm="winograd")
+    with pytest.raises(ConfigError, match=r"stride 1 and dilation 1.*strides=\(2, 2\)"):
+        conv.conv2d_forward(x, kernel, None, (2, 2), algorithm="winograd")
 
 
 def test_kernel_spectrum_is_reused_only_for_the_same_kernel_and_map_size():
@@ -213,3 +246,37 @@ def test_pointwise_convolution_is_one_gemm_on_the_nhwc_array(stride):
     plain = conv.conv2d_backward_reference(grad_out, cache)
     for a, b, name in zip(fast, plain, ("grad_x", "grad_kernel", "grad_bias")):
         assert_close(a, b, np.float64, name)
+
+
+def test_batch_norm_folded_into_the_op_before_it_equals_the_unfolded_graph():
+    """Inference folds each BatchNormalization into the Conv2D, DepthwiseConv2D or Dense before
+    it (BN's moving statistics and gamma/beta randomised, so nothing is an identity); the
+    outputs equal the unfolded graph's. A conv with an activation, or whose output is also read
+    elsewhere, keeps its BN."""
+    import cnnlab
+    from cnnlab import layers
+    from cnnlab.graph import fusion
+    cnnlab.config.set_floatx("float64")
+    inputs = cnnlab.Input((9, 9, 3))
+    a = layers.BatchNormalization(name="bn_conv")(layers.Conv2D(4, 3, name="conv")(inputs))
+    b = layers.BatchNormalization(name="bn_depth")(layers.DepthwiseConv2D(
+        3, depth_multiplier=2, padding="same", use_bias=False, name="depth")(a))
+    relu_conv = layers.Conv2D(4, 1, activation="relu", name="relu_conv")(b)
+    c = layers.BatchNormalization(name="bn_after_relu")(relu_conv)
+    shared = layers.Conv2D(4, 1, name="shared")(c)
+    d = layers.Add()([layers.BatchNormalization(name="bn_shared")(shared), shared])
+    flat = layers.Dense(6, name="dense")(layers.GlobalAveragePooling2D()(d))
+    outputs = layers.Dense(3, activation="softmax")(layers.BatchNormalization(name="bn_dense")(
+        flat))
+    model = cnnlab.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            for name in ("gamma", "beta", "moving_mean"):
+                layer.variable(name)[...] = rng.standard_normal(layer.variable(name).shape)
+            layer.variable("moving_variance")[...] = rng.random(layer.variable(name).shape) + .5
+    folds = fusion.batch_norm_folds(model, fusion.plan(model)[0])
+    assert sorted(bn.layer.name for bn in folds.values()) == ["bn_conv", "bn_dense", "bn_depth"]
+    x = rng.standard_normal((5, 9, 9, 3))
+    unfolded = model.run(x)[0][0]                                       # every layer as it is
+    assert_close(model.predict(x, verbose=0), unfolded, np.float64, "folded")

@@ -24,34 +24,87 @@ instead (``cnnlab.engine.fourier``), which needs about half the multiply-adds; `
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from cnnlab.engine import fourier
+from cnnlab.engine import fourier, winograd
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.errors import ConfigError
 
-#: 'auto': the frequency domain where ``fourier.worthwhile`` says it saves enough arithmetic,
-#: else im2col. 'direct' or 'fourier' force one (tests compare them).
+#: 'auto': :func:`choose` picks per layer. 'direct' (im2col, or one GEMM for 1x1), 'fourier' or
+#: 'winograd' force that path on every convolution it applies to (tests compare them); passed
+#: as one call's ``algorithm``, a path that does not apply is an error.
 ALGORITHM = "auto"
-ALGORITHMS = ("auto", "direct", "fourier")
+ALGORITHMS = ("auto", "direct", "fourier", "winograd")
 
 
-def _use_fourier(x_shape, kernel_shape, strides, pads, dilation, algorithm) -> bool:
+#: Seconds per unit of work on each path, fitted by ``benchmarks/conv_paths.py --fit`` to
+#: measured training steps (one core, float32): (per multiply-add, per element moved, per NumPy
+#: call). Their ratios, not their scale, decide: re-fit them on a very different CPU.
+SECONDS_PER = {"direct": (1.8e-11, 5.8e-10, 0.0), "winograd": (2.71e-11, 2.88e-10, 2.54e-06),
+               "fourier": (3.81e-11, 0.0, 4.7e-06)}
+
+
+def direct_step_work(x_shape, kernel_shape, out_hw):
+    """``(multiply-adds, elements moved, NumPy calls)`` of an im2col training step: three GEMMs,
+    the im2col copy (read again by the kernel gradient) and the input gradient's own."""
+    n, h, w, _ = x_shape
+    kh, kw, c, f = kernel_shape
+    outputs = n * out_hw[0] * out_hw[1]
+    return (3 * outputs * kh * kw * c * f, 2 * outputs * kh * kw * c + n * h * w * kh * kw * f,
+            20)
+
+
+def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None) -> str:
+    """The one place that decides how a convolution is computed: 'direct' (im2col + GEMM; a 1x1
+    kernel without padding is one GEMM on the array itself), 'winograd' or 'fourier'.
+
+    The rule: the path whose training step (forward and both gradients) is predicted fastest.
+    Each path states its work in three counts (``direct_step_work``, ``winograd.step_work``,
+    ``fourier.step_work``): multiply-adds, which BLAS runs near peak on big GEMMs; elements moved
+    by copies and transforms, which NumPy runs at memory speed on one core; and NumPy calls, a
+    fixed cost that dominates small batches. ``SECONDS_PER`` weighs them, per path, as fitted to
+    measured steps on the zoo's layer shapes. Only stride 1 and dilation 1 have a choice (the
+    transforms need every offset); Winograd F(2x2, 3x3) only 3x3 kernels. ``algorithm`` (or
+    the module-wide ``ALGORITHM``) forces a path instead; im2col stays the reference every other
+    path is tested against."""
+    asked = algorithm is not None
     algorithm = algorithm or ALGORITHM
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"conv2d algorithm must be one of {ALGORITHMS}. Received: {algorithm!r}")
     if algorithm == "direct":
-        return False
+        return "direct"
+    unit_steps = tuple(strides) == (1, 1) and tuple(dilation) == (1, 1)
+    three_by_three = tuple(kernel_shape[:2]) == (3, 3)
+    if algorithm != "auto":
+        applies = unit_steps and (algorithm != "winograd" or three_by_three)
+        if not applies and not asked:           # the module-wide setting: where it applies
+            return "direct"
+        if not applies:
+            needs = "a 3x3 kernel, " if algorithm == "winograd" else ""
+            raise ConfigError(f"The {algorithm} convolution needs {needs}stride 1 and dilation "
+                              f"1; received kernel {tuple(kernel_shape[:2])}, strides="
+                              f"{tuple(strides)}, dilation={tuple(dilation)}.")
+        return algorithm
+    if not unit_steps or kernel_shape[:2] == (1, 1):
+        return "direct"
+    return min(step_costs(x_shape, kernel_shape, pads).items(), key=lambda item: item[1])[0]
+
+
+def step_costs(x_shape, kernel_shape, pads) -> dict[str, float]:
+    """Predicted seconds of a stride-1 training step on each path that applies."""
     (top, bottom), (left, right) = pads
     padded_hw = (x_shape[1] + top + bottom, x_shape[2] + left + right)
-    possible = tuple(strides) == (1, 1) and tuple(dilation) == (1, 1)
-    if algorithm == "fourier":
-        if not possible:
-            raise ConfigError(f"The frequency-domain convolution needs stride 1 and dilation 1; "
-                              f"received strides={tuple(strides)}, dilation={tuple(dilation)}.")
-        return True
-    return possible and fourier.worthwhile(x_shape[0], padded_hw, kernel_shape[:2],
-                                           kernel_shape[2], kernel_shape[3])
+    out_hw = output_hw(x_shape[1:3], kernel_shape[:2], (1, 1), pads)
+    work = {"direct": direct_step_work(x_shape, kernel_shape, out_hw),
+            "fourier": fourier.step_work(x_shape[0], padded_hw, kernel_shape[:2],
+                                         kernel_shape[2], kernel_shape[3])}
+    if tuple(kernel_shape[:2]) == (3, 3):
+        work["winograd"] = winograd.step_work(x_shape[0], out_hw, kernel_shape[2],
+                                              kernel_shape[3])
+    return {path: sum(a * b for a, b in zip(SECONDS_PER[path], counts))
+            for path, counts in work.items() if counts is not None}
 
 
 def pad_images(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
@@ -162,8 +215,11 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     chunk. ``workspace``: a dict the caller keeps between calls, to reuse the cols buffer.
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
     """
-    if _use_fourier(x.shape, kernel.shape, strides, pads, dilation, algorithm):
+    path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm)
+    if path == "fourier":
         return fourier.conv2d_forward(x, kernel, bias, pads, workspace)
+    if path == "winograd":
+        return _winograd_forward(x, kernel, bias, pads, workspace)
     if kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
         return _pointwise_forward(x, kernel, bias, strides, dilation, workspace)
     kh, kw, c, f = kernel.shape
@@ -191,6 +247,65 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     return out, cache
 
 
+class WinogradCache(NamedTuple):
+    """What the Winograd backward pass needs: the transformed tiles V (or, when the batch was
+    done in chunks to bound memory, the input, to redo them chunk by chunk)."""
+    tiles: np.ndarray | None      # (4, 4, T, C)
+    x: np.ndarray | None          # (N, H, W, C)
+    kernel: np.ndarray            # (3, 3, C, F)
+    x_shape: tuple
+    pads: Pads
+    has_bias: bool
+    workspace: dict | None
+
+
+def _winograd_forward(x, kernel, bias, pads, workspace):
+    n, h, w, c = x.shape
+    f = kernel.shape[3]
+    out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
+    th, tw = winograd.tile_counts(out_hw)
+    chunks = batch_chunks(n, 16 * th * tw * 2 * (c + f) * x.dtype.itemsize)
+    if len(chunks) == 1:
+        out, tiles = winograd.conv3x3_forward(x, kernel, bias, pads, out_hw)
+        return out, WinogradCache(tiles, None, kernel, x.shape, pads, bias is not None, workspace)
+    out = np.empty((n, *out_hw, f), dtype=np.result_type(x, kernel))
+    for chunk in chunks:
+        out[chunk] = winograd.conv3x3_forward(x[chunk], kernel, bias, pads, out_hw)[0]
+    return out, WinogradCache(None, x, kernel, x.shape, pads, bias is not None, workspace)
+
+
+def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
+    n, f = grad_out.shape[0], grad_out.shape[3]
+    if cache.tiles is not None:
+        grad_kernel = winograd.conv3x3_kernel_grad(grad_out, cache.tiles)
+    else:
+        tiles_hw = winograd.tile_counts(grad_out.shape[1:3])
+        c = cache.kernel.shape[2]
+        grad_kernel = sum(winograd.conv3x3_kernel_grad(
+            grad_out[chunk], winograd.input_transform(cache.x[chunk], cache.pads, tiles_hw))
+            for chunk in batch_chunks(n, 16 * tiles_hw[0] * tiles_hw[1] * 2 * (c + f)
+                                      * grad_out.dtype.itemsize))
+    grad_bias = column_sums(grad_out.reshape(-1, f)) if cache.has_bias else None
+    if not need_input_grad:
+        return None, grad_kernel, grad_bias
+    return _input_grad_as_convolution(grad_out, cache.kernel, transposed_pads(
+        (3, 3), cache.pads, (1, 1)), (1, 1), cache.workspace), grad_kernel, grad_bias
+
+
+def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace):
+    """A stride-1 convolution's input gradient, ``grad_x[n, y, x, c] = sum_{i, j, f}
+    gp[n, y + i*dh, x + j*dw, f] * kernel[KH-1-i, KW-1-j, c, f]`` with ``gp`` = grad_out padded by
+    ``full_pads`` (cropped where negative): itself a convolution (of grad_out with the flipped
+    kernel, channel axes swapped), done by whichever path :func:`choose` picks for its shape."""
+    (top, bottom), (left, right) = full_pads
+    _, ho, wo, _ = grad_out.shape
+    grad_out = grad_out[:, max(-top, 0):ho - max(-bottom, 0), max(-left, 0):wo - max(-right, 0)]
+    full_pads = ((max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)))
+    flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))   # (KH, KW, F, C)
+    scratch = workspace.setdefault("input_grad", {}) if workspace is not None else None
+    return conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch)[0]
+
+
 def _pointwise_forward(x, kernel, bias, strides, dilation, workspace):
     """A 1x1 convolution without padding: ``out = x[:, ::sh, ::sw] @ kernel[0, 0] (+ bias)``, one
     GEMM on the NHWC array, which is its own im2col matrix (a view at stride 1, a copy of the
@@ -207,15 +322,14 @@ def _pointwise_forward(x, kernel, bias, strides, dilation, workspace):
     return out, cache
 
 
-def transposed_pads(kernel_hw, pads: Pads, dilation) -> Pads | None:
+def transposed_pads(kernel_hw, pads: Pads, dilation) -> Pads:
     """The padding under which a stride-1 convolution's input gradient is itself a stride-1
     convolution: of ``grad_out`` padded by ``(K - 1) * d - p`` on each side, with the kernel
-    flipped and its channel axes swapped (a 'full' correlation). None where a side's padding
-    exceeds the kernel's reach ``(K - 1) * d`` (that side would need cropping instead)."""
+    flipped and its channel axes swapped (a 'full' correlation). A negative value, where the
+    padding exceeded the kernel's reach, means cropping that many rows or columns instead."""
     reach = ((kernel_hw[0] - 1) * dilation[0], (kernel_hw[1] - 1) * dilation[1])
-    flipped = tuple((reach[axis] - before, reach[axis] - after)
-                    for axis, (before, after) in enumerate(pads))
-    return flipped if min(min(side) for side in flipped) >= 0 else None
+    return tuple((reach[axis] - before, reach[axis] - after)
+                 for axis, (before, after) in enumerate(pads))
 
 
 def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
@@ -233,6 +347,8 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     """
     if isinstance(cache, fourier.SpectralCache):
         return fourier.conv2d_backward(grad_out, cache, need_input_grad)
+    if isinstance(cache, WinogradCache):
+        return _winograd_backward(grad_out, cache, need_input_grad)
     cols, x, kernel, x_shape, strides, pads, dilation, has_bias, fold, workspace = cache
     kh, kw, c, f = kernel.shape
     n, ho, wo, _ = grad_out.shape
@@ -254,16 +370,12 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
         grad_bias = column_sums(grad_rows) if has_bias else None
     if not need_input_grad:
         return None, grad_kernel, grad_bias
-    full_pads = transposed_pads((kh, kw), pads, dilation) if tuple(strides) == (1, 1) else None
-    if full_pads is not None:
-        # grad_x[n, y, x, c] = sum_{i, j, f} gp[n, y + i*dh, x + j*dw, f] * kernel[KH-1-i, KW-1-j, c, f]
-        # with gp = grad_out padded by full_pads: one convolution, one GEMM with K = KH*KW*F,
-        # ~2-3x faster than the KH*KW small products of the taps below (K = F each)
-        flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))   # (KH, KW, F, C)
-        scratch = workspace.setdefault("input_grad", {}) if workspace is not None else None
-        grad_x, _ = conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch,
-                                   algorithm="direct")
-        return grad_x, grad_kernel, grad_bias
+    if tuple(strides) == (1, 1):
+        # one convolution (as im2col: one GEMM with K = KH*KW*F) is ~2-3x faster than the
+        # KH*KW small products of the taps below (K = F each)
+        full_pads = transposed_pads((kh, kw), pads, dilation)
+        return (_input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace),
+                grad_kernel, grad_bias)
     (top, bottom), (left, right) = pads
     grad_xp = np.zeros((n, x_shape[1] + top + bottom, x_shape[2] + left + right, c),
                        dtype=grad_out.dtype)                                     # (N, Hp, Wp, C)

@@ -30,8 +30,8 @@ output reads pixels ``p .. p+KH-1 <= Hp-1``; the kernel gradient pairs ``x[p+i]`
 ``grad_out[p]``, ``p+i <= Hp-1``; the input gradient reads ``grad_out[s-i]``, and where ``s-i`` wraps
 it lands on rows ``>= Ho``, where the zero-padded ``grad_out`` is zero.
 
-Only stride 1 and dilation 1 (the transform identities need every offset). ``worthwhile`` decides
-from a multiply-add count; ``cnnlab.engine.conv`` keeps the im2col path as the reference.
+Only stride 1 and dilation 1 (the transform identities need every offset). ``conv.choose``
+decides from ``step_work``; ``cnnlab.engine.conv`` keeps the im2col path as the reference.
 """
 
 from __future__ import annotations
@@ -43,15 +43,9 @@ import numpy as np
 
 from cnnlab.engine.shapes import Pads
 
-#: largest padded map (pixels) taken to the frequency domain; its transform matrices and the
-#: per-frequency products grow with it, and im2col is cheaper for big maps anyway
-MAX_PIXELS = 1024
-#: below this batch the fixed costs (the kernel's transform, ~30 more NumPy calls) outweigh the
-#: saving: measured on the article's conv2, 2.3x slower at batch 2, 0.68x the time at batch 16
-MIN_BATCH = 16
-#: use the frequency domain when it needs at most this share of the direct multiply-adds.
-#: Measured times are ~1.5x that share (its GEMMs are small), so 0.5 means <= ~0.75x the time.
-MIN_SAVING = 0.5
+#: largest padded map (pixels) taken to the frequency domain: the DFT matrices and the
+#: per-frequency products grow with it (measured faster than im2col up to 34 x 34)
+MAX_PIXELS = 1600
 
 
 class SpectralCache(NamedTuple):
@@ -71,23 +65,23 @@ def _transform_cost(hp: int, wp: int, rows: int, cols: int) -> int:
     return rows * 2 * half * cols + 4 * hp * rows * half
 
 
-def worthwhile(batch: int, padded_hw, kernel_hw, channels: int, filters: int) -> bool:
-    """True when a training step's multiply-adds in the frequency domain are at most
-    ``MIN_SAVING`` of the direct ones, the batch is at least ``MIN_BATCH`` and the map at most
-    ``MAX_PIXELS``. For the article's conv2: 2.9 M per image instead of 9.8 M, plus 8.3 M per
-    batch for the kernel's transforms."""
+def step_work(batch: int, padded_hw, kernel_hw, channels: int, filters: int):
+    """``(multiply-adds, elements moved, NumPy calls)`` of a training step (forward and both
+    gradients) in the frequency domain; ``conv.choose`` turns them into seconds. For the
+    article's conv2: 2.9 M multiply-adds per image instead of im2col's 9.8 M, plus 8.3 M per
+    batch for the kernel's transforms. None where the path does not apply."""
     hp, wp = padded_hw
     kh, kw = kernel_hw
     ho, wo = hp - kh + 1, wp - kw + 1
-    if batch < MIN_BATCH or hp * wp > MAX_PIXELS or ho <= 0 or wo <= 0:
-        return False
+    if hp * wp > MAX_PIXELS or ho <= 0 or wo <= 0:
+        return None
     frequencies = hp * (wp // 2 + 1)
-    direct = 3 * ho * wo * kh * kw * channels * filters         # forward + two gradients
     per_image = (2 * channels * _transform_cost(hp, wp, hp, wp)  # x in, grad_x out
                  + 2 * filters * _transform_cost(hp, wp, ho, wo)  # out, grad_out
                  + 3 * 4 * frequencies * channels * filters)      # three complex products
     per_batch = 2 * channels * filters * _transform_cost(hp, wp, kh, kw)   # kernel, its gradient
-    return batch * per_image + per_batch <= MIN_SAVING * batch * direct
+    spectra = 2 * frequencies * (channels + filters)             # one image's, in and out
+    return batch * per_image + per_batch, 3 * batch * spectra, 60
 
 
 # --- the transforms: a DFT along W, then along H, each one matrix multiply ---------------------

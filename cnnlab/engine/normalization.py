@@ -60,13 +60,29 @@ def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool =
     return dx, dgamma, dbeta
 
 
+def inference_affine(gamma, beta, moving_mean, moving_var, epsilon: float):
+    """Inference-mode batch normalization as the per-channel map ``y = x * scale + shift``:
+    ``scale = gamma / sqrt(moving_var + eps)``, ``shift = beta - moving_mean * scale``."""
+    inv_std = 1.0 / np.sqrt(moving_var + epsilon)                     # (C,)
+    scale = gamma * inv_std                                           # (C,)
+    return scale, beta - moving_mean * scale, inv_std
+
+
 def batch_norm_infer_forward(x: np.ndarray, gamma, beta, moving_mean, moving_var,
                              epsilon: float):
     """``y = x * scale + shift`` with the moving statistics folded in. Returns ``(y, cache)``."""
-    inv_std = 1.0 / np.sqrt(moving_var + epsilon)                     # (C,)
-    scale = gamma * inv_std                                           # (C,)
-    y = x * scale + (beta - moving_mean * scale)                      # (M, C)
+    scale, shift, inv_std = inference_affine(gamma, beta, moving_mean, moving_var, epsilon)
+    y = x * scale + shift                                             # (M, C)
     return y, (x, moving_mean, inv_std, scale)
+
+
+def fold_affine(kernel: np.ndarray, bias, scale: np.ndarray, shift: np.ndarray):
+    """A linear op followed by a per-output-channel map ``y * scale + shift`` is the linear op
+    with ``kernel[..., f] * scale[f]`` and ``bias * scale + shift``: the map costs nothing at
+    run time. ``kernel``'s last axis is the output channel (Conv2D (KH, KW, C, F), Dense
+    (D, F)); returns ``(kernel, bias)``, new arrays."""
+    folded_bias = shift if bias is None else bias * scale + shift
+    return kernel * scale.astype(kernel.dtype), folded_bias.astype(kernel.dtype)
 
 
 def batch_norm_infer_backward(grad_y: np.ndarray, cache, need_input_grad: bool = True):

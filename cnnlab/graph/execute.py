@@ -88,10 +88,14 @@ def plan_steps(nodes, outputs) -> list[Step]:
 
 
 def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict | None = None,
-            keep_values: bool = False) -> tuple[list[np.ndarray], Tape]:
+            keep_values: bool = False, folds: dict | None = None) -> tuple[list[np.ndarray], Tape]:
     """Run every node of ``graph`` in topological order on ``inputs`` (one array per graph
-    input). Values no later node needs are dropped at once unless ``keep_values``."""
+    input). Values no later node needs are dropped at once unless ``keep_values``. ``folds``
+    (inference only, ``fusion.batch_norm_folds``): {op node: BatchNormalization node} whose BN
+    runs inside the op's weights; the BN node passes its input on."""
     activations = activations or {}
+    folds = folds or {}
+    folded = {id(bn) for bn in folds.values()}
     for tensor, x in zip(graph.inputs, inputs):
         if x.shape[1:] != tensor.shape[1:]:
             raise ShapeError(f"Model {graph.name!r}: input {tensor.name!r} expects (N, "
@@ -103,8 +107,15 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
         args = [values[key] for key in step.reads]
         ctx.scope = scope + step.site if scope else step.site   # a nested model's nodes: under it
         ctx.workspace = None if sites is None else sites.site(ctx.scope)
-        out, cache = step.layer.forward(args[0] if step.one_input else args, ctx,
-                                        activations.get(step.node))
+        if id(step.node) in folded:                     # already applied by the op before it
+            out, cache = args[0], None
+        else:
+            bn = folds.get(step.node)
+            ctx.output_affine = None if bn is None else bn.layer.inference_affine(
+                bn.outputs[0].shape[-1], args[0].dtype)
+            out, cache = step.layer.forward(args[0] if step.one_input else args, ctx,
+                                            activations.get(step.node))
+            ctx.output_affine = None
         if len(step.writes) == 1:
             values[step.writes[0]] = out
         else:

@@ -11,10 +11,17 @@ layer's activation counts at once and no plan can go stale. The unfused graph is
 2. **Softmax into the loss.** A model output made by a softmax, fed to cross-entropy, is left as
    logits: the loss's fused gradient ``(p - y) / N`` is exact and never divides by a
    probability.
+3. **BatchNormalization folded into the convolution before it** (inference only: no backward
+   pass follows). In inference mode BN is a per-channel map ``y * scale + shift``; after a
+   linear op (Conv2D, DepthwiseConv2D, Dense with no activation) it folds into that op's kernel
+   and bias (``engine.normalization.fold_affine``), so the whole BN pass over the feature map
+   disappears. Only when the BN is the op's sole consumer and the op's output is not a model
+   output; the weights are folded at every call (a few microseconds), so they are never stale.
 """
 
 from __future__ import annotations
 
+from cnnlab.layers.normalization import BatchNormalization
 from cnnlab.layers.pooling import MaxPooling2D
 
 
@@ -43,3 +50,22 @@ def plan(graph, logits_outputs=()) -> tuple[dict, set[int]]:
             activations[node] = "linear"
             as_logits.add(index)
     return activations, as_logits
+
+
+def batch_norm_folds(graph, activations: dict) -> dict:
+    """``{linear op's node: the BatchNormalization node folded into it}`` for an inference call.
+    ``activations``: the other fusions' plan (a node they rewrite is left alone)."""
+    folds = {}
+    output_ids = {id(t) for t in graph.outputs}
+    for node in graph.nodes:
+        layer = node.layer
+        if not layer.folds_output_affine or layer.activation != "linear" \
+                or node in activations or len(node.outputs) != 1 \
+                or id(node.outputs[0]) in output_ids:
+            continue
+        consumers = graph.consumers.get(id(node.outputs[0]), [])
+        if len(consumers) == 1 and type(consumers[0].layer) is BatchNormalization \
+                and consumers[0].layer.activation == "linear" \
+                and consumers[0] not in activations:
+            folds[node] = consumers[0]
+    return folds

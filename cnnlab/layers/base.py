@@ -111,6 +111,8 @@ class Layer:
 
     #: input rank (batch included) this layer accepts, or None for any rank >= 2
     input_rank: int | None = None
+    #: folds ``ctx.output_affine`` into its weights (a linear op: conv, dense)
+    folds_output_affine = False
     #: how many inputs the layer takes: 1, or None for a list of two or more (merge layers)
     input_count: int | None = 1
 

@@ -59,6 +59,9 @@ class CallContext:
                         (``workspaces`` holds them all, ``scope`` names the site)
     ``state_updates``   ``(variable, new value)`` pairs the call asks for; the caller applies
                         them once per batch, after the step
+    ``output_affine``   ``(scale, shift)`` per output channel that a layer able to (conv, dense:
+                        ``folds_output_affine``) folds into its weights for this call: the
+                        inference-mode BatchNormalization after it (``graph.fusion``)
     """
 
     def __init__(self, training: bool = False, keep_cache: bool | None = None,
@@ -69,6 +72,7 @@ class CallContext:
         self.scope: tuple = ()
         self.workspace: dict | None = None
         self.state_updates: list[tuple[Variable, np.ndarray]] = []
+        self.output_affine: tuple[np.ndarray, np.ndarray] | None = None
         self._batch_sum = batch_sum
         self._generators = generators
 

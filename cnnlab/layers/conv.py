@@ -19,6 +19,7 @@ from cnnlab.engine import initializers
 from cnnlab.engine.conv import conv2d_backward, conv2d_forward
 from cnnlab.engine.dense import dense_backward, dense_forward
 from cnnlab.engine.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
+from cnnlab.engine.normalization import fold_affine
 from cnnlab.engine.shapes import as_pair, output_hw, resolve_padding, validate_padding
 from cnnlab.layers.base import Layer, check_positive_int
 
@@ -39,6 +40,7 @@ class Conv2D(Layer):
     """
 
     input_rank = 4
+    folds_output_affine = True
 
     def __init__(self, filters: int, kernel_size, strides=(1, 1), padding="valid",
                  dilation_rate=(1, 1), activation=None, use_bias: bool = True,
@@ -73,12 +75,21 @@ class Conv2D(Layer):
                            self.dilation_rate)
         return ho, wo, self.filters
 
+    def kernel_and_bias(self, ctx):
+        """The weights this call runs with: the layer's own, or with ``ctx.output_affine``
+        folded in (kernel ``(KH, KW, C, F)``, bias ``(F,)`` or None)."""
+        kernel = self.variables[0].value
+        bias = self.variables[1].value if self.use_bias else None
+        if ctx.output_affine is None:
+            return kernel, bias
+        return fold_affine(kernel, bias, *ctx.output_affine)
+
     def call(self, x, ctx):
         # ctx.workspace: the im2col buffer and kernel spectrum the caller keeps for this call
         # site between steps (one per thread and per node, so concurrent calls never share one)
-        bias = self.variables[1].value if self.use_bias else None
-        return conv2d_forward(x, self.variables[0].value, bias, self.strides,
-                              self.pads_for(x.shape[1:3]), self.dilation_rate, ctx.workspace)
+        kernel, bias = self.kernel_and_bias(ctx)
+        return conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
+                              self.dilation_rate, ctx.workspace)
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache, input_grad)
@@ -137,9 +148,18 @@ class DepthwiseConv2D(Conv2D):
         self.filters = input_shape[-1] * self.depth_multiplier
         return super().compute_output_shape(input_shape)
 
-    def call(self, x, ctx):
+    def kernel_and_bias(self, ctx):
+        """As Conv2D's; output channel ``c * M + m`` is kernel ``[..., c, m]``."""
+        kernel = self.variables[0].value                                     # (KH, KW, C, M)
         bias = self.variables[1].value if self.use_bias else None
-        return depthwise_conv2d_forward(x, self.variables[0].value, bias, self.strides,
+        if ctx.output_affine is None:
+            return kernel, bias
+        flat, bias = fold_affine(kernel.reshape(*kernel.shape[:2], -1), bias, *ctx.output_affine)
+        return flat.reshape(kernel.shape), bias
+
+    def call(self, x, ctx):
+        kernel, bias = self.kernel_and_bias(ctx)
+        return depthwise_conv2d_forward(x, kernel, bias, self.strides,
                                         self.pads_for(x.shape[1:3]), self.dilation_rate)
 
     def call_backward(self, grad_out, cache, input_grad):
@@ -160,6 +180,8 @@ class SeparableConv2D(Conv2D):
     Variables ``depthwise_kernel (KH, KW, C, M)``, ``pointwise_kernel (1, 1, C*M, filters)``,
     ``bias (filters,)``, as in Keras.
     """
+
+    folds_output_affine = False            # its output comes from the pointwise step
 
     def __init__(self, filters: int, kernel_size, strides=(1, 1), padding="valid",
                  depth_multiplier: int = 1, dilation_rate=(1, 1), activation=None,

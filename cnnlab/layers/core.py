@@ -22,6 +22,7 @@ from cnnlab.engine.activations import (
     leaky_relu_forward,
 )
 from cnnlab.engine.dense import dense_backward, dense_forward, flatten_backward, flatten_forward
+from cnnlab.engine.normalization import fold_affine
 from cnnlab.errors import ConfigError, ShapeError
 from cnnlab.layers.base import Layer, check_input_shape, check_positive_int
 from cnnlab.layers.symbolic import SymbolicTensor, make_input
@@ -66,6 +67,8 @@ class Dense(Layer):
     output ``(N, units)``. Kernel ``(D_in, units)``, bias ``(units,)``.
     """
 
+    folds_output_affine = True
+
     def __init__(self, units: int, activation=None, use_bias: bool = True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  input_shape=None, name=None, dtype=None, trainable=True):
@@ -85,8 +88,11 @@ class Dense(Layer):
 
     def call(self, x, ctx):
         x2 = x.reshape(-1, x.shape[-1])                                     # (N*..., D_in)
+        kernel = self.variables[0].value                                    # (D_in, units)
         bias = self.variables[1].value if self.use_bias else None
-        out, cache = dense_forward(x2, self.variables[0].value, bias)       # (N*..., units)
+        if ctx.output_affine is not None:                    # a BatchNormalization folded in
+            kernel, bias = fold_affine(kernel, bias, *ctx.output_affine)
+        out, cache = dense_forward(x2, kernel, bias)                        # (N*..., units)
         return out.reshape(*x.shape[:-1], self.units), (cache, x.shape[:-1])
 
     def call_backward(self, grad_out, cache, input_grad):

@@ -87,6 +87,14 @@ class BatchNormalization(Layer):
         beta = self.variable("beta") if self.center else np.zeros(channels, dtype)
         return gamma, beta
 
+    def inference_affine(self, channels: int, dtype):
+        """``(scale, shift)``: inference mode as the per-channel map ``x * scale + shift``,
+        what a convolution before it can fold into its weights (``graph.fusion``)."""
+        gamma, beta = self._affine(channels, dtype)
+        scale, shift, _ = ops.inference_affine(gamma, beta, self.variable("moving_mean"),
+                                               self.variable("moving_variance"), self.epsilon)
+        return scale, shift
+
     def call(self, x, ctx):
         rows = x.reshape(-1, x.shape[-1])                              # (M, C)
         gamma, beta = self._affine(x.shape[-1], x.dtype)

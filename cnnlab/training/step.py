@@ -80,7 +80,9 @@ def _shard_pass(model, xs, ys, ctx, share, want_grads):
     candidates = [i for i, loss in enumerate(model.compiled_losses)
                   if loss is not None and loss.fuses_softmax and not loss.from_logits]
     activations, as_logits = fusion.plan(model, candidates)
-    outputs, tape = execute.forward(model, xs, ctx, activations)
+    inference = not ctx.training and not ctx.keep_cache
+    outputs, tape = execute.forward(model, xs, ctx, activations, folds=fusion.batch_norm_folds(
+        model, activations) if inference else None)
     losses, output_grads = _losses(model, outputs, ys, as_logits, share, want_grads)
     grads = execute.backward(model, tape, output_grads).params if want_grads else {}
     return losses, outputs, grads
@@ -137,11 +139,13 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
 def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
     """The model's outputs (probabilities, not logits), on every core that pays."""
     activations, _ = fusion.plan(model)
+    folds = fusion.batch_norm_folds(model, activations)
     n = len(xs[0])
     parts = parallel.shards(n)
 
     def run(inputs):
-        return execute.forward(model, inputs, _context(model, False), activations)[0]
+        return execute.forward(model, inputs, _context(model, False), activations,
+                               folds=folds)[0]
 
     if parts is None:
         return run(xs)
