@@ -211,11 +211,13 @@ def test_graph_gradients_match_finite_differences():
 
 
 # --- BatchNormalization on its own ----------------------------------------------------------------
-@pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_equals_torch_batchnorm2d(training):
+@pytest.mark.parametrize("training,loc", [(True, 2.0), (True, 50.0), (False, 2.0)])
+def test_batch_norm_equals_torch_batchnorm2d(training, loc):
+    """loc 2 (std 3): the statistics in one pass; loc 50: the mean dwarfs the spread, and the
+    variance is taken around the mean in a second pass."""
     rng = np.random.default_rng(5)
     bn = layers.BatchNormalization(momentum=0.9, epsilon=1e-4)
-    x = rng.normal(2.0, 3.0, (4, 5, 6, 3))
+    x = rng.normal(loc, 3.0, (4, 5, 6, 3))
     bn.build(x.shape[1:])
     gamma, beta = rng.uniform(0.5, 2, 3), rng.normal(0, 1, 3)
     mean, var = rng.normal(0, 1, 3), rng.uniform(0.5, 2, 3)
@@ -244,6 +246,23 @@ def test_batch_norm_equals_torch_batchnorm2d(training):
     input_grad = model.backward_from(tape, [2 * (out - target) / out.size], want_inputs=True)
     assert_close(input_grad.inputs[0], x_t.grad.numpy().transpose(0, 2, 3, 1), np.float64,
                  "input gradient")
+
+
+@pytest.mark.parametrize("loc", [0.5, 3.0, 1000.0])
+def test_batch_norm_statistics_in_float32_are_as_exact_as_the_two_pass_formula(loc):
+    """One pass where mean^2 <= 15 var (loc 0.5, 3), two passes beyond (loc 1000): either way
+    the float32 variance and output are within float32's rounding of the float64 truth."""
+    from cnnlab.engine import normalization as ops
+    x64 = np.random.default_rng(1).normal(loc, 1.0, (20000, 4))
+    x32 = x64.astype(np.float32)
+    ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
+    y, (mean, var), cache = ops.batch_norm_train_forward(x32, ones, zeros, 1e-5)
+    assert (cache[1] is None) == (loc < 4)                           # which formula ran
+    exact = x32.astype(np.float64)
+    np.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-6)
+    assert var.dtype == np.float32
+    expected = (exact - exact.mean(axis=0)) / np.sqrt(exact.var(axis=0) + 1e-5)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-4)
 
 
 def test_moving_statistics_follow_keras_rule():

@@ -37,16 +37,26 @@ def _tap(xp: np.ndarray, i: int, j: int, strides, dilation, out_hw) -> tuple[sli
 
 def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                              strides=(1, 1), pads: Pads = ((0, 0), (0, 0)), dilation=(1, 1)):
-    """Returns ``(out (N, Ho, Wo, C*M), cache)``."""
+    """Returns ``(out (N, Ho, Wo, C*M), cache)``. Per filter ``m`` and tap, one multiply into a
+    reused buffer and one add: no temporary the size of the output is made per tap."""
     kh, kw, c, m = kernel.shape
     n, h, w, _ = x.shape
     out_hw = output_hw((h, w), (kh, kw), strides, pads, dilation)
     xp = pad_images(x, pads)                                                 # (N, Hp, Wp, C)
-    out = np.zeros((n, *out_hw, c, m), dtype=np.result_type(x, kernel))     # (N, Ho, Wo, C, M)
-    for i in range(kh):
-        for j in range(kw):
-            rows, cols = _tap(xp, i, j, strides, dilation, out_hw)
-            out += xp[:, rows, cols, :, None] * kernel[i, j]                 # (N, Ho, Wo, C, M)
+    dtype = np.result_type(x, kernel)
+    out = np.empty((n, *out_hw, c, m), dtype=dtype)                         # (N, Ho, Wo, C, M)
+    product = np.empty((n, *out_hw, c), dtype=dtype) if kh * kw > 1 else None
+    for f in range(m):
+        total = out[..., f]                                                  # (N, Ho, Wo, C)
+        for i in range(kh):
+            for j in range(kw):
+                rows, cols = _tap(xp, i, j, strides, dilation, out_hw)
+                tap = xp[:, rows, cols, :]                                   # (N, Ho, Wo, C)
+                if i == j == 0:
+                    np.multiply(tap, kernel[i, j, :, f], out=total)
+                else:
+                    np.multiply(tap, kernel[i, j, :, f], out=product)
+                    total += product
     out = out.reshape(n, *out_hw, c * m)                                     # (N, Ho, Wo, C*M)
     if bias is not None:
         out += bias
@@ -54,21 +64,26 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
 
 
 def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
-    """Returns ``(dx (N, H, W, C) or None, dkernel (KH, KW, C, M), dbias (C*M,) or None)``."""
+    """Returns ``(dx (N, H, W, C) or None, dkernel (KH, KW, C, M), dbias (C*M,) or None)``.
+    Per filter and tap: the kernel gradient as one elementwise product and a BLAS column sum,
+    the input gradient as one product added into the tap's strided cells."""
     xp, x_shape, kernel, strides, pads, dilation, has_bias = cache
     kh, kw, c, m = kernel.shape
     n, ho, wo, _ = grad_out.shape
     g = grad_out.reshape(n, ho, wo, c, m)                                    # (N, Ho, Wo, C, M)
     grad_kernel = np.empty_like(kernel)                                      # (KH, KW, C, M)
     grad_xp = np.zeros_like(xp) if need_input_grad else None                 # (N, Hp, Wp, C)
-    for i in range(kh):
-        for j in range(kw):
-            rows, cols = _tap(xp, i, j, strides, dilation, (ho, wo))
-            tap = xp[:, rows, cols, :]                                       # (N, Ho, Wo, C)
-            grad_kernel[i, j] = np.einsum("nyxc,nyxcm->cm", tap, g, optimize=True)
-            if need_input_grad:
-                grad_xp[:, rows, cols, :] += np.einsum("nyxcm,cm->nyxc", g, kernel[i, j],
-                                                       optimize=True)
+    product = np.empty((n, ho, wo, c), dtype=grad_out.dtype)                 # (N, Ho, Wo, C)
+    for f in range(m):
+        g_f = np.ascontiguousarray(g[..., f]) if m > 1 else g[..., 0]      # (N, Ho, Wo, C)
+        for i in range(kh):
+            for j in range(kw):
+                rows, cols = _tap(xp, i, j, strides, dilation, (ho, wo))
+                np.multiply(xp[:, rows, cols, :], g_f, out=product)
+                grad_kernel[i, j, :, f] = column_sums(product.reshape(-1, c))
+                if need_input_grad:
+                    np.multiply(g_f, kernel[i, j, :, f], out=product)
+                    grad_xp[:, rows, cols, :] += product
     grad_bias = column_sums(grad_out.reshape(-1, c * m)) if has_bias else None  # (C*M,)
     grad_x = None
     if need_input_grad:
