@@ -1,8 +1,16 @@
-"""cnnlab against its peers on the article's network: training, inference, latency, memory.
+"""cnnlab against its peers on a CNN: training, inference, latency, memory.
 
-    python benchmarks/compare.py                  # 5 interleaved rounds, table with ratios
-    python benchmarks/compare.py --update-readme  # the same, and rewrite the README's table
-    python benchmarks/compare.py --sweep          # how cost grows with batch, image size, width
+    python benchmarks/compare.py                  # the article's network, 5 interleaved rounds
+    python benchmarks/compare.py --model resnet20 # or cifar10_cnn, mobilenet_small
+    python benchmarks/compare.py --model all --update-readme   # every model; rewrite the README
+    python benchmarks/compare.py --sweep          # batch sizes 1-512 (article and resnet20)
+
+The models: ``article`` (the article's network on 28x28 digits), ``cifar10_cnn`` (Keras' classic
+CIFAR-10 example: conv32-conv32-pool-conv64-conv64-pool-dense512, on 32x32x3), ``resnet20`` and
+``mobilenet_small`` (the zoo's, on 32x32x3). Every peer trains the same network: PyTorch's is
+``cnnlab.export.to_torch`` of cnnlab's (so the architecture cannot drift), onnxruntime runs
+``cnnlab.export.to_onnx``'s graph, Keras builds it layer by layer from cnnlab's configs, and
+tinygrad has a port of the article's network only.
 
 Every figure comes from this run: each round starts one fresh process per peer (so peak RSS is
 that peer's own), in turn, and each ratio is taken against PyTorch eager *in the same round*;
@@ -32,12 +40,22 @@ PEERS = ["cnnlab", "torch", "torch.compile", "keras-tensorflow", "keras-jax", "t
 
 
 # --- what one step costs --------------------------------------------------------------------
-def article_train_flops_per_image() -> float:
-    """Multiply-adds x 2 of forward (conv and dense), plus backward: the weight gradient and the
-    input gradient each cost a forward's worth, except that the first layer has no input grad."""
-    forward = [2 * 24 * 24 * 32 * 5 * 5 * 1,     # conv1
-               2 * 8 * 8 * 64 * 5 * 5 * 32,      # conv2
-               2 * 1024 * 1000, 2 * 1000 * 10]   # dense layers
+def train_flops_per_image(model_name) -> float:
+    """Multiply-adds x 2 of the forward pass's convolutions and dense layers, plus backward: the
+    weight gradient and the input gradient each cost a forward's worth, except that the first
+    layer has no input gradient. (BatchNorm, pooling and activations are not counted.)"""
+    forward = []
+    for node in cnnlab_model(model_name).nodes:
+        layer, out = node.layer, node.outputs[0].shape
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            kh, kw = layer.kernel_size
+            forward.append(2 * out[1] * out[2] * kh * kw * node.inbound[0].shape[-1] * out[-1])
+        elif kind == "DepthwiseConv2D":
+            kh, kw = layer.kernel_size
+            forward.append(2 * out[1] * out[2] * kh * kw * out[-1])
+        elif kind == "Dense":
+            forward.append(2 * node.inbound[0].shape[-1] * out[-1])
     return 3 * sum(forward) - forward[0]
 
 
@@ -81,52 +99,80 @@ def measure(train_step, infer_batch, infer_one, seconds: float = 3.0) -> dict:
     return {"train": train, "infer": infer, "latency_ms": latency, "rss_mb": rss}
 
 
-def data(channels_first=False):
+MODELS = ["article", "cifar10_cnn", "resnet20", "mobilenet_small"]
+
+
+def input_shape(model_name):
+    return (28, 28, 1) if model_name == "article" else (32, 32, 3)
+
+
+def data(model_name, channels_first=False, batch=None):
     rng = np.random.default_rng(0)
-    x = rng.random((BATCH, 28, 28, 1), dtype=np.float32)
-    y = rng.integers(0, 10, BATCH)
+    x = rng.random((batch or BATCH, *input_shape(model_name)), dtype=np.float32)
+    y = rng.integers(0, 10, batch or BATCH)
     return (x.transpose(0, 3, 1, 2).copy() if channels_first else x), y
 
 
-def measure_keras_api(model, seconds) -> dict:
+def cnnlab_model(model_name):
+    """The network, built by cnnlab and compiled with SGD (momentum 0.9)."""
+    import cnnlab
+    from cnnlab import layers
+    if model_name == "cifar10_cnn":
+        model = cnnlab.Sequential([
+            layers.Input((32, 32, 3)),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
+            layers.Dense(512, activation="relu"), layers.Dense(10, activation="softmax")],
+            name="cifar10_cnn")
+    else:
+        model = cnnlab.zoo.get(model_name, input_shape=input_shape(model_name), num_classes=10)
+    model.compile(optimizer=cnnlab.optimizers.SGD(0.01, momentum=0.9),
+                  loss="sparse_categorical_crossentropy")
+    return model
+
+
+def torch_twin(model_name):
+    """PyTorch's copy of the network (``to_torch``), the last softmax left to the loss."""
+    from cnnlab.export import to_torch
+    model = cnnlab_model(model_name)
+    model.layers[-1].activation = "linear"
+    return to_torch(model).train()
+
+
+def measure_keras_api(model, model_name, seconds) -> dict:
     """``measure`` for a compiled model with Keras' batch methods (cnnlab's and Keras' own)."""
-    x, y = data()
+    x, y = data(model_name)
     one = x[:1]
     return measure(lambda: model.train_on_batch(x, y), lambda: model.predict_on_batch(x),
                    lambda: model.predict_on_batch(one), seconds)
 
 
 # --- the peers ----------------------------------------------------------------------------------
-def run_cnnlab(seconds):
+def run_cnnlab(model_name, seconds):
     import cnnlab
-    model = cnnlab.zoo.get("article")
-    model.compile(optimizer=cnnlab.optimizers.SGD(0.01, momentum=0.9),
-                  loss="sparse_categorical_crossentropy")
-    return {**measure_keras_api(model, seconds), "version": cnnlab.__version__}
+    return {**measure_keras_api(cnnlab_model(model_name), model_name, seconds),
+            "version": cnnlab.__version__}
 
 
-def torch_article():
-    import torch.nn as nn
-    return nn.Sequential(nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(32, 64, 5),
-                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1024, 1000),
-                         nn.ReLU(), nn.Linear(1000, 10))
-
-
-def run_torch(seconds, compiled=False):
+def run_torch(model_name, seconds, compiled=False):
     import torch
     import torch.nn.functional as F  # noqa: N812
-    net = torch_article()
+    net = torch_twin(model_name)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    x, y = data(channels_first=True)
+    x, y = data(model_name, channels_first=True)
     x, y, one = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(x[:1].copy())
     model = torch.compile(net) if compiled else net
 
     def train_step():
+        net.train()
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
     def infer(batch):
+        net.eval()
         with torch.no_grad():
             return model(batch)
 
@@ -134,21 +180,50 @@ def run_torch(seconds, compiled=False):
     return {**result, "version": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def run_keras(seconds, backend):
+#: cnnlab layer -> Keras layer of the same name, from the same config (Keras' argument names)
+KERAS_KEYS = {"Conv2D": ["filters", "kernel_size", "strides", "padding", "dilation_rate",
+                         "activation", "use_bias"],
+              "DepthwiseConv2D": ["kernel_size", "strides", "padding", "depth_multiplier",
+                                  "activation", "use_bias"],
+              "Dense": ["units", "activation", "use_bias"],
+              "BatchNormalization": ["momentum", "epsilon", "center", "scale"],
+              "MaxPooling2D": ["pool_size", "strides", "padding"],
+              "Activation": ["activation"], "ReLU": [], "Add": [], "Flatten": [],
+              "GlobalAveragePooling2D": [], "GlobalMaxPooling2D": []}
+
+
+def keras_model(model_name):
+    """The same network in Keras, node by node from cnnlab's graph and layer configs."""
+    import keras
+    model = cnnlab_model(model_name)
+    values = {id(t): keras.Input(t.shape[1:]) for t in model.inputs}
+    inputs = [values[id(t)] for t in model.inputs]
+    for node in model.nodes:
+        layer = node.layer
+        kind = type(layer).__name__
+        if kind not in KERAS_KEYS:
+            raise SystemExit(f"no Keras twin for {kind}")
+        config = layer.get_config()
+        args = {key: config[key] for key in KERAS_KEYS[kind] if key in config}
+        made = getattr(keras.layers, kind)(**args)
+        reads = [values[id(t)] for t in node.inbound]
+        values[id(node.outputs[0])] = made(reads if kind == "Add" else reads[0])
+    return keras.Model(inputs, [values[id(t)] for t in model.outputs])
+
+
+def run_keras(model_name, seconds, backend):
     os.environ["KERAS_BACKEND"] = backend         # read when keras is first imported
     import keras
-    from keras import layers
-    model = keras.Sequential([
-        keras.Input((28, 28, 1)), layers.Conv2D(32, 5, activation="relu"), layers.MaxPooling2D(),
-        layers.Conv2D(64, 5, activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
-        layers.Dense(1000, activation="relu"), layers.Dense(10, activation="softmax")])
+    model = keras_model(model_name)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss="sparse_categorical_crossentropy")
-    return {**measure_keras_api(model, seconds),
+    return {**measure_keras_api(model, model_name, seconds),
             "version": f"keras {keras.__version__} ({keras.backend.backend()})"}
 
 
-def run_tinygrad(seconds):
+def run_tinygrad(model_name, seconds):
+    if model_name != "article":
+        raise SystemExit(f"no tinygrad port of {model_name}")
     from tinygrad import Tensor, TinyJit, nn
     from tinygrad.helpers import Context
 
@@ -164,7 +239,7 @@ def run_tinygrad(seconds):
 
     net = Net()
     opt = nn.optim.SGD(nn.state.get_parameters(net), lr=0.01, momentum=0.9)
-    xs, ys = data(channels_first=True)
+    xs, ys = data(model_name, channels_first=True)
     x, y = Tensor(xs), Tensor(ys.astype(np.int32))
     one = Tensor(xs[:1].copy())
 
@@ -193,26 +268,25 @@ def run_tinygrad(seconds):
     return {**result, "version": version("tinygrad")}
 
 
-def run_onnxruntime(seconds):
+def run_onnxruntime(model_name, seconds):
     import onnxruntime as ort
-    import torch
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "cnnlab_bench_article.onnx")
-    net = torch_article().eval()
-    torch.onnx.export(net, torch.zeros(1, 1, 28, 28), path, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}}, dynamo=False)
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    x, _ = data(channels_first=True)
+
+    from cnnlab.export import to_onnx
+    session = ort.InferenceSession(
+        to_onnx(cnnlab_model(model_name), input_layout="NCHW").SerializeToString(),
+        providers=["CPUExecutionProvider"])
+    x, _ = data(model_name, channels_first=True)
     one = x[:1].copy()
-    result = measure(lambda: None, lambda: session.run(None, {"x": x}),
-                     lambda: session.run(None, {"x": one}), seconds)
+    result = measure(lambda: None, lambda: session.run(None, {"input": x}),
+                     lambda: session.run(None, {"input": one}), seconds)
     result["train"] = float("nan")
     return {**result, "version": ort.__version__}
 
 
 RUNNERS = {"cnnlab": run_cnnlab, "torch": run_torch,
-           "torch.compile": lambda s: run_torch(s, compiled=True),
-           "keras-tensorflow": lambda s: run_keras(s, "tensorflow"),
-           "keras-jax": lambda s: run_keras(s, "jax"),
+           "torch.compile": lambda m, s: run_torch(m, s, compiled=True),
+           "keras-tensorflow": lambda m, s: run_keras(m, s, "tensorflow"),
+           "keras-jax": lambda m, s: run_keras(m, s, "jax"),
            "tinygrad": run_tinygrad, "onnxruntime": run_onnxruntime}
 REQUIRES = {"torch": ["torch"], "torch.compile": ["torch"],
             "keras-tensorflow": ["keras", "tensorflow"], "keras-jax": ["keras", "jax"],
@@ -224,10 +298,11 @@ def installed(peer) -> bool:
     return all(importlib.util.find_spec(name) is not None for name in REQUIRES[peer])
 
 
-def run_worker(peer, seconds) -> dict:
+def run_worker(peer, model_name, seconds) -> dict:
     """One measurement in a fresh process: its JSON is the last line of stdout."""
-    result = subprocess.run([sys.executable, __file__, "--worker", peer, "--seconds",
-                             str(seconds)], capture_output=True, text=True, timeout=900)
+    result = subprocess.run([sys.executable, __file__, "--worker", peer, "--model", model_name,
+                             "--seconds", str(seconds)], capture_output=True, text=True,
+                            timeout=900)
     try:
         return json.loads(result.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
@@ -236,16 +311,17 @@ def run_worker(peer, seconds) -> dict:
 
 
 # --- the report ---------------------------------------------------------------------------------
-def compare(rounds, seconds, peers):
-    flops = article_train_flops_per_image()
+def compare(model_name, rounds, seconds, peers):
+    flops = train_flops_per_image(model_name)
     rows = {p: [] for p in peers}
     peaks = []
     for r in range(rounds):
         peaks.append(gemm_peak_gflops())
         order = peers if r % 2 == 0 else list(reversed(peers))   # alternate who goes first
         for peer in order:
-            rows[peer].append(run_worker(peer, seconds))
-            print(f"round {r + 1}/{rounds} {peer}: {rows[peer][-1]}", file=sys.stderr)
+            rows[peer].append(run_worker(peer, model_name, seconds))
+            print(f"{model_name} round {r + 1}/{rounds} {peer}: {rows[peer][-1]}",
+                  file=sys.stderr)
     peak = statistics.median(peaks)
     table = []
     for peer in peers:
@@ -276,7 +352,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}"
 
 
-def markdown(table, peak, flops, rounds) -> str:
+def markdown(model_name, table, peak, flops, rounds) -> str:
     def cell(entry, key, fmt):
         if key not in entry or entry[key] != entry[key]:
             return "—"
@@ -284,7 +360,7 @@ def markdown(table, peak, flops, rounds) -> str:
         ratio = entry.get(key + "_ratio")
         return f"{text} ({ratio:.2f}x)" if ratio is not None and ratio == ratio else text
 
-    lines = [f"Article network, batch {BATCH}, float32, random data; medians of {rounds} "
+    lines = [f"**{model_name}**, batch {BATCH}, float32, random data; medians of {rounds} "
              f"interleaved rounds; (ratio to PyTorch eager in the same round). Machine: "
              f"{machine()}. float32 GEMM peak measured in this run: {peak:.0f} GFLOP/s; a "
              f"training image costs {flops / 1e6:.1f} MFLOP.", "",
@@ -301,13 +377,13 @@ def markdown(table, peak, flops, rounds) -> str:
     return "\n".join(lines)
 
 
-def update_readme(text: str) -> None:
+def update_readme(model_name: str, text: str) -> None:
     path = os.path.join(os.path.dirname(__file__), "..", "README.md")
     with open(path) as handle:
         readme = handle.read()
-    begin, end = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
+    begin, end = f"<!-- benchmark:{model_name}:begin -->", f"<!-- benchmark:{model_name}:end -->"
     if begin not in readme:
-        raise SystemExit("README.md has no benchmark markers")
+        raise SystemExit(f"README.md has no benchmark markers for {model_name}")
     head, rest = readme.split(begin, 1)
     _, tail = rest.split(end, 1)
     with open(path, "w") as handle:
@@ -315,38 +391,28 @@ def update_readme(text: str) -> None:
 
 
 # --- sweeps -------------------------------------------------------------------------------------
-def sweep():
-    """Training img/s of cnnlab and torch as batch size, image size and width grow."""
+SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 128, 512)
+
+
+def sweep(models=("article", "resnet20"), rounds=3):
+    """Training img/s of cnnlab and PyTorch eager (the same network) at each batch size, in one
+    process, alternating who goes first; medians of ``rounds``."""
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F  # noqa: N812
 
-    import cnnlab
-    from cnnlab import layers
-
-    def ours(size, width, batch):
-        model = cnnlab.Sequential([
-            layers.Input((size, size, 1)), layers.Conv2D(32 * width, 5, activation="relu"),
-            layers.MaxPooling2D(), layers.Conv2D(64 * width, 5, activation="relu"),
-            layers.MaxPooling2D(), layers.GlobalAveragePooling2D(),
-            layers.Dense(1000, activation="relu"), layers.Dense(10, activation="softmax")])
-        model.compile(optimizer=cnnlab.optimizers.SGD(0.01, momentum=0.9),
-                      loss="sparse_categorical_crossentropy")
-        x = np.random.default_rng(0).random((batch, size, size, 1), dtype=np.float32)
-        y = np.arange(batch) % 10
+    def ours(model_name, batch):
+        model = cnnlab_model(model_name)
+        x, y = data(model_name, batch=batch)
         return lambda: model.train_on_batch(x, y)
 
-    def theirs(size, width, batch):
-        net = nn.Sequential(nn.Conv2d(1, 32 * width, 5), nn.ReLU(), nn.MaxPool2d(2),
-                            nn.Conv2d(32 * width, 64 * width, 5), nn.ReLU(), nn.MaxPool2d(2),
-                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64 * width, 1000),
-                            nn.ReLU(), nn.Linear(1000, 10))
+    def theirs(model_name, batch):
+        net = torch_twin(model_name)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-        x = torch.rand(batch, 1, size, size)
-        y = torch.arange(batch) % 10
+        x, y = data(model_name, channels_first=True, batch=batch)
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
 
         def step():
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
             opt.step()
         return step
@@ -354,22 +420,27 @@ def sweep():
     def rate(step, batch):
         step()
         step()
-        times = [_timed(step) for _ in range(max(3, int(64 / batch)))]
-        return batch / statistics.median(times)
+        repeats = max(3, int(256 / batch))
+        return batch / statistics.median(_timed(step) for _ in range(repeats))
 
-    print("| sweep | setting | cnnlab train img/s | torch train img/s | ratio |")
+    print("| model | batch | cnnlab train img/s | torch train img/s | ratio |")
     print("|---|---|---|---|---|")
-    cases = ([("batch", b, (28, 1, b)) for b in (1, 8, 32, 128, 512)]
-             + [("image size (batch 32)", s, (s, 1, 32)) for s in (28, 56, 112, 224)]
-             + [("width x (batch 128)", w, (28, w, 128)) for w in (1, 2, 4)])
-    for name, value, (size, width, batch) in cases:
-        a, b = rate(ours(size, width, batch), batch), rate(theirs(size, width, batch), batch)
-        print(f"| {name} | {value} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x |", flush=True)
+    for model_name in models:
+        for batch in SWEEP_BATCHES:
+            steps = {"cnnlab": ours(model_name, batch), "torch": theirs(model_name, batch)}
+            rates = {"cnnlab": [], "torch": []}
+            for r in range(rounds):
+                for peer in (["cnnlab", "torch"] if r % 2 == 0 else ["torch", "cnnlab"]):
+                    rates[peer].append(rate(steps[peer], batch))
+            a, b = statistics.median(rates["cnnlab"]), statistics.median(rates["torch"])
+            ratio = statistics.median(x / y for x, y in zip(rates["cnnlab"], rates["torch"]))
+            print(f"| {model_name} | {batch} | {a:,.0f} | {b:,.0f} | {ratio:.2f}x |", flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="article", choices=[*MODELS, "all"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     parser.add_argument("--peers", default=",".join(PEERS))
@@ -378,7 +449,7 @@ def main():
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(RUNNERS[args.worker](args.seconds)))
+        print(json.dumps(RUNNERS[args.worker](args.model, args.seconds)))
         return
     if args.sweep:
         sweep()
@@ -386,11 +457,12 @@ def main():
     peers = [p for p in args.peers.split(",") if installed(p)]
     if "torch" not in peers:
         raise SystemExit("PyTorch eager is the reference peer: pip install torch==2.13.0")
-    table, peak, flops = compare(args.rounds, args.seconds, peers)
-    text = markdown(table, peak, flops, args.rounds)
-    print(text)
-    if args.update_readme:
-        update_readme(text)
+    for model_name in (MODELS if args.model == "all" else [args.model]):
+        table, peak, flops = compare(model_name, args.rounds, args.seconds, peers)
+        text = markdown(model_name, table, peak, flops, args.rounds)
+        print(text, flush=True)
+        if args.update_readme:
+            update_readme(model_name, text)
 
 
 if __name__ == "__main__":

@@ -46,21 +46,26 @@ SECONDS_PER = {"direct": (1.8e-11, 5.8e-10, 0.0), "winograd": (2.71e-11, 2.88e-1
                "fourier": (3.81e-11, 0.0, 4.7e-06)}
 
 
-def direct_step_work(x_shape, kernel_shape, out_hw):
+def direct_step_work(x_shape, kernel_shape, out_hw, backward: bool = True):
     """``(multiply-adds, elements moved, NumPy calls)`` of an im2col training step: three GEMMs,
-    the im2col copy (read again by the kernel gradient) and the input gradient's own."""
+    the im2col copy (read again by the kernel gradient) and the input gradient's own; without
+    ``backward``, the forward GEMM and its copy."""
     n, h, w, _ = x_shape
     kh, kw, c, f = kernel_shape
     outputs = n * out_hw[0] * out_hw[1]
+    if not backward:
+        return outputs * kh * kw * c * f, outputs * kh * kw * c, 7
     return (3 * outputs * kh * kw * c * f, 2 * outputs * kh * kw * c + n * h * w * kh * kw * f,
             20)
 
 
-def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None) -> str:
+def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
+           backward: bool = True) -> str:
     """The one place that decides how a convolution is computed: 'direct' (im2col + GEMM; a 1x1
     kernel without padding is one GEMM on the array itself), 'winograd' or 'fourier'.
 
-    The rule: the path whose training step (forward and both gradients) is predicted fastest.
+    The rule: the path whose training step (forward and both gradients; the forward alone
+    without ``backward``: inference) is predicted fastest.
     Each path states its work in three counts (``direct_step_work``, ``winograd.step_work``,
     ``fourier.step_work``): multiply-adds, which BLAS runs near peak on big GEMMs; elements moved
     by copies and transforms, which NumPy runs at memory speed on one core; and NumPy calls, a
@@ -89,20 +94,21 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None) -> st
         return algorithm
     if not unit_steps or kernel_shape[:2] == (1, 1):
         return "direct"
-    return min(step_costs(x_shape, kernel_shape, pads).items(), key=lambda item: item[1])[0]
+    costs = step_costs(x_shape, kernel_shape, pads, backward)
+    return min(costs.items(), key=lambda item: item[1])[0]
 
 
-def step_costs(x_shape, kernel_shape, pads) -> dict[str, float]:
-    """Predicted seconds of a stride-1 training step on each path that applies."""
+def step_costs(x_shape, kernel_shape, pads, backward: bool = True) -> dict[str, float]:
+    """Predicted seconds of a stride-1 training step (or forward pass) on each path."""
     (top, bottom), (left, right) = pads
     padded_hw = (x_shape[1] + top + bottom, x_shape[2] + left + right)
     out_hw = output_hw(x_shape[1:3], kernel_shape[:2], (1, 1), pads)
-    work = {"direct": direct_step_work(x_shape, kernel_shape, out_hw),
+    work = {"direct": direct_step_work(x_shape, kernel_shape, out_hw, backward),
             "fourier": fourier.step_work(x_shape[0], padded_hw, kernel_shape[:2],
-                                         kernel_shape[2], kernel_shape[3])}
+                                         kernel_shape[2], kernel_shape[3], backward)}
     if tuple(kernel_shape[:2]) == (3, 3):
         work["winograd"] = winograd.step_work(x_shape[0], out_hw, kernel_shape[2],
-                                              kernel_shape[3])
+                                              kernel_shape[3], backward)
     return {path: sum(a * b for a, b in zip(SECONDS_PER[path], counts))
             for path, counts in work.items() if counts is not None}
 
@@ -222,7 +228,7 @@ def batch_chunks(n: int, bytes_per_image: int, budget: int | None = None) -> lis
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
                    dilation: tuple[int, int] = (1, 1), workspace: dict | None = None,
-                   algorithm: str | None = None):
+                   algorithm: str | None = None, backward: bool = True):
     """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``.
 
     Returns ``(out (N, Ho, Wo, F), cache)``. The bias rides in the matrix multiply as an extra
@@ -231,7 +237,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     chunk. ``workspace``: a dict the caller keeps between calls, to reuse the cols buffer.
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
     """
-    path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm)
+    path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm, backward)
     if path == "fourier":
         return fourier.conv2d_forward(x, kernel, bias, pads, workspace)
     if path == "winograd":

@@ -65,17 +65,23 @@ def _transform_cost(hp: int, wp: int, rows: int, cols: int) -> int:
     return rows * 2 * half * cols + 4 * hp * rows * half
 
 
-def step_work(batch: int, padded_hw, kernel_hw, channels: int, filters: int):
+def step_work(batch: int, padded_hw, kernel_hw, channels: int, filters: int,
+              backward: bool = True):
     """``(multiply-adds, elements moved, NumPy calls)`` of a training step (forward and both
-    gradients) in the frequency domain; ``conv.choose`` turns them into seconds. For the
-    article's conv2: 2.9 M multiply-adds per image instead of im2col's 9.8 M, plus 8.3 M per
-    batch for the kernel's transforms. None where the path does not apply."""
+    gradients; the forward alone without ``backward``) in the frequency domain; ``conv.choose``
+    turns them into seconds. For the article's conv2: 2.9 M multiply-adds per image instead of
+    im2col's 9.8 M, plus 8.3 M per batch for the kernel's transforms. None where the path does not apply."""
     hp, wp = padded_hw
     kh, kw = kernel_hw
     ho, wo = hp - kh + 1, wp - kw + 1
     if hp * wp > MAX_PIXELS or ho <= 0 or wo <= 0:
         return None
     frequencies = hp * (wp // 2 + 1)
+    if not backward:                      # x in, out back, one product; the kernel's is kept
+        return (batch * (channels * _transform_cost(hp, wp, hp, wp)
+                         + filters * _transform_cost(hp, wp, ho, wo)
+                         + 4 * frequencies * channels * filters),
+                batch * 2 * frequencies * (channels + filters), 25)
     per_image = (2 * channels * _transform_cost(hp, wp, hp, wp)  # x in, grad_x out
                  + 2 * filters * _transform_cost(hp, wp, ho, wo)  # out, grad_out
                  + 3 * 4 * frequencies * channels * filters)      # three complex products

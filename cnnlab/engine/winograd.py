@@ -41,12 +41,14 @@ from cnnlab.engine.shapes import Pads
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
-def step_work(batch: int, out_hw, channels: int, filters: int):
+def step_work(batch: int, out_hw, channels: int, filters: int, backward: bool = True):
     """``(multiply-adds, elements moved, NumPy calls)`` of a training step (forward, the kernel
-    gradient, and the input gradient as another Winograd convolution); ``conv.choose`` turns
-    them into seconds."""
+    gradient, and the input gradient as another Winograd convolution), or of the forward alone;
+    ``conv.choose`` turns them into seconds."""
     th, tw = tile_counts(out_hw)
     tiles = batch * th * tw
+    if not backward:
+        return 16 * tiles * channels * filters, 16 * tiles * (channels + filters) * 3, 25
     multiply_adds = 3 * 16 * tiles * channels * filters
     moved = 16 * tiles * (2 * channels + 3 * filters) * 3      # each pass reads two, writes one
     return multiply_adds, moved, 70
