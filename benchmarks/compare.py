@@ -394,44 +394,50 @@ def update_readme(model_name: str, text: str) -> None:
 SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 128, 512)
 
 
-def sweep(models=("article", "resnet20"), rounds=3):
-    """Training img/s of cnnlab and PyTorch eager (the same network) at each batch size, in one
-    process, alternating who goes first; medians of ``rounds``."""
-    import torch
-    import torch.nn.functional as F  # noqa: N812
-
-    def ours(model_name, batch):
+def sweep_rate(peer, model_name, batch) -> float:
+    """Training img/s of one peer at one batch size (run in a fresh process by ``sweep``)."""
+    if peer == "cnnlab":
         model = cnnlab_model(model_name)
         x, y = data(model_name, batch=batch)
-        return lambda: model.train_on_batch(x, y)
 
-    def theirs(model_name, batch):
+        def step():
+            model.train_on_batch(x, y)
+    else:
+        import torch
+        import torch.nn.functional as F  # noqa: N812
         net = torch_twin(model_name)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-        x, y = data(model_name, channels_first=True, batch=batch)
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        xs, ys = data(model_name, channels_first=True, batch=batch)
+        x, y = torch.from_numpy(xs), torch.from_numpy(ys)
 
         def step():
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
             opt.step()
-        return step
-
-    def rate(step, batch):
+    for _ in range(3):
         step()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 2.0:
         step()
-        repeats = max(3, int(256 / batch))
-        return batch / statistics.median(_timed(step) for _ in range(repeats))
+        steps += 1
+    return steps * batch / (time.perf_counter() - start)
 
+
+def sweep(models=("article", "resnet20"), rounds=3):
+    """Training img/s of cnnlab and PyTorch eager (the same network) at each batch size: each
+    measurement in a fresh process (one library's idle threads never slow the other's), the two
+    alternating who goes first; medians of ``rounds``, the ratio taken within each round."""
     print("| model | batch | cnnlab train img/s | torch train img/s | ratio |")
     print("|---|---|---|---|---|")
     for model_name in models:
         for batch in SWEEP_BATCHES:
-            steps = {"cnnlab": ours(model_name, batch), "torch": theirs(model_name, batch)}
             rates = {"cnnlab": [], "torch": []}
             for r in range(rounds):
                 for peer in (["cnnlab", "torch"] if r % 2 == 0 else ["torch", "cnnlab"]):
-                    rates[peer].append(rate(steps[peer], batch))
+                    result = subprocess.run(
+                        [sys.executable, __file__, "--sweep-worker", peer, "--model", model_name,
+                         "--batch", str(batch)], capture_output=True, text=True, timeout=600)
+                    rates[peer].append(float(result.stdout.strip().splitlines()[-1]))
             a, b = statistics.median(rates["cnnlab"]), statistics.median(rates["torch"])
             ratio = statistics.median(x / y for x, y in zip(rates["cnnlab"], rates["torch"]))
             print(f"| {model_name} | {batch} | {a:,.0f} | {b:,.0f} | {ratio:.2f}x |", flush=True)
@@ -447,12 +453,17 @@ def main():
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--sweep-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.sweep_worker:
+        print(sweep_rate(args.sweep_worker, args.model, args.batch))
+        return
     if args.worker:
         print(json.dumps(RUNNERS[args.worker](args.model, args.seconds)))
         return
     if args.sweep:
-        sweep()
+        sweep(rounds=args.rounds)
         return
     peers = [p for p in args.peers.split(",") if installed(p)]
     if "torch" not in peers:
