@@ -377,13 +377,14 @@ def markdown(model_name, table, peak, flops, rounds) -> str:
     return "\n".join(lines)
 
 
-def update_readme(model_name: str, text: str) -> None:
+def update_readme(block: str, text: str) -> None:
+    """Replace the README's text between ``<!-- block:begin -->`` and ``<!-- block:end -->``."""
     path = os.path.join(os.path.dirname(__file__), "..", "README.md")
     with open(path) as handle:
         readme = handle.read()
-    begin, end = f"<!-- benchmark:{model_name}:begin -->", f"<!-- benchmark:{model_name}:end -->"
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     if begin not in readme:
-        raise SystemExit(f"README.md has no benchmark markers for {model_name}")
+        raise SystemExit(f"README.md has no {begin} marker")
     head, rest = readme.split(begin, 1)
     _, tail = rest.split(end, 1)
     with open(path, "w") as handle:
@@ -427,8 +428,9 @@ def sweep(models=("article", "resnet20"), rounds=3):
     """Training img/s of cnnlab and PyTorch eager (the same network) at each batch size: each
     measurement in a fresh process (one library's idle threads never slow the other's), the two
     alternating who goes first; medians of ``rounds``, the ratio taken within each round."""
-    print("| model | batch | cnnlab train img/s | torch train img/s | ratio |")
-    print("|---|---|---|---|---|")
+    lines = ["| model | batch | cnnlab train img/s | torch train img/s | ratio |",
+             "|---|---|---|---|---|"]
+    print("\n".join(lines))
     for model_name in models:
         for batch in SWEEP_BATCHES:
             rates = {"cnnlab": [], "torch": []}
@@ -440,7 +442,9 @@ def sweep(models=("article", "resnet20"), rounds=3):
                     rates[peer].append(float(result.stdout.strip().splitlines()[-1]))
             a, b = statistics.median(rates["cnnlab"]), statistics.median(rates["torch"])
             ratio = statistics.median(x / y for x, y in zip(rates["cnnlab"], rates["torch"]))
-            print(f"| {model_name} | {batch} | {a:,.0f} | {b:,.0f} | {ratio:.2f}x |", flush=True)
+            lines.append(f"| {model_name} | {batch} | {a:,.0f} | {b:,.0f} | {ratio:.2f}x |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 def main():
@@ -463,7 +467,9 @@ def main():
         print(json.dumps(RUNNERS[args.worker](args.model, args.seconds)))
         return
     if args.sweep:
-        sweep(rounds=args.rounds)
+        text = sweep(rounds=args.rounds)
+        if args.update_readme:
+            update_readme("sweep", text)
         return
     peers = [p for p in args.peers.split(",") if installed(p)]
     if "torch" not in peers:
@@ -473,7 +479,7 @@ def main():
         text = markdown(model_name, table, peak, flops, args.rounds)
         print(text, flush=True)
         if args.update_readme:
-            update_readme(model_name, text)
+            update_readme(f"benchmark:{model_name}", text)
 
 
 if __name__ == "__main__":

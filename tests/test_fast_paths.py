@@ -280,3 +280,38 @@ def test_batch_norm_folded_into_the_op_before_it_equals_the_unfolded_graph():
     x = rng.standard_normal((5, 9, 9, 3))
     unfolded = model.run(x)[0][0]                                       # every layer as it is
     assert_close(model.predict(x, verbose=0), unfolded, np.float64, "folded")
+
+
+def test_batch_norm_relu_fusion_equals_layer_by_layer(monkeypatch):
+    """Training through BatchNormalization -> ReLU (a layer, and Activation('relu')) with the
+    ReLU run in place inside the BN's step gives the unfused graph's loss, outputs and every
+    gradient, bit for bit; a BN whose output is also read elsewhere keeps its ReLU apart."""
+    import cnnlab
+    from cnnlab import layers
+    from cnnlab.graph import fusion
+    cnnlab.config.set_floatx("float64")
+    inputs = cnnlab.Input((8, 8, 3))
+    a = layers.ReLU(name="relu_a")(layers.BatchNormalization(name="bn_a")(
+        layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)))
+    b = layers.BatchNormalization(name="bn_b")(layers.Conv2D(4, 3, padding="same")(a))
+    c = layers.Activation("relu", name="relu_b")(b)
+    d = layers.Add()([c, b])                                 # bn_b is read twice: no fusion
+    e = layers.Activation("relu", name="relu_c")(layers.BatchNormalization(name="bn_c")(
+        layers.Conv2D(4, 1)(d)))
+    outputs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(e))
+    model = cnnlab.Model(inputs, outputs)
+    moved, _ = fusion.plan(model)
+    assert {node.layer.name: act for node, act in moved.items()} == {
+        "bn_a": "relu", "relu_a": "linear", "bn_c": "relu", "relu_c": "linear"}
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 8, 8, 3)), rng.integers(0, 3, 6)
+    fused = model.loss_and_gradients(x, y)
+    monkeypatch.setattr(fusion, "ReLU", type("NoReLU", (), {}))
+    monkeypatch.setattr(fusion, "Activation", type("NoActivation", (), {}))
+    assert not any(node.layer.name.startswith("bn") for node in fusion.plan(model)[0])
+    plain = model.loss_and_gradients(x, y)
+    assert fused[0] == plain[0]
+    np.testing.assert_array_equal(fused[1], plain[1])
+    for name in plain[2]:
+        np.testing.assert_array_equal(fused[2][name], plain[2][name])

@@ -114,7 +114,7 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
             ctx.output_affine = None if bn is None else bn.layer.inference_affine(
                 bn.outputs[0].shape[-1], args[0].dtype)
             out, cache = step.layer.forward(args[0] if step.one_input else args, ctx,
-                                            activations.get(step.node))
+                                            activations.get(step.node if bn is None else bn))
             ctx.output_affine = None
         if len(step.writes) == 1:
             values[step.writes[0]] = out

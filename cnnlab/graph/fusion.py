@@ -11,7 +11,11 @@ layer's activation counts at once and no plan can go stale. The unfused graph is
 2. **Softmax into the loss.** A model output made by a softmax, fed to cross-entropy, is left as
    logits: the loss's fused gradient ``(p - y) / N`` is exact and never divides by a
    probability.
-3. **BatchNormalization folded into the convolution before it** (inference only: no backward
+3. **ReLU into the BatchNormalization before it.** ``BatchNormalization -> ReLU`` (a ``ReLU``
+   layer or ``Activation('relu')``, the BN's sole consumer) runs the ReLU inside the BN's
+   step, in place on the BN's own output: one map-sized array and one pass fewer, forward and
+   backward, and the ReLU node passes its input on.
+4. **BatchNormalization folded into the convolution before it** (inference only: no backward
    pass follows). In inference mode BN is a per-channel map ``y * scale + shift``; after a
    linear op (Conv2D, DepthwiseConv2D, Dense with no activation) it folds into that op's kernel
    and bias (``engine.normalization.fold_affine``), so the whole BN pass over the feature map
@@ -21,6 +25,7 @@ layer's activation counts at once and no plan can go stale. The unfused graph is
 
 from __future__ import annotations
 
+from cnnlab.layers.core import Activation, ReLU
 from cnnlab.layers.normalization import BatchNormalization
 from cnnlab.layers.pooling import MaxPooling2D
 
@@ -40,6 +45,15 @@ def plan(graph, logits_outputs=()) -> tuple[dict, set[int]]:
                 and consumers[0].layer.activation == "linear" and consumers[0] not in activations:
             activations[node] = "linear"
             activations[consumers[0]] = "relu"
+    for node in graph.nodes:
+        if type(node.layer) is not BatchNormalization or node.layer.activation != "linear" \
+                or node in activations or id(node.outputs[0]) in output_ids:
+            continue
+        consumers = graph.consumers.get(id(node.outputs[0]), [])
+        if len(consumers) == 1 and type(consumers[0].layer) in (ReLU, Activation) \
+                and consumers[0].layer.activation == "relu" and consumers[0] not in activations:
+            activations[node] = "relu"
+            activations[consumers[0]] = "linear"
     as_logits = set()
     for index in logits_outputs:
         tensor = graph.outputs[index]
@@ -66,6 +80,6 @@ def batch_norm_folds(graph, activations: dict) -> dict:
         consumers = graph.consumers.get(id(node.outputs[0]), [])
         if len(consumers) == 1 and type(consumers[0].layer) is BatchNormalization \
                 and consumers[0].layer.activation == "linear" \
-                and consumers[0] not in activations:
-            folds[node] = consumers[0]
+                and activations.get(consumers[0], "linear") in ("linear", "relu"):
+            folds[node] = consumers[0]           # a ReLU moved into the BN moves on, to the op
     return folds

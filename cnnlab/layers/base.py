@@ -113,6 +113,9 @@ class Layer:
     input_rank: int | None = None
     #: folds ``ctx.output_affine`` into its weights (a linear op: conv, dense)
     folds_output_affine = False
+    #: the core op's output is a fresh array nothing else holds (not its input, not its cache),
+    #: so a ReLU after it may overwrite it in place (``graph.fusion``'s BatchNorm + ReLU)
+    fresh_output = False
     #: how many inputs the layer takes: 1, or None for a list of two or more (merge layers)
     input_count: int | None = 1
 
@@ -212,6 +215,9 @@ class Layer:
         activation = self.activation if activation is None else activation
         if activation == "linear":
             return out, (core, None, None)
+        if activation == "relu" and self.fresh_output:      # no second map-sized array
+            np.maximum(out, 0, out=out)
+            return out, (core, activation, out)
         out, act = ACTIVATIONS[activation][0](out)
         return out, (core, activation, act)
 

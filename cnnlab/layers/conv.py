@@ -41,6 +41,7 @@ class Conv2D(Layer):
 
     input_rank = 4
     folds_output_affine = True
+    fresh_output = True                      # every path writes a new output array
 
     def __init__(self, filters: int, kernel_size, strides=(1, 1), padding="valid",
                  dilation_rate=(1, 1), activation=None, use_bias: bool = True,

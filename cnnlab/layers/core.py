@@ -68,6 +68,7 @@ class Dense(Layer):
     """
 
     folds_output_affine = True
+    fresh_output = True
 
     def __init__(self, units: int, activation=None, use_bias: bool = True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",

@@ -42,6 +42,8 @@ class BatchNormalization(Layer):
     (parameters, when scale and center), ``moving_mean (C,)`` and ``moving_variance (C,)`` (state).
     """
 
+    fresh_output = True                      # y is written into a buffer of its own
+
     def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3,
                  center: bool = True, scale: bool = True, beta_initializer="zeros",
                  gamma_initializer="ones", moving_mean_initializer="zeros",
