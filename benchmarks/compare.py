@@ -189,6 +189,7 @@ KERAS_KEYS = {"Conv2D": ["filters", "kernel_size", "strides", "padding", "dilati
               "BatchNormalization": ["momentum", "epsilon", "center", "scale"],
               "MaxPooling2D": ["pool_size", "strides", "padding"],
               "Activation": ["activation"], "ReLU": [], "Add": [], "Flatten": [],
+              "Dropout": ["rate"],
               "GlobalAveragePooling2D": [], "GlobalMaxPooling2D": []}
 
 

@@ -315,3 +315,25 @@ def test_batch_norm_relu_fusion_equals_layer_by_layer(monkeypatch):
     np.testing.assert_array_equal(fused[1], plain[1])
     for name in plain[2]:
         np.testing.assert_array_equal(fused[2][name], plain[2][name])
+
+
+def test_convolutions_are_costed_for_the_gradients_that_will_follow(monkeypatch):
+    """In training the first convolution is costed without an input gradient (nothing needs
+    the image's), the others with one; in inference with none."""
+    import cnnlab
+    seen = []
+    original = conv.choose
+
+    def recording(x_shape, kernel_shape, *args, gradients="all", **kwargs):
+        seen.append((kernel_shape[2], gradients))
+        return original(x_shape, kernel_shape, *args, gradients=gradients, **kwargs)
+
+    monkeypatch.setattr(conv, "choose", recording)
+    model = cnnlab.zoo.get("article")
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).random((4, 28, 28, 1)), np.arange(4)
+    model.train_on_batch(x, y)
+    assert seen == [(1, "kernel"), (32, "all")]
+    seen.clear()
+    model.predict(x, verbose=0)
+    assert seen == [(1, "none"), (32, "none")]

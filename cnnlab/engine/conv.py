@@ -46,26 +46,33 @@ SECONDS_PER = {"direct": (1.8e-11, 5.8e-10, 0.0), "winograd": (2.71e-11, 2.88e-1
                "fourier": (3.81e-11, 0.0, 4.7e-06)}
 
 
-def direct_step_work(x_shape, kernel_shape, out_hw, backward: bool = True):
-    """``(multiply-adds, elements moved, NumPy calls)`` of an im2col training step: three GEMMs,
-    the im2col copy (read again by the kernel gradient) and the input gradient's own; without
-    ``backward``, the forward GEMM and its copy."""
+#: which gradients follow a forward pass: "all" (the kernel's and the input's), "kernel" (the
+#: first layer: nothing needs the image's gradient), "none" (inference)
+GRADIENTS = ("all", "kernel", "none")
+
+
+def direct_step_work(x_shape, kernel_shape, out_hw, gradients: str = "all"):
+    """``(multiply-adds, elements moved, NumPy calls)`` of an im2col step: one GEMM and the
+    im2col copy forward; the kernel gradient's GEMM reads the copy again; the input gradient
+    has a GEMM and an im2col copy of its own."""
     n, h, w, _ = x_shape
     kh, kw, c, f = kernel_shape
     outputs = n * out_hw[0] * out_hw[1]
-    if not backward:
-        return outputs * kh * kw * c * f, outputs * kh * kw * c, 7
-    return (3 * outputs * kh * kw * c * f, 2 * outputs * kh * kw * c + n * h * w * kh * kw * f,
-            20)
+    gemm, copy = outputs * kh * kw * c * f, outputs * kh * kw * c
+    if gradients == "none":
+        return gemm, copy, 7
+    if gradients == "kernel":
+        return 2 * gemm, 2 * copy, 12
+    return 3 * gemm, 2 * copy + n * h * w * kh * kw * f, 20
 
 
 def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
-           backward: bool = True) -> str:
+           gradients: str = "all") -> str:
     """The one place that decides how a convolution is computed: 'direct' (im2col + GEMM; a 1x1
     kernel without padding is one GEMM on the array itself), 'winograd' or 'fourier'.
 
-    The rule: the path whose training step (forward and both gradients; the forward alone
-    without ``backward``: inference) is predicted fastest.
+    The rule: the path whose step is predicted fastest: the forward pass and the ``gradients``
+    that follow it (both in training; the kernel's alone for a first layer; none at inference).
     Each path states its work in three counts (``direct_step_work``, ``winograd.step_work``,
     ``fourier.step_work``): multiply-adds, which BLAS runs near peak on big GEMMs; elements moved
     by copies and transforms, which NumPy runs at memory speed on one core; and NumPy calls, a
@@ -94,21 +101,21 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
         return algorithm
     if not unit_steps or kernel_shape[:2] == (1, 1):
         return "direct"
-    costs = step_costs(x_shape, kernel_shape, pads, backward)
+    costs = step_costs(x_shape, kernel_shape, pads, gradients)
     return min(costs.items(), key=lambda item: item[1])[0]
 
 
-def step_costs(x_shape, kernel_shape, pads, backward: bool = True) -> dict[str, float]:
-    """Predicted seconds of a stride-1 training step (or forward pass) on each path."""
+def step_costs(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str, float]:
+    """Predicted seconds of a stride-1 step on each path (``gradients``: see ``GRADIENTS``)."""
     (top, bottom), (left, right) = pads
     padded_hw = (x_shape[1] + top + bottom, x_shape[2] + left + right)
     out_hw = output_hw(x_shape[1:3], kernel_shape[:2], (1, 1), pads)
-    work = {"direct": direct_step_work(x_shape, kernel_shape, out_hw, backward),
+    work = {"direct": direct_step_work(x_shape, kernel_shape, out_hw, gradients),
             "fourier": fourier.step_work(x_shape[0], padded_hw, kernel_shape[:2],
-                                         kernel_shape[2], kernel_shape[3], backward)}
+                                         kernel_shape[2], kernel_shape[3], gradients)}
     if tuple(kernel_shape[:2]) == (3, 3):
         work["winograd"] = winograd.step_work(x_shape[0], out_hw, kernel_shape[2],
-                                              kernel_shape[3], backward)
+                                              kernel_shape[3], gradients)
     return {path: sum(a * b for a, b in zip(SECONDS_PER[path], counts))
             for path, counts in work.items() if counts is not None}
 
@@ -228,7 +235,7 @@ def batch_chunks(n: int, bytes_per_image: int, budget: int | None = None) -> lis
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
                    dilation: tuple[int, int] = (1, 1), workspace: dict | None = None,
-                   algorithm: str | None = None, backward: bool = True):
+                   algorithm: str | None = None, gradients: str = "all"):
     """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``.
 
     Returns ``(out (N, Ho, Wo, F), cache)``. The bias rides in the matrix multiply as an extra
@@ -237,7 +244,8 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     chunk. ``workspace``: a dict the caller keeps between calls, to reuse the cols buffer.
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
     """
-    path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm, backward)
+    path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
+                  gradients=gradients)
     if path == "fourier":
         return fourier.conv2d_forward(x, kernel, bias, pads, workspace)
     if path == "winograd":
@@ -325,7 +333,8 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace)
     full_pads = ((max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)))
     flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))   # (KH, KW, F, C)
     scratch = workspace.setdefault("input_grad", {}) if workspace is not None else None
-    return conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch)[0]
+    return conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch,
+                          gradients="none")[0]
 
 
 def _pointwise_forward(x, kernel, bias, strides, dilation, workspace):

@@ -66,10 +66,10 @@ def _transform_cost(hp: int, wp: int, rows: int, cols: int) -> int:
 
 
 def step_work(batch: int, padded_hw, kernel_hw, channels: int, filters: int,
-              backward: bool = True):
-    """``(multiply-adds, elements moved, NumPy calls)`` of a training step (forward and both
-    gradients; the forward alone without ``backward``) in the frequency domain; ``conv.choose``
-    turns them into seconds. For the article's conv2: 2.9 M multiply-adds per image instead of
+              gradients: str = "all"):
+    """``(multiply-adds, elements moved, NumPy calls)`` of the forward pass and the ``gradients``
+    after it ('all', 'kernel' or 'none') in the frequency domain; ``conv.choose`` turns them
+    into seconds. For the article's conv2: 2.9 M multiply-adds per image instead of
     im2col's 9.8 M, plus 8.3 M per batch for the kernel's transforms. None where the path does not apply."""
     hp, wp = padded_hw
     kh, kw = kernel_hw
@@ -77,17 +77,17 @@ def step_work(batch: int, padded_hw, kernel_hw, channels: int, filters: int,
     if hp * wp > MAX_PIXELS or ho <= 0 or wo <= 0:
         return None
     frequencies = hp * (wp // 2 + 1)
-    if not backward:                      # x in, out back, one product; the kernel's is kept
-        return (batch * (channels * _transform_cost(hp, wp, hp, wp)
-                         + filters * _transform_cost(hp, wp, ho, wo)
-                         + 4 * frequencies * channels * filters),
-                batch * 2 * frequencies * (channels + filters), 25)
-    per_image = (2 * channels * _transform_cost(hp, wp, hp, wp)  # x in, grad_x out
-                 + 2 * filters * _transform_cost(hp, wp, ho, wo)  # out, grad_out
-                 + 3 * 4 * frequencies * channels * filters)      # three complex products
-    per_batch = 2 * channels * filters * _transform_cost(hp, wp, kh, kw)   # kernel, its gradient
     spectra = 2 * frequencies * (channels + filters)             # one image's, in and out
-    return batch * per_image + per_batch, 3 * batch * spectra, 60
+    product = 4 * frequencies * channels * filters               # one complex product
+    x_in, maps_out = _transform_cost(hp, wp, hp, wp), _transform_cost(hp, wp, ho, wo)
+    if gradients == "none":               # x in, out back, one product; the kernel's is kept
+        return batch * (channels * x_in + filters * maps_out + product), batch * spectra, 25
+    kernel = channels * filters * _transform_cost(hp, wp, kh, kw)
+    if gradients == "kernel":             # + grad_out in, the kernel gradient's product
+        return (batch * (channels * x_in + 2 * filters * maps_out + 2 * product) + 2 * kernel,
+                2 * batch * spectra, 45)
+    return (batch * (2 * channels * x_in + 2 * filters * maps_out + 3 * product) + 2 * kernel,
+            3 * batch * spectra, 60)
 
 
 # --- the transforms: a DFT along W, then along H, each one matrix multiply ---------------------

@@ -41,17 +41,19 @@ from cnnlab.engine.shapes import Pads
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
-def step_work(batch: int, out_hw, channels: int, filters: int, backward: bool = True):
-    """``(multiply-adds, elements moved, NumPy calls)`` of a training step (forward, the kernel
-    gradient, and the input gradient as another Winograd convolution), or of the forward alone;
-    ``conv.choose`` turns them into seconds."""
+def step_work(batch: int, out_hw, channels: int, filters: int, gradients: str = "all"):
+    """``(multiply-adds, elements moved, NumPy calls)`` of the forward pass and the
+    ``gradients`` after it ('all', 'kernel' or 'none'; the input gradient is another Winograd
+    convolution); ``conv.choose`` turns them into seconds."""
     th, tw = tile_counts(out_hw)
     tiles = batch * th * tw
-    if not backward:
-        return 16 * tiles * channels * filters, 16 * tiles * (channels + filters) * 3, 25
-    multiply_adds = 3 * 16 * tiles * channels * filters
-    moved = 16 * tiles * (2 * channels + 3 * filters) * 3      # each pass reads two, writes one
-    return multiply_adds, moved, 70
+    products = 16 * tiles * channels * filters
+    if gradients == "none":
+        return products, 16 * tiles * (channels + filters) * 3, 25
+    if gradients == "kernel":
+        return 2 * products, 16 * tiles * (channels + 2 * filters) * 3, 45
+    # each pass reads two arrays and writes one
+    return 3 * products, 16 * tiles * (2 * channels + 3 * filters) * 3, 70
 
 
 def tile_counts(out_hw) -> tuple[int, int]:

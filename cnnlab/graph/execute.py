@@ -101,6 +101,10 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
             raise ShapeError(f"Model {graph.name!r}: input {tensor.name!r} expects (N, "
                              f"{', '.join(map(str, tensor.shape[1:]))}); received {x.shape}.")
     scope, sites = ctx.scope, ctx.workspaces
+    # which nodes' inputs a backward pass will want gradients of (not the graph's own inputs,
+    # unless asked later: the choice only tunes speed, every path computes every gradient)
+    needed = needs_gradient(graph) if ctx.keep_cache else None
+    outer_gradients = ctx.gradients
     values = {id(t): x for t, x in zip(graph.inputs, inputs)}
     tape = Tape()
     for step in graph.steps:
@@ -110,6 +114,8 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
         if id(step.node) in folded:                     # already applied by the op before it
             out, cache = args[0], None
         else:
+            if needed is not None and outer_gradients != "none":
+                ctx.gradients = "all" if any(key in needed for key in step.reads) else "kernel"
             bn = folds.get(step.node)
             ctx.output_affine = None if bn is None else bn.layer.inference_affine(
                 bn.outputs[0].shape[-1], args[0].dtype)
@@ -126,6 +132,7 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
             for key in step.last_reads:
                 del values[key]
     ctx.scope = scope
+    ctx.gradients = outer_gradients
     if keep_values:
         tape.values = values
     return [values[id(t)] for t in graph.outputs], tape

@@ -59,6 +59,9 @@ class CallContext:
                         (``workspaces`` holds them all, ``scope`` names the site)
     ``state_updates``   ``(variable, new value)`` pairs the call asks for; the caller applies
                         them once per batch, after the step
+    ``gradients``       which gradients a backward pass will want of this call: 'all', 'kernel'
+                        (parameters only: nothing upstream needs one) or 'none' (no backward);
+                        a convolution picks its algorithm by it
     ``output_affine``   ``(scale, shift)`` per output channel that a layer able to (conv, dense:
                         ``folds_output_affine``) folds into its weights for this call: the
                         inference-mode BatchNormalization after it (``graph.fusion``)
@@ -73,6 +76,7 @@ class CallContext:
         self.workspace: dict | None = None
         self.state_updates: list[tuple[Variable, np.ndarray]] = []
         self.output_affine: tuple[np.ndarray, np.ndarray] | None = None
+        self.gradients = "all" if self.keep_cache else "none"
         self._batch_sum = batch_sum
         self._generators = generators
 

@@ -90,7 +90,7 @@ class Conv2D(Layer):
         # site between steps (one per thread and per node, so concurrent calls never share one)
         kernel, bias = self.kernel_and_bias(ctx)
         return conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
-                              self.dilation_rate, ctx.workspace, backward=ctx.keep_cache)
+                              self.dilation_rate, ctx.workspace, gradients=ctx.gradients)
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache, input_grad)
