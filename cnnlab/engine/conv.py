@@ -24,6 +24,7 @@ instead (``cnnlab.engine.fourier``), which needs about half the multiply-adds; `
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -101,6 +102,14 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
         return algorithm
     if not unit_steps or kernel_shape[:2] == (1, 1):
         return "direct"
+    return _cheapest(tuple(x_shape), tuple(kernel_shape), tuple(map(tuple, pads)), gradients)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cheapest(x_shape, kernel_shape, pads, gradients) -> str:
+    """The path :func:`step_costs` predicts fastest, remembered per shape (the prediction costs
+    ~30 us of Python, which a batch-1 inference of the article's network would feel). It reads
+    ``SECONDS_PER`` once per shape: after changing it, call ``_cheapest.cache_clear()``."""
     costs = step_costs(x_shape, kernel_shape, pads, gradients)
     return min(costs.items(), key=lambda item: item[1])[0]
 
