@@ -49,17 +49,6 @@ def step_time(path, x, kernel, pads, repeats):
     return best
 
 
-def work(path, x_shape, kernel_shape, pads):
-    (top, bottom), (left, right) = pads
-    padded = (x_shape[1] + top + bottom, x_shape[2] + left + right)
-    out_hw = (padded[0] - kernel_shape[0] + 1, padded[1] - kernel_shape[1] + 1)
-    if path == "direct":
-        return conv.direct_step_work(x_shape, kernel_shape, out_hw)
-    if path == "winograd":
-        return conv.winograd.step_work(x_shape[0], out_hw, *kernel_shape[2:])
-    return conv.fourier.step_work(x_shape[0], padded, kernel_shape[:2], *kernel_shape[2:])
-
-
 def non_negative_fit(a, b):
     """Least squares with every coefficient >= 0: drop the most negative one until none is."""
     keep = list(range(a.shape[1]))
@@ -80,11 +69,8 @@ def fit(dtype, repeats):
                 x = rng.standard_normal((batch, h, w, c)).astype(dtype)
                 kernel = rng.standard_normal((k, k, c, f)).astype(dtype)
                 pads = resolve_padding("same", (h, w), (k, k), (1, 1), (1, 1))
-                for path in rows:
-                    counts = None if path == "winograd" and k != 3 else work(
-                        path, x.shape, kernel.shape, pads)
-                    if counts is not None:
-                        rows[path].append((counts, step_time(path, x, kernel, pads, repeats)))
+                for path, counts in conv.step_work(x.shape, kernel.shape, pads).items():
+                    rows[path].append((counts, step_time(path, x, kernel, pads, repeats)))
             print(f"batch {batch} timed", flush=True)
     fitted = {}
     for path, measured in rows.items():

@@ -70,7 +70,7 @@ def load(model_name, data, train_count, val_count):
     def arrays(subset, count):
         paths = subset.file_paths[:count]
         x = np.stack([decode(p, "rgb", (32, 32), "bilinear") for p in paths]) / 255.0
-        return x.astype(np.float32), subset._labels[:count]
+        return x.astype(np.float32), subset.labels[:count]
     return arrays(train, train_count), arrays(val, val_count)
 
 

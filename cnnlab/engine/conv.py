@@ -1,4 +1,5 @@
-"""2-D convolution, the article's ``input * kernel = feature map``, as im2col + one matrix multiply.
+"""2-D convolution, the article's ``input * kernel = feature map``, as im2col + one matrix multiply,
+and the one place that decides which of cnnlab's convolution algorithms runs.
 
 Shapes (letters defined in ``cnnlab.engine``)::
 
@@ -11,15 +12,17 @@ How it works. Sliding the kernel over the image multiplies each KH x KW x C wind
 and sums. im2col lays every window out as one row of a matrix ``cols (N*Ho*Wo, KH*KW*C)``; then all
 the multiply-adds of the whole layer are one matrix product ``cols @ kernel (KH*KW*C, F)``, which
 BLAS runs near the machine's peak. The price is memory: each input pixel is copied into up to
-KH*KW rows.
+KH*KW rows. A 1x1 kernel without padding needs no copy: the NHWC array is its own cols.
 
-The backward pass reverses the same steps: the kernel gradient is ``cols^T @ grad_out``, and the
-input gradient sends each row of ``grad_out @ kernel^T`` back to the pixels its window came from
-(col2im), adding where windows overlap.
+The backward pass: the kernel gradient is ``cols^T @ grad_out``. The input gradient of a
+stride-1 convolution is itself a convolution (of grad_out with the flipped kernel), done by
+whichever path suits it; a strided one sends ``grad_out @ kernel[i, j]^T`` back to the pixels
+each tap read, adding where windows overlap (col2im's adjoint, tap by tap).
 
-Small maps with large kernels (the article's second layer) go through the frequency domain
-instead (``cnnlab.engine.fourier``), which needs about half the multiply-adds; ``algorithm``
-(or the module-wide ``ALGORITHM``) forces one path, and im2col stays the reference.
+Stride-1 convolutions can also go through the frequency domain (``engine.fourier``) or
+Winograd's minimal filtering (``engine.winograd``, 3x3 only); :func:`choose` picks by a
+calibrated cost model, ``algorithm`` (or the module-wide ``ALGORITHM``) forces a path, and
+im2col stays the reference every other path is tested against.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
     transforms need every offset); Winograd F(2x2, 3x3) only 3x3 kernels. ``algorithm`` (or
     the module-wide ``ALGORITHM``) forces a path instead; im2col stays the reference every other
     path is tested against."""
+    if gradients not in GRADIENTS:
+        raise ConfigError(f"gradients must be one of {GRADIENTS}. Received: {gradients!r}")
     asked = algorithm is not None
     algorithm = algorithm or ALGORITHM
     if algorithm not in ALGORITHMS:
@@ -114,8 +119,9 @@ def _cheapest(x_shape, kernel_shape, pads, gradients) -> str:
     return min(costs.items(), key=lambda item: item[1])[0]
 
 
-def step_costs(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str, float]:
-    """Predicted seconds of a stride-1 step on each path (``gradients``: see ``GRADIENTS``)."""
+def step_work(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str, tuple]:
+    """``{path: (multiply-adds, elements moved, NumPy calls)}`` of a stride-1 step on each path
+    that applies (``gradients``: see ``GRADIENTS``)."""
     (top, bottom), (left, right) = pads
     padded_hw = (x_shape[1] + top + bottom, x_shape[2] + left + right)
     out_hw = output_hw(x_shape[1:3], kernel_shape[:2], (1, 1), pads)
@@ -125,8 +131,13 @@ def step_costs(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str,
     if tuple(kernel_shape[:2]) == (3, 3):
         work["winograd"] = winograd.step_work(x_shape[0], out_hw, kernel_shape[2],
                                               kernel_shape[3], gradients)
+    return {path: counts for path, counts in work.items() if counts is not None}
+
+
+def step_costs(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str, float]:
+    """Predicted seconds of a stride-1 step on each path: its work weighed by ``SECONDS_PER``."""
     return {path: sum(a * b for a, b in zip(SECONDS_PER[path], counts))
-            for path, counts in work.items() if counts is not None}
+            for path, counts in step_work(x_shape, kernel_shape, pads, gradients).items()}
 
 
 def pad_images(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
@@ -207,10 +218,9 @@ SUM_BLOCK = 256
 def column_sums(rows: np.ndarray, dtype=None) -> np.ndarray:
     """``(M, F) -> (F,)`` in ``dtype`` (default: the rows'): blocks of ``SUM_BLOCK`` rows summed
     by BLAS (``ones @ block``, all blocks in one batched product), then the M / 256 block sums
-    added in float64. The error grows
-    like (256 + M/256) roundings instead of M for one sequential GEMV (65,536 float32 rows:
-    1e-8 relative instead of 2e-6), and it is faster than the GEMV, ~7x faster than
-    ``rows.sum(axis=0)``, which adds the rows one by one."""
+    added in float64. The error grows like (256 + M/256) roundings instead of M for one
+    sequential GEMV (65,536 float32 rows: 1e-8 relative instead of 2e-6), and it is faster than
+    the GEMV and ~7x faster than ``rows.sum(axis=0)``, which adds the rows one by one."""
     m, f = rows.shape
     whole = m - m % SUM_BLOCK
     if whole == 0:
@@ -281,9 +291,22 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     if workspace is not None:
         workspace["cols"] = buffer
     kept_cols = buffer if len(chunks) == 1 else None
-    cache = (kept_cols, x if kept_cols is None else None, kernel, x.shape, strides, pads,
-             dilation, has_bias, fold, workspace)
-    return out, cache
+    return out, Im2colCache(kept_cols, x if kept_cols is None else None, kernel, x.shape,
+                            strides, pads, dilation, has_bias, fold, workspace)
+
+
+class Im2colCache(NamedTuple):
+    """What the im2col (and 1x1) backward pass needs."""
+    cols: np.ndarray | None       # (N, Ho, Wo, K [+ 1]) when the batch fit one buffer
+    x: np.ndarray | None          # (N, H, W, C) otherwise, to rebuild cols chunk by chunk
+    kernel: np.ndarray            # (KH, KW, C, F)
+    x_shape: tuple
+    strides: tuple
+    pads: Pads
+    dilation: tuple
+    has_bias: bool
+    fold: bool                    # cols carry the ones column of a folded bias
+    workspace: dict | None        # the call site's buffers, for the input gradient's own
 
 
 class WinogradCache(NamedTuple):
@@ -298,12 +321,18 @@ class WinogradCache(NamedTuple):
     workspace: dict | None
 
 
+def _winograd_chunks(n: int, out_hw, c: int, f: int, dtype) -> list[slice]:
+    """Batch chunks whose transformed tiles (V and M, and as much again of scratch) fit the
+    budget: 16 * th * tw * 2 * (C + F) values per image."""
+    th, tw = winograd.tile_counts(out_hw)
+    return batch_chunks(n, 16 * th * tw * 2 * (c + f) * np.dtype(dtype).itemsize)
+
+
 def _winograd_forward(x, kernel, bias, pads, workspace):
     n, h, w, c = x.shape
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
-    th, tw = winograd.tile_counts(out_hw)
-    chunks = batch_chunks(n, 16 * th * tw * 2 * (c + f) * x.dtype.itemsize)
+    chunks = _winograd_chunks(n, out_hw, c, f, x.dtype)
     if len(chunks) == 1:
         out, tiles = winograd.conv3x3_forward(x, kernel, bias, pads, out_hw)
         return out, WinogradCache(tiles, None, kernel, x.shape, pads, bias is not None, workspace)
@@ -319,11 +348,11 @@ def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
         grad_kernel = winograd.conv3x3_kernel_grad(grad_out, cache.tiles)
     else:
         tiles_hw = winograd.tile_counts(grad_out.shape[1:3])
-        c = cache.kernel.shape[2]
+        chunks = _winograd_chunks(n, grad_out.shape[1:3], cache.kernel.shape[2], f,
+                                  grad_out.dtype)
         grad_kernel = sum(winograd.conv3x3_kernel_grad(
             grad_out[chunk], winograd.input_transform(cache.x[chunk], cache.pads, tiles_hw))
-            for chunk in batch_chunks(n, 16 * tiles_hw[0] * tiles_hw[1] * 2 * (c + f)
-                                      * grad_out.dtype.itemsize))
+            for chunk in chunks)
     grad_bias = column_sums(grad_out.reshape(-1, f)) if cache.has_bias else None
     if not need_input_grad:
         return None, grad_kernel, grad_bias
@@ -357,9 +386,8 @@ def _pointwise_forward(x, kernel, bias, strides, dilation, workspace):
     out = (picked.reshape(-1, c) @ kernel[0, 0]).reshape(n, ho, wo, f)       # (N, Ho, Wo, F)
     if bias is not None:
         out += bias
-    cache = (picked, None, kernel, x.shape, strides, ((0, 0), (0, 0)), dilation,
-             bias is not None, False, workspace)
-    return out, cache
+    return out, Im2colCache(picked, None, kernel, x.shape, strides, ((0, 0), (0, 0)), dilation,
+                            bias is not None, False, workspace)
 
 
 def transposed_pads(kernel_hw, pads: Pads, dilation) -> Pads:
@@ -378,11 +406,12 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     Returns ``(grad_x (N, H, W, C) or None, grad_kernel (KH, KW, C, F), grad_bias (F,) or None)``.
 
     - ``grad_kernel = cols^T @ grad_out``: every window times the gradient of the output it made.
-    - ``grad_x``: each kernel tap ``(i, j)`` sends ``grad_out @ kernel[i, j]^T`` back to the pixels
-      it read. Doing one small matrix multiply per tap, straight into the strided pixels, is ~2x
-      faster than one big ``grad_cols`` product followed by col2im (kept as
-      :func:`conv2d_backward_reference`): the adds read a contiguous array instead of hopping
-      through ``grad_cols`` C values at a time, and no ``grad_cols`` the size of cols is made.
+    - ``grad_x`` at stride 1: one convolution of grad_out with the flipped kernel
+      (:func:`_input_grad_as_convolution`: one GEMM with K = KH*KW*F, ~2-3x faster than the
+      KH*KW products with K = F below).
+    - ``grad_x`` at other strides: each kernel tap ``(i, j)`` sends ``grad_out @ kernel[i, j]^T``
+      back to the pixels it read, straight into the strided pixels: ~2x faster than one big
+      ``grad_cols`` product followed by col2im (kept as :func:`conv2d_backward_reference`).
     - ``need_input_grad=False`` (the first layer: nobody needs the image's gradient) skips it.
     """
     if isinstance(cache, fourier.SpectralCache):
@@ -411,8 +440,6 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     if not need_input_grad:
         return None, grad_kernel, grad_bias
     if tuple(strides) == (1, 1):
-        # one convolution (as im2col: one GEMM with K = KH*KW*F) is ~2-3x faster than the
-        # KH*KW small products of the taps below (K = F each)
         full_pads = transposed_pads((kh, kw), pads, dilation)
         return (_input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace),
                 grad_kernel, grad_bias)

@@ -35,6 +35,7 @@ from cnnlab import config as _config
 from cnnlab import seeding
 from cnnlab.engine import initializers
 from cnnlab.engine.activations import ACTIVATIONS
+from cnnlab.engine.normalization import fold_affine
 from cnnlab.errors import ConfigError, NotBuiltError, ShapeError
 from cnnlab.layers.context import CallContext, Variable, deferred_variables, variables_deferred
 from cnnlab.layers.symbolic import SymbolicTensor, record_call
@@ -64,6 +65,16 @@ def unique_name(base: str) -> str:
     count = _name_counts[base]
     _name_counts[base] += 1
     return base if count == 0 else f"{base}_{count}"
+
+
+def linear_weights(layer, ctx: CallContext):
+    """A linear op's (Conv2D, Dense: ``folds_output_affine``) kernel, output channel last, and
+    bias or None, for this call: the layer's own, or with ``ctx.output_affine`` folded in."""
+    kernel = layer.variables[0].value
+    bias = layer.variables[1].value if layer.use_bias else None
+    if ctx.output_affine is None:
+        return kernel, bias
+    return fold_affine(kernel, bias, *ctx.output_affine)
 
 
 def check_activation(activation, owner: str) -> str:

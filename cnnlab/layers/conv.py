@@ -21,7 +21,7 @@ from cnnlab.engine.dense import dense_backward, dense_forward
 from cnnlab.engine.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
 from cnnlab.engine.normalization import fold_affine
 from cnnlab.engine.shapes import as_pair, output_hw, resolve_padding, validate_padding
-from cnnlab.layers.base import Layer, check_positive_int
+from cnnlab.layers.base import Layer, check_positive_int, linear_weights
 
 
 class Conv2D(Layer):
@@ -77,13 +77,8 @@ class Conv2D(Layer):
         return ho, wo, self.filters
 
     def kernel_and_bias(self, ctx):
-        """The weights this call runs with: the layer's own, or with ``ctx.output_affine``
-        folded in (kernel ``(KH, KW, C, F)``, bias ``(F,)`` or None)."""
-        kernel = self.variables[0].value
-        bias = self.variables[1].value if self.use_bias else None
-        if ctx.output_affine is None:
-            return kernel, bias
-        return fold_affine(kernel, bias, *ctx.output_affine)
+        """The weights this call runs with: kernel ``(KH, KW, C, F)``, bias ``(F,)`` or None."""
+        return linear_weights(self, ctx)
 
     def call(self, x, ctx):
         # ctx.workspace: the im2col buffer and kernel spectrum the caller keeps for this call

@@ -22,9 +22,8 @@ from cnnlab.engine.activations import (
     leaky_relu_forward,
 )
 from cnnlab.engine.dense import dense_backward, dense_forward, flatten_backward, flatten_forward
-from cnnlab.engine.normalization import fold_affine
 from cnnlab.errors import ConfigError, ShapeError
-from cnnlab.layers.base import Layer, check_input_shape, check_positive_int
+from cnnlab.layers.base import Layer, check_input_shape, check_positive_int, linear_weights
 from cnnlab.layers.symbolic import SymbolicTensor, make_input
 
 
@@ -89,10 +88,7 @@ class Dense(Layer):
 
     def call(self, x, ctx):
         x2 = x.reshape(-1, x.shape[-1])                                     # (N*..., D_in)
-        kernel = self.variables[0].value                                    # (D_in, units)
-        bias = self.variables[1].value if self.use_bias else None
-        if ctx.output_affine is not None:                    # a BatchNormalization folded in
-            kernel, bias = fold_affine(kernel, bias, *ctx.output_affine)
+        kernel, bias = linear_weights(self, ctx)                            # (D_in, units)
         out, cache = dense_forward(x2, kernel, bias)                        # (N*..., units)
         return out.reshape(*x.shape[:-1], self.units), (cache, x.shape[:-1])
 

@@ -8,6 +8,7 @@ Arrays are checked once, before the first step; a stream's batches as they come.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,7 +170,6 @@ class StreamEpochs:
             return self.adapter.stream_epoch(self.stream.epoch_from(state, first_step),
                                              self.steps, first_step=first_step)
         if first_step:
-            import warnings
             warnings.warn(f"This {type(self.stream).__name__} cannot skip to batch "
                           f"{first_step}: the interrupted epoch restarts, so the resumed run "
                           f"differs from an uninterrupted one. (Streams with state() and "

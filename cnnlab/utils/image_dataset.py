@@ -94,6 +94,11 @@ class ImageDataset:
         return -(-len(self.file_paths) // self.batch_size)
 
     @property
+    def labels(self) -> np.ndarray:
+        """Every file's class index, in ``file_paths`` order."""
+        return self._labels
+
+    @property
     def element_shape(self):
         return (*self.image_size, _CHANNELS[self.color_mode])
 
