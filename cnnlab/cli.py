@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.runs import DEFAULTS, TRAIN_SETTINGS, fit_run, new_run, run_settings, training_data
+from cnnlab.runs import DEFAULTS, TRAIN_SETTINGS, fit_run, new_run, run_settings, total_epochs, training_data
 
 
 def _load_model_or_zoo(spec: str):
@@ -35,6 +35,10 @@ def _check_train_options(args) -> None:
     if args.optimizer == "adam" and args.momentum is not None:
         raise ConfigError("--momentum applies to --optimizer sgd only; Adam has no momentum "
                           "setting here.")
+    if args.fine_tune is not None and args.pretrained is None:
+        raise ConfigError("--fine-tune continues a --pretrained run; add --pretrained (a new "
+                          "head on a shipped backbone), or train the whole model from scratch "
+                          "without either.")
     if args.checkpoint_every is not None and not (args.checkpoint_dir or args.resume):
         raise ConfigError("--checkpoint-every needs --checkpoint-dir DIR (where to write them).")
 
@@ -125,10 +129,20 @@ def cmd_train(args) -> int:
                  f"validation images" if streaming else
                  f"{len(train[0]):,} train / {len(test[0]):,} test images")
         recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
+        plan = recipe.describe()
+        if settings["pretrained"]:
+            plan = (f"a new head on {settings['model']}'s frozen backbone "
+                    f"({settings['pretrained']} weights): {plan}")
+            if settings["fine_tune"]:
+                plan += (f"; then every layer {settings['fine_tune']} more epochs at "
+                         f"{zoo.FINE_TUNE_FACTOR:g}x the rate")
         say(f"Training {model.name} on {settings['data']}: {sizes} {model.input_shape}, "
-            f"{model.output_shape[-1]} classes; {recipe.describe()}; seed {settings['seed']}")
+            f"{model.output_shape[-1]} classes; {plan}; seed {settings['seed']}")
     _warn_if_too_few_steps(len(train.source.file_paths) if streaming else len(train[0]),
                            settings["batch_size"], say)
+    if not initial_epoch and not settings["pretrained"]:
+        _suggest_pretrained(train.source.labels if streaming else train[1],
+                            model.metadata["class_names"], say)
     callbacks = []
     if checkpoint_dir:
         # a run killed mid-write (SIGKILL) leaves its temporary file behind: only we write here
@@ -147,11 +161,11 @@ def cmd_train(args) -> int:
     if streaming:
         loss, accuracy = model.evaluate(test, verbose=0)
         x_test, y_test = _materialise(test, limit=512)       # for the report
-        images = len(train.source.file_paths) * (settings["epochs"] - initial_epoch)
+        images = len(train.source.file_paths) * (total_epochs(settings) - initial_epoch)
     else:
         (x_train, _), (x_test, y_test) = train, test
         loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
-        images = len(x_train) * (settings["epochs"] - initial_epoch)
+        images = len(x_train) * (total_epochs(settings) - initial_epoch)
     if chief:                                # distributed: one writer
         model.save(out)
     if args.report and chief:
@@ -190,6 +204,25 @@ def _warn_if_too_few_steps(images: int, batch_size: int, say) -> None:
     say(f"Warning: {images} training images at batch size {batch_size} make {steps} "
         f"step{'s' * (steps > 1)} per epoch, too few for the network to learn much. Try "
         f"--batch-size {suggestion} (and more --epochs).")
+
+
+#: fewer training images than this in a class, and a network trained from scratch mostly guesses
+FEW_IMAGES_PER_CLASS = 100
+
+
+def _suggest_pretrained(labels, names, say) -> None:
+    """Tiny data trains to a coin toss from scratch and nothing says why: say it, and what
+    learns from few images (a pretrained backbone)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
+    fewest = int(counts.argmin())
+    few = int(counts[fewest])
+    if few >= FEW_IMAGES_PER_CLASS:
+        return
+    say(f"Warning: class {names[fewest]!r} has {few} training image"
+        f"{'s' * (few != 1)} (the fewest of {len(names)} classes; "
+        f"{len(labels)} in all). From scratch, a CNN needs hundreds per class and will mostly "
+        f"guess. With few images, start from a network that has learnt to see: add "
+        f"--pretrained (a new head on cnnlab's CIFAR-10 backbone; --fine-tune after it).")
 
 
 def _materialise(batches, limit):
@@ -433,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example:\n  cnnlab train\n  cnnlab train --model lenet5 --epochs 3 --out lenet.cnnlab\n"
                "  cnnlab train --checkpoint-dir runs/a   # killed? then: cnnlab train --resume runs/a\n"
                "  cnnlab train --data photos/ --model resnet20\n"
+               "  cnnlab train --data photos/ --pretrained --fine-tune   # few photos\n"
                "  mpirun -n 2 cnnlab train --distributed\n\n"
                "Recipes (what --model NAME trains with unless an option says otherwise):\n"
                + "\n".join(f"  {name}: {recipe.describe()}"
@@ -469,6 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                        help="random flips and pad-4 crops inside the model, in training "
                             "(default: the recipe's)")
+    train.add_argument("--pretrained", nargs="?", const="auto", metavar="WEIGHTS",
+                       help="transfer learning: freeze the model's shipped pretrained backbone "
+                            "(BatchNormalization in inference mode) and train a new head for "
+                            "the data's classes; WEIGHTS names them (default: the model's, "
+                            "cifar10 for cifar_vgg, the default model)")
+    train.add_argument("--fine-tune", type=_positive_int, nargs="?", const=zoo.FINE_TUNE_EPOCHS,
+                       metavar="EPOCHS",
+                       help=f"with --pretrained: then train every layer EPOCHS more epochs at "
+                            f"{zoo.FINE_TUNE_FACTOR:g}x the rate (default "
+                            f"{zoo.FINE_TUNE_EPOCHS})")
     train.add_argument("--seed", type=int,
                        help=f"random seed; the same seed repeats the run exactly "
                             f"(default: {DEFAULTS['seed']})")

@@ -17,13 +17,15 @@ import os
 import numpy as np
 
 from cnnlab.errors import ConfigError
+from cnnlab.graph.functional import Functional
+from cnnlab.training.callbacks import Callback
 
 #: the share of a folder's images held out for validation (and for `cnnlab evaluate` later)
 FOLDER_VALIDATION_SPLIT = 0.2
 DEFAULTS = {"model": "article", "data": "mnist_sample", "epochs": 5, "batch_size": 128,
             "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "seed": 0, "image_size": 64,
             "color_mode": "rgb", "schedule": "constant", "weight_decay": 0.0,
-            "label_smoothing": 0.0, "augment": False}
+            "label_smoothing": 0.0, "augment": False, "pretrained": None, "fine_tune": 0}
 TRAIN_SETTINGS = tuple(DEFAULTS)
 #: the learning rate an optimizer gets when neither the options nor the recipe say
 DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.001}
@@ -38,12 +40,50 @@ def run_settings(**given) -> dict:
     if unknown:
         raise ConfigError(f"Unknown training settings {unknown}; expected some of "
                           f"{list(DEFAULTS)}.")
+    pretrained = given.get("pretrained")
+    if pretrained is not None:
+        return _transfer_settings(given)
     recipe = zoo.RECIPES[zoo.resolve(given.get("model") or DEFAULTS["model"])].settings()
     settings = {name: given[name] if given.get(name) is not None else recipe.get(
         name, DEFAULTS[name]) for name in TRAIN_SETTINGS}
     if settings["optimizer"] != recipe["optimizer"] and given.get("lr") is None:
         settings["lr"] = DEFAULT_LR[settings["optimizer"]]
     return settings
+
+
+def _transfer_settings(given: dict) -> dict:
+    """Settings of a transfer run (``pretrained``: a weights name, or 'auto' for the model's
+    shipped weights; no model: the CIFAR-10 backbone): ``zoo.TRANSFER_RECIPE``, and a folder's
+    images resized to the size and channels the weights were trained on."""
+    from cnnlab import zoo
+    name, weights = given.get("model"), given["pretrained"]
+    if name is None:
+        name = next(m for m, w in zoo.PRETRAINED if w == weights) if weights != "auto" and any(
+            w == weights for _, w in zoo.PRETRAINED) else "cifar_vgg"
+    name = zoo.resolve(name)
+    if weights == "auto":
+        shipped = [w for m, w in zoo.PRETRAINED if m == name]
+        if not shipped:
+            raise ConfigError(f"--pretrained: no weights ship for {name}; cnnlab ships "
+                              f"{sorted(f'{m} ({w})' for m, w in zoo.PRETRAINED)}. Choose one "
+                              f"with --model.")
+        weights = shipped[0]
+    stored = zoo.pretrained_model(name, weights)             # a clear error if none ship
+    height, _, channels = stored.input_shape
+    # the backbone's own augmentation, if any (flips suit photos, not digits)
+    augment = bool(stored.metadata.get("train_settings", {}).get("augment"))
+    recipe = {**zoo.TRANSFER_RECIPE.settings(), "image_size": height, "augment": augment,
+              "color_mode": "grayscale" if channels == 1 else "rgb"}
+    settings = {key: given[key] if given.get(key) is not None else recipe.get(
+        key, DEFAULTS[key]) for key in TRAIN_SETTINGS}
+    if settings["optimizer"] != recipe["optimizer"] and given.get("lr") is None:
+        settings["lr"] = DEFAULT_LR[settings["optimizer"]]
+    return {**settings, "model": name, "pretrained": weights}
+
+
+def total_epochs(settings: dict) -> int:
+    """The epochs of a run: the recipe's, then any fine-tuning ones."""
+    return settings["epochs"] + (settings.get("fine_tune") or 0)
 
 
 def training_data(settings):
@@ -75,8 +115,14 @@ def new_run(settings: dict):
     from cnnlab.seeding import set_random_seed
     set_random_seed(settings["seed"])
     train, test, input_shape, names = training_data(settings)
-    model = zoo.get(settings["model"], input_shape=tuple(input_shape), num_classes=len(names),
-                    augment=settings["augment"])
+    if settings.get("pretrained"):
+        base = zoo.get(settings["model"], weights=settings["pretrained"], include_top=False,
+                       input_shape=tuple(input_shape))
+        base.trainable = False
+        model = zoo.with_new_head(base, len(names), augment=settings["augment"])
+    else:
+        model = zoo.get(settings["model"], input_shape=tuple(input_shape),
+                        num_classes=len(names), augment=settings["augment"])
     images = len(train[0]) if isinstance(train, tuple) else len(train.source.file_paths)
     model.compile(optimizer=make_optimizer(settings, -(-images // settings["batch_size"])),
                   loss=losses.SparseCategoricalCrossentropy(
@@ -95,12 +141,17 @@ def make_optimizer(settings: dict, steps_per_epoch: int):
     """The run's optimizer: its learning rate constant, or a one-cycle schedule over every step
     of the run; decoupled weight decay."""
     from cnnlab import optimizers
+    from cnnlab.zoo import FINE_TUNE_FACTOR
     lr = settings["lr"]
     if settings["schedule"] == "onecycle":
-        lr = optimizers.schedules.OneCycle(lr, total_steps=settings["epochs"] * steps_per_epoch)
+        lr = optimizers.schedules.OneCycle(lr, total_steps=total_epochs(settings)
+                                           * steps_per_epoch)
     elif settings["schedule"] != "constant":
         raise ConfigError(f"Unknown schedule {settings['schedule']!r}; expected 'constant' or "
                           f"'onecycle'.")
+    elif settings.get("fine_tune"):              # the fine-tuning epochs at a tenth of the rate
+        lr = optimizers.schedules.PiecewiseConstantDecay(
+            [settings["epochs"] * steps_per_epoch], [lr, lr * FINE_TUNE_FACTOR])
     decay = {"weight_decay": settings["weight_decay"]}
     name = settings["optimizer"]
     if name == "sgd":
@@ -113,11 +164,32 @@ def make_optimizer(settings: dict, steps_per_epoch: int):
 
 def fit_run(model, settings: dict, train, test, **options):
     """``model.fit`` on a run's data: arrays in batches of the run's size, or a stream of batches
-    (which comes batched already); ``options`` go to ``fit`` (verbose, callbacks, ...)."""
+    (which comes batched already); ``options`` go to ``fit`` (verbose, callbacks, ...). A
+    fine-tuned transfer run unfreezes its backbone when the head's epochs are done."""
+    epochs = total_epochs(settings)
+    if settings.get("pretrained") and settings.get("fine_tune"):
+        options["callbacks"] = [*options.get("callbacks", []),
+                                UnfreezeBackbone(settings["epochs"])]
     if isinstance(train, tuple):
-        return model.fit(*train, batch_size=settings["batch_size"], epochs=settings["epochs"],
+        return model.fit(*train, batch_size=settings["batch_size"], epochs=epochs,
                          validation_data=test, **options)
-    return model.fit(train, epochs=settings["epochs"], validation_data=test, **options)
+    return model.fit(train, epochs=epochs, validation_data=test, **options)
+
+
+class UnfreezeBackbone(Callback):
+    """At the start of epoch ``at_epoch`` (and of any later one, so that a resumed run agrees),
+    every nested model of the trained model becomes trainable; its BatchNormalization still runs
+    in inference mode (it was called with training=False)."""
+
+    def __init__(self, at_epoch: int):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= self.at_epoch:
+            for layer in self.model.layers:
+                if isinstance(layer, Functional) and not layer.trainable:
+                    layer.trainable = True
 
 
 def class_names(model) -> list[str]:

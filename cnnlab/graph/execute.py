@@ -64,7 +64,8 @@ class Step:
     which it writes, which it is the last reader of (they can be dropped after it), and the key
     of its scratch buffers."""
 
-    __slots__ = ("node", "layer", "reads", "writes", "last_reads", "site", "one_input")
+    __slots__ = ("node", "layer", "reads", "writes", "last_reads", "site", "one_input",
+                 "training")
 
     def __init__(self, node, last_reads):
         self.node, self.layer = node, node.layer
@@ -73,6 +74,7 @@ class Step:
         self.last_reads = last_reads
         self.site = (id(node),)
         self.one_input = node.layer.input_count == 1
+        self.training = node.training          # None: the call's mode
 
 
 def plan_steps(nodes, outputs) -> list[Step]:
@@ -104,13 +106,14 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
     # which nodes' inputs a backward pass will want gradients of (not the graph's own inputs,
     # unless asked later: the choice only tunes speed, every path computes every gradient)
     needed = needs_gradient(graph) if ctx.keep_cache else None
-    outer_gradients = ctx.gradients
+    outer_gradients, outer_training = ctx.gradients, ctx.training
     values = {id(t): x for t, x in zip(graph.inputs, inputs)}
     tape = Tape()
     for step in graph.steps:
         args = [values[key] for key in step.reads]
         ctx.scope = scope + step.site if scope else step.site   # a nested model's nodes: under it
         ctx.workspace = None if sites is None else sites.site(ctx.scope)
+        ctx.training = outer_training if step.training is None else step.training
         if id(step.node) in folded:                     # already applied by the op before it
             out, cache = args[0], None
         else:
@@ -131,8 +134,7 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
         if not keep_values:
             for key in step.last_reads:
                 del values[key]
-    ctx.scope = scope
-    ctx.gradients = outer_gradients
+    ctx.scope, ctx.gradients, ctx.training = scope, outer_gradients, outer_training
     if keep_values:
         tape.values = values
     return [values[id(t)] for t in graph.outputs], tape

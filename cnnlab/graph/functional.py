@@ -217,10 +217,9 @@ class Functional(Layer):
     def call_backward(self, grad, tape, input_grad):
         grads = execute.backward(self, tape, grad if isinstance(grad, list) else [grad],
                                  want_inputs=input_grad)
-        inputs = None
-        if input_grad:
-            inputs = grads.inputs[0] if len(self.inputs) == 1 else grads.inputs
-        return inputs, [grads.params.get(v) for v in self.params]
+        # a graph takes a list of inputs (``input_count`` None), so it returns a list of their
+        # gradients, one input or several
+        return (grads.inputs if input_grad else None), [grads.params.get(v) for v in self.params]
 
     # --- configuration: layers and their inbound connections ---------------------------------
     def _node_refs(self) -> dict[int, tuple[str, int]]:
@@ -246,7 +245,11 @@ class Functional(Layer):
             entries[layer.name] = {"class_name": type(layer).__name__, "name": layer.name,
                                    "config": layer.get_config(), "inbound_nodes": []}
         for node in self.nodes:
-            entries[node.layer.name]["inbound_nodes"].append([ref(t) for t in node.inbound])
+            entry = entries[node.layer.name]
+            entry["inbound_nodes"].append([ref(t) for t in node.inbound])
+            if node.training is not None:       # {node index: the mode that call always runs in}
+                entry.setdefault("call_training", {})[
+                    str(len(entry["inbound_nodes"]) - 1)] = node.training
         config = {"name": self.name, "trainable": self.trainable,
                   "layers": list(entries.values()),
                   "input_layers": [ref(t) for t in self.inputs],
@@ -290,7 +293,12 @@ def graph_from_config(config: dict, max_layers: int = 1000):
         nodes = entry.get("inbound_nodes", [])
         if not isinstance(nodes, list):
             raise ConfigError(f"layer {layer.name!r}: inbound_nodes must be a list.")
-        calls += [(layer, refs) for refs in nodes]
+        modes = entry.get("call_training", {})
+        if not isinstance(modes, dict) or not all(
+                isinstance(v, bool) and str(k).isdigit() for k, v in modes.items()):
+            raise ConfigError(f"layer {layer.name!r}: call_training must map node indices to "
+                              f"true or false; received {modes!r}.")
+        calls += [(layer, refs, modes.get(str(i))) for i, refs in enumerate(nodes)]
     made: dict[tuple[str, int], list[SymbolicTensor]] = {}
     for layer in layers.values():
         if isinstance(layer, InputLayer):
@@ -315,21 +323,23 @@ def graph_from_config(config: dict, max_layers: int = 1000):
     pending, counts = list(calls), {}
     while pending:
         progress, waiting = False, []
-        for layer, refs in pending:
+        for layer, refs, training in pending:
             if not isinstance(refs, list) or not refs:
                 raise ConfigError(f"layer {layer.name!r}: an inbound node must list its input "
                                   f"tensors.")
             tensors = [lookup(r) for r in refs]
             if any(t is None for t in tensors):
-                waiting.append((layer, refs))
+                waiting.append((layer, refs, training))
                 continue
-            out = layer(tensors[0] if len(tensors) == 1 and layer.input_count == 1 else tensors)
+            out = layer(tensors[0] if len(tensors) == 1 and layer.input_count == 1 else tensors,
+                        training=training)
             index = counts.get(layer.name, 1 if isinstance(layer, InputLayer) else 0)
             made[(layer.name, index)] = out if isinstance(out, list) else [out]
             counts[layer.name] = index + 1
             progress = True
         if not progress:
-            missing = sorted({r[0] for _, refs in waiting for r in refs if lookup(r) is None})
+            missing = sorted({r[0] for _, refs, _ in waiting for r in refs
+                              if lookup(r) is None})
             raise ConfigError(f"The graph cannot be rebuilt: calls wait on nodes that never "
                               f"come (of {missing}); the file's inbound_nodes are inconsistent.")
         pending = waiting

@@ -198,17 +198,20 @@ class Layer:
         return tuple(input_shape)
 
     # --- calling: on data it computes, on symbolic tensors it records a node --------------------
-    def __call__(self, inputs, training: bool = False):
+    def __call__(self, inputs, training: bool | None = None):
         """``layers.Conv2D(8, 3)(x)``: on an array, build on first use and compute; on a symbolic
-        tensor (``cnnlab.Input``), record the call in the graph and return a symbolic tensor."""
+        tensor (``cnnlab.Input``), record the call in the graph and return a symbolic tensor.
+        ``training`` on a symbolic call fixes the mode of that call whatever the model runs in:
+        ``backbone(x, training=False)`` keeps its BatchNormalization in inference mode while the
+        model around it trains (Keras' transfer-learning idiom)."""
         if symbolic_inputs(inputs):
-            return record_call(self, inputs)
+            return record_call(self, inputs, training)
         inputs = self._as_inputs(inputs)
         if not self.built:
             self.build([x.shape[1:] for x in inputs] if isinstance(inputs, list)
                        else inputs.shape[1:])
         self._check_input(inputs)
-        ctx = CallContext(training)
+        ctx = CallContext(bool(training))
         out, _ = self.forward(inputs, ctx)
         for variable, value in ctx.state_updates:       # eager: statistics update at once
             variable.value[...] = value

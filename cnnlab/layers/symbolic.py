@@ -45,11 +45,14 @@ class SymbolicTensor:
 
 
 class Node:
-    """One call of ``layer`` on the ``inbound`` tensors, producing ``outputs``."""
+    """One call of ``layer`` on the ``inbound`` tensors, producing ``outputs``. ``training``:
+    None (the call runs in the model's mode), or the mode it always runs in."""
 
-    def __init__(self, layer, inbound: list[SymbolicTensor], output_shapes: list[tuple]):
+    def __init__(self, layer, inbound: list[SymbolicTensor], output_shapes: list[tuple],
+                 training: bool | None = None):
         self.layer = layer
         self.inbound = list(inbound)
+        self.training = None if training is None else bool(training)
         self.outputs = [SymbolicTensor(shape, layer.dtype, self, i)
                         for i, shape in enumerate(output_shapes)]
 
@@ -62,7 +65,7 @@ def _shape_text(shapes) -> str:
     return ", ".join(str((None, *s)) for s in shapes)
 
 
-def record_call(layer, inputs):
+def record_call(layer, inputs, training: bool | None = None):
     """``layer(symbolic)``: build the layer for these shapes (or check they fit what it was built
     for), record the node, and return its output tensor(s)."""
     inbound = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
@@ -83,7 +86,7 @@ def record_call(layer, inputs):
                              f"shares its weights, so both calls need the same shapes.")
     out = layer.compute_output_shape(argument)
     output_shapes = out if isinstance(out, list) else [out]
-    node = Node(layer, inbound, [tuple(s) for s in output_shapes])
+    node = Node(layer, inbound, [tuple(s) for s in output_shapes], training)
     layer._inbound_nodes.append(node)
     return node.outputs[0] if len(node.outputs) == 1 else list(node.outputs)
 

@@ -1,0 +1,103 @@
+"""Train the weights that ship inside cnnlab (``cnnlab/weights``), exactly as they were made.
+
+    python recipes/pretrain.py digits                         # the article's CNN, bundled digits
+    python recipes/pretrain.py cifar10 --data DIR             # cifar_vgg on CIFAR-10's 50,000
+    python recipes/pretrain.py cifar10 --data DIR --classes airplane,automobile,... --out F
+
+``DIR`` holds one folder of images per class, as ``cifar10-train-jpeg.tar.gz`` extracts
+(``tar xzf cifar10-train-jpeg.tar.gz -C /tmp/cifar10`` gives ``/tmp/cifar10/train``).
+``--classes`` pretrains on some classes only (the transfer experiment in
+``benchmarks/transfer.py`` holds two out).
+
+Each run is ``cnnlab train`` with the zoo model's own recipe and seed 0: the same settings,
+data split and code path, so ``cnnlab train --data DIR --model cifar_vgg`` trains the same
+network. The file keeps no optimizer state, and its metadata records the recipe, the data, the
+held-out accuracy and the command that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import cnnlab
+from cnnlab import zoo
+from cnnlab.runs import fit_run, new_run, run_settings
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "..", "cnnlab", "weights")
+RUNS = {
+    "digits": dict(model="article", data="mnist_sample",
+                   describe="the bundled MNIST sample: 8,000 training digits, scored on the "
+                            "other 2,000"),
+    "cifar10": dict(model="cifar_vgg",
+                    describe="CIFAR-10's 50,000 training images (Krizhevsky, 2009) as JPEGs: "
+                             "40,000 to train, scored on the other 10,000 (a seeded 20% "
+                             "validation split)"),
+}
+
+
+def class_subset(data: str, classes: list[str]) -> str:
+    """A folder of links to some of ``data``'s class folders (the images are not copied)."""
+    missing = sorted(set(classes) - set(os.listdir(data)))
+    if missing:
+        raise SystemExit(f"{data} has no class folders {missing}.")
+    root = tempfile.mkdtemp(prefix="cnnlab-subset-")
+    for name in classes:
+        os.symlink(os.path.abspath(os.path.join(data, name)), os.path.join(root, name))
+    return root
+
+
+def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None = None,
+             epochs: int | None = None, verbose: int = 2) -> dict:
+    run = RUNS[weights]
+    data = data or run.get("data")
+    if data is None:
+        raise SystemExit(f"{weights}: pass --data DIR (the extracted CIFAR-10 training folder).")
+    folder = class_subset(data, classes) if classes else data
+    settings = run_settings(model=run["model"], data=folder, seed=0, epochs=epochs)
+    model, train, test = new_run(settings)
+    start = time.perf_counter()
+    fit_run(model, settings, train, test, verbose=verbose)
+    seconds = time.perf_counter() - start
+    if isinstance(test, tuple):
+        loss, accuracy = model.evaluate(*test, batch_size=256, verbose=0)
+        held_out = len(test[0])
+    else:
+        loss, accuracy = model.evaluate(test, verbose=0)
+        held_out = len(test.source.file_paths)
+    recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
+    model.metadata["train_settings"] = {**settings, "data": os.path.basename(data.rstrip("/"))}
+    model.metadata["pretrained"] = {
+        "model": run["model"], "weights": weights,
+        "data": run["describe"] + (f"; classes {', '.join(classes)} only" if classes else ""),
+        "recipe": recipe.describe() + ", seed 0",
+        "accuracy": round(float(accuracy), 4), "loss": round(float(loss), 4),
+        "held_out_images": held_out, "train_seconds": round(seconds, 1),
+        "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),
+        "cnnlab_version": cnnlab.__version__}
+    model.save(out, include_optimizer=False)
+    return model.metadata["pretrained"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("weights", choices=sorted(RUNS))
+    parser.add_argument("--data", help="the folder of class folders (cifar10)")
+    parser.add_argument("--classes", help="comma-separated class folders to train on")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--out", help="default: cnnlab/weights/<model>-<weights>.cnnlab")
+    args = parser.parse_args()
+    run = RUNS[args.weights]
+    out = args.out or os.path.join(WEIGHTS_DIR, zoo.PRETRAINED[(run["model"], args.weights)])
+    classes = args.classes.split(",") if args.classes else None
+    record = pretrain(args.weights, args.data, out, classes, args.epochs)
+    print(f"Wrote {os.path.normpath(out)}: {record['accuracy']:.2%} on "
+          f"{record['held_out_images']:,} held-out images, {record['train_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
