@@ -351,8 +351,13 @@ def cmd_serve(args) -> int:
     earlier = serve.saved_models(skip=[path],
                                  say=lambda line: print(line, file=sys.stderr))
     models.update({k: v for k, v in earlier.items() if k not in models})
+    index = None
+    if args.index:
+        from cnnlab.tasks.search import load_index
+        index = load_index(args.index)
     app = serve.App(models, serve.models_dir(), default=name,
-                    log=(lambda line: print(line, file=sys.stderr)) if args.log else None)
+                    log=(lambda line: print(line, file=sys.stderr)) if args.log else None,
+                    index=index)
     try:
         server = serve.make_server(app, args.host, args.port)
     except (OSError, ValueError) as exc:
@@ -586,11 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="report.html", help="HTML file (default: %(default)s)")
     report.set_defaults(func=cmd_report)
     serve = commands.add_parser(
-        "serve", help="a local web app: draw, train, explain", formatter_class=formatter,
+        "serve", help="a local web app: draw, train, explain, search",
+        formatter_class=formatter,
         description=cmd_serve.__doc__ + "\n\nWith no MODEL it uses the article's CNN trained on "
         "the bundled digits, training it on first start (saved under $CNNLAB_HOME/models).",
         epilog="Example:\n  cnnlab serve                # then open http://127.0.0.1:8000/\n"
-               "  cnnlab serve lenet.cnnlab --port 8080")
+               "  cnnlab serve lenet.cnnlab --port 8080\n"
+               "  cnnlab serve --index photos.index   # and the Search page at /search")
     serve.add_argument("model", nargs="?", help="a .cnnlab file (default: the digits model)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: %(default)s, this machine only)")
@@ -599,8 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--epochs", type=_positive_int, default=3,
                        help="epochs for the first-start digits model (default: %(default)s)")
     serve.add_argument("--log", action="store_true", help="print one line per request")
+    serve.add_argument("--index", metavar="FILE",
+                       help="a photo index (cnnlab index) for the Search page")
     serve.set_defaults(func=cmd_serve)
     _add_explain(commands, formatter)
+    from cnnlab import cli_tasks
+    cli_tasks.add_commands(commands, formatter, _positive_int)
     return parser
 
 

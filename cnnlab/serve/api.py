@@ -194,3 +194,50 @@ def explain_pool(params: dict) -> dict:
         return _slide_payload(pool_slide(size, pool, stride, kind, seed))
     except CnnlabError as exc:
         raise ApiError(400, str(exc)) from None
+
+
+class SearchService:
+    """Photo search for the web app: an index (``cnnlab index``) and its own model, loaded once."""
+
+    def __init__(self, index):
+        self.index = index
+        self.embedder = index.embedder()              # the model the index was built with
+
+    def describe(self) -> dict:
+        return {"indexed": len(self.index), "model": self.index.model["name"],
+                "source": self.index.model["spec"], "root": self.index.root}
+
+    def query(self, body: bytes, k: int) -> dict:
+        """The ``k`` indexed photos most like the uploaded one."""
+        if not body:
+            raise ApiError(400, "The request has no body; send the image's bytes (PNG, JPEG, ...).")
+        try:
+            image = open_image(io.BytesIO(body), name="the uploaded file",
+                               max_pixels=MAX_UPLOAD_PIXELS)
+            from cnnlab.runs import image_for_model
+            x = image_for_model(self.embedder.model, image)
+        except ImageFormatError as exc:
+            raise ApiError(415, str(exc)) from None
+        except CnnlabError as exc:
+            raise ApiError(400, str(exc)) from None
+        start = time.perf_counter()
+        vector = self.embedder.embed_arrays(x[None].astype(np.float32))[0]
+        hits = self.index.nearest(vector[None], k)[0]
+        return {"hits": [{"path": self.index.paths[i], "similarity": round(s, 6),
+                          "image": f"/api/search/image/{i}"} for i, s in hits],
+                "ms": round((time.perf_counter() - start) * 1e3, 3)}
+
+    def image_file(self, number: str):
+        """``(bytes, content type)`` of indexed photo ``number``: only files the index lists,
+        inside its folder."""
+        import mimetypes
+        from pathlib import Path
+        if not number.isdigit() or int(number) >= len(self.index):
+            raise ApiError(404, f"No indexed photo {number!r}; the index holds "
+                                f"{len(self.index)}.")
+        root = Path(self.index.root).resolve()
+        target = (root / self.index.paths[int(number)]).resolve()
+        if root not in target.parents or not target.is_file():
+            raise ApiError(404, f"Indexed photo {self.index.paths[int(number)]!r} is no longer "
+                                f"in {self.index.root}.")
+        return target.read_bytes(), mimetypes.guess_type(target.name)[0] or "image/octet-stream"

@@ -33,7 +33,8 @@ MAX_JSON_BYTES = 64 * 2**10
 #: an idle event stream sends a comment this often, so proxies and browsers keep it open
 KEEPALIVE_SECONDS = 15.0
 PAGES = {"/": "draw.html", "/draw": "draw.html", "/train": "train.html",
-         "/explain": "explain.html"}
+         "/explain": "explain.html", "/search": "search.html"}
+MAX_SEARCH_RESULTS = 50
 
 
 def static_dir() -> Path:
@@ -43,7 +44,8 @@ def static_dir() -> Path:
 class App:
     """The served models and the training run, shared by every request thread."""
 
-    def __init__(self, models: dict, models_dir, default: str | None = None, log=None):
+    def __init__(self, models: dict, models_dir, default: str | None = None, log=None,
+                 index=None):
         self._models = {name: ServedModel(name, model, source)
                         for name, (model, source) in models.items()}
         self.default = default or next(iter(self._models), None)
@@ -52,6 +54,7 @@ class App:
         self._jobs_started = 0
         self._lock = threading.Lock()
         self.log = log
+        self.search = api.SearchService(index) if index is not None else None
 
     def model(self, name: str | None) -> ServedModel:
         name = name or self.default
@@ -206,7 +209,8 @@ class Handler(BaseHTTPRequestHandler):
             self._require(method, "GET")
             return self._static(PAGES.get(path) or path[len("/static/"):])
         if not path.startswith("/api/"):
-            raise ApiError(404, f"No page at {path!r}; the pages are /, /train and /explain.")
+            raise ApiError(404, f"No page at {path!r}; the pages are /, /train, /explain and "
+                                f"/search.")
         if path == "/api/models":
             self._require(method, "GET")
             return self._json(app.models())
@@ -229,6 +233,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/api/explain/pool":
             self._require(method, "POST")
             return self._json(api.explain_pool(self._json_body()))
+        if path.startswith("/api/search"):
+            return self._search(path, query, method, app)
         if path == "/api/train":
             self._require(method, "POST")
             return self._json(app.start_training(self._json_body()), 202)
@@ -242,6 +248,25 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/api/train/events":
             self._require(method, "GET")
             return self._events()
+        raise ApiError(404, f"No API endpoint {path!r}; the README lists them.")
+
+    def _search(self, path, query, method, app) -> None:
+        if path == "/api/search/info":
+            self._require(method, "GET")
+            return self._json(app.search.describe() if app.search else {"indexed": 0})
+        if app.search is None:
+            raise ApiError(404, "This server has no photo index: make one with cnnlab index "
+                                "FOLDER --out FILE, then start cnnlab serve --index FILE.")
+        if path == "/api/search":
+            self._require(method, "POST")
+            k = query.get("k", ["8"])[0]
+            if not k.isdigit() or not 1 <= int(k) <= MAX_SEARCH_RESULTS:
+                raise ApiError(400, f"'k' must be 1 to {MAX_SEARCH_RESULTS}. Received: {k!r}")
+            return self._json(app.search.query(self._body(MAX_IMAGE_BYTES), int(k)))
+        if path.startswith("/api/search/image/"):
+            self._require(method, "GET")
+            body, kind = app.search.image_file(path[len("/api/search/image/"):])
+            return self._send(200, body, kind)
         raise ApiError(404, f"No API endpoint {path!r}; the README lists them.")
 
     def _require(self, method: str, expected: str) -> None:

@@ -1,4 +1,4 @@
-// Shared helpers for the three pages: calling the API, building elements, drawing 8-bit maps.
+// Shared helpers for the pages: calling the API, building elements, drawing 8-bit maps.
 
 /** Call the JSON API; a 4xx/5xx answer throws an Error carrying the server's message. */
 export async function api(path, { method = "GET", json, body, type } = {}) {
@@ -74,7 +74,8 @@ export function drawMap(canvas, data, offset, h, w, { channels = 1, grey = false
 
 /** The top bar of every page: the name, and links to the pages with the current one marked. */
 export function markNav() {
-  const links = [["/", "Draw"], ["/train", "Train"], ["/explain", "Explain"]].map(([href, text]) =>
+  const pages = [["/", "Draw"], ["/train", "Train"], ["/explain", "Explain"], ["/search", "Search"]];
+  const links = pages.map(([href, text]) =>
     el("a", { href, text, class: href === location.pathname ? "active" : "" }));
   const brand = el("div", { class: "brand" }, "cnn", el("span", { text: "lab" }));
   document.querySelector("header.top").prepend(brand, el("nav", {}, ...links));

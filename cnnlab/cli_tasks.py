@@ -1,0 +1,77 @@
+"""The ``cnnlab`` commands for the article's uses of a CNN: ``index`` and ``search`` (photo
+search). Each is a thin layer over ``cnnlab.tasks``; ``cli.build_parser`` adds them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+
+
+def _say_warnings(caught) -> None:
+    for warning in caught:
+        print(f"Warning: {warning.message}", file=sys.stderr)
+
+
+def cmd_index(args) -> int:
+    """Embed every image of a folder (its penultimate layer, unit length) into an index file;
+    again on a grown folder, only the new or changed images are embedded."""
+    from cnnlab.tasks import search
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        index = search.build_index(args.folder, model=args.model, out=args.out,
+                                   batch_size=args.batch_size, progress=sys.stderr.isatty())
+    _say_warnings(caught)
+    for note in index.notes:
+        print(note)
+    print(f"Indexed {len(index):,} images of {args.folder} ({index.embedded:,} embedded now) "
+          f"with {index.model['name']} ({args.model}); {index.vectors.shape[1]} numbers each. "
+          f"Wrote {args.out}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    """The indexed images most like IMAGE, with their cosine similarity."""
+    from cnnlab.tasks import search
+    index = search.load_index(args.index)
+    hits = index.search(args.image, k=args.k, model=args.model, backend=args.backend)
+    if args.json:
+        print(json.dumps([{**hit.to_json(), "path": os.path.join(index.root, hit.path)}
+                          for hit in hits]))
+        return 0
+    for rank, hit in enumerate(hits, start=1):
+        print(f"{rank:>3}  {hit.similarity:.4f}  {os.path.join(index.root, hit.path)}")
+    return 0
+
+
+def add_commands(commands, formatter, positive_int) -> None:
+    from cnnlab.tasks.search import BACKENDS, DEFAULT_MODEL
+    index = commands.add_parser(
+        "index", help="index a folder of photos for search", formatter_class=formatter,
+        description=cmd_index.__doc__,
+        epilog="Example:\n  cnnlab index photos/ --out photos.index\n"
+               "  cnnlab search photos.index query.jpg -k 5")
+    index.add_argument("folder", help="a folder of images (searched recursively)")
+    index.add_argument("--out", required=True, help="the index file to write (or to update)")
+    index.add_argument("--model", default=DEFAULT_MODEL,
+                       help="a shipped model (cifar10, digits) or a .cnnlab file "
+                            "(default: %(default)s, the CIFAR-10 backbone)")
+    index.add_argument("--batch-size", type=positive_int, default=64,
+                       help="images embedded at once (default: %(default)s)")
+    index.set_defaults(func=cmd_index)
+    find = commands.add_parser(
+        "search", help="find the indexed photos most like one", formatter_class=formatter,
+        description=cmd_search.__doc__,
+        epilog="Example:\n  cnnlab search photos.index query.jpg -k 5 --json")
+    find.add_argument("index", help="an index written by cnnlab index")
+    find.add_argument("image", help="the query image")
+    find.add_argument("-k", type=positive_int, default=5, help="how many (default: %(default)s)")
+    find.add_argument("--json", action="store_true",
+                      help='print [{"path", "similarity"}, ...] instead of lines')
+    find.add_argument("--model", help="the query's model (default: the index's own; another "
+                                      "model is refused)")
+    find.add_argument("--backend", choices=BACKENDS, default="numpy",
+                      help="exact search with NumPy, or with faiss (pip install "
+                           "'cnnlab[search]') for large collections (default: %(default)s)")
+    find.set_defaults(func=cmd_search)
