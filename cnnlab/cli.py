@@ -357,7 +357,7 @@ def cmd_serve(args) -> int:
         index = load_index(args.index)
     app = serve.App(models, serve.models_dir(), default=name,
                     log=(lambda line: print(line, file=sys.stderr)) if args.log else None,
-                    index=index)
+                    index=index, detector=args.detector)
     try:
         server = serve.make_server(app, args.host, args.port)
     except (OSError, ValueError) as exc:
@@ -480,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", help=f"zoo model: {', '.join(zoo.MODELS)} (default: "
                                        f"{DEFAULTS['model']}); each has a recipe, see below")
     train.add_argument("--data", help=f"a dataset name (mnist_sample, mnist, fashion_mnist, "
-                                      f"cifar10), an .npz, or a folder with one subfolder of "
+                                      f"cifar10, lfw_faces), an .npz, or a folder with one "
+                                      f"subfolder of "
                                       f"images per class (default: {DEFAULTS['data']})")
     train.add_argument("--image-size", type=_positive_int,
                        help="for a folder: images are resized to this square size (default: "
@@ -591,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="report.html", help="HTML file (default: %(default)s)")
     report.set_defaults(func=cmd_report)
     serve = commands.add_parser(
-        "serve", help="a local web app: draw, train, explain, search",
+        "serve", help="a local web app: draw, train, explain, search, detect",
         formatter_class=formatter,
         description=cmd_serve.__doc__ + "\n\nWith no MODEL it uses the article's CNN trained on "
         "the bundled digits, training it on first start (saved under $CNNLAB_HOME/models).",
@@ -608,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log", action="store_true", help="print one line per request")
     serve.add_argument("--index", metavar="FILE",
                        help="a photo index (cnnlab index) for the Search page")
+    serve.add_argument("--detector", metavar="FILE",
+                       help="a two-class .cnnlab classifier for the Detect page (default: the "
+                            "shipped face model)")
     serve.set_defaults(func=cmd_serve)
     _add_explain(commands, formatter)
     from cnnlab import cli_tasks

@@ -1,5 +1,6 @@
 """The ``cnnlab`` commands for the article's uses of a CNN: ``index`` and ``search`` (photo
-search). Each is a thin layer over ``cnnlab.tasks``; ``cli.build_parser`` adds them."""
+search), ``detect`` (face detection, or any two-class model). Each is a thin layer over
+``cnnlab.tasks``; ``cli.build_parser`` adds them."""
 
 from __future__ import annotations
 
@@ -45,6 +46,28 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_detect(args) -> int:
+    """Boxes where a classifier finds its class: the shipped face model by default, or any
+    two-class model, slid over the image at every scale in one convolutional pass per scale."""
+    from cnnlab.tasks import detect
+    found = detect.detect(args.image, model=args.model, threshold=args.threshold,
+                          target=args.target, min_size=args.min_size)
+    if args.out:
+        detect.draw(args.image, found, args.out)
+    if args.json:
+        print(json.dumps([d.to_json() for d in found]))
+        return 0
+    if not found:
+        print(f"{args.image}: nothing scores {args.threshold:g} or more (try a lower "
+              f"--threshold)")
+    for d in found:
+        x0, y0, x1, y1 = (round(v) for v in d.box)
+        print(f"{args.image}: box ({x0}, {y0}, {x1}, {y1}) score {d.score:.3f}")
+    if args.out:
+        print(f"Wrote {args.out}")
+    return 0
+
+
 def add_commands(commands, formatter, positive_int) -> None:
     from cnnlab.tasks.search import BACKENDS, DEFAULT_MODEL
     index = commands.add_parser(
@@ -75,3 +98,25 @@ def add_commands(commands, formatter, positive_int) -> None:
                       help="exact search with NumPy, or with faiss (pip install "
                            "'cnnlab[search]') for large collections (default: %(default)s)")
     find.set_defaults(func=cmd_search)
+    from cnnlab.tasks.detect import DEFAULT_MODEL as DETECTOR
+    from cnnlab.tasks.detect import THRESHOLD
+    boxes = commands.add_parser(
+        "detect", help="find faces (or any two-class model's class) in a photo",
+        formatter_class=formatter, description=cmd_detect.__doc__,
+        epilog="Example:\n  cnnlab detect photo.jpg --out boxes.png\n"
+               "  cnnlab detect page.png --model digits.cnnlab --json")
+    boxes.add_argument("image", help="the photo")
+    boxes.add_argument("--model", default=DETECTOR,
+                       help="the shipped face model (faces) or a .cnnlab classifier "
+                            "(default: %(default)s)")
+    boxes.add_argument("--out", help="also draw the boxes and scores on the photo, saved here")
+    boxes.add_argument("--json", action="store_true",
+                       help='print [{"box": [x0, y0, x1, y1], "score"}, ...] in the photo\'s '
+                            'pixels')
+    boxes.add_argument("--threshold", type=float, default=THRESHOLD,
+                       help="the least probability a box needs (default: %(default)s)")
+    boxes.add_argument("--target", help="the class to find, by name or index (default: 'face', "
+                                        "or class 1 of a two-class model)")
+    boxes.add_argument("--min-size", type=positive_int,
+                       help="the smallest object in pixels (default: the model's window)")
+    boxes.set_defaults(func=cmd_detect)

@@ -43,6 +43,8 @@ def run_settings(**given) -> dict:
     pretrained = given.get("pretrained")
     if pretrained is not None:
         return _transfer_settings(given)
+    if given.get("model") is None and given.get("data") in zoo.DATASET_MODELS:
+        given = {**given, "model": zoo.DATASET_MODELS[given["data"]]}
     recipe = zoo.RECIPES[zoo.resolve(given.get("model") or DEFAULTS["model"])].settings()
     settings = {name: given[name] if given.get(name) is not None else recipe.get(
         name, DEFAULTS[name]) for name in TRAIN_SETTINGS}
@@ -104,7 +106,7 @@ def training_data(settings):
     (x_train, y_train), (x_test, y_test) = datasets.load(settings["data"])
     x_train, x_test = datasets.as_model_input(x_train), datasets.as_model_input(x_test)
     y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
-    names = [str(i) for i in range(int(max(y_train.max(), y_test.max())) + 1)]
+    names = datasets.class_names(settings["data"], int(max(y_train.max(), y_test.max())) + 1)
     return (x_train, y_train), (x_test, y_test), x_train.shape[1:], names
 
 
@@ -131,10 +133,17 @@ def new_run(settings: dict):
     folder = not isinstance(train, tuple)
     model.metadata.update({"train_settings": settings, "class_names": names,
                            "input_scale": "uint8 / 255",
-                           "preprocessing": "resize" if folder else "mnist"})
+                           "preprocessing": "resize" if folder else preparation(settings)})
     if folder:                  # so that evaluation later holds out the very same images
         model.metadata["validation_split"] = FOLDER_VALIDATION_SPLIT
     return model, train, test
+
+
+def preparation(settings: dict) -> str:
+    """How a picture becomes this run's input: 'mnist' (centred white-on-black digits) for the
+    digit datasets, 'plain' (only resized) where a dataset says so (``PREPROCESSING``)."""
+    from cnnlab import datasets
+    return getattr(datasets.NAMES.get(settings["data"]), "PREPROCESSING", "mnist")
 
 
 def make_optimizer(settings: dict, steps_per_epoch: int):
@@ -202,6 +211,6 @@ def image_for_model(model, image, invert="auto") -> np.ndarray:
     was: a model trained on a folder saw plain resized images; digit models saw MNIST's
     preparation (white on black, centred by centre of mass)."""
     from cnnlab.preprocess import image_to_input
-    plain = model.metadata.get("preprocessing") == "resize"
+    plain = model.metadata.get("preprocessing") in ("resize", "plain")
     return image_to_input(image, model.input_shape, invert=False if plain else invert,
                           centre=not plain)

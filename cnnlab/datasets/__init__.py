@@ -9,13 +9,20 @@ import os
 
 import numpy as np
 
-from cnnlab.datasets import cifar10, fashion_mnist, mnist, mnist_sample
+from cnnlab.datasets import cifar10, fashion_mnist, lfw_faces, mnist, mnist_sample
 from cnnlab.errors import DataError
 
-__all__ = ["mnist_sample", "mnist", "fashion_mnist", "cifar10", "load", "NAMES"]
+__all__ = ["mnist_sample", "mnist", "fashion_mnist", "cifar10", "lfw_faces", "load", "NAMES",
+           "class_names"]
 
 NAMES = {"mnist_sample": mnist_sample, "mnist": mnist, "fashion_mnist": fashion_mnist,
-         "cifar10": cifar10}
+         "cifar10": cifar10, "lfw_faces": lfw_faces}
+
+
+def class_names(spec: str, count: int) -> list[str]:
+    """A named dataset's class names (``CLASS_NAMES``), else '0', '1', ..."""
+    names = getattr(NAMES.get(spec), "CLASS_NAMES", None)
+    return list(names) if names and len(names) == count else [str(i) for i in range(count)]
 
 
 def load(spec: str):

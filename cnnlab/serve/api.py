@@ -241,3 +241,42 @@ class SearchService:
             raise ApiError(404, f"Indexed photo {self.index.paths[int(number)]!r} is no longer "
                                 f"in {self.index.root}.")
         return target.read_bytes(), mimetypes.guess_type(target.name)[0] or "image/octet-stream"
+
+
+class DetectService:
+    """Detection for the web app: the shipped face model, or the classifier given to
+    ``cnnlab serve --detector``, loaded at its first use."""
+
+    def __init__(self, model=None):
+        self._spec, self._model = model, None
+
+    @property
+    def model(self):
+        if self._model is None:
+            from cnnlab.tasks import detect
+            self._model = detect.load_detector(self._spec or detect.DEFAULT_MODEL)
+        return self._model
+
+    def describe(self) -> dict:
+        from cnnlab.tasks import detect
+        model = self.model
+        return {"model": model.name, "target": class_names(model)[detect.target_class(model)],
+                "window": list(model.input_shape)}
+
+    def query(self, body: bytes, threshold: float) -> dict:
+        from cnnlab.tasks import detect
+        if not body:
+            raise ApiError(400, "The request has no body; send the image's bytes (PNG, JPEG, ...).")
+        try:
+            image = open_image(io.BytesIO(body), name="the uploaded file",
+                               max_pixels=MAX_UPLOAD_PIXELS)
+            start = time.perf_counter()
+            found = detect.detect(image, model=self.model, threshold=threshold)
+        except ImageFormatError as exc:
+            raise ApiError(415, str(exc)) from None
+        except CnnlabError as exc:
+            raise ApiError(400, str(exc)) from None
+        return {"model": self.model.name, "width": image.width, "height": image.height,
+                "target": class_names(self.model)[detect.target_class(self.model)],
+                "detections": [d.to_json() for d in found],
+                "ms": round((time.perf_counter() - start) * 1e3, 1)}

@@ -33,7 +33,7 @@ MAX_JSON_BYTES = 64 * 2**10
 #: an idle event stream sends a comment this often, so proxies and browsers keep it open
 KEEPALIVE_SECONDS = 15.0
 PAGES = {"/": "draw.html", "/draw": "draw.html", "/train": "train.html",
-         "/explain": "explain.html", "/search": "search.html"}
+         "/explain": "explain.html", "/search": "search.html", "/detect": "detect.html"}
 MAX_SEARCH_RESULTS = 50
 
 
@@ -45,7 +45,7 @@ class App:
     """The served models and the training run, shared by every request thread."""
 
     def __init__(self, models: dict, models_dir, default: str | None = None, log=None,
-                 index=None):
+                 index=None, detector=None):
         self._models = {name: ServedModel(name, model, source)
                         for name, (model, source) in models.items()}
         self.default = default or next(iter(self._models), None)
@@ -55,6 +55,7 @@ class App:
         self._lock = threading.Lock()
         self.log = log
         self.search = api.SearchService(index) if index is not None else None
+        self.detector = api.DetectService(detector)
 
     def model(self, name: str | None) -> ServedModel:
         name = name or self.default
@@ -209,8 +210,8 @@ class Handler(BaseHTTPRequestHandler):
             self._require(method, "GET")
             return self._static(PAGES.get(path) or path[len("/static/"):])
         if not path.startswith("/api/"):
-            raise ApiError(404, f"No page at {path!r}; the pages are /, /train, /explain and "
-                                f"/search.")
+            raise ApiError(404, f"No page at {path!r}; the pages are /, /train, /explain, "
+                                f"/search and /detect.")
         if path == "/api/models":
             self._require(method, "GET")
             return self._json(app.models())
@@ -233,6 +234,20 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/api/explain/pool":
             self._require(method, "POST")
             return self._json(api.explain_pool(self._json_body()))
+        if path == "/api/detect/info":
+            self._require(method, "GET")
+            return self._json(app.detector.describe())
+        if path == "/api/detect":
+            self._require(method, "POST")
+            threshold = query.get("threshold", ["0.9"])[0]
+            try:
+                value = float(threshold)
+            except ValueError:
+                value = -1.0
+            if not 0 < value < 1:
+                raise ApiError(400, f"'threshold' must be between 0 and 1. Received: "
+                                    f"{threshold!r}")
+            return self._json(app.detector.query(self._body(MAX_IMAGE_BYTES), value))
         if path.startswith("/api/search"):
             return self._search(path, query, method, app)
         if path == "/api/train":

@@ -1,0 +1,290 @@
+"""Detection with a classifier: the article's face detection, and anything a two-class model
+tells apart.
+
+A classifier trained on W x H crops ("face" / "not face") becomes a detector by scoring every
+window of a photo, at every scale. Scoring the windows one by one repeats almost all the work:
+neighbouring windows share most of their pixels. So the classifier is rewritten as a fully
+convolutional network (Sermanet et al., 2014, "OverFeat"): its Flatten -> Dense head becomes a
+convolution with the Dense kernel reshaped to the flattened map's (h, w, c), later Dense layers
+become 1x1 convolutions, and global pooling becomes pooling over that same (h, w) window. One
+forward pass over an image then gives the classifier's output for every window at once: output
+position (i, j) is the window whose top-left pixel is (S*i, S*j), S the product of the strides.
+For a network of 'valid' convolutions this is exactly the sliding classifier (tested window by
+window); 'same' padding sees real pixels where each crop saw zeros, so it is close, not exact.
+
+    detections = detect("photo.jpg")                     # the shipped face model
+    for d in detections: print(d.box, d.score)           # (x0, y0, x1, y1) in the photo's pixels
+
+An image pyramid (each level ``SCALE_STEP`` smaller) finds objects larger than the window;
+greedy non-maximum suppression keeps the best of overlapping boxes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnlab import layers as layer_types
+from cnnlab.errors import ConfigError
+from cnnlab.layers.base import layer_class
+
+SCALE_STEP = 1.25
+THRESHOLD = 0.9
+NMS_IOU = 0.3
+DEFAULT_MODEL = "faces"
+_SKIPPED = ("Dropout", "RandomFlip", "RandomCrop", "RandomTranslation", "RandomRotation",
+            "RandomZoom", "RandomContrast", "RandomBrightness")
+_COPIED = ("Conv2D", "DepthwiseConv2D", "MaxPooling2D", "AveragePooling2D",
+           "BatchNormalization", "ReLU", "Activation", "ZeroPadding2D")
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: tuple[float, float, float, float]          # x0, y0, x1, y1 in the image's pixels
+    score: float
+
+    def to_json(self) -> dict:
+        return {"box": [round(v, 1) for v in self.box], "score": round(self.score, 4)}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the sliding windows are: ``window`` (height, width) of the classifier's input, and
+    ``stride`` pixels between neighbouring windows; ``exact``: every convolution is 'valid', so
+    the rewrite equals the sliding classifier."""
+
+    window: tuple[int, int]
+    stride: int
+    exact: bool
+
+
+def _chain(model) -> list:
+    """The model's layers in order, for a chain of single-input layers (what a classifier that
+    can slide is); anything else is refused by name."""
+    chain = []
+    previous = model.inputs[0]
+    for node in model.nodes:
+        if len(node.inbound) != 1 or node.inbound[0] is not previous:
+            raise ConfigError(f"{model.name}: detection slides a chain of layers; "
+                              f"{node.layer.name!r} ({type(node.layer).__name__}) branches or "
+                              f"merges.")
+        chain.append(node.layer)
+        previous = node.outputs[0]
+    return chain
+
+
+def _copy(layer, **changes):
+    config = {**layer.get_config(), **changes, "name": layer.name}
+    return layer_class(type(layer).__name__).from_config(config)
+
+
+def sliding_model(model, image_shape):
+    """``(fully convolutional model for images of image_shape (H, W, C), Geometry)``: the
+    classifier ``model`` rewritten (its weights copied, the original untouched)."""
+    from cnnlab.models.model import Model
+    window = tuple(model.input_shape[:2])
+    if tuple(image_shape[:2]) < (0, 0) or any(s < w for s, w in zip(image_shape[:2], window)):
+        raise ConfigError(f"The image {tuple(image_shape[:2])} is smaller than the model's "
+                          f"window {window}.")
+    chain, stride, exact = _chain(model), 1, True
+    inputs = layer_types.Input(tuple(image_shape), name="image")
+    x, flat_shape, weights = inputs, None, []
+    for k, layer in enumerate(chain):
+        kind = type(layer).__name__
+        following = type(chain[k + 1]).__name__ if k + 1 < len(chain) else None
+        if kind in _SKIPPED or (kind == "ZeroPadding2D" and following == "RandomCrop"):
+            continue                            # training-only (the pad of a random crop too)
+        if kind == "Flatten":
+            flat_shape = tuple(layer.input_shape)        # the crop's map: (h, w, c)
+            continue
+        if kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+            pool = layer_types.AveragePooling2D if "Average" in kind else layer_types.MaxPooling2D
+            new = pool(pool_size=tuple(layer.input_shape[:2]), strides=1, name=layer.name)
+            x = new(x)
+            continue
+        if kind == "Dense":
+            h, w, c = flat_shape if flat_shape is not None else (1, 1, x.shape[-1])
+            config = layer.get_config()
+            new = layer_types.Conv2D(config["units"], (h, w), activation=config["activation"],
+                                     use_bias=config["use_bias"], name=layer.name)
+            x = new(x)
+            kernel, *bias = layer.get_weights()
+            weights.append((new, [kernel.reshape(h, w, c, -1), *bias]))
+            flat_shape = None
+            continue
+        if kind not in _COPIED:
+            raise ConfigError(f"{model.name}: detection cannot slide a {kind} layer "
+                              f"({layer.name!r}).")
+        new = _copy(layer)
+        x = new(x)
+        weights.append((new, layer.get_weights()))
+        step = getattr(layer, "strides", (1, 1))
+        stride *= int(step[0]) if isinstance(step, (tuple, list)) else int(step)
+        if getattr(layer, "padding", "valid") not in ("valid", 0, (0, 0), ((0, 0), (0, 0))):
+            exact = False
+    if x.shape[-1] != model.output_shape[-1] or len(x.shape) != 4:
+        raise ConfigError(f"{model.name}: its head does not end in a per-window class score.")
+    sliding = Model(inputs, x, name=f"{model.name}_sliding")
+    for new, values in weights:
+        new.set_weights(values)
+    return sliding, Geometry(window, stride, exact)
+
+
+def window_scores(model, image: np.ndarray, target: int):
+    """``(scores (rows, cols), Geometry)``: the probability of class ``target`` for every window
+    of ``image`` ((H, W, C) in [0, 1]), from one pass of the rewritten model."""
+    sliding, geometry = sliding_model(model, image.shape)
+    out = sliding.predict(image[None].astype(model.dtype), verbose=0)[0]
+    # pooling that rounds down can leave one more output than there are whole windows (its
+    # window hangs over the edge, in pixels the classifier never reads): keep whole windows
+    rows, cols = ((n - w) // geometry.stride + 1 for n, w in zip(image.shape, geometry.window))
+    return out[:rows, :cols, target], geometry
+
+
+def prepare(model, image) -> np.ndarray:
+    """A PIL image (or path) -> float (H, W, C) in [0, 1] with the model's channels."""
+    from cnnlab.preprocess import open_image, to_gray
+    if not hasattr(image, "convert"):
+        image = open_image(image)
+    channels = model.input_shape[-1]
+    if channels == 1:
+        return to_gray(image)[..., None].astype(np.float32)
+    return np.asarray(image.convert("RGB" if channels == 3 else "RGBA"), np.float32) / 255
+
+
+def target_class(model, target=None) -> int:
+    """The class to detect: ``target`` (an index or a class name), else the class named 'face',
+    else class 1 of a two-class model."""
+    from cnnlab.runs import class_names
+    names = class_names(model)
+    if target is None:
+        if "face" in names:
+            return names.index("face")
+        if len(names) == 2:
+            return 1
+        raise ConfigError(f"{model.name} has {len(names)} classes {names}; name the one to "
+                          f"detect (target=...).")
+    if isinstance(target, str) and not target.isdigit():
+        if target not in names:
+            raise ConfigError(f"{model.name} has no class {target!r}; its classes are {names}.")
+        return names.index(target)
+    index = int(target)
+    if not 0 <= index < len(names):
+        raise ConfigError(f"target {index} is out of range for {len(names)} classes {names}.")
+    return index
+
+
+def pyramid_scales(height: int, width: int, window, min_size: int | None = None,
+                   max_size: int | None = None, step: float = SCALE_STEP) -> list[float]:
+    """Scales at which an object of ``min_size`` to ``max_size`` pixels (default: the window to
+    the image's shorter side) fills the window, each ``step`` apart; largest scale first."""
+    smallest = min(window)
+    low = max(min_size or smallest, 1)
+    high = min(max_size or min(height, width), min(height, width))
+    scales, size = [], float(low)
+    while size <= high * 1.0001:
+        scales.append(smallest / size)
+        size *= step
+    return scales
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def non_max_suppression(detections: list[Detection], overlap: float = NMS_IOU):
+    """Greedy: the best box stays, every box overlapping it by more than ``overlap`` goes."""
+    kept: list[Detection] = []
+    for d in sorted(detections, key=lambda d: -d.score):
+        if all(iou(d.box, k.box) <= overlap for k in kept):
+            kept.append(d)
+    return kept
+
+
+def detect(image, model=DEFAULT_MODEL, threshold: float = THRESHOLD, target=None,
+           min_size: int | None = None, max_size: int | None = None,
+           overlap: float = NMS_IOU) -> list[Detection]:
+    """Boxes where ``model`` (a shipped model name, a ``.cnnlab`` path or a model) scores class
+    ``target`` at least ``threshold``, over an image pyramid, after non-maximum suppression;
+    best first. ``image``: a path, a PIL image, or an (H, W, C) array in [0, 1]."""
+    model = load_detector(model)
+    if not 0 < threshold < 1:
+        raise ConfigError(f"threshold must be between 0 and 1; received {threshold!r}.")
+    target = target_class(model, target)
+    pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
+    height, width = pixels.shape[:2]
+    window = tuple(model.input_shape[:2])
+    found = []
+    for size, level in _levels(pixels, window, min_size, max_size):
+        scores, geometry = window_scores(model, level, target)
+        sy, sx = height / size[1], width / size[0]            # level pixels -> image pixels
+        for i, j in zip(*np.nonzero(scores >= threshold)):
+            top, left = i * geometry.stride, j * geometry.stride
+            found.append(Detection((left * sx, top * sy, (left + window[1]) * sx,
+                                    (top + window[0]) * sy), float(scores[i, j])))
+    return non_max_suppression(found, overlap)
+
+
+def _levels(pixels: np.ndarray, window, min_size=None, max_size=None):
+    """``(scale, level image)`` for each level of the pyramid of ``pixels`` (H, W, C)."""
+    from PIL import Image
+    height, width = pixels.shape[:2]
+    for scale in pyramid_scales(height, width, window, min_size, max_size):
+        size = (max(window[1], round(width * scale)), max(window[0], round(height * scale)))
+        yield size, np.stack([np.asarray(Image.fromarray(pixels[..., c]).resize(
+            size, Image.BILINEAR)) for c in range(pixels.shape[-1])], axis=-1)
+
+
+def hard_negatives(model, pictures, target=None, threshold: float = 0.5,
+                   limit: int = 5000, seed: int = 0) -> np.ndarray:
+    """Windows of ``pictures`` (arrays (H, W, C) in [0, 1] that show no object of the target
+    class) that ``model`` scores ``threshold`` or more: its false positives, at every level of
+    the pyramid, as crops of the window's size (at most ``limit``, drawn at random). Training
+    on them again is bootstrapping (Sung & Poggio, 1998; Dalal & Triggs, 2005)."""
+    target = target_class(model, target)
+    window = tuple(model.input_shape[:2])
+    found = []
+    for pixels in pictures:
+        for _, level in _levels(pixels, window):
+            scores, geometry = window_scores(model, level, target)
+            for i, j in zip(*np.nonzero(scores >= threshold)):
+                top, left = i * geometry.stride, j * geometry.stride
+                found.append(level[top:top + window[0], left:left + window[1]])
+    if not found:
+        return np.zeros((0, *window, model.input_shape[-1]), np.float32)
+    crops = np.stack(found)
+    if len(crops) > limit:
+        crops = crops[np.random.default_rng(seed).permutation(len(crops))[:limit]]
+    return crops
+
+
+def load_detector(model):
+    """A shipped model name ('faces'), a ``.cnnlab`` path, or a model."""
+    from cnnlab import zoo
+    from cnnlab.io.saving import load_model
+    if not isinstance(model, str):
+        return model
+    shipped = {weights: name for name, weights in zoo.PRETRAINED}
+    if model in shipped:
+        return zoo.get(shipped[model], weights=model)
+    return load_model(model, compile=False)
+
+
+def draw(image, detections: list[Detection], out) -> None:
+    """``image`` (a path or PIL image) with each box and its score drawn on it, saved to ``out``."""
+    from PIL import ImageDraw
+
+    from cnnlab.preprocess import open_image
+    picture = (image if hasattr(image, "convert") else open_image(image)).convert("RGB")
+    pen = ImageDraw.Draw(picture)
+    width = max(2, round(min(picture.size) / 200))
+    for d in detections:
+        pen.rectangle(d.box, outline=(255, 48, 48), width=width)
+        pen.text((d.box[0] + width + 1, d.box[1] + width), f"{d.score:.2f}", fill=(255, 48, 48))
+    picture.save(out)

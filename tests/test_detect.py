@@ -1,0 +1,217 @@
+"""Detection with a classifier: the fully convolutional rewrite equals the sliding classifier
+window by window; digits scattered on a page are all found; the CLI and bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cnnlab
+from cnnlab import layers, zoo
+from cnnlab.errors import ConfigError
+from cnnlab.tasks import detect
+
+
+def _windows(model, image, stride):
+    """The classifier on every whole window, one by one: the reference."""
+    h, w = model.input_shape[:2]
+    rows, cols = (image.shape[0] - h) // stride + 1, (image.shape[1] - w) // stride + 1
+    crops = np.stack([image[i * stride:i * stride + h, j * stride:j * stride + w]
+                      for i in range(rows) for j in range(cols)])
+    return model.predict(crops, verbose=0).reshape(rows, cols, -1)
+
+
+@pytest.mark.parametrize("height, width", [(25, 25), (41, 53), (64, 30)])
+def test_the_convolutional_rewrite_is_the_sliding_classifier_window_by_window(height, width):
+    cnnlab.config.set_floatx("float64")
+    cnnlab.utils.set_random_seed(3)
+    model = zoo.get("face_net", num_classes=2, augment=True)       # augmentation is dropped
+    model.set_weights([w + 0.05 * np.random.default_rng(0).standard_normal(w.shape)
+                       for w in model.get_weights()])
+    image = np.random.default_rng(1).random((height, width, 1))
+    sliding, geometry = detect.sliding_model(model, image.shape)
+    assert geometry == detect.Geometry((25, 25), 4, True)
+    scores, _ = detect.window_scores(model, image, target=1)
+    expected = _windows(model, image, 4)
+    np.testing.assert_allclose(scores, expected[..., 1], rtol=0, atol=1e-12)
+
+
+def test_a_global_pooling_head_slides_too_and_same_padding_is_flagged_inexact():
+    cnnlab.config.set_floatx("float64")
+    cnnlab.utils.set_random_seed(4)
+    inputs = layers.Input((12, 12, 3))
+    x = layers.Conv2D(6, 3, activation="relu")(inputs)
+    x = layers.MaxPooling2D(2)(layers.BatchNormalization()(x))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(8, 3, strides=1)(x))
+    model = cnnlab.Model(inputs, layers.Dense(2, activation="softmax")(layers.Dense(5)(x)))
+    image = np.random.default_rng(2).random((30, 22, 3))
+    scores, geometry = detect.window_scores(model, image, target=0)
+    assert geometry.stride == 2 and geometry.exact
+    np.testing.assert_allclose(scores, _windows(model, image, 2)[..., 0], atol=1e-12)
+    assert not detect.sliding_model(zoo.get("cifar_vgg"), (40, 40, 3))[1].exact
+
+
+def test_what_cannot_slide_is_refused_by_name():
+    with pytest.raises(ConfigError, match="branches or merges"):
+        detect.sliding_model(zoo.get("resnet20", input_shape=(16, 16, 3)), (32, 32, 3))
+    with pytest.raises(ConfigError, match="smaller than the model's window"):
+        detect.sliding_model(zoo.get("face_net", num_classes=2), (20, 40, 1))
+    with pytest.raises(ConfigError, match="has 10 classes"):
+        detect.target_class(zoo.get("lenet5"))
+    with pytest.raises(ConfigError, match="no class 'cat'"):
+        detect.target_class(zoo.get("face_net", num_classes=2), "cat")
+
+
+# --- digits scattered on a page ------------------------------------------------------------------
+def _digit_detector():
+    """'digit' / 'not a digit' on 28x28, trained here: digits centred as MNIST's, against blank
+    paper, noise, and digits at least 9 pixels off centre (so a window must sit on a digit)."""
+    (x, _), _ = cnnlab.datasets.mnist_sample.load_data()
+    rng = np.random.default_rng(0)
+    digits = x[:3000].astype(np.float32) / 255
+    negatives = []
+    for _ in range(3000):
+        canvas = np.zeros((84, 84), np.float32)
+        for _ in range(int(rng.integers(0, 3))):
+            dy, dx = rng.integers(0, 57, 2)
+            if abs(dy - 28) < 9 and abs(dx - 28) < 9:
+                continue                                   # that would be a centred digit
+            canvas[dy:dy + 28, dx:dx + 28] = np.maximum(canvas[dy:dy + 28, dx:dx + 28],
+                                                        digits[rng.integers(0, 3000)])
+        negatives.append(canvas[28:56, 28:56])
+    images = np.concatenate([digits, np.stack(negatives)])[..., None]
+    labels = np.repeat([1, 0], 3000)
+    cnnlab.utils.set_random_seed(0)
+    model = zoo.get("face_net", input_shape=(28, 28, 1), num_classes=2)
+    model.metadata["class_names"] = ["paper", "digit"]
+    model.compile(cnnlab.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
+    model.fit(images, labels, batch_size=64, epochs=6, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def digit_detector():
+    return _digit_detector()
+
+
+def _page(seed=5):
+    """A 200x200 page (white ink on black, as MNIST) with 5 held-out digits; their boxes."""
+    _, (x_test, _) = cnnlab.datasets.mnist_sample.load_data()
+    rng = np.random.default_rng(seed)
+    page, boxes = np.zeros((200, 200), np.float32), []
+    while len(boxes) < 5:
+        top, left = (int(v) for v in rng.integers(0, 172, 2))
+        box = (left, top, left + 28, top + 28)
+        if all(detect.iou(box, b) == 0 and abs(left - b[0]) + abs(top - b[1]) > 40
+               for b in boxes):
+            page[top:top + 28, left:left + 28] = x_test[len(boxes) * 7] / 255
+            boxes.append(box)
+    return page, boxes
+
+
+def test_every_digit_on_a_page_is_found_with_at_most_one_false_positive(digit_detector):
+    for seed in (5, 6):
+        page, truth = _page(seed)
+        found = detect.detect(page[..., None], model=digit_detector, threshold=0.9,
+                              max_size=36)
+        matched = [max((detect.iou(d.box, t) for d in found), default=0) for t in truth]
+        assert min(matched) >= 0.5, (seed, matched, found)
+        spurious = [d for d in found if max(detect.iou(d.box, t) for t in truth) < 0.5]
+        assert len(spurious) <= 1, (seed, spurious)
+
+
+def test_cli_detect_prints_json_boxes_draws_them_and_says_when_there_are_none(
+        digit_detector, tmp_path):
+    page, truth = _page(5)
+    Image.fromarray((page * 255).astype(np.uint8)).save(tmp_path / "page.png")
+    digit_detector.save(tmp_path / "digits.cnnlab")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "cnnlab", "detect", *args],
+                              capture_output=True, text=True, timeout=120)
+    result = run(str(tmp_path / "page.png"), "--model", str(tmp_path / "digits.cnnlab"),
+                 "--json", "--out", str(tmp_path / "boxes.png"))
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert all(sorted(d) == ["box", "score"] and len(d["box"]) == 4 for d in found)
+    assert all(max(detect.iou(d["box"], t) for d in found) >= 0.5 for t in truth)
+    drawn = np.asarray(Image.open(tmp_path / "boxes.png"))
+    assert drawn.shape == (200, 200, 3) and (drawn[..., 0] > drawn[..., 1] + 100).any()  # red
+    Image.new("L", (120, 90)).save(tmp_path / "blank.png")
+    result = run(str(tmp_path / "blank.png"), "--model", str(tmp_path / "digits.cnnlab"))
+    assert result.returncode == 0 and "nothing scores 0.9 or more" in result.stdout
+    result = run(str(tmp_path / "blank.png"), "--model", str(tmp_path / "digits.cnnlab"),
+                 "--target", "cat")
+    assert result.returncode == 1 and "no class 'cat'" in result.stderr
+
+
+def test_the_detect_page_draws_the_boxes_the_api_finds(digit_detector, tmp_path, monkeypatch):
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from browser import browser, screenshot
+    from test_serve_browser import no_errors_logged, wait_for
+
+    from cnnlab import serve
+    monkeypatch.setenv("CNNLAB_HOME", str(tmp_path / "home"))
+    page, truth = _page(6)
+    Image.fromarray((page * 255).astype(np.uint8)).save(tmp_path / "page.png")
+    digit_detector.save(tmp_path / "digits.cnnlab")
+    app = serve.App({"lenet": (zoo.get("lenet5"), "zoo")}, serve.models_dir(),
+                    detector=str(tmp_path / "digits.cnnlab"))
+    server = serve.make_server(app, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    base = server.url.rstrip("/")
+    try:
+        for query, body, code in (("?threshold=2", b"x", 400), ("", b"not an image", 415)):
+            request = urllib.request.Request(base + "/api/detect" + query, data=body,
+                                             method="POST")
+            with pytest.raises(urllib.error.HTTPError) as error:
+                urllib.request.urlopen(request, timeout=30)
+            assert error.value.code == code
+        driver = browser()
+        try:
+            driver.get(base + "/detect")
+            upload = driver.find_element("id", "upload")
+            driver.execute_script("arguments[0].hidden = false;", upload)
+            upload.send_keys(str(tmp_path / "page.png"))
+            wait_for(driver, "document.querySelectorAll('#list li').length >= 5")
+            title = driver.execute_script("return document.getElementById('result-title')"
+                                          ".textContent")
+            assert title.endswith("digits found")
+            red = driver.execute_script("""
+                const c = document.getElementById('canvas'), x = c.getContext('2d');
+                const d = x.getImageData(0, 0, c.width, c.height).data;
+                let n = 0;
+                for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] < 90) n++;
+                return n;""")
+            assert red > 100                                     # the boxes are drawn
+            screenshot(driver, "detect.png")
+            no_errors_logged(driver)
+        finally:
+            driver.quit()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_lfw_faces_is_stratified_balanced_in_training_and_names_its_extra_when_missing(
+        monkeypatch):
+    from cnnlab.datasets import lfw_faces
+    (x, y), (x_test, y_test) = cnnlab.datasets.load("lfw_faces")
+    assert x.shape[1:] == (25, 25) and x.dtype == np.uint8 and set(np.unique(y)) == {0, 1}
+    negatives = 100 + len(lfw_faces.NEGATIVE_IMAGES) * lfw_faces.NEGATIVES_PER_IMAGE
+    assert int(y_test.sum()) == 20 and int((y_test == 0).sum()) == round(negatives * 0.2)
+    assert int((y == 0).sum()) == negatives - round(negatives * 0.2)
+    assert abs(int(y.sum()) - int((y == 0).sum())) <= 80              # faces repeated to balance
+    (x2, _), _ = lfw_faces.load_data()
+    np.testing.assert_array_equal(x, x2)                               # a fixed split
+    assert not {"astronaut", "camera"} & set(lfw_faces.NEGATIVE_IMAGES)   # people: test images
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    with pytest.raises(ConfigError, match=r"pip install 'cnnlab\[faces\]'"):
+        lfw_faces.load_data()
