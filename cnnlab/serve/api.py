@@ -10,6 +10,7 @@ activations are ``Model.run``'s, node by node; the explain page's windows and su
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import time
 from dataclasses import dataclass
@@ -89,6 +90,27 @@ def _probabilities(model, output: np.ndarray) -> np.ndarray:
     return softmax_forward(output[None].astype(np.float64))[0]
 
 
+@contextlib.contextmanager
+def user_errors():
+    """A request's own mistakes as HTTP answers: an unreadable image 415, any other refusal of
+    cnnlab's (a corrupt file, a wrong size) 400."""
+    try:
+        yield
+    except ImageFormatError as exc:
+        raise ApiError(415, str(exc)) from None
+    except CnnlabError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def uploaded_image(body: bytes):
+    """The request body as a PIL image (within ``MAX_UPLOAD_PIXELS``); an ApiError if none."""
+    if not body:
+        raise ApiError(400, "The request has no body; send the image's bytes (PNG, JPEG, ...).")
+    with user_errors():
+        return open_image(io.BytesIO(body), name="the uploaded file",
+                          max_pixels=MAX_UPLOAD_PIXELS)
+
+
 def predict(served: ServedModel, body: bytes, invert="auto") -> dict:
     """Classify one uploaded image and return every layer's activations.
 
@@ -97,16 +119,9 @@ def predict(served: ServedModel, body: bytes, invert="auto") -> dict:
     ``input`` is exactly what the model saw.
     """
     start = time.perf_counter()
-    if not body:
-        raise ApiError(400, "The request has no body; send the image's bytes (PNG, JPEG, ...).")
-    try:
-        image = open_image(io.BytesIO(body), name="the uploaded file",
-                           max_pixels=MAX_UPLOAD_PIXELS)
+    image = uploaded_image(body)
+    with user_errors():
         x = image_for_model(served.model, image, invert)
-    except ImageFormatError as exc:
-        raise ApiError(415, str(exc)) from None
-    except CnnlabError as exc:
-        raise ApiError(400, str(exc)) from None
     prepared = time.perf_counter()
     output, activations = served.activations(x[None].astype(served.model.dtype, copy=False))
     computed = time.perf_counter()
@@ -209,17 +224,9 @@ class SearchService:
 
     def query(self, body: bytes, k: int) -> dict:
         """The ``k`` indexed photos most like the uploaded one."""
-        if not body:
-            raise ApiError(400, "The request has no body; send the image's bytes (PNG, JPEG, ...).")
-        try:
-            image = open_image(io.BytesIO(body), name="the uploaded file",
-                               max_pixels=MAX_UPLOAD_PIXELS)
-            from cnnlab.runs import image_for_model
+        image = uploaded_image(body)
+        with user_errors():
             x = image_for_model(self.embedder.model, image)
-        except ImageFormatError as exc:
-            raise ApiError(415, str(exc)) from None
-        except CnnlabError as exc:
-            raise ApiError(400, str(exc)) from None
         start = time.perf_counter()
         vector = self.embedder.embed_arrays(x[None].astype(np.float32))[0]
         hits = self.index.nearest(vector[None], k)[0]
@@ -265,17 +272,10 @@ class DetectService:
 
     def query(self, body: bytes, threshold: float) -> dict:
         from cnnlab.tasks import detect
-        if not body:
-            raise ApiError(400, "The request has no body; send the image's bytes (PNG, JPEG, ...).")
-        try:
-            image = open_image(io.BytesIO(body), name="the uploaded file",
-                               max_pixels=MAX_UPLOAD_PIXELS)
-            start = time.perf_counter()
+        image = uploaded_image(body)
+        start = time.perf_counter()
+        with user_errors():
             found = detect.detect(image, model=self.model, threshold=threshold)
-        except ImageFormatError as exc:
-            raise ApiError(415, str(exc)) from None
-        except CnnlabError as exc:
-            raise ApiError(400, str(exc)) from None
         return {"model": self.model.name, "width": image.width, "height": image.height,
                 "target": class_names(self.model)[detect.target_class(self.model)],
                 "detections": [d.to_json() for d in found],

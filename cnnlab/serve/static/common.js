@@ -84,3 +84,15 @@ export function markNav() {
 
 export const format = (x, digits = 3) =>
   Number.isInteger(x) ? String(x) : Number(x).toFixed(digits).replace(/\.?0+$/, "");
+
+/** A file input behind a label that also takes a dropped file: `onFile(file)` either way. */
+export function fileDrop(label, input, onFile) {
+  input.addEventListener("change", () => input.files[0] && onFile(input.files[0]));
+  label.addEventListener("dragover", (event) => { event.preventDefault(); label.classList.add("over"); });
+  label.addEventListener("dragleave", () => label.classList.remove("over"));
+  label.addEventListener("drop", (event) => {
+    event.preventDefault();
+    label.classList.remove("over");
+    if (event.dataTransfer.files[0]) onFile(event.dataTransfer.files[0]);
+  });
+}

@@ -1,5 +1,5 @@
 // The Detect page: upload a photo, draw the boxes the server finds on it, with their scores.
-import { api, el, markNav, format } from "/static/common.js";
+import { api, el, fileDrop, markNav, format } from "/static/common.js";
 
 const $ = (id) => document.getElementById(id);
 let current = null;
@@ -60,13 +60,5 @@ async function describe() {
 
 markNav();
 describe().catch((error) => { $("error").textContent = error.message; });
-$("upload").addEventListener("change", () => $("upload").files[0] && run($("upload").files[0]));
 $("threshold").addEventListener("change", () => current && run(current));
-const drop = $("drop");
-drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (event) => {
-  event.preventDefault();
-  drop.classList.remove("over");
-  if (event.dataTransfer.files[0]) run(event.dataTransfer.files[0]);
-});
+fileDrop($("drop"), $("upload"), run);

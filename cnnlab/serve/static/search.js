@@ -1,5 +1,5 @@
 // The Search page: upload a photo, show the indexed photos most like it with their similarity.
-import { api, el, markNav, format } from "/static/common.js";
+import { api, el, fileDrop, markNav, format } from "/static/common.js";
 
 const $ = (id) => document.getElementById(id);
 let current = null;                       // the last photo searched for, to search again with a new k
@@ -39,14 +39,5 @@ async function search(file) {
 
 markNav();
 showIndex().catch((error) => { $("index-info").textContent = error.message; });
-$("upload").addEventListener("change", () => $("upload").files[0] && search($("upload").files[0]));
 $("k").addEventListener("change", () => current && search(current));
-const drop = $("drop");
-drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (event) => {
-  event.preventDefault();
-  drop.classList.remove("over");
-  const file = event.dataTransfer.files[0];
-  if (file) search(file);
-});
+fileDrop($("drop"), $("upload"), search);
