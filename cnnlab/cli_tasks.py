@@ -68,6 +68,26 @@ def cmd_detect(args) -> int:
     return 0
 
 
+def cmd_video(args) -> int:
+    """Classify every frame of a video (or detect in it, --detect): an annotated video and a
+    CSV of per-frame results."""
+    from cnnlab.tasks import video
+    stem = os.path.splitext(args.input)[0]
+    out = args.out or f"{stem}-cnnlab.mp4"
+    table = args.csv or f"{os.path.splitext(out)[0]}.csv"
+    result = video.process_video(args.model, args.input, out=out, csv_path=table,
+                                 detect_objects=args.detect, batch_size=args.batch_size,
+                                 threshold=args.threshold, target=args.target,
+                                 progress=sys.stderr.isatty())
+    if result.skipped:
+        print(f"Warning: skipped {len(result.skipped)} damaged packet(s) of {args.input} "
+              f"(numbers {result.skipped[:5]}{' ...' if len(result.skipped) > 5 else ''})",
+              file=sys.stderr)
+    print(f"{result.frames} frames at {result.fps:g} fps ({result.duration:.2f} s): wrote {out} "
+          f"and {table}")
+    return 0
+
+
 def add_commands(commands, formatter, positive_int) -> None:
     from cnnlab.tasks.search import BACKENDS, DEFAULT_MODEL
     index = commands.add_parser(
@@ -120,3 +140,19 @@ def add_commands(commands, formatter, positive_int) -> None:
     boxes.add_argument("--min-size", type=positive_int,
                        help="the smallest object in pixels (default: the model's window)")
     boxes.set_defaults(func=cmd_detect)
+    clip = commands.add_parser(
+        "video", help="classify or detect in every frame of a video", formatter_class=formatter,
+        description=cmd_video.__doc__,
+        epilog="Example:\n  cnnlab video digits clip.mp4            # the shipped digits model\n"
+               "  cnnlab video faces clip.mp4 --detect --out boxes.mp4")
+    clip.add_argument("model", help="a shipped model (digits, cifar10, faces) or a .cnnlab file")
+    clip.add_argument("input", help="the video (anything FFmpeg reads)")
+    clip.add_argument("--out", help="the annotated video (default: INPUT-cnnlab.mp4)")
+    clip.add_argument("--csv", help="per-frame results (default: the --out name, .csv)")
+    clip.add_argument("--detect", action="store_true",
+                      help="detect (boxes) instead of classifying each whole frame")
+    clip.add_argument("--batch-size", type=positive_int, default=32,
+                      help="frames classified at once (default: %(default)s)")
+    clip.add_argument("--threshold", type=float, help="with --detect (default: 0.9)")
+    clip.add_argument("--target", help="with --detect: the class to find")
+    clip.set_defaults(func=cmd_video)

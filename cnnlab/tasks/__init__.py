@@ -1,1 +1,2 @@
-"""The article's uses of a CNN, end to end: photo search (``search``)."""
+"""The article's uses of a CNN, end to end: photo search (``search``), detection with a
+classifier (``detect``), and video (``video``)."""

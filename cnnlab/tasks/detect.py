@@ -270,9 +270,13 @@ def load_detector(model):
     from cnnlab.io.saving import load_model
     if not isinstance(model, str):
         return model
+    import os
     shipped = {weights: name for name, weights in zoo.PRETRAINED}
     if model in shipped:
         return zoo.get(shipped[model], weights=model)
+    if not os.path.exists(model):
+        raise ConfigError(f"--model {model!r} is neither a shipped model ({sorted(shipped)}) "
+                          f"nor a .cnnlab file.")
     return load_model(model, compile=False)
 
 
