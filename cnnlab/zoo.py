@@ -252,7 +252,8 @@ def resolve(name: str) -> str:
 #: file's metadata says how, on what, and how well): (model, weights name) -> file in
 #: ``cnnlab/weights``.
 PRETRAINED = {("article", "digits"): "article-digits.cnnlab",
-              ("cifar_vgg", "cifar10"): "cifar_vgg-cifar10.cnnlab"}
+              ("cifar_vgg", "cifar10"): "cifar_vgg-cifar10.cnnlab",
+              ("face_net", "faces"): "face_net-faces.cnnlab"}
 
 
 def pretrained_path(name: str, weights: str):

@@ -3,7 +3,7 @@
     python recipes/pretrain.py digits                         # the article's CNN, bundled digits
     python recipes/pretrain.py cifar10 --data DIR             # cifar_vgg on CIFAR-10's 50,000
     python recipes/pretrain.py cifar10 --data DIR --classes airplane,automobile,... --out F
-    python recipes/pretrain.py faces                          # face_net on lfw_faces, bootstrapped
+    python recipes/pretrain.py faces --negatives DIR          # face_net on lfw_faces, bootstrapped
 
 ``DIR`` holds one folder of images per class, as ``cifar10-train-jpeg.tar.gz`` extracts
 (``tar xzf cifar10-train-jpeg.tar.gz -C /tmp/cifar10`` gives ``/tmp/cifar10/train``).
@@ -42,11 +42,11 @@ RUNS = {
                             "other 2,000"),
     "faces": dict(model="face_net", data="lfw_faces", mining_rounds=2,
                   describe="lfw_faces: scikit-image's 100 face and 100 other 25x25 crops, and "
-                           "squares cut from its person-free pictures; 4/5 to train (faces "
-                           "repeated to balance), scored on the other 1/5"),
+                           "squares cut from its person-free pictures; {train:,} to train (faces "
+                           "repeated to balance), scored on the other {held_out:,}"),
     "cifar10": dict(model="cifar_vgg",
-                    describe="CIFAR-10's 50,000 training images (Krizhevsky, 2009) as JPEGs: "
-                             "40,000 to train, scored on the other 10,000 (a seeded 20% "
+                    describe="CIFAR-10's training images (Krizhevsky, 2009) as JPEGs: "
+                             "{train:,} to train, scored on the other {held_out:,} (a seeded 20% "
                              "validation split)"),
 }
 
@@ -70,8 +70,57 @@ def not_face_pictures() -> list[np.ndarray]:
             for name in lfw_faces.NEGATIVE_IMAGES]
 
 
+def photo_squares(folder: str, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` greyscale squares (25 to 32 pixels, shrunk to 25) cut at random from the photos
+    under ``folder``: more of the world that is not a face (CIFAR-10 has no class of people)."""
+    from PIL import Image
+
+    from cnnlab.tasks.search import image_files
+    rng = np.random.default_rng(seed)
+    files = image_files(folder)
+    crops = []
+    for k in rng.permutation(len(files))[:count]:
+        with Image.open(os.path.join(folder, files[k])) as photo:
+            grey = photo.convert("L")
+        side = int(rng.integers(25, min(grey.size) + 1))
+        top, left = (int(v) for v in rng.integers(0, np.array(grey.size[::-1]) - side + 1))
+        square = grey.crop((left, top, left + side, top + side)).resize((25, 25), Image.BILINEAR)
+        crops.append(np.asarray(square, np.float32) / 255)
+    return np.stack(crops)[..., None]
+
+
+def _with_not_faces(train, extra):
+    """``train`` with ``extra`` not-faces added and its faces (each once) repeated to weigh as
+    much as all the not-faces."""
+    x, y = train
+    negatives = np.concatenate([x[y == 0], extra.astype(x.dtype)])
+    faces = np.unique(x[y == 1], axis=0)
+    faces = np.repeat(faces, max(1, round(len(negatives) / len(faces))), axis=0)
+    return (np.concatenate([negatives, faces]),
+            np.concatenate([np.zeros(len(negatives), y.dtype), np.ones(len(faces), y.dtype)]))
+
+
+def bootstrap(settings, train, test, rounds, negatives, verbose):
+    """Train, then ``rounds`` times: take the windows of the not-face pictures that the
+    detector calls faces (score >= 0.5) as further not-faces, and train a fresh network."""
+    if negatives:
+        train = _with_not_faces(train, photo_squares(negatives[0], negatives[1]))
+    model, _, _ = new_run(settings)
+    fit_run(model, settings, train, test, verbose=verbose)
+    mined = []
+    for round_ in range(rounds):
+        hard = detect.hard_negatives(model, not_face_pictures(), threshold=0.5, seed=round_)
+        mined.append(len(hard))
+        print(f"Round {round_ + 1}: {len(hard)} windows of the not-face pictures taken for "
+              f"faces; training again with them as not-faces", flush=True)
+        train = _with_not_faces(train, hard)
+        model, _, _ = new_run({**settings, "seed": round_ + 1})   # a fresh network each round
+        fit_run(model, settings, train, test, verbose=verbose)
+    return model, mined
+
+
 def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None = None,
-             epochs: int | None = None, verbose: int = 2) -> dict:
+             epochs: int | None = None, verbose: int = 2, negatives=None) -> dict:
     run = RUNS[weights]
     data = data or run.get("data")
     if data is None:
@@ -80,30 +129,26 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
     settings = run_settings(model=run["model"], data=folder, seed=0, epochs=epochs)
     model, train, test = new_run(settings)
     start = time.perf_counter()
-    fit_run(model, settings, train, test, verbose=verbose)
     mined = []
-    for round_ in range(run.get("mining_rounds", 0)):
-        hard = detect.hard_negatives(model, not_face_pictures(), threshold=0.5, seed=round_)
-        mined.append(len(hard))
-        print(f"Round {round_ + 1}: {len(hard)} windows of the not-face pictures taken for "
-              f"faces; training again with them as not-faces", flush=True)
-        x, y = train
-        train = (np.concatenate([x, hard]), np.concatenate([y, np.zeros(len(hard), y.dtype)]))
-        settings = {**settings, "seed": round_ + 1}
-        model, _, _ = new_run(settings)                 # a fresh network (and seed) each round
+    if run.get("mining_rounds"):
+        model, mined = bootstrap(settings, train, test, run["mining_rounds"], negatives, verbose)
+    else:
         fit_run(model, settings, train, test, verbose=verbose)
     seconds = time.perf_counter() - start
     if isinstance(test, tuple):
         loss, accuracy = model.evaluate(*test, batch_size=256, verbose=0)
-        held_out = len(test[0])
+        held_out, trained_on = len(test[0]), len(train[0])
     else:
         loss, accuracy = model.evaluate(test, verbose=0)
-        held_out = len(test.source.file_paths)
+        held_out, trained_on = len(test.source.file_paths), len(train.source.file_paths)
     recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
     model.metadata["train_settings"] = {**settings, "data": os.path.basename(data.rstrip("/"))}
     model.metadata["pretrained"] = {
         "model": run["model"], "weights": weights,
-        "data": run["describe"] + (f"; classes {', '.join(classes)} only" if classes else ""),
+        "data": run["describe"].format(train=trained_on, held_out=held_out)
+        + (f"; classes {', '.join(classes)} only" if classes else "")
+        + (f"; and {negatives[1]:,} squares of the photos in {os.path.basename(negatives[0])} "
+           f"as not-faces" if negatives else ""),
         "recipe": recipe.describe() + ", seed 0",
         "accuracy": round(float(accuracy), 4), "loss": round(float(loss), 4),
         "held_out_images": held_out, "train_seconds": round(seconds, 1),
@@ -122,11 +167,16 @@ def main() -> None:
     parser.add_argument("--classes", help="comma-separated class folders to train on")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--out", help="default: cnnlab/weights/<model>-<weights>.cnnlab")
+    parser.add_argument("--negatives", metavar="DIR",
+                        help="faces: also cut not-faces from the photos in DIR")
+    parser.add_argument("--negatives-count", type=int, default=8000,
+                        help="how many squares to cut (default: %(default)s)")
     args = parser.parse_args()
     run = RUNS[args.weights]
     out = args.out or os.path.join(WEIGHTS_DIR, zoo.PRETRAINED[(run["model"], args.weights)])
     classes = args.classes.split(",") if args.classes else None
-    record = pretrain(args.weights, args.data, out, classes, args.epochs)
+    negatives = (args.negatives, args.negatives_count) if args.negatives else None
+    record = pretrain(args.weights, args.data, out, classes, args.epochs, negatives=negatives)
     print(f"Wrote {os.path.normpath(out)}: {record['accuracy']:.2%} on "
           f"{record['held_out_images']:,} held-out images, {record['train_seconds']:.0f} s")
 

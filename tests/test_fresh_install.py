@@ -1,5 +1,6 @@
 """The README's first command in a fresh virtualenv, then `cnnlab report`: the report needs
-nothing beyond cnnlab's own dependencies (matplotlib is one of them)."""
+nothing beyond cnnlab's own dependencies (matplotlib is one of them); and the pretrained
+weights ship inside the installed package (photo search runs on them)."""
 
 import pathlib
 import shutil
@@ -28,5 +29,14 @@ def test_pip_install_then_train_then_report_in_a_fresh_virtualenv(tmp_path):
     out = run(str(bin_dir / "cnnlab"), "report", "article_cnn.cnnlab", "--out", "report.html")
     html = (tmp_path / "report.html").read_text()
     assert "report.html" in out and html.count("data:image/png;base64,") >= 5
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+    for k in range(3):
+        Image.new("RGB", (40, 30), (80 * k, 40, 200 - 60 * k)).save(photos / f"{k}.png")
+    run(str(bin_dir / "cnnlab"), "index", str(photos), "--out", str(tmp_path / "p.index"))
+    found = run(str(bin_dir / "cnnlab"), "search", str(tmp_path / "p.index"),
+                str(photos / "1.png"), "-k", "1")
+    assert "1.0000" in found and "1.png" in found
     freeze = run(str(bin_dir / "pip"), "freeze")
     assert "matplotlib==" in freeze and "torch" not in freeze

@@ -84,7 +84,7 @@ def sliding_model(model, image_shape):
     classifier ``model`` rewritten (its weights copied, the original untouched)."""
     from cnnlab.models.model import Model
     window = tuple(model.input_shape[:2])
-    if tuple(image_shape[:2]) < (0, 0) or any(s < w for s, w in zip(image_shape[:2], window)):
+    if any(s < w for s, w in zip(image_shape[:2], window)):
         raise ConfigError(f"The image {tuple(image_shape[:2])} is smaller than the model's "
                           f"window {window}.")
     chain, stride, exact = _chain(model), 1, True

@@ -113,6 +113,8 @@ class Index:
         self.root, self.paths, self.stamps = root, list(paths), [tuple(s) for s in stamps]
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.model = model                  # {"spec", "name", "weights_sha256"}
+        self.embedded = 0                   # how many vectors the call that made it embedded
+        self.notes: list[str] = []          # how its images were converted (build_index)
         self._faiss = None
 
     def __len__(self) -> int:
@@ -270,7 +272,7 @@ def build_index(folder, model=DEFAULT_MODEL, out=None, batch_size: int = 64,
     index = Index(root, paths, [stamps[p] for p in paths],
                   np.array(vectors, np.float32).reshape(len(paths), width),
                   {"spec": embedder.spec, **embedder.identity})
-    index.embedded = len(fresh)             # how many were embedded by this call
+    index.embedded = len(fresh)
     # one line per way the new files differ from the model's input (colour, size)
     index.notes = conversion_notes([os.path.join(root, rel) for rel in todo],
                                    _COLOR_MODES[embedder.input_shape[-1]],
