@@ -59,9 +59,9 @@ def _transfer_settings(given: dict) -> dict:
     images resized to the size and channels the weights were trained on."""
     from cnnlab import zoo
     name, weights = given.get("model"), given["pretrained"]
-    if name is None:
-        name = next(m for m, w in zoo.PRETRAINED if w == weights) if weights != "auto" and any(
-            w == weights for _, w in zoo.PRETRAINED) else "cifar_vgg"
+    if name is None:                        # the model those weights ship for, else CIFAR-10's
+        owners = {w: m for m, w in zoo.PRETRAINED}
+        name = owners.get(weights, "cifar_vgg")
     name = zoo.resolve(name)
     if weights == "auto":
         shipped = [w for m, w in zoo.PRETRAINED if m == name]

@@ -100,12 +100,11 @@ def _with_not_faces(train, extra):
             np.concatenate([np.zeros(len(negatives), y.dtype), np.ones(len(faces), y.dtype)]))
 
 
-def bootstrap(settings, train, test, rounds, negatives, verbose):
-    """Train, then ``rounds`` times: take the windows of the not-face pictures that the
-    detector calls faces (score >= 0.5) as further not-faces, and train a fresh network."""
+def bootstrap(model, settings, train, test, rounds, negatives, verbose):
+    """Train ``model``, then ``rounds`` times: take the windows of the not-face pictures that
+    the detector calls faces (score >= 0.5) as further not-faces, and train a fresh network."""
     if negatives:
         train = _with_not_faces(train, photo_squares(negatives[0], negatives[1]))
-    model, _, _ = new_run(settings)
     fit_run(model, settings, train, test, verbose=verbose)
     mined = []
     for round_ in range(rounds):
@@ -131,7 +130,8 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
     start = time.perf_counter()
     mined = []
     if run.get("mining_rounds"):
-        model, mined = bootstrap(settings, train, test, run["mining_rounds"], negatives, verbose)
+        model, mined = bootstrap(model, settings, train, test, run["mining_rounds"], negatives,
+                                 verbose)
     else:
         fit_run(model, settings, train, test, verbose=verbose)
     seconds = time.perf_counter() - start
