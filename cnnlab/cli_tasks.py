@@ -51,7 +51,8 @@ def cmd_detect(args) -> int:
     two-class model, slid over the image at every scale in one convolutional pass per scale."""
     from cnnlab.tasks import detect
     found = detect.detect(args.image, model=args.model, threshold=args.threshold,
-                          target=args.target, min_size=args.min_size)
+                          target=args.target, min_size=args.min_size,
+                          min_neighbors=args.min_neighbors)
     if args.out:
         detect.draw(args.image, found, args.out)
     if args.json:
@@ -119,7 +120,7 @@ def add_commands(commands, formatter, positive_int) -> None:
                            "'cnnlab[search]') for large collections (default: %(default)s)")
     find.set_defaults(func=cmd_search)
     from cnnlab.tasks.detect import DEFAULT_MODEL as DETECTOR
-    from cnnlab.tasks.detect import THRESHOLD
+    from cnnlab.tasks.detect import MIN_NEIGHBORS, THRESHOLD
     boxes = commands.add_parser(
         "detect", help="find faces (or any two-class model's class) in a photo",
         formatter_class=formatter, description=cmd_detect.__doc__,
@@ -139,6 +140,9 @@ def add_commands(commands, formatter, positive_int) -> None:
                                         "or class 1 of a two-class model)")
     boxes.add_argument("--min-size", type=positive_int,
                        help="the smallest object in pixels (default: the model's window)")
+    boxes.add_argument("--min-neighbors", type=int, default=MIN_NEIGHBORS,
+                       help="overlapping windows a box needs besides its own (default: "
+                            "%(default)s, as OpenCV's detectMultiScale)")
     boxes.set_defaults(func=cmd_detect)
     clip = commands.add_parser(
         "video", help="classify or detect in every frame of a video", formatter_class=formatter,

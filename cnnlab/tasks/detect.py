@@ -32,6 +32,10 @@ from cnnlab.layers.base import layer_class
 SCALE_STEP = 1.25
 THRESHOLD = 0.9
 NMS_IOU = 0.3
+#: a kept box needs this many other windows above the threshold overlapping it (IoU > NMS_IOU):
+#: an object lights up its neighbouring windows and scales, a fluke mostly one. 3 is OpenCV's
+#: default for the same rule (``detectMultiScale``'s minNeighbors)
+MIN_NEIGHBORS = 3
 DEFAULT_MODEL = "faces"
 _SKIPPED = ("Dropout", "RandomFlip", "RandomCrop", "RandomTranslation", "RandomRotation",
             "RandomZoom", "RandomContrast", "RandomBrightness")
@@ -198,21 +202,27 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def non_max_suppression(detections: list[Detection], overlap: float = NMS_IOU):
-    """Greedy: the best box stays, every box overlapping it by more than ``overlap`` goes."""
+def non_max_suppression(detections: list[Detection], overlap: float = NMS_IOU,
+                        min_neighbors: int = 0):
+    """Greedy: the best box stays, every box overlapping it by more than ``overlap`` goes; then
+    a kept box with fewer than ``min_neighbors`` of the others overlapping it is dropped."""
     kept: list[Detection] = []
     for d in sorted(detections, key=lambda d: -d.score):
         if all(iou(d.box, k.box) <= overlap for k in kept):
             kept.append(d)
+    if min_neighbors:
+        kept = [k for k in kept if sum(iou(k.box, d.box) > overlap
+                                       for d in detections) - 1 >= min_neighbors]
     return kept
 
 
 def detect(image, model=DEFAULT_MODEL, threshold: float = THRESHOLD, target=None,
            min_size: int | None = None, max_size: int | None = None,
-           overlap: float = NMS_IOU) -> list[Detection]:
+           overlap: float = NMS_IOU, min_neighbors: int = MIN_NEIGHBORS) -> list[Detection]:
     """Boxes where ``model`` (a shipped model name, a ``.cnnlab`` path or a model) scores class
-    ``target`` at least ``threshold``, over an image pyramid, after non-maximum suppression;
-    best first. ``image``: a path, a PIL image, or an (H, W, C) array in [0, 1]."""
+    ``target`` at least ``threshold``, over an image pyramid, after non-maximum suppression
+    (each kept box backed by ``min_neighbors`` overlapping windows); best first. ``image``: a
+    path, a PIL image, or an (H, W, C) array in [0, 1]."""
     model = load_detector(model)
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be between 0 and 1; received {threshold!r}.")
@@ -228,7 +238,7 @@ def detect(image, model=DEFAULT_MODEL, threshold: float = THRESHOLD, target=None
             top, left = i * geometry.stride, j * geometry.stride
             found.append(Detection((left * sx, top * sy, (left + window[1]) * sx,
                                     (top + window[0]) * sy), float(scores[i, j])))
-    return non_max_suppression(found, overlap)
+    return non_max_suppression(found, overlap, min_neighbors)
 
 
 def _levels(pixels: np.ndarray, window, min_size=None, max_size=None):
