@@ -239,3 +239,62 @@ def test_feature_maps_fill_the_reports_width():
     viz.plot_feature_maps(model, cnnlab.datasets.as_model_input(x[:1])[0]).savefig(
         buffer, format="png", dpi=100, bbox_inches="tight")
     assert Image.open(buffer).width >= 900               # the report's column is 1,000 px
+
+
+def _small_classifier(seed=0, pool=None):
+    cnnlab.utils.set_random_seed(seed)
+    model = cnnlab.Sequential([cnnlab.layers.Input((10, 9, 2)),
+                               cnnlab.layers.Conv2D(4, 3, activation="tanh"),
+                               (pool or cnnlab.layers.MaxPooling2D)(2),
+                               cnnlab.layers.Flatten(),
+                               cnnlab.layers.Dense(3, activation="softmax")])
+    return model
+
+
+def test_integrated_gradients_add_up_to_the_logit_difference_better_with_more_steps():
+    """Completeness (Sundararajan et al., 2017): sum of attributions = f(x) - f(baseline), to
+    within the midpoint rule's error: like 1 / steps^2 on a smooth network (tanh, average
+    pooling), less regularly where max pooling switches along the path."""
+    from cnnlab.viz.attribution import class_logits, integrated_gradients
+    cnnlab.config.set_floatx("float64")
+    rng = np.random.default_rng(0)
+    x, base = rng.random((10, 9, 2)), 0.2 * rng.random((10, 9, 2))
+    target = 1
+    for model, steps, shrink in ((_small_classifier(pool=cnnlab.layers.AveragePooling2D),
+                                  (4, 16, 64), 10), (_small_classifier(), (4, 1024), 100)):
+        gap = float(class_logits(model, x[None], target)[0]
+                    - class_logits(model, base[None], target)[0])
+        errors = [abs(float(integrated_gradients(model, x, target, base, steps=n).sum()) - gap)
+                  for n in steps]
+        assert all(b * shrink < a for a, b in zip(errors, errors[1:])), errors
+        assert errors[-1] < 1e-3 * abs(gap), (errors, gap)
+    model = _small_classifier()
+    # and one step is the gradient at the midpoint times (x - x'), by the definition
+    from cnnlab.viz.attribution import as_batch
+    mid = as_batch(model, (x + base) / 2)
+    outputs, tape = model.run(mid, keep_cache=True, logits=True)
+    onehot = np.zeros_like(outputs[0])
+    onehot[0, target] = 1
+    grad = model.backward_from(tape, [onehot], want_inputs=True).inputs[0][0]
+    np.testing.assert_allclose(integrated_gradients(model, x, target, base, steps=1),
+                               (x - base) * grad, rtol=1e-12)
+
+
+def test_occlusion_agrees_with_a_brute_force_loop():
+    from cnnlab.viz.attribution import class_logits, occlusion
+    cnnlab.config.set_floatx("float64")
+    model = _small_classifier(1)
+    x = np.random.default_rng(2).random((10, 9, 2))
+    heat = occlusion(model, x, class_index=2, patch=3, stride=2, fill=0.5, batch_size=5)
+    reference = class_logits(model, x[None], 2)[0]
+    total, count = np.zeros((10, 9)), np.zeros((10, 9))
+    for top in [0, 2, 4, 6, 7]:                      # every 2 pixels, and the last row covered
+        for left in [0, 2, 4, 6]:
+            hidden = x.copy()
+            hidden[top:top + 3, left:left + 3] = 0.5
+            total[top:top + 3, left:left + 3] += reference - class_logits(model, hidden[None],
+                                                                          2)[0]
+            count[top:top + 3, left:left + 3] += 1
+    np.testing.assert_allclose(heat, total / count, rtol=1e-12, atol=1e-12)
+    with pytest.raises(cnnlab.errors.ConfigError, match="patch must be"):
+        occlusion(model, x, patch=20)

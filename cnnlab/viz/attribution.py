@@ -1,8 +1,10 @@
-"""Which pixels made the model say what it said: Grad-CAM and saliency, from cnnlab's own
-backward pass. Pure NumPy; no plotting here.
+"""Which pixels made the model say what it said: Grad-CAM, saliency, Integrated Gradients and
+occlusion, from cnnlab's own forward and backward passes. Pure NumPy; no plotting here.
 
-    grad_cam(model, image)  ->  (H, W) heat map in [0, 1] over the input
-    saliency(model, image)  ->  (H, W) |d score / d pixel|, scaled to [0, 1]
+    grad_cam(model, image)              ->  (H, W) heat map in [0, 1] over the input
+    saliency(model, image)              ->  (H, W) |d score / d pixel|, scaled to [0, 1]
+    integrated_gradients(model, image)  ->  (H, W, C) attributions summing to f(x) - f(baseline)
+    occlusion(model, image)             ->  (H, W) how much the score drops with a patch hidden
 
 The score is the class's *logit* (before softmax): its gradient says how each activation pushes
 that class up, undiluted by how confident the softmax already is.
@@ -144,3 +146,76 @@ def saliency(model, image, class_index: int | None = None) -> np.ndarray:
     x = as_batch(model, image)
     _, grads, _ = _class_gradient(model, x, class_index)
     return _unit_scale(np.abs(grads.inputs[0][0]).max(axis=-1))
+
+
+def class_logits(model, images: np.ndarray, class_index: int) -> np.ndarray:
+    """One class's logit for each image of a batch ``(N, H, W, C)``: ``(N,)``."""
+    outputs, _ = model.run(images.astype(model.dtype), logits=True)
+    return outputs[0][:, class_index]
+
+
+def _predicted_class(model, x, class_index):
+    logits = model.run(x, logits=True)[0][0]
+    if class_index is None:
+        return int(np.argmax(logits))
+    if not 0 <= class_index < logits.shape[-1]:
+        raise ConfigError(f"class_index must be in [0, {logits.shape[-1]}); received "
+                          f"{class_index}.")
+    return class_index
+
+
+def integrated_gradients(model, image, class_index: int | None = None, baseline=None,
+                         steps: int = 32, batch_size: int = 16) -> np.ndarray:
+    """Integrated Gradients (Sundararajan et al., 2017): ``(H, W, C)`` attributions
+
+        (x - x') * integral over a in [0, 1] of d f(x' + a (x - x')) / dx  da
+
+    for the class logit ``f``, the integral by the midpoint rule over ``steps`` points. They
+    add up to ``f(x) - f(x')`` (completeness), to within the rule's error, which shrinks like
+    1 / steps^2 for a smooth path. ``baseline`` defaults to black (zeros)."""
+    x = as_batch(model, image)
+    base = np.zeros_like(x) if baseline is None else as_batch(model, baseline)
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be a positive integer; received {steps!r}.")
+    class_index = _predicted_class(model, x, class_index)
+    alphas = (np.arange(steps) + 0.5) / steps                             # midpoints
+    total = np.zeros(x.shape[1:], np.float64)
+    for start in range(0, steps, batch_size):
+        a = alphas[start:start + batch_size].reshape(-1, 1, 1, 1)
+        points = (base + a * (x - base)).astype(model.dtype)             # (n, H, W, C)
+        outputs, tape = model.run(points, keep_cache=True, logits=True)
+        onehot = np.zeros_like(outputs[0])
+        onehot[:, class_index] = 1                # samples are independent: one pass for all
+        grads = model.backward_from(tape, [onehot] + [None] * (len(outputs) - 1),
+                                    want_inputs=True)
+        total += grads.inputs[0].sum(axis=0)
+    return ((x - base)[0] * total / steps).astype(model.dtype)
+
+
+def occlusion(model, image, class_index: int | None = None, patch: int = 4, stride: int = 2,
+              fill: float = 0.0, batch_size: int = 64) -> np.ndarray:
+    """Occlusion sensitivity (Zeiler & Fergus, 2014): slide a ``patch`` x ``patch`` square of
+    ``fill`` over the image every ``stride`` pixels; each pixel gets the mean drop of the class
+    logit over the placements that hide it. ``(H, W)``, positive where hiding hurts."""
+    x = as_batch(model, image)
+    h, w = x.shape[1:3]
+    if not (isinstance(patch, int) and 1 <= patch <= min(h, w) and isinstance(stride, int)
+            and stride >= 1):
+        raise ConfigError(f"patch must be 1 to {min(h, w)} and stride >= 1; received "
+                          f"patch={patch!r}, stride={stride!r}.")
+    class_index = _predicted_class(model, x, class_index)
+    reference = class_logits(model, x, class_index)[0]
+    tops = sorted(set(range(0, h - patch + 1, stride)) | {h - patch})     # the edge covered too
+    lefts = sorted(set(range(0, w - patch + 1, stride)) | {w - patch})
+    places = [(t, left) for t in tops for left in lefts]
+    drop, count = np.zeros((h, w)), np.zeros((h, w))
+    for start in range(0, len(places), batch_size):
+        chunk = places[start:start + batch_size]
+        hidden = np.repeat(x, len(chunk), axis=0)
+        for k, (t, left) in enumerate(chunk):
+            hidden[k, t:t + patch, left:left + patch] = fill
+        scores = class_logits(model, hidden, class_index)
+        for (t, left), score in zip(chunk, scores):
+            drop[t:t + patch, left:left + patch] += reference - score
+            count[t:t + patch, left:left + patch] += 1
+    return drop / count
