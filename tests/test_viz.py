@@ -298,3 +298,60 @@ def test_occlusion_agrees_with_a_brute_force_loop():
     np.testing.assert_allclose(heat, total / count, rtol=1e-12, atol=1e-12)
     with pytest.raises(cnnlab.errors.ConfigError, match="patch must be"):
         occlusion(model, x, patch=20)
+
+
+def _odd_geometry_model():
+    """Stride 2 with 'same' padding, then a dilated conv, then average pooling: every way a
+    receptive field can be miscounted. Linear (no dead ReLUs), float64."""
+    cnnlab.config.set_floatx("float64")
+    cnnlab.utils.set_random_seed(7)
+    return cnnlab.Sequential([cnnlab.layers.Input((23, 19, 2)),
+                              cnnlab.layers.Conv2D(3, 3, strides=2, padding="same", name="a"),
+                              cnnlab.layers.Conv2D(4, 3, dilation_rate=2, name="b"),
+                              cnnlab.layers.AveragePooling2D(2, name="c"),
+                              cnnlab.layers.Conv2D(2, 2, padding="same", name="d")])
+
+
+@pytest.mark.parametrize("layer", ["a", "b", "c", "d"])
+def test_a_cells_crop_is_exactly_the_pixels_its_activation_depends_on(layer):
+    """The crop (receptive field, clipped) equals the bounding box of the input pixels with a
+    non-zero gradient: checked against the model's own dependence, not the formula."""
+    from cnnlab.viz.attribution import _target_node, receptive_field
+    from cnnlab.viz.patches import cell_box
+    model = _odd_geometry_model()
+    x = np.random.default_rng(3).random((1, 23, 19, 2))
+    node = _target_node(model, layer)
+    tensor = node.outputs[0]
+    h, w = tensor.shape[1:3]
+    field = receptive_field(node)
+    for row, col in {(0, 0), (h - 1, w - 1), (h // 2, w // 3), (0, w - 1)}:
+        sensitivity = _input_gradient_of_cell(model, x, tensor, row, col)
+        rows, cols = np.nonzero(np.abs(sensitivity).sum(axis=-1) > 1e-12)
+        assert cell_box(field, row, col, 23, 19) == (rows.min(), cols.min(), rows.max() + 1,
+                                                     cols.max() + 1)
+
+
+def _input_gradient_of_cell(model, x, tensor, row, col):
+    """How activation (row, col, filter 1) changes when each input value moves by 1, from a
+    sub-model's forward passes (an independent route: no backward pass, no formula)."""
+    sub = cnnlab.Model(model.inputs[0], tensor)
+    base = sub.predict(x, verbose=0)[0, row, col, 1]
+    shifted = np.repeat(x.reshape(1, -1), x[0].size, axis=0)
+    shifted[np.arange(x[0].size), np.arange(x[0].size)] += 1.0
+    values = sub.predict(shifted.reshape(-1, *x.shape[1:]), verbose=0)[:, row, col, 1]
+    return (values - base).reshape(x.shape[1:])
+
+
+def test_top_patches_are_the_largest_activations_by_brute_force():
+    from cnnlab.viz.patches import top_patches
+    model = _odd_geometry_model()
+    images = np.random.default_rng(4).random((13, 23, 19, 2))
+    found = top_patches(model, "b", images, k=5, batch_size=4)
+    maps = cnnlab.Model(model.inputs[0], model.get_layer("b").output).predict(images, verbose=0)
+    for f, patches in found.items():
+        values = np.sort(maps[..., f].reshape(-1))[::-1][:5]
+        np.testing.assert_allclose([p.activation for p in patches], values, rtol=1e-12)
+        for p in patches:
+            assert maps[p.image, p.row, p.col, f] == p.activation
+            top, left, bottom, right = p.box
+            np.testing.assert_array_equal(p.pixels, images[p.image, top:bottom, left:right])

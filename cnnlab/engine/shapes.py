@@ -56,6 +56,23 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, pad_before: int = 
     return out
 
 
+def receptive_field_step(field: tuple[float, float, int], kernel: int, stride: int = 1,
+                         pad_before: int = 0, dilation: int = 1) -> tuple[float, float, int]:
+    """One windowed layer (conv or pooling) on top of a receptive field, along one axis.
+
+    ``field = (start, jump, size)``: cell ``o`` of the layer's *input* sees input-image pixels
+    ``start + jump * o`` to ``start + jump * o + size - 1``. The layer's output cell ``o`` reads
+    its input cells ``stride * o - pad_before`` to that ``+ k_eff - 1``, so it sees::
+
+        start' = start - pad_before * jump      jump' = jump * stride
+        size'  = size + (k_eff - 1) * jump      k_eff = dilation * (kernel - 1) + 1
+
+    (the same geometry as the output-size formula; the image itself is ``(0, 1, 1)``)."""
+    start, jump, size = field
+    k_eff = effective_kernel_size(kernel, dilation)
+    return start - pad_before * jump, jump * stride, size + (k_eff - 1) * jump
+
+
 def dropped_pixels(size: int, kernel: int, stride: int, pad_before: int = 0,
                    pad_after: int = 0, dilation: int = 1) -> int:
     """How many padded-input pixels at the end floor() leaves out: ``(W - K_eff + 2P) mod S``."""

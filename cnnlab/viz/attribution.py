@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.engine.shapes import receptive_field_step
 from cnnlab.errors import ConfigError, ShapeError
 from cnnlab.layers.conv import Conv2D
 
@@ -75,13 +76,12 @@ def _path_to(node) -> list:
     return path[::-1]
 
 
-def receptive_field_centres(node) -> list[tuple[float, float]]:
-    """Per axis, ``(a, b)`` such that output cell ``o`` of ``node`` is centred on input pixel
-    ``a * o + b``. Each windowed layer maps its output ``o`` to the centre of its window,
-    ``S * o - P_before + (K_eff - 1) / 2``, in its own input's coordinates; composing them from
-    the input up gives the map. (A 'valid' conv stack's last maps cover only the middle of the
-    image: resizing them to the full image would smear the heat onto the border.)"""
-    axes = [(1.0, 0.0), (1.0, 0.0)]
+def receptive_field(node) -> list[tuple[int, int, int]]:
+    """Per axis (rows, columns), ``(start, jump, size)``: output cell ``o`` of ``node`` sees the
+    input pixels ``start + jump * o`` to ``start + jump * o + size - 1`` (``start`` < 0 or the
+    end past the image where it sees padding), composed layer by layer from the input up by
+    ``engine.shapes.receptive_field_step`` along the node's first inputs."""
+    axes = [(0, 1, 1), (0, 1, 1)]
     for step in _path_to(node):
         layer = step.layer
         window = getattr(layer, "kernel_size", None) or getattr(layer, "pool_size", None)
@@ -90,12 +90,17 @@ def receptive_field_centres(node) -> list[tuple[float, float]]:
             continue
         pads = layer.pads_for(in_shape[:2])
         dilation = getattr(layer, "dilation_rate", (1, 1))
-        for axis in (0, 1):
-            k_eff = dilation[axis] * (window[axis] - 1) + 1
-            a, b = axes[axis]
-            stride, offset = layer.strides[axis], -pads[axis][0] + (k_eff - 1) / 2
-            axes[axis] = (a * stride, a * offset + b)
+        axes = [receptive_field_step(axes[axis], window[axis], layer.strides[axis],
+                                     pads[axis][0], dilation[axis]) for axis in (0, 1)]
     return axes
+
+
+def receptive_field_centres(node) -> list[tuple[float, float]]:
+    """Per axis, ``(a, b)`` such that output cell ``o`` of ``node`` is centred on input pixel
+    ``a * o + b``: the middle of its receptive field. (A 'valid' conv stack's last maps cover
+    only the middle of the image: resizing them to the full image would smear the heat onto
+    the border.)"""
+    return [(jump, start + (size - 1) / 2) for start, jump, size in receptive_field(node)]
 
 
 def _to_input_grid(heat: np.ndarray, size_hw, centres) -> np.ndarray:
