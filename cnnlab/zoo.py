@@ -352,6 +352,21 @@ def with_new_head(base, num_classes: int, augment: bool = False, name: str | Non
     return model
 
 
+def load(spec: str):
+    """A model named the way the command line names one: shipped weights ('digits', 'cifar10',
+    'faces': the zoo model they ship for) or the path of a ``.cnnlab`` file."""
+    import os
+
+    from cnnlab.io.saving import load_model
+    shipped = {weights: name for name, weights in PRETRAINED}
+    if spec in shipped:
+        return get(shipped[spec], weights=spec)
+    if not os.path.exists(spec):
+        raise ConfigError(f"--model {spec!r} is neither a shipped model ({sorted(shipped)}) "
+                          f"nor a .cnnlab file.")
+    return load_model(spec, compile=False)
+
+
 def backbone(model) -> Model:
     """``model`` from its input to the layer named ``features``: its penultimate representation,
     sharing the weights. The zoo's models name it; for another model, the input of its last

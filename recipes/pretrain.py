@@ -32,6 +32,7 @@ import numpy as np
 
 import cnnlab
 from cnnlab import zoo
+from cnnlab.datasets import lfw_faces
 from cnnlab.runs import fit_run, new_run, run_settings
 from cnnlab.tasks import detect
 
@@ -60,14 +61,6 @@ def class_subset(data: str, classes: list[str]) -> str:
     for name in classes:
         os.symlink(os.path.abspath(os.path.join(data, name)), os.path.join(root, name))
     return root
-
-
-def not_face_pictures() -> list[np.ndarray]:
-    """lfw_faces' person-free pictures, greyscale (H, W, 1) in [0, 1]."""
-    from cnnlab.datasets import lfw_faces
-    data = lfw_faces._skimage_data()
-    return [lfw_faces._grey(getattr(data, name)())[..., None].astype(np.float32)
-            for name in lfw_faces.NEGATIVE_IMAGES]
 
 
 def photo_squares(folder: str, count: int, seed: int = 0) -> np.ndarray:
@@ -108,7 +101,8 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose):
     fit_run(model, settings, train, test, verbose=verbose)
     mined = []
     for round_ in range(rounds):
-        hard = detect.hard_negatives(model, not_face_pictures(), threshold=0.5, seed=round_)
+        pictures = [p[..., None].astype(np.float32) for p in lfw_faces.not_face_pictures()]
+        hard = detect.hard_negatives(model, pictures, threshold=0.5, seed=round_)
         mined.append(len(hard))
         print(f"Round {round_ + 1}: {len(hard)} windows of the not-face pictures taken for "
               f"faces; training again with them as not-faces", flush=True)

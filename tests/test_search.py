@@ -120,6 +120,7 @@ def test_an_index_is_refused_for_another_model_and_when_damaged(photos, tmp_path
 
 def test_a_missing_faiss_names_the_install(monkeypatch, photos, tmp_path):
     index = search.build_index(photos)
+    assert index.embedder() is index.embedder()          # its model is loaded once, not per query
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ConfigError, match=r"pip install 'cnnlab\[search\]'"):
         index.search(str(photos / "red" / "0.png"), backend="faiss")

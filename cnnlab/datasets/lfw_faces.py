@@ -54,6 +54,13 @@ def _grey(image) -> np.ndarray:
     return image
 
 
+def not_face_pictures() -> list[np.ndarray]:
+    """``NEGATIVE_IMAGES`` as greyscale ``(H, W)`` floats in [0, 1]: where the not-faces are cut
+    from (and where a detector's false positives are mined, ``recipes/pretrain.py``)."""
+    data = _skimage_data()
+    return [_grey(getattr(data, name)()) for name in NEGATIVE_IMAGES]
+
+
 def random_squares(image: np.ndarray, count: int, rng, size: int = SIZE) -> np.ndarray:
     """``count`` squares cut at random places and sizes (``size`` to 160 pixels) from a
     greyscale ``image``, each shrunk to ``size`` x ``size`` (bilinear): uint8."""
@@ -72,12 +79,10 @@ def random_squares(image: np.ndarray, count: int, rng, size: int = SIZE) -> np.n
 
 def load_data(seed: int = 0):
     """``((x_train, y_train), (x_test, y_test))``: uint8 ``(N, 25, 25)``, uint8 labels (1 face)."""
-    data = _skimage_data()
-    crops = (data.lfw_subset() * 255).round().astype(np.uint8)          # (200, 25, 25)
+    crops = (_skimage_data().lfw_subset() * 255).round().astype(np.uint8)   # (200, 25, 25)
     faces, others = crops[:100], crops[100:]
     rng = np.random.default_rng(seed)
-    cut = [random_squares(_grey(getattr(data, name)()), NEGATIVES_PER_IMAGE, rng)
-           for name in NEGATIVE_IMAGES]
+    cut = [random_squares(picture, NEGATIVES_PER_IMAGE, rng) for picture in not_face_pictures()]
     negatives = np.concatenate([others, *cut])
     splits = []
     for images, label in ((negatives, 0), (faces, 1)):

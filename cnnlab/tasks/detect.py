@@ -275,19 +275,9 @@ def hard_negatives(model, pictures, target=None, threshold: float = 0.5,
 
 
 def load_detector(model):
-    """A shipped model name ('faces'), a ``.cnnlab`` path, or a model."""
+    """A shipped model name ('faces'), a ``.cnnlab`` path (``zoo.load``), or a model."""
     from cnnlab import zoo
-    from cnnlab.io.saving import load_model
-    if not isinstance(model, str):
-        return model
-    import os
-    shipped = {weights: name for name, weights in zoo.PRETRAINED}
-    if model in shipped:
-        return zoo.get(shipped[model], weights=model)
-    if not os.path.exists(model):
-        raise ConfigError(f"--model {model!r} is neither a shipped model ({sorted(shipped)}) "
-                          f"nor a .cnnlab file.")
-    return load_model(model, compile=False)
+    return zoo.load(model) if isinstance(model, str) else model
 
 
 def draw(image, detections: list[Detection], out) -> None:

@@ -61,14 +61,8 @@ class Embedder:
     def load(cls, spec: str = DEFAULT_MODEL) -> Embedder:
         """A shipped weights name ('cifar10', 'digits') or the path of a ``.cnnlab`` model."""
         from cnnlab import zoo
-        from cnnlab.io.saving import load_model
-        shipped = {weights: name for name, weights in zoo.PRETRAINED}
-        if spec in shipped:
-            return cls(zoo.get(shipped[spec], weights=spec), spec)
-        if not os.path.exists(spec):
-            raise ConfigError(f"--model {spec!r} is neither a shipped model ({sorted(shipped)}) "
-                              f"nor a .cnnlab file.")
-        return cls(load_model(spec, compile=False), os.path.abspath(spec))
+        shipped = {weights for _, weights in zoo.PRETRAINED}
+        return cls(zoo.load(spec), spec if spec in shipped else os.path.abspath(spec))
 
     def image(self, path) -> np.ndarray:
         """One file as the model's input ``(H, W, C)`` in [0, 1], prepared as its training data
@@ -116,6 +110,7 @@ class Index:
         self.embedded = 0                   # how many vectors the call that made it embedded
         self.notes: list[str] = []          # how its images were converted (build_index)
         self._faiss = None
+        self._own: Embedder | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -129,8 +124,12 @@ class Index:
     def embedder(self, model=None) -> Embedder:
         """The index's own model (loaded from its spec), or ``model`` if it is the same one;
         another model is refused by name."""
-        embedder = model if isinstance(model, Embedder) else (
-            Embedder.load(self.model["spec"]) if model is None else Embedder.load(model))
+        if model is None:                    # its own model: loaded once, at the first query
+            if self._own is None:
+                self._own = Embedder.load(self.model["spec"])
+            embedder = self._own
+        else:
+            embedder = model if isinstance(model, Embedder) else Embedder.load(model)
         if embedder.identity["weights_sha256"] != self.model["weights_sha256"]:
             raise ConfigError(
                 f"This index was built with the model {self.model['name']!r} "
