@@ -154,6 +154,9 @@ def cmd_train(args) -> int:
     if streaming and args.distributed:
         raise ConfigError("--distributed trains on arrays (a dataset name or .npz), not on a "
                           "folder of images.")
+    timeline = _timeline_for(model, test) if args.report and chief else None
+    if timeline is not None:
+        callbacks.append(timeline)
     start = time.perf_counter()
     fit_run(model, settings, train, test, verbose=args.verbose, callbacks=callbacks,
             initial_epoch=initial_epoch, distributed=args.distributed)
@@ -170,7 +173,10 @@ def cmd_train(args) -> int:
         model.save(out)
     if args.report and chief:
         from cnnlab.viz.report import write_report
-        report = write_report(model, x_test, y_test, args.report)
+        if timeline is not None:
+            say(f"Wrote the training timeline ({len(timeline.frames)} frames) to "
+                f"{timeline.save(timeline_path(out))}")
+        report = write_report(model, x_test, y_test, args.report, timeline=timeline)
         say(f"Wrote report {report}")
     ranks = f" on {comm.size} MPI rank{'s' * (comm.size > 1)}" if comm else ""
     held_out = len(test.source.file_paths) if streaming else len(x_test)
@@ -314,13 +320,36 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def timeline_path(model_path: str) -> str:
+    """Where ``cnnlab train --report`` keeps a model's training timeline: beside the model."""
+    import os
+    return os.path.splitext(model_path)[0] + ".timeline.npz"
+
+
+def _timeline_for(model, test):
+    """A timeline of this run (four frames an epoch) on its first held-out image, or None for
+    a model without a conv layer (nothing to show)."""
+    from cnnlab.viz.inside import conv_layers
+    from cnnlab.viz.timeline import TrainingTimeline
+    if not conv_layers(model):
+        return None
+    image = test[0][0] if isinstance(test, tuple) else _materialise(test, limit=1)[0][0]
+    return TrainingTimeline(image)
+
+
 def cmd_report(args) -> int:
-    """A self-contained HTML report of a model evaluated on a dataset's test split."""
+    """A self-contained HTML report of a model evaluated on a dataset's test split (with its
+    training timeline when ``cnnlab train --report`` left one beside the model)."""
+    import os
+
     from cnnlab.models import load_model
+    from cnnlab.viz import timeline
     from cnnlab.viz.report import write_report
     model = load_model(args.model)
     x_test, y_test, _ = _evaluation_data(model, args.model, args.data, limit=2000)
-    out = write_report(model, x_test, y_test, args.out)
+    recorded = timeline_path(args.model)
+    frames = timeline.load(recorded) if os.path.exists(recorded) else None
+    out = write_report(model, x_test, y_test, args.out, timeline=frames)
     print(f"Wrote {out}")
     return 0
 

@@ -51,20 +51,22 @@ class Model(Trainer, Functional):
 
     # --- looking inside ----------------------------------------------------------------------
     def run(self, x, training: bool = False, keep_cache: bool = False, fused: bool = False,
-            logits: bool = False):
+            logits: bool = False, before_activation: bool = False):
         """One forward pass keeping every tensor's value: ``(outputs, tape)``. ``tape.values``
         maps ``id(tensor)`` to its value; ``backward_from`` walks the tape. Unfused by default,
         so each layer's output is exactly that layer's (what feature maps show); ``logits``
-        leaves the outputs' softmax out (attribution reads the logits)."""
+        leaves the outputs' softmax out (attribution reads the logits), ``before_activation``
+        any activation of the output layers (feature visualisation reads a filter's input to
+        its ReLU)."""
         self._require_built()
         xs = x if isinstance(x, list) else [x]
         xs = [np.asarray(a, dtype=self.dtype) for a in xs]
         ctx = CallContext(training, keep_cache=keep_cache or training)
         ctx.workspaces = self._workspaces
         activations = fusion.plan(self)[0] if fused else {}
-        if logits:
-            activations.update({t.node: "linear" for t in self.outputs
-                                if t.node.layer.activation in ("softmax", "log_softmax")})
+        if logits or before_activation:
+            activations.update({t.node: "linear" for t in self.outputs if before_activation
+                                or t.node.layer.activation in ("softmax", "log_softmax")})
         return execute.forward(self, xs, ctx, activations, keep_values=True)
 
     def backward_from(self, tape, output_grads, want_inputs=False, wanted=()):

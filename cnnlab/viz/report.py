@@ -3,7 +3,10 @@ it opens anywhere, offline, and can be mailed as one attachment.
 
 Sections: architecture (shapes and the output-size formula per layer), training curves (when the
 model file holds its history), confusion matrix, per-class accuracy, feature maps of a few
-samples, the first layer's filters, misclassified examples, Grad-CAM.
+samples, the first layer's filters, misclassified examples, Grad-CAM; then the sequel's: what
+every conv layer's filters look for, the patches that excite them, which pixels decide (four
+ways), the embedding map, and "How it learned" (a training timeline, frame by frame under a
+slider) when one was recorded.
 """
 
 from __future__ import annotations
@@ -35,6 +38,20 @@ img { max-width: 100%; height: auto; display: block; margin: 6px 0; }
 table { border-collapse: collapse; } td, th { padding: 3px 10px; text-align: left; }
 .bar { background: #4f7cff; height: 10px; border-radius: 5px; }
 .note { color: #5a6275; font-size: 13px; }
+.frames img { display: none; } .frames img.shown { display: block; }
+input[type=range] { width: 100%; }
+"""
+
+# the timeline's slider: shows the frame it points at (the report stays one offline file)
+SLIDER_SCRIPT = """
+for (const box of document.querySelectorAll('.frames')) {
+  const frames = box.querySelectorAll('img'), slider = box.querySelector('input');
+  const label = box.querySelector('.frame-label');
+  const show = (k) => { frames.forEach((f, i) => f.classList.toggle('shown', i === k));
+    label.textContent = `frame ${k + 1} of ${frames.length}`; };
+  slider.addEventListener('input', () => show(Number(slider.value)));
+  show(Number(slider.value));
+}
 """
 
 
@@ -51,9 +68,58 @@ def _section(title: str, body: str, note: str = "") -> str:
     return f"<section><h2>{html.escape(title)}</h2>{note_html}{body}</section>"
 
 
+def _guarded(title: str, make, note: str = "") -> str:
+    """A section, or the reason it cannot be drawn for this model (no conv layer ...)."""
+    try:
+        return _section(title, make(), note)
+    except Exception as exc:                  # noqa: BLE001 - the rest of the report stands
+        return _section(title, f"<p>{html.escape(str(exc))}</p>")
+
+
+def _timeline_section(timeline) -> str:
+    from cnnlab.viz.timeline import plot_frame
+    frames = [_png(plot_frame(frame, timeline)).replace("<img", f'<img data-step="{frame.step}"')
+              for frame in timeline.frames]
+    body = (f'<div class="frames"><input type="range" min="0" max="{len(frames) - 1}" '
+            f'value="{len(frames) - 1}" aria-label="timeline frame"><span class="frame-label '
+            f'note"></span>{"".join(frames)}</div>')
+    first, last = timeline.frames[0], timeline.frames[-1]
+    return _section("How it learned", body,
+                    f"{len(frames)} frames from step {first.step:,} ("
+                    f"{'the initial weights' if first.step == 0 else 'where the run resumed'}) to "
+                    f"step {last.step:,}: drag the slider to watch the first layer's filters, "
+                    f"its maps of one fixed test image, and what {timeline.last_layer}'s "
+                    f"filters look for, form as the network learns.")
+
+
+def _inside_sections(model, x, y, names, visual_steps: int) -> list[str]:
+    from cnnlab.viz import embedding, inside
+    layers = inside.conv_layers(model)
+    parts = [_guarded(f"What {layer}'s filters look for",
+                      lambda layer=layer: _png(inside.plot_feature_visualisation(
+                          model, layer, steps=visual_steps)),
+                      "Each image is made by gradient ascent on the input until the filter's "
+                      "activation is as high as it gets (regularised by jitter, small "
+                      "rotations and scales, and 1/f-shaped steps). A layer whose cells see "
+                      "less than half the image shows one cell's view, cropped to what it "
+                      "sees.")
+             for layer in layers]
+    if layers:
+        parts.append(_guarded(f"Which test images excite {layers[-1]}'s filters",
+                              lambda: _png(inside.plot_top_patches(model, layers[-1], x))))
+    parts.append(_guarded("Which pixels decide",
+                          lambda: _png(inside.plot_attributions(model, x[0], names))))
+    parts.append(_guarded(
+        "How the classes arrange themselves",
+        lambda: _png(inside.plot_embedding(embedding.embedding_map(model, x), y, names)),
+        "Every test image at its penultimate-layer features, projected to 2-D by PCA."))
+    return parts
+
+
 def build_report(model, x, y, class_names=None, title: str | None = None,
-                 samples: int = 4) -> str:
-    """The report as an HTML string. ``x``: model-ready images; ``y``: integer labels."""
+                 samples: int = 4, timeline=None, visual_steps: int = 128) -> str:
+    """The report as an HTML string. ``x``: model-ready images; ``y``: integer labels;
+    ``timeline``: a :class:`~cnnlab.viz.timeline.TrainingTimeline` for "How it learned"."""
     y = np.asarray(y).reshape(-1).astype(int)
     names = class_names or runs.class_names(model)
     matrix = plots.confusion_matrix(model, x, y, len(names))
@@ -99,15 +165,23 @@ def build_report(model, x, y, class_names=None, title: str | None = None,
                               "Where the evidence for the predicted class lies (red: most)."))
     except Exception as exc:
         parts.append(_section("Grad-CAM", f"<p>{html.escape(str(exc))}</p>"))
+    parts.extend(_inside_sections(model, x, y, names, visual_steps))
+    if timeline is not None and timeline.frames:
+        parts.append(_timeline_section(timeline))
+    else:
+        parts.append(_section("How it learned", "<p>No training timeline was recorded for this "
+                              "model: train it with <code>cnnlab train --report</code> (or pass "
+                              "a <code>TrainingTimeline</code> callback to <code>fit</code>) "
+                              "and its frames appear here.</p>"))
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-            + "".join(parts) + "</body></html>")
+            + "".join(parts) + f"<script>{SLIDER_SCRIPT}</script></body></html>")
 
 
-def write_report(model, x, y, path, class_names=None) -> str:
+def write_report(model, x, y, path, class_names=None, timeline=None) -> str:
     """Build the report and write it atomically to ``path``."""
     from cnnlab.atomic import atomic_write
-    document = build_report(model, x, y, class_names)
+    document = build_report(model, x, y, class_names, timeline=timeline)
     with atomic_write(path, "w") as handle:
         handle.write(document)
     return str(path)
