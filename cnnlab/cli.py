@@ -154,7 +154,10 @@ def cmd_train(args) -> int:
     if streaming and args.distributed:
         raise ConfigError("--distributed trains on arrays (a dataset name or .npz), not on a "
                           "folder of images.")
-    timeline = _timeline_for(model, test) if args.report and chief else None
+    timeline = None
+    if args.report and chief:
+        from cnnlab.viz.timeline import timeline_for
+        timeline = timeline_for(model, test)
     if timeline is not None:
         callbacks.append(timeline)
     start = time.perf_counter()
@@ -324,17 +327,6 @@ def timeline_path(model_path: str) -> str:
     """Where ``cnnlab train --report`` keeps a model's training timeline: beside the model."""
     import os
     return os.path.splitext(model_path)[0] + ".timeline.npz"
-
-
-def _timeline_for(model, test):
-    """A timeline of this run (four frames an epoch) on its first held-out image, or None for
-    a model without a conv layer (nothing to show)."""
-    from cnnlab.viz.inside import conv_layers
-    from cnnlab.viz.timeline import TrainingTimeline
-    if not conv_layers(model):
-        return None
-    image = test[0][0] if isinstance(test, tuple) else _materialise(test, limit=1)[0][0]
-    return TrainingTimeline(image)
 
 
 def cmd_report(args) -> int:

@@ -138,6 +138,10 @@ def test_train_page_follows_a_run_live_and_stops_it(web_app, driver):
     first = wait_for(driver, f"{count} >= 3 && {count}")
     later = wait_for(driver, f"{count} > {first} && {count}")
     assert later > first                                              # the curve grows live
+    # the timeline's frames arrive live too: the initial weights, then one a quarter epoch
+    wait_for(driver, "Number(document.getElementById('frame-slider').max) >= 1 && "
+                     "document.getElementById('frame').naturalWidth > 0")
+    assert "Frame" in driver.find_element("id", "frames-note").text
     assert driver.find_element("id", "state").text == "running"
     driver.find_element("id", "stop").click()
     wait_for(driver, "document.getElementById('state').textContent === 'stopped'")

@@ -104,6 +104,7 @@ class TrainingJob(threading.Thread):
         self.state, self.error, self.saved_to = "starting", None, None
         self.epoch, self.step, self.steps = 0, 0, None
         self.points, self.validation = [], []
+        self.frames: list[bytes] = []     # the training timeline's frames, as PNG
         self.started = time.time()
         self.seconds = 0.0
         self.version = 0
@@ -142,7 +143,23 @@ class TrainingJob(threading.Thread):
                     "points": self.points[points_from:], "validation_from": validation_from,
                     "validation": self.validation[validation_from:],
                     "seconds": round(self.seconds, 2), "error": self.error,
-                    "saved_to": self.saved_to, "version": self.version}
+                    "saved_to": self.saved_to, "frames": len(self.frames),
+                    "version": self.version}
+
+    def frame(self, number: int) -> bytes | None:
+        with self.changed:
+            return self.frames[number] if 0 <= number < len(self.frames) else None
+
+    def _add_frame(self, frame, timeline) -> None:
+        """A new timeline frame, drawn once as PNG for the Train page."""
+        import io
+
+        from cnnlab.viz.timeline import plot_frame
+        buffer = io.BytesIO()
+        plot_frame(frame, timeline).savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+        with self.changed:
+            self.frames.append(buffer.getvalue())
+        self._update()
 
     def wait_for_change(self, seen_version: int, timeout: float) -> bool:
         """Block until ``version`` passes ``seen_version`` (True) or ``timeout`` (False)."""
@@ -152,8 +169,14 @@ class TrainingJob(threading.Thread):
     def run(self) -> None:
         from cnnlab.runs import fit_run, new_run
         try:
+            from cnnlab.viz.timeline import timeline_for
             model, train, test = new_run(self.settings)
-            fit_run(model, self.settings, train, test, verbose=0, callbacks=[_Recorder(self)])
+            callbacks = [_Recorder(self)]
+            timeline = timeline_for(model, test)       # "watch the filters form"
+            if timeline is not None:
+                timeline.listeners.append(self._add_frame)
+                callbacks.append(timeline)
+            fit_run(model, self.settings, train, test, verbose=0, callbacks=callbacks)
             path = os.path.join(self.models_dir, f"{self.model_name}.cnnlab")
             os.makedirs(self.models_dir, exist_ok=True)
             model.save(path)

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from cnnlab.serve import api
 from cnnlab.serve.api import ApiError, ServedModel
+from cnnlab.serve.inside import InsideService
 from cnnlab.serve.jobs import TrainingJob, parse_settings
 
 MAX_IMAGE_BYTES = 8 * 2**20
@@ -33,7 +34,8 @@ MAX_JSON_BYTES = 64 * 2**10
 #: an idle event stream sends a comment this often, so proxies and browsers keep it open
 KEEPALIVE_SECONDS = 15.0
 PAGES = {"/": "draw.html", "/draw": "draw.html", "/train": "train.html",
-         "/explain": "explain.html", "/search": "search.html", "/detect": "detect.html"}
+         "/explain": "explain.html", "/search": "search.html", "/detect": "detect.html",
+         "/inside": "inside.html"}
 MAX_SEARCH_RESULTS = 50
 
 
@@ -56,6 +58,7 @@ class App:
         self.log = log
         self.search = api.SearchService(index) if index is not None else None
         self.detector = api.DetectService(detector)
+        self.inside = InsideService()
 
     def model(self, name: str | None) -> ServedModel:
         name = name or self.default
@@ -211,7 +214,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._static(PAGES.get(path) or path[len("/static/"):])
         if not path.startswith("/api/"):
             raise ApiError(404, f"No page at {path!r}; the pages are /, /train, /explain, "
-                                f"/search and /detect.")
+                                f"/search, /detect and /inside.")
         if path == "/api/models":
             self._require(method, "GET")
             return self._json(app.models())
@@ -250,6 +253,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(app.detector.query(self._body(MAX_IMAGE_BYTES), value))
         if path.startswith("/api/search"):
             return self._search(path, query, method, app)
+        if path.startswith("/api/inside/"):
+            return self._inside(path[len("/api/inside/"):], query, method, app)
         if path == "/api/train":
             self._require(method, "POST")
             return self._json(app.start_training(self._json_body()), 202)
@@ -260,6 +265,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/api/train/status":
             self._require(method, "GET")
             return self._json(app.training_status())
+        if path == "/api/train/frame":
+            self._require(method, "GET")
+            return self._training_frame(query.get("number", [""])[0], app)
         if path == "/api/train/events":
             self._require(method, "GET")
             return self._events()
@@ -283,6 +291,32 @@ class Handler(BaseHTTPRequestHandler):
             body, kind = app.search.image_file(path[len("/api/search/image/"):])
             return self._send(200, body, kind)
         raise ApiError(404, f"No API endpoint {path!r}; the README lists them.")
+
+    def _training_frame(self, number: str, app) -> None:
+        frame = app.job.frame(int(number)) if app.job and number.isdigit() else None
+        if frame is None:
+            count = len(app.job.frames) if app.job else 0
+            raise ApiError(404, f"No timeline frame {number!r}: the run has {count} so far "
+                                f"(number 0 to {count - 1}).")
+        return self._send(200, frame, "image/png")
+
+    def _inside(self, what, query, method, app) -> None:
+        served = app.model(query.get("model", [None])[0])
+        layer = query.get("layer", [""])[0]
+        number = query.get("filter", [""])[0]
+        if what == "map":
+            self._require(method, "POST")
+            return self._json(app.inside.map(served, layer, number, self._body(MAX_IMAGE_BYTES)))
+        self._require(method, "GET")
+        if what == "layers":
+            return self._json(app.inside.layers(served))
+        if what == "filter":
+            return self._json(app.inside.filter(served, layer, number))
+        if what == "embedding":
+            return self._json(app.inside.embedding(served))
+        if what == "image":
+            return self._json(app.inside.image(served, query.get("image", [""])[0]))
+        raise ApiError(404, f"No API endpoint /api/inside/{what}; the README lists them.")
 
     def _require(self, method: str, expected: str) -> None:
         if method != expected:

@@ -110,6 +110,17 @@ class TrainingTimeline(Callback):
         return str(path)
 
 
+def timeline_for(model, held_out) -> TrainingTimeline | None:
+    """A timeline of a run (four frames an epoch) on its first held-out image (``held_out``:
+    ``(x, y)`` arrays or a stream of such batches), or None for a model without a conv layer
+    (nothing to show)."""
+    from cnnlab.viz.inside import conv_layers
+    if not conv_layers(model):
+        return None
+    x = held_out[0] if isinstance(held_out, tuple) else next(iter(held_out))[0]
+    return TrainingTimeline(x[0])
+
+
 def load(path) -> TrainingTimeline:
     """A timeline saved by :meth:`TrainingTimeline.save` (its frames; not attached to a model)."""
     try:

@@ -75,7 +75,7 @@ export function drawMap(canvas, data, offset, h, w, { channels = 1, grey = false
 /** The top bar of every page: the name, and links to the pages with the current one marked. */
 export function markNav() {
   const pages = [["/", "Draw"], ["/train", "Train"], ["/explain", "Explain"], ["/search", "Search"],
-    ["/detect", "Detect"]];
+    ["/detect", "Detect"], ["/inside", "Inside"]];
   const links = pages.map(([href, text]) =>
     el("a", { href, text, class: href === location.pathname ? "active" : "" }));
   const brand = el("div", { class: "brand" }, "cnn", el("span", { text: "lab" }));
@@ -95,4 +95,50 @@ export function fileDrop(label, input, onFile) {
     label.classList.remove("over");
     if (event.dataTransfer.files[0]) onFile(event.dataTransfer.files[0]);
   });
+}
+
+/**
+ * A canvas to draw on with the pointer: white ink on black. `onStroke()` is called as the ink
+ * moves and when a stroke ends. Returns `{ clear, ink }` (ink: the canvas' 2-D context).
+ */
+export function drawingPad(pad, onStroke) {
+  const ink = pad.getContext("2d");
+  let drawing = false, last = null;
+  const clear = () => {
+    ink.fillStyle = "#000";
+    ink.fillRect(0, 0, pad.width, pad.height);
+  };
+  const point = (event) => {
+    const box = pad.getBoundingClientRect();
+    return [(event.clientX - box.left) * pad.width / box.width, (event.clientY - box.top) * pad.height / box.height];
+  };
+  const stroke = (to) => {
+    ink.strokeStyle = "#fff";
+    ink.lineWidth = pad.width / 14;
+    ink.lineCap = ink.lineJoin = "round";
+    ink.beginPath();
+    ink.moveTo(...(last || to));
+    ink.lineTo(...to);
+    ink.stroke();
+    last = to;
+  };
+  pad.addEventListener("pointerdown", (event) => {
+    drawing = true;
+    last = null;
+    pad.setPointerCapture(event.pointerId);
+    stroke(point(event));
+  });
+  pad.addEventListener("pointermove", (event) => {
+    if (!drawing) return;
+    stroke(point(event));
+    onStroke();
+  });
+  for (const end of ["pointerup", "pointercancel"]) {
+    pad.addEventListener(end, () => {
+      if (!drawing) return;
+      drawing = false;
+      onStroke();
+    });
+  }
+  return { clear, ink };
 }

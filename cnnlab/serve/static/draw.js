@@ -1,52 +1,14 @@
 // Draw page: a drawing pad that asks the server for a prediction on every stroke, and shows the
 // probabilities, the 28x28 the model saw, and every layer's feature maps.
-import { api, bytes, drawMap, el, format, markNav } from "/static/common.js";
+import { api, bytes, drawMap, drawingPad, el, format, markNav } from "/static/common.js";
 
 const $ = (id) => document.getElementById(id);
 const pad = $("pad");
-const ink = pad.getContext("2d");
 let modelName = new URLSearchParams(location.search).get("model");
-let drawing = false, last = null, inFlight = false, again = false, lastResult = null;
+let inFlight = false, again = false, lastResult = null;
 
-function clearPad() {
-  ink.fillStyle = "#000";
-  ink.fillRect(0, 0, pad.width, pad.height);
-}
-
-function point(event) {
-  const box = pad.getBoundingClientRect();
-  return [(event.clientX - box.left) * pad.width / box.width, (event.clientY - box.top) * pad.height / box.height];
-}
-
-function stroke(to) {
-  ink.strokeStyle = "#fff";
-  ink.lineWidth = 20;
-  ink.lineCap = ink.lineJoin = "round";
-  ink.beginPath();
-  ink.moveTo(...(last || to));
-  ink.lineTo(...to);
-  ink.stroke();
-  last = to;
-}
-
-pad.addEventListener("pointerdown", (event) => {
-  drawing = true;
-  last = null;
-  pad.setPointerCapture(event.pointerId);
-  stroke(point(event));
-});
-pad.addEventListener("pointermove", (event) => {
-  if (!drawing) return;
-  stroke(point(event));
-  predictSoon();
-});
-for (const end of ["pointerup", "pointercancel"]) {
-  pad.addEventListener(end, () => {
-    if (!drawing) return;
-    drawing = false;
-    predictSoon();
-  });
-}
+// white ink on black, as MNIST's digits: every stroke asks for a prediction
+const { clear: clearPad, ink } = drawingPad(pad, predictSoon);
 
 $("clear").addEventListener("click", () => {
   drawingNumber += 1;

@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 let events = null;
 let points = [], validation = [];   // the curves so far; statuses carry what is new from *_from
+let frames = 0, following = true;    // timeline frames so far; the slider follows the newest
 
 function svg(tag, attributes, text) {
   const node = document.createElementNS(SVG, tag);
@@ -79,6 +80,7 @@ function show(status) {
   chart($("accuracy-chart"), status.points.map((p) => ({ x: p.epoch, y: p.accuracy })),
     status.validation.map((v) => ({ x: v.epoch, y: v.accuracy })), span, { fixed: [0, 1] });
   $("error").textContent = status.error || "";
+  showFrames(status.frames || 0);
   const ready = $("ready");
   if ((state === "done" || state === "stopped") && status.saved_to) {
     const last = status.validation[status.validation.length - 1];
@@ -90,6 +92,30 @@ function show(status) {
     ready.hidden = true;
   }
 }
+
+/** The timeline's frames: the slider picks one; it follows the newest unless moved back. */
+function showFrames(count) {
+  if (count === frames) return;
+  frames = count;
+  const slider = $("frame-slider");
+  slider.max = Math.max(0, count - 1);
+  slider.disabled = count < 2;
+  if (following) slider.value = count - 1;
+  showFrame(Number(slider.value));
+}
+
+function showFrame(number) {
+  if (!frames) return;
+  $("frame").src = `/api/train/frame?number=${number}`;
+  $("frame").hidden = false;
+  $("frames-note").textContent = `Frame ${number + 1} of ${frames}${number === 0 ? " (the initial weights)" : ""}: ` +
+    "the first conv layer's filters (red +, blue −), its maps of one fixed test image, and what four filters of the last conv layer look for.";
+}
+
+$("frame-slider").addEventListener("input", (event) => {
+  following = Number(event.target.value) === frames - 1;
+  showFrame(Number(event.target.value));
+});
 
 function follow() {
   if (events) events.close();
@@ -117,6 +143,8 @@ $("form").addEventListener("submit", async (event) => {
     lr: Number($("lr").value),
   };
   try {
+    frames = 0;
+    following = true;
     show(await api("/api/train", { method: "POST", json: request }));
     follow();
   } catch (error) {
