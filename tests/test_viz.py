@@ -346,12 +346,19 @@ def test_top_patches_are_the_largest_activations_by_brute_force():
     from cnnlab.viz.patches import top_patches
     model = _odd_geometry_model()
     images = np.random.default_rng(4).random((13, 23, 19, 2))
-    found = top_patches(model, "b", images, k=5, batch_size=4)
+    found = top_patches(model, "b", images, k=5, batch_size=4, one_per_image=False)
+    distinct = top_patches(model, "b", images, k=5, batch_size=4)
     maps = cnnlab.Model(model.inputs[0], model.get_layer("b").output).predict(images, verbose=0)
     for f, patches in found.items():
         values = np.sort(maps[..., f].reshape(-1))[::-1][:5]
         np.testing.assert_allclose([p.activation for p in patches], values, rtol=1e-12)
-        for p in patches:
+        # one per image: the 5 images whose strongest cell is strongest, each at that cell
+        per_image = maps[..., f].reshape(len(images), -1).max(axis=1)
+        order = np.argsort(-per_image, kind="stable")[:5]
+        assert [p.image for p in distinct[f]] == order.tolist()
+        np.testing.assert_allclose([p.activation for p in distinct[f]], per_image[order],
+                                   rtol=1e-12)
+        for p in patches + distinct[f]:
             assert maps[p.image, p.row, p.col, f] == p.activation
             top, left, bottom, right = p.box
             np.testing.assert_array_equal(p.pixels, images[p.image, top:bottom, left:right])

@@ -3,9 +3,11 @@
     patches = top_patches(model, "conv2", images, k=9)     # {filter: [Patch, ...]}, best first
 
 Every image goes through the model once (in batches); for each filter of the layer, the k
-largest activations over all images and positions are kept, and each is shown as the part of
-its image that the activation depends on: the cell's exact receptive field
-(``attribution.receptive_field``, from the layers' geometry), clipped to the image.
+largest activations over all images and positions are kept (by default at most one per image,
+its strongest cell: two neighbouring cells of one image would show the same thing twice), and
+each is shown as the part of its image that the activation depends on: the cell's exact
+receptive field (``attribution.receptive_field``, from the layers' geometry), clipped to the
+image.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ def cell_box(field, row: int, col: int, height: int, width: int):
 
 
 def top_patches(model, layer, images: np.ndarray, k: int = 9, filters=None,
-                batch_size: int = 64) -> dict[int, list[Patch]]:
+                batch_size: int = 64, one_per_image: bool = True) -> dict[int, list[Patch]]:
     """For each filter of ``layer`` (a name or index; ``filters`` to pick some), the ``k``
-    strongest activations over ``images`` ``(N, H, W, C)``, with their receptive-field crops."""
+    strongest activations over ``images`` ``(N, H, W, C)`` (each image's strongest cell only,
+    unless ``one_per_image`` is False), with their receptive-field crops."""
     node = _target_node(model, layer)
     tensor = node.outputs[0]
     channels = tensor.shape[-1]
@@ -48,13 +51,20 @@ def top_patches(model, layer, images: np.ndarray, k: int = 9, filters=None,
         batch = np.asarray(images[start:start + batch_size], dtype=model.dtype)
         _, tape = model.run(batch)
         maps = tape.values[id(tensor)]                                  # (n, h, w, F)
+        n, h, w = maps.shape[:3]
         for f in chosen:
-            values = maps[..., f].reshape(-1)
-            top = np.argpartition(-values, min(k, values.size) - 1)[:k]
-            n, h, w = maps.shape[:3]
-            for flat in top:
-                i, rest = divmod(int(flat), h * w)
-                best[f].append((float(values[flat]), start + i, *divmod(rest, w)))
+            cells = maps[..., f].reshape(n, h * w)
+            if one_per_image:                               # each image's first strongest cell
+                where = cells.argmax(axis=1)
+                values = cells[np.arange(n), where]
+                top = np.argpartition(-values, min(k, n) - 1)[:k]
+                found = [(values[i], i, where[i]) for i in top]
+            else:
+                flat = cells.reshape(-1)
+                top = np.argpartition(-flat, min(k, flat.size) - 1)[:k]
+                found = [(flat[t], *divmod(int(t), h * w)) for t in top]
+            for value, i, rest in found:
+                best[f].append((float(value), start + int(i), *divmod(int(rest), w)))
         for f in chosen:                                   # keep k; ties: the earlier first
             best[f] = sorted(best[f], key=lambda t: (-t[0], t[1], t[2], t[3]))[:k]
     field = receptive_field(node)
