@@ -16,8 +16,7 @@ network. The file keeps no optimizer state, and its metadata records the recipe,
 held-out accuracy and the command that made it.
 
 The face detector is bootstrapped (Sung & Poggio, 1998): after each training round, the
-detector runs over the not-face pictures of ``lfw_faces`` (and, with ``--negatives``, over
-mosaics of new photos from DIR) at every scale, and every window it
+detector runs over the not-face pictures of ``lfw_faces`` at every scale, and every window it
 takes for a face (score >= 0.5) joins the not-faces for the next round, trained from scratch.
 """
 
@@ -42,7 +41,7 @@ RUNS = {
     "digits": dict(model="article", data="mnist_sample",
                    describe="the bundled MNIST sample: 8,000 training digits, scored on the "
                             "other 2,000"),
-    "faces": dict(model="face_net", data="lfw_faces", mining_rounds=3,
+    "faces": dict(model="face_net", data="lfw_faces", mining_rounds=2,
                   describe="lfw_faces: scikit-image's 100 face and 100 other 25x25 crops, and "
                            "squares cut from its person-free pictures; {train:,} to train (faces "
                            "repeated to balance), scored on the other {held_out:,}"),
@@ -51,10 +50,6 @@ RUNS = {
                              "{train:,} to train, scored on the other {held_out:,} (a seeded 20% "
                              "validation split)"),
 }
-
-
-#: photo mosaics (16 photos each) mined for false positives in each bootstrapping round
-MOSAICS_PER_ROUND = 200
 
 
 def class_subset(data: str, classes: list[str]) -> str:
@@ -87,31 +82,6 @@ def photo_squares(folder: str, count: int, seed: int = 0) -> np.ndarray:
     return np.stack(crops)[..., None]
 
 
-def photo_mosaics(folder: str, count: int, seed: int = 0, tiles: int = 4,
-                  side: int = 96) -> list[np.ndarray]:
-    """``count`` greyscale pictures, each ``tiles`` x ``tiles`` photos from ``folder`` enlarged to
-    ``side`` pixels: whole scenes with no person in them, where the detector's false positives
-    are mined at every scale (a 32-pixel CIFAR-10 photo alone is smaller than most of the
-    pyramid's windows)."""
-    from PIL import Image
-
-    from cnnlab.tasks.search import image_files
-    files = image_files(folder)
-    order = np.random.default_rng(seed).permutation(len(files))
-    mosaics = []
-    for m in range(count):
-        canvas = np.empty((tiles * side, tiles * side), np.float32)
-        for t in range(tiles * tiles):
-            with Image.open(os.path.join(folder, files[order[(m * tiles * tiles + t)
-                                                            % len(files)]])) as photo:
-                tile = photo.convert("L").resize((side, side), Image.BILINEAR)
-            row, col = divmod(t, tiles)
-            canvas[row * side:(row + 1) * side, col * side:(col + 1) * side] = \
-                np.asarray(tile, np.float32) / 255
-        mosaics.append(canvas)
-    return mosaics
-
-
 def _with_not_faces(train, extra):
     """``train`` with ``extra`` not-faces added and its faces (each once) repeated to weigh as
     much as all the not-faces."""
@@ -125,17 +95,13 @@ def _with_not_faces(train, extra):
 
 def bootstrap(model, settings, train, test, rounds, negatives, verbose):
     """Train ``model``, then ``rounds`` times: take the windows of the not-face pictures that
-    the detector calls faces (score >= 0.5) as further not-faces, and train a fresh network.
-    With ``negatives``, each round also mines ``MOSAICS_PER_ROUND`` new mosaics of its photos."""
+    the detector calls faces (score >= 0.5) as further not-faces, and train a fresh network."""
     if negatives:
         train = _with_not_faces(train, photo_squares(negatives[0], negatives[1]))
     fit_run(model, settings, train, test, verbose=verbose)
     mined = []
     for round_ in range(rounds):
-        pictures = list(lfw_faces.not_face_pictures())
-        if negatives:
-            pictures += photo_mosaics(negatives[0], MOSAICS_PER_ROUND, seed=round_ + 1)
-        pictures = [p[..., None].astype(np.float32) for p in pictures]
+        pictures = [p[..., None].astype(np.float32) for p in lfw_faces.not_face_pictures()]
         hard = detect.hard_negatives(model, pictures, threshold=0.5, seed=round_)
         mined.append(len(hard))
         print(f"Round {round_ + 1}: {len(hard)} windows of the not-face pictures taken for "
