@@ -121,3 +121,55 @@ def test_bad_video_input_is_refused_clearly(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(ConfigError, match=r"pip install 'cnnlab\[video\]'"):
         video.process_video("digits", tmp_path / "junk.mp4")
+
+
+def test_the_video_page_and_api_return_the_same_results_as_the_library(web_app, tmp_path):
+    """Through the web app: the answer's rows equal process_video's own CSV for the same file,
+    the annotated MP4 and the CSV can be fetched, a non-video is refused, and the page shows
+    it all in Chromium with no console errors."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from cnnlab.tasks.video import process_video
+    base, app = web_app
+    frames, _ = _digit_frames()
+    _write(tmp_path / "digits.mp4", frames)
+    body = (tmp_path / "digits.mp4").read_bytes()
+    request = urllib.request.Request(base + "/api/video?detect=no&model=digits", data=body,
+                                     method="POST", headers={"Content-Type": "video/mp4"})
+    with urllib.request.urlopen(request, timeout=300) as reply:
+        answer = json.loads(reply.read())
+    assert answer["frames"] == len(frames) and answer["skipped"] == []
+    process_video(app.model("digits").model, tmp_path / "digits.mp4",
+                  csv_path=tmp_path / "lib.csv")
+    with open(tmp_path / "lib.csv", newline="") as handle:
+        assert answer["rows"] == list(csv.DictReader(handle))
+    with urllib.request.urlopen(base + answer["video"], timeout=60) as reply:
+        (tmp_path / "back.mp4").write_bytes(reply.read())
+    assert _frame_count_and_duration(tmp_path / "back.mp4")[0] == len(frames)
+    with urllib.request.urlopen(base + answer["csv"], timeout=60) as reply:
+        assert reply.read().decode().startswith("frame,seconds,class,probability")
+    bad = urllib.request.Request(base + "/api/video?detect=no", data=b"not a video",
+                                 method="POST", headers={"Content-Type": "video/mp4"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(bad, timeout=60)
+    assert caught.value.code == 400 and "not a video FFmpeg can read" in json.loads(
+        caught.value.read())["error"]
+
+    from browser import browser, screenshot
+    from test_serve_browser import no_errors_logged, wait_for
+    driver = browser()
+    try:
+        driver.get(base + "/video")
+        wait_for(driver, "document.querySelectorAll('#model option').length > 0")
+        driver.find_element("id", "upload").send_keys(str(tmp_path / "digits.mp4"))
+        wait_for(driver, "document.querySelectorAll('#frame-results tr').length === 25 || "
+                         "document.getElementById('error').textContent", timeout=120)
+        assert not driver.find_element("id", "error").text
+        assert driver.find_element("id", "result-title").text.startswith("24 frames, 2 s")
+        assert "/api/video/result/" in driver.find_element("id", "player").get_attribute("src")
+        no_errors_logged(driver)
+        screenshot(driver, "video.png")
+    finally:
+        driver.quit()

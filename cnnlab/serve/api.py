@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import threading
 import time
 from dataclasses import dataclass
 
@@ -280,3 +281,62 @@ class DetectService:
                 "target": class_names(self.model)[detect.target_class(self.model)],
                 "detections": [d.to_json() for d in found],
                 "ms": round((time.perf_counter() - start) * 1e3, 1)}
+
+
+class VideoService:
+    """Video for the web app: classify each frame with a served model, or detect in it with the
+    detector, through ``tasks.video``; the annotated MP4 and the CSV of the last few runs are
+    kept in memory for the page to fetch."""
+
+    KEPT = 4
+    #: frames of results sent with the answer (the CSV has every one)
+    ROWS = 500
+
+    def __init__(self):
+        self._results: dict[str, dict] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def query(self, model, body: bytes, detect_objects: bool, threshold: float) -> dict:
+        import csv
+        import os
+        import tempfile
+
+        from cnnlab.tasks.video import process_video
+        if not body:
+            raise ApiError(400, "The request has no body; send the video file's bytes (MP4, "
+                                "WebM, ...).")
+        with tempfile.TemporaryDirectory(prefix="cnnlab-video-") as folder:
+            src = os.path.join(folder, "in")
+            with open(src, "wb") as handle:
+                handle.write(body)
+            out, table = os.path.join(folder, "out.mp4"), os.path.join(folder, "out.csv")
+            start = time.perf_counter()
+            with user_errors():
+                result = process_video(model, src, out=out, csv_path=table,
+                                       detect_objects=detect_objects, threshold=threshold)
+            seconds = time.perf_counter() - start
+            with open(out, "rb") as handle:
+                video = handle.read()
+            with open(table, newline="") as handle:
+                text = handle.read()
+        rows = list(csv.DictReader(io.StringIO(text)))
+        with self._lock:
+            self._count += 1
+            key = str(self._count)
+            self._results[key] = {"mp4": video, "csv": text.encode()}
+            for old in list(self._results)[:-self.KEPT]:
+                del self._results[old]
+        return {"frames": result.frames, "fps": result.fps, "skipped": result.skipped,
+                "duration": round(result.duration, 3), "detect": detect_objects,
+                "model": model.name, "rows": rows[:self.ROWS], "rows_total": len(rows),
+                "video": f"/api/video/result/{key}.mp4", "csv": f"/api/video/result/{key}.csv",
+                "seconds": round(seconds, 2)}
+
+    def file(self, name: str):
+        key, _, kind = name.partition(".")
+        with self._lock:
+            kept = self._results.get(key)
+        if kept is None or kind not in ("mp4", "csv"):
+            raise ApiError(404, f"No video result {name!r}: only the last {self.KEPT} are kept.")
+        return kept[kind], "video/mp4" if kind == "mp4" else "text/csv; charset=utf-8"

@@ -31,11 +31,12 @@ from cnnlab.serve.jobs import TrainingJob, parse_settings
 
 MAX_IMAGE_BYTES = 8 * 2**20
 MAX_JSON_BYTES = 64 * 2**10
+MAX_VIDEO_BYTES = 64 * 2**20
 #: an idle event stream sends a comment this often, so proxies and browsers keep it open
 KEEPALIVE_SECONDS = 15.0
 PAGES = {"/": "draw.html", "/draw": "draw.html", "/train": "train.html",
          "/explain": "explain.html", "/search": "search.html", "/detect": "detect.html",
-         "/inside": "inside.html"}
+         "/inside": "inside.html", "/video": "video.html"}
 MAX_SEARCH_RESULTS = 50
 
 
@@ -59,6 +60,7 @@ class App:
         self.search = api.SearchService(index) if index is not None else None
         self.detector = api.DetectService(detector)
         self.inside = InsideService()
+        self.video = api.VideoService()
 
     def model(self, name: str | None) -> ServedModel:
         name = name or self.default
@@ -214,7 +216,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._static(PAGES.get(path) or path[len("/static/"):])
         if not path.startswith("/api/"):
             raise ApiError(404, f"No page at {path!r}; the pages are /, /train, /explain, "
-                                f"/search, /detect and /inside.")
+                                f"/search, /detect, /inside and /video.")
         if path == "/api/models":
             self._require(method, "GET")
             return self._json(app.models())
@@ -242,17 +244,24 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(app.detector.describe())
         if path == "/api/detect":
             self._require(method, "POST")
-            threshold = query.get("threshold", ["0.9"])[0]
-            try:
-                value = float(threshold)
-            except ValueError:
-                value = -1.0
-            if not 0 < value < 1:
-                raise ApiError(400, f"'threshold' must be between 0 and 1. Received: "
-                                    f"{threshold!r}")
-            return self._json(app.detector.query(self._body(MAX_IMAGE_BYTES), value))
+            return self._json(app.detector.query(self._body(MAX_IMAGE_BYTES),
+                                                 self._threshold(query)))
         if path.startswith("/api/search"):
             return self._search(path, query, method, app)
+        if path == "/api/video":
+            self._require(method, "POST")
+            detecting = query.get("detect", ["no"])[0]
+            if detecting not in ("yes", "no"):
+                raise ApiError(400, f"'detect' must be yes or no. Received: {detecting!r}")
+            threshold = self._threshold(query)
+            model = (app.detector.model if detecting == "yes"
+                     else app.model(query.get("model", [None])[0]).model)
+            return self._json(app.video.query(model, self._body(MAX_VIDEO_BYTES),
+                                              detecting == "yes", threshold))
+        if path.startswith("/api/video/result/"):
+            self._require(method, "GET")
+            body, kind = app.video.file(path[len("/api/video/result/"):])
+            return self._send(200, body, kind)
         if path.startswith("/api/inside/"):
             return self._inside(path[len("/api/inside/"):], query, method, app)
         if path == "/api/train":
@@ -291,6 +300,17 @@ class Handler(BaseHTTPRequestHandler):
             body, kind = app.search.image_file(path[len("/api/search/image/"):])
             return self._send(200, body, kind)
         raise ApiError(404, f"No API endpoint {path!r}; the README lists them.")
+
+    @staticmethod
+    def _threshold(query) -> float:
+        threshold = query.get("threshold", ["0.9"])[0]
+        try:
+            value = float(threshold)
+        except ValueError:
+            value = -1.0
+        if not 0 < value < 1:
+            raise ApiError(400, f"'threshold' must be between 0 and 1. Received: {threshold!r}")
+        return value
 
     def _training_frame(self, number: str, app) -> None:
         frame = app.job.frame(int(number)) if app.job and number.isdigit() else None

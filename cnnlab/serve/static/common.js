@@ -75,7 +75,7 @@ export function drawMap(canvas, data, offset, h, w, { channels = 1, grey = false
 /** The top bar of every page: the name, and links to the pages with the current one marked. */
 export function markNav() {
   const pages = [["/", "Draw"], ["/train", "Train"], ["/explain", "Explain"], ["/search", "Search"],
-    ["/detect", "Detect"], ["/inside", "Inside"]];
+    ["/detect", "Detect"], ["/video", "Video"], ["/inside", "Inside"]];
   const links = pages.map(([href, text]) =>
     el("a", { href, text, class: href === location.pathname ? "active" : "" }));
   const brand = el("div", { class: "brand" }, "cnn", el("span", { text: "lab" }));
