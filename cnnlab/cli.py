@@ -534,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="transfer learning: freeze the model's shipped pretrained backbone "
                             "(BatchNormalization in inference mode) and train a new head for "
                             "the data's classes; WEIGHTS names them (default: the model's, "
-                            "cifar10 for cifar_vgg, the default model)")
+                            "cifar10 for cifar_vgg, the default model) or is the path of a "
+                            ".cnnlab file of a zoo model")
     train.add_argument("--fine-tune", type=_positive_int, nargs="?", const=zoo.FINE_TUNE_EPOCHS,
                        metavar="EPOCHS",
                        help=f"with --pretrained: then train every layer EPOCHS more epochs at "

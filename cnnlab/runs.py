@@ -54,23 +54,32 @@ def run_settings(**given) -> dict:
 
 
 def _transfer_settings(given: dict) -> dict:
-    """Settings of a transfer run (``pretrained``: a weights name, or 'auto' for the model's
-    shipped weights; no model: the CIFAR-10 backbone): ``zoo.TRANSFER_RECIPE``, and a folder's
+    """Settings of a transfer run (``pretrained``: a weights name, 'auto' for the model's
+    shipped weights, or the path of a ``.cnnlab`` file of a zoo model; no model: the one the
+    weights are for, else the CIFAR-10 backbone): ``zoo.TRANSFER_RECIPE``, and a folder's
     images resized to the size and channels the weights were trained on."""
     from cnnlab import zoo
+    from cnnlab.io.saving import load_model
     name, weights = given.get("model"), given["pretrained"]
-    if name is None:                        # the model those weights ship for, else CIFAR-10's
-        owners = {w: m for m, w in zoo.PRETRAINED}
-        name = owners.get(weights, "cifar_vgg")
-    name = zoo.resolve(name)
-    if weights == "auto":
-        shipped = [w for m, w in zoo.PRETRAINED if m == name]
-        if not shipped:
-            raise ConfigError(f"--pretrained: no weights ship for {name}; cnnlab ships "
-                              f"{sorted(f'{m} ({w})' for m, w in zoo.PRETRAINED)}. Choose one "
-                              f"with --model.")
-        weights = shipped[0]
-    stored = zoo.pretrained_model(name, weights)             # a clear error if none ship
+    owners = {w: m for m, w in zoo.PRETRAINED}
+    if weights not in owners and weights != "auto" and (weights.endswith(".cnnlab")
+                                                         or os.sep in weights):
+        if not os.path.isfile(weights):
+            raise ConfigError(f"--pretrained: no file {weights!r} (expected a shipped weights "
+                              f"name, {sorted(owners)}, or the path of a .cnnlab file).")
+        stored = load_model(weights, compile=False)          # your own pretrained model
+        name = zoo.resolve(name or stored.name)
+        weights = os.path.abspath(weights)
+    else:
+        name = zoo.resolve(name or owners.get(weights, "cifar_vgg"))
+        if weights == "auto":
+            shipped = [w for m, w in zoo.PRETRAINED if m == name]
+            if not shipped:
+                raise ConfigError(f"--pretrained: no weights ship for {name}; cnnlab ships "
+                                  f"{sorted(f'{m} ({w})' for m, w in zoo.PRETRAINED)}. Choose "
+                                  f"one with --model, or pass a .cnnlab file.")
+            weights = shipped[0]
+        stored = zoo.pretrained_model(name, weights)         # a clear error if none ship
     height, _, channels = stored.input_shape
     # the backbone's own augmentation, if any (flips suit photos, not digits)
     augment = bool(stored.metadata.get("train_settings", {}).get("augment"))

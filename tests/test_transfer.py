@@ -190,6 +190,26 @@ def test_cli_transfer_trains_a_new_head_on_the_frozen_backbone_then_fine_tunes(
     assert not {n for n in changed if "moving" in n}        # ... with BN in inference mode
 
 
+def test_pretrained_takes_your_own_model_file_as_the_frozen_backbone(few_photos, tmp_path):
+    """--pretrained FILE: the backbone comes from that file (its architecture named in it),
+    frozen, statistics included; a missing file is named."""
+    cnnlab.utils.set_random_seed(3)
+    own = zoo.get("cifar_vgg", num_classes=4)
+    own.save(tmp_path / "mine.cnnlab")
+    result = _train(tmp_path / "head.cnnlab", "--data", few_photos, "--pretrained",
+                    str(tmp_path / "mine.cnnlab"), "--epochs", "1", "--batch-size", "8")
+    assert result.returncode == 0, result.stderr
+    assert "a new head on cifar_vgg's frozen backbone" in result.stdout
+    model = cnnlab.load_model(tmp_path / "head.cnnlab")
+    base = next(layer for layer in model.layers if isinstance(layer, cnnlab.Model))
+    mine = dict(own.named_variables())
+    for name, variable in base.named_variables():
+        np.testing.assert_array_equal(variable.value, mine[name].value)
+    result = _train(tmp_path / "x.cnnlab", "--data", few_photos, "--pretrained",
+                    str(tmp_path / "missing.cnnlab"))
+    assert result.returncode == 1 and "--pretrained: no file" in result.stderr
+
+
 def test_fine_tune_needs_pretrained_and_tiny_data_gets_the_advice(few_photos, tmp_path):
     result = _train(tmp_path / "x.cnnlab", "--data", few_photos, "--fine-tune")
     assert result.returncode == 1 and "--fine-tune continues a --pretrained run" in result.stderr
