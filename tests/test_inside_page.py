@@ -65,7 +65,7 @@ def test_the_inside_api_answers_with_the_librarys_numbers(web_app):
     mapped = _post(base + "/api/inside/map?model=digits&layer=conv2&filter=5", buffer.getvalue())
     seen = _png_pixels(mapped["input"])[..., None]
     _, tape = model.run(seen[None].astype(model.dtype))
-    node = attribution._target_node(model, "conv2")
+    node = attribution.target_node(model, "conv2")
     values = tape.values[id(node.outputs[0])][0, ..., 5]
     assert mapped["map"]["height"] == 8
     np.testing.assert_allclose(mapped["map"]["min"][0], values.min(), atol=1e-5)

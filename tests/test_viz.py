@@ -316,11 +316,11 @@ def _odd_geometry_model():
 def test_a_cells_crop_is_exactly_the_pixels_its_activation_depends_on(layer):
     """The crop (receptive field, clipped) equals the bounding box of the input pixels with a
     non-zero gradient: checked against the model's own dependence, not the formula."""
-    from cnnlab.viz.attribution import _target_node, receptive_field
+    from cnnlab.viz.attribution import receptive_field, target_node
     from cnnlab.viz.patches import cell_box
     model = _odd_geometry_model()
     x = np.random.default_rng(3).random((1, 23, 19, 2))
-    node = _target_node(model, layer)
+    node = target_node(model, layer)
     tensor = node.outputs[0]
     h, w = tensor.shape[1:3]
     field = receptive_field(node)

@@ -82,7 +82,7 @@ class InsideService:
         from cnnlab.viz.inside import centre_field
         rows = []
         for name in inside.conv_layers(served.model):
-            node = attribution._target_node(served.model, name)
+            node = attribution.target_node(served.model, name)
             field = attribution.receptive_field(node)
             box, small = centre_field(served.model, name)
             rows.append({"name": name, "type": type(node.layer).__name__,
@@ -104,7 +104,7 @@ class InsideService:
 
     def _filter(self, served, layer: str, value: str) -> int:
         from cnnlab.viz import attribution
-        count = attribution._target_node(served.model, layer).outputs[0].shape[-1]
+        count = attribution.target_node(served.model, layer).outputs[0].shape[-1]
         if not value.isdigit() or not 0 <= int(value) < count:
             raise ApiError(400, f"'filter' must be 0 to {count - 1} for {layer}. Received: "
                                 f"{value!r}")
@@ -156,7 +156,7 @@ class InsideService:
         with user_errors():
             x = image_for_model(served.model, uploaded_image(body))
         _, tape = served.model.run(x[None])
-        node = attribution._target_node(served.model, layer)
+        node = attribution.target_node(served.model, layer)
         maps = tape.values[id(node.outputs[0])][0][..., index:index + 1]
         return {"layer": layer, "filter": index, "input": png_base64(x),
                 "map": encode_activation(maps)}

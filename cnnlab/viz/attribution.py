@@ -34,7 +34,7 @@ def as_batch(model, image) -> np.ndarray:
     return image.astype(model.dtype)
 
 
-def _target_node(model, layer):
+def target_node(model, layer):
     """The node whose output Grad-CAM reads: the last Conv2D call, or the (last) call of the
     named layer (or index into ``model.layers``)."""
     if layer is None:
@@ -133,7 +133,7 @@ def grad_cam(model, image, class_index: int | None = None, layer=None) -> np.nda
     predicted class; ``layer`` (name or index) to the last Conv2D node of the graph.
     """
     x = as_batch(model, image)
-    node = _target_node(model, layer)
+    node = target_node(model, layer)
     tensor = node.outputs[0]
     if len(tensor.shape) != 4:
         raise ConfigError(f"Grad-CAM needs a layer with (H, W, C) outputs; "

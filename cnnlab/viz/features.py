@@ -36,7 +36,7 @@ from cnnlab.engine.augment import (
     zoom_matrices,
 )
 from cnnlab.errors import ConfigError
-from cnnlab.viz.attribution import _target_node, receptive_field
+from cnnlab.viz.attribution import receptive_field, target_node
 
 #: the start: grey with strong noise (in units of the value range), so that filters deep in
 #: a ReLU network see something on the first step (a flat grey leaves many of them silent)
@@ -54,7 +54,7 @@ def _extractor(model, layer):
     from cnnlab.models.model import Model
     if layer is None:
         return model, None
-    node = _target_node(model, layer)
+    node = target_node(model, layer)
     if len(node.outputs[0].shape) != 4:
         raise ConfigError(f"Feature visualisation of filters needs a layer with (H, W, C) "
                           f"outputs; {node.layer.name} has {node.outputs[0].shape[1:]}. For a "

@@ -39,7 +39,7 @@ def _show(ax, image, **kwargs):
 
 
 def _layer_title(model, layer: str) -> str:
-    node = attribution._target_node(model, layer)
+    node = attribution.target_node(model, layer)
     shape = "x".join(map(str, node.outputs[0].shape[1:]))
     return f"{layer} ({type(node.layer).__name__}, output {shape})"
 
@@ -53,7 +53,7 @@ def centre_field(model, layer):
     """The input box ``(top, left, bottom, right)`` that ``layer``'s centre cell sees, and
     whether it covers less than half the image along both axes (then a filter is best shown
     by what its centre cell looks for, ``where='centre'``)."""
-    node = attribution._target_node(model, layer)
+    node = attribution.target_node(model, layer)
     _, h, w, _ = node.outputs[0].shape
     height, width = model.input_shapes[0][:2]
     box = cell_box(attribution.receptive_field(node), h // 2, w // 2, height, width)
@@ -68,7 +68,7 @@ def plot_feature_visualisation(model, layer, filters=None, steps: int = 128, see
     reaches. ``where='auto'``: a layer whose cells see less than half the image shows what its
     centre cell looks for, cropped to that cell's receptive field; deeper layers their mean
     over the whole map. ``images`` reuses ones :func:`features.visualise` already made."""
-    node = attribution._target_node(model, layer)
+    node = attribution.target_node(model, layer)
     count = node.outputs[0].shape[-1]
     filters = list(range(min(16, count))) if filters is None else list(filters)
     box, small = centre_field(model, layer)
@@ -117,7 +117,7 @@ def plot_class_visualisation(model, class_names, steps: int = 128, seed: int = 0
 def plot_top_patches(model, layer, images: np.ndarray, filters=None, k: int = 6, path=None):
     """For each of ``filters`` (default: the first 8) of ``layer``, the ``k`` dataset patches
     that excite it most, each cropped to the cell's receptive field, one row per filter."""
-    node = attribution._target_node(model, layer)
+    node = attribution.target_node(model, layer)
     count = node.outputs[0].shape[-1]
     filters = list(range(min(8, count))) if filters is None else list(filters)
     found = top_patches(model, layer, images, k=k, filters=filters)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnlab.viz.attribution import _target_node, receptive_field
+from cnnlab.viz.attribution import receptive_field, target_node
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def top_patches(model, layer, images: np.ndarray, k: int = 9, filters=None,
     """For each filter of ``layer`` (a name or index; ``filters`` to pick some), the ``k``
     strongest activations over ``images`` ``(N, H, W, C)`` (each image's strongest cell only,
     unless ``one_per_image`` is False), with their receptive-field crops."""
-    node = _target_node(model, layer)
+    node = target_node(model, layer)
     tensor = node.outputs[0]
     channels = tensor.shape[-1]
     chosen = list(range(channels)) if filters is None else [int(f) for f in filters]
