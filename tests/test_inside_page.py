@@ -120,3 +120,50 @@ def test_the_inside_page_renders_a_filter_its_patches_a_drawing_and_the_map(web_
         screenshot(driver, "inside.png")
     finally:
         driver.quit()
+
+
+def test_a_model_trained_on_a_folder_draws_its_patches_and_map_from_the_photo_index(tmp_path,
+                                                                                    monkeypatch):
+    """The shipped CIFAR-10 model was trained on a folder the server does not have: with
+    ``serve --index`` its patches and map come from the indexed photos, labelled by their class
+    folders (a folder that is not one of its classes shows as '(other folder)')."""
+    import threading
+
+    from cnnlab import serve, zoo
+    from cnnlab.preprocess import open_image
+    from cnnlab.runs import image_for_model
+    from cnnlab.tasks import search
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for colour, name in enumerate(("cat", "ship", "misc")):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            pixels = rng.integers(0, 100, (32, 32, 3), dtype=np.uint8)
+            pixels[..., colour] += 150
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    monkeypatch.setenv("CNNLAB_HOME", str(tmp_path / "home"))
+    index = search.build_index(root, out=tmp_path / "p.index")
+    model = zoo.load("cifar10")
+    app = serve.App({"cifar": (model, "cifar10")}, serve.models_dir(), index=index)
+    server = serve.make_server(app, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    base = server.url.rstrip("/")
+    try:
+        points = _get(base + "/api/inside/embedding?model=cifar")
+        assert len(points["points"]) == 15 and "photos of the index" in points["dataset"]
+        names = points["classes"]
+        assert names[-1] == "(other folder)"
+        expected = [names.index(path.split("/")[0]) if path.split("/")[0] in names[:-1]
+                    else len(names) - 1 for path in index.paths]
+        assert [p["label"] for p in points["points"]] == expected
+        answer = _get(base + "/api/inside/filter?model=cifar&layer=block3_2_conv&filter=2")
+        images = np.stack([image_for_model(model, open_image(root / path))
+                           for path in index.paths]).astype(model.dtype)
+        found = top_patches(model, "block3_2_conv", images, k=8, filters=[2])[2]
+        assert [p["image"] for p in answer["patches"]] == [p.image for p in found]
+        np.testing.assert_allclose([p["activation"] for p in answer["patches"]],
+                                   [p.activation for p in found], atol=1e-4)
+    finally:
+        server.shutdown()
+        server.server_close()

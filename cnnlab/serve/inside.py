@@ -3,8 +3,9 @@ looks for (feature visualisation), the dataset patches that excite it most, and 
 uploaded image; for the model, the embedding map of a dataset, each point linked to its image.
 
 The dataset is the model's own when it is a named one (``train_settings['data']``: the bundled
-digits, lfw_faces ...), its held-out split; a model trained on a folder of photos has no
-patches or map here (the folder is not the server's to read). Results are computed once and
+digits, lfw_faces ...), its held-out split; otherwise the photos of the server's index
+(``cnnlab serve --index``), labelled by their class folders where those are the model's
+classes. Without either, a model has no patches or map here. Results are computed once and
 kept: a visualisation per filter, the patches per layer, the map per model.
 """
 
@@ -33,9 +34,11 @@ def png_base64(image: np.ndarray) -> str:
 
 
 class InsideService:
-    """What ``/api/inside/*`` answers, per served model."""
+    """What ``/api/inside/*`` answers, per served model; ``photos``: the server's photo index
+    (``tasks.search.Index``), the dataset of a model trained on a folder."""
 
-    def __init__(self):
+    def __init__(self, photos=None):
+        self.photos = photos
         self._cache: dict = {}
         self._lock = threading.Lock()
 
@@ -66,14 +69,40 @@ class InsideService:
                 if x.shape[1:] == tuple(model.input_shape):
                     return x, np.asarray(y[:SAMPLE_IMAGES]).reshape(-1).astype(int), \
                         f"{name}'s held-out split"
-        return None
+        return self._index_photos(served) if self.photos is not None else None
+
+    def _index_photos(self, served: ServedModel):
+        """Up to ``SAMPLE_IMAGES`` photos of the index (spread evenly over it), prepared for the
+        model; labelled by class folder (-1 where the folder is not one of its classes)."""
+        import os
+
+        from cnnlab.preprocess import open_image
+        from cnnlab.runs import class_names, image_for_model
+        names = class_names(served.model)
+        chosen = np.unique(np.linspace(0, len(self.photos) - 1, SAMPLE_IMAGES).astype(int))
+        images, labels = [], []
+        for i in chosen:
+            relative = self.photos.paths[i]
+            try:
+                with user_errors():
+                    picture = open_image(os.path.join(self.photos.root, relative))
+                    images.append(image_for_model(served.model, picture))
+            except ApiError:                         # gone or unreadable since indexing
+                continue
+            folder = os.path.basename(os.path.dirname(relative))
+            labels.append(names.index(folder) if folder in names else -1)
+        if not images:
+            return None
+        return (np.stack(images).astype(served.model.dtype), np.array(labels),
+                f"{len(images)} photos of the index ({self.photos.root})")
 
     def _require_images(self, served):
         found = self.images(served)
         if found is None:
             raise ApiError(404, f"{served.name} was not trained on a dataset this server has "
-                                f"(a named one such as mnist_sample): no patches or map to "
-                                f"draw.")
+                                f"(a named one such as mnist_sample), and the server has no "
+                                f"photo index: start cnnlab serve --index INDEX to draw "
+                                f"patches and the map from your photos.")
         return found
 
     # --- answers --------------------------------------------------------------------------
@@ -167,7 +196,11 @@ class InsideService:
         from cnnlab.viz.embedding import embedding_map
         points = self._kept(("embedding", served.name), lambda: embedding_map(served.model,
                                                                               images))
-        return {"model": served.name, "dataset": source, "classes": class_names(served.model),
+        names = class_names(served.model)
+        if (np.asarray(labels) < 0).any():
+            names = [*names, "(other folder)"]
+            labels = np.where(np.asarray(labels) < 0, len(names) - 1, labels)
+        return {"model": served.name, "dataset": source, "classes": names,
                 "method": "pca",
                 "points": [{"x": round(float(px), 4), "y": round(float(py), 4),
                             "label": int(label), "image": i}

@@ -59,7 +59,7 @@ class App:
         self.log = log
         self.search = api.SearchService(index) if index is not None else None
         self.detector = api.DetectService(detector)
-        self.inside = InsideService()
+        self.inside = InsideService(index)
         self.video = api.VideoService()
 
     def model(self, name: str | None) -> ServedModel:

@@ -1,5 +1,5 @@
 // The Inside page: a filter's visualisation, its top patches, its map on a drawing or a photo,
-// and the embedding map of the model's test images.
+// and the embedding map of the model's dataset (its held-out split, or the server's photo index).
 import { api, bytes, drawMap, drawingPad, el, fileDrop, format, markNav } from "/static/common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -44,11 +44,11 @@ async function showFilter() {
       : `A ${h}×${w} image made to raise this filter's mean over its whole map to ${format(answer.activation, 2)}.`) +
       " Pixels: black 0 … white 1, the model's input range.";
     $("patches").replaceChildren(...answer.patches.map((p) => el("figure", {},
-      el("img", { src: png(p.png), alt: `test image ${p.image}`, title: `test image ${p.image}, box ${p.box.join(", ")}` }),
+      el("img", { src: png(p.png), alt: `image ${p.image}`, title: `image ${p.image} of the dataset, box ${p.box.join(", ")}` }),
       el("figcaption", { text: format(p.activation, 2) }))));
     $("patches-note").textContent = answer.patches.length
       ? `Each crop is the receptive field of the cell that fired (clipped to the image); below it, the activation.`
-      : "This model was not trained on a dataset the server has, so there are no patches to show.";
+      : "This model was not trained on a dataset the server has, and the server has no photo index (cnnlab serve --index), so there are no patches to show.";
     if (lastImage) showMap(lastImage.body, lastImage.type);
   } catch (error) {
     if (number === asked) $("error").textContent = error.message;
@@ -90,7 +90,7 @@ async function showEmbedding() {
       Object.entries({ cx: sx(p.x).toFixed(1), cy: sy(p.y).toFixed(1), r: 3.5, fill: PALETTE[p.label % 10], "fill-opacity": 0.8 })
         .forEach(([k, v]) => dot.setAttribute(k, v));
       const title = document.createElementNS(SVG, "title");
-      title.textContent = `test image ${p.image}: ${answer.classes[p.label]}`;
+      title.textContent = `image ${p.image}: ${answer.classes[p.label]}`;
       dot.append(title);
       dot.addEventListener("click", () => pick(p, answer.classes));
       return dot;
@@ -113,7 +113,7 @@ async function pick(point, classes) {
   const answer = await api(`/api/inside/image?model=${encodeURIComponent(model())}&image=${point.image}`);
   $("picked").src = png(answer.png);
   $("picked").hidden = false;
-  $("picked-note").textContent = `Test image ${point.image}, true class ${classes[point.label]}.`;
+  $("picked-note").textContent = `Image ${point.image}, true class ${classes[point.label]}.`;
 }
 
 async function loadLayers() {
