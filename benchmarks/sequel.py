@@ -1,0 +1,150 @@
+"""The sequel's pictures, measured: how far feature visualisation raises each filter above real
+and random inputs, how well it recovers filters built to detect known patterns, how well the
+embedding map keeps classes apart, and what each costs. Also video throughput.
+
+    python benchmarks/sequel.py
+
+Everything runs on the shipped digits model and its 500 first held-out digits (the tests
+assert weaker bounds on the same quantities, so that they cannot be flaky).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from cnnlab import Input, Model, datasets, layers, zoo
+from cnnlab.viz import embedding, features
+
+FILTERS = list(range(16))
+
+
+def visualisation_factors(model, x) -> None:
+    print("Feature visualisation of the first 16 filters (128 steps, seed 0):")
+    for layer, where in (("conv1", "centre"), ("conv2", "mean")):
+        start = time.perf_counter()
+        images = features.visualise(model, layer, filters=FILTERS, where=where)
+        seconds = time.perf_counter() - start
+        reached = features.objective(model, layer, images, FILTERS, where=where)
+        real = np.stack([features.objective(model, layer, x, [f], where=where)
+                         for f in FILTERS])
+        noise = np.random.default_rng(1).uniform(0, 1, (len(FILTERS), *x.shape[1:]))
+        random = features.objective(model, layer, noise, FILTERS, where=where)
+        alive = real.max(axis=1) > 0
+        over_real = reached[alive] / real[alive].mean(axis=1)
+        print(f"  {layer} ({where}): {alive.sum()} of 16 fire on some digit; "
+              f"x their mean over real digits: median {np.median(over_real):.1f} "
+              f"(min {over_real.min():.1f}); x random pixels: median "
+              f"{np.median(reached[alive] / np.maximum(random[alive], 1e-3)):.0f}; above the "
+              f"best digit: {int(np.sum(reached[alive] > real[alive].max(axis=1)))} of "
+              f"{alive.sum()}; {seconds:.1f} s")
+
+
+def pattern_recovery() -> None:
+    print("Filters built to detect a plus, a diagonal bar and a ring (best-window correlation "
+          "of each visualisation with each pattern):")
+    for size, n in ((15, 15), (27, 9)):
+        yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+        patterns = [((np.abs(yy) <= 1) | (np.abs(xx) <= 1)), np.abs(yy + xx) <= 1.5,
+                    np.abs(np.hypot(yy, xx) - n / 3) <= 1.2]
+        patterns = [p.astype(float) for p in patterns]
+        inputs = Input((size, size, 1))
+        conv = layers.Conv2D(3, n, activation="relu", name="detector")
+        model = Model(inputs, conv(inputs))
+        kernel = np.stack([p - p.mean() for p in patterns], -1)[:, :, None, :]
+        conv.set_weights([kernel.astype(model.dtype), np.zeros(3, model.dtype)])
+        images = features.visualise(model, "detector", filters=range(3))[..., 0]
+        for name, image in zip(("plus", "bar", "ring"), images):
+            scores = [max(np.corrcoef(image[i:i + n, j:j + n].ravel(), p.ravel())[0, 1]
+                          for i in range(size - n + 1) for j in range(size - n + 1))
+                      for p in patterns]
+            print(f"  {n}x{n} filter on {size}x{size}, {name}: "
+                  + ", ".join(f"{v:.2f}" for v in scores))
+
+
+def embedding_separation(model, x, y) -> None:
+    print("Embedding map of the 500 digits (an image's nearest neighbour in 2-D shares its "
+          "class; chance 10%):")
+    for method in ("pca", "tsne"):
+        start = time.perf_counter()
+        try:
+            points = embedding.embedding_map(model, x, method=method)
+        except Exception as exc:                  # noqa: BLE001 - t-SNE needs the extra
+            print(f"  {method}: {exc}")
+            continue
+        distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
+        np.fill_diagonal(distances, np.inf)
+        print(f"  {method}: {np.mean(y[distances.argmin(axis=1)] == y):.1%} "
+              f"({time.perf_counter() - start:.1f} s)")
+
+
+def video_throughput() -> None:
+    try:
+        import av
+    except ImportError:
+        print("Video: needs pip install 'cnnlab[video]'")
+        return
+    from PIL import Image
+
+    from cnnlab.tasks.video import process_video
+
+    def write(path, frames, fps=24):
+        with av.open(path, "w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.height, stream.width = frames[0].shape[:2]
+            stream.pix_fmt = "yuv420p"
+            for pixels in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+
+    _, (digits, _) = datasets.load("mnist_sample")
+    clip = []
+    for k in range(240):                     # ten digits, each sliding for a second
+        frame = np.zeros((96, 96), np.uint8)
+        left = 4 + (k % 24) * 2
+        frame[30:58, left:left + 28] = digits[k // 24]
+        clip.append(np.repeat(frame[..., None], 3, axis=2))
+    with tempfile.TemporaryDirectory() as folder:
+        write(os.path.join(folder, "digits.mp4"), clip)
+        start = time.perf_counter()
+        result = process_video("digits", os.path.join(folder, "digits.mp4"),
+                               out=os.path.join(folder, "out.mp4"),
+                               csv_path=os.path.join(folder, "out.csv"))
+        seconds = time.perf_counter() - start
+        print(f"Video: classifying {result.frames} frames of 96x96: "
+              f"{result.frames / seconds:.0f} frames/s")
+        try:
+            from skimage import data
+        except ImportError:
+            return
+        photo = np.asarray(Image.fromarray(data.astronaut()).resize((320, 320)))
+        write(os.path.join(folder, "photo.mp4"), [np.roll(photo, 4 * k, axis=1)
+                                                  for k in range(48)])
+        start = time.perf_counter()
+        result = process_video("faces", os.path.join(folder, "photo.mp4"),
+                               out=os.path.join(folder, "boxes.mp4"),
+                               csv_path=os.path.join(folder, "boxes.csv"), detect_objects=True)
+        seconds = time.perf_counter() - start
+        print(f"Video: detecting faces in {result.frames} frames of 320x320: "
+              f"{result.frames / seconds:.1f} frames/s")
+
+
+def main() -> None:
+    model = zoo.load("digits")
+    _, (x, y) = datasets.load("mnist_sample")
+    x, y = datasets.as_model_input(x[:500]).astype(model.dtype), np.asarray(y[:500])
+    visualisation_factors(model, x)
+    pattern_recovery()
+    embedding_separation(model, x, y)
+    video_throughput()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
