@@ -16,7 +16,9 @@ its activation), or its centre cell alone (``where='centre'``), or one class's l
 2. **Decorrelated step:** the gradient's spectrum is scaled by ``1 / f`` (``f`` the spatial
    frequency) before the step, so steps are made of broad strokes rather than pixel-level
    noise: the 1/f amplitude spectrum of natural images that Olah et al. build in by
-   optimising a Fourier parameterisation scaled the same way.
+   optimising a Fourier parameterisation scaled the same way. For RGB, each pixel's colour
+   step goes through ``S S^T``, ``S`` the square root of natural photos' colour covariance:
+   gradient steps in their decorrelated colour basis (Olah et al. again).
 3. A step of ``learning_rate`` times the gradient's root-mean-square, then the pixels are
    clipped to ``value_range`` (the range the model was trained on).
 
@@ -46,6 +48,11 @@ START_MEAN, START_SPREAD = 0.5, 0.25
 #: whose mean is nearly linear in the pixels, the mean's best image is a flat white or black)
 WHERE = ("mean", "centre")
 DEFAULT_JITTER = 2
+#: the square root of natural photos' RGB covariance (ImageNet's, as Olah et al.'s Lucid
+#: measured it), columns scaled to at most unit norm: colour steps go along it, so pictures
+#: change mostly in brightness and in the colour contrasts photos have, not in pure hues
+COLOUR_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+COLOUR_SQRT = COLOUR_SQRT / np.linalg.norm(COLOUR_SQRT, axis=0).max()
 
 
 def _extractor(model, layer):
@@ -178,7 +185,10 @@ def visualise(model, layer=None, filters=(0,), class_index: int | None = None,
         if where == "centre" and node is not None:
             jitter = min(jitter, min(size for _, _, size in receptive_field(node)) // 8)
     rng = np.random.default_rng(seed)
-    start = START_MEAN + START_SPREAD * rng.standard_normal((len(targets), h, w, c))
+    noise = rng.standard_normal((len(targets), h, w, c))
+    if decorrelate and c == 3:                 # the start's colours correlated as photos' are
+        noise = noise @ COLOUR_SQRT.T
+    start = START_MEAN + START_SPREAD * noise
     x = low + (high - low) * np.clip(start, 0, 1)
     weights = _one_over_f(h, w)[None, :, :, None] if decorrelate else None
     for _ in range(steps):
@@ -190,6 +200,8 @@ def visualise(model, layer=None, filters=(0,), class_index: int | None = None,
         if weights is not None:
             grad = np.fft.irfft2(np.fft.rfft2(grad, axes=(1, 2)) * weights, s=(h, w),
                                  axes=(1, 2))
+            if c == 3:
+                grad = grad @ (COLOUR_SQRT @ COLOUR_SQRT.T)
         rms = np.sqrt(np.mean(grad ** 2, axis=(1, 2, 3), keepdims=True))
         x = np.clip(x + learning_rate * (high - low) * grad / np.maximum(rms, 1e-12), low, high)
     return x.astype(model.dtype)
