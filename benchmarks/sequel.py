@@ -19,8 +19,13 @@ import time
 
 import numpy as np
 
-from cnnlab import Input, Model, datasets, layers, zoo
+from cnnlab import datasets, zoo
 from cnnlab.viz import embedding, features
+
+# the filters built to detect known patterns are the tests' own (tests/patterns.py)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from patterns import NAMES as PATTERN_NAMES  # noqa: E402
+from patterns import best_window_correlation, pattern_detector  # noqa: E402
 
 FILTERS = list(range(16))
 
@@ -50,20 +55,10 @@ def pattern_recovery() -> None:
     print("Filters built to detect a plus, a diagonal bar and a ring (best-window correlation "
           "of each visualisation with each pattern):")
     for size, n in ((15, 15), (27, 9)):
-        yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
-        patterns = [((np.abs(yy) <= 1) | (np.abs(xx) <= 1)), np.abs(yy + xx) <= 1.5,
-                    np.abs(np.hypot(yy, xx) - n / 3) <= 1.2]
-        patterns = [p.astype(float) for p in patterns]
-        inputs = Input((size, size, 1))
-        conv = layers.Conv2D(3, n, activation="relu", name="detector")
-        model = Model(inputs, conv(inputs))
-        kernel = np.stack([p - p.mean() for p in patterns], -1)[:, :, None, :]
-        conv.set_weights([kernel.astype(model.dtype), np.zeros(3, model.dtype)])
+        model, patterns = pattern_detector(size, n)
         images = features.visualise(model, "detector", filters=range(3))[..., 0]
-        for name, image in zip(("plus", "bar", "ring"), images):
-            scores = [max(np.corrcoef(image[i:i + n, j:j + n].ravel(), p.ravel())[0, 1]
-                          for i in range(size - n + 1) for j in range(size - n + 1))
-                      for p in patterns]
+        for name, image in zip(PATTERN_NAMES, images):
+            scores = [best_window_correlation(image, p) for p in patterns]
             print(f"  {n}x{n} filter on {size}x{size}, {name}: "
                   + ", ".join(f"{v:.2f}" for v in scores))
 

@@ -157,6 +157,8 @@ def add_commands(commands, formatter, positive_int) -> None:
                       help="detect (boxes) instead of classifying each whole frame")
     clip.add_argument("--batch-size", type=positive_int, default=32,
                       help="frames classified at once (default: %(default)s)")
-    clip.add_argument("--threshold", type=float, help="with --detect (default: 0.9)")
+    clip.add_argument("--threshold", type=float,
+                      help=f"with --detect: the least probability a box needs (default: "
+                           f"{THRESHOLD})")
     clip.add_argument("--target", help="with --detect: the class to find")
     clip.set_defaults(func=cmd_video)

@@ -5,9 +5,10 @@ is the initial weights and recording it changes no weight; the report has "How i
 
 import numpy as np
 import pytest
+from patterns import best_window_correlation, pattern_detector
 
 import cnnlab
-from cnnlab import Input, Model, datasets, layers, zoo
+from cnnlab import datasets, zoo
 from cnnlab.engine.augment import affine_sample_backward, affine_sample_forward
 from cnnlab.viz import embedding, features, inside, timeline
 from cnnlab.viz.features import _random_warps
@@ -42,35 +43,14 @@ def test_feature_visualisation_raises_each_filter_far_above_real_and_random_inpu
     assert images.min() >= 0 and images.max() <= 1                      # the input range
 
 
-def _pattern_detector(size, n):
-    """A conv layer whose three filters are built to detect a plus, a diagonal bar and a ring."""
-    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
-    patterns = [((np.abs(yy) <= 1) | (np.abs(xx) <= 1)), np.abs(yy + xx) <= 1.5,
-                np.abs(np.hypot(yy, xx) - n / 3) <= 1.2]
-    patterns = [p.astype(float) for p in patterns]
-    inputs = Input((size, size, 1))
-    conv = layers.Conv2D(3, n, activation="relu", name="detector")
-    model = Model(inputs, conv(inputs))
-    kernel = np.stack([p - p.mean() for p in patterns], -1)[:, :, None, :]
-    conv.set_weights([kernel.astype(model.dtype), np.zeros(3, model.dtype)])
-    return model, patterns
-
-
-def _best_window_correlation(image, pattern):
-    n = pattern.shape[0]
-    h, w = image.shape
-    return max(np.corrcoef(image[i:i + n, j:j + n].ravel(), pattern.ravel())[0, 1]
-               for i in range(h - n + 1) for j in range(w - n + 1))
-
-
 @pytest.mark.parametrize("size,n", [(15, 15), (27, 9)])
 def test_the_visualisation_of_a_filter_built_to_detect_a_pattern_shows_that_pattern(size, n):
     """One cell seeing the whole image (15, 15), and a filter slid over a larger one (27, 9):
     each visualisation matches its own pattern best, and well."""
-    model, patterns = _pattern_detector(size, n)
+    model, patterns = pattern_detector(size, n)
     images = features.visualise(model, "detector", filters=range(3))[..., 0]
     for k, image in enumerate(images):
-        scores = [_best_window_correlation(image, p) for p in patterns]
+        scores = [best_window_correlation(image, p) for p in patterns]
         assert scores[k] >= 0.55, scores
         assert scores[k] == max(scores), (k, scores)
 

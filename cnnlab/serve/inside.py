@@ -148,17 +148,12 @@ class InsideService:
                              lambda: self._visualise(served, layer, index)),
                 "patches": self._patches(served, layer, index)}
 
-    def _visualise(self, served, layer, index) -> dict:
-        from cnnlab.viz import features
-        from cnnlab.viz.inside import centre_field
-        box, small = centre_field(served.model, layer)
-        where = "centre" if small else "mean"
-        image = features.visualise(served.model, layer, filters=[index], where=where)
-        value = float(features.objective(served.model, layer, image, [index], where=where)[0])
-        if small:
-            image = image[:, box[0]:box[2], box[1]:box[3]]
-        return {"visualisation": png_base64(image[0]), "where": where, "activation": value,
-                "size": list(image.shape[1:3])}
+    @staticmethod
+    def _visualise(served, layer, index) -> dict:
+        from cnnlab.viz.inside import filter_pictures
+        images, reached, where, _ = filter_pictures(served.model, layer, [index])
+        return {"visualisation": png_base64(images[0]), "where": where,
+                "activation": float(reached[0]), "size": list(images.shape[1:3])}
 
     def _patches(self, served, layer, index) -> list[dict]:
         found = self.images(served)

@@ -228,17 +228,25 @@ def detect(image, model=DEFAULT_MODEL, threshold: float = THRESHOLD, target=None
         raise ConfigError(f"threshold must be between 0 and 1; received {threshold!r}.")
     target = target_class(model, target)
     pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
+    found = [Detection(box, score) for box, score, _ in
+             scored_windows(model, pixels, target, threshold, min_size, max_size)]
+    return non_max_suppression(found, overlap, min_neighbors)
+
+
+def scored_windows(model, pixels: np.ndarray, target: int, threshold: float, min_size=None,
+          max_size=None):
+    """Every window of ``pixels`` (H, W, C) at every pyramid level that ``model`` scores
+    ``threshold`` or more for ``target``: ``(box in the image's pixels, score, the window's
+    pixels at its level)``. What detection keeps and bootstrapping mines."""
     height, width = pixels.shape[:2]
     window = tuple(model.input_shape[:2])
-    found = []
     for size, level in _levels(pixels, window, min_size, max_size):
         scores, geometry = window_scores(model, level, target)
         sy, sx = height / size[1], width / size[0]            # level pixels -> image pixels
         for i, j in zip(*np.nonzero(scores >= threshold)):
             top, left = i * geometry.stride, j * geometry.stride
-            found.append(Detection((left * sx, top * sy, (left + window[1]) * sx,
-                                    (top + window[0]) * sy), float(scores[i, j])))
-    return non_max_suppression(found, overlap, min_neighbors)
+            yield ((left * sx, top * sy, (left + window[1]) * sx, (top + window[0]) * sy),
+                   float(scores[i, j]), level[top:top + window[0], left:left + window[1]])
 
 
 def _levels(pixels: np.ndarray, window, min_size=None, max_size=None):
@@ -259,13 +267,8 @@ def hard_negatives(model, pictures, target=None, threshold: float = 0.5,
     on them again is bootstrapping (Sung & Poggio, 1998; Dalal & Triggs, 2005)."""
     target = target_class(model, target)
     window = tuple(model.input_shape[:2])
-    found = []
-    for pixels in pictures:
-        for _, level in _levels(pixels, window):
-            scores, geometry = window_scores(model, level, target)
-            for i, j in zip(*np.nonzero(scores >= threshold)):
-                top, left = i * geometry.stride, j * geometry.stride
-                found.append(level[top:top + window[0], left:left + window[1]])
+    found = [crop for pixels in pictures
+             for _, _, crop in scored_windows(model, pixels, target, threshold)]
     if not found:
         return np.zeros((0, *window, model.input_shape[-1]), np.float32)
     crops = np.stack(found)

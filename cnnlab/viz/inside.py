@@ -12,6 +12,7 @@ import numpy as np
 
 from cnnlab.layers.conv import Conv2D
 from cnnlab.viz import attribution, features
+from cnnlab.viz.attribution import target_node
 from cnnlab.viz.patches import cell_box, top_patches
 from cnnlab.viz.plots import _figure, _finish
 
@@ -39,7 +40,7 @@ def _show(ax, image, **kwargs):
 
 
 def _layer_title(model, layer: str) -> str:
-    node = attribution.target_node(model, layer)
+    node = target_node(model, layer)
     shape = "x".join(map(str, node.outputs[0].shape[1:]))
     return f"{layer} ({type(node.layer).__name__}, output {shape})"
 
@@ -53,7 +54,7 @@ def centre_field(model, layer):
     """The input box ``(top, left, bottom, right)`` that ``layer``'s centre cell sees, and
     whether it covers less than half the image along both axes (then a filter is best shown
     by what its centre cell looks for, ``where='centre'``)."""
-    node = attribution.target_node(model, layer)
+    node = target_node(model, layer)
     _, h, w, _ = node.outputs[0].shape
     height, width = model.input_shapes[0][:2]
     box = cell_box(attribution.receptive_field(node), h // 2, w // 2, height, width)
@@ -61,24 +62,30 @@ def centre_field(model, layer):
     return box, small
 
 
-def plot_feature_visualisation(model, layer, filters=None, steps: int = 128, seed: int = 0,
-                               path=None, images=None, where: str = "auto"):
-    """What each of ``filters`` (default: the first 16) of ``layer`` looks for: one
-    feature-visualisation image per filter, titled with its index and the activation it
-    reaches. ``where='auto'``: a layer whose cells see less than half the image shows what its
-    centre cell looks for, cropped to that cell's receptive field; deeper layers their mean
-    over the whole map. ``images`` reuses ones :func:`features.visualise` already made."""
-    node = attribution.target_node(model, layer)
-    count = node.outputs[0].shape[-1]
-    filters = list(range(min(16, count))) if filters is None else list(filters)
+def filter_pictures(model, layer, filters, steps: int = 128, seed: int = 0,
+                    where: str = "auto"):
+    """What ``filters`` of ``layer`` look for, as shown: ``(images, activations reached,
+    where, box)``. ``where='auto'``: a layer whose cells see less than half the image shows
+    what its centre cell looks for, the images cropped to that cell's receptive field
+    ``box``; deeper layers their mean over the whole map, whole images."""
     box, small = centre_field(model, layer)
     where = ("centre" if small else "mean") if where == "auto" else where
-    if images is None:
-        images = features.visualise(model, layer, filters=filters, steps=steps, seed=seed,
-                                    where=where)
+    images = features.visualise(model, layer, filters=filters, steps=steps, seed=seed,
+                                where=where)
     reached = features.objective(model, layer, images, filters, where=where)
     if where == "centre":
         images = images[:, box[0]:box[2], box[1]:box[3]]
+    return images, reached, where, box
+
+
+def plot_feature_visualisation(model, layer, filters=None, steps: int = 128, seed: int = 0,
+                               path=None, where: str = "auto"):
+    """What each of ``filters`` (default: the first 16) of ``layer`` looks for
+    (:func:`filter_pictures`): one image per filter, titled with its index and the activation
+    it reaches."""
+    count = target_node(model, layer).outputs[0].shape[-1]
+    filters = list(range(min(16, count))) if filters is None else list(filters)
+    images, reached, where, box = filter_pictures(model, layer, filters, steps, seed, where)
     rows, cols = _grid(len(filters))
     fig = _figure(1.45 * cols, 1.6 * rows + 0.7)
     fig.set_layout_engine("constrained")
@@ -117,7 +124,7 @@ def plot_class_visualisation(model, class_names, steps: int = 128, seed: int = 0
 def plot_top_patches(model, layer, images: np.ndarray, filters=None, k: int = 6, path=None):
     """For each of ``filters`` (default: the first 8) of ``layer``, the ``k`` dataset patches
     that excite it most, each cropped to the cell's receptive field, one row per filter."""
-    node = attribution.target_node(model, layer)
+    node = target_node(model, layer)
     count = node.outputs[0].shape[-1]
     filters = list(range(min(8, count))) if filters is None else list(filters)
     found = top_patches(model, layer, images, k=k, filters=filters)

@@ -21,7 +21,7 @@ import numpy as np
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.training.callbacks import Callback
 from cnnlab.viz import features
-from cnnlab.viz.attribution import as_batch
+from cnnlab.viz.attribution import as_batch, target_node
 
 FORMAT = "cnnlab-timeline"
 
@@ -80,7 +80,7 @@ class TrainingTimeline(Callback):
     def record(self) -> Frame:
         model = self.model
         kernel = model.get_layer(self.first_layer).weights[0]
-        node = next(n for n in model.nodes if n.layer.name == self.first_layer)
+        node = target_node(model, self.first_layer)
         _, tape = model.run(self.batch)
         count = min(self.visual_filters, model.get_layer(self.last_layer).weights[0].shape[-1])
         visuals = features.visualise(model, self.last_layer, filters=range(count),
