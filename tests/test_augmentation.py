@@ -21,6 +21,7 @@ AUGMENTATIONS = [
     lambda seed: layers.RandomRotation(0.1, fill_mode="constant", fill_value=0.5, seed=seed),
     lambda seed: layers.RandomZoom((-0.2, 0.3), seed=seed, fill_mode="wrap"),
     lambda seed: layers.RandomContrast(0.4, seed=seed),
+    lambda seed: layers.RandomBrightness((-0.3, 0.4), seed=seed),
 ]
 
 
@@ -56,6 +57,9 @@ def test_backward_is_the_exact_adjoint(make):
     elif isinstance(layer, layers.RandomContrast):
         f = cache[0].reshape(-1)
         shifted = augment.contrast_forward(x + direction, f, layer.value_range)[0]
+    elif isinstance(layer, layers.RandomBrightness):
+        delta = cache[0].reshape(-1)
+        shifted = augment.brightness_forward(x + direction, delta, layer.value_range)[0]
     else:
         corners, _ = cache
         shifted = np.zeros_like(x)
@@ -87,6 +91,7 @@ def test_augmented_model_trains_saves_and_loads(tmp_path):
         layers.RandomFlip("horizontal", seed=1), layers.RandomTranslation(0.1, 0.1, seed=2),
         layers.RandomRotation(0.05, seed=3), layers.RandomZoom(0.1, seed=4),
         layers.RandomContrast(0.2, value_range=(0, 1), seed=5),
+        layers.RandomBrightness(0.1, value_range=(0, 1), seed=6),
         layers.Conv2D(4, 3, activation="relu"), layers.Flatten(),
         layers.Dense(2, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
@@ -105,10 +110,23 @@ def test_augmented_model_trains_saves_and_loads(tmp_path):
     (lambda: layers.RandomRotation((0.3, 0.1)), "lower bound"),
     (lambda: layers.RandomZoom(0.1, fill_mode="mirror"), "fill_mode must be"),
     (lambda: layers.RandomContrast(1.5), "factor must be in"),
+    (lambda: layers.RandomBrightness(1.5), "factor must be in"),
+    (lambda: layers.RandomBrightness((0.3, -0.1)), "lower bound"),
 ])
 def test_bad_arguments_are_named(bad, match):
     with pytest.raises(cnnlab.errors.ConfigError, match=match):
         bad()
+
+
+def test_random_brightness_adds_one_draw_per_image_scaled_to_the_range_and_clips():
+    """Keras' rule, written out: ``clip(x + u * (high - low), low, high)``, ``u`` drawn from
+    ``factor`` by the layer's own seeded generator, one per image."""
+    x = np.random.default_rng(0).random((5, 4, 3, 2))
+    out = layers.RandomBrightness((-0.5, 0.5), value_range=(0, 1), seed=3)(x, training=True)
+    u = np.random.default_rng(3).uniform(-0.5, 0.5, 5)            # the draws the layer makes
+    np.testing.assert_array_equal(out, np.clip(x + u[:, None, None, None], 0, 1))
+    wide = layers.RandomBrightness(0.5, value_range=(-1, 1), seed=3)(x, training=True)
+    np.testing.assert_array_equal(wide, np.clip(x + 2 * u[:, None, None, None], -1, 1))
 
 
 def test_random_crop_crops_where_its_generator_says_and_its_backward_is_the_adjoint():

@@ -124,6 +124,21 @@ def contrast_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     return f * (g - mean_g) + mean_g
 
 
+def brightness_forward(x: np.ndarray, deltas: np.ndarray, value_range=(0.0, 255.0)):
+    """``clip(x + delta)``: ``x`` (N, H, W, C), ``deltas`` (N,), one per image, added to every
+    pixel and channel; clipped to ``value_range``."""
+    delta = deltas.reshape(-1, 1, 1, 1).astype(x.dtype)
+    raw = x + delta
+    out = np.clip(raw, *value_range)
+    return out, (delta, out == raw)
+
+
+def brightness_backward(grad_out: np.ndarray, cache) -> np.ndarray:
+    """The gradient passes where the output was not clipped."""
+    _, unclipped = cache
+    return grad_out * unclipped
+
+
 def crop_forward(x: np.ndarray, tops: np.ndarray, lefts: np.ndarray, size: tuple[int, int]):
     """Image ``n`` cropped to ``size`` from row ``tops[n]``, column ``lefts[n]``:
     ``(N, H, W, C) -> (N, h, w, C)``, gathered for the whole batch at once."""

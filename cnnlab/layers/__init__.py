@@ -23,6 +23,7 @@ from cnnlab.layers.pooling import (
     MaxPooling2D,
 )
 from cnnlab.layers.preprocessing import (
+    RandomBrightness,
     RandomContrast,
     RandomCrop,
     RandomFlip,
@@ -45,7 +46,8 @@ __all__ = ["Layer", "LAYER_REGISTRY", "layer_class", "Input", "InputLayer", "Con
            "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D",
            "GlobalAvgPool2D", "Flatten", "Dense", "Dropout", "Activation", "ReLU", "Softmax",
            "Rescaling", "RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom",
-           "RandomContrast", "BatchNormalization", "Add", "Subtract", "Multiply", "Average",
+           "RandomContrast", "RandomBrightness", "BatchNormalization", "Add", "Subtract",
+           "Multiply", "Average",
            "Maximum", "Concatenate", "DepthwiseConv2D", "SeparableConv2D",
            "SeparableConvolution2D", "GlobalMaxPooling2D", "GlobalMaxPool2D", "ZeroPadding2D",
            "Cropping2D", "UpSampling2D", "LeakyReLU", "ELU", "RandomCrop"]

@@ -1,7 +1,7 @@
 """Keras' preprocessing layers: ``Rescaling`` and seeded augmentations that are active only in
 training (``RandomFlip``, ``RandomTranslation``, ``RandomRotation``, ``RandomZoom``,
-``RandomContrast``). They sit inside a ``Sequential`` and are saved with it. Input and output
-``(N, H, W, C)``.
+``RandomContrast``, ``RandomBrightness``). They sit inside a ``Sequential`` and are saved with
+it. Input and output ``(N, H, W, C)``.
 
 >>> import numpy as np
 >>> flip = RandomFlip("horizontal", seed=1)
@@ -201,6 +201,34 @@ class RandomContrast(_RandomLayer):
 
     def augment_backward(self, grad_out, cache):
         return augment.contrast_backward(grad_out, cache)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": list(self.factor),
+                "value_range": list(self.value_range)}
+
+
+class RandomBrightness(_RandomLayer):
+    """Keras' ``RandomBrightness``: add to each image one random ``delta`` drawn from
+    ``factor`` (``f`` means ``[-f, f]``, each bound in [-1, 1]) times the width of
+    ``value_range``, then clip to ``value_range``: a face photographed in brighter or dimmer
+    light is still a face."""
+
+    def __init__(self, factor, value_range=(0, 255), seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        low, high = _factor_range(factor, "factor", self._describe())
+        if not -1 <= low <= high <= 1:
+            raise ConfigError(f"{self._describe()}: factor must be in [-1, 1] (or a pair of "
+                              f"such). Received: factor={factor!r}")
+        self.factor = (low, high)
+        self.value_range = (float(value_range[0]), float(value_range[1]))
+
+    def augment(self, x, rng):
+        span = self.value_range[1] - self.value_range[0]
+        deltas = rng.uniform(*self.factor, len(x)) * span
+        return augment.brightness_forward(x, deltas, self.value_range)
+
+    def augment_backward(self, grad_out, cache):
+        return augment.brightness_backward(grad_out, cache)
 
     def get_config(self):
         return {**super().get_config(), "factor": list(self.factor),

@@ -40,6 +40,7 @@ from cnnlab.layers import (
     Maximum,
     MaxPooling2D,
     Multiply,
+    RandomBrightness,
     RandomContrast,
     RandomCrop,
     RandomFlip,
@@ -296,7 +297,7 @@ CONVERTERS = {
     LeakyReLU: _activation_layer("leaky_relu", "negative_slope"), ELU: _activation_layer("elu", "alpha"),
     **{kind: _identity for kind in (Dropout, Activation, ReLU, Softmax, InputLayer, RandomFlip,
                                     RandomTranslation, RandomRotation, RandomZoom,
-                                    RandomContrast)},
+                                    RandomContrast, RandomBrightness)},
 }
 
 

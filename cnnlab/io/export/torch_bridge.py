@@ -229,7 +229,7 @@ CONVERTERS = {
     L.Add: _merge, L.Subtract: _merge, L.Multiply: _merge, L.Average: _merge, L.Maximum: _merge,
     L.Activation: _nothing, L.ReLU: _nothing, L.Softmax: _nothing, L.InputLayer: _nothing,
     L.RandomFlip: _nothing, L.RandomTranslation: _nothing, L.RandomRotation: _nothing,
-    L.RandomZoom: _nothing, L.RandomContrast: _nothing,
+    L.RandomZoom: _nothing, L.RandomContrast: _nothing, L.RandomBrightness: _nothing,
 }
 
 
