@@ -215,3 +215,15 @@ def test_lfw_faces_is_stratified_balanced_in_training_and_names_its_extra_when_m
     monkeypatch.setitem(sys.modules, "skimage", None)
     with pytest.raises(ConfigError, match=r"pip install 'cnnlab\[faces\]'"):
         lfw_faces.load_data()
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_the_shipped_face_model_boxes_the_portraits_face_and_nothing_else(name):
+    """The issue's target on scikit-image's astronaut, and the same on a second portrait: one
+    box overlaps the face drawn by hand with IoU >= 0.5, and no other box is kept."""
+    pytest.importorskip("skimage")
+    from portraits import PORTRAITS
+    load, face = PORTRAITS[name]
+    found = detect.detect(load())
+    assert [detect.iou(d.box, face) >= 0.5 for d in found] == [True], \
+        [(d.box, d.score, round(detect.iou(d.box, face), 2)) for d in found]
