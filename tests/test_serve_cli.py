@@ -28,8 +28,12 @@ def start(args, home):
 
 def stop(process):
     process.send_signal(signal.SIGINT)                                  # Ctrl-C
-    rest = process.stdout.read()
-    return process.wait(timeout=30), rest
+    try:
+        rest, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:        # fail, never hang (SIGINT ignored by a parent shell)
+        process.kill()
+        raise AssertionError("cnnlab serve did not stop within 60 s of Ctrl-C") from None
+    return process.returncode, rest
 
 
 def test_serve_trains_on_first_start_then_reuses_the_model_and_stops_on_ctrl_c(tmp_path):
