@@ -28,6 +28,17 @@ def test_shipped_digit_weights_classify_the_held_out_digits_as_their_metadata_sa
     assert "recipes/pretrain.py digits" in record["command"] and record["held_out_images"] == 2000
 
 
+def test_shipped_face_weights_classify_the_held_out_crops_as_their_metadata_says():
+    pytest.importorskip("skimage")
+    model = zoo.get("face_net", weights="faces")
+    record = model.metadata["pretrained"]
+    _, (x_test, y_test) = cnnlab.datasets.lfw_faces.load_data()
+    predictions = model.predict(x_test[..., None] / 255.0, verbose=0).argmax(axis=1)
+    accuracy = float(np.mean(predictions == y_test))
+    assert accuracy == pytest.approx(record["accuracy"], abs=1e-4) and accuracy > 0.99
+    assert "recipes/pretrain.py faces" in record["command"] and record["held_out_images"] == 1240
+
+
 def test_every_shipped_file_is_a_model_file_without_optimizer_state_and_with_its_record():
     for (name, weights), file in zoo.PRETRAINED.items():
         path = zoo.pretrained_path(name, weights)
