@@ -18,25 +18,21 @@ from cnnlab import layers, zoo
 from cnnlab.errors import ConfigError
 
 
-def test_shipped_digit_weights_classify_the_held_out_digits_as_their_metadata_says():
-    model = zoo.get("article", weights="digits")
+@pytest.mark.parametrize("zoo_name, weights, data, held_out, least", [
+    ("article", "digits", "mnist_sample", 2000, 0.97),
+    ("face_net", "faces", "lfw_faces", 1240, 0.99)])
+def test_shipped_weights_classify_their_held_out_images_as_their_metadata_says(
+        zoo_name, weights, data, held_out, least):
+    if data == "lfw_faces":
+        pytest.importorskip("skimage")
+    model = zoo.get(zoo_name, weights=weights)
     record = model.metadata["pretrained"]
-    _, (x_test, y_test) = cnnlab.datasets.mnist_sample.load_data()
+    _, (x_test, y_test) = getattr(cnnlab.datasets, data).load_data()
     predictions = model.predict(x_test[..., None] / 255.0, verbose=0).argmax(axis=1)
     accuracy = float(np.mean(predictions == y_test))
-    assert accuracy == pytest.approx(record["accuracy"], abs=1e-4) and accuracy > 0.97
-    assert "recipes/pretrain.py digits" in record["command"] and record["held_out_images"] == 2000
-
-
-def test_shipped_face_weights_classify_the_held_out_crops_as_their_metadata_says():
-    pytest.importorskip("skimage")
-    model = zoo.get("face_net", weights="faces")
-    record = model.metadata["pretrained"]
-    _, (x_test, y_test) = cnnlab.datasets.lfw_faces.load_data()
-    predictions = model.predict(x_test[..., None] / 255.0, verbose=0).argmax(axis=1)
-    accuracy = float(np.mean(predictions == y_test))
-    assert accuracy == pytest.approx(record["accuracy"], abs=1e-4) and accuracy > 0.99
-    assert "recipes/pretrain.py faces" in record["command"] and record["held_out_images"] == 1240
+    assert accuracy == pytest.approx(record["accuracy"], abs=1e-4) and accuracy > least
+    assert f"recipes/pretrain.py {weights}" in record["command"]
+    assert record["held_out_images"] == held_out == len(y_test)
 
 
 def test_every_shipped_file_is_a_model_file_without_optimizer_state_and_with_its_record():
