@@ -4,7 +4,7 @@ tested on (tests/test_detect.py) and measured on (benchmarks/detect.py).
 
 - scikit-image's ``astronaut.png``: the issue's target.
 - matplotlib's ``grace_hopper.jpg`` (its sample data): a second frontal portrait; its box was
-  drawn before any recipe was measured on it.
+  drawn before the shipped model was trained (only the model before it had been run on her).
 
 Neither is in ``lfw_faces``' training data (``NEGATIVE_IMAGES`` leaves people out).
 """
