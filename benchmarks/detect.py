@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 from cnnlab.tasks import detect
 
 # the portraits and their hand-drawn face boxes are the tests' own (tests/portraits.py)
@@ -27,10 +29,12 @@ def measure(model, name: str, threshold: float) -> bool:
     """Print the boxes on one portrait; whether one box is on the face and none elsewhere."""
     load, face = PORTRAITS[name]
     target = detect.target_class(model)
-    pixels = detect.prepare(model, load())
+    picture = load()
+    pixels = detect.prepare(model, picture)
     windows = [detect.Detection(box, score) for box, score, _ in
                detect.scored_windows(model, pixels, target, threshold)]
-    print(f"{name}: {len(windows)} windows score >= {threshold}")
+    lit = np.asarray(picture.convert("L").crop(face), np.float64).mean() / 255
+    print(f"{name}: {len(windows)} windows score >= {threshold}; the face's mean grey {lit:.2f}")
     for rule in (0, detect.MIN_NEIGHBORS):        # the detector's own rule last: its verdict counts
         kept = detect.non_max_suppression(windows, detect.NMS_IOU, rule)
         print(f"  min_neighbors={rule}: {len(kept)} boxes")
@@ -52,7 +56,10 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=detect.THRESHOLD)
     args = parser.parse_args()
     model = detect.load_detector(args.model)
-    print(f"{model.name} ({args.model})")
+    from skimage import data
+    faces = data.lfw_subset()[:100].mean(axis=(1, 2))             # the 100 training faces
+    print(f"{model.name} ({args.model}); lfw_faces' faces: mean grey {faces.mean():.2f}, "
+          f"90th percentile {np.percentile(faces, 90):.2f}")
     met = {name: measure(model, name, args.threshold) for name in PORTRAITS}
     print("summary: " + ", ".join(f"{name} {'met' if ok else 'NOT met'}"
                                   for name, ok in met.items()))

@@ -78,7 +78,7 @@ def face_net(input_shape=(25, 25, 1), num_classes: int = 2, augment: bool = Fals
         x = layers.RandomZoom(0.15, seed=2, name="augment_zoom")(x)
         x = layers.RandomRotation(0.03, seed=3, name="augment_rotate")(x)
         # lfw's faces are mostly of men in dim light (mean grey 0.45); a face lit as a studio
-        # portrait (the astronaut's: 0.62) is as much a face
+        # portrait (the astronaut's: 0.61) is as much a face
         x = layers.RandomBrightness(0.25, value_range=(0, 1), seed=5, name="augment_brightness")(x)
         x = layers.RandomContrast(0.3, value_range=(0, 1), seed=4, name="augment_contrast")(x)
     x = layers.Conv2D(24, 3, activation="relu", name="conv1")(x)         # 23x23
