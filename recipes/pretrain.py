@@ -10,7 +10,8 @@
 ``--classes`` pretrains on some classes only (the transfer experiment in
 ``benchmarks/transfer.py`` holds two out).
 
-Each run is ``cnnlab train`` with the zoo model's own recipe and seed 0: the same settings,
+Each run is ``cnnlab train`` with the zoo model's own recipe and seed 0 (``--seed`` to measure
+how much a result owes to it): the same settings,
 data split and code path, so ``cnnlab train --data DIR --model cifar_vgg`` trains the same
 network. The file keeps no optimizer state, and its metadata records the recipe, the data, the
 held-out accuracy and the command that made it.
@@ -102,24 +103,25 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose):
     mined = []
     for round_ in range(rounds):
         pictures = [p[..., None].astype(np.float32) for p in lfw_faces.not_face_pictures()]
-        hard = detect.hard_negatives(model, pictures, threshold=0.5, seed=round_)
+        hard = detect.hard_negatives(model, pictures, threshold=0.5, seed=settings["seed"] + round_)
         mined.append(len(hard))
         print(f"Round {round_ + 1}: {len(hard)} windows of the not-face pictures taken for "
               f"faces; training again with them as not-faces", flush=True)
         train = _with_not_faces(train, hard)
-        model, _, _ = new_run({**settings, "seed": round_ + 1})   # a fresh network each round
+        # a fresh network each round
+        model, _, _ = new_run({**settings, "seed": settings["seed"] + round_ + 1})
         fit_run(model, settings, train, test, verbose=verbose)
     return model, mined
 
 
 def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None = None,
-             epochs: int | None = None, verbose: int = 2, negatives=None) -> dict:
+             epochs: int | None = None, verbose: int = 2, negatives=None, seed: int = 0) -> dict:
     run = RUNS[weights]
     data = data or run.get("data")
     if data is None:
         raise SystemExit(f"{weights}: pass --data DIR (the extracted CIFAR-10 training folder).")
     folder = class_subset(data, classes) if classes else data
-    settings = run_settings(model=run["model"], data=folder, seed=0, epochs=epochs)
+    settings = run_settings(model=run["model"], data=folder, seed=seed, epochs=epochs)
     model, train, test = new_run(settings)
     start = time.perf_counter()
     mined = []
@@ -143,7 +145,7 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         + (f"; classes {', '.join(classes)} only" if classes else "")
         + (f"; and {negatives[1]:,} squares of the photos in {os.path.basename(negatives[0])} "
            f"as not-faces" if negatives else ""),
-        "recipe": recipe.describe() + ", seed 0",
+        "recipe": recipe.describe() + f", seed {seed}",
         "accuracy": round(float(accuracy), 4), "loss": round(float(loss), 4),
         "held_out_images": held_out, "train_seconds": round(seconds, 1),
         "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),
@@ -160,6 +162,8 @@ def main() -> None:
     parser.add_argument("--data", help="the folder of class folders (cifar10)")
     parser.add_argument("--classes", help="comma-separated class folders to train on")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the run's seed (default: %(default)s, what made the shipped files)")
     parser.add_argument("--out", help="default: cnnlab/weights/<model>-<weights>.cnnlab")
     parser.add_argument("--negatives", metavar="DIR",
                         help="faces: also cut not-faces from the photos in DIR")
@@ -170,7 +174,8 @@ def main() -> None:
     out = args.out or os.path.join(WEIGHTS_DIR, zoo.PRETRAINED[(run["model"], args.weights)])
     classes = args.classes.split(",") if args.classes else None
     negatives = (args.negatives, args.negatives_count) if args.negatives else None
-    record = pretrain(args.weights, args.data, out, classes, args.epochs, negatives=negatives)
+    record = pretrain(args.weights, args.data, out, classes, args.epochs, negatives=negatives,
+                      seed=args.seed)
     print(f"Wrote {os.path.normpath(out)}: {record['accuracy']:.2%} on "
           f"{record['held_out_images']:,} held-out images, {record['train_seconds']:.0f} s")
 
