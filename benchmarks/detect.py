@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from cnnlab.datasets import lfw_faces
 from cnnlab.tasks import detect
 
 # the portraits and their hand-drawn face boxes are the tests' own (tests/portraits.py)
@@ -56,8 +57,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=detect.THRESHOLD)
     args = parser.parse_args()
     model = detect.load_detector(args.model)
-    from skimage import data
-    faces = data.lfw_subset()[:100].mean(axis=(1, 2))             # the 100 training faces
+    faces = lfw_faces.crops()[0].mean(axis=(1, 2)) / 255          # the 100 training faces
     print(f"{model.name} ({args.model}); lfw_faces' faces: mean grey {faces.mean():.2f}, "
           f"90th percentile {np.percentile(faces, 90):.2f}")
     met = {name: measure(model, name, args.threshold) for name in PORTRAITS}

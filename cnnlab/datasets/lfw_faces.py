@@ -77,10 +77,16 @@ def random_squares(image: np.ndarray, count: int, rng, size: int = SIZE) -> np.n
     return out
 
 
+def crops() -> tuple[np.ndarray, np.ndarray]:
+    """``(faces, others)``: scikit-image's 100 face crops and its 100 other crops, uint8
+    ``(100, 25, 25)`` each (``lfw_subset`` holds the faces first)."""
+    both = (_skimage_data().lfw_subset() * 255).round().astype(np.uint8)    # (200, 25, 25)
+    return both[:100], both[100:]
+
+
 def load_data(seed: int = 0):
     """``((x_train, y_train), (x_test, y_test))``: uint8 ``(N, 25, 25)``, uint8 labels (1 face)."""
-    crops = (_skimage_data().lfw_subset() * 255).round().astype(np.uint8)   # (200, 25, 25)
-    faces, others = crops[:100], crops[100:]
+    faces, others = crops()
     rng = np.random.default_rng(seed)
     cut = [random_squares(picture, NEGATIVES_PER_IMAGE, rng) for picture in not_face_pictures()]
     negatives = np.concatenate([others, *cut])
