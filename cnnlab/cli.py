@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.runs import DEFAULTS, TRAIN_SETTINGS, fit_run, new_run, run_settings, total_epochs, training_data
+from cnnlab.runs import (DEFAULTS, TRAIN_SETTINGS, evaluation_data, fit_run, new_run, run_settings,
+                         total_epochs, training_data)
 
 
 def _load_model_or_zoo(spec: str):
@@ -246,59 +247,11 @@ def _materialise(batches, limit):
     return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
 
 
-def _evaluation_data(model, path: str, spec, limit=None):
-    """``(x, y, what they are)``: the data ``model`` (loaded from ``path``) is evaluated on.
-
-    Without ``--data``: the test split of the named dataset the model was trained on. A folder:
-    the same validation split the model was trained with when it is the training folder (the
-    split and seed are in the model's metadata), else every image of it."""
-    import os
-
-    from cnnlab import datasets
-    settings = model.metadata.get("train_settings") or {}
-    trained_on = settings.get("data")
-    folder_trained = model.metadata.get("preprocessing") == "resize"
-    if spec is None:
-        if folder_trained:
-            raise ConfigError(f"{path} was trained on the folder {trained_on!r}, not on a named "
-                              f"dataset: evaluate it with --data {trained_on or 'FOLDER'} (the "
-                              f"validation split it was trained with) or another folder of the "
-                              f"same classes.")
-        spec = trained_on or DEFAULTS["data"]
-    if os.path.isdir(spec):
-        from cnnlab.utils import image_dataset_from_directory
-        mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[model.input_shape[-1]]
-        options = dict(color_mode=mode, image_size=tuple(model.input_shape[:2]),
-                       shuffle=False, batch_size=256, verbose=False)
-        split = model.metadata.get("validation_split")
-        same = trained_on and os.path.isdir(trained_on) and os.path.samefile(spec, trained_on)
-        if same and split:
-            folder = image_dataset_from_directory(spec, validation_split=split,
-                                                  subset="validation",
-                                                  seed=settings.get("seed"), **options)
-            what = (f"the {split:.0%} validation split of {spec} it was trained with (seed "
-                    f"{settings.get('seed')}): {len(folder.file_paths):,} images it never "
-                    f"trained on")
-        else:
-            folder = image_dataset_from_directory(spec, **options)
-            what = f"all {len(folder.file_paths):,} images of {spec}"
-        x, y = _materialise(folder.map(lambda x, y: (x / 255.0, y)),
-                            limit or len(folder.file_paths))
-        return x, y, what
-    _, (x_test, y_test) = datasets.load(spec)
-    x_test = datasets.as_model_input(x_test)
-    if x_test.shape[1:] != tuple(model.input_shape):
-        raise ConfigError(f"{path} takes images of shape {tuple(model.input_shape)}; {spec}'s "
-                          f"are {x_test.shape[1:]}. Evaluate it on data like the data it was "
-                          f"trained on ({trained_on or 'unknown'}).")
-    return x_test, np.asarray(y_test).reshape(-1), f"{spec}'s {len(x_test):,} test images"
-
-
 def cmd_evaluate(args) -> int:
     """Loss and accuracy of a saved model on a dataset's test split (or a whole folder)."""
     from cnnlab.models import load_model
     model = load_model(args.model)
-    x_test, y_test, what = _evaluation_data(model, args.model, args.data)
+    x_test, y_test, what, _ = evaluation_data(model, args.model, args.data)
     if model.loss is None:
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     results = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0,
@@ -338,7 +291,7 @@ def cmd_report(args) -> int:
     from cnnlab.viz import timeline
     from cnnlab.viz.report import write_report
     model = load_model(args.model)
-    x_test, y_test, _ = _evaluation_data(model, args.model, args.data, limit=2000)
+    x_test, y_test, _, _ = evaluation_data(model, args.model, args.data, limit=2000)
     recorded = timeline_path(args.model)
     frames = timeline.load(recorded) if os.path.exists(recorded) else None
     out = write_report(model, x_test, y_test, args.out, timeline=frames)

@@ -185,13 +185,39 @@ def test_after_training_on_a_folder_evaluate_uses_its_validation_split(folder, t
         in second and "too few" not in second
     assert (tmp_path / "lenet5.cnnlab").read_bytes() == saved and (tmp_path / "lenet5-2.cnnlab"
                                                                    ).exists()
-    assert main(["evaluate", "lenet5.cnnlab"]) == 1
-    err = capsys.readouterr().err
-    assert f"was trained on the folder {str(root)!r}" in err and f"--data {root}" in err
-    assert main(["evaluate", "lenet5.cnnlab", "--data", str(root)]) == 0
+    assert main(["evaluate", "lenet5.cnnlab"]) == 0        # the recorded folder, said so
     out = capsys.readouterr().out
     held_out = re.search(r"([\d,]+) validation images", first).group(1)   # what training held out
     assert "the 20% validation split" in out and f"{held_out} images it never trained on" in out
+    assert main(["evaluate", "lenet5.cnnlab", "--data", str(root)]) == 0
+    assert f"{held_out} images it never trained on, the same files as recorded" in \
+        capsys.readouterr().out
+
+
+def test_evaluation_uses_exactly_the_files_training_held_out(folder, tmp_path):
+    """The very files, not only their count: the split once followed `shuffle`, and evaluation
+    (unshuffled) scored training images, all of one class."""
+    from cnnlab.models import load_model
+    from cnnlab.runs import evaluation_data, new_run, run_settings
+    root, _ = folder
+    settings = run_settings(model="lenet5", data=str(root), image_size=28,
+                            color_mode="grayscale", epochs=1, seed=5)
+    model, train, test = new_run(settings)
+    model.save(tmp_path / "m.cnnlab")
+    model = load_model(tmp_path / "m.cnnlab")
+    for spec in (None, str(root)):
+        evaluation = evaluation_data(model, "m.cnnlab", spec)
+        assert evaluation.files == test.source.file_paths
+        assert not set(evaluation.files) & set(train.source.file_paths)
+        assert len(set(evaluation.y.tolist())) == 3                   # every class, not one
+    # a folder that changed since training is refused: its split is not the held-out files
+    extra = root / "zero" / "added-later.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(extra)
+    try:
+        with pytest.raises(cnnlab.errors.ConfigError, match="has changed since"):
+            evaluation_data(model, "m.cnnlab", str(root))
+    finally:
+        extra.unlink()
 
 
 def test_colour_and_size_conversions_are_said_in_one_line_each(tmp_path, capsys):

@@ -13,6 +13,7 @@ decompression bombs refused.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import warnings
@@ -89,6 +90,14 @@ class ImageDataset:
         self.interpolation, self.on_error, self.prefetch = interpolation, on_error, prefetch
         self._rng = np.random.default_rng(seed)
         self._reported: set[str] = set()
+        self._settings = (class_names, label_mode, color_mode, image_size, batch_size, shuffle,
+                          seed, interpolation, on_error, prefetch)
+
+    def subset(self, indices) -> ImageDataset:
+        """The same dataset over the files at ``indices`` only, in that order."""
+        indices = [int(i) for i in indices]
+        return ImageDataset([self.file_paths[i] for i in indices], self._labels[indices],
+                            *self._settings)
 
     def __len__(self) -> int:
         return -(-len(self.file_paths) // self.batch_size)
@@ -214,6 +223,14 @@ def _scan(directory: Path, class_names):
     return paths, labels, folders, counts
 
 
+def files_digest(paths, directory) -> str:
+    """SHA-256 of a list of image files, named relative to ``directory`` (so a moved folder
+    still matches): a model records the files it held out, and evaluation checks them."""
+    root = Path(directory).resolve()
+    names = "\n".join(Path(p).resolve().relative_to(root).as_posix() for p in paths)
+    return hashlib.sha256(names.encode()).hexdigest()
+
+
 def image_dataset_from_directory(directory, labels="inferred", label_mode="int", class_names=None,
                                  color_mode="rgb", batch_size=32, image_size=(256, 256),
                                  shuffle=True, seed=None, validation_split=None, subset=None,
@@ -222,7 +239,8 @@ def image_dataset_from_directory(directory, labels="inferred", label_mode="int",
 
     Args: ``label_mode`` 'int', 'categorical', 'binary' or None; ``color_mode`` 'grayscale',
     'rgb' or 'rgba'; ``validation_split`` with ``subset`` 'training', 'validation' or 'both'
-    (Keras' rule: the files are shuffled with ``seed``, the last fraction is validation);
+    (the files are permuted with ``seed``, which is required, whether or not batches are shuffled;
+    the last fraction is validation);
     ``on_error`` 'warn' (skip unreadable files, listing them once) or 'raise'.
     """
     if labels != "inferred":
@@ -250,9 +268,10 @@ def image_dataset_from_directory(directory, labels="inferred", label_mode="int",
         if subset not in ("training", "validation", "both"):
             raise ConfigError("With validation_split, subset must be 'training', 'validation' "
                               "or 'both'.")
-        if shuffle and seed is None:
-            raise ConfigError("With validation_split and shuffle, give a seed, so that the "
-                              "training and validation subsets never overlap.")
+        if seed is None:
+            raise ConfigError("With validation_split, give a seed: the split is drawn with it, "
+                              "so that the training and validation subsets never overlap and "
+                              "evaluation later holds out the very same files.")
     paths, label_ids, names, counts = _scan(Path(directory), class_names)
     if label_mode == "binary" and len(names) != 2:
         raise ConfigError(f"label_mode='binary' needs 2 classes; found {len(names)}: {names}.")
@@ -269,8 +288,9 @@ def image_dataset_from_directory(directory, labels="inferred", label_mode="int",
         for line in conversion_notes(paths, color_mode, image_size):
             print(line, file=sys.stdout)
     if validation_split is not None:
-        order = np.random.default_rng(seed).permutation(len(paths)) if shuffle \
-            else np.arange(len(paths))
+        # drawn with the seed whether or not batches are shuffled: a split that followed
+        # `shuffle` gave evaluation (shuffle=False) other files than training held out
+        order = np.random.default_rng(seed).permutation(len(paths))
         paths = [paths[i] for i in order]
         label_ids = [label_ids[i] for i in order]
         cut = int(len(paths) * (1 - validation_split))
