@@ -179,3 +179,39 @@ def test_threads_give_the_result_of_one_thread_with_batch_norm():
         runs.append(model.get_weights())
     for a, b in zip(*runs):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _bn_model(momentum):
+    inputs = Input((6, 6, 2))
+    x = layers.BatchNormalization(momentum=momentum, name="bn")(layers.Conv2D(3, 3)(inputs))
+    model = Model(inputs, layers.Dense(2, activation="softmax")(layers.Flatten()(x)))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_unsettled_batch_norm_statistics_are_named_once_with_what_to_do(tmp_path):
+    """20 steps at Keras' momentum 0.99 leave 82% of the initial statistics: evaluating (or
+    saving) says so once, with the steps needed; the count survives a save; fit's own
+    validation and momentum 0.9 over enough steps stay silent."""
+    import warnings
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(3.0, 2.0, (40, 6, 6, 2)), rng.integers(0, 2, 40)
+    model = _bn_model(0.99)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                   # fit's validation: no warning
+        model.fit(x, y, batch_size=20, epochs=10, verbose=0, validation_data=(x, y))
+    with pytest.warns(UserWarning, match=r"'bn'.* 20 training steps.* momentum 0.99.* 82% their "
+                                         r"initial values.*at least 230 steps.*momentum=0.9"):
+        model.evaluate(x, y, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                   # once per model
+        model.evaluate(x, y, verbose=0)
+        model.save(tmp_path / "m.cnnlab")
+    loaded = cnnlab.models.load_model(tmp_path / "m.cnnlab")
+    with pytest.warns(UserWarning, match="20 training steps"):
+        loaded.save(tmp_path / "again.cnnlab")
+    settled = _bn_model(0.9)
+    settled.fit(x, y, batch_size=2, epochs=2, verbose=0)       # 40 steps: 0.9^40 = 1.5%
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        settled.evaluate(x, y, verbose=0)

@@ -159,6 +159,15 @@ class Functional(Layer):
         for layer in getattr(self, "_graph_layers", []):
             layer.trainable = value
 
+    def leaf_layers(self) -> list:
+        """Every layer that is not itself a model, nested models' layers included, in order,
+        each once: what viz, detection and the checks over a whole network look through."""
+        found = []
+        for layer in self.layers:
+            inner = layer.leaf_layers() if isinstance(layer, Functional) else [layer]
+            found += [leaf for leaf in inner if leaf not in found]
+        return found
+
     # --- as a layer: variables are its layers' ----------------------------------------------------
     def named_variables(self) -> list[tuple[str, Variable]]:
         seen, named = set(), []

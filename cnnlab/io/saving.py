@@ -61,6 +61,9 @@ def _arrays_for(model, kind: str, include_optimizer: bool) -> dict[str, np.ndarr
             document["history"] = model.history.history
         if model.metadata:
             document["metadata"] = model.metadata
+        updates = {name: v.updates for name, v in model.named_variables() if v.updates}
+        if updates:                # how settled the moving statistics are (BatchNormalization)
+            document["state_updates"] = updates
         record = progress.capture(model)
         if record is not None:                 # saved during fit: where training is
             arrays["training"] = json_array(record)
@@ -191,6 +194,12 @@ def load_model(filepath, compile: bool = True):
             _restore_compile(model, reader, document["compile"], where, header["version"])
         if isinstance(document.get("metadata"), dict):
             model.metadata = document["metadata"]
+        updates = document.get("state_updates")
+        if isinstance(updates, dict):
+            for name, variable in model.named_variables():
+                count = updates.get(name)
+                if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+                    variable.updates = count
         if header.get("kind") == "model" and "training" in reader.names():
             model._resume = progress.check(reader.json("training"), where)
         history = document.get("history")

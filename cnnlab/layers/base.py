@@ -214,7 +214,7 @@ class Layer:
         ctx = CallContext(bool(training))
         out, _ = self.forward(inputs, ctx)
         for variable, value in ctx.state_updates:       # eager: statistics update at once
-            variable.value[...] = value
+            variable.apply_update(value)
         return out
 
     def forward(self, inputs, ctx: CallContext, activation: str | None = None):

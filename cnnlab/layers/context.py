@@ -25,6 +25,14 @@ class Variable:
     kind: str = "param"
     #: ``(shape, dtype)`` of a variable created under :func:`deferred_variables`, until filled
     pending: tuple | None = None
+    #: how many training steps have replaced a state variable's value (saved with the model):
+    #: BatchNormalization's moving statistics are only as good as the steps behind them
+    updates: int = 0
+
+    def apply_update(self, value) -> None:
+        """A state update the forward pass asked for (the new moving average, say)."""
+        self.value[...] = value
+        self.updates += 1
 
 
 _deferred = threading.local()

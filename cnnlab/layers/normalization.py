@@ -12,11 +12,30 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from cnnlab.engine import normalization as ops
 from cnnlab.errors import ConfigError
 from cnnlab.layers.base import Layer
+
+
+#: the moving statistics count as settled once their initial values weigh at most this much
+SETTLED_SHARE = 0.1
+
+
+def warn_if_statistics_unsettled(model) -> None:
+    """One warning per model (evaluate and save call this) naming the first BatchNormalization
+    whose moving statistics have seen too few steps for their momentum."""
+    if getattr(model, "_warned_statistics", False):
+        return
+    for layer in model.leaf_layers():
+        message = layer.statistics_warning() if isinstance(layer, BatchNormalization) else None
+        if message:
+            model._warned_statistics = True
+            warnings.warn(message, UserWarning, stacklevel=3)
+            return
 
 
 class BatchNormalization(Layer):
@@ -111,6 +130,23 @@ class BatchNormalization(Layer):
         y, cache = ops.batch_norm_infer_forward(rows, gamma, beta, self.variable("moving_mean"),
                                                 self.variable("moving_variance"), self.epsilon)
         return y.reshape(x.shape), (ops.batch_norm_infer_backward, cache, x.shape)
+
+    def statistics_warning(self) -> str | None:
+        """What to say when the moving statistics still hold much of their initial values
+        (mean 0, variance 1): after k updates that share is ``momentum ** k``, so at Keras'
+        0.99 a run of a few hundred steps leaves inference far from the data, with no sign of it
+        but a validation accuracy near chance. None when they are settled, or never updated here
+        (loaded from elsewhere: unknown)."""
+        steps = self._state("moving_mean").updates if self.built else 0
+        share = self.momentum ** steps
+        if steps == 0 or share <= SETTLED_SHARE:
+            return None
+        needed = int(np.ceil(np.log(SETTLED_SHARE) / np.log(self.momentum)))
+        return (f"BatchNormalization {self.name!r}: its moving statistics have seen {steps} "
+                f"training steps, and at momentum {self.momentum:g} they are still "
+                f"{share:.0%} their initial values (mean 0, variance 1), so evaluation and "
+                f"predictions normalise with statistics far from the data's. Train at least "
+                f"{needed} steps, or use BatchNormalization(momentum=0.9).")
 
     def _state(self, name):
         return next(v for v in self.variables if v.name == name)

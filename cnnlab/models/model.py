@@ -23,6 +23,7 @@ from cnnlab.graph.summary import summary_text
 from cnnlab.io import saving
 from cnnlab.io.export import to_onnx
 from cnnlab.layers.base import CallContext, unique_name
+from cnnlab.layers.normalization import warn_if_statistics_unsettled
 from cnnlab.training.trainer import Trainer
 
 
@@ -90,6 +91,8 @@ class Model(Trainer, Functional):
 
     def save(self, filepath, include_optimizer: bool = True) -> None:
         """One ``.cnnlab`` file: the graph (JSON), weights and optimizer state by name; no pickle."""
+        if self._progress is None:          # a checkpoint mid-fit is not a finished model
+            warn_if_statistics_unsettled(self)
         saving.save_model(self, filepath, include_optimizer=include_optimizer)
 
     def save_weights(self, filepath) -> None:

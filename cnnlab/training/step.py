@@ -38,13 +38,7 @@ class BatchResult:
 def random_layers(model) -> list:
     """Every layer that draws random numbers in training (Dropout, augmentation), nested models
     included, in a fixed order."""
-    found = []
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer is not model:
-            found += [inner for inner in random_layers(layer) if inner not in found]
-        elif hasattr(layer, "rng") and layer not in found:
-            found.append(layer)
-    return found
+    return [layer for layer in model.leaf_layers() if hasattr(layer, "rng")]
 
 
 def _shard_generators(model, count: int) -> list[dict | None]:
@@ -160,4 +154,4 @@ def apply_update(model, result: BatchResult) -> None:
                            for name, variable in model.named_trainable_params()
                            if variable in result.grads])
     for variable, value in result.state_updates:
-        variable.value[...] = value
+        variable.apply_update(value)

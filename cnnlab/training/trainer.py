@@ -15,6 +15,7 @@ import numpy as np
 
 from cnnlab import seeding
 from cnnlab.errors import ConfigError, DataError, NotBuiltError
+from cnnlab.layers.normalization import warn_if_statistics_unsettled
 from cnnlab.training import losses as losses_module
 from cnnlab.training import metrics as metrics_module
 from cnnlab.training import optimizers as optimizers_module
@@ -297,6 +298,8 @@ class Trainer:
         """Loss (and metrics) over ``(x, y)``: a scalar, ``[loss, ...]`` or a dict."""
         self._require_compiled("evaluate")
         batch_size = check_batch_size(batch_size)
+        if self._progress is None:          # not fit's own validation: training is over
+            warn_if_statistics_unsettled(self)
         adapter = self._adapter("evaluate")
         if is_batches(x):
             source = adapter.stream_epoch(x)
