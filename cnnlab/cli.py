@@ -15,8 +15,16 @@ import time
 import numpy as np
 
 from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.runs import (DEFAULTS, TRAIN_SETTINGS, evaluation_data, fit_run, new_run, run_settings,
-                         total_epochs, training_data)
+from cnnlab.runs import (
+    DEFAULTS,
+    TRAIN_SETTINGS,
+    evaluation_data,
+    fit_run,
+    new_run,
+    run_settings,
+    total_epochs,
+    training_data,
+)
 
 
 def _load_model_or_zoo(spec: str):

@@ -20,7 +20,6 @@ from cnnlab.engine import normalization as ops
 from cnnlab.errors import ConfigError
 from cnnlab.layers.base import Layer
 
-
 #: the moving statistics count as settled once their initial values weigh at most this much
 SETTLED_SHARE = 0.1
 
