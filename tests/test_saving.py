@@ -209,7 +209,10 @@ def test_a_version_1_file_still_loads():
     model = cnnlab.models.load_model(here / "v1_model.cnnlab")
     expected = np.load(here / "v1_model_expected.npz")
     assert [layer.name for layer in model.layers] == ["conv", "pool", "flatten", "dropout", "dense"]
-    np.testing.assert_array_equal(model.predict(expected["x"], verbose=0), expected["probs"])
+    # the weights load exactly (the momentum buffer below too); the predictions agree within
+    # float32 rounding, since a CPU without AVX-512 sums in another order (2.98e-08 apart)
+    np.testing.assert_allclose(model.predict(expected["x"], verbose=0), expected["probs"],
+                               rtol=0, atol=4 * np.finfo(np.float32).eps)
     assert model.metadata["note"].startswith("written by cnnlab 0.1.0")
     slots = model.optimizer._slots
     assert sorted(slots) == ["conv/bias", "conv/kernel", "dense/bias", "dense/kernel"]

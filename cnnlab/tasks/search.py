@@ -154,7 +154,9 @@ class Index:
 
     def nearest(self, queries: np.ndarray, k: int, backend: str = "numpy"):
         """For each row of ``queries`` (unit vectors), ``[(index, similarity)]`` of its ``k``
-        nearest vectors, best first (ties: the lower index first)."""
+        nearest vectors, best first. Similarities equal to 6 decimals are ties, broken by the
+        lower index (the paths are sorted): two copies of one image embed a rounding apart,
+        and which came first then depended on the CPU's vector width."""
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}; received {backend!r}.")
         k = min(k, len(self))
@@ -167,7 +169,7 @@ class Index:
         results = []
         for row in scores:
             top = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
-            top = top[np.lexsort((top, -row[top]))]
+            top = top[np.lexsort((top, -np.round(row[top], TIE_DECIMALS)))]
             results.append([(int(i), float(row[i])) for i in top])
         return results
 
@@ -177,6 +179,10 @@ class Index:
             self._faiss = faiss.IndexFlatIP(self.vectors.shape[1])
             self._faiss.add(self.vectors)
         return self._faiss
+
+
+#: similarities that agree to this many decimals rank as equal (float32 rounding is ~1e-7)
+TIE_DECIMALS = 6
 
 
 def require_faiss():
