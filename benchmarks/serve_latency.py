@@ -38,8 +38,11 @@ def drawing(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+TOKEN = {}        # the header carrying the token the server printed
+
+
 def post(url, body, kind):
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": kind})
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": kind, **TOKEN})
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=120) as response:
         payload = json.loads(response.read())
@@ -104,7 +107,8 @@ def main():
     try:
         for text in server.stdout:
             if "serving at" in text:
-                base = text.split("serving at ", 1)[1].split()[0]
+                base, token = text.split("serving at ", 1)[1].split()[0].split("?token=")
+                TOKEN["X-Cnnlab-Token"] = token
                 break
         for i in range(20):                                     # warm up
             post(base + "api/predict", drawing(i), "image/png")

@@ -337,9 +337,11 @@ def cmd_serve(args) -> int:
     if args.index:
         from cnnlab.tasks.search import load_index
         index = load_index(args.index)
+    if args.data_root is not None and not os.path.isdir(args.data_root):
+        raise ConfigError(f"--data-root {args.data_root!r} is not a folder.")
     app = serve.App(models, serve.models_dir(), default=name,
                     log=(lambda line: print(line, file=sys.stderr)) if args.log else None,
-                    index=index, detector=args.detector)
+                    index=index, detector=args.detector, data_root=args.data_root)
     try:
         server = serve.make_server(app, args.host, args.port)
     except (OSError, ValueError) as exc:
@@ -579,9 +581,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
         description=cmd_serve.__doc__ + "\n\nWith no MODEL it uses the article's CNN trained on "
         "the bundled digits, training it on first start (saved under $CNNLAB_HOME/models).",
-        epilog="Example:\n  cnnlab serve                # then open http://127.0.0.1:8000/\n"
+        epilog="Example:\n  cnnlab serve                # then open the address it prints (with "
+               "its ?token=)\n"
                "  cnnlab serve lenet.cnnlab --port 8080\n"
-               "  cnnlab serve --index photos.index   # and the Search page at /search")
+               "  cnnlab serve --data-root ~/photos   # the Train page trains on folders there\n"
+               "  cnnlab serve --index photos.index   # and the Search page at /search\n\n"
+               "It answers only its user: every API request needs the token it prints, pages of "
+               "other\norigins are refused, and only localhost and loopback addresses are "
+               "answered.")
     serve.add_argument("model", nargs="?", help="a .cnnlab file (default: the digits model)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: %(default)s, this machine only)")
@@ -590,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--epochs", type=_positive_int, default=3,
                        help="epochs for the first-start digits model (default: %(default)s)")
     serve.add_argument("--log", action="store_true", help="print one line per request")
+    serve.add_argument("--data-root", metavar="DIR",
+                       help="the Train page may train on folders under DIR (default: none, "
+                            "only the bundled digits)")
     serve.add_argument("--index", metavar="FILE",
                        help="a photo index (cnnlab index) for the Search page")
     serve.add_argument("--detector", metavar="FILE",

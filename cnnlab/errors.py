@@ -25,6 +25,11 @@ class ImageFormatError(DataError):
     """A file is not an image in a format Pillow can read (the web app answers 415)."""
 
 
+class LimitError(DataError):
+    """An input is larger than the bound its caller set on work or memory (pixels, frames); the
+    web app answers 413."""
+
+
 class ModelFileError(CnnlabError, ValueError):
     """A model or weights file is missing, truncated, corrupt, or does not match the model."""
 

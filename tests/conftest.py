@@ -47,8 +47,9 @@ def web_app(digits_model_file, tmp_path, monkeypatch):
     from cnnlab import serve
     from cnnlab.models import load_model
     monkeypatch.setenv("CNNLAB_HOME", str(tmp_path / "home"))
+    from web import TOKEN
     app = serve.App({"digits": (load_model(digits_model_file), str(digits_model_file))},
-                    serve.models_dir())
+                    serve.models_dir(), token=TOKEN, data_root=tmp_path)
     server = serve.make_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)

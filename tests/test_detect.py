@@ -161,8 +161,9 @@ def test_the_detect_page_draws_the_boxes_the_api_finds(digit_detector, tmp_path,
     page, truth = _page(6)
     Image.fromarray((page * 255).astype(np.uint8)).save(tmp_path / "page.png")
     digit_detector.save(tmp_path / "digits.cnnlab")
+    from web import AUTH, TOKEN, signed_in
     app = serve.App({"lenet": (zoo.get("lenet5"), "zoo")}, serve.models_dir(),
-                    detector=str(tmp_path / "digits.cnnlab"))
+                    detector=str(tmp_path / "digits.cnnlab"), token=TOKEN)
     server = serve.make_server(app, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                      daemon=True).start()
@@ -170,13 +171,13 @@ def test_the_detect_page_draws_the_boxes_the_api_finds(digit_detector, tmp_path,
     try:
         for query, body, code in (("?threshold=2", b"x", 400), ("", b"not an image", 415)):
             request = urllib.request.Request(base + "/api/detect" + query, data=body,
-                                             method="POST")
+                                             method="POST", headers=AUTH)
             with pytest.raises(urllib.error.HTTPError) as error:
                 urllib.request.urlopen(request, timeout=30)
             assert error.value.code == code
         driver = browser()
         try:
-            driver.get(base + "/detect")
+            driver.get(signed_in(base, "/detect"))
             upload = driver.find_element("id", "upload")
             driver.execute_script("arguments[0].hidden = false;", upload)
             upload.send_keys(str(tmp_path / "page.png"))

@@ -12,6 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
+from web import AUTH, TOKEN, signed_in
 
 from cnnlab import datasets
 from cnnlab.viz import attribution, embedding
@@ -19,13 +20,14 @@ from cnnlab.viz.patches import top_patches
 
 
 def _get(url):
-    with urllib.request.urlopen(url, timeout=120) as answer:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH),
+                                timeout=120) as answer:
         return json.loads(answer.read())
 
 
 def _post(url, body, kind="image/png"):
     request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": kind})
+                                     headers={"Content-Type": kind, **AUTH})
     with urllib.request.urlopen(request, timeout=120) as answer:
         return json.loads(answer.read())
 
@@ -95,7 +97,7 @@ def test_the_inside_page_renders_a_filter_its_patches_a_drawing_and_the_map(web_
     base, _ = web_app
     driver = browser(width=1366, height=1000)
     try:
-        driver.get(base + "/inside")
+        driver.get(signed_in(base, "/inside"))
         wait_for(driver, "document.getElementById('visual').naturalWidth > 0", timeout=120)
         wait_for(driver, "document.querySelectorAll('#patches img').length === 8", timeout=120)
         wait_for(driver, "document.querySelectorAll('#embedding circle').length === 500",
@@ -144,7 +146,7 @@ def test_a_model_trained_on_a_folder_draws_its_patches_and_map_from_the_photo_in
     monkeypatch.setenv("CNNLAB_HOME", str(tmp_path / "home"))
     index = search.build_index(root, out=tmp_path / "p.index")
     model = zoo.load("cifar10")
-    app = serve.App({"cifar": (model, "cifar10")}, serve.models_dir(), index=index)
+    app = serve.App({"cifar": (model, "cifar10")}, serve.models_dir(), index=index, token=TOKEN)
     server = serve.make_server(app, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                      daemon=True).start()

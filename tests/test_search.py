@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from web import AUTH, signed_in
 
 import cnnlab
 from cnnlab import zoo
@@ -170,7 +171,9 @@ def search_server(photos, tmp_path, monkeypatch):
     from cnnlab import serve
     monkeypatch.setenv("CNNLAB_HOME", str(tmp_path / "home"))
     index = search.build_index(photos, out=tmp_path / "p.index")
-    app = serve.App({"lenet": (zoo.get("lenet5"), "zoo")}, serve.models_dir(), index=index)
+    from web import TOKEN
+    app = serve.App({"lenet": (zoo.get("lenet5"), "zoo")}, serve.models_dir(), index=index,
+                    token=TOKEN)
     server = serve.make_server(app, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                      daemon=True).start()
@@ -183,7 +186,7 @@ def _http(url, body=None):
     import urllib.error
     import urllib.request
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
-                                     headers={"Content-Type": "image/png"})
+                                     headers={"Content-Type": "image/png", **AUTH})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -213,7 +216,7 @@ def test_the_search_page_shows_the_nearest_photos_with_their_similarity(search_s
     base, photos = search_server
     driver = browser()
     try:
-        driver.get(base + "/search")
+        driver.get(signed_in(base, "/search"))
         wait_for(driver, "document.getElementById('index-info').textContent.includes('15 photos')")
         upload = driver.find_element("id", "upload")
         driver.execute_script("arguments[0].hidden = false;", upload)

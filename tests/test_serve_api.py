@@ -14,6 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from web import AUTH
 
 import cnnlab
 from cnnlab.engine.conv import conv2d_forward
@@ -23,7 +24,7 @@ from cnnlab.serve.server import MAX_IMAGE_BYTES, MAX_JSON_BYTES
 
 def request(base, path, body=None, content_type=None, method=None, headers=None):
     """(status, parsed JSON or raw bytes, headers) for one request; errors are answers too."""
-    all_headers = dict(headers or {})
+    all_headers = {**AUTH, **(headers or {})}
     if content_type:
         all_headers["Content-Type"] = content_type
     req = urllib.request.Request(base + path, data=body, headers=all_headers,
@@ -179,8 +180,8 @@ BAD_REQUESTS = [
     ("/api/explain/conv", b"[" * 100000 + b"]" * 100000, "application/json", "POST", 413,
      "limit"),
     ("/api/train", b'{"model": "resnet9000"}', "application/json", "POST", 404, "zoo model"),
-    ("/api/train", b'{"data": "/no/such/folder"}', "application/json", "POST", 400,
-     "not a folder"),
+    ("/api/train", b'{"data": "/no/such/folder"}', "application/json", "POST", 404,
+     "no folder '/no/such/folder' under the data root"),
     ("/api/train", b'{"epochs": 0}', "application/json", "POST", 400, "'epochs'"),
     ("/api/train", b'{"lr": -1}', "application/json", "POST", 400, "'lr'"),
     ("/api/train/stop", b"", "application/json", "POST", 409, "No training run"),
@@ -217,6 +218,7 @@ def test_oversized_bodies_are_refused_before_they_are_read(web_app):
         connection.putrequest("POST", path)
         connection.putheader("Content-Type", kind)
         connection.putheader("Content-Length", str(limit + 1))
+        connection.putheader("X-Cnnlab-Token", AUTH["X-Cnnlab-Token"])
         connection.endheaders()
         connection.send(b"x" * 1000)                                   # and never the rest
         response = connection.getresponse()
@@ -298,7 +300,7 @@ def test_train_streams_events_predicts_meanwhile_stops_and_serves_the_result(web
     # the event stream delivers status updates as training goes
     host, port = base.split("//")[1].split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
-    connection.request("GET", "/api/train/events")
+    connection.request("GET", "/api/train/events", headers=AUTH)
     stream = connection.getresponse()
     assert stream.headers["Content-Type"] == "text/event-stream"
     updates = []
@@ -331,7 +333,7 @@ def test_train_streams_events_predicts_meanwhile_stops_and_serves_the_result(web
     # the trained model is saved and can be used for predictions
     listing = request(base, "/api/models")[1]
     assert "lenet5-2" in [m["name"] for m in listing["models"]]
-    assert cnnlab.models.load_model(final["saved_to"]).count_params() > 0
+    assert cnnlab.models.load_model(app.models_dir / final["saved_to"]).count_params() > 0
     assert earlier.read_bytes() == b"an earlier run's model"             # not overwritten
     status, payload, _ = request(base, "/api/predict?model=lenet5-2", digit_png("0"), "image/png")
     assert status == 200 and payload["model"] == "lenet5-2"

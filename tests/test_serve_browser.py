@@ -8,6 +8,7 @@ import time
 
 import pytest
 from browser import browser, screenshot
+from web import signed_in
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def no_errors_logged(driver):
 def test_draw_page_predicts_each_stroke_and_shows_every_layer(web_app, driver):
     base, app = web_app
     layers = app.model("digits").model.layers
-    driver.get(base + "/")
+    driver.get(signed_in(base))
     wait_for(driver, "document.querySelectorAll('#model option').length > 0")
     draw(driver, ONE)
     assert wait_for(driver, "document.getElementById('top').textContent === '1'")
@@ -101,7 +102,7 @@ def test_draw_page_takes_an_uploaded_photo_of_dark_ink_on_paper(web_app, driver,
     path = tmp_path / "one.jpg"
     photo.save(path, "JPEG")
     base, _ = web_app
-    driver.get(base + "/")
+    driver.get(signed_in(base))
     wait_for(driver, "document.querySelectorAll('#model option').length > 0")
     upload = driver.find_element("id", "upload")
     driver.execute_script("arguments[0].hidden = false;", upload)       # behind its label
@@ -126,7 +127,7 @@ def test_draw_page_takes_an_uploaded_photo_of_dark_ink_on_paper(web_app, driver,
 def test_train_page_follows_a_run_live_and_stops_it(web_app, driver):
     from selenium.webdriver.support.ui import Select
     base, _ = web_app
-    driver.get(base + "/train")
+    driver.get(signed_in(base, "/train"))
     wait_for(driver, "document.querySelectorAll('#zoo option').length > 0")
     Select(driver.find_element("id", "zoo")).select_by_value("lenet5")
     for field, value in (("epochs", "3"), ("batch", "32")):
@@ -156,7 +157,7 @@ def test_train_page_follows_a_run_live_and_stops_it(web_app, driver):
 
 def test_explain_page_steps_through_convolution_and_pooling(web_app, driver):
     base, _ = web_app
-    driver.get(base + "/explain")
+    driver.get(signed_in(base, "/explain"))
     wait_for(driver, "document.querySelectorAll('#conv [data-role=output] .cell').length === 9")
     step = driver.find_element("css selector", "#conv [data-action=next]")
     for _ in range(4):
@@ -189,7 +190,7 @@ def test_explain_page_steps_through_convolution_and_pooling(web_app, driver):
 
 def test_the_idle_train_page_draws_its_axes_and_says_what_will_appear(web_app, driver):
     base, _ = web_app
-    driver.get(base + "/train")
+    driver.get(signed_in(base, "/train"))
     wait_for(driver, "document.querySelectorAll('#zoo option').length > 0")
     for chart in ("loss-chart", "accuracy-chart"):
         axes = driver.execute_script(
@@ -216,8 +217,11 @@ def test_a_cold_server_answers_the_explain_pages_first_load_completely(driver, t
              str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "CNNLAB_HOME": str(tmp_path / "home")})
         try:
-            server.stdout.readline()                         # it prints its URL when listening
-            driver.get(f"http://127.0.0.1:{port}/explain")
+            line = ""
+            while "serving at" not in line:                  # its URL, once listening
+                line = server.stdout.readline()
+            url = line.split("serving at ", 1)[1].split()[0]
+            driver.get(url.replace("/?token=", "/explain?token="))
             wait_for(driver, "document.querySelectorAll('#conv [data-role=output] .cell').length"
                              " === 9 && document.querySelectorAll('#pool [data-role=output] "
                              ".cell').length === 4", timeout=30)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 
@@ -26,6 +27,20 @@ def start(args, home):
     return process, url, "".join(lines)
 
 
+def api(url, path):
+    """GET an API path of the server at the printed ``url`` (http://HOST:PORT/?token=...), with
+    the token it printed; without it the server refuses (403)."""
+    base, token = url.split("?token=")
+    try:
+        urllib.request.urlopen(base + path, timeout=30)
+        raise AssertionError("the server answered without its token")
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 403
+    request = urllib.request.Request(base + path, headers={"X-Cnnlab-Token": token})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
 def stop(process):
     process.send_signal(signal.SIGINT)                                  # Ctrl-C
     try:
@@ -42,8 +57,7 @@ def test_serve_trains_on_first_start_then_reuses_the_model_and_stops_on_ctrl_c(t
         assert url and url.startswith("http://127.0.0.1:"), output
         assert "training the article's CNN on the bundled digits" in output
         assert "test accuracy" in output
-        with urllib.request.urlopen(url + "api/models", timeout=30) as response:
-            listing = json.loads(response.read())
+        listing = api(url, "api/models")
         assert listing["default"] == "digits-article"
     finally:
         code, rest = stop(process)
@@ -57,8 +71,7 @@ def test_serve_trains_on_first_start_then_reuses_the_model_and_stops_on_ctrl_c(t
     try:
         assert url and "training" not in output, output
         assert "not offering broken-2.cnnlab" in output
-        with urllib.request.urlopen(url + "api/models", timeout=30) as response:
-            listing = json.loads(response.read())
+        listing = api(url, "api/models")
         assert listing["default"] == "digits-article"
         assert [m["name"] for m in listing["models"]] == ["digits-article", "lenet5-1"]
     finally:

@@ -123,6 +123,34 @@ def test_bad_video_input_is_refused_clearly(tmp_path, monkeypatch):
         video.process_video("digits", tmp_path / "junk.mp4")
 
 
+def test_bounds_on_pixels_and_frames_and_a_failure_leaves_no_file(tmp_path, monkeypatch,
+                                                                   capsys):
+    """Over a bound: a LimitError that names it, before or during the work; an FFmpeg failure
+    mid-way (av.error.ArgumentError, as a PNG once raised) is one line from the CLI; neither
+    leaves a half-written CSV or MP4 behind."""
+    from cnnlab.cli import main
+    from cnnlab.errors import LimitError
+    from cnnlab.tasks import video
+    frames, _ = _digit_frames()
+    _write(tmp_path / "d.mp4", frames)
+    out, table = tmp_path / "o.mp4", tmp_path / "o.csv"
+    with pytest.raises(LimitError, match=r"96x96 \(9,216 pixels a frame\); the limit here is 9,000"):
+        video.process_video("digits", tmp_path / "d.mp4", out=out, csv_path=table,
+                            max_frame_pixels=9000)
+    with pytest.raises(LimitError, match="more than 10 frames"):
+        video.process_video("digits", tmp_path / "d.mp4", out=out, csv_path=table,
+                            max_frames=10, batch_size=4)
+    assert not out.exists() and not table.exists()
+
+    def broken(self, picture):
+        raise av.error.ArgumentError(22, "Invalid argument")
+    monkeypatch.setattr(video._Writer, "write", broken)
+    monkeypatch.chdir(tmp_path)
+    assert main(["video", "digits", "d.mp4"]) == 1
+    assert "FFmpeg could not process 'd.mp4'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.mp4"]
+
+
 def test_the_video_page_and_api_return_the_same_results_as_the_library(web_app, tmp_path):
     """Through the web app: the answer's rows equal process_video's own CSV for the same file,
     the annotated MP4 and the CSV can be fetched, a non-video is refused, and the page shows
@@ -136,22 +164,26 @@ def test_the_video_page_and_api_return_the_same_results_as_the_library(web_app, 
     frames, _ = _digit_frames()
     _write(tmp_path / "digits.mp4", frames)
     body = (tmp_path / "digits.mp4").read_bytes()
+    from web import AUTH, signed_in
     request = urllib.request.Request(base + "/api/video?detect=no&model=digits", data=body,
-                                     method="POST", headers={"Content-Type": "video/mp4"})
+                                     method="POST", headers={"Content-Type": "video/mp4", **AUTH})
     with urllib.request.urlopen(request, timeout=300) as reply:
         answer = json.loads(reply.read())
     assert answer["frames"] == len(frames) and answer["skipped"] == []
+    assert answer["model"] == "digits"              # the served name, as every page says it
     process_video(app.model("digits").model, tmp_path / "digits.mp4",
                   csv_path=tmp_path / "lib.csv")
     with open(tmp_path / "lib.csv", newline="") as handle:
         assert answer["rows"] == list(csv.DictReader(handle))
-    with urllib.request.urlopen(base + answer["video"], timeout=60) as reply:
+    with urllib.request.urlopen(urllib.request.Request(base + answer["video"], headers=AUTH),
+                                timeout=60) as reply:
         (tmp_path / "back.mp4").write_bytes(reply.read())
     assert _frame_count_and_duration(tmp_path / "back.mp4")[0] == len(frames)
-    with urllib.request.urlopen(base + answer["csv"], timeout=60) as reply:
+    with urllib.request.urlopen(urllib.request.Request(base + answer["csv"], headers=AUTH),
+                                timeout=60) as reply:
         assert reply.read().decode().startswith("frame,seconds,class,probability")
     bad = urllib.request.Request(base + "/api/video?detect=no", data=b"not a video",
-                                 method="POST", headers={"Content-Type": "video/mp4"})
+                                 method="POST", headers={"Content-Type": "video/mp4", **AUTH})
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(bad, timeout=60)
     assert caught.value.code == 400 and "not a video FFmpeg can read" in json.loads(
@@ -161,7 +193,7 @@ def test_the_video_page_and_api_return_the_same_results_as_the_library(web_app, 
     from test_serve_browser import no_errors_logged, wait_for
     driver = browser()
     try:
-        driver.get(base + "/video")
+        driver.get(signed_in(base, "/video"))
         wait_for(driver, "document.querySelectorAll('#model option').length > 0")
         driver.find_element("id", "upload").send_keys(str(tmp_path / "digits.mp4"))
         wait_for(driver, "document.querySelectorAll('#frame-results tr').length === 25 || "

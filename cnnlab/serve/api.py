@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 # page asks for its two cards at once) would otherwise import the same modules on two threads.
 from cnnlab.engine.activations import softmax_forward
 from cnnlab.engine.shapes import dropped_pixels
-from cnnlab.errors import CnnlabError, ImageFormatError
+from cnnlab.errors import CnnlabError, ImageFormatError, LimitError
 from cnnlab.graph.summary import layer_rows, summary_text
 from cnnlab.layers import Softmax
 from cnnlab.preprocess import open_image
@@ -32,6 +33,17 @@ from cnnlab.viz.grids import scale_each
 
 #: an upload bigger than this is refused before it is decoded (4096 x 4096)
 MAX_UPLOAD_PIXELS = 4096 * 4096
+#: detection's pyramid costs memory in proportion to the pixels (about 0.5 KB each today: a blank
+#: 4000 x 4000 PNG of 15 KB took 8 GB), so a request may detect in at most 1920 x 1088
+MAX_DETECT_PIXELS = 1920 * 1088
+#: a video request's bound: pixels per frame and frames, classifying and detecting
+VIDEO_LIMITS = {"classify": (1920 * 1088, 3000), "detect": (640 * 480, 150)}
+
+
+def is_count(text: str) -> bool:
+    """A whole number written in ASCII digits: ``str.isdigit`` alone accepts '²' and '٣',
+    which ``int`` then refuses (a 500 where a 4xx was due)."""
+    return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 class ApiError(Exception):
@@ -57,7 +69,9 @@ class ServedModel:
                             for node in self.model.nodes]
 
     def describe(self) -> dict:
-        return {"name": self.name, "source": self.source, "input_shape": list(self.model.input_shape),
+        # the file's name, never its place on the server's disk
+        return {"name": self.name, "source": os.path.basename(self.source),
+                "input_shape": list(self.model.input_shape),
                 "classes": class_names(self.model), "params": int(self.model.count_params())}
 
 
@@ -99,6 +113,8 @@ def user_errors():
         yield
     except ImageFormatError as exc:
         raise ApiError(415, str(exc)) from None
+    except LimitError as exc:
+        raise ApiError(413, str(exc)) from None
     except CnnlabError as exc:
         raise ApiError(400, str(exc)) from None
 
@@ -240,7 +256,7 @@ class SearchService:
         inside its folder."""
         import mimetypes
         from pathlib import Path
-        if not number.isdigit() or int(number) >= len(self.index):
+        if not is_count(number) or int(number) >= len(self.index):
             raise ApiError(404, f"No indexed photo {number!r}; the index holds "
                                 f"{len(self.index)}.")
         root = Path(self.index.root).resolve()
@@ -257,6 +273,7 @@ class DetectService:
 
     def __init__(self, model=None):
         self._spec, self._model = model, None
+        self._one_at_a_time = threading.Lock()
 
     @property
     def model(self):
@@ -274,8 +291,13 @@ class DetectService:
     def query(self, body: bytes, threshold: float) -> dict:
         from cnnlab.tasks import detect
         image = uploaded_image(body)
+        if image.width * image.height > MAX_DETECT_PIXELS:
+            raise ApiError(413, f"The image is {image.width}x{image.height} "
+                                f"({image.width * image.height:,} pixels); detection here takes "
+                                f"at most {MAX_DETECT_PIXELS:,} (1920x1088). Scale it down, or "
+                                f"use cnnlab detect.")
         start = time.perf_counter()
-        with user_errors():
+        with user_errors(), self._one_at_a_time:        # memory: one pyramid at once
             found = detect.detect(image, model=self.model, threshold=threshold)
         return {"model": self.model.name, "width": image.width, "height": image.height,
                 "target": class_names(self.model)[detect.target_class(self.model)],
@@ -296,13 +318,17 @@ class VideoService:
         self._results: dict[str, dict] = {}
         self._count = 0
         self._lock = threading.Lock()
+        self._one_at_a_time = threading.Lock()
 
-    def query(self, model, body: bytes, detect_objects: bool, threshold: float) -> dict:
+    def query(self, model, body: bytes, detect_objects: bool, threshold: float,
+              name: str | None = None) -> dict:
+        """``name``: what the pages call ``model`` (a served model's name, not its layer name)."""
         import csv
         import os
         import tempfile
 
         from cnnlab.tasks.video import process_video
+        max_pixels, max_frames = VIDEO_LIMITS["detect" if detect_objects else "classify"]
         if not body:
             raise ApiError(400, "The request has no body; send the video file's bytes (MP4, "
                                 "WebM, ...).")
@@ -312,9 +338,11 @@ class VideoService:
                 handle.write(body)
             out, table = os.path.join(folder, "out.mp4"), os.path.join(folder, "out.csv")
             start = time.perf_counter()
-            with user_errors():
+            with user_errors(), self._one_at_a_time:
                 result = process_video(model, src, out=out, csv_path=table,
-                                       detect_objects=detect_objects, threshold=threshold)
+                                       detect_objects=detect_objects, threshold=threshold,
+                                       max_frame_pixels=max_pixels, max_frames=max_frames,
+                                       name="the uploaded video")
             seconds = time.perf_counter() - start
             with open(out, "rb") as handle:
                 video = handle.read()
@@ -329,7 +357,7 @@ class VideoService:
                 del self._results[old]
         return {"frames": result.frames, "fps": result.fps, "skipped": result.skipped,
                 "duration": round(result.duration, 3), "detect": detect_objects,
-                "model": model.name, "rows": rows[:self.ROWS], "rows_total": len(rows),
+                "model": name or model.name, "rows": rows[:self.ROWS], "rows_total": len(rows),
                 "video": f"/api/video/result/{key}.mp4", "csv": f"/api/video/result/{key}.csv",
                 "seconds": round(seconds, 2)}
 

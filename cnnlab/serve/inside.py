@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from cnnlab.serve.api import ApiError, ServedModel, encode_activation, uploaded_image, user_errors
+from cnnlab.serve.api import ApiError, ServedModel, encode_activation, is_count, uploaded_image, user_errors
 
 #: dataset images the patches and the embedding map are drawn from
 SAMPLE_IMAGES = 500
@@ -134,7 +134,7 @@ class InsideService:
     def _filter(self, served, layer: str, value: str) -> int:
         from cnnlab.viz import attribution
         count = attribution.target_node(served.model, layer).outputs[0].shape[-1]
-        if not value.isdigit() or not 0 <= int(value) < count:
+        if not is_count(value) or not 0 <= int(value) < count:
             raise ApiError(400, f"'filter' must be 0 to {count - 1} for {layer}. Received: "
                                 f"{value!r}")
         return int(value)
@@ -203,7 +203,7 @@ class InsideService:
 
     def image(self, served: ServedModel, number: str) -> dict:
         images = self._require_images(served)[0]
-        if not number.isdigit() or int(number) >= len(images):
+        if not is_count(number) or int(number) >= len(images):
             raise ApiError(404, f"No image {number!r}: the dataset has {len(images)} (0 to "
                                 f"{len(images) - 1}).")
         return {"image": int(number), "png": png_base64(images[int(number)])}

@@ -18,14 +18,17 @@ from cnnlab.callbacks import Callback
 from cnnlab.errors import CnnlabError
 from cnnlab.serve.api import ApiError, int_field, known_fields
 
+#: runs trained from the web app whose models are kept (and offered again); older ones are removed
+KEPT_RUNS = 20
 #: curve points per epoch (about); more would only make the event stream heavier
 POINTS_PER_EPOCH = 40
 LIMITS = {"epochs": (1, 50), "batch_size": (1, 1024)}      # a browser's run, not a week's
 
 
-def parse_settings(params: dict) -> dict:
+def parse_settings(params: dict, data_root=None) -> dict:
     """Check a train request: ``{"model", "data", "epochs", "batch_size", "lr", "optimizer"}``
-    (all optional) -> settings for :func:`cnnlab.runs.run_settings`."""
+    (all optional) -> settings for :func:`cnnlab.runs.run_settings`. ``data`` is the bundled
+    digits or a folder under ``data_root`` (``cnnlab serve --data-root DIR``; None: no folder)."""
     from cnnlab import zoo
     known_fields(params, {"model", "data", "epochs", "batch_size", "lr", "optimizer", "seed"})
     given = {}
@@ -36,9 +39,8 @@ def parse_settings(params: dict) -> dict:
     data = params.get("data", "mnist_sample")
     if not isinstance(data, str) or not data:
         raise ApiError(400, f"'data' must be 'mnist_sample' or a folder path. Received: {data!r}")
-    if data != "mnist_sample" and not os.path.isdir(data):
-        raise ApiError(400, f"'data' must be 'mnist_sample' (the bundled digits) or a folder "
-                            f"with one subfolder of images per class; {data!r} is not a folder.")
+    if data != "mnist_sample":
+        data = training_folder(data, data_root)
     given["data"] = data
     for name, (low, high) in LIMITS.items():
         if name in params:
@@ -56,6 +58,43 @@ def parse_settings(params: dict) -> dict:
     if "seed" in params:
         given["seed"] = int_field(params, "seed", None, 0, 2**32 - 1)
     return given
+
+
+def training_folder(name: str, data_root) -> str:
+    """The folder ``name`` (relative to ``data_root``, or absolute inside it), resolved. A
+    folder that is missing and one outside the root get the same answer, so a request learns
+    nothing about what exists elsewhere on the machine."""
+    if data_root is None:
+        raise ApiError(403, "This server trains on the bundled digits ('mnist_sample') only; "
+                            "to train on folders, start it with cnnlab serve --data-root DIR "
+                            "and name a folder under DIR.")
+    root = os.path.realpath(data_root)
+    target = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, target]) != root or not os.path.isdir(target):
+        raise ApiError(404, f"'data': no folder {name!r} under the data root; name a folder "
+                            f"there (one subfolder of images per class), relative to the "
+                            f"root.")
+    return target
+
+
+def run_files(models_dir) -> list:
+    """The model files runs from the web app saved (``MODEL-N.cnnlab``), newest first."""
+    import re
+    from pathlib import Path
+
+    from cnnlab import zoo
+    pattern = re.compile(rf"({'|'.join(map(re.escape, zoo.MODELS))})-\d+\.cnnlab")
+    found = [p for p in Path(models_dir).glob("*.cnnlab") if pattern.fullmatch(p.name)]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def prune_runs(models_dir, keep: int = KEPT_RUNS) -> list[str]:
+    """Remove all but the newest ``keep`` runs' model files; the names of those removed."""
+    removed = []
+    for path in run_files(models_dir)[keep:]:
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
 
 
 class _Recorder(Callback):
@@ -102,6 +141,7 @@ class TrainingJob(threading.Thread):
         self.model_name = f"{self.settings['model']}-{number}"
         self.models_dir, self.on_finished = models_dir, on_finished
         self.state, self.error, self.saved_to = "starting", None, None
+        self.removed: list[str] = []        # older runs' files removed to keep KEPT_RUNS
         self.epoch, self.step, self.steps = 0, 0, None
         self.points, self.validation = [], []
         self.frames: list[bytes] = []     # the training timeline's frames, as PNG
@@ -143,7 +183,8 @@ class TrainingJob(threading.Thread):
                     "points": self.points[points_from:], "validation_from": validation_from,
                     "validation": self.validation[validation_from:],
                     "seconds": round(self.seconds, 2), "error": self.error,
-                    "saved_to": self.saved_to, "frames": len(self.frames),
+                    "saved_to": self.saved_to, "kept_runs": KEPT_RUNS,
+                    "removed": self.removed, "frames": len(self.frames),
                     "version": self.version}
 
     def frame(self, number: int) -> bytes | None:
@@ -180,9 +221,10 @@ class TrainingJob(threading.Thread):
             path = os.path.join(self.models_dir, f"{self.model_name}.cnnlab")
             os.makedirs(self.models_dir, exist_ok=True)
             model.save(path)
+            removed = prune_runs(self.models_dir)
             self.on_finished(self.model_name, model, path)
             self._update(state="stopped" if self.stop_requested.is_set() else "done",
-                         saved_to=path)
+                         saved_to=os.path.basename(path), removed=removed)
         except CnnlabError as exc:
             self._update(state="failed", error=str(exc))
         except Exception as exc:        # noqa: BLE001 - shown on the page; the server goes on

@@ -5,16 +5,29 @@ once. Everything a request can get wrong is answered with a 4xx and a JSON body
 ``{"error": "..."}``; an unexpected failure is a 500 with JSON too, and the server goes on.
 Bodies are limited (:data:`MAX_IMAGE_BYTES`, :data:`MAX_JSON_BYTES`) before they are read.
 
-Bound to loopback (the default), it answers only requests addressed to a loopback name, so a web
-page elsewhere cannot reach it through DNS rebinding; JSON endpoints require
-``Content-Type: application/json``, which a cross-site form cannot send.
+How it answers only its user (Jupyter's model):
+
+- **A token**, drawn at start and printed in the address ``cnnlab serve`` shows. Opening a page
+  with ``?token=`` sets it as a cookie (``HttpOnly; SameSite=Strict``, so no other site's page
+  sends it); every ``/api/`` request must carry it, as that cookie, an ``X-Cnnlab-Token`` header
+  or a ``?token=`` parameter. The pages themselves (HTML, CSS, JS) are public.
+- **Origin**: a request whose ``Origin`` header is not this server's own is refused, whatever it
+  carries: another port of localhost is another origin. So is an API request that the browser
+  marks as coming from another page (``Sec-Fetch-Site``), which covers the GETs of ``<img>``.
+- **Host**: only ``localhost``, literal loopback addresses and the ``--host`` name (bound beyond
+  loopback: also literal IP addresses), so no DNS name (``127.0.0.1.nip.io``) can be rebound to
+  it.
+- JSON endpoints require ``Content-Type: application/json``, which a cross-site form cannot send.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import mimetypes
+import secrets
+import socket
 import sys
 import threading
 import traceback
@@ -22,10 +35,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from cnnlab.serve import api
-from cnnlab.serve.api import ApiError, ServedModel
+from cnnlab.serve.api import ApiError, ServedModel, is_count
 from cnnlab.serve.inside import InsideService
 from cnnlab.serve.jobs import TrainingJob, parse_settings
 
@@ -48,7 +61,11 @@ class App:
     """The served models and the training run, shared by every request thread."""
 
     def __init__(self, models: dict, models_dir, default: str | None = None, log=None,
-                 index=None, detector=None):
+                 index=None, detector=None, token: str | None = None, data_root=None):
+        #: what every API request must carry; drawn here unless the caller chose one
+        self.token = token or secrets.token_urlsafe(24)
+        #: the folder under which POST /api/train may name training folders (None: none)
+        self.data_root = None if data_root is None else Path(data_root).resolve()
         self._models = {name: ServedModel(name, model, source)
                         for name, (model, source) in models.items()}
         self.default = default or next(iter(self._models), None)
@@ -83,7 +100,7 @@ class App:
                 "zoo": sorted(zoo.MODELS)}
 
     def start_training(self, params: dict) -> dict:
-        given = parse_settings(params)
+        given = parse_settings(params, self.data_root)
         with self._lock:
             if self.job is not None and not self.job.finished:
                 raise ApiError(409, f"A training run ({self.job.model_name}) is already going; "
@@ -128,7 +145,24 @@ class Server(ThreadingHTTPServer):
         super().__init__(address, Handler)
         host = self.server_address[0]
         self.loopback_only = ipaddress.ip_address(host).is_loopback
-        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.server_address[1]}/"
+        self.port = self.server_address[1]
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
+        #: the address to open: the token comes with it, once, and the page keeps it as a cookie
+        self.login_url = f"{self.url}?token={quote(app.token)}"
+        #: the names a request's Host may give (never a DNS name that could be rebound here)
+        self.host_names = {"localhost", str(address[0]).lower()}
+        if not self.loopback_only:
+            self.host_names.add(socket.gethostname().lower())
+        self.cookie = f"cnnlab-token-{self.port}"      # one per port: two servers, two tokens
+
+    def allows_host(self, host: str) -> bool:
+        if host in self.host_names:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return address.is_loopback or not self.loopback_only
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -189,6 +223,7 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         try:
             self._check_host()
+            self._check_origin()
             self._route()
         except ApiError as exc:
             self.send_error(exc.status, exc.message)
@@ -199,12 +234,49 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(500, "Internal error; the server's log has the details.")
 
     def _check_host(self) -> None:
-        if not self.server.loopback_only:
+        host = (self.headers.get("Host") or "").strip().lower()
+        host = host[1:host.index("]")] if host.startswith("[") and "]" in host \
+            else host.rsplit(":", 1)[0]
+        if not self.server.allows_host(host):
+            raise ApiError(421, f"This server answers requests for localhost, loopback "
+                                f"addresses and {sorted(self.server.host_names)} only; the "
+                                f"request was for {host!r}.")
+
+    def _check_origin(self) -> None:
+        """A page of another origin (another site, or another port here) may not use the
+        server, whatever it sends: browsers set Origin on cross-origin requests other than
+        GETs, and Sec-Fetch-Site on every request (an <img> of another page included)."""
+        site = self.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in ("same-origin", "none") \
+                and self.path.startswith("/api/"):
+            raise ApiError(403, f"Requests from pages of other origins are refused; this one "
+                                f"was {site}.")
+        origin = self.headers.get("Origin")
+        if origin is None:
             return
-        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
-        if host not in ("localhost", "127.0.0.1", "::1") and not host.startswith("127."):
-            raise ApiError(421, f"This server answers requests for localhost only; the request "
-                                f"was for {host!r}.")
+        parts = urlsplit(origin)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not (parts.scheme == "http" and port == self.server.port
+                and self.server.allows_host((parts.hostname or "").lower())):
+            raise ApiError(403, f"Requests from pages of other origins are refused; this one "
+                                f"came from {origin!r}.")
+
+    def _check_token(self, query) -> None:
+        given = self.headers.get("X-Cnnlab-Token") or query.get("token", [None])[0]
+        if given is None:
+            from http.cookies import CookieError, SimpleCookie
+            try:
+                cookie = SimpleCookie(self.headers.get("Cookie") or "")
+            except CookieError:
+                cookie = {}
+            given = cookie[self.server.cookie].value if self.server.cookie in cookie else None
+        if given is None or not hmac.compare_digest(given.encode(), self.server.app.token.encode()):
+            raise ApiError(403, "This server needs its token: open the address cnnlab serve "
+                                "printed (it ends in ?token=...), or send the token as an "
+                                "X-Cnnlab-Token header.")
 
     def _route(self) -> None:
         url = urlsplit(self.path)
@@ -213,10 +285,11 @@ class Handler(BaseHTTPRequestHandler):
         app = self.server.app
         if path in PAGES or path.startswith("/static/"):
             self._require(method, "GET")
-            return self._static(PAGES.get(path) or path[len("/static/"):])
+            return self._static(PAGES.get(path) or path[len("/static/"):], query)
         if not path.startswith("/api/"):
             raise ApiError(404, f"No page at {path!r}; the pages are /, /train, /explain, "
                                 f"/search, /detect, /inside and /video.")
+        self._check_token(query)
         if path == "/api/models":
             self._require(method, "GET")
             return self._json(app.models())
@@ -254,10 +327,13 @@ class Handler(BaseHTTPRequestHandler):
             if detecting not in ("yes", "no"):
                 raise ApiError(400, f"'detect' must be yes or no. Received: {detecting!r}")
             threshold = self._threshold(query)
-            model = (app.detector.model if detecting == "yes"
-                     else app.model(query.get("model", [None])[0]).model)
+            if detecting == "yes":
+                model, name = app.detector.model, None
+            else:
+                served = app.model(query.get("model", [None])[0])
+                model, name = served.model, served.name
             return self._json(app.video.query(model, self._body(MAX_VIDEO_BYTES),
-                                              detecting == "yes", threshold))
+                                              detecting == "yes", threshold, name))
         if path.startswith("/api/video/result/"):
             self._require(method, "GET")
             body, kind = app.video.file(path[len("/api/video/result/"):])
@@ -292,7 +368,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/api/search":
             self._require(method, "POST")
             k = query.get("k", ["8"])[0]
-            if not k.isdigit() or not 1 <= int(k) <= MAX_SEARCH_RESULTS:
+            if not is_count(k) or not 1 <= int(k) <= MAX_SEARCH_RESULTS:
                 raise ApiError(400, f"'k' must be 1 to {MAX_SEARCH_RESULTS}. Received: {k!r}")
             return self._json(app.search.query(self._body(MAX_IMAGE_BYTES), int(k)))
         if path.startswith("/api/search/image/"):
@@ -313,7 +389,7 @@ class Handler(BaseHTTPRequestHandler):
         return value
 
     def _training_frame(self, number: str, app) -> None:
-        frame = app.job.frame(int(number)) if app.job and number.isdigit() else None
+        frame = app.job.frame(int(number)) if app.job and is_count(number) else None
         if frame is None:
             count = len(app.job.frames) if app.job else 0
             raise ApiError(404, f"No timeline frame {number!r}: the run has {count} so far "
@@ -378,8 +454,9 @@ class Handler(BaseHTTPRequestHandler):
                                 f"{type(value).__name__}.")
         return value
 
-    def _static(self, relative: str) -> None:
-        """A file from the package's static folder; nothing outside it, whatever the path says."""
+    def _static(self, relative: str, query) -> None:
+        """A file from the package's static folder; nothing outside it, whatever the path says.
+        A page opened with the right ``?token=`` keeps it as a cookie for its API requests."""
         relative = unquote(relative)
         parts = relative.replace("\\", "/").split("/")
         if "\x00" in relative or ".." in parts or relative.startswith("/") or ":" in relative:
@@ -392,7 +469,13 @@ class Handler(BaseHTTPRequestHandler):
         if kind.startswith("text/") or kind in ("application/javascript", "image/svg+xml"):
             kind += "; charset=utf-8"
         security = [("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:; "
-                                                "style-src 'self'; script-src 'self'")]
+                                                "style-src 'self'; script-src 'self'"),
+                    ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer")]
+        token = query.get("token", [None])[0]
+        if token is not None and hmac.compare_digest(token.encode(),
+                                                     self.server.app.token.encode()):
+            security.append(("Set-Cookie", f"{self.server.cookie}={token}; Path=/; HttpOnly; "
+                                           f"SameSite=Strict"))
         self._send(200, target.read_bytes(), kind, security)
 
     def _events(self) -> None:
@@ -428,7 +511,7 @@ def make_server(app: App, host: str = "127.0.0.1", port: int = 8000) -> Server:
 
 def run(server: Server, say=print) -> None:
     """Serve until Ctrl-C; then stop any training run and close the socket."""
-    say(f"cnnlab: serving at {server.url}  (Ctrl-C to stop)", flush=True)
+    say(f"cnnlab: serving at {server.login_url}  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, LimitError
 
 
 def _av():
@@ -81,78 +81,103 @@ def _label(image, text: str):
 
 def process_video(model, src, out=None, csv_path=None, detect_objects: bool = False,
                   batch_size: int = 32, threshold: float | None = None, target=None,
-                  progress: bool = False) -> VideoResult:
+                  progress: bool = False, max_frame_pixels: int | None = None,
+                  max_frames: int | None = None, name: str | None = None) -> VideoResult:
     """Classify (or, with ``detect_objects``, detect in) each frame of ``src``; write the
     annotated frames to ``out`` (H.264 MP4) and one CSV row per frame (per box, detecting) to
     ``csv_path``. ``model``: a shipped name ('digits', 'cifar10', 'faces'), a ``.cnnlab`` path
-    or a model."""
+    or a model. ``max_frame_pixels`` and ``max_frames`` bound the work (a ``LimitError`` past
+    them); ``name`` is how messages call ``src``. A video that fails leaves no output behind."""
+    from cnnlab.tasks import detect
+    av = _av()
+    model = detect.load_detector(model)
+    what = name or repr(os.fspath(src))
+    if not os.path.exists(src):
+        raise DataError(f"No video file at {what}.")
+    try:
+        container = av.open(os.fspath(src))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        # FFmpeg's reason without the path it appends (the web app names no server paths)
+        raise DataError(f"{what} is not a video FFmpeg can read "
+                        f"({getattr(exc, 'strerror', None) or exc}).") from None
+    result = VideoResult(out=out, csv_path=csv_path)
+    try:
+        with container:
+            if not container.streams.video:
+                raise DataError(f"{what} has no video stream.")
+            stream = container.streams.video[0]
+            pixels = stream.width * stream.height
+            if max_frame_pixels is not None and pixels > max_frame_pixels:
+                raise LimitError(f"{what} is {stream.width}x{stream.height} ({pixels:,} pixels a "
+                                 f"frame); the limit here is {max_frame_pixels:,}.")
+            try:
+                _process(model, container, stream, result, detect_objects, batch_size,
+                         threshold, target, progress, max_frames, what)
+            except av.error.FFmpegError as exc:
+                raise DataError(f"FFmpeg could not process {what} "
+                                f"({exc.strerror or exc}).") from None
+    except BaseException:
+        for path in (out, csv_path):            # no half-written file that looks like a result
+            if path and os.path.exists(path):
+                os.remove(path)
+        raise
+    if result.frames == 0:
+        raise DataError(f"No frame of {what} decoded ({len(result.skipped)} damaged).")
+    return result
+
+
+def _process(model, container, stream, result, detect_objects, batch_size, threshold, target,
+             progress, max_frames, what) -> None:
     from tqdm.auto import tqdm
 
     from cnnlab.runs import class_names, image_for_model
     from cnnlab.tasks import detect
-    av = _av()
-    model = detect.load_detector(model)
     names = class_names(model)
-    if not os.path.exists(src):
-        raise DataError(f"No video file at {os.fspath(src)!r}.")
+    rate = stream.average_rate or stream.guessed_rate or 25
+    result.fps = float(rate)
+    writer = _Writer(result.out, rate, stream.width, stream.height) if result.out else None
+    table = open(result.csv_path, "w", newline="") if result.csv_path else None
+    write_row = csv.writer(table).writerow if table else (lambda row: None)
+    if table:
+        write_row(["frame", "seconds", "x0", "y0", "x1", "y1", "score"] if detect_objects
+                  else ["frame", "seconds", "class", "probability"])
+    target_index = detect.target_class(model, target) if detect_objects else None
+    bar = tqdm(total=stream.frames or None, unit="frame", disable=not progress)
     try:
-        container = av.open(os.fspath(src))
-    except (av.error.FFmpegError, OSError) as exc:
-        raise DataError(f"{os.fspath(src)!r} is not a video FFmpeg can read ({exc}).") from None
-    result = VideoResult(out=out, csv_path=csv_path)
-    with container:
-        if not container.streams.video:
-            raise DataError(f"{os.fspath(src)!r} has no video stream.")
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or 25
-        result.fps = float(rate)
-        writer = _Writer(out, rate, stream.width, stream.height) if out else None
-        table = open(csv_path, "w", newline="") if csv_path else None
-        write_row = csv.writer(table).writerow if table else (lambda row: None)
+        for batch in _batches(_frames(container, stream, result.skipped), batch_size):
+            if max_frames is not None and result.frames + len(batch) > max_frames:
+                raise LimitError(f"{what} has more than {max_frames:,} frames, the limit here.")
+            if detect_objects:
+                annotated = []
+                for index, image, seconds in batch:
+                    found = detect.detect(image, model=model, target=target_index,
+                                          threshold=threshold or detect.THRESHOLD)
+                    for d in found:
+                        write_row([index, f"{seconds:.3f}", *(f"{v:.1f}" for v in d.box),
+                                   f"{d.score:.4f}"])
+                    if not found:
+                        write_row([index, f"{seconds:.3f}", "", "", "", "", ""])
+                    annotated.append(_boxes(image, found))
+            else:
+                x = np.stack([image_for_model(model, image) for _, image, _ in batch])
+                probs = model.predict(x.astype(model.dtype), batch_size=len(x), verbose=0)
+                annotated = []
+                for (index, image, seconds), p in zip(batch, probs):
+                    top = int(np.argmax(p))
+                    write_row([index, f"{seconds:.3f}", names[top], f"{float(p[top]):.4f}"])
+                    annotated.append(_label(image.convert("RGB"),
+                                            f"{names[top]} {float(p[top]):.0%}"))
+            for picture in annotated:
+                if writer:
+                    writer.write(picture)
+            result.frames += len(batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
         if table:
-            write_row(["frame", "seconds", "x0", "y0", "x1", "y1", "score"] if detect_objects
-                          else ["frame", "seconds", "class", "probability"])
-        target_index = detect.target_class(model, target) if detect_objects else None
-        bar = tqdm(total=stream.frames or None, unit="frame", disable=not progress)
-        try:
-            for batch in _batches(_frames(container, stream, result.skipped), batch_size):
-                if detect_objects:
-                    annotated = []
-                    for index, image, seconds in batch:
-                        found = detect.detect(image, model=model, target=target_index,
-                                              threshold=threshold or detect.THRESHOLD)
-                        for d in found:
-                            write_row([index, f"{seconds:.3f}",
-                                                    *(f"{v:.1f}" for v in d.box),
-                                                    f"{d.score:.4f}"])
-                        if not found:
-                            write_row([index, f"{seconds:.3f}", "", "", "", "", ""])
-                        annotated.append(_boxes(image, found))
-                else:
-                    x = np.stack([image_for_model(model, image) for _, image, _ in batch])
-                    probs = model.predict(x.astype(model.dtype), batch_size=len(x), verbose=0)
-                    annotated = []
-                    for (index, image, seconds), p in zip(batch, probs):
-                        top = int(np.argmax(p))
-                        write_row([index, f"{seconds:.3f}", names[top],
-                                                f"{float(p[top]):.4f}"])
-                        annotated.append(_label(image.convert("RGB"),
-                                                f"{names[top]} {float(p[top]):.0%}"))
-                for picture in annotated:
-                    if writer:
-                        writer.write(picture)
-                result.frames += len(batch)
-                bar.update(len(batch))
-        finally:
-            bar.close()
-            if writer:
-                writer.close()
-            if table:
-                table.close()
-    if result.frames == 0:
-        raise DataError(f"No frame of {os.fspath(src)!r} decoded "
-                        f"({len(result.skipped)} damaged).")
-    return result
+            table.close()
 
 
 def _boxes(image, found):

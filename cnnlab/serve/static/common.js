@@ -1,5 +1,11 @@
 // Shared helpers for the pages: calling the API, building elements, drawing 8-bit maps.
 
+// The server's token came in the address (?token=...) and is a cookie now: take it out of the
+// address bar, so that it is not bookmarked, kept in history or shown in a screenshot.
+if (new URLSearchParams(location.search).has("token")) {
+  history.replaceState(null, "", location.pathname + location.hash);
+}
+
 /** Call the JSON API; a 4xx/5xx answer throws an Error carrying the server's message. */
 export async function api(path, { method = "GET", json, body, type } = {}) {
   const options = { method, headers: {} };

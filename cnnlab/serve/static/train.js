@@ -85,7 +85,7 @@ function show(status) {
   if ((state === "done" || state === "stopped") && status.saved_to) {
     const last = status.validation[status.validation.length - 1];
     const score = last ? ` Validation accuracy ${(last.accuracy * 100).toFixed(1)}%.` : "";
-    ready.replaceChildren(`Model ${status.model} is ready (saved to ${status.saved_to}).${score} `,
+    ready.replaceChildren(`Model ${status.model} is ready (saved as ${status.saved_to}; the server keeps the last ${status.kept_runs} runs).${score} `,
       el("a", { href: `/?model=${encodeURIComponent(status.model)}`, id: "use-model", text: "Draw with it →" }));
     ready.hidden = false;
   } else {
