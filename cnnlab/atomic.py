@@ -23,10 +23,14 @@ _FILE_MODE = _default_file_mode()
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb"):
-    """``with atomic_write(path) as handle: ...``: all or nothing at ``path``."""
+    """``with atomic_write(path) as handle: ...``: all or nothing at ``path``. The folder must
+    exist: cnnlab never creates a folder its user did not name (a typo would go unseen)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    if not os.path.isdir(folder):
+        from cnnlab.errors import ConfigError
+        raise ConfigError(f"Cannot write {path!r}: there is no folder {folder!r}. Create it "
+                          f"first, or choose a path in a folder that exists.")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
     try:
         os.chmod(tmp, _FILE_MODE)

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from cnnlab import outputs
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.runs import (
     DEFAULTS,
@@ -38,6 +39,7 @@ def _load_model_or_zoo(spec: str):
 
 
 CHECKPOINT_FILE = "checkpoint.cnnlab"
+REPORT_FILE = "report.html"
 
 def _check_train_options(args) -> None:
     """Refuse combinations that cannot both be meant, before any work is done."""
@@ -123,11 +125,17 @@ def cmd_train(args) -> int:
             os.path.join(args.checkpoint_dir, CHECKPOINT_FILE)):
         raise ConfigError(f"{args.checkpoint_dir!r} already holds a checkpoint: continue it with "
                           f"--resume {args.checkpoint_dir}, or choose another folder.")
+    if args.out and not args.resume:               # checked before the data is even loaded
+        outputs.given_path(args.out, "--out", (".cnnlab",), args.overwrite)
+    report = args.report and (outputs.free_path(args.report, args.overwrite, say)
+                              if args.report == REPORT_FILE else
+                              outputs.given_path(args.report, "--report", (".html",),
+                                                 args.overwrite))
     model, settings, train, test, initial_epoch = (
         _resumed_run(args) if args.resume else _fresh_run(args))
     streaming = not isinstance(train, tuple)
-    out = args.out or settings.get("out") or _new_model_path(f"{model.name}.cnnlab",
-                                                              args.overwrite, say)
+    out = args.out or settings.get("out") or outputs.free_path(f"{model.name}.cnnlab",
+                                                               args.overwrite, say)
     settings = {**settings, "out": out}
     model.metadata["train_settings"] = settings      # checkpoints know where the model goes
     if initial_epoch:
@@ -164,7 +172,7 @@ def cmd_train(args) -> int:
         raise ConfigError("--distributed trains on arrays (a dataset name or .npz), not on a "
                           "folder of images.")
     timeline = None
-    if args.report and chief:
+    if report and chief:
         from cnnlab.viz.timeline import timeline_for
         timeline = timeline_for(model, test)
     if timeline is not None:
@@ -183,34 +191,18 @@ def cmd_train(args) -> int:
         images = len(x_train) * (total_epochs(settings) - initial_epoch)
     if chief:                                # distributed: one writer
         model.save(out)
-    if args.report and chief:
+    if report and chief:
         from cnnlab.viz.report import write_report
         if timeline is not None:
             say(f"Wrote the training timeline ({len(timeline.frames)} frames) to "
                 f"{timeline.save(timeline_path(out))}")
-        report = write_report(model, x_test, y_test, args.report, timeline=timeline)
-        say(f"Wrote report {report}")
+        say(f"Wrote report {write_report(model, x_test, y_test, report, timeline=timeline)}")
     ranks = f" on {comm.size} MPI rank{'s' * (comm.size > 1)}" if comm else ""
     held_out = len(test.source.file_paths) if streaming else len(x_test)
     say(f"Test accuracy: {accuracy:.2%} (loss {loss:.4f}) on {held_out:,} held-out images; "
           f"trained in {seconds:.1f} s{ranks} ({images / max(seconds, 1e-9):,.0f} images/s)")
     say(f"Saved model to {out}")
     return 0
-
-
-def _new_model_path(path: str, overwrite: bool, say) -> str:
-    """``path``, or, when an earlier run's model is there, the first free ``name-2.cnnlab``,
-    ``name-3.cnnlab`` ... (never overwrite another run's model unasked)."""
-    import os
-    if overwrite or not os.path.exists(path):
-        return path
-    stem, ext = os.path.splitext(path)
-    k = 2
-    while os.path.exists(f"{stem}-{k}{ext}"):
-        k += 1
-    say(f"{path} holds an earlier run's model; this run saves to {stem}-{k}{ext} (--out FILE "
-        f"or --overwrite to choose)")
-    return f"{stem}-{k}{ext}"
 
 
 def _warn_if_too_few_steps(images: int, batch_size: int, say) -> None:
@@ -298,11 +290,12 @@ def cmd_report(args) -> int:
     from cnnlab.models import load_model
     from cnnlab.viz import timeline
     from cnnlab.viz.report import write_report
+    out = outputs.output(args.out, REPORT_FILE, "--out", (".html",), args.overwrite)
     model = load_model(args.model)
     x_test, y_test, _, _ = evaluation_data(model, args.model, args.data, limit=2000)
     recorded = timeline_path(args.model)
     frames = timeline.load(recorded) if os.path.exists(recorded) else None
-    out = write_report(model, x_test, y_test, args.out, timeline=frames)
+    out = write_report(model, x_test, y_test, out, timeline=frames)
     print(f"Wrote {out}")
     return 0
 
@@ -310,6 +303,7 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     """Write a saved model as ONNX for other runtimes."""
     from cnnlab.models import load_model
+    outputs.given_path(args.out, "out", (".onnx",), args.overwrite)
     model = load_model(args.model)
     model.export(args.out, format="onnx", input_layout="NCHW" if args.nchw else "NHWC")
     print(f"Wrote {args.out} (ONNX opset 17, input {'NCHW' if args.nchw else 'NHWC'})")
@@ -366,6 +360,8 @@ def cmd_summary(args) -> int:
 def cmd_explain(args) -> int:
     """The article's concepts with real numbers from the engine."""
     from cnnlab.viz import explain
+    if getattr(args, "gif", None):
+        outputs.given_path(args.gif, "--gif", (".gif",), args.overwrite)
     if args.topic == "conv":
         print(explain.explain_conv(args.size, args.kernel, args.padding, args.stride, args.seed,
                                    every_sum=args.all))
@@ -406,10 +402,12 @@ def _add_explain(commands, formatter):
     conv.add_argument("--kernel", type=_positive_int, default=3, help="kernel size (default 3)")
     conv.add_argument("--all", action="store_true",
                       help="write out the multiply-add at every position (default: the first 3)")
-    conv.add_argument("--padding", type=int, default=1, help="zero padding (default 1)")
+    conv.add_argument("--padding", type=_non_negative_int, default=1,
+                      help="zero padding (default 1)")
     conv.add_argument("--stride", type=_positive_int, default=2, help="stride (default 2)")
     conv.add_argument("--seed", type=int, default=0, help="which example input (default 0)")
     conv.add_argument("--gif", metavar="PATH", help="also write an animation of the slide")
+    conv.add_argument("--overwrite", action="store_true", help="replace --gif if it exists")
     pool = topics.add_parser(
         "pool", help="max and average pooling", formatter_class=formatter,
         epilog="Example:\n  cnnlab explain pool --size 4 --pool 2 --stride 2 --gif pool.gif")
@@ -419,6 +417,7 @@ def _add_explain(commands, formatter):
     pool.add_argument("--kind", choices=["both", "max", "avg"], default="both")
     pool.add_argument("--seed", type=int, default=0, help="which example input (default 0)")
     pool.add_argument("--gif", metavar="PATH", help="also write an animation (max, or --kind)")
+    pool.add_argument("--overwrite", action="store_true", help="replace --gif if it exists")
     relu = topics.add_parser("relu", help="max(0, x) on a feature map", formatter_class=formatter,
                              epilog="Example:\n  cnnlab explain relu")
     relu.add_argument("--seed", type=int, default=0)
@@ -431,9 +430,11 @@ def _add_explain(commands, formatter):
     formula = topics.add_parser(
         "formula", help="O = floor((W - K + 2P) / S) + 1 with your numbers",
         formatter_class=formatter, epilog="Example:\n  cnnlab explain formula 28 5 0 1")
-    for name, text in (("size", "W: input size"), ("kernel", "K: kernel size"),
-                       ("padding", "P: padding"), ("stride", "S: stride")):
-        formula.add_argument(name, type=int, help=text)
+    for name, text, kind in (("size", "W: input size", _positive_int),
+                             ("kernel", "K: kernel size", _positive_int),
+                             ("padding", "P: padding", _non_negative_int),
+                             ("stride", "S: stride", _positive_int)):
+        formula.add_argument(name, type=kind, help=text)
     explain.set_defaults(func=cmd_explain)
 
 
@@ -511,13 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to save the model (default: MODEL_NAME.cnnlab, or "
                             "MODEL_NAME-2.cnnlab ... when an earlier run's model is there)")
     train.add_argument("--overwrite", action="store_true",
-                       help="without --out: replace an earlier run's MODEL_NAME.cnnlab")
+                       help="replace the files this run writes (--out, --report) when they "
+                            "exist")
     train.add_argument("--checkpoint-dir", metavar="DIR",
                        help="write a checkpoint there after every epoch (weights, optimizer, "
                             "position, random states), atomically")
     train.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                        help="with --checkpoint-dir: checkpoint every N batches instead")
-    train.add_argument("--report", metavar="HTML", nargs="?", const="report.html",
+    train.add_argument("--report", metavar="HTML", nargs="?", const=REPORT_FILE,
                        help="at the end, write an HTML report (default name: report.html)")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over MPI ranks: run under mpirun (needs mpi4py)")
@@ -564,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  cnnlab export article_cnn.cnnlab article_nchw.onnx --nchw")
     export.add_argument("model", help="a .cnnlab file")
     export.add_argument("out", help="the .onnx file to write")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     export.add_argument("--nchw", action="store_true",
                         help="take NCHW input (channels first) instead of cnnlab's NHWC")
     export.set_defaults(func=cmd_export)
@@ -574,7 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("model", help="a .cnnlab file")
     report.add_argument("--data", help="a dataset name, an .npz or a folder (default: the test "
                                         "split of the dataset the model was trained on)")
-    report.add_argument("--out", default="report.html", help="HTML file (default: %(default)s)")
+    report.add_argument("--out", help=f"HTML file (default: {REPORT_FILE}, or report-2.html ... "
+                                      f"when an earlier one is there)")
+    report.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     report.set_defaults(func=cmd_report)
     serve = commands.add_parser(
         "serve", help="a local web app: draw, train, explain, search, detect",
@@ -622,6 +627,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -633,7 +648,11 @@ def _positive_float(text: str) -> float:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):      # a bare `cnnlab`: what it can do
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     if getattr(args, "command", None) == "train" and args.verbose is None:
         args.verbose = "auto"
     try:

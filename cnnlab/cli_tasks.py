@@ -18,7 +18,10 @@ def _say_warnings(caught) -> None:
 def cmd_index(args) -> int:
     """Embed every image of a folder (its penultimate layer, unit length) into an index file;
     again on a grown folder, only the new or changed images are embedded."""
+    from cnnlab import outputs
     from cnnlab.tasks import search
+    if not os.path.exists(args.out):            # an existing index is updated, by design
+        outputs.given_path(args.out, "--out")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         index = search.build_index(args.folder, model=args.model, out=args.out,
@@ -49,7 +52,10 @@ def cmd_search(args) -> int:
 def cmd_detect(args) -> int:
     """Boxes where a classifier finds its class: the shipped face model by default, or any
     two-class model, slid over the image at every scale in one convolutional pass per scale."""
+    from cnnlab import outputs
     from cnnlab.tasks import detect
+    if args.out:                                        # before the work, not after it
+        outputs.given_path(args.out, "--out", outputs.image_extensions(), args.overwrite)
     found = detect.detect(args.image, model=args.model, threshold=args.threshold,
                           target=args.target, min_size=args.min_size,
                           min_neighbors=args.min_neighbors)
@@ -72,10 +78,13 @@ def cmd_detect(args) -> int:
 def cmd_video(args) -> int:
     """Classify every frame of a video (or detect in it, --detect): an annotated video and a
     CSV of per-frame results."""
+    from cnnlab import outputs
     from cnnlab.tasks import video
     stem = os.path.splitext(args.input)[0]
-    out = args.out or f"{stem}-cnnlab.mp4"
-    table = args.csv or f"{os.path.splitext(out)[0]}.csv"
+    out = outputs.output(args.out, f"{stem}-cnnlab.mp4", "--out", (".mp4", ".mkv", ".mov"),
+                         args.overwrite)
+    table = outputs.output(args.csv, f"{os.path.splitext(out)[0]}.csv", "--csv", (".csv",),
+                           args.overwrite)
     result = video.process_video(args.model, args.input, out=out, csv_path=table,
                                  detect_objects=args.detect, batch_size=args.batch_size,
                                  threshold=args.threshold, target=args.target,
@@ -131,6 +140,7 @@ def add_commands(commands, formatter, positive_int) -> None:
                        help="the shipped face model (faces) or a .cnnlab classifier "
                             "(default: %(default)s)")
     boxes.add_argument("--out", help="also draw the boxes and scores on the photo, saved here")
+    boxes.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     boxes.add_argument("--json", action="store_true",
                        help='print [{"box": [x0, y0, x1, y1], "score"}, ...] in the photo\'s '
                             'pixels')
@@ -153,6 +163,8 @@ def add_commands(commands, formatter, positive_int) -> None:
     clip.add_argument("input", help="the video (anything FFmpeg reads)")
     clip.add_argument("--out", help="the annotated video (default: INPUT-cnnlab.mp4)")
     clip.add_argument("--csv", help="per-frame results (default: the --out name, .csv)")
+    clip.add_argument("--overwrite", action="store_true",
+                      help="replace --out and --csv if they exist")
     clip.add_argument("--detect", action="store_true",
                       help="detect (boxes) instead of classifying each whole frame")
     clip.add_argument("--batch-size", type=positive_int, default=32,

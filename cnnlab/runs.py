@@ -135,6 +135,7 @@ def new_run(settings: dict):
     else:
         model = zoo.get(settings["model"], input_shape=tuple(input_shape),
                         num_classes=len(names), augment=settings["augment"])
+    check_memory(model, settings["batch_size"])
     images = len(train[0]) if isinstance(train, tuple) else len(train.source.file_paths)
     model.compile(optimizer=make_optimizer(settings, -(-images // settings["batch_size"])),
                   loss=losses.SparseCategoricalCrossentropy(
@@ -229,6 +230,29 @@ def _folder_evaluation_data(model, path, folder, limit):
             break
     return Evaluation(np.concatenate(xs)[:limit], np.concatenate(ys)[:limit], what,
                       images.file_paths[:limit])
+
+
+def training_bytes(model, batch_size: int) -> int:
+    """About what one training step holds: every node's output for the batch, and as much
+    again for the gradients flowing back (caches and workspace come on top)."""
+    elements = sum(int(np.prod(node.outputs[0].shape[1:])) for node in model.nodes)
+    return 2 * elements * batch_size * np.dtype(model.dtype).itemsize
+
+
+def check_memory(model, batch_size: int) -> None:
+    """Refuse, with the numbers, a run whose activations alone exceed the machine's memory
+    (2000x2000 images once asked NumPy for 118 GiB, mid-way, with a traceback)."""
+    needed = training_bytes(model, batch_size)
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):       # not a POSIX system: cannot tell
+        return
+    if needed > available:
+        height, width = model.input_shape[:2]
+        raise ConfigError(f"Training {model.name} on {height}x{width} images at batch size "
+                          f"{batch_size} needs about {needed / 2**30:,.1f} GiB for its "
+                          f"activations; this machine has {available / 2**30:,.1f} GiB. Use a "
+                          f"smaller --image-size or --batch-size.")
 
 
 def preparation(settings: dict) -> str:

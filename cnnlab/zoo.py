@@ -199,7 +199,7 @@ class Recipe:
     def describe(self) -> str:
         parts = [f"{self.optimizer} lr {self.lr:g}"
                  + (f" momentum {self.momentum:g}" if self.optimizer == "sgd" else ""),
-                 f"{self.epochs} epochs", f"batch {self.batch_size}"]
+                 f"{self.epochs} epoch{'s' * (self.epochs != 1)}", f"batch {self.batch_size}"]
         if self.schedule != "constant":
             parts.append(f"{self.schedule} schedule")
         if self.weight_decay:

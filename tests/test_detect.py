@@ -54,6 +54,23 @@ def test_a_global_pooling_head_slides_too_and_same_padding_is_flagged_inexact():
     assert not detect.sliding_model(zoo.get("cifar_vgg"), (40, 40, 3))[1].exact
 
 
+def test_a_classifier_around_a_nested_backbone_slides_window_by_window():
+    """A --pretrained model is a backbone model inside a model: detection sees its layers."""
+    cnnlab.config.set_floatx("float64")
+    cnnlab.utils.set_random_seed(5)
+    inner = layers.Input((12, 12, 1))
+    x = layers.MaxPooling2D(2)(layers.Conv2D(4, 3, activation="relu")(inner))
+    backbone = cnnlab.Model(inner, layers.Conv2D(6, 3)(x), name="backbone")
+    backbone.trainable = False
+    inputs = layers.Input((12, 12, 1))
+    head = layers.Flatten()(backbone(inputs, training=False))
+    model = cnnlab.Model(inputs, layers.Dense(2, activation="softmax")(head))
+    image = np.random.default_rng(3).random((29, 20, 1))
+    scores, geometry = detect.window_scores(model, image, target=1)
+    assert geometry.stride == 2 and geometry.exact
+    np.testing.assert_allclose(scores, _windows(model, image, 2)[..., 1], atol=1e-12)
+
+
 def test_what_cannot_slide_is_refused_by_name():
     with pytest.raises(ConfigError, match="branches or merges"):
         detect.sliding_model(zoo.get("resnet20", input_shape=(16, 16, 3)), (32, 32, 3))

@@ -51,7 +51,7 @@ def test_sequential_builds_the_same_graph():
     x = data()[0]
     np.testing.assert_array_equal(functional.predict(x, verbose=0), model.predict(x, verbose=0))
     model.pop()
-    assert model.output_shape == (72,) and model.get_layer("f").output is model.output
+    assert model.output_shape == (None, 72) and model.get_layer("f").output is model.output
 
 
 def test_calling_a_layer_on_data_still_computes_at_once():

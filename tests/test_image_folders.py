@@ -124,7 +124,7 @@ def test_cli_trains_on_a_folder_and_predicts_class_names(folder, tmp_path, capsy
     text = capsys.readouterr().out
     assert "Found 91 files belonging to 4 classes" in text and "Test accuracy" in text
     model = cnnlab.models.load_model(out)
-    assert model.input_shape == (28, 28, 1) and model.output_shape == (4,)
+    assert model.input_shape == (28, 28, 1) and model.output_shape == (None, 4)
     assert model.metadata["class_names"] == ["empty", "one", "two", "zero"]
     assert main(["predict", str(out), str(root / "one" / "0.png")]) == 0
     line = capsys.readouterr().out
@@ -181,7 +181,7 @@ def test_after_training_on_a_folder_evaluate_uses_its_validation_split(folder, t
     saved = (tmp_path / "lenet5.cnnlab").read_bytes()
     assert main([*command, "--batch-size", "16"]) == 0
     second = capsys.readouterr().out
-    assert "lenet5.cnnlab holds an earlier run's model; this run saves to lenet5-2.cnnlab" \
+    assert "lenet5.cnnlab holds an earlier run's file; this run writes lenet5-2.cnnlab" \
         in second and "too few" not in second
     assert (tmp_path / "lenet5.cnnlab").read_bytes() == saved and (tmp_path / "lenet5-2.cnnlab"
                                                                    ).exists()

@@ -180,4 +180,4 @@ def test_a_model_without_an_input_shape_builds_on_its_first_data(method):
     x, y = np.random.default_rng(0).random((8, 6, 6, 1)), np.arange(8) % 3
     kwargs = {"verbose": 0} if method in ("fit", "evaluate") else {}
     getattr(model, method)(x, y, **kwargs)
-    assert model.input_shape == (6, 6, 1) and model.output_shape == (3,)
+    assert model.input_shape == (6, 6, 1) and model.output_shape == (None, 3)

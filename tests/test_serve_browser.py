@@ -66,7 +66,7 @@ def test_draw_page_predicts_each_stroke_and_shows_every_layer(web_app, driver):
     assert wait_for(driver, "document.getElementById('top').textContent === '0'")
     assert driver.find_element("id", "top-prob").text.endswith("sure")
     # one drawn canvas per feature map, for every layer, and not all of them blank
-    expected = sum(layer.output_shape[-1] if len(layer.output_shape) == 3 else 1
+    expected = sum(layer.output_shape[-1] if len(layer.output_shape) == 4 else 1
                    for layer in layers)
     maps = wait_for(driver, f"""(() => {{
         const maps = Array.from(document.querySelectorAll('canvas.map'));

@@ -362,3 +362,25 @@ def test_top_patches_are_the_largest_activations_by_brute_force():
             assert maps[p.image, p.row, p.col, f] == p.activation
             top, left, bottom, right = p.box
             np.testing.assert_array_equal(p.pixels, images[p.image, top:bottom, left:right])
+
+
+def test_viz_sees_the_layers_of_a_nested_backbone():
+    """A --pretrained model nests its backbone: filters, Grad-CAM and the report see the
+    backbone's conv layers, and Grad-CAM equals that of the same layers built flat by hand."""
+    from cnnlab.viz.attribution import grad_cam
+    from cnnlab.viz.plots import plot_filters
+    cnnlab.config.set_floatx("float64")
+    cnnlab.utils.set_random_seed(2)
+    conv1, conv2 = cnnlab.layers.Conv2D(4, 3, activation="relu"), cnnlab.layers.Conv2D(5, 3)
+    pool, dense = cnnlab.layers.MaxPooling2D(2), cnnlab.layers.Dense(3, activation="softmax")
+    inner = cnnlab.Input((12, 12, 1))
+    backbone = cnnlab.Model(inner, conv2(pool(conv1(inner))), name="backbone")
+    inputs = cnnlab.Input((12, 12, 1))
+    flat_head = cnnlab.layers.Flatten()
+    nested = cnnlab.Model(inputs, dense(flat_head(backbone(inputs, training=False))))
+    same = cnnlab.Input((12, 12, 1))                    # the same layers, called flat by hand
+    by_hand = cnnlab.Model(same, dense(flat_head(conv2(pool(conv1(same))))))
+    image = np.random.default_rng(0).random((12, 12, 1))
+    np.testing.assert_allclose(grad_cam(nested, image), grad_cam(by_hand, image), atol=1e-12)
+    figure = plot_filters(nested)                        # the backbone's first conv
+    assert figure.axes[0].get_title() == f"{conv1.name}: 4 filters of 3x3"

@@ -25,6 +25,15 @@ def class_names(spec: str, count: int) -> list[str]:
     return list(names) if names and len(names) == count else [str(i) for i in range(count)]
 
 
+def _is_zip(path) -> bool:
+    """An .npz is a zip: it starts with a zip's local file header."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def load(spec: str):
     """``((x_train, y_train), (x_test, y_test))`` from a dataset name or an ``.npz`` path.
 
@@ -36,6 +45,11 @@ def load(spec: str):
     if not os.path.exists(spec):
         raise DataError(f"Unknown dataset {spec!r}: expected one of {sorted(NAMES)} or the path "
                         f"of an .npz file.")
+    if os.path.isdir(spec) or not _is_zip(spec):
+        # np.load would call any other file "pickled (object) data"; cnnlab never unpickles
+        raise DataError(f"{spec!r} is not a dataset cnnlab reads: expected a dataset name "
+                        f"({', '.join(sorted(NAMES))}), a folder with one subfolder of images "
+                        f"per class, or an .npz of arrays (x_train, y_train, x_test, y_test).")
     try:
         with np.load(spec, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

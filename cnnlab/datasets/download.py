@@ -49,13 +49,13 @@ def fetch(name: str, sha256: str, urls: list[str], subdir: str, timeout: float =
         except (OSError, ValueError, DataError) as exc:      # URLError is an OSError
             errors.append(f"{url}: {exc}")
     raise DataError(
-        f"Could not download {name} ({'; '.join(errors)}). Without a network, put the file "
-        f"{name} (sha256 {sha256}) at {target}, or pass path= to load_data with the folder or "
-        f"file you have.")
+        f"Could not download {name} ({'; '.join(errors)}). Without a network, copy the file "
+        f"{name} (sha256 {sha256}) to {target}, where cnnlab looks first.")
 
 
 def _download(url: str, target: Path, sha256: str, timeout: float) -> None:
     digest = hashlib.sha256()
+    target.parent.mkdir(parents=True, exist_ok=True)          # cnnlab's own cache folder
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (https mirrors)
         total = int(response.headers.get("Content-Length") or 0) or None
         from tqdm.auto import tqdm

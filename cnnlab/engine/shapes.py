@@ -42,6 +42,12 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, pad_before: int = 
     """
     if pad_after is None:
         pad_after = pad_before
+    for name, value, least in (("input size", size, 1), ("kernel", kernel, 1),
+                               ("stride", stride, 1), ("dilation", dilation, 1),
+                               ("padding", pad_before, 0), ("padding", pad_after, 0)):
+        if value < least:
+            raise ShapeError(f"The {name} must be {'positive' if least else 'zero or more'}; "
+                             f"received {value}.")
     k_eff = effective_kernel_size(kernel, dilation)
     span = size - k_eff + pad_before + pad_after
     out = math.floor(span / stride) + 1

@@ -118,8 +118,8 @@ class Functional(Layer):
         self.output_shapes = [tuple(t.shape[1:]) for t in self.outputs]
         # one input or output: its shape (batch axis excluded); several: the list, as in Keras
         self.input_shape = self.input_shapes[0] if len(inputs) == 1 else self.input_shapes
-        self.output_shape = (self.output_shapes[0] if len(outputs) == 1
-                             else self.output_shapes)
+        self._output_shape = (self.output_shapes[0] if len(outputs) == 1
+                              else self.output_shapes)
         self.built = True
 
     @property

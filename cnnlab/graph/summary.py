@@ -57,7 +57,7 @@ def layer_rows(model) -> list[dict]:
     rows = []
     for layer in model.layers:
         formula, warning = _formula_and_warning(layer)
-        shape = layer.output_shape
+        shape = layer._output_shape                   # the batch axis is added when shown
         rows.append({"name": layer.name, "type": type(layer).__name__,
                      "output_shape": [list(s) for s in shape] if isinstance(shape, list)
                      else list(shape),

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 import cnnlab
-from cnnlab.errors import CnnlabError, ModelFileError
+from cnnlab.errors import CnnlabError, ConfigError, ModelFileError
 from cnnlab.graph.functional import Functional
 from cnnlab.io.files import ArchiveReader, json_array, write_archive
 from cnnlab.layers.base import deferred_variables, layer_class
@@ -76,12 +76,26 @@ def _arrays_for(model, kind: str, include_optimizer: bool) -> dict[str, np.ndarr
     return arrays
 
 
+def _check_extension(filepath) -> None:
+    """A file is what its name says: cnnlab writes only ``.cnnlab`` (Keras 3 likewise refuses a
+    name other than ``.keras``), so ``m.h5`` is never a zip that h5py then cannot open."""
+    name = os.fspath(filepath)
+    if not name.endswith(".cnnlab"):
+        keras = name.endswith((".h5", ".keras", ".hdf5"))
+        note = "; it does not write Keras files" if keras else ""
+        raise ConfigError(f"Cannot save to {name!r}: cnnlab writes its own format, a .cnnlab "
+                          f"file (a zip of JSON and arrays){note}. Name the file .cnnlab (ONNX: "
+                          f"model.export('m.onnx'); PyTorch: cnnlab.export.to_torch).")
+
+
 def save_model(model, filepath, include_optimizer: bool = True) -> None:
+    _check_extension(filepath)
     model._require_built()
     write_archive(filepath, _arrays_for(model, "model", include_optimizer))
 
 
 def save_weights(model, filepath) -> None:
+    _check_extension(filepath)
     model._require_built()
     write_archive(filepath, _arrays_for(model, "weights", False))
 

@@ -147,9 +147,21 @@ class Layer:
         self._declared_input_shape = check_input_shape(input_shape, self._describe())
         self.built = False
         self.input_shape = None      # without the batch axis (a list of shapes for merges)
-        self.output_shape: tuple[int, ...] | None = None   # without the batch axis
+        self._output_shape: tuple[int, ...] | None = None   # without the batch axis
         self.variables: list[Variable] = []
         self._inbound_nodes: list = []    # graph structure: the symbolic calls of this layer
+
+    @property
+    def output_shape(self):
+        """Keras' output shape: the batch axis first, as None (``(None, 10)``); a list of them
+        for several outputs; None before the layer is built. ``input_shape`` leaves the batch
+        axis out."""
+        shape = self._output_shape
+        if shape is None:
+            return None
+        if isinstance(shape, list):
+            return [(None, *s) for s in shape]
+        return (None, *shape)
 
     def _describe(self) -> str:
         return f"{type(self).__name__} {getattr(self, 'name', '')!r}".strip()
@@ -170,7 +182,7 @@ class Layer:
         self.variables = []
         self.build_params(input_shape)
         self.input_shape = input_shape
-        self.output_shape = tuple(self.compute_output_shape(input_shape))
+        self._output_shape = tuple(self.compute_output_shape(input_shape))
         self.built = True
 
     @staticmethod

@@ -42,7 +42,7 @@ class InputLayer(Layer):
                                        self._describe())
         if len(self.shape) < 1:
             raise ConfigError(f"{self._describe()}: shape must have at least one axis.")
-        self.input_shape = self.output_shape = self.shape
+        self.input_shape = self._output_shape = self.shape
         self.built = True
 
     def get_config(self):

@@ -24,6 +24,7 @@ from cnnlab.io import saving
 from cnnlab.io.export import to_onnx
 from cnnlab.layers.base import CallContext, unique_name
 from cnnlab.layers.normalization import warn_if_statistics_unsettled
+from cnnlab.layers.symbolic import Node
 from cnnlab.training.trainer import Trainer
 
 
@@ -51,6 +52,35 @@ class Model(Trainer, Functional):
             self.build()
 
     # --- looking inside ----------------------------------------------------------------------
+    def flattened(self) -> Model:
+        """The same network with each nested model's layers in its place: one graph of the very
+        same layer objects (weights shared, nothing copied), for what looks at layers one by one
+        (filters, Grad-CAM, detection's sliding rewrite). A nested model called with
+        ``training=False`` passes that to its layers. A model with nothing nested is returned
+        as it is."""
+        if not any(isinstance(node.layer, Functional) for node in self.nodes):
+            return self
+        if getattr(self, "_flat", None) is not None:      # a graph never changes once built
+            return self._flat
+
+        def inline(graph, inputs, training):
+            value = {id(t): v for t, v in zip(graph.inputs, inputs)}
+            for node in graph.nodes:
+                inbound = [value[id(t)] for t in node.inbound]
+                mode = node.training if node.training is not None else training
+                if isinstance(node.layer, Functional):
+                    outputs = inline(node.layer, inbound, mode)
+                else:                    # a node of its own, not registered on the layer
+                    outputs = Node(node.layer, inbound, [t.shape[1:] for t in node.outputs],
+                                   mode).outputs
+                value.update((id(t), v) for t, v in zip(node.outputs, outputs))
+            return [value[id(t)] for t in graph.outputs]
+
+        flat = Model(self.inputs, inline(self, self.inputs, None), name=self.name)
+        flat.metadata = self.metadata
+        self._flat = flat
+        return flat
+
     def run(self, x, training: bool = False, keep_cache: bool = False, fused: bool = False,
             logits: bool = False, before_activation: bool = False):
         """One forward pass keeping every tensor's value: ``(outputs, tape)``. ``tape.values``

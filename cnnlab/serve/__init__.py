@@ -38,7 +38,7 @@ def default_model(epochs: int = 3, verbose="auto", say=print):
         return load_model(path), path
     settings = run_settings(epochs=epochs)
     say(f"cnnlab: no model yet; training the article's CNN on the bundled digits "
-        f"({epochs} epochs) -> {path}")
+        f"({epochs} epoch{'s' * (epochs != 1)}) -> {path}")
     model, train, test = new_run(settings)
     fit_run(model, settings, train, test, verbose=verbose)
     _, accuracy = model.evaluate(*test, verbose=0)

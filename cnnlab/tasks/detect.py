@@ -87,6 +87,7 @@ def sliding_model(model, image_shape):
     """``(fully convolutional model for images of image_shape (H, W, C), Geometry)``: the
     classifier ``model`` rewritten (its weights copied, the original untouched)."""
     from cnnlab.models.model import Model
+    model = model.flattened()            # a backbone nested in the classifier slides too
     window = tuple(model.input_shape[:2])
     if any(s < w for s, w in zip(image_shape[:2], window)):
         raise ConfigError(f"The image {tuple(image_shape[:2])} is smaller than the model's "

@@ -12,6 +12,8 @@ that class up, undiluted by how confident the softmax already is.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from cnnlab.engine.shapes import receptive_field_step
@@ -32,6 +34,16 @@ def as_batch(model, image) -> np.ndarray:
         raise ShapeError(f"Expected one image of shape {expected} (or {expected[:-1]} for one "
                          f"channel); received {image.shape}.")
     return image.astype(model.dtype)
+
+
+def sees_nested_layers(function):
+    """For a function whose first argument is a model: run it on ``model.flattened()``, so that
+    a backbone nested in a model (``--pretrained``) shows its layers like any other."""
+    @functools.wraps(function)
+    def wrapper(model, *args, **kwargs):
+        return function(model.flattened() if hasattr(model, "flattened") else model, *args,
+                        **kwargs)
+    return wrapper
 
 
 def target_node(model, layer):
@@ -124,6 +136,7 @@ def _unit_scale(values: np.ndarray) -> np.ndarray:
     return values / top if top > 0 else np.zeros_like(values)
 
 
+@sees_nested_layers
 def grad_cam(model, image, class_index: int | None = None, layer=None) -> np.ndarray:
     """Grad-CAM (Selvaraju et al., 2017) for one image: ``(H, W)`` in [0, 1].
 
@@ -146,6 +159,7 @@ def grad_cam(model, image, class_index: int | None = None, layer=None) -> np.nda
     return _unit_scale(_to_input_grid(cam, x.shape[1:3], receptive_field_centres(node)))
 
 
+@sees_nested_layers
 def saliency(model, image, class_index: int | None = None) -> np.ndarray:
     """Gradient saliency (Simonyan et al., 2013): ``max_c |d logit / d x|``, ``(H, W)`` in [0, 1]."""
     x = as_batch(model, image)
@@ -169,6 +183,7 @@ def _predicted_class(model, x, class_index):
     return class_index
 
 
+@sees_nested_layers
 def integrated_gradients(model, image, class_index: int | None = None, baseline=None,
                          steps: int = 32, batch_size: int = 16) -> np.ndarray:
     """Integrated Gradients (Sundararajan et al., 2017): ``(H, W, C)`` attributions
@@ -197,6 +212,7 @@ def integrated_gradients(model, image, class_index: int | None = None, baseline=
     return ((x - base)[0] * total / steps).astype(model.dtype)
 
 
+@sees_nested_layers
 def occlusion(model, image, class_index: int | None = None, patch: int = 4, stride: int = 2,
               fill: float = 0.0, batch_size: int = 64) -> np.ndarray:
     """Occlusion sensitivity (Zeiler & Fergus, 2014): slide a ``patch`` x ``patch`` square of

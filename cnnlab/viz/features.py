@@ -38,7 +38,7 @@ from cnnlab.engine.augment import (
     zoom_matrices,
 )
 from cnnlab.errors import ConfigError
-from cnnlab.viz.attribution import receptive_field, target_node
+from cnnlab.viz.attribution import receptive_field, sees_nested_layers, target_node
 
 #: the start: grey with strong noise (in units of the value range), so that filters deep in
 #: a ReLU network see something on the first step (a flat grey leaves many of them silent)
@@ -119,6 +119,7 @@ def _objective_and_gradient(graph, node, x, targets, want_gradient=True, where="
     return values, grads.inputs[0]
 
 
+@sees_nested_layers
 def objective(model, layer=None, images=None, filters=(0,), class_index=None,
               where: str = "mean") -> np.ndarray:
     """What :func:`visualise` maximises, for each of ``images`` ``(N, H, W, C)`` (image ``i``
@@ -159,6 +160,7 @@ def _one_over_f(h: int, w: int) -> np.ndarray:
     return weights / np.sqrt(np.mean(weights ** 2))
 
 
+@sees_nested_layers
 def visualise(model, layer=None, filters=(0,), class_index: int | None = None,
               steps: int = 128, learning_rate: float = 0.05, jitter: int | None = None,
               rotate: float = 5.0, scale=(0.95, 1.05), decorrelate: bool = True,

@@ -12,13 +12,14 @@ import numpy as np
 
 from cnnlab.layers.conv import Conv2D
 from cnnlab.viz import attribution, features
-from cnnlab.viz.attribution import target_node
+from cnnlab.viz.attribution import sees_nested_layers, target_node
 from cnnlab.viz.patches import cell_box, top_patches
 from cnnlab.viz.plots import _figure, _finish
 
 INPUT_RANGE_NOTE = "pixels: black 0 .. white 1, the model's input range"
 
 
+@sees_nested_layers
 def conv_layers(model) -> list[str]:
     """The names of the model's Conv2D layers, in the order they run."""
     names = []
@@ -50,6 +51,7 @@ def _grid(count: int, cols: int = 8):
     return -(-count // cols), cols
 
 
+@sees_nested_layers
 def centre_field(model, layer):
     """The input box ``(top, left, bottom, right)`` that ``layer``'s centre cell sees, and
     whether it covers less than half the image along both axes (then a filter is best shown
@@ -62,6 +64,7 @@ def centre_field(model, layer):
     return box, small
 
 
+@sees_nested_layers
 def filter_pictures(model, layer, filters, steps: int = 128, seed: int = 0,
                     where: str = "auto"):
     """What ``filters`` of ``layer`` look for, as shown: ``(images, activations reached,
@@ -78,6 +81,7 @@ def filter_pictures(model, layer, filters, steps: int = 128, seed: int = 0,
     return images, reached, where, box
 
 
+@sees_nested_layers
 def plot_feature_visualisation(model, layer, filters=None, steps: int = 128, seed: int = 0,
                                path=None, where: str = "auto"):
     """What each of ``filters`` (default: the first 16) of ``layer`` looks for
@@ -106,6 +110,7 @@ def plot_feature_visualisation(model, layer, filters=None, steps: int = 128, see
     return _finish(fig, path)
 
 
+@sees_nested_layers
 def plot_class_visualisation(model, class_names, steps: int = 128, seed: int = 0, path=None):
     """One image per class that raises the class's logit (at most 10 classes shown)."""
     shown = list(range(min(10, len(class_names))))
@@ -121,6 +126,7 @@ def plot_class_visualisation(model, class_names, steps: int = 128, seed: int = 0
     return _finish(fig, path)
 
 
+@sees_nested_layers
 def plot_top_patches(model, layer, images: np.ndarray, filters=None, k: int = 6, path=None):
     """For each of ``filters`` (default: the first 8) of ``layer``, the ``k`` dataset patches
     that excite it most, each cropped to the cell's receptive field, one row per filter."""
@@ -151,6 +157,7 @@ def plot_top_patches(model, layer, images: np.ndarray, filters=None, k: int = 6,
     return _finish(fig, path)
 
 
+@sees_nested_layers
 def plot_attributions(model, image, class_names=None, path=None):
     """One image and, beside it, four answers to "which pixels decided?": Grad-CAM, gradient
     saliency, Integrated Gradients and occlusion, each with its colour scale."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnlab.viz.attribution import receptive_field, target_node
+from cnnlab.viz.attribution import receptive_field, sees_nested_layers, target_node
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ def cell_box(field, row: int, col: int, height: int, width: int):
     return (max(top, 0), max(left, 0), min(top + rs, height), min(left + cs, width))
 
 
+@sees_nested_layers
 def top_patches(model, layer, images: np.ndarray, k: int = 9, filters=None,
                 batch_size: int = 64, one_per_image: bool = True) -> dict[int, list[Patch]]:
     """For each filter of ``layer`` (a name or index; ``filters`` to pick some), the ``k``

@@ -13,7 +13,7 @@ import numpy as np
 
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.layers.conv import Conv2D
-from cnnlab.viz.attribution import as_batch, grad_cam
+from cnnlab.viz.attribution import as_batch, grad_cam, sees_nested_layers
 from cnnlab.viz.grids import feature_map_grid, kernel_grid
 
 
@@ -32,6 +32,7 @@ def _finish(fig, path):
     return fig
 
 
+@sees_nested_layers
 def feature_maps(model, image) -> list[tuple[str, np.ndarray]]:
     """Every node's activations for one image, in topological order (merges included):
     ``[(layer name, (H, W, C) or (D,)), ...]``; a layer called twice appears as ``name (call 2)``."""
@@ -44,6 +45,7 @@ def feature_maps(model, image) -> list[tuple[str, np.ndarray]]:
     return maps
 
 
+@sees_nested_layers
 def plot_feature_maps(model, image, path=None, layers=None):
     """One grid per layer (each map min-max scaled on its own), titled with name and shape."""
     chosen = [(name, maps) for name, maps in feature_maps(model, image)
@@ -76,6 +78,7 @@ def plot_feature_maps(model, image, path=None, layers=None):
     return _finish(fig, path)
 
 
+@sees_nested_layers
 def plot_filters(model, layer=None, path=None):
     """A conv layer's learned kernels (default: the first Conv2D): red positive, blue negative."""
     if layer is None:
@@ -198,6 +201,7 @@ def plot_misclassified(model, x, y, limit: int = 16, class_names=None, path=None
     return _finish(fig, path)
 
 
+@sees_nested_layers
 def plot_grad_cam(model, images, class_names=None, path=None):
     """Each image beside its Grad-CAM heat map (for the predicted class), overlaid."""
     names = class_names or [str(i) for i in range(model.output_shape[-1])]

@@ -21,7 +21,7 @@ import numpy as np
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.training.callbacks import Callback
 from cnnlab.viz import features
-from cnnlab.viz.attribution import as_batch, target_node
+from cnnlab.viz.attribution import as_batch, sees_nested_layers, target_node
 
 FORMAT = "cnnlab-timeline"
 
@@ -110,6 +110,7 @@ class TrainingTimeline(Callback):
         return str(path)
 
 
+@sees_nested_layers
 def timeline_for(model, held_out) -> TrainingTimeline | None:
     """A timeline of a run (four frames an epoch) on its first held-out image (``held_out``:
     ``(x, y)`` arrays or a stream of such batches), or None for a model without a conv layer

@@ -256,7 +256,7 @@ def _subtract(emit, node, inputs):
 def _concatenate(emit, node, inputs):
     layer = node.layer
     names, layout = _same_layout(emit, inputs)
-    rank = len(layer.output_shape) + 1
+    rank = len(layer.output_shape)
     axis = layer.axis % rank
     if layout == "NCHW":                                        # NHWC axis -> NCHW axis
         axis = {1: 2, 2: 3, 3: 1}[axis]

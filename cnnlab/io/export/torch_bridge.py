@@ -192,7 +192,7 @@ def _batch_norm(layer, shape):
 
 
 def _concatenate(layer, shape):
-    rank = len(layer.output_shape) + 1
+    rank = len(layer.output_shape)
     axis = layer.axis % rank
     return [_Merge("concat", {1: 2, 2: 3, 3: 1}[axis] if rank == 4 else axis)]
 
