@@ -78,8 +78,15 @@ def test_every_command_has_help_with_an_example():
     (["evaluate", "missing.cnnlab"], "No model file at 'missing.cnnlab'"),
     (["summary", "resnet"], "Unknown model 'resnet'"),
     (["train", "--data", "nowhere.npz"], "Unknown dataset 'nowhere.npz'"),
+    (["explain", "formula", "28", "5", "0", "0"], None),          # argparse: exit 2, below
 ])
 def test_user_errors_are_one_line_and_exit_1(argv, message, capsys):
+    if message is None:
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2 and "expected a positive integer, got '0'" in \
+            capsys.readouterr().err
+        return
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("cnnlab: error: ") and message in err and "Traceback" not in err
@@ -145,3 +152,98 @@ def test_the_readmes_command_table_lists_every_option_help_shows():
     assert set(rows) == set(commands)
     for name, parser in commands.items():
         assert rows[name] == options(parser), name
+
+
+def test_explain_formula_refuses_what_the_formula_cannot_mean(capsys):
+    """A zero stride once raised ZeroDivisionError; a negative kernel printed a result."""
+    for numbers, words in ((["28", "-3", "0", "1"], "kernel: expected a positive integer"),
+                           (["28", "5", "-1", "1"], "padding: expected 0 or a positive")):
+        with pytest.raises(SystemExit):
+            main(["explain", "formula", "--", *numbers])
+        assert words in capsys.readouterr().err
+    from cnnlab.engine.shapes import conv_output_size
+    from cnnlab.errors import ShapeError
+    with pytest.raises(ShapeError, match="stride must be positive"):
+        conv_output_size(28, 5, stride=0)
+
+
+def test_a_bare_cnnlab_lists_the_commands():
+    result = subprocess.run([sys.executable, "-m", "cnnlab"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert all(f"    {name}" in result.stdout for name in ("train", "evaluate", "serve", "video"))
+
+
+def test_every_command_that_writes_checks_its_path_before_the_work(trained_model, tmp_path,
+                                                                  capsys, monkeypatch):
+    """Never a folder the user did not name, never an overwrite unasked, the extension the
+    command writes; all before the work (detect's --out was checked after a minute's search)."""
+    from cnnlab.tasks import detect
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the output path was checked")
+    monkeypatch.setattr(detect, "detect", no_work)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64)).save(photo)
+    missing = tmp_path / "nonexistent" / "dir"
+    for argv, words in (
+            (["detect", str(photo), "--out", str(missing / "x.png")], "there is no folder"),
+            (["detect", str(photo), "--out", str(tmp_path / "gh.txt")], "expected a file ending"),
+            (["export", str(trained_model), str(missing / "d.onnx")], "there is no folder"),
+            (["train", "--epochs", "1", "--out", str(missing / "m.cnnlab")], "there is no folder"),
+            (["train", "--epochs", "1", "--out", str(trained_model)], "Add --overwrite"),
+            (["report", str(trained_model), "--out", str(missing / "r.html")], "no folder"),
+            (["explain", "conv", "--gif", str(missing / "c.gif")], "there is no folder")):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not missing.parent.exists()
+    pytest.importorskip("onnx")
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"an earlier export")
+    assert main(["export", str(trained_model), str(onnx_file)]) == 1
+    assert onnx_file.read_bytes() == b"an earlier export"
+    assert main(["export", str(trained_model), str(onnx_file), "--overwrite"]) == 0
+    assert onnx_file.read_bytes() != b"an earlier export"
+
+
+def test_a_default_report_name_never_replaces_an_earlier_report(trained_model, tmp_path, capsys,
+                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "report.html").write_text("an earlier report")
+    assert main(["report", str(trained_model)]) == 0
+    assert "report-2.html" in capsys.readouterr().out
+    assert (tmp_path / "report.html").read_text() == "an earlier report"
+
+
+def test_training_data_mistakes_say_what_was_expected(tmp_path, capsys):
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (30, 30)).save(photo)
+    assert main(["train", "--data", str(photo)]) == 1
+    err = capsys.readouterr().err
+    assert "a folder with one subfolder of images per class, or an .npz of arrays" in err
+    assert "pickle" not in err
+    for name in ("a", "b"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        Image.new("RGB", (30, 30)).save(tmp_path / "photos" / name / "1.png")
+    assert main(["train", "--data", str(tmp_path / "photos"), "--image-size", "2000",
+                 "--model", "simple_convnet"]) == 1
+    err = capsys.readouterr().err
+    assert "needs about 258.4 GiB for its activations" in err and "--image-size" in err
+
+
+def test_the_plan_says_one_epoch():
+    from cnnlab import zoo
+    assert "1 epoch," in zoo.Recipe(epochs=1).describe()
+
+
+def test_the_offline_message_tells_a_command_line_user_what_to_do(tmp_path, monkeypatch):
+    from cnnlab.datasets import download
+    from cnnlab.errors import DataError
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr(download.urllib.request, "urlopen", offline)
+    monkeypatch.setenv("CNNLAB_HOME", str(tmp_path))
+    with pytest.raises(DataError) as refused:
+        datasets.load("mnist")
+    assert "copy the file" in str(refused.value) and "path=" not in str(refused.value)

@@ -219,3 +219,15 @@ def test_a_version_1_file_still_loads():
     np.testing.assert_array_equal(slots["conv/kernel"]["momentum_buffer"], expected["momentum"])
     assert model.optimizer.iterations == 8
     model.fit(expected["x"], np.arange(4) % 4, epochs=1, verbose=0)       # and trains on
+
+
+@pytest.mark.parametrize("name", ["m.h5", "m.keras", "m.weights.h5", "m.zip", "m"])
+def test_a_file_is_what_its_name_says(tmp_path, name):
+    """model.save('m.h5') once wrote cnnlab's zip under Keras' name; Keras 3 too refuses a name
+    other than its own format's."""
+    model = cnnlab.zoo.get("article")
+    with pytest.raises(cnnlab.errors.ConfigError, match=r"Name the file \.cnnlab"):
+        model.save(tmp_path / name)
+    with pytest.raises(cnnlab.errors.ConfigError, match="does not write Keras files"):
+        model.save_weights(tmp_path / "w.h5")
+    assert not list(tmp_path.iterdir())

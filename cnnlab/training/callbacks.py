@@ -233,6 +233,8 @@ class ModelCheckpoint(Callback):
                 return
             self.best = current
         path = self.filepath.format(epoch=epoch + 1, **logs)
+        # the folder is part of the path the user gave (Keras makes it too)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if self.save_weights_only:
             self.model.save_weights(path)
         else:
