@@ -196,13 +196,23 @@ def cmd_train(args) -> int:
         if timeline is not None:
             say(f"Wrote the training timeline ({len(timeline.frames)} frames) to "
                 f"{timeline.save(timeline_path(out))}")
-        say(f"Wrote report {write_report(model, x_test, y_test, report, timeline=timeline)}")
+        written = write_report(model, x_test, y_test, report, timeline=timeline,
+                               progress=_progress_lines(say))
+        say(f"Wrote report {written}")
     ranks = f" on {comm.size} MPI rank{'s' * (comm.size > 1)}" if comm else ""
     held_out = len(test.source.file_paths) if streaming else len(x_test)
     say(f"Test accuracy: {accuracy:.2%} (loss {loss:.4f}) on {held_out:,} held-out images; "
           f"trained in {seconds:.1f} s{ranks} ({images / max(seconds, 1e-9):,.0f} images/s)")
     say(f"Saved model to {out}")
     return 0
+
+
+def _progress_lines(say):
+    """A report's progress: one line per part, with the seconds so far (no step is silent for
+    long)."""
+    start = time.perf_counter()
+    return lambda what: say(f"  report: {what} ({time.perf_counter() - start:.0f} s)",
+                            flush=True)
 
 
 def _warn_if_too_few_steps(images: int, batch_size: int, say) -> None:
@@ -295,7 +305,8 @@ def cmd_report(args) -> int:
     x_test, y_test, _, _ = evaluation_data(model, args.model, args.data, limit=2000)
     recorded = timeline_path(args.model)
     frames = timeline.load(recorded) if os.path.exists(recorded) else None
-    out = write_report(model, x_test, y_test, out, timeline=frames)
+    out = write_report(model, x_test, y_test, out, timeline=frames,
+                       progress=_progress_lines(print))
     print(f"Wrote {out}")
     return 0
 

@@ -192,7 +192,11 @@ class TrainingJob(threading.Thread):
             return self.frames[number] if 0 <= number < len(self.frames) else None
 
     def _add_frame(self, frame, timeline) -> None:
-        """A new timeline frame, drawn once as PNG for the Train page."""
+        """A new timeline frame, drawn once as PNG for the Train page, on the drawing thread:
+        training does not wait for matplotlib (half a second a frame)."""
+        self._drawing.submit(self._draw_frame, frame, timeline)
+
+    def _draw_frame(self, frame, timeline) -> None:
         import io
 
         from cnnlab.viz.timeline import plot_frame
@@ -208,7 +212,10 @@ class TrainingJob(threading.Thread):
             return self.changed.wait_for(lambda: self.version > seen_version, timeout)
 
     def run(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         from cnnlab.runs import fit_run, new_run
+        self._drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnlab-frames")
         try:
             from cnnlab.viz.timeline import timeline_for
             model, train, test = new_run(self.settings)
@@ -218,6 +225,7 @@ class TrainingJob(threading.Thread):
                 timeline.listeners.append(self._add_frame)
                 callbacks.append(timeline)
             fit_run(model, self.settings, train, test, verbose=0, callbacks=callbacks)
+            self._drawing.shutdown(wait=True)            # every frame drawn before "done"
             path = os.path.join(self.models_dir, f"{self.model_name}.cnnlab")
             os.makedirs(self.models_dir, exist_ok=True)
             model.save(path)
@@ -229,3 +237,5 @@ class TrainingJob(threading.Thread):
             self._update(state="failed", error=str(exc))
         except Exception as exc:        # noqa: BLE001 - shown on the page; the server goes on
             self._update(state="failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._drawing.shutdown(wait=False)

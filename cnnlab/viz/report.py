@@ -117,10 +117,14 @@ def _inside_sections(model, x, y, names, visual_steps: int) -> list[str]:
 
 
 def build_report(model, x, y, class_names=None, title: str | None = None,
-                 samples: int = 4, timeline=None, visual_steps: int = 128) -> str:
+                 samples: int = 4, timeline=None, visual_steps: int = 128, progress=None) -> str:
     """The report as an HTML string. ``x``: model-ready images; ``y``: integer labels;
-    ``timeline``: a :class:`~cnnlab.viz.timeline.TrainingTimeline` for "How it learned"."""
+    ``timeline``: a :class:`~cnnlab.viz.timeline.TrainingTimeline` for "How it learned";
+    ``progress``: called with each part's name as it starts (the CLI prints them: a report
+    takes seconds to a minute)."""
+    say = progress or (lambda what: None)
     y = np.asarray(y).reshape(-1).astype(int)
+    say(f"scoring {len(x):,} test images")
     names = class_names or runs.class_names(model)
     matrix = plots.confusion_matrix(model, x, y, len(names))
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
@@ -148,6 +152,7 @@ def build_report(model, x, y, class_names=None, title: str | None = None,
                           _png(plots.plot_confusion_matrix(matrix, names)) +
                           f"<table><tr><th>class</th><th>accuracy</th><th></th><th>images</th>"
                           f"</tr>{rows}</table>"))
+    say("feature maps, filters and misclassified examples")
     for i in range(min(2, len(x))):
         parts.append(_section(f"Feature maps, sample {i + 1} (true class {names[y[i]]})",
                               _png(plots.plot_feature_maps(model, x[i])),
@@ -159,12 +164,14 @@ def build_report(model, x, y, class_names=None, title: str | None = None,
         parts.append(_section("First layer's filters", f"<p>{html.escape(str(exc))}</p>"))
     parts.append(_section("Misclassified examples",
                           _png(plots.plot_misclassified(model, x, y, class_names=names))))
+    say("Grad-CAM")
     try:
         parts.append(_section("Grad-CAM", _png(plots.plot_grad_cam(model, list(x[:samples * 2]),
                                                                    names)),
                               "Where the evidence for the predicted class lies (red: most)."))
     except Exception as exc:
         parts.append(_section("Grad-CAM", f"<p>{html.escape(str(exc))}</p>"))
+    say(f"what each layer learns ({visual_steps} steps of gradient ascent per picture)")
     parts.extend(_inside_sections(model, x, y, names, visual_steps))
     if timeline is not None and timeline.frames:
         parts.append(_timeline_section(timeline))
@@ -178,10 +185,10 @@ def build_report(model, x, y, class_names=None, title: str | None = None,
             + "".join(parts) + f"<script>{SLIDER_SCRIPT}</script></body></html>")
 
 
-def write_report(model, x, y, path, class_names=None, timeline=None) -> str:
+def write_report(model, x, y, path, class_names=None, timeline=None, progress=None) -> str:
     """Build the report and write it atomically to ``path``."""
     from cnnlab.atomic import atomic_write
-    document = build_report(model, x, y, class_names, timeline=timeline)
+    document = build_report(model, x, y, class_names, timeline=timeline, progress=progress)
     with atomic_write(path, "w") as handle:
         handle.write(document)
     return str(path)

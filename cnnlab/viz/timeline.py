@@ -7,13 +7,18 @@ visualisations of a few filters of the last conv layer.
     timeline.save("run.timeline.npz")        # frames as plain arrays (no pickle)
     figure = plot_frame(timeline.frames[0], timeline)
 
-The first frame is taken before the first step: the initial weights. Recording only reads the
-model (inference mode, its own seeded random numbers), so a run with a timeline trains exactly
-the same weights as one without.
+The first frame is taken before the first step: the initial weights; the last, at the end.
+Recording only reads the model (inference mode, its own seeded random numbers), so a run with a
+timeline trains exactly the same weights as one without.
+
+Recording costs time (a frame's visualisations are ``visual_steps`` forward and backward passes),
+so frames in between are taken only while the time spent recording stays within ``budget`` (10%)
+of the time spent training: a short run gets its first and last frames, a long one four an epoch.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +26,7 @@ import numpy as np
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.training.callbacks import Callback
 from cnnlab.viz import features
-from cnnlab.viz.attribution import as_batch, sees_nested_layers, target_node
+from cnnlab.viz.attribution import as_batch, target_node
 
 FORMAT = "cnnlab-timeline"
 
@@ -36,16 +41,20 @@ class Frame:
 
 
 class TrainingTimeline(Callback):
-    """Record a :class:`Frame` before training and every ``every`` steps (default: four per
-    epoch), and at the end. ``image``: the fixed image (the model's input shape)."""
+    """Record a :class:`Frame` before training, every ``every`` steps (default: four per
+    epoch) while recording stays within ``budget`` of the training time, and at the end.
+    ``image``: the fixed image (the model's input shape); ``budget=None`` records every
+    ``every`` steps whatever it costs."""
 
     def __init__(self, image, every: int | None = None, visual_filters: int = 4,
-                 visual_steps: int = 48, seed: int = 0):
+                 visual_steps: int = 24, seed: int = 0, budget: float | None = 0.1):
         super().__init__()
         if every is not None and (not isinstance(every, int) or every < 1):
             raise ConfigError(f"every must be a positive number of steps; received {every!r}.")
         self.image, self.every, self.seed = np.asarray(image), every, seed
         self.visual_filters, self.visual_steps = visual_filters, visual_steps
+        self.budget = budget
+        self.recording_seconds = 0.0          # time spent in record(), so far
         self.frames: list[Frame] = []
         self.first_layer = self.last_layer = None
         self.listeners = []                  # called with each new frame (the web app's page)
@@ -53,13 +62,14 @@ class TrainingTimeline(Callback):
     # --- the callback ---------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         from cnnlab.viz.inside import conv_layers
-        names = conv_layers(self.model)
+        names = conv_layers(self.model)                   # a nested backbone's included
         if not names:
             raise ConfigError("A training timeline needs a model with a Conv2D layer.")
         self.first_layer, self.last_layer = names[0], names[-1]
-        self.batch = as_batch(self.model, self.image)
+        self.batch = as_batch(self.model.flattened(), self.image)
         self.steps_per_epoch = self.params.get("steps") or 1
         self._every = self.every or max(1, self.steps_per_epoch // 4)
+        self._started = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -69,28 +79,42 @@ class TrainingTimeline(Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step = self.epoch * self.steps_per_epoch + batch + 1
-        if self.step % self._every == 0:
+        if self.step % self._every == 0 and self._affordable():
             self.record()
 
     def on_train_end(self, logs=None):
         if self.frames[-1].step != self.step:
             self.record()
 
+    def _affordable(self) -> bool:
+        """Whether one more frame (costing what the last one did) keeps the recording within
+        the budget of the training time so far."""
+        if self.budget is None:
+            return True
+        training = time.perf_counter() - self._started - self.recording_seconds
+        cost = self.recording_seconds / len(self.frames)
+        return self.recording_seconds + cost <= self.budget * training
+
     # --- frames ---------------------------------------------------------------------------
     def record(self) -> Frame:
-        model = self.model
+        start = time.perf_counter()
+        frame = self._frame()
+        self.recording_seconds += time.perf_counter() - start
+        self.frames.append(frame)
+        for listener in self.listeners:
+            listener(frame, self)
+        return frame
+
+    def _frame(self) -> Frame:
+        model = self.model.flattened()
         kernel = model.get_layer(self.first_layer).weights[0]
         node = target_node(model, self.first_layer)
         _, tape = model.run(self.batch)
         count = min(self.visual_filters, model.get_layer(self.last_layer).weights[0].shape[-1])
         visuals = features.visualise(model, self.last_layer, filters=range(count),
                                      steps=self.visual_steps, seed=self.seed)
-        frame = Frame(self.step, self.step / self.steps_per_epoch, np.array(kernel),
-                      np.array(tape.values[id(node.outputs[0])][0]), visuals)
-        self.frames.append(frame)
-        for listener in self.listeners:
-            listener(frame, self)
-        return frame
+        return Frame(self.step, self.step / self.steps_per_epoch, np.array(kernel),
+                     np.array(tape.values[id(node.outputs[0])][0]), visuals)
 
     def save(self, path) -> str:
         """All frames in one ``.npz`` (written atomically; read back with :func:`load`)."""
@@ -110,7 +134,6 @@ class TrainingTimeline(Callback):
         return str(path)
 
 
-@sees_nested_layers
 def timeline_for(model, held_out) -> TrainingTimeline | None:
     """A timeline of a run (four frames an epoch) on its first held-out image (``held_out``:
     ``(x, y)`` arrays or a stream of such batches), or None for a model without a conv layer

@@ -53,6 +53,18 @@ function chart(node, series, dots, epochs, { fixed } = {}) {
   node.replaceChildren(...parts);
 }
 
+let ticker = null;
+/** While a run goes on, the elapsed time counts up between the server's updates (a long batch
+ *  must not look like a stalled page). */
+function tick(seconds) {
+  clearInterval(ticker);
+  if (seconds === null) return;
+  const since = performance.now();
+  ticker = setInterval(() => {
+    $("elapsed").textContent = `${(seconds + (performance.now() - since) / 1000).toFixed(0)} s`;
+  }, 1000);
+}
+
 function show(status) {
   if (status.points) {
     points = points.slice(0, status.points_from).concat(status.points);
@@ -68,12 +80,15 @@ function show(status) {
   if (state === "idle") return;
   const epochs = status.epochs;
   const steps = status.steps || 1;
-  $("where").textContent = status.steps
-    ? `${status.model}: epoch ${status.epoch} of ${epochs}, batch ${status.step} of ${status.steps}`
-    : `${status.model}: loading data…`;
+  // the batch under way, not the last one finished: a big first batch is not "batch 0" for long
+  $("where").textContent = !status.steps ? `${status.model}: loading data…`
+    : running && status.step < status.steps
+      ? `${status.model}: epoch ${status.epoch} of ${epochs}, batch ${status.step + 1} of ${status.steps} running…`
+      : `${status.model}: epoch ${status.epoch} of ${epochs}, batch ${status.step} of ${status.steps}`;
   const done = status.epoch ? (status.epoch - 1 + status.step / steps) / epochs : 0;
   $("bar").style.width = `${Math.min(100, done * 100).toFixed(1)}%`;
   $("elapsed").textContent = `${status.seconds.toFixed(1)} s`;
+  tick(running ? status.seconds : null);
   const span = Math.max(epochs, 1);
   chart($("loss-chart"), status.points.map((p) => ({ x: p.epoch, y: p.loss })),
     status.validation.map((v) => ({ x: v.epoch, y: v.loss })), span);
