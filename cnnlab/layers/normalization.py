@@ -142,7 +142,7 @@ class BatchNormalization(Layer):
             return None
         needed = int(np.ceil(np.log(SETTLED_SHARE) / np.log(self.momentum)))
         return (f"BatchNormalization {self.name!r}: its moving statistics have seen {steps} "
-                f"training steps, and at momentum {self.momentum:g} they are still "
+                f"training step{'s' * (steps != 1)}, and at momentum {self.momentum:g} they are still "
                 f"{share:.0%} their initial values (mean 0, variance 1), so evaluation and "
                 f"predictions normalise with statistics far from the data's. Train at least "
                 f"{needed} steps, or use BatchNormalization(momentum=0.9).")
