@@ -1,4 +1,5 @@
-"""Global defaults, Keras style: the float dtype new layers use.
+"""Global defaults, Keras style: the float dtype new layers use, the threads a batch is split
+across, and which kernels the engine runs (compiled, or the NumPy reference).
 
 >>> import cnnlab
 >>> cnnlab.config.floatx()
@@ -71,3 +72,25 @@ def set_threads(count: int) -> None:
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"set_threads expects a positive int. Received: {count!r}")
     _threads = count
+
+
+#: "numba": the engine's compiled kernels where it has them (the default); "numpy": the NumPy
+#: reference paths everywhere, for tests and debugging. CNNLAB_KERNELS sets it at start.
+KERNELS = ("numba", "numpy")
+_kernels = os.environ.get("CNNLAB_KERNELS", "numba").strip().lower()
+if _kernels not in KERNELS:
+    raise ConfigError(f"CNNLAB_KERNELS must be one of {KERNELS}. Received: {_kernels!r}")
+
+
+def kernels() -> str:
+    """Which kernels the engine runs: ``'numba'`` (compiled, where it has them) or ``'numpy'``
+    (the reference)."""
+    return _kernels
+
+
+def set_kernels(name: str) -> None:
+    """Run the engine's compiled kernels (``'numba'``) or its NumPy reference (``'numpy'``)."""
+    global _kernels
+    if name not in KERNELS:
+        raise ConfigError(f"set_kernels expects one of {KERNELS}. Received: {name!r}")
+    _kernels = name

@@ -12,12 +12,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 @pytest.fixture(autouse=True)
 def _fresh_state():
     import cnnlab
-    threads = cnnlab.config.threads()
+    threads, kernels = cnnlab.config.threads(), cnnlab.config.kernels()
     cnnlab.config.set_floatx("float32")
     cnnlab.seeding.set_random_seed(1234)
     yield
     cnnlab.config.set_floatx("float32")
     cnnlab.config.set_threads(threads)
+    cnnlab.config.set_kernels(kernels)          # CNNLAB_KERNELS=numpy runs stay on the reference
 
 
 @pytest.fixture

@@ -20,6 +20,10 @@ variance as ``E[x^2] - mean^2`` where that is exact enough (``ONE_PASS_MAX_RATIO
 channel's mean dwarfs its spread that cancels catastrophically, and the variance is computed
 around the mean in a second pass instead.
 
+Compiled kernels (``normalization_kernels``, Numba) do the training passes in 4 sweeps instead
+of the reference's 8 when ``config.kernels()`` is 'numba'; the NumPy code here is the reference
+they are tested equal to, and what runs with ``CNNLAB_KERNELS=numpy``.
+
 Inference uses the moving statistics: ``y = (x - moving_mean) / sqrt(moving_var + eps) * gamma +
 beta``, a per-channel affine map, and its backward is ``dx = dy * gamma / sqrt(moving_var + eps)``.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.engine import compiled
 from cnnlab.engine.conv import column_sums
 
 
@@ -52,19 +57,26 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     for the moving averages. ``y = x * scale + shift`` with ``scale = gamma / sqrt(var + eps)``
     and ``shift = beta - mean * scale``: two passes over x besides the sums."""
     count = batch_sum(np.array([x.shape[0]], dtype=np.float64))[0]   # M over every part
-    squares = np.multiply(x, x)                                       # (M, C)
-    sums = batch_sum(np.stack([column_sums(x, np.float64),            # (2, C), whole batch, in
-                               column_sums(squares, np.float64)]))    # float64 until the end
+    kernels = compiled.module("normalization_kernels")
+    if kernels is not None:
+        squares = None                                                # one pass, no x*x array
+        sums = batch_sum(kernels.sums_forward(x))                     # (2, C) in float64
+    else:
+        squares = np.multiply(x, x)                                   # (M, C)
+        sums = batch_sum(np.stack([column_sums(x, np.float64),        # (2, C), whole batch, in
+                                   column_sums(squares, np.float64)]))  # float64 until the end
     mean64 = sums[0] / count
     var64 = np.maximum(sums[1] / count - mean64 * mean64, 0)
     mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)         # (C,)
     centred = None
     if np.any(mean64 * mean64 > ONE_PASS_MAX_RATIO * var64):          # cancellation: two passes
-        centred = np.subtract(x, mean, out=squares)                   # (M, C)
+        centred = np.subtract(x, mean, out=squares)                   # (M, C), new if None
         var = (batch_sum(column_sums(centred * centred)) / count).astype(x.dtype)
     inv_std = 1.0 / np.sqrt(var + epsilon)                            # (C,)
     scale = gamma * inv_std                                           # (C,)
-    if centred is None:
+    if centred is None and kernels is not None:
+        y = kernels.scale_shift(x, scale, (beta - mean * scale).astype(x.dtype))
+    elif centred is None:
         y = np.multiply(x, scale, out=squares)                        # (M, C), reusing the buffer
         y += beta - mean * scale
     else:
@@ -80,15 +92,24 @@ def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool =
     ``inv_std * (sum(dy * x) - mean * sum(dy))``, and ``dx`` as ``dy * a + x * b + c`` per channel
     (the module docstring's formula expanded), unless the forward pass centred x itself."""
     x, centred, mean, inv_std, gamma, count, batch_sum = cache
-    dbeta = column_sums(grad_y)                                       # (C,)
-    product = np.multiply(grad_y, x if centred is None else centred)  # (M, C)
-    dot = column_sums(product)                                        # (C,)
+    kernels = compiled.module("normalization_kernels") if centred is None else None
+    if kernels is not None:
+        sums = kernels.sums_backward(grad_y, x)                       # (2, C) in float64
+        dbeta, dot = sums[0].astype(grad_y.dtype), sums[1].astype(grad_y.dtype)
+    else:
+        dbeta = column_sums(grad_y)                                   # (C,)
+        product = np.multiply(grad_y, x if centred is None else centred)  # (M, C)
+        dot = column_sums(product)                                    # (C,)
     dgamma = inv_std * (dot - mean * dbeta if centred is None else dot)
     if not need_input_grad:
         return None, dgamma, dbeta
     totals = batch_sum(np.stack([dbeta, dgamma]))                     # (2, C), whole batch
     scale = gamma * inv_std
     slope = -scale * inv_std * totals[1] / count                      # times (x - mean)
+    if kernels is not None:
+        constant = -scale * totals[0] / count - slope * mean
+        return (kernels.input_grad(grad_y, x, scale.astype(x.dtype), slope.astype(x.dtype),
+                                   constant.astype(x.dtype)), dgamma, dbeta)
     dx = np.multiply(grad_y, scale, out=product)                      # (M, C)
     if centred is None:
         dx += x * slope

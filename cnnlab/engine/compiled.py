@@ -1,0 +1,45 @@
+"""Where the engine's compiled kernels come from: Numba, imported at the first kernel's use (an
+import of cnnlab that never reaches one does not pay Numba's 0.2 s).
+
+    kernels = compiled.module("normalization_kernels")   # None: run the NumPy reference
+
+Each kernel module sits beside the NumPy op it speeds up (``normalization_kernels`` beside
+``normalization``) and is plain loops over named indices, compiled with ``cache=True``: the
+machine code is kept in ``__pycache__`` beside the module, or in Numba's user cache folder when
+the package folder is read-only, so only the first run on a machine pays for compiling.
+Kernels take no thread count and use no ``prange`` yet: a batch is already split across
+``config.threads()`` shards, each running a kernel on its part (which also keeps a step's
+result the same for 1 and 2 threads up to the shards' own sums).
+
+``config.set_kernels("numpy")`` or ``CNNLAB_KERNELS=numpy`` selects the reference everywhere.
+Without Numba (an unsupported platform, a failed import) the reference runs, and one warning
+says how to get the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+from cnnlab import config
+
+_loaded: dict[str, object] = {}
+_numba_missing: str | None = None
+
+
+def module(name: str):
+    """The kernel module ``cnnlab.engine.<name>`` when compiled kernels are on and Numba
+    imports, else None (the caller runs its NumPy reference)."""
+    global _numba_missing
+    if config.kernels() != "numba" or _numba_missing is not None:
+        return None
+    if name not in _loaded:
+        try:
+            _loaded[name] = importlib.import_module(f"cnnlab.engine.{name}")
+        except ImportError as exc:
+            _numba_missing = str(exc)
+            warnings.warn(f"cnnlab's compiled kernels need Numba ({exc}); running the NumPy "
+                          f"reference, which is slower. pip install numba to get them.",
+                          RuntimeWarning, stacklevel=3)
+            return None
+    return _loaded[name]

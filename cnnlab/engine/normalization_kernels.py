@@ -1,0 +1,70 @@
+"""Compiled kernels for batch normalization in training, beside its NumPy reference
+(``normalization.py``, whose docstring has the formulas). Shapes: ``x, y, dy, dx (M, C)``,
+``M = N*H*W`` rows of ``C`` channels; per-channel vectors ``(C,)``.
+
+What they save, per training step of one BatchNormalization (measured on 2 cores, float32,
+forward and backward together): the reference makes 8 passes over ``(M, C)`` arrays (x*x, two
+column sums, y = x*scale, y += shift; dy's and dy*x's column sums, dy*scale, += x*slope,
++= constant); these make 4, and accumulate the sums in float64 as they go:
+14.4 ms -> 3.1 ms at M = 131,072, C = 16 (ResNet-20's first stage, batch 128) and 3.0 ms ->
+0.7 ms at M = 8,192, C = 64.
+
+    forward                                     backward
+    sums[0, c] = sum_m x[m, c]                  sums[0, c] = sum_m dy[m, c]
+    sums[1, c] = sum_m x[m, c]^2                sums[1, c] = sum_m dy[m, c] * x[m, c]
+    y[m, c] = x[m, c] * scale[c] + shift[c]     dx[m, c] = dy[m, c] * a[c] + x[m, c] * b[c] + k[c]
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def sums_forward(x: np.ndarray) -> np.ndarray:
+    """``(2, C)`` float64: each channel's sum of x and of x^2, in one pass."""
+    rows, channels = x.shape
+    sums = np.zeros((2, channels), np.float64)
+    for m in range(rows):
+        for c in range(channels):
+            value = np.float64(x[m, c])
+            sums[0, c] += value
+            sums[1, c] += value * value
+    return sums
+
+
+@numba.njit(cache=True)
+def scale_shift(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``y = x * scale + shift`` per channel, in one pass."""
+    rows, channels = x.shape
+    y = np.empty_like(x)
+    for m in range(rows):
+        for c in range(channels):
+            y[m, c] = x[m, c] * scale[c] + shift[c]
+    return y
+
+
+@numba.njit(cache=True)
+def sums_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``(2, C)`` float64: each channel's sum of dy and of dy * x, in one pass."""
+    rows, channels = x.shape
+    sums = np.zeros((2, channels), np.float64)
+    for m in range(rows):
+        for c in range(channels):
+            grad = np.float64(dy[m, c])
+            sums[0, c] += grad
+            sums[1, c] += grad * x[m, c]
+    return sums
+
+
+@numba.njit(cache=True)
+def input_grad(dy: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray,
+               k: np.ndarray) -> np.ndarray:
+    """``dx = dy * a + x * b + k`` per channel, in one pass."""
+    rows, channels = x.shape
+    dx = np.empty_like(dy)
+    for m in range(rows):
+        for c in range(channels):
+            dx[m, c] = dy[m, c] * a[c] + x[m, c] * b[c] + k[c]
+    return dx

@@ -1,0 +1,93 @@
+"""The compiled kernels against the NumPy reference they replace (float64 to 1e-12, float32 to
+its rounding), the switch between them, and the fallback without Numba. Each compiled path is
+also what every other test of the op runs (torch in float64, finite differences), since it is
+the default; .ci/run repeats those tests on the reference with CNNLAB_KERNELS=numpy."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cnnlab
+from cnnlab.engine import compiled
+from cnnlab.engine import normalization as bn
+
+pytest.importorskip("numba")
+
+
+def _both(function):
+    """``function()`` on the compiled kernels, then on the reference (conftest restores the
+    switch after each test)."""
+    cnnlab.config.set_kernels("numba")
+    fast = function()
+    cnnlab.config.set_kernels("numpy")
+    return fast, function()
+
+
+def _train_step(x, gamma, beta, dy):
+    y, (mean, var), cache = bn.batch_norm_train_forward(x, gamma, beta, 1e-3)
+    dx, dgamma, dbeta = bn.batch_norm_train_backward(dy, cache)
+    return y, mean, var, dx, dgamma, dbeta
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 300), channels=st.integers(1, 37), offset=st.floats(-3, 3),
+       seed=st.integers(0, 2**31 - 1))
+def test_batch_norm_kernels_equal_the_reference_in_float64(rows, channels, offset, seed):
+    """Any row count (1 included) and channel count (odd ones, that no SIMD width divides)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, channels)) * rng.uniform(0.1, 3, channels) + offset
+    gamma, beta = rng.standard_normal(channels), rng.standard_normal(channels)
+    dy = rng.standard_normal((rows, channels))
+    fast, reference = _both(lambda: _train_step(x, gamma, beta, dy))
+    for name, a, b in zip(("y", "mean", "var", "dx", "dgamma", "dbeta"), fast, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=name)
+
+
+def test_batch_norm_kernels_in_float32_within_rounding():
+    """131,072 rows (ResNet-20's first stage at batch 128): the kernels sum in float64, the
+    reference in float64 from float32 blocks, so both are within float32's own rounding."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((131072, 16)) * 2 + 0.5).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    gamma, beta = np.float32(1.5) * np.ones(16, np.float32), np.zeros(16, np.float32)
+    fast, reference = _both(lambda: _train_step(x, gamma, beta, dy))
+    for name, a, b in zip(("y", "mean", "var", "dx", "dgamma", "dbeta"), fast, reference):
+        assert a.dtype == np.float32, name
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * np.abs(b).max(), err_msg=name)
+
+
+def test_the_switch_changes_the_path_taken(monkeypatch):
+    cnnlab.config.set_kernels("numba")
+    kernels = compiled.module("normalization_kernels")
+    calls = []
+    monkeypatch.setattr(kernels, "sums_forward",
+                        lambda x, real=kernels.sums_forward: calls.append(1) or real(x))
+    x = np.random.default_rng(1).standard_normal((10, 3))
+    bn.batch_norm_train_forward(x, np.ones(3), np.zeros(3), 1e-3)
+    assert calls == [1]
+    cnnlab.config.set_kernels("numpy")
+    assert compiled.module("normalization_kernels") is None
+    bn.batch_norm_train_forward(x, np.ones(3), np.zeros(3), 1e-3)
+    assert calls == [1]                                      # the reference ran
+    with pytest.raises(cnnlab.errors.ConfigError, match="set_kernels expects one of"):
+        cnnlab.config.set_kernels("fast")
+
+
+def test_without_numba_the_reference_runs_with_one_warning(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "numba", None)
+    monkeypatch.setattr(compiled, "_loaded", {})
+    monkeypatch.setattr(compiled, "_numba_missing", None)
+    monkeypatch.delitem(sys.modules, "cnnlab.engine.normalization_kernels", raising=False)
+    cnnlab.config.set_kernels("numba")
+    with pytest.warns(RuntimeWarning, match="pip install numba"):
+        assert compiled.module("normalization_kernels") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # once, not at every call
+        assert compiled.module("normalization_kernels") is None
+        x = np.random.default_rng(2).standard_normal((8, 2))
+        y, _, _ = bn.batch_norm_train_forward(x, np.ones(2), np.zeros(2), 1e-3)
+    np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-12)
