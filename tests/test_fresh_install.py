@@ -39,4 +39,4 @@ def test_pip_install_then_train_then_report_in_a_fresh_virtualenv(tmp_path):
                 str(photos / "1.png"), "-k", "1")
     assert "1.0000" in found and "1.png" in found
     freeze = run(str(bin_dir / "pip"), "freeze")
-    assert "matplotlib==" in freeze and "torch" not in freeze
+    assert "matplotlib==" in freeze and "numba==" in freeze and "torch" not in freeze
