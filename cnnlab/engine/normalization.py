@@ -60,7 +60,7 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     kernels = compiled.module("normalization_kernels")
     if kernels is not None:
         squares = None                                                # one pass, no x*x array
-        sums = batch_sum(kernels.sums_forward(x))                     # (2, C) in float64
+        sums = batch_sum(kernels.channel_sums(x, x))                  # (2, C) in float64
     else:
         squares = np.multiply(x, x)                                   # (M, C)
         sums = batch_sum(np.stack([column_sums(x, np.float64),        # (2, C), whole batch, in
@@ -94,7 +94,7 @@ def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool =
     x, centred, mean, inv_std, gamma, count, batch_sum = cache
     kernels = compiled.module("normalization_kernels") if centred is None else None
     if kernels is not None:
-        sums = kernels.sums_backward(grad_y, x)                       # (2, C) in float64
+        sums = kernels.channel_sums(grad_y, x)                        # (2, C) in float64
         dbeta, dot = sums[0].astype(grad_y.dtype), sums[1].astype(grad_y.dtype)
     else:
         dbeta = column_sums(grad_y)                                   # (C,)

@@ -22,15 +22,16 @@ import numpy as np
 
 
 @numba.njit(cache=True)
-def sums_forward(x: np.ndarray) -> np.ndarray:
-    """``(2, C)`` float64: each channel's sum of x and of x^2, in one pass."""
-    rows, channels = x.shape
+def channel_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(2, C)`` float64: each channel's sum of a and of a * b, in one pass (forward: x and
+    x^2 with ``b = a = x``; backward: dy and dy * x)."""
+    rows, channels = a.shape
     sums = np.zeros((2, channels), np.float64)
     for m in range(rows):
         for c in range(channels):
-            value = np.float64(x[m, c])
+            value = np.float64(a[m, c])
             sums[0, c] += value
-            sums[1, c] += value * value
+            sums[1, c] += value * b[m, c]
     return sums
 
 
@@ -43,19 +44,6 @@ def scale_shift(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarr
         for c in range(channels):
             y[m, c] = x[m, c] * scale[c] + shift[c]
     return y
-
-
-@numba.njit(cache=True)
-def sums_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``(2, C)`` float64: each channel's sum of dy and of dy * x, in one pass."""
-    rows, channels = x.shape
-    sums = np.zeros((2, channels), np.float64)
-    for m in range(rows):
-        for c in range(channels):
-            grad = np.float64(dy[m, c])
-            sums[0, c] += grad
-            sums[1, c] += grad * x[m, c]
-    return sums
 
 
 @numba.njit(cache=True)
