@@ -21,6 +21,7 @@ from cnnlab.runs import (
     TRAIN_SETTINGS,
     evaluation_data,
     fit_run,
+    materialise,
     new_run,
     run_settings,
     total_epochs,
@@ -127,10 +128,10 @@ def cmd_train(args) -> int:
                           f"--resume {args.checkpoint_dir}, or choose another folder.")
     if args.out and not args.resume:               # checked before the data is even loaded
         outputs.given_path(args.out, "--out", (".cnnlab",), args.overwrite)
-    report = args.report and (outputs.free_path(args.report, args.overwrite, say)
-                              if args.report == REPORT_FILE else
-                              outputs.given_path(args.report, "--report", (".html",),
-                                                 args.overwrite))
+    # a bare --report is the default name (REPORT_FILE), which never replaces an earlier one
+    report = args.report and outputs.output(None if args.report == REPORT_FILE else args.report,
+                                            REPORT_FILE, "--report", (".html",),
+                                            args.overwrite, say)
     model, settings, train, test, initial_epoch = (
         _resumed_run(args) if args.resume else _fresh_run(args))
     streaming = not isinstance(train, tuple)
@@ -183,7 +184,7 @@ def cmd_train(args) -> int:
     seconds = time.perf_counter() - start
     if streaming:
         loss, accuracy = model.evaluate(test, verbose=0)
-        x_test, y_test = _materialise(test, limit=512)       # for the report
+        x_test, y_test = materialise(test, limit=512)        # for the report
         images = len(train.source.file_paths) * (total_epochs(settings) - initial_epoch)
     else:
         (x_train, _), (x_test, y_test) = train, test
@@ -243,18 +244,6 @@ def _suggest_pretrained(labels, names, say) -> None:
         f"{len(labels)} in all). From scratch, a CNN needs hundreds per class and will mostly "
         f"guess. With few images, start from a network that has learnt to see: add "
         f"--pretrained (a new head on cnnlab's CIFAR-10 backbone; --fine-tune after it).")
-
-
-def _materialise(batches, limit):
-    """Up to ``limit`` samples of a stream of (x, y) batches, as two arrays."""
-    xs, ys, count = [], [], 0
-    for x, y in batches:
-        xs.append(x)
-        ys.append(y)
-        count += len(x)
-        if count >= limit:
-            break
-    return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
 
 
 def cmd_evaluate(args) -> int:

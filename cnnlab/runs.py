@@ -221,15 +221,20 @@ def _folder_evaluation_data(model, path, folder, limit):
             # a seeded sample of every class, not the files of the first class folders
             images = images.subset(np.sort(np.random.default_rng(0).permutation(total)[:limit]))
             what = f"{limit:,} of the {total:,} images of {folder}"
+    x, y = materialise(images.map(lambda x, y: (x / 255.0, y)), limit or len(images.file_paths))
+    return Evaluation(x, y, what, images.file_paths[:limit])
+
+
+def materialise(batches, limit):
+    """Up to ``limit`` samples of a stream of (x, y) batches, as two arrays."""
     xs, ys, count = [], [], 0
-    for x, y in images.map(lambda x, y: (x / 255.0, y)):
+    for x, y in batches:
         xs.append(x)
         ys.append(y)
         count += len(x)
-        if limit is not None and count >= limit:
+        if count >= limit:
             break
-    return Evaluation(np.concatenate(xs)[:limit], np.concatenate(ys)[:limit], what,
-                      images.file_paths[:limit])
+    return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
 
 
 def training_bytes(model, batch_size: int) -> int:

@@ -13,12 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnlab import config
+from cnnlab.serve.jobs import KEPT_RUNS
 from cnnlab.serve.server import App, make_server, run
 
 __all__ = ["App", "make_server", "run", "default_model", "models_dir", "saved_models"]
 
-#: models trained from the web app in earlier sessions that are offered again, newest first
-MAX_SAVED_MODELS = 20
+#: models trained from the web app in earlier sessions that are offered again, newest first:
+#: as many as the server keeps (older runs' files are removed)
+MAX_SAVED_MODELS = KEPT_RUNS
 
 DEFAULT_MODEL_FILE = "digits-article.cnnlab"
 

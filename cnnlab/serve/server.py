@@ -155,6 +155,10 @@ class Server(ThreadingHTTPServer):
             self.host_names.add(socket.gethostname().lower())
         self.cookie = f"cnnlab-token-{self.port}"      # one per port: two servers, two tokens
 
+    def is_token(self, given: str | None) -> bool:
+        """Whether ``given`` is this server's token (compared in constant time)."""
+        return given is not None and hmac.compare_digest(given.encode(), self.app.token.encode())
+
     def allows_host(self, host: str) -> bool:
         if host in self.host_names:
             return True
@@ -273,7 +277,7 @@ class Handler(BaseHTTPRequestHandler):
             except CookieError:
                 cookie = {}
             given = cookie[self.server.cookie].value if self.server.cookie in cookie else None
-        if given is None or not hmac.compare_digest(given.encode(), self.server.app.token.encode()):
+        if not self.server.is_token(given):
             raise ApiError(403, "This server needs its token: open the address cnnlab serve "
                                 "printed (it ends in ?token=...), or send the token as an "
                                 "X-Cnnlab-Token header.")
@@ -472,8 +476,7 @@ class Handler(BaseHTTPRequestHandler):
                                                 "style-src 'self'; script-src 'self'"),
                     ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer")]
         token = query.get("token", [None])[0]
-        if token is not None and hmac.compare_digest(token.encode(),
-                                                     self.server.app.token.encode()):
+        if self.server.is_token(token):
             security.append(("Set-Cookie", f"{self.server.cookie}={token}; Path=/; HttpOnly; "
                                            f"SameSite=Strict"))
         self._send(200, target.read_bytes(), kind, security)
