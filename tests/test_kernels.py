@@ -91,3 +91,22 @@ def test_without_numba_the_reference_runs_with_one_warning(monkeypatch):
         x = np.random.default_rng(2).standard_normal((8, 2))
         y, _, _ = bn.batch_norm_train_forward(x, np.ones(2), np.zeros(2), 1e-3)
     np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-12)
+
+
+def test_a_network_without_kernels_never_imports_numba():
+    """`import cnnlab` and training the article's network (no BatchNormalization) do not pay
+    Numba's import; the first BatchNormalization step does."""
+    import subprocess
+    import sys
+    script = (
+        "import sys, numpy as np, cnnlab\n"
+        "m = cnnlab.zoo.get('article')\n"
+        "m.compile(optimizer='sgd', loss='sparse_categorical_crossentropy')\n"
+        "x = np.zeros((8, 28, 28, 1), np.float32)\n"
+        "m.fit(x, np.arange(8) % 10, epochs=1, verbose=0)\n"
+        "before = 'numba' in sys.modules\n"
+        "cnnlab.layers.BatchNormalization()(x, training=True)\n"
+        "print(before, 'numba' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "True"]
