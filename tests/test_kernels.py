@@ -96,6 +96,7 @@ def test_without_numba_the_reference_runs_with_one_warning(monkeypatch):
 def test_a_network_without_kernels_never_imports_numba():
     """`import cnnlab` and training the article's network (no BatchNormalization) do not pay
     Numba's import; the first BatchNormalization step does."""
+    import os
     import subprocess
     import sys
     script = (
@@ -108,5 +109,5 @@ def test_a_network_without_kernels_never_imports_numba():
         "cnnlab.layers.BatchNormalization()(x, training=True)\n"
         "print(before, 'numba' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True).stdout.split()
+                         check=True, env={**os.environ, "CNNLAB_KERNELS": "numba"}).stdout.split()
     assert out == ["False", "True"]
