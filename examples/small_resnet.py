@@ -8,10 +8,11 @@ them mostly at their initial values, and cnnlab would say so when the model is e
 
 import os
 
-from cnnlab import Input, Model, layers
+from cnnlab import Input, Model, layers, utils
 from cnnlab.datasets import mnist_sample
 
 EPOCHS = int(os.environ.get("EPOCHS", 3))
+utils.set_random_seed(int(os.environ.get("SEED", 1)))   # the same run, run after run
 
 (x_train, y_train), (x_test, y_test) = mnist_sample.load_data()
 x_train = x_train.reshape(-1, 28, 28, 1).astype("float32") / 255
