@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import assert_close
 
-from cnnlab.engine import conv
+from cnnlab.engine import conv, windows
 from cnnlab.engine.pool import max_pool2d_backward, max_pool2d_forward, max_pool2d_forward_reference
 from cnnlab.engine.shapes import resolve_padding
 
@@ -44,8 +44,8 @@ def test_chunked_convolution_equals_one_shot(monkeypatch, dtype):
     grad_out = rng.standard_normal(out.shape).astype(dtype)
     grads = conv.conv2d_backward(grad_out, cache)
     # a budget of ~2 images' cols forces 4 chunks, and a backward pass that rebuilds cols
-    monkeypatch.setattr(conv, "COLS_BUDGET_BYTES", 2 * 11 * 5 * 27 * x.itemsize)
-    assert len(conv.batch_chunks(7, 11 * 5 * 27 * x.itemsize)) == 4
+    monkeypatch.setattr(windows, "COLS_BUDGET_BYTES", 2 * 11 * 5 * 27 * x.itemsize)
+    assert len(windows.batch_chunks(7, 11 * 5 * 27 * x.itemsize)) == 4
     out_c, cache_c = conv.conv2d_forward(x, kernel, bias, (1, 2), pads)
     assert cache_c[0] is None and cache_c[1] is x          # keeps x, not cols
     grads_c = conv.conv2d_backward(grad_out, cache_c)
@@ -238,7 +238,7 @@ def test_pointwise_convolution_is_one_gemm_on_the_nhwc_array(stride):
                        rng.standard_normal(4))
     pads = ((0, 0), (0, 0))
     out, cache = conv.conv2d_forward(x, kernel, bias, (stride, stride), pads)
-    cols = conv.im2col(x, (1, 1), (stride, stride), pads)
+    cols = windows.im2col(x, (1, 1), (stride, stride), pads)
     assert_close(out, cols @ kernel.reshape(5, 4) + bias, np.float64, "out")
     assert np.shares_memory(cache[0], x) == (stride == 1)
     grad_out = rng.standard_normal(out.shape)

@@ -34,6 +34,7 @@ import numpy as np
 
 from cnnlab.engine import fourier, winograd
 from cnnlab.engine.shapes import Pads, output_hw
+from cnnlab.engine.windows import batch_chunks, col2im, column_sums, im2col, tap_slices
 from cnnlab.errors import ConfigError
 
 #: 'auto': :func:`choose` picks per layer. 'direct' (im2col, or one GEMM for 1x1), 'fourier' or
@@ -140,116 +141,10 @@ def step_costs(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str,
             for path, counts in step_work(x_shape, kernel_shape, pads, gradients).items()}
 
 
-def pad_images(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
-    """Zero padding (or ``value``): ``(N, H, W, C) -> (N, H + top + bottom, W + left + right, C)``.
-
-    Padding lets the kernel centre sit on border pixels, so 'same' convolutions keep the size.
-    """
-    (top, bottom), (left, right) = pads
-    if top == bottom == left == right == 0:
-        return x
-    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
-
-
-def sliding_windows(xp: np.ndarray, window: tuple[int, int], strides: tuple[int, int],
-                    dilation: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
-    """Every window the kernel visits, as a view (no copy): ``(N, Ho, Wo, KH, KW, C)``.
-
-    Stride is where the kernel jumps: output row ``o`` starts at padded row ``o * sh``.
-    Dilation is the gap between kernel taps: tap ``i`` reads row ``o * sh + i * dh``.
-    """
-    n, _, _, c = xp.shape
-    s_n, s_h, s_w, s_c = xp.strides
-    shape = (n, out_hw[0], out_hw[1], window[0], window[1], c)
-    steps = (s_n, s_h * strides[0], s_w * strides[1], s_h * dilation[0], s_w * dilation[1], s_c)
-    return np.lib.stride_tricks.as_strided(xp, shape=shape, strides=steps, writeable=False)
-
-
-def im2col(x: np.ndarray, kernel_hw: tuple[int, int], strides: tuple[int, int], pads: Pads,
-           dilation: tuple[int, int] = (1, 1), ones_column: bool = False,
-           out: np.ndarray | None = None) -> np.ndarray:
-    """Copy every window into one row: ``(N, H, W, C) -> cols (N, Ho, Wo, KH*KW*C [+ 1])``.
-
-    ``ones_column`` appends a column of ones, so that ``cols @ [kernel; bias]`` adds the bias
-    inside the matrix multiply instead of in another pass over the output. ``out``: a buffer of
-    the right shape to write into (reused across steps, it saves allocating and page-faulting
-    the largest array of the layer).
-    """
-    n, h, w, c = x.shape
-    ho, wo = output_hw((h, w), kernel_hw, strides, pads, dilation)
-    k = kernel_hw[0] * kernel_hw[1] * c
-    shape = (n, ho, wo, k + ones_column)
-    if out is None or out.shape != shape or out.dtype != x.dtype:
-        out = np.empty(shape, dtype=x.dtype)
-        if ones_column:
-            out[..., k] = 1
-    xp = pad_images(x, pads)                                          # (N, Hp, Wp, C)
-    windows = sliding_windows(xp, kernel_hw, strides, dilation, (ho, wo))  # (N, Ho, Wo, KH, KW, C)
-    np.copyto(out[..., :k].reshape(n, ho, wo, *kernel_hw, c), windows)   # the im2col copy
-    return out
-
-
-def col2im(grad_windows: np.ndarray, input_shape: tuple[int, ...], strides: tuple[int, int],
-           pads: Pads, dilation: tuple[int, int] = (1, 1)) -> np.ndarray:
-    """Adjoint of :func:`sliding_windows`: add ``(N, Ho, Wo, KH, KW, C)`` back onto ``(N, H, W, C)``.
-
-    One strided add per kernel tap: tap ``(i, j)`` of every window lands on padded pixels
-    ``(o_h * sh + i * dh, o_w * sw + j * dw)``. Overlapping windows add up, as the chain rule says.
-    The padding's share is cut away at the end: padded zeros have no gradient to pass on.
-    """
-    n, h, w, c = input_shape
-    _, ho, wo, kh, kw, _ = grad_windows.shape
-    (top, bottom), (left, right) = pads
-    sh, sw = strides
-    dh, dw = dilation
-    grad_xp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=grad_windows.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
-            cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
-            grad_xp[:, rows, cols, :] += grad_windows[:, :, :, i, j, :]
-    return grad_xp[:, top:top + h, left:left + w, :]                  # (N, H, W, C)
-
-
-#: rows per block in :func:`column_sums`
-SUM_BLOCK = 256
-
-
-def column_sums(rows: np.ndarray, dtype=None) -> np.ndarray:
-    """``(M, F) -> (F,)`` in ``dtype`` (default: the rows'): blocks of ``SUM_BLOCK`` rows summed
-    by BLAS (``ones @ block``, all blocks in one batched product), then the M / 256 block sums
-    added in float64. The error grows like (256 + M/256) roundings instead of M for one
-    sequential GEMV (65,536 float32 rows: 1e-8 relative instead of 2e-6), and it is faster than
-    the GEMV and ~7x faster than ``rows.sum(axis=0)``, which adds the rows one by one."""
-    m, f = rows.shape
-    whole = m - m % SUM_BLOCK
-    if whole == 0:
-        return (np.ones(m, dtype=rows.dtype) @ rows).astype(dtype or rows.dtype, copy=False)
-    blocks = np.ones(SUM_BLOCK, dtype=rows.dtype) @ rows[:whole].reshape(-1, SUM_BLOCK, f)
-    total = blocks.sum(axis=0, dtype=np.float64)                             # (F,)
-    if whole < m:
-        total += np.ones(m - whole, dtype=rows.dtype) @ rows[whole:]
-    return total.astype(dtype or rows.dtype, copy=False)
-
-
 #: Fold the bias into the GEMM only below this K = KH*KW*C. For small K (the article's first
 #: layer: 25) the separate bias pass over the output costs as much as the GEMM; for large K an odd
 #: K + 1 slows OpenBLAS by 7-15% (measured), more than the pass it saves.
 FOLD_BIAS_MAX_K = 64
-
-#: Largest im2col matrix built at once. A bigger batch is convolved in chunks of images, so a
-#: 224x224 batch needs ~64 MiB per conv layer for cols, not gigabytes.
-COLS_BUDGET_BYTES = 64 * 2**20
-
-
-def batch_chunks(n: int, bytes_per_image: int, budget: int | None = None) -> list[slice]:
-    """Split ``range(n)`` into the fewest equal-ish runs whose buffers fit ``budget``."""
-    budget = COLS_BUDGET_BYTES if budget is None else budget
-    per_chunk = max(1, budget // max(bytes_per_image, 1))
-    count = -(-n // per_chunk)
-    size = -(-n // count)
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
-
 
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
@@ -451,8 +346,7 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     for i in range(kh):
         for j in range(kw):
             np.matmul(grad_rows, kernel_t[i, j], out=tap_grad)
-            rows = slice(i * dilation[0], i * dilation[0] + strides[0] * (ho - 1) + 1, strides[0])
-            cols_ = slice(j * dilation[1], j * dilation[1] + strides[1] * (wo - 1) + 1, strides[1])
+            rows, cols_ = tap_slices(i, j, strides, dilation, (ho, wo))
             grad_xp[:, rows, cols_, :] += tap_grad.reshape(n, ho, wo, c)
     grad_x = grad_xp[:, top:top + x_shape[1], left:left + x_shape[2], :]         # (N, H, W, C)
     return grad_x, grad_kernel, grad_bias

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.engine.conv import column_sums
+from cnnlab.engine.windows import column_sums
 
 
 def dense_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None):

@@ -24,15 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.engine.conv import column_sums, pad_images
 from cnnlab.engine.shapes import Pads, output_hw
-
-
-def _tap(xp: np.ndarray, i: int, j: int, strides, dilation, out_hw) -> tuple[slice, slice]:
-    """The rows and columns of the padded input that tap ``(i, j)`` reads for every window."""
-    (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
-    return (slice(i * dh, i * dh + sh * (ho - 1) + 1, sh),
-            slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))
+from cnnlab.engine.windows import column_sums, pad_images, tap_slices
 
 
 def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
@@ -50,7 +43,7 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
         total = out[..., f]                                                  # (N, Ho, Wo, C)
         for i in range(kh):
             for j in range(kw):
-                rows, cols = _tap(xp, i, j, strides, dilation, out_hw)
+                rows, cols = tap_slices(i, j, strides, dilation, out_hw)
                 tap = xp[:, rows, cols, :]                                   # (N, Ho, Wo, C)
                 if i == j == 0:
                     np.multiply(tap, kernel[i, j, :, f], out=total)
@@ -78,7 +71,7 @@ def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool
         g_f = np.ascontiguousarray(g[..., f]) if m > 1 else g[..., 0]      # (N, Ho, Wo, C)
         for i in range(kh):
             for j in range(kw):
-                rows, cols = _tap(xp, i, j, strides, dilation, (ho, wo))
+                rows, cols = tap_slices(i, j, strides, dilation, (ho, wo))
                 np.multiply(xp[:, rows, cols, :], g_f, out=product)
                 grad_kernel[i, j, :, f] = column_sums(product.reshape(-1, c))
                 if need_input_grad:

@@ -41,7 +41,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cnnlab.engine.shapes import Pads
+from cnnlab.engine.shapes import Pads, output_hw
+from cnnlab.engine.windows import column_sums, pad_images
+
+#: the maps here are padded before they are transformed
+UNPADDED = ((0, 0), (0, 0))
 
 #: largest padded map (pixels) taken to the frequency domain: the DFT matrices and the
 #: per-frequency products grow with it (measured faster than im2col up to 34 x 34)
@@ -73,9 +77,9 @@ def step_work(batch: int, padded_hw, kernel_hw, channels: int, filters: int,
     im2col's 9.8 M, plus 8.3 M per batch for the kernel's transforms. None where the path does not apply."""
     hp, wp = padded_hw
     kh, kw = kernel_hw
-    ho, wo = hp - kh + 1, wp - kw + 1
-    if hp * wp > MAX_PIXELS or ho <= 0 or wo <= 0:
+    if hp * wp > MAX_PIXELS or hp < kh or wp < kw:
         return None
+    ho, wo = output_hw((hp, wp), (kh, kw), (1, 1), UNPADDED)
     frequencies = hp * (wp // 2 + 1)
     spectra = 2 * frequencies * (channels + filters)             # one image's, in and out
     product = 4 * frequencies * channels * filters               # one complex product
@@ -218,11 +222,10 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, p
     >>> round(float(out[0, 0, 0, 0]), 6)        # 5 * 5 * 32 ones
     800.0
     """
-    from cnnlab.engine.conv import pad_images
     kh, kw, c, f = kernel.shape
     xp = pad_images(x, pads)
     n, hp, wp, _ = xp.shape
-    ho, wo = hp - kh + 1, wp - kw + 1
+    ho, wo = output_hw((hp, wp), (kh, kw), (1, 1), UNPADDED)
     dtype = np.result_type(x, kernel)
     x_spectrum = _dft(_pixels_first(xp.astype(dtype, copy=False)).reshape(hp, wp, -1),
                       hp, wp)                                                       # (2S, N*C)
@@ -264,7 +267,7 @@ def _window_sees_ink(xp: np.ndarray, kh: int, kw: int) -> np.ndarray:
     # numbers cannot round to 0; a NaN makes it NaN, which counts as ink, so NaN still spreads
     # as in direct convolution); as a matrix-vector product it is 2x faster than any()
     ink = (np.abs(xp) @ np.ones(xp.shape[3], dtype=xp.dtype)) != 0        # (N, Hp, Wp)
-    ho, wo = ink.shape[1] - kh + 1, ink.shape[2] - kw + 1
+    ho, wo = output_hw(ink.shape[1:], (kh, kw), (1, 1), UNPADDED)
     rows = ink[:, :ho].copy()
     for i in range(1, kh):
         rows |= ink[:, i:i + ho]
@@ -277,7 +280,6 @@ def _window_sees_ink(xp: np.ndarray, kh: int, kw: int) -> np.ndarray:
 def conv2d_backward(grad_out: np.ndarray, cache: SpectralCache, need_input_grad: bool = True):
     """Gradients of :func:`conv2d_forward` for ``grad_out (N, Ho, Wo, F)``:
     ``(grad_x (N, H, W, C) or None, grad_kernel (KH, KW, C, F), grad_bias (F,) or None)``."""
-    from cnnlab.engine.conv import column_sums
     x_spectrum, k_spectrum, x_shape, (hp, wp), (kh, kw), pads, has_bias = cache
     n, ho, wo, f = grad_out.shape
     c = x_shape[3]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.engine import compiled
-from cnnlab.engine.conv import column_sums
+from cnnlab.engine.windows import column_sums
 
 
 def _identity(partial: np.ndarray) -> np.ndarray:

@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.engine.conv import col2im, pad_images, sliding_windows
 from cnnlab.engine.shapes import Pads, output_hw
+from cnnlab.engine.windows import col2im, pad_images, sliding_windows, tap_slices
 
 
 def window_tap(xp: np.ndarray, i: int, j: int, strides: tuple[int, int],
                out_hw: tuple[int, int]) -> np.ndarray:
-    """Tap ``(i, j)`` of every window at once, as a view: ``(N, Ho, Wo, C)``.
-
-    Window ``(y, x)`` starts at padded pixel ``(y * sh, x * sw)``; its tap ``(i, j)`` is pixel
-    ``(y * sh + i, x * sw + j)``, so one strided slice holds that tap of all windows.
-    """
-    ho, wo = out_hw
-    return xp[:, i:i + strides[0] * (ho - 1) + 1:strides[0],
-              j:j + strides[1] * (wo - 1) + 1:strides[1], :]
+    """Tap ``(i, j)`` of every window at once, as a view: ``(N, Ho, Wo, C)``."""
+    rows, cols = tap_slices(i, j, strides, (1, 1), out_hw)
+    return xp[:, rows, cols, :]
 
 
 def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int, int],

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.engine.conv import pad_images
 from cnnlab.engine.shapes import Pads
+from cnnlab.engine.windows import pad_images
 
 
 def zero_pad_forward(x: np.ndarray, pads: Pads):

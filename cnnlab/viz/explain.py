@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnlab.engine.activations import relu_forward, softmax_forward
-from cnnlab.engine.conv import conv2d_forward, pad_images, sliding_windows
+from cnnlab.engine.conv import conv2d_forward
 from cnnlab.engine.pool import avg_pool2d_forward, max_pool2d_forward
 from cnnlab.engine.shapes import dropped_pixels, formula_text, output_hw, resolve_padding
+from cnnlab.engine.windows import pad_images, sliding_windows
 from cnnlab.errors import ConfigError
 
 
