@@ -207,8 +207,9 @@ class Im2colCache(NamedTuple):
 class WinogradCache(NamedTuple):
     """What the Winograd backward pass needs: the transformed tiles V (or, when the batch was
     done in chunks to bound memory, the input, to redo them chunk by chunk)."""
-    tiles: np.ndarray | None      # (4, 4, T, C)
+    tiles: np.ndarray | None      # (alpha^2, T, C)
     x: np.ndarray | None          # (N, H, W, C)
+    tiling: winograd.Tiling
     kernel: np.ndarray            # (3, 3, C, F)
     x_shape: tuple
     pads: Pads
@@ -216,25 +217,28 @@ class WinogradCache(NamedTuple):
     workspace: dict | None
 
 
-def _winograd_chunks(n: int, out_hw, c: int, f: int, dtype) -> list[slice]:
+def _winograd_chunks(n: int, out_hw, c: int, f: int, dtype, tiling) -> list[slice]:
     """Batch chunks whose transformed tiles (V and M, and as much again of scratch) fit the
-    budget: 16 * th * tw * 2 * (C + F) values per image."""
-    th, tw = winograd.tile_counts(out_hw)
-    return batch_chunks(n, 16 * th * tw * 2 * (c + f) * np.dtype(dtype).itemsize)
+    budget: alpha^2 * th * tw * 2 * (C + F) values per image."""
+    th, tw = winograd.tile_counts(out_hw, tiling.m)
+    return batch_chunks(n, tiling.alpha ** 2 * th * tw * 2 * (c + f) * np.dtype(dtype).itemsize)
 
 
 def _winograd_forward(x, kernel, bias, pads, workspace):
     n, h, w, c = x.shape
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
-    chunks = _winograd_chunks(n, out_hw, c, f, x.dtype)
+    tiling = winograd.tiling()
+    chunks = _winograd_chunks(n, out_hw, c, f, x.dtype, tiling)
     if len(chunks) == 1:
-        out, tiles = winograd.conv3x3_forward(x, kernel, bias, pads, out_hw)
-        return out, WinogradCache(tiles, None, kernel, x.shape, pads, bias is not None, workspace)
+        out, tiles = winograd.conv3x3_forward(x, kernel, bias, pads, out_hw, tiling)
+        return out, WinogradCache(tiles, None, tiling, kernel, x.shape, pads, bias is not None,
+                                  workspace)
     out = np.empty((n, *out_hw, f), dtype=np.result_type(x, kernel))
     for chunk in chunks:
-        out[chunk] = winograd.conv3x3_forward(x[chunk], kernel, bias, pads, out_hw)[0]
-    return out, WinogradCache(None, x, kernel, x.shape, pads, bias is not None, workspace)
+        out[chunk] = winograd.conv3x3_forward(x[chunk], kernel, bias, pads, out_hw, tiling)[0]
+    return out, WinogradCache(None, x, tiling, kernel, x.shape, pads, bias is not None,
+                              workspace)
 
 
 def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
@@ -242,11 +246,12 @@ def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
     if cache.tiles is not None:
         grad_kernel = winograd.conv3x3_kernel_grad(grad_out, cache.tiles)
     else:
-        tiles_hw = winograd.tile_counts(grad_out.shape[1:3])
+        tiling = cache.tiling
+        tiles_hw = winograd.tile_counts(grad_out.shape[1:3], tiling.m)
         chunks = _winograd_chunks(n, grad_out.shape[1:3], cache.kernel.shape[2], f,
-                                  grad_out.dtype)
-        grad_kernel = sum(winograd.conv3x3_kernel_grad(
-            grad_out[chunk], winograd.input_transform(cache.x[chunk], cache.pads, tiles_hw))
+                                  grad_out.dtype, tiling)
+        grad_kernel = sum(winograd.conv3x3_kernel_grad(grad_out[chunk], winograd.transform_input(
+            cache.x[chunk].astype(grad_out.dtype, copy=False), cache.pads, tiles_hw, tiling))
             for chunk in chunks)
     grad_bias = column_sums(grad_out.reshape(-1, f)) if cache.has_bias else None
     if not need_input_grad:

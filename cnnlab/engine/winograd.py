@@ -1,69 +1,172 @@
-"""3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, 2016).
+"""3x3 stride-1 convolution by Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray, 2016):
+F(2x2, 3x3) in NumPy (the reference path), F(4x4, 3x3) with compiled transforms
+(``winograd_kernels``) when ``config.kernels()`` is 'numba'.
 
-Shapes (letters defined in ``cnnlab.engine``)::
+Shapes (letters defined in ``cnnlab.engine``), for output tiles of m x m and ``alpha = m + 2``::
 
     x       (N, H, W, C)          kernel (3, 3, C, F)          out (N, Ho, Wo, F)
-    tiles   T = N * th * tw       th = ceil(Ho / 2), tw = ceil(Wo / 2): one tile per 2x2 outputs
-    d       (4, 4, T, C)          the 4x4 input patch each tile reads (they overlap by 2)
-    V       (4, 4, T, C)          V = B^T d B        the patches in the transform domain
-    U       (4, 4, C, F)          U = G g G^T        the kernel in the transform domain
-    M       (4, 4, T, F)          M[a, b] = V[a, b] @ U[a, b]      16 GEMMs
-    y       (2, 2, T, F)          y = A^T M A        the 2x2 outputs of each tile
+    tiles   T = N * th * tw       th = ceil(Ho / m), tw = ceil(Wo / m): one tile per m x m outputs
+    d       (alpha, alpha, T, C)  the patch each tile reads (neighbours overlap by 2)
+    V       (alpha^2, T, C)       V = B^T d B        the patches in the transform domain
+    U       (alpha^2, C, F)       U = G g G^T        the kernel in the transform domain
+    M       (alpha^2, T, F)       M[k] = V[k] @ U[k]       alpha^2 GEMMs
+    y       (m, m, T, F)          y = A^T M A        the m x m outputs of each tile
 
 Forward and backward side by side::
 
     forward                                   backward (given grad_y)
     V = B^T d B                               grad_M = A grad_y A^T           (adjoint of A^T . A)
-    M[a, b] = V[a, b] @ U[a, b]               grad_U[a, b] = V[a, b]^T @ grad_M[a, b]
+    M[k] = V[k] @ U[k]                        grad_U[k] = V[k]^T @ grad_M[k]
     y = A^T M A                               grad_kernel = G^T grad_U G
                                               grad_x: a stride-1 convolution of grad_out with the
                                               flipped kernel (``conv.transposed_pads``), which is
                                               itself done here
 
-Why: a 2x2 block of outputs from a 4x4 patch needs 16 multiplies per (C, F) pair here instead of
-36 directly, 2.25x fewer, and the 16 products are GEMMs over all tiles at once. The price is the
-transforms: B^T d B and A^T M A are only additions and subtractions, but in NumPy each is a pass
-over arrays 4x the size of the input or output (the tiles overlap), so they cost memory traffic
-the GEMMs save in arithmetic. Where that pays is measured, not assumed: ``conv.choose`` decides.
+Why: an m x m block of outputs from an alpha x alpha patch needs alpha^2 multiplies per (C, F)
+pair instead of 9 m^2 directly: 2.25x fewer for F(2x2), 4x for F(4x4); and the products are
+GEMMs over all tiles at once. The price is the transforms. In NumPy each row of B^T and A^T is a
+pass over arrays larger than the input or output (the tiles overlap), so they cost memory
+traffic the GEMMs save in arithmetic; the compiled transforms read each patch once and keep it
+in cache, which is what makes the larger tile pay. Where a path pays is measured, not assumed:
+``conv.choose`` decides.
 
-Exactness: G has entries 1/2, so U differs from the kernel's own products in the last bits;
-in float64 the results equal the direct convolution to ~1e-15 relative. No window is ever blank
-in a way that matters: padding is zeros in d, and the tiles past the output's edge are cropped.
+Exactness: G has entries 1/2 (F(2x2)) or 1/6, 1/12, 1/24 (F(4x4)), and A^T entries up to 8, so
+the products round differently from the direct sum: in float64 the results equal the direct
+convolution to ~1e-14 relative; in float32 F(4x4) is ~1e-6 relative, the accuracy oneDNN and
+cuDNN accept for it. Padding is zeros in d, and the tiles past the output's edge are cropped.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
+from cnnlab.engine import compiled
 from cnnlab.engine.shapes import Pads
 
-# G (4, 3): the kernel transform.  B^T and A^T are applied as the additions they are (below).
-_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+class Tiling(NamedTuple):
+    """F(m x m, 3x3): its output tile ``m`` and matrices ``B^T (alpha, alpha)``, ``G (alpha, 3)``
+    and ``A^T (m, alpha)``, ``alpha = m + 2``."""
+    m: int
+    bt: np.ndarray
+    g: np.ndarray
+    at: np.ndarray
+
+    @property
+    def alpha(self) -> int:
+        return self.m + 2
 
 
-def step_work(batch: int, out_hw, channels: int, filters: int, gradients: str = "all"):
+F2 = Tiling(2, np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], float),
+            np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
+            np.array([[1, 1, 1, 0], [0, 1, -1, -1]], float))
+# points 0, 1, -1, 2, -2 and infinity (Lavin & Gray's choice, as oneDNN's and cuDNN's)
+F4 = Tiling(4, np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], float),
+            np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                      [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+            np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                      [0, 1, -1, 8, -8, 1]], float))
+
+
+def tiling() -> Tiling:
+    """The tiling the next convolution uses: F(4x4) where its transforms are compiled, else
+    F(2x2), whose NumPy transforms are the cheaper ones to run as NumPy passes."""
+    return F4 if compiled.module("winograd_kernels") is not None else F2
+
+
+def tiling_of(v: np.ndarray) -> Tiling:
+    """The tiling whose transformed tiles ``V (alpha^2, T, C)`` these are."""
+    return F2 if v.shape[0] == 16 else F4
+
+
+def step_work(batch: int, out_hw, channels: int, filters: int, gradients: str = "all",
+              m: int = 2):
     """``(multiply-adds, elements moved, NumPy calls)`` of the forward pass and the
     ``gradients`` after it ('all', 'kernel' or 'none'; the input gradient is another Winograd
-    convolution); ``conv.choose`` turns them into seconds."""
-    th, tw = tile_counts(out_hw)
-    tiles = batch * th * tw
-    products = 16 * tiles * channels * filters
+    convolution) with tiles of ``m x m``; ``conv.choose`` turns them into seconds."""
+    th, tw = tile_counts(out_hw, m)
+    points = (m + 2) ** 2 * batch * th * tw
+    products = points * channels * filters
+    calls = (25, 45, 70) if m == 2 else (12, 22, 34)   # NumPy passes vs one kernel per transform
     if gradients == "none":
-        return products, 16 * tiles * (channels + filters) * 3, 25
+        return products, points * (channels + filters) * 3, calls[0]
     if gradients == "kernel":
-        return 2 * products, 16 * tiles * (channels + 2 * filters) * 3, 45
+        return 2 * products, points * (channels + 2 * filters) * 3, calls[1]
     # each pass reads two arrays and writes one
-    return 3 * products, 16 * tiles * (2 * channels + 3 * filters) * 3, 70
+    return 3 * products, points * (2 * channels + 3 * filters) * 3, calls[2]
 
 
-def tile_counts(out_hw) -> tuple[int, int]:
-    return -(-out_hw[0] // 2), -(-out_hw[1] // 2)
+def tile_counts(out_hw, m: int = 2) -> tuple[int, int]:
+    return -(-out_hw[0] // m), -(-out_hw[1] // m)
 
 
-def kernel_transform(kernel: np.ndarray) -> np.ndarray:
-    """``U[a, b] = sum_{i, j} G[a, i] kernel[i, j] G[b, j]``: (3, 3, C, F) -> (4, 4, C, F)."""
-    g = _G.astype(kernel.dtype)
-    return np.einsum("ai,ijcf,bj->abcf", g, kernel, g, optimize=True)
+def kernel_transform(kernel: np.ndarray, tiles: Tiling = F2) -> np.ndarray:
+    """``U[a, b] = sum_{i, j} G[a, i] kernel[i, j] G[b, j]``: (3, 3, C, F) -> (alpha^2, C, F),
+    computed in float64 (G's sixths and twenty-fourths are not exact in float32)."""
+    c, f = kernel.shape[2:]
+    u = np.einsum("ai,ijcf,bj->abcf", tiles.g, kernel.astype(np.float64), tiles.g,
+                  optimize=True)
+    return u.reshape(-1, c, f).astype(kernel.dtype)
+
+
+def kernel_grad_transform(grad_u: np.ndarray, tiles: Tiling) -> np.ndarray:
+    """``grad_kernel = G^T grad_U G``: (alpha^2, C, F) -> (3, 3, C, F), the adjoint of
+    :func:`kernel_transform`."""
+    alpha, (c, f) = tiles.alpha, grad_u.shape[1:]
+    grad = np.einsum("ai,abcf,bj->ijcf", tiles.g, grad_u.reshape(alpha, alpha, c, f)
+                     .astype(np.float64), tiles.g, optimize=True)
+    return grad.astype(grad_u.dtype)
+
+
+# --- the reference transforms for any tiling, as the formulas read (einsum) ---------------------
+def patches(x: np.ndarray, pads: Pads, tiles_hw, m: int) -> np.ndarray:
+    """Every tile's patch ``d (alpha, alpha, N, th, tw, C)``, a strided view of the image
+    zero-padded to exactly the tiles' extent ``(m*th + 2, m*tw + 2)``."""
+    n, h, w, c = x.shape
+    th, tw = tiles_hw
+    (top, _), (left, _) = pads
+    xp = np.zeros((n, m * th + 2, m * tw + 2, c), dtype=x.dtype)           # (N, Hp, Wp, C)
+    xp[:, top:top + h, left:left + w] = x          # m*th + 2 >= Ho + 2 = H + top + bottom
+    s_n, s_h, s_w, s_c = xp.strides
+    return np.lib.stride_tricks.as_strided(
+        xp, (m + 2, m + 2, n, th, tw, c), (s_h, s_w, s_n, m * s_h, m * s_w, s_c),
+        writeable=False)
+
+
+def input_transform_reference(x: np.ndarray, pads: Pads, tiles_hw, tiles: Tiling) -> np.ndarray:
+    """``V = B^T d B``: (N, H, W, C) -> (alpha^2, T, C)."""
+    d = patches(x, pads, tiles_hw, tiles.m)
+    bt = tiles.bt.astype(x.dtype)
+    v = np.einsum("ai,ijntsc,bj->abntsc", bt, d, bt, optimize=True)
+    return np.ascontiguousarray(v).reshape(tiles.alpha ** 2, -1, x.shape[3])
+
+
+def output_transform_reference(m: np.ndarray, n: int, tiles_hw, out_hw, tiles: Tiling,
+                               bias=None) -> np.ndarray:
+    """``y = A^T M A (+ bias)``: (alpha^2, T, F) -> (N, Ho, Wo, F)."""
+    th, tw = tiles_hw
+    at, alpha, f = tiles.at.astype(m.dtype), tiles.alpha, m.shape[-1]
+    y = np.einsum("ai,ijntsf,bj->ntasbf", at, m.reshape(alpha, alpha, n, th, tw, f), at,
+                  optimize=True).reshape(n, th * tiles.m, tw * tiles.m, f)
+    y = np.ascontiguousarray(y[:, :out_hw[0], :out_hw[1]])
+    return y if bias is None else y + bias
+
+
+def output_adjoint_reference(grad_out: np.ndarray, tiles_hw, tiles: Tiling) -> np.ndarray:
+    """``grad_M = A grad_y A^T``: (N, Ho, Wo, F) -> (alpha^2, T, F); the cropped overhang's
+    gradient is zero."""
+    n, ho, wo, f = grad_out.shape
+    th, tw = tiles_hw
+    mt = tiles.m
+    padded = np.zeros((n, th * mt, tw * mt, f), dtype=grad_out.dtype)
+    padded[:, :ho, :wo] = grad_out
+    at = tiles.at.astype(grad_out.dtype)
+    grad_m = np.einsum("ai,ntasbf,bj->ijntsf", at, padded.reshape(n, th, mt, tw, mt, f), at,
+                       optimize=True)
+    return np.ascontiguousarray(grad_m).reshape(tiles.alpha ** 2, -1, f)
 
 
 def _rows_bt(d, out):
@@ -139,26 +242,60 @@ def output_transform_adjoint(grad_out: np.ndarray, tiles_hw) -> np.ndarray:
     return grad_m.reshape(4, 4, n * th * tw, f)
 
 
-def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw):
+# --- the convolution -----------------------------------------------------------------------------
+def transform_input(x: np.ndarray, pads: Pads, tiles_hw, tiles: Tiling) -> np.ndarray:
+    """``V (alpha^2, T, C)`` by the fastest transform there is for ``tiles``."""
+    kernels = compiled.module("winograd_kernels")
+    if kernels is not None:
+        v = np.empty((tiles.alpha ** 2, x.shape[0] * tiles_hw[0] * tiles_hw[1], x.shape[3]),
+                     dtype=x.dtype)
+        kernels.input_tiles(np.ascontiguousarray(x), tiles.bt.astype(x.dtype), pads[0][0],
+                            pads[1][0], *tiles_hw, v)
+        return v
+    if tiles is F2:
+        return input_transform(x, pads, tiles_hw).reshape(16, -1, x.shape[3])
+    return input_transform_reference(x, pads, tiles_hw, tiles)
+
+
+def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
+                    tiles: Tiling | None = None):
     """``out = A^T [(B^T d B) * (G g G^T)] A (+ bias)``: (N, H, W, C) -> (N, Ho, Wo, F), and the
-    cache for :func:`conv3x3_kernel_grad` (the transformed tiles V)."""
-    n, c, f = x.shape[0], kernel.shape[2], kernel.shape[3]
-    tiles = tile_counts(out_hw)
-    v = input_transform(x, pads, tiles)                                 # (4, 4, T, C)
-    u = kernel_transform(kernel)                                        # (4, 4, C, F)
-    m = np.matmul(v.reshape(16, -1, c), u.reshape(16, c, f))            # (16, T, F)
-    out = output_transform(m.reshape(4, 4, -1, f), n, tiles, out_hw)
-    if bias is not None:
-        out = out + bias
-    return np.ascontiguousarray(out), v
+    cache for :func:`conv3x3_kernel_grad` (the transformed tiles V). ``tiles``: the tiling
+    (default :func:`tiling`)."""
+    tiles = tiles or tiling()
+    n, f = x.shape[0], kernel.shape[3]
+    dtype = np.result_type(x, kernel)
+    tiles_hw = tile_counts(out_hw, tiles.m)
+    v = transform_input(x.astype(dtype, copy=False), pads, tiles_hw, tiles)   # (alpha^2, T, C)
+    u = kernel_transform(kernel.astype(dtype, copy=False), tiles)             # (alpha^2, C, F)
+    m = np.matmul(v, u)                                                 # (alpha^2, T, F)
+    kernels = compiled.module("winograd_kernels")
+    if kernels is not None:
+        out = np.empty((n, *out_hw, f), dtype=m.dtype)
+        shift = np.zeros(f, m.dtype) if bias is None else bias.astype(m.dtype)
+        kernels.output_tiles(m, tiles.at.astype(m.dtype), shift, *tiles_hw, out)
+        return out, v
+    if tiles is F2:
+        out = output_transform(m.reshape(4, 4, -1, f), n, tiles_hw, out_hw)
+        out = out if bias is None else out + bias
+        return np.ascontiguousarray(out), v
+    return output_transform_reference(m, n, tiles_hw, out_hw, tiles, bias), v
 
 
 def conv3x3_kernel_grad(grad_out: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``grad_kernel = G^T (V^T @ (A grad_y A^T)) G``: the forward's V and grad_out
     (N, Ho, Wo, F) -> (3, 3, C, F)."""
-    f, c = grad_out.shape[-1], v.shape[-1]
-    grad_m = output_transform_adjoint(grad_out, tile_counts(grad_out.shape[1:3]))
-    grad_u = np.matmul(v.reshape(16, -1, c).transpose(0, 2, 1),
-                       grad_m.reshape(16, -1, f))                       # (16, C, F)
-    g = _G.astype(grad_out.dtype)
-    return np.einsum("ai,abcf,bj->ijcf", g, grad_u.reshape(4, 4, c, f), g, optimize=True)
+    tiles = tiling_of(v)
+    f = grad_out.shape[-1]
+    tiles_hw = tile_counts(grad_out.shape[1:3], tiles.m)
+    kernels = compiled.module("winograd_kernels")
+    if kernels is not None:
+        grad_m = np.empty((tiles.alpha ** 2, v.shape[1], f), dtype=grad_out.dtype)
+        kernels.output_tiles_adjoint(np.ascontiguousarray(grad_out),
+                                     tiles.at.astype(grad_out.dtype), *tiles_hw, grad_m)
+    elif tiles is F2:
+        grad_m = output_transform_adjoint(grad_out, tiles_hw).reshape(16, -1, f)
+    else:
+        grad_m = output_adjoint_reference(grad_out, tiles_hw, tiles)
+    grad_u = np.matmul(v.transpose(0, 2, 1), grad_m)                    # (alpha^2, C, F)
+    return kernel_grad_transform(grad_u, tiles)
