@@ -8,7 +8,9 @@ than 10% shows as 'MISS'.
 
 ``--fit`` times every path at several batch sizes and fits, per path, seconds per multiply-add,
 per element moved and per NumPy call (least squares on relative error, non-negative) to the work
-each path states it does; paste the printed ``SECONDS_PER`` into ``cnnlab/engine/conv.py``.
+each path states it does; paste the printed entries into ``SECONDS_PER`` in
+``cnnlab/engine/conv.py`` (with compiled kernels on, Winograd's entry is 'winograd_f4'; run with
+``CNNLAB_KERNELS=numpy`` for the NumPy F(2x2) one).
 """
 
 import argparse
@@ -17,7 +19,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from cnnlab.engine import conv
+from cnnlab.engine import conv, winograd
 from cnnlab.engine.shapes import resolve_padding
 
 #: (where, H, W, C, F, kernel): the 3x3 stride-1 layers of resnet20, cifar_vgg and Keras'
@@ -81,7 +83,9 @@ def fit(dtype, repeats):
         fitted[path] = tuple(float(f"{v:.3g}") for v in coef)
         print(f"{path}: {fitted[path]}  (median error {np.median(error):.0%}, worst "
               f"{error.max():.0%} over {len(t)} steps)")
-    print(f"SECONDS_PER = {fitted}")
+    if winograd.tiling() is winograd.F4:      # compiled kernels: Winograd ran as F(4x4)
+        fitted["winograd_f4"] = fitted.pop("winograd")
+    print(f"SECONDS_PER entries = {fitted}")
 
 
 def main():

@@ -180,3 +180,29 @@ def test_the_float32_case_where_torch_is_wrong_is_right_here():
     expected = naive_conv2d(x.astype(np.float64), kernel.astype(np.float64), None, (1, 3),
                             ((0, 0), (0, 0)), (1, 1))
     assert_close(out, expected, np.float32, "naive loops")
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", ((2, 0), (1, 2))])
+def test_winograd_gradients_match_finite_differences(padding):
+    """On the path the kernels switch selects: F(4x4) compiled by default, F(2x2) in NumPy in
+    the reference job."""
+    import cnnlab.engine.conv as conv
+    rng = np.random.default_rng(11)
+    x, kernel, bias = (rng.standard_normal((2, 9, 7, 3)), rng.standard_normal((3, 3, 3, 4)),
+                       rng.standard_normal(4))
+    pads = resolve_padding(padding, (9, 7), (3, 3), (1, 1), (1, 1))
+    conv.ALGORITHM = "winograd"           # the input gradient's convolution too
+    try:
+        out, cache = conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="winograd")
+        grad_out = rng.standard_normal(out.shape)
+        analytic = conv2d_backward(grad_out, cache)
+
+        def loss():
+            return float((conv2d_forward(x, kernel, bias, (1, 1), pads,
+                                         algorithm="winograd")[0] * grad_out).sum())
+
+        for array, grad in zip((x, kernel, bias), analytic):
+            picks, numeric = finite_difference_grad(loss, array)
+            np.testing.assert_allclose(grad.reshape(-1)[picks], numeric, rtol=1e-6, atol=1e-7)
+    finally:
+        conv.ALGORITHM = "auto"

@@ -111,3 +111,97 @@ def test_a_network_without_kernels_never_imports_numba():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, env={**os.environ, "CNNLAB_KERNELS": "numba"}).stdout.split()
     assert out == ["False", "True"]
+
+
+# --- Winograd F(4x4, 3x3): the compiled transforms against the einsum references --------------
+def _winograd_case(seed, n, h, w, c, f, top, left):
+    from cnnlab.engine import winograd
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c))
+    out_hw = (h + 2 * top - 2, w + 2 * left - 2)          # 3x3, stride 1, padding top/left
+    tiles_hw = winograd.tile_counts(out_hw, 4)
+    pads = ((top, top), (left, left))
+    m = rng.standard_normal((36, n * tiles_hw[0] * tiles_hw[1], f))
+    grad_out = rng.standard_normal((n, *out_hw, f))
+    bias = rng.standard_normal(f)
+    return x, pads, out_hw, tiles_hw, m, grad_out, bias
+
+
+def _winograd_transforms(x, pads, out_hw, tiles_hw, m, grad_out, bias):
+    """(V, y, grad_M) by whichever path the switch selects."""
+    from cnnlab.engine import winograd
+    kernels = compiled.module("winograd_kernels")
+    n, f = x.shape[0], m.shape[2]
+    at = winograd.F4.at.astype(x.dtype)
+    if kernels is None:
+        return (winograd.input_transform_reference(x, pads, tiles_hw, winograd.F4),
+                winograd.output_transform_reference(m, n, tiles_hw, out_hw, winograd.F4, bias),
+                winograd.output_adjoint_reference(grad_out, tiles_hw, winograd.F4))
+    v = winograd.transform_input(x, pads, tiles_hw, winograd.F4)
+    y = np.empty((n, *out_hw, f), x.dtype)
+    kernels.output_tiles(m, at, bias, *tiles_hw, y)
+    grad_m = np.empty_like(m)
+    kernels.output_tiles_adjoint(grad_out, at, *tiles_hw, grad_m)
+    return v, y, grad_m
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), h=st.integers(3, 15),
+       w=st.integers(3, 15), c=st.integers(1, 19), f=st.integers(1, 19),
+       top=st.integers(0, 2), left=st.integers(0, 2))
+def test_winograd_kernels_equal_the_reference_in_float64(seed, n, h, w, c, f, top, left):
+    """Odd sizes (tiles hanging over the edge), batch 1, padding 0-2, channel counts that no
+    SIMD width divides."""
+    case = _winograd_case(seed, n, h, w, c, f, top, left)
+    fast, reference = _both(lambda: _winograd_transforms(*case))
+    for name, a, b in zip(("V", "y", "grad_M"), fast, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=name)
+
+
+def test_winograd_kernels_in_float32_within_rounding():
+    """ResNet-20's first stage (32 x 32 x 16, batch 8): the transforms add at most 6 terms with
+    coefficients up to 25 (B) or 8 (A), so they agree to a few float32 roundings of the terms."""
+    x, pads, out_hw, tiles_hw, m, grad_out, bias = _winograd_case(3, 8, 32, 32, 16, 16, 1, 1)
+    case = (x.astype(np.float32), pads, out_hw, tiles_hw, m.astype(np.float32),
+            grad_out.astype(np.float32), bias.astype(np.float32))
+    fast, reference = _both(lambda: _winograd_transforms(*case))
+    for name, a, b in zip(("V", "y", "grad_M"), fast, reference):
+        assert a.dtype == np.float32, name
+        np.testing.assert_allclose(a, b, rtol=0, atol=64 * 6e-8 * np.abs(b).max(), err_msg=name)
+
+
+def test_the_switch_selects_the_winograd_tiling():
+    """Compiled: F(4x4) with the kernels; reference: F(2x2) in NumPy. Both convolve alike."""
+    from cnnlab.engine import conv, winograd
+    rng = np.random.default_rng(4)
+    x, kernel = rng.standard_normal((2, 9, 7, 5)), rng.standard_normal((3, 3, 5, 6))
+    pads = ((1, 1), (1, 1))
+    tilings = []
+
+    def run():
+        tilings.append(winograd.tiling())
+        out, cache = conv.conv2d_forward(x, kernel, None, (1, 1), pads, algorithm="winograd")
+        assert cache.tiles.shape[0] == tilings[-1].alpha ** 2
+        return out
+    fast, reference = _both(run)
+    assert tilings == [winograd.F4, winograd.F2]
+    direct = conv.conv2d_forward(x, kernel, None, (1, 1), pads, algorithm="direct")[0]
+    np.testing.assert_allclose(fast, direct, rtol=1e-12, atol=1e-12 * np.abs(direct).max())
+    np.testing.assert_allclose(reference, direct, rtol=1e-12, atol=1e-12 * np.abs(direct).max())
+
+
+def test_every_kernel_releases_the_gil():
+    """Training splits a batch over threads (``config.threads()``), each running kernels on its
+    shard; a kernel that held the GIL would run the shards one after another (measured: 2
+    threads no faster than 1 before ``nogil``)."""
+    import importlib
+    import inspect
+
+    import numba
+    names = ("normalization_kernels", "winograd_kernels")
+    kernels = [obj for name in names
+               for obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).values()
+               if isinstance(obj, numba.core.registry.CPUDispatcher)]
+    assert len(kernels) == 6
+    for kernel in kernels:
+        assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]

@@ -47,8 +47,14 @@ ALGORITHMS = ("auto", "direct", "fourier", "winograd")
 #: Seconds per unit of work on each path, fitted by ``benchmarks/conv_paths.py --fit`` to
 #: measured training steps (one core, float32): (per multiply-add, per element moved, per NumPy
 #: call). Their ratios, not their scale, decide: re-fit them on a very different CPU.
-SECONDS_PER = {"direct": (1.8e-11, 5.8e-10, 0.0), "winograd": (2.71e-11, 2.88e-10, 2.54e-06),
-               "fourier": (3.81e-11, 0.0, 4.7e-06)}
+#: 'winograd' is F(2x2) in NumPy; 'winograd_f4' is F(4x4) with the compiled transforms, which
+#: runs in its place when compiled kernels are on. Fitted with the compiled kernels on (direct,
+#: fourier, winograd_f4; 2 cores, batches 4, 16 and 64 of the 14 shapes in conv_paths.py):
+#: median error 12%, 9% and 14%, worst 41%, 63% and 92% (the worst at batch 4, where the fixed
+#: cost per call dominates). 'winograd' (F(2x2), NumPy) is from the fit before the compiled paths.
+SECONDS_PER = {"direct": (1.24e-11, 8.67e-10, 0.0), "winograd": (2.71e-11, 2.88e-10, 2.54e-06),
+               "winograd_f4": (2.64e-11, 2.92e-10, 2.71e-05),
+               "fourier": (3.61e-11, 0.0, 1.41e-05)}
 
 
 #: which gradients follow a forward pass: "all" (the kernel's and the input's), "kernel" (the
@@ -108,14 +114,16 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
         return algorithm
     if not unit_steps or kernel_shape[:2] == (1, 1):
         return "direct"
-    return _cheapest(tuple(x_shape), tuple(kernel_shape), tuple(map(tuple, pads)), gradients)
+    return _cheapest(tuple(x_shape), tuple(kernel_shape), tuple(map(tuple, pads)), gradients,
+                     winograd.tiling().m if three_by_three else 0)
 
 
 @functools.lru_cache(maxsize=4096)
-def _cheapest(x_shape, kernel_shape, pads, gradients) -> str:
-    """The path :func:`step_costs` predicts fastest, remembered per shape (the prediction costs
-    ~30 us of Python, which a batch-1 inference of the article's network would feel). It reads
-    ``SECONDS_PER`` once per shape: after changing it, call ``_cheapest.cache_clear()``."""
+def _cheapest(x_shape, kernel_shape, pads, gradients, tile) -> str:
+    """The path :func:`step_costs` predicts fastest, remembered per shape and Winograd tile
+    (the prediction costs ~30 us of Python, which a batch-1 inference of the article's network
+    would feel). It reads the constants once per shape: after changing them, call
+    ``_cheapest.cache_clear()``."""
     costs = step_costs(x_shape, kernel_shape, pads, gradients)
     return min(costs.items(), key=lambda item: item[1])[0]
 
@@ -131,20 +139,25 @@ def step_work(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str, 
                                          kernel_shape[2], kernel_shape[3], gradients)}
     if tuple(kernel_shape[:2]) == (3, 3):
         work["winograd"] = winograd.step_work(x_shape[0], out_hw, kernel_shape[2],
-                                              kernel_shape[3], gradients)
+                                              kernel_shape[3], gradients, winograd.tiling().m)
     return {path: counts for path, counts in work.items() if counts is not None}
 
 
 def step_costs(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str, float]:
     """Predicted seconds of a stride-1 step on each path: its work weighed by ``SECONDS_PER``."""
-    return {path: sum(a * b for a, b in zip(SECONDS_PER[path], counts))
-            for path, counts in step_work(x_shape, kernel_shape, pads, gradients).items()}
+    work = step_work(x_shape, kernel_shape, pads, gradients)
+    constants = dict(SECONDS_PER)
+    if "winograd" in work and winograd.tiling() is winograd.F4:
+        constants["winograd"] = SECONDS_PER["winograd_f4"]
+    return {path: sum(a * b for a, b in zip(constants[path], counts))
+            for path, counts in work.items()}
 
 
 #: Fold the bias into the GEMM only below this K = KH*KW*C. For small K (the article's first
 #: layer: 25) the separate bias pass over the output costs as much as the GEMM; for large K an odd
 #: K + 1 slows OpenBLAS by 7-15% (measured), more than the pass it saves.
 FOLD_BIAS_MAX_K = 64
+
 
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),

@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def channel_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(2, C)`` float64: each channel's sum of a and of a * b, in one pass (forward: x and
     x^2 with ``b = a = x``; backward: dy and dy * x)."""
@@ -35,7 +35,7 @@ def channel_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return sums
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def scale_shift(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """``y = x * scale + shift`` per channel, in one pass."""
     rows, channels = x.shape
@@ -46,7 +46,7 @@ def scale_shift(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarr
     return y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def input_grad(dy: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray,
                k: np.ndarray) -> np.ndarray:
     """``dx = dy * a + x * b + k`` per channel, in one pass."""

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def input_tiles(x, bt, top, left, tiles_h, tiles_w, v):
     """``v[a*alpha + b, t, c] = sum_{i, j} bt[a, i] * d[i, j, c] * bt[b, j]``, where
     ``d[i, j, c] = x[n, ty*m + i - top, tx*m + j - left, c]``, zero outside the image.
@@ -86,7 +86,7 @@ def input_tiles(x, bt, top, left, tiles_h, tiles_w, v):
                                     v[point, t, c] += coef * rows[a, j, c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def output_tiles(mt, at, bias, tiles_h, tiles_w, y):
     """``y[n, ty*m + a, tx*m + b, f] = bias[f] + sum_{i, j} at[a, i] * M[i*alpha + j, t, f] *
     at[b, j]``, the tiles' overhang past ``y``'s edge dropped. ``y`` C-contiguous."""
@@ -134,7 +134,7 @@ def output_tiles(mt, at, bias, tiles_h, tiles_w, y):
                                 target[k] += coef * half_rows[i, k]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def output_tiles_adjoint(dy, at, tiles_h, tiles_w, dm):
     """``dM[i*alpha + j, t, f] = sum_{a, b} at[a, i] * dy[n, ty*m + a, tx*m + b, f] * at[b, j]``,
     with ``dy`` zero past its edge (the overhang had no gradient). ``dy`` C-contiguous."""
