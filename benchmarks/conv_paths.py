@@ -8,9 +8,8 @@ than 10% shows as 'MISS'.
 
 ``--fit`` times every path at several batch sizes and fits, per path, seconds per multiply-add,
 per element moved and per NumPy call (least squares on relative error, non-negative) to the work
-each path states it does; paste the printed entries into ``SECONDS_PER`` in
-``cnnlab/engine/conv.py`` (with compiled kernels on, Winograd's entry is 'winograd_f4'; run with
-``CNNLAB_KERNELS=numpy`` for the NumPy F(2x2) one).
+each path states it does; paste the printed ``SECONDS_PER_COMPILED`` (compiled kernels, the
+default) or ``SECONDS_PER`` (with ``CNNLAB_KERNELS=numpy``) into ``cnnlab/engine/conv.py``.
 """
 
 import argparse
@@ -83,9 +82,8 @@ def fit(dtype, repeats):
         fitted[path] = tuple(float(f"{v:.3g}") for v in coef)
         print(f"{path}: {fitted[path]}  (median error {np.median(error):.0%}, worst "
               f"{error.max():.0%} over {len(t)} steps)")
-    if winograd.tiling() is winograd.F4:      # compiled kernels: Winograd ran as F(4x4)
-        fitted["winograd_f4"] = fitted.pop("winograd")
-    print(f"SECONDS_PER entries = {fitted}")
+    name = "SECONDS_PER_COMPILED" if winograd.tiling() is winograd.F4 else "SECONDS_PER"
+    print(f"{name} = {fitted}")
 
 
 def main():

@@ -2,14 +2,17 @@
 
     python benchmarks/kernels.py
 
-1. each op alone (BatchNormalization's training forward and backward together), on the shapes
-   of ResNet-20 at batch 128: the reference's time, the kernels', and the ratio;
-2. its share of whole ResNet-20 training steps (batch 128, 1 thread, so the profile is one
-   thread's): cumulative profiled time in the op over the steps, each path;
-3. whole steps at the machine's thread count, the two paths interleaved (the end-to-end effect,
-   which is small while the kernels are few);
-4. cold start: a fresh process's first BatchNormalization step with an empty Numba cache
-   (compiling), then again with the cache filled, then on the reference.
+1. each op alone, on the shapes of ResNet-20: BatchNormalization's training forward and backward
+   together at batch 128; a 3x3 convolution's forward and both gradients at batch 64 (one
+   shard of 128 on 2 cores), on the path ``conv.choose`` picks with each setting (the
+   reference's frequency domain or F(2x2); the compiled F(4x4) Winograd). The reference's time,
+   the kernels', and the ratio;
+2. their share of whole ResNet-20 training steps (batch 128, 1 thread, so the profile is one
+   thread's): cumulative profiled time in each op over the steps, each path;
+3. whole steps at 1 thread and at the machine's thread count, the two paths interleaved;
+4. cold start: a fresh process's first ResNet-20 training step (import included) with an empty
+   Numba cache (compiling every kernel), then again with the cache filled, then on the
+   reference.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import tempfile
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import cnnlab
 from cnnlab import zoo
+from cnnlab.engine import conv
 from cnnlab.engine import normalization as bn
 
 SHAPES = [(128 * 32 * 32, 16), (128 * 16 * 16, 32), (128 * 8 * 8, 64)]   # (M, C) per stage
@@ -59,6 +64,24 @@ def op_times() -> None:
             found[kernels] = _best_ms(step)
         print(f"  M={rows:>7,} C={channels:>3}: reference {found['numpy']:6.2f} ms, compiled "
               f"{found['numba']:6.2f} ms ({found['numpy'] / found['numba']:.1f}x)")
+    print("3x3 convolution forward + both gradients, batch 64, float32, 1 thread (best of 10):")
+    for size, channels in ((32, 16), (16, 32), (8, 64)):
+        x = rng.standard_normal((64, size, size, channels)).astype(np.float32)
+        kernel = rng.standard_normal((3, 3, channels, channels)).astype(np.float32)
+        pads = ((1, 1), (1, 1))
+
+        def step(x=x, kernel=kernel, pads=pads):
+            out, cache = conv.conv2d_forward(x, kernel, None, (1, 1), pads)
+            conv.conv2d_backward(out, cache)
+        found, picked = {}, {}
+        for kernels in ("numpy", "numba"):
+            cnnlab.config.set_kernels(kernels)
+            picked[kernels] = conv.choose(x.shape, kernel.shape, (1, 1), pads, (1, 1))
+            with threadpool_limits(1):
+                found[kernels] = _best_ms(step, repeats=10)
+        print(f"  {size}x{size}x{channels:<3}: reference ({picked['numpy']}) "
+              f"{found['numpy']:6.2f} ms, compiled ({picked['numba']}) {found['numba']:6.2f} ms "
+              f"({found['numpy'] / found['numba']:.2f}x)")
 
 
 def _resnet_step():
@@ -89,14 +112,18 @@ def share_of_steps(steps=3) -> None:
         in_bn = sum(entry[3] for (path, _, name), entry in stats.items()
                     if path.endswith(os.path.join("engine", "normalization.py"))
                     and name.startswith("batch_norm_train_"))
-        print(f"  {kernels:>5}: {in_bn:.2f} s of {total:.2f} s in BatchNormalization's "
-              f"training forward and backward")
+        in_conv = sum(entry[3] for (path, _, name), entry in stats.items()
+                      if path.endswith(os.path.join("engine", "conv.py"))
+                      and name in ("conv2d_forward", "conv2d_backward"))
+        print(f"  {kernels:>5}: of {total:.2f} s, {in_bn:.2f} s in BatchNormalization's "
+              f"training forward and backward, {in_conv:.2f} s in convolutions (the input "
+              f"gradient's convolution counted once)")
     cnnlab.config.set_threads(threads)
 
 
 def whole_steps(rounds=5, steps=4) -> None:
-    print(f"ResNet-20 training steps, batch 128, {cnnlab.config.threads()} threads; medians of "
-          f"{rounds} interleaved rounds of {steps} steps:")
+    print(f"ResNet-20 training steps, batch 128, {cnnlab.config.threads()} thread(s); medians "
+          f"of {rounds} interleaved rounds of {steps} steps:")
     train = _resnet_step()
     train(1)
     seconds = {"numpy": [], "numba": []}
@@ -116,16 +143,17 @@ FIRST_STEP = """
 import time
 start = time.perf_counter()
 import numpy as np
-from cnnlab.engine import normalization as bn
-x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
-_, _, cache = bn.batch_norm_train_forward(x, np.ones(8, np.float32), np.zeros(8, np.float32), 1e-3)
-bn.batch_norm_train_backward(x, cache)
+from threadpoolctl import threadpool_limits
+import cnnlab
+model = cnnlab.zoo.get("resnet20", input_shape=(32, 32, 3), num_classes=10)
+model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+model.train_on_batch(np.zeros((8, 32, 32, 3), np.float32), np.arange(8))
 print(time.perf_counter() - start)
 """
 
 
 def cold_start() -> None:
-    print("A fresh process's first BatchNormalization step (import included):")
+    print("A fresh process's first ResNet-20 training step, batch 8 (import included):")
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
         for label, extra in (("compiled, empty cache (compiles)", {}),
@@ -139,7 +167,11 @@ def cold_start() -> None:
 def main() -> None:
     op_times()
     share_of_steps()
-    whole_steps()
+    threads = cnnlab.config.threads()
+    for count in sorted({1, threads}):
+        cnnlab.config.set_threads(count)
+        whole_steps()
+    cnnlab.config.set_threads(threads)
     cold_start()
 
 

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import assert_close
 
+import cnnlab
 from cnnlab.engine import conv, windows
 from cnnlab.engine.pool import max_pool2d_backward, max_pool2d_forward, max_pool2d_forward_reference
 from cnnlab.engine.shapes import resolve_padding
@@ -156,7 +157,9 @@ def test_frequency_domain_gives_exact_outputs_where_the_window_saw_only_zeros():
 
 
 #: ms per training step (forward + both gradients) of each path, one core, float32, measured by
-#: benchmarks/conv_paths.py on this project's 2-core machine: (batch, H, W, C, F, K) -> ms
+#: benchmarks/conv_paths.py on this project's 2-core machine: (batch, H, W, C, F, K) -> ms.
+#: CALIBRATED: the NumPy reference paths (CNNLAB_KERNELS=numpy; Winograd F(2x2));
+#: CALIBRATED_COMPILED: with the compiled kernels (Winograd F(4x4)).
 CALIBRATED = {
     (64, 32, 32, 16, 16, 3): {"direct": 48.2, "winograd": 44.7, "fourier": 38.0},
     (64, 16, 16, 32, 32, 3): {"direct": 23.0, "winograd": 20.4, "fourier": 15.6},
@@ -173,14 +176,32 @@ CALIBRATED = {
 }
 
 
-@pytest.mark.parametrize("shape", list(CALIBRATED))
-def test_the_cost_model_picks_a_measured_fastest_path_on_the_calibrated_shapes(shape):
+CALIBRATED_COMPILED = {
+    (64, 32, 32, 16, 16, 3): {"direct": 41.0, "winograd": 23.1, "fourier": 25.5},
+    (64, 16, 16, 32, 32, 3): {"direct": 19.5, "winograd": 8.4, "fourier": 12.2},
+    (64, 8, 8, 64, 64, 3): {"direct": 11.8, "winograd": 5.1, "fourier": 8.9},
+    (64, 32, 32, 24, 32, 3): {"direct": 76.7, "winograd": 33.7, "fourier": 50.7},
+    (64, 4, 4, 128, 128, 3): {"direct": 8.8, "winograd": 6.6, "fourier": 11.5},
+    (64, 30, 30, 32, 32, 3): {"direct": 83.0, "winograd": 38.3, "fourier": 51.8},
+    (64, 16, 16, 128, 128, 3): {"direct": 187.8, "winograd": 72.3, "fourier": 125.9},
+    (64, 12, 12, 32, 64, 5): {"direct": 55.5, "fourier": 14.0},
+    (4, 32, 32, 16, 16, 3): {"direct": 1.5, "winograd": 1.3, "fourier": 2.4},
+    (4, 8, 8, 64, 64, 3): {"direct": 0.8, "winograd": 1.0, "fourier": 1.8},
+    (4, 16, 16, 128, 128, 3): {"direct": 10.6, "winograd": 10.6, "fourier": 28.5},
+    (4, 12, 12, 32, 64, 5): {"direct": 2.4, "fourier": 2.5},
+}
+
+
+@pytest.mark.parametrize("kernels,shape", [("numpy", shape) for shape in CALIBRATED]
+                         + [("numba", shape) for shape in CALIBRATED_COMPILED])
+def test_the_cost_model_picks_a_measured_fastest_path_on_the_calibrated_shapes(kernels, shape):
     """On shapes whose times were measured, the pick is the fastest path or within 10% of it
     (the machine's noise); the 'same' padding of the zoo's layers."""
+    cnnlab.config.set_kernels(kernels)
     n, h, w, c, f, k = shape
     pads = ((k // 2, k // 2), (k // 2, k // 2))
     picked = conv.choose((n, h, w, c), (k, k, c, f), (1, 1), pads, (1, 1))
-    measured = CALIBRATED[shape]
+    measured = (CALIBRATED if kernels == "numpy" else CALIBRATED_COMPILED)[shape]
     assert measured[picked] <= 1.1 * min(measured.values()), (picked, measured)
 
 

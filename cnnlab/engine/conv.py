@@ -47,14 +47,17 @@ ALGORITHMS = ("auto", "direct", "fourier", "winograd")
 #: Seconds per unit of work on each path, fitted by ``benchmarks/conv_paths.py --fit`` to
 #: measured training steps (one core, float32): (per multiply-add, per element moved, per NumPy
 #: call). Their ratios, not their scale, decide: re-fit them on a very different CPU.
-#: 'winograd' is F(2x2) in NumPy; 'winograd_f4' is F(4x4) with the compiled transforms, which
-#: runs in its place when compiled kernels are on. Fitted with the compiled kernels on (direct,
-#: fourier, winograd_f4; 2 cores, batches 4, 16 and 64 of the 14 shapes in conv_paths.py):
-#: median error 12%, 9% and 14%, worst 41%, 63% and 92% (the worst at batch 4, where the fixed
-#: cost per call dominates). 'winograd' (F(2x2), NumPy) is from the fit before the compiled paths.
-SECONDS_PER = {"direct": (1.24e-11, 8.67e-10, 0.0), "winograd": (2.71e-11, 2.88e-10, 2.54e-06),
-               "winograd_f4": (2.64e-11, 2.92e-10, 2.71e-05),
-               "fourier": (3.61e-11, 0.0, 1.41e-05)}
+#: Two fits, each of the paths as they ran together: ``SECONDS_PER`` with the NumPy reference
+#: (Winograd F(2x2)), which also prices every shape Winograd does not apply to;
+#: ``SECONDS_PER_COMPILED`` with the compiled kernels on (Winograd F(4x4)), which prices 3x3
+#: layers when they run. The compiled fit (2-core machine, batches 4, 16 and 64 of the 14 shapes
+#: in conv_paths.py): median error 13% (direct), 12% (winograd) and 11% (fourier); worst 43%,
+#: 74% and 64%, at batch 4, where fixed costs dominate.
+SECONDS_PER = {"direct": (1.8e-11, 5.8e-10, 0.0), "winograd": (2.71e-11, 2.88e-10, 2.54e-06),
+               "fourier": (3.81e-11, 0.0, 4.7e-06)}
+SECONDS_PER_COMPILED = {"direct": (1.37e-11, 9.05e-10, 0.0),
+                        "winograd": (6.58e-12, 4.59e-10, 1.18e-06),
+                        "fourier": (3.84e-11, 0.0, 1.66e-05)}
 
 
 #: which gradients follow a forward pass: "all" (the kernel's and the input's), "kernel" (the
@@ -146,9 +149,8 @@ def step_work(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str, 
 def step_costs(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str, float]:
     """Predicted seconds of a stride-1 step on each path: its work weighed by ``SECONDS_PER``."""
     work = step_work(x_shape, kernel_shape, pads, gradients)
-    constants = dict(SECONDS_PER)
-    if "winograd" in work and winograd.tiling() is winograd.F4:
-        constants["winograd"] = SECONDS_PER["winograd_f4"]
+    compiled = "winograd" in work and winograd.tiling() is winograd.F4
+    constants = SECONDS_PER_COMPILED if compiled else SECONDS_PER
     return {path: sum(a * b for a, b in zip(constants[path], counts))
             for path, counts in work.items()}
 

@@ -91,12 +91,15 @@ def step_work(batch: int, out_hw, channels: int, filters: int, gradients: str = 
     points = (m + 2) ** 2 * batch * th * tw
     products = points * channels * filters
     calls = (25, 45, 70) if m == 2 else (12, 22, 34)   # NumPy passes vs one kernel per transform
+    # the kernel's transforms (U forward, grad_U back, and the input gradient's flipped U): a
+    # few passes over (alpha^2, C, F) each, whatever the batch, which is what small batches feel
+    kernel = 3 * (m + 2) ** 2 * channels * filters
     if gradients == "none":
-        return products, points * (channels + filters) * 3, calls[0]
+        return products, points * (channels + filters) * 3 + kernel, calls[0]
     if gradients == "kernel":
-        return 2 * products, points * (channels + 2 * filters) * 3, calls[1]
+        return 2 * products, points * (channels + 2 * filters) * 3 + 2 * kernel, calls[1]
     # each pass reads two arrays and writes one
-    return 3 * products, points * (2 * channels + 3 * filters) * 3, calls[2]
+    return 3 * products, points * (2 * channels + 3 * filters) * 3 + 3 * kernel, calls[2]
 
 
 def tile_counts(out_hw, m: int = 2) -> tuple[int, int]:
@@ -107,8 +110,8 @@ def kernel_transform(kernel: np.ndarray, tiles: Tiling = F2) -> np.ndarray:
     """``U[a, b] = sum_{i, j} G[a, i] kernel[i, j] G[b, j]``: (3, 3, C, F) -> (alpha^2, C, F),
     computed in float64 (G's sixths and twenty-fourths are not exact in float32)."""
     c, f = kernel.shape[2:]
-    u = np.einsum("ai,ijcf,bj->abcf", tiles.g, kernel.astype(np.float64), tiles.g,
-                  optimize=True)
+    along_i = np.tensordot(tiles.g, kernel.astype(np.float64).reshape(3, 3, c * f), (1, 0))
+    u = np.matmul(tiles.g, along_i)              # u[a] = G @ (G g)[a]: (alpha, alpha, C*F)
     return u.reshape(-1, c, f).astype(kernel.dtype)
 
 
@@ -116,9 +119,10 @@ def kernel_grad_transform(grad_u: np.ndarray, tiles: Tiling) -> np.ndarray:
     """``grad_kernel = G^T grad_U G``: (alpha^2, C, F) -> (3, 3, C, F), the adjoint of
     :func:`kernel_transform`."""
     alpha, (c, f) = tiles.alpha, grad_u.shape[1:]
-    grad = np.einsum("ai,abcf,bj->ijcf", tiles.g, grad_u.reshape(alpha, alpha, c, f)
-                     .astype(np.float64), tiles.g, optimize=True)
-    return grad.astype(grad_u.dtype)
+    g_t = tiles.g.T
+    along_a = np.tensordot(g_t, grad_u.astype(np.float64).reshape(alpha, alpha, c * f), (1, 0))
+    grad = np.matmul(g_t, along_a)               # grad[i] = G^T @ (G^T grad_U)[i]: (3, 3, C*F)
+    return grad.reshape(3, 3, c, f).astype(grad_u.dtype)
 
 
 # --- the reference transforms for any tiling, as the formulas read (einsum) ---------------------
