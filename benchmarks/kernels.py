@@ -112,12 +112,17 @@ def share_of_steps(steps=3) -> None:
         in_bn = sum(entry[3] for (path, _, name), entry in stats.items()
                     if path.endswith(os.path.join("engine", "normalization.py"))
                     and name.startswith("batch_norm_train_"))
-        in_conv = sum(entry[3] for (path, _, name), entry in stats.items()
-                      if path.endswith(os.path.join("engine", "conv.py"))
-                      and name in ("conv2d_forward", "conv2d_backward"))
+        in_conv = 0.0           # the backward's own input-gradient convolution counted once
+        for (path, _, name), (_, _, _, cumulative, callers) in stats.items():
+            if not path.endswith(os.path.join("engine", "conv.py")):
+                continue
+            if name == "conv2d_backward":
+                in_conv += cumulative
+            elif name == "conv2d_forward":
+                in_conv += sum(entry[3] for caller, entry in callers.items()
+                               if caller[2] != "_input_grad_as_convolution")
         print(f"  {kernels:>5}: of {total:.2f} s, {in_bn:.2f} s in BatchNormalization's "
-              f"training forward and backward, {in_conv:.2f} s in convolutions (the input "
-              f"gradient's convolution counted once)")
+              f"training forward and backward, {in_conv:.2f} s in convolutions")
     cnnlab.config.set_threads(threads)
 
 

@@ -9,7 +9,9 @@ machine code is kept in ``__pycache__`` beside the module, or in Numba's user ca
 the package folder is read-only, so only the first run on a machine pays for compiling.
 Kernels take no thread count and use no ``prange`` yet: a batch is already split across
 ``config.threads()`` shards, each running a kernel on its part (which also keeps a step's
-result the same for 1 and 2 threads up to the shards' own sums).
+result the same for 1 and 2 threads up to the shards' own sums). So every kernel is compiled
+``nogil=True``: one that held the GIL would run the shards one after another (measured on
+ResNet-20 at 2 threads: no faster than 1 thread until it was released).
 
 ``config.set_kernels("numpy")`` or ``CNNLAB_KERNELS=numpy`` selects the reference everywhere.
 Without Numba (an unsupported platform, a failed import) the reference runs, and one warning
