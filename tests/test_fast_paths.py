@@ -177,17 +177,17 @@ CALIBRATED = {
 
 
 CALIBRATED_COMPILED = {
-    (64, 32, 32, 16, 16, 3): {"direct": 41.0, "winograd": 23.1, "fourier": 25.5},
-    (64, 16, 16, 32, 32, 3): {"direct": 19.5, "winograd": 8.4, "fourier": 12.2},
-    (64, 8, 8, 64, 64, 3): {"direct": 11.8, "winograd": 5.1, "fourier": 8.9},
-    (64, 32, 32, 24, 32, 3): {"direct": 76.7, "winograd": 33.7, "fourier": 50.7},
-    (64, 4, 4, 128, 128, 3): {"direct": 8.8, "winograd": 6.6, "fourier": 11.5},
-    (64, 30, 30, 32, 32, 3): {"direct": 83.0, "winograd": 38.3, "fourier": 51.8},
-    (64, 16, 16, 128, 128, 3): {"direct": 187.8, "winograd": 72.3, "fourier": 125.9},
-    (64, 12, 12, 32, 64, 5): {"direct": 55.5, "fourier": 14.0},
-    (4, 32, 32, 16, 16, 3): {"direct": 1.5, "winograd": 1.3, "fourier": 2.4},
-    (4, 8, 8, 64, 64, 3): {"direct": 0.8, "winograd": 1.0, "fourier": 1.8},
-    (4, 16, 16, 128, 128, 3): {"direct": 10.6, "winograd": 10.6, "fourier": 28.5},
+    (64, 32, 32, 16, 16, 3): {"direct": 38.3, "winograd": 18.7, "fourier": 21.8},
+    (64, 16, 16, 32, 32, 3): {"direct": 17.9, "winograd": 7.6, "fourier": 11.7},
+    (64, 8, 8, 64, 64, 3): {"direct": 10.3, "winograd": 5.3, "fourier": 8.6},
+    (64, 32, 32, 24, 32, 3): {"direct": 76.1, "winograd": 33.5, "fourier": 48.6},
+    (64, 4, 4, 128, 128, 3): {"direct": 8.6, "winograd": 6.5, "fourier": 11.8},
+    (64, 30, 30, 32, 32, 3): {"direct": 81.8, "winograd": 37.5, "fourier": 50.1},
+    (64, 16, 16, 128, 128, 3): {"direct": 178.3, "winograd": 61.2, "fourier": 122.8},
+    (64, 12, 12, 32, 64, 5): {"direct": 53.9, "fourier": 14.0},
+    (4, 32, 32, 16, 16, 3): {"direct": 1.5, "winograd": 1.3, "fourier": 2.5},
+    (4, 8, 8, 64, 64, 3): {"direct": 0.8, "winograd": 1.1, "fourier": 1.8},
+    (4, 16, 16, 128, 128, 3): {"direct": 9.1, "winograd": 9.2, "fourier": 22.1},
     (4, 12, 12, 32, 64, 5): {"direct": 2.4, "fourier": 2.5},
 }
 

@@ -192,16 +192,18 @@ def test_the_switch_selects_the_winograd_tiling():
 
 def test_every_kernel_releases_the_gil():
     """Training splits a batch over threads (``config.threads()``), each running kernels on its
-    shard; a kernel that held the GIL would run the shards one after another (measured: 2
-    threads no faster than 1 before ``nogil``)."""
+    shard; a kernel that held the GIL would run the shards one after another (measured on
+    ResNet-20 at 2 threads before ``nogil``: 0.547 s a step compiled, 0.521 s on the reference;
+    after: 0.418 s against 0.552 s). Helpers inlined into the kernels (``_name``) are never
+    called from Python."""
     import importlib
     import inspect
 
     import numba
     names = ("normalization_kernels", "winograd_kernels")
     kernels = [obj for name in names
-               for obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).values()
-               if isinstance(obj, numba.core.registry.CPUDispatcher)]
+               for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
+               if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
     assert len(kernels) == 6
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]

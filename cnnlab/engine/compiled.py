@@ -11,7 +11,8 @@ Kernels take no thread count and use no ``prange`` yet: a batch is already split
 ``config.threads()`` shards, each running a kernel on its part (which also keeps a step's
 result the same for 1 and 2 threads up to the shards' own sums). So every kernel is compiled
 ``nogil=True``: one that held the GIL would run the shards one after another (measured on
-ResNet-20 at 2 threads: no faster than 1 thread until it was released).
+ResNet-20 at 2 threads: 0.547 s a step compiled against 0.521 s on the reference while the
+kernels held it, 0.418 s against 0.552 s once they released it).
 
 ``config.set_kernels("numpy")`` or ``CNNLAB_KERNELS=numpy`` selects the reference everywhere.
 Without Numba (an unsupported platform, a failed import) the reference runs, and one warning

@@ -51,13 +51,13 @@ ALGORITHMS = ("auto", "direct", "fourier", "winograd")
 #: (Winograd F(2x2)), which also prices every shape Winograd does not apply to;
 #: ``SECONDS_PER_COMPILED`` with the compiled kernels on (Winograd F(4x4)), which prices 3x3
 #: layers when they run. The compiled fit (2-core machine, batches 4, 16 and 64 of the 14 shapes
-#: in conv_paths.py): median error 13% (direct), 12% (winograd) and 11% (fourier); worst 43%,
-#: 74% and 64%, at batch 4, where fixed costs dominate.
+#: in conv_paths.py): median error 11% (direct), 11% (winograd) and 9% (fourier); worst 47%,
+#: 72% and 64%, at batch 4, where fixed costs dominate.
 SECONDS_PER = {"direct": (1.8e-11, 5.8e-10, 0.0), "winograd": (2.71e-11, 2.88e-10, 2.54e-06),
                "fourier": (3.81e-11, 0.0, 4.7e-06)}
-SECONDS_PER_COMPILED = {"direct": (1.37e-11, 9.05e-10, 0.0),
-                        "winograd": (6.58e-12, 4.59e-10, 1.18e-06),
-                        "fourier": (3.84e-11, 0.0, 1.66e-05)}
+SECONDS_PER_COMPILED = {"direct": (1.28e-11, 8.8e-10, 1.32e-06),
+                        "winograd": (6.99e-12, 4.48e-10, 1.13e-06),
+                        "fourier": (3.68e-11, 0.0, 1.64e-05)}
 
 
 #: which gradients follow a forward pass: "all" (the kernel's and the input's), "kernel" (the
@@ -118,7 +118,13 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
     if not unit_steps or kernel_shape[:2] == (1, 1):
         return "direct"
     return _cheapest(tuple(x_shape), tuple(kernel_shape), tuple(map(tuple, pads)), gradients,
-                     winograd.tiling().m if three_by_three else 0)
+                     _winograd_tile(kernel_shape))
+
+
+def _winograd_tile(kernel_shape) -> int:
+    """The output tile ``m`` of the Winograd path that would run (0: a kernel it does not
+    apply to). Only a 3x3 kernel asks, so other networks never load the compiled kernels."""
+    return winograd.tiling().m if tuple(kernel_shape[:2]) == (3, 3) else 0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -127,30 +133,35 @@ def _cheapest(x_shape, kernel_shape, pads, gradients, tile) -> str:
     (the prediction costs ~30 us of Python, which a batch-1 inference of the article's network
     would feel). It reads the constants once per shape: after changing them, call
     ``_cheapest.cache_clear()``."""
-    costs = step_costs(x_shape, kernel_shape, pads, gradients)
+    costs = step_costs(x_shape, kernel_shape, pads, gradients, tile)
     return min(costs.items(), key=lambda item: item[1])[0]
 
 
-def step_work(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str, tuple]:
+def step_work(x_shape, kernel_shape, pads, gradients: str = "all",
+              tile: int | None = None) -> dict[str, tuple]:
     """``{path: (multiply-adds, elements moved, NumPy calls)}`` of a stride-1 step on each path
-    that applies (``gradients``: see ``GRADIENTS``)."""
+    that applies (``gradients``: see ``GRADIENTS``; ``tile``: Winograd's, default the one that
+    would run)."""
+    tile = _winograd_tile(kernel_shape) if tile is None else tile
     (top, bottom), (left, right) = pads
     padded_hw = (x_shape[1] + top + bottom, x_shape[2] + left + right)
     out_hw = output_hw(x_shape[1:3], kernel_shape[:2], (1, 1), pads)
     work = {"direct": direct_step_work(x_shape, kernel_shape, out_hw, gradients),
             "fourier": fourier.step_work(x_shape[0], padded_hw, kernel_shape[:2],
                                          kernel_shape[2], kernel_shape[3], gradients)}
-    if tuple(kernel_shape[:2]) == (3, 3):
+    if tile:
         work["winograd"] = winograd.step_work(x_shape[0], out_hw, kernel_shape[2],
-                                              kernel_shape[3], gradients, winograd.tiling().m)
+                                              kernel_shape[3], gradients, tile)
     return {path: counts for path, counts in work.items() if counts is not None}
 
 
-def step_costs(x_shape, kernel_shape, pads, gradients: str = "all") -> dict[str, float]:
-    """Predicted seconds of a stride-1 step on each path: its work weighed by ``SECONDS_PER``."""
-    work = step_work(x_shape, kernel_shape, pads, gradients)
-    compiled = "winograd" in work and winograd.tiling() is winograd.F4
-    constants = SECONDS_PER_COMPILED if compiled else SECONDS_PER
+def step_costs(x_shape, kernel_shape, pads, gradients: str = "all",
+               tile: int | None = None) -> dict[str, float]:
+    """Predicted seconds of a stride-1 step on each path: its work weighed by ``SECONDS_PER``,
+    or by ``SECONDS_PER_COMPILED`` where the compiled F(4x4) would run."""
+    tile = _winograd_tile(kernel_shape) if tile is None else tile
+    work = step_work(x_shape, kernel_shape, pads, gradients, tile)
+    constants = SECONDS_PER_COMPILED if tile == winograd.F4.m else SECONDS_PER
     return {path: sum(a * b for a, b in zip(constants[path], counts))
             for path, counts in work.items()}
 
@@ -259,15 +270,15 @@ def _winograd_forward(x, kernel, bias, pads, workspace):
 def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
     n, f = grad_out.shape[0], grad_out.shape[3]
     if cache.tiles is not None:
-        grad_kernel = winograd.conv3x3_kernel_grad(grad_out, cache.tiles)
+        grad_kernel = winograd.conv3x3_kernel_grad(grad_out, cache.tiles, cache.tiling)
     else:
         tiling = cache.tiling
         tiles_hw = winograd.tile_counts(grad_out.shape[1:3], tiling.m)
         chunks = _winograd_chunks(n, grad_out.shape[1:3], cache.kernel.shape[2], f,
                                   grad_out.dtype, tiling)
         grad_kernel = sum(winograd.conv3x3_kernel_grad(grad_out[chunk], winograd.transform_input(
-            cache.x[chunk].astype(grad_out.dtype, copy=False), cache.pads, tiles_hw, tiling))
-            for chunk in chunks)
+            cache.x[chunk].astype(grad_out.dtype, copy=False), cache.pads, tiles_hw, tiling),
+            tiling) for chunk in chunks)
     grad_bias = column_sums(grad_out.reshape(-1, f)) if cache.has_bias else None
     if not need_input_grad:
         return None, grad_kernel, grad_bias

@@ -77,11 +77,6 @@ def tiling() -> Tiling:
     return F4 if compiled.module("winograd_kernels") is not None else F2
 
 
-def tiling_of(v: np.ndarray) -> Tiling:
-    """The tiling whose transformed tiles ``V (alpha^2, T, C)`` these are."""
-    return F2 if v.shape[0] == 16 else F4
-
-
 def step_work(batch: int, out_hw, channels: int, filters: int, gradients: str = "all",
               m: int = 2):
     """``(multiply-adds, elements moved, NumPy calls)`` of the forward pass and the
@@ -90,7 +85,10 @@ def step_work(batch: int, out_hw, channels: int, filters: int, gradients: str = 
     th, tw = tile_counts(out_hw, m)
     points = (m + 2) ** 2 * batch * th * tw
     products = points * channels * filters
-    calls = (25, 45, 70) if m == 2 else (12, 22, 34)   # NumPy passes vs one kernel per transform
+    # NumPy calls, counted in the code: F(2x2) makes a pass per row of each transform; F(4x4)
+    # one kernel call per transform, around it the kernel transform's GEMMs and the buffers
+    # (forward 15; the kernel gradient 12 more; the input gradient, a forward, 16 more)
+    calls = (25, 45, 70) if m == 2 else (15, 27, 43)
     # the kernel's transforms (U forward, grad_U back, and the input gradient's flipped U): a
     # few passes over (alpha^2, C, F) each, whatever the batch, which is what small batches feel
     kernel = 3 * (m + 2) ** 2 * channels * filters
@@ -186,16 +184,11 @@ def _rows_bt(d, out):
 def input_transform(x: np.ndarray, pads: Pads, tiles_hw) -> np.ndarray:
     """``V = B^T d B`` for every tile: (N, H, W, C) -> (4, 4, N*th*tw, C).
 
-    The image is zero-padded to exactly the tiles' extent, (2*th + 2, 2*tw + 2); d is a strided
-    view of it (no copy), and each transform pass writes one contiguous (4, 4, T, C) array."""
-    n, h, w, c = x.shape
+    d is :func:`patches` (a strided view of the padded image, no copy), and each transform pass
+    writes one contiguous (4, 4, T, C) array."""
+    n, c = x.shape[0], x.shape[3]
     th, tw = tiles_hw
-    (top, _), (left, _) = pads
-    xp = np.zeros((n, 2 * th + 2, 2 * tw + 2, c), dtype=x.dtype)         # (N, Hp, Wp, C)
-    xp[:, top:top + h, left:left + w] = x          # 2*th + 2 >= Ho + 2 = H + top + bottom
-    s_n, s_h, s_w, s_c = xp.strides
-    d = np.lib.stride_tricks.as_strided(                                 # (4, 4, N, th, tw, C)
-        xp, (4, 4, n, th, tw, c), (s_h, s_w, s_n, 2 * s_h, 2 * s_w, s_c), writeable=False)
+    d = patches(x, pads, tiles_hw, 2)                                    # (4, 4, N, th, tw, C)
     rows = _rows_bt(d, np.empty((4, 4, n, th, tw, c), dtype=x.dtype))  # B^T d
     v = np.empty((4, 4, n, th, tw, c), dtype=x.dtype)
     _rows_bt(rows.transpose(1, 0, 2, 3, 4, 5), v.transpose(1, 0, 2, 3, 4, 5))  # (B^T d) B
@@ -286,10 +279,9 @@ def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
     return output_transform_reference(m, n, tiles_hw, out_hw, tiles, bias), v
 
 
-def conv3x3_kernel_grad(grad_out: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``grad_kernel = G^T (V^T @ (A grad_y A^T)) G``: the forward's V and grad_out
-    (N, Ho, Wo, F) -> (3, 3, C, F)."""
-    tiles = tiling_of(v)
+def conv3x3_kernel_grad(grad_out: np.ndarray, v: np.ndarray, tiles: Tiling) -> np.ndarray:
+    """``grad_kernel = G^T (V^T @ (A grad_y A^T)) G``: the forward's V (alpha^2, T, C), made
+    with ``tiles``, and grad_out (N, Ho, Wo, F) -> (3, 3, C, F)."""
     f = grad_out.shape[-1]
     tiles_hw = tile_counts(grad_out.shape[1:3], tiles.m)
     kernels = compiled.module("winograd_kernels")
