@@ -3,6 +3,9 @@ its rounding), the switch between them, and the fallback without Numba. Each com
 also what every other test of the op runs (torch in float64, finite differences), since it is
 the default; .ci/run repeats those tests on the reference with CNNLAB_KERNELS=numpy."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -207,3 +210,35 @@ def test_every_kernel_releases_the_gil():
     assert len(kernels) == 6
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
+
+
+BOUNDSCHECKED = "CNNLAB_TEST_BOUNDSCHECKED"
+
+
+@pytest.mark.skipif(not os.environ.get(BOUNDSCHECKED), reason="runs inside the bounds-checked "
+                    "run of test_kernels_stay_in_bounds")
+def test_bounds_checking_is_on():
+    """What makes the run below able to fail: a kernel that reads one past the end raises."""
+    import numba
+
+    @numba.njit
+    def past_the_end(a):
+        return a[a.shape[0]]
+    with pytest.raises(IndexError):
+        past_the_end(np.zeros(3))
+
+
+def test_kernels_stay_in_bounds(tmp_path):
+    """The equality tests above, again in a fresh process with Numba's bounds checking on
+    (``NUMBA_BOUNDSCHECK=1``) and an empty cache, so every kernel is compiled with checks: on
+    hypothesis' shapes (odd sizes, batch 1, tiles over the edge) no kernel reads or writes
+    outside its arrays."""
+    if os.environ.get(BOUNDSCHECKED):
+        pytest.skip("already the bounds-checked run")
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path),
+           BOUNDSCHECKED: "1", "CNNLAB_KERNELS": "numba"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          __file__, "-k", "equal_the_reference or bounds_checking_is_on"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "3 passed" in run.stdout, run.stdout[-2000:]
