@@ -1,8 +1,17 @@
-"""Face detection on two portraits, measured: every box the shipped face model keeps, its
-score, its IoU with a box drawn by hand around the face, and how many other windows above the
-threshold overlap it (what the min-neighbours rule counts), with the rule and without.
+"""Face detection measured two ways.
 
-    python benchmarks/detect.py [--model faces|FILE] [--threshold 0.9]
+1. Against OpenCV's Haar cascade (``haarcascade_frontalface_default``, scale 1.1, 5 neighbours,
+   faces from 24 px) on photos with known boxes: held-out Caltech faces pasted at random sizes
+   and places into held-out scenes (``cnnlab.datasets.web_faces``; ``--faces-data`` names
+   ``faces-train.tar.gz``). Both are scored alike (``tasks.detect.score_detections``): average
+   precision (PASCAL VOC, a face found at IoU >= 0.3), recall at 0.3 false boxes per photo, and
+   seconds per megapixel on this machine. OpenCV is a benchmark-only extra
+   (``pip install 'opencv-python-headless<5'``), never a dependency of cnnlab.
+2. On two portraits: every box the face model keeps, its score, its IoU with a box drawn by
+   hand around the face, and how many other windows above the threshold overlap it (what the
+   min-neighbours rule counts), with the rule and without.
+
+    python benchmarks/detect.py [--model faces|FILE] [--threshold 0.9] [--faces-data FILE]
 
 - scikit-image's ``astronaut.png`` is the issue's target: one box overlaps her face with
   IoU >= 0.5 and no other box scores above the threshold.
@@ -15,10 +24,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
-from cnnlab.datasets import lfw_faces
+from cnnlab.datasets import lfw_faces, web_faces
 from cnnlab.tasks import detect
 
 # the portraits and their hand-drawn face boxes are the tests' own (tests/portraits.py)
@@ -50,13 +60,59 @@ def measure(model, name: str, threshold: float) -> bool:
     return met
 
 
+#: the lowest score a detector reports here, so the precision-recall curve is traced far enough
+FLOOR = 0.5
+
+
+def _haar():
+    import cv2
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+
+    def run(grey: np.ndarray):
+        boxes, _, weights = cascade.detectMultiScale3(
+            (grey * 255).round().astype(np.uint8), scaleFactor=1.1, minNeighbors=5,
+            minSize=(24, 24), outputRejectLevels=True)
+        return [detect.Detection((float(x), float(y), float(x + w), float(y + h)), float(s))
+                for (x, y, w, h), s in zip(np.reshape(boxes, (-1, 4)), np.ravel(weights))]
+    return run
+
+
+def versus_haar(model, data: str, seed: int = 0) -> None:
+    """Both detectors on the same pasted photos; their scores side by side."""
+    held_out = web_faces.split(web_faces.read(data))[1]
+    photos = web_faces.pasted_photos(held_out.faces, held_out.scenes, seed=seed)
+    truth = [boxes for _, boxes in photos]
+    megapixels = sum(p.size for p, _ in photos) / 1e6
+    print(f"{len(photos)} held-out scenes with {sum(map(len, truth))} held-out faces pasted in "
+          f"(24-160 px), {megapixels:.1f} megapixels")
+    detectors = {f"cnnlab {model.name}": lambda grey: detect.detect(grey[..., None], model,
+                                                                    threshold=FLOOR)}
+    try:
+        detectors["OpenCV Haar cascade"] = _haar()
+    except ImportError:
+        print("  (OpenCV is not installed: pip install 'opencv-python-headless<5' to compare)")
+    for name, run in detectors.items():
+        start = time.perf_counter()
+        found = [run(grey) for grey, _ in photos]
+        seconds = time.perf_counter() - start
+        scores = detect.score_detections(found, truth)
+        print(f"  {name:<24} average precision {scores.average_precision:.3f}, recall "
+              f"{scores.recall:.3f} at {scores.false_per_photo} false boxes a photo (score >= "
+              f"{scores.threshold:.3f}), {seconds / megapixels:.2f} s per megapixel")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=detect.DEFAULT_MODEL)
     parser.add_argument("--threshold", type=float, default=detect.THRESHOLD)
+    parser.add_argument("--faces-data", metavar="FILE",
+                        help="faces-train.tar.gz (or its folder): compare with OpenCV's Haar "
+                             "cascade on held-out faces pasted into held-out scenes")
     args = parser.parse_args()
     model = detect.load_detector(args.model)
+    if args.faces_data:
+        versus_haar(model, args.faces_data)
     faces = lfw_faces.crops()[0].mean(axis=(1, 2)) / 255          # the 100 training faces
     print(f"{model.name} ({args.model}); lfw_faces' faces: mean grey {faces.mean():.2f}, "
           f"90th percentile {np.percentile(faces, 90):.2f}")

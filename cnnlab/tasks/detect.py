@@ -22,6 +22,7 @@ greedy non-maximum suppression keeps the best of overlapping boxes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -111,7 +112,12 @@ def sliding_model(model, image_shape):
         if kind == "Dense":
             h, w, c = flat_shape if flat_shape is not None else (1, 1, x.shape[-1])
             config = layer.get_config()
-            new = layer_types.Conv2D(config["units"], (h, w), activation=config["activation"],
+            # the head's softmax is taken in float64 by window_scores: in float32 it rounds
+            # every confident window to 1.0, and ties cannot be ranked
+            activation = config["activation"]
+            if k == len(chain) - 1 and activation == "softmax":
+                activation = "linear"
+            new = layer_types.Conv2D(config["units"], (h, w), activation=activation,
                                      use_bias=config["use_bias"], name=layer.name)
             x = new(x)
             kernel, *bias = layer.get_weights()
@@ -136,11 +142,21 @@ def sliding_model(model, image_shape):
     return sliding, Geometry(window, stride, exact)
 
 
+def _ends_in_softmax(model) -> bool:
+    last = model.flattened().nodes[-1].layer
+    return type(last).__name__ == "Dense" and last.get_config()["activation"] == "softmax"
+
+
 def window_scores(model, image: np.ndarray, target: int):
     """``(scores (rows, cols), Geometry)``: the probability of class ``target`` for every window
     of ``image`` ((H, W, C) in [0, 1]), from one pass of the rewritten model."""
     sliding, geometry = sliding_model(model, image.shape)
     out = sliding.predict(image[None].astype(model.dtype), verbose=0)[0]
+    if _ends_in_softmax(model):
+        logits = out.astype(np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        out = np.exp(logits)
+        out /= out.sum(axis=-1, keepdims=True)
     # pooling that rounds down can leave one more output than there are whole windows (its
     # window hangs over the edge, in pixels the classifier never reads): keep whole windows
     rows, cols = ((n - w) // geometry.stride + 1 for n, w in zip(image.shape, geometry.window))
@@ -296,3 +312,50 @@ def draw(image, detections: list[Detection], out) -> None:
         pen.rectangle(d.box, outline=(255, 48, 48), width=width)
         pen.text((d.box[0] + width + 1, d.box[1] + width), f"{d.score:.2f}", fill=(255, 48, 48))
     picture.save(out)
+
+
+class Scores(NamedTuple):
+    """How a detector did on photos with known boxes (PASCAL VOC's rules, a box found at
+    ``IoU >= min_iou``): ``average_precision``; ``recall`` at ``false_per_photo`` false boxes a
+    photo at most, and the ``threshold`` that gives it (the lowest score kept)."""
+    average_precision: float
+    recall: float
+    false_per_photo: float
+    threshold: float
+
+
+def score_detections(found: list, truth: list, min_iou: float = 0.3,
+                     false_per_photo: float = 0.3) -> Scores:
+    """``found[k]``: the Detections on photo k (any threshold; lower thresholds trace more of
+    the curve); ``truth[k]``: its true (x0, y0, x1, y1) boxes. Each photo's detections claim
+    true boxes best score first, each true box once (the rest are false boxes)."""
+    if len(found) != len(truth):
+        raise ConfigError(f"{len(found)} photos of detections for {len(truth)} of true boxes.")
+    marks = []                                            # (score, found a true box)
+    for detections, boxes in zip(found, truth):
+        free = list(boxes)
+        for d in sorted(detections, key=lambda d: -d.score):
+            overlaps = [iou(d.box, b) for b in free]
+            best = int(np.argmax(overlaps)) if overlaps else -1
+            hit = best >= 0 and overlaps[best] >= min_iou
+            if hit:
+                free.pop(best)
+            marks.append((d.score, hit))
+    total = sum(len(b) for b in truth)
+    if not marks or not total:
+        return Scores(0.0, 0.0, false_per_photo, 1.0)
+    marks.sort(key=lambda m: -m[0])
+    hits = np.cumsum([h for _, h in marks])
+    false = np.cumsum([not h for _, h in marks])
+    recall, precision = hits / total, hits / (hits + false)
+    # all-point interpolation (VOC 2010 on): precision made non-increasing, summed over recall
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    average_precision = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * envelope))
+    allowed = np.nonzero(false <= false_per_photo * len(truth))[0]
+    if not len(allowed):
+        return Scores(average_precision, 0.0, false_per_photo, 1.0)
+    last = allowed[-1]
+    # ties: a threshold keeps every detection of its score, so stop before a tied one past it
+    while last + 1 < len(marks) and marks[last + 1][0] == marks[last][0] and last > 0:
+        last -= 1
+    return Scores(average_precision, float(recall[last]), false_per_photo, float(marks[last][0]))
