@@ -4,6 +4,7 @@
     python recipes/pretrain.py cifar10 --data DIR             # cifar_vgg on CIFAR-10's 50,000
     python recipes/pretrain.py cifar10 --data DIR --classes airplane,automobile,... --out F
     python recipes/pretrain.py faces --negatives DIR          # face_net on lfw_faces, bootstrapped
+    python recipes/pretrain.py web_faces --data faces-train.tar.gz --out F   # on 6,713 faces
 
 ``DIR`` holds one folder of images per class, as ``cifar10-train-jpeg.tar.gz`` extracts
 (``tar xzf cifar10-train-jpeg.tar.gz -C /tmp/cifar10`` gives ``/tmp/cifar10/train``).
@@ -19,6 +20,10 @@ held-out accuracy and the command that made it.
 The face detector is bootstrapped (Sung & Poggio, 1998): after each training round, the
 detector runs over the not-face pictures of ``lfw_faces`` at every scale, and every window it
 takes for a face (score >= 0.5) joins the not-faces for the next round, trained from scratch.
+``web_faces`` does the same on Caltech's faces and the training scenes of ``faces-train.tar.gz``
+(``cnnlab.datasets.web_faces``), written as an ``.npz`` that ``cnnlab train`` reads; its score
+threshold is then chosen on held-out faces pasted into held-out scenes (the most recall at 0.3
+false boxes a photo) and kept in the file's metadata, where ``tasks.detect`` finds it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import numpy as np
 
 import cnnlab
 from cnnlab import zoo
-from cnnlab.datasets import lfw_faces
+from cnnlab.datasets import lfw_faces, web_faces
 from cnnlab.runs import fit_run, new_run, run_settings
 from cnnlab.tasks import detect
 
@@ -46,6 +51,11 @@ RUNS = {
                   describe="lfw_faces: scikit-image's 100 face and 100 other 25x25 crops, and "
                            "squares cut from its person-free pictures; {train:,} to train (faces "
                            "repeated to balance), scored on the other {held_out:,}"),
+    "web_faces": dict(model="face_net", mining_rounds=2, epochs=12,
+                      describe="Caltech 10,000 Web Faces, 24x24 grey (faces-train.tar.gz): "
+                               "{train:,} to train (faces repeated to balance squares of the "
+                               "training scenes and mined windows), scored on the other "
+                               "{held_out:,}"),
     "cifar10": dict(model="cifar_vgg",
                     describe="CIFAR-10's training images (Krizhevsky, 2009) as JPEGs: "
                              "{train:,} to train, scored on the other {held_out:,} (a seeded 20% "
@@ -94,15 +104,61 @@ def _with_not_faces(train, extra):
             np.concatenate([np.zeros(len(negatives), y.dtype), np.ones(len(faces), y.dtype)]))
 
 
-def bootstrap(model, settings, train, test, rounds, negatives, verbose):
+WEB_FACE_SIZE = 24              # the window: faces from 24 pixels up
+SQUARES_PER_SCENE = 80
+
+
+def web_faces_npz(path: str, folder: str, seed: int) -> tuple[str, list]:
+    """``faces-train.tar.gz`` as an ``.npz`` of 24x24 crops in ``folder`` (the training faces
+    and squares of the training scenes; the held-out ones to score on), and the training scenes
+    as pictures to mine."""
+    from PIL import Image
+    train, held_out = web_faces.split(web_faces.read(path))
+    rng = np.random.default_rng(seed)
+    size = WEB_FACE_SIZE
+
+    def shrink(faces):
+        return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR))
+                         for f in faces])
+
+    def squares(scenes):
+        return np.concatenate([lfw_faces.random_squares(s / 255, SQUARES_PER_SCENE, rng, size)
+                               for s in scenes])
+    arrays = {}
+    for name, part in (("train", train), ("test", held_out)):
+        faces, others = shrink(part.faces), squares(part.scenes)
+        arrays[f"x_{name}"] = np.concatenate([others, faces])
+        arrays[f"y_{name}"] = np.concatenate([np.zeros(len(others), np.uint8),
+                                              np.ones(len(faces), np.uint8)])
+    out = os.path.join(folder, "web_faces.npz")
+    np.savez(out, **arrays)
+    return out, [s[..., None].astype(np.float32) / 255 for s in train.scenes]
+
+
+def choose_threshold(model, path: str, seed: int) -> dict:
+    """The score threshold with the most recall at 0.3 false boxes a photo, on held-out faces
+    pasted into held-out scenes (``web_faces.pasted_photos``), and what it gives there."""
+    held_out = web_faces.split(web_faces.read(path))[1]
+    photos = web_faces.pasted_photos(held_out.faces, held_out.scenes, seed=seed)
+    found = [detect.detect(grey[..., None], model, threshold=0.5) for grey, _ in photos]
+    scores = detect.score_detections(found, [boxes for _, boxes in photos])
+    return {"threshold": scores.threshold, "average_precision": round(scores.average_precision, 4),
+            "recall": round(scores.recall, 4), "false_boxes_per_photo": scores.false_per_photo,
+            "photos": len(photos), "faces": sum(len(b) for _, b in photos)}
+
+
+def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures=None):
     """Train ``model``, then ``rounds`` times: take the windows of the not-face pictures that
     the detector calls faces (score >= 0.5) as further not-faces, and train a fresh network."""
     if negatives:
         train = _with_not_faces(train, photo_squares(negatives[0], negatives[1]))
+    elif pictures is not None:
+        train = _with_not_faces(train, train[0][:0])          # balanced from the first round
     fit_run(model, settings, train, test, verbose=verbose)
     mined = []
     for round_ in range(rounds):
-        pictures = [p[..., None].astype(np.float32) for p in lfw_faces.not_face_pictures()]
+        if pictures is None:
+            pictures = [p[..., None].astype(np.float32) for p in lfw_faces.not_face_pictures()]
         hard = detect.hard_negatives(model, pictures, threshold=0.5, seed=settings["seed"] + round_)
         mined.append(len(hard))
         print(f"Round {round_ + 1}: {len(hard)} windows of the not-face pictures taken for "
@@ -119,15 +175,20 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
     run = RUNS[weights]
     data = data or run.get("data")
     if data is None:
-        raise SystemExit(f"{weights}: pass --data DIR (the extracted CIFAR-10 training folder).")
+        raise SystemExit(f"{weights}: pass --data (the extracted CIFAR-10 training folder, or "
+                         f"faces-train.tar.gz for web_faces).")
     folder = class_subset(data, classes) if classes else data
-    settings = run_settings(model=run["model"], data=folder, seed=seed, epochs=epochs)
+    pictures = None
+    if weights == "web_faces":
+        folder, pictures = web_faces_npz(data, tempfile.mkdtemp(prefix="cnnlab-faces-"), seed)
+    settings = run_settings(model=run["model"], data=folder, seed=seed,
+                            epochs=epochs or run.get("epochs"))
     model, train, test = new_run(settings)
     start = time.perf_counter()
     mined = []
     if run.get("mining_rounds"):
         model, mined = bootstrap(model, settings, train, test, run["mining_rounds"], negatives,
-                                 verbose)
+                                 verbose, pictures)
     else:
         fit_run(model, settings, train, test, verbose=verbose)
     seconds = time.perf_counter() - start
@@ -151,6 +212,9 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),
         **({"hard_negatives_per_round": mined} if mined else {}),
         "cnnlab_version": cnnlab.__version__}
+    if weights == "web_faces":
+        model.metadata["detection"] = choose_threshold(model, data, seed)
+        print(f"Detection on held-out photos: {model.metadata['detection']}", flush=True)
     model.save(out, include_optimizer=False)
     return model.metadata["pretrained"]
 

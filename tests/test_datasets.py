@@ -203,3 +203,60 @@ def test_truncated_cifar_batch_is_named(cifar_folder):
     (folder / "data_batch_3.bin").write_bytes(data[:-100])
     with pytest.raises(DataError, match="data_batch_3.bin .* not a whole number"):
         cifar10.load_data(path=folder)
+
+
+def _faces_archive(folder, faces=6, scenes=3, face_size=36):
+    """A small faces-train.tar.gz: grey face crops and colour scenes, as the real one."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    path = folder / "faces-train.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for kind, count, size in (("faces", faces, (face_size, face_size)),
+                                  ("non-face-scenes", scenes, (90, 70))):
+            for k in range(count):
+                shape = size[::-1] + (() if kind == "faces" else (3,))
+                data = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(data, "PNG")
+                info = tarfile.TarInfo(f"faces-train/{kind}/{kind}_{k:03d}.png")
+                info.size = len(data.getvalue())
+                archive.addfile(info, io.BytesIO(data.getvalue()))
+    return path
+
+
+def test_web_faces_reads_the_archive_splits_by_name_and_pastes_known_boxes(tmp_path):
+    from cnnlab.datasets import web_faces
+    from cnnlab.tasks.detect import iou
+    data = web_faces.read(str(_faces_archive(tmp_path, faces=40, scenes=12)))
+    assert data.faces.shape == (40, 36, 36) and data.faces.dtype == np.uint8
+    assert len(data.scenes) == 12 and data.scenes[0].shape == (70, 90)
+    train, held_out = web_faces.split(data, share=0.3)
+    assert sorted(train.face_names + held_out.face_names) == data.face_names
+    assert not set(train.scene_names) & set(held_out.scene_names) and held_out.scene_names
+    # a file's side depends on its name alone
+    again = web_faces.split(web_faces.Part(data.faces[5:], data.scenes, data.face_names[5:],
+                                           data.scene_names), share=0.3)[1]
+    assert set(again.face_names) == set(held_out.face_names) - set(data.face_names[:5])
+    photos = web_faces.pasted_photos(data.faces, data.scenes, seed=1, per_scene=(2, 3),
+                                     sizes=(24, 60), min_side=200)
+    for grey, boxes in photos:
+        assert min(grey.shape) >= 200 and grey.dtype == np.float32 and 2 <= len(boxes) <= 3
+        for k, (x0, y0, x1, y1) in enumerate(boxes):
+            assert x1 - x0 == y1 - y0 and 24 <= x1 - x0 <= 60
+            assert all(iou((x0, y0, x1, y1), other) == 0 for other in boxes[k + 1:])
+
+
+def test_web_faces_names_what_is_wrong_with_its_files(tmp_path):
+    from cnnlab.datasets import web_faces
+    with pytest.raises(DataError, match="No faces data at"):
+        web_faces.read(str(tmp_path / "missing.tar.gz"))
+    archive = _faces_archive(tmp_path)
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(archive.read_bytes()[:len(archive.read_bytes()) // 2])
+    with pytest.raises(DataError, match="cut.tar.gz"):
+        web_faces.read(str(cut))
+    (tmp_path / "small").mkdir()
+    with pytest.raises(DataError, match="18x18|\\(18, 18\\)"):
+        web_faces.read(str(_faces_archive(tmp_path / "small", face_size=18)))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="0 face crops and 0 scenes"):
+        web_faces.read(str(tmp_path / "empty"))

@@ -24,8 +24,12 @@ def _windows(model, image, stride):
     return model.predict(crops, verbose=0).reshape(rows, cols, -1)
 
 
-@pytest.mark.parametrize("height, width", [(25, 25), (41, 53), (64, 30)])
-def test_the_convolutional_rewrite_is_the_sliding_classifier_window_by_window(height, width):
+@pytest.mark.parametrize("height, width, band", [(25, 25, None), (41, 53, None), (64, 30, None),
+                                                 (64, 30, 1000), (41, 53, 2200)])
+def test_the_convolutional_rewrite_is_the_sliding_classifier_window_by_window(height, width,
+                                                                              band):
+    """Whole, and in bands of ``band`` pixels (each band a window less a stride over the last:
+    what bounds memory on large photos)."""
     cnnlab.config.set_floatx("float64")
     cnnlab.utils.set_random_seed(3)
     model = zoo.get("face_net", num_classes=2, augment=True)       # augmentation is dropped
@@ -34,7 +38,7 @@ def test_the_convolutional_rewrite_is_the_sliding_classifier_window_by_window(he
     image = np.random.default_rng(1).random((height, width, 1))
     sliding, geometry = detect.sliding_model(model, image.shape)
     assert geometry == detect.Geometry((25, 25), 4, True)
-    scores, _ = detect.window_scores(model, image, target=1)
+    scores, _ = detect.window_scores(model, image, target=1, band_pixels=band)
     expected = _windows(model, image, 4)
     np.testing.assert_allclose(scores, expected[..., 1], rtol=0, atol=1e-12)
 
@@ -245,3 +249,39 @@ def test_the_shipped_face_model_boxes_the_portraits_face_and_nothing_else(name):
     found = detect.detect(load())
     assert [detect.iou(d.box, face) >= 0.5 for d in found] == [True], \
         [(d.box, d.score, round(detect.iou(d.box, face), 2)) for d in found]
+
+
+def test_detections_are_scored_as_pascal_voc_scores_them():
+    """Worked by hand: photo A has two faces, photo B one. Ranked by score the detections are
+    hit, false (a second box on a face already found), hit, hit: recall 1/3, 1/3, 2/3, 1 and
+    precision 1, 1/2, 2/3, 3/4; the envelope is 1, 3/4, 3/4, 3/4, so AP = (1 + 3/4 + 3/4) / 3.
+    At 0.3 false boxes a photo (0.6 over two photos) no false box is allowed: recall 1/3 at
+    the first score."""
+    a1, a2, b1 = (0, 0, 10, 10), (50, 50, 70, 70), (5, 5, 25, 25)
+    found = [[detect.Detection((0, 0, 10, 10), 0.9), detect.Detection((1, 1, 10, 10), 0.8),
+              detect.Detection((52, 50, 70, 72), 0.7)],
+             [detect.Detection((4, 6, 24, 26), 0.6), detect.Detection((200, 200, 220, 220), 0.1)]]
+    scores = detect.score_detections(found, [[a1, a2], [b1]])
+    assert scores.average_precision == pytest.approx((1 + 0.75 + 0.75) / 3)
+    assert scores.recall == pytest.approx(1 / 3) and scores.threshold == 0.9
+    # four false boxes allowed over the two photos: every face, at the last hit's score
+    loose = detect.score_detections(found, [[a1, a2], [b1]], false_per_photo=2)
+    assert loose.recall == 1 and loose.threshold == 0.1
+    assert detect.score_detections([[], []], [[a1], [b1]]).average_precision == 0
+    with pytest.raises(ConfigError, match="2 photos of detections for 1"):
+        detect.score_detections(found, [[a1]])
+
+
+def test_the_threshold_the_recipe_chose_is_the_detectors_default(digit_detector):
+    """``metadata['detection']['threshold']`` (what recipes/pretrain.py writes) replaces
+    THRESHOLD when no threshold is given."""
+    model, page = digit_detector, _page(5)[0][..., None]
+    everything = detect.detect(page, model, threshold=0.01, min_neighbors=0, max_size=36)
+    scores = sorted(d.score for d in everything)
+    model.metadata["detection"] = {"threshold": float(scores[len(scores) // 2])}
+    try:
+        kept = detect.detect(page, model, min_neighbors=0, max_size=36)
+    finally:
+        del model.metadata["detection"]
+    assert kept and all(d.score >= scores[len(scores) // 2] for d in kept)
+    assert len(kept) < len(everything)

@@ -37,6 +37,9 @@ NMS_IOU = 0.3
 #: an object lights up its neighbouring windows and scales, a fluke mostly one. 3 is OpenCV's
 #: default for the same rule (``detectMultiScale``'s minNeighbors)
 MIN_NEIGHBORS = 3
+#: image pixels scored in one pass of the sliding model: peak memory is about 1 kB per pixel
+#: for face_net (its activations and the convolutions' workspace), whatever the image's size
+BAND_PIXELS = 250_000
 DEFAULT_MODEL = "faces"
 _SKIPPED = ("Dropout", "RandomFlip", "RandomCrop", "RandomTranslation", "RandomRotation",
             "RandomZoom", "RandomContrast", "RandomBrightness")
@@ -147,20 +150,35 @@ def _ends_in_softmax(model) -> bool:
     return type(last).__name__ == "Dense" and last.get_config()["activation"] == "softmax"
 
 
-def window_scores(model, image: np.ndarray, target: int):
+def window_scores(model, image: np.ndarray, target: int, band_pixels: int | None = None):
     """``(scores (rows, cols), Geometry)``: the probability of class ``target`` for every window
-    of ``image`` ((H, W, C) in [0, 1]), from one pass of the rewritten model."""
-    sliding, geometry = sliding_model(model, image.shape)
-    out = sliding.predict(image[None].astype(model.dtype), verbose=0)[0]
+    of ``image`` ((H, W, C) in [0, 1]), from passes of the rewritten model over bands of
+    ``band_pixels`` (default ``BAND_PIXELS``) image pixels, so memory stays bounded at any image
+    size. Bands overlap by a window less a stride: each window is scored once, whole."""
+    band_pixels = band_pixels or BAND_PIXELS
+    geometry = sliding_model(model, (*model.input_shape[:2], image.shape[2]))[1]
+    (wh, ww), step = geometry.window, geometry.stride
+    if image.shape[0] < wh or image.shape[1] < ww:
+        sliding_model(model, image.shape)                  # its error names the sizes
+    rows, cols = ((n - w) // step + 1 for n, w in zip(image.shape, geometry.window))
+    per_band = max(1, (band_pixels // image.shape[1] - wh) // step + 1)
+    models, parts = {}, []
+    for first in range(0, rows, per_band):
+        last = min(rows, first + per_band)
+        band = image[first * step:(last - 1) * step + wh]
+        if band.shape not in models:
+            models[band.shape] = sliding_model(model, band.shape)[0]
+        out = models[band.shape].predict(band[None].astype(model.dtype), verbose=0)[0]
+        # pooling that rounds down can leave one more output than there are whole windows (its
+        # window hangs over the edge, in pixels the classifier never reads): keep whole windows
+        parts.append(out[:last - first, :cols])
+    out = np.concatenate(parts)
     if _ends_in_softmax(model):
         logits = out.astype(np.float64)
         logits -= logits.max(axis=-1, keepdims=True)
         out = np.exp(logits)
         out /= out.sum(axis=-1, keepdims=True)
-    # pooling that rounds down can leave one more output than there are whole windows (its
-    # window hangs over the edge, in pixels the classifier never reads): keep whole windows
-    rows, cols = ((n - w) // geometry.stride + 1 for n, w in zip(image.shape, geometry.window))
-    return out[:rows, :cols, target], geometry
+    return out[..., target], geometry
 
 
 def prepare(model, image) -> np.ndarray:
@@ -233,14 +251,17 @@ def non_max_suppression(detections: list[Detection], overlap: float = NMS_IOU,
     return kept
 
 
-def detect(image, model=DEFAULT_MODEL, threshold: float = THRESHOLD, target=None,
+def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=None,
            min_size: int | None = None, max_size: int | None = None,
            overlap: float = NMS_IOU, min_neighbors: int = MIN_NEIGHBORS) -> list[Detection]:
     """Boxes where ``model`` (a shipped model name, a ``.cnnlab`` path or a model) scores class
-    ``target`` at least ``threshold``, over an image pyramid, after non-maximum suppression
+    ``target`` at least ``threshold`` (default: the one its recipe chose on validation photos,
+    else ``THRESHOLD``), over an image pyramid, after non-maximum suppression
     (each kept box backed by ``min_neighbors`` overlapping windows); best first. ``image``: a
     path, a PIL image, or an (H, W, C) array in [0, 1]."""
     model = load_detector(model)
+    if threshold is None:          # chosen on validation photos by the recipe, if it was
+        threshold = model.metadata.get("detection", {}).get("threshold", THRESHOLD)
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be between 0 and 1; received {threshold!r}.")
     target = target_class(model, target)
