@@ -56,7 +56,9 @@ def cmd_detect(args) -> int:
     from cnnlab.tasks import detect
     if args.out:                                        # before the work, not after it
         outputs.given_path(args.out, "--out", outputs.image_extensions(), args.overwrite)
-    found = detect.detect(args.image, model=args.model, threshold=args.threshold,
+    model = detect.load_detector(args.model)
+    threshold = detect.default_threshold(model) if args.threshold is None else args.threshold
+    found = detect.detect(args.image, model=model, threshold=threshold,
                           target=args.target, min_size=args.min_size,
                           min_neighbors=args.min_neighbors)
     if args.out:
@@ -65,7 +67,7 @@ def cmd_detect(args) -> int:
         print(json.dumps([d.to_json() for d in found]))
         return 0
     if not found:
-        print(f"{args.image}: nothing scores {args.threshold:g} or more (try a lower "
+        print(f"{args.image}: nothing scores {threshold:g} or more (try a lower "
               f"--threshold)")
     for d in found:
         x0, y0, x1, y1 = (round(v) for v in d.box)
@@ -144,8 +146,9 @@ def add_commands(commands, formatter, positive_int) -> None:
     boxes.add_argument("--json", action="store_true",
                        help='print [{"box": [x0, y0, x1, y1], "score"}, ...] in the photo\'s '
                             'pixels')
-    boxes.add_argument("--threshold", type=float, default=THRESHOLD,
-                       help="the least probability a box needs (default: %(default)s)")
+    boxes.add_argument("--threshold", type=float,
+                       help=f"the least probability a box needs (default: the one the model's "
+                            f"recipe chose on validation photos, else {THRESHOLD})")
     boxes.add_argument("--target", help="the class to find, by name or index (default: 'face', "
                                         "or class 1 of a two-class model)")
     boxes.add_argument("--min-size", type=positive_int,
@@ -170,7 +173,7 @@ def add_commands(commands, formatter, positive_int) -> None:
     clip.add_argument("--batch-size", type=positive_int, default=32,
                       help="frames classified at once (default: %(default)s)")
     clip.add_argument("--threshold", type=float,
-                      help=f"with --detect: the least probability a box needs (default: "
-                           f"{THRESHOLD})")
+                      help=f"with --detect: the least probability a box needs (default: the "
+                           f"model's own, else {THRESHOLD})")
     clip.add_argument("--target", help="with --detect: the class to find")
     clip.set_defaults(func=cmd_video)

@@ -382,8 +382,11 @@ class Handler(BaseHTTPRequestHandler):
         raise ApiError(404, f"No API endpoint {path!r}; the README lists them.")
 
     @staticmethod
-    def _threshold(query) -> float:
-        threshold = query.get("threshold", ["0.9"])[0]
+    def _threshold(query) -> float | None:
+        """The query's threshold, or None: the detector's own."""
+        if "threshold" not in query:
+            return None
+        threshold = query["threshold"][0]
         try:
             value = float(threshold)
         except ValueError:

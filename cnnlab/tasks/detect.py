@@ -251,6 +251,12 @@ def non_max_suppression(detections: list[Detection], overlap: float = NMS_IOU,
     return kept
 
 
+def default_threshold(model) -> float:
+    """The threshold ``model``'s recipe chose on validation photos (``recipes/pretrain.py``
+    keeps it in ``metadata['detection']``), else ``THRESHOLD``."""
+    return float(model.metadata.get("detection", {}).get("threshold", THRESHOLD))
+
+
 def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=None,
            min_size: int | None = None, max_size: int | None = None,
            overlap: float = NMS_IOU, min_neighbors: int = MIN_NEIGHBORS) -> list[Detection]:
@@ -260,8 +266,7 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
     (each kept box backed by ``min_neighbors`` overlapping windows); best first. ``image``: a
     path, a PIL image, or an (H, W, C) array in [0, 1]."""
     model = load_detector(model)
-    if threshold is None:          # chosen on validation photos by the recipe, if it was
-        threshold = model.metadata.get("detection", {}).get("threshold", THRESHOLD)
+    threshold = default_threshold(model) if threshold is None else threshold
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be between 0 and 1; received {threshold!r}.")
     target = target_class(model, target)

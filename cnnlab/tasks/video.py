@@ -151,7 +151,7 @@ def _process(model, container, stream, result, detect_objects, batch_size, thres
                 annotated = []
                 for index, image, seconds in batch:
                     found = detect.detect(image, model=model, target=target_index,
-                                          threshold=threshold or detect.THRESHOLD)
+                                          threshold=threshold)
                     for d in found:
                         write_row([index, f"{seconds:.3f}", *(f"{v:.1f}" for v in d.box),
                                    f"{d.score:.4f}"])
