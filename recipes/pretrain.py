@@ -135,11 +135,12 @@ def web_faces_npz(path: str, folder: str, seed: int) -> tuple[str, list]:
     return out, [s[..., None].astype(np.float32) / 255 for s in train.scenes]
 
 
-def choose_threshold(model, path: str, seed: int) -> dict:
+def choose_threshold(model, path: str) -> dict:
     """The score threshold with the most recall at 0.3 false boxes a photo, on held-out faces
     pasted into held-out scenes (``web_faces.pasted_photos``), and what it gives there."""
     held_out = web_faces.split(web_faces.read(path))[1]
-    photos = web_faces.pasted_photos(held_out.faces, held_out.scenes, seed=seed)
+    photos = web_faces.pasted_photos(held_out.faces, held_out.scenes,
+                                     seed=web_faces.VALIDATION_SEED)
     found = [detect.detect(grey[..., None], model, threshold=0.5) for grey, _ in photos]
     scores = detect.score_detections(found, [boxes for _, boxes in photos])
     return {"threshold": scores.threshold, "average_precision": round(scores.average_precision, 4),
@@ -213,7 +214,7 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         **({"hard_negatives_per_round": mined} if mined else {}),
         "cnnlab_version": cnnlab.__version__}
     if weights == "web_faces":
-        model.metadata["detection"] = choose_threshold(model, data, seed)
+        model.metadata["detection"] = choose_threshold(model, data)
         print(f"Detection on held-out photos: {model.metadata['detection']}", flush=True)
     model.save(out, include_optimizer=False)
     return model.metadata["pretrained"]

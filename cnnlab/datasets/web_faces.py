@@ -26,6 +26,9 @@ from cnnlab.errors import DataError
 FACES, SCENES = "faces", "non-face-scenes"
 SIZE = 36
 HELD_OUT_SHARE = 0.15
+#: the seeds of :func:`pasted_photos` for choosing a detector's threshold (validation) and for
+#: scoring it (test): the same held-out faces and scenes, arranged apart
+VALIDATION_SEED, TEST_SEED = 0, 1
 
 
 class Part(NamedTuple):
