@@ -181,3 +181,18 @@ def test_a_model_without_an_input_shape_builds_on_its_first_data(method):
     kwargs = {"verbose": 0} if method in ("fit", "evaluate") else {}
     getattr(model, method)(x, y, **kwargs)
     assert model.input_shape == (6, 6, 1) and model.output_shape == (None, 3)
+
+
+@pytest.mark.parametrize("name", ["optimizers", "losses", "metrics", "callbacks", "export"])
+def test_the_public_modules_export_their_api_and_nothing_they_import(name):
+    """Before ``__all__``, ``from cnnlab.optimizers import *`` brought ``np``, ``difflib`` and
+    ``functools`` with it, and ``cnnlab.optimizers.schedules`` existed only through that leak."""
+    import importlib
+    import types
+    public = importlib.import_module(f"cnnlab.{name}")
+    names = {k for k in vars(public) if not k.startswith("_")}
+    assert names == set(public.__all__), names ^ set(public.__all__)
+    leaked = {k for k in names if isinstance(getattr(public, k), types.ModuleType)}
+    assert leaked <= {"schedules"}, leaked
+    if name == "optimizers":
+        assert public.schedules.OneCycle and public.SGD and "np" not in names

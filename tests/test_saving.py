@@ -231,3 +231,45 @@ def test_a_file_is_what_its_name_says(tmp_path, name):
     with pytest.raises(cnnlab.errors.ConfigError, match="does not write Keras files"):
         model.save_weights(tmp_path / "w.h5")
     assert not list(tmp_path.iterdir())
+
+
+def _users_dense_class(**options):
+    """A layer of the user's that shares a built-in's name (made in a function, so each test
+    gets a fresh class, as a re-run notebook cell would)."""
+    class Dense(cnnlab.layers.Layer, **options):
+        def __init__(self, units=2, **kwargs):
+            super().__init__(**kwargs)
+            self.units = units
+
+        def get_config(self):
+            return {**super().get_config(), "units": self.units}
+
+        def compute_output_shape(self, input_shape):
+            return (*input_shape[:-1], self.units)
+
+        def call(self, x, ctx):
+            return x[..., :self.units] * 2, None
+    return Dense
+
+
+def test_a_users_layer_named_as_a_built_in_never_replaces_it(tmp_path):
+    """Before the fix, ``class Dense(Layer)`` took the name 'Dense' in the registry, and every
+    model file with a Dense layer then loaded as the user's class."""
+    from cnnlab.layers.base import LAYER_REGISTRY
+    built_in = cnnlab.layers.Dense
+    users = _users_dense_class()
+    assert cnnlab.layers.layer_class("Dense") is built_in
+    assert users.registered_name.endswith(">Dense")
+    plain = cnnlab.Sequential([cnnlab.layers.Input((3,)), built_in(2)])
+    plain.save(tmp_path / "plain.cnnlab")
+    assert type(cnnlab.models.load_model(tmp_path / "plain.cnnlab").layers[-1]) is built_in
+    mine = cnnlab.Sequential([cnnlab.layers.Input((3,)), users(2)])
+    mine.save(tmp_path / "mine.cnnlab")
+    loaded = cnnlab.models.load_model(tmp_path / "mine.cnnlab")
+    assert type(loaded.layers[-1]) is users
+    np.testing.assert_array_equal(loaded.predict(np.ones((1, 3)), verbose=0), [[2, 2]])
+    try:                                 # asked for: it replaces the built-in
+        replacing = _users_dense_class(replace=True)
+        assert cnnlab.layers.layer_class("Dense") is replacing
+    finally:
+        LAYER_REGISTRY["Dense"] = built_in

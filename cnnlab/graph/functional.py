@@ -20,7 +20,7 @@ import numpy as np
 
 from cnnlab.errors import ConfigError, ShapeError
 from cnnlab.graph import execute, fusion
-from cnnlab.layers.base import Layer, Variable, layer_class
+from cnnlab.layers.base import Layer, Variable, layer_class, registered_name
 from cnnlab.layers.core import InputLayer
 from cnnlab.layers.symbolic import SymbolicTensor, make_input
 
@@ -251,7 +251,7 @@ class Functional(Layer):
 
         entries = {}
         for layer in self.layers:
-            entries[layer.name] = {"class_name": type(layer).__name__, "name": layer.name,
+            entries[layer.name] = {"class_name": registered_name(layer), "name": layer.name,
                                    "config": layer.get_config(), "inbound_nodes": []}
         for node in self.nodes:
             entry = entries[node.layer.name]

@@ -29,7 +29,7 @@ import cnnlab
 from cnnlab.errors import CnnlabError, ConfigError, ModelFileError
 from cnnlab.graph.functional import Functional
 from cnnlab.io.files import ArchiveReader, json_array, write_archive
-from cnnlab.layers.base import deferred_variables, layer_class
+from cnnlab.layers.base import deferred_variables, layer_class, registered_name
 from cnnlab.training import losses as losses_module
 from cnnlab.training import optimizers as optimizers_module
 from cnnlab.training import progress
@@ -47,7 +47,7 @@ _CONFIG_ERRORS = (CnnlabError, TypeError, ValueError, KeyError, AttributeError, 
 def _arrays_for(model, kind: str, include_optimizer: bool) -> dict[str, np.ndarray]:
     arrays = {"format": json_array({"format": FORMAT, "kind": kind, "version": VERSION,
                                     "cnnlab_version": cnnlab.__version__})}
-    document = {"class_name": type(model).__name__, "config": model.get_config()}
+    document = {"class_name": registered_name(model), "config": model.get_config()}
     if kind == "model":
         if model.loss is not None:
             model._resolve_compile()

@@ -50,6 +50,16 @@ def _snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower().replace("2_d", "2d")
 
 
+def _built_in(cls) -> bool:
+    return cls.__module__.split(".")[0] == "cnnlab"
+
+
+def registered_name(layer_or_class) -> str:
+    """The name a layer's class is registered and saved under (see ``Layer.__init_subclass__``)."""
+    cls = layer_or_class if isinstance(layer_or_class, type) else type(layer_or_class)
+    return getattr(cls, "registered_name", cls.__name__)
+
+
 def layer_class(name) -> type:
     """A layer class by its name, for configurations and model files."""
     if isinstance(name, str) and name in LAYER_REGISTRY:
@@ -130,10 +140,19 @@ class Layer:
     #: how many inputs the layer takes: 1, or None for a list of two or more (merge layers)
     input_count: int | None = 1
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, replace: bool = False, **kwargs):
+        """Register ``cls`` under its name for configurations and model files. A class of
+        yours named as a built-in one (``class Dense(Layer)``) never silently replaces it:
+        it is registered as ``'<module>>Dense'`` (Keras' package prefix) and files record that
+        name, unless it asks to replace the built-in: ``class Dense(Layer, replace=True)``."""
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):      # private helpers are not loadable layers
-            LAYER_REGISTRY[cls.__name__] = cls
+        if cls.__name__.startswith("_"):          # private helpers are not loadable layers
+            return
+        key, taken = cls.__name__, LAYER_REGISTRY.get(cls.__name__)
+        if taken is not None and not replace and _built_in(taken) and not _built_in(cls):
+            key = f"{cls.__module__}>{cls.__name__}"
+        cls.registered_name = key
+        LAYER_REGISTRY[key] = cls
 
     def __init__(self, name: str | None = None, dtype=None, trainable: bool = True,
                  input_shape=None, activation=None):

@@ -13,7 +13,7 @@ changes.
 from __future__ import annotations
 
 from cnnlab.errors import ConfigError, NotBuiltError, ShapeError
-from cnnlab.layers.base import Layer, layer_class, unique_name
+from cnnlab.layers.base import Layer, layer_class, registered_name, unique_name
 from cnnlab.layers.core import InputLayer
 from cnnlab.layers.symbolic import SymbolicTensor, make_input
 from cnnlab.models.model import Model
@@ -116,7 +116,7 @@ class Sequential(Model):
         shape = self._input_tensor.shape[1:] if self._input_tensor is not None else None
         return {"name": self.name, "trainable": self.trainable,
                 "input_shape": list(shape) if shape else None,
-                "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()}
+                "layers": [{"class_name": registered_name(layer), "config": layer.get_config()}
                            for layer in self._layers]}
 
     @classmethod

@@ -28,7 +28,6 @@ import numpy as np
 
 from cnnlab import layers as layer_types
 from cnnlab.errors import ConfigError
-from cnnlab.layers.base import layer_class
 
 SCALE_STEP = 1.25
 THRESHOLD = 0.9
@@ -84,7 +83,7 @@ def _chain(model) -> list:
 
 def _copy(layer, **changes):
     config = {**layer.get_config(), **changes, "name": layer.name}
-    return layer_class(type(layer).__name__).from_config(config)
+    return type(layer).from_config(config)
 
 
 def sliding_model(model, image_shape):

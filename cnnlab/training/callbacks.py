@@ -17,6 +17,10 @@ import numpy as np
 
 from cnnlab.errors import ConfigError
 
+#: what ``cnnlab.callbacks`` (the public module) exports
+__all__ = ["Callback", "CallbackList", "History", "ProgbarLogger", "CSVLogger", "EarlyStopping",
+           "LearningRateScheduler", "ModelCheckpoint", "ReduceLROnPlateau", "TerminateOnNaN"]
+
 
 class Callback:
     """Base class: override the hooks you need. ``self.model`` is set before training begins."""

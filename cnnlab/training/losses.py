@@ -19,6 +19,11 @@ from cnnlab.engine import losses as ops
 from cnnlab.engine.activations import softmax_forward
 from cnnlab.errors import ConfigError, DataError
 
+#: what ``cnnlab.losses`` (the public module) exports
+__all__ = ["Loss", "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "MeanSquaredError",
+           "categorical_crossentropy", "sparse_categorical_crossentropy", "mean_squared_error",
+           "mse", "smooth_labels", "get", "serialize", "deserialize", "LOSSES"]
+
 
 class Loss:
     name = "loss"

@@ -10,6 +10,10 @@ import numpy as np
 
 from cnnlab.errors import ConfigError
 
+#: what ``cnnlab.metrics`` (the public module) exports
+__all__ = ["MeanMetric", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy",
+           "get"]
+
 
 def categorical_accuracy(y_true, y_pred) -> np.ndarray:
     """1 where the predicted class (argmax) equals the one-hot target's, per sample."""

@@ -25,6 +25,9 @@ from cnnlab.errors import ConfigError, ModelFileError
 from cnnlab.training import schedules
 from cnnlab.training.schedules import LearningRateSchedule
 
+#: what ``cnnlab.optimizers`` (the public module) exports
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "schedules", "get", "serialize", "OPTIMIZERS"]
+
 
 class Optimizer:
     """Base class: holds the learning rate, the step count and per-parameter state (slots).
