@@ -114,3 +114,21 @@ def test_he_uniform_lecun_normal_and_orthogonal_follow_their_formulas():
         small = min(q.shape)
         gram = q.T @ q if q.shape[0] >= q.shape[1] else q @ q.T
         np.testing.assert_allclose(gram, np.eye(small), atol=1e-12)
+
+
+def test_lr_is_learning_rate_and_setting_either_changes_the_next_step():
+    """Before the fix ``optimizer.lr`` was None until the first step and then overwritten by
+    each step: setting it was silently ignored."""
+    opt = optimizers.SGD(learning_rate=0.1)
+    assert opt.lr == 0.1
+    w, g = np.ones(3), np.full(3, 2.0)
+    opt.lr = 0.01                                       # Keras 2's spelling
+    opt.apply([(w, g)])
+    np.testing.assert_allclose(w, 1 - 0.01 * 2)
+    opt.learning_rate = 0.5
+    assert opt.lr == 0.5
+    opt.apply([(w, g)])
+    np.testing.assert_allclose(w, 1 - 0.01 * 2 - 0.5 * 2)
+    with pytest.raises(ConfigError, match="learning_rate"):
+        opt.lr = -1.0
+    assert opt.learning_rate == 0.5

@@ -46,11 +46,7 @@ class Optimizer:
                  clipnorm=None, clipvalue=None, global_clipnorm=None, **legacy):
         owner = type(self).__name__
         learning_rate = _legacy_lr(owner, learning_rate, legacy)
-        if isinstance(learning_rate, dict):
-            learning_rate = schedules.deserialize(learning_rate)
-        self.learning_rate = learning_rate if isinstance(learning_rate, LearningRateSchedule) \
-            else _check_number("learning_rate", learning_rate, owner, low=0.0,
-                               low_inclusive=False)
+        self.learning_rate = learning_rate
         self.weight_decay = _check_number("weight_decay", weight_decay, owner, low=0.0)
         if clipnorm is not None and global_clipnorm is not None:
             raise ConfigError(f"{owner}: clipnorm and global_clipnorm cannot both be set (as in "
@@ -63,8 +59,24 @@ class Optimizer:
                              ("global_clipnorm", global_clipnorm)))
         self.name = name or owner.lower()
         self.iterations = 0
-        self.lr = None                  # the learning rate of the step being applied
+        self._step_lr = 0.0             # the learning rate of the step being applied
         self._slots: dict[str, dict[str, np.ndarray]] = {}
+
+    @property
+    def learning_rate(self):
+        """The rate as set: a number, or a schedule (``current_learning_rate()`` is its value at
+        the next step). Settable between steps; the next step uses it."""
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value) -> None:
+        if isinstance(value, dict):
+            value = schedules.deserialize(value)
+        self._learning_rate = value if isinstance(value, LearningRateSchedule) else _check_number(
+            "learning_rate", value, type(self).__name__, low=0.0, low_inclusive=False)
+
+    #: Keras 2's name for ``learning_rate``: the same value, and setting it sets the rate
+    lr = learning_rate
 
     def current_learning_rate(self) -> float:
         """The learning rate the next step uses (a schedule's value at this step count)."""
@@ -97,7 +109,7 @@ class Optimizer:
         ``(name, param, grad)`` triples (a model passes its parameters' names)."""
         items = [item if len(item) == 3 else (f"#{id(item[0])}", *item)
                  for item in params_and_grads]
-        self.lr = self.current_learning_rate()
+        self._step_lr = self.current_learning_rate()
         grads = self._clip([grad for _, _, grad in items])
         self.iterations += 1
         work = []
@@ -119,7 +131,7 @@ class Optimizer:
         self._update_all(work)
 
     def _update_all(self, work) -> None:
-        decay = self.lr * self.weight_decay
+        decay = self._step_lr * self.weight_decay
         for param, grad, slots in work:
             if decay:
                 param -= decay * param          # decoupled: the gradient never sees it
@@ -221,7 +233,7 @@ class SGD(Optimizer):
                 buf *= self.momentum
                 buf += grad
             grad = grad + self.momentum * buf if self.nesterov else buf
-        param -= self.lr * grad
+        param -= self._step_lr * grad
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -256,7 +268,7 @@ class Adam(Optimizer):
         m += (1 - self.beta_1) * grad
         v *= self.beta_2
         v += (1 - self.beta_2) * (grad * grad)
-        step_size = self.lr / (1 - self.beta_1 ** self.iterations)
+        step_size = self._step_lr / (1 - self.beta_1 ** self.iterations)
         denom = np.sqrt(v) / np.sqrt(1 - self.beta_2 ** self.iterations) + self.epsilon
         param -= step_size * (m / denom)
 
@@ -317,7 +329,7 @@ class RMSprop(Optimizer):
             average *= self.rho
             average += (1 - self.rho) * grad
             denominator = velocity - average * average
-        increment = self.lr * grad / np.sqrt(denominator + self.epsilon)
+        increment = self._step_lr * grad / np.sqrt(denominator + self.epsilon)
         if self.momentum:
             buf = slots["momentum"]
             buf *= self.momentum
