@@ -196,3 +196,20 @@ def test_the_public_modules_export_their_api_and_nothing_they_import(name):
     assert leaked <= {"schedules"}, leaked
     if name == "optimizers":
         assert public.schedules.OneCycle and public.SGD and "np" not in names
+
+
+def test_clear_session_lets_a_rebuilt_unnamed_model_take_its_saved_weights(tmp_path):
+    """Without it the second build is named conv2d_1 ..., and load_weights (matched by name)
+    refuses the file written by the first."""
+    def build():
+        return cnnlab.Sequential([cnnlab.layers.Input((6, 6, 1)), cnnlab.layers.Conv2D(2, 3),
+                                  cnnlab.layers.Flatten(), cnnlab.layers.Dense(2)])
+    cnnlab.utils.clear_session()
+    first = build()
+    first.save_weights(tmp_path / "w.weights.cnnlab")
+    cnnlab.utils.clear_session()
+    second = build()
+    assert [layer.name for layer in second.layers] == [layer.name for layer in first.layers]
+    second.load_weights(tmp_path / "w.weights.cnnlab")
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -70,6 +70,11 @@ def layer_class(name) -> type:
                          f". Known: {sorted(LAYER_REGISTRY)}."))
 
 
+def reset_names() -> None:
+    """Start automatic names afresh (``cnnlab.utils.clear_session``)."""
+    _name_counts.clear()
+
+
 def unique_name(base: str) -> str:
     """Keras-style automatic names: ``conv2d``, ``conv2d_1``, ``conv2d_2`` ..."""
     count = _name_counts[base]

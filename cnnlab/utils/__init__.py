@@ -1,14 +1,24 @@
-"""Keras' ``utils``: ``to_categorical``, ``set_random_seed``, ``image_dataset_from_directory``."""
+"""Keras' ``utils``: ``to_categorical``, ``set_random_seed``, ``image_dataset_from_directory``,
+``clear_session``."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from cnnlab.errors import DataError
+from cnnlab.layers.base import reset_names
 from cnnlab.seeding import set_random_seed
 from cnnlab.utils.image_dataset import image_dataset_from_directory
 
-__all__ = ["to_categorical", "set_random_seed", "image_dataset_from_directory"]
+__all__ = ["to_categorical", "set_random_seed", "image_dataset_from_directory", "clear_session"]
+
+
+def clear_session() -> None:
+    """Automatic layer names start again (``conv2d``, not ``conv2d_1``), as after Keras'
+    ``clear_session()``. Files are matched by layer name, so building the same unnamed model
+    twice in one process and loading the first one's weights into the second needs this
+    between the two builds. Models already built keep their names."""
+    reset_names()
 
 
 def to_categorical(y, num_classes: int | None = None, dtype="float32") -> np.ndarray:
