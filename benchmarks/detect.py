@@ -7,11 +7,15 @@
    precision (PASCAL VOC, a face found at IoU >= 0.3), recall at 0.3 false boxes per photo, and
    seconds per megapixel on this machine. OpenCV is a benchmark-only extra
    (``pip install 'opencv-python-headless<5'``), never a dependency of cnnlab.
-2. On two portraits: every box the face model keeps, its score, its IoU with a box drawn by
+2. ``--memory``: peak memory (RSS) and seconds of ``tasks.detect`` on blank grey photos of
+   2000x2000 and 4000x4000 pixels, each in a fresh process (the pyramid runs in bands of
+   ``detect.BAND_PIXELS``, so the peak should not grow with the photo).
+3. On two portraits: every box the face model keeps, its score, its IoU with a box drawn by
    hand around the face, and how many other windows above the threshold overlap it (what the
    min-neighbours rule counts), with the rule and without.
 
     python benchmarks/detect.py [--model faces|FILE] [--threshold 0.9] [--faces-data FILE]
+                                [--memory]
 
 - scikit-image's ``astronaut.png`` is the issue's target: one box overlaps her face with
   IoU >= 0.5 and no other box scores above the threshold.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 
@@ -101,6 +106,27 @@ def versus_haar(model, data: str, seed: int = web_faces.TEST_SEED) -> None:
               f"{scores.threshold:.3f}), {seconds / megapixels:.2f} s per megapixel")
 
 
+BLANK_PHOTO = """
+import resource, sys, time
+import numpy as np
+from cnnlab.tasks import detect
+side, model = int(sys.argv[1]), sys.argv[2]
+start = time.perf_counter()
+found = detect.detect(np.full((side, side, 1), 0.5, np.float32), model)
+print(time.perf_counter() - start, len(found), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def memory(model: str) -> None:
+    print(f"Blank grey photos through tasks.detect ({model}), each in a fresh process:")
+    for side in (2000, 4000):
+        out = subprocess.run([sys.executable, "-c", BLANK_PHOTO, str(side), model],
+                             capture_output=True, text=True, check=True).stdout.split()
+        seconds, boxes, kilobytes = float(out[0]), int(out[1]), int(out[2])
+        print(f"  {side}x{side} ({side * side / 1e6:.0f} MP): {seconds:.1f} s, {boxes} boxes, "
+              f"peak RSS {kilobytes / 1024:.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,7 +135,11 @@ def main() -> None:
     parser.add_argument("--faces-data", metavar="FILE",
                         help="faces-train.tar.gz (or its folder): compare with OpenCV's Haar "
                              "cascade on held-out faces pasted into held-out scenes")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak memory and time on blank 4 and 16 megapixel photos")
     args = parser.parse_args()
+    if args.memory:
+        memory(args.model)
     model = detect.load_detector(args.model)
     if args.faces_data:
         versus_haar(model, args.faces_data)

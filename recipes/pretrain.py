@@ -93,11 +93,11 @@ def photo_squares(folder: str, count: int, seed: int = 0) -> np.ndarray:
     return np.stack(crops)[..., None]
 
 
-def _with_not_faces(train, extra):
-    """``train`` with ``extra`` not-faces added and its faces (each once) repeated to weigh as
-    much as all the not-faces."""
+def _with_not_faces(train, extra=None):
+    """``train`` with ``extra`` not-faces added (if any) and its faces (each once) repeated to
+    weigh as much as all the not-faces."""
     x, y = train
-    negatives = np.concatenate([x[y == 0], extra.astype(x.dtype)])
+    negatives = x[y == 0] if extra is None else np.concatenate([x[y == 0], extra.astype(x.dtype)])
     faces = np.unique(x[y == 1], axis=0)
     faces = np.repeat(faces, max(1, round(len(negatives) / len(faces))), axis=0)
     return (np.concatenate([negatives, faces]),
@@ -108,10 +108,10 @@ WEB_FACE_SIZE = 24              # the window: faces from 24 pixels up
 SQUARES_PER_SCENE = 80
 
 
-def web_faces_npz(path: str, folder: str, seed: int) -> tuple[str, list]:
-    """``faces-train.tar.gz`` as an ``.npz`` of 24x24 crops in ``folder`` (the training faces
-    and squares of the training scenes; the held-out ones to score on), and the training scenes
-    as pictures to mine."""
+def web_faces_npz(path: str, folder: str, seed: int):
+    """``faces-train.tar.gz`` as an ``.npz`` of 24x24 crops in ``folder`` (the training faces,
+    each once, and squares of the training scenes; the held-out ones to score on):
+    ``(npz path, the training scenes as pictures to mine, the held-out Part)``."""
     from PIL import Image
     train, held_out = web_faces.split(web_faces.read(path))
     rng = np.random.default_rng(seed)
@@ -132,13 +132,12 @@ def web_faces_npz(path: str, folder: str, seed: int) -> tuple[str, list]:
                                               np.ones(len(faces), np.uint8)])
     out = os.path.join(folder, "web_faces.npz")
     np.savez(out, **arrays)
-    return out, [s[..., None].astype(np.float32) / 255 for s in train.scenes]
+    return out, [s[..., None].astype(np.float32) / 255 for s in train.scenes], held_out
 
 
-def choose_threshold(model, path: str) -> dict:
-    """The score threshold with the most recall at 0.3 false boxes a photo, on held-out faces
-    pasted into held-out scenes (``web_faces.pasted_photos``), and what it gives there."""
-    held_out = web_faces.split(web_faces.read(path))[1]
+def choose_threshold(model, held_out) -> dict:
+    """The score threshold with the most recall at 0.3 false boxes a photo, on ``held_out``'s
+    faces pasted into its scenes (``web_faces.pasted_photos``), and what it gives there."""
     photos = web_faces.pasted_photos(held_out.faces, held_out.scenes,
                                      seed=web_faces.VALIDATION_SEED)
     found = [detect.detect(grey[..., None], model, threshold=0.5) for grey, _ in photos]
@@ -153,8 +152,8 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures
     the detector calls faces (score >= 0.5) as further not-faces, and train a fresh network."""
     if negatives:
         train = _with_not_faces(train, photo_squares(negatives[0], negatives[1]))
-    elif pictures is not None:
-        train = _with_not_faces(train, train[0][:0])          # balanced from the first round
+    elif pictures is not None:        # web_faces' .npz holds each face once: balance them now
+        train = _with_not_faces(train)
     fit_run(model, settings, train, test, verbose=verbose)
     mined = []
     for round_ in range(rounds):
@@ -179,9 +178,10 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         raise SystemExit(f"{weights}: pass --data (the extracted CIFAR-10 training folder, or "
                          f"faces-train.tar.gz for web_faces).")
     folder = class_subset(data, classes) if classes else data
-    pictures = None
+    pictures = held_out = None
     if weights == "web_faces":
-        folder, pictures = web_faces_npz(data, tempfile.mkdtemp(prefix="cnnlab-faces-"), seed)
+        folder, pictures, held_out = web_faces_npz(
+            data, tempfile.mkdtemp(prefix="cnnlab-faces-"), seed)
     settings = run_settings(model=run["model"], data=folder, seed=seed,
                             epochs=epochs or run.get("epochs"))
     model, train, test = new_run(settings)
@@ -213,8 +213,8 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),
         **({"hard_negatives_per_round": mined} if mined else {}),
         "cnnlab_version": cnnlab.__version__}
-    if weights == "web_faces":
-        model.metadata["detection"] = choose_threshold(model, data)
+    if held_out is not None:
+        model.metadata["detection"] = choose_threshold(model, held_out)
         print(f"Detection on held-out photos: {model.metadata['detection']}", flush=True)
     model.save(out, include_optimizer=False)
     return model.metadata["pretrained"]

@@ -37,7 +37,7 @@ def test_the_convolutional_rewrite_is_the_sliding_classifier_window_by_window(he
                        for w in model.get_weights()])
     image = np.random.default_rng(1).random((height, width, 1))
     sliding, geometry = detect.sliding_model(model, image.shape)
-    assert geometry == detect.Geometry((25, 25), 4, True)
+    assert geometry == detect.Geometry((25, 25), 4, exact=True, logits=True)
     scores, _ = detect.window_scores(model, image, target=1, band_pixels=band)
     expected = _windows(model, image, 4)
     np.testing.assert_allclose(scores, expected[..., 1], rtol=0, atol=1e-12)
@@ -268,6 +268,9 @@ def test_detections_are_scored_as_pascal_voc_scores_them():
     loose = detect.score_detections(found, [[a1, a2], [b1]], false_per_photo=2)
     assert loose.recall == 1 and loose.threshold == 0.1
     assert detect.score_detections([[], []], [[a1], [b1]]).average_precision == 0
+    # a tie between a hit and a false box: no threshold keeps one without the other
+    tied = [[detect.Detection(a1, 0.9), detect.Detection((80, 80, 90, 90), 0.9)]]
+    assert detect.score_detections(tied, [[a1]]).recall == 0
     with pytest.raises(ConfigError, match="2 photos of detections for 1"):
         detect.score_detections(found, [[a1]])
 

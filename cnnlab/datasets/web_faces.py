@@ -2,9 +2,9 @@
 face-detection training set ``faces-train.tar.gz`` (its README says where each part comes from).
 It does not ship with cnnlab; point :func:`read` at the archive or the folder it extracts to.
 
-    faces, scenes = read("faces-train.tar.gz")        # uint8 (6713, 36, 36); grey uint8 (H, W)
-    train, held_out = split(faces, scenes)           # by file name: the same on every machine
-    photos = pasted_photos(held_out.faces, held_out.scenes, seed=0)   # boxes known
+    data = read("faces-train.tar.gz")      # .faces uint8 (6713, 36, 36), .scenes grey (H, W)
+    train, held_out = split(data)          # by file name: the same on every machine
+    photos = pasted_photos(held_out.faces, held_out.scenes, seed=TEST_SEED)   # boxes known
 
 The held-out part is what a detector is scored on (``benchmarks/detect.py``) and where its
 score threshold is chosen (``recipes/pretrain.py``): held-out faces pasted at random scales and

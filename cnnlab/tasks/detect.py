@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cnnlab import layers as layer_types
+from cnnlab.engine.activations import softmax_forward
 from cnnlab.errors import ConfigError
 
 SCALE_STEP = 1.25
@@ -59,11 +60,14 @@ class Detection:
 class Geometry:
     """Where the sliding windows are: ``window`` (height, width) of the classifier's input, and
     ``stride`` pixels between neighbouring windows; ``exact``: every convolution is 'valid', so
-    the rewrite equals the sliding classifier."""
+    the rewrite equals the sliding classifier; ``logits``: the head's softmax was left out of
+    the rewrite, for :func:`window_scores` to take in float64 (in float32 it rounds every
+    confident window to 1.0, and ties cannot be ranked)."""
 
     window: tuple[int, int]
     stride: int
     exact: bool
+    logits: bool = False
 
 
 def _chain(model) -> list:
@@ -92,10 +96,8 @@ def sliding_model(model, image_shape):
     from cnnlab.models.model import Model
     model = model.flattened()            # a backbone nested in the classifier slides too
     window = tuple(model.input_shape[:2])
-    if any(s < w for s, w in zip(image_shape[:2], window)):
-        raise ConfigError(f"The image {tuple(image_shape[:2])} is smaller than the model's "
-                          f"window {window}.")
-    chain, stride, exact = _chain(model), 1, True
+    _check_fits(image_shape, window)
+    chain, stride, exact, logits = _chain(model), 1, True, False
     inputs = layer_types.Input(tuple(image_shape), name="image")
     x, flat_shape, weights = inputs, None, []
     for k, layer in enumerate(chain):
@@ -114,11 +116,9 @@ def sliding_model(model, image_shape):
         if kind == "Dense":
             h, w, c = flat_shape if flat_shape is not None else (1, 1, x.shape[-1])
             config = layer.get_config()
-            # the head's softmax is taken in float64 by window_scores: in float32 it rounds
-            # every confident window to 1.0, and ties cannot be ranked
             activation = config["activation"]
-            if k == len(chain) - 1 and activation == "softmax":
-                activation = "linear"
+            if k == len(chain) - 1 and activation == "softmax":     # see Geometry.logits
+                activation, logits = "linear", True
             new = layer_types.Conv2D(config["units"], (h, w), activation=activation,
                                      use_bias=config["use_bias"], name=layer.name)
             x = new(x)
@@ -141,12 +141,13 @@ def sliding_model(model, image_shape):
     sliding = Model(inputs, x, name=f"{model.name}_sliding")
     for new, values in weights:
         new.set_weights(values)
-    return sliding, Geometry(window, stride, exact)
+    return sliding, Geometry(window, stride, exact, logits)
 
 
-def _ends_in_softmax(model) -> bool:
-    last = model.flattened().nodes[-1].layer
-    return type(last).__name__ == "Dense" and last.get_config()["activation"] == "softmax"
+def _check_fits(image_shape, window) -> None:
+    if any(s < w for s, w in zip(image_shape[:2], window)):
+        raise ConfigError(f"The image {tuple(image_shape[:2])} is smaller than the model's "
+                          f"window {window}.")
 
 
 def window_scores(model, image: np.ndarray, target: int, band_pixels: int | None = None):
@@ -155,10 +156,10 @@ def window_scores(model, image: np.ndarray, target: int, band_pixels: int | None
     ``band_pixels`` (default ``BAND_PIXELS``) image pixels, so memory stays bounded at any image
     size. Bands overlap by a window less a stride: each window is scored once, whole."""
     band_pixels = band_pixels or BAND_PIXELS
+    _check_fits(image.shape, model.input_shape[:2])
+    # the stride decides where bands may start: known once a window-sized copy is rewritten
     geometry = sliding_model(model, (*model.input_shape[:2], image.shape[2]))[1]
-    (wh, ww), step = geometry.window, geometry.stride
-    if image.shape[0] < wh or image.shape[1] < ww:
-        sliding_model(model, image.shape)                  # its error names the sizes
+    wh, step = geometry.window[0], geometry.stride
     rows, cols = ((n - w) // step + 1 for n, w in zip(image.shape, geometry.window))
     per_band = max(1, (band_pixels // image.shape[1] - wh) // step + 1)
     models, parts = {}, []
@@ -172,11 +173,8 @@ def window_scores(model, image: np.ndarray, target: int, band_pixels: int | None
         # window hangs over the edge, in pixels the classifier never reads): keep whole windows
         parts.append(out[:last - first, :cols])
     out = np.concatenate(parts)
-    if _ends_in_softmax(model):
-        logits = out.astype(np.float64)
-        logits -= logits.max(axis=-1, keepdims=True)
-        out = np.exp(logits)
-        out /= out.sum(axis=-1, keepdims=True)
+    if geometry.logits:
+        out = softmax_forward(out.astype(np.float64))[0]
     return out[..., target], geometry
 
 
@@ -342,7 +340,8 @@ def draw(image, detections: list[Detection], out) -> None:
 class Scores(NamedTuple):
     """How a detector did on photos with known boxes (PASCAL VOC's rules, a box found at
     ``IoU >= min_iou``): ``average_precision``; ``recall`` at ``false_per_photo`` false boxes a
-    photo at most, and the ``threshold`` that gives it (the lowest score kept)."""
+    photo at most, and the ``threshold`` that gives it (the lowest score kept; 1.0 and recall
+    0 when no threshold stays within the false boxes allowed)."""
     average_precision: float
     recall: float
     false_per_photo: float
@@ -370,17 +369,17 @@ def score_detections(found: list, truth: list, min_iou: float = 0.3,
     if not marks or not total:
         return Scores(0.0, 0.0, false_per_photo, 1.0)
     marks.sort(key=lambda m: -m[0])
+    scores = np.array([s for s, _ in marks])
     hits = np.cumsum([h for _, h in marks])
     false = np.cumsum([not h for _, h in marks])
     recall, precision = hits / total, hits / (hits + false)
     # all-point interpolation (VOC 2010 on): precision made non-increasing, summed over recall
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
     average_precision = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * envelope))
-    allowed = np.nonzero(false <= false_per_photo * len(truth))[0]
-    if not len(allowed):
+    # a threshold keeps every detection of its score: the curve can stop only where it drops
+    where_it_drops = np.append(scores[1:] < scores[:-1], True)
+    cuts = np.nonzero(where_it_drops & (false <= false_per_photo * len(truth)))[0]
+    if not len(cuts):
         return Scores(average_precision, 0.0, false_per_photo, 1.0)
-    last = allowed[-1]
-    # ties: a threshold keeps every detection of its score, so stop before a tied one past it
-    while last + 1 < len(marks) and marks[last + 1][0] == marks[last][0] and last > 0:
-        last -= 1
-    return Scores(average_precision, float(recall[last]), false_per_photo, float(marks[last][0]))
+    return Scores(average_precision, float(recall[cuts[-1]]), false_per_photo,
+                  float(scores[cuts[-1]]))
