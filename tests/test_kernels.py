@@ -29,22 +29,23 @@ def _both(function):
     return fast, function()
 
 
-def _train_step(x, gamma, beta, dy):
-    y, (mean, var), cache = bn.batch_norm_train_forward(x, gamma, beta, 1e-3)
+def _train_step(x, gamma, beta, dy, relu=False):
+    y, (mean, var), cache = bn.batch_norm_train_forward(x, gamma, beta, 1e-3, relu=relu)
     dx, dgamma, dbeta = bn.batch_norm_train_backward(dy, cache)
     return y, mean, var, dx, dgamma, dbeta
 
 
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 300), channels=st.integers(1, 37), offset=st.floats(-3, 3),
-       seed=st.integers(0, 2**31 - 1))
-def test_batch_norm_kernels_equal_the_reference_in_float64(rows, channels, offset, seed):
-    """Any row count (1 included) and channel count (odd ones, that no SIMD width divides)."""
+       relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_batch_norm_kernels_equal_the_reference_in_float64(rows, channels, offset, relu, seed):
+    """Any row count (1 included) and channel count (odd ones, that no SIMD width divides), with
+    and without the ReLU fused into the passes."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((rows, channels)) * rng.uniform(0.1, 3, channels) + offset
     gamma, beta = rng.standard_normal(channels), rng.standard_normal(channels)
     dy = rng.standard_normal((rows, channels))
-    fast, reference = _both(lambda: _train_step(x, gamma, beta, dy))
+    fast, reference = _both(lambda: _train_step(x, gamma, beta, dy, relu))
     for name, a, b in zip(("y", "mean", "var", "dx", "dgamma", "dbeta"), fast, reference):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=name)
 
@@ -94,6 +95,26 @@ def test_without_numba_the_reference_runs_with_one_warning(monkeypatch):
         x = np.random.default_rng(2).standard_normal((8, 2))
         y, _, _ = bn.batch_norm_train_forward(x, np.ones(2), np.zeros(2), 1e-3)
     np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-12)
+
+
+def test_the_fused_relu_is_the_relu_after_the_normalisation():
+    """Against the two ops one after the other (float64, the reference path's BN without a ReLU,
+    then ``engine.activations``): the fused forward is ``max(y, 0)`` and its backward is BN's
+    backward of the ReLU's backward, on both paths; about half the outputs are cut."""
+    from cnnlab.engine import activations
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((257, 7))
+    gamma, beta, dy = rng.standard_normal(7), np.zeros(7), rng.standard_normal((257, 7))
+    cnnlab.config.set_kernels("numpy")
+    y, _, cache = bn.batch_norm_train_forward(x, gamma, beta, 1e-3)
+    relu_y, relu_cache = activations.relu_forward(y)
+    expected = (relu_y, *bn.batch_norm_train_backward(
+        activations.relu_backward(dy, relu_cache), cache))
+    for kernels in ("numba", "numpy"):
+        cnnlab.config.set_kernels(kernels)
+        y, _, _, dx, dgamma, dbeta = _train_step(x, gamma, beta, dy, relu=True)
+        for name, a, b in zip(("y", "dx", "dgamma", "dbeta"), (y, dx, dgamma, dbeta), expected):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"{kernels} {name}")
 
 
 def test_a_network_without_kernels_never_imports_numba():
@@ -193,6 +214,62 @@ def test_the_switch_selects_the_winograd_tiling():
     np.testing.assert_allclose(reference, direct, rtol=1e-12, atol=1e-12 * np.abs(direct).max())
 
 
+# --- depthwise convolution: the compiled kernels against the per-tap NumPy reference ----------
+def _depthwise_pass(x, kernel, bias, strides, pads, dilation, grad_out):
+    from cnnlab.engine import depthwise
+    out, cache = depthwise.depthwise_conv2d_forward(x, kernel, bias, strides, pads, dilation)
+    return (out, *depthwise.depthwise_conv2d_backward(grad_out, cache, True))
+
+
+def _depthwise_case(seed, n, h, w, c, m, kh, kw, strides, dilation, pads, with_bias):
+    from cnnlab.engine.shapes import output_hw
+    rng = np.random.default_rng(seed)
+    out_hw = output_hw((h, w), (kh, kw), strides, pads, dilation)
+    return (rng.standard_normal((n, h, w, c)), rng.standard_normal((kh, kw, c, m)),
+            rng.standard_normal(c * m) if with_bias else None, strides, pads, dilation,
+            rng.standard_normal((n, *out_hw, c * m)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), h=st.integers(1, 11),
+       w=st.integers(1, 11), c=st.integers(1, 19), m=st.integers(1, 3), kh=st.integers(1, 3),
+       kw=st.integers(1, 3), strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                      st.tuples(st.integers(0, 2), st.integers(0, 2))),
+       with_bias=st.booleans())
+def test_depthwise_kernels_equal_the_reference_in_float64(seed, n, h, w, c, m, kh, kw, strides,
+                                                          dilation, pads, with_bias):
+    """Any stride, dilation and (asymmetric) padding, depth multipliers 1-3, batch 1, channel
+    counts no SIMD width divides: the output and all three gradients."""
+    from hypothesis import assume
+    (top, bottom), (left, right) = pads
+    assume(h + top + bottom >= (kh - 1) * dilation[0] + 1)
+    assume(w + left + right >= (kw - 1) * dilation[1] + 1)
+    case = _depthwise_case(seed, n, h, w, c, m, kh, kw, strides, dilation, pads, with_bias)
+    fast, reference = _both(lambda: _depthwise_pass(*case))
+    for name, a, b in zip(("out", "dx", "dkernel", "dbias"), fast, reference):
+        if b is None:
+            assert a is None, name
+            continue
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=name)
+
+
+def test_depthwise_kernels_in_float32_within_rounding():
+    """MobileNet's first depthwise layer (32 x 32 x 32, batch 16): the output and input gradient
+    add 9 products each; the kernel gradient sums 16,384 products, in float64 on the compiled
+    path and in blocked float32 on the reference, so both are within float32's rounding."""
+    case = _depthwise_case(2, 16, 32, 32, 32, 1, 3, 3, (1, 1), (1, 1), ((1, 1), (1, 1)), True)
+    case32 = tuple(a.astype(np.float32) if isinstance(a, np.ndarray) else a for a in case)
+    fast, reference = _both(lambda: _depthwise_pass(*case32))
+    exact = _depthwise_pass(*case)
+    for name, a, b, truth in zip(("out", "dx", "dkernel", "dbias"), fast, reference, exact):
+        assert a.dtype == np.float32, name
+        for got in (a, b):
+            np.testing.assert_allclose(got, truth, rtol=0, atol=2e-6 * np.abs(truth).max(),
+                                       err_msg=name)
+
+
 def test_every_kernel_releases_the_gil():
     """Training splits a batch over threads (``config.threads()``), each running kernels on its
     shard; a kernel that held the GIL would run the shards one after another (measured on
@@ -203,11 +280,13 @@ def test_every_kernel_releases_the_gil():
     import inspect
 
     import numba
-    names = ("normalization_kernels", "winograd_kernels")
+    folder = os.path.dirname(compiled.__file__)
+    names = sorted(name[:-3] for name in os.listdir(folder) if name.endswith("_kernels.py"))
+    assert names == ["depthwise_kernels", "normalization_kernels", "winograd_kernels"]
     kernels = [obj for name in names
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 6
+    assert len(kernels) == 2 + 5 + 3
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 
@@ -243,4 +322,4 @@ def test_kernels_stay_in_bounds(tmp_path):
     run = subprocess.run([sys.executable, "-c", BOUNDS_CHECKED_RUN, __file__], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "2 passed" in run.stdout, run.stdout[-2000:]
+    assert "3 passed" in run.stdout, run.stdout[-2000:]

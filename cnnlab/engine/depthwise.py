@@ -18,12 +18,17 @@ to pay for it. Backward, per tap::
 
     dkernel[i, j, c, m] = sum_{n, y, x} tap[n, y, x, c] * dout[n, y, x, c, m]
     dxp[tap's cells, c] += sum_m dout[n, y, x, c, m] * kernel[i, j, c, m]
+
+With compiled kernels on (``config.kernels()``), ``depthwise_kernels`` does each direction in one
+visit per output pixel, with no padded copy; the cache holds the kernels that made it
+(None: the reference), so backward takes its forward's path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.engine import compiled
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import column_sums, pad_images, tap_slices
 
@@ -35,6 +40,16 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
     kh, kw, c, m = kernel.shape
     n, h, w, _ = x.shape
     out_hw = output_hw((h, w), (kh, kw), strides, pads, dilation)
+    kernels = compiled.module("depthwise_kernels")
+    if kernels is not None:
+        dtype = np.result_type(x, kernel)
+        x = np.ascontiguousarray(x, dtype=dtype)
+        kernel = np.ascontiguousarray(kernel, dtype=dtype)
+        shift = np.zeros(c * m, dtype) if bias is None else bias.astype(dtype)
+        out = np.empty((n, *out_hw, c * m), dtype=dtype)
+        kernels.forward(x, kernel, shift, tuple(strides), tuple(dilation), pads[0][0],
+                        pads[1][0], out)
+        return out, (x, x.shape, kernel, strides, pads, dilation, bias is not None, kernels)
     xp = pad_images(x, pads)                                                 # (N, Hp, Wp, C)
     dtype = np.result_type(x, kernel)
     out = np.empty((n, *out_hw, c, m), dtype=dtype)                         # (N, Ho, Wo, C, M)
@@ -53,16 +68,24 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
     out = out.reshape(n, *out_hw, c * m)                                     # (N, Ho, Wo, C*M)
     if bias is not None:
         out += bias
-    return out, (xp, x.shape, kernel, strides, pads, dilation, bias is not None)
+    return out, (xp, x.shape, kernel, strides, pads, dilation, bias is not None, None)
 
 
 def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     """Returns ``(dx (N, H, W, C) or None, dkernel (KH, KW, C, M), dbias (C*M,) or None)``.
     Per filter and tap: the kernel gradient as one elementwise product and a BLAS column sum,
     the input gradient as one product added into the tap's strided cells."""
-    xp, x_shape, kernel, strides, pads, dilation, has_bias = cache
+    xp, x_shape, kernel, strides, pads, dilation, has_bias, kernels = cache
     kh, kw, c, m = kernel.shape
     n, ho, wo, _ = grad_out.shape
+    grad_bias = column_sums(grad_out.reshape(-1, c * m)) if has_bias else None  # (C*M,)
+    if kernels is not None:                     # compiled forward: xp is the unpadded x
+        grad_out = np.ascontiguousarray(grad_out, dtype=kernel.dtype)
+        grad_x = np.zeros(x_shape, dtype=kernel.dtype) if need_input_grad else None
+        grad_kernel = kernels.backward(
+            grad_out, xp, kernel, tuple(strides), tuple(dilation), pads[0][0], pads[1][0],
+            need_input_grad, grad_x if need_input_grad else np.zeros((0, 0, 0, 0), kernel.dtype))
+        return grad_x, grad_kernel, grad_bias
     g = grad_out.reshape(n, ho, wo, c, m)                                    # (N, Ho, Wo, C, M)
     grad_kernel = np.empty_like(kernel)                                      # (KH, KW, C, M)
     grad_xp = np.zeros_like(xp) if need_input_grad else None                 # (N, Hp, Wp, C)
@@ -77,7 +100,6 @@ def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool
                 if need_input_grad:
                     np.multiply(g_f, kernel[i, j, :, f], out=product)
                     grad_xp[:, rows, cols, :] += product
-    grad_bias = column_sums(grad_out.reshape(-1, c * m)) if has_bias else None  # (C*M,)
     grad_x = None
     if need_input_grad:
         (top, _), (left, _) = pads

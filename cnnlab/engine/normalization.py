@@ -21,7 +21,7 @@ channel's mean dwarfs its spread that cancels catastrophically, and the variance
 around the mean in a second pass instead.
 
 Compiled kernels (``normalization_kernels``, Numba) do the training passes in 4 sweeps instead
-of the reference's 8 when ``config.kernels()`` is 'numba'; the NumPy code here is the reference
+of the reference's 8 when ``config.kernels()`` is 'numba', with a following ReLU inside them; the NumPy code here is the reference
 they are tested equal to, and what runs with ``CNNLAB_KERNELS=numpy``.
 
 Inference uses the moving statistics: ``y = (x - moving_mean) / sqrt(moving_var + eps) * gamma +
@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.engine import compiled
+from cnnlab.engine.activations import relu_backward
 from cnnlab.engine.windows import column_sums
 
 
@@ -52,10 +53,12 @@ ONE_PASS_MAX_RATIO = 15.0
 
 
 def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float,
-                             batch_sum=_identity):
+                             batch_sum=_identity, relu: bool = False):
     """Returns ``(y (M, C), (mean (C,), var (C,)), cache)``: the batch statistics are returned
     for the moving averages. ``y = x * scale + shift`` with ``scale = gamma / sqrt(var + eps)``
-    and ``shift = beta - mean * scale``: two passes over x besides the sums."""
+    and ``shift = beta - mean * scale``: two passes over x besides the sums. ``relu``: ``y`` is
+    ``max(y, 0)``, in the same pass on the compiled path (``graph.fusion`` asks for it when a
+    ReLU is the BN's sole consumer), and backward takes the ReLU's gradient too."""
     count = batch_sum(np.array([x.shape[0]], dtype=np.float64))[0]   # M over every part
     kernels = compiled.module("normalization_kernels")
     if kernels is not None:
@@ -74,15 +77,23 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         var = (batch_sum(column_sums(centred * centred)) / count).astype(x.dtype)
     inv_std = 1.0 / np.sqrt(var + epsilon)                            # (C,)
     scale = gamma * inv_std                                           # (C,)
-    if centred is None and kernels is not None:
-        y = kernels.scale_shift(x, scale, (beta - mean * scale).astype(x.dtype))
-    elif centred is None:
-        y = np.multiply(x, scale, out=squares)                        # (M, C), reusing the buffer
-        y += beta - mean * scale
+    if centred is not None:
+        kernels = None                                                # the reference's two passes
+    if kernels is not None:
+        affine = scale.astype(x.dtype), (beta - mean * scale).astype(x.dtype)
+        y = kernels.scale_shift(x, *affine, relu)
+        cut = affine if relu else None                                # the mask, recomputed
     else:
-        y = centred * scale
-        y += beta
-    return y, (mean, var), (x, centred, mean, inv_std, gamma, count, batch_sum)
+        if centred is None:
+            y = np.multiply(x, scale, out=squares)                    # (M, C), reusing the buffer
+            y += beta - mean * scale
+        else:
+            y = centred * scale
+            y += beta
+        if relu:
+            np.maximum(y, 0, out=y)
+        cut = y if relu else None                                     # the mask is y > 0
+    return y, (mean, var), (x, centred, mean, inv_std, gamma, count, batch_sum, kernels, cut)
 
 
 def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool = True):
@@ -90,11 +101,14 @@ def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool =
     part's own (the trainer adds the parts up), the input gradient uses the whole batch's sums.
     With ``xhat = (x - mean) * inv_std``, ``dgamma = sum(dy * xhat)`` is computed as
     ``inv_std * (sum(dy * x) - mean * sum(dy))``, and ``dx`` as ``dy * a + x * b + c`` per channel
-    (the module docstring's formula expanded), unless the forward pass centred x itself."""
-    x, centred, mean, inv_std, gamma, count, batch_sum = cache
-    kernels = compiled.module("normalization_kernels") if centred is None else None
+    (the module docstring's formula expanded), unless the forward pass centred x itself. When
+    the forward ran a ReLU, ``grad_y`` is its output's gradient; the path is the forward's."""
+    x, centred, mean, inv_std, gamma, count, batch_sum, kernels, cut = cache
+    if kernels is None and cut is not None:
+        grad_y = relu_backward(grad_y, cut)                           # (M, C)
     if kernels is not None:
-        sums = kernels.channel_sums(grad_y, x)                        # (2, C) in float64
+        sums = (kernels.channel_sums(grad_y, x) if cut is None        # (2, C) in float64
+                else kernels.masked_sums(grad_y, x, *cut))
         dbeta, dot = sums[0].astype(grad_y.dtype), sums[1].astype(grad_y.dtype)
     else:
         dbeta = column_sums(grad_y)                                   # (C,)
@@ -107,9 +121,11 @@ def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool =
     scale = gamma * inv_std
     slope = -scale * inv_std * totals[1] / count                      # times (x - mean)
     if kernels is not None:
-        constant = -scale * totals[0] / count - slope * mean
-        return (kernels.input_grad(grad_y, x, scale.astype(x.dtype), slope.astype(x.dtype),
-                                   constant.astype(x.dtype)), dgamma, dbeta)
+        terms = (scale.astype(x.dtype), slope.astype(x.dtype),
+                 (-scale * totals[0] / count - slope * mean).astype(x.dtype))
+        dx = (kernels.input_grad(grad_y, x, *terms) if cut is None
+              else kernels.masked_input_grad(grad_y, x, *cut, *terms))
+        return dx, dgamma, dbeta
     dx = np.multiply(grad_y, scale, out=product)                      # (M, C)
     if centred is None:
         dx += x * slope

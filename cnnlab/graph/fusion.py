@@ -14,7 +14,9 @@ layer's activation counts at once and no plan can go stale. The unfused graph is
 3. **ReLU into the BatchNormalization before it.** ``BatchNormalization -> ReLU`` (a ``ReLU``
    layer or ``Activation('relu')``, the BN's sole consumer) runs the ReLU inside the BN's
    step, in place on the BN's own output: one map-sized array and one pass fewer, forward and
-   backward, and the ReLU node passes its input on.
+   backward, and the ReLU node passes its input on. In training with compiled kernels it runs
+   inside the BN's own passes (``engine.normalization_kernels``), which saves the ReLU's pass
+   each way too.
 4. **BatchNormalization folded into the convolution before it** (inference only: no backward
    pass follows). In inference mode BN is a per-channel map ``y * scale + shift``; after a
    linear op (Conv2D, DepthwiseConv2D, Dense with no activation) it folds into that op's kernel

@@ -261,8 +261,11 @@ class Layer:
         if not self.built:
             raise NotBuiltError(f"{self._describe()} is not built: call it on data, or give the "
                                 f"model an input shape, first.")
-        out, core = self.call(inputs, ctx)
         activation = self.activation if activation is None else activation
+        if activation != "linear" and self.fuses(activation, ctx):   # the op's own pass runs it
+            out, core = self.call(inputs, ctx, activation)
+            return out, (core, None, None)
+        out, core = self.call(inputs, ctx)
         if activation == "linear":
             return out, (core, None, None)
         if activation == "relu" and self.fresh_output:      # no second map-sized array
@@ -282,6 +285,12 @@ class Layer:
     def call(self, inputs, ctx: CallContext):
         """The core op: ``(out, cache)``. The base layer is the identity."""
         return inputs, None
+
+    def fuses(self, activation: str, ctx: CallContext) -> bool:
+        """Whether :meth:`call` can apply ``activation`` itself in this call, as
+        ``call(inputs, ctx, activation)``, in the same pass as the op (its backward then takes
+        the activation's gradient too). No layer does by default."""
+        return False
 
     def call_backward(self, grad, cache, input_grad: bool):
         """The core op's backward: ``(input_grads, param_grads)``."""

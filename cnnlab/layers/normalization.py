@@ -115,12 +115,17 @@ class BatchNormalization(Layer):
                                                self.variable("moving_variance"), self.epsilon)
         return scale, shift
 
-    def call(self, x, ctx):
+    def fuses(self, activation, ctx):
+        """A ReLU after it runs inside training's normalising pass (``graph.fusion``)."""
+        return activation == "relu" and ctx.training and self.trainable
+
+    def call(self, x, ctx, activation="linear"):
         rows = x.reshape(-1, x.shape[-1])                              # (M, C)
         gamma, beta = self._affine(x.shape[-1], x.dtype)
         if ctx.training and self.trainable:
             y, (mean, var), cache = ops.batch_norm_train_forward(rows, gamma, beta, self.epsilon,
-                                                                 ctx.sum_over_batch)
+                                                                 ctx.sum_over_batch,
+                                                                 relu=activation == "relu")
             for name, batch in (("moving_mean", mean), ("moving_variance", var)):
                 moving = self._state(name)
                 ctx.state_updates.append((moving, ops.moving_average(moving.value, batch,
