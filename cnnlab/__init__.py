@@ -1,36 +1,41 @@
 """cnnlab: convolutional neural networks from scratch on NumPy, with a Keras-compatible API.
 
-The packages, each importing only those above it:
+The floors, bottom first; each imports only floors below it, lazily or not (``lint-imports``
+checks it in CI, against the contract in pyproject.toml):
 
-    engine/      pure NumPy ops, forward and backward side by side (conv, pool, batchnorm, ...)
+    config, errors, atomic, seeding, outputs, version   settings, errors, safe file writes
+    engine/      NumPy ops (Numba kernels beside them), forward and backward side by side
     layers/      Keras-named layers that hold variables and call the engine; symbolic tensors
     graph/       a graph of layer calls: topological order, the forward tape and its backward walk,
                  the fusions, the summary
     training/    the step, the epoch loop and its data adapter, progress and resume; losses,
                  metrics, optimizers, callbacks, thread and MPI parallelism
-    models/      Model and Sequential: a graph that trains
     io/          the .cnnlab file, checkpoints, ONNX / PyTorch / Keras converters
-    viz/, serve/, cli   pictures and reports, the web app, the command line
+    models/      Model and Sequential: a graph that trains, saves and loads
+    callbacks, losses, metrics, optimizers, export   the public names of training/ and io/
+    zoo, datasets/, utils/, preprocess   architectures and weights, data, pictures in
+    runs         a training run from its settings
+    viz/, tasks/ pictures and reports; detection, search, video
+    cli, serve/  the command line and the web app
 """
 
-__version__ = "0.1.0"
-
-from cnnlab import (  # noqa: E402
-                    callbacks,
-                    config,
-                    datasets,
-                    layers,
-                    losses,
-                    metrics,
-                    models,  # noqa: E402,I001
-                    optimizers,
-                    seeding,
-                    utils,
-                    zoo,
+from cnnlab import (
+    callbacks,
+    config,
+    datasets,
+    layers,
+    losses,
+    metrics,
+    models,
+    optimizers,
+    seeding,
+    utils,
+    zoo,
 )
-from cnnlab.errors import CnnlabError  # noqa: E402
-from cnnlab.layers import Input  # noqa: E402
-from cnnlab.models import Model, Sequential, load_model  # noqa: E402
+from cnnlab.errors import CnnlabError
+from cnnlab.layers import Input
+from cnnlab.models import Model, Sequential, load_model
+from cnnlab.version import __version__
 
 __all__ = ["Model", "Sequential", "Input", "load_model", "layers", "models", "optimizers",
            "losses", "metrics", "callbacks", "utils", "datasets", "zoo", "config", "seeding",

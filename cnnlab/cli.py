@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build, train, inspect and use convolutional neural networks.",
         epilog="Example:\n  cnnlab train            # the article's CNN on the bundled digits\n"
                "  cnnlab predict article_cnn.cnnlab digit.png")
-    from cnnlab import __version__
+    from cnnlab.version import __version__
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -60,7 +60,7 @@ def _transfer_settings(given: dict) -> dict:
     weights are for, else the CIFAR-10 backbone): ``zoo.TRANSFER_RECIPE``, and a folder's
     images resized to the size and channels the weights were trained on."""
     from cnnlab import zoo
-    from cnnlab.io.saving import load_model
+    from cnnlab.models import load_model
     name, weights = given.get("model"), given["pretrained"]
     owners = {w: m for m, w in zoo.PRETRAINED}
     if weights not in owners and weights != "auto" and (weights.endswith(".cnnlab")

@@ -273,7 +273,7 @@ def pretrained_path(name: str, weights: str):
 def pretrained_model(name: str, weights: str) -> Model:
     """The shipped ``weights`` of ``name`` as they were saved: the model they were trained in,
     its metadata (``pretrained``: recipe, data, accuracy) and input shape."""
-    from cnnlab.io.saving import load_model
+    from cnnlab.models import load_model
     return load_model(pretrained_path(name, weights), compile=False)
 
 
@@ -295,7 +295,7 @@ def get(name: str, input_shape=None, num_classes: int | None = None, augment: bo
     Weights are matched by layer name, so a fully convolutional backbone takes other input
     sizes: ``get('cifar_vgg', weights='cifar10', include_top=False, input_shape=(64, 64, 3))``.
     """
-    from cnnlab.io.saving import load_model
+    from cnnlab.models import load_model
     key = resolve(name)
     options = {"augment": augment} if key in _AUGMENTABLE else {}
     if input_shape is not None:
@@ -360,7 +360,7 @@ def load(spec: str):
     'faces': the zoo model they ship for) or the path of a ``.cnnlab`` file."""
     import os
 
-    from cnnlab.io.saving import load_model
+    from cnnlab.models import load_model
     shipped = {weights: name for name, weights in PRETRAINED}
     if spec in shipped:
         return get(shipped[spec], weights=spec)

@@ -21,8 +21,9 @@ channel's mean dwarfs its spread that cancels catastrophically, and the variance
 around the mean in a second pass instead.
 
 Compiled kernels (``normalization_kernels``, Numba) do the training passes in 4 sweeps instead
-of the reference's 8 when ``config.kernels()`` is 'numba', with a following ReLU inside them; the NumPy code here is the reference
-they are tested equal to, and what runs with ``CNNLAB_KERNELS=numpy``.
+of the reference's 8 when ``config.kernels()`` is 'numba', with a following ReLU inside them;
+the NumPy code here is the reference they are tested equal to, and what runs with
+``CNNLAB_KERNELS=numpy``.
 
 Inference uses the moving statistics: ``y = (x - moving_mean) / sqrt(moving_var + eps) * gamma +
 beta``, a per-channel affine map, and its backward is ``dx = dy * gamma / sqrt(moving_var + eps)``.

@@ -25,7 +25,6 @@ import os
 
 import numpy as np
 
-import cnnlab
 from cnnlab.errors import CnnlabError, ConfigError, ModelFileError
 from cnnlab.graph.functional import Functional
 from cnnlab.io.files import ArchiveReader, json_array, write_archive
@@ -33,6 +32,7 @@ from cnnlab.layers.base import deferred_variables, layer_class, registered_name
 from cnnlab.training import losses as losses_module
 from cnnlab.training import optimizers as optimizers_module
 from cnnlab.training import progress
+from cnnlab.version import __version__
 
 FORMAT = "cnnlab"
 VERSION = 2
@@ -46,7 +46,7 @@ _CONFIG_ERRORS = (CnnlabError, TypeError, ValueError, KeyError, AttributeError, 
 
 def _arrays_for(model, kind: str, include_optimizer: bool) -> dict[str, np.ndarray]:
     arrays = {"format": json_array({"format": FORMAT, "kind": kind, "version": VERSION,
-                                    "cnnlab_version": cnnlab.__version__})}
+                                    "cnnlab_version": __version__})}
     document = {"class_name": registered_name(model), "config": model.get_config()}
     if kind == "model":
         if model.loss is not None:
@@ -108,7 +108,7 @@ def _check_format(reader: ArchiveReader) -> dict:
     if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
         raise ModelFileError(f"{reader.path!r} is format version {version}, written by a newer "
                              f"cnnlab ({header.get('cnnlab_version')!r}); this cnnlab "
-                             f"({cnnlab.__version__}) reads versions up to {VERSION}. Upgrade "
+                             f"({__version__}) reads versions up to {VERSION}. Upgrade "
                              f"cnnlab to load it.")
     if version not in READABLE_VERSIONS:
         raise ModelFileError(f"{reader.path!r} has an invalid format version {version!r}.")
@@ -132,8 +132,10 @@ def _check_input_shapes(config, where) -> None:
             raise ModelFileError(f"{where!r}: invalid input shape {shape!r}.")
 
 
-def _model_from(document, where):
-    """The model a document describes, built without allocating its variables."""
+def _model_from(document, where, model_classes):
+    """The model a document describes, built without allocating its variables. Its class is
+    looked up in ``model_classes`` (the models floor passes its own), then among the classes
+    the user registered (a subclass of Model)."""
     if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
         raise ModelFileError(f"{where!r}: the model description is not a {{class_name, config}} "
                              f"document.")
@@ -143,7 +145,8 @@ def _model_from(document, where):
         raise ModelFileError(f"{where!r}: expected a list of 1 to {MAX_LAYERS} layers.")
     _check_input_shapes(config, where)
     try:
-        cls = layer_class(document.get("class_name"))
+        name = document.get("class_name")
+        cls = model_classes[name] if name in model_classes else layer_class(name)
         if not (isinstance(cls, type) and issubclass(cls, Functional)):
             raise ModelFileError(f"{where!r}: {document.get('class_name')!r} is not a model.")
         with deferred_variables():
@@ -193,8 +196,10 @@ def _fill_variables(reader, model, where, version: int) -> None:
             variable.value[...] = array
 
 
-def load_model(filepath, compile: bool = True):
-    """Rebuild a model saved with ``model.save``: graph, weights, optimizer state."""
+def load_model(filepath, compile: bool = True, model_classes: dict | None = None):
+    """Rebuild a model saved with ``model.save``: graph, weights, optimizer state.
+    ``model_classes``: ``{class name: class}`` for the model itself; ``cnnlab.models.load_model``
+    passes Model and Sequential (this floor is below them and does not import them)."""
     where = os.fspath(filepath)
     with ArchiveReader(where) as reader:
         header = _check_format(reader)
@@ -202,7 +207,7 @@ def load_model(filepath, compile: bool = True):
         if header["version"] == 1 and (not isinstance(document, dict)
                                        or document.get("class_name") != "Sequential"):
             raise ModelFileError(f"{where!r}: the model description is not a Sequential model.")
-        model = _model_from(document, where)
+        model = _model_from(document, where, model_classes or {})
         _fill_variables(reader, model, where, header["version"])
         if header.get("kind") == "model" and compile and isinstance(document.get("compile"), dict):
             _restore_compile(model, reader, document["compile"], where, header["version"])

@@ -1,8 +1,16 @@
 """Models: ``Model`` (the functional API), ``Sequential`` (a builder of the same graph) and
 ``load_model``."""
 
-from cnnlab.io.saving import load_model
+from cnnlab.io import saving
 from cnnlab.models.model import Model
 from cnnlab.models.sequential import Sequential
+
+
+def load_model(filepath, compile: bool = True):
+    """Rebuild a model saved with ``model.save``: graph, weights, optimizer state (Keras'
+    ``load_model``). Never runs code from the file: every class it names must be a layer or
+    model cnnlab or the user's own code has registered."""
+    return saving.load_model(filepath, compile,
+                             model_classes={"Model": Model, "Sequential": Sequential})
 
 __all__ = ["Model", "Sequential", "load_model"]
