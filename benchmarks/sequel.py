@@ -154,6 +154,7 @@ def timeline_cost(rounds: int = 3) -> None:
     default (within 10% of the training time). Interleaved rounds; medians."""
     import statistics
 
+    from cnnlab import seeding
     from cnnlab.runs import fit_run, new_run, run_settings
     from cnnlab.viz.timeline import TrainingTimeline
     kinds = {"no timeline": None,
@@ -163,11 +164,12 @@ def timeline_cost(rounds: int = 3) -> None:
     for _ in range(rounds):
         for kind, options in kinds.items():
             settings = run_settings(epochs=1)
-            model, train, test = new_run(settings)
-            callbacks = [] if options is None else [TrainingTimeline(test[0][0], **options)]
-            start = time.perf_counter()
-            fit_run(model, settings, train, test, verbose=0, callbacks=callbacks)
-            seconds[kind].append(time.perf_counter() - start)
+            with seeding.seeded(settings["seed"]):
+                model, train, test = new_run(settings)
+                callbacks = [] if options is None else [TrainingTimeline(test[0][0], **options)]
+                start = time.perf_counter()
+                fit_run(model, settings, train, test, verbose=0, callbacks=callbacks)
+                seconds[kind].append(time.perf_counter() - start)
             frames[kind] = len(callbacks[0].frames) if callbacks else 0
     base = statistics.median(seconds["no timeline"])
     print(f"Training timeline's cost, 1 epoch of the article's CNN ({rounds} rounds):")

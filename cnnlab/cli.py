@@ -76,8 +76,7 @@ def _check_agrees_with_checkpoint(args, settings: dict, path: str) -> None:
                               f"--checkpoint-dir.")
 
 
-def _fresh_run(args):
-    settings = run_settings(**{name: getattr(args, name) for name in TRAIN_SETTINGS})
+def _fresh_run(settings):
     model, train, test = new_run(settings)
     return model, settings, train, test, 0
 
@@ -104,7 +103,21 @@ def _resumed_run(args):
 
 
 def cmd_train(args) -> int:
-    """Train a zoo model on a dataset, report test accuracy, save the model."""
+    """Train a zoo model on a dataset, report test accuracy, save the model. The run's seed and
+    thread count hold for the command alone: a caller's generators and ``config.threads()`` are
+    as they were after it (a checkpoint being resumed restores its own generators)."""
+    from cnnlab import config, seeding
+    settings = None if args.resume else run_settings(
+        **{name: getattr(args, name) for name in TRAIN_SETTINGS})
+    threads = config.threads()
+    try:
+        with seeding.seeded(DEFAULTS["seed"] if settings is None else settings["seed"]):
+            return _train(args, settings)
+    finally:
+        config.set_threads(threads)
+
+
+def _train(args, fresh_settings) -> int:
     import os
 
     from cnnlab import zoo
@@ -117,7 +130,7 @@ def cmd_train(args) -> int:
         comm = Communicator()
         chief = comm.is_chief
         # ranks on one machine share its cores; MPI already runs one process per share
-        config.set_threads(max(1, config._usable_cores() // comm.local_size))
+        config.set_threads(max(1, config.usable_cores() // comm.local_size))
         if not chief:
             args.verbose = 0
     say = print if chief else (lambda *a, **k: None)
@@ -133,7 +146,7 @@ def cmd_train(args) -> int:
                                             REPORT_FILE, "--report", (".html",),
                                             args.overwrite, say)
     model, settings, train, test, initial_epoch = (
-        _resumed_run(args) if args.resume else _fresh_run(args))
+        _resumed_run(args) if args.resume else _fresh_run(fresh_settings))
     streaming = not isinstance(train, tuple)
     out = args.out or settings.get("out") or outputs.free_path(f"{model.name}.cnnlab",
                                                                args.overwrite, say)

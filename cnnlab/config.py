@@ -50,14 +50,16 @@ def home_dir():
     return Path(os.environ.get("CNNLAB_HOME") or Path.home() / ".cache" / "cnnlab")
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), which a container or ``taskset``
+    may make fewer than the machine's."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:          # not on Linux
         return os.cpu_count() or 1
 
 
-_threads = min(_usable_cores(), 8)
+_threads = min(usable_cores(), 8)
 
 
 def threads() -> int:

@@ -2,8 +2,9 @@
 that run's model expects it.
 
     settings = run_settings(model="lenet5", epochs=2)      # DEFAULTS fill the rest
-    model, train, test = new_run(settings)                 # seeded, compiled, data loaded
-    fit_run(model, settings, train, test, verbose=0)       # arrays or a stream of batches
+    with seeding.seeded(settings["seed"]):                 # the run's randomness, and only its
+        model, train, test = new_run(settings)             # compiled, data loaded
+        fit_run(model, settings, train, test, verbose=0)   # arrays or a stream of batches
     x = image_for_model(model, pil_image)                  # (H, W, C), as in training
 
 Named datasets and ``.npz`` files come as arrays; a folder with one subfolder of images per class
@@ -17,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cnnlab import seeding
 from cnnlab.errors import ConfigError
 from cnnlab.graph.functional import Functional
 from cnnlab.training.callbacks import Callback
@@ -121,11 +123,16 @@ def training_data(settings):
 
 
 def new_run(settings: dict):
-    """Seed, load the data, build and compile the zoo model: ``(model, train, test)``.
-    The model's metadata records the settings, the class names and how inputs were prepared."""
+    """Load the data, build and compile the zoo model: ``(model, train, test)``. The model's
+    metadata records the settings, the class names and how inputs were prepared. Called inside
+    ``seeding.seeded(settings["seed"])``, with ``fit_run`` in the same block, so that the run
+    repeats exactly and no generator outside it is touched; a ConfigError otherwise."""
     from cnnlab import losses, zoo
-    from cnnlab.seeding import set_random_seed
-    set_random_seed(settings["seed"])
+    if seeding.current_seed() != settings["seed"]:
+        raise ConfigError(f"new_run draws the run's weights and shuffling from its seed: call it "
+                          f"inside `with cnnlab.seeding.seeded({settings['seed']}):` (with "
+                          f"fit_run in the same block). Current seeded block: "
+                          f"{seeding.current_seed()}.")
     train, test, input_shape, names = training_data(settings)
     if settings.get("pretrained"):
         base = zoo.get(settings["model"], weights=settings["pretrained"], include_top=False,

@@ -45,12 +45,14 @@ def timeline_gif() -> None:
     """The article's CNN trained one epoch on the bundled digits, recorded every 8 steps."""
     from PIL import Image
 
+    from cnnlab import seeding
     from cnnlab.runs import fit_run, new_run, run_settings
     from cnnlab.viz.timeline import TrainingTimeline, plot_frame
     settings = run_settings(epochs=1, seed=0)
-    model, train, test = new_run(settings)
-    recorder = TrainingTimeline(test[0][0], every=8)
-    fit_run(model, settings, train, test, verbose=0, callbacks=[recorder])
+    with seeding.seeded(settings["seed"]):
+        model, train, test = new_run(settings)
+        recorder = TrainingTimeline(test[0][0], every=8)
+        fit_run(model, settings, train, test, verbose=0, callbacks=[recorder])
     frames = []
     for frame in recorder.frames:
         buffer = io.BytesIO()

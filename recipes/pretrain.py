@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 import cnnlab
-from cnnlab import zoo
+from cnnlab import seeding, zoo
 from cnnlab.datasets import lfw_faces, web_faces
 from cnnlab.runs import fit_run, new_run, run_settings
 from cnnlab.tasks import detect
@@ -165,8 +165,9 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures
               f"faces; training again with them as not-faces", flush=True)
         train = _with_not_faces(train, hard)
         # a fresh network each round
-        model, _, _ = new_run({**settings, "seed": settings["seed"] + round_ + 1})
-        fit_run(model, settings, train, test, verbose=verbose)
+        with seeding.seeded(settings["seed"] + round_ + 1):
+            model, _, _ = new_run({**settings, "seed": settings["seed"] + round_ + 1})
+            fit_run(model, settings, train, test, verbose=verbose)
     return model, mined
 
 
@@ -184,14 +185,15 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
             data, tempfile.mkdtemp(prefix="cnnlab-faces-"), seed)
     settings = run_settings(model=run["model"], data=folder, seed=seed,
                             epochs=epochs or run.get("epochs"))
-    model, train, test = new_run(settings)
-    start = time.perf_counter()
-    mined = []
-    if run.get("mining_rounds"):
-        model, mined = bootstrap(model, settings, train, test, run["mining_rounds"], negatives,
-                                 verbose, pictures)
-    else:
-        fit_run(model, settings, train, test, verbose=verbose)
+    with seeding.seeded(settings["seed"]):
+        model, train, test = new_run(settings)
+        start = time.perf_counter()
+        mined = []
+        if run.get("mining_rounds"):
+            model, mined = bootstrap(model, settings, train, test, run["mining_rounds"],
+                                     negatives, verbose, pictures)
+        else:
+            fit_run(model, settings, train, test, verbose=verbose)
     seconds = time.perf_counter() - start
     if isinstance(test, tuple):
         loss, accuracy = model.evaluate(*test, batch_size=256, verbose=0)

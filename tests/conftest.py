@@ -32,11 +32,11 @@ def digits_model_file(tmp_path_factory):
     import cnnlab
     from cnnlab.runs import new_run, run_settings
     settings = run_settings(epochs=2, batch_size=64)
-    model, train, _ = new_run(settings)
-    model.fit(*train, batch_size=64, epochs=2, verbose=0)
+    with cnnlab.seeding.seeded(settings["seed"]):
+        model, train, _ = new_run(settings)
+        model.fit(*train, batch_size=64, epochs=2, verbose=0)
     path = tmp_path_factory.mktemp("served") / "digits.cnnlab"
     model.save(path)
-    cnnlab.seeding.set_random_seed(1234)
     return path
 
 

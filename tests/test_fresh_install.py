@@ -25,7 +25,7 @@ def test_pip_install_then_train_then_report_in_a_fresh_virtualenv(tmp_path):
         return result.stdout
 
     run(str(bin_dir / "pip"), "install", "--quiet", str(source))
-    from cnnlab.version import __version__        # the one place the number is written
+    from cnnlab.version import __version__  # the one place the number is written
     assert run(str(bin_dir / "pip"), "show", "cnnlab").split("Version: ")[1].split()[0] \
         == __version__
     assert run(str(bin_dir / "cnnlab"), "--version").split() == ["cnnlab", __version__]

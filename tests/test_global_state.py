@@ -45,3 +45,85 @@ def test_drawing_and_reading_images_leave_global_state_alone(tmp_path):
                             text=True, timeout=300, env={"MPLBACKEND": "svg", "PATH": "/usr/bin"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "untouched" in result.stdout
+
+
+def _process_state():
+    """What a user of the library owns and a command must leave as it found it."""
+    import random
+
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    import cnnlab
+    return (cnnlab.seeding.global_generator().bit_generator.state, random.getstate(),
+            np.random.get_state()[1].tolist(), cnnlab.config.threads(),
+            [(pool["internal_api"], pool["num_threads"]) for pool in threadpool_info()])
+
+
+def test_training_commands_leave_the_process_as_they_found_it(tmp_path, monkeypatch):
+    """`cnnlab train`, run in the user's process (a notebook calling ``cnnlab.cli.main``, the
+    web app), fresh and resumed: the user's seeded generators (cnnlab's, Python's, NumPy's
+    legacy one), ``config.threads()`` and the BLAS thread limits are as before. Before, a fresh
+    run reseeded cnnlab's and Python's generators with the run's seed, and a resumed one set
+    the thread count to the checkpoint's for the rest of the process."""
+    import random
+
+    import numpy as np
+
+    import cnnlab
+    from cnnlab.cli import main
+    monkeypatch.chdir(tmp_path)
+    cnnlab.utils.set_random_seed(42)
+    random.seed(7)
+    np.random.seed(3)
+    threads = cnnlab.config.threads()
+    try:
+        cnnlab.config.set_threads(2)
+        before = _process_state()
+        assert main(["train", "--epochs", "1", "--verbose", "0", "--checkpoint-dir", "run",
+                     "--checkpoint-every", "5", "--out", "m.cnnlab"]) == 0
+        assert _process_state() == before
+        cnnlab.config.set_threads(1)                # the checkpoint was written at 2 threads
+        before = _process_state()
+        assert main(["train", "--resume", "run", "--verbose", "0",
+                     "--out", "m2.cnnlab"]) == 0
+        assert _process_state() == before
+    finally:
+        cnnlab.config.set_threads(threads)
+
+
+def test_a_run_is_seeded_by_its_own_seed_whatever_the_caller_seeded(tmp_path):
+    """The same settings give the same weights whatever the global generator holds, and
+    new_run outside its seed's block is refused rather than silently unseeded."""
+    import pytest
+
+    import cnnlab
+    from cnnlab.runs import fit_run, new_run, run_settings
+    settings = run_settings(epochs=1, batch_size=256)
+    weights = []
+    for user_seed in (1, 2):
+        cnnlab.utils.set_random_seed(user_seed)
+        with cnnlab.seeding.seeded(settings["seed"]):
+            model, train, test = new_run(settings)
+            fit_run(model, settings, (train[0][:512], train[1][:512]), test, verbose=0)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        assert (a == b).all()
+    with pytest.raises(cnnlab.CnnlabError, match="seeding.seeded"):
+        new_run(settings)
+
+
+def test_a_bigger_shard_pool_replaces_the_old_one_without_leaving_its_threads():
+    import threading
+    import time
+
+    from cnnlab.training import parallel
+
+    def shard_threads():
+        return [t for t in threading.enumerate() if t.name.startswith("cnnlab-shard")]
+    parallel.run_sharded([lambda: 1, lambda: 2])
+    parallel.run_sharded([lambda: 1] * 5)          # needs 4 workers: a new pool
+    deadline = time.monotonic() + 5
+    while len(shard_threads()) > 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(shard_threads()) <= 4

@@ -202,7 +202,8 @@ def test_evaluation_uses_exactly_the_files_training_held_out(folder, tmp_path):
     root, _ = folder
     settings = run_settings(model="lenet5", data=str(root), image_size=28,
                             color_mode="grayscale", epochs=1, seed=5)
-    model, train, test = new_run(settings)
+    with cnnlab.seeding.seeded(5):
+        model, train, test = new_run(settings)
     model.save(tmp_path / "m.cnnlab")
     model = load_model(tmp_path / "m.cnnlab")
     for spec in (None, str(root)):

@@ -33,6 +33,7 @@ def models_dir() -> Path:
 def default_model(epochs: int = 3, verbose="auto", say=print):
     """The article's CNN trained on the bundled digits: loaded if trained before, else trained
     now (about half a minute on two cores) and saved for next time. ``(model, path)``."""
+    from cnnlab import seeding
     from cnnlab.models import load_model
     from cnnlab.runs import fit_run, new_run, run_settings
     path = models_dir() / DEFAULT_MODEL_FILE
@@ -41,8 +42,9 @@ def default_model(epochs: int = 3, verbose="auto", say=print):
     settings = run_settings(epochs=epochs)
     say(f"cnnlab: no model yet; training the article's CNN on the bundled digits "
         f"({epochs} epoch{'s' * (epochs != 1)}) -> {path}")
-    model, train, test = new_run(settings)
-    fit_run(model, settings, train, test, verbose=verbose)
+    with seeding.seeded(settings["seed"]):
+        model, train, test = new_run(settings)
+        fit_run(model, settings, train, test, verbose=verbose)
     _, accuracy = model.evaluate(*test, verbose=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 
+from cnnlab import seeding
 from cnnlab.callbacks import Callback
 from cnnlab.errors import CnnlabError
 from cnnlab.serve.api import ApiError, int_field, known_fields
@@ -218,13 +219,14 @@ class TrainingJob(threading.Thread):
         self._drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnlab-frames")
         try:
             from cnnlab.viz.timeline import timeline_for
-            model, train, test = new_run(self.settings)
-            callbacks = [_Recorder(self)]
-            timeline = timeline_for(model, test)       # "watch the filters form"
-            if timeline is not None:
-                timeline.listeners.append(self._add_frame)
-                callbacks.append(timeline)
-            fit_run(model, self.settings, train, test, verbose=0, callbacks=callbacks)
+            with seeding.seeded(self.settings["seed"]):  # this thread's run only
+                model, train, test = new_run(self.settings)
+                callbacks = [_Recorder(self)]
+                timeline = timeline_for(model, test)       # "watch the filters form"
+                if timeline is not None:
+                    timeline.listeners.append(self._add_frame)
+                    callbacks.append(timeline)
+                fit_run(model, self.settings, train, test, verbose=0, callbacks=callbacks)
             self._drawing.shutdown(wait=True)            # every frame drawn before "done"
             path = os.path.join(self.models_dir, f"{self.model_name}.cnnlab")
             os.makedirs(self.models_dir, exist_ok=True)

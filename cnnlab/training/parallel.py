@@ -27,6 +27,7 @@ from cnnlab import config
 MIN_SHARD = 8
 
 _executor: ThreadPoolExecutor | None = None
+_workers = 0                                   # its size
 _blas = None
 
 
@@ -59,10 +60,12 @@ def run_sharded(tasks, on_error=None):
     failed one (``BatchSums``) are released."""
     if on_error is not None:
         tasks = [_calling_on_error(task, on_error) for task in tasks]
-    global _executor
-    if _executor is None or _executor._max_workers < len(tasks) - 1:
-        _executor = ThreadPoolExecutor(max_workers=max(len(tasks) - 1, 1),
-                                       thread_name_prefix="cnnlab-shard")
+    global _executor, _workers
+    if _executor is None or _workers < len(tasks) - 1:
+        if _executor is not None:              # its idle threads end; none is left behind
+            _executor.shutdown(wait=False)
+        _workers = max(len(tasks) - 1, 1)
+        _executor = ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="cnnlab-shard")
     with _single_threaded_blas():
         futures = [_executor.submit(task) for task in tasks[1:]]
         first = tasks[0]()
