@@ -111,28 +111,3 @@ def test_a_run_is_seeded_by_its_own_seed_whatever_the_caller_seeded(tmp_path):
         assert (a == b).all()
     with pytest.raises(cnnlab.CnnlabError, match="seeding.seeded"):
         new_run(settings)
-
-
-def test_a_bigger_shard_pool_replaces_the_old_one_without_leaving_its_threads(monkeypatch):
-    """Before, the smaller pool was dropped without a shutdown and its idle threads lived on."""
-    import threading
-    import time
-
-    from cnnlab.training import parallel
-
-    def shard_threads():
-        return {t for t in threading.enumerate() if t.name.startswith("cnnlab-shard")}
-    monkeypatch.setattr(parallel, "_executor", None)      # a pool of this test's own
-    monkeypatch.setattr(parallel, "_workers", 0)
-    earlier = shard_threads()
-    parallel.run_sharded([lambda: 1, lambda: 2])          # one worker
-    small = shard_threads() - earlier
-    assert len(small) == 1
-    parallel.run_sharded([lambda: 1] * 5)                 # needs 4 workers: a new pool
-    deadline = time.monotonic() + 5
-    while any(t.is_alive() for t in small) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        assert not any(t.is_alive() for t in small)
-    finally:
-        parallel._executor.shutdown(wait=True)

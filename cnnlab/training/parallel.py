@@ -62,7 +62,7 @@ def run_sharded(tasks, on_error=None):
         tasks = [_calling_on_error(task, on_error) for task in tasks]
     global _executor, _workers
     if _executor is None or _workers < len(tasks) - 1:
-        if _executor is not None:              # its idle threads end; none is left behind
+        if _executor is not None:      # CPython would also end its idle threads once collected
             _executor.shutdown(wait=False)
         _workers = max(len(tasks) - 1, 1)
         _executor = ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="cnnlab-shard")
