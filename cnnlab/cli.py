@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from cnnlab import outputs
+from cnnlab import outputs, zoo
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.runs import (
     DEFAULTS,
@@ -27,17 +27,6 @@ from cnnlab.runs import (
     total_epochs,
     training_data,
 )
-
-
-def _load_model_or_zoo(spec: str):
-    import os
-
-    from cnnlab import zoo
-    from cnnlab.models import load_model
-    if os.path.exists(spec) or spec.endswith(".cnnlab"):
-        return load_model(spec)
-    return zoo.get(spec)
-
 
 CHECKPOINT_FILE = "checkpoint.cnnlab"
 REPORT_FILE = "report.html"
@@ -120,7 +109,6 @@ def cmd_train(args) -> int:
 def _train(args, fresh_settings) -> int:
     import os
 
-    from cnnlab import zoo
     from cnnlab.callbacks import ModelCheckpoint
     _check_train_options(args)
     chief, comm = True, None
@@ -261,8 +249,7 @@ def _suggest_pretrained(labels, names, say) -> None:
 
 def cmd_evaluate(args) -> int:
     """Loss and accuracy of a saved model on a dataset's test split (or a whole folder)."""
-    from cnnlab.models import load_model
-    model = load_model(args.model)
+    model = zoo.find(args.model, compile=True)
     x_test, y_test, what, _ = evaluation_data(model, args.model, args.data)
     if model.loss is None:
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -274,10 +261,9 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     """Top classes for each image file."""
-    from cnnlab.models import load_model
     from cnnlab.preprocess import open_image
     from cnnlab.runs import class_names, image_for_model
-    model = load_model(args.model)
+    model = zoo.find(args.model)
     invert = {"auto": "auto", "yes": True, "no": False}[args.invert]
     batch = np.stack([image_for_model(model, open_image(p), invert) for p in args.images])
     probs = model.predict(batch, verbose=0)
@@ -299,11 +285,10 @@ def cmd_report(args) -> int:
     training timeline when ``cnnlab train --report`` left one beside the model)."""
     import os
 
-    from cnnlab.models import load_model
     from cnnlab.viz import timeline
     from cnnlab.viz.report import write_report
     out = outputs.output(args.out, REPORT_FILE, "--out", (".html",), args.overwrite)
-    model = load_model(args.model)
+    model = zoo.find(args.model)
     x_test, y_test, _, _ = evaluation_data(model, args.model, args.data, limit=2000)
     recorded = timeline_path(args.model)
     frames = timeline.load(recorded) if os.path.exists(recorded) else None
@@ -315,9 +300,8 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     """Write a saved model as ONNX for other runtimes."""
-    from cnnlab.models import load_model
     outputs.given_path(args.out, "out", (".onnx",), args.overwrite)
-    model = load_model(args.model)
+    model = zoo.find(args.model)
     model.export(args.out, format="onnx", input_layout="NCHW" if args.nchw else "NHWC")
     print(f"Wrote {args.out} (ONNX opset 17, input {'NCHW' if args.nchw else 'NHWC'})")
     return 0
@@ -330,9 +314,8 @@ def cmd_serve(args) -> int:
     import socket
 
     from cnnlab import serve
-    from cnnlab.models import load_model
     if args.model:
-        model, path = load_model(args.model), args.model
+        model, path = zoo.find(args.model), args.model
     else:
         model, path = serve.default_model(epochs=args.epochs)
     name = os.path.splitext(os.path.basename(str(path)))[0]
@@ -366,7 +349,7 @@ def cmd_serve(args) -> int:
 
 def cmd_summary(args) -> int:
     """Layers, output shapes, parameters and the output-size formula of a model or zoo name."""
-    _load_model_or_zoo(args.model).summary()
+    zoo.find(args.model, trained=False).summary()
     return 0
 
 
@@ -452,7 +435,6 @@ def _add_explain(commands, formatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cnnlab import zoo
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="cnnlab", formatter_class=formatter,
@@ -547,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="evaluate a saved model", formatter_class=formatter,
         description=cmd_evaluate.__doc__,
         epilog="Example:\n  cnnlab evaluate article_cnn.cnnlab --data mnist_sample")
-    evaluate.add_argument("model", help="a .cnnlab file")
+    evaluate.add_argument("model", help=zoo.model_help())
     evaluate.add_argument("--data", help="a dataset name, an .npz or a folder (default: the "
                                           "test split of the dataset the model was trained on)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
@@ -559,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model's input. For single-channel (digit) models, dark-on-light images are inverted to "
         "MNIST's white-on-black, and the digit is centred as MNIST's were.",
         epilog="Example:\n  cnnlab predict article_cnn.cnnlab my_seven.png photo_of_a_3.jpg")
-    predict.add_argument("model", help="a .cnnlab file")
+    predict.add_argument("model", help=zoo.model_help())
     predict.add_argument("images", nargs="+", help="PNG/JPEG/... files")
     predict.add_argument("--top", type=_positive_int, default=3, help="classes to show (default 3)")
     predict.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
@@ -570,14 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
         "summary", help="print a model's layers and shapes", formatter_class=formatter,
         description=cmd_summary.__doc__,
         epilog="Example:\n  cnnlab summary article\n  cnnlab summary article_cnn.cnnlab")
-    summary.add_argument("model", help="a .cnnlab file or a zoo name (article, lenet5)")
+    summary.add_argument("model", help=zoo.model_help(trained=False))
     summary.set_defaults(func=cmd_summary)
     export = commands.add_parser(
         "export", help="write a model as ONNX", formatter_class=formatter,
         description=cmd_export.__doc__,
         epilog="Example:\n  cnnlab export article_cnn.cnnlab article.onnx\n"
                "  cnnlab export article_cnn.cnnlab article_nchw.onnx --nchw")
-    export.add_argument("model", help="a .cnnlab file")
+    export.add_argument("model", help=zoo.model_help())
     export.add_argument("out", help="the .onnx file to write")
     export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     export.add_argument("--nchw", action="store_true",
@@ -587,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="write a self-contained HTML report", formatter_class=formatter,
         description=cmd_report.__doc__,
         epilog="Example:\n  cnnlab report article_cnn.cnnlab --data mnist_sample --out report.html")
-    report.add_argument("model", help="a .cnnlab file")
+    report.add_argument("model", help=zoo.model_help())
     report.add_argument("--data", help="a dataset name, an .npz or a folder (default: the test "
                                         "split of the dataset the model was trained on)")
     report.add_argument("--out", help=f"HTML file (default: {REPORT_FILE}, or report-2.html ... "
@@ -607,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
                "It answers only its user: every API request needs the token it prints, pages of "
                "other\norigins are refused, and only localhost and loopback addresses are "
                "answered.")
-    serve.add_argument("model", nargs="?", help="a .cnnlab file (default: the digits model)")
+    serve.add_argument("model", nargs="?",
+                       help=zoo.model_help() + " (default: the digits model trained here)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: %(default)s, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks "

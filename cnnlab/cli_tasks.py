@@ -9,6 +9,8 @@ import os
 import sys
 import warnings
 
+from cnnlab import zoo
+
 
 def _say_warnings(caught) -> None:
     for warning in caught:
@@ -110,8 +112,8 @@ def add_commands(commands, formatter, positive_int) -> None:
     index.add_argument("folder", help="a folder of images (searched recursively)")
     index.add_argument("--out", required=True, help="the index file to write (or to update)")
     index.add_argument("--model", default=DEFAULT_MODEL,
-                       help="a shipped model (cifar10, digits) or a .cnnlab file "
-                            "(default: %(default)s, the CIFAR-10 backbone)")
+                       help=zoo.model_help() + " (default: %(default)s, the CIFAR-10 "
+                            "backbone)")
     index.add_argument("--batch-size", type=positive_int, default=64,
                        help="images embedded at once (default: %(default)s)")
     index.set_defaults(func=cmd_index)
@@ -162,7 +164,7 @@ def add_commands(commands, formatter, positive_int) -> None:
         description=cmd_video.__doc__,
         epilog="Example:\n  cnnlab video digits clip.mp4            # the shipped digits model\n"
                "  cnnlab video faces clip.mp4 --detect --out boxes.mp4")
-    clip.add_argument("model", help="a shipped model (digits, cifar10, faces) or a .cnnlab file")
+    clip.add_argument("model", help=zoo.model_help())
     clip.add_argument("input", help="the video (anything FFmpeg reads)")
     clip.add_argument("--out", help="the annotated video (default: INPUT-cnnlab.mp4)")
     clip.add_argument("--csv", help="per-frame results (default: the --out name, .csv)")

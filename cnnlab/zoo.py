@@ -355,19 +355,54 @@ def with_new_head(base, num_classes: int, augment: bool = False, name: str | Non
     return model
 
 
-def load(spec: str):
-    """A model named the way the command line names one: shipped weights ('digits', 'cifar10',
-    'faces': the zoo model they ship for) or the path of a ``.cnnlab`` file."""
+def find(spec: str, trained: bool = True, compile: bool = False):
+    """A model named the way every command and task names one, the one resolver for it:
+
+    - the path of a ``.cnnlab`` file: that model (``compile``: with its training setup);
+    - shipped weights, ``'digits'``, ``'cifar10'``, ``'faces'``: the zoo model they ship for,
+      trained;
+    - a zoo architecture, ``'resnet20'``, ``'article'`` and their aliases: the model with fresh
+      weights, only where ``trained`` is False (``cnnlab summary``); elsewhere it has learned
+      nothing to predict with, and the error says how to train it.
+
+    Anything else is one ConfigError, the same from every command, with a did-you-mean."""
     import os
 
     from cnnlab.models import load_model
     shipped = {weights: name for name, weights in PRETRAINED}
     if spec in shipped:
         return get(shipped[spec], weights=spec)
-    if not os.path.exists(spec):
-        raise ConfigError(f"--model {spec!r} is neither a shipped model ({sorted(shipped)}) "
-                          f"nor a .cnnlab file.")
-    return load_model(spec, compile=False)
+    if os.path.exists(spec) or spec.endswith(".cnnlab"):
+        return load_model(spec, compile=compile)           # a missing file: its own error
+    key = ALIASES.get(spec.lower(), spec.lower())
+    if key in MODELS and not trained:
+        return get(key)
+    if key in MODELS:
+        raise ConfigError(f"{spec!r} is an architecture with fresh weights: it has learned "
+                          f"nothing yet. Train it first (cnnlab train --model {key}), or use "
+                          f"shipped weights: {_shipped_list()}.")
+    names = [*shipped, *MODELS, *ALIASES] if not trained else list(shipped)
+    hint = difflib.get_close_matches(spec.lower(), names, n=1)
+    raise ConfigError(f"No model {spec!r}: it is not a .cnnlab file, nor shipped weights "
+                      f"({_shipped_list()})"
+                      + ("" if trained else f", nor a zoo architecture ({sorted(MODELS)})")
+                      + (f". Did you mean {ALIASES.get(hint[0], hint[0])!r}?" if hint else "."))
+
+
+def _shipped_list() -> str:
+    return ", ".join(f"{weights!r} ({name})" for name, weights in PRETRAINED)
+
+
+def model_help(trained: bool = True) -> str:
+    """What a command's model argument takes (``find``), for its help text."""
+    shipped = ", ".join(weights for _, weights in PRETRAINED)
+    return (f"a .cnnlab file or shipped weights ({shipped})"
+            + ("" if trained else f", or a zoo architecture ({', '.join(MODELS)})"))
+
+
+def load(spec: str):
+    """A trained model by shipped weights' name or ``.cnnlab`` path: ``find(spec)``."""
+    return find(spec)
 
 
 def backbone(model) -> Model:

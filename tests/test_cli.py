@@ -54,6 +54,25 @@ def test_summary_of_zoo_name_and_file(trained_model, capsys):
     assert "Total params: 1,087,106" in capsys.readouterr().out
 
 
+def test_every_command_takes_the_same_model_names(capsys):
+    """One resolver (``zoo.find``): shipped weights by name in summary as in video, a zoo
+    architecture where fresh weights make sense, and one did-you-mean for a misspelling. Before,
+    `cnnlab summary digits` failed and predict/evaluate/report/export took only files."""
+    assert main(["summary", "digits"]) == 0
+    assert "Total params" in capsys.readouterr().out
+    assert main(["summary", "resnet20"]) == 0
+    capsys.readouterr()
+    errors = []
+    for argv in (["summary", "digts"], ["evaluate", "digts"], ["predict", "digts", "x.png"],
+                 ["report", "digts"], ["export", "digts", "m.onnx"],
+                 ["video", "digts", "x.mp4"], ["detect", "x.png", "--model", "digts"]):
+        assert main(argv) == 1, argv
+        errors.append(capsys.readouterr().err)
+    assert all("No model 'digts'" in e and "Did you mean 'digits'?" in e for e in errors), errors
+    assert main(["predict", "resnet20", "x.png"]) == 1
+    assert "has learned nothing yet" in capsys.readouterr().err
+
+
 def test_train_on_an_npz_with_other_options(tmp_path, capsys):
     (x, y), _ = datasets.mnist_sample.load_data()
     np.savez(tmp_path / "small.npz", x=x[:300], y=y[:300])
@@ -76,7 +95,7 @@ def test_every_command_has_help_with_an_example():
 
 @pytest.mark.parametrize("argv,message", [
     (["evaluate", "missing.cnnlab"], "No model file at 'missing.cnnlab'"),
-    (["summary", "resnet"], "Unknown model 'resnet'"),
+    (["summary", "resnet"], "No model 'resnet'"),
     (["train", "--data", "nowhere.npz"], "Unknown dataset 'nowhere.npz'"),
     (["explain", "formula", "28", "5", "0", "0"], None),          # argparse: exit 2, below
 ])
