@@ -5,8 +5,8 @@
 1. each op alone, on the shapes of ResNet-20: BatchNormalization's training forward and backward
    together at batch 128; a 3x3 convolution's forward and both gradients at batch 64 (one
    shard of 128 on 2 cores), on the path ``conv.choose`` picks with each setting (the
-   reference's frequency domain or F(2x2); the compiled F(4x4) Winograd). The reference's time,
-   the kernels', and the ratio;
+   reference's frequency domain or F(2x2); the compiled F(4x4) Winograd); a 3x3 depthwise
+   convolution's on MobileNet's shapes. The reference's time, the kernels', and the ratio;
 2. their share of whole ResNet-20 training steps (batch 128, 1 thread, so the profile is one
    thread's): cumulative profiled time in each op over the steps, each path;
 3. whole steps at 1 thread and at the machine's thread count, the two paths interleaved;
@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 
 import cnnlab
 from cnnlab import zoo
-from cnnlab.engine import conv
+from cnnlab.engine import conv, depthwise
 from cnnlab.engine import normalization as bn
 
 SHAPES = [(128 * 32 * 32, 16), (128 * 16 * 16, 32), (128 * 8 * 8, 64)]   # (M, C) per stage
@@ -82,6 +82,21 @@ def op_times() -> None:
         print(f"  {size}x{size}x{channels:<3}: reference ({picked['numpy']}) "
               f"{found['numpy']:6.2f} ms, compiled ({picked['numba']}) {found['numba']:6.2f} ms "
               f"({found['numpy'] / found['numba']:.2f}x)")
+    print("3x3 depthwise convolution forward + both gradients, batch 64, float32 (best of 10):")
+    for size, channels in ((32, 32), (16, 64), (8, 128)):
+        x = rng.standard_normal((64, size, size, channels)).astype(np.float32)
+        kernel = rng.standard_normal((3, 3, channels, 1)).astype(np.float32)
+
+        def step(x=x, kernel=kernel):
+            out, cache = depthwise.depthwise_conv2d_forward(x, kernel, None, (1, 1),
+                                                            ((1, 1), (1, 1)))
+            depthwise.depthwise_conv2d_backward(out, cache)
+        found = {}
+        for kernels in ("numpy", "numba"):
+            cnnlab.config.set_kernels(kernels)
+            found[kernels] = _best_ms(step, repeats=10)
+        print(f"  {size}x{size}x{channels:<3}: reference {found['numpy']:6.2f} ms, compiled "
+              f"{found['numba']:6.2f} ms ({found['numpy'] / found['numba']:.1f}x)")
 
 
 def _resnet_step():

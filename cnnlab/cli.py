@@ -472,12 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="passes over the training data (default: the recipe's)")
     train.add_argument("--batch-size", type=_positive_int,
                        help="images per step (default: the recipe's)")
-    train.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "rmsprop"],
+    train.add_argument("--optimizer", choices=list(zoo.OPTIMIZER_LR),
                        help="the optimizer (default: the model's recipe, sgd with momentum for "
                             "the digit models)")
     train.add_argument("--lr", type=_positive_float,
-                       help=f"learning rate, or the one-cycle schedule's peak (default: the "
-                            f"recipe's; {DEFAULTS['lr']} for sgd, 0.001 for the others)")
+                       help="learning rate, or the one-cycle schedule's peak (default: the "
+                            "recipe's; for another optimizer than the recipe's, " + ", ".join(
+                                f"{lr:g} for {name}" for name, lr in zoo.OPTIMIZER_LR.items())
+                            + ")")
     train.add_argument("--momentum", type=float,
                        help=f"SGD momentum (default: {DEFAULTS['momentum']})")
     train.add_argument("--schedule", choices=["constant", "onecycle"],

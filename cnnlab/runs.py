@@ -18,27 +18,24 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cnnlab import seeding
+from cnnlab import seeding, zoo
 from cnnlab.errors import ConfigError
 from cnnlab.graph.functional import Functional
 from cnnlab.training.callbacks import Callback
 
 #: the share of a folder's images held out for validation (and for `cnnlab evaluate` later)
 FOLDER_VALIDATION_SPLIT = 0.2
-DEFAULTS = {"model": "article", "data": "mnist_sample", "epochs": 5, "batch_size": 128,
-            "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "seed": 0, "image_size": 64,
-            "color_mode": "rgb", "schedule": "constant", "weight_decay": 0.0,
-            "label_smoothing": 0.0, "augment": False, "pretrained": None, "fine_tune": 0}
+#: a run's settings when nothing is given: what the run trains on, and how (``zoo.Recipe``'s
+#: defaults, the only place those are written)
+DEFAULTS = {"model": "article", "data": "mnist_sample", "seed": 0, "color_mode": "rgb",
+            "pretrained": None, "fine_tune": 0, **zoo.Recipe().settings()}
 TRAIN_SETTINGS = tuple(DEFAULTS)
-#: the learning rate an optimizer gets when neither the options nor the recipe say
-DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.001}
+DEFAULT_LR = zoo.OPTIMIZER_LR                  # its old name here
 
 
 def run_settings(**given) -> dict:
     """Every training setting: the ones given (None means 'not given'), then the zoo model's
-    recipe, then DEFAULTS. An optimizer other than the recipe's starts from its own default
-    learning rate (Adam's is 0.001, not SGD's)."""
-    from cnnlab import zoo
+    recipe, then DEFAULTS (one merge rule, ``_merged``)."""
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"Unknown training settings {unknown}; expected some of "
@@ -49,10 +46,17 @@ def run_settings(**given) -> dict:
     if given.get("model") is None and given.get("data") in zoo.DATASET_MODELS:
         given = {**given, "model": zoo.DATASET_MODELS[given["data"]]}
     recipe = zoo.RECIPES[zoo.resolve(given.get("model") or DEFAULTS["model"])].settings()
+    return _merged(given, recipe)
+
+
+def _merged(given: dict, recipe: dict) -> dict:
+    """The one merge rule: a setting given (not None), else the recipe's, else DEFAULTS'. An
+    optimizer other than the recipe's starts from its own rate (``zoo.OPTIMIZER_LR``: Adam's is
+    0.001, not SGD's) unless a rate is given."""
     settings = {name: given[name] if given.get(name) is not None else recipe.get(
         name, DEFAULTS[name]) for name in TRAIN_SETTINGS}
     if settings["optimizer"] != recipe["optimizer"] and given.get("lr") is None:
-        settings["lr"] = DEFAULT_LR[settings["optimizer"]]
+        settings["lr"] = zoo.OPTIMIZER_LR[settings["optimizer"]]
     return settings
 
 
@@ -61,7 +65,6 @@ def _transfer_settings(given: dict) -> dict:
     shipped weights, or the path of a ``.cnnlab`` file of a zoo model; no model: the one the
     weights are for, else the CIFAR-10 backbone): ``zoo.TRANSFER_RECIPE``, and a folder's
     images resized to the size and channels the weights were trained on."""
-    from cnnlab import zoo
     from cnnlab.models import load_model
     name, weights = given.get("model"), given["pretrained"]
     owners = {w: m for m, w in zoo.PRETRAINED}
@@ -88,11 +91,7 @@ def _transfer_settings(given: dict) -> dict:
     augment = bool(stored.metadata.get("train_settings", {}).get("augment"))
     recipe = {**zoo.TRANSFER_RECIPE.settings(), "image_size": height, "augment": augment,
               "color_mode": "grayscale" if channels == 1 else "rgb"}
-    settings = {key: given[key] if given.get(key) is not None else recipe.get(
-        key, DEFAULTS[key]) for key in TRAIN_SETTINGS}
-    if settings["optimizer"] != recipe["optimizer"] and given.get("lr") is None:
-        settings["lr"] = DEFAULT_LR[settings["optimizer"]]
-    return {**settings, "model": name, "pretrained": weights}
+    return {**_merged(given, recipe), "model": name, "pretrained": weights}
 
 
 def total_epochs(settings: dict) -> int:
@@ -127,7 +126,7 @@ def new_run(settings: dict):
     metadata records the settings, the class names and how inputs were prepared. Called inside
     ``seeding.seeded(settings["seed"])``, with ``fit_run`` in the same block, so that the run
     repeats exactly and no generator outside it is touched; a ConfigError otherwise."""
-    from cnnlab import losses, zoo
+    from cnnlab import losses
     if seeding.current_seed() != settings["seed"]:
         raise ConfigError(f"new_run draws the run's weights and shuffling from its seed: call it "
                           f"inside `with cnnlab.seeding.seeded({settings['seed']}):` (with "

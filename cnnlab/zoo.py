@@ -179,14 +179,21 @@ def mobilenet_small(input_shape=(32, 32, 3), num_classes: int = 10,
                        "mobilenet_small")
 
 
+#: the learning rate each optimizer starts from when a run chooses it over its recipe's own and
+#: names no rate
+OPTIMIZER_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.001}
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """How a zoo model trains by default; `cnnlab train` options override any of it.
-    ``schedule``: 'constant', or 'onecycle' (``optimizers.schedules.OneCycle`` over the run,
-    peaking at ``lr``); ``augment``: flips and pad-4 random crops inside the model."""
+    """How a zoo model trains by default; `cnnlab train` options override any of it. The one
+    source of the training settings' defaults: the command line, its help, the web app and
+    ``runs.run_settings`` all read them from here. ``schedule``: 'constant', or 'onecycle'
+    (``optimizers.schedules.OneCycle`` over the run, peaking at ``lr``); ``augment``: flips
+    and pad-4 random crops inside the model."""
 
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = OPTIMIZER_LR["sgd"]
     momentum: float = 0.9
     epochs: int = 5
     batch_size: int = 128

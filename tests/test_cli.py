@@ -266,3 +266,17 @@ def test_the_offline_message_tells_a_command_line_user_what_to_do(tmp_path, monk
     with pytest.raises(DataError) as refused:
         datasets.load("mnist")
     assert "copy the file" in str(refused.value) and "path=" not in str(refused.value)
+
+
+def test_a_settings_default_is_written_once_in_the_recipe(monkeypatch):
+    """The rate an optimizer starts from lives in ``zoo.OPTIMIZER_LR`` alone: the run's settings
+    and the --lr help follow a change there (before, runs and the help text had their own
+    copies)."""
+    from cnnlab import zoo
+    from cnnlab.runs import run_settings
+    monkeypatch.setitem(zoo.OPTIMIZER_LR, "adam", 0.0123)
+    assert run_settings(optimizer="adam")["lr"] == 0.0123
+    assert run_settings()["lr"] == zoo.RECIPES["article"].lr
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["train"]
+                         .format_help().split())
+    assert "0.0123 for adam" in help_text
