@@ -84,3 +84,17 @@ def test_padding_forms():
     assert resolve_padding((1, 0), (5, 5), (3, 3), (1, 1)) == ((1, 1), (0, 0))
     assert resolve_padding(((1, 0), (0, 2)), (5, 5), (3, 3), (1, 1)) == ((1, 0), (0, 2))
     assert np.array_equal(resolve_padding("SAME", (28, 28), (5, 5), (1, 1)), ((2, 2), (2, 2)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 7), w=st.integers(1, 7), c=st.integers(1, 5),
+       pads=st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)),
+                      st.tuples(st.integers(0, 3), st.integers(0, 3))),
+       value=st.sampled_from([0.0, -np.inf, 2.5]), dtype=st.sampled_from([np.float32, np.float64]))
+def test_padding_by_slices_equals_numpys_pad(n, h, w, c, pads, value, dtype):
+    """Any (asymmetric) padding, the -inf max pooling pads with, both float types."""
+    from cnnlab.engine.windows import pad_images, pad_images_reference
+    x = np.random.default_rng(n * h * w * c).standard_normal((n, h, w, c)).astype(dtype)
+    fast, reference = pad_images(x, pads, value), pad_images_reference(x, pads, value)
+    assert fast.dtype == reference.dtype and fast.shape == reference.shape
+    np.testing.assert_array_equal(fast, reference)

@@ -19,10 +19,26 @@ def pad_images(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
     """Zero padding (or ``value``): ``(N, H, W, C) -> (N, H + top + bottom, W + left + right, C)``.
 
     Padding lets the kernel centre sit on border pixels, so 'same' convolutions keep the size.
+    Written as five slice assignments rather than ``np.pad`` (:func:`pad_images_reference`,
+    tested equal): the same result at 5 us instead of 28 us for one 32x32x16 image, which at
+    batch 1 was 18% of a ResNet-20 forward pass, and 1.3x faster at batch 64.
     """
     (top, bottom), (left, right) = pads
     if top == bottom == left == right == 0:
         return x
+    n, h, w, c = x.shape
+    out = np.empty((n, top + h + bottom, left + w + right, c), dtype=x.dtype)
+    out[:, :top] = value
+    out[:, top + h:] = value
+    out[:, top:top + h, :left] = value
+    out[:, top:top + h, left + w:] = value
+    out[:, top:top + h, left:left + w] = x
+    return out
+
+
+def pad_images_reference(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
+    """:func:`pad_images` by ``np.pad``."""
+    (top, bottom), (left, right) = pads
     return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
 
 
