@@ -182,6 +182,12 @@ class Functional(Layer):
     def variables(self) -> list[Variable]:
         return [v for _, v in self.named_variables()]
 
+    def named_trainable_params(self) -> list[tuple[str, Variable]]:
+        """``(name, variable)`` of every parameter the optimizer updates now: what training
+        and the file format key gradients and optimizer slots by."""
+        trainable = {id(v) for v in self.trainable_params}
+        return [(name, v) for name, v in self.named_variables() if id(v) in trainable]
+
     @variables.setter
     def variables(self, _value) -> None:
         """(Layer.__init__ sets an empty list; a graph's variables are always its layers'.)"""

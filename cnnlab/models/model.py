@@ -39,13 +39,6 @@ class Model(Trainer, Functional):
 
     def _init_runtime(self):
         self._init_training()
-        self._workspaces = execute.Workspaces()     # scratch buffers, per thread and call site
-
-    # --- parameters by name -----------------------------------------------------------------
-    def named_trainable_params(self) -> list[tuple[str, object]]:
-        """``(name, variable)`` of every parameter the optimizer updates now."""
-        trainable = {id(v) for v in self.trainable_params}
-        return [(name, v) for name, v in self.named_variables() if id(v) in trainable]
 
     def _require_built(self):
         if not self.built:
@@ -93,7 +86,7 @@ class Model(Trainer, Functional):
         xs = x if isinstance(x, list) else [x]
         xs = [np.asarray(a, dtype=self.dtype) for a in xs]
         ctx = CallContext(training, keep_cache=keep_cache or training)
-        ctx.workspaces = self._workspaces
+        ctx.workspaces = self.workspaces
         activations = fusion.plan(self)[0] if fused else {}
         if logits or before_activation:
             activations.update({t.node: "linear" for t in self.outputs if before_activation

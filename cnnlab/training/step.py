@@ -84,7 +84,7 @@ def _shard_pass(model, xs, ys, ctx, share, want_grads):
 
 def _context(model, training, batch_sum=None, generators=None, keep_cache=None) -> CallContext:
     ctx = CallContext(training, keep_cache, batch_sum=batch_sum, generators=generators)
-    ctx.workspaces = model._workspaces
+    ctx.workspaces = model.workspaces
     return ctx
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from cnnlab import seeding
 from cnnlab.errors import ConfigError, DataError, NotBuiltError
+from cnnlab.graph import execute
 from cnnlab.layers.normalization import warn_if_statistics_unsettled
 from cnnlab.training import losses as losses_module
 from cnnlab.training import metrics as metrics_module
@@ -67,6 +68,9 @@ class Trainer:
         self._chief = True          # False on MPI ranks other than 0: they write no files
         self._resume = None         # a checkpoint's training record, consumed by the next fit
         self.metadata: dict = {}    # saved with the model: class names, how inputs were scaled
+        #: scratch buffers (im2col columns, kernel spectra) kept between steps, per thread and
+        #: call site; the training step and the model's own calls hand them to every layer
+        self.workspaces = execute.Workspaces()
 
     # --- compile --------------------------------------------------------------------------------
     def compile(self, optimizer="adam", loss=None, metrics=None, loss_weights=None) -> None:
