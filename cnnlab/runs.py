@@ -30,7 +30,6 @@ FOLDER_VALIDATION_SPLIT = 0.2
 DEFAULTS = {"model": "article", "data": "mnist_sample", "seed": 0, "color_mode": "rgb",
             "pretrained": None, "fine_tune": 0, **zoo.Recipe().settings()}
 TRAIN_SETTINGS = tuple(DEFAULTS)
-DEFAULT_LR = zoo.OPTIMIZER_LR                  # its old name here
 
 
 def run_settings(**given) -> dict:

@@ -31,15 +31,17 @@ def _checked(seed) -> int:
 def set_random_seed(seed: int) -> None:
     """Seed cnnlab (and Python's ``random``) so a run repeats exactly on the same machine."""
     global _global
-    _global = np.random.default_rng(_checked(seed))
-    random.seed(int(seed))
+    seed = _checked(seed)
+    _global = np.random.default_rng(seed)
+    random.seed(seed)
 
 
 @contextlib.contextmanager
 def seeded(seed: int):
     """Inside the block, cnnlab draws from a generator of its own seeded with ``seed``, as after
     ``set_random_seed(seed)``; nothing outside the block sees it or is changed by it."""
-    token = _scoped.set((_checked(seed), np.random.default_rng(int(seed))))
+    seed = _checked(seed)
+    token = _scoped.set((seed, np.random.default_rng(seed)))
     try:
         yield
     finally:

@@ -251,11 +251,17 @@ def resolve(name: str) -> str:
     """A zoo model's name from any spelling or alias; a clear error otherwise."""
     key = ALIASES.get(str(name).lower(), str(name).lower())
     if key not in MODELS:
-        hint = difflib.get_close_matches(key, [*MODELS, *ALIASES], n=1)
-        hint = [ALIASES.get(h, h) for h in hint]          # suggest the real name, not an alias
+        hint = _closest(key, [*MODELS, *ALIASES])
         raise ConfigError(f"Unknown model {name!r}. Available: {sorted(MODELS)}"
-                          + (f"; did you mean {hint[0]!r}?" if hint else "."))
+                          + (f"; did you mean {hint!r}?" if hint else "."))
     return key
+
+
+def _closest(name: str, names) -> str | None:
+    """The likeliest meant of ``names``, as its real name (never an alias); None if none is
+    close."""
+    hint = difflib.get_close_matches(name, list(names), n=1)
+    return ALIASES.get(hint[0], hint[0]) if hint else None
 
 
 #: Weights that ship inside the package, trained by cnnlab with ``recipes/pretrain.py`` (each
@@ -381,19 +387,21 @@ def find(spec: str, trained: bool = True, compile: bool = False):
         return get(shipped[spec], weights=spec)
     if os.path.exists(spec) or spec.endswith(".cnnlab"):
         return load_model(spec, compile=compile)           # a missing file: its own error
-    key = ALIASES.get(spec.lower(), spec.lower())
-    if key in MODELS and not trained:
+    try:
+        key = resolve(spec)
+    except ConfigError:
+        key = None
+    if key is not None and not trained:
         return get(key)
-    if key in MODELS:
+    if key is not None:
         raise ConfigError(f"{spec!r} is an architecture with fresh weights: it has learned "
                           f"nothing yet. Train it first (cnnlab train --model {key}), or use "
                           f"shipped weights: {_shipped_list()}.")
-    names = [*shipped, *MODELS, *ALIASES] if not trained else list(shipped)
-    hint = difflib.get_close_matches(spec.lower(), names, n=1)
+    hint = _closest(spec.lower(), [*shipped, *MODELS, *ALIASES] if not trained else shipped)
     raise ConfigError(f"No model {spec!r}: it is not a .cnnlab file, nor shipped weights "
                       f"({_shipped_list()})"
                       + ("" if trained else f", nor a zoo architecture ({sorted(MODELS)})")
-                      + (f". Did you mean {ALIASES.get(hint[0], hint[0])!r}?" if hint else "."))
+                      + (f". Did you mean {hint!r}?" if hint else "."))
 
 
 def _shipped_list() -> str:
@@ -408,7 +416,8 @@ def model_help(trained: bool = True) -> str:
 
 
 def load(spec: str):
-    """A trained model by shipped weights' name or ``.cnnlab`` path: ``find(spec)``."""
+    """A trained model by shipped weights' name or ``.cnnlab`` path: ``find(spec)``, under the
+    name the sequel's scripts and tests use."""
     return find(spec)
 
 

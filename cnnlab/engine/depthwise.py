@@ -80,12 +80,11 @@ def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool
     n, ho, wo, _ = grad_out.shape
     grad_bias = column_sums(grad_out.reshape(-1, c * m)) if has_bias else None  # (C*M,)
     if kernels is not None:                     # compiled forward: xp is the unpadded x
-        grad_out = np.ascontiguousarray(grad_out, dtype=kernel.dtype)
-        grad_x = np.zeros(x_shape, dtype=kernel.dtype) if need_input_grad else None
+        grad_x = np.zeros(x_shape if need_input_grad else (0, 0, 0, 0), dtype=kernel.dtype)
         grad_kernel = kernels.backward(
-            grad_out, xp, kernel, tuple(strides), tuple(dilation), pads[0][0], pads[1][0],
-            need_input_grad, grad_x if need_input_grad else np.zeros((0, 0, 0, 0), kernel.dtype))
-        return grad_x, grad_kernel, grad_bias
+            np.ascontiguousarray(grad_out, dtype=kernel.dtype), xp, kernel, tuple(strides),
+            tuple(dilation), pads[0][0], pads[1][0], need_input_grad, grad_x)
+        return (grad_x if need_input_grad else None), grad_kernel, grad_bias
     g = grad_out.reshape(n, ho, wo, c, m)                                    # (N, Ho, Wo, C, M)
     grad_kernel = np.empty_like(kernel)                                      # (KH, KW, C, M)
     grad_xp = np.zeros_like(xp) if need_input_grad else None                 # (N, Hp, Wp, C)

@@ -320,7 +320,7 @@ def hard_negatives(model, pictures, target=None, threshold: float = 0.5,
 def load_detector(model):
     """A shipped model name ('faces'), a ``.cnnlab`` path (``zoo.load``), or a model."""
     from cnnlab import zoo
-    return zoo.load(model) if isinstance(model, str) else model
+    return zoo.find(model) if isinstance(model, str) else model
 
 
 def draw(image, detections: list[Detection], out) -> None:

@@ -62,7 +62,7 @@ class Embedder:
         """A shipped weights name ('cifar10', 'digits') or the path of a ``.cnnlab`` model."""
         from cnnlab import zoo
         shipped = {weights for _, weights in zoo.PRETRAINED}
-        return cls(zoo.load(spec), spec if spec in shipped else os.path.abspath(spec))
+        return cls(zoo.find(spec), spec if spec in shipped else os.path.abspath(spec))
 
     def image(self, path) -> np.ndarray:
         """One file as the model's input ``(H, W, C)`` in [0, 1], prepared as its training data
