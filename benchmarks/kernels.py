@@ -10,7 +10,8 @@
 2. their share of whole ResNet-20 training steps (batch 128, 1 thread, so the profile is one
    thread's): cumulative profiled time in each op over the steps, each path;
 3. whole steps at 1 thread and at the machine's thread count, the two paths interleaved;
-4. cold start: a fresh process's first ResNet-20 training step (import included) with an empty
+4. the ReLU inside BatchNormalization's kernels against the ReLU apart, whole training steps;
+5. cold start: a fresh process's first ResNet-20 training step (import included) with an empty
    Numba cache (compiling every kernel), then again with the cache filled, then on the
    reference.
 """
@@ -159,6 +160,34 @@ def whole_steps(rounds=5, steps=4) -> None:
           f"{min(seconds['numba']):.3f}-{max(seconds['numba']):.3f}")
 
 
+def fused_relu(name: str, threads: int, rounds=5, steps=3) -> None:
+    """The ReLU inside BatchNormalization's kernels against the ReLU on its own (the layer told
+    it cannot fuse), whole training steps of one model, interleaved."""
+    from cnnlab.layers.normalization import BatchNormalization
+    before = cnnlab.config.threads()
+    cnnlab.config.set_threads(threads)
+    model = zoo.get(name, input_shape=(32, 32, 3), num_classes=10)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((128, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, 128)
+    model.fit(x, y, batch_size=128, epochs=2, verbose=0)
+    fuses = BatchNormalization.fuses
+    seconds = {"fused": [], "apart": []}
+    try:
+        for _ in range(rounds):
+            for kind in seconds:
+                BatchNormalization.fuses = fuses if kind == "fused" else (lambda *_: False)
+                start = time.perf_counter()
+                model.fit(x, y, batch_size=128, epochs=steps, verbose=0)
+                seconds[kind].append((time.perf_counter() - start) / steps)
+    finally:
+        BatchNormalization.fuses = fuses
+        cnnlab.config.set_threads(before)
+    apart, fused = (statistics.median(seconds[k]) for k in ("apart", "fused"))
+    print(f"  {name}, {threads} thread(s): ReLU apart {apart:.3f} s a step, inside BN "
+          f"{fused:.3f} s ({apart / fused:.2f}x); medians of {rounds}")
+
+
 FIRST_STEP = """
 import time
 start = time.perf_counter()
@@ -192,6 +221,9 @@ def main() -> None:
         cnnlab.config.set_threads(count)
         whole_steps()
     cnnlab.config.set_threads(threads)
+    print("BatchNormalization + ReLU training steps, batch 128:")
+    fused_relu("mobilenet_small", 1)
+    fused_relu("resnet20", threads)
     cold_start()
 
 
