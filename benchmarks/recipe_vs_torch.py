@@ -34,6 +34,7 @@ import torch.nn.functional as F  # noqa: N812
 
 import cnnlab
 from cnnlab import datasets, runs, zoo
+from cnnlab.data import FOLDER_VALIDATION_SPLIT
 from cnnlab.export import to_torch
 
 DIGIT_MODELS = ("article", "lenet5", "simple_convnet")
@@ -61,10 +62,10 @@ def load(model_name, data, train_count, val_count):
         x, xv = datasets.as_model_input(x), datasets.as_model_input(xv)
         return (x[:train_count], y[:train_count].astype(np.int64)), (xv[:val_count],
                                                                     yv[:val_count])
+    from cnnlab.data.folders import decode
     from cnnlab.utils import image_dataset_from_directory
-    from cnnlab.utils.image_dataset import decode
     train, val = image_dataset_from_directory(
-        cifar_folder(data), image_size=(32, 32), validation_split=runs.FOLDER_VALIDATION_SPLIT,
+        cifar_folder(data), image_size=(32, 32), validation_split=FOLDER_VALIDATION_SPLIT,
         subset="both", seed=0, verbose=False)
 
     def arrays(subset, count):

@@ -69,7 +69,7 @@ def timeline_gif() -> None:
 
 def cifar(folder: str) -> None:
     from cnnlab import zoo
-    from cnnlab.runs import FOLDER_VALIDATION_SPLIT, class_names
+    from cnnlab.data import FOLDER_VALIDATION_SPLIT, class_names
     from cnnlab.utils import image_dataset_from_directory
     from cnnlab.viz import embedding, inside
     model = zoo.load("cifar10")

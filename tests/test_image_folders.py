@@ -66,7 +66,7 @@ def test_classes_labels_and_counts(folder, capsys):
 
 def test_exif_orientation_is_respected(folder):
     root, _ = folder
-    from cnnlab.utils.image_dataset import decode
+    from cnnlab.data.folders import decode
     (x, y), _ = cnnlab.datasets.mnist_sample.load_data()
     index = np.flatnonzero(y == 0)[2]                  # k == 2: stored rotated, with EXIF
     decoded = decode(root / "zero" / "2.png", "grayscale", (28, 28), "nearest")[..., 0]
@@ -197,8 +197,9 @@ def test_after_training_on_a_folder_evaluate_uses_its_validation_split(folder, t
 def test_evaluation_uses_exactly_the_files_training_held_out(folder, tmp_path):
     """The very files, not only their count: the split once followed `shuffle`, and evaluation
     (unshuffled) scored training images, all of one class."""
+    from cnnlab.data import evaluation_data
     from cnnlab.models import load_model
-    from cnnlab.runs import evaluation_data, new_run, run_settings
+    from cnnlab.runs import new_run, run_settings
     root, _ = folder
     settings = run_settings(model="lenet5", data=str(root), image_size=28,
                             color_mode="grayscale", epochs=1, seed=5)

@@ -132,8 +132,7 @@ def test_a_model_trained_on_a_folder_draws_its_patches_and_map_from_the_photo_in
     import threading
 
     from cnnlab import serve, zoo
-    from cnnlab.preprocess import open_image
-    from cnnlab.runs import image_for_model
+    from cnnlab.data.pictures import image_for_model, open_image
     from cnnlab.tasks import search
     rng = np.random.default_rng(0)
     root = tmp_path / "photos"

@@ -214,7 +214,7 @@ def test_pretrained_takes_your_own_model_file_as_the_frozen_backbone(few_photos,
         np.testing.assert_array_equal(variable.value, mine[name].value)
     result = _train(tmp_path / "x.cnnlab", "--data", few_photos, "--pretrained",
                     str(tmp_path / "missing.cnnlab"))
-    assert result.returncode == 1 and "--pretrained: no file" in result.stderr
+    assert result.returncode == 1 and "--pretrained: No file" in result.stderr
 
 
 def test_fine_tune_needs_pretrained_and_tiny_data_gets_the_advice(few_photos, tmp_path):

@@ -1,76 +1,27 @@
-"""Datasets with Keras' ``load_data()`` signatures, and :func:`load` for the command line.
+"""``cnnlab.datasets``, as Keras names it (``cnnlab.datasets.mnist.load_data()``): the named
+datasets live in ``cnnlab.data.datasets``; this name, and each submodule's, is the same module."""
 
-``mnist_sample`` ships inside the package: 10,000 real MNIST digits, so everything works offline.
-"""
+import sys
 
-from __future__ import annotations
+from cnnlab.data import datasets as _home
+from cnnlab.data.datasets import (
+    NAMES,
+    as_model_input,
+    cifar10,
+    class_names,
+    download,
+    fashion_mnist,
+    lfw_faces,
+    load,
+    mnist,
+    mnist_sample,
+    web_faces,
+)
 
-import os
+# `import cnnlab.datasets.mnist` finds the module already imported under this name
+for _module in (cifar10, download, fashion_mnist, lfw_faces, mnist, mnist_sample, web_faces):
+    sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
 
-import numpy as np
-
-from cnnlab.datasets import cifar10, fashion_mnist, lfw_faces, mnist, mnist_sample
-from cnnlab.errors import DataError
-
-__all__ = ["mnist_sample", "mnist", "fashion_mnist", "cifar10", "lfw_faces", "load", "NAMES",
-           "class_names"]
-
-NAMES = {"mnist_sample": mnist_sample, "mnist": mnist, "fashion_mnist": fashion_mnist,
-         "cifar10": cifar10, "lfw_faces": lfw_faces}
-
-
-def class_names(spec: str, count: int) -> list[str]:
-    """A named dataset's class names (``CLASS_NAMES``), else '0', '1', ..."""
-    names = getattr(NAMES.get(spec), "CLASS_NAMES", None)
-    return list(names) if names and len(names) == count else [str(i) for i in range(count)]
-
-
-def _is_zip(path) -> bool:
-    """An .npz is a zip: it starts with a zip's local file header."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(4) == b"PK\x03\x04"
-    except OSError:
-        return False
-
-
-def load(spec: str):
-    """``((x_train, y_train), (x_test, y_test))`` from a dataset name or an ``.npz`` path.
-
-    An ``.npz`` holds ``x_train, y_train, x_test, y_test`` (or just ``x, y``, of which the last
-    20% become the test split). Images are ``(N, H, W)`` or ``(N, H, W, C)``.
-    """
-    if spec in NAMES:
-        return NAMES[spec].load_data()
-    if not os.path.exists(spec):
-        raise DataError(f"Unknown dataset {spec!r}: expected one of {sorted(NAMES)} or the path "
-                        f"of an .npz file.")
-    if os.path.isdir(spec) or not _is_zip(spec):
-        # np.load would call any other file "pickled (object) data"; cnnlab never unpickles
-        raise DataError(f"{spec!r} is not a dataset cnnlab reads: expected a dataset name "
-                        f"({', '.join(sorted(NAMES))}), a folder with one subfolder of images "
-                        f"per class, or an .npz of arrays (x_train, y_train, x_test, y_test).")
-    try:
-        with np.load(spec, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"Cannot read {spec!r} as an .npz dataset ({exc}).") from None
-    if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
-        return ((arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]))
-    if {"x", "y"} <= arrays.keys():
-        cut = int(len(arrays["x"]) * 0.8)
-        return ((arrays["x"][:cut], arrays["y"][:cut]), (arrays["x"][cut:], arrays["y"][cut:]))
-    raise DataError(f"{spec!r} has arrays {sorted(arrays)}; expected x_train, y_train, x_test, "
-                    f"y_test (or x, y).")
-
-
-def as_model_input(images: np.ndarray) -> np.ndarray:
-    """uint8 images -> floats in [0, 1] with a channel axis: ``(N, H, W[, C]) -> (N, H, W, C)``."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4:
-        raise DataError(f"Expected images of shape (N, H, W) or (N, H, W, C); received "
-                        f"{images.shape}.")
-    scale = 255.0 if images.dtype == np.uint8 else 1.0
-    return (images / scale).astype(np.float32)
+__all__ = ["NAMES", "as_model_input", "cifar10", "class_names", "download", "fashion_mnist",
+           "lfw_faces", "load", "mnist", "mnist_sample", "web_faces"]
+__doc__ += "\n\n" + (_home.__doc__ or "")

@@ -1,9 +1,10 @@
-"""Models: ``Model`` (the functional API), ``Sequential`` (a builder of the same graph) and
-``load_model``."""
+"""Models: ``Model`` (the functional API), ``Sequential`` (a builder of the same graph),
+``load_model``, and transfer learning's ``backbone`` and ``with_new_head``."""
 
 from cnnlab.io import saving
 from cnnlab.models.model import Model
 from cnnlab.models.sequential import Sequential
+from cnnlab.models.transfer import backbone, with_new_head
 
 
 def load_model(filepath, compile: bool = True):
@@ -13,4 +14,4 @@ def load_model(filepath, compile: bool = True):
     return saving.load_model(filepath, compile,
                              model_classes={"Model": Model, "Sequential": Sequential})
 
-__all__ = ["Model", "Sequential", "load_model"]
+__all__ = ["Model", "Sequential", "backbone", "load_model", "with_new_head"]

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnnlab.data.pictures import class_names, image_for_model, open_image
+
 # Imported now, not at the first request: two first requests arriving together (the explain
 # page asks for its two cards at once) would otherwise import the same modules on two threads.
 from cnnlab.engine.activations import softmax_forward
@@ -26,8 +28,6 @@ from cnnlab.engine.shapes import dropped_pixels
 from cnnlab.errors import CnnlabError, ImageFormatError, LimitError
 from cnnlab.graph.summary import layer_rows, summary_text
 from cnnlab.layers import Softmax
-from cnnlab.preprocess import open_image
-from cnnlab.runs import class_names, image_for_model
 from cnnlab.viz.explain import conv_slide, pool_slide
 from cnnlab.viz.grids import scale_each
 

@@ -56,7 +56,7 @@ class InsideService:
         return self._kept(("images", served.name), lambda: self._load_images(served))
 
     def _load_images(self, served: ServedModel):
-        from cnnlab import datasets
+        from cnnlab.data import datasets
         model = served.model
         name = model.metadata.get("train_settings", {}).get("data")
         if name in datasets.NAMES:
@@ -76,8 +76,7 @@ class InsideService:
         model; labelled by class folder (-1 where the folder is not one of its classes)."""
         import os
 
-        from cnnlab.preprocess import open_image
-        from cnnlab.runs import class_names, image_for_model
+        from cnnlab.data.pictures import class_names, image_for_model, open_image
         names = class_names(served.model)
         chosen = np.unique(np.linspace(0, len(self.photos) - 1, SAMPLE_IMAGES).astype(int))
         images, labels = [], []
@@ -173,7 +172,7 @@ class InsideService:
 
     def map(self, served: ServedModel, layer: str, value: str, body: bytes) -> dict:
         """The filter's map on an uploaded image (prepared as the model's training data was)."""
-        from cnnlab.runs import image_for_model
+        from cnnlab.data.pictures import image_for_model
         from cnnlab.viz import attribution
         layer = self._layer(served, layer)
         index = self._filter(served, layer, value)
@@ -187,7 +186,7 @@ class InsideService:
 
     def embedding(self, served: ServedModel) -> dict:
         images, labels, source = self._require_images(served)
-        from cnnlab.runs import class_names
+        from cnnlab.data.pictures import class_names
         from cnnlab.viz.embedding import embedding_map
         points = self._kept(("embedding", served.name), lambda: embedding_map(served.model,
                                                                               images))

@@ -180,7 +180,7 @@ def window_scores(model, image: np.ndarray, target: int, band_pixels: int | None
 
 def prepare(model, image) -> np.ndarray:
     """A PIL image (or path) -> float (H, W, C) in [0, 1] with the model's channels."""
-    from cnnlab.preprocess import open_image, to_gray
+    from cnnlab.data.pictures import open_image, to_gray
     if not hasattr(image, "convert"):
         image = open_image(image)
     channels = model.input_shape[-1]
@@ -192,7 +192,7 @@ def prepare(model, image) -> np.ndarray:
 def target_class(model, target=None) -> int:
     """The class to detect: ``target`` (an index or a class name), else the class named 'face',
     else class 1 of a two-class model."""
-    from cnnlab.runs import class_names
+    from cnnlab.data.pictures import class_names
     names = class_names(model)
     if target is None:
         if "face" in names:
@@ -327,7 +327,7 @@ def draw(image, detections: list[Detection], out) -> None:
     """``image`` (a path or PIL image) with each box and its score drawn on it, saved to ``out``."""
     from PIL import ImageDraw
 
-    from cnnlab.preprocess import open_image
+    from cnnlab.data.pictures import open_image
     picture = (image if hasattr(image, "convert") else open_image(image)).convert("RGB")
     pen = ImageDraw.Draw(picture)
     width = max(2, round(min(picture.size) / 200))

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab.data.folders import IMAGE_EXTENSIONS, conversion_notes
 from cnnlab.errors import CnnlabError, ConfigError, DataError, ModelFileError
 from cnnlab.io.files import CORRUPT_FILE_ERRORS, ArchiveReader, json_array, write_archive
-from cnnlab.utils.image_dataset import IMAGE_EXTENSIONS, conversion_notes
 
 FORMAT = "cnnlab-index"
 VERSION = 1
@@ -48,9 +48,9 @@ class Embedder:
     ``.cnnlab`` path); ``identity`` is the model's name and a hash of its weights."""
 
     def __init__(self, model, spec: str):
-        from cnnlab import zoo
+        from cnnlab.models import backbone
         self.spec, self.model = spec, model
-        self.trunk = zoo.backbone(model)
+        self.trunk = backbone(model)
         self.identity = model_identity(model)
         self.input_shape = tuple(model.input_shape)
         if len(self.input_shape) != 3:
@@ -66,9 +66,8 @@ class Embedder:
 
     def image(self, path) -> np.ndarray:
         """One file as the model's input ``(H, W, C)`` in [0, 1], prepared as its training data
-        was (``runs.image_for_model``)."""
-        from cnnlab.preprocess import open_image
-        from cnnlab.runs import image_for_model
+        was (``data.image_for_model``)."""
+        from cnnlab.data.pictures import image_for_model, open_image
         return image_for_model(self.model, open_image(path))
 
     def embed_arrays(self, images: np.ndarray) -> np.ndarray:

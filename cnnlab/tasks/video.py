@@ -17,15 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnnlab.errors import ConfigError, DataError, LimitError
-
-
-def _av():
-    try:
-        import av
-    except ImportError:
-        raise ConfigError("Video needs PyAV: pip install 'cnnlab[video]' (av).") from None
-    return av
+from cnnlab.data.video import decoded_frames, pyav
+from cnnlab.errors import DataError, LimitError
 
 
 @dataclass
@@ -39,24 +32,6 @@ class VideoResult:
     @property
     def duration(self) -> float:
         return self.frames / self.fps if self.fps else 0.0
-
-
-def _frames(container, stream, skipped: list):
-    """``(index, PIL image, seconds)`` of every frame that decodes; packets that fail to decode
-    are recorded in ``skipped`` (by packet number) and passed over."""
-    av = _av()
-    index = 0
-    for number, packet in enumerate(container.demux(stream)):
-        try:
-            frames = packet.decode()
-        except (av.error.InvalidDataError, ValueError):
-            skipped.append(number)
-            continue
-        for frame in frames:
-            seconds = float(frame.time) if frame.time is not None else index / float(
-                stream.average_rate or 1)
-            yield index, frame.to_image(), seconds
-            index += 1
 
 
 def _batches(frames, size):
@@ -89,7 +64,7 @@ def process_video(model, src, out=None, csv_path=None, detect_objects: bool = Fa
     or a model. ``max_frame_pixels`` and ``max_frames`` bound the work (a ``LimitError`` past
     them); ``name`` is how messages call ``src``. A video that fails leaves no output behind."""
     from cnnlab.tasks import detect
-    av = _av()
+    av = pyav()
     model = detect.load_detector(model)
     what = name or repr(os.fspath(src))
     if not os.path.exists(src):
@@ -130,7 +105,7 @@ def _process(model, container, stream, result, detect_objects, batch_size, thres
              progress, max_frames, what) -> None:
     from tqdm.auto import tqdm
 
-    from cnnlab.runs import class_names, image_for_model
+    from cnnlab.data.pictures import class_names, image_for_model
     from cnnlab.tasks import detect
     names = class_names(model)
     rate = stream.average_rate or stream.guessed_rate or 25
@@ -144,7 +119,7 @@ def _process(model, container, stream, result, detect_objects, batch_size, thres
     target_index = detect.target_class(model, target) if detect_objects else None
     bar = tqdm(total=stream.frames or None, unit="frame", disable=not progress)
     try:
-        for batch in _batches(_frames(container, stream, result.skipped), batch_size):
+        for batch in _batches(decoded_frames(container, stream, result.skipped), batch_size):
             if max_frames is not None and result.frames + len(batch) > max_frames:
                 raise LimitError(f"{what} has more than {max_frames:,} frames, the limit here.")
             if detect_objects:
@@ -195,14 +170,14 @@ class _Writer:
     at the input's frame rate."""
 
     def __init__(self, path, rate, width, height):
-        av = _av()
+        av = pyav()
         self.container = av.open(os.fspath(path), "w")
         self.stream = self.container.add_stream("libx264", rate=rate)
         self.stream.width, self.stream.height = width + width % 2, height + height % 2
         self.stream.pix_fmt = "yuv420p"
 
     def write(self, picture):
-        av = _av()
+        av = pyav()
         from PIL import Image
         if picture.size != (self.stream.width, self.stream.height):
             canvas = Image.new("RGB", (self.stream.width, self.stream.height))

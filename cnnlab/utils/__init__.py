@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.data.folders import image_dataset_from_directory
 from cnnlab.errors import DataError
 from cnnlab.layers.base import reset_names
 from cnnlab.seeding import set_random_seed
-from cnnlab.utils.image_dataset import image_dataset_from_directory
 
 __all__ = ["to_categorical", "set_random_seed", "image_dataset_from_directory", "clear_session"]
 

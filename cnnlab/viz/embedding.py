@@ -19,9 +19,9 @@ METHODS = ("pca", "tsne")
 
 
 def penultimate_features(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The layer before the classifier (``zoo.backbone``) for every image: ``(N, D)``."""
-    from cnnlab import zoo
-    trunk = zoo.backbone(model)
+    """The layer before the classifier (``models.backbone``) for every image: ``(N, D)``."""
+    from cnnlab.models import backbone
+    trunk = backbone(model)
     features = trunk.predict(np.asarray(images, dtype=model.dtype), batch_size=batch_size,
                              verbose=0)
     return np.asarray(features, dtype=np.float64).reshape(len(images), -1)

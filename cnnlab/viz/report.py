@@ -18,7 +18,7 @@ import io
 
 import numpy as np
 
-from cnnlab import runs
+from cnnlab.data.pictures import class_names as recorded_class_names
 from cnnlab.graph.summary import summary_text
 from cnnlab.viz import plots
 
@@ -125,7 +125,7 @@ def build_report(model, x, y, class_names=None, title: str | None = None,
     say = progress or (lambda what: None)
     y = np.asarray(y).reshape(-1).astype(int)
     say(f"scoring {len(x):,} test images")
-    names = class_names or runs.class_names(model)
+    names = class_names or recorded_class_names(model)
     matrix = plots.confusion_matrix(model, x, y, len(names))
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from cnnlab.datasets.mnist import load_idx_family
+from cnnlab.data.datasets.mnist import load_idx_family
 
 FILES = {
     "train-images-idx3-ubyte.gz": "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",

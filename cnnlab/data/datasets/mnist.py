@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.datasets.download import checked_file, fetch, read_idx
+from cnnlab.data.datasets.download import checked_file, fetch, read_idx
 from cnnlab.errors import DataError
 
 # sha256 of the canonical files (the same digests are published in many projects' checksums)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.datasets.download import checked_file, fetch, read_cifar_batch
+from cnnlab.data.datasets.download import checked_file, fetch, read_cifar_batch
 from cnnlab.errors import DataError
 
 ARCHIVE = "cifar-10-binary.tar.gz"

@@ -1,6 +1,6 @@
-"""The ``cnnlab`` commands for the article's uses of a CNN: ``index`` and ``search`` (photo
-search), ``detect`` (face detection, or any two-class model). Each is a thin layer over
-``cnnlab.tasks``; ``cli.build_parser`` adds them."""
+"""The commands for the article's uses of a CNN: ``index`` and ``search`` (photo search),
+``detect`` (face detection, or any two-class model) and ``video``. Each is a thin layer over
+``cnnlab.tasks``."""
 
 from __future__ import annotations
 
@@ -9,18 +9,13 @@ import os
 import sys
 import warnings
 
-from cnnlab import zoo
-
-
-def _say_warnings(caught) -> None:
-    for warning in caught:
-        print(f"Warning: {warning.message}", file=sys.stderr)
+from cnnlab import outputs, zoo
+from cnnlab.cli.options import FORMATTER, positive_int, say_warnings
 
 
 def cmd_index(args) -> int:
     """Embed every image of a folder (its penultimate layer, unit length) into an index file;
     again on a grown folder, only the new or changed images are embedded."""
-    from cnnlab import outputs
     from cnnlab.tasks import search
     if not os.path.exists(args.out):            # an existing index is updated, by design
         outputs.given_path(args.out, "--out")
@@ -28,7 +23,7 @@ def cmd_index(args) -> int:
         warnings.simplefilter("always", RuntimeWarning)
         index = search.build_index(args.folder, model=args.model, out=args.out,
                                    batch_size=args.batch_size, progress=sys.stderr.isatty())
-    _say_warnings(caught)
+    say_warnings(caught)
     for note in index.notes:
         print(note)
     print(f"Indexed {len(index):,} images of {args.folder} ({index.embedded:,} embedded now) "
@@ -54,7 +49,6 @@ def cmd_search(args) -> int:
 def cmd_detect(args) -> int:
     """Boxes where a classifier finds its class: the shipped face model by default, or any
     two-class model, slid over the image at every scale in one convolutional pass per scale."""
-    from cnnlab import outputs
     from cnnlab.tasks import detect
     if args.out:                                        # before the work, not after it
         outputs.given_path(args.out, "--out", outputs.image_extensions(), args.overwrite)
@@ -82,7 +76,6 @@ def cmd_detect(args) -> int:
 def cmd_video(args) -> int:
     """Classify every frame of a video (or detect in it, --detect): an annotated video and a
     CSV of per-frame results."""
-    from cnnlab import outputs
     from cnnlab.tasks import video
     stem = os.path.splitext(args.input)[0]
     out = outputs.output(args.out, f"{stem}-cnnlab.mp4", "--out", (".mp4", ".mkv", ".mov"),
@@ -102,10 +95,10 @@ def cmd_video(args) -> int:
     return 0
 
 
-def add_commands(commands, formatter, positive_int) -> None:
+def add_commands(commands) -> None:
     from cnnlab.tasks.search import BACKENDS, DEFAULT_MODEL
     index = commands.add_parser(
-        "index", help="index a folder of photos for search", formatter_class=formatter,
+        "index", help="index a folder of photos for search", formatter_class=FORMATTER,
         description=cmd_index.__doc__,
         epilog="Example:\n  cnnlab index photos/ --out photos.index\n"
                "  cnnlab search photos.index query.jpg -k 5")
@@ -118,7 +111,7 @@ def add_commands(commands, formatter, positive_int) -> None:
                        help="images embedded at once (default: %(default)s)")
     index.set_defaults(func=cmd_index)
     find = commands.add_parser(
-        "search", help="find the indexed photos most like one", formatter_class=formatter,
+        "search", help="find the indexed photos most like one", formatter_class=FORMATTER,
         description=cmd_search.__doc__,
         epilog="Example:\n  cnnlab search photos.index query.jpg -k 5 --json")
     find.add_argument("index", help="an index written by cnnlab index")
@@ -136,7 +129,7 @@ def add_commands(commands, formatter, positive_int) -> None:
     from cnnlab.tasks.detect import MIN_NEIGHBORS, THRESHOLD
     boxes = commands.add_parser(
         "detect", help="find faces (or any two-class model's class) in a photo",
-        formatter_class=formatter, description=cmd_detect.__doc__,
+        formatter_class=FORMATTER, description=cmd_detect.__doc__,
         epilog="Example:\n  cnnlab detect photo.jpg --out boxes.png\n"
                "  cnnlab detect page.png --model digits.cnnlab --json")
     boxes.add_argument("image", help="the photo")
@@ -160,7 +153,7 @@ def add_commands(commands, formatter, positive_int) -> None:
                             "%(default)s, as OpenCV's detectMultiScale)")
     boxes.set_defaults(func=cmd_detect)
     clip = commands.add_parser(
-        "video", help="classify or detect in every frame of a video", formatter_class=formatter,
+        "video", help="classify or detect in every frame of a video", formatter_class=FORMATTER,
         description=cmd_video.__doc__,
         epilog="Example:\n  cnnlab video digits clip.mp4            # the shipped digits model\n"
                "  cnnlab video faces clip.mp4 --detect --out boxes.mp4")

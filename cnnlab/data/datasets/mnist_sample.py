@@ -24,7 +24,7 @@ def load_data():
 
     The split is fixed (the first 8,000 / the last 2,000), so results are comparable across runs.
     """
-    with resources.files("cnnlab.datasets").joinpath("data/mnist_sample.npz").open("rb") as fh:
+    with resources.files("cnnlab.data.datasets").joinpath("data/mnist_sample.npz").open("rb") as fh:
         with np.load(fh, allow_pickle=False) as data:
             x, y = data["x"], data["y"]
     return (x[:NUM_TRAIN], y[:NUM_TRAIN]), (x[NUM_TRAIN:], y[NUM_TRAIN:])

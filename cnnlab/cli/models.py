@@ -1,0 +1,123 @@
+"""The commands that take a trained model: ``evaluate``, ``predict``, ``summary``, ``export``
+and ``report``. Each names its model the one way (``zoo.find``) and gets its data from
+``cnnlab.data``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from cnnlab import outputs, zoo
+from cnnlab.cli.options import FORMATTER, REPORT_FILE, positive_int, progress_lines, timeline_path
+from cnnlab.data import class_names, evaluation_data, image_for_model, open_image
+
+
+def cmd_evaluate(args) -> int:
+    """Loss and accuracy of a saved model on a dataset's test split (or a whole folder)."""
+    model = zoo.find(args.model, compile=True)
+    x_test, y_test, what, _ = evaluation_data(model, args.model, args.data)
+    if model.loss is None:
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    results = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0,
+                             return_dict=True)
+    print(f"{args.model} on {what}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Top classes for each image file."""
+    model = zoo.find(args.model)
+    invert = {"auto": "auto", "yes": True, "no": False}[args.invert]
+    batch = np.stack([image_for_model(model, open_image(p), invert) for p in args.images])
+    probs = model.predict(batch, verbose=0)
+    names = class_names(model)
+    for path, p in zip(args.images, probs):
+        top = np.argsort(p)[::-1][:args.top]
+        print(f"{path}: " + ", ".join(f"{names[int(k)]} ({p[k]:.1%})" for k in top))
+    return 0
+
+
+def cmd_summary(args) -> int:
+    """Layers, output shapes, parameters and the output-size formula of a model or zoo name."""
+    zoo.find(args.model, trained=False).summary()
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Write a saved model as ONNX for other runtimes."""
+    outputs.given_path(args.out, "out", (".onnx",), args.overwrite)
+    model = zoo.find(args.model)
+    model.export(args.out, format="onnx", input_layout="NCHW" if args.nchw else "NHWC")
+    print(f"Wrote {args.out} (ONNX opset 17, input {'NCHW' if args.nchw else 'NHWC'})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    """A self-contained HTML report of a model evaluated on a dataset's test split (with its
+    training timeline when ``cnnlab train --report`` left one beside the model)."""
+    from cnnlab.viz import timeline
+    from cnnlab.viz.report import write_report
+    out = outputs.output(args.out, REPORT_FILE, "--out", (".html",), args.overwrite)
+    model = zoo.find(args.model)
+    x_test, y_test, _, _ = evaluation_data(model, args.model, args.data, limit=2000)
+    recorded = timeline_path(args.model)
+    frames = timeline.load(recorded) if os.path.exists(recorded) else None
+    out = write_report(model, x_test, y_test, out, timeline=frames,
+                       progress=progress_lines(print))
+    print(f"Wrote {out}")
+    return 0
+
+
+def add_commands(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a saved model", formatter_class=FORMATTER,
+        description=cmd_evaluate.__doc__,
+        epilog="Example:\n  cnnlab evaluate article_cnn.cnnlab --data mnist_sample")
+    evaluate.add_argument("model", help=zoo.model_help())
+    evaluate.add_argument("--data", help="a dataset name, an .npz or a folder (default: the "
+                                          "test split of the dataset the model was trained on)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=256)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser(
+        "predict", help="classify image files", formatter_class=FORMATTER,
+        description=cmd_predict.__doc__ + "\n\nImages of any size or colour are converted to the "
+        "model's input. For single-channel (digit) models, dark-on-light images are inverted to "
+        "MNIST's white-on-black, and the digit is centred as MNIST's were.",
+        epilog="Example:\n  cnnlab predict article_cnn.cnnlab my_seven.png photo_of_a_3.jpg")
+    predict.add_argument("model", help=zoo.model_help())
+    predict.add_argument("images", nargs="+", help="PNG/JPEG/... files")
+    predict.add_argument("--top", type=positive_int, default=3, help="classes to show (default 3)")
+    predict.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                         help="invert grey levels: auto decides from the border (default)")
+    predict.set_defaults(func=cmd_predict)
+
+    summary = commands.add_parser(
+        "summary", help="print a model's layers and shapes", formatter_class=FORMATTER,
+        description=cmd_summary.__doc__,
+        epilog="Example:\n  cnnlab summary article\n  cnnlab summary article_cnn.cnnlab")
+    summary.add_argument("model", help=zoo.model_help(trained=False))
+    summary.set_defaults(func=cmd_summary)
+    export = commands.add_parser(
+        "export", help="write a model as ONNX", formatter_class=FORMATTER,
+        description=cmd_export.__doc__,
+        epilog="Example:\n  cnnlab export article_cnn.cnnlab article.onnx\n"
+               "  cnnlab export article_cnn.cnnlab article_nchw.onnx --nchw")
+    export.add_argument("model", help=zoo.model_help())
+    export.add_argument("out", help="the .onnx file to write")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    export.add_argument("--nchw", action="store_true",
+                        help="take NCHW input (channels first) instead of cnnlab's NHWC")
+    export.set_defaults(func=cmd_export)
+    report = commands.add_parser(
+        "report", help="write a self-contained HTML report", formatter_class=FORMATTER,
+        description=cmd_report.__doc__,
+        epilog="Example:\n  cnnlab report article_cnn.cnnlab --data mnist_sample --out report.html")
+    report.add_argument("model", help=zoo.model_help())
+    report.add_argument("--data", help="a dataset name, an .npz or a folder (default: the test "
+                                        "split of the dataset the model was trained on)")
+    report.add_argument("--out", help=f"HTML file (default: {REPORT_FILE}, or report-2.html ... "
+                                      f"when an earlier one is there)")
+    report.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    report.set_defaults(func=cmd_report)
