@@ -83,6 +83,13 @@ class Functional(Layer):
     input_count = None
 
     def __init__(self, inputs, outputs, name: str | None = None, trainable: bool = True):
+        """``inputs`` and ``outputs`` None: a graph whose ends come later (``Sequential``'s,
+        which has them once it knows its input shape); it is not built until ``_set_graph``."""
+        if inputs is None and outputs is None:
+            self._input_keys = self._output_keys = None
+            super().__init__(name=name, trainable=trainable)
+            self.inputs, self.outputs, self.nodes, self._graph_layers = [], [], [], []
+            return
         input_list, self._input_keys = _flatten_structure(inputs, "inputs")
         output_list, self._output_keys = _flatten_structure(outputs, "outputs")
         super().__init__(name=name, dtype=input_list[0].dtype, trainable=True)

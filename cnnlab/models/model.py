@@ -35,9 +35,6 @@ class Model(Trainer, Functional):
     def __init__(self, inputs, outputs, name: str | None = None, trainable: bool = True):
         Functional.__init__(self, inputs, outputs, name=name or unique_name("functional"),
                             trainable=trainable)
-        self._init_runtime()
-
-    def _init_runtime(self):
         self._init_training()
 
     def _require_built(self):
@@ -114,7 +111,7 @@ class Model(Trainer, Functional):
 
     def save(self, filepath, include_optimizer: bool = True) -> None:
         """One ``.cnnlab`` file: the graph (JSON), weights and optimizer state by name; no pickle."""
-        if self._progress is None:          # a checkpoint mid-fit is not a finished model
+        if self.fit_position is None:          # a checkpoint mid-fit is not a finished model
             warn_if_statistics_unsettled(self)
         saving.save_model(self, filepath, include_optimizer=include_optimizer)
 

@@ -24,12 +24,9 @@ class Sequential(Model):
     ``input_shape=``, or the first data the model sees."""
 
     def __init__(self, layers=None, name: str | None = None, trainable: bool = True):
-        Layer.__init__(self, name=name or unique_name("sequential"), trainable=trainable)
-        self._init_runtime()
-        self._input_keys = self._output_keys = None
+        super().__init__(None, None, name=name or unique_name("sequential"), trainable=trainable)
         self._layers: list[Layer] = []
         self._input_tensor: SymbolicTensor | None = None
-        self._graph_layers, self.nodes, self.inputs, self.outputs = [], [], [], []
         for layer in layers or []:
             self.add(layer)
 

@@ -39,7 +39,7 @@ class FitLoop:
                     break
             self.callbacks.on_train_end()
         finally:
-            model._progress = None
+            model.fit_position = None
 
     def _epoch(self, epoch: int, resume: dict | None) -> None:
         model = self.model
@@ -55,10 +55,10 @@ class FitLoop:
             loss_sum, seen = float(partial["loss_sum"]), int(partial["seen"])
             for (_, metric), (total, count) in zip(model.compiled_metrics, partial["metrics"]):
                 metric.total, metric.count = float(total), int(count)
-        logs = model._logs(loss_sum, seen)
+        logs = model.epoch_logs(loss_sum, seen)
         for batch in self.epochs.batches(start, first_step):
             self.callbacks.on_train_batch_begin(batch.step)
-            result = model._train_step(batch.xs, batch.ys, len(batch.xs[0]) / batch.size,
+            result = model.train_batch(batch.xs, batch.ys, len(batch.xs[0]) / batch.size,
                                        self.comm, self.batch_norm_comm)
             if not np.isfinite(result.loss):
                 warnings.warn(f"Epoch {epoch + 1}, batch {batch.step}: the loss is {result.loss}; "
@@ -70,9 +70,9 @@ class FitLoop:
             loss_sum += result.loss * batch.size
             output_sums = [s + v * batch.size for s, v in zip(output_sums, result.losses)]
             seen += batch.size
-            model._update_metrics(batch.ys, result.outputs, self.comm)
-            logs = model._logs(loss_sum, seen, output_sums)
-            model._progress = progress.position(model, epoch, batch.step + 1, start,
+            model.update_metrics(batch.ys, result.outputs, self.comm)
+            logs = model.epoch_logs(loss_sum, seen, output_sums)
+            model.fit_position = progress.position(model, epoch, batch.step + 1, start,
                                                 loss_sum, seen)
             self.callbacks.on_train_batch_end(batch.step, logs)
             if model.stop_training:
@@ -81,7 +81,7 @@ class FitLoop:
         if self.validation is not None and seen:
             logs.update({f"val_{k}": v for k, v in self._validate().items()})
         if not model.stop_training:                   # a checkpoint written now resumes next epoch
-            model._progress = progress.position(model, epoch + 1, 0, self.epochs.state(), 0.0,
+            model.fit_position = progress.position(model, epoch + 1, 0, self.epochs.state(), 0.0,
                                                 0, reset_metrics=True)
         self.callbacks.on_epoch_end(epoch, logs)
 

@@ -36,10 +36,10 @@ def position(model, epoch, step, shuffle_rng, loss_sum, seen, reset_metrics=Fals
 
 def capture(model) -> dict | None:
     """The training record for a checkpoint written now (None outside ``fit``)."""
-    if model._progress is None:
+    if model.fit_position is None:
         return None
     return {
-        **model._progress,
+        **model.fit_position,
         "generators": {layer.name: layer.rng.bit_generator.state
                        for layer in random_layers(model)},
         "history": model.history.history if model.history is not None else {},

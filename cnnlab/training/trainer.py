@@ -64,7 +64,9 @@ class Trainer:
         self._metric_names: list = []
         self.stop_training = False
         self.history = None
-        self._progress = None       # where fit is, for checkpoints (training.progress)
+        #: where ``fit`` is (the next batch, the epoch's sums so far; ``training.progress``):
+        #: set by the fit loop after every batch, None outside ``fit``
+        self.fit_position = None
         self._chief = True          # False on MPI ranks other than 0: they write no files
         self._resume = None         # a checkpoint's training record, consumed by the next fit
         self.metadata: dict = {}    # saved with the model: class names, how inputs were scaled
@@ -123,8 +125,8 @@ class Trainer:
         self._resolve_compile()
         return Adapter(self, where)
 
-    # --- one batch ------------------------------------------------------------------------------
-    def _train_step(self, xs, ys, share: float = 1.0, comm=None, batch_norm_comm=None):
+    # --- one batch: the step API the fit loop (``training.loop``) and evaluate use -----------
+    def train_batch(self, xs, ys, share: float = 1.0, comm=None, batch_norm_comm=None):
         """Gradients of the batch's mean loss (over MPI ranks too), then one update."""
         result = step.run_batch(self, xs, ys, training=True, share=share, comm=batch_norm_comm)
         if comm is not None:
@@ -134,7 +136,9 @@ class Trainer:
             step.apply_update(self, result)
         return result
 
-    def _logs(self, loss_sum, seen, output_sums=None) -> dict:
+    def epoch_logs(self, loss_sum, seen, output_sums=None) -> dict:
+        """The logs callbacks see: the mean loss over ``seen`` samples (and each output's), and
+        every metric's result so far."""
         if not seen:
             return {}
         logs = {"loss": loss_sum / seen}
@@ -144,7 +148,8 @@ class Trainer:
         logs.update({m.name: m.result() for _, m in self.compiled_metrics})
         return logs
 
-    def _update_metrics(self, ys, outputs, comm=None):
+    def update_metrics(self, ys, outputs, comm=None):
+        """Add a batch to every compiled metric (and, over MPI, every rank's share of it)."""
         for index, metric in self.compiled_metrics:
             before = (metric.total, metric.count)
             metric.update(ys[index], outputs[index])
@@ -184,7 +189,7 @@ class Trainer:
         adapter = self._adapter("train_on_batch")
         xs = adapter.inputs(x)
         ys = adapter.targets(y, len(xs[0]))
-        return self._scalar_or_list(self._train_step(adapter.floats(xs, slice(None)), ys), ys)
+        return self._scalar_or_list(self.train_batch(adapter.floats(xs, slice(None)), ys), ys)
 
     def test_on_batch(self, x, y):
         self._require_compiled("test_on_batch")
@@ -302,7 +307,7 @@ class Trainer:
         """Loss (and metrics) over ``(x, y)``: a scalar, ``[loss, ...]`` or a dict."""
         self._require_compiled("evaluate")
         batch_size = check_batch_size(batch_size)
-        if self._progress is None:          # not fit's own validation: training is over
+        if self.fit_position is None:          # not fit's own validation: training is over
             warn_if_statistics_unsettled(self)
         adapter = self._adapter("evaluate")
         if is_batches(x):
@@ -322,11 +327,11 @@ class Trainer:
             loss_sum += result.loss * batch.size
             output_sums = [s + v * batch.size for s, v in zip(output_sums, result.losses)]
             seen += batch.size
-            self._update_metrics(batch.ys, result.outputs)
+            self.update_metrics(batch.ys, result.outputs)
             callback_list.on_test_batch_end(batch.step)
         if not seen:
             raise DataError("evaluate: the data has no samples.")
-        results = self._logs(loss_sum, seen, output_sums)
+        results = self.epoch_logs(loss_sum, seen, output_sums)
         callback_list.on_test_end(results)
         if _resolve_verbose(verbose):
             print(" - ".join(f"{k}: {v:.4f}" for k, v in results.items()))
