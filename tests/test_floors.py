@@ -65,6 +65,7 @@ def test_keras_names_for_data_are_the_data_packages_own_modules():
     """One home for data (``cnnlab.data``); Keras' names for its parts are the same objects, so
     patching or extending one is patching the other."""
     import cnnlab.datasets.mnist
+
     from cnnlab import data, preprocess, utils
     assert cnnlab.datasets.mnist is data.datasets.mnist
     assert cnnlab.datasets.load is data.datasets.load
