@@ -287,8 +287,8 @@ def test_batch_norm_folded_into_the_op_before_it_equals_the_unfolded_graph():
     shared = layers.Conv2D(4, 1, name="shared")(c)
     d = layers.Add()([layers.BatchNormalization(name="bn_shared")(shared), shared])
     flat = layers.Dense(6, name="dense")(layers.GlobalAveragePooling2D()(d))
-    outputs = layers.Dense(3, activation="softmax")(layers.BatchNormalization(name="bn_dense")(
-        flat))
+    outputs = layers.Dense(3, activation="softmax", name="predictions")(
+        layers.BatchNormalization(name="bn_dense")(flat))
     model = cnnlab.Model(inputs, outputs)
     rng = np.random.default_rng(0)
     for layer in model.layers:
