@@ -1,5 +1,5 @@
 """Global defaults, Keras style: the float dtype new layers use, the threads a batch is split
-across, and which kernels the engine runs (compiled, or the NumPy reference).
+across, which kernels the engine runs (compiled, or the NumPy reference), and the device.
 
 >>> import cnnlab
 >>> cnnlab.config.floatx()
@@ -96,3 +96,26 @@ def set_kernels(name: str) -> None:
     if name not in KERNELS:
         raise ConfigError(f"set_kernels expects one of {KERNELS}. Received: {name!r}")
     _kernels = name
+
+
+#: where models run: "auto" (the GPU when cnnlab can use one, else the CPU, as Keras does),
+#: "cpu", or "gpu" (an error that says why when it cannot be had: ``engine.devices``).
+#: CNNLAB_DEVICE sets it at start.
+DEVICES = ("auto", "cpu", "gpu")
+_device = os.environ.get("CNNLAB_DEVICE", "auto").strip().lower()
+if _device not in DEVICES:
+    raise ConfigError(f"CNNLAB_DEVICE must be one of {DEVICES}. Received: {_device!r}")
+
+
+def device() -> str:
+    """The device setting: ``'auto'``, ``'cpu'`` or ``'gpu'`` (what it resolves to:
+    ``cnnlab.engine.devices.resolve()``)."""
+    return _device
+
+
+def set_device(name: str) -> None:
+    """Run models on ``'gpu'``, the ``'cpu'``, or ``'auto'`` (the GPU when one can be used)."""
+    global _device
+    if name not in DEVICES:
+        raise ConfigError(f"set_device expects one of {DEVICES}. Received: {name!r}")
+    _device = name

@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 
+from cnnlab import config
 from cnnlab.cli import explain, models, serve, tasks, train
 from cnnlab.cli.options import FORMATTER
 from cnnlab.errors import CnnlabError
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "command", None) == "train" and args.verbose is None:
         args.verbose = "auto"
+    device = config.device()               # --device holds for this command alone
     try:
         code = args.func(args)
         sys.stdout.flush()              # a closed pipe shows here, not at interpreter exit
@@ -63,6 +65,8 @@ def main(argv=None) -> int:
         # stdout goes to /dev/null so Python's final flush cannot raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        config.set_device(device)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,21 @@ import os
 import numpy as np
 
 from cnnlab import outputs, zoo
-from cnnlab.cli.options import FORMATTER, REPORT_FILE, positive_int, progress_lines, timeline_path
+from cnnlab.cli.options import (
+    FORMATTER,
+    REPORT_FILE,
+    add_device_option,
+    positive_int,
+    progress_lines,
+    timeline_path,
+    use_device,
+)
 from cnnlab.data import class_names, evaluation_data, image_for_model, open_image
 
 
 def cmd_evaluate(args) -> int:
     """Loss and accuracy of a saved model on a dataset's test split (or a whole folder)."""
+    use_device(args)
     model = zoo.find(args.model, compile=True)
     x_test, y_test, what, _ = evaluation_data(model, args.model, args.data)
     if model.loss is None:
@@ -27,6 +36,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     """Top classes for each image file."""
+    use_device(args)
     model = zoo.find(args.model)
     invert = {"auto": "auto", "yes": True, "no": False}[args.invert]
     batch = np.stack([image_for_model(model, open_image(p), invert) for p in args.images])
@@ -78,6 +88,7 @@ def add_commands(commands) -> None:
     evaluate.add_argument("--data", help="a dataset name, an .npz or a folder (default: the "
                                           "test split of the dataset the model was trained on)")
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
+    add_device_option(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser(
@@ -89,6 +100,7 @@ def add_commands(commands) -> None:
     predict.add_argument("model", help=zoo.model_help())
     predict.add_argument("images", nargs="+", help="PNG/JPEG/... files")
     predict.add_argument("--top", type=positive_int, default=3, help="classes to show (default 3)")
+    add_device_option(predict)
     predict.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                          help="invert grey levels: auto decides from the border (default)")
     predict.set_defaults(func=cmd_predict)

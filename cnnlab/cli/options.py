@@ -60,3 +60,25 @@ def say_warnings(caught) -> None:
     """Warnings recorded during a command, one line each on stderr."""
     for warning in caught:
         print(f"Warning: {warning.message}", file=sys.stderr)
+
+
+def add_device_option(parser) -> None:
+    """``--device``, for the commands that run a model."""
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"],
+                        help="where the model runs: auto (the GPU when one can be used, else "
+                             "the CPU), cpu or gpu (default: $CNNLAB_DEVICE, else auto)")
+
+
+def use_device(args, say=print) -> str:
+    """Apply ``--device`` (for this command: ``main`` restores the setting after it) and resolve
+    it: asking for a GPU where none can be used is a one-line error before any work; 'auto'
+    that passes over a GPU it sees says so in one line."""
+    from cnnlab import config
+    from cnnlab.engine import devices
+    if getattr(args, "device", None):
+        config.set_device(args.device)
+    where = devices.resolve()
+    reason = devices.gpu_unavailable()
+    if where == "cpu" and config.device() == "auto" and reason and reason.startswith("CuPy sees"):
+        say(f"Running on the CPU: {reason}.")
+    return where

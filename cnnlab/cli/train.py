@@ -16,10 +16,12 @@ from cnnlab.callbacks import ModelCheckpoint
 from cnnlab.cli.options import (
     FORMATTER,
     REPORT_FILE,
+    add_device_option,
     positive_float,
     positive_int,
     progress_lines,
     timeline_path,
+    use_device,
 )
 from cnnlab.data import materialise, training_data
 from cnnlab.errors import ConfigError
@@ -101,6 +103,7 @@ def cmd_train(args) -> int:
 
 def _train(args, fresh_settings) -> int:
     _check_train_options(args)
+    use_device(args)
     chief, comm = True, None
     if args.distributed:
         from cnnlab.training.distributed import Communicator
@@ -309,4 +312,5 @@ def add_commands(commands) -> None:
     train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,
                        help="0 silent, 1 progress bar, 2 one line per epoch "
                             "(default: a bar on a terminal, lines otherwise)")
+    add_device_option(train)
     train.set_defaults(func=cmd_train)

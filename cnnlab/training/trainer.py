@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from cnnlab import seeding
+from cnnlab.engine import devices
 from cnnlab.errors import ConfigError, DataError, NotBuiltError
 from cnnlab.graph import execute
 from cnnlab.layers.normalization import warn_if_statistics_unsettled
@@ -122,6 +123,7 @@ class Trainer:
                 self.compiled_metrics.append((index, metric))
 
     def _adapter(self, where: str) -> Adapter:
+        devices.resolve()                    # device 'gpu' where there is none: say so first
         self._resolve_compile()
         return Adapter(self, where)
 

@@ -1,0 +1,60 @@
+"""Which device a model runs on: ``config.device()`` (``'auto'``, ``'cpu'`` or ``'gpu'``,
+also ``CNNLAB_DEVICE`` and ``--device``) resolved against what this machine has.
+
+    resolve()        # 'cpu' or 'gpu'; asking for 'gpu' where it cannot be had is a ConfigError
+                     # that says what was looked for and how to get it
+
+The GPU is CuPy's (``pip install 'cnnlab[gpu]'``). The engine's CuPy path is not built yet
+(``GPU_ENGINE``), so today every model runs on the CPU: ``'auto'`` resolves to it, and
+``'gpu'`` says why it cannot be had, even where CuPy sees a device.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from cnnlab import config
+from cnnlab.errors import ConfigError
+
+#: whether the engine has a CuPy path; False until it does (no op runs on a GPU yet)
+GPU_ENGINE = False
+INSTALL = "pip install 'cnnlab[gpu]' (CuPy for CUDA 13) or 'cnnlab[gpu-cuda12]' (CUDA 12)"
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_unavailable() -> str | None:
+    """Why this process cannot run models on a GPU, in words; None when it can. Asked once:
+    the answer (CuPy's import, the driver's device count) does not change while it runs."""
+    try:
+        import cupy
+    except ImportError as exc:
+        return f"CuPy is not installed ({exc}); {INSTALL}"
+    except Exception as exc:                   # CuPy is there, its CUDA libraries are not
+        return f"CuPy failed to import ({type(exc).__name__}: {exc}); reinstall it: {INSTALL}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:                   # no driver, or no device the driver can see
+        return f"CuPy found no CUDA device ({type(exc).__name__}: {exc})"
+    if count == 0:
+        return "CuPy found no CUDA device (the driver reports 0)"
+    if not GPU_ENGINE:
+        return (f"CuPy sees {count} CUDA device{'s' * (count > 1)}, but cnnlab's engine runs on "
+                f"the CPU only for now (its GPU path is not built)")
+    return None
+
+
+def resolve(setting: str | None = None) -> str:
+    """``'cpu'`` or ``'gpu'``: where a model runs under ``setting`` (default: the current
+    ``config.device()``). ``'auto'`` takes the GPU only when it can be used; ``'gpu'`` where it
+    cannot is a ConfigError that says why."""
+    setting = setting or config.device()
+    if setting == "cpu":
+        return "cpu"
+    reason = gpu_unavailable()
+    if reason is None:
+        return "gpu"
+    if setting == "gpu":
+        raise ConfigError(f"The GPU was asked for (device 'gpu'), but {reason}. Run on the CPU "
+                          f"with --device cpu (cnnlab.config.set_device('cpu')), or 'auto' to "
+                          f"use a GPU only when one can be used.")
+    return "cpu"
