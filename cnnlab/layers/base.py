@@ -20,6 +20,10 @@ layer knowing, and backward undoes exactly what forward did.
 Subclasses implement ``build_params(input_shape)`` (with :meth:`add_weight`),
 ``compute_output_shape(input_shape)``, ``call``/``call_backward`` and ``get_config``. Shapes
 exclude the batch axis; a merge layer gets a list of them.
+
+This module is longer than most (about 460 lines) because it is one contract: the ``Layer``
+class, which every layer inherits whole, with the registry and naming that ``get_config`` and
+files rely on. Split, a reader would hold two files open to follow one call.
 """
 
 from __future__ import annotations
