@@ -179,9 +179,9 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         raise SystemExit(f"{weights}: pass --data (the extracted CIFAR-10 training folder, or "
                          f"faces-train.tar.gz for web_faces).")
     folder = class_subset(data, classes) if classes else data
-    pictures = held_out = None
+    pictures = scoring_part = None
     if weights == "web_faces":
-        folder, pictures, held_out = web_faces_npz(
+        folder, pictures, scoring_part = web_faces_npz(
             data, tempfile.mkdtemp(prefix="cnnlab-faces-"), seed)
     settings = run_settings(model=run["model"], data=folder, seed=seed,
                             epochs=epochs or run.get("epochs"))
@@ -215,8 +215,8 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),
         **({"hard_negatives_per_round": mined} if mined else {}),
         "cnnlab_version": cnnlab.__version__}
-    if held_out is not None:
-        model.metadata["detection"] = choose_threshold(model, held_out)
+    if scoring_part is not None:             # the held-out faces and scenes, as photos
+        model.metadata["detection"] = choose_threshold(model, scoring_part)
         print(f"Detection on held-out photos: {model.metadata['detection']}", flush=True)
     model.save(out, include_optimizer=False)
     return model.metadata["pretrained"]
