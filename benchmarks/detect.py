@@ -10,12 +10,15 @@
 2. ``--memory``: peak memory (RSS) and seconds of ``tasks.detect`` on blank grey photos of
    2000x2000 and 4000x4000 pixels, each in a fresh process (the pyramid runs in bands of
    ``detect.BAND_PIXELS``, so the peak should not grow with the photo).
-3. On two portraits: every box the face model keeps, its score, its IoU with a box drawn by
+3. ``--speed``: in a fresh process, the import and the model's loading apart from detection;
+   then ``tasks.detect`` on a 640x480 and a 1000x1000 photo (the first call, and the median
+   of 5 after it), and video: frames per second of ``tasks.video`` detecting in a 640x480 clip.
+4. On two portraits: every box the face model keeps, its score, its IoU with a box drawn by
    hand around the face, and how many other windows above the threshold overlap it (what the
    min-neighbours rule counts), with the rule and without.
 
     python benchmarks/detect.py [--model faces|FILE] [--threshold 0.9] [--faces-data FILE]
-                                [--memory]
+                                [--memory] [--speed]
 
 - scikit-image's ``astronaut.png`` is the issue's target: one box overlaps her face with
   IoU >= 0.5 and no other box scores above the threshold.
@@ -127,6 +130,67 @@ def memory(model: str) -> None:
               f"peak RSS {kilobytes / 1024:.0f} MB")
 
 
+SPEED = """
+import statistics, sys, time
+start = time.perf_counter()
+from cnnlab.tasks import detect
+imported = time.perf_counter()
+model = detect.load_detector(sys.argv[1])
+loaded = time.perf_counter()
+sys.path.insert(0, sys.argv[2])
+from portraits import astronaut
+for width, height in ((640, 480), (1000, 1000)):
+    photo = astronaut().resize((width, height))
+    times = []
+    for _ in range(6):
+        begin = time.perf_counter()
+        detect.detect(photo, model)
+        times.append(time.perf_counter() - begin)
+    print(width, height, times[0], statistics.median(times[1:]))
+print("startup", imported - start, loaded - imported)
+"""
+
+
+def speed(model: str) -> None:
+    """Start-up apart from detection, in a fresh process; then the video rate."""
+    tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
+    lines = subprocess.run([sys.executable, "-c", SPEED, model, tests], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    imported, loaded = map(float, lines[-1].split()[1:])
+    print(f"Speed of tasks.detect ({model}), in a fresh process: import {imported:.2f} s, the "
+          f"model loaded in {loaded:.2f} s")
+    for line in lines[:-1]:
+        width, height, first, median = line.split()
+        megapixels = int(width) * int(height) / 1e6
+        print(f"  {width}x{height}: first call {float(first):.3f} s, then {float(median):.3f} s "
+              f"(median of 5; {float(median) / megapixels:.2f} s per megapixel)")
+    print(f"  video, 640x480, detecting: {video_rate(model):.1f} frames per second")
+
+
+def video_rate(model: str, frames: int = 30) -> float:
+    """Frames per second of ``tasks.video.process_video`` detecting in a 640x480 clip."""
+    import tempfile
+
+    import av
+    from portraits import astronaut
+
+    from cnnlab.tasks import video
+    folder = tempfile.mkdtemp(prefix="cnnlab-video-")
+    clip = os.path.join(folder, "clip.mp4")
+    still = np.asarray(astronaut().convert("RGB").resize((640, 480)))
+    with av.open(clip, "w") as container:
+        stream = container.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        for k in range(frames):                       # the portrait drifting across the frame
+            frame = av.VideoFrame.from_ndarray(np.roll(still, 4 * k, axis=1), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    start = time.perf_counter()
+    result = video.process_video(model, clip, out=os.path.join(folder, "out.mp4"),
+                                 csv_path=os.path.join(folder, "out.csv"), detect_objects=True)
+    return result.frames / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,9 +201,14 @@ def main() -> None:
                              "cascade on held-out faces pasted into held-out scenes")
     parser.add_argument("--memory", action="store_true",
                         help="peak memory and time on blank 4 and 16 megapixel photos")
+    parser.add_argument("--speed", action="store_true",
+                        help="start-up, 640x480 and 1 megapixel detection, and video frames per "
+                             "second")
     args = parser.parse_args()
     if args.memory:
         memory(args.model)
+    if args.speed:
+        speed(args.model)
     model = detect.load_detector(args.model)
     if args.faces_data:
         versus_haar(model, args.faces_data)
