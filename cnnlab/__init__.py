@@ -11,12 +11,15 @@ checks it in CI, against the contract in pyproject.toml):
     training/    the step, the epoch loop and its data adapter, progress and resume; losses,
                  metrics, optimizers, callbacks, thread and MPI parallelism
     io/          the .cnnlab file, checkpoints, ONNX / PyTorch / Keras converters
-    models/      Model and Sequential: a graph that trains, saves and loads
+    models/      Model and Sequential: a graph that trains, saves and loads; transfer learning
     callbacks, losses, metrics, optimizers, export   the public names of training/ and io/
-    zoo, datasets/, utils/, preprocess   architectures and weights, data, pictures in
+    data/        data in: named datasets, image folders, pictures, video frames, a run's data
+    zoo/         architectures, recipes and shipped weights; ``find``, a model by any name
+                 (``datasets``, ``utils``, ``preprocess``: Keras' names for parts of data/)
     runs         a training run from its settings
     viz/, tasks/ pictures and reports; detection, search, video
-    cli, serve/  the command line and the web app
+    serve/       the web app
+    cli/         the command line
 """
 
 from cnnlab import (
