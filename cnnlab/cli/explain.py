@@ -4,7 +4,7 @@ output-size formula) with real numbers from the engine, and animations of the sl
 from __future__ import annotations
 
 from cnnlab import outputs
-from cnnlab.cli.options import FORMATTER, non_negative_int, positive_int
+from cnnlab.cli.options import FORMATTER, add_command, non_negative_int, positive_int
 
 
 def cmd_explain(args) -> int:
@@ -38,11 +38,11 @@ def cmd_explain(args) -> int:
 
 
 def add_commands(commands) -> None:
-    explain = commands.add_parser(
-        "explain", help="convolution, padding, stride, pooling, ReLU, softmax, with numbers",
-        formatter_class=FORMATTER, description=cmd_explain.__doc__,
-        epilog="Example:\n  cnnlab explain conv --size 6 --kernel 3 --padding 1 --stride 2\n"
-               "  cnnlab explain formula 28 5 0 1")
+    explain = add_command(
+        commands, "explain", cmd_explain,
+        "convolution, padding, stride, pooling, ReLU, softmax, with numbers",
+        ["cnnlab explain conv --size 6 --kernel 3 --padding 1 --stride 2",
+         "cnnlab explain formula 28 5 0 1"])
     topics = explain.add_subparsers(dest="topic", metavar="TOPIC", required=True)
     conv = topics.add_parser(
         "conv", help="slide a kernel over a zero-padded input", formatter_class=FORMATTER,
@@ -85,4 +85,3 @@ def add_commands(commands) -> None:
                              ("padding", "P: padding", non_negative_int),
                              ("stride", "S: stride", positive_int)):
         formula.add_argument(name, type=kind, help=text)
-    explain.set_defaults(func=cmd_explain)

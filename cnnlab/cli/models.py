@@ -10,8 +10,8 @@ import numpy as np
 
 from cnnlab import outputs, zoo
 from cnnlab.cli.options import (
-    FORMATTER,
     REPORT_FILE,
+    add_command,
     add_device_option,
     positive_int,
     progress_lines,
@@ -80,56 +80,47 @@ def cmd_report(args) -> int:
 
 
 def add_commands(commands) -> None:
-    evaluate = commands.add_parser(
-        "evaluate", help="evaluate a saved model", formatter_class=FORMATTER,
-        description=cmd_evaluate.__doc__,
-        epilog="Example:\n  cnnlab evaluate article_cnn.cnnlab --data mnist_sample")
+    evaluate = add_command(
+        commands, "evaluate", cmd_evaluate, "evaluate a saved model",
+        ["cnnlab evaluate article_cnn.cnnlab --data mnist_sample"])
     evaluate.add_argument("model", help=zoo.model_help())
     evaluate.add_argument("--data", help="a dataset name, an .npz or a folder (default: the "
                                           "test split of the dataset the model was trained on)")
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
     add_device_option(evaluate)
-    evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = commands.add_parser(
-        "predict", help="classify image files", formatter_class=FORMATTER,
-        description=cmd_predict.__doc__ + "\n\nImages of any size or colour are converted to the "
+    predict = add_command(
+        commands, "predict", cmd_predict, "classify image files",
+        ["cnnlab predict article_cnn.cnnlab my_seven.png photo_of_a_3.jpg"],
+        details="Images of any size or colour are converted to the "
         "model's input. For single-channel (digit) models, dark-on-light images are inverted to "
-        "MNIST's white-on-black, and the digit is centred as MNIST's were.",
-        epilog="Example:\n  cnnlab predict article_cnn.cnnlab my_seven.png photo_of_a_3.jpg")
+        "MNIST's white-on-black, and the digit is centred as MNIST's were.")
     predict.add_argument("model", help=zoo.model_help())
     predict.add_argument("images", nargs="+", help="PNG/JPEG/... files")
     predict.add_argument("--top", type=positive_int, default=3, help="classes to show (default 3)")
     add_device_option(predict)
     predict.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                          help="invert grey levels: auto decides from the border (default)")
-    predict.set_defaults(func=cmd_predict)
 
-    summary = commands.add_parser(
-        "summary", help="print a model's layers and shapes", formatter_class=FORMATTER,
-        description=cmd_summary.__doc__,
-        epilog="Example:\n  cnnlab summary article\n  cnnlab summary article_cnn.cnnlab")
+    summary = add_command(
+        commands, "summary", cmd_summary, "print a model's layers and shapes",
+        ["cnnlab summary article", "cnnlab summary article_cnn.cnnlab"])
     summary.add_argument("model", help=zoo.model_help(trained=False))
-    summary.set_defaults(func=cmd_summary)
-    export = commands.add_parser(
-        "export", help="write a model as ONNX", formatter_class=FORMATTER,
-        description=cmd_export.__doc__,
-        epilog="Example:\n  cnnlab export article_cnn.cnnlab article.onnx\n"
-               "  cnnlab export article_cnn.cnnlab article_nchw.onnx --nchw")
+    export = add_command(
+        commands, "export", cmd_export, "write a model as ONNX",
+        ["cnnlab export article_cnn.cnnlab article.onnx",
+         "cnnlab export article_cnn.cnnlab article_nchw.onnx --nchw"])
     export.add_argument("model", help=zoo.model_help())
     export.add_argument("out", help="the .onnx file to write")
     export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     export.add_argument("--nchw", action="store_true",
                         help="take NCHW input (channels first) instead of cnnlab's NHWC")
-    export.set_defaults(func=cmd_export)
-    report = commands.add_parser(
-        "report", help="write a self-contained HTML report", formatter_class=FORMATTER,
-        description=cmd_report.__doc__,
-        epilog="Example:\n  cnnlab report article_cnn.cnnlab --data mnist_sample --out report.html")
+    report = add_command(
+        commands, "report", cmd_report, "write a self-contained HTML report",
+        ["cnnlab report article_cnn.cnnlab --data mnist_sample --out report.html"])
     report.add_argument("model", help=zoo.model_help())
     report.add_argument("--data", help="a dataset name, an .npz or a folder (default: the test "
                                         "split of the dataset the model was trained on)")
     report.add_argument("--out", help=f"HTML file (default: {REPORT_FILE}, or report-2.html ... "
                                       f"when an earlier one is there)")
     report.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    report.set_defaults(func=cmd_report)

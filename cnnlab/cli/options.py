@@ -13,34 +13,37 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 REPORT_FILE = "report.html"
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def add_command(commands, name: str, func, help: str, examples: list[str], details: str = "",
+                notes: str = "") -> argparse.ArgumentParser:
+    """A command's parser, the same shape for every command: ``help`` for the list of commands,
+    ``func``'s docstring (then ``details``) as its description, worked ``examples`` (every
+    command has some) and ``notes`` after them, and ``func`` to run."""
+    epilog = "Example:\n" + "\n".join(f"  {line}" for line in examples)
+    parser = commands.add_parser(name, help=help, formatter_class=FORMATTER,
+                                 description=func.__doc__ + (f"\n\n{details}" if details else ""),
+                                 epilog=epilog + (f"\n\n{notes}" if notes else ""))
+    parser.set_defaults(func=func)
+    return parser
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
-    return value
+def _number(kind, accepts, expected: str):
+    """An argparse type: ``kind(text)`` where ``accepts`` it, else argparse's usage error saying
+    what was ``expected``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = expected            # argparse names the type in its messages
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "0 or a positive integer")
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 def progress_lines(say):

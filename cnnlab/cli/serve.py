@@ -6,7 +6,7 @@ import os
 import sys
 
 from cnnlab import zoo
-from cnnlab.cli.options import FORMATTER, positive_int
+from cnnlab.cli.options import add_command, positive_int
 from cnnlab.errors import ConfigError
 
 
@@ -51,19 +51,17 @@ def cmd_serve(args) -> int:
 
 
 def add_commands(commands) -> None:
-    serve = commands.add_parser(
-        "serve", help="a local web app: draw, train, explain, search, detect",
-        formatter_class=FORMATTER,
-        description=cmd_serve.__doc__ + "\n\nWith no MODEL it uses the article's CNN trained on "
+    serve = add_command(
+        commands, "serve", cmd_serve, "a local web app: draw, train, explain, search, detect",
+        ["cnnlab serve                # then open the address it prints (with its ?token=)",
+         "cnnlab serve lenet.cnnlab --port 8080",
+         "cnnlab serve --data-root ~/photos   # the Train page trains on folders there",
+         "cnnlab serve --index photos.index   # and the Search page at /search"],
+        details="With no MODEL it uses the article's CNN trained on "
         "the bundled digits, training it on first start (saved under $CNNLAB_HOME/models).",
-        epilog="Example:\n  cnnlab serve                # then open the address it prints (with "
-               "its ?token=)\n"
-               "  cnnlab serve lenet.cnnlab --port 8080\n"
-               "  cnnlab serve --data-root ~/photos   # the Train page trains on folders there\n"
-               "  cnnlab serve --index photos.index   # and the Search page at /search\n\n"
-               "It answers only its user: every API request needs the token it prints, pages of "
-               "other\norigins are refused, and only localhost and loopback addresses are "
-               "answered.")
+        notes="It answers only its user: every API request needs the token it prints, pages of "
+              "other\norigins are refused, and only localhost and loopback addresses are "
+              "answered.")
     serve.add_argument("model", nargs="?",
                        help=zoo.model_help() + " (default: the digits model trained here)")
     serve.add_argument("--host", default="127.0.0.1",
@@ -81,4 +79,3 @@ def add_commands(commands) -> None:
     serve.add_argument("--detector", metavar="FILE",
                        help="a two-class .cnnlab classifier for the Detect page (default: the "
                             "shipped face model)")
-    serve.set_defaults(func=cmd_serve)

@@ -10,7 +10,7 @@ import sys
 import warnings
 
 from cnnlab import outputs, zoo
-from cnnlab.cli.options import FORMATTER, positive_int, say_warnings
+from cnnlab.cli.options import add_command, positive_int, say_warnings
 
 
 def cmd_index(args) -> int:
@@ -97,11 +97,9 @@ def cmd_video(args) -> int:
 
 def add_commands(commands) -> None:
     from cnnlab.tasks.search import BACKENDS, DEFAULT_MODEL
-    index = commands.add_parser(
-        "index", help="index a folder of photos for search", formatter_class=FORMATTER,
-        description=cmd_index.__doc__,
-        epilog="Example:\n  cnnlab index photos/ --out photos.index\n"
-               "  cnnlab search photos.index query.jpg -k 5")
+    index = add_command(
+        commands, "index", cmd_index, "index a folder of photos for search",
+        ["cnnlab index photos/ --out photos.index", "cnnlab search photos.index query.jpg -k 5"])
     index.add_argument("folder", help="a folder of images (searched recursively)")
     index.add_argument("--out", required=True, help="the index file to write (or to update)")
     index.add_argument("--model", default=DEFAULT_MODEL,
@@ -109,11 +107,9 @@ def add_commands(commands) -> None:
                             "backbone)")
     index.add_argument("--batch-size", type=positive_int, default=64,
                        help="images embedded at once (default: %(default)s)")
-    index.set_defaults(func=cmd_index)
-    find = commands.add_parser(
-        "search", help="find the indexed photos most like one", formatter_class=FORMATTER,
-        description=cmd_search.__doc__,
-        epilog="Example:\n  cnnlab search photos.index query.jpg -k 5 --json")
+    find = add_command(
+        commands, "search", cmd_search, "find the indexed photos most like one",
+        ["cnnlab search photos.index query.jpg -k 5 --json"])
     find.add_argument("index", help="an index written by cnnlab index")
     find.add_argument("image", help="the query image")
     find.add_argument("-k", type=positive_int, default=5, help="how many (default: %(default)s)")
@@ -124,14 +120,11 @@ def add_commands(commands) -> None:
     find.add_argument("--backend", choices=BACKENDS, default="numpy",
                       help="exact search with NumPy, or with faiss (pip install "
                            "'cnnlab[search]') for large collections (default: %(default)s)")
-    find.set_defaults(func=cmd_search)
     from cnnlab.tasks.detect import DEFAULT_MODEL as DETECTOR
     from cnnlab.tasks.detect import MIN_NEIGHBORS, THRESHOLD
-    boxes = commands.add_parser(
-        "detect", help="find faces (or any two-class model's class) in a photo",
-        formatter_class=FORMATTER, description=cmd_detect.__doc__,
-        epilog="Example:\n  cnnlab detect photo.jpg --out boxes.png\n"
-               "  cnnlab detect page.png --model digits.cnnlab --json")
+    boxes = add_command(
+        commands, "detect", cmd_detect, "find faces (or any two-class model's class) in a photo",
+        ["cnnlab detect photo.jpg --out boxes.png", "cnnlab detect page.png --model digits.cnnlab --json"])
     boxes.add_argument("image", help="the photo")
     boxes.add_argument("--model", default=DETECTOR,
                        help="the shipped face model (faces) or a .cnnlab classifier "
@@ -140,7 +133,7 @@ def add_commands(commands) -> None:
     boxes.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     boxes.add_argument("--json", action="store_true",
                        help='print [{"box": [x0, y0, x1, y1], "score"}, ...] in the photo\'s '
-                            'pixels')
+                            "pixels")
     boxes.add_argument("--threshold", type=float,
                        help=f"the least probability a box needs (default: the one the model's "
                             f"recipe chose on validation photos, else {THRESHOLD})")
@@ -151,12 +144,10 @@ def add_commands(commands) -> None:
     boxes.add_argument("--min-neighbors", type=int, default=MIN_NEIGHBORS,
                        help="overlapping windows a box needs besides its own (default: "
                             "%(default)s, as OpenCV's detectMultiScale)")
-    boxes.set_defaults(func=cmd_detect)
-    clip = commands.add_parser(
-        "video", help="classify or detect in every frame of a video", formatter_class=FORMATTER,
-        description=cmd_video.__doc__,
-        epilog="Example:\n  cnnlab video digits clip.mp4            # the shipped digits model\n"
-               "  cnnlab video faces clip.mp4 --detect --out boxes.mp4")
+    clip = add_command(
+        commands, "video", cmd_video, "classify or detect in every frame of a video",
+        ["cnnlab video digits clip.mp4            # the shipped digits model",
+         "cnnlab video faces clip.mp4 --detect --out boxes.mp4"])
     clip.add_argument("model", help=zoo.model_help())
     clip.add_argument("input", help="the video (anything FFmpeg reads)")
     clip.add_argument("--out", help="the annotated video (default: INPUT-cnnlab.mp4)")
@@ -171,4 +162,3 @@ def add_commands(commands) -> None:
                       help=f"with --detect: the least probability a box needs (default: the "
                            f"model's own, else {THRESHOLD})")
     clip.add_argument("--target", help="with --detect: the class to find")
-    clip.set_defaults(func=cmd_video)

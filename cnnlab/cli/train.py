@@ -14,8 +14,8 @@ import numpy as np
 from cnnlab import config, outputs, seeding, zoo
 from cnnlab.callbacks import ModelCheckpoint
 from cnnlab.cli.options import (
-    FORMATTER,
     REPORT_FILE,
+    add_command,
     add_device_option,
     positive_float,
     positive_int,
@@ -232,17 +232,15 @@ def _suggest_pretrained(labels, names, say) -> None:
 
 
 def add_commands(commands) -> None:
-    train = commands.add_parser(
-        "train", help="train a model and save it", formatter_class=FORMATTER,
-        description=cmd_train.__doc__,
-        epilog="Example:\n  cnnlab train\n  cnnlab train --model lenet5 --epochs 3 --out lenet.cnnlab\n"
-               "  cnnlab train --checkpoint-dir runs/a   # killed? then: cnnlab train --resume runs/a\n"
-               "  cnnlab train --data photos/ --model resnet20\n"
-               "  cnnlab train --data photos/ --pretrained --fine-tune   # few photos\n"
-               "  mpirun -n 2 cnnlab train --distributed\n\n"
-               "Recipes (what --model NAME trains with unless an option says otherwise):\n"
-               + "\n".join(f"  {name}: {recipe.describe()}"
-                           for name, recipe in zoo.RECIPES.items()))
+    train = add_command(
+        commands, "train", cmd_train, "train a model and save it",
+        ["cnnlab train", "cnnlab train --model lenet5 --epochs 3 --out lenet.cnnlab",
+         "cnnlab train --checkpoint-dir runs/a   # killed? then: cnnlab train --resume runs/a",
+         "cnnlab train --data photos/ --model resnet20",
+         "cnnlab train --data photos/ --pretrained --fine-tune   # few photos",
+         "mpirun -n 2 cnnlab train --distributed"],
+        notes="Recipes (what --model NAME trains with unless an option says otherwise):\n"
+              + "\n".join(f"  {name}: {recipe.describe()}" for name, recipe in zoo.RECIPES.items()))
     # settings default to None so that --resume can tell which ones were given
     train.add_argument("--model", help=f"zoo model: {', '.join(zoo.MODELS)} (default: "
                                        f"{DEFAULTS['model']}); each has a recipe, see below")
@@ -313,4 +311,3 @@ def add_commands(commands) -> None:
                        help="0 silent, 1 progress bar, 2 one line per epoch "
                             "(default: a bar on a terminal, lines otherwise)")
     add_device_option(train)
-    train.set_defaults(func=cmd_train)
