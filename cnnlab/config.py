@@ -79,9 +79,20 @@ def set_threads(count: int) -> None:
 #: "numba": the engine's compiled kernels where it has them (the default); "numpy": the NumPy
 #: reference paths everywhere, for tests and debugging. CNNLAB_KERNELS sets it at start.
 KERNELS = ("numba", "numpy")
-_kernels = os.environ.get("CNNLAB_KERNELS", "numba").strip().lower()
-if _kernels not in KERNELS:
-    raise ConfigError(f"CNNLAB_KERNELS must be one of {KERNELS}. Received: {_kernels!r}")
+
+
+def _checked(choices: tuple, name, where: str) -> str:
+    """``name`` if it is one of ``choices``; else a ConfigError naming ``where`` it came from."""
+    if name not in choices:
+        raise ConfigError(f"{where} must be one of {choices}. Received: {name!r}")
+    return name
+
+
+def _from_environment(variable: str, choices: tuple) -> str:
+    return _checked(choices, os.environ.get(variable, choices[0]).strip().lower(), variable)
+
+
+_kernels = _from_environment("CNNLAB_KERNELS", KERNELS)
 
 
 def kernels() -> str:
@@ -93,18 +104,14 @@ def kernels() -> str:
 def set_kernels(name: str) -> None:
     """Run the engine's compiled kernels (``'numba'``) or its NumPy reference (``'numpy'``)."""
     global _kernels
-    if name not in KERNELS:
-        raise ConfigError(f"set_kernels expects one of {KERNELS}. Received: {name!r}")
-    _kernels = name
+    _kernels = _checked(KERNELS, name, "set_kernels's name")
 
 
 #: where models run: "auto" (the GPU when cnnlab can use one, else the CPU, as Keras does),
 #: "cpu", or "gpu" (an error that says why when it cannot be had: ``engine.devices``).
 #: CNNLAB_DEVICE sets it at start.
 DEVICES = ("auto", "cpu", "gpu")
-_device = os.environ.get("CNNLAB_DEVICE", "auto").strip().lower()
-if _device not in DEVICES:
-    raise ConfigError(f"CNNLAB_DEVICE must be one of {DEVICES}. Received: {_device!r}")
+_device = _from_environment("CNNLAB_DEVICE", DEVICES)
 
 
 def device() -> str:
@@ -116,6 +123,4 @@ def device() -> str:
 def set_device(name: str) -> None:
     """Run models on ``'gpu'``, the ``'cpu'``, or ``'auto'`` (the GPU when one can be used)."""
     global _device
-    if name not in DEVICES:
-        raise ConfigError(f"set_device expects one of {DEVICES}. Received: {name!r}")
-    _device = name
+    _device = _checked(DEVICES, name, "set_device's name")

@@ -80,7 +80,7 @@ def test_auto_says_in_one_line_that_it_passed_over_a_gpu_it_saw(fresh_probe, tmp
 
 
 def test_the_device_setting_is_checked():
-    with pytest.raises(ConfigError, match=r"set_device expects one of \('auto', 'cpu', 'gpu'\)"):
+    with pytest.raises(ConfigError, match=r"set_device's name must be one of \('auto', 'cpu', 'gpu'\)"):
         config.set_device("tpu")
     result = subprocess.run([sys.executable, "-c", "import cnnlab"], capture_output=True,
                             text=True, env={"CNNLAB_DEVICE": "cuda", "PATH": ""})

@@ -83,7 +83,7 @@ def test_the_switch_changes_the_path_taken(monkeypatch):
     assert compiled.module("normalization_kernels") is None
     bn.batch_norm_train_forward(x, np.ones(3), np.zeros(3), 1e-3)
     assert calls == [1]                                      # the reference ran
-    with pytest.raises(cnnlab.errors.ConfigError, match="set_kernels expects one of"):
+    with pytest.raises(cnnlab.errors.ConfigError, match="set_kernels.s name must be one of"):
         cnnlab.config.set_kernels("fast")
 
 
