@@ -19,10 +19,10 @@ from cnnlab.errors import ConfigError
 @pytest.fixture
 def fresh_probe(monkeypatch):
     """Each test asks CuPy afresh, and leaves the device setting as it found it."""
-    devices.gpu_unavailable.cache_clear()
+    devices.cupy_devices.cache_clear()
     before = config.device()
     yield monkeypatch
-    devices.gpu_unavailable.cache_clear()
+    devices.cupy_devices.cache_clear()
     config.set_device(before)
 
 
@@ -85,3 +85,11 @@ def test_the_device_setting_is_checked():
     result = subprocess.run([sys.executable, "-c", "import cnnlab"], capture_output=True,
                             text=True, env={"CNNLAB_DEVICE": "cuda", "PATH": ""})
     assert result.returncode == 1 and "CNNLAB_DEVICE must be one of" in result.stderr
+
+
+def test_auto_looks_for_no_cupy_while_the_engine_has_no_gpu_path(fresh_probe):
+    """Every fit, evaluate and predict resolves the device: 'auto' must not import CuPy (a
+    second on first use where it is installed) to learn what cannot change the answer."""
+    config.set_device("auto")
+    cnnlab.zoo.find("digits").predict(np.zeros((1, 28, 28, 1), np.float32), verbose=0)
+    assert devices.cupy_devices.cache_info().misses == 0

@@ -81,7 +81,6 @@ def use_device(args, say=print) -> str:
     if getattr(args, "device", None):
         config.set_device(args.device)
     where = devices.resolve()
-    reason = devices.gpu_unavailable()
-    if where == "cpu" and config.device() == "auto" and reason and reason.startswith("CuPy sees"):
-        say(f"Running on the CPU: {reason}.")
+    if where == "cpu" and config.device() == "auto" and devices.cupy_devices()[0]:
+        say(f"Running on the CPU: {devices.gpu_unavailable()}.")
     return where

@@ -22,33 +22,38 @@ INSTALL = "pip install 'cnnlab[gpu]' (CuPy for CUDA 13) or 'cnnlab[gpu-cuda12]' 
 
 
 @functools.lru_cache(maxsize=1)
-def gpu_unavailable() -> str | None:
-    """Why this process cannot run models on a GPU, in words; None when it can. Asked once:
-    the answer (CuPy's import, the driver's device count) does not change while it runs."""
+def cupy_devices() -> tuple[int, str | None]:
+    """``(CUDA devices CuPy sees, why it sees none or None)``. Asked once: the answer (CuPy's
+    import, the driver's device count) does not change while the process runs."""
     try:
         import cupy
     except ImportError as exc:
-        return f"CuPy is not installed ({exc}); {INSTALL}"
+        return 0, f"CuPy is not installed ({exc}); {INSTALL}"
     except Exception as exc:                   # CuPy is there, its CUDA libraries are not
-        return f"CuPy failed to import ({type(exc).__name__}: {exc}); reinstall it: {INSTALL}"
+        return 0, f"CuPy failed to import ({type(exc).__name__}: {exc}); reinstall it: {INSTALL}"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:                   # no driver, or no device the driver can see
-        return f"CuPy found no CUDA device ({type(exc).__name__}: {exc})"
-    if count == 0:
-        return "CuPy found no CUDA device (the driver reports 0)"
-    if not GPU_ENGINE:
-        return (f"CuPy sees {count} CUDA device{'s' * (count > 1)}, but cnnlab's engine runs on "
-                f"the CPU only for now (its GPU path is not built)")
-    return None
+        return 0, f"CuPy found no CUDA device ({type(exc).__name__}: {exc})"
+    return (count, None) if count else (0, "CuPy found no CUDA device (the driver reports 0)")
+
+
+def gpu_unavailable() -> str | None:
+    """Why this process cannot run models on a GPU, in words; None when it can."""
+    count, why = cupy_devices()
+    if why is None and not GPU_ENGINE:
+        why = (f"CuPy sees {count} CUDA device{'s' * (count > 1)}, but cnnlab's engine runs on "
+               f"the CPU only for now (its GPU path is not built)")
+    return why
 
 
 def resolve(setting: str | None = None) -> str:
     """``'cpu'`` or ``'gpu'``: where a model runs under ``setting`` (default: the current
     ``config.device()``). ``'auto'`` takes the GPU only when it can be used; ``'gpu'`` where it
-    cannot is a ConfigError that says why."""
+    cannot is a ConfigError that says why. Every fit, evaluate and predict asks, so ``'auto'``
+    without a GPU engine answers without looking for CuPy."""
     setting = setting or config.device()
-    if setting == "cpu":
+    if setting == "cpu" or (setting == "auto" and not GPU_ENGINE):
         return "cpu"
     reason = gpu_unavailable()
     if reason is None:

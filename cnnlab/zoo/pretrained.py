@@ -60,8 +60,6 @@ def stored_weights(weights: str, name: str | None = None) -> tuple[str, str, Mod
             weights = shipped[0]
         return key, weights, pretrained_model(key, weights)
     if not os.path.isfile(weights):
-        if name is not None and not (weights.endswith(".cnnlab") or os.sep in weights):
-            pretrained_path(name, weights)       # the shipped-weights error, naming the model
         raise ConfigError(f"No file {weights!r} (expected a shipped weights name, "
                           f"{sorted(owners)}, or the path of a .cnnlab file).")
     from cnnlab.models import load_model
