@@ -10,6 +10,8 @@
 2. ``--memory``: peak memory (RSS) and seconds of ``tasks.detect`` on blank grey photos of
    2000x2000 and 4000x4000 pixels, each in a fresh process (the pyramid runs in bands of
    ``detect.BAND_PIXELS``, so the peak should not grow with the photo).
+   ``--misses`` then lists the faces missed at 0.3 false boxes a photo, with the best score
+   of a window on each, and the false boxes' scores.
 3. ``--speed``: in a fresh process, the import and the model's loading apart from detection;
    then ``tasks.detect`` on a 640x480 and a 1000x1000 photo (the first call, and the median
    of 5 after it), and video: frames per second of ``tasks.video`` detecting in a 640x480 clip.
@@ -85,11 +87,16 @@ def _haar():
     return run
 
 
-def versus_haar(model, data: str, seed: int = web_faces.TEST_SEED) -> None:
-    """Both detectors on the same pasted photos; their scores side by side."""
+def _test_photos(data: str, seed: int = web_faces.TEST_SEED):
+    """The held-out faces pasted into the held-out scenes: ``(photos, their true boxes)``."""
     held_out = web_faces.split(web_faces.read(data))[1]
     photos = web_faces.pasted_photos(held_out.faces, held_out.scenes, seed=seed)
-    truth = [boxes for _, boxes in photos]
+    return photos, [boxes for _, boxes in photos]
+
+
+def versus_haar(model, data: str) -> None:
+    """Both detectors on the same pasted photos; their scores side by side."""
+    photos, truth = _test_photos(data)
     megapixels = sum(p.size for p, _ in photos) / 1e6
     print(f"{len(photos)} held-out scenes with {sum(map(len, truth))} held-out faces pasted in "
           f"(24-160 px), {megapixels:.1f} megapixels")
@@ -107,6 +114,35 @@ def versus_haar(model, data: str, seed: int = web_faces.TEST_SEED) -> None:
         print(f"  {name:<24} average precision {scores.average_precision:.3f}, recall "
               f"{scores.recall:.3f} at {scores.false_per_photo} false boxes a photo (score >= "
               f"{scores.threshold:.3f}), {seconds / megapixels:.2f} s per megapixel")
+
+
+def misses(model, data: str) -> None:
+    """Where recall is lost, at the threshold that allows 0.3 false boxes a photo: each missed
+    face's size and the best score of a window on it (IoU >= 0.3, before suppression), and the
+    scores of the false boxes that outrank it."""
+    photos, truth = _test_photos(data)
+    target = detect.target_class(model)
+    windows = [[detect.Detection(box, score) for box, score, _ in
+                detect.scored_windows(model, grey[..., None], target, FLOOR)]
+               for grey, _ in photos]
+    found = [detect.non_max_suppression(w, detect.NMS_IOU, detect.MIN_NEIGHBORS) for w in windows]
+    threshold = detect.score_detections(found, truth).threshold
+    missed, false = [], []
+    for kept, boxes, scored in zip(found, truth, windows):
+        free = list(boxes)
+        for d in sorted((d for d in kept if d.score >= threshold), key=lambda d: -d.score):
+            overlaps = [detect.iou(d.box, b) for b in free]
+            if overlaps and max(overlaps) >= 0.3:
+                free.pop(int(np.argmax(overlaps)))
+            else:
+                false.append(d.score)
+        missed += [(b[2] - b[0], max((w.score for w in scored if detect.iou(w.box, b) >= 0.3),
+                                     default=0.0)) for b in free]
+    print(f"At threshold {threshold:.4f}: {len(missed)} of {sum(map(len, truth))} faces missed; "
+          f"the best window on each:")
+    for size, best in sorted(missed):
+        print(f"  a {size:.0f} px face: {best:.4f}")
+    print(f"  {len(false)} false boxes score " + ", ".join(f"{s:.4f}" for s in sorted(false)))
 
 
 BLANK_PHOTO = """
@@ -201,6 +237,8 @@ def main() -> None:
                              "cascade on held-out faces pasted into held-out scenes")
     parser.add_argument("--memory", action="store_true",
                         help="peak memory and time on blank 4 and 16 megapixel photos")
+    parser.add_argument("--misses", action="store_true",
+                        help="with --faces-data: the faces missed, and what outranks them")
     parser.add_argument("--speed", action="store_true",
                         help="start-up, 640x480 and 1 megapixel detection, and video frames per "
                              "second")
@@ -212,6 +250,8 @@ def main() -> None:
     model = detect.load_detector(args.model)
     if args.faces_data:
         versus_haar(model, args.faces_data)
+        if args.misses:
+            misses(model, args.faces_data)
     faces = lfw_faces.crops()[0].mean(axis=(1, 2)) / 255          # the 100 training faces
     print(f"{model.name} ({args.model}); lfw_faces' faces: mean grey {faces.mean():.2f}, "
           f"90th percentile {np.percentile(faces, 90):.2f}")
