@@ -86,7 +86,13 @@ def _chain(model) -> list:
 
 
 def _copy(layer, **changes):
+    """A new layer of ``layer``'s config whose weights start as zeros: the caller sets them,
+    and drawing random ones first was 3% of a 640x480 detection's profile (the pyramid rewrites
+    the classifier for each level)."""
     config = {**layer.get_config(), **changes, "name": layer.name}
+    for key in ("kernel_initializer", "depthwise_initializer"):
+        if key in config:
+            config[key] = "zeros"
     return type(layer).from_config(config)
 
 
@@ -120,7 +126,8 @@ def sliding_model(model, image_shape):
             if k == len(chain) - 1 and activation == "softmax":     # see Geometry.logits
                 activation, logits = "linear", True
             new = layer_types.Conv2D(config["units"], (h, w), activation=activation,
-                                     use_bias=config["use_bias"], name=layer.name)
+                                     use_bias=config["use_bias"], name=layer.name,
+                                     kernel_initializer="zeros")
             x = new(x)
             kernel, *bias = layer.get_weights()
             weights.append((new, [kernel.reshape(h, w, c, -1), *bias]))
@@ -150,15 +157,17 @@ def _check_fits(image_shape, window) -> None:
                           f"window {window}.")
 
 
-def window_scores(model, image: np.ndarray, target: int, band_pixels: int | None = None):
+def window_scores(model, image: np.ndarray, target: int, band_pixels: int | None = None,
+                  geometry: Geometry | None = None):
     """``(scores (rows, cols), Geometry)``: the probability of class ``target`` for every window
     of ``image`` ((H, W, C) in [0, 1]), from passes of the rewritten model over bands of
     ``band_pixels`` (default ``BAND_PIXELS``) image pixels, so memory stays bounded at any image
-    size. Bands overlap by a window less a stride: each window is scored once, whole."""
+    size. Bands overlap by a window less a stride: each window is scored once, whole.
+    ``geometry``: the model's, when the caller has it (every level of a pyramid shares it)."""
     band_pixels = band_pixels or BAND_PIXELS
     _check_fits(image.shape, model.input_shape[:2])
     # the stride decides where bands may start: known once a window-sized copy is rewritten
-    geometry = sliding_model(model, (*model.input_shape[:2], image.shape[2]))[1]
+    geometry = geometry or sliding_model(model, (*model.input_shape[:2], image.shape[2]))[1]
     wh, step = geometry.window[0], geometry.stride
     rows, cols = ((n - w) // step + 1 for n, w in zip(image.shape, geometry.window))
     per_band = max(1, (band_pixels // image.shape[1] - wh) // step + 1)
@@ -280,8 +289,9 @@ def scored_windows(model, pixels: np.ndarray, target: int, threshold: float, min
     pixels at its level)``. What detection keeps and bootstrapping mines."""
     height, width = pixels.shape[:2]
     window = tuple(model.input_shape[:2])
+    geometry = None
     for size, level in _levels(pixels, window, min_size, max_size):
-        scores, geometry = window_scores(model, level, target)
+        scores, geometry = window_scores(model, level, target, geometry=geometry)
         sy, sx = height / size[1], width / size[0]            # level pixels -> image pixels
         for i, j in zip(*np.nonzero(scores >= threshold)):
             top, left = i * geometry.stride, j * geometry.stride
