@@ -177,18 +177,18 @@ CALIBRATED = {
 
 
 CALIBRATED_COMPILED = {
-    (64, 32, 32, 16, 16, 3): {"direct": 38.3, "winograd": 18.7, "fourier": 21.8},
-    (64, 16, 16, 32, 32, 3): {"direct": 17.9, "winograd": 7.6, "fourier": 11.7},
-    (64, 8, 8, 64, 64, 3): {"direct": 10.3, "winograd": 5.3, "fourier": 8.6},
-    (64, 32, 32, 24, 32, 3): {"direct": 76.1, "winograd": 33.5, "fourier": 48.6},
-    (64, 4, 4, 128, 128, 3): {"direct": 8.6, "winograd": 6.5, "fourier": 11.8},
-    (64, 30, 30, 32, 32, 3): {"direct": 81.8, "winograd": 37.5, "fourier": 50.1},
-    (64, 16, 16, 128, 128, 3): {"direct": 178.3, "winograd": 61.2, "fourier": 122.8},
-    (64, 12, 12, 32, 64, 5): {"direct": 53.9, "fourier": 14.0},
-    (4, 32, 32, 16, 16, 3): {"direct": 1.5, "winograd": 1.3, "fourier": 2.5},
-    (4, 8, 8, 64, 64, 3): {"direct": 0.8, "winograd": 1.1, "fourier": 1.8},
-    (4, 16, 16, 128, 128, 3): {"direct": 9.1, "winograd": 9.2, "fourier": 22.1},
-    (4, 12, 12, 32, 64, 5): {"direct": 2.4, "fourier": 2.5},
+    (64, 32, 32, 16, 16, 3): {"direct": 38.4, "winograd": 16.7, "fourier": 23.5},
+    (64, 16, 16, 32, 32, 3): {"direct": 18.7, "winograd": 8.3, "fourier": 11.5},
+    (64, 8, 8, 64, 64, 3): {"direct": 10.5, "winograd": 5.5, "fourier": 8.6},
+    (64, 32, 32, 24, 32, 3): {"direct": 72.0, "winograd": 34.9, "fourier": 47.5},
+    (64, 4, 4, 128, 128, 3): {"direct": 8.3, "winograd": 6.8, "fourier": 11.7},
+    (64, 30, 30, 32, 32, 3): {"direct": 77.5, "winograd": 39.8, "fourier": 48.6},
+    (64, 16, 16, 128, 128, 3): {"direct": 164.0, "winograd": 63.7, "fourier": 115.2},
+    (64, 12, 12, 32, 64, 5): {"direct": 52.1, "fourier": 13.2},
+    (4, 32, 32, 16, 16, 3): {"direct": 1.3, "winograd": 1.0, "fourier": 2.4},
+    (4, 8, 8, 64, 64, 3): {"direct": 0.7, "winograd": 1.1, "fourier": 1.6},
+    (4, 16, 16, 128, 128, 3): {"direct": 9.5, "winograd": 9.9, "fourier": 27.3},
+    (4, 12, 12, 32, 64, 5): {"direct": 2.2, "fourier": 2.3},
 }
 
 

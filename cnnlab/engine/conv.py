@@ -51,13 +51,14 @@ ALGORITHMS = ("auto", "direct", "fourier", "winograd")
 #: (Winograd F(2x2)), which also prices every shape Winograd does not apply to;
 #: ``SECONDS_PER_COMPILED`` with the compiled kernels on (Winograd F(4x4)), which prices 3x3
 #: layers when they run. The compiled fit (2-core machine, batches 4, 16 and 64 of the 14 shapes
-#: in conv_paths.py): median error 11% (direct), 11% (winograd) and 9% (fourier); worst 47%,
-#: 72% and 64%, at batch 4, where fixed costs dominate.
+#: in conv_paths.py, refitted for the tile-row transforms): median error 10% (direct),
+#: 7% (winograd) and 9% (fourier); worst 46%, 79% and 61%, at batch 4, where fixed costs
+#: dominate.
 SECONDS_PER = {"direct": (1.8e-11, 5.8e-10, 0.0), "winograd": (2.71e-11, 2.88e-10, 2.54e-06),
                "fourier": (3.81e-11, 0.0, 4.7e-06)}
-SECONDS_PER_COMPILED = {"direct": (1.28e-11, 8.8e-10, 1.32e-06),
-                        "winograd": (6.99e-12, 4.48e-10, 1.13e-06),
-                        "fourier": (3.68e-11, 0.0, 1.64e-05)}
+SECONDS_PER_COMPILED = {"direct": (1.29e-11, 7.44e-10, 0.0),
+                        "winograd": (1.62e-11, 3.45e-10, 1.67e-06),
+                        "fourier": (3.59e-11, 0.0, 1.35e-05)}
 
 
 #: which gradients follow a forward pass: "all" (the kernel's and the input's), "kernel" (the
@@ -244,10 +245,12 @@ class WinogradCache(NamedTuple):
 
 
 def _winograd_chunks(n: int, out_hw, c: int, f: int, dtype, tiling) -> list[slice]:
-    """Batch chunks whose transformed tiles (V and M, and as much again of scratch) fit the
-    budget: alpha^2 * th * tw * 2 * (C + F) values per image."""
+    """Batch chunks whose transformed tiles (V and M, the two arrays a chunk holds at once) fit
+    the budget: alpha^2 * th * tw * (C + F) values per image. One chunk keeps V for the backward
+    pass; more redo it there (ResNet-20's first stage at batch 128 on one thread, when this
+    counted V and M twice: an input transform more per convolution, 5% of a step)."""
     th, tw = winograd.tile_counts(out_hw, tiling.m)
-    return batch_chunks(n, tiling.alpha ** 2 * th * tw * 2 * (c + f) * np.dtype(dtype).itemsize)
+    return batch_chunks(n, tiling.alpha ** 2 * th * tw * (c + f) * np.dtype(dtype).itemsize)
 
 
 def _winograd_forward(x, kernel, bias, pads, workspace):
