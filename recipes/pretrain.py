@@ -172,8 +172,10 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures
 
 
 def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None = None,
-             epochs: int | None = None, verbose: int = 2, negatives=None, seed: int = 0) -> dict:
+             epochs: int | None = None, verbose: int = 2, negatives=None, seed: int = 0,
+             mining_rounds: int | None = None) -> dict:
     run = RUNS[weights]
+    rounds = run.get("mining_rounds") if mining_rounds is None else mining_rounds
     data = data or run.get("data")
     if data is None:
         raise SystemExit(f"{weights}: pass --data (the extracted CIFAR-10 training folder, or "
@@ -189,8 +191,8 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         model, train, test = new_run(settings)
         start = time.perf_counter()
         mined = []
-        if run.get("mining_rounds"):
-            model, mined = bootstrap(model, settings, train, test, run["mining_rounds"],
+        if rounds:
+            model, mined = bootstrap(model, settings, train, test, rounds,
                                      negatives, verbose, pictures)
         else:
             fit_run(model, settings, train, test, verbose=verbose)
@@ -231,6 +233,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--seed", type=int, default=0,
                         help="the run's seed (default: %(default)s, what made the shipped files)")
+    parser.add_argument("--mining-rounds", type=int,
+                        help="faces, web_faces: rounds of hard-negative mining (default: the "
+                             "recipe's)")
     parser.add_argument("--out", help="default: cnnlab/weights/<model>-<weights>.cnnlab")
     parser.add_argument("--negatives", metavar="DIR",
                         help="faces: also cut not-faces from the photos in DIR")
@@ -242,7 +247,7 @@ def main() -> None:
     classes = args.classes.split(",") if args.classes else None
     negatives = (args.negatives, args.negatives_count) if args.negatives else None
     record = pretrain(args.weights, args.data, out, classes, args.epochs, negatives=negatives,
-                      seed=args.seed)
+                      seed=args.seed, mining_rounds=args.mining_rounds)
     print(f"Wrote {os.path.normpath(out)}: {record['accuracy']:.2%} on "
           f"{record['held_out_images']:,} held-out images, {record['train_seconds']:.0f} s")
 
