@@ -1,12 +1,15 @@
 """The compiled kernels against the NumPy reference they replace, measured in one run:
 
-    python benchmarks/kernels.py
+    python benchmarks/kernels.py          # all five
+    python benchmarks/kernels.py --ops    # the first only
 
 1. each op alone, on the shapes of ResNet-20: BatchNormalization's training forward and backward
    together at batch 128; a 3x3 convolution's forward and both gradients at batch 64 (one
    shard of 128 on 2 cores), on the path ``conv.choose`` picks with each setting (the
    reference's frequency domain or F(2x2); the compiled F(4x4) Winograd); a 3x3 depthwise
-   convolution's on MobileNet's shapes. The reference's time, the kernels', and the ratio;
+   convolution's on MobileNet's shapes; 2x2 max pooling's (cifar10_cnn's and the article's
+   pools in training, a face detection's first level at inference). The reference's time,
+   the kernels', and the ratio;
 2. their share of whole ResNet-20 training steps (batch 128, 1 thread, so the profile is one
    thread's): cumulative profiled time in each op over the steps, each path;
 3. whole steps at 1 thread and at the machine's thread count, the two paths interleaved;
@@ -32,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 import cnnlab
 from cnnlab import zoo
-from cnnlab.engine import conv, depthwise
+from cnnlab.engine import conv, depthwise, pool
 from cnnlab.engine import normalization as bn
 
 SHAPES = [(128 * 32 * 32, 16), (128 * 16 * 16, 32), (128 * 8 * 8, 64)]   # (M, C) per stage
@@ -48,6 +51,14 @@ def _best_ms(function, repeats=20) -> float:
     return min(times) * 1e3
 
 
+def _reference_and_compiled_ms(step, repeats=20) -> dict:
+    found = {}
+    for kernels in ("numpy", "numba"):
+        cnnlab.config.set_kernels(kernels)
+        found[kernels] = _best_ms(step, repeats)
+    return found
+
+
 def op_times() -> None:
     print("BatchNormalization training forward + backward, float32 (best of 20):")
     rng = np.random.default_rng(0)
@@ -59,10 +70,7 @@ def op_times() -> None:
         def step(x=x, dy=dy, gamma=gamma, beta=beta):
             _, _, cache = bn.batch_norm_train_forward(x, gamma, beta, 1e-3)
             bn.batch_norm_train_backward(dy, cache)
-        found = {}
-        for kernels in ("numpy", "numba"):
-            cnnlab.config.set_kernels(kernels)
-            found[kernels] = _best_ms(step)
+        found = _reference_and_compiled_ms(step)
         print(f"  M={rows:>7,} C={channels:>3}: reference {found['numpy']:6.2f} ms, compiled "
               f"{found['numba']:6.2f} ms ({found['numpy'] / found['numba']:.1f}x)")
     print("3x3 convolution forward + both gradients, batch 64, float32, 1 thread (best of 10):")
@@ -92,12 +100,23 @@ def op_times() -> None:
             out, cache = depthwise.depthwise_conv2d_forward(x, kernel, None, (1, 1),
                                                             ((1, 1), (1, 1)))
             depthwise.depthwise_conv2d_backward(out, cache)
-        found = {}
-        for kernels in ("numpy", "numba"):
-            cnnlab.config.set_kernels(kernels)
-            found[kernels] = _best_ms(step, repeats=10)
+        found = _reference_and_compiled_ms(step, repeats=10)
         print(f"  {size}x{size}x{channels:<3}: reference {found['numpy']:6.2f} ms, compiled "
               f"{found['numba']:6.2f} ms ({found['numpy'] / found['numba']:.1f}x)")
+    print("2x2 max pooling, float32 (best of 20): training (forward + backward) at batch 64, "
+          "and inference on a 640x480 face detection's first level:")
+    for shape, training in (((64, 30, 30, 32), True), ((64, 24, 24, 32), True),
+                            ((1, 478, 638, 24), False)):
+        x = rng.standard_normal(shape).astype(np.float32)
+
+        def step(x=x, training=training):
+            out, cache = pool.max_pool2d_forward(x, (2, 2), (2, 2), keep_cache=training)
+            if training:
+                pool.max_pool2d_backward(out, cache)
+        found = _reference_and_compiled_ms(step)
+        print(f"  {'x'.join(map(str, shape)):<14} {'training' if training else 'inference'}: "
+              f"reference {found['numpy']:6.2f} ms, compiled {found['numba']:6.2f} ms "
+              f"({found['numpy'] / found['numba']:.1f}x)")
 
 
 def _resnet_step():
@@ -215,6 +234,8 @@ def cold_start() -> None:
 
 def main() -> None:
     op_times()
+    if sys.argv[1:] == ["--ops"]:
+        return
     share_of_steps()
     threads = cnnlab.config.threads()
     for count in sorted({1, threads}):

@@ -125,14 +125,16 @@ def test_the_fused_relu_is_the_relu_after_the_normalisation():
 
 
 def test_a_network_without_kernels_never_imports_numba():
-    """`import cnnlab` and training the article's network (no BatchNormalization) do not pay
-    Numba's import; the first BatchNormalization step does."""
+    """`import cnnlab` and training a network with no compiled op (a 5x5 convolution and a
+    Dense layer) do not pay Numba's import; the first BatchNormalization step does."""
     import os
     import subprocess
     import sys
     script = (
         "import sys, numpy as np, cnnlab\n"
-        "m = cnnlab.zoo.get('article')\n"
+        "L = cnnlab.layers\n"
+        "m = cnnlab.models.Sequential([L.Input((28, 28, 1)), L.Conv2D(4, 5), L.Flatten(),\n"
+        "                              L.Dense(10, activation='softmax')])\n"
         "m.compile(optimizer='sgd', loss='sparse_categorical_crossentropy')\n"
         "x = np.zeros((8, 28, 28, 1), np.float32)\n"
         "m.fit(x, np.arange(8) % 10, epochs=1, verbose=0)\n"
@@ -277,6 +279,61 @@ def test_depthwise_kernels_in_float32_within_rounding():
                                        err_msg=name)
 
 
+# --- max pooling: the compiled windows against the NumPy taps --------------------------------
+def _max_pool_pass(x, pool, strides, pads, grad_out):
+    from cnnlab.engine import pool as pool_ops
+    out, cache = pool_ops.max_pool2d_forward(x, pool, strides, pads)
+    inferred, _ = pool_ops.max_pool2d_forward(x, pool, strides, pads, keep_cache=False)
+    return out, cache[0], inferred, pool_ops.max_pool2d_backward(grad_out, cache)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), h=st.integers(1, 11),
+       w=st.integers(1, 11), c=st.integers(1, 19), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       strides=st.tuples(st.integers(1, 4), st.integers(1, 4)), pad=st.booleans(),
+       ties=st.booleans(), nan=st.booleans())
+@example(seed=0, n=1, h=4, w=4, c=3, kh=2, kw=2, strides=(2, 2), pad=False, ties=True, nan=True)
+def test_max_pool_kernels_equal_the_reference_in_float64(seed, n, h, w, c, kh, kw, strides, pad,
+                                                          ties, nan):
+    """Windows that tile the image, overlap or leave gaps; 'same' padding (a padded cell never
+    wins); ties (integer values: the first maximum wins); a NaN (the output is NaN, the winner
+    stays): output, winners and inference output bit for bit; the gradient to 1e-12 (where
+    windows overlap, a cell's gradients are summed in another order)."""
+    from hypothesis import assume
+    from cnnlab.engine.shapes import output_hw
+    pads = tuple(((k - 1) // 2, k // 2) for k in (kh, kw)) if pad else ((0, 0), (0, 0))
+    assume(h + sum(pads[0]) >= kh and w + sum(pads[1]) >= kw)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, (n, h, w, c)).astype(float) if ties else rng.standard_normal(
+        (n, h, w, c))
+    if nan:
+        x[tuple(rng.integers(0, s) for s in x.shape)] = np.nan
+    grad_out = rng.standard_normal((n, *output_hw((h, w), (kh, kw), strides, pads), c))
+    fast, reference = _both(lambda: _max_pool_pass(x, (kh, kw), strides, pads, grad_out))
+    for name, a, b in zip(("out", "winner", "inferred"), fast, reference):
+        assert a.dtype == b.dtype, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    np.testing.assert_allclose(fast[3], reference[3], rtol=1e-12, atol=0, err_msg="dx")
+
+
+def test_max_pool_gradient_finds_the_maximum_of_a_window_of_more_than_256_cells():
+    """A 17 x 17 window has 289 taps: their index outgrew the byte it was kept in, and the
+    gradient went to the wrong cell. Checked against the argmax of each window, on both paths."""
+    from cnnlab.engine import pool as pool_ops
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 34, 17, 3))
+    for kernels in ("numba", "numpy"):
+        cnnlab.config.set_kernels(kernels)
+        out, cache = pool_ops.max_pool2d_forward(x, (17, 17), (17, 17))
+        dx = pool_ops.max_pool2d_backward(np.ones_like(out), cache)
+        for n, oy, c in np.ndindex(2, 2, 3):
+            window = x[n, oy * 17:(oy + 1) * 17, :, c]
+            expected = np.zeros_like(window)
+            expected[np.unravel_index(window.argmax(), window.shape)] = 1
+            np.testing.assert_array_equal(dx[n, oy * 17:(oy + 1) * 17, :, c], expected,
+                                          err_msg=kernels)
+
+
 def test_every_kernel_releases_the_gil():
     """Training splits a batch over threads (``config.threads()``), each running kernels on its
     shard; a kernel that held the GIL would run the shards one after another (measured on
@@ -289,11 +346,12 @@ def test_every_kernel_releases_the_gil():
     import numba
     folder = os.path.dirname(compiled.__file__)
     names = sorted(name[:-3] for name in os.listdir(folder) if name.endswith("_kernels.py"))
-    assert names == ["depthwise_kernels", "normalization_kernels", "winograd_kernels"]
+    assert names == ["depthwise_kernels", "normalization_kernels", "pool_kernels",
+                     "winograd_kernels"]
     kernels = [obj for name in names
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 2 + 5 + 3
+    assert len(kernels) == 2 + 5 + 2 + 3
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 
@@ -329,4 +387,4 @@ def test_kernels_stay_in_bounds(tmp_path):
     run = subprocess.run([sys.executable, "-c", BOUNDS_CHECKED_RUN, __file__], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "3 passed" in run.stdout, run.stdout[-2000:]
+    assert "4 passed" in run.stdout, run.stdout[-2000:]

@@ -6,13 +6,16 @@ Shapes (letters defined in ``cnnlab.engine``)::
     out  (N, Ho, Wo, C)   Ho = floor((Hp - KH) / sh) + 1, the same formula as convolution
 
 Pooling works on each channel on its own, so no matrix multiply is involved: windows are read
-through the same strided view as im2col (``sliding_windows``) and reduced.
+through the same strided view as im2col (``sliding_windows``) and reduced. Max pooling runs
+compiled (``pool_kernels``) when ``config.kernels()`` is 'numba'; the NumPy code here is its
+reference.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.engine import compiled
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import col2im, pad_images, sliding_windows, tap_slices
 
@@ -22,6 +25,11 @@ def window_tap(xp: np.ndarray, i: int, j: int, strides: tuple[int, int],
     """Tap ``(i, j)`` of every window at once, as a view: ``(N, Ho, Wo, C)``."""
     rows, cols = tap_slices(i, j, strides, (1, 1), out_hw)
     return xp[:, rows, cols, :]
+
+
+def winner_dtype(pool: tuple[int, int]):
+    """The type that holds a tap index 0 .. KH*KW - 1: a byte up to 16x16 windows."""
+    return np.uint8 if pool[0] * pool[1] <= 256 else np.int32
 
 
 def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int, int],
@@ -38,9 +46,16 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
     """
     n, h, w, c = x.shape
     out_hw = output_hw((h, w), pool, strides, pads)
+    kernels = compiled.module("pool_kernels")
+    if kernels is not None:
+        best = np.empty((n, *out_hw, c), dtype=x.dtype)
+        winner = np.empty(best.shape, winner_dtype(pool))   # not written unless keep_cache
+        kernels.max_pool(np.ascontiguousarray(x), *pool, *strides, pads[0][0], pads[1][0], best,
+                         winner, keep_cache)
+        return best, (winner if keep_cache else None, x.shape, pool, strides, pads)
     xp = pad_images(x, pads, value=-np.inf)                                 # (N, Hp, Wp, C)
     best = window_tap(xp, 0, 0, strides, out_hw).copy()                     # (N, Ho, Wo, C)
-    winner = np.zeros(best.shape, dtype=np.uint8) if keep_cache else None   # tap index, 0..255
+    winner = np.zeros(best.shape, winner_dtype(pool)) if keep_cache else None   # tap index
     for tap in range(1, pool[0] * pool[1]):
         candidate = window_tap(xp, tap // pool[1], tap % pool[1], strides, out_hw)
         if keep_cache:
@@ -48,7 +63,7 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
             # better than everything before it. Arithmetic, not np.where or boolean indexing,
             # which are 30x slower here.
             better = (candidate > best).view(np.uint8)
-            np.maximum(winner, better * np.uint8(tap), out=winner)
+            np.maximum(winner, better * winner.dtype.type(tap), out=winner)
         np.maximum(best, candidate, out=best)
     return best, (winner, x.shape, pool, strides, pads)
 
@@ -61,6 +76,12 @@ def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     winner, x_shape, pool, strides, pads = cache
     n, h, w, c = x_shape
     (top, bottom), (left, right) = pads
+    kernels = compiled.module("pool_kernels")
+    if kernels is not None:
+        grad_x = np.empty(x_shape, dtype=grad_out.dtype)
+        kernels.max_pool_backward(np.ascontiguousarray(grad_out), winner, *pool, *strides, top,
+                                  left, grad_x)
+        return grad_x
     grad_xp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=grad_out.dtype)
     out_hw = grad_out.shape[1:3]
     overlapping = strides[0] < pool[0] or strides[1] < pool[1]
@@ -82,7 +103,7 @@ def max_pool2d_forward_reference(x, pool, strides, pads=((0, 0), (0, 0))):
     flat = windows.reshape(n, ho, wo, pool[0] * pool[1], c)                 # (N, Ho, Wo, KH*KW, C)
     winner = flat.argmax(axis=3)                                            # first maximum
     out = np.take_along_axis(flat, winner[:, :, :, None, :], axis=3)[:, :, :, 0, :]
-    return out, (winner.astype(np.uint8), x.shape, pool, strides, pads)
+    return out, (winner.astype(winner_dtype(pool)), x.shape, pool, strides, pads)
 
 
 def _real_cells_per_window(size: int, window: int, stride: int, pad_before: int,
