@@ -300,6 +300,7 @@ def test_max_pool_kernels_equal_the_reference_in_float64(seed, n, h, w, c, kh, k
     stays): output, winners and inference output bit for bit; the gradient to 1e-12 (where
     windows overlap, a cell's gradients are summed in another order)."""
     from hypothesis import assume
+
     from cnnlab.engine.shapes import output_hw
     pads = tuple(((k - 1) // 2, k // 2) for k in (kh, kw)) if pad else ((0, 0), (0, 0))
     assume(h + sum(pads[0]) >= kh and w + sum(pads[1]) >= kw)
