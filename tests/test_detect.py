@@ -288,3 +288,52 @@ def test_the_threshold_the_recipe_chose_is_the_detectors_default(digit_detector)
         del model.metadata["detection"]
     assert kept and all(d.score >= scores[len(scores) // 2] for d in kept)
     assert len(kept) < len(everything)
+
+
+# --- bad photos and memory -----------------------------------------------------------------------
+def test_bad_photos_get_a_clear_message_or_the_right_answer(tmp_path):
+    """A truncated JPEG is named as such; a 1x1 picture and a 20,000 x 40 strip hold no face
+    (smaller than the window, or blank) and say so with no box; a greyscale or RGBA PNG of the
+    astronaut gives exactly the boxes of her RGB photo."""
+    pytest.importorskip("skimage")
+    from portraits import astronaut
+
+    from cnnlab.errors import DataError
+    photo = astronaut()
+    photo.save(tmp_path / "whole.jpg")
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.jpg.*corrupt or truncated"):
+        detect.detect(tmp_path / "cut.jpg")
+    Image.new("L", (1, 1)).save(tmp_path / "dot.png")
+    Image.new("L", (20_000, 40), 128).save(tmp_path / "strip.png")
+    assert detect.detect(tmp_path / "dot.png") == []
+    assert detect.detect(tmp_path / "strip.png") == []
+    expected = detect.detect(photo)
+    assert len(expected) == 1
+    for mode in ("L", "RGBA"):
+        photo.convert(mode).save(tmp_path / f"{mode}.png")
+        assert detect.detect(tmp_path / f"{mode}.png") == expected, mode
+
+
+PEAK_MEMORY = """
+import resource, sys
+import numpy as np
+from cnnlab.tasks import detect
+found = detect.detect(np.full((4000, 4000, 1), 0.5, np.float32))
+print(len(found), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in kB on Linux")
+def test_a_16_megapixel_detection_peaks_under_a_gigabyte():
+    """The pyramid runs over bands of ``BAND_PIXELS``, so memory does not grow with the photo:
+    a blank 4000 x 4000 photo peaked at 7.66 GB before the bands, 476 MB with them (``python
+    benchmarks/detect.py --memory``). Measured as the fresh process's peak RSS, against the
+    issue's bound of 1 GB."""
+    out = subprocess.run([sys.executable, "-c", PEAK_MEMORY], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    boxes, kilobytes = (int(v) for v in out.stdout.split())
+    assert boxes == 0
+    assert kilobytes < 1024 * 1024, f"peak RSS {kilobytes / 1024:.0f} MB"
