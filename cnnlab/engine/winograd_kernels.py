@@ -107,7 +107,7 @@ def input_tiles(x, bt, top, left, tiles_h, tiles_w, v):
 @numba.njit(cache=True, nogil=True)
 def output_tiles(mt, at, bias, tiles_h, tiles_w, y):
     """``y[n, ty*m + a, tx*m + b, f] = bias[f] + sum_{i, j} at[a, i] * M[i*alpha + j, t, f] *
-    at[b, j]``, the tiles' overhang past ``y``'s edge dropped. ``y`` C-contiguous."""
+    at[b, j]``, the tiles' overhang past ``y``'s edge dropped. ``M`` and ``y`` C-contiguous."""
     batch, out_h, out_w, filters = y.shape
     m, alpha = at.shape
     span = tiles_w * filters
