@@ -317,24 +317,25 @@ def test_bad_photos_get_a_clear_message_or_the_right_answer(tmp_path):
 
 
 PEAK_MEMORY = """
-import resource, sys
 import numpy as np
 from cnnlab.tasks import detect
 found = detect.detect(np.full((4000, 4000, 1), 0.5, np.float32))
-print(len(found), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+with open("/proc/self/status") as status:        # this program's own peak, in kB
+    peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+print(len(found), peak)
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in kB on Linux")
-def test_a_16_megapixel_detection_stays_within_its_memory_bound():
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_a_16_megapixel_detection_peaks_under_a_gigabyte():
     """The pyramid runs over bands of ``BAND_PIXELS``, so memory does not grow with the photo:
-    a blank 4000 x 4000 photo peaked at 7.66 GB before the bands. With them it measures
-    485-534 MB in a fresh process, but one full run of the suite in a clean clone measured
-    1,137 MB (not reproduced alone or with the rest of this file; not explained). So the
-    bound is 2 GB: wide of both, and far below what a pyramid without bands takes."""
+    a blank 4000 x 4000 photo peaked at 7.66 GB before the bands, about 500 MB with them.
+    Measured as the fresh process's VmHWM, not ``ru_maxrss``: Linux keeps ``ru_maxrss`` across
+    exec, so a child of a large process (pytest after the CLI tests: about 0.8-1 GB) reported
+    its parent's size, and a first version of this test failed in CI at 1,137 MB."""
     out = subprocess.run([sys.executable, "-c", PEAK_MEMORY], capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     boxes, kilobytes = (int(v) for v in out.stdout.split())
     assert boxes == 0
-    assert kilobytes < 2 * 1024 * 1024, f"peak RSS {kilobytes / 1024:.0f} MB"
+    assert kilobytes < 1024 * 1024, f"peak RSS {kilobytes / 1024:.0f} MB"
