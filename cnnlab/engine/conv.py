@@ -247,8 +247,8 @@ class WinogradCache(NamedTuple):
 def _winograd_chunks(n: int, out_hw, c: int, f: int, dtype, tiling) -> list[slice]:
     """Batch chunks whose transformed tiles (V and M, the two arrays a chunk holds at once) fit
     the budget: alpha^2 * th * tw * (C + F) values per image. One chunk keeps V for the backward
-    pass; more redo it there (ResNet-20's first stage at batch 128 on one thread, when this
-    counted V and M twice: an input transform more per convolution, 5% of a step)."""
+    pass; more redo it there (ResNet-20's first stage at batch 128 on one thread did, when this
+    counted V and M twice: one input transform more per convolution)."""
     th, tw = winograd.tile_counts(out_hw, tiling.m)
     return batch_chunks(n, tiling.alpha ** 2 * th * tw * (c + f) * np.dtype(dtype).itemsize)
 

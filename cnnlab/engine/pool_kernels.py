@@ -15,6 +15,11 @@ multiplies and adds per tap. Here each window is read once and each gradient cel
 usual 2x2), every covered cell is written exactly once, so only the margin no window reaches
 is zeroed first.
 
+Both kernels walk a window's taps as two nested loops, rows then columns, each skipping what
+lies off the image. One flat loop over the taps through a shared helper (``tap // kw``,
+``tap % kw``) read better but measured 15-25% slower in ``benchmarks/kernels.py --ops``, so
+the two loop heads stay written out.
+
 Ties and NaN as the reference: every window starts at -inf with tap 0 winning (the padded
 cell's value), a later tap wins only if strictly greater, and a NaN makes the output NaN
 (``np.maximum``) without taking the winner.
