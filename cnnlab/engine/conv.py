@@ -34,7 +34,7 @@ import numpy as np
 
 from cnnlab.engine import fourier, winograd
 from cnnlab.engine.shapes import Pads, output_hw
-from cnnlab.engine.windows import batch_chunks, col2im, column_sums, im2col, tap_slices
+from cnnlab.engine.windows import batch_chunks, col2im, column_sums, im2col, tap_slices, transposed_product
 from cnnlab.errors import ConfigError
 
 #: 'auto': :func:`choose` picks per layer. 'direct' (im2col, or one GEMM for 1x1), 'fourier' or
@@ -354,13 +354,14 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     grad_rows = grad_out.reshape(n * ho * wo, f)                                 # (N*Ho*Wo, F)
     # with the ones column, the same product yields the bias gradient as its last row
     if cols is not None:
-        grad_weights = cols.reshape(-1, k).T @ grad_rows                         # (K [+ 1], F)
+        grad_weights = transposed_product(cols.reshape(-1, k), grad_rows)        # (K [+ 1], F)
     else:
         grad_weights = np.zeros((k, f), dtype=grad_out.dtype)
         buffer = None
         for chunk in batch_chunks(n, ho * wo * k * grad_out.dtype.itemsize):
             buffer = im2col(x[chunk], (kh, kw), strides, pads, dilation, fold, buffer)
-            grad_weights += buffer.reshape(-1, k).T @ grad_out[chunk].reshape(-1, f)
+            grad_weights += transposed_product(buffer.reshape(-1, k),
+                                               grad_out[chunk].reshape(-1, f))
     grad_kernel = grad_weights[:kh * kw * c].reshape(kh, kw, c, f)
     if fold:
         grad_bias = grad_weights[-1].copy()                                      # (F,)
@@ -395,7 +396,8 @@ def conv2d_backward_reference(grad_out: np.ndarray, cache, need_input_grad: bool
         cols = im2col(x, (kh, kw), strides, pads, dilation)
     cols = cols[..., :kh * kw * c]                                               # drop ones column
     grad_rows = grad_out.reshape(n * ho * wo, f)                                 # (N*Ho*Wo, F)
-    grad_kernel = (cols.reshape(-1, kh * kw * c).T @ grad_rows).reshape(kh, kw, c, f)
+    grad_kernel = transposed_product(cols.reshape(-1, kh * kw * c),
+                                     grad_rows).reshape(kh, kw, c, f)
     grad_bias = grad_rows.sum(axis=0) if has_bias else None
     if not need_input_grad:
         return None, grad_kernel, grad_bias

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.engine.windows import column_sums
+from cnnlab.engine.windows import column_sums, transposed_product
 
 
 def dense_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None):
@@ -26,7 +26,7 @@ def dense_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None):
 def dense_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     """Returns ``(grad_x (N, D_in) or None, grad_kernel (D_in, D_out), grad_bias (D_out,) or None)``."""
     x, kernel, has_bias = cache
-    grad_kernel = x.T @ grad_out                      # (D_in, D_out)
+    grad_kernel = transposed_product(x, grad_out)     # (D_in, D_out)
     grad_bias = column_sums(grad_out) if has_bias else None          # (D_out,)
     # (kernel @ grad_out^T)^T is the same product, but BLAS runs that shape faster: 1.44 ms
     # instead of 1.80 ms for the article's Dense(1000) at a shard of 64 (the result is a view)

@@ -108,6 +108,17 @@ def col2im(grad_windows: np.ndarray, input_shape: tuple[int, ...], strides: tupl
     return grad_xp[:, top:top + h, left:left + w, :]                  # (N, H, W, C)
 
 
+def transposed_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a.T @ b`` for ``a (M, K)`` and ``b (M, F)``: ``(K, F)``, a weight gradient (rows of
+    inputs against rows of output gradients). NumPy's matmul takes a scalar loop when M is 1
+    (one image through a Dense layer): 1.5 ms for the article's 9216 x 128 kernel, against
+    0.15 ms through BLAS once a row of zeros is added, which adds 0 to each value (only a -0
+    turns into +0)."""
+    if a.shape[0] == 1:
+        a, b = np.concatenate([a, np.zeros_like(a)]), np.concatenate([b, np.zeros_like(b)])
+    return a.T @ b
+
+
 #: rows per block in :func:`column_sums`
 SUM_BLOCK = 256
 

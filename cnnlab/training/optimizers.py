@@ -5,7 +5,8 @@ Keras' published one; default hyper-parameters are Keras'. What every optimizer 
 Keras 3: a learning rate that may be a schedule (``schedules``), ``weight_decay`` decoupled from
 the gradient (``p -= lr * weight_decay * p`` before the update, Loshchilov & Hutter's AdamW
 rule), and gradient clipping (``clipvalue``, ``clipnorm`` per parameter, ``global_clipnorm``
-over all). Parameters are updated in place, so every layer keeps its own arrays.
+over all). Parameters are updated in place, so every layer keeps its own arrays; the arithmetic
+of each rule, with the decay and clipping inside its one pass, is ``engine.updates``.
 
 >>> import numpy as np
 >>> w, g = np.ones(3), np.full(3, 0.5)
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 
 import numpy as np
 
+from cnnlab.engine import updates
 from cnnlab.errors import ConfigError, ModelFileError
 from cnnlab.training import schedules
 from cnnlab.training.schedules import LearningRateSchedule
@@ -89,20 +92,20 @@ class Optimizer:
                               f"{self.iterations}; a learning rate must be finite and >= 0.")
         return float(lr)
 
-    def _clip(self, grads: list) -> list:
-        """``clipvalue`` element-wise, ``clipnorm`` per gradient, ``global_clipnorm`` over all:
-        new arrays, the given ones untouched."""
+    def _scales(self, grads: list) -> list[float]:
+        """Each gradient's factor from ``clipnorm`` (per gradient) or ``global_clipnorm`` (over
+        all), 1.0 where none; the norms are those of the ``clipvalue``-clipped gradients, in
+        Keras' order. The update itself clips and scales, in its one pass."""
+        if self.clipnorm is None and self.global_clipnorm is None:
+            return [1.0] * len(grads)
         if self.clipvalue is not None:
             grads = [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
+        squares = [float(np.vdot(g, g).real) for g in grads]
         if self.clipnorm is not None:
-            norms = [np.sqrt(np.vdot(g, g).real) for g in grads]
-            grads = [g * (self.clipnorm / n) if n > self.clipnorm else g
-                     for g, n in zip(grads, norms)]
-        if self.global_clipnorm is not None:
-            norm = np.sqrt(sum(np.vdot(g, g).real for g in grads))
-            if norm > self.global_clipnorm:
-                grads = [g * (self.global_clipnorm / norm) for g in grads]
-        return grads
+            return [self.clipnorm / np.sqrt(s) if np.sqrt(s) > self.clipnorm else 1.0
+                    for s in squares]
+        norm = np.sqrt(sum(squares))
+        return [self.global_clipnorm / norm if norm > self.global_clipnorm else 1.0] * len(grads)
 
     def apply(self, params_and_grads) -> None:
         """Update each parameter in place from its gradient: ``(param, grad)`` pairs, or
@@ -110,14 +113,14 @@ class Optimizer:
         items = [item if len(item) == 3 else (f"#{id(item[0])}", *item)
                  for item in params_and_grads]
         self._step_lr = self.current_learning_rate()
-        grads = self._clip([grad for _, _, grad in items])
+        scales = self._scales([grad for _, _, grad in items])
         self.iterations += 1
         work = []
-        for (key, param, _), grad in zip(items, grads):
+        for (key, param, grad), scale in zip(items, scales):
             slots = self._slots.get(key)
             if slots is None or any(s.shape != param.shape for s in slots.values()):
                 slots = self._slots[key] = self._new_slots(param)
-            work.append((param, grad, slots))
+            work.append((param, grad, slots, scale))
         if self.elementwise:
             # the update reads and writes every parameter, gradient and slot once more after
             # the backward pass: ~1.8 ms of a 23 ms step of the article's network, memory-bound,
@@ -131,11 +134,10 @@ class Optimizer:
         self._update_all(work)
 
     def _update_all(self, work) -> None:
-        decay = self._step_lr * self.weight_decay
-        for param, grad, slots in work:
-            if decay:
-                param -= decay * param          # decoupled: the gradient never sees it
-            self._update(param, grad, slots)
+        clipping = {"decay": self._step_lr * self.weight_decay,   # decoupled: g never sees it
+                    "clip": math.inf if self.clipvalue is None else self.clipvalue}
+        for param, grad, slots, scale in work:
+            self._update(param, grad, slots, scale=scale, **clipping)
 
     def apply_gradients(self, grads_and_vars) -> None:
         """Keras spelling: ``(gradient, variable)`` pairs."""
@@ -144,7 +146,9 @@ class Optimizer:
     def _new_slots(self, param: np.ndarray) -> dict[str, np.ndarray]:
         return {}
 
-    def _update(self, param, grad, slots) -> None:
+    def _update(self, param, grad, slots, **clipping) -> None:
+        """One parameter's update, in place (an ``engine.updates`` rule); ``clipping``: its
+        ``decay``, ``clip`` and ``scale`` arguments."""
         raise NotImplementedError
 
     # --- state, for saving and resuming -------------------------------------------------------
@@ -224,16 +228,10 @@ class SGD(Optimizer):
     def _new_slots(self, param):
         return {"momentum_buffer": np.zeros_like(param)} if self.momentum else {}
 
-    def _update(self, param, grad, slots):
-        if self.momentum:
-            buf = slots["momentum_buffer"]
-            if self.iterations == 1:
-                buf[...] = grad
-            else:
-                buf *= self.momentum
-                buf += grad
-            grad = grad + self.momentum * buf if self.nesterov else buf
-        param -= self._step_lr * grad
+    def _update(self, param, grad, slots, **clipping):
+        updates.sgd(param, grad, slots.get("momentum_buffer"), lr=self._step_lr,
+                    momentum=self.momentum, nesterov=self.nesterov,
+                    first_step=self.iterations == 1, **clipping)
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -262,15 +260,12 @@ class Adam(Optimizer):
     def _new_slots(self, param):
         return {"m": np.zeros_like(param), "v": np.zeros_like(param)}
 
-    def _update(self, param, grad, slots):
-        m, v = slots["m"], slots["v"]
-        m *= self.beta_1
-        m += (1 - self.beta_1) * grad
-        v *= self.beta_2
-        v += (1 - self.beta_2) * (grad * grad)
-        step_size = self._step_lr / (1 - self.beta_1 ** self.iterations)
-        denom = np.sqrt(v) / np.sqrt(1 - self.beta_2 ** self.iterations) + self.epsilon
-        param -= step_size * (m / denom)
+    def _update(self, param, grad, slots, **clipping):
+        updates.adam(param, grad, slots["m"], slots["v"],
+                     step_size=self._step_lr / (1 - self.beta_1 ** self.iterations),
+                     beta_1=self.beta_1, beta_2=self.beta_2,
+                     bias_root=math.sqrt(1 - self.beta_2 ** self.iterations),
+                     epsilon=self.epsilon, **clipping)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
@@ -319,23 +314,10 @@ class RMSprop(Optimizer):
             slots["average_gradient"] = np.zeros_like(param)
         return slots
 
-    def _update(self, param, grad, slots):
-        velocity = slots["velocity"]
-        velocity *= self.rho
-        velocity += (1 - self.rho) * (grad * grad)
-        denominator = velocity
-        if self.centered:
-            average = slots["average_gradient"]
-            average *= self.rho
-            average += (1 - self.rho) * grad
-            denominator = velocity - average * average
-        increment = self._step_lr * grad / np.sqrt(denominator + self.epsilon)
-        if self.momentum:
-            buf = slots["momentum"]
-            buf *= self.momentum
-            buf += increment
-            increment = buf
-        param -= increment
+    def _update(self, param, grad, slots, **clipping):
+        updates.rmsprop(param, grad, slots["velocity"], slots.get("average_gradient"),
+                        slots.get("momentum"), lr=self._step_lr, rho=self.rho,
+                        momentum=self.momentum, epsilon=self.epsilon, **clipping)
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,

@@ -126,25 +126,26 @@ MIN_SPLIT_ELEMENTS = 1 << 16
 
 
 def split_elementwise(work: list) -> list[list] | None:
-    """``(param, grad, slots)`` triples -> one group per thread with near-equal element counts,
-    or None when one thread should do it all. Large parameters are cut into row ranges, one per
-    group: views, so an in-place update of each piece updates the whole, bit for bit as if done
-    at once. Small ones go whole to the least loaded group."""
+    """``(param, grad, slots, *rest)`` items -> one group per thread with near-equal element
+    counts, or None when one thread should do it all. Large parameters are cut into row ranges,
+    one per group: views, so an in-place update of each piece updates the whole, bit for bit as
+    if done at once (``rest``, the parameter's scalars, goes with each piece). Small ones go
+    whole to the least loaded group."""
     count = config.threads()
-    if count < 2 or sum(param.size for param, _, _ in work) < count * MIN_SPLIT_ELEMENTS:
+    if count < 2 or sum(item[0].size for item in work) < count * MIN_SPLIT_ELEMENTS:
         return None
     groups, loads = [[] for _ in range(count)], [0] * count
-    for param, grad, slots in work:
+    for param, grad, slots, *rest in work:
         same_shape = all(getattr(s, "shape", None) == param.shape for s in slots.values())
         if param.size >= MIN_SPLIT_ELEMENTS and param.shape[0] >= count and same_shape:
             bounds = [param.shape[0] * i // count for i in range(count + 1)]
             for i, (start, stop) in enumerate(zip(bounds, bounds[1:])):
                 rows = slice(start, stop)
                 groups[i].append((param[rows], grad[rows],
-                                  {name: s[rows] for name, s in slots.items()}))
+                                  {name: s[rows] for name, s in slots.items()}, *rest))
                 loads[i] += param[rows].size
         else:
             i = loads.index(min(loads))
-            groups[i].append((param, grad, slots))
+            groups[i].append((param, grad, slots, *rest))
             loads[i] += param.size
     return groups

@@ -1,0 +1,74 @@
+"""Compiled optimizer updates, beside their NumPy reference (``updates.py``, whose docstring has
+the formulas). Every array is 1-D, one element per parameter entry; every scalar comes in the
+parameter's dtype, so nothing is widened and each value is rounded where the reference rounds it.
+
+Each kernel makes one pass: it reads the parameter, the gradient and the slots once and writes
+the parameter and the slots once, where the reference makes a pass per term. Weight decay and
+clipping happen inside the same pass. A slot that is off (no momentum, not centered) comes as an
+empty array and is never touched.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(inline="always")
+def _decayed(p, decay):
+    return p - decay * p if decay != 0 else p
+
+
+@numba.njit(inline="always")
+def _clipped(g, clip, scale):
+    """``clip(g, -clip, clip) * scale``; a NaN stays NaN, as in ``np.clip``."""
+    if g < -clip:
+        g = -clip
+    elif g > clip:
+        g = clip
+    return g * scale
+
+
+@numba.njit(cache=True, nogil=True)
+def sgd(param, grad, buffer, lr, momentum, decay, clip, scale, nesterov, first_step):
+    for i in range(param.shape[0]):
+        p = _decayed(param[i], decay)
+        g = _clipped(grad[i], clip, scale)
+        if momentum != 0:
+            b = g if first_step else buffer[i] * momentum + g
+            buffer[i] = b
+            g = g + momentum * b if nesterov else b
+        param[i] = p - lr * g
+
+
+@numba.njit(cache=True, nogil=True)
+def adam(param, grad, m, v, step_size, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2,
+         bias_root, epsilon, decay, clip, scale):
+    for i in range(param.shape[0]):
+        p = _decayed(param[i], decay)
+        g = _clipped(grad[i], clip, scale)
+        m_i = m[i] * beta_1 + one_minus_beta_1 * g
+        v_i = v[i] * beta_2 + one_minus_beta_2 * (g * g)
+        m[i], v[i] = m_i, v_i
+        param[i] = p - step_size * (m_i / (np.sqrt(v_i) / bias_root + epsilon))
+
+
+@numba.njit(cache=True, nogil=True)
+def rmsprop(param, grad, velocity, average, buffer, lr, rho, one_minus_rho, momentum, epsilon,
+            decay, clip, scale):
+    centered, with_momentum = average.shape[0] > 0, buffer.shape[0] > 0
+    for i in range(param.shape[0]):
+        p = _decayed(param[i], decay)
+        g = _clipped(grad[i], clip, scale)
+        v_i = velocity[i] * rho + one_minus_rho * (g * g)
+        velocity[i] = v_i
+        denominator = v_i
+        if centered:
+            a_i = average[i] * rho + one_minus_rho * g
+            average[i] = a_i
+            denominator = v_i - a_i * a_i
+        increment = lr * g / np.sqrt(denominator + epsilon)
+        if with_momentum:
+            increment = buffer[i] * momentum + increment
+            buffer[i] = increment
+        param[i] = p - increment

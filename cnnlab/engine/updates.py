@@ -1,0 +1,140 @@
+"""Optimizer updates: one parameter, in place. The arithmetic of ``training.optimizers``, which
+keeps the step count, the learning-rate schedule and the slots and calls these.
+
+Shapes: ``param``, ``grad`` and every slot have one shape (any); the scalars are Python floats,
+used in the parameter's dtype (a float32 parameter is updated in float32 throughout, as
+``torch.optim`` does).
+
+Every update first takes, per element::
+
+    p -= decay * p                            decoupled weight decay (decay = lr * weight_decay)
+    g  = clip(grad, -clip, clip) * scale      clipvalue (clip = inf: none); scale from clipnorm
+                                              or global_clipnorm (1: none)
+
+and then::
+
+    SGD      b = g on the first step, else momentum * b + g       (momentum > 0)
+             g = g + momentum * b if nesterov, else b
+             p -= lr * g
+    Adam     m = beta_1 * m + (1 - beta_1) * g
+             v = beta_2 * v + (1 - beta_2) * g^2
+             p -= step_size * (m / (sqrt(v) / bias_root + epsilon))
+    RMSprop  v = rho * v + (1 - rho) * g^2
+             a = rho * a + (1 - rho) * g                          (centered)
+             d = lr * g / sqrt(v - a^2 + epsilon)                 (a = 0 unless centered)
+             p -= d, or with momentum  b = momentum * b + d;  p -= b
+
+An update has no backward. The NumPy code here makes one pass over the parameter's size per
+term: SGD with momentum 4 after the clipping, Adam 13. The compiled kernels
+(``update_kernels``) read each element of the parameter, gradient and slots once and write the
+parameter and slots once, with the same operations in the same order, so the two paths agree
+bit for bit (tested). On the article's network at batch 1, SGD's update of its 1.2 M weights
+took 1.5 ms of a 4.4 ms step on the reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cnnlab.engine import compiled
+
+
+def sgd(param, grad, buffer, *, lr, momentum=0.0, nesterov=False, first_step=False,
+        decay=0.0, clip=math.inf, scale=1.0) -> None:
+    """``buffer``: the momentum buffer, or None without momentum."""
+    kernels = _kernels(param, buffer)
+    if kernels is not None:
+        kernels.sgd(*_flat(param, grad, buffer), *_typed(param, lr, momentum, decay, clip, scale),
+                    bool(nesterov), bool(first_step))
+        return
+    g = _decayed_and_clipped(param, grad, decay, clip, scale)
+    t = param.dtype.type
+    if momentum:
+        if first_step:
+            buffer[...] = g
+        else:
+            buffer *= t(momentum)
+            buffer += g
+        g = g + t(momentum) * buffer if nesterov else buffer
+    param -= t(lr) * g
+
+
+def adam(param, grad, m, v, *, step_size, beta_1, beta_2, bias_root, epsilon, decay=0.0,
+         clip=math.inf, scale=1.0) -> None:
+    """``step_size = lr / (1 - beta_1^t)``, ``bias_root = sqrt(1 - beta_2^t)`` at step t."""
+    kernels = _kernels(param, m, v)
+    if kernels is not None:
+        kernels.adam(*_flat(param, grad, m, v),
+                     *_typed(param, step_size, beta_1, 1 - beta_1, beta_2, 1 - beta_2,
+                             bias_root, epsilon, decay, clip, scale))
+        return
+    g = _decayed_and_clipped(param, grad, decay, clip, scale)
+    t = param.dtype.type
+    m *= t(beta_1)
+    m += t(1 - beta_1) * g
+    v *= t(beta_2)
+    v += t(1 - beta_2) * (g * g)
+    denominator = np.sqrt(v)
+    denominator /= t(bias_root)
+    denominator += t(epsilon)
+    param -= t(step_size) * (m / denominator)
+
+
+def rmsprop(param, grad, velocity, average, buffer, *, lr, rho, momentum, epsilon, decay=0.0,
+            clip=math.inf, scale=1.0) -> None:
+    """``average``: the mean gradient (centered), ``buffer``: the momentum; each None when off."""
+    kernels = _kernels(param, velocity, average, buffer)
+    if kernels is not None:
+        kernels.rmsprop(*_flat(param, grad, velocity, average, buffer),
+                        *_typed(param, lr, rho, 1 - rho, momentum, epsilon, decay, clip, scale))
+        return
+    g = _decayed_and_clipped(param, grad, decay, clip, scale)
+    t = param.dtype.type
+    velocity *= t(rho)
+    velocity += t(1 - rho) * (g * g)
+    denominator = velocity
+    if average is not None:
+        average *= t(rho)
+        average += t(1 - rho) * g
+        denominator = velocity - average * average
+    increment = t(lr) * g / np.sqrt(denominator + t(epsilon))
+    if buffer is not None:
+        buffer *= t(momentum)
+        buffer += increment
+        increment = buffer
+    param -= increment
+
+
+def _decayed_and_clipped(param, grad, decay, clip, scale):
+    """The reference's first two lines of every update: ``p -= decay * p`` in place, and the
+    gradient, in the parameter's dtype, clipped and scaled (a new array only when it changes)."""
+    t = param.dtype.type
+    if decay:
+        param -= t(decay) * param
+    g = np.asarray(grad, param.dtype)
+    if clip != math.inf:
+        g = np.clip(g, -t(clip), t(clip))
+    return g * t(scale) if scale != 1.0 else g
+
+
+def _kernels(param, *slots):
+    """The compiled kernels when they are on and every array they write is one C-contiguous
+    block (a parameter and its slots always are; a strided view passed in by hand is not)."""
+    if not all(a is None or a.flags.c_contiguous for a in (param, *slots)):
+        return None
+    return compiled.module("update_kernels")
+
+
+def _flat(param, grad, *slots):
+    """1-D views for the kernels; the gradient in the parameter's dtype (a copy only if not);
+    an absent slot as an empty array of that dtype."""
+    flat = param.reshape(-1)
+    return (flat, np.ascontiguousarray(grad, param.dtype).reshape(-1),
+            *(flat[:0] if s is None else s.reshape(-1) for s in slots))
+
+
+def _typed(param, *scalars):
+    t = param.dtype.type
+    return tuple(t(s) for s in scalars)
