@@ -17,8 +17,8 @@ def model_and_data(dtype="float64"):
     model.compile(optimizer=optimizers.SGD(0.1, momentum=0.9), loss="categorical_crossentropy",
                   metrics=["accuracy"])
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((37, 10, 10, 2)).astype(dtype)      # 37: shards of 19 and 18
-    y = cnnlab.utils.to_categorical(rng.integers(0, 3, 37), 3, dtype=dtype)
+    x = rng.standard_normal((50, 10, 10, 2)).astype(dtype)      # shards of 25 / 17, 17, 16
+    y = cnnlab.utils.to_categorical(rng.integers(0, 3, 50), 3, dtype=dtype)
     return model, x, y
 
 
@@ -29,8 +29,8 @@ def test_sharded_step_equals_single_thread_step(dtype, rtol):
         cnnlab.config.set_threads(threads)
         model, x, y = model_and_data(dtype)
         loss, acc = model.train_on_batch(x, y)
-        results[threads] = (loss, model.get_weights(), model.predict(x, batch_size=37, verbose=0),
-                            model.evaluate(x, y, batch_size=37, verbose=0))
+        results[threads] = (loss, model.get_weights(), model.predict(x, batch_size=50, verbose=0),
+                            model.evaluate(x, y, batch_size=50, verbose=0))
     cnnlab.config.set_threads(2)
     single = results[1]
     for threads in (2, 3):

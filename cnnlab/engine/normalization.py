@@ -60,15 +60,17 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     and ``shift = beta - mean * scale``: two passes over x besides the sums. ``relu``: ``y`` is
     ``max(y, 0)``, in the same pass on the compiled path (``graph.fusion`` asks for it when a
     ReLU is the BN's sole consumer), and backward takes the ReLU's gradient too."""
-    count = batch_sum(np.array([x.shape[0]], dtype=np.float64))[0]   # M over every part
     kernels = compiled.module("normalization_kernels")
     if kernels is not None:
         squares = None                                                # one pass, no x*x array
-        sums = batch_sum(kernels.channel_sums(x, x))                  # (2, C) in float64
+        sums = kernels.channel_sums(x, x)                             # (2, C) in float64
     else:
         squares = np.multiply(x, x)                                   # (M, C)
-        sums = batch_sum(np.stack([column_sums(x, np.float64),        # (2, C), whole batch, in
-                                   column_sums(squares, np.float64)]))  # float64 until the end
+        sums = np.stack([column_sums(x, np.float64),                  # (2, C), in float64
+                         column_sums(squares, np.float64)])           # until the end
+    # one exchange for the row count and both sums: M and (2, C) over every part
+    totals = batch_sum(np.concatenate([[x.shape[0]], sums.ravel()]))
+    count, sums = totals[0], totals[1:].reshape(sums.shape)
     mean64 = sums[0] / count
     var64 = np.maximum(sums[1] / count - mean64 * mean64, 0)
     mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)         # (C,)
