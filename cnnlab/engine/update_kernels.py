@@ -6,6 +6,11 @@ Each kernel makes one pass: it reads the parameter, the gradient and the slots o
 the parameter and the slots once, where the reference makes a pass per term. Weight decay and
 clipping happen inside the same pass. A slot that is off (no momentum, not centered) comes as an
 empty array and is never touched.
+
+SGD with momentum on the article's 1.2 M Dense weights, float32: 1.24 ms on the reference,
+0.54 ms here. Adam: 4.29 -> 3.16 ms; its loop reads four arrays and LLVM leaves it scalar (no
+vector instructions in its code, with NumPy's sqrt or LLVM's own), as with other loops here
+over four arrays or more.
 """
 
 from __future__ import annotations
