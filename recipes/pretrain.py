@@ -147,7 +147,8 @@ def choose_threshold(model, held_out) -> dict:
             "photos": len(photos), "faces": sum(len(b) for _, b in photos)}
 
 
-def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures=None):
+def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures=None,
+              mining_limit: int = 5000):
     """Train ``model``, then ``rounds`` times: take the windows of the not-face pictures that
     the detector calls faces (score >= 0.5) as further not-faces, and train a fresh network."""
     if negatives:
@@ -159,7 +160,8 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures
     for round_ in range(rounds):
         if pictures is None:
             pictures = [p[..., None].astype(np.float32) for p in lfw_faces.not_face_pictures()]
-        hard = detect.hard_negatives(model, pictures, threshold=0.5, seed=settings["seed"] + round_)
+        hard = detect.hard_negatives(model, pictures, threshold=0.5, limit=mining_limit,
+                                     seed=settings["seed"] + round_)
         mined.append(len(hard))
         print(f"Round {round_ + 1}: {len(hard)} windows of the not-face pictures taken for "
               f"faces; training again with them as not-faces", flush=True)
@@ -173,7 +175,7 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures
 
 def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None = None,
              epochs: int | None = None, verbose: int = 2, negatives=None, seed: int = 0,
-             mining_rounds: int | None = None) -> dict:
+             mining_rounds: int | None = None, mining_limit: int = 5000) -> dict:
     run = RUNS[weights]
     rounds = run.get("mining_rounds") if mining_rounds is None else mining_rounds
     data = data or run.get("data")
@@ -193,7 +195,7 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         mined = []
         if rounds:
             model, mined = bootstrap(model, settings, train, test, rounds,
-                                     negatives, verbose, pictures)
+                                     negatives, verbose, pictures, mining_limit)
         else:
             fit_run(model, settings, train, test, verbose=verbose)
     seconds = time.perf_counter() - start
@@ -236,6 +238,9 @@ def main() -> None:
     parser.add_argument("--mining-rounds", type=int,
                         help="faces, web_faces: rounds of hard-negative mining (default: the "
                              "recipe's)")
+    parser.add_argument("--mining-limit", type=int, default=5000,
+                        help="faces, web_faces: at most this many mined windows a round, drawn "
+                             "at random (default: %(default)s)")
     parser.add_argument("--out", help="default: cnnlab/weights/<model>-<weights>.cnnlab")
     parser.add_argument("--negatives", metavar="DIR",
                         help="faces: also cut not-faces from the photos in DIR")
@@ -247,7 +252,8 @@ def main() -> None:
     classes = args.classes.split(",") if args.classes else None
     negatives = (args.negatives, args.negatives_count) if args.negatives else None
     record = pretrain(args.weights, args.data, out, classes, args.epochs, negatives=negatives,
-                      seed=args.seed, mining_rounds=args.mining_rounds)
+                      seed=args.seed, mining_rounds=args.mining_rounds,
+                      mining_limit=args.mining_limit)
     print(f"Wrote {os.path.normpath(out)}: {record['accuracy']:.2%} on "
           f"{record['held_out_images']:,} held-out images, {record['train_seconds']:.0f} s")
 

@@ -57,9 +57,12 @@ def test_softmax_is_finite_for_huge_logits():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
-def test_dense_matches_torch(dtype, bias):
+@pytest.mark.parametrize("batch", [5, 1])
+def test_dense_matches_torch(dtype, bias, batch):
+    """Batch 1 included: its weight gradient is an outer product, which goes to BLAS with a row
+    of zeros added (``windows.transposed_product``)."""
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((5, 12)).astype(dtype)
+    x = rng.standard_normal((batch, 12)).astype(dtype)
     kernel = rng.standard_normal((12, 7)).astype(dtype)
     b = rng.standard_normal(7).astype(dtype) if bias else None
     out, cache = dense_forward(x, kernel, b)

@@ -48,6 +48,9 @@ def test_shards_are_contiguous_and_cover_the_batch():
     parts = shards(50)
     assert [(p.start, p.stop) for p in parts] == [(0, 17), (17, 34), (34, 50)]
     assert shards(15) is None                 # too small to be worth splitting
+    cnnlab.config.set_threads(2)
+    assert shards(31) is None                 # a shard of 15 would lose (MIN_SHARD's note)
+    assert [(p.start, p.stop) for p in shards(32)] == [(0, 16), (16, 32)]
     cnnlab.config.set_threads(1)
     assert shards(1000) is None
     cnnlab.config.set_threads(2)
