@@ -14,6 +14,15 @@ result the same for 1 and 2 threads up to the shards' own sums). So every kernel
 ResNet-20 at 2 threads: 0.547 s a step compiled against 0.521 s on the reference while the
 kernels held it, 0.418 s against 0.552 s once they released it).
 
+Threads inside the kernels instead (``prange`` twins of the three Winograd transforms, the
+thread count passed in, run where a batch is not split) were measured and dropped, 2 cores,
+ResNet-20 training steps: at batch 8, 132 ms a step with OpenMP's threads beside BLAS's, which
+spin and take each other's core (46 ms before); 39 ms with BLAS held to one thread; at batch
+128, 589 ms unsplit against 353 ms in shards; a 640x480 face detection took 0.19-0.31 s against
+0.165 s. The transforms alone ran 2.2-2.6x faster on two threads, bit for bit the same, but the
+rest of a step stayed on one core. To pay, every op of a step would have to use the cores
+itself, the GEMMs included.
+
 ``config.set_kernels("numpy")`` or ``CNNLAB_KERNELS=numpy`` selects the reference everywhere.
 Without Numba (an unsupported platform, a failed import) the reference runs, and one warning
 says how to get the compiled kernels.
