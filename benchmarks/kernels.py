@@ -8,8 +8,8 @@
    shard of 128 on 2 cores), on the path ``conv.choose`` picks with each setting (the
    reference's frequency domain or F(2x2); the compiled F(4x4) Winograd); a 3x3 depthwise
    convolution's on MobileNet's shapes; 2x2 max pooling's (cifar10_cnn's and the article's
-   pools in training, a face detection's first level at inference). The reference's time,
-   the kernels', and the ratio;
+   pools in training, a face detection's first level at inference); the optimizers' updates
+   of the article's largest weight matrix. The reference's time, the kernels', and the ratio;
 2. their share of whole ResNet-20 training steps (batch 128, 1 thread, so the profile is one
    thread's): cumulative profiled time in each op over the steps, each path;
 3. whole steps at 1 thread and at the machine's thread count, the two paths interleaved;
@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 import cnnlab
 from cnnlab import zoo
-from cnnlab.engine import conv, depthwise, pool
+from cnnlab.engine import conv, depthwise, pool, updates
 from cnnlab.engine import normalization as bn
 
 SHAPES = [(128 * 32 * 32, 16), (128 * 16 * 16, 32), (128 * 8 * 8, 64)]   # (M, C) per stage
@@ -117,6 +117,21 @@ def op_times() -> None:
         print(f"  {'x'.join(map(str, shape)):<14} {'training' if training else 'inference'}: "
               f"reference {found['numpy']:6.2f} ms, compiled {found['numba']:6.2f} ms "
               f"({found['numpy'] / found['numba']:.1f}x)")
+    print("Optimizer updates of the article's Dense kernel (9216 x 128, float32), one thread "
+          "(best of 20):")
+    param = rng.standard_normal((9216, 128)).astype(np.float32)
+    grad, first, second = (rng.standard_normal(param.shape).astype(np.float32) for _ in range(3))
+    second = np.abs(second)
+    rules = {"SGD, momentum 0.9": lambda: updates.sgd(param, grad, first, lr=1e-3, momentum=0.9),
+             "Adam": lambda: updates.adam(param, grad, first, second, step_size=1e-3,
+                                          beta_1=0.9, beta_2=0.999, bias_root=0.5,
+                                          epsilon=1e-7),
+             "RMSprop": lambda: updates.rmsprop(param, grad, second, None, None, lr=1e-3,
+                                                rho=0.9, momentum=0.0, epsilon=1e-7)}
+    for name, step in rules.items():
+        found = _reference_and_compiled_ms(step)
+        print(f"  {name:<18}: reference {found['numpy']:6.2f} ms, compiled "
+              f"{found['numba']:6.2f} ms ({found['numpy'] / found['numba']:.1f}x)")
 
 
 def _resnet_step():
