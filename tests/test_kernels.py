@@ -388,15 +388,23 @@ def test_update_kernels_equal_the_reference_bit_for_bit(rule, dtype, size, seed,
             np.testing.assert_array_equal(a, b, err_msg=f"{rule} step {step} {name}")
 
 
-def test_update_kernels_leave_a_strided_parameter_to_the_reference(monkeypatch):
-    """A kernel writes one contiguous block; a parameter that is a strided view (a column of a
-    matrix, passed by hand) is updated by the reference, in place, never through a copy."""
+def test_update_kernels_leave_what_they_cannot_take_to_the_reference():
+    """A kernel writes one contiguous block of float32 or float64. A parameter that is a strided
+    view (a column of a matrix, passed by hand) is updated by the reference, in place, never
+    through a copy; a float16 one too (Numba has no float16 arithmetic). A gradient of another
+    shape is refused before any kernel could read past its end."""
     from cnnlab.engine import updates
     cnnlab.config.set_kernels("numba")
     matrix = np.ones((4, 3))
     column = matrix[:, 1]
     updates.sgd(column, np.full(4, 2.0), None, lr=0.5)
     np.testing.assert_array_equal(matrix, [[1, 0, 1]] * 4)
+    with pytest.raises(cnnlab.errors.ShapeError, match=r"gradient of a parameter has shape "
+                                                       r"\(128,\); its parameter has \(4, 128\)"):
+        cnnlab.optimizers.SGD(0.1).apply([(np.ones((4, 128)), np.ones(128))])   # no broadcast
+    half = np.ones(3, np.float16)
+    cnnlab.optimizers.SGD(0.25, momentum=0.5).apply([(half, np.ones(3, np.float16))])
+    assert half.dtype == np.float16 and np.array_equal(half, [0.75] * 3)
 
 
 def test_every_kernel_releases_the_gil():

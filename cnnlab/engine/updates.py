@@ -120,9 +120,12 @@ def _decayed_and_clipped(param, grad, decay, clip, scale):
 
 
 def _kernels(param, *slots):
-    """The compiled kernels when they are on and every array they write is one C-contiguous
-    block (a parameter and its slots always are; a strided view passed in by hand is not)."""
-    if not all(a is None or a.flags.c_contiguous for a in (param, *slots)):
+    """The compiled kernels when they are on, the parameter is float32 or float64 (what layers
+    hold; ``Optimizer.apply`` takes any array, and Numba has no float16 arithmetic) and every
+    array they write is one C-contiguous block (a parameter and its slots always are; a strided
+    view passed in by hand is not)."""
+    if param.dtype not in (np.float32, np.float64) or not all(
+            a is None or a.flags.c_contiguous for a in (param, *slots)):
         return None
     return compiled.module("update_kernels")
 

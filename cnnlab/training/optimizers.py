@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from cnnlab.engine import updates
-from cnnlab.errors import ConfigError, ModelFileError
+from cnnlab.errors import ConfigError, ModelFileError, ShapeError
 from cnnlab.training import schedules
 from cnnlab.training.schedules import LearningRateSchedule
 
@@ -112,6 +112,11 @@ class Optimizer:
         ``(name, param, grad)`` triples (a model passes its parameters' names)."""
         items = [item if len(item) == 3 else (f"#{id(item[0])}", *item)
                  for item in params_and_grads]
+        for key, param, grad in items:
+            if np.shape(grad) != np.shape(param):
+                raise ShapeError(f"{type(self).__name__}: the gradient of "
+                                 f"{key if not key.startswith('#') else 'a parameter'} has shape "
+                                 f"{np.shape(grad)}; its parameter has {np.shape(param)}.")
         self._step_lr = self.current_learning_rate()
         scales = self._scales([grad for _, _, grad in items])
         self.iterations += 1
