@@ -25,9 +25,10 @@ from cnnlab import config
 
 #: below this many samples per shard, splitting costs more than it saves. Measured on 2 cores,
 #: one thread against two (ms a training step): the article's network 5.5 vs 7.2 at batch 16,
-#: 8.2 vs 8.8 at 32, 11.0 vs 9.8 at 48; ResNet-20 78 vs 85 at 16, 142 vs 112 at 32. A shard of 8
-#: loses because two threads running many small ops hand the GIL to each other after every
-#: one, and each shard waits at every BatchNormalization for the other's sums.
+#: 8.2 vs 8.8 at 32, 11.0 vs 9.8 at 48; ResNet-20 78 vs 85 at 16, 142 vs 112 at 32. Small shards
+#: run many small ops, and two threads doing that hand the GIL to each other after every one
+#: (a toy: 10 NumPy ops of 2 us between barriers took 100 us a round on two threads, 20 us on
+#: one); each shard also waits at every BatchNormalization for the other's sums.
 MIN_SHARD = 16
 
 _executor: ThreadPoolExecutor | None = None
