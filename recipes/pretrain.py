@@ -148,7 +148,7 @@ def choose_threshold(model, held_out) -> dict:
 
 
 def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures=None,
-              mining_limit: int = 5000):
+              mining_limit: int = detect.HARD_NEGATIVES_LIMIT):
     """Train ``model``, then ``rounds`` times: take the windows of the not-face pictures that
     the detector calls faces (score >= 0.5) as further not-faces, and train a fresh network."""
     if negatives:
@@ -175,7 +175,8 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures
 
 def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None = None,
              epochs: int | None = None, verbose: int = 2, negatives=None, seed: int = 0,
-             mining_rounds: int | None = None, mining_limit: int = 5000) -> dict:
+             mining_rounds: int | None = None,
+             mining_limit: int = detect.HARD_NEGATIVES_LIMIT) -> dict:
     run = RUNS[weights]
     rounds = run.get("mining_rounds") if mining_rounds is None else mining_rounds
     data = data or run.get("data")
@@ -238,7 +239,7 @@ def main() -> None:
     parser.add_argument("--mining-rounds", type=int,
                         help="faces, web_faces: rounds of hard-negative mining (default: the "
                              "recipe's)")
-    parser.add_argument("--mining-limit", type=int, default=5000,
+    parser.add_argument("--mining-limit", type=int, default=detect.HARD_NEGATIVES_LIMIT,
                         help="faces, web_faces: at most this many mined windows a round, drawn "
                              "at random (default: %(default)s)")
     parser.add_argument("--out", help="default: cnnlab/weights/<model>-<weights>.cnnlab")

@@ -309,8 +309,12 @@ def _levels(pixels: np.ndarray, window, min_size=None, max_size=None):
             size, Image.BILINEAR)) for c in range(pixels.shape[-1])], axis=-1)
 
 
+#: the most false windows :func:`hard_negatives` returns, drawn at random
+HARD_NEGATIVES_LIMIT = 5000
+
+
 def hard_negatives(model, pictures, target=None, threshold: float = 0.5,
-                   limit: int = 5000, seed: int = 0) -> np.ndarray:
+                   limit: int = HARD_NEGATIVES_LIMIT, seed: int = 0) -> np.ndarray:
     """Windows of ``pictures`` (arrays (H, W, C) in [0, 1] that show no object of the target
     class) that ``model`` scores ``threshold`` or more: its false positives, at every level of
     the pyramid, as crops of the window's size (at most ``limit``, drawn at random). Training
