@@ -20,7 +20,7 @@ ResNet-20 training steps: at batch 8, 132 ms a step with OpenMP's threads beside
 spin and take each other's core, and 35-39 ms with BLAS held to one thread, against 36-46 ms
 for these serial kernels over the same session; at batch 128, 589 ms unsplit against 353 ms in
 shards; a 640x480 face detection took 0.19-0.31 s against 0.165 s. The transforms alone ran
-2.2-2.6x faster on two threads, bit for bit the same, but the rest of a step stayed on one
+1.8-2.9x faster on two threads, bit for bit the same, but the rest of a step stayed on one
 core. To pay, every op of a step would have to use the cores itself, the GEMMs included.
 
 ``config.set_kernels("numpy")`` or ``CNNLAB_KERNELS=numpy`` selects the reference everywhere.

@@ -25,7 +25,7 @@ from cnnlab import config
 
 #: below this many samples per shard, splitting costs more than it saves. Measured on 2 cores,
 #: one thread against two (ms a training step): the article's network 5.5 vs 7.2 at batch 16,
-#: 8.2 vs 8.8 at 32, 11.0 vs 9.8 at 48; ResNet-20 78 vs 85 at 16, 142 vs 112 at 32. Small shards
+#: 8.2 vs 8.8 at 32, 11.0 vs 9.8 at 48; ResNet-20 78 vs 87 at 16, 143 vs 120 at 32. Small shards
 #: run many small ops, and two threads doing that hand the GIL to each other after every one
 #: (a toy: 10 NumPy ops of 2 us between barriers took 100 us a round on two threads, 20 us on
 #: one); each shard also waits at every BatchNormalization for the other's sums.
