@@ -3,11 +3,13 @@
     python tests/reliability/fuzz_model_file.py CORPUS_DIR -runs=100000
 
 Any other exception is a crash: libFuzzer stops and writes the input to crash-<hash>.
+Each input is written to ``fuzz-input.cnnlab`` in the working folder, where libFuzzer writes
+its crash files too (a temporary folder would outlive the run: libFuzzer exits without
+Python's cleanup).
 """
 
 import os
 import sys
-import tempfile
 
 import atheris
 
@@ -15,7 +17,7 @@ with atheris.instrument_imports(include=["cnnlab"]):
     import cnnlab
     from cnnlab.errors import CnnlabError
 
-PATH = os.path.join(tempfile.mkdtemp(prefix="cnnlab-fuzz-"), "input.cnnlab")
+PATH = os.path.abspath("fuzz-input.cnnlab")
 
 
 def test_one_input(data: bytes) -> None:
