@@ -19,8 +19,8 @@
    hand around the face, and how many other windows above the threshold overlap it (what the
    min-neighbours rule counts), with the rule and without.
 
-    python benchmarks/detect.py [--model faces|FILE] [--threshold 0.9] [--faces-data FILE]
-                                [--memory] [--speed]
+    python benchmarks/detect.py [--model faces|FILE] [--verifier FILE] [--threshold 0.9]
+                                [--faces-data FILE] [--memory] [--speed]
 
 - scikit-image's ``astronaut.png`` is the issue's target: one box overlaps her face with
   IoU >= 0.5 and no other box scores above the threshold.
@@ -94,14 +94,18 @@ def _test_photos(data: str, seed: int = web_faces.TEST_SEED):
     return photos, [boxes for _, boxes in photos]
 
 
-def versus_haar(model, data: str) -> None:
-    """Both detectors on the same pasted photos; their scores side by side."""
+def versus_haar(model, data: str, verifier=None) -> None:
+    """Both detectors on the same pasted photos; their scores side by side (cnnlab's with its
+    ``verifier`` too, when one is given)."""
     photos, truth = _test_photos(data)
     megapixels = sum(p.size for p, _ in photos) / 1e6
     print(f"{len(photos)} held-out scenes with {sum(map(len, truth))} held-out faces pasted in "
           f"(24-160 px), {megapixels:.1f} megapixels")
     detectors = {f"cnnlab {model.name}": lambda grey: detect.detect(grey[..., None], model,
                                                                     threshold=FLOOR)}
+    if verifier is not None:
+        detectors[f"cnnlab {model.name} + verifier"] = lambda grey: detect.detect(
+            grey[..., None], model, threshold=FLOOR, verifier=verifier)
     try:
         detectors["OpenCV Haar cascade"] = _haar()
     except ImportError:
@@ -176,6 +180,7 @@ start = time.perf_counter()
 from cnnlab.tasks import detect
 imported = time.perf_counter()
 model = detect.load_detector(sys.argv[1])
+verifier = detect.load_detector(sys.argv[3]) if len(sys.argv) > 3 else None
 loaded = time.perf_counter()
 sys.path.insert(0, sys.argv[2])
 from portraits import astronaut
@@ -184,21 +189,22 @@ for width, height in ((640, 480), (1000, 1000)):
     times = []
     for _ in range(6):
         begin = time.perf_counter()
-        detect.detect(photo, model)
+        detect.detect(photo, model, verifier=verifier)
         times.append(time.perf_counter() - begin)
     print(width, height, times[0], statistics.median(times[1:]))
 print("startup", imported - start, loaded - imported)
 """
 
 
-def speed(model: str) -> None:
-    """Start-up apart from detection, in a fresh process; then the video rate."""
+def speed(model: str, verifier: str | None = None) -> None:
+    """Start-up apart from detection, in a fresh process; then the video rate (the first stage
+    alone: ``tasks.video`` takes no verifier)."""
     tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
-    lines = subprocess.run([sys.executable, "-c", SPEED, model, tests], capture_output=True,
-                           text=True, check=True).stdout.splitlines()
+    lines = subprocess.run([sys.executable, "-c", SPEED, model, tests, *[verifier] * bool(verifier)],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
     imported, loaded = map(float, lines[-1].split()[1:])
-    print(f"Speed of tasks.detect ({model}), in a fresh process: import {imported:.2f} s, the "
-          f"model loaded in {loaded:.2f} s")
+    print(f"Speed of tasks.detect ({model}{' + ' + verifier if verifier else ''}), in a fresh "
+          f"process: import {imported:.2f} s, the model loaded in {loaded:.2f} s")
     for line in lines[:-1]:
         width, height, first, median = line.split()
         megapixels = int(width) * int(height) / 1e6
@@ -236,6 +242,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=detect.DEFAULT_MODEL)
     parser.add_argument("--threshold", type=float, default=detect.THRESHOLD)
+    parser.add_argument("--verifier", metavar="FILE",
+                        help="a second stage (recipes/pretrain.py web_faces writes one): scored "
+                             "beside the first alone with --faces-data, and timed with --speed")
     parser.add_argument("--faces-data", metavar="FILE",
                         help="faces-train.tar.gz (or its folder): compare with OpenCV's Haar "
                              "cascade on held-out faces pasted into held-out scenes")
@@ -250,10 +259,11 @@ def main() -> None:
     if args.memory:
         memory(args.model)
     if args.speed:
-        speed(args.model)
+        speed(args.model, args.verifier)
     model = detect.load_detector(args.model)
     if args.faces_data:
-        versus_haar(model, args.faces_data)
+        versus_haar(model, args.faces_data,
+                    args.verifier and detect.load_detector(args.verifier))
         if args.misses:
             misses(model, args.faces_data)
     faces = lfw_faces.crops()[0].mean(axis=(1, 2)) / 255          # the 100 training faces

@@ -144,6 +144,83 @@ def test_every_digit_on_a_page_is_found_with_at_most_one_false_positive(digit_de
         assert len(spurious) <= 1, (seed, spurious)
 
 
+def test_mining_skips_the_windows_on_known_objects_and_keeps_those_that_clip_them(
+        digit_detector):
+    page, truth = _page(5)
+    pixels = page[..., None]
+    windows = list(detect.scored_windows(digit_detector, pixels, 1, 0.5))
+    on_a_digit = [max(detect.iou(box, t) for t in truth) >= detect.MATCH_IOU
+                  for box, _, _ in windows]
+    assert sum(on_a_digit) >= len(truth)              # every digit lights windows to skip
+    expected = np.stack([crop for (_, _, crop), on in zip(windows, on_a_digit) if not on])
+    everything = detect.hard_negatives(digit_detector, [pixels], limit=10**6)
+    mined = detect.hard_negatives(digit_detector, [pixels], limit=10**6, boxes=[truth])
+    assert len(everything) == len(windows)
+    np.testing.assert_array_equal(mined, expected)
+    for_a_verifier = detect.hard_negatives(digit_detector, [pixels], limit=None, boxes=[truth],
+                                           size=(36, 36))
+    clipping = [box for (box, _, _), on in zip(windows, on_a_digit) if not on]
+    np.testing.assert_array_equal(for_a_verifier, detect.crop_windows(pixels, clipping, (36, 36)))
+    with pytest.raises(ConfigError, match="1 pictures but 2 lists of boxes"):
+        detect.hard_negatives(digit_detector, [pixels], boxes=[truth, []])
+
+
+def test_a_window_cropped_for_the_verifier_samples_the_photo_where_its_box_says():
+    # a plane f = x/W + 2y/H is reproduced exactly by any symmetric resampling, so each output
+    # pixel must hold f at the point of the photo its centre maps to
+    height, width = 120, 160
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    plane = (xs / width + 2 * ys / height).astype(np.float32) / 3
+    pixels = np.stack([plane, 1 - plane], axis=-1)                          # (H, W, 2)
+    boxes = [(40.0, 30.0, 88.0, 78.0), (52.5, 41.25, 76.5, 65.25), (60, 50, 96, 86)]
+    crops = detect.crop_windows(pixels, boxes, (12, 12))
+    assert crops.shape == (3, 12, 12, 2) and crops.dtype == np.float32
+    for crop, (x0, y0, x1, y1) in zip(crops, boxes):
+        centres = (np.arange(12) + 0.5) / 12
+        cy, cx = np.meshgrid(y0 + centres * (y1 - y0), x0 + centres * (x1 - x0), indexing="ij")
+        expected = (cx / width + 2 * cy / height) / 3
+        np.testing.assert_allclose(crop[..., 0], expected, atol=2e-5)
+        np.testing.assert_allclose(crop[..., 1], 1 - expected, atol=2e-5)
+    whole = detect.crop_windows(pixels, [(10, 20, 46, 56)], (36, 36))[0]
+    np.testing.assert_array_equal(whole, pixels[20:56, 10:46])        # no resizing: the pixels
+
+
+def _verifier(verdict: float | None):
+    """A 36x36 face_net whose every answer is the same: 0.5 for class 1 (weights all zero), or
+    as sure as ``verdict`` says (the last bias)."""
+    verifier = zoo.get("face_net", input_shape=(36, 36, 1), num_classes=2)
+    verifier.set_weights([np.zeros_like(w) for w in verifier.get_weights()])
+    if verdict is not None:
+        last = verifier.get_layer("predictions")
+        bias = np.log([1 - verdict, verdict]).astype(np.float32)
+        last.set_weights([last.get_weights()[0], bias])
+    return verifier
+
+
+def test_the_verifier_adds_its_log_odds_to_the_first_stage(digit_detector):
+    page, truth = _page(6)
+    alone = detect.detect(page[..., None], digit_detector, threshold=0.9, max_size=36)
+    undecided = detect.detect(page[..., None], digit_detector, threshold=0.9, max_size=36,
+                              verifier=_verifier(None))
+    assert alone and [d.box for d in undecided] == [d.box for d in alone]
+    np.testing.assert_allclose([d.score for d in undecided], [d.score for d in alone],
+                               rtol=1e-6)
+    windows = [(box, score) for box, score, _ in
+               detect.scored_windows(digit_detector, page[..., None], 1, 0.5)]
+    for verdict in (0.2, 0.9):
+        odds = verdict / (1 - verdict)
+        scored = detect.verified_windows(_verifier(verdict), page[..., None], windows, 1)
+        for (_, first), d in zip(windows, scored):
+            expected = first * odds / (first * odds + 1 - first)          # Bayes' rule on odds
+            assert d.score == pytest.approx(expected, rel=1e-5)
+    # the digits' first-stage scores reach the float64 clip, 1 - 1e-15: a verifier surer still
+    # that there is none (odds 1e-30) outweighs them
+    sure_not = detect.detect(page[..., None], digit_detector, threshold=0.9, max_size=36,
+                             verifier=_verifier(1e-30))
+    assert sure_not == []
+    assert detect.verified_windows(_verifier(None), page[..., None], [], 1) == []
+
+
 def test_cli_detect_prints_json_boxes_draws_them_and_says_when_there_are_none(
         digit_detector, tmp_path):
     page, truth = _page(5)
@@ -167,6 +244,15 @@ def test_cli_detect_prints_json_boxes_draws_them_and_says_when_there_are_none(
     result = run(str(tmp_path / "blank.png"), "--model", str(tmp_path / "digits.cnnlab"),
                  "--target", "cat")
     assert result.returncode == 1 and "no class 'cat'" in result.stderr
+    doubter = _verifier(1e-30)
+    doubter.metadata["detection"] = {"threshold": 0.95}          # the pair's, from its recipe
+    doubter.save(tmp_path / "verifier.cnnlab")
+    result = run(str(tmp_path / "page.png"), "--model", str(tmp_path / "digits.cnnlab"),
+                 "--verifier", str(tmp_path / "verifier.cnnlab"), "--json")
+    assert result.returncode == 0 and json.loads(result.stdout) == [], result.stderr
+    result = run(str(tmp_path / "blank.png"), "--model", str(tmp_path / "digits.cnnlab"),
+                 "--verifier", str(tmp_path / "verifier.cnnlab"))
+    assert result.returncode == 0 and "nothing scores 0.95 or more" in result.stdout
 
 
 def test_the_detect_page_draws_the_boxes_the_api_finds(digit_detector, tmp_path, monkeypatch):

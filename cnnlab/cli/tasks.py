@@ -53,10 +53,12 @@ def cmd_detect(args) -> int:
     if args.out:                                        # before the work, not after it
         outputs.given_path(args.out, "--out", outputs.image_extensions(), args.overwrite)
     model = detect.load_detector(args.model)
-    threshold = detect.default_threshold(model) if args.threshold is None else args.threshold
+    verifier = args.verifier and detect.load_detector(args.verifier)
+    threshold = (detect.default_threshold(verifier or model) if args.threshold is None
+                 else args.threshold)
     found = detect.detect(args.image, model=model, threshold=threshold,
                           target=args.target, min_size=args.min_size,
-                          min_neighbors=args.min_neighbors)
+                          min_neighbors=args.min_neighbors, verifier=verifier)
     if args.out:
         detect.draw(args.image, found, args.out)
     if args.json:
@@ -129,6 +131,9 @@ def add_commands(commands) -> None:
     boxes.add_argument("--model", default=DETECTOR,
                        help="the shipped face model (faces) or a .cnnlab classifier "
                             "(default: %(default)s)")
+    boxes.add_argument("--verifier", help="a second .cnnlab classifier that looks again at "
+                                          "every window the model passes (recipes/pretrain.py "
+                                          "web_faces trains one)")
     boxes.add_argument("--out", help="also draw the boxes and scores on the photo, saved here")
     boxes.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     boxes.add_argument("--json", action="store_true",
@@ -136,7 +141,8 @@ def add_commands(commands) -> None:
                             "pixels")
     boxes.add_argument("--threshold", type=float,
                        help=f"the least probability a box needs (default: the one the model's "
-                            f"recipe chose on validation photos, else {THRESHOLD})")
+                            f"recipe, or the verifier's, chose on validation photos, else "
+                            f"{THRESHOLD})")
     boxes.add_argument("--target", help="the class to find, by name or index (default: 'face', "
                                         "or class 1 of a two-class model)")
     boxes.add_argument("--min-size", type=positive_int,
