@@ -70,10 +70,6 @@ def measure(model, name: str, threshold: float) -> bool:
     return met
 
 
-#: the lowest score a detector reports here, so the precision-recall curve is traced far enough
-FLOOR = 0.5
-
-
 def _haar():
     import cv2
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
@@ -101,11 +97,12 @@ def versus_haar(model, data: str, verifier=None) -> None:
     megapixels = sum(p.size for p, _ in photos) / 1e6
     print(f"{len(photos)} held-out scenes with {sum(map(len, truth))} held-out faces pasted in "
           f"(24-160 px), {megapixels:.1f} megapixels")
-    detectors = {f"cnnlab {model.name}": lambda grey: detect.detect(grey[..., None], model,
-                                                                    threshold=FLOOR)}
+    # the curve of detect() itself, threshold by threshold (neighbours counted from each one)
+    detectors = {f"cnnlab {model.name}": lambda grey: detect.detection_curve(grey[..., None],
+                                                                             model)}
     if verifier is not None:
-        detectors[f"cnnlab {model.name} + verifier"] = lambda grey: detect.detect(
-            grey[..., None], model, threshold=FLOOR, verifier=verifier)
+        detectors[f"cnnlab {model.name} + verifier"] = lambda grey: detect.detection_curve(
+            grey[..., None], model, verifier)
     try:
         detectors["OpenCV Haar cascade"] = _haar()
     except ImportError:
@@ -127,9 +124,9 @@ def misses(model, data: str) -> None:
     photos, truth = _test_photos(data)
     target = detect.target_class(model)
     windows = [[detect.Detection(box, score) for box, score, _ in
-                detect.scored_windows(model, grey[..., None], target, FLOOR)]
+                detect.scored_windows(model, grey[..., None], target, detect.WINDOW_FLOOR)]
                for grey, _ in photos]
-    found = [detect.non_max_suppression(w, detect.NMS_IOU, detect.MIN_NEIGHBORS) for w in windows]
+    found = [detect.detection_curve(grey[..., None], model) for grey, _ in photos]
     threshold = detect.score_detections(found, truth).threshold
     missed, false = [], []
     for kept, boxes, scored in zip(found, truth, windows):

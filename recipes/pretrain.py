@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -63,12 +64,14 @@ RUNS = {
 }
 
 
-def class_subset(data: str, classes: list[str]) -> str:
-    """A folder of links to some of ``data``'s class folders (the images are not copied)."""
+def class_subset(data: str, classes: list[str], root: str) -> str:
+    """A folder in ``root`` of links to some of ``data``'s class folders (the images are not
+    copied)."""
     missing = sorted(set(classes) - set(os.listdir(data)))
     if missing:
         raise SystemExit(f"{data} has no class folders {missing}.")
-    root = tempfile.mkdtemp(prefix="cnnlab-subset-")
+    root = os.path.join(root, "classes")
+    os.mkdir(root)
     for name in classes:
         os.symlink(os.path.abspath(os.path.join(data, name)), os.path.join(root, name))
     return root
@@ -111,7 +114,10 @@ SQUARES_PER_SCENE = 80
 def web_faces_npz(path: str, folder: str, seed: int):
     """``faces-train.tar.gz`` as an ``.npz`` of 24x24 crops in ``folder`` (the training faces,
     each once, and squares of the training scenes; the held-out ones to score on):
-    ``(npz path, the training scenes as pictures to mine, the held-out Part)``."""
+    ``(npz path, pictures to mine, their face boxes, the training Part, the held-out Part)``.
+    The pictures are the training scenes, empty, and the same scenes with training faces
+    pasted in (their boxes known), where the windows that clip a face without framing it are
+    mined too."""
     from PIL import Image
     train, held_out = web_faces.split(web_faces.read(path))
     rng = np.random.default_rng(seed)
@@ -132,25 +138,82 @@ def web_faces_npz(path: str, folder: str, seed: int):
                                               np.ones(len(faces), np.uint8)])
     out = os.path.join(folder, "web_faces.npz")
     np.savez(out, **arrays)
-    return out, [s[..., None].astype(np.float32) / 255 for s in train.scenes], held_out
+    pasted = web_faces.pasted_photos(train.faces, train.scenes, seed=seed)
+    pictures = ([s[..., None].astype(np.float32) / 255 for s in train.scenes]
+                + [grey[..., None] for grey, _ in pasted])
+    boxes = [()] * len(train.scenes) + [known for _, known in pasted]
+    return out, pictures, boxes, train, held_out
 
 
-def choose_threshold(model, held_out) -> dict:
+def choose_threshold(model, held_out, verifier=None) -> dict:
     """The score threshold with the most recall at 0.3 false boxes a photo, on ``held_out``'s
-    faces pasted into its scenes (``web_faces.pasted_photos``), and what it gives there."""
+    faces pasted into its scenes (``web_faces.pasted_photos``), and what it gives there; of
+    ``model`` alone, or with ``verifier``."""
     photos = web_faces.pasted_photos(held_out.faces, held_out.scenes,
                                      seed=web_faces.VALIDATION_SEED)
-    found = [detect.detect(grey[..., None], model, threshold=0.5) for grey, _ in photos]
+    found = [detect.detection_curve(grey[..., None], model, verifier) for grey, _ in photos]
     scores = detect.score_detections(found, [boxes for _, boxes in photos])
     return {"threshold": scores.threshold, "average_precision": round(scores.average_precision, 4),
             "recall": round(scores.recall, 4), "false_boxes_per_photo": scores.false_per_photo,
             "photos": len(photos), "faces": sum(len(b) for _, b in photos)}
 
 
+#: the verifier sees each window at the crops' own resolution, 36x36, where the first stage
+#: sees 24x24; it trains on the first stage's false windows in the training scenes, empty and
+#: with training faces pasted in (``VERIFIER_ARRANGEMENTS`` arrangements)
+VERIFIER_SIZE = web_faces.SIZE
+VERIFIER_ARRANGEMENTS = 3
+VERIFIER_EPOCHS = 10
+
+
+def verifier_npz(first, train, held_out, folder: str, seed: int) -> tuple[str, int]:
+    """The verifier's data as an ``.npz`` in ``folder``: the training faces at 36x36 against
+    every window that ``first`` scores ``detect.WINDOW_FLOOR`` or more in the training scenes
+    and frames no face, and squares of the scenes; the held-out faces and squares to score on.
+    ``(path, how many windows were mined)``."""
+    rng = np.random.default_rng(seed)
+    size = (VERIFIER_SIZE, VERIFIER_SIZE)
+    pictures = [s[..., None].astype(np.float32) / 255 for s in train.scenes]
+    boxes = [()] * len(pictures)
+    for k in range(VERIFIER_ARRANGEMENTS):
+        for grey, known in web_faces.pasted_photos(train.faces, train.scenes,
+                                                   seed=1000 * (seed + 1) + k):
+            pictures.append(grey[..., None])
+            boxes.append(known)
+    mined = detect.hard_negatives(first, pictures, threshold=detect.WINDOW_FLOOR, limit=None,
+                                  boxes=boxes, size=size)
+    arrays = {}
+    for name, part, extra in (("train", train, mined), ("test", held_out, None)):
+        squares = np.concatenate([lfw_faces.random_squares(s / 255, SQUARES_PER_SCENE // 2, rng,
+                                                           VERIFIER_SIZE) for s in part.scenes])
+        others = squares if extra is None else np.concatenate(
+            [squares, (extra[..., 0] * 255).round().astype(np.uint8)])
+        arrays[f"x_{name}"] = np.concatenate([others, part.faces])
+        arrays[f"y_{name}"] = np.concatenate([np.zeros(len(others), np.uint8),
+                                              np.ones(len(part.faces), np.uint8)])
+    out = os.path.join(folder, "web_faces_verifier.npz")
+    np.savez(out, **arrays)
+    return out, len(mined)
+
+
+def train_verifier(first, train, held_out, folder: str, seed: int, verbose: int):
+    """A second ``face_net``, at 36x36, trained on what ``first`` gets wrong, through ``cnnlab
+    train``'s path: ``(verifier, its settings, its held-out crops, windows mined)``."""
+    path, mined = verifier_npz(first, train, held_out, folder, seed)
+    print(f"Verifier: {mined} windows of the training scenes the first stage took for faces",
+          flush=True)
+    settings = run_settings(model="face_net", data=path, seed=seed, epochs=VERIFIER_EPOCHS)
+    with seeding.seeded(seed):
+        verifier, train_part, test_part = new_run(settings)
+        fit_run(verifier, settings, _with_not_faces(train_part), test_part, verbose=verbose)
+    return verifier, settings, test_part, mined
+
+
 def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures=None,
-              mining_limit: int = detect.HARD_NEGATIVES_LIMIT):
-    """Train ``model``, then ``rounds`` times: take the windows of the not-face pictures that
-    the detector calls faces (score >= 0.5) as further not-faces, and train a fresh network."""
+              mining_limit: int = detect.HARD_NEGATIVES_LIMIT, boxes=None):
+    """Train ``model``, then ``rounds`` times: take the windows of the pictures that the
+    detector calls faces (score >= 0.5) and that frame none of the faces in ``boxes`` as
+    further not-faces, and train a fresh network."""
     if negatives:
         train = _with_not_faces(train, photo_squares(negatives[0], negatives[1]))
     elif pictures is not None:        # web_faces' .npz holds each face once: balance them now
@@ -161,7 +224,7 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures
         if pictures is None:
             pictures = [p[..., None].astype(np.float32) for p in lfw_faces.not_face_pictures()]
         hard = detect.hard_negatives(model, pictures, threshold=0.5, limit=mining_limit,
-                                     seed=settings["seed"] + round_)
+                                     seed=settings["seed"] + round_, boxes=boxes)
         mined.append(len(hard))
         print(f"Round {round_ + 1}: {len(hard)} windows of the not-face pictures taken for "
               f"faces; training again with them as not-faces", flush=True)
@@ -173,58 +236,93 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures
     return model, mined
 
 
+def save_verifier(first, first_path, train, held_out, folder, seed, verbose, out) -> None:
+    """Train ``first``'s verifier (web_faces), choose the pair's threshold on the validation
+    photos, and write it to ``out`` with its record."""
+    start = time.perf_counter()
+    verifier, settings, test, mined = train_verifier(first, train, held_out, folder, seed,
+                                                     verbose)
+    loss, accuracy = verifier.evaluate(*test, batch_size=256, verbose=0)
+    recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
+    verifier.metadata["train_settings"] = {**settings, "data": "faces-train.tar.gz"}
+    verifier.metadata["pretrained"] = {
+        "model": "face_net", "weights": "web_faces verifier",
+        "data": f"Caltech 10,000 Web Faces, 36x36 grey: the training faces against {mined:,} "
+                f"windows of the training scenes (empty, and with training faces pasted in) "
+                f"that {os.path.basename(first_path)} scores >= {detect.WINDOW_FLOOR} and that "
+                f"frame no face, and squares of the scenes",
+        "first_stage": os.path.basename(first_path),
+        "recipe": recipe.describe() + f", seed {seed}",
+        "accuracy": round(float(accuracy), 4), "loss": round(float(loss), 4),
+        "held_out_images": len(test[0]), "train_seconds": round(time.perf_counter() - start, 1),
+        "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),
+        "cnnlab_version": cnnlab.__version__}
+    verifier.metadata["detection"] = choose_threshold(first, held_out, verifier)
+    print(f"Detection with the verifier on held-out photos: {verifier.metadata['detection']}",
+          flush=True)
+    verifier.save(out, include_optimizer=False)
+
+
 def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None = None,
              epochs: int | None = None, verbose: int = 2, negatives=None, seed: int = 0,
              mining_rounds: int | None = None,
-             mining_limit: int = detect.HARD_NEGATIVES_LIMIT) -> dict:
+             mining_limit: int = detect.HARD_NEGATIVES_LIMIT,
+             verifier_out: str | None = None) -> dict:
     run = RUNS[weights]
     rounds = run.get("mining_rounds") if mining_rounds is None else mining_rounds
     data = data or run.get("data")
     if data is None:
         raise SystemExit(f"{weights}: pass --data (the extracted CIFAR-10 training folder, or "
                          f"faces-train.tar.gz for web_faces).")
-    folder = class_subset(data, classes) if classes else data
-    pictures = scoring_part = None
-    if weights == "web_faces":
-        folder, pictures, scoring_part = web_faces_npz(
-            data, tempfile.mkdtemp(prefix="cnnlab-faces-"), seed)
-    settings = run_settings(model=run["model"], data=folder, seed=seed,
-                            epochs=epochs or run.get("epochs"))
-    with seeding.seeded(settings["seed"]):
-        model, train, test = new_run(settings)
-        start = time.perf_counter()
-        mined = []
-        if rounds:
-            model, mined = bootstrap(model, settings, train, test, rounds,
-                                     negatives, verbose, pictures, mining_limit)
+    scratch = tempfile.mkdtemp(prefix="cnnlab-pretrain-")   # the data views; gone at the end
+    try:
+        folder = class_subset(data, classes, scratch) if classes else data
+        pictures = boxes = training_part = scoring_part = None
+        if weights == "web_faces":
+            folder, pictures, boxes, training_part, scoring_part = web_faces_npz(
+                data, scratch, seed)
+        settings = run_settings(model=run["model"], data=folder, seed=seed,
+                                epochs=epochs or run.get("epochs"))
+        with seeding.seeded(settings["seed"]):
+            model, train, test = new_run(settings)
+            start = time.perf_counter()
+            mined = []
+            if rounds:
+                model, mined = bootstrap(model, settings, train, test, rounds,
+                                         negatives, verbose, pictures, mining_limit, boxes)
+            else:
+                fit_run(model, settings, train, test, verbose=verbose)
+        seconds = time.perf_counter() - start
+        if isinstance(test, tuple):
+            loss, accuracy = model.evaluate(*test, batch_size=256, verbose=0)
+            held_out, trained_on = len(test[0]), len(train[0])
         else:
-            fit_run(model, settings, train, test, verbose=verbose)
-    seconds = time.perf_counter() - start
-    if isinstance(test, tuple):
-        loss, accuracy = model.evaluate(*test, batch_size=256, verbose=0)
-        held_out, trained_on = len(test[0]), len(train[0])
-    else:
-        loss, accuracy = model.evaluate(test, verbose=0)
-        held_out, trained_on = len(test.source.file_paths), len(train.source.file_paths)
-    recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
-    model.metadata["train_settings"] = {**settings, "data": os.path.basename(data.rstrip("/"))}
-    model.metadata["pretrained"] = {
-        "model": run["model"], "weights": weights,
-        "data": run["describe"].format(train=trained_on, held_out=held_out)
-        + (f"; classes {', '.join(classes)} only" if classes else "")
-        + (f"; and {negatives[1]:,} squares of the photos in {os.path.basename(negatives[0])} "
-           f"as not-faces" if negatives else ""),
-        "recipe": recipe.describe() + f", seed {seed}",
-        "accuracy": round(float(accuracy), 4), "loss": round(float(loss), 4),
-        "held_out_images": held_out, "train_seconds": round(seconds, 1),
-        "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),
-        **({"hard_negatives_per_round": mined} if mined else {}),
-        "cnnlab_version": cnnlab.__version__}
-    if scoring_part is not None:             # the held-out faces and scenes, as photos
-        model.metadata["detection"] = choose_threshold(model, scoring_part)
-        print(f"Detection on held-out photos: {model.metadata['detection']}", flush=True)
-    model.save(out, include_optimizer=False)
-    return model.metadata["pretrained"]
+            loss, accuracy = model.evaluate(test, verbose=0)
+            held_out, trained_on = len(test.source.file_paths), len(train.source.file_paths)
+        recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
+        model.metadata["train_settings"] = {**settings, "data": os.path.basename(data.rstrip("/"))}
+        model.metadata["pretrained"] = {
+            "model": run["model"], "weights": weights,
+            "data": run["describe"].format(train=trained_on, held_out=held_out)
+            + (f"; classes {', '.join(classes)} only" if classes else "")
+            + (f"; and {negatives[1]:,} squares of the photos in {os.path.basename(negatives[0])} "
+               f"as not-faces" if negatives else ""),
+            "recipe": recipe.describe() + f", seed {seed}",
+            "accuracy": round(float(accuracy), 4), "loss": round(float(loss), 4),
+            "held_out_images": held_out, "train_seconds": round(seconds, 1),
+            "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),
+            **({"hard_negatives_per_round": mined} if mined else {}),
+            "cnnlab_version": cnnlab.__version__}
+        if scoring_part is not None:             # the held-out faces and scenes, as photos
+            model.metadata["detection"] = choose_threshold(model, scoring_part)
+            print(f"Detection on held-out photos: {model.metadata['detection']}", flush=True)
+        model.save(out, include_optimizer=False)
+        if verifier_out and training_part is not None:
+            save_verifier(model, out, training_part, scoring_part, scratch, seed, verbose,
+                          verifier_out)
+        return model.metadata["pretrained"]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> None:
@@ -243,6 +341,9 @@ def main() -> None:
                         help="faces, web_faces: at most this many mined windows a round, drawn "
                              "at random (default: %(default)s)")
     parser.add_argument("--out", help="default: cnnlab/weights/<model>-<weights>.cnnlab")
+    parser.add_argument("--verifier-out",
+                        help="web_faces: where the second stage goes (default: the --out file's "
+                             "name with -verifier added; 'none' to train the first stage only)")
     parser.add_argument("--negatives", metavar="DIR",
                         help="faces: also cut not-faces from the photos in DIR")
     parser.add_argument("--negatives-count", type=int, default=8000,
@@ -252,9 +353,12 @@ def main() -> None:
     out = args.out or os.path.join(WEIGHTS_DIR, zoo.PRETRAINED[(run["model"], args.weights)])
     classes = args.classes.split(",") if args.classes else None
     negatives = (args.negatives, args.negatives_count) if args.negatives else None
+    verifier_out = None
+    if args.weights == "web_faces" and args.verifier_out != "none":
+        verifier_out = args.verifier_out or out.removesuffix(".cnnlab") + "-verifier.cnnlab"
     record = pretrain(args.weights, args.data, out, classes, args.epochs, negatives=negatives,
                       seed=args.seed, mining_rounds=args.mining_rounds,
-                      mining_limit=args.mining_limit)
+                      mining_limit=args.mining_limit, verifier_out=verifier_out)
     print(f"Wrote {os.path.normpath(out)}: {record['accuracy']:.2%} on "
           f"{record['held_out_images']:,} held-out images, {record['train_seconds']:.0f} s")
 

@@ -221,6 +221,25 @@ def test_the_verifier_adds_its_log_odds_to_the_first_stage(digit_detector):
     assert detect.verified_windows(_verifier(None), page[..., None], [], 1) == []
 
 
+def test_the_curve_a_threshold_is_chosen_on_is_detect_itself_threshold_by_threshold(
+        digit_detector):
+    # a sweep over detect(threshold=0.5)'s boxes would count neighbours down to 0.5, where
+    # detect(threshold=t) counts them from t: the curve's scores must say where each box goes
+    for seed in (5, 6):
+        page = _page(seed)[0][..., None]
+        for verifier in (None, _verifier(0.7)):
+            curve = detect.detection_curve(page, digit_detector, verifier, max_size=36)
+            scores = sorted({d.score for d in curve})
+            assert len(scores) >= 5
+            for t in (0.5, 0.9, 0.99, *scores, *(np.array(scores[:-1]) + 1e-12)):
+                if not 0 < t < 1:
+                    continue
+                found = detect.detect(page, digit_detector, threshold=t, max_size=36,
+                                      verifier=verifier)
+                assert sorted(d.box for d in found) == sorted(
+                    d.box for d in curve if d.score >= t), (seed, t)
+
+
 def test_cli_detect_prints_json_boxes_draws_them_and_says_when_there_are_none(
         digit_detector, tmp_path):
     page, truth = _page(5)

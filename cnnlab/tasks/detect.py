@@ -277,7 +277,7 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
     path, a PIL image, or an (H, W, C) array in [0, 1].
 
     ``verifier`` (a model or a ``.cnnlab`` path): a second classifier that looks again at every
-    window ``model`` scores ``VERIFY_FLOOR`` or more, at its own, finer input size; a window's
+    window ``model`` scores ``WINDOW_FLOOR`` or more, at its own, finer input size; a window's
     score is then both verdicts together (:func:`verified_windows`), and the default threshold
     is the one the verifier's recipe chose for the pair."""
     model = load_detector(model)
@@ -287,20 +287,51 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
         raise ConfigError(f"threshold must be between 0 and 1; received {threshold!r}.")
     target = target_class(model, target)
     pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
-    if verifier is None:
-        found = [Detection(box, score) for box, score, _ in
-                 scored_windows(model, pixels, target, threshold, min_size, max_size)]
-    else:
-        windows = [(box, score) for box, score, _ in scored_windows(
-            model, pixels, target, min(threshold, VERIFY_FLOOR), min_size, max_size)]
-        found = [d for d in verified_windows(verifier, pixels, windows, target)
-                 if d.score >= threshold]
+    found = _candidates(model, verifier, pixels, target, threshold, min_size, max_size)
     return non_max_suppression(found, overlap, min_neighbors)
 
 
-#: the first stage's score from which a window goes to the verifier: a pair's score reaches
-#: 0.5 only where the verifier is surer of a face than the first stage is of none
-VERIFY_FLOOR = 0.5
+#: the first stage's score from which a window goes to the verifier (or the threshold, when it
+#: is lower), and the lowest threshold :func:`detection_curve` traces
+WINDOW_FLOOR = 0.5
+
+
+def _candidates(model, verifier, pixels, target, threshold, min_size, max_size):
+    """The windows scoring ``threshold`` or more, as Detections: ``model``'s scores, or the
+    pair's when there is a ``verifier``."""
+    if verifier is None:
+        return [Detection(box, score) for box, score, _ in
+                scored_windows(model, pixels, target, threshold, min_size, max_size)]
+    windows = [(box, score) for box, score, _ in scored_windows(
+        model, pixels, target, min(threshold, WINDOW_FLOOR), min_size, max_size)]
+    return [d for d in verified_windows(verifier, pixels, windows, target)
+            if d.score >= threshold]
+
+
+def detection_curve(image, model, verifier=None, target=None, floor: float = WINDOW_FLOOR,
+                    min_size: int | None = None, max_size: int | None = None,
+                    overlap: float = NMS_IOU,
+                    min_neighbors: int = MIN_NEIGHBORS) -> list[Detection]:
+    """Every box :func:`detect` keeps at some threshold from ``floor`` up, each scored by the
+    highest threshold that keeps it: the lower of its own score and the score of its
+    ``min_neighbors``-th best overlapping window (above that, too few neighbours are left).
+    So ``detect(threshold=t)`` gives exactly the boxes scored ``t`` or more here, and a
+    precision-recall sweep over these scores is the curve of ``detect`` itself, threshold by
+    threshold: what a threshold is chosen on (``recipes/pretrain.py``) and scored on
+    (``benchmarks/detect.py``). ``image``: (H, W, C) in [0, 1], or what :func:`detect` takes."""
+    model = load_detector(model)
+    verifier = None if verifier is None else load_detector(verifier)
+    target = target_class(model, target)
+    pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
+    found = _candidates(model, verifier, pixels, target, floor, min_size, max_size)
+    curve = []
+    for kept in non_max_suppression(found, overlap):
+        neighbours = sorted((d.score for d in found
+                             if d is not kept and iou(kept.box, d.box) > overlap), reverse=True)
+        if len(neighbours) >= min_neighbors:
+            support = neighbours[min_neighbors - 1] if min_neighbors else kept.score
+            curve.append(Detection(kept.box, min(kept.score, support)))
+    return curve
 
 
 def crop_windows(pixels: np.ndarray, boxes, size: tuple[int, int]) -> np.ndarray:
