@@ -23,7 +23,12 @@ takes for a face (score >= 0.5) joins the not-faces for the next round, trained 
 ``web_faces`` does the same on Caltech's faces and the training scenes of ``faces-train.tar.gz``
 (``cnnlab.datasets.web_faces``), written as an ``.npz`` that ``cnnlab train`` reads; its score
 threshold is then chosen on held-out faces pasted into held-out scenes (the most recall at 0.3
-false boxes a photo) and kept in the file's metadata, where ``tasks.detect`` finds it.
+false boxes a photo) and kept in the file's metadata, where ``tasks.detect`` finds it. Its
+mining also runs over the training scenes with training faces pasted in, where a window that
+clips a face without framing it (IoU < 0.3) is a false one too. Then a verifier, a second
+``face_net`` at 36x36, trains on every window the first stage scores 0.5 or more that frames
+no face (``train_verifier``), and the pair's threshold is chosen the same way; it is written
+beside ``F`` as ``F-verifier.cnnlab`` (``cnnlab detect --model F --verifier F-verifier.cnnlab``).
 """
 
 from __future__ import annotations
@@ -350,7 +355,10 @@ def main() -> None:
                         help="how many squares to cut (default: %(default)s)")
     args = parser.parse_args()
     run = RUNS[args.weights]
-    out = args.out or os.path.join(WEIGHTS_DIR, zoo.PRETRAINED[(run["model"], args.weights)])
+    shipped = zoo.PRETRAINED.get((run["model"], args.weights))
+    if args.out is None and shipped is None:
+        parser.error(f"{args.weights}: pass --out FILE (these weights do not ship with cnnlab)")
+    out = args.out or os.path.join(WEIGHTS_DIR, shipped)
     classes = args.classes.split(",") if args.classes else None
     negatives = (args.negatives, args.negatives_count) if args.negatives else None
     verifier_out = None
