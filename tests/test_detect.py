@@ -227,12 +227,13 @@ def test_the_curve_a_threshold_is_chosen_on_is_detect_itself_threshold_by_thresh
     # detect(threshold=t) counts them from t: the curve's scores must say where each box goes
     for seed in (5, 6):
         page = _page(seed)[0][..., None]
-        for verifier in (None, _verifier(0.7)):
-            curve = detect.detection_curve(page, digit_detector, verifier, max_size=36)
+        for verifier, floor in ((None, 0.5), (_verifier(0.7), 0.5), (_verifier(0.2), 0.3)):
+            curve = detect.detection_curve(page, digit_detector, verifier, floor=floor,
+                                           max_size=36)
             scores = sorted({d.score for d in curve})
             assert len(scores) >= 5
-            for t in (0.5, 0.9, 0.99, *scores, *(np.array(scores[:-1]) + 1e-12)):
-                if not 0 < t < 1:
+            for t in (floor, 0.9, 0.99, *scores, *(np.array(scores[:-1]) + 1e-12)):
+                if not floor <= t < 1:
                     continue
                 found = detect.detect(page, digit_detector, threshold=t, max_size=36,
                                       verifier=verifier)

@@ -291,8 +291,9 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
     return non_max_suppression(found, overlap, min_neighbors)
 
 
-#: the first stage's score from which a window goes to the verifier (or the threshold, when it
-#: is lower), and the lowest threshold :func:`detection_curve` traces
+#: the first stage's score from which a window goes to the verifier, whatever the threshold
+#: (so every threshold sees the same windows verified), and the lowest threshold
+#: :func:`detection_curve` traces by default
 WINDOW_FLOOR = 0.5
 
 
@@ -303,7 +304,7 @@ def _candidates(model, verifier, pixels, target, threshold, min_size, max_size):
         return [Detection(box, score) for box, score, _ in
                 scored_windows(model, pixels, target, threshold, min_size, max_size)]
     windows = [(box, score) for box, score, _ in scored_windows(
-        model, pixels, target, min(threshold, WINDOW_FLOOR), min_size, max_size)]
+        model, pixels, target, WINDOW_FLOOR, min_size, max_size)]
     return [d for d in verified_windows(verifier, pixels, windows, target)
             if d.score >= threshold]
 
