@@ -219,6 +219,9 @@ def test_the_verifier_adds_its_log_odds_to_the_first_stage(digit_detector):
                              verifier=_verifier(1e-30))
     assert sure_not == []
     assert detect.verified_windows(_verifier(None), page[..., None], [], 1) == []
+    colour = zoo.get("face_net", input_shape=(36, 36, 3), num_classes=2)
+    with pytest.raises(ConfigError, match="takes 3 channel.* and the first stage 1"):
+        detect.detect(page[..., None], digit_detector, verifier=colour)
 
 
 def test_the_curve_a_threshold_is_chosen_on_is_detect_itself_threshold_by_threshold(

@@ -16,7 +16,9 @@ window); 'same' padding sees real pixels where each crop saw zeros, so it is clo
     for d in detections: print(d.box, d.score)           # (x0, y0, x1, y1) in the photo's pixels
 
 An image pyramid (each level ``SCALE_STEP`` smaller) finds objects larger than the window;
-greedy non-maximum suppression keeps the best of overlapping boxes.
+greedy non-maximum suppression keeps the best of overlapping boxes. A verifier, a second
+classifier at a finer input size, may look again at every window the first passes (a cascade,
+used here for accuracy: ``verified_windows``).
 """
 
 from __future__ import annotations
@@ -357,6 +359,10 @@ def verified_windows(verifier, pixels: np.ndarray, windows, target: int) -> list
     confidence by as much as it is sure. (Chosen on the validation photos over the geometric mean,
     weighted means and the minimum: it ranked faces above the first stage's false windows
     best.)"""
+    if verifier.input_shape[-1] != pixels.shape[-1]:
+        raise ConfigError(f"The verifier {verifier.name!r} takes {verifier.input_shape[-1]} "
+                          f"channel(s) and the first stage {pixels.shape[-1]}; a pair must "
+                          f"see the photo alike.")
     if not windows:
         return []
     target = target_class(verifier, target)
@@ -474,9 +480,10 @@ class Scores(NamedTuple):
 
 def score_detections(found: list, truth: list, min_iou: float = MATCH_IOU,
                      false_per_photo: float = 0.3) -> Scores:
-    """``found[k]``: the Detections on photo k (any threshold; lower thresholds trace more of
-    the curve); ``truth[k]``: its true (x0, y0, x1, y1) boxes. Each photo's detections claim
-    true boxes best score first, each true box once (the rest are false boxes)."""
+    """``found[k]``: the Detections on photo k (:func:`detection_curve`'s, for the curve that
+    ``detect`` follows threshold by threshold); ``truth[k]``: its true (x0, y0, x1, y1) boxes.
+    Each photo's detections claim true boxes best score first, each true box once (the rest are
+    false boxes)."""
     if len(found) != len(truth):
         raise ConfigError(f"{len(found)} photos of detections for {len(truth)} of true boxes.")
     marks = []                                            # (score, found a true box)
