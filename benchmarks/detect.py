@@ -197,8 +197,8 @@ def speed(model: str, verifier: str | None = None) -> None:
     """Start-up apart from detection, in a fresh process; then the video rate (the first stage
     alone: ``tasks.video`` takes no verifier)."""
     tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
-    lines = subprocess.run([sys.executable, "-c", SPEED, model, tests, *[verifier] * bool(verifier)],
-                           capture_output=True, text=True, check=True).stdout.splitlines()
+    command = [sys.executable, "-c", SPEED, model, tests] + ([verifier] if verifier else [])
+    lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
     imported, loaded = map(float, lines[-1].split()[1:])
     print(f"Speed of tasks.detect ({model}{' + ' + verifier if verifier else ''}), in a fresh "
           f"process: import {imported:.2f} s, the model loaded in {loaded:.2f} s")
@@ -260,7 +260,7 @@ def main() -> None:
     model = detect.load_detector(args.model)
     if args.faces_data:
         versus_haar(model, args.faces_data,
-                    args.verifier and detect.load_detector(args.verifier))
+                    detect.load_detector(args.verifier) if args.verifier else None)
         if args.misses:
             misses(model, args.faces_data)
     faces = lfw_faces.crops()[0].mean(axis=(1, 2)) / 255          # the 100 training faces

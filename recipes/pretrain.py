@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -143,11 +142,20 @@ def web_faces_npz(path: str, folder: str, seed: int):
                                               np.ones(len(faces), np.uint8)])
     out = os.path.join(folder, "web_faces.npz")
     np.savez(out, **arrays)
-    pasted = web_faces.pasted_photos(train.faces, train.scenes, seed=seed)
-    pictures = ([s[..., None].astype(np.float32) / 255 for s in train.scenes]
-                + [grey[..., None] for grey, _ in pasted])
-    boxes = [()] * len(train.scenes) + [known for _, known in pasted]
-    return out, pictures, boxes, train, held_out
+    return (out, *mining_pictures(train, [seed]), train, held_out)
+
+
+def mining_pictures(part, seeds) -> tuple[list, list]:
+    """``(pictures, their face boxes)`` to mine false windows from: ``part``'s scenes, empty,
+    then once more for each of ``seeds`` with ``part``'s faces pasted in
+    (``web_faces.pasted_photos``), as (H, W, 1) float32 in [0, 1]."""
+    pictures = [s[..., None].astype(np.float32) / 255 for s in part.scenes]
+    boxes = [()] * len(pictures)
+    for seed in seeds:
+        for grey, known in web_faces.pasted_photos(part.faces, part.scenes, seed=seed):
+            pictures.append(grey[..., None])
+            boxes.append(known)
+    return pictures, boxes
 
 
 def choose_threshold(model, held_out, verifier=None) -> dict:
@@ -177,22 +185,16 @@ def verifier_npz(first, train, held_out, folder: str, seed: int) -> tuple[str, i
     and frames no face, and squares of the scenes; the held-out faces and squares to score on.
     ``(path, how many windows were mined)``."""
     rng = np.random.default_rng(seed)
-    size = (VERIFIER_SIZE, VERIFIER_SIZE)
-    pictures = [s[..., None].astype(np.float32) / 255 for s in train.scenes]
-    boxes = [()] * len(pictures)
-    for k in range(VERIFIER_ARRANGEMENTS):
-        for grey, known in web_faces.pasted_photos(train.faces, train.scenes,
-                                                   seed=1000 * (seed + 1) + k):
-            pictures.append(grey[..., None])
-            boxes.append(known)
+    pictures, boxes = mining_pictures(
+        train, [1000 * (seed + 1) + k for k in range(VERIFIER_ARRANGEMENTS)])
     mined = detect.hard_negatives(first, pictures, threshold=detect.WINDOW_FLOOR, limit=None,
-                                  boxes=boxes, size=size)
+                                  boxes=boxes, size=(VERIFIER_SIZE, VERIFIER_SIZE))
     arrays = {}
     for name, part, extra in (("train", train, mined), ("test", held_out, None)):
         squares = np.concatenate([lfw_faces.random_squares(s / 255, SQUARES_PER_SCENE // 2, rng,
                                                            VERIFIER_SIZE) for s in part.scenes])
-        others = squares if extra is None else np.concatenate(
-            [squares, (extra[..., 0] * 255).round().astype(np.uint8)])
+        others = squares if extra is None else np.concatenate(     # uint8, as every crop
+            [squares, (extra[..., 0] * 255).round().astype(np.uint8)])  # in the .npz
         arrays[f"x_{name}"] = np.concatenate([others, part.faces])
         arrays[f"y_{name}"] = np.concatenate([np.zeros(len(others), np.uint8),
                                               np.ones(len(part.faces), np.uint8)])
@@ -241,6 +243,19 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures
     return model, mined
 
 
+def write_record(network, settings, data_name, loss, accuracy, held_out, seconds, **facts):
+    """The file's record in ``network.metadata``: its settings (``train_settings``), and what it
+    is, was trained on (``facts``) and scored (``pretrained``)."""
+    recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
+    network.metadata["train_settings"] = {**settings, "data": data_name}
+    network.metadata["pretrained"] = {
+        **facts, "recipe": recipe.describe() + f", seed {settings['seed']}",
+        "accuracy": round(float(accuracy), 4), "loss": round(float(loss), 4),
+        "held_out_images": held_out, "train_seconds": round(seconds, 1),
+        "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),
+        "cnnlab_version": cnnlab.__version__}
+
+
 def save_verifier(first, first_path, train, held_out, folder, seed, verbose, out) -> None:
     """Train ``first``'s verifier (web_faces), choose the pair's threshold on the validation
     photos, and write it to ``out`` with its record."""
@@ -248,20 +263,13 @@ def save_verifier(first, first_path, train, held_out, folder, seed, verbose, out
     verifier, settings, test, mined = train_verifier(first, train, held_out, folder, seed,
                                                      verbose)
     loss, accuracy = verifier.evaluate(*test, batch_size=256, verbose=0)
-    recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
-    verifier.metadata["train_settings"] = {**settings, "data": "faces-train.tar.gz"}
-    verifier.metadata["pretrained"] = {
-        "model": "face_net", "weights": "web_faces verifier",
-        "data": f"Caltech 10,000 Web Faces, 36x36 grey: the training faces against {mined:,} "
-                f"windows of the training scenes (empty, and with training faces pasted in) "
-                f"that {os.path.basename(first_path)} scores >= {detect.WINDOW_FLOOR} and that "
-                f"frame no face, and squares of the scenes",
-        "first_stage": os.path.basename(first_path),
-        "recipe": recipe.describe() + f", seed {seed}",
-        "accuracy": round(float(accuracy), 4), "loss": round(float(loss), 4),
-        "held_out_images": len(test[0]), "train_seconds": round(time.perf_counter() - start, 1),
-        "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),
-        "cnnlab_version": cnnlab.__version__}
+    write_record(verifier, settings, "faces-train.tar.gz", loss, accuracy, len(test[0]),
+                 time.perf_counter() - start, model="face_net", weights="web_faces verifier",
+                 data=f"Caltech 10,000 Web Faces, 36x36 grey: the training faces against "
+                      f"{mined:,} windows of the training scenes (empty, and with training faces "
+                      f"pasted in) that {os.path.basename(first_path)} scores >= "
+                      f"{detect.WINDOW_FLOOR} and that frame no face, and squares of the scenes",
+                 first_stage=os.path.basename(first_path))
     verifier.metadata["detection"] = choose_threshold(first, held_out, verifier)
     print(f"Detection with the verifier on held-out photos: {verifier.metadata['detection']}",
           flush=True)
@@ -279,8 +287,8 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
     if data is None:
         raise SystemExit(f"{weights}: pass --data (the extracted CIFAR-10 training folder, or "
                          f"faces-train.tar.gz for web_faces).")
-    scratch = tempfile.mkdtemp(prefix="cnnlab-pretrain-")   # the data views; gone at the end
-    try:
+    # the data views (a .npz for web_faces, links for --classes), removed at the end
+    with tempfile.TemporaryDirectory(prefix="cnnlab-pretrain-") as scratch:
         folder = class_subset(data, classes, scratch) if classes else data
         pictures = boxes = training_part = scoring_part = None
         if weights == "web_faces":
@@ -304,20 +312,14 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         else:
             loss, accuracy = model.evaluate(test, verbose=0)
             held_out, trained_on = len(test.source.file_paths), len(train.source.file_paths)
-        recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
-        model.metadata["train_settings"] = {**settings, "data": os.path.basename(data.rstrip("/"))}
-        model.metadata["pretrained"] = {
-            "model": run["model"], "weights": weights,
-            "data": run["describe"].format(train=trained_on, held_out=held_out)
+        write_record(
+            model, settings, os.path.basename(data.rstrip("/")), loss, accuracy, held_out,
+            seconds, model=run["model"], weights=weights,
+            data=run["describe"].format(train=trained_on, held_out=held_out)
             + (f"; classes {', '.join(classes)} only" if classes else "")
             + (f"; and {negatives[1]:,} squares of the photos in {os.path.basename(negatives[0])} "
                f"as not-faces" if negatives else ""),
-            "recipe": recipe.describe() + f", seed {seed}",
-            "accuracy": round(float(accuracy), 4), "loss": round(float(loss), 4),
-            "held_out_images": held_out, "train_seconds": round(seconds, 1),
-            "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),
-            **({"hard_negatives_per_round": mined} if mined else {}),
-            "cnnlab_version": cnnlab.__version__}
+            **({"hard_negatives_per_round": mined} if mined else {}))
         if scoring_part is not None:             # the held-out faces and scenes, as photos
             model.metadata["detection"] = choose_threshold(model, scoring_part)
             print(f"Detection on held-out photos: {model.metadata['detection']}", flush=True)
@@ -326,8 +328,6 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
             save_verifier(model, out, training_part, scoring_part, scratch, seed, verbose,
                           verifier_out)
         return model.metadata["pretrained"]
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> None:

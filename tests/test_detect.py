@@ -242,6 +242,9 @@ def test_the_curve_a_threshold_is_chosen_on_is_detect_itself_threshold_by_thresh
                                       verifier=verifier)
                 assert sorted(d.box for d in found) == sorted(
                     d.box for d in curve if d.score >= t), (seed, t)
+    alone = detect.detection_curve(page, digit_detector, min_neighbors=0, max_size=36)
+    assert alone == detect.detect(page, digit_detector, threshold=0.5, min_neighbors=0,
+                                  max_size=36)             # no rule: every box at its own score
 
 
 def test_cli_detect_prints_json_boxes_draws_them_and_says_when_there_are_none(

@@ -53,7 +53,7 @@ def cmd_detect(args) -> int:
     if args.out:                                        # before the work, not after it
         outputs.given_path(args.out, "--out", outputs.image_extensions(), args.overwrite)
     model = detect.load_detector(args.model)
-    verifier = args.verifier and detect.load_detector(args.verifier)
+    verifier = detect.load_detector(args.verifier) if args.verifier else None
     threshold = (detect.default_threshold(verifier or model) if args.threshold is None
                  else args.threshold)
     found = detect.detect(args.image, model=model, threshold=threshold,

@@ -282,13 +282,10 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
     window ``model`` scores ``WINDOW_FLOOR`` or more, at its own, finer input size; a window's
     score is then both verdicts together (:func:`verified_windows`), and the default threshold
     is the one the verifier's recipe chose for the pair."""
-    model = load_detector(model)
-    verifier = None if verifier is None else load_detector(verifier)
+    model, verifier, target, pixels = _loaded(image, model, verifier, target)
     threshold = default_threshold(verifier or model) if threshold is None else threshold
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be between 0 and 1; received {threshold!r}.")
-    target = target_class(model, target)
-    pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
     found = _candidates(model, verifier, pixels, target, threshold, min_size, max_size)
     return non_max_suppression(found, overlap, min_neighbors)
 
@@ -297,6 +294,15 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
 #: (so every threshold sees the same windows verified), and the lowest threshold
 #: :func:`detection_curve` traces by default
 WINDOW_FLOOR = 0.5
+
+
+def _loaded(image, model, verifier, target):
+    """What :func:`detect` and :func:`detection_curve` were given, loaded: ``(model, verifier
+    or None, target class index, pixels (H, W, C) in [0, 1])``."""
+    model = load_detector(model)
+    verifier = None if verifier is None else load_detector(verifier)
+    pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
+    return model, verifier, target_class(model, target), pixels
 
 
 def _candidates(model, verifier, pixels, target, threshold, min_size, max_size):
@@ -322,10 +328,7 @@ def detection_curve(image, model, verifier=None, target=None, floor: float = WIN
     precision-recall sweep over these scores is the curve of ``detect`` itself, threshold by
     threshold: what a threshold is chosen on (``recipes/pretrain.py``) and scored on
     (``benchmarks/detect.py``). ``image``: (H, W, C) in [0, 1], or what :func:`detect` takes."""
-    model = load_detector(model)
-    verifier = None if verifier is None else load_detector(verifier)
-    target = target_class(model, target)
-    pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
+    model, verifier, target, pixels = _loaded(image, model, verifier, target)
     found = _candidates(model, verifier, pixels, target, floor, min_size, max_size)
     curve = []
     for kept in non_max_suppression(found, overlap):
