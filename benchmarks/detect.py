@@ -218,20 +218,21 @@ def video_rate(model: str, frames: int = 30) -> float:
     from portraits import astronaut
 
     from cnnlab.tasks import video
-    folder = tempfile.mkdtemp(prefix="cnnlab-video-")
-    clip = os.path.join(folder, "clip.mp4")
     still = np.asarray(astronaut().convert("RGB").resize((640, 480)))
-    with av.open(clip, "w") as container:
-        stream = container.add_stream("libx264", rate=15)
-        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
-        for k in range(frames):                       # the portrait drifting across the frame
-            frame = av.VideoFrame.from_ndarray(np.roll(still, 4 * k, axis=1), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    start = time.perf_counter()
-    result = video.process_video(model, clip, out=os.path.join(folder, "out.mp4"),
-                                 csv_path=os.path.join(folder, "out.csv"), detect_objects=True)
-    return result.frames / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory(prefix="cnnlab-video-") as folder:
+        clip = os.path.join(folder, "clip.mp4")
+        with av.open(clip, "w") as container:
+            stream = container.add_stream("libx264", rate=15)
+            stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+            for k in range(frames):                   # the portrait drifting across the frame
+                frame = av.VideoFrame.from_ndarray(np.roll(still, 4 * k, axis=1), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        start = time.perf_counter()
+        result = video.process_video(model, clip, out=os.path.join(folder, "out.mp4"),
+                                     csv_path=os.path.join(folder, "out.csv"),
+                                     detect_objects=True)
+        return result.frames / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -387,6 +387,19 @@ def test_detections_are_scored_as_pascal_voc_scores_them():
         detect.score_detections(found, [[a1]])
 
 
+def test_a_kept_box_is_the_log_odds_weighted_mean_of_the_windows_it_stands_for():
+    """Worked by hand: logit(0.9) = ln 9 and logit(0.75) = ln 3, so the mean puts twice the
+    weight on the 0.9 window's box (ln 9 = 2 ln 3). The window at 0.5 weighs nothing, the far
+    one is not in the cluster, and a box with no window above even odds keeps its own."""
+    kept = detect.Detection((0, 0, 30, 30), 0.9)
+    windows = [kept, detect.Detection((3, 6, 33, 36), 0.75), detect.Detection((9, 9, 39, 39), 0.5),
+               detect.Detection((100, 100, 130, 130), 0.99)]
+    (moved,) = detect.averaged_boxes([kept], windows)
+    assert moved.box == pytest.approx((1, 2, 31, 32)) and moved.score == 0.9
+    lone = detect.Detection((200, 200, 230, 230), 0.4)
+    assert detect.averaged_boxes([lone], windows + [lone]) == [lone]
+
+
 def test_the_threshold_the_recipe_chose_is_the_detectors_default(digit_detector):
     """``metadata['detection']['threshold']`` (what recipes/pretrain.py writes) replaces
     THRESHOLD when no threshold is given."""
