@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import cnnlab
+from cnnlab.cli import main
 from cnnlab.errors import ConfigError, DataError
 
 av = pytest.importorskip("av")
@@ -109,6 +110,16 @@ def test_detect_in_each_frame_writes_one_row_per_box_or_an_empty_row(tmp_path):
     assert set(by_frame) == {0, 1, 2, 3} and by_frame[3]["x0"] == ""     # blank: no box
     first = [r for r in rows if r["frame"] == "0" and r["x0"]]
     assert first and float(first[0]["x0"]) == pytest.approx(4, abs=6)
+    # a verifier sure that nothing is a digit leaves every frame blank, through the CLI too
+    from test_detect import _verifier
+    _verifier(1e-6).save(tmp_path / "never.cnnlab")
+    assert main(["video", str(tmp_path / "detector.cnnlab"), str(tmp_path / "few.mp4"),
+                 "--detect", "--verifier", str(tmp_path / "never.cnnlab"),
+                 "--out", str(tmp_path / "none.mp4")]) == 0
+    with open(tmp_path / "none.csv") as handle:
+        assert [r["x0"] for r in csv.DictReader(handle)] == [""] * 4
+    with pytest.raises(ConfigError, match="needs detect_objects=True"):
+        video.process_video(detector, tmp_path / "few.mp4", verifier=tmp_path / "never.cnnlab")
 
 
 def test_bad_video_input_is_refused_clearly(tmp_path, monkeypatch):
@@ -128,7 +139,6 @@ def test_bounds_on_pixels_and_frames_and_a_failure_leaves_no_file(tmp_path, monk
     """Over a bound: a LimitError that names it, before or during the work; an FFmpeg failure
     mid-way (av.error.ArgumentError, as a PNG once raised) is one line from the CLI; neither
     leaves a half-written CSV or MP4 behind."""
-    from cnnlab.cli import main
     from cnnlab.errors import LimitError
     from cnnlab.tasks import video
     frames, _ = _digit_frames()

@@ -87,7 +87,7 @@ def cmd_video(args) -> int:
     result = video.process_video(args.model, args.input, out=out, csv_path=table,
                                  detect_objects=args.detect, batch_size=args.batch_size,
                                  threshold=args.threshold, target=args.target,
-                                 progress=sys.stderr.isatty())
+                                 progress=sys.stderr.isatty(), verifier=args.verifier)
     if result.skipped:
         print(f"Warning: skipped {len(result.skipped)} damaged packet(s) of {args.input} "
               f"(numbers {result.skipped[:5]}{' ...' if len(result.skipped) > 5 else ''})",
@@ -168,3 +168,5 @@ def add_commands(commands) -> None:
                       help=f"with --detect: the least probability a box needs (default: the "
                            f"model's own, else {THRESHOLD})")
     clip.add_argument("--target", help="with --detect: the class to find")
+    clip.add_argument("--verifier", help="with --detect: a second .cnnlab classifier that looks "
+                                         "again at each box, as cnnlab detect's --verifier")

@@ -478,9 +478,12 @@ def hard_negatives(model, pictures, target=None, threshold: float = 0.5,
 
 
 def load_detector(model):
-    """A shipped model name ('faces'), a ``.cnnlab`` path (``zoo.load``), or a model."""
+    """A shipped model name ('faces'), a ``.cnnlab`` path (a str or a path object), or a
+    model."""
+    import os
+
     from cnnlab import zoo
-    return zoo.find(model) if isinstance(model, str) else model
+    return zoo.find(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
 
 
 def draw(image, detections: list[Detection], out) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnnlab.data.video import decoded_frames, pyav
-from cnnlab.errors import DataError, LimitError
+from cnnlab.errors import ConfigError, DataError, LimitError
 
 
 @dataclass
@@ -57,15 +57,22 @@ def _label(image, text: str):
 def process_video(model, src, out=None, csv_path=None, detect_objects: bool = False,
                   batch_size: int = 32, threshold: float | None = None, target=None,
                   progress: bool = False, max_frame_pixels: int | None = None,
-                  max_frames: int | None = None, name: str | None = None) -> VideoResult:
+                  max_frames: int | None = None, name: str | None = None,
+                  verifier=None) -> VideoResult:
     """Classify (or, with ``detect_objects``, detect in) each frame of ``src``; write the
     annotated frames to ``out`` (H.264 MP4) and one CSV row per frame (per box, detecting) to
     ``csv_path``. ``model``: a shipped name ('digits', 'cifar10', 'faces'), a ``.cnnlab`` path
-    or a model. ``max_frame_pixels`` and ``max_frames`` bound the work (a ``LimitError`` past
-    them); ``name`` is how messages call ``src``. A video that fails leaves no output behind."""
+    or a model; ``verifier``, detecting: a second stage that looks again at each box
+    (``tasks.detect.detect``'s). ``max_frame_pixels`` and ``max_frames`` bound the work (a
+    ``LimitError`` past them); ``name`` is how messages call ``src``. A video that fails leaves
+    no output behind."""
     from cnnlab.tasks import detect
     av = pyav()
     model = detect.load_detector(model)
+    if verifier is not None and not detect_objects:
+        raise ConfigError("A verifier checks detected boxes; it needs detect_objects=True "
+                          "(--detect).")
+    verifier = None if verifier is None else detect.load_detector(verifier)
     what = name or repr(os.fspath(src))
     if not os.path.exists(src):
         raise DataError(f"No video file at {what}.")
@@ -87,7 +94,7 @@ def process_video(model, src, out=None, csv_path=None, detect_objects: bool = Fa
                                  f"frame); the limit here is {max_frame_pixels:,}.")
             try:
                 _process(model, container, stream, result, detect_objects, batch_size,
-                         threshold, target, progress, max_frames, what)
+                         threshold, target, progress, max_frames, what, verifier)
             except av.error.FFmpegError as exc:
                 raise DataError(f"FFmpeg could not process {what} "
                                 f"({exc.strerror or exc}).") from None
@@ -102,7 +109,7 @@ def process_video(model, src, out=None, csv_path=None, detect_objects: bool = Fa
 
 
 def _process(model, container, stream, result, detect_objects, batch_size, threshold, target,
-             progress, max_frames, what) -> None:
+             progress, max_frames, what, verifier) -> None:
     from tqdm.auto import tqdm
 
     from cnnlab.data.pictures import class_names, image_for_model
@@ -126,7 +133,7 @@ def _process(model, container, stream, result, detect_objects, batch_size, thres
                 annotated = []
                 for index, image, seconds in batch:
                     found = detect.detect(image, model=model, target=target_index,
-                                          threshold=threshold)
+                                          threshold=threshold, verifier=verifier)
                     for d in found:
                         write_row([index, f"{seconds:.3f}", *(f"{v:.1f}" for v in d.box),
                                    f"{d.score:.4f}"])
