@@ -55,6 +55,32 @@ def test_chunked_convolution_equals_one_shot(monkeypatch, dtype):
         assert_close(a, b, dtype, "grad")
 
 
+def test_winograd_in_cache_sized_chunks_equals_one_shot_and_im2col(monkeypatch):
+    """The batch cut into chunks (compiled transforms: ``WINOGRAD_CACHE_BYTES``; the reference:
+    the memory budget), forward and backward, equals the whole batch at once and the im2col
+    reference in float64."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9, 13, 12, 5))
+    kernel, bias = rng.standard_normal((3, 3, 5, 6)), rng.standard_normal(6)
+    pads = ((1, 1), (1, 1))
+    out_d, cache_d = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="direct")
+    grad_out = rng.standard_normal(out_d.shape)
+    direct = conv.conv2d_backward(grad_out, cache_d)
+    results = []
+    for budget in (2**40, 3 * 36 * 4 * 3 * 11 * 8):       # whole; about 3 images' V and M
+        monkeypatch.setattr(conv, "WINOGRAD_CACHE_BYTES", budget)
+        monkeypatch.setattr(windows, "COLS_BUDGET_BYTES", budget)
+        out, cache = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="winograd")
+        results.append((out, conv.conv2d_backward(grad_out, cache), cache.tiles is None))
+    (out_1, grads_1, chunked_1), (out_c, grads_c, chunked_c) = results
+    assert not chunked_1 and chunked_c
+    np.testing.assert_allclose(out_c, out_1, rtol=1e-12, atol=1e-12)
+    assert_close(out_c, out_d, np.float64, "out")
+    for a, b, c, name in zip(grads_c, grads_1, direct, ("grad_x", "grad_kernel", "grad_bias")):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        assert_close(a, c, np.float64, name)
+
+
 @settings(max_examples=60, deadline=None)
 @given(p=st.integers(1, 4), s=st.integers(1, 3), padding=st.sampled_from(["valid", "same"]),
        ties=st.booleans(), seed=st.integers(0, 2**31))

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cnnlab.engine import fourier, winograd
+from cnnlab.engine import compiled, fourier, winograd
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import batch_chunks, col2im, column_sums, im2col, tap_slices, transposed_product
 from cnnlab.errors import ConfigError
@@ -244,13 +244,26 @@ class WinogradCache(NamedTuple):
     workspace: dict | None
 
 
+#: With compiled transforms, the bytes of transformed tiles (V and M) one chunk of the batch
+#: holds: about one core's L2 cache (2 MiB on the 2-core development machine; 1-2 MiB on current
+#: x86 cores), so the input transform writes V, the products read it and write M, and the
+#: output transform reads M while they are still in cache, instead of each going to memory and
+#: back. The NumPy reference makes whole passes over its arrays whatever their size, so it keeps
+#: the memory budget (``windows.COLS_BUDGET_BYTES``) and fewer calls.
+WINOGRAD_CACHE_BYTES = 2 * 2**20
+
+
 def _winograd_chunks(n: int, out_hw, c: int, f: int, dtype, tiling) -> list[slice]:
     """Batch chunks whose transformed tiles (V and M, the two arrays a chunk holds at once) fit
-    the budget: alpha^2 * th * tw * (C + F) values per image. One chunk keeps V for the backward
-    pass; more redo it there (ResNet-20's first stage at batch 128 on one thread did, when this
-    counted V and M twice: one input transform more per convolution)."""
+    the budget: alpha^2 * th * tw * (C + F) values per image; ``WINOGRAD_CACHE_BYTES`` with
+    compiled transforms, else the memory budget. One chunk keeps V for the backward pass; more
+    redo it there, chunk by chunk: an input transform more per convolution, which costs less
+    than the round trips through memory it saves (ResNet-20 at batch 128 measured in
+    ``benchmarks/kernels.py``'s docstring)."""
     th, tw = winograd.tile_counts(out_hw, tiling.m)
-    return batch_chunks(n, tiling.alpha ** 2 * th * tw * (c + f) * np.dtype(dtype).itemsize)
+    budget = WINOGRAD_CACHE_BYTES if compiled.module("winograd_kernels") is not None else None
+    return batch_chunks(n, tiling.alpha ** 2 * th * tw * (c + f) * np.dtype(dtype).itemsize,
+                        budget)
 
 
 def _winograd_forward(x, kernel, bias, pads, workspace):
