@@ -277,8 +277,9 @@ def _winograd_forward(x, kernel, bias, pads, workspace):
         return out, WinogradCache(tiles, None, tiling, kernel, x.shape, pads, bias is not None,
                                   workspace)
     out = np.empty((n, *out_hw, f), dtype=np.result_type(x, kernel))
+    u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
     for chunk in chunks:
-        out[chunk] = winograd.conv3x3_forward(x[chunk], kernel, bias, pads, out_hw, tiling)[0]
+        winograd.conv3x3_forward(x[chunk], kernel, bias, pads, out_hw, tiling, u, out[chunk])
     return out, WinogradCache(None, x, tiling, kernel, x.shape, pads, bias is not None,
                               workspace)
 
@@ -292,9 +293,10 @@ def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
         tiles_hw = winograd.tile_counts(grad_out.shape[1:3], tiling.m)
         chunks = _winograd_chunks(n, grad_out.shape[1:3], cache.kernel.shape[2], f,
                                   grad_out.dtype, tiling)
-        grad_kernel = sum(winograd.conv3x3_kernel_grad(grad_out[chunk], winograd.transform_input(
+        grad_u = sum(winograd.transformed_kernel_grad(grad_out[chunk], winograd.transform_input(
             cache.x[chunk].astype(grad_out.dtype, copy=False), cache.pads, tiles_hw, tiling),
             tiling) for chunk in chunks)
+        grad_kernel = winograd.kernel_grad_transform(grad_u, tiling)   # once, not per chunk
     grad_bias = column_sums(grad_out.reshape(-1, f)) if cache.has_bias else None
     if not need_input_grad:
         return None, grad_kernel, grad_bias

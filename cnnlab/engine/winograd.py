@@ -255,33 +255,46 @@ def transform_input(x: np.ndarray, pads: Pads, tiles_hw, tiles: Tiling) -> np.nd
 
 
 def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
-                    tiles: Tiling | None = None):
+                    tiles: Tiling | None = None, u: np.ndarray | None = None,
+                    out: np.ndarray | None = None):
     """``out = A^T [(B^T d B) * (G g G^T)] A (+ bias)``: (N, H, W, C) -> (N, Ho, Wo, F), and the
     cache for :func:`conv3x3_kernel_grad` (the transformed tiles V). ``tiles``: the tiling
-    (default :func:`tiling`)."""
+    (default :func:`tiling`). A batch done in chunks passes ``u``, the kernel already
+    transformed with it, and ``out``, its chunk of the output (C-contiguous) to write into."""
     tiles = tiles or tiling()
     n, f = x.shape[0], kernel.shape[3]
     dtype = np.result_type(x, kernel)
     tiles_hw = tile_counts(out_hw, tiles.m)
     v = transform_input(x.astype(dtype, copy=False), pads, tiles_hw, tiles)   # (alpha^2, T, C)
-    u = kernel_transform(kernel.astype(dtype, copy=False), tiles)             # (alpha^2, C, F)
+    if u is None:
+        u = kernel_transform(kernel.astype(dtype, copy=False), tiles)         # (alpha^2, C, F)
     m = np.matmul(v, u)                                                 # (alpha^2, T, F)
     kernels = compiled.module("winograd_kernels")
     if kernels is not None:
-        out = np.empty((n, *out_hw, f), dtype=m.dtype)
+        out = np.empty((n, *out_hw, f), dtype=m.dtype) if out is None else out
         shift = np.zeros(f, m.dtype) if bias is None else bias.astype(m.dtype)
         kernels.output_tiles(m, tiles.at.astype(m.dtype), shift, *tiles_hw, out)
         return out, v
     if tiles is F2:
-        out = output_transform(m.reshape(4, 4, -1, f), n, tiles_hw, out_hw)
-        out = out if bias is None else out + bias
-        return np.ascontiguousarray(out), v
-    return output_transform_reference(m, n, tiles_hw, out_hw, tiles, bias), v
+        y = output_transform(m.reshape(4, 4, -1, f), n, tiles_hw, out_hw)
+        y = np.ascontiguousarray(y if bias is None else y + bias)
+    else:
+        y = output_transform_reference(m, n, tiles_hw, out_hw, tiles, bias)
+    if out is None:
+        return y, v
+    out[...] = y
+    return out, v
 
 
 def conv3x3_kernel_grad(grad_out: np.ndarray, v: np.ndarray, tiles: Tiling) -> np.ndarray:
     """``grad_kernel = G^T (V^T @ (A grad_y A^T)) G``: the forward's V (alpha^2, T, C), made
     with ``tiles``, and grad_out (N, Ho, Wo, F) -> (3, 3, C, F)."""
+    return kernel_grad_transform(transformed_kernel_grad(grad_out, v, tiles), tiles)
+
+
+def transformed_kernel_grad(grad_out: np.ndarray, v: np.ndarray, tiles: Tiling) -> np.ndarray:
+    """``grad_U = V^T @ (A grad_y A^T)`` (alpha^2, C, F), the kernel's gradient before its
+    transform back (linear: the grad_U of a batch's chunks add up to the batch's)."""
     f = grad_out.shape[-1]
     tiles_hw = tile_counts(grad_out.shape[1:3], tiles.m)
     kernels = compiled.module("winograd_kernels")
@@ -293,5 +306,4 @@ def conv3x3_kernel_grad(grad_out: np.ndarray, v: np.ndarray, tiles: Tiling) -> n
         grad_m = output_transform_adjoint(grad_out, tiles_hw).reshape(16, -1, f)
     else:
         grad_m = output_adjoint_reference(grad_out, tiles_hw, tiles)
-    grad_u = np.matmul(v.transpose(0, 2, 1), grad_m)                    # (alpha^2, C, F)
-    return kernel_grad_transform(grad_u, tiles)
+    return np.matmul(v.transpose(0, 2, 1), grad_m)                      # (alpha^2, C, F)
