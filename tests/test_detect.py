@@ -334,6 +334,21 @@ def test_the_detect_page_draws_the_boxes_the_api_finds(digit_detector, tmp_path,
         server.server_close()
 
 
+def test_the_web_apps_detector_takes_a_verifier(digit_detector, tmp_path):
+    """``cnnlab serve --verifier``: the Detect page's service asks the second stage too."""
+    import io
+
+    from cnnlab.serve import api
+    buffer = io.BytesIO()
+    Image.fromarray((_page(6)[0] * 255).astype(np.uint8)).save(buffer, "PNG")
+    _verifier(1e-30).save(tmp_path / "never.cnnlab")     # outweighs any first-stage score
+    alone = api.DetectService(digit_detector)
+    paired = api.DetectService(digit_detector, str(tmp_path / "never.cnnlab"))
+    assert len(alone.query(buffer.getvalue(), 0.9)["detections"]) >= 5
+    assert paired.query(buffer.getvalue(), 0.9)["detections"] == []
+    assert alone.describe()["verifier"] is None and paired.describe()["verifier"] == "face_net"
+
+
 def test_lfw_faces_is_stratified_balanced_in_training_and_names_its_extra_when_missing(
         monkeypatch):
     from cnnlab.datasets import lfw_faces

@@ -34,7 +34,8 @@ def cmd_serve(args) -> int:
         raise ConfigError(f"--data-root {args.data_root!r} is not a folder.")
     app = serve.App(models, serve.models_dir(), default=name,
                     log=(lambda line: print(line, file=sys.stderr)) if args.log else None,
-                    index=index, detector=args.detector, data_root=args.data_root)
+                    index=index, detector=args.detector, data_root=args.data_root,
+                    verifier=args.verifier)
     try:
         server = serve.make_server(app, args.host, args.port)
     except (OSError, ValueError) as exc:
@@ -79,3 +80,7 @@ def add_commands(commands) -> None:
     serve.add_argument("--detector", metavar="FILE",
                        help="a two-class .cnnlab classifier for the Detect page (default: the "
                             "shipped face model)")
+    serve.add_argument("--verifier", metavar="FILE",
+                       help="a second .cnnlab classifier that looks again at each box the "
+                            "detector finds, on the Detect and Video pages (as cnnlab detect's "
+                            "--verifier)")

@@ -269,10 +269,12 @@ class SearchService:
 
 class DetectService:
     """Detection for the web app: the shipped face model, or the classifier given to
-    ``cnnlab serve --detector``, loaded at its first use."""
+    ``cnnlab serve --detector``, and the second stage given to ``--verifier`` (if any), each
+    loaded at its first use."""
 
-    def __init__(self, model=None):
+    def __init__(self, model=None, verifier=None):
         self._spec, self._model = model, None
+        self._verifier_spec, self._verifier = verifier, None
         self._one_at_a_time = threading.Lock()
 
     @property
@@ -282,11 +284,19 @@ class DetectService:
             self._model = detect.load_detector(self._spec or detect.DEFAULT_MODEL)
         return self._model
 
+    @property
+    def verifier(self):
+        if self._verifier is None and self._verifier_spec is not None:
+            from cnnlab.tasks import detect
+            self._verifier = detect.load_detector(self._verifier_spec)
+        return self._verifier
+
     def describe(self) -> dict:
         from cnnlab.tasks import detect
-        model = self.model
+        model, verifier = self.model, self.verifier
         return {"model": model.name, "target": class_names(model)[detect.target_class(model)],
-                "window": list(model.input_shape)}
+                "window": list(model.input_shape),
+                "verifier": None if verifier is None else verifier.name}
 
     def query(self, body: bytes, threshold: float) -> dict:
         from cnnlab.tasks import detect
@@ -298,7 +308,8 @@ class DetectService:
                                 f"use cnnlab detect.")
         start = time.perf_counter()
         with user_errors(), self._one_at_a_time:        # memory: one pyramid at once
-            found = detect.detect(image, model=self.model, threshold=threshold)
+            found = detect.detect(image, model=self.model, threshold=threshold,
+                                  verifier=self.verifier)
         return {"model": self.model.name, "width": image.width, "height": image.height,
                 "target": class_names(self.model)[detect.target_class(self.model)],
                 "detections": [d.to_json() for d in found],
@@ -321,8 +332,9 @@ class VideoService:
         self._one_at_a_time = threading.Lock()
 
     def query(self, model, body: bytes, detect_objects: bool, threshold: float,
-              name: str | None = None) -> dict:
-        """``name``: what the pages call ``model`` (a served model's name, not its layer name)."""
+              name: str | None = None, verifier=None) -> dict:
+        """``name``: what the pages call ``model`` (a served model's name, not its layer name);
+        ``verifier``: detecting, the detector's second stage."""
         import csv
         import os
         import tempfile
@@ -342,7 +354,7 @@ class VideoService:
                 result = process_video(model, src, out=out, csv_path=table,
                                        detect_objects=detect_objects, threshold=threshold,
                                        max_frame_pixels=max_pixels, max_frames=max_frames,
-                                       name="the uploaded video")
+                                       name="the uploaded video", verifier=verifier)
             seconds = time.perf_counter() - start
             with open(out, "rb") as handle:
                 video = handle.read()

@@ -18,7 +18,8 @@ class App:
     """The served models and the training run, shared by every request thread."""
 
     def __init__(self, models: dict, models_dir, default: str | None = None, log=None,
-                 index=None, detector=None, token: str | None = None, data_root=None):
+                 index=None, detector=None, token: str | None = None, data_root=None,
+                 verifier=None):
         #: what every API request must carry; drawn here unless the caller chose one
         self.token = token or secrets.token_urlsafe(24)
         #: the folder under which POST /api/train may name training folders (None: none)
@@ -32,7 +33,7 @@ class App:
         self._lock = threading.Lock()
         self.log = log
         self.search = api.SearchService(index) if index is not None else None
-        self.detector = api.DetectService(detector)
+        self.detector = api.DetectService(detector, verifier)
         self.inside = InsideService(index)
         self.video = api.VideoService()
 
