@@ -1,7 +1,8 @@
 """The compiled kernels against the NumPy reference they replace, measured in one run:
 
-    python benchmarks/kernels.py          # all five
+    python benchmarks/kernels.py          # all six
     python benchmarks/kernels.py --ops    # the first only
+    python benchmarks/kernels.py --chunks # the fifth only
 
 1. each op alone, on the shapes of ResNet-20: BatchNormalization's training forward and backward
    together at batch 128; a 3x3 convolution's forward and both gradients at batch 64 (one
@@ -14,7 +15,9 @@
    thread's): cumulative profiled time in each op over the steps, each path;
 3. whole steps at 1 thread and at the machine's thread count, the two paths interleaved;
 4. the ReLU inside BatchNormalization's kernels against the ReLU apart, whole training steps;
-5. cold start: a fresh process's first ResNet-20 training step (import included) with an empty
+5. Winograd's batch in chunks sized for one core's L2 against the whole batch at once, whole
+   training steps and inference of ResNet-20 and cifar10_cnn;
+6. cold start: a fresh process's first ResNet-20 training step (import included) with an empty
    Numba cache (compiling every kernel), then again with the cache filled, then on the
    reference.
 """
@@ -35,7 +38,7 @@ from threadpoolctl import threadpool_limits
 
 import cnnlab
 from cnnlab import zoo
-from cnnlab.engine import conv, depthwise, pool, updates
+from cnnlab.engine import conv, depthwise, pool, updates, windows
 from cnnlab.engine import normalization as bn
 
 SHAPES = [(128 * 32 * 32, 16), (128 * 16 * 16, 32), (128 * 8 * 8, 64)]   # (M, C) per stage
@@ -222,6 +225,41 @@ def fused_relu(name: str, threads: int, rounds=5, steps=3) -> None:
           f"{fused:.3f} s ({apart / fused:.2f}x); medians of {rounds}")
 
 
+CHUNKED = (("resnet20", 128), ("cifar10_cnn", 128), ("resnet20", 16))
+
+
+def winograd_chunks(name: str, batch: int, rounds=5, steps=3) -> None:
+    """Winograd's batch in chunks whose V and M fit one core's L2 (``conv.WINOGRAD_CACHE_BYTES``)
+    against the whole batch at once (the memory budget, ``windows.COLS_BUDGET_BYTES``), whole
+    training steps and inference of one model at the machine's thread count, interleaved."""
+    model = zoo.get(name, input_shape=(32, 32, 3), num_classes=10)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((batch, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, batch)
+    work = {"train": lambda: model.fit(x, y, batch_size=batch, epochs=steps, verbose=0),
+            "infer": lambda: [model.predict(x, batch_size=batch, verbose=0)
+                              for _ in range(steps)]}
+    cache_sized = conv.WINOGRAD_CACHE_BYTES
+    seconds = {(what, kind): [] for what in work for kind in ("whole", "chunks")}
+    try:
+        for what, run in work.items():
+            run()
+            for _ in range(rounds):
+                for kind in ("whole", "chunks"):
+                    conv.WINOGRAD_CACHE_BYTES = (cache_sized if kind == "chunks"
+                                                 else windows.COLS_BUDGET_BYTES)
+                    start = time.perf_counter()
+                    run()
+                    seconds[what, kind].append((time.perf_counter() - start) / steps)
+    finally:
+        conv.WINOGRAD_CACHE_BYTES = cache_sized
+    for what in work:
+        whole, chunks = (statistics.median(seconds[what, k]) for k in ("whole", "chunks"))
+        print(f"  {name}, batch {batch}, {what}: whole batch {whole * 1e3:.1f} ms a step, in "
+              f"{cache_sized >> 20} MiB chunks {chunks * 1e3:.1f} ms ({whole / chunks:.2f}x); "
+              f"medians of {rounds}")
+
+
 FIRST_STEP = """
 import time
 start = time.perf_counter()
@@ -248,6 +286,12 @@ def cold_start() -> None:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--chunks"]:
+        print(f"Winograd in cache-sized chunks against the whole batch, "
+              f"{cnnlab.config.threads()} thread(s):")
+        for name, batch in CHUNKED:
+            winograd_chunks(name, batch)
+        return
     op_times()
     if sys.argv[1:] == ["--ops"]:
         return
@@ -260,6 +304,9 @@ def main() -> None:
     print("BatchNormalization + ReLU training steps, batch 128:")
     fused_relu("mobilenet_small", 1)
     fused_relu("resnet20", threads)
+    print(f"Winograd in cache-sized chunks against the whole batch, {threads} thread(s):")
+    for name, batch in CHUNKED:
+        winograd_chunks(name, batch)
     cold_start()
 
 
