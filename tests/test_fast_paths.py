@@ -81,6 +81,33 @@ def test_winograd_in_cache_sized_chunks_equals_one_shot_and_im2col(monkeypatch):
         assert_close(a, c, np.float64, name)
 
 
+@pytest.mark.parametrize("algorithm", ["winograd", "direct", "fourier"])
+def test_a_relu_inside_the_convolution_at_inference_equals_the_relu_after_it(
+        monkeypatch, algorithm):
+    """``Conv2D(activation='relu')`` predicting: the ReLU in the convolution's own pass (compiled
+    Winograd's output transform; in place on the other paths) against the convolution's output
+    then ``max(0, .)``, in float64; in training the ReLU stays apart, for its gradient."""
+    from cnnlab import layers
+    from cnnlab.layers.context import CallContext
+    monkeypatch.setattr(conv, "ALGORITHM", algorithm)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 11, 9, 3))
+    layer = layers.Conv2D(7, 3, padding="same", activation="relu", dtype="float64")
+    layer(x)
+    layer.set_weights([rng.standard_normal((3, 3, 3, 7)), rng.standard_normal(7)])
+    assert layer.fuses("relu", CallContext()) and not layer.fuses("relu", CallContext(True))
+    assert not layers.DepthwiseConv2D(3, activation="relu").fuses("relu", CallContext())
+    plain, _ = conv.conv2d_forward(x, *layer.get_weights(), (1, 1), ((1, 1), (1, 1)),
+                                   algorithm="direct")
+    fused, cache = layer.forward(x, CallContext())
+    assert cache[1] is None                                # no ReLU left to run after it
+    assert_close(fused, np.maximum(plain, 0), np.float64, "relu(conv)")
+    assert (fused == 0).any() and (fused > 0).any()
+    trained, cache = layer.forward(x, CallContext(training=True))
+    assert cache[1] == "relu"
+    np.testing.assert_allclose(trained, fused, rtol=1e-12, atol=1e-12)
+
+
 @settings(max_examples=60, deadline=None)
 @given(p=st.integers(1, 4), s=st.integers(1, 3), padding=st.sampled_from(["valid", "same"]),
        ties=st.booleans(), seed=st.integers(0, 2**31))

@@ -162,21 +162,23 @@ def _winograd_case(seed, n, h, w, c, f, top, left):
 
 
 def _winograd_transforms(x, pads, out_hw, tiles_hw, m, grad_out, bias):
-    """(V, y, grad_M) by whichever path the switch selects."""
+    """(V, y, grad_M, max(y, 0)) by whichever path the switch selects."""
     from cnnlab.engine import winograd
     kernels = compiled.module("winograd_kernels")
     n, f = x.shape[0], m.shape[2]
     at = winograd.F4.at.astype(x.dtype)
     if kernels is None:
-        return (winograd.input_transform_reference(x, pads, tiles_hw, winograd.F4),
-                winograd.output_transform_reference(m, n, tiles_hw, out_hw, winograd.F4, bias),
-                winograd.output_adjoint_reference(grad_out, tiles_hw, winograd.F4))
+        y = winograd.output_transform_reference(m, n, tiles_hw, out_hw, winograd.F4, bias)
+        return (winograd.input_transform_reference(x, pads, tiles_hw, winograd.F4), y,
+                winograd.output_adjoint_reference(grad_out, tiles_hw, winograd.F4),
+                np.maximum(y, 0))
     v = winograd.transform_input(x, pads, tiles_hw, winograd.F4)
-    y = np.empty((n, *out_hw, f), x.dtype)
-    kernels.output_tiles(m, at, bias, *tiles_hw, y)
+    y, rectified = np.empty((2, n, *out_hw, f), x.dtype)
+    kernels.output_tiles(m, at, bias, *tiles_hw, y, False)
+    kernels.output_tiles(m, at, bias, *tiles_hw, rectified, True)
     grad_m = np.empty_like(m)
     kernels.output_tiles_adjoint(grad_out, at, *tiles_hw, grad_m)
-    return v, y, grad_m
+    return v, y, grad_m, rectified
 
 
 @settings(max_examples=40, deadline=None)
@@ -188,7 +190,7 @@ def test_winograd_kernels_equal_the_reference_in_float64(seed, n, h, w, c, f, to
     SIMD width divides."""
     case = _winograd_case(seed, n, h, w, c, f, top, left)
     fast, reference = _both(lambda: _winograd_transforms(*case))
-    for name, a, b in zip(("V", "y", "grad_M"), fast, reference):
+    for name, a, b in zip(("V", "y", "grad_M", "relu(y)"), fast, reference):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=name)
 
 
@@ -199,7 +201,7 @@ def test_winograd_kernels_in_float32_within_rounding():
     case = (x.astype(np.float32), pads, out_hw, tiles_hw, m.astype(np.float32),
             grad_out.astype(np.float32), bias.astype(np.float32))
     fast, reference = _both(lambda: _winograd_transforms(*case))
-    for name, a, b in zip(("V", "y", "grad_M"), fast, reference):
+    for name, a, b in zip(("V", "y", "grad_M", "relu(y)"), fast, reference):
         assert a.dtype == np.float32, name
         np.testing.assert_allclose(a, b, rtol=0, atol=64 * 6e-8 * np.abs(b).max(), err_msg=name)
 

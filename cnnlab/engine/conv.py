@@ -176,8 +176,10 @@ FOLD_BIAS_MAX_K = 64
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
                    dilation: tuple[int, int] = (1, 1), workspace: dict | None = None,
-                   algorithm: str | None = None, gradients: str = "all"):
-    """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``.
+                   algorithm: str | None = None, gradients: str = "all", relu: bool = False):
+    """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``,
+    then ``max(out, 0)`` if ``relu`` (inference: the backward pass does not take the ReLU's
+    gradient; compiled Winograd runs it in its output transform, the other paths in place).
 
     Returns ``(out (N, Ho, Wo, F), cache)``. The bias rides in the matrix multiply as an extra
     row of the kernel against a column of ones in cols. The cache keeps ``cols`` for the backward
@@ -187,12 +189,21 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     """
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
                   gradients=gradients)
-    if path == "fourier":
-        return fourier.conv2d_forward(x, kernel, bias, pads, workspace)
     if path == "winograd":
-        return _winograd_forward(x, kernel, bias, pads, workspace)
-    if kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
-        return _pointwise_forward(x, kernel, bias, strides, dilation, workspace)
+        return _winograd_forward(x, kernel, bias, pads, workspace, relu)
+    if path == "fourier":
+        out, cache = fourier.conv2d_forward(x, kernel, bias, pads, workspace)
+    elif kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
+        out, cache = _pointwise_forward(x, kernel, bias, strides, dilation, workspace)
+    else:
+        out, cache = _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace)
+    if relu:
+        np.maximum(out, 0, out=out)
+    return out, cache
+
+
+def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace):
+    """im2col, then one GEMM per chunk of the batch (``batch_chunks``)."""
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
@@ -266,20 +277,22 @@ def _winograd_chunks(n: int, out_hw, c: int, f: int, dtype, tiling) -> list[slic
                         budget)
 
 
-def _winograd_forward(x, kernel, bias, pads, workspace):
+def _winograd_forward(x, kernel, bias, pads, workspace, relu=False):
     n, h, w, c = x.shape
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
     tiling = winograd.tiling()
     chunks = _winograd_chunks(n, out_hw, c, f, x.dtype, tiling)
     if len(chunks) == 1:
-        out, tiles = winograd.conv3x3_forward(x, kernel, bias, pads, out_hw, tiling)
+        out, tiles = winograd.conv3x3_forward(x, kernel, bias, pads, out_hw, tiling,
+                                              relu=relu)
         return out, WinogradCache(tiles, None, tiling, kernel, x.shape, pads, bias is not None,
                                   workspace)
     out = np.empty((n, *out_hw, f), dtype=np.result_type(x, kernel))
     u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
     for chunk in chunks:
-        winograd.conv3x3_forward(x[chunk], kernel, bias, pads, out_hw, tiling, u, out[chunk])
+        winograd.conv3x3_forward(x[chunk], kernel, bias, pads, out_hw, tiling, u, out[chunk],
+                                 relu)
     return out, WinogradCache(None, x, tiling, kernel, x.shape, pads, bias is not None,
                               workspace)
 

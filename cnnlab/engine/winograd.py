@@ -256,11 +256,12 @@ def transform_input(x: np.ndarray, pads: Pads, tiles_hw, tiles: Tiling) -> np.nd
 
 def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
                     tiles: Tiling | None = None, u: np.ndarray | None = None,
-                    out: np.ndarray | None = None):
+                    out: np.ndarray | None = None, relu: bool = False):
     """``out = A^T [(B^T d B) * (G g G^T)] A (+ bias)``: (N, H, W, C) -> (N, Ho, Wo, F), and the
     cache for :func:`conv3x3_kernel_grad` (the transformed tiles V). ``tiles``: the tiling
     (default :func:`tiling`). A batch done in chunks passes ``u``, the kernel already
-    transformed with it, and ``out``, its chunk of the output (C-contiguous) to write into."""
+    transformed with it, and ``out``, its chunk of the output (C-contiguous) to write into.
+    ``relu``: ``max(out, 0)`` too, in the output transform's pass where it is compiled."""
     tiles = tiles or tiling()
     n, f = x.shape[0], kernel.shape[3]
     dtype = np.result_type(x, kernel)
@@ -273,13 +274,15 @@ def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
     if kernels is not None:
         out = np.empty((n, *out_hw, f), dtype=m.dtype) if out is None else out
         shift = np.zeros(f, m.dtype) if bias is None else bias.astype(m.dtype)
-        kernels.output_tiles(m, tiles.at.astype(m.dtype), shift, *tiles_hw, out)
+        kernels.output_tiles(m, tiles.at.astype(m.dtype), shift, *tiles_hw, out, relu)
         return out, v
     if tiles is F2:
         y = output_transform(m.reshape(4, 4, -1, f), n, tiles_hw, out_hw)
         y = np.ascontiguousarray(y if bias is None else y + bias)
     else:
         y = output_transform_reference(m, n, tiles_hw, out_hw, tiles, bias)
+    if relu:
+        np.maximum(y, 0, out=y)
     if out is None:
         return y, v
     out[...] = y

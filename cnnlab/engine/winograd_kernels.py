@@ -4,7 +4,7 @@
 ``t = (n * th + ty) * tw + tx`` covering outputs ``(ty*m .. ty*m + m-1, tx*m .. tx*m + m-1)``.
 
     input_tiles          x (N, H, W, C)   -> V (alpha^2, T, C)    V = B^T d B, d the tile's patch
-    output_tiles         M (alpha^2, T, F) -> y (N, Ho, Wo, F)    y = A^T M A + bias
+    output_tiles         M (alpha^2, T, F) -> y (N, Ho, Wo, F)    y = A^T M A + bias (ReLU'd)
     output_tiles_adjoint dy (N, Ho, Wo, F) -> dM (alpha^2, T, F)  dM = A dy A^T
 
 What they save. The NumPy path pads the image into a copy, then makes one pass over the
@@ -105,9 +105,10 @@ def input_tiles(x, bt, top, left, tiles_h, tiles_w, v):
 
 
 @numba.njit(cache=True, nogil=True)
-def output_tiles(mt, at, bias, tiles_h, tiles_w, y):
+def output_tiles(mt, at, bias, tiles_h, tiles_w, y, relu):
     """``y[n, ty*m + a, tx*m + b, f] = bias[f] + sum_{i, j} at[a, i] * M[i*alpha + j, t, f] *
-    at[b, j]``, the tiles' overhang past ``y``'s edge dropped. ``M`` and ``y`` C-contiguous."""
+    at[b, j]``, then ``max(y, 0)`` if ``relu`` (an inference epilogue: no second pass over y),
+    the tiles' overhang past ``y``'s edge dropped. ``M`` and ``y`` C-contiguous."""
     batch, out_h, out_w, filters = y.shape
     m, alpha = at.shape
     span = tiles_w * filters
@@ -139,8 +140,12 @@ def output_tiles(mt, at, bias, tiles_h, tiles_w, y):
                     for b in range(min(m, out_w - tx * m)):
                         source = block[b, tx * filters:(tx + 1) * filters]
                         out = target[tx * m + b]
-                        for f in range(filters):
-                            out[f] = source[f] + bias[f]
+                        if relu:
+                            for f in range(filters):
+                                out[f] = max(source[f] + bias[f], 0)
+                        else:
+                            for f in range(filters):
+                                out[f] = source[f] + bias[f]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -80,12 +80,19 @@ class Conv2D(Layer):
         """The weights this call runs with: kernel ``(KH, KW, C, F)``, bias ``(F,)`` or None."""
         return linear_weights(self, ctx)
 
-    def call(self, x, ctx):
+    def fuses(self, activation, ctx):
+        """At inference (no backward pass follows), a ReLU runs inside the convolution: compiled
+        Winograd applies it in its output transform, so the map is not read and written again.
+        Not in subclasses, whose own ops have no such step."""
+        return activation == "relu" and not ctx.keep_cache and type(self) is Conv2D
+
+    def call(self, x, ctx, activation="linear"):
         # ctx.workspace: the im2col buffer and kernel spectrum the caller keeps for this call
         # site between steps (one per thread and per node, so concurrent calls never share one)
         kernel, bias = self.kernel_and_bias(ctx)
         return conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
-                              self.dilation_rate, ctx.workspace, gradients=ctx.gradients)
+                              self.dilation_rate, ctx.workspace, gradients=ctx.gradients,
+                              relu=activation == "relu")
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache, input_grad)
