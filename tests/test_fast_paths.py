@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from reference import assert_close
 
 import cnnlab
-from cnnlab.engine import conv, windows
+from cnnlab.engine import compiled, conv, windows
 from cnnlab.engine.pool import max_pool2d_backward, max_pool2d_forward, max_pool2d_forward_reference
 from cnnlab.engine.shapes import resolve_padding
 
@@ -57,8 +57,9 @@ def test_chunked_convolution_equals_one_shot(monkeypatch, dtype):
 
 def test_winograd_in_cache_sized_chunks_equals_one_shot_and_im2col(monkeypatch):
     """The batch cut into chunks (compiled transforms: ``WINOGRAD_CACHE_BYTES``; the reference:
-    the memory budget), forward and backward, equals the whole batch at once and the im2col
-    reference in float64."""
+    the memory budget), each chunk's V kept or, past the memory budget, redone in the backward
+    pass: forward and backward equal the whole batch at once and the im2col reference in
+    float64."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((9, 13, 12, 5))
     kernel, bias = rng.standard_normal((3, 3, 5, 6)), rng.standard_normal(6)
@@ -67,17 +68,22 @@ def test_winograd_in_cache_sized_chunks_equals_one_shot_and_im2col(monkeypatch):
     grad_out = rng.standard_normal(out_d.shape)
     direct = conv.conv2d_backward(grad_out, cache_d)
     results = []
-    for budget in (2**40, 3 * 36 * 4 * 3 * 11 * 8):       # whole; about 3 images' V and M
-        monkeypatch.setattr(conv, "WINOGRAD_CACHE_BYTES", budget)
-        monkeypatch.setattr(windows, "COLS_BUDGET_BYTES", budget)
+    small = 3 * 36 * 4 * 3 * 11 * 8                     # about 3 images' V and M in F(4x4)
+    for chunk_budget, memory_budget in ((2**40, 2**40), (small, 2**40), (small, small)):
+        monkeypatch.setattr(conv, "WINOGRAD_CACHE_BYTES", chunk_budget)
+        monkeypatch.setattr(windows, "COLS_BUDGET_BYTES", memory_budget)
         out, cache = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="winograd")
-        results.append((out, conv.conv2d_backward(grad_out, cache), cache.tiles is None))
-    (out_1, grads_1, chunked_1), (out_c, grads_c, chunked_c) = results
-    assert not chunked_1 and chunked_c
-    np.testing.assert_allclose(out_c, out_1, rtol=1e-12, atol=1e-12)
-    assert_close(out_c, out_d, np.float64, "out")
-    for a, b, c, name in zip(grads_c, grads_1, direct, ("grad_x", "grad_kernel", "grad_bias")):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        results.append((out, conv.conv2d_backward(grad_out, cache)))
+        cache_sized = compiled.module("winograd_kernels") is not None and chunk_budget == small
+        assert (len(cache.chunks) > 1) == (cache_sized or memory_budget == small)
+        assert (cache.tiles is None) == (memory_budget == small)      # V redone from x
+    out_1, grads_1 = results[0]
+    for out, grads in results[1:]:
+        np.testing.assert_allclose(out, out_1, rtol=1e-12, atol=1e-12)
+        for a, b in zip(grads, grads_1):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert_close(out_1, out_d, np.float64, "out")
+    for a, c, name in zip(grads_1, direct, ("grad_x", "grad_kernel", "grad_bias")):
         assert_close(a, c, np.float64, name)
 
 

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cnnlab.engine import compiled, fourier, winograd
+from cnnlab.engine import compiled, fourier, windows, winograd
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import batch_chunks, col2im, column_sums, im2col, tap_slices, transposed_product
 from cnnlab.errors import ConfigError
@@ -190,7 +190,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
                   gradients=gradients)
     if path == "winograd":
-        return _winograd_forward(x, kernel, bias, pads, workspace, relu)
+        return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients)
     if path == "fourier":
         out, cache = fourier.conv2d_forward(x, kernel, bias, pads, workspace)
     elif kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
@@ -243,10 +243,11 @@ class Im2colCache(NamedTuple):
 
 
 class WinogradCache(NamedTuple):
-    """What the Winograd backward pass needs: the transformed tiles V (or, when the batch was
-    done in chunks to bound memory, the input, to redo them chunk by chunk)."""
-    tiles: np.ndarray | None      # (alpha^2, T, C)
-    x: np.ndarray | None          # (N, H, W, C)
+    """What the Winograd backward pass needs: each chunk's transformed tiles V, or, where they
+    would not fit the memory budget, the input, to redo them chunk by chunk."""
+    tiles: list | None            # V (alpha^2, T of the chunk, C), one per chunk
+    x: np.ndarray | None          # (N, H, W, C), when tiles is None
+    chunks: list                  # the batch's chunks (slices), as the forward pass ran them
     tiling: winograd.Tiling
     kernel: np.ndarray            # (3, 3, C, F)
     x_shape: tuple
@@ -267,49 +268,49 @@ WINOGRAD_CACHE_BYTES = 2 * 2**20
 def _winograd_chunks(n: int, out_hw, c: int, f: int, dtype, tiling) -> list[slice]:
     """Batch chunks whose transformed tiles (V and M, the two arrays a chunk holds at once) fit
     the budget: alpha^2 * th * tw * (C + F) values per image; ``WINOGRAD_CACHE_BYTES`` with
-    compiled transforms, else the memory budget. One chunk keeps V for the backward pass; more
-    redo it there, chunk by chunk: an input transform more per convolution, which costs less
-    than the round trips through memory it saves (ResNet-20 at batch 128 measured in
-    ``benchmarks/kernels.py``'s docstring)."""
+    compiled transforms, else the memory budget (``benchmarks/kernels.py --chunks`` measures
+    the difference)."""
     th, tw = winograd.tile_counts(out_hw, tiling.m)
     budget = WINOGRAD_CACHE_BYTES if compiled.module("winograd_kernels") is not None else None
     return batch_chunks(n, tiling.alpha ** 2 * th * tw * (c + f) * np.dtype(dtype).itemsize,
                         budget)
 
 
-def _winograd_forward(x, kernel, bias, pads, workspace, relu=False):
+def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="all"):
+    """Chunk by chunk, each chunk's V kept for the backward pass while the whole batch's fits
+    the memory budget (``windows.COLS_BUDGET_BYTES``) and gradients will be asked for; past
+    that the backward pass redoes V from ``x``."""
     n, h, w, c = x.shape
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
     tiling = winograd.tiling()
     chunks = _winograd_chunks(n, out_hw, c, f, x.dtype, tiling)
-    if len(chunks) == 1:
-        out, tiles = winograd.conv3x3_forward(x, kernel, bias, pads, out_hw, tiling,
-                                              relu=relu)
-        return out, WinogradCache(tiles, None, tiling, kernel, x.shape, pads, bias is not None,
-                                  workspace)
     out = np.empty((n, *out_hw, f), dtype=np.result_type(x, kernel))
+    th, tw = winograd.tile_counts(out_hw, tiling.m)
+    keep = gradients != "none" and \
+        tiling.alpha ** 2 * n * th * tw * c * out.itemsize <= windows.COLS_BUDGET_BYTES
     u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
+    tiles = []
     for chunk in chunks:
-        winograd.conv3x3_forward(x[chunk], kernel, bias, pads, out_hw, tiling, u, out[chunk],
-                                 relu)
-    return out, WinogradCache(None, x, tiling, kernel, x.shape, pads, bias is not None,
-                              workspace)
+        _, v = winograd.conv3x3_forward(x[chunk], kernel, bias, pads, out_hw, tiling, u,
+                                        out[chunk], relu)
+        if keep:
+            tiles.append(v)
+    return out, WinogradCache(tiles if keep else None, None if keep else x, chunks, tiling,
+                              kernel, x.shape, pads, bias is not None, workspace)
 
 
 def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
-    n, f = grad_out.shape[0], grad_out.shape[3]
+    f, tiling = grad_out.shape[3], cache.tiling
     if cache.tiles is not None:
-        grad_kernel = winograd.conv3x3_kernel_grad(grad_out, cache.tiles, cache.tiling)
+        tiles = cache.tiles
     else:
-        tiling = cache.tiling
         tiles_hw = winograd.tile_counts(grad_out.shape[1:3], tiling.m)
-        chunks = _winograd_chunks(n, grad_out.shape[1:3], cache.kernel.shape[2], f,
-                                  grad_out.dtype, tiling)
-        grad_u = sum(winograd.transformed_kernel_grad(grad_out[chunk], winograd.transform_input(
-            cache.x[chunk].astype(grad_out.dtype, copy=False), cache.pads, tiles_hw, tiling),
-            tiling) for chunk in chunks)
-        grad_kernel = winograd.kernel_grad_transform(grad_u, tiling)   # once, not per chunk
+        tiles = (winograd.transform_input(cache.x[chunk].astype(grad_out.dtype, copy=False),
+                                          cache.pads, tiles_hw, tiling) for chunk in cache.chunks)
+    grad_u = sum(winograd.transformed_kernel_grad(grad_out[chunk], v, tiling)
+                 for chunk, v in zip(cache.chunks, tiles))
+    grad_kernel = winograd.kernel_grad_transform(grad_u, tiling)    # once, not per chunk
     grad_bias = column_sums(grad_out.reshape(-1, f)) if cache.has_bias else None
     if not need_input_grad:
         return None, grad_kernel, grad_bias
