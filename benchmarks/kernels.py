@@ -232,7 +232,7 @@ def winograd_chunks(name: str, batch: int, rounds=5, steps=3) -> None:
     """Winograd's batch in chunks whose V and M fit one core's L2 (``conv.WINOGRAD_CACHE_BYTES``)
     against the whole batch at once (the memory budget, ``windows.COLS_BUDGET_BYTES``), whole
     training steps and inference of one model at the machine's thread count, interleaved."""
-    from compare import cnnlab_model                 # the networks compare.py races
+    from compare import cnnlab_model  # the networks compare.py races
     model = cnnlab_model(name)
     rng = np.random.default_rng(0)
     x, y = rng.random((batch, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, batch)
