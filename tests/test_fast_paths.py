@@ -87,6 +87,24 @@ def test_winograd_in_cache_sized_chunks_equals_one_shot_and_im2col(monkeypatch):
         assert_close(a, c, np.float64, name)
 
 
+@pytest.mark.parametrize("pads", [((1, 1), (1, 1)), ((0, 0), (0, 0)), ((2, 0), (0, 2)),
+                                  ((5, 3), (1, 1))])
+def test_winograd_at_inference_in_bands_of_rows_equals_im2col(monkeypatch, pads):
+    """An image past the cache budget, at inference, done in bands of output rows (each with
+    its 2 rows of halo; the padding only at the image's edges): equal to im2col in float64,
+    whatever the padding, for each image of a batch."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 37, 23, 5))
+    kernel, bias = rng.standard_normal((3, 3, 5, 6)), rng.standard_normal(6)
+    direct, _ = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="direct")
+    monkeypatch.setattr(conv, "WINOGRAD_CACHE_BYTES", 36 * 6 * 11 * 8 * 2)   # 2 tile rows
+    banded, _ = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="winograd",
+                                    gradients="none")
+    if compiled.module("winograd_kernels") is not None:
+        assert conv._band_rows(6, 5, 6, 8, conv.winograd.F4) == 8 < direct.shape[1]
+    assert_close(banded, direct, np.float64, "out")
+
+
 @pytest.mark.parametrize("algorithm", ["winograd", "direct", "fourier"])
 def test_a_relu_inside_the_convolution_at_inference_equals_the_relu_after_it(
         monkeypatch, algorithm):

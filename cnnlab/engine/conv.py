@@ -290,14 +290,46 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     keep = gradients != "none" and \
         tiling.alpha ** 2 * n * th * tw * c * out.itemsize <= windows.COLS_BUDGET_BYTES
     u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
+    band_rows = _band_rows(tw, c, f, out.itemsize, tiling)
     tiles = []
     for chunk in chunks:
+        if gradients == "none" and band_rows < out_hw[0]:      # one image is past the budget
+            for image in range(chunk.start, chunk.stop):
+                _winograd_bands(x[image:image + 1], kernel, bias, pads, out_hw, tiling, u,
+                                out[image:image + 1], relu, band_rows)
+            continue
         _, v = winograd.conv3x3_forward(x[chunk], kernel, bias, pads, out_hw, tiling, u,
                                         out[chunk], relu)
         if keep:
             tiles.append(v)
     return out, WinogradCache(tiles if keep else None, None if keep else x, chunks, tiling,
                               kernel, x.shape, pads, bias is not None, workspace)
+
+
+def _band_rows(tiles_w: int, c: int, f: int, itemsize: int, tiling) -> int:
+    """Output rows per band (a multiple of the tile) whose V and M fit the cache budget; no
+    limit on the reference path (its budget is the memory's)."""
+    if compiled.module("winograd_kernels") is None:
+        return 2**62
+    per_tile_row = tiling.alpha ** 2 * tiles_w * (c + f) * itemsize
+    return max(1, WINOGRAD_CACHE_BYTES // per_tile_row) * tiling.m
+
+
+def _winograd_bands(x, kernel, bias, pads, out_hw, tiling, u, out, relu, rows):
+    """One image (x (1, H, W, C), out (1, Ho, Wo, F)) at inference, in bands of ``rows`` output
+    rows: a face detection's first pyramid levels are one image whose V alone is far past the
+    cache (478 x 638 x 24 at F(4x4): 110 MB). A band reads its input rows and the 2 below them
+    (3x3); the padding above the image is the first band's, the rows past its end are zeros in
+    the kernel's bounds test, as for the whole image."""
+    (top, _), (left, right) = pads
+    height = x.shape[1]
+    for first in range(0, out_hw[0], rows):
+        last = min(out_hw[0], first + rows)                    # output rows first .. last-1
+        start, stop = max(0, first - top), min(height, last + 2 - top)
+        band_top = start - first + top                         # zero rows above this band
+        band_pads = ((band_top, last - first + 2 - band_top - (stop - start)), (left, right))
+        winograd.conv3x3_forward(x[:, start:stop], kernel, bias, band_pads,
+                                 (last - first, out_hw[1]), tiling, u, out[:, first:last], relu)
 
 
 def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
