@@ -58,6 +58,8 @@ def measure(model, name: str, threshold: float) -> bool:
     print(f"{name}: {len(windows)} windows score >= {threshold}; the face's mean grey {lit:.2f}")
     for rule in (0, detect.MIN_NEIGHBORS):        # the detector's own rule last: its verdict counts
         kept = detect.non_max_suppression(windows, detect.NMS_IOU, rule)
+        if rule:                                  # the boxes detect() itself returns
+            kept = detect.detect(picture, model, threshold=threshold, min_neighbors=rule)
         print(f"  min_neighbors={rule}: {len(kept)} boxes")
         for d in kept:
             neighbours = sum(detect.iou(d.box, w.box) > detect.NMS_IOU for w in windows) - 1
