@@ -75,7 +75,7 @@ def test_winograd_in_cache_sized_chunks_equals_one_shot_and_im2col(monkeypatch):
         out, cache = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="winograd")
         results.append((out, conv.conv2d_backward(grad_out, cache)))
         cache_sized = compiled.module("winograd_kernels") is not None and chunk_budget == small
-        assert (len(cache.chunks) > 1) == (cache_sized or memory_budget == small)
+        assert (len(cache.pieces) > 1) == (cache_sized or memory_budget == small)
         assert (cache.tiles is None) == (memory_budget == small)      # V redone from x
     out_1, grads_1 = results[0]
     for out, grads in results[1:]:
@@ -89,20 +89,31 @@ def test_winograd_in_cache_sized_chunks_equals_one_shot_and_im2col(monkeypatch):
 
 @pytest.mark.parametrize("pads", [((1, 1), (1, 1)), ((0, 0), (0, 0)), ((2, 0), (0, 2)),
                                   ((5, 3), (1, 1))])
-def test_winograd_at_inference_in_bands_of_rows_equals_im2col(monkeypatch, pads):
-    """An image past the cache budget, at inference, done in bands of output rows (each with
-    its 2 rows of halo; the padding only at the image's edges): equal to im2col in float64,
+def test_winograd_in_bands_of_rows_equals_im2col(monkeypatch, pads):
+    """Images past the cache budget, done in bands of output rows (each reading its 2 rows of
+    halo; the padding only at the image's edges), at inference and in training, each band's V
+    kept or, past the memory budget, redone: forward and backward equal to im2col in float64,
     whatever the padding, for each image of a batch."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 37, 23, 5))
     kernel, bias = rng.standard_normal((3, 3, 5, 6)), rng.standard_normal(6)
-    direct, _ = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="direct")
+    direct, cache_d = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="direct")
+    grad_out = rng.standard_normal(direct.shape)
+    grads_d = conv.conv2d_backward(grad_out, cache_d)
     monkeypatch.setattr(conv, "WINOGRAD_CACHE_BYTES", 36 * 6 * 11 * 8 * 2)   # 2 tile rows
     banded, _ = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="winograd",
                                     gradients="none")
-    if compiled.module("winograd_kernels") is not None:
-        assert conv._band_rows(6, 5, 6, 8, conv.winograd.F4) == 8 < direct.shape[1]
     assert_close(banded, direct, np.float64, "out")
+    for memory in (2**40, 1000):                     # V kept; V redone in the backward pass
+        monkeypatch.setattr(windows, "COLS_BUDGET_BYTES", memory)
+        out, cache = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="winograd")
+        if compiled.module("winograd_kernels") is not None:
+            assert {p.rows.stop - p.rows.start for p in cache.pieces} >= {8}   # 2 tile rows
+            assert (cache.tiles is None) == (memory == 1000)
+        assert_close(out, direct, np.float64, "out")
+        for a, b, name in zip(conv.conv2d_backward(grad_out, cache), grads_d,
+                              ("grad_x", "grad_kernel", "grad_bias")):
+            assert_close(a, b, np.float64, name)
 
 
 @pytest.mark.parametrize("algorithm", ["winograd", "direct", "fourier"])

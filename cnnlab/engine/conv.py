@@ -243,17 +243,23 @@ class Im2colCache(NamedTuple):
 
 
 class WinogradCache(NamedTuple):
-    """What the Winograd backward pass needs: each chunk's transformed tiles V, or, where they
-    would not fit the memory budget, the input, to redo them chunk by chunk."""
-    tiles: list | None            # V (alpha^2, T of the chunk, C), one per chunk
+    """What the Winograd backward pass needs: each piece's transformed tiles V, or, where they
+    would not fit the memory budget, the input, to redo them piece by piece."""
+    tiles: list | None            # V (alpha^2, T of the piece, C), one per piece
     x: np.ndarray | None          # (N, H, W, C), when tiles is None
-    chunks: list                  # the batch's chunks (slices), as the forward pass ran them
+    pieces: list                  # the Pieces of the batch, as the forward pass ran them
     tiling: winograd.Tiling
     kernel: np.ndarray            # (3, 3, C, F)
     x_shape: tuple
     pads: Pads
     has_bias: bool
     workspace: dict | None
+
+
+class Piece(NamedTuple):
+    """Part of a convolution's output done at once: ``out[images, rows]``."""
+    images: slice
+    rows: slice
 
 
 #: With compiled transforms, the bytes of transformed tiles (V and M) one chunk of the batch
@@ -265,83 +271,75 @@ class WinogradCache(NamedTuple):
 WINOGRAD_CACHE_BYTES = 2 * 2**20
 
 
-def _winograd_chunks(n: int, out_hw, c: int, f: int, dtype, tiling) -> list[slice]:
-    """Batch chunks whose transformed tiles (V and M, the two arrays a chunk holds at once) fit
-    the budget: alpha^2 * th * tw * (C + F) values per image; ``WINOGRAD_CACHE_BYTES`` with
-    compiled transforms, else the memory budget (``benchmarks/kernels.py --chunks`` measures
-    the difference)."""
+def _winograd_pieces(n: int, out_hw, c: int, f: int, itemsize: int, tiling) -> list[Piece]:
+    """The pieces whose transformed tiles (V and M, the two arrays a piece holds at once) fit
+    the budget, alpha^2 * (C + F) values a tile: ``WINOGRAD_CACHE_BYTES`` with compiled
+    transforms, else the memory budget (``benchmarks/kernels.py --chunks`` measures the
+    difference). Chunks of whole images; where one image is past the budget (a face
+    detection's first pyramid levels: 478 x 638 x 24 is 110 MB of V in F(4x4)), bands of
+    output rows of one image, each a multiple of the tile high."""
     th, tw = winograd.tile_counts(out_hw, tiling.m)
-    budget = WINOGRAD_CACHE_BYTES if compiled.module("winograd_kernels") is not None else None
-    return batch_chunks(n, tiling.alpha ** 2 * th * tw * (c + f) * np.dtype(dtype).itemsize,
-                        budget)
+    per_tile = tiling.alpha ** 2 * (c + f) * itemsize
+    if compiled.module("winograd_kernels") is None:
+        return [Piece(chunk, slice(0, out_hw[0])) for chunk in batch_chunks(n, per_tile * th * tw)]
+    if per_tile * th * tw <= WINOGRAD_CACHE_BYTES:
+        return [Piece(chunk, slice(0, out_hw[0]))
+                for chunk in batch_chunks(n, per_tile * th * tw, WINOGRAD_CACHE_BYTES)]
+    rows = max(1, WINOGRAD_CACHE_BYTES // (per_tile * tw)) * tiling.m
+    return [Piece(slice(image, image + 1), slice(first, min(first + rows, out_hw[0])))
+            for image in range(n) for first in range(0, out_hw[0], rows)]
+
+
+def _piece_input(x, pads: Pads, piece: Piece):
+    """``(the input rows piece's output rows read, their padding)``: the rows above and the 2
+    below (3x3); the padding above the image is only the first band's, and past its last row
+    the band is padded as the image is."""
+    (top, _), (left, right) = pads
+    first, last = piece.rows.start, piece.rows.stop
+    start, stop = max(0, first - top), min(x.shape[1], last + 2 - top)
+    band_top = start - first + top                             # zero rows above this band
+    return x[piece.images, start:stop], ((band_top, last - first + 2 - band_top - (stop - start)),
+                                         (left, right))
 
 
 def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="all"):
-    """Chunk by chunk, each chunk's V kept for the backward pass while the whole batch's fits
+    """Piece by piece, each piece's V kept for the backward pass while the whole batch's fits
     the memory budget (``windows.COLS_BUDGET_BYTES``) and gradients will be asked for; past
     that the backward pass redoes V from ``x``."""
     n, h, w, c = x.shape
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
     tiling = winograd.tiling()
-    chunks = _winograd_chunks(n, out_hw, c, f, x.dtype, tiling)
     out = np.empty((n, *out_hw, f), dtype=np.result_type(x, kernel))
+    pieces = _winograd_pieces(n, out_hw, c, f, out.itemsize, tiling)
     th, tw = winograd.tile_counts(out_hw, tiling.m)
     keep = gradients != "none" and \
         tiling.alpha ** 2 * n * th * tw * c * out.itemsize <= windows.COLS_BUDGET_BYTES
     u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
-    band_rows = _band_rows(tw, c, f, out.itemsize, tiling)
     tiles = []
-    for chunk in chunks:
-        if gradients == "none" and band_rows < out_hw[0]:      # one image is past the budget
-            for image in range(chunk.start, chunk.stop):
-                _winograd_bands(x[image:image + 1], kernel, bias, pads, out_hw, tiling, u,
-                                out[image:image + 1], relu, band_rows)
-            continue
-        _, v = winograd.conv3x3_forward(x[chunk], kernel, bias, pads, out_hw, tiling, u,
-                                        out[chunk], relu)
+    for piece in pieces:
+        rows, piece_pads = _piece_input(x, pads, piece)
+        _, v = winograd.conv3x3_forward(rows, kernel, bias, piece_pads,
+                                        (piece.rows.stop - piece.rows.start, out_hw[1]), tiling,
+                                        u, out[piece.images, piece.rows], relu)
         if keep:
             tiles.append(v)
-    return out, WinogradCache(tiles if keep else None, None if keep else x, chunks, tiling,
+    return out, WinogradCache(tiles if keep else None, None if keep else x, pieces, tiling,
                               kernel, x.shape, pads, bias is not None, workspace)
-
-
-def _band_rows(tiles_w: int, c: int, f: int, itemsize: int, tiling) -> int:
-    """Output rows per band (a multiple of the tile) whose V and M fit the cache budget; no
-    limit on the reference path (its budget is the memory's)."""
-    if compiled.module("winograd_kernels") is None:
-        return 2**62
-    per_tile_row = tiling.alpha ** 2 * tiles_w * (c + f) * itemsize
-    return max(1, WINOGRAD_CACHE_BYTES // per_tile_row) * tiling.m
-
-
-def _winograd_bands(x, kernel, bias, pads, out_hw, tiling, u, out, relu, rows):
-    """One image (x (1, H, W, C), out (1, Ho, Wo, F)) at inference, in bands of ``rows`` output
-    rows: a face detection's first pyramid levels are one image whose V alone is far past the
-    cache (478 x 638 x 24 at F(4x4): 110 MB). A band reads its input rows and the 2 below them
-    (3x3); the padding above the image is the first band's, the rows past its end are zeros in
-    the kernel's bounds test, as for the whole image."""
-    (top, _), (left, right) = pads
-    height = x.shape[1]
-    for first in range(0, out_hw[0], rows):
-        last = min(out_hw[0], first + rows)                    # output rows first .. last-1
-        start, stop = max(0, first - top), min(height, last + 2 - top)
-        band_top = start - first + top                         # zero rows above this band
-        band_pads = ((band_top, last - first + 2 - band_top - (stop - start)), (left, right))
-        winograd.conv3x3_forward(x[:, start:stop], kernel, bias, band_pads,
-                                 (last - first, out_hw[1]), tiling, u, out[:, first:last], relu)
 
 
 def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
     f, tiling = grad_out.shape[3], cache.tiling
+    pieces = [grad_out[piece.images, piece.rows] for piece in cache.pieces]
     if cache.tiles is not None:
         tiles = cache.tiles
     else:
-        tiles_hw = winograd.tile_counts(grad_out.shape[1:3], tiling.m)
-        tiles = (winograd.transform_input(cache.x[chunk].astype(grad_out.dtype, copy=False),
-                                          cache.pads, tiles_hw, tiling) for chunk in cache.chunks)
-    grad_u = sum(winograd.transformed_kernel_grad(grad_out[chunk], v, tiling)
-                 for chunk, v in zip(cache.chunks, tiles))
+        tiles = (winograd.transform_input(rows.astype(grad_out.dtype, copy=False), piece_pads,
+                                          winograd.tile_counts(part.shape[1:3], tiling.m), tiling)
+                 for part, (rows, piece_pads) in zip(
+                     pieces, (_piece_input(cache.x, cache.pads, p) for p in cache.pieces)))
+    grad_u = sum(winograd.transformed_kernel_grad(part, v, tiling)
+                 for part, v in zip(pieces, tiles))
     grad_kernel = winograd.kernel_grad_transform(grad_u, tiling)    # once, not per chunk
     grad_bias = column_sums(grad_out.reshape(-1, f)) if cache.has_bias else None
     if not need_input_grad:
