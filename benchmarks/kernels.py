@@ -15,8 +15,9 @@
    thread's): cumulative profiled time in each op over the steps, each path;
 3. whole steps at 1 thread and at the machine's thread count, the two paths interleaved;
 4. the ReLU inside BatchNormalization's kernels against the ReLU apart, whole training steps;
-5. Winograd's batch in chunks sized for one core's L2 against the whole batch at once, whole
-   training steps and inference of ResNet-20 and cifar10_cnn;
+5. Winograd in pieces sized for one core's L2 (chunks of images, bands of rows) against chunks
+   of the memory budget, whole training steps and inference of ResNet-20 and cifar10_cnn at
+   32x32, cifar_vgg at 96x96 and ResNet-20 at 128x128;
 6. cold start: a fresh process's first ResNet-20 training step (import included) with an empty
    Numba cache (compiling every kernel), then again with the cache filled, then on the
    reference.
@@ -225,28 +226,34 @@ def fused_relu(name: str, threads: int, rounds=5, steps=3) -> None:
           f"{fused:.3f} s ({apart / fused:.2f}x); medians of {rounds}")
 
 
-CHUNKED = (("resnet20", 128), ("cifar10_cnn", 128), ("resnet20", 16))
+#: (model, batch, image side): compare.py's networks at 32x32, and two on larger images, where
+#: one image's tiles are past the cache and the pieces are bands of its rows
+CHUNKED = (("resnet20", 128, 32), ("cifar10_cnn", 128, 32), ("resnet20", 16, 32),
+           ("cifar_vgg", 32, 96), ("resnet20", 16, 128))
 
 
-def winograd_chunks(name: str, batch: int, rounds=5, steps=3) -> None:
-    """Winograd's batch in chunks whose V and M fit one core's L2 (``conv.WINOGRAD_CACHE_BYTES``)
-    against the whole batch at once (the memory budget, ``windows.COLS_BUDGET_BYTES``), whole
-    training steps and inference of one model at the machine's thread count, interleaved."""
+def winograd_chunks(name: str, batch: int, side: int = 32, rounds=5, steps=3) -> None:
+    """Winograd in pieces whose V and M fit one core's L2 (``conv.WINOGRAD_CACHE_BYTES``: chunks
+    of images, or bands of one image's rows) against chunks of the memory budget
+    (``windows.COLS_BUDGET_BYTES``; the whole batch at 32x32), whole training steps and
+    inference of one model at the machine's thread count, interleaved."""
     from compare import cnnlab_model  # the networks compare.py races
-    model = cnnlab_model(name)
+    model = cnnlab_model(name) if side == 32 else zoo.get(
+        name, input_shape=(side, side, 3), num_classes=10)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
-    x, y = rng.random((batch, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, batch)
+    x, y = rng.random((batch, side, side, 3)).astype(np.float32), rng.integers(0, 10, batch)
     work = {"train": lambda: model.fit(x, y, batch_size=batch, epochs=steps, verbose=0),
             "infer": lambda: [model.predict(x, batch_size=batch, verbose=0)
                               for _ in range(steps)]}
     cache_sized = conv.WINOGRAD_CACHE_BYTES
-    seconds = {(what, kind): [] for what in work for kind in ("whole", "chunks")}
+    seconds = {(what, kind): [] for what in work for kind in ("memory", "cache")}
     try:
         for what, run in work.items():
             run()
             for _ in range(rounds):
-                for kind in ("whole", "chunks"):
-                    conv.WINOGRAD_CACHE_BYTES = (cache_sized if kind == "chunks"
+                for kind in ("memory", "cache"):
+                    conv.WINOGRAD_CACHE_BYTES = (cache_sized if kind == "cache"
                                                  else windows.COLS_BUDGET_BYTES)
                     start = time.perf_counter()
                     run()
@@ -254,10 +261,10 @@ def winograd_chunks(name: str, batch: int, rounds=5, steps=3) -> None:
     finally:
         conv.WINOGRAD_CACHE_BYTES = cache_sized
     for what in work:
-        whole, chunks = (statistics.median(seconds[what, k]) for k in ("whole", "chunks"))
-        print(f"  {name}, batch {batch}, {what}: whole batch {whole * 1e3:.1f} ms a step, in "
-              f"{cache_sized >> 20} MiB chunks {chunks * 1e3:.1f} ms ({whole / chunks:.2f}x); "
-              f"medians of {rounds}")
+        memory, cache = (statistics.median(seconds[what, k]) for k in ("memory", "cache"))
+        print(f"  {name}, {side}x{side}, batch {batch}, {what}: memory-sized chunks "
+              f"{memory * 1e3:.1f} ms a step, {cache_sized >> 20} MiB pieces {cache * 1e3:.1f} "
+              f"ms ({memory / cache:.2f}x); medians of {rounds}")
 
 
 FIRST_STEP = """
@@ -287,10 +294,10 @@ def cold_start() -> None:
 
 def main() -> None:
     if sys.argv[1:] == ["--chunks"]:
-        print(f"Winograd in cache-sized chunks against the whole batch, "
+        print(f"Winograd in cache-sized pieces against memory-sized chunks, "
               f"{cnnlab.config.threads()} thread(s):")
-        for name, batch in CHUNKED:
-            winograd_chunks(name, batch)
+        for case in CHUNKED:
+            winograd_chunks(*case)
         return
     op_times()
     if sys.argv[1:] == ["--ops"]:
@@ -304,9 +311,9 @@ def main() -> None:
     print("BatchNormalization + ReLU training steps, batch 128:")
     fused_relu("mobilenet_small", 1)
     fused_relu("resnet20", threads)
-    print(f"Winograd in cache-sized chunks against the whole batch, {threads} thread(s):")
-    for name, batch in CHUNKED:
-        winograd_chunks(name, batch)
+    print(f"Winograd in cache-sized pieces against memory-sized chunks, {threads} thread(s):")
+    for case in CHUNKED:
+        winograd_chunks(*case)
     cold_start()
 
 
