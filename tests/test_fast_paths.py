@@ -116,6 +116,34 @@ def test_winograd_in_bands_of_rows_equals_im2col(monkeypatch, pads):
             assert_close(a, b, np.float64, name)
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(3, 21), w=st.integers(3, 21), c=st.integers(1, 7),
+       f=st.integers(1, 7), top=st.integers(0, 3), bottom=st.integers(0, 3),
+       left=st.integers(0, 2), budget=st.integers(1, 40_000), keep=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_winograd_in_any_pieces_equals_im2col(n, h, w, c, f, top, bottom, left, budget, keep,
+                                              seed):
+    """Whatever the shape, padding and cache budget (from bands of one tile row to whole
+    batches), V kept or redone: forward and backward equal im2col in float64."""
+    from hypothesis import assume
+    assume(h + top + bottom >= 3 and w + 2 * left >= 3)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c))
+    kernel, bias = rng.standard_normal((3, 3, c, f)), rng.standard_normal(f)
+    pads = ((top, bottom), (left, left))
+    direct, cache_d = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="direct")
+    grad_out = rng.standard_normal(direct.shape)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv, "WINOGRAD_CACHE_BYTES", budget)
+        patch.setattr(windows, "COLS_BUDGET_BYTES", 2**40 if keep else budget)
+        out, cache = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="winograd")
+        grads = conv.conv2d_backward(grad_out, cache)
+    assert_close(out, direct, np.float64, "out")
+    for a, b, name in zip(grads, conv.conv2d_backward(grad_out, cache_d),
+                          ("grad_x", "grad_kernel", "grad_bias")):
+        assert_close(a, b, np.float64, name)
+
+
 @pytest.mark.parametrize("algorithm", ["winograd", "direct", "fourier"])
 def test_a_relu_inside_the_convolution_at_inference_equals_the_relu_after_it(
         monkeypatch, algorithm):
