@@ -266,8 +266,9 @@ class Piece(NamedTuple):
 #: (``_winograd_pieces``) holds: about one core's L2 cache (2 MiB on the 2-core development
 #: machine; 1-2 MiB on current x86 cores), so the input transform writes V, the products read
 #: it and write M, and the output transform reads M while they are still in cache, instead of
-#: each going to memory and back. The NumPy reference makes whole passes over its arrays whatever their size, so it keeps
-#: the memory budget (``windows.COLS_BUDGET_BYTES``) and fewer calls.
+#: each going to memory and back. The NumPy reference makes whole passes over its arrays
+#: whatever their size, so it keeps the memory budget (``windows.COLS_BUDGET_BYTES``) and
+#: fewer calls.
 WINOGRAD_CACHE_BYTES = 2 * 2**20
 
 
