@@ -57,9 +57,8 @@ def measure(model, name: str, threshold: float) -> bool:
     lit = np.asarray(picture.convert("L").crop(face), np.float64).mean() / 255
     print(f"{name}: {len(windows)} windows score >= {threshold}; the face's mean grey {lit:.2f}")
     for rule in (0, detect.MIN_NEIGHBORS):        # the detector's own rule last: its verdict counts
-        kept = detect.non_max_suppression(windows, detect.NMS_IOU, rule)
-        if rule:                                  # the boxes detect() itself returns
-            kept = detect.detect(picture, model, threshold=threshold, min_neighbors=rule)
+        kept = (detect.detect(picture, model, threshold=threshold, min_neighbors=rule) if rule
+                else detect.non_max_suppression(windows, detect.NMS_IOU))   # no rule: every box
         print(f"  min_neighbors={rule}: {len(kept)} boxes")
         for d in kept:
             neighbours = sum(detect.iou(d.box, w.box) > detect.NMS_IOU for w in windows) - 1
@@ -196,8 +195,8 @@ print("startup", imported - start, loaded - imported)
 
 
 def speed(model: str, verifier: str | None = None) -> None:
-    """Start-up apart from detection, in a fresh process; then the video rate (the first stage
-    alone: ``tasks.video`` takes no verifier)."""
+    """Start-up apart from detection, in a fresh process; then the video rate, with the
+    ``verifier`` where one is given."""
     tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
     command = [sys.executable, "-c", SPEED, model, tests] + ([verifier] if verifier else [])
     lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
@@ -209,10 +208,11 @@ def speed(model: str, verifier: str | None = None) -> None:
         megapixels = int(width) * int(height) / 1e6
         print(f"  {width}x{height}: first call {float(first):.3f} s, then {float(median):.3f} s "
               f"(median of 5; {float(median) / megapixels:.2f} s per megapixel)")
-    print(f"  video, 640x480, detecting: {video_rate(model):.1f} frames per second")
+    print(f"  video, 640x480, detecting: {video_rate(model, verifier=verifier):.1f} frames per "
+          f"second")
 
 
-def video_rate(model: str, frames: int = 30) -> float:
+def video_rate(model: str, frames: int = 30, verifier: str | None = None) -> float:
     """Frames per second of ``tasks.video.process_video`` detecting in a 640x480 clip."""
     import tempfile
 
@@ -233,7 +233,7 @@ def video_rate(model: str, frames: int = 30) -> float:
         start = time.perf_counter()
         result = video.process_video(model, clip, out=os.path.join(folder, "out.mp4"),
                                      csv_path=os.path.join(folder, "out.csv"),
-                                     detect_objects=True)
+                                     detect_objects=True, verifier=verifier)
         return result.frames / (time.perf_counter() - start)
 
 

@@ -171,6 +171,35 @@ def test_a_relu_inside_the_convolution_at_inference_equals_the_relu_after_it(
     np.testing.assert_allclose(trained, fused, rtol=1e-12, atol=1e-12)
 
 
+def test_a_relu_after_a_folded_batch_norm_runs_inside_the_convolution(monkeypatch):
+    """Conv2D -> BatchNormalization -> ReLU predicting: the BN folds into the convolution and
+    the ReLU moves on into it (``graph.fusion``); the output equals the three layers one after
+    the other, in float64."""
+    from cnnlab import layers
+    from cnnlab.layers.conv import Conv2D
+    asked = []
+    call = Conv2D.call
+    monkeypatch.setattr(Conv2D, "call", lambda self, x, ctx, activation="linear": (
+        asked.append(activation), call(self, x, ctx, activation))[1])
+    rng = np.random.default_rng(8)
+    cnnlab.config.set_floatx("float64")
+    model = cnnlab.Sequential([layers.Input((9, 10, 3)), layers.Conv2D(5, 3, padding="same"),
+                               layers.BatchNormalization(), layers.ReLU()])
+    bn = model.layers[1]
+    bn.set_weights([rng.uniform(0.5, 2, 5), rng.standard_normal(5), rng.standard_normal(5),
+                    rng.uniform(0.5, 2, 5)])
+    x = rng.standard_normal((4, 9, 10, 3))
+    fused = model.predict(x, verbose=0)
+    assert asked == ["relu"]
+    kernel, bias = model.layers[0].get_weights()
+    gamma, beta, mean, variance = bn.get_weights()
+    conv_out, _ = conv.conv2d_forward(x, kernel, bias, (1, 1), ((1, 1), (1, 1)),
+                                      algorithm="direct")
+    expected = np.maximum((conv_out - mean) / np.sqrt(variance + bn.epsilon) * gamma + beta, 0)
+    assert_close(fused, expected, np.float64, "relu(bn(conv))")
+    assert (fused == 0).any() and (fused > 0).any()
+
+
 @settings(max_examples=60, deadline=None)
 @given(p=st.integers(1, 4), s=st.integers(1, 3), padding=st.sampled_from(["valid", "same"]),
        ties=st.booleans(), seed=st.integers(0, 2**31))

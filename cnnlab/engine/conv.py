@@ -331,17 +331,18 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
 
 def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
     f, tiling = grad_out.shape[3], cache.tiling
-    pieces = [grad_out[piece.images, piece.rows] for piece in cache.pieces]
-    if cache.tiles is not None:
-        tiles = cache.tiles
-    else:
-        tiles = (winograd.transform_input(rows.astype(grad_out.dtype, copy=False), piece_pads,
-                                          winograd.tile_counts(part.shape[1:3], tiling.m), tiling)
-                 for part, (rows, piece_pads) in zip(
-                     pieces, (_piece_input(cache.x, cache.pads, p) for p in cache.pieces)))
-    grad_u = sum(winograd.transformed_kernel_grad(part, v, tiling)
-                 for part, v in zip(pieces, tiles))
-    grad_kernel = winograd.kernel_grad_transform(grad_u, tiling)    # once, not per chunk
+    grad_u = 0                                            # (alpha^2, C, F), summed over pieces
+    for k, piece in enumerate(cache.pieces):
+        grad_part = grad_out[piece.images, piece.rows]
+        if cache.tiles is not None:
+            v = cache.tiles[k]
+        else:                                             # redo this piece's V from its rows
+            rows, piece_pads = _piece_input(cache.x, cache.pads, piece)
+            v = winograd.transform_input(rows.astype(grad_out.dtype, copy=False), piece_pads,
+                                         winograd.tile_counts(grad_part.shape[1:3], tiling.m),
+                                         tiling)
+        grad_u = grad_u + winograd.transformed_kernel_grad(grad_part, v, tiling)
+    grad_kernel = winograd.kernel_grad_transform(grad_u, tiling)    # once, not per piece
     grad_bias = column_sums(grad_out.reshape(-1, f)) if cache.has_bias else None
     if not need_input_grad:
         return None, grad_kernel, grad_bias

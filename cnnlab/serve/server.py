@@ -252,9 +252,9 @@ class Handler(BaseHTTPRequestHandler):
             if detecting not in ("yes", "no"):
                 raise ApiError(400, f"'detect' must be yes or no. Received: {detecting!r}")
             threshold = self._threshold(query)
-            verifier = None
+            verifier = app.detector.verifier if detecting == "yes" else None
             if detecting == "yes":
-                model, name, verifier = app.detector.model, None, app.detector.verifier
+                model, name = app.detector.model, None
             else:
                 served = app.model(query.get("model", [None])[0])
                 model, name = served.model, served.name

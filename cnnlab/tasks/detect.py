@@ -24,6 +24,7 @@ used here for accuracy: ``verified_windows``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -480,8 +481,6 @@ def hard_negatives(model, pictures, target=None, threshold: float = 0.5,
 def load_detector(model):
     """A shipped model name ('faces'), a ``.cnnlab`` path (a str or a path object), or a
     model."""
-    import os
-
     from cnnlab import zoo
     return zoo.find(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
 
