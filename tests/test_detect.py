@@ -197,6 +197,24 @@ def _verifier(verdict: float | None):
     return verifier
 
 
+def test_the_verifier_judges_each_window_and_its_mirror_image():
+    # a verifier whose logit is (left half - right half) of the crop: on a window and on its
+    # mirror its log-odds are opposite, so their mean is 0 and the first stage's score stands;
+    # a verifier that saw only the window would move it by the difference
+    verifier = cnnlab.Sequential([layers.Input((4, 4, 1)), layers.Flatten(),
+                                  layers.Dense(2, activation="softmax")])
+    sides = np.tile([1.0, 1.0, -1.0, -1.0], 4).astype(np.float32)     # + left, - right
+    verifier.set_weights([np.stack([-sides, sides], axis=1) / 10, np.zeros(2, np.float32)])
+    pixels = np.zeros((8, 8, 1), np.float32)
+    pixels[:, :4] = 1.0                                                   # bright on the left
+    windows = [((2.0, 0.0, 6.0, 4.0), 0.8), ((1.0, 2.0, 5.0, 6.0), 0.3)]
+    one_way = verifier.predict(detect.crop_windows(pixels, [b for b, _ in windows], (4, 4)),
+                               verbose=0)[:, 1]
+    assert one_way[0] > 0.8 and one_way[1] > 0.65                         # sure, one way
+    scored = detect.verified_windows(verifier, pixels, windows, 1)
+    assert [d.score for d in scored] == pytest.approx([0.8, 0.3], rel=1e-6)
+
+
 def test_the_verifier_adds_its_log_odds_to_the_first_stage(digit_detector):
     page, truth = _page(6)
     alone = detect.detect(page[..., None], digit_detector, threshold=0.9, max_size=36)

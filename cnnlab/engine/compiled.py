@@ -23,6 +23,15 @@ shards; a 640x480 face detection took 0.19-0.31 s against 0.165 s. The transform
 1.8-2.9x faster on two threads, bit for bit the same, but the rest of a step stayed on one
 core. To pay, every op of a step would have to use the cores itself, the GEMMs included.
 
+The Winograd convolution's cache-sized pieces shared over the shards' Python threads (BLAS held
+to one thread each) where a batch is too small to shard were measured and dropped too. One 3x3
+layer alone trained 1.4-1.8x faster at ResNet-20's first two stages at batches 8 and 16
+(4.2 -> 2.4 ms, 2.5 -> 1.8 ms) but slower at the third (2.2 -> 3.0 ms) and at batch 1
+(0.28 -> 0.70 ms). Whole ResNet-20 steps were not faster: batch 16 went from 61-63 to 73-74 ms,
+batch 8 from 52 to 55 ms; a 640x480 face detection from 0.148 to 0.151 s. Each fork-join hands
+the GIL over and wakes a thread, and switching BLAS between one and two threads around every
+region slowed the GEMMs beside it.
+
 ``config.set_kernels("numpy")`` or ``CNNLAB_KERNELS=numpy`` selects the reference everywhere.
 Without Numba (an unsupported platform, a failed import) the reference runs, and one warning
 says how to get the compiled kernels.

@@ -389,7 +389,11 @@ def verified_windows(verifier, pixels: np.ndarray, windows, target: int) -> list
     call a face is surer than either alone, and the verifier's doubt lowers the first stage's
     confidence by as much as it is sure. (Chosen on the validation photos over the geometric mean,
     weighted means and the minimum: it ranked faces above the first stage's false windows
-    best.)"""
+    best.) The verifier judges each window and its mirror image, and its verdict is the mean of
+    the two log-odds: a face is still a face mirrored, and a texture that fools it one way
+    fools it less often both ways. On the validation photos this took the three recipe seeds'
+    pairs from AP 0.941, 0.950, 0.947 and recall 0.933, 0.956, 0.933 to 0.932, 0.960, 0.961 and
+    0.933, 0.956, 0.956."""
     if verifier.input_shape[-1] != pixels.shape[-1]:
         raise ConfigError(f"The verifier {verifier.name!r} takes {verifier.input_shape[-1]} "
                           f"channel(s) and the first stage {pixels.shape[-1]}; a pair must "
@@ -398,9 +402,10 @@ def verified_windows(verifier, pixels: np.ndarray, windows, target: int) -> list
         return []
     target = target_class(verifier, target)
     crops = crop_windows(pixels, [box for box, _ in windows], tuple(verifier.input_shape[:2]))
-    second = verifier.predict(crops.astype(verifier.dtype), verbose=0)[:, target]
+    both_ways = np.concatenate([crops, crops[:, :, ::-1]]).astype(verifier.dtype)
+    second = _log_odds(verifier.predict(both_ways, verbose=0)[:, target].astype(np.float64))
     first = np.array([score for _, score in windows], np.float64)
-    log_odds = _log_odds(first) + _log_odds(second.astype(np.float64))
+    log_odds = _log_odds(first) + (second[:len(crops)] + second[len(crops):]) / 2
     return [Detection(box, float(p)) for (box, _), p in
             zip(windows, 1 / (1 + np.exp(-log_odds)))]
 
