@@ -29,8 +29,9 @@ layer alone trained 1.4-1.8x faster at ResNet-20's first two stages at batches 8
 (4.2 -> 2.4 ms, 2.5 -> 1.8 ms) but slower at the third (2.2 -> 3.0 ms) and at batch 1
 (0.28 -> 0.70 ms). Whole ResNet-20 steps were not faster: batch 16 went from 61-63 to 73-74 ms,
 batch 8 from 52 to 55 ms; a 640x480 face detection from 0.148 to 0.151 s. Each fork-join hands
-the GIL over and wakes a thread, and switching BLAS between one and two threads around every
-region slowed the GEMMs beside it.
+the GIL over and wakes a thread. Switching BLAS between one and two threads around every region
+seems to cost too: interleaved in one process, steps without the sharing ran at 84 ms after
+steps with it, against 69 ms in a process of their own.
 
 ``config.set_kernels("numpy")`` or ``CNNLAB_KERNELS=numpy`` selects the reference everywhere.
 Without Numba (an unsupported platform, a failed import) the reference runs, and one warning
