@@ -292,12 +292,16 @@ def cold_start() -> None:
             print(f"  {label}: {float(out):.2f} s")
 
 
+def winograd_pieces() -> None:
+    print(f"Winograd in cache-sized pieces against memory-sized chunks, "
+          f"{cnnlab.config.threads()} thread(s):")
+    for case in CHUNKED:
+        winograd_chunks(*case)
+
+
 def main() -> None:
     if sys.argv[1:] == ["--chunks"]:
-        print(f"Winograd in cache-sized pieces against memory-sized chunks, "
-              f"{cnnlab.config.threads()} thread(s):")
-        for case in CHUNKED:
-            winograd_chunks(*case)
+        winograd_pieces()
         return
     op_times()
     if sys.argv[1:] == ["--ops"]:
@@ -311,9 +315,7 @@ def main() -> None:
     print("BatchNormalization + ReLU training steps, batch 128:")
     fused_relu("mobilenet_small", 1)
     fused_relu("resnet20", threads)
-    print(f"Winograd in cache-sized pieces against memory-sized chunks, {threads} thread(s):")
-    for case in CHUNKED:
-        winograd_chunks(*case)
+    winograd_pieces()
     cold_start()
 
 

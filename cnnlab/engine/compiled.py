@@ -27,7 +27,7 @@ The Winograd convolution's cache-sized pieces shared over the shards' Python thr
 to one thread each) where a batch is too small to shard were measured and dropped too. One 3x3
 layer alone trained 1.4-1.8x faster at ResNet-20's first two stages at batches 8 and 16
 (4.2 -> 2.4 ms, 2.5 -> 1.8 ms) but slower at the third (2.2 -> 3.0 ms) and at batch 1
-(0.28 -> 0.70 ms). Whole ResNet-20 steps were not faster: batch 16 went from 61-63 to 73-74 ms,
+(0.28 -> 0.70 ms). Whole ResNet-20 steps were not faster: batch 16 went from 60-67 to 71-74 ms,
 batch 8 from 52 to 55 ms; a 640x480 face detection from 0.148 to 0.151 s. Each fork-join hands
 the GIL over and wakes a thread. Switching BLAS between one and two threads around every region
 seems to cost too: interleaved in one process, steps without the sharing ran at 84 ms after

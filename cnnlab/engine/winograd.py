@@ -258,7 +258,7 @@ def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
                     tiles: Tiling | None = None, u: np.ndarray | None = None,
                     out: np.ndarray | None = None, relu: bool = False):
     """``out = A^T [(B^T d B) * (G g G^T)] A (+ bias)``: (N, H, W, C) -> (N, Ho, Wo, F), and the
-    cache for :func:`conv3x3_kernel_grad` (the transformed tiles V). ``tiles``: the tiling
+    cache for :func:`transformed_kernel_grad` (the transformed tiles V). ``tiles``: the tiling
     (default :func:`tiling`). A batch done in chunks passes ``u``, the kernel already
     transformed with it, and ``out``, its chunk of the output (C-contiguous) to write into.
     ``relu``: ``max(out, 0)`` too, in the output transform's pass where it is compiled."""
@@ -287,12 +287,6 @@ def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
         return y, v
     out[...] = y
     return out, v
-
-
-def conv3x3_kernel_grad(grad_out: np.ndarray, v: np.ndarray, tiles: Tiling) -> np.ndarray:
-    """``grad_kernel = G^T (V^T @ (A grad_y A^T)) G``: the forward's V (alpha^2, T, C), made
-    with ``tiles``, and grad_out (N, Ho, Wo, F) -> (3, 3, C, F)."""
-    return kernel_grad_transform(transformed_kernel_grad(grad_out, v, tiles), tiles)
 
 
 def transformed_kernel_grad(grad_out: np.ndarray, v: np.ndarray, tiles: Tiling) -> np.ndarray:

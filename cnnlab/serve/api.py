@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import io
 import os
 import threading
@@ -273,23 +274,18 @@ class DetectService:
     loaded at its first use."""
 
     def __init__(self, model=None, verifier=None):
-        self._spec, self._model = model, None
-        self._verifier_spec, self._verifier = verifier, None
+        self._spec, self._verifier_spec = model, verifier
         self._one_at_a_time = threading.Lock()
 
-    @property
+    @functools.cached_property
     def model(self):
-        if self._model is None:
-            from cnnlab.tasks import detect
-            self._model = detect.load_detector(self._spec or detect.DEFAULT_MODEL)
-        return self._model
+        from cnnlab.tasks import detect
+        return detect.load_detector(self._spec or detect.DEFAULT_MODEL)
 
-    @property
+    @functools.cached_property
     def verifier(self):
-        if self._verifier is None and self._verifier_spec is not None:
-            from cnnlab.tasks import detect
-            self._verifier = detect.load_detector(self._verifier_spec)
-        return self._verifier
+        from cnnlab.tasks import detect
+        return None if self._verifier_spec is None else detect.load_detector(self._verifier_spec)
 
     def describe(self) -> dict:
         from cnnlab.tasks import detect

@@ -252,12 +252,11 @@ class Handler(BaseHTTPRequestHandler):
             if detecting not in ("yes", "no"):
                 raise ApiError(400, f"'detect' must be yes or no. Received: {detecting!r}")
             threshold = self._threshold(query)
-            verifier = app.detector.verifier if detecting == "yes" else None
             if detecting == "yes":
-                model, name = app.detector.model, None
+                model, name, verifier = app.detector.model, None, app.detector.verifier
             else:
                 served = app.model(query.get("model", [None])[0])
-                model, name = served.model, served.name
+                model, name, verifier = served.model, served.name, None
             return self._json(app.video.query(model, self._body(MAX_VIDEO_BYTES),
                                               detecting == "yes", threshold, name, verifier))
         if path.startswith("/api/video/result/"):
