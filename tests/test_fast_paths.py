@@ -87,6 +87,33 @@ def test_winograd_in_cache_sized_chunks_equals_one_shot_and_im2col(monkeypatch):
         assert_close(a, c, np.float64, name)
 
 
+def test_winograd_kernel_gradient_over_runs_of_pieces_equals_im2col(monkeypatch):
+    """Where grad_U is past the cache budget, the kernel gradient is taken over runs of whole-
+    image pieces (their V joined), each run within a quarter of the memory budget: the runs
+    are the ones intended, and forward and backward equal im2col in float64."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((9, 4, 4, 8))                # one 4x4 tile an image in F(4x4)
+    kernel, bias = rng.standard_normal((3, 3, 8, 8)), rng.standard_normal(8)
+    pads = ((1, 1), (1, 1))
+    direct, cache_d = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="direct")
+    grad_out = rng.standard_normal(direct.shape)
+    # an image's V and M: 36 * 16 * 8 = 4.6 kB; grad_U: 36 * 64 * 8 = 18 kB
+    monkeypatch.setattr(conv, "WINOGRAD_CACHE_BYTES", 10_000)     # 2 images a piece
+    monkeypatch.setattr(windows, "COLS_BUDGET_BYTES", 100_000)    # runs of 25 kB: 2-3 pieces
+    out, cache = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="winograd")
+    if compiled.module("winograd_kernels") is not None:
+        assert [p.images for p in cache.pieces] == [slice(0, 2), slice(2, 4), slice(4, 6),
+                                                    slice(6, 8), slice(8, 9)]
+        assert conv._kernel_grad_runs(cache, 8, 8) == [range(0, 2), range(2, 5)]   # 18, 23 kB
+        assert conv._kernel_grad_runs(cache._replace(kernel=kernel[..., :2, :]), 2, 8) == [
+            range(k, k + 1) for k in range(5)]                    # grad_U fits: one each
+    assert_close(out, direct, np.float64, "out")
+    for a, b, name in zip(conv.conv2d_backward(grad_out, cache),
+                          conv.conv2d_backward(grad_out, cache_d),
+                          ("grad_x", "grad_kernel", "grad_bias")):
+        assert_close(a, b, np.float64, name)
+
+
 @pytest.mark.parametrize("pads", [((1, 1), (1, 1)), ((0, 0), (0, 0)), ((2, 0), (0, 2)),
                                   ((5, 3), (1, 1))])
 def test_winograd_in_bands_of_rows_equals_im2col(monkeypatch, pads):

@@ -18,7 +18,7 @@ from cnnlab import zoo
 from cnnlab.export import to_onnx, to_torch
 from cnnlab.runs import make_optimizer, run_settings
 
-PHOTO_MODELS = ["resnet20", "cifar_vgg", "mobilenet_small"]
+PHOTO_MODELS = ["resnet20", "cifar_vgg", "cifar_vgg_wide", "mobilenet_small"]
 
 
 def test_resnet20_is_he_et_al_s_cifar_network():
@@ -28,6 +28,21 @@ def test_resnet20_is_he_et_al_s_cifar_network():
     assert [c.filters for c in convs if c.kernel_size == (1, 1)] == [32, 64]   # projections
     assert model.count_params() == 274_042
     assert model.get_layer("features").output.shape == (None, 64)
+
+
+def test_cifar_vgg_wide_is_cifar_vgg_at_airbench_s_widths():
+    def convs(name):
+        model = zoo.get(name)
+        return model, [(layer.name, layer.filters) for layer in model.layers
+                       if type(layer).__name__ == "Conv2D"]
+    narrow, narrow_convs = convs("cifar_vgg")
+    wide, wide_convs = convs("cifar_vgg_wide")
+    assert [n for n, _ in wide_convs] == [n for n, _ in narrow_convs]      # the same layout
+    assert [f for _, f in narrow_convs] == [24, 32, 32, 64, 64, 128, 128]
+    assert [f for _, f in wide_convs] == [32, 64, 64, 256, 256, 256, 256]
+    assert [type(layer).__name__ for layer in wide.layers] == [
+        type(layer).__name__ for layer in narrow.layers]
+    assert wide.count_params() == 1_980_394
 
 
 @pytest.mark.parametrize("name", PHOTO_MODELS)

@@ -3,7 +3,7 @@ the weights that ship for some of them. ``find`` is the one resolver every comma
 uses for "a model by name or path".
 
     architectures.py   article, lenet5, simple_convnet, face_net, resnet20, cifar_vgg,
-                       mobilenet_small; their aliases and ``resolve``
+                       cifar_vgg_wide, mobilenet_small; their aliases and ``resolve``
     recipes.py         ``Recipe``: how each trains by default (the settings' one source)
     pretrained.py      the shipped weights, ``get`` (fresh or pretrained) and ``stored_weights``
 
@@ -26,6 +26,7 @@ from cnnlab.zoo.architectures import (
     MODELS,
     article_cnn,
     cifar_vgg,
+    cifar_vgg_wide,
     face_net,
     lenet5,
     mobilenet_small,
@@ -54,7 +55,8 @@ from cnnlab.zoo.recipes import (
 
 __all__ = ["ALIASES", "AUGMENTABLE", "DATASET_MODELS", "DEFAULT_BACKBONE", "FINE_TUNE_EPOCHS",
            "FINE_TUNE_FACTOR", "MODELS", "OPTIMIZER_LR", "PRETRAINED", "RECIPES",
-           "TRANSFER_RECIPE", "Recipe", "article_cnn", "backbone", "cifar_vgg", "face_net",
+           "TRANSFER_RECIPE", "Recipe", "article_cnn", "backbone", "cifar_vgg",
+           "cifar_vgg_wide", "face_net",
            "find", "get", "lenet5", "load", "mobilenet_small", "model_help", "pretrained_model",
            "pretrained_path", "resnet20", "resolve", "simple_convnet", "stored_weights",
            "with_new_head"]

@@ -3,7 +3,8 @@ that builds a fresh, seeded model.
 
     article, lenet5, simple_convnet        the article's CNN and two classics, for digits
     face_net                               a small face / not-face classifier made to slide
-    resnet20, cifar_vgg, mobilenet_small   modern CNNs for colour photos (32x32 and up)
+    resnet20, cifar_vgg, cifar_vgg_wide,   modern CNNs for colour photos (32x32 and up)
+    mobilenet_small
 """
 
 from __future__ import annotations
@@ -125,23 +126,38 @@ def resnet20(input_shape=(32, 32, 3), num_classes: int = 10, augment: bool = Fal
     return _classifier(inputs, features, num_classes, "resnet20")
 
 
+def _airbench_vgg(inputs, augment, stem, widths, num_classes, name) -> Model:
+    """A 3x3 stem of ``stem`` filters, then per width a block of conv -> max-pool -> BN -> ReLU
+    -> conv -> BN -> ReLU, and global max pooling (airbench's layout, Jordan 2024)."""
+    x = _conv_bn_relu(photo_augmentation(inputs, augment), stem, "stem")
+    for block, filters in enumerate(widths, start=1):
+        block_name = f"block{block}"
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                          kernel_initializer="he_normal", name=f"{block_name}_1_conv")(x)
+        x = layers.MaxPooling2D(2, name=f"{block_name}_pool")(x)
+        x = layers.BatchNormalization(name=f"{block_name}_1_bn")(x)
+        x = layers.ReLU(name=f"{block_name}_1_relu")(x)
+        x = _conv_bn_relu(x, filters, f"{block_name}_2")
+    features = layers.GlobalMaxPooling2D(name="features")(x)
+    return _classifier(inputs, features, num_classes, name)
+
+
 def cifar_vgg(input_shape=(32, 32, 3), num_classes: int = 10, augment: bool = False) -> Model:
     """A BatchNorm VGG-style net in the spirit of airbench (Jordan, 2024): a 3x3 stem, then three
     blocks of conv -> max-pool -> BN -> ReLU -> conv -> BN -> ReLU, global max pooling. Widths
     32 / 64 / 128 (airbench uses 64 / 256 / 256 on a GPU): 0.30 M parameters and 24 M
     multiply-adds an image at 32x32, sized for a 2-core CPU."""
-    inputs = layers.Input(input_shape, name="input")
-    x = _conv_bn_relu(photo_augmentation(inputs, augment), 24, "stem")
-    for block, filters in enumerate((32, 64, 128), start=1):
-        name = f"block{block}"
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                          kernel_initializer="he_normal", name=f"{name}_1_conv")(x)
-        x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
-        x = layers.BatchNormalization(name=f"{name}_1_bn")(x)
-        x = layers.ReLU(name=f"{name}_1_relu")(x)
-        x = _conv_bn_relu(x, filters, f"{name}_2")
-    features = layers.GlobalMaxPooling2D(name="features")(x)
-    return _classifier(inputs, features, num_classes, "cifar_vgg")
+    return _airbench_vgg(layers.Input(input_shape, name="input"), augment, 24, (32, 64, 128),
+                         num_classes, "cifar_vgg")
+
+
+def cifar_vgg_wide(input_shape=(32, 32, 3), num_classes: int = 10,
+                   augment: bool = False) -> Model:
+    """cifar_vgg at airbench's own widths, 64 / 256 / 256 after a stem of 32: 1.98 M parameters
+    and 152 M multiply-adds an image at 32x32. Its recipe reaches 90% on CIFAR-10 in under an
+    hour of training on 2 cores, where cifar_vgg stops near 86%."""
+    return _airbench_vgg(layers.Input(input_shape, name="input"), augment, 32, (64, 256, 256),
+                         num_classes, "cifar_vgg_wide")
 
 
 def mobilenet_small(input_shape=(32, 32, 3), num_classes: int = 10,
@@ -167,10 +183,11 @@ def mobilenet_small(input_shape=(32, 32, 3), num_classes: int = 10,
 
 MODELS = {"article": article_cnn, "lenet5": lenet5, "simple_convnet": simple_convnet,
           "face_net": face_net,
-          "resnet20": resnet20, "cifar_vgg": cifar_vgg, "mobilenet_small": mobilenet_small}
+          "resnet20": resnet20, "cifar_vgg": cifar_vgg, "cifar_vgg_wide": cifar_vgg_wide,
+          "mobilenet_small": mobilenet_small}
 ALIASES = {"article_cnn": "article", "lenet": "lenet5", "lenet-5": "lenet5"}
 #: the architectures that take ``augment`` (the others are for digits, which are not flipped)
-AUGMENTABLE = {"resnet20", "cifar_vgg", "mobilenet_small", "face_net"}
+AUGMENTABLE = {"resnet20", "cifar_vgg", "cifar_vgg_wide", "mobilenet_small", "face_net"}
 
 
 def resolve(name: str) -> str:

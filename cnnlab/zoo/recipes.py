@@ -58,6 +58,7 @@ RECIPES = {"article": Recipe(), "lenet5": Recipe(), "simple_convnet": Recipe(),
                               image_size=25),
            "resnet20": Recipe(lr=0.2, epochs=30, **_PHOTOS),
            "cifar_vgg": Recipe(lr=0.2, epochs=20, **_PHOTOS),
+           "cifar_vgg_wide": Recipe(lr=0.2, epochs=22, **_PHOTOS),
            "mobilenet_small": Recipe(lr=0.2, epochs=30, **_PHOTOS)}
 #: ``--pretrained``: a new head on a frozen backbone learns fast, from few images, with Adam;
 #: ``--fine-tune N`` then trains every layer N more epochs at a tenth of the rate
