@@ -1,8 +1,9 @@
 """The compiled kernels against the NumPy reference they replace, measured in one run:
 
-    python benchmarks/kernels.py          # all six
+    python benchmarks/kernels.py          # all seven
     python benchmarks/kernels.py --ops    # the first only
     python benchmarks/kernels.py --chunks # the fifth only
+    python benchmarks/kernels.py --wide   # the seventh only
 
 1. each op alone, on the shapes of ResNet-20: BatchNormalization's training forward and backward
    together at batch 128; a 3x3 convolution's forward and both gradients at batch 64 (one
@@ -20,7 +21,10 @@
    32x32, cifar_vgg at 96x96 and ResNet-20 at 128x128;
 6. cold start: a fresh process's first ResNet-20 training step (import included) with an empty
    Numba cache (compiling every kernel), then again with the cache filled, then on the
-   reference.
+   reference;
+7. wide layers (256 channels): the kernel transform U = G g G^T as one GEMM in float32 against
+   the two float64 products it replaced, and cifar_vgg_wide's training steps with the kernel
+   gradient over runs of pieces against one product a piece, interleaved.
 """
 
 from __future__ import annotations
@@ -299,9 +303,55 @@ def winograd_pieces() -> None:
         winograd_chunks(*case)
 
 
+def _float64_kernel_transform(kernel, tiles):
+    """The kernel transform as it was before session 18: two products in float64 over float64
+    copies of the kernel and of U, rounded back to the kernel's dtype."""
+    c, f = kernel.shape[2:]
+    along_i = np.tensordot(tiles.g, kernel.astype(np.float64).reshape(3, 3, c * f), (1, 0))
+    return np.matmul(tiles.g, along_i).reshape(-1, c, f).astype(kernel.dtype)
+
+
+def wide_layers(rounds=5, steps=3) -> None:
+    from cnnlab.engine import winograd
+    from cnnlab.runs import make_optimizer, run_settings
+    print("Wide layers, 256 x 256 channels:")
+    kernel = np.random.default_rng(0).standard_normal((3, 3, 256, 256)).astype(np.float32)
+    gemm = _best_ms(lambda: winograd.kernel_transform(kernel, winograd.F4))
+    products = _best_ms(lambda: _float64_kernel_transform(kernel, winograd.F4))
+    print(f"  kernel transform, F(4x4), float32: one GEMM {gemm:.2f} ms, two float64 products "
+          f"{products:.2f} ms ({products / gemm:.2f}x); best of 20")
+    model = zoo.get("cifar_vgg_wide", augment=True)
+    model.compile(make_optimizer(run_settings(model="cifar_vgg_wide"), 312),
+                  "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((128, 32, 32, 3), dtype=np.float32), rng.integers(0, 10, 128)
+    runs = conv._kernel_grad_runs
+    ways = {"runs": runs,
+            "one product a piece": lambda cache, itemsize: [
+                range(k, k + 1) for k in range(len(cache.pieces))]}
+    seconds = {way: [] for way in ways}
+    try:
+        model.fit(x, y, batch_size=128, epochs=steps, verbose=0)
+        for _ in range(rounds):
+            for way, choose in ways.items():
+                conv._kernel_grad_runs = choose
+                start = time.perf_counter()
+                model.fit(x, y, batch_size=128, epochs=steps, verbose=0)
+                seconds[way].append((time.perf_counter() - start) / steps)
+    finally:
+        conv._kernel_grad_runs = runs
+    ran, apart = (statistics.median(seconds[w]) for w in ways)
+    print(f"  cifar_vgg_wide training steps, batch 128, {cnnlab.config.threads()} thread(s): "
+          f"kernel gradient over runs {ran * 1e3:.0f} ms, one product a piece "
+          f"{apart * 1e3:.0f} ms ({apart / ran:.2f}x); medians of {rounds}")
+
+
 def main() -> None:
     if sys.argv[1:] == ["--chunks"]:
         winograd_pieces()
+        return
+    if sys.argv[1:] == ["--wide"]:
+        wide_layers()
         return
     op_times()
     if sys.argv[1:] == ["--ops"]:
@@ -316,6 +366,7 @@ def main() -> None:
     fused_relu("mobilenet_small", 1)
     fused_relu("resnet20", threads)
     winograd_pieces()
+    wide_layers()
     cold_start()
 
 

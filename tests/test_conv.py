@@ -182,6 +182,28 @@ def test_the_float32_case_where_torch_is_wrong_is_right_here():
     assert_close(out, expected, np.float32, "naive loops")
 
 
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_kernel_transforms_are_g_g_g_transposed_and_its_adjoint(m):
+    """U = G g G^T as the formula reads it (einsum over the 3x3 taps, float64) for F(2x2) and
+    F(4x4), odd channel counts; its transform back is the adjoint (<U(g), h> = <g, U^T(h)>); in
+    float32, U is within a few float32 roundings of the float64 U."""
+    from cnnlab.engine import winograd
+    tiles = {2: winograd.F2, 4: winograd.F4}[m]
+    rng = np.random.default_rng(m)
+    kernel = rng.standard_normal((3, 3, 5, 7))
+    u = winograd.kernel_transform(kernel, tiles)
+    expected = np.einsum("ai,ijcf,bj->abcf", tiles.g, kernel, tiles.g).reshape(-1, 5, 7)
+    assert u.shape == (tiles.alpha ** 2, 5, 7) and u.dtype == np.float64
+    np.testing.assert_allclose(u, expected, rtol=1e-14, atol=1e-14)
+    grad_u = rng.standard_normal(u.shape)
+    back = winograd.kernel_grad_transform(grad_u, tiles)
+    assert back.shape == (3, 3, 5, 7)
+    assert np.vdot(u, grad_u) == pytest.approx(np.vdot(kernel, back), rel=1e-12)
+    u32 = winograd.kernel_transform(kernel.astype(np.float32), tiles)
+    assert u32.dtype == np.float32
+    assert np.abs(u32 - expected).max() <= 4 * np.finfo(np.float32).eps * np.abs(expected).max()
+
+
 @pytest.mark.parametrize("padding", ["same", "valid", ((2, 0), (1, 2))])
 def test_winograd_gradients_match_finite_differences(padding):
     """On the path the kernels switch selects: F(4x4) compiled by default, F(2x2) in NumPy in

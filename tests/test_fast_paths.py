@@ -104,8 +104,8 @@ def test_winograd_kernel_gradient_over_runs_of_pieces_equals_im2col(monkeypatch)
     if compiled.module("winograd_kernels") is not None:
         assert [p.images for p in cache.pieces] == [slice(0, 2), slice(2, 4), slice(4, 6),
                                                     slice(6, 8), slice(8, 9)]
-        assert conv._kernel_grad_runs(cache, 8, 8) == [range(0, 2), range(2, 5)]   # 18, 23 kB
-        assert conv._kernel_grad_runs(cache._replace(kernel=kernel[..., :2, :]), 2, 8) == [
+        assert conv._kernel_grad_runs(cache, 8) == [range(0, 2), range(2, 5)]   # 18, 23 kB
+        assert conv._kernel_grad_runs(cache._replace(kernel=kernel[..., :2, :]), 8) == [
             range(k, k + 1) for k in range(5)]                    # grad_U fits: one each
     assert_close(out, direct, np.float64, "out")
     for a, b, name in zip(conv.conv2d_backward(grad_out, cache),

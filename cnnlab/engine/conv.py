@@ -329,22 +329,20 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
                               kernel, x.shape, pads, bias is not None, workspace)
 
 
-def _kernel_grad_runs(cache: WinogradCache, f: int, itemsize: int) -> list[range]:
+def _kernel_grad_runs(cache: WinogradCache, itemsize: int) -> list[range]:
     """The pieces whose kernel gradients are taken in one product, as runs of piece indices.
     grad_U (alpha^2, C, F) is summed over the products, so each product of T tiles costs a
     pass over it besides its T * (C + F) * alpha^2 values. Where grad_U fits the cache budget
     that pass stays in cache, and each piece is its own run. Where it does not (C = F = 256:
     9 MB in F(4x4), against pieces of 28 tiles), consecutive pieces of whole images with their
     V kept join into runs of up to a quarter of the memory budget of V and grad_M: one product
-    of K = hundreds of tiles instead of a dozen small ones, each adding 9 MB into grad_U.
-    cifar_vgg_wide's training step went from 410-419 to 367-377 ms with it (2 threads, batch
-    128, interleaved runs)."""
+    of K = hundreds of tiles instead of a dozen small ones, each adding 9 MB into grad_U
+    (``benchmarks/kernels.py --wide`` measures the two)."""
+    _, _, c, f = cache.kernel.shape
     one_each = [range(k, k + 1) for k in range(len(cache.pieces))]
-    alpha2, c = cache.tiling.alpha ** 2, cache.kernel.shape[2]
-    whole_images = all(piece.rows.start == 0 and piece.rows.stop == cache.pieces[0].rows.stop
-                       for piece in cache.pieces)
-    if cache.tiles is None or not whole_images or \
-            alpha2 * c * f * itemsize <= WINOGRAD_CACHE_BYTES:
+    bands = any(piece.rows != cache.pieces[0].rows for piece in cache.pieces)
+    if cache.tiles is None or bands or \
+            cache.tiling.alpha ** 2 * c * f * itemsize <= WINOGRAD_CACHE_BYTES:
         return one_each
     budget, runs, start, held = windows.COLS_BUDGET_BYTES // 4, [], 0, 0
     for k, v in enumerate(cache.tiles):
@@ -359,19 +357,17 @@ def _kernel_grad_runs(cache: WinogradCache, f: int, itemsize: int) -> list[range
 def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
     f, tiling = grad_out.shape[3], cache.tiling
     grad_u = 0                                            # (alpha^2, C, F), summed over runs
-    for run in _kernel_grad_runs(cache, f, grad_out.itemsize):
+    for run in _kernel_grad_runs(cache, grad_out.itemsize):
         first, last = cache.pieces[run[0]], cache.pieces[run[-1]]
-        if len(run) > 1:                                  # whole images: one product for all
-            grad_part = grad_out[first.images.start:last.images.stop]
-            v = np.concatenate([cache.tiles[k] for k in run], axis=1)
-        elif cache.tiles is not None:
-            grad_part, v = grad_out[first.images, first.rows], cache.tiles[run[0]]
-        else:                                             # redo this piece's V from its rows
-            grad_part = grad_out[first.images, first.rows]
+        grad_part = grad_out[first.images.start:last.images.stop, first.rows]
+        if cache.tiles is None:                           # redo this piece's V from its rows
             rows, piece_pads = _piece_input(cache.x, cache.pads, first)
             v = winograd.transform_input(rows.astype(grad_out.dtype, copy=False), piece_pads,
                                          winograd.tile_counts(grad_part.shape[1:3], tiling.m),
                                          tiling)
+        else:                                             # a run's V joined, in image order
+            v = cache.tiles[run[0]] if len(run) == 1 else np.concatenate(
+                [cache.tiles[k] for k in run], axis=1)
         grad_u = grad_u + winograd.transformed_kernel_grad(grad_part, v, tiling)
     grad_kernel = winograd.kernel_grad_transform(grad_u, tiling)    # once, not per piece
     grad_bias = column_sums(grad_out.reshape(-1, f)) if cache.has_bias else None

@@ -126,9 +126,10 @@ def resnet20(input_shape=(32, 32, 3), num_classes: int = 10, augment: bool = Fal
     return _classifier(inputs, features, num_classes, "resnet20")
 
 
-def _airbench_vgg(inputs, augment, stem, widths, num_classes, name) -> Model:
+def _airbench_vgg(input_shape, num_classes, augment, stem, widths, name) -> Model:
     """A 3x3 stem of ``stem`` filters, then per width a block of conv -> max-pool -> BN -> ReLU
     -> conv -> BN -> ReLU, and global max pooling (airbench's layout, Jordan 2024)."""
+    inputs = layers.Input(input_shape, name="input")
     x = _conv_bn_relu(photo_augmentation(inputs, augment), stem, "stem")
     for block, filters in enumerate(widths, start=1):
         block_name = f"block{block}"
@@ -147,8 +148,7 @@ def cifar_vgg(input_shape=(32, 32, 3), num_classes: int = 10, augment: bool = Fa
     blocks of conv -> max-pool -> BN -> ReLU -> conv -> BN -> ReLU, global max pooling. Widths
     32 / 64 / 128 (airbench uses 64 / 256 / 256 on a GPU): 0.30 M parameters and 24 M
     multiply-adds an image at 32x32, sized for a 2-core CPU."""
-    return _airbench_vgg(layers.Input(input_shape, name="input"), augment, 24, (32, 64, 128),
-                         num_classes, "cifar_vgg")
+    return _airbench_vgg(input_shape, num_classes, augment, 24, (32, 64, 128), "cifar_vgg")
 
 
 def cifar_vgg_wide(input_shape=(32, 32, 3), num_classes: int = 10,
@@ -157,8 +157,8 @@ def cifar_vgg_wide(input_shape=(32, 32, 3), num_classes: int = 10,
     and 152 M multiply-adds an image at 32x32. Its recipe (22 epochs) reached 89.14% on
     CIFAR-10's held-out 10,000 in 3,094 s of training on 2 cores, where cifar_vgg's reaches
     85.9% in 971 s (one run each, README)."""
-    return _airbench_vgg(layers.Input(input_shape, name="input"), augment, 32, (64, 256, 256),
-                         num_classes, "cifar_vgg_wide")
+    return _airbench_vgg(input_shape, num_classes, augment, 32, (64, 256, 256),
+                         "cifar_vgg_wide")
 
 
 def mobilenet_small(input_shape=(32, 32, 3), num_classes: int = 10,
