@@ -19,13 +19,24 @@ from cnnlab.cli.options import (
     use_device,
 )
 from cnnlab.data import class_names, evaluation_data, image_for_model, open_image
+from cnnlab.models import test_time
+
+TTA_HELP = ("test-time augmentation for photos: average the outputs over the image and its "
+            "mirror image (flip), and also over both shifted one pixel up-left and down-right "
+            "(flip-translate)")
 
 
 def cmd_evaluate(args) -> int:
-    """Loss and accuracy of a saved model on a dataset's test split (or a whole folder)."""
+    """Loss and accuracy of a saved model on a dataset's test split (or a whole folder); with
+    ``--tta``, the accuracy of its outputs averaged over views of each image."""
     use_device(args)
     model = zoo.find(args.model, compile=True)
     x_test, y_test, what, _ = evaluation_data(model, args.model, args.data)
+    if args.tta:
+        score = test_time.accuracy(model, x_test, y_test, args.tta, args.batch_size)
+        print(f"{args.model} on {what}: accuracy {score:.4f} (the mean of "
+              f"{test_time.VIEWS[args.tta]} views of each image, --tta {args.tta})")
+        return 0
     if model.loss is None:
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     results = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0,
@@ -40,7 +51,8 @@ def cmd_predict(args) -> int:
     model = zoo.find(args.model)
     invert = {"auto": "auto", "yes": True, "no": False}[args.invert]
     batch = np.stack([image_for_model(model, open_image(p), invert) for p in args.images])
-    probs = model.predict(batch, verbose=0)
+    probs = (test_time.predict(model, batch, args.tta) if args.tta
+             else model.predict(batch, verbose=0))
     names = class_names(model)
     for path, p in zip(args.images, probs):
         top = np.argsort(p)[::-1][:args.top]
@@ -87,6 +99,7 @@ def add_commands(commands) -> None:
     evaluate.add_argument("--data", help="a dataset name, an .npz or a folder (default: the "
                                           "test split of the dataset the model was trained on)")
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
+    evaluate.add_argument("--tta", choices=list(test_time.VIEWS), help=TTA_HELP)
     add_device_option(evaluate)
 
     predict = add_command(
@@ -98,6 +111,7 @@ def add_commands(commands) -> None:
     predict.add_argument("model", help=zoo.model_help())
     predict.add_argument("images", nargs="+", help="PNG/JPEG/... files")
     predict.add_argument("--top", type=positive_int, default=3, help="classes to show (default 3)")
+    predict.add_argument("--tta", choices=list(test_time.VIEWS), help=TTA_HELP)
     add_device_option(predict)
     predict.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                          help="invert grey levels: auto decides from the border (default)")
