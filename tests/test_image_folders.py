@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -245,3 +246,51 @@ def test_colour_and_size_conversions_are_said_in_one_line_each(tmp_path, capsys)
     assert next(iter(dataset))[0].shape == (6, 32, 32, 1)
     image_dataset_from_directory(colour, image_size=(32, 32))
     assert len(capsys.readouterr().out.splitlines()) == 1          # nothing to convert: silent
+
+
+@pytest.mark.parametrize("color_mode", ["grayscale", "rgb", "rgba"])
+def test_cache_gives_the_same_batches_and_reads_each_file_once(folder, tmp_path, monkeypatch,
+                                                               color_mode):
+    """A cached dataset's epochs equal the uncached one's, bit for bit (uint8 keeps every
+    decoded value), and after the first epoch no file is decoded again; the broken file is
+    tried, and skipped, every epoch."""
+    from cnnlab.data import folders
+    root, _ = folder
+    options = dict(image_size=(20, 24), batch_size=16, seed=5, color_mode=color_mode,
+                   verbose=False)
+    with pytest.warns(RuntimeWarning, match="no images"):
+        plain = image_dataset_from_directory(root, **options)
+        cached = image_dataset_from_directory(root, **options).cache()
+    assert cached.cache_bytes == 91 * 20 * 24 * {"grayscale": 1, "rgb": 3, "rgba": 4}[color_mode]
+    decoded = []
+    real_decode = folders.decode
+    monkeypatch.setattr(folders, "decode", lambda path, *a: decoded.append(path) or
+                        real_decode(path, *a))
+    for epoch in range(3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)      # the broken file, said once
+            expected = list(plain)
+            decoded.clear()
+            got = list(cached)
+        assert len(got) == len(expected) == 6
+        for (x, y), (x_ref, y_ref) in zip(got, expected):
+            assert x.dtype == np.float32 and np.array_equal(x, x_ref) and np.array_equal(y, y_ref)
+        if epoch == 0:
+            assert len(decoded) == 91                          # 90 images and the broken file
+        else:
+            assert [p.rsplit("/", 1)[-1] for p in decoded] == ["broken.png"]
+
+
+def test_training_data_caches_a_folder_that_fits_the_budget(folder, monkeypatch, capsys):
+    from cnnlab.data import splits
+    root, _ = folder
+    settings = dict(data=str(root), image_size=16, color_mode="rgb", batch_size=8, seed=0)
+    with pytest.warns(RuntimeWarning, match="no images"):
+        train, test, _, _ = splits.training_data(settings)
+    assert train.source._is_cached is not None and test.source._is_cached is not None
+    assert "Keeping the decoded images in memory after the first epoch (0 MB)" in \
+        capsys.readouterr().out
+    monkeypatch.setattr(splits, "FOLDER_CACHE_BYTES", 91 * 16 * 16 * 3 - 1)
+    with pytest.warns(RuntimeWarning, match="no images"):
+        train, test, _, _ = splits.training_data(settings)
+    assert train.source._is_cached is None and "Keeping" not in capsys.readouterr().out

@@ -92,6 +92,24 @@ class ImageDataset:
         self._reported: set[str] = set()
         self._settings = (class_names, label_mode, color_mode, image_size, batch_size, shuffle,
                           seed, interpolation, on_error, prefetch)
+        self._cached: np.ndarray | None = None      # (files, H, W, C) uint8, once .cache()d
+        self._is_cached: np.ndarray | None = None   # which of them are decoded yet
+
+    def cache(self) -> ImageDataset:
+        """The same dataset, keeping every image once it is decoded, so that later epochs read
+        memory instead of files (Keras' ``Dataset.cache()``, in memory): ``cache_bytes`` a
+        dataset. Kept as uint8: a decoded image's values are whole numbers in [0, 255] (Pillow's
+        8-bit modes), so the float32 batches are the same. A file that fails is tried again
+        each epoch, as without the cache."""
+        cached = ImageDataset(self.file_paths, self._labels, *self._settings)
+        cached._cached = np.empty((len(self.file_paths), *self.element_shape), np.uint8)
+        cached._is_cached = np.zeros(len(self.file_paths), bool)
+        return cached
+
+    @property
+    def cache_bytes(self) -> int:
+        """What :meth:`cache` keeps in memory once every file is decoded."""
+        return len(self.file_paths) * int(np.prod(self.element_shape))
 
     def subset(self, indices) -> ImageDataset:
         """The same dataset over the files at ``indices`` only, in that order."""
@@ -114,16 +132,26 @@ class ImageDataset:
     def _batch(self, indices):
         images, labels, failed = [], [], []
         for i in indices:
-            try:
-                images.append(decode(self.file_paths[i], self.color_mode, self.image_size,
-                                     self.interpolation))
+            if self._is_cached is not None and self._is_cached[i]:
+                images.append(self._cached[i])
                 labels.append(self._labels[i])
+                continue
+            try:
+                image = decode(self.file_paths[i], self.color_mode, self.image_size,
+                               self.interpolation)
             except DataError as exc:
                 if self.on_error == "raise":
                     raise
                 failed.append(str(exc))
+                continue
+            if self._is_cached is not None:
+                self._cached[i] = image
+                self._is_cached[i] = True
+            images.append(image)
+            labels.append(self._labels[i])
         shape = (0, *self.element_shape)
-        x = np.stack(images) if images else np.zeros(shape, np.float32)
+        x = np.stack(images).astype(np.float32, copy=False) if images \
+            else np.zeros(shape, np.float32)
         return x, self._encode(np.asarray(labels, dtype=np.int64)), failed
 
     def _encode(self, labels):
