@@ -100,7 +100,7 @@ def test_bad_input_gets_a_clear_error():
 @pytest.mark.filterwarnings("ignore:BatchNormalization")
 def test_evaluate_and_predict_take_tta_on_the_command_line(tmp_path, capsys, monkeypatch):
     """A model trained on a folder of photos, scored with --tta: the figure printed is the
-    library's on the images training held out."""
+    library's on the images training held out, and the one training printed at its end."""
     from PIL import Image
 
     from cnnlab.data import evaluation_data
@@ -116,10 +116,15 @@ def test_evaluate_and_predict_take_tta_on_the_command_line(tmp_path, capsys, mon
     assert main(["train", "--data", str(root), "--model", "cifar_vgg", "--image-size", "12",
                  "--epochs", "1", "--batch-size", "8", "--verbose", "0",
                  "--out", "photos.cnnlab"]) == 0
-    capsys.readouterr()
+    trained = capsys.readouterr().out       # an augmented recipe reports the averaged figure
+    said = "With test-time augmentation (cnnlab evaluate --tta flip-translate, the mean of 6 " \
+           "views of each image): "
+    assert said in trained
     assert main(["evaluate", "photos.cnnlab", "--tta", "flip-translate"]) == 0
     out = capsys.readouterr().out
     assert "(the mean of 6 views of each image, --tta flip-translate)" in out
+    assert float(trained.split(said)[1].split("%")[0]) == \
+        pytest.approx(100 * float(out.split("accuracy ")[1].split()[0]), abs=0.006)
     model = load_model("photos.cnnlab")
     x, y, _, _ = evaluation_data(model, "photos.cnnlab")
     printed = float(out.split("accuracy ")[1].split()[0])

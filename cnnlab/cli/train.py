@@ -25,7 +25,7 @@ from cnnlab.cli.options import (
 )
 from cnnlab.data import materialise, training_data
 from cnnlab.errors import ConfigError
-from cnnlab.models import load_model
+from cnnlab.models import load_model, test_time
 from cnnlab.runs import DEFAULTS, TRAIN_SETTINGS, fit_run, new_run, run_settings, total_epochs
 
 CHECKPOINT_FILE = "checkpoint.cnnlab"
@@ -197,6 +197,12 @@ def _train(args, fresh_settings) -> int:
     held_out = len(test.source.file_paths) if streaming else len(x_test)
     say(f"Test accuracy: {accuracy:.2%} (loss {loss:.4f}) on {held_out:,} held-out images; "
           f"trained in {seconds:.1f} s{ranks} ({images / max(seconds, 1e-9):,.0f} images/s)")
+    if settings["augment"] and chief:        # it learned mirrored and shifted photos alike
+        views = "flip-translate"
+        averaged = test_time.accuracy(model, test, None, views) if streaming else \
+            test_time.accuracy(model, x_test, y_test, views)
+        say(f"With test-time augmentation (cnnlab evaluate --tta {views}, the mean of "
+            f"{test_time.VIEWS[views]} views of each image): {averaged:.2%}")
     say(f"Saved model to {out}")
     return 0
 
