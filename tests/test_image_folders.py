@@ -281,7 +281,8 @@ def test_cache_gives_the_same_batches_and_reads_each_file_once(folder, tmp_path,
             assert [p.rsplit("/", 1)[-1] for p in decoded] == ["broken.png"]
 
 
-def test_training_data_caches_a_folder_that_fits_the_budget(folder, monkeypatch, capsys):
+def test_training_data_caches_a_folder_that_fits_the_budget_and_a_quarter_of_memory(
+        folder, monkeypatch, capsys):
     from cnnlab.data import splits
     root, _ = folder
     settings = dict(data=str(root), image_size=16, color_mode="rgb", batch_size=8, seed=0)
@@ -290,7 +291,16 @@ def test_training_data_caches_a_folder_that_fits_the_budget(folder, monkeypatch,
     assert train.source._is_cached is not None and test.source._is_cached is not None
     assert "Keeping the decoded images in memory after the first epoch (0 MB)" in \
         capsys.readouterr().out
-    monkeypatch.setattr(splits, "FOLDER_CACHE_BYTES", 91 * 16 * 16 * 3 - 1)
+    needed = 91 * 16 * 16 * 3
+    monkeypatch.setattr(splits, "FOLDER_CACHE_BYTES", needed - 1)
     with pytest.warns(RuntimeWarning, match="no images"):
         train, test, _, _ = splits.training_data(settings)
     assert train.source._is_cached is None and "Keeping" not in capsys.readouterr().out
+    # nor past a quarter of the machine's memory
+    monkeypatch.setattr(splits, "FOLDER_CACHE_BYTES", 1 << 30)
+    pages = {"SC_PAGE_SIZE": 1, "SC_PHYS_PAGES": 4 * needed - 4}
+    monkeypatch.setattr(splits.os, "sysconf", lambda name: pages[name])
+    assert splits.folder_cache_budget() == needed - 1
+    with pytest.warns(RuntimeWarning, match="no images"):
+        train, _, _, _ = splits.training_data(settings)
+    assert train.source._is_cached is None

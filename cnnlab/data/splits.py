@@ -19,10 +19,20 @@ from cnnlab.errors import ConfigError
 
 #: the share of a folder's images held out for validation (and for `cnnlab evaluate` later)
 FOLDER_VALIDATION_SPLIT = 0.2
-#: a folder whose decoded images (training and validation) fit this is decoded once, in the
-#: first epoch, and kept in memory: decoding CIFAR-10's 40,000 training JPEGs took 8.7 s of a
-#: core every epoch without the cache; with it they take 123 MB
+#: a folder whose decoded images (training and validation) fit this, and a quarter of the
+#: machine's memory, is decoded once, in the first epoch, and kept in memory: decoding
+#: CIFAR-10's 40,000 training JPEGs took 8.7 s of a core every epoch without the cache; with
+#: it they take 123 MB
 FOLDER_CACHE_BYTES = 1 << 30
+
+
+def folder_cache_budget() -> int:
+    """How many bytes of decoded images ``training_data`` keeps in memory at most."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):       # not a POSIX system: cannot tell
+        return FOLDER_CACHE_BYTES
+    return min(FOLDER_CACHE_BYTES, memory // 4)
 
 
 def training_data(settings):
@@ -35,7 +45,7 @@ def training_data(settings):
             batch_size=settings["batch_size"], validation_split=FOLDER_VALIDATION_SPLIT,
             subset="both",
             seed=settings["seed"])
-        if train.cache_bytes + test.cache_bytes <= FOLDER_CACHE_BYTES:
+        if train.cache_bytes + test.cache_bytes <= folder_cache_budget():
             train, test = train.cache(), test.cache()
             print(f"Keeping the decoded images in memory after the first epoch "
                   f"({(train.cache_bytes + test.cache_bytes) / 1e6:,.0f} MB).")
