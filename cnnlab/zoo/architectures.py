@@ -156,8 +156,8 @@ def cifar_vgg_wide(input_shape=(32, 32, 3), num_classes: int = 10,
     """cifar_vgg at airbench's own widths, 64 / 256 / 256 after a stem of 32: 1.98 M parameters
     and 152 M multiply-adds an image at 32x32. Its recipe (22 epochs) reached 90.11-90.50% on
     CIFAR-10's held-out 10,000 with flip-translate test-time augmentation (89.06-89.14% without)
-    in 2,886-3,094 s of training on 2 cores, seeds 0-2, where cifar_vgg's reaches 85.9% in
-    971 s (one run each, README)."""
+    in 2,886-3,094 s of training on 2 cores, seeds 0-2, where cifar_vgg's reaches 85.62% in
+    718 s (one run each, README)."""
     return _airbench_vgg(input_shape, num_classes, augment, 32, (64, 256, 256),
                          "cifar_vgg_wide")
 
