@@ -97,10 +97,10 @@ class ImageDataset:
 
     def cache(self) -> ImageDataset:
         """The same dataset, keeping every image once it is decoded, so that later epochs read
-        memory instead of files (Keras' ``Dataset.cache()``, in memory): ``cache_bytes`` a
-        dataset. Kept as uint8: a decoded image's values are whole numbers in [0, 255] (Pillow's
-        8-bit modes), so the float32 batches are the same. A file that fails is tried again
-        each epoch, as without the cache."""
+        memory instead of files (Keras' ``Dataset.cache()``, in memory), at a cost of
+        ``cache_bytes``. Kept as uint8: a decoded image's values are whole numbers in [0, 255]
+        (Pillow's 8-bit modes), so the float32 batches are the same. A file that fails is tried
+        again each epoch, as without the cache; ``subset`` of a cached dataset starts uncached."""
         cached = ImageDataset(self.file_paths, self._labels, *self._settings)
         cached._cached = np.empty((len(self.file_paths), *self.element_shape), np.uint8)
         cached._is_cached = np.zeros(len(self.file_paths), bool)
