@@ -304,7 +304,7 @@ def winograd_pieces() -> None:
 
 
 def _float64_kernel_transform(kernel, tiles):
-    """The kernel transform as it was before session 18: two products in float64 over float64
+    """The kernel transform before it became one GEMM: two products in float64 over float64
     copies of the kernel and of U, rounded back to the kernel's dtype."""
     c, f = kernel.shape[2:]
     along_i = np.tensordot(tiles.g, kernel.astype(np.float64).reshape(3, 3, c * f), (1, 0))

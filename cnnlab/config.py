@@ -59,6 +59,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes; None where the system cannot tell (not POSIX)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 _threads = min(usable_cores(), 8)
 
 

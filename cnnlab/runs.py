@@ -12,11 +12,9 @@ The data comes from ``cnnlab.data`` (``training_data``), the recipes and weights
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from cnnlab import losses, optimizers, seeding, zoo
+from cnnlab import config, losses, optimizers, seeding, zoo
 from cnnlab.data import datasets
 from cnnlab.data.folders import files_digest
 from cnnlab.data.splits import FOLDER_VALIDATION_SPLIT, preparation, training_data
@@ -129,9 +127,8 @@ def check_memory(model, batch_size: int) -> None:
     """Refuse, with the numbers, a run whose activations alone exceed the machine's memory
     (2000x2000 images once asked NumPy for 118 GiB, mid-way, with a traceback)."""
     needed = training_bytes(model, batch_size)
-    try:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):       # not a POSIX system: cannot tell
+    available = config.physical_memory()
+    if available is None:
         return
     if needed > available:
         height, width = model.input_shape[:2]

@@ -298,8 +298,7 @@ def test_training_data_caches_a_folder_that_fits_the_budget_and_a_quarter_of_mem
     assert train.source._is_cached is None and "Keeping" not in capsys.readouterr().out
     # nor past a quarter of the machine's memory
     monkeypatch.setattr(splits, "FOLDER_CACHE_BYTES", 1 << 30)
-    pages = {"SC_PAGE_SIZE": 1, "SC_PHYS_PAGES": 4 * needed - 4}
-    monkeypatch.setattr(splits.os, "sysconf", lambda name: pages[name])
+    monkeypatch.setattr(splits.config, "physical_memory", lambda: 4 * needed - 4)
     assert splits.folder_cache_budget() == needed - 1
     with pytest.warns(RuntimeWarning, match="no images"):
         train, _, _, _ = splits.training_data(settings)

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cnnlab import config
 from cnnlab.data import datasets
 from cnnlab.data.folders import files_digest, image_dataset_from_directory
 from cnnlab.errors import ConfigError
@@ -28,11 +29,8 @@ FOLDER_CACHE_BYTES = 1 << 30
 
 def folder_cache_budget() -> int:
     """How many bytes of decoded images ``training_data`` keeps in memory at most."""
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):       # not a POSIX system: cannot tell
-        return FOLDER_CACHE_BYTES
-    return min(FOLDER_CACHE_BYTES, memory // 4)
+    memory = config.physical_memory()
+    return FOLDER_CACHE_BYTES if memory is None else min(FOLDER_CACHE_BYTES, memory // 4)
 
 
 def training_data(settings):

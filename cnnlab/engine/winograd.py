@@ -107,12 +107,10 @@ def tile_counts(out_hw, m: int = 2) -> tuple[int, int]:
 
 def kernel_transform(kernel: np.ndarray, tiles: Tiling = F2) -> np.ndarray:
     """``U[a, b] = sum_{i, j} G[a, i] kernel[i, j] G[b, j]``: (3, 3, C, F) -> (alpha^2, C, F).
-    One GEMM in the kernel's dtype, ``U = (G kron G) @ kernel`` with the kernel as (9, C*F).
-    It replaced two products in float64 over float64 copies of the kernel and of U, which at
-    256 x 256 channels took 7-18 ms a call against 0.8-2.1 ms (one-off, repeated calls) and 15%
-    of cifar_vgg_wide's training step (py-spy). In float32, G kron G's entries (1/36 ...
-    1/576) are rounded to float32: U is within a few 1e-8 of the float64 U, relative to its
-    largest entry, below the float32 transforms' own error."""
+    One GEMM in the kernel's dtype, ``U = (G kron G) @ kernel`` with the kernel as (9, C*F):
+    no float64 copies of a wide layer's kernel and U (``benchmarks/kernels.py --wide``). In
+    float32, G kron G's entries (1/36 ... 1/576) are rounded once: U stays within a few float32
+    epsilons of the float64 U, relative to its largest entry (tested)."""
     c, f = kernel.shape[2:]
     return (_kron(tiles.m, kernel.dtype) @ kernel.reshape(9, c * f)).reshape(-1, c, f)
 
@@ -128,8 +126,10 @@ def kernel_grad_transform(grad_u: np.ndarray, tiles: Tiling) -> np.ndarray:
 def _kron(m: int, dtype: np.dtype) -> np.ndarray:
     """``G kron G`` (alpha^2, 9) of F(m x m, 3x3) in ``dtype``: row ``a * alpha + b``, column
     ``i * 3 + j`` holds ``G[a, i] G[b, j]``, each product taken in float64 and rounded once."""
-    g = {2: F2, 4: F4}[m].g
-    return np.kron(g, g).astype(dtype)
+    g = {2: F2, 4: F4}[m].g              # a Tiling holds arrays, so the cache keys on m
+    product = np.kron(g, g).astype(dtype)
+    product.setflags(write=False)        # shared by every caller
+    return product
 
 
 # --- the reference transforms for any tiling, as the formulas read (einsum) ---------------------
