@@ -81,7 +81,7 @@ def test_cli_distributed_rank_zero_prints_and_writes(tmp_path):
 BN_MODEL = textwrap.dedent("""
     import numpy as np, cnnlab
     from cnnlab import layers
-    def bn_run(distributed=False, sync=True, threads=1):
+    def bn_run(distributed=False, sync=True, threads=1, batch_size=32):
         cnnlab.config.set_floatx("float64")
         cnnlab.config.set_threads(threads)
         cnnlab.utils.set_random_seed(0)
@@ -95,7 +95,7 @@ BN_MODEL = textwrap.dedent("""
         rng = np.random.default_rng(1)
         x, y = rng.random((70, 8, 8, 1)), rng.integers(0, 3, 70)
         kwargs = dict(distributed=True, sync_batch_norm=sync) if distributed else {}
-        model.fit(x, y, batch_size=32, epochs=2, verbose=0, **kwargs)
+        model.fit(x, y, batch_size=batch_size, epochs=2, verbose=0, **kwargs)
         return model.get_weights()
 """)
 
@@ -127,6 +127,27 @@ def test_batch_norm_over_two_ranks_equals_one_process_and_two_threads(tmp_path):
                                    atol=1e-12)
     assert any(not np.allclose(ranks["local"][0][f"arr_{i}"], expected)
                for i, expected in enumerate(one))
+
+
+def test_batch_norm_over_two_ranks_of_two_threads_each_equals_one_process(tmp_path):
+    """Threads inside each rank (32 samples a rank, two shards of 16): each rank's shards sum
+    their statistics, one thread a rank exchanges the total with the other rank, and every
+    shard gets it back, over several BatchNormalization calls in a row."""
+    script = BN_MODEL + textwrap.dedent("""
+        from mpi4py import MPI
+        weights = bn_run(distributed=True, threads=2, batch_size=64)
+        np.savez(f"threads{MPI.COMM_WORLD.Get_rank()}.npz", *weights)
+    """)
+    (tmp_path / "bn.py").write_text(script)
+    result = mpirun(2, sys.executable, "bn.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    namespace = {}
+    exec(BN_MODEL, namespace)                                     # noqa: S102 (our own code)
+    expected = namespace["bn_run"](threads=1, batch_size=64)
+    for rank in (0, 1):
+        weights = np.load(tmp_path / f"threads{rank}.npz")
+        for i, value in enumerate(expected):
+            np.testing.assert_allclose(weights[f"arr_{i}"], value, rtol=1e-10, atol=1e-12)
 
 
 ZOO_SCRIPT = textwrap.dedent("""
