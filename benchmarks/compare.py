@@ -4,6 +4,7 @@
     python benchmarks/compare.py --model resnet20 # or cifar10_cnn, mobilenet_small
     python benchmarks/compare.py --model all --update-readme   # every model; rewrite the README
     python benchmarks/compare.py --sweep          # batch sizes 1-512 (article and resnet20)
+    python benchmarks/compare.py --threads-sweep  # resnet20 at 1, 2, 4, ... threads, all cores
     python benchmarks/compare.py --model cifar_vgg_wide   # or cifar_vgg: the CIFAR-10 recipes'
 
 The models: ``article`` (the article's network on 28x28 digits), ``cifar10_cnn`` (Keras' classic
@@ -400,9 +401,13 @@ def update_readme(block: str, text: str) -> None:
 SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 128, 512)
 
 
-def sweep_rate(peer, model_name, batch) -> float:
-    """Training img/s of one peer at one batch size (run in a fresh process by ``sweep``)."""
+def sweep_rate(peer, model_name, batch, threads=None) -> float:
+    """Training img/s of one peer at one batch size (run in a fresh process by ``sweep`` and
+    ``threads_sweep``), on ``threads`` threads (None: the library's default)."""
     if peer == "cnnlab":
+        import cnnlab
+        if threads is not None:
+            cnnlab.config.set_threads(threads)
         model = cnnlab_model(model_name)
         x, y = data(model_name, batch=batch)
 
@@ -411,6 +416,8 @@ def sweep_rate(peer, model_name, batch) -> float:
     else:
         import torch
         import torch.nn.functional as F  # noqa: N812
+        if threads is not None:
+            torch.set_num_threads(threads)
         net = torch_twin(model_name)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         xs, ys = data(model_name, channels_first=True, batch=batch)
@@ -429,6 +436,18 @@ def sweep_rate(peer, model_name, batch) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
+def _rate_in_fresh_process(peer, model_name, batch, threads=None) -> float:
+    command = [sys.executable, __file__, "--sweep-worker", peer, "--model", model_name,
+               "--batch", str(batch)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise SystemExit(f"{peer} failed at batch {batch}, {threads} threads:\n"
+                         f"{result.stderr[-2000:]}")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 def sweep(models=("article", "resnet20"), rounds=3):
     """Training img/s of cnnlab and PyTorch eager (the same network) at each batch size: each
     measurement in a fresh process (one library's idle threads never slow the other's), the two
@@ -441,14 +460,45 @@ def sweep(models=("article", "resnet20"), rounds=3):
             rates = {"cnnlab": [], "torch": []}
             for r in range(rounds):
                 for peer in (["cnnlab", "torch"] if r % 2 == 0 else ["torch", "cnnlab"]):
-                    result = subprocess.run(
-                        [sys.executable, __file__, "--sweep-worker", peer, "--model", model_name,
-                         "--batch", str(batch)], capture_output=True, text=True, timeout=600)
-                    rates[peer].append(float(result.stdout.strip().splitlines()[-1]))
+                    rates[peer].append(_rate_in_fresh_process(peer, model_name, batch))
             a, b = statistics.median(rates["cnnlab"]), statistics.median(rates["torch"])
             ratio = statistics.median(x / y for x, y in zip(rates["cnnlab"], rates["torch"]))
             lines.append(f"| {model_name} | {batch} | {a:,.0f} | {b:,.0f} | {ratio:.2f}x |")
             print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def thread_counts(cores: int) -> list[int]:
+    """1, 2, 4, ... up to the machine's cores, and the core count itself."""
+    counts = [1]
+    while counts[-1] * 2 <= cores:
+        counts.append(counts[-1] * 2)
+    return counts if counts[-1] == cores else [*counts, cores]
+
+
+def threads_sweep(model_name="resnet20", batch=BATCH, rounds=3):
+    """Training img/s of cnnlab (``cnnlab.config.set_threads(t)``) and PyTorch eager
+    (``torch.set_num_threads(t)``) at each thread count up to the machine's cores, batch
+    ``batch``: each measurement in a fresh process, the two alternating who goes first; medians
+    of ``rounds``, the ratio taken within each round; and each library's speed-up over its own
+    1-thread rate."""
+    lines = [f"{model_name}, batch {batch}, training; {os.cpu_count()} cores",
+             "", "| threads | cnnlab img/s | torch img/s | ratio | cnnlab vs 1 thread | "
+             "torch vs 1 thread |", "|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    base = {}
+    for threads in thread_counts(os.cpu_count() or 1):
+        rates = {"cnnlab": [], "torch": []}
+        for r in range(rounds):
+            for peer in (["cnnlab", "torch"] if r % 2 == 0 else ["torch", "cnnlab"]):
+                rates[peer].append(_rate_in_fresh_process(peer, model_name, batch, threads))
+        medians = {peer: statistics.median(values) for peer, values in rates.items()}
+        base = base or medians
+        ratio = statistics.median(x / y for x, y in zip(rates["cnnlab"], rates["torch"]))
+        lines.append(f"| {threads} | {medians['cnnlab']:,.0f} | {medians['torch']:,.0f} | "
+                     f"{ratio:.2f}x | {medians['cnnlab'] / base['cnnlab']:.2f}x | "
+                     f"{medians['torch'] / base['torch']:.2f}x |")
+        print(lines[-1], flush=True)
     return "\n".join(lines)
 
 
@@ -461,15 +511,23 @@ def main():
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--threads-sweep", action="store_true",
+                        help="resnet20 (or --model) training at 1, 2, 4, ... threads up to the "
+                             "machine's cores, against PyTorch at the same count")
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--sweep-worker", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sweep_worker:
-        print(sweep_rate(args.sweep_worker, args.model, args.batch))
+        print(sweep_rate(args.sweep_worker, args.model, args.batch, args.threads))
         return
     if args.worker:
         print(json.dumps(RUNNERS[args.worker](args.model, args.seconds)))
+        return
+    if args.threads_sweep:
+        threads_sweep("resnet20" if args.model == "article" else args.model,
+                      rounds=min(args.rounds, 3))
         return
     if args.sweep:
         text = sweep(rounds=args.rounds)

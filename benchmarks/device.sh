@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The checks that need the lent machine (16 CPU cores, one NVIDIA GPU), prepared to run there
+# in one call from the repository's root: `bash benchmarks/device.sh` (about 3 minutes).
+# Nothing can be fetched there, and nothing needs to be: its python3 has NumPy, Numba, Pillow,
+# tqdm, matplotlib, threadpoolctl, PyTorch and CuPy, so cnnlab runs from the checkout. The
+# output goes to $OUT/device.log as well (the folder whose files come back).
+#  1. the device tests: what CuPy finds, and `auto` still running on the CPU (no GPU engine);
+#  2. #25's core-count target: resnet20 training at 1, 2, 4, 8 and 16 threads against PyTorch
+#     with the same thread count (`compare.py --threads-sweep`, one round: a fresh process per
+#     figure).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
+log="${OUT:-/tmp}/device.log"
+{
+    echo "== machine"; nproc; nvidia-smi -L 2>&1; python3 --version
+    python3 -c "import numpy, numba, torch; print('numpy', numpy.__version__, 'numba',
+numba.__version__, 'torch', torch.__version__)"
+    echo "== device tests"
+    python3 -m pytest -q -rs -p no:cacheprovider tests/test_devices.py
+    echo "== threads sweep"
+    python3 benchmarks/compare.py --threads-sweep --rounds 1
+} 2>&1 | tee "$log"
