@@ -510,6 +510,41 @@ def test_batch_norm_relu_fusion_equals_layer_by_layer(monkeypatch):
         np.testing.assert_array_equal(fused[2][name], plain[2][name])
 
 
+def test_add_relu_fusion_equals_layer_by_layer(monkeypatch):
+    """Training and inference through ResNet's ``Add -> ReLU`` with the ReLU in the sum's own
+    pass give the unfused graph's loss, outputs and every gradient, bit for bit; an Add whose
+    output is also read elsewhere keeps its ReLU apart."""
+    import cnnlab
+    from cnnlab import layers
+    from cnnlab.graph import fusion
+    cnnlab.config.set_floatx("float64")
+    inputs = cnnlab.Input((8, 8, 3))
+    a = layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+    b = layers.Conv2D(4, 1, name="b")(inputs)
+    joined = layers.ReLU(name="out_1")(layers.Add(name="add_1")([a, b]))
+    c = layers.Conv2D(4, 3, padding="same")(joined)
+    summed = layers.Add(name="add_2")([c, joined])
+    d = layers.Activation("relu", name="out_2")(summed)
+    e = layers.Add(name="add_3")([d, summed])                # add_2 is read twice: no fusion
+    outputs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(e))
+    model = cnnlab.Model(inputs, outputs)
+    moved, _ = fusion.plan(model)
+    assert {node.layer.name: act for node, act in moved.items()} == {
+        "add_1": "relu", "out_1": "linear"}
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 8, 8, 3)), rng.integers(0, 3, 6)
+    fused, fused_out = model.loss_and_gradients(x, y), model.predict(x, verbose=0)
+    monkeypatch.setattr(fusion, "ReLU", type("NoReLU", (), {}))
+    assert not fusion.plan(model)[0]
+    plain, plain_out = model.loss_and_gradients(x, y), model.predict(x, verbose=0)
+    assert fused[0] == plain[0]
+    np.testing.assert_array_equal(fused[1], plain[1])
+    np.testing.assert_array_equal(fused_out, plain_out)
+    for name in plain[2]:
+        np.testing.assert_array_equal(fused[2][name], plain[2][name])
+
+
 def test_convolutions_are_costed_for_the_gradients_that_will_follow(monkeypatch):
     """In training the first convolution is costed without an input gradient (nothing needs
     the image's), the others with one; in inference with none."""

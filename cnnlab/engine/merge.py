@@ -4,6 +4,7 @@ Shapes: every input ``x_i (N, ...)``; element-wise merges need equal shapes and 
 shape; ``concatenate`` joins along ``axis`` (every other axis equal).
 
     add       y = sum_i x_i                     dx_i = dy
+    add+relu  y = max(sum_i x_i, 0)             dx_i = dy * (y > 0)   (ResNet's join, fused)
     subtract  y = x_0 - x_1                     dx_0 = dy, dx_1 = -dy
     multiply  y = prod_i x_i                    dx_i = dy * prod_{j != i} x_j
     average   y = sum_i x_i / k                 dx_i = dy / k
@@ -15,15 +16,37 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.engine import compiled
 
-def add_forward(xs: list[np.ndarray]):
+
+def add_forward(xs: list[np.ndarray], relu: bool = False):
+    """The sum, and with ``relu`` its ReLU in the same pass where the kernels are compiled (two
+    inputs of one dtype); the cache is the input count and, with ``relu``, the output."""
+    kernels = compiled.module("merge_kernels") if relu and len(xs) == 2 else None
+    if kernels is not None and xs[0].dtype == xs[1].dtype and xs[0].shape == xs[1].shape:
+        a, b = np.ascontiguousarray(xs[0]), np.ascontiguousarray(xs[1])
+        out = np.empty_like(a)
+        kernels.add_relu(a.reshape(-1), b.reshape(-1), out.reshape(-1))
+        return out, (len(xs), out)
     out = xs[0] + xs[1]
     for x in xs[2:]:
         out += x
-    return out, len(xs)
+    if relu:
+        np.maximum(out, 0, out=out)
+    return out, (len(xs), out if relu else None)
 
 
-def add_backward(grad: np.ndarray, count: int) -> list[np.ndarray]:
+def add_backward(grad: np.ndarray, cache) -> list[np.ndarray]:
+    count, relu_out = cache
+    if relu_out is not None:
+        kernels = compiled.module("merge_kernels")
+        if kernels is not None and grad.dtype == relu_out.dtype:
+            grad = np.ascontiguousarray(grad)
+            out = np.empty_like(grad)
+            kernels.relu_grad(grad.reshape(-1), relu_out.reshape(-1), out.reshape(-1))
+            grad = out
+        else:
+            grad = grad * (relu_out > 0)
     return [grad] * count
 
 
@@ -54,7 +77,7 @@ def multiply_backward(grad: np.ndarray, xs) -> list[np.ndarray]:
 
 
 def average_forward(xs: list[np.ndarray]):
-    out, count = add_forward(xs)
+    out, (count, _) = add_forward(xs)
     return out / np.asarray(count, out.dtype), count
 
 

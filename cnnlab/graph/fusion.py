@@ -11,12 +11,13 @@ layer's activation counts at once and no plan can go stale. The unfused graph is
 2. **Softmax into the loss.** A model output made by a softmax, fed to cross-entropy, is left as
    logits: the loss's fused gradient ``(p - y) / N`` is exact and never divides by a
    probability.
-3. **ReLU into the BatchNormalization before it.** ``BatchNormalization -> ReLU`` (a ``ReLU``
-   layer or ``Activation('relu')``, the BN's sole consumer) runs the ReLU inside the BN's
-   step, in place on the BN's own output: one map-sized array and one pass fewer, forward and
-   backward, and the ReLU node passes its input on. In training with compiled kernels it runs
-   inside the BN's own passes (``engine.normalization_kernels``), which saves the ReLU's pass
-   each way too.
+3. **ReLU into the BatchNormalization or Add before it.** ``BatchNormalization -> ReLU`` (a
+   ``ReLU`` layer or ``Activation('relu')``, the BN's sole consumer) runs the ReLU inside the
+   BN's step, in place on the BN's own output: one map-sized array and one pass fewer, forward
+   and backward, and the ReLU node passes its input on. In training with compiled kernels it
+   runs inside the BN's own passes (``engine.normalization_kernels``), which saves the ReLU's
+   pass each way too. ResNet's ``Add -> ReLU`` the same way: the sum and its ReLU in one pass
+   with compiled kernels (``engine.merge_kernels``), in place after the sum on the reference.
 4. **BatchNormalization folded into the convolution before it** (inference only: no backward
    pass follows). In inference mode BN is a per-channel map ``y * scale + shift``; after a
    linear op (Conv2D, DepthwiseConv2D, Dense with no activation) it folds into that op's kernel
@@ -28,6 +29,7 @@ layer's activation counts at once and no plan can go stale. The unfused graph is
 from __future__ import annotations
 
 from cnnlab.layers.core import Activation, ReLU
+from cnnlab.layers.merge import Add
 from cnnlab.layers.normalization import BatchNormalization
 from cnnlab.layers.pooling import MaxPooling2D
 
@@ -48,7 +50,7 @@ def plan(graph, logits_outputs=()) -> tuple[dict, set[int]]:
             activations[node] = "linear"
             activations[consumers[0]] = "relu"
     for node in graph.nodes:
-        if type(node.layer) is not BatchNormalization or node.layer.activation != "linear" \
+        if type(node.layer) not in (BatchNormalization, Add) or node.layer.activation != "linear" \
                 or node in activations or id(node.outputs[0]) in output_ids:
             continue
         consumers = graph.consumers.get(id(node.outputs[0]), [])

@@ -63,6 +63,13 @@ class Add(_Merge):
 
     _forward, _backward = staticmethod(ops.add_forward), staticmethod(ops.add_backward)
 
+    def fuses(self, activation, ctx):
+        """A ReLU after it runs in the sum's own pass (``graph.fusion``: ResNet's join)."""
+        return activation == "relu"
+
+    def call(self, xs, ctx, activation="linear"):
+        return ops.add_forward(xs, relu=activation == "relu")
+
 
 class Subtract(_Merge):
     """``x_0 - x_1``; exactly two inputs."""
