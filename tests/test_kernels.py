@@ -417,6 +417,19 @@ def test_merge_kernels_equal_the_reference_bit_for_bit(shape, dtype, seed):
         assert np.array_equal(x.view(f"u{x.itemsize}"), y.view(f"u{y.itemsize}"))   # bits
 
 
+def test_merge_kernels_leave_float16_and_three_inputs_to_the_reference():
+    """Numba has no float16 arithmetic, and the kernel joins two maps: those go to the
+    reference, with the same values, whatever the switch says."""
+    from cnnlab.engine import merge
+    rng = np.random.default_rng(0)
+    for xs in ([rng.standard_normal((2, 3, 5)).astype(np.float16) for _ in range(2)],
+               [rng.standard_normal((2, 3, 5)) for _ in range(3)]):
+        fast, reference = _both(lambda xs=xs: merge.add_forward(xs, relu=True)[0])
+        assert fast.dtype == xs[0].dtype
+        np.testing.assert_array_equal(fast, reference)
+        np.testing.assert_array_equal(fast, np.maximum(sum(xs), 0))
+
+
 def test_update_kernels_leave_what_they_cannot_take_to_the_reference():
     """A kernel writes one contiguous block of float32 or float64. A parameter that is a strided
     view (a column of a matrix, passed by hand) is updated by the reference, in place, never

@@ -18,12 +18,17 @@ import numpy as np
 
 from cnnlab.engine import compiled
 
+#: what the compiled kernels take (Numba has no float16 arithmetic)
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
 
 def add_forward(xs: list[np.ndarray], relu: bool = False):
     """The sum, and with ``relu`` its ReLU in the same pass where the kernels are compiled (two
-    inputs of one dtype); the cache is the input count and, with ``relu``, the output."""
+    inputs of one float32 or float64 dtype and shape); the cache is the input count and, with
+    ``relu``, the output."""
     kernels = compiled.module("merge_kernels") if relu and len(xs) == 2 else None
-    if kernels is not None and xs[0].dtype == xs[1].dtype and xs[0].shape == xs[1].shape:
+    if kernels is not None and xs[0].dtype == xs[1].dtype and xs[0].dtype in _KERNEL_DTYPES \
+            and xs[0].shape == xs[1].shape:
         a, b = np.ascontiguousarray(xs[0]), np.ascontiguousarray(xs[1])
         out = np.empty_like(a)
         kernels.add_relu(a.reshape(-1), b.reshape(-1), out.reshape(-1))
@@ -40,7 +45,8 @@ def add_backward(grad: np.ndarray, cache) -> list[np.ndarray]:
     count, relu_out = cache
     if relu_out is not None:
         kernels = compiled.module("merge_kernels")
-        if kernels is not None and grad.dtype == relu_out.dtype:
+        if kernels is not None and grad.dtype == relu_out.dtype and grad.dtype in _KERNEL_DTYPES \
+                and grad.shape == relu_out.shape:
             grad = np.ascontiguousarray(grad)
             out = np.empty_like(grad)
             kernels.relu_grad(grad.reshape(-1), relu_out.reshape(-1), out.reshape(-1))

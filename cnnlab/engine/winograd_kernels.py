@@ -29,6 +29,17 @@ against a scratch of the whole image's rows). Measured on 64 images of
 2.6 -> 1.7 ms against the per-tile loops these replaced. Where a tile row is two tiles
 (8 x 8 x 64) the gathering is pure cost: 0.01-0.14 ms slower each, far less than the first
 stage gains (``benchmarks/kernels.py`` has whole convolutions and steps).
+
+Tried and dropped (one-off scripts, best of 20-30, 1 thread, float32, against these kernels,
+on pieces of 7 images at ResNet-20's three stages and of 2 images at 16 x 16 x 256): F(4x4)'s
+own formulas with their shared sums, all six outputs of a point in one loop (that loop has
+twelve arrays, and LLVM vectorised it only once the constants were typed as the data's):
+input 1.14-1.40x, output 0.57-0.89x; the input's column pass first, over whole image rows,
+with no gathering: 0.77-1.25x; every output row as one loop over all its terms (one
+expression, at most seven arrays, vectorised; two variants, timed while another benchmark
+ran): input 0.36-1.50x, output 0.29-1.02x, adjoint 0.33-1.13x. The transforms take half of
+ResNet-20's inference and a third of its training step (py-spy, batch 128, 2 threads), so a
+faster shape for them is worth finding.
 """
 
 from __future__ import annotations
