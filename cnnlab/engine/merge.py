@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.engine import compiled
+from cnnlab.engine.activations import relu_backward
 
-#: what the compiled kernels take (Numba has no float16 arithmetic)
+#: what the compiled kernel takes (Numba has no float16 arithmetic)
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -44,15 +45,7 @@ def add_forward(xs: list[np.ndarray], relu: bool = False):
 def add_backward(grad: np.ndarray, cache) -> list[np.ndarray]:
     count, relu_out = cache
     if relu_out is not None:
-        kernels = compiled.module("merge_kernels")
-        if kernels is not None and grad.dtype == relu_out.dtype and grad.dtype in _KERNEL_DTYPES \
-                and grad.shape == relu_out.shape:
-            grad = np.ascontiguousarray(grad)
-            out = np.empty_like(grad)
-            kernels.relu_grad(grad.reshape(-1), relu_out.reshape(-1), out.reshape(-1))
-            grad = out
-        else:
-            grad = grad * (relu_out > 0)
+        grad = relu_backward(grad, relu_out)
     return [grad] * count
 
 

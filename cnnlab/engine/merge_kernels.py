@@ -1,14 +1,14 @@
-"""Compiled residual joins, beside their NumPy reference (``merge.py``, whose docstring has the
+"""The compiled residual join, beside its NumPy reference (``merge.py``, whose docstring has the
 formulas). Every array is 1-D, one element per value of the (N, H, W, C) maps, C-contiguous.
 
     add_relu   y = max(a + b, 0)                  one pass: reads a and b, writes y
-    relu_grad  dx = dy * (1 if y > 0 else 0)      one pass: reads dy and y, writes dx
 
 ResNet's ``Add -> ReLU`` is two passes over the map on the reference (the sum, then the max in
-place) and the ReLU's gradient two more (the mask, then the product); here each is one. The
-values are the reference's bit for bit, NaN and signed zeros included: a NaN sum stays NaN and
-a sum of -0 becomes +0 (as ``np.maximum(s, 0)`` gives them), and the gradient is a product
-with 0 or 1, as ``dy * (y > 0)`` is.
+place); here it is one. Its gradient is ReLU's (``activations.relu_backward``): a kernel for
+it measured no faster on whole steps (the article's network, batch 128, 5 interleaved rounds:
+14.45-14.86 ms a step with it, 14.62-14.74 without). The values are the reference's bit for
+bit, NaN and signed zeros included: a NaN sum stays NaN and a sum of -0 becomes +0, as
+``np.maximum(s, 0)`` gives them.
 """
 
 from __future__ import annotations
@@ -23,9 +23,3 @@ def add_relu(a, b, out):
         total = a[i] + b[i]
         out[i] = total if total > zero or total != total else zero     # NaN stays, -0 is 0
 
-
-@numba.njit(cache=True, nogil=True)
-def relu_grad(grad, out, result):
-    zero, one = result.dtype.type(0), result.dtype.type(1)
-    for i in range(result.shape[0]):
-        result[i] = grad[i] * (one if out[i] > zero else zero)
