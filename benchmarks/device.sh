@@ -4,7 +4,8 @@
 # Nothing can be fetched there, and nothing needs to be: its python3 has NumPy, Numba, Pillow,
 # tqdm, matplotlib, threadpoolctl, PyTorch and CuPy, so cnnlab runs from the checkout. The
 # output goes to $OUT/device.log as well (the folder whose files come back).
-#  1. the device tests: what CuPy finds, and `auto` still running on the CPU (no GPU engine);
+#  1. the device tests (what CuPy finds; `auto` still runs on the CPU) and the GPU tests (the
+#     ops that take their array module from their inputs, on CuPy against NumPy, float64);
 #  2. #25's core-count target: resnet20 training at 1, 2, 4, 8 and 16 threads against PyTorch
 #     with the same thread count (`compare.py --threads-sweep`, one round: a fresh process per
 #     figure).
@@ -17,7 +18,7 @@ log="${OUT:-/tmp}/device.log"
     python3 -c "import numpy, numba, torch; print('numpy', numpy.__version__, 'numba',
 numba.__version__, 'torch', torch.__version__)"
     echo "== device tests"
-    python3 -m pytest -q -rs -p no:cacheprovider tests/test_devices.py
+    python3 -m pytest -q -rs -p no:cacheprovider tests/test_devices.py tests/test_gpu.py
     echo "== threads sweep"
     python3 benchmarks/compare.py --threads-sweep --rounds 1
 } 2>&1 | tee "$log"

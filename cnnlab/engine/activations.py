@@ -10,12 +10,15 @@ import math
 
 import numpy as np
 
+from cnnlab.engine.arrays import array_module
+
 _SQRT_PI = math.sqrt(math.pi)
 
 
 def relu_forward(x: np.ndarray):
     """``max(x, 0)``."""
-    out = np.maximum(x, 0)
+    xp = array_module(x)
+    out = xp.maximum(x, 0)
     return out, out
 
 
@@ -26,8 +29,9 @@ def relu_backward(grad_out: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 def softmax_forward(x: np.ndarray, axis: int = -1):
     """``exp(x_i) / sum_j exp(x_j)``; the max is subtracted first so exp never overflows."""
+    xp = array_module(x)
     shifted = x - x.max(axis=axis, keepdims=True)
-    exps = np.exp(shifted)
+    exps = xp.exp(shifted)
     out = exps / exps.sum(axis=axis, keepdims=True)
     return out, (out, axis)
 
@@ -43,19 +47,22 @@ def log_softmax_forward(x: np.ndarray, axis: int = -1):
 
     Stays finite for logits of any size: the largest term of the sum is exactly ``exp(0) = 1``.
     """
+    xp = array_module(x)
     shifted = x - x.max(axis=axis, keepdims=True)
-    out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
     return out, (out, axis)
 
 
 def log_softmax_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     """``g - softmax * sum(g)``."""
+    xp = array_module(grad_out)
     out, axis = cache
-    return grad_out - np.exp(out) * grad_out.sum(axis=axis, keepdims=True)
+    return grad_out - xp.exp(out) * grad_out.sum(axis=axis, keepdims=True)
 
 
 def tanh_forward(x: np.ndarray):
-    out = np.tanh(x)
+    xp = array_module(x)
+    out = xp.tanh(x)
     return out, out
 
 
@@ -66,7 +73,8 @@ def tanh_backward(grad_out: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 def sigmoid_forward(x: np.ndarray):
     """``1 / (1 + exp(-x))``, written through tanh so large ``|x|`` never overflows exp."""
-    out = 0.5 * (np.tanh(0.5 * x) + 1)
+    xp = array_module(x)
+    out = 0.5 * (xp.tanh(0.5 * x) + 1)
     return out, out
 
 
@@ -77,28 +85,32 @@ def sigmoid_backward(grad_out: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 def leaky_relu_forward(x: np.ndarray, negative_slope: float = 0.2):
     """``x`` where positive, ``negative_slope * x`` elsewhere (Keras' function default 0.2)."""
+    xp = array_module(x)
     positive = x > 0
-    return np.where(positive, x, x * np.asarray(negative_slope, x.dtype)), (positive,
+    return xp.where(positive, x, x * xp.asarray(negative_slope, x.dtype)), (positive,
                                                                           negative_slope)
 
 
 def leaky_relu_backward(grad_out: np.ndarray, cache) -> np.ndarray:
+    xp = array_module(grad_out)
     positive, negative_slope = cache
-    return np.where(positive, grad_out, grad_out * np.asarray(negative_slope, grad_out.dtype))
+    return xp.where(positive, grad_out, grad_out * xp.asarray(negative_slope, grad_out.dtype))
 
 
 def elu_forward(x: np.ndarray, alpha: float = 1.0):
     """``x`` where positive, ``alpha * (exp(x) - 1)`` elsewhere; ``expm1`` keeps small negative
     inputs exact, and ``min(x, 0)`` keeps exp from overflowing where the branch is not taken."""
+    xp = array_module(x)
     positive = x > 0
-    out = np.where(positive, x, np.asarray(alpha, x.dtype) * np.expm1(np.minimum(x, 0)))
+    out = xp.where(positive, x, xp.asarray(alpha, x.dtype) * xp.expm1(xp.minimum(x, 0)))
     return out, (positive, out, alpha)
 
 
 def elu_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     """``g`` where positive, ``g * (out + alpha)`` (= ``g * alpha * exp(x)``) elsewhere."""
+    xp = array_module(grad_out)
     positive, out, alpha = cache
-    return grad_out * np.where(positive, 1, out + np.asarray(alpha, out.dtype))
+    return grad_out * xp.where(positive, 1, out + xp.asarray(alpha, out.dtype))
 
 
 def silu_forward(x: np.ndarray):
@@ -115,12 +127,14 @@ def silu_backward(grad_out: np.ndarray, cache) -> np.ndarray:
 
 def hard_sigmoid_forward(x: np.ndarray):
     """Keras 3's (and torch's) ``relu6(x + 3) / 6``: 0 below -3, 1 above 3, a line between."""
+    xp = array_module(x)
     inside = (x > -3) & (x < 3)
-    return np.clip(x / np.asarray(6, x.dtype) + np.asarray(0.5, x.dtype), 0, 1), inside
+    return xp.clip(x / xp.asarray(6, x.dtype) + xp.asarray(0.5, x.dtype), 0, 1), inside
 
 
 def hard_sigmoid_backward(grad_out: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    return grad_out * inside / np.asarray(6, grad_out.dtype)
+    xp = array_module(grad_out)
+    return grad_out * inside / xp.asarray(6, grad_out.dtype)
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -129,23 +143,24 @@ def erf(x: np.ndarray) -> np.ndarray:
     ``erf(x) = 2/sqrt(pi) exp(-x^2) sum_n (2x^2)^n x / (1*3*...*(2n+1))`` (positive terms, no
     cancellation; 60 terms suffice); beyond, ``erfc`` by its continued fraction
     ``exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...))))`` (Lentz's method)."""
-    z = np.abs(np.asarray(x, dtype=np.float64))
-    out = np.empty_like(z)
+    xp = array_module(x)
+    z = xp.abs(xp.asarray(x, dtype=xp.float64))
+    out = xp.empty_like(z)
     near = z < 3
     zn = z[near]
     term, total, ratio = zn.copy(), zn.copy(), 2 * zn * zn
     for n in range(1, 60):
         term = term * ratio / (2 * n + 1)
         total += term
-    out[near] = 2 / _SQRT_PI * np.exp(-zn * zn) * total
+    out[near] = 2 / _SQRT_PI * xp.exp(-zn * zn) * total
     zf = z[~near]
-    fraction, c, d = zf.copy(), zf.copy(), np.zeros_like(zf)
+    fraction, c, d = zf.copy(), zf.copy(), xp.zeros_like(zf)
     for k in range(1, 80):
         d = 1 / (zf + (k / 2) * d)
         c = zf + (k / 2) / c
         fraction = fraction * c * d
-    out[~near] = 1 - np.exp(-zf * zf) / _SQRT_PI / fraction
-    return np.copysign(out, x)
+    out[~near] = 1 - xp.exp(-zf * zf) / _SQRT_PI / fraction
+    return xp.copysign(out, x)
 
 
 def gelu_forward(x: np.ndarray):
@@ -157,8 +172,9 @@ def gelu_forward(x: np.ndarray):
 
 def gelu_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     """``g * (Phi(x) + x * phi(x))``, ``phi`` the normal density."""
+    xp = array_module(grad_out)
     x, phi_cdf = cache
-    density = np.exp(-0.5 * x * x) / np.asarray(math.sqrt(2 * math.pi), x.dtype)
+    density = xp.exp(-0.5 * x * x) / xp.asarray(math.sqrt(2 * math.pi), x.dtype)
     return grad_out * (phi_cdf + x * density)
 
 
@@ -168,7 +184,8 @@ _GELU_C = math.sqrt(2 / math.pi)
 def gelu_tanh_forward(x: np.ndarray):
     """GELU's tanh approximation, ``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``: Keras'
     ``gelu(x, approximate=True)``, torch's ``gelu(x, approximate='tanh')``."""
-    t = np.tanh(_GELU_C * (x + 0.044715 * x * x * x))
+    xp = array_module(x)
+    t = xp.tanh(_GELU_C * (x + 0.044715 * x * x * x))
     return 0.5 * x * (1 + t), (x, t)
 
 

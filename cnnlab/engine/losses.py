@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.engine.activations import log_softmax_forward
+from cnnlab.engine.arrays import array_module
 
 # Keras clips probabilities into [EPSILON, 1 - EPSILON] before taking logs.
 EPSILON = 1e-7
@@ -32,29 +33,33 @@ def softmax_cross_entropy_forward(logits: np.ndarray, target: np.ndarray):
 def softmax_cross_entropy_backward(cache) -> np.ndarray:
     """``(softmax(z) * sum_k y_k - y) / N``; for one-hot targets simply ``(p - y) / N``."""
     log_probs, target = cache
-    probs = np.exp(log_probs)
+    xp = array_module(log_probs)
+    probs = xp.exp(log_probs)
     return (probs * target.sum(axis=1, keepdims=True) - target) / log_probs.shape[0]
 
 
 def sparse_softmax_cross_entropy_forward(logits: np.ndarray, labels: np.ndarray):
     """``mean_n( -log_softmax(logits)[n, labels[n]] )``: PyTorch's ``F.cross_entropy``."""
+    xp = array_module(logits)
     log_probs, _ = log_softmax_forward(logits)                     # (N, K)
-    picked = log_probs[np.arange(logits.shape[0]), labels]         # (N,)
+    picked = log_probs[xp.arange(logits.shape[0]), labels]         # (N,)
     return -picked.sum() / logits.shape[0], (log_probs, labels)
 
 
 def sparse_softmax_cross_entropy_backward(cache) -> np.ndarray:
     """``(p - onehot(labels)) / N`` without building the one-hot matrix."""
     log_probs, labels = cache
-    grad = np.exp(log_probs)
-    grad[np.arange(grad.shape[0]), labels] -= 1
+    xp = array_module(log_probs)
+    grad = xp.exp(log_probs)
+    grad[xp.arange(grad.shape[0]), labels] -= 1
     return grad / grad.shape[0]
 
 
 def categorical_crossentropy_forward(probs: np.ndarray, target: np.ndarray):
     """``mean_n( -sum_k y log(clip(p)) )`` on probabilities, clipped as Keras does."""
-    clipped = np.clip(probs, EPSILON, 1 - EPSILON)
-    loss = -(target * np.log(clipped)).sum() / probs.shape[0]
+    xp = array_module(probs)
+    clipped = xp.clip(probs, EPSILON, 1 - EPSILON)
+    loss = -(target * xp.log(clipped)).sum() / probs.shape[0]
     return loss, (probs, clipped, target)
 
 
@@ -67,17 +72,19 @@ def categorical_crossentropy_backward(cache) -> np.ndarray:
 
 def sparse_categorical_crossentropy_forward(probs: np.ndarray, labels: np.ndarray):
     """Probability-space cross-entropy with integer labels."""
-    rows = np.arange(probs.shape[0])
+    xp = array_module(probs)
+    rows = xp.arange(probs.shape[0])
     picked = probs[rows, labels]
-    clipped = np.clip(picked, EPSILON, 1 - EPSILON)
-    return -np.log(clipped).sum() / probs.shape[0], (probs.shape, probs.dtype, labels,
+    clipped = xp.clip(picked, EPSILON, 1 - EPSILON)
+    return -xp.log(clipped).sum() / probs.shape[0], (probs.shape, probs.dtype, labels,
                                                       picked, clipped)
 
 
 def sparse_categorical_crossentropy_backward(cache) -> np.ndarray:
     shape, dtype, labels, picked, clipped = cache
-    grad = np.zeros(shape, dtype=dtype)
-    grad[np.arange(shape[0]), labels] = -1 / clipped * (picked == clipped) / shape[0]
+    xp = array_module(picked)
+    grad = xp.zeros(shape, dtype=dtype)
+    grad[xp.arange(shape[0]), labels] = -1 / clipped * (picked == clipped) / shape[0]
     return grad
 
 

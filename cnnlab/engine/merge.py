@@ -14,10 +14,13 @@ shape; ``concatenate`` joins along ``axis`` (every other axis equal).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from cnnlab.engine import compiled
 from cnnlab.engine.activations import relu_backward
+from cnnlab.engine.arrays import array_module
 
 #: what the compiled kernel takes (Numba has no float16 arithmetic)
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -27,7 +30,8 @@ def add_forward(xs: list[np.ndarray], relu: bool = False):
     """The sum, and with ``relu`` its ReLU in the same pass where the kernels are compiled (two
     inputs of one float32 or float64 dtype and shape); the cache is the input count and, with
     ``relu``, the output."""
-    kernels = compiled.module("merge_kernels") if relu and len(xs) == 2 else None
+    xp = array_module(*xs)
+    kernels = compiled.module("merge_kernels") if relu and len(xs) == 2 and xp is np else None
     if kernels is not None and xs[0].dtype == xs[1].dtype and xs[0].dtype in _KERNEL_DTYPES \
             and xs[0].shape == xs[1].shape:
         a, b = np.ascontiguousarray(xs[0]), np.ascontiguousarray(xs[1])
@@ -38,7 +42,7 @@ def add_forward(xs: list[np.ndarray], relu: bool = False):
     for x in xs[2:]:
         out += x
     if relu:
-        np.maximum(out, 0, out=out)
+        xp.maximum(out, 0, out=out)
     return out, (len(xs), out if relu else None)
 
 
@@ -77,19 +81,20 @@ def multiply_backward(grad: np.ndarray, xs) -> list[np.ndarray]:
 
 def average_forward(xs: list[np.ndarray]):
     out, (count, _) = add_forward(xs)
-    return out / np.asarray(count, out.dtype), count
+    return out / array_module(out).asarray(count, out.dtype), count
 
 
 def average_backward(grad: np.ndarray, count: int) -> list[np.ndarray]:
-    return [grad / np.asarray(count, grad.dtype)] * count
+    return [grad / array_module(grad).asarray(count, grad.dtype)] * count
 
 
 def maximum_forward(xs: list[np.ndarray]):
     """At a tie the whole gradient goes to the first input holding the maximum, as in max
     pooling (a subgradient; nothing in between is more right)."""
-    stacked = np.stack(xs)                                   # (k, N, ...)
+    xp = array_module(*xs)
+    stacked = xp.stack(xs)                                   # (k, N, ...)
     winner = stacked.argmax(axis=0)                          # (N, ...)
-    return np.take_along_axis(stacked, winner[None], 0)[0], (winner, len(xs))
+    return xp.take_along_axis(stacked, winner[None], 0)[0], (winner, len(xs))
 
 
 def maximum_backward(grad: np.ndarray, cache) -> list[np.ndarray]:
@@ -98,9 +103,9 @@ def maximum_backward(grad: np.ndarray, cache) -> list[np.ndarray]:
 
 
 def concatenate_forward(xs: list[np.ndarray], axis: int):
-    return np.concatenate(xs, axis=axis), ([x.shape[axis] for x in xs], axis)
+    return array_module(*xs).concatenate(xs, axis=axis), ([x.shape[axis] for x in xs], axis)
 
 
 def concatenate_backward(grad: np.ndarray, cache) -> list[np.ndarray]:
     sizes, axis = cache
-    return np.split(grad, np.cumsum(sizes)[:-1], axis=axis)
+    return array_module(grad).split(grad, list(itertools.accumulate(sizes))[:-1], axis=axis)

@@ -1,0 +1,26 @@
+"""The array module an op computes with, taken from its inputs: NumPy for NumPy arrays, CuPy for
+CuPy's (``pip install 'cnnlab[gpu]'``). One lookup at the top of an op,
+
+    xp = array_module(x)
+
+lets the same code run on either wherever NumPy and CuPy spell it the same, instead of a copy
+of each op for the GPU. CuPy is imported only when an input is one of its arrays, so a CPU run
+never imports it. The ops that take their module this way so far: the activations (not
+dropout, whose random draws come from a NumPy generator), the losses, and the merges. The
+others are NumPy's or compiled for the CPU (``engine.compiled``), and the GPU runs none of
+them yet (``engine.devices.GPU_ENGINE``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+
+def array_module(*arrays):
+    """``cupy`` if any of ``arrays`` is a CuPy array, else ``numpy``."""
+    for array in arrays:
+        if type(array).__module__.split(".")[0] == "cupy":
+            return importlib.import_module("cupy")
+    return np

@@ -1,0 +1,69 @@
+"""The ops that take their array module from their inputs (``engine.arrays``): given arrays of
+another module, they compute with that module and never with NumPy directly. Checked here with
+a stand-in for CuPy (NumPy underneath, so the values can be compared); ``tests/test_gpu.py``
+runs the same ops on CuPy itself where there is a GPU."""
+
+import sys
+import types
+
+import numpy as np
+from array_ops import op_cases, sample_inputs, values_in
+
+from cnnlab.engine import activations, arrays, losses, merge
+
+
+class StandInArray(np.ndarray):
+    """An array that says it is CuPy's, as ``cupy.ndarray`` does."""
+
+
+StandInArray.__module__ = "cupy"
+
+
+def stand_in_module(looked_up: set):
+    """A module named ``cupy`` that records which functions the ops take from it and runs
+    NumPy's, returning stand-in arrays."""
+    def lookup(name):
+        function = getattr(np, name)
+        if not callable(function) or isinstance(function, type):
+            return function
+
+        def call(*args, **kwargs):
+            looked_up.add(name)
+            result = function(*args, **kwargs)
+            return result.view(StandInArray) if isinstance(result, np.ndarray) else result
+        return call
+    module = types.ModuleType("cupy")
+    module.__getattr__ = lookup
+    return module
+
+
+class NoNumPy:
+    """Put in place of an op module's ``np``: any use of it fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"np.{name} was used directly")
+
+
+def test_numpy_arrays_use_numpy_and_never_import_cupy(monkeypatch):
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    assert arrays.array_module(np.ones(2), 3.0, [1]) is np
+    assert "cupy" not in sys.modules
+
+
+def test_ops_compute_with_the_module_of_their_inputs(monkeypatch):
+    """Each op, forward and backward, on stand-in arrays with its module's ``np`` taken away:
+    NumPy's values, functions from the stand-in module, and arrays of the stand-in's type back
+    (a NumPy array coming back would be data leaving the device)."""
+    expected = {name: case() for name, case in op_cases(*sample_inputs())}
+    looked_up: set = set()
+    monkeypatch.setitem(sys.modules, "cupy", stand_in_module(looked_up))
+    for module in (activations, losses, merge):
+        monkeypatch.setattr(module, "np", NoNumPy())
+    stand_ins = [a.view(StandInArray) for a in sample_inputs()]
+    for name, case in op_cases(*stand_ins):
+        result = case()
+        for got, want in zip(values_in(result), values_in(expected[name]), strict=True):
+            assert type(got) is StandInArray or np.ndim(got) == 0, name   # reductions: scalars
+            np.testing.assert_array_equal(np.asarray(got), want, err_msg=name)
+    assert {"maximum", "exp", "log", "tanh", "where", "arange", "clip", "stack",
+            "concatenate", "split"} <= looked_up
