@@ -8,4 +8,8 @@ Layout is channels-last, NHWC, as in Keras. Shape letters, used in every module 
 
 Each ``*_forward`` returns ``(output, cache)``; its ``*_backward`` reads only that cache and the
 upstream gradient. Layers (``cnnlab.layers``) hold parameters and call these functions.
+
+Where a NumPy op is slow, a compiled kernel sits beside it (``compiled``: ``*_kernels.py``,
+the NumPy code staying as the reference); the ops whose NumPy code runs on CuPy as it is take
+their array module from their inputs (``arrays``).
 """
