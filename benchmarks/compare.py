@@ -4,7 +4,7 @@
     python benchmarks/compare.py --model resnet20 # or cifar10_cnn, mobilenet_small
     python benchmarks/compare.py --model all --update-readme   # every model; rewrite the README
     python benchmarks/compare.py --sweep          # batch sizes 1-512 (article and resnet20)
-    python benchmarks/compare.py --threads-sweep  # resnet20 at 1, 2, 4, ... threads, all cores
+    python benchmarks/compare.py --threads-sweep --model resnet20   # 1, 2, 4, ... threads
     python benchmarks/compare.py --model cifar_vgg_wide   # or cifar_vgg: the CIFAR-10 recipes'
 
 The models: ``article`` (the article's network on 28x28 digits), ``cifar10_cnn`` (Keras' classic
@@ -476,7 +476,7 @@ def thread_counts(cores: int) -> list[int]:
     return counts if counts[-1] == cores else [*counts, cores]
 
 
-def threads_sweep(model_name="resnet20", batch=BATCH, rounds=3):
+def threads_sweep(model_name, batch=BATCH, rounds=3):
     """Training img/s of cnnlab (``cnnlab.config.set_threads(t)``) and PyTorch eager
     (``torch.set_num_threads(t)``) at each thread count up to the machine's cores, batch
     ``batch``: each measurement in a fresh process, the two alternating who goes first; medians
@@ -512,8 +512,8 @@ def main():
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--threads-sweep", action="store_true",
-                        help="resnet20 (or --model) training at 1, 2, 4, ... threads up to the "
-                             "machine's cores, against PyTorch at the same count")
+                        help="--model's training at 1, 2, 4, ... threads up to the machine's "
+                             "cores, against PyTorch at the same count")
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--sweep-worker", help=argparse.SUPPRESS)
@@ -526,8 +526,7 @@ def main():
         print(json.dumps(RUNNERS[args.worker](args.model, args.seconds)))
         return
     if args.threads_sweep:
-        threads_sweep("resnet20" if args.model == "article" else args.model,
-                      rounds=min(args.rounds, 3))
+        threads_sweep(args.model, rounds=args.rounds)
         return
     if args.sweep:
         text = sweep(rounds=args.rounds)

@@ -20,5 +20,5 @@ numba.__version__, 'torch', torch.__version__)"
     echo "== device tests"
     python3 -m pytest -q -rs -p no:cacheprovider tests/test_devices.py tests/test_gpu.py
     echo "== threads sweep"
-    python3 benchmarks/compare.py --threads-sweep --rounds 1
+    python3 benchmarks/compare.py --threads-sweep --model resnet20 --rounds 1
 } 2>&1 | tee "$log"

@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 
-from recipe_vs_torch import cifar_folder
+from cifar_folder import cifar_folder
 
 CHILD = """
 import json, sys, time

@@ -23,14 +23,13 @@ two see the very same pixels; the models are built without their own augmentatio
 """
 
 import argparse
-import os
 import sys
-import tarfile
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+from cifar_folder import cifar_folder
 
 import cnnlab
 from cnnlab import datasets, runs, zoo
@@ -38,21 +37,6 @@ from cnnlab.data import FOLDER_VALIDATION_SPLIT
 from cnnlab.export import to_torch
 
 DIGIT_MODELS = ("article", "lenet5", "simple_convnet")
-SHARED_TARBALL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                              "cifar10-train-jpeg.tar.gz")
-
-
-def cifar_folder(path):
-    """The CIFAR-10 folder: ``path``, or the shared tarball extracted once under /tmp."""
-    if path:
-        return path
-    folder = "/tmp/cnnlab-cifar10/train"
-    if not os.path.isdir(folder):
-        if not os.path.exists(SHARED_TARBALL):
-            sys.exit(f"No CIFAR-10 images: give --data FOLDER (no tarball at {SHARED_TARBALL}).")
-        with tarfile.open(SHARED_TARBALL) as archive:
-            archive.extractall("/tmp/cnnlab-cifar10", filter="data")
-    return folder
 
 
 def load(model_name, data, train_count, val_count):

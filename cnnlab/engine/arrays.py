@@ -21,6 +21,6 @@ import numpy as np
 def array_module(*arrays):
     """``cupy`` if any of ``arrays`` is a CuPy array, else ``numpy``."""
     for array in arrays:
-        if type(array).__module__.split(".")[0] == "cupy":
+        if type(array) is not np.ndarray and type(array).__module__.split(".")[0] == "cupy":
             return importlib.import_module("cupy")
     return np

@@ -43,7 +43,13 @@ from __future__ import annotations
 import importlib
 import warnings
 
+import numpy as np
+
 from cnnlab import config
+
+#: the dtypes every compiled kernel takes: a layer's (``config.set_floatx``); Numba has no
+#: float16 arithmetic, so an op handed anything else by a direct call runs its reference
+KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _loaded: dict[str, object] = {}
 _numba_missing: str | None = None

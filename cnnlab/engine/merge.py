@@ -22,9 +22,6 @@ from cnnlab.engine import compiled
 from cnnlab.engine.activations import relu_backward
 from cnnlab.engine.arrays import array_module
 
-#: what the compiled kernel takes (Numba has no float16 arithmetic)
-_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
 
 def add_forward(xs: list[np.ndarray], relu: bool = False):
     """The sum, and with ``relu`` its ReLU in the same pass where the kernels are compiled (two
@@ -32,7 +29,7 @@ def add_forward(xs: list[np.ndarray], relu: bool = False):
     ``relu``, the output."""
     xp = array_module(*xs)
     kernels = compiled.module("merge_kernels") if relu and len(xs) == 2 and xp is np else None
-    if kernels is not None and xs[0].dtype == xs[1].dtype and xs[0].dtype in _KERNEL_DTYPES \
+    if kernels is not None and xs[0].dtype == xs[1].dtype and xs[0].dtype in compiled.KERNEL_DTYPES \
             and xs[0].shape == xs[1].shape:
         a, b = np.ascontiguousarray(xs[0]), np.ascontiguousarray(xs[1])
         out = np.empty_like(a)

@@ -124,7 +124,7 @@ def _kernels(param, *slots):
     hold; ``Optimizer.apply`` takes any array, and Numba has no float16 arithmetic) and every
     array they write is one C-contiguous block (a parameter and its slots always are; a strided
     view passed in by hand is not)."""
-    if param.dtype not in (np.float32, np.float64) or not all(
+    if param.dtype not in compiled.KERNEL_DTYPES or not all(
             a is None or a.flags.c_contiguous for a in (param, *slots)):
         return None
     return compiled.module("update_kernels")
