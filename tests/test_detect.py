@@ -246,20 +246,27 @@ def test_the_curve_a_threshold_is_chosen_on_is_detect_itself_threshold_by_thresh
         digit_detector):
     # a sweep over detect(threshold=0.5)'s boxes would count neighbours down to 0.5, where
     # detect(threshold=t) counts them from t: the curve's scores must say where each box goes
+    suppressed_as_parts = 0
     for seed in (5, 6):
         page = _page(seed)[0][..., None]
-        for verifier, floor in ((None, 0.5), (_verifier(0.7), 0.5), (_verifier(0.2), 0.3)):
+        for verifier, floor, contain, largest in ((None, 0.5, None, 36), (_verifier(0.7), 0.5, None, 36),
+                                                  (_verifier(0.2), 0.3, None, 36),
+                                                  (None, 0.5, 0.3, 60)):
             curve = detect.detection_curve(page, digit_detector, verifier, floor=floor,
-                                           max_size=36)
+                                           max_size=largest, contain=contain)
             scores = sorted({d.score for d in curve})
             assert len(scores) >= 5
             for t in (floor, 0.9, 0.99, *scores, *(np.array(scores[:-1]) + 1e-12)):
                 if not floor <= t < 1:
                     continue
-                found = detect.detect(page, digit_detector, threshold=t, max_size=36,
-                                      verifier=verifier)
+                found = detect.detect(page, digit_detector, threshold=t, max_size=largest,
+                                      verifier=verifier, contain=contain)
                 assert sorted(d.box for d in found) == sorted(
-                    d.box for d in curve if d.score >= t), (seed, t)
+                    d.box for d in curve if d.score >= t), (seed, t, contain)
+            if contain is not None:          # the rule did suppress a box here
+                suppressed_as_parts += len(detect.detection_curve(
+                    page, digit_detector, floor=floor, max_size=largest)) - len(curve)
+    assert suppressed_as_parts > 0
     alone = detect.detection_curve(page, digit_detector, min_neighbors=0, max_size=36)
     assert alone == detect.detect(page, digit_detector, threshold=0.5, min_neighbors=0,
                                   max_size=36)             # no rule: every box at its own score
@@ -418,6 +425,23 @@ def test_detections_are_scored_as_pascal_voc_scores_them():
     assert detect.score_detections(tied, [[a1]]).recall == 0
     with pytest.raises(ConfigError, match="2 photos of detections for 1"):
         detect.score_detections(found, [[a1]])
+
+
+def test_a_box_mostly_inside_a_better_one_is_suppressed_as_a_part_of_it():
+    face = detect.Detection((0, 0, 100, 100), 0.99)
+    eyes = detect.Detection((10, 10, 60, 60), 0.98)           # inside: IoU 0.25, covered 1.0
+    half_out = detect.Detection((70, 40, 120, 90), 0.97)      # 60% of it inside
+    beside = detect.Detection((110, 0, 160, 50), 0.96)        # apart
+    boxes = [beside, half_out, eyes, face]
+    assert detect.covered(eyes.box, face.box) == 1.0
+    assert detect.covered(half_out.box, face.box) == pytest.approx(0.6)
+    assert detect.covered(face.box, eyes.box) == 0.25
+    assert detect.non_max_suppression(boxes, 0.3, contain=None) == boxes[::-1]   # IoU alone
+    assert detect.non_max_suppression(boxes, 0.3, contain=0.7) == [face, half_out, beside]
+    assert detect.non_max_suppression(boxes, 0.3, contain=0.6) == [face, beside]
+    # only a better box suppresses: the part scoring above the whole keeps both
+    assert detect.non_max_suppression([face, detect.Detection(eyes.box, 1.0)], 0.3,
+                                      contain=0.5) == [detect.Detection(eyes.box, 1.0), face]
 
 
 def test_a_kept_box_is_the_log_odds_weighted_mean_of_the_windows_it_stands_for():

@@ -44,6 +44,10 @@ MATCH_IOU = 0.3
 #: an object lights up its neighbouring windows and scales, a fluke mostly one. 3 is OpenCV's
 #: default for the same rule (``detectMultiScale``'s minNeighbors)
 MIN_NEIGHBORS = 3
+#: a box lying mostly inside a better one (this share of its own area, or more) is a part of
+#: the same object seen larger (an eye and a nose, filling a window), not another object:
+#: suppressed as an overlapping one is. None: the IoU rule alone
+CONTAIN = None
 #: image pixels scored in one pass of the sliding model: peak memory is about 1 kB per pixel
 #: for face_net (its activations and the convolutions' workspace), whatever the image's size
 BAND_PIXELS = 250_000
@@ -250,13 +254,25 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def covered(a, b) -> float:
+    """The share of box ``a``'s area that lies inside box ``b`` (x0, y0, x1, y1)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = (a[2] - a[0]) * (a[3] - a[1])
+    return w * h / area if area > 0 else 0.0
+
+
 def non_max_suppression(detections: list[Detection], overlap: float = NMS_IOU,
-                        min_neighbors: int = 0):
-    """Greedy: the best box stays, every box overlapping it by more than ``overlap`` goes; then
-    a kept box with fewer than ``min_neighbors`` of the others overlapping it is dropped."""
+                        min_neighbors: int = 0, contain: float | None = CONTAIN):
+    """Greedy: the best box stays, every box overlapping it by more than ``overlap`` goes (and,
+    with ``contain``, every box with that share of its area or more inside it); then a kept box
+    with fewer than ``min_neighbors`` of the others overlapping it is dropped. Whether a box is
+    kept depends only on the boxes scoring above it, so the boxes kept from those scoring ``t``
+    or more are the kept ones scoring ``t`` or more: what :func:`detection_curve` relies on."""
     kept: list[Detection] = []
     for d in sorted(detections, key=lambda d: -d.score):
-        if all(iou(d.box, k.box) <= overlap for k in kept):
+        if all(iou(d.box, k.box) <= overlap and (contain is None or covered(d.box, k.box) < contain)
+               for k in kept):
             kept.append(d)
     if min_neighbors:
         kept = [k for k in kept if sum(iou(k.box, d.box) > overlap
@@ -296,11 +312,12 @@ def default_threshold(model) -> float:
 def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=None,
            min_size: int | None = None, max_size: int | None = None,
            overlap: float = NMS_IOU, min_neighbors: int = MIN_NEIGHBORS,
-           verifier=None) -> list[Detection]:
+           verifier=None, contain: float | None = CONTAIN) -> list[Detection]:
     """Boxes where ``model`` (a shipped model name, a ``.cnnlab`` path or a model) scores class
     ``target`` at least ``threshold`` (default: the one its recipe chose on validation photos,
     else ``THRESHOLD``), over an image pyramid, after non-maximum suppression
-    (each kept box backed by ``min_neighbors`` overlapping windows); best first. ``image``: a
+    (each kept box backed by ``min_neighbors`` overlapping windows; ``contain``: see
+    :func:`non_max_suppression`); best first. ``image``: a
     path, a PIL image, or an (H, W, C) array in [0, 1].
 
     ``verifier`` (a model or a ``.cnnlab`` path): a second classifier that looks again at every
@@ -314,7 +331,8 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
     windows = _candidates(model, verifier, pixels, target, min(threshold, WINDOW_FLOOR),
                           min_size, max_size)
     found = [d for d in windows if d.score >= threshold]
-    return averaged_boxes(non_max_suppression(found, overlap, min_neighbors), windows, overlap)
+    return averaged_boxes(non_max_suppression(found, overlap, min_neighbors, contain), windows,
+                          overlap)
 
 
 #: the first stage's score from which a window goes to the verifier, whatever the threshold
@@ -346,8 +364,8 @@ def _candidates(model, verifier, pixels, target, threshold, min_size, max_size):
 
 def detection_curve(image, model, verifier=None, target=None, floor: float = WINDOW_FLOOR,
                     min_size: int | None = None, max_size: int | None = None,
-                    overlap: float = NMS_IOU,
-                    min_neighbors: int = MIN_NEIGHBORS) -> list[Detection]:
+                    overlap: float = NMS_IOU, min_neighbors: int = MIN_NEIGHBORS,
+                    contain: float | None = CONTAIN) -> list[Detection]:
     """Every box :func:`detect` keeps at some threshold from ``floor`` up, each scored by the
     highest threshold that keeps it: the lower of its own score and the score of its
     ``min_neighbors``-th best overlapping window (above that, too few neighbours are left).
@@ -358,8 +376,18 @@ def detection_curve(image, model, verifier=None, target=None, floor: float = WIN
     model, verifier, target, pixels = _loaded(image, model, verifier, target)
     found = _candidates(model, verifier, pixels, target, min(floor, WINDOW_FLOOR), min_size,
                         max_size)
+    return curve_of(found, floor, overlap, min_neighbors, contain)
+
+
+def curve_of(found: list[Detection], floor: float = WINDOW_FLOOR, overlap: float = NMS_IOU,
+             min_neighbors: int = MIN_NEIGHBORS,
+             contain: float | None = CONTAIN) -> list[Detection]:
+    """:func:`detection_curve` from the scored windows ``found`` (every one scoring ``floor`` or
+    more, and those from ``WINDOW_FLOOR`` up that frame the boxes): the suppression rules can be
+    compared on one scoring of a photo."""
     curve = []
-    for kept in non_max_suppression([d for d in found if d.score >= floor], overlap):
+    for kept in non_max_suppression([d for d in found if d.score >= floor], overlap,
+                                    contain=contain):
         neighbours = sorted((d.score for d in found if d is not kept and d.score >= floor
                              and iou(kept.box, d.box) > overlap), reverse=True)
         if len(neighbours) >= min_neighbors:
