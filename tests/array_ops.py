@@ -4,7 +4,7 @@ CuPy."""
 
 import numpy as np
 
-from cnnlab.engine import activations, losses, merge
+from cnnlab.engine import activations, dense, losses, merge, normalization, pool, windows
 
 LOSSES = ["softmax_cross_entropy", "sparse_softmax_cross_entropy", "categorical_crossentropy",
           "sparse_categorical_crossentropy", "mse"]
@@ -57,3 +57,62 @@ def values_in(result, array_type=np.ndarray) -> list:
     if isinstance(result, (list, tuple)):
         return [v for item in result for v in values_in(item, array_type)]
     return [result] if isinstance(result, (array_type, np.generic)) else []
+
+
+def image_op_cases(images, kernel, bias, gamma):
+    """``(name, zero-argument call)`` for the image ops that take their module from their
+    inputs: Dense, BatchNormalization (training, with and without its ReLU, the two-pass
+    variance, and inference), max, average and global average pooling, and the window helpers
+    under them; forward and backward together, on ``image_inputs``' arrays."""
+    n, h, w, c = images.shape
+    rows = images.reshape(-1, c)                                          # (N*H*W, C)
+    grad_rows = rows[::-1] * 0.5 + 0.25
+    flat = images.reshape(n, -1)                                          # (N, H*W*C)
+    offset = rows + 100.0                          # a mean that dwarfs the spread: two passes
+    same = ((1, 1), (1, 1))
+
+    def batch_norm(x, relu):
+        y, stats, cache = normalization.batch_norm_train_forward(x, gamma, gamma * 0.5, 1e-3,
+                                                                 relu=relu)
+        return y, stats, normalization.batch_norm_train_backward(grad_rows, cache)
+
+    def infer(x):
+        y, cache = normalization.batch_norm_infer_forward(x, gamma, gamma * 0.5, gamma * 0.1,
+                                                          gamma * gamma, 1e-3)
+        return y, normalization.batch_norm_infer_backward(grad_rows, cache)
+
+    cases = [
+        ("dense", lambda: _through(dense.dense_forward, dense.dense_backward,
+                                   (flat, kernel, bias), flat[:, :kernel.shape[1]] * 2.0)),
+        ("column sums", lambda: windows.column_sums(rows, np.float64)),
+        ("column sums, blocked", lambda: windows.column_sums(
+            rows.repeat(windows.SUM_BLOCK // len(rows) + 1, axis=0))),
+        ("im2col", lambda: windows.im2col(images, (3, 3), (1, 1), same)),
+        ("col2im", lambda: windows.col2im(
+            windows.sliding_windows(windows.pad_images(images, same), (3, 3), (1, 1), (1, 1),
+                                    (h, w)), images.shape, (1, 1), same)),
+        ("batch norm", lambda: batch_norm(rows, False)),
+        ("batch norm + relu", lambda: batch_norm(rows, True)),
+        ("batch norm, two passes", lambda: batch_norm(offset, False)),
+        ("batch norm, inference", lambda: infer(rows)),
+    ]
+    for name, (size, stride, pads) in {"2x2": ((2, 2), (2, 2), ((0, 0), (0, 0))),
+                                       "3x3 stride 1 same": ((3, 3), (1, 1), same)}.items():
+        out_hw = (h // stride[0], w // stride[1]) if stride == (2, 2) else (h, w)
+        grad = images[:, :out_hw[0], :out_hw[1]] * 0.5
+        cases.append((f"max pool {name}", lambda a=(size, stride, pads), g=grad: _through(
+            lambda x: pool.max_pool2d_forward(x, *a), pool.max_pool2d_backward, (images,), g)))
+        cases.append((f"average pool {name}", lambda a=(size, stride, pads), g=grad: _through(
+            lambda x: pool.avg_pool2d_forward(x, *a), pool.avg_pool2d_backward, (images,), g)))
+    cases.append(("global average pool", lambda: _through(
+        pool.global_avg_pool2d_forward, pool.global_avg_pool2d_backward, (images,),
+        images[:, 0, 0] * 3.0)))
+    return cases
+
+
+def image_inputs(seed=0, n=2, size=6, channels=3, units=4):
+    """``(images (N, H, W, C), kernel (H*W*C, units), bias (units,), gamma (C,))`` in float64."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, size, size, channels)),
+            rng.standard_normal((size * size * channels, units)), rng.standard_normal(units),
+            rng.uniform(0.5, 2.0, channels))

@@ -7,9 +7,10 @@ import sys
 import types
 
 import numpy as np
-from array_ops import op_cases, sample_inputs, values_in
+from array_ops import image_inputs, image_op_cases, op_cases, sample_inputs, values_in
 
-from cnnlab.engine import activations, arrays, losses, merge
+from cnnlab import config
+from cnnlab.engine import activations, arrays, dense, losses, merge, normalization, pool, windows
 
 
 class StandInArray(np.ndarray):
@@ -32,15 +33,25 @@ def stand_in_module(looked_up: set):
             result = function(*args, **kwargs)
             return result.view(StandInArray) if isinstance(result, np.ndarray) else result
         return call
+    def as_strided(x, shape=None, strides=None):     # CuPy's signature: no read-only views
+        looked_up.add("lib.stride_tricks.as_strided")
+        return np.lib.stride_tricks.as_strided(x, shape, strides, subok=True)
+
     module = types.ModuleType("cupy")
     module.__getattr__ = lookup
+    module.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(as_strided=as_strided))
     return module
 
 
 class NoNumPy:
-    """Put in place of an op module's ``np``: any use of it fails the test."""
+    """Put in place of an op module's ``np``: any use of it fails the test, but for the dtypes
+    and constants that name a type or a value on either module."""
+
+    ALLOWED = {"uint8", "int32", "float64", "inf", "ndarray"}
 
     def __getattr__(self, name):
+        if name in self.ALLOWED:
+            return getattr(np, name)
         raise AssertionError(f"np.{name} was used directly")
 
 
@@ -67,3 +78,28 @@ def test_ops_compute_with_the_module_of_their_inputs(monkeypatch):
             np.testing.assert_array_equal(np.asarray(got), want, err_msg=name)
     assert {"maximum", "exp", "log", "tanh", "where", "arange", "clip", "stack",
             "concatenate", "split"} <= looked_up
+
+
+def test_image_ops_compute_with_the_module_of_their_inputs(monkeypatch):
+    """The same for Dense, BatchNormalization, pooling and the window helpers: on stand-in
+    arrays they run their NumPy reference (the compiled kernels are CPU code) on the stand-in
+    module, and equal the reference on NumPy arrays bit for bit."""
+    inputs = image_inputs()
+    kernels = config.kernels()
+    config.set_kernels("numpy")
+    try:
+        expected = {name: case() for name, case in image_op_cases(*inputs)}
+    finally:
+        config.set_kernels(kernels)
+    looked_up: set = set()
+    monkeypatch.setitem(sys.modules, "cupy", stand_in_module(looked_up))
+    for module in (windows, dense, normalization, pool):
+        monkeypatch.setattr(module, "np", NoNumPy())
+    stand_ins = [a.view(StandInArray) for a in inputs]
+    for name, case in image_op_cases(*stand_ins):
+        result = case()
+        for got, want in zip(values_in(result), values_in(expected[name]), strict=True):
+            assert type(got) is StandInArray or np.ndim(got) == 0, name
+            np.testing.assert_array_equal(np.asarray(got), want, err_msg=name)
+    assert {"empty", "zeros", "ones", "copyto", "multiply", "stack", "concatenate", "sqrt",
+            "any", "maximum", "broadcast_to", "asarray", "lib.stride_tricks.as_strided"} <= looked_up

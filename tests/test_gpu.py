@@ -5,7 +5,7 @@ development machine and CI); ``bash benchmarks/device.sh`` runs them on the lent
 
 import numpy as np
 import pytest
-from array_ops import op_cases, sample_inputs, values_in
+from array_ops import image_inputs, image_op_cases, op_cases, sample_inputs, values_in
 
 from cnnlab.engine import devices
 
@@ -26,3 +26,17 @@ def test_ops_on_cupy_equal_numpy_in_float64(seed, rows, classes):
             np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=1e-10, atol=1e-12,
                                        err_msg=name)
 
+
+
+@pytest.mark.parametrize("seed, n, size, channels", [(0, 2, 6, 3), (1, 8, 16, 16)])
+def test_image_ops_on_cupy_equal_numpy_in_float64(seed, n, size, channels):
+    import cupy
+    inputs = image_inputs(seed, n, size, channels)
+    expected = {name: case() for name, case in image_op_cases(*inputs)}
+    for name, case in image_op_cases(*[cupy.asarray(a) for a in inputs]):
+        result = case()
+        for got, want in zip(values_in(result, cupy.ndarray), values_in(expected[name]),
+                             strict=True):
+            assert isinstance(got, cupy.ndarray), name
+            np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=1e-10, atol=1e-12,
+                                       err_msg=name)

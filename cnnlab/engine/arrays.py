@@ -6,9 +6,12 @@ CuPy's (``pip install 'cnnlab[gpu]'``). One lookup at the top of an op,
 lets the same code run on either wherever NumPy and CuPy spell it the same, instead of a copy
 of each op for the GPU. CuPy is imported only when an input is one of its arrays, so a CPU run
 never imports it. The ops that take their module this way so far: the activations (not
-dropout, whose random draws come from a NumPy generator), the losses, and the merges. The
-others are NumPy's or compiled for the CPU (``engine.compiled``), and the GPU runs none of
-them yet (``engine.devices.GPU_ENGINE``).
+dropout, whose random draws come from a NumPy generator), the losses, the merges, Dense and
+Flatten, BatchNormalization (training and inference), max, average and global average pooling,
+and the window helpers under them (padding, im2col, col2im, column sums). Where such an op has
+a compiled kernel, ``compiled.module(name, *inputs)`` answers None for CuPy arrays and the
+op's reference runs on CuPy. Convolutions and the optimizer updates are still NumPy's or
+compiled for the CPU, so the GPU runs no whole model yet (``engine.devices.GPU_ENGINE``).
 """
 
 from __future__ import annotations

@@ -55,11 +55,14 @@ _loaded: dict[str, object] = {}
 _numba_missing: str | None = None
 
 
-def module(name: str):
+def module(name: str, *arrays):
     """The kernel module ``cnnlab.engine.<name>`` when compiled kernels are on and Numba
-    imports, else None (the caller runs its NumPy reference)."""
+    imports, else None (the caller runs its NumPy reference). ``arrays``: the op's inputs;
+    None where one is not a NumPy array (a CuPy array runs the reference, on its own module:
+    the kernels are CPU code)."""
     global _numba_missing
-    if config.kernels() != "numba" or _numba_missing is not None:
+    if config.kernels() != "numba" or _numba_missing is not None or \
+            any(type(a) is not np.ndarray for a in arrays):
         return None
     if name not in _loaded:
         try:

@@ -23,7 +23,8 @@ around the mean in a second pass instead.
 Compiled kernels (``normalization_kernels``, Numba) do the training passes in 4 sweeps instead
 of the reference's 8 when ``config.kernels()`` is 'numba', with a following ReLU inside them;
 the NumPy code here is the reference they are tested equal to, and what runs with
-``CNNLAB_KERNELS=numpy``.
+``CNNLAB_KERNELS=numpy`` and on CuPy's arrays (it takes its array module from its input,
+``engine.arrays``).
 
 Inference uses the moving statistics: ``y = (x - moving_mean) / sqrt(moving_var + eps) * gamma +
 beta``, a per-channel affine map, and its backward is ``dx = dy * gamma / sqrt(moving_var + eps)``.
@@ -35,6 +36,7 @@ import numpy as np
 
 from cnnlab.engine import compiled
 from cnnlab.engine.activations import relu_backward
+from cnnlab.engine.arrays import array_module
 from cnnlab.engine.windows import column_sums
 
 
@@ -60,25 +62,26 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     and ``shift = beta - mean * scale``: two passes over x besides the sums. ``relu``: ``y`` is
     ``max(y, 0)``, in the same pass on the compiled path (``graph.fusion`` asks for it when a
     ReLU is the BN's sole consumer), and backward takes the ReLU's gradient too."""
-    kernels = compiled.module("normalization_kernels")
+    xp = array_module(x)
+    kernels = compiled.module("normalization_kernels", x)
     if kernels is not None:
         squares = None                                                # one pass, no x*x array
         sums = kernels.channel_sums(x, x)                             # (2, C) in float64
     else:
-        squares = np.multiply(x, x)                                   # (M, C)
-        sums = np.stack([column_sums(x, np.float64),                  # (2, C), in float64
-                         column_sums(squares, np.float64)])           # until the end
+        squares = xp.multiply(x, x)                                   # (M, C)
+        sums = xp.stack([column_sums(x, xp.float64),                  # (2, C), in float64
+                         column_sums(squares, xp.float64)])           # until the end
     # one exchange for the row count and both sums: M and (2, C) over every part
-    totals = batch_sum(np.concatenate([[x.shape[0]], sums.ravel()]))
+    totals = batch_sum(xp.concatenate([xp.full(1, x.shape[0], sums.dtype), sums.ravel()]))
     count, sums = totals[0], totals[1:].reshape(sums.shape)
     mean64 = sums[0] / count
-    var64 = np.maximum(sums[1] / count - mean64 * mean64, 0)
+    var64 = xp.maximum(sums[1] / count - mean64 * mean64, 0)
     mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)         # (C,)
     centred = None
-    if np.any(mean64 * mean64 > ONE_PASS_MAX_RATIO * var64):          # cancellation: two passes
-        centred = np.subtract(x, mean, out=squares)                   # (M, C), new if None
+    if xp.any(mean64 * mean64 > ONE_PASS_MAX_RATIO * var64):          # cancellation: two passes
+        centred = xp.subtract(x, mean, out=squares)                   # (M, C), new if None
         var = (batch_sum(column_sums(centred * centred)) / count).astype(x.dtype)
-    inv_std = 1.0 / np.sqrt(var + epsilon)                            # (C,)
+    inv_std = 1.0 / xp.sqrt(var + epsilon)                            # (C,)
     scale = gamma * inv_std                                           # (C,)
     if centred is not None:
         kernels = None                                                # the reference's two passes
@@ -88,13 +91,13 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         cut = affine if relu else None                                # the mask, recomputed
     else:
         if centred is None:
-            y = np.multiply(x, scale, out=squares)                    # (M, C), reusing the buffer
+            y = xp.multiply(x, scale, out=squares)                    # (M, C), reusing the buffer
             y += beta - mean * scale
         else:
             y = centred * scale
             y += beta
         if relu:
-            np.maximum(y, 0, out=y)
+            xp.maximum(y, 0, out=y)
         cut = y if relu else None                                     # the mask is y > 0
     return y, (mean, var), (x, centred, mean, inv_std, gamma, count, batch_sum, kernels, cut)
 
@@ -107,6 +110,7 @@ def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool =
     (the module docstring's formula expanded), unless the forward pass centred x itself. When
     the forward ran a ReLU, ``grad_y`` is its output's gradient; the path is the forward's."""
     x, centred, mean, inv_std, gamma, count, batch_sum, kernels, cut = cache
+    xp = array_module(grad_y)
     if kernels is None and cut is not None:
         grad_y = relu_backward(grad_y, cut)                           # (M, C)
     if kernels is not None:
@@ -115,12 +119,12 @@ def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool =
         dbeta, dot = sums[0].astype(grad_y.dtype), sums[1].astype(grad_y.dtype)
     else:
         dbeta = column_sums(grad_y)                                   # (C,)
-        product = np.multiply(grad_y, x if centred is None else centred)  # (M, C)
+        product = xp.multiply(grad_y, x if centred is None else centred)  # (M, C)
         dot = column_sums(product)                                    # (C,)
     dgamma = inv_std * (dot - mean * dbeta if centred is None else dot)
     if not need_input_grad:
         return None, dgamma, dbeta
-    totals = batch_sum(np.stack([dbeta, dgamma]))                     # (2, C), whole batch
+    totals = batch_sum(xp.stack([dbeta, dgamma]))                     # (2, C), whole batch
     scale = gamma * inv_std
     slope = -scale * inv_std * totals[1] / count                      # times (x - mean)
     if kernels is not None:
@@ -129,7 +133,7 @@ def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool =
         dx = (kernels.input_grad(grad_y, x, *terms) if cut is None
               else kernels.masked_input_grad(grad_y, x, *cut, *terms))
         return dx, dgamma, dbeta
-    dx = np.multiply(grad_y, scale, out=product)                      # (M, C)
+    dx = xp.multiply(grad_y, scale, out=product)                      # (M, C)
     if centred is None:
         dx += x * slope
         dx += -scale * totals[0] / count - slope * mean
@@ -142,7 +146,7 @@ def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool =
 def inference_affine(gamma, beta, moving_mean, moving_var, epsilon: float):
     """Inference-mode batch normalization as the per-channel map ``y = x * scale + shift``:
     ``scale = gamma / sqrt(moving_var + eps)``, ``shift = beta - moving_mean * scale``."""
-    inv_std = 1.0 / np.sqrt(moving_var + epsilon)                     # (C,)
+    inv_std = 1.0 / array_module(moving_var).sqrt(moving_var + epsilon)           # (C,)
     scale = gamma * inv_std                                           # (C,)
     return scale, beta - moving_mean * scale, inv_std
 

@@ -8,7 +8,8 @@ Shapes (letters defined in ``cnnlab.engine``)::
 Pooling works on each channel on its own, so no matrix multiply is involved: windows are read
 through the same strided view as im2col (``sliding_windows``) and reduced. Max pooling runs
 compiled (``pool_kernels``) when ``config.kernels()`` is 'numba'; the NumPy code here is its
-reference.
+reference, and takes its array module from its input (``engine.arrays``: CuPy's arrays run it
+on CuPy).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.engine import compiled
+from cnnlab.engine.arrays import array_module
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import col2im, pad_images, sliding_windows, tap_slices
 
@@ -46,7 +48,7 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
     """
     n, h, w, c = x.shape
     out_hw = output_hw((h, w), pool, strides, pads)
-    kernels = compiled.module("pool_kernels")
+    kernels = compiled.module("pool_kernels", x)
     if kernels is not None:
         best = np.empty((n, *out_hw, c), dtype=x.dtype)
         winner = np.empty(best.shape, winner_dtype(pool))   # not written unless keep_cache
@@ -54,8 +56,9 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
                          winner, keep_cache)
         return best, (winner if keep_cache else None, x.shape, pool, strides, pads)
     xp = pad_images(x, pads, value=-np.inf)                                 # (N, Hp, Wp, C)
+    module = array_module(x)
     best = window_tap(xp, 0, 0, strides, out_hw).copy()                     # (N, Ho, Wo, C)
-    winner = np.zeros(best.shape, winner_dtype(pool)) if keep_cache else None   # tap index
+    winner = module.zeros(best.shape, winner_dtype(pool)) if keep_cache else None  # tap index
     for tap in range(1, pool[0] * pool[1]):
         candidate = window_tap(xp, tap // pool[1], tap % pool[1], strides, out_hw)
         if keep_cache:
@@ -63,8 +66,8 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
             # better than everything before it. Arithmetic, not np.where or boolean indexing,
             # which are 30x slower here.
             better = (candidate > best).view(np.uint8)
-            np.maximum(winner, better * winner.dtype.type(tap), out=winner)
-        np.maximum(best, candidate, out=best)
+            module.maximum(winner, better * winner.dtype.type(tap), out=winner)
+        module.maximum(best, candidate, out=best)
     return best, (winner, x.shape, pool, strides, pads)
 
 
@@ -76,13 +79,14 @@ def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     winner, x_shape, pool, strides, pads = cache
     n, h, w, c = x_shape
     (top, bottom), (left, right) = pads
-    kernels = compiled.module("pool_kernels")
+    kernels = compiled.module("pool_kernels", grad_out)
     if kernels is not None:
         grad_x = np.empty(x_shape, dtype=grad_out.dtype)
         kernels.max_pool_backward(np.ascontiguousarray(grad_out), winner, *pool, *strides, top,
                                   left, grad_x)
         return grad_x
-    grad_xp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=grad_out.dtype)
+    module = array_module(grad_out)
+    grad_xp = module.zeros((n, h + top + bottom, w + left + right, c), dtype=grad_out.dtype)
     out_hw = grad_out.shape[1:3]
     overlapping = strides[0] < pool[0] or strides[1] < pool[1]
     for tap in range(pool[0] * pool[1]):
@@ -90,7 +94,7 @@ def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
         if overlapping:           # a cell may be the maximum of several windows: add
             target += grad_out * (winner == tap)
         else:                     # each cell is in at most one window: write in place
-            np.multiply(grad_out, winner == tap, out=target)
+            module.multiply(grad_out, winner == tap, out=target)
     return grad_xp[:, top:top + h, left:left + w, :]
 
 
@@ -107,10 +111,10 @@ def max_pool2d_forward_reference(x, pool, strides, pads=((0, 0), (0, 0))):
 
 
 def _real_cells_per_window(size: int, window: int, stride: int, pad_before: int,
-                           out_size: int) -> np.ndarray:
-    """How many of a window's cells along one axis lie on the image, not on padding: ``(O,)``."""
-    starts = np.arange(out_size) * stride - pad_before
-    return np.minimum(starts + window, size) - np.maximum(starts, 0)
+                           out_size: int) -> list[int]:
+    """How many of a window's cells along one axis lie on the image, not on padding: ``O``."""
+    return [min(o * stride - pad_before + window, size) - max(o * stride - pad_before, 0)
+            for o in range(out_size)]
 
 
 def avg_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int, int],
@@ -123,9 +127,10 @@ def avg_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
     ho, wo = output_hw((h, w), pool, strides, pads)
     xp = pad_images(x, pads)                                                # (N, Hp, Wp, C)
     windows = sliding_windows(xp, pool, strides, (1, 1), (ho, wo))          # (N, Ho, Wo, KH, KW, C)
-    counts = np.outer(_real_cells_per_window(h, pool[0], strides[0], pads[0][0], ho),
-                      _real_cells_per_window(w, pool[1], strides[1], pads[1][0], wo))  # (Ho, Wo)
-    counts = counts.astype(x.dtype)[None, :, :, None]                       # (1, Ho, Wo, 1)
+    along_h = _real_cells_per_window(h, pool[0], strides[0], pads[0][0], ho)
+    along_w = _real_cells_per_window(w, pool[1], strides[1], pads[1][0], wo)
+    counts = array_module(x).asarray([[[[a * b] for b in along_w] for a in along_h]],
+                                     dtype=x.dtype)                         # (1, Ho, Wo, 1)
     out = windows.sum(axis=(3, 4)) / counts                                 # (N, Ho, Wo, C)
     return out, (counts, x.shape, pool, strides, pads)
 
@@ -134,7 +139,7 @@ def avg_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     """Each cell of a window gets ``grad / count``: ``(N, Ho, Wo, C) -> (N, H, W, C)``."""
     counts, x_shape, pool, strides, pads = cache
     share = grad_out / counts                                               # (N, Ho, Wo, C)
-    grad_windows = np.broadcast_to(share[:, :, :, None, None, :],
+    grad_windows = array_module(share).broadcast_to(share[:, :, :, None, None, :],
                                    share.shape[:3] + tuple(pool) + share.shape[3:])
     return col2im(grad_windows, x_shape, strides, pads)
 
@@ -147,4 +152,5 @@ def global_avg_pool2d_forward(x: np.ndarray):
 def global_avg_pool2d_backward(grad_out: np.ndarray, x_shape) -> np.ndarray:
     """``(N, C) -> (N, H, W, C)``: every pixel of a map gets ``grad / (H * W)``."""
     n, h, w, c = x_shape
-    return np.broadcast_to((grad_out / (h * w))[:, None, None, :], x_shape).copy()
+    return array_module(grad_out).broadcast_to((grad_out / (h * w))[:, None, None, :],
+                                               x_shape).copy()

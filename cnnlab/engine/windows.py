@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.engine.arrays import array_module
 from cnnlab.engine.shapes import Pads, output_hw
 
 
@@ -27,7 +28,7 @@ def pad_images(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
     if top == bottom == left == right == 0:
         return x
     n, h, w, c = x.shape
-    out = np.empty((n, top + h + bottom, left + w + right, c), dtype=x.dtype)
+    out = array_module(x).empty((n, top + h + bottom, left + w + right, c), dtype=x.dtype)
     out[:, :top] = value
     out[:, top + h:] = value
     out[:, top:top + h, :left] = value
@@ -53,6 +54,9 @@ def sliding_windows(xp: np.ndarray, window: tuple[int, int], strides: tuple[int,
     s_n, s_h, s_w, s_c = xp.strides
     shape = (n, out_hw[0], out_hw[1], window[0], window[1], c)
     steps = (s_n, s_h * strides[0], s_w * strides[1], s_h * dilation[0], s_w * dilation[1], s_c)
+    module = array_module(xp)
+    if module is not np:             # CuPy's as_strided has no read-only views
+        return module.lib.stride_tricks.as_strided(xp, shape, steps)
     return np.lib.stride_tricks.as_strided(xp, shape=shape, strides=steps, writeable=False)
 
 
@@ -79,13 +83,14 @@ def im2col(x: np.ndarray, kernel_hw: tuple[int, int], strides: tuple[int, int], 
     ho, wo = output_hw((h, w), kernel_hw, strides, pads, dilation)
     k = kernel_hw[0] * kernel_hw[1] * c
     shape = (n, ho, wo, k + ones_column)
-    if out is None or out.shape != shape or out.dtype != x.dtype:
-        out = np.empty(shape, dtype=x.dtype)
+    xm = array_module(x)
+    if out is None or out.shape != shape or out.dtype != x.dtype or array_module(out) is not xm:
+        out = xm.empty(shape, dtype=x.dtype)
         if ones_column:
             out[..., k] = 1
     xp = pad_images(x, pads)                                          # (N, Hp, Wp, C)
     windows = sliding_windows(xp, kernel_hw, strides, dilation, (ho, wo))  # (N, Ho, Wo, KH, KW, C)
-    np.copyto(out[..., :k].reshape(n, ho, wo, *kernel_hw, c), windows)   # the im2col copy
+    xm.copyto(out[..., :k].reshape(n, ho, wo, *kernel_hw, c), windows)   # the im2col copy
     return out
 
 
@@ -100,7 +105,8 @@ def col2im(grad_windows: np.ndarray, input_shape: tuple[int, ...], strides: tupl
     n, h, w, c = input_shape
     _, ho, wo, kh, kw, _ = grad_windows.shape
     (top, bottom), (left, right) = pads
-    grad_xp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=grad_windows.dtype)
+    grad_xp = array_module(grad_windows).zeros((n, h + top + bottom, w + left + right, c),
+                                              dtype=grad_windows.dtype)
     for i in range(kh):
         for j in range(kw):
             rows, cols = tap_slices(i, j, strides, dilation, (ho, wo))
@@ -114,7 +120,7 @@ def transposed_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     (one image through a Dense layer): 1.5 ms for the article's 9216 x 128 kernel, against
     0.15 ms through BLAS once a row of zeros is added, which adds 0 to each value (only a -0
     turns into +0)."""
-    if a.shape[0] == 1:
+    if a.shape[0] == 1 and array_module(a, b) is np:
         a, b = np.concatenate([a, np.zeros_like(a)]), np.concatenate([b, np.zeros_like(b)])
     return a.T @ b
 
@@ -129,14 +135,15 @@ def column_sums(rows: np.ndarray, dtype=None) -> np.ndarray:
     added in float64. The error grows like (256 + M/256) roundings instead of M for one
     sequential GEMV (65,536 float32 rows: 1e-8 relative instead of 2e-6), and it is faster than
     the GEMV and ~7x faster than ``rows.sum(axis=0)``, which adds the rows one by one."""
+    xp = array_module(rows)
     m, f = rows.shape
     whole = m - m % SUM_BLOCK
     if whole == 0:
-        return (np.ones(m, dtype=rows.dtype) @ rows).astype(dtype or rows.dtype, copy=False)
-    blocks = np.ones(SUM_BLOCK, dtype=rows.dtype) @ rows[:whole].reshape(-1, SUM_BLOCK, f)
-    total = blocks.sum(axis=0, dtype=np.float64)                             # (F,)
+        return (xp.ones(m, dtype=rows.dtype) @ rows).astype(dtype or rows.dtype, copy=False)
+    blocks = xp.ones(SUM_BLOCK, dtype=rows.dtype) @ rows[:whole].reshape(-1, SUM_BLOCK, f)
+    total = blocks.sum(axis=0, dtype=xp.float64)                             # (F,)
     if whole < m:
-        total += np.ones(m - whole, dtype=rows.dtype) @ rows[whole:]
+        total += xp.ones(m - whole, dtype=rows.dtype) @ rows[whole:]
     return total.astype(dtype or rows.dtype, copy=False)
 
 
