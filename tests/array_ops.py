@@ -4,7 +4,7 @@ CuPy."""
 
 import numpy as np
 
-from cnnlab.engine import activations, dense, losses, merge, normalization, pool, windows
+from cnnlab.engine import activations, conv, dense, losses, merge, normalization, pool, updates, windows
 
 LOSSES = ["softmax_cross_entropy", "sparse_softmax_cross_entropy", "categorical_crossentropy",
           "sparse_categorical_crossentropy", "mse"]
@@ -62,8 +62,9 @@ def values_in(result, array_type=np.ndarray) -> list:
 def image_op_cases(images, kernel, bias, gamma):
     """``(name, zero-argument call)`` for the image ops that take their module from their
     inputs: Dense, BatchNormalization (training, with and without its ReLU, the two-pass
-    variance, and inference), max, average and global average pooling, and the window helpers
-    under them; forward and backward together, on ``image_inputs``' arrays."""
+    variance, and inference), max, average and global average pooling, convolutions on the
+    im2col path, the window helpers under them, and the optimizer updates; forward and
+    backward together, on ``image_inputs``' arrays."""
     n, h, w, c = images.shape
     rows = images.reshape(-1, c)                                          # (N*H*W, C)
     grad_rows = rows[::-1] * 0.5 + 0.25
@@ -107,6 +108,30 @@ def image_op_cases(images, kernel, bias, gamma):
     cases.append(("global average pool", lambda: _through(
         pool.global_avg_pool2d_forward, pool.global_avg_pool2d_backward, (images,),
         images[:, 0, 0] * 3.0)))
+    filters = kernel.reshape(-1)[:9 * c * 2].reshape(3, 3, c, 2)         # (3, 3, C, F=2)
+    for name, (window, stride, pads) in {"3x3 same": (filters, (1, 1), same),
+                                         "3x3 stride 2": (filters, (2, 2), ((0, 1), (0, 1))),
+                                         "1x1": (filters[:1, :1], (1, 1), ((0, 0), (0, 0)))
+                                         }.items():
+        out_hw = (h // stride[0], w // stride[1])
+        grad = images[:, :out_hw[0], :out_hw[1], :2] * 0.5
+        cases.append((f"conv {name}", lambda a=(window, bias[:2], stride, pads), g=grad: _through(
+            lambda x: conv.conv2d_forward(x, *a, algorithm="direct"), conv.conv2d_backward,
+            (images,), g)))
+
+    def update(rule, slots, **settings):
+        param, written = kernel.copy(), [kernel * 0.0 + 0.5 for _ in range(slots)]
+        rule(param, kernel[::-1] * 0.1, *written, **settings)
+        return param, written
+
+    cases += [
+        ("sgd", lambda: update(updates.sgd, 1, lr=0.1, momentum=0.9, nesterov=True, decay=0.01,
+                               clip=0.05)),
+        ("adam", lambda: update(updates.adam, 2, step_size=0.01, beta_1=0.9, beta_2=0.999,
+                                bias_root=0.3, epsilon=1e-7)),
+        ("rmsprop", lambda: update(updates.rmsprop, 3, lr=0.01, rho=0.9, momentum=0.5,
+                                   epsilon=1e-7, scale=0.5)),
+    ]
     return cases
 
 

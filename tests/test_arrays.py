@@ -10,7 +10,18 @@ import numpy as np
 from array_ops import image_inputs, image_op_cases, op_cases, sample_inputs, values_in
 
 from cnnlab import config
-from cnnlab.engine import activations, arrays, dense, losses, merge, normalization, pool, windows
+from cnnlab.engine import (
+    activations,
+    arrays,
+    conv,
+    dense,
+    losses,
+    merge,
+    normalization,
+    pool,
+    updates,
+    windows,
+)
 
 
 class StandInArray(np.ndarray):
@@ -81,9 +92,11 @@ def test_ops_compute_with_the_module_of_their_inputs(monkeypatch):
 
 
 def test_image_ops_compute_with_the_module_of_their_inputs(monkeypatch):
-    """The same for Dense, BatchNormalization, pooling and the window helpers: on stand-in
-    arrays they run their NumPy reference (the compiled kernels are CPU code) on the stand-in
-    module, and equal the reference on NumPy arrays bit for bit."""
+    """The same for Dense, BatchNormalization, pooling, convolutions, the window helpers and the
+    optimizer updates: on stand-in arrays they run their NumPy reference (the compiled kernels
+    are CPU code) on the stand-in module, and equal the reference on NumPy arrays bit for bit
+    (every convolution on im2col: the input gradient's too)."""
+    monkeypatch.setattr(conv, "ALGORITHM", "direct")
     inputs = image_inputs()
     kernels = config.kernels()
     config.set_kernels("numpy")
@@ -93,7 +106,7 @@ def test_image_ops_compute_with_the_module_of_their_inputs(monkeypatch):
         config.set_kernels(kernels)
     looked_up: set = set()
     monkeypatch.setitem(sys.modules, "cupy", stand_in_module(looked_up))
-    for module in (windows, dense, normalization, pool):
+    for module in (windows, dense, normalization, pool, conv, updates):
         monkeypatch.setattr(module, "np", NoNumPy())
     stand_ins = [a.view(StandInArray) for a in inputs]
     for name, case in image_op_cases(*stand_ins):
@@ -102,4 +115,5 @@ def test_image_ops_compute_with_the_module_of_their_inputs(monkeypatch):
             assert type(got) is StandInArray or np.ndim(got) == 0, name
             np.testing.assert_array_equal(np.asarray(got), want, err_msg=name)
     assert {"empty", "zeros", "ones", "copyto", "multiply", "stack", "concatenate", "sqrt",
-            "any", "maximum", "broadcast_to", "asarray", "lib.stride_tricks.as_strided"} <= looked_up
+            "any", "maximum", "broadcast_to", "asarray", "lib.stride_tricks.as_strided",
+            "vstack", "matmul", "ascontiguousarray", "clip", "result_type"} <= looked_up

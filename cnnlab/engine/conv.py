@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cnnlab.engine import compiled, fourier, windows, winograd
+from cnnlab.engine.arrays import array_module
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import batch_chunks, col2im, column_sums, im2col, tap_slices, transposed_product
 from cnnlab.errors import ConfigError
@@ -186,9 +187,12 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     pass when they fit the budget; otherwise it keeps ``x``, and backward rebuilds cols chunk by
     chunk. ``workspace``: a dict the caller keeps between calls, to reuse the cols buffer.
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
+    Arrays that are not NumPy's (CuPy's: ``engine.arrays``) take the im2col path on their own
+    module: the Winograd and frequency paths are CPU code.
     """
+    xp = array_module(x, kernel)
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
-                  gradients=gradients)
+                  gradients=gradients) if xp is np else "direct"
     if path == "winograd":
         return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients)
     if path == "fourier":
@@ -198,7 +202,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     else:
         out, cache = _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace)
     if relu:
-        np.maximum(out, 0, out=out)
+        xp.maximum(out, 0, out=out)
     return out, cache
 
 
@@ -207,18 +211,19 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace):
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
+    xp = array_module(x, kernel)
     has_bias = bias is not None
     fold = has_bias and kh * kw * c < FOLD_BIAS_MAX_K
     k = kh * kw * c + fold
     weights = kernel.reshape(kh * kw * c, f)                                  # (KH*KW*C, F)
     if fold:
-        weights = np.vstack([weights, bias[None, :].astype(weights.dtype)])   # (KH*KW*C + 1, F)
+        weights = xp.vstack([weights, bias[None, :].astype(weights.dtype)])   # (KH*KW*C + 1, F)
     chunks = batch_chunks(n, ho * wo * k * x.dtype.itemsize)
-    out = np.empty((n, ho, wo, f), dtype=np.result_type(x, kernel))         # (N, Ho, Wo, F)
+    out = xp.empty((n, ho, wo, f), dtype=xp.result_type(x, kernel))         # (N, Ho, Wo, F)
     buffer = workspace.get("cols") if workspace is not None else None
     for chunk in chunks:
         buffer = im2col(x[chunk], (kh, kw), strides, pads, dilation, fold, buffer)
-        np.matmul(buffer.reshape(-1, k), weights, out=out[chunk].reshape(-1, f))  # (n*Ho*Wo, F)
+        xp.matmul(buffer.reshape(-1, k), weights, out=out[chunk].reshape(-1, f))  # (n*Ho*Wo, F)
     if has_bias and not fold:
         out += bias
     if workspace is not None:
@@ -386,7 +391,8 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace)
     _, ho, wo, _ = grad_out.shape
     grad_out = grad_out[:, max(-top, 0):ho - max(-bottom, 0), max(-left, 0):wo - max(-right, 0)]
     full_pads = ((max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)))
-    flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))   # (KH, KW, F, C)
+    flipped = array_module(kernel).ascontiguousarray(
+        kernel[::-1, ::-1].transpose(0, 1, 3, 2))                                # (KH, KW, F, C)
     scratch = workspace.setdefault("input_grad", {}) if workspace is not None else None
     return conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch,
                           gradients="none")[0]
@@ -397,7 +403,7 @@ def _pointwise_forward(x, kernel, bias, strides, dilation, workspace):
     GEMM on the NHWC array, which is its own im2col matrix (a view at stride 1, a copy of the
     sampled pixels at stride 2). The cache is im2col's, so the backward pass is shared."""
     f = kernel.shape[3]
-    picked = x if tuple(strides) == (1, 1) else np.ascontiguousarray(x[:, ::strides[0],
+    picked = x if tuple(strides) == (1, 1) else array_module(x).ascontiguousarray(x[:, ::strides[0],
                                                                          ::strides[1]])
     n, ho, wo, c = picked.shape                                              # (N, Ho, Wo, C)
     out = (picked.reshape(-1, c) @ kernel[0, 0]).reshape(n, ho, wo, f)       # (N, Ho, Wo, F)
@@ -436,6 +442,7 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     if isinstance(cache, WinogradCache):
         return _winograd_backward(grad_out, cache, need_input_grad)
     cols, x, kernel, x_shape, strides, pads, dilation, has_bias, fold, workspace = cache
+    xp = array_module(grad_out)
     kh, kw, c, f = kernel.shape
     n, ho, wo, _ = grad_out.shape
     k = kh * kw * c + fold
@@ -444,7 +451,7 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     if cols is not None:
         grad_weights = transposed_product(cols.reshape(-1, k), grad_rows)        # (K [+ 1], F)
     else:
-        grad_weights = np.zeros((k, f), dtype=grad_out.dtype)
+        grad_weights = xp.zeros((k, f), dtype=grad_out.dtype)
         buffer = None
         for chunk in batch_chunks(n, ho * wo * k * grad_out.dtype.itemsize):
             buffer = im2col(x[chunk], (kh, kw), strides, pads, dilation, fold, buffer)
@@ -462,13 +469,13 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
         return (_input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace),
                 grad_kernel, grad_bias)
     (top, bottom), (left, right) = pads
-    grad_xp = np.zeros((n, x_shape[1] + top + bottom, x_shape[2] + left + right, c),
+    grad_xp = xp.zeros((n, x_shape[1] + top + bottom, x_shape[2] + left + right, c),
                        dtype=grad_out.dtype)                                     # (N, Hp, Wp, C)
-    kernel_t = np.ascontiguousarray(kernel.transpose(0, 1, 3, 2))                # (KH, KW, F, C)
-    tap_grad = np.empty((n * ho * wo, c), dtype=grad_out.dtype)                  # (N*Ho*Wo, C)
+    kernel_t = xp.ascontiguousarray(kernel.transpose(0, 1, 3, 2))                # (KH, KW, F, C)
+    tap_grad = xp.empty((n * ho * wo, c), dtype=grad_out.dtype)                  # (N*Ho*Wo, C)
     for i in range(kh):
         for j in range(kw):
-            np.matmul(grad_rows, kernel_t[i, j], out=tap_grad)
+            xp.matmul(grad_rows, kernel_t[i, j], out=tap_grad)
             rows, cols_ = tap_slices(i, j, strides, dilation, (ho, wo))
             grad_xp[:, rows, cols_, :] += tap_grad.reshape(n, ho, wo, c)
     grad_x = grad_xp[:, top:top + x_shape[1], left:left + x_shape[2], :]         # (N, H, W, C)

@@ -6,8 +6,8 @@ also ``CNNLAB_DEVICE`` and ``--device``) resolved against what this machine has.
 
 The GPU is CuPy's (``pip install 'cnnlab[gpu]'``). The engine's CuPy path is not built yet
 (``GPU_ENGINE``): most ops take their array module from their inputs (``engine.arrays`` lists
-them; tested on CuPy by ``tests/test_gpu.py`` where there is a GPU), but convolutions and the
-optimizer updates are NumPy's or compiled for the CPU. So today every model runs on the CPU:
+them; tested on CuPy by ``tests/test_gpu.py`` where there is a GPU), but the training loop
+keeps its variables and batches as NumPy arrays. So today every model runs on the CPU:
 ``'auto'`` resolves to it, and ``'gpu'`` says why it cannot be had, even where CuPy sees a
 device.
 """

@@ -39,6 +39,7 @@ import math
 import numpy as np
 
 from cnnlab.engine import compiled
+from cnnlab.engine.arrays import array_module
 
 
 def sgd(param, grad, buffer, *, lr, momentum=0.0, nesterov=False, first_step=False,
@@ -76,7 +77,7 @@ def adam(param, grad, m, v, *, step_size, beta_1, beta_2, bias_root, epsilon, de
     m += t(1 - beta_1) * g
     v *= t(beta_2)
     v += t(1 - beta_2) * (g * g)
-    denominator = np.sqrt(v)
+    denominator = array_module(v).sqrt(v)
     denominator /= t(bias_root)
     denominator += t(epsilon)
     param -= t(step_size) * (m / denominator)
@@ -99,7 +100,7 @@ def rmsprop(param, grad, velocity, average, buffer, *, lr, rho, momentum, epsilo
         average *= t(rho)
         average += t(1 - rho) * g
         denominator = velocity - average * average
-    increment = t(lr) * g / np.sqrt(denominator + t(epsilon))
+    increment = t(lr) * g / array_module(velocity).sqrt(denominator + t(epsilon))
     if buffer is not None:
         buffer *= t(momentum)
         buffer += increment
@@ -110,24 +111,24 @@ def rmsprop(param, grad, velocity, average, buffer, *, lr, rho, momentum, epsilo
 def _decayed_and_clipped(param, grad, decay, clip, scale):
     """The reference's first two lines of every update: ``p -= decay * p`` in place, and the
     gradient, in the parameter's dtype, clipped and scaled (a new array only when it changes)."""
-    t = param.dtype.type
+    t, xp = param.dtype.type, array_module(param)
     if decay:
         param -= t(decay) * param
-    g = np.asarray(grad, param.dtype)
+    g = xp.asarray(grad, param.dtype)
     if clip != math.inf:
-        g = np.clip(g, -t(clip), t(clip))
+        g = xp.clip(g, -t(clip), t(clip))
     return g * t(scale) if scale != 1.0 else g
 
 
 def _kernels(param, *slots):
     """The compiled kernels when they are on, the parameter is float32 or float64 (what layers
-    hold; ``Optimizer.apply`` takes any array, and Numba has no float16 arithmetic) and every
+    hold; ``Optimizer.apply`` takes any array, and Numba has no float16 arithmetic), every
     array they write is one C-contiguous block (a parameter and its slots always are; a strided
-    view passed in by hand is not)."""
-    if param.dtype not in compiled.KERNEL_DTYPES or not all(
-            a is None or a.flags.c_contiguous for a in (param, *slots)):
+    view passed in by hand is not), and all are NumPy's (CuPy's run the reference on CuPy)."""
+    written = [a for a in (param, *slots) if a is not None]
+    if param.dtype not in compiled.KERNEL_DTYPES or not all(a.flags.c_contiguous for a in written):
         return None
-    return compiled.module("update_kernels")
+    return compiled.module("update_kernels", *written)
 
 
 def _flat(param, grad, *slots):
