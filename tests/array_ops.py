@@ -4,7 +4,18 @@ CuPy."""
 
 import numpy as np
 
-from cnnlab.engine import activations, conv, dense, losses, merge, normalization, pool, updates, windows
+from cnnlab.engine import (
+    activations,
+    conv,
+    dense,
+    depthwise,
+    losses,
+    merge,
+    normalization,
+    pool,
+    updates,
+    windows,
+)
 
 LOSSES = ["softmax_cross_entropy", "sparse_softmax_cross_entropy", "categorical_crossentropy",
           "sparse_categorical_crossentropy", "mse"]
@@ -63,8 +74,9 @@ def image_op_cases(images, kernel, bias, gamma):
     """``(name, zero-argument call)`` for the image ops that take their module from their
     inputs: Dense, BatchNormalization (training, with and without its ReLU, the two-pass
     variance, and inference), max, average and global average pooling, convolutions on the
-    im2col path, the window helpers under them, and the optimizer updates; forward and
-    backward together, on ``image_inputs``' arrays."""
+    im2col path, depthwise convolutions, dropout (its draws from a NumPy generator), the window
+    helpers under them, and the optimizer updates; forward and backward together, on
+    ``image_inputs``' arrays."""
     n, h, w, c = images.shape
     rows = images.reshape(-1, c)                                          # (N*H*W, C)
     grad_rows = rows[::-1] * 0.5 + 0.25
@@ -118,6 +130,19 @@ def image_op_cases(images, kernel, bias, gamma):
         cases.append((f"conv {name}", lambda a=(window, bias[:2], stride, pads), g=grad: _through(
             lambda x: conv.conv2d_forward(x, *a, algorithm="direct"), conv.conv2d_backward,
             (images,), g)))
+    depth = kernel.reshape(-1)[:9 * c * 2].reshape(3, 3, c, 2)          # (3, 3, C, M=2)
+    depth_bias = kernel.reshape(-1)[-2 * c:]                              # (C*M,)
+    for name, (stride, pads) in {"same": ((1, 1), same),
+                                 "stride 2": ((2, 2), ((0, 1), (0, 1)))}.items():
+        out_hw = (h // stride[0], w // stride[1])
+        grad = images[:, :out_hw[0], :out_hw[1]].repeat(2, axis=3) * 0.5    # (N, Ho, Wo, C*M)
+        cases.append((f"depthwise conv {name}", lambda a=(depth, depth_bias, stride, pads),
+                      g=grad: _through(
+            lambda x: depthwise.depthwise_conv2d_forward(x, *a),
+            depthwise.depthwise_conv2d_backward, (images,), g)))
+    cases.append(("dropout", lambda: _through(
+        lambda x: activations.dropout_forward(x, 0.3, np.random.default_rng(3)),
+        activations.dropout_backward, (images,), images * 2.0)))
 
     def update(rule, slots, **settings):
         param, written = kernel.copy(), [kernel * 0.0 + 0.5 for _ in range(slots)]

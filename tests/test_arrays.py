@@ -15,6 +15,7 @@ from cnnlab.engine import (
     arrays,
     conv,
     dense,
+    depthwise,
     losses,
     merge,
     normalization,
@@ -106,7 +107,7 @@ def test_image_ops_compute_with_the_module_of_their_inputs(monkeypatch):
         config.set_kernels(kernels)
     looked_up: set = set()
     monkeypatch.setitem(sys.modules, "cupy", stand_in_module(looked_up))
-    for module in (windows, dense, normalization, pool, conv, updates):
+    for module in (windows, dense, normalization, pool, conv, updates, depthwise, activations):
         monkeypatch.setattr(module, "np", NoNumPy())
     stand_ins = [a.view(StandInArray) for a in inputs]
     for name, case in image_op_cases(*stand_ins):
@@ -116,4 +117,5 @@ def test_image_ops_compute_with_the_module_of_their_inputs(monkeypatch):
             np.testing.assert_array_equal(np.asarray(got), want, err_msg=name)
     assert {"empty", "zeros", "ones", "copyto", "multiply", "stack", "concatenate", "sqrt",
             "any", "maximum", "broadcast_to", "asarray", "lib.stride_tricks.as_strided",
-            "vstack", "matmul", "ascontiguousarray", "clip", "result_type"} <= looked_up
+            "vstack", "matmul", "ascontiguousarray", "clip", "result_type", "empty_like",
+            "zeros_like"} <= looked_up

@@ -227,10 +227,13 @@ def dropout_forward(x: np.ndarray, rate: float, rng: np.random.Generator):
     """Inverted dropout: zero each value with probability ``rate``, scale survivors by ``1/(1-rate)``.
 
     Scaling at training time (not at inference) keeps each value's expectation unchanged, so the
-    trained model runs as is. Returns ``(out, mask)``; the mask already holds the scale.
+    trained model runs as is. Returns ``(out, mask)``; the mask already holds the scale. The
+    draws come from ``rng``, a NumPy generator, whatever module ``x`` is from (a CuPy ``x`` gets
+    its mask copied over): the same seed drops the same values on either.
     """
     keep = rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32) >= rate
-    mask = keep.astype(x.dtype) / np.asarray(1.0 - rate, dtype=x.dtype)
+    xp = array_module(x)
+    mask = xp.asarray(keep).astype(x.dtype) / xp.asarray(1.0 - rate, dtype=x.dtype)
     return x * mask, mask
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.engine import compiled
+from cnnlab.engine.arrays import array_module
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import column_sums, pad_images, tap_slices
 
@@ -40,7 +41,7 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
     kh, kw, c, m = kernel.shape
     n, h, w, _ = x.shape
     out_hw = output_hw((h, w), (kh, kw), strides, pads, dilation)
-    kernels = compiled.module("depthwise_kernels")
+    kernels = compiled.module("depthwise_kernels", x, kernel)
     if kernels is not None:
         dtype = np.result_type(x, kernel)
         x = np.ascontiguousarray(x, dtype=dtype)
@@ -50,10 +51,11 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
         kernels.forward(x, kernel, shift, tuple(strides), tuple(dilation), pads[0][0],
                         pads[1][0], out)
         return out, (x, x.shape, kernel, strides, pads, dilation, bias is not None, kernels)
+    module = array_module(x, kernel)
     xp = pad_images(x, pads)                                                 # (N, Hp, Wp, C)
-    dtype = np.result_type(x, kernel)
-    out = np.empty((n, *out_hw, c, m), dtype=dtype)                         # (N, Ho, Wo, C, M)
-    product = np.empty((n, *out_hw, c), dtype=dtype) if kh * kw > 1 else None
+    dtype = module.result_type(x, kernel)
+    out = module.empty((n, *out_hw, c, m), dtype=dtype)                     # (N, Ho, Wo, C, M)
+    product = module.empty((n, *out_hw, c), dtype=dtype) if kh * kw > 1 else None
     for f in range(m):
         total = out[..., f]                                                  # (N, Ho, Wo, C)
         for i in range(kh):
@@ -61,9 +63,9 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
                 rows, cols = tap_slices(i, j, strides, dilation, out_hw)
                 tap = xp[:, rows, cols, :]                                   # (N, Ho, Wo, C)
                 if i == j == 0:
-                    np.multiply(tap, kernel[i, j, :, f], out=total)
+                    module.multiply(tap, kernel[i, j, :, f], out=total)
                 else:
-                    np.multiply(tap, kernel[i, j, :, f], out=product)
+                    module.multiply(tap, kernel[i, j, :, f], out=product)
                     total += product
     out = out.reshape(n, *out_hw, c * m)                                     # (N, Ho, Wo, C*M)
     if bias is not None:
@@ -85,19 +87,20 @@ def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool
             np.ascontiguousarray(grad_out, dtype=kernel.dtype), xp, kernel, tuple(strides),
             tuple(dilation), pads[0][0], pads[1][0], need_input_grad, grad_x)
         return (grad_x if need_input_grad else None), grad_kernel, grad_bias
+    module = array_module(grad_out)
     g = grad_out.reshape(n, ho, wo, c, m)                                    # (N, Ho, Wo, C, M)
-    grad_kernel = np.empty_like(kernel)                                      # (KH, KW, C, M)
-    grad_xp = np.zeros_like(xp) if need_input_grad else None                 # (N, Hp, Wp, C)
-    product = np.empty((n, ho, wo, c), dtype=grad_out.dtype)                 # (N, Ho, Wo, C)
+    grad_kernel = module.empty_like(kernel)                                  # (KH, KW, C, M)
+    grad_xp = module.zeros_like(xp) if need_input_grad else None             # (N, Hp, Wp, C)
+    product = module.empty((n, ho, wo, c), dtype=grad_out.dtype)             # (N, Ho, Wo, C)
     for f in range(m):
-        g_f = np.ascontiguousarray(g[..., f]) if m > 1 else g[..., 0]      # (N, Ho, Wo, C)
+        g_f = module.ascontiguousarray(g[..., f]) if m > 1 else g[..., 0]  # (N, Ho, Wo, C)
         for i in range(kh):
             for j in range(kw):
                 rows, cols = tap_slices(i, j, strides, dilation, (ho, wo))
-                np.multiply(xp[:, rows, cols, :], g_f, out=product)
+                module.multiply(xp[:, rows, cols, :], g_f, out=product)
                 grad_kernel[i, j, :, f] = column_sums(product.reshape(-1, c))
                 if need_input_grad:
-                    np.multiply(g_f, kernel[i, j, :, f], out=product)
+                    module.multiply(g_f, kernel[i, j, :, f], out=product)
                     grad_xp[:, rows, cols, :] += product
     grad_x = None
     if need_input_grad:
