@@ -12,11 +12,19 @@ import urllib.error
 import urllib.request
 
 
+def _ctrl_c_stops_it():
+    """In the child: SIGINT's default action, as a process started from a terminal has. Run in
+    the background of a non-interactive shell (``pytest &``), the tests inherit SIGINT ignored,
+    and Python then installs no KeyboardInterrupt handler: the server would rightly ignore the
+    Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, home):
     env = {**os.environ, "CNNLAB_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env)
+                               env=env, preexec_fn=_ctrl_c_stops_it)
     lines = []
     deadline = time.monotonic() + 300
     for line in process.stdout:
