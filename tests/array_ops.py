@@ -17,6 +17,9 @@ from cnnlab.engine import (
     windows,
 )
 
+#: the engine modules whose ops take their array module from their inputs
+MODULES = (activations, conv, dense, depthwise, losses, merge, normalization, pool, updates,
+           windows)
 LOSSES = ["softmax_cross_entropy", "sparse_softmax_cross_entropy", "categorical_crossentropy",
           "sparse_categorical_crossentropy", "mse"]
 MERGES = ["add", "subtract", "multiply", "average", "maximum"]

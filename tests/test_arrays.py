@@ -7,22 +7,10 @@ import sys
 import types
 
 import numpy as np
-from array_ops import image_inputs, image_op_cases, op_cases, sample_inputs, values_in
+from array_ops import MODULES, image_inputs, image_op_cases, op_cases, sample_inputs, values_in
 
 from cnnlab import config
-from cnnlab.engine import (
-    activations,
-    arrays,
-    conv,
-    dense,
-    depthwise,
-    losses,
-    merge,
-    normalization,
-    pool,
-    updates,
-    windows,
-)
+from cnnlab.engine import arrays, conv
 
 
 class StandInArray(np.ndarray):
@@ -80,7 +68,7 @@ def test_ops_compute_with_the_module_of_their_inputs(monkeypatch):
     expected = {name: case() for name, case in op_cases(*sample_inputs())}
     looked_up: set = set()
     monkeypatch.setitem(sys.modules, "cupy", stand_in_module(looked_up))
-    for module in (activations, losses, merge):
+    for module in MODULES:
         monkeypatch.setattr(module, "np", NoNumPy())
     stand_ins = [a.view(StandInArray) for a in sample_inputs()]
     for name, case in op_cases(*stand_ins):
@@ -107,7 +95,7 @@ def test_image_ops_compute_with_the_module_of_their_inputs(monkeypatch):
         config.set_kernels(kernels)
     looked_up: set = set()
     monkeypatch.setitem(sys.modules, "cupy", stand_in_module(looked_up))
-    for module in (windows, dense, normalization, pool, conv, updates, depthwise, activations):
+    for module in MODULES:
         monkeypatch.setattr(module, "np", NoNumPy())
     stand_ins = [a.view(StandInArray) for a in inputs]
     for name, case in image_op_cases(*stand_ins):
