@@ -16,8 +16,9 @@ window); 'same' padding sees real pixels where each crop saw zeros, so it is clo
     for d in detections: print(d.box, d.score)           # (x0, y0, x1, y1) in the photo's pixels
 
 An image pyramid (each level ``SCALE_STEP`` smaller) finds objects larger than the window;
-greedy non-maximum suppression keeps the best of overlapping boxes, each then framed by the
-mean of the windows it stands for (``averaged_boxes``). A verifier, a second
+greedy non-maximum suppression keeps the best of overlapping boxes (and drops boxes lying
+mostly inside a better one: ``CONTAIN``), each then framed by the mean of the windows it
+stands for (``averaged_boxes``). A verifier, a second
 classifier at a finer input size, may look again at every window the first passes (a cascade,
 used here for accuracy: ``verified_windows``).
 """
