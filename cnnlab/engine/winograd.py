@@ -34,6 +34,15 @@ Exactness: G has entries 1/2 (F(2x2)) or 1/6, 1/12, 1/24 (F(4x4)), and A^T entri
 the products round differently from the direct sum: in float64 the results equal the direct
 convolution to ~1e-14 relative; in float32 F(4x4) is ~1e-6 relative, the accuracy oneDNN and
 cuDNN accept for it. Padding is zeros in d, and the tiles past the output's edge are cropped.
+
+Measured and not adopted (one-off scripts; the tiling matrices built from their points by the
+Cook-Toom construction, which gives F4's exactly): Winograd for 5x5 kernels, on the article's
+second layer (64 images of 12 x 12 x 32 -> 64, forward and both gradients, 1 thread, the
+compiled transforms with the tile size passed in): F(2x2, 5x5) 12.3 ms, F(3x3, 5x5) 9.9 ms,
+F(4x4, 5x5) 7.1 ms, against 5.2 ms in the frequency domain and 11.7 ms by im2col, so 5x5 stays
+with ``fourier``. F(6x6, 3x3) (points 0, +-1, +-2, +-1/2): float32 error ~1e-5 relative, twice
+F(4x4)'s; but CIFAR-sized maps (32, 16, 8) are not multiples of 6, so its tiles overhang the
+output by 27% or more, which takes back its saving (1.78 multiplies an output against 2.25).
 """
 
 from __future__ import annotations
