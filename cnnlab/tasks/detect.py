@@ -48,9 +48,11 @@ MIN_NEIGHBORS = 3
 #: a box lying mostly inside a better one (this share of its own area, or more) is a part of
 #: the same object seen larger (an eye and a nose, filling a window), not another object:
 #: suppressed as an overlapping one is (None: the IoU rule alone). Chosen on the validation
-#: photos of the web_faces recipe's three seeds (pairs retrained together, one-off script):
-#: 0.5 and 0.6 gave the most recall at 0.3 false boxes a photo (seed 1: 0.911 -> 0.922, seeds
-#: 0 and 2 unchanged) and AP (+0.001 to +0.002); 0.7-0.9 changed no recall there
+#: photos of the web_faces recipe's three seeds (one-off script). Before the framed boxes were
+#: merged (``_framed``), 0.5 and 0.6 gave the most recall at 0.3 false boxes a photo (seed 1:
+#: 0.911 -> 0.922) and 0.7-0.9 none more; with the merge, 0.6 and None give the same recall
+#: there (AP within 0.001), and 0.6 still drops the part of the astronaut's face that each
+#: seed's pair boxed beside her face
 CONTAIN = 0.6
 #: image pixels scored in one pass of the sliding model: peak memory is about 1 kB per pixel
 #: for face_net (its activations and the convolutions' workspace), whatever the image's size
@@ -334,9 +336,18 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
         raise ConfigError(f"threshold must be between 0 and 1; received {threshold!r}.")
     windows = _candidates(model, verifier, pixels, target, min(threshold, WINDOW_FLOOR),
                           min_size, max_size)
-    found = [d for d in windows if d.score >= threshold]
-    return averaged_boxes(non_max_suppression(found, overlap, min_neighbors, contain), windows,
-                          overlap)
+    return boxes_at(windows, threshold, overlap, min_neighbors, contain)
+
+
+def boxes_at(windows: list[Detection], threshold: float, overlap: float = NMS_IOU,
+             min_neighbors: int = MIN_NEIGHBORS,
+             contain: float | None = CONTAIN) -> list[Detection]:
+    """:func:`detect`'s boxes from its scored windows (every one scoring ``threshold`` or more,
+    and those from ``WINDOW_FLOOR`` up that frame the boxes), each with its best window's
+    score."""
+    kept = _kept_boxes(windows, threshold, overlap, min_neighbors, contain)
+    return [Detection(box, window.score)
+            for window, (box, _) in _framed(kept, windows, overlap, contain)]
 
 
 #: the first stage's score from which a window goes to the verifier, whatever the threshold
@@ -389,15 +400,45 @@ def curve_of(found: list[Detection], floor: float = WINDOW_FLOOR, overlap: float
     """:func:`detection_curve` from the scored windows ``found`` (every one scoring ``floor`` or
     more, and those from ``WINDOW_FLOOR`` up that frame the boxes): the suppression rules can be
     compared on one scoring of a photo."""
-    curve = []
-    for kept in non_max_suppression([d for d in found if d.score >= floor], overlap,
-                                    contain=contain):
-        neighbours = sorted((d.score for d in found if d is not kept and d.score >= floor
-                             and iou(kept.box, d.box) > overlap), reverse=True)
+    kept = _kept_boxes(found, floor, overlap, min_neighbors, contain)
+    return [Detection(box, level) for _, (box, level) in _framed(kept, found, overlap, contain)]
+
+
+def _kept_boxes(found: list[Detection], floor: float, overlap: float, min_neighbors: int,
+                contain: float | None) -> list[tuple[Detection, float]]:
+    """``(window, level)`` for each window that suppression keeps among ``found``'s scoring
+    ``floor`` or more and that ``min_neighbors`` of those overlap: ``level`` is the highest
+    threshold that keeps it, the lower of its score and its ``min_neighbors``-th best
+    neighbour's (above that, too few neighbours are left)."""
+    kept = []
+    for window in non_max_suppression([d for d in found if d.score >= floor], overlap,
+                                      contain=contain):
+        neighbours = sorted((d.score for d in found if d is not window and d.score >= floor
+                             and iou(window.box, d.box) > overlap), reverse=True)
         if len(neighbours) >= min_neighbors:
-            support = neighbours[min_neighbors - 1] if min_neighbors else kept.score
-            curve.append(Detection(kept.box, min(kept.score, support)))
-    return averaged_boxes(curve, found, overlap)
+            support = neighbours[min_neighbors - 1] if min_neighbors else window.score
+            kept.append((window, min(window.score, support)))
+    return kept
+
+
+def _framed(kept, windows, overlap: float, contain: float | None):
+    """``(window, (box, level))``: each kept window's box moved to the mean of the windows it
+    stands for (:func:`averaged_boxes`, which does not depend on the threshold). Two kept windows
+    that did not overlap enough to suppress one another (a window on a face and one on its
+    eyes and forehead) can frame the same face once averaged: the one of lower level goes, as
+    suppression would drop it. A box's fate depends only on the boxes of higher level, so the
+    curve stays ``detect``'s own."""
+    boxes = averaged_boxes([Detection(w.box, level) for w, level in kept], windows, overlap)
+    order = sorted(range(len(kept)), key=lambda i: (-kept[i][1], -kept[i][0].score, i))
+    framed: list = []
+    for i in order:
+        box = boxes[i].box
+        if any(iou(box, other) > overlap or
+                                (contain is not None and covered(box, other) >= contain)
+                                for _, (other, _) in framed):
+            continue
+        framed.append((kept[i][0], (box, kept[i][1])))
+    return framed
 
 
 def crop_windows(pixels: np.ndarray, boxes, size: tuple[int, int]) -> np.ndarray:
