@@ -321,10 +321,11 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
            verifier=None, contain: float | None = CONTAIN) -> list[Detection]:
     """Boxes where ``model`` (a shipped model name, a ``.cnnlab`` path or a model) scores class
     ``target`` at least ``threshold`` (default: the one its recipe chose on validation photos,
-    else ``THRESHOLD``), over an image pyramid, after non-maximum suppression
-    (each kept box backed by ``min_neighbors`` overlapping windows; ``contain``: see
-    :func:`non_max_suppression`); best first. ``image``: a
-    path, a PIL image, or an (H, W, C) array in [0, 1].
+    else ``THRESHOLD``), over an image pyramid, after non-maximum suppression (each kept box
+    backed by ``min_neighbors`` overlapping windows; ``contain``: see
+    :func:`non_max_suppression`), each box framed by the mean of its windows and boxes that
+    then frame one object merged (``_framed``); best first (by the highest threshold that
+    keeps each). ``image``: a path, a PIL image, or an (H, W, C) array in [0, 1].
 
     ``verifier`` (a model or a ``.cnnlab`` path): a second classifier that looks again at every
     window ``model`` scores ``WINDOW_FLOOR`` or more, at its own, finer input size; a window's
