@@ -269,20 +269,17 @@ def covered(a, b) -> float:
 
 
 def non_max_suppression(detections: list[Detection], overlap: float = NMS_IOU,
-                        min_neighbors: int = 0, contain: float | None = CONTAIN):
+                        contain: float | None = CONTAIN) -> list[Detection]:
     """Greedy: the best box stays, every box overlapping it by more than ``overlap`` goes (and,
-    with ``contain``, every box with that share of its area or more inside it); then a kept box
-    with fewer than ``min_neighbors`` of the others overlapping it is dropped. Whether a box is
+    with ``contain``, every box with that share of its area or more inside it). Whether a box is
     kept depends only on the boxes scoring above it, so the boxes kept from those scoring ``t``
-    or more are the kept ones scoring ``t`` or more: what :func:`detection_curve` relies on."""
+    or more are the kept ones scoring ``t`` or more: what :func:`detection_curve` relies on.
+    The neighbour rule follows in :func:`boxes_at`."""
     kept: list[Detection] = []
     for d in sorted(detections, key=lambda d: -d.score):
         if all(iou(d.box, k.box) <= overlap and (contain is None or covered(d.box, k.box) < contain)
                for k in kept):
             kept.append(d)
-    if min_neighbors:
-        kept = [k for k in kept if sum(iou(k.box, d.box) > overlap
-                                       for d in detections) - 1 >= min_neighbors]
     return kept
 
 
@@ -412,8 +409,7 @@ def _kept_boxes(found: list[Detection], floor: float, overlap: float, min_neighb
     threshold that keeps it, the lower of its score and its ``min_neighbors``-th best
     neighbour's (above that, too few neighbours are left)."""
     kept = []
-    for window in non_max_suppression([d for d in found if d.score >= floor], overlap,
-                                      contain=contain):
+    for window in non_max_suppression([d for d in found if d.score >= floor], overlap, contain):
         neighbours = sorted((d.score for d in found if d is not window and d.score >= floor
                              and iou(window.box, d.box) > overlap), reverse=True)
         if len(neighbours) >= min_neighbors:
