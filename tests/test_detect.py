@@ -510,6 +510,25 @@ def test_the_threshold_the_recipe_chose_is_the_detectors_default(digit_detector)
     assert len(kept) < len(everything)
 
 
+def test_the_neighbour_count_the_recipe_chose_is_the_detectors_default(digit_detector):
+    """``metadata['detection']['min_neighbors']`` replaces MIN_NEIGHBORS when none is given,
+    in detect and in its curve alike."""
+    model, page = digit_detector, _page(6)[0][..., None]
+    by_count = {k: detect.detect(page, model, threshold=0.5, min_neighbors=k) for k in (3, 40)}
+    assert len(by_count[40]) < len(by_count[3])                # the count matters here
+    assert detect.detect(page, model, threshold=0.5) == by_count[detect.MIN_NEIGHBORS]
+    model.metadata["detection"] = {"min_neighbors": 40}
+    try:
+        assert detect.default_min_neighbors(model) == 40
+        assert detect.detect(page, model, threshold=0.5) == by_count[40]
+        assert detect.detection_curve(page, model) == detect.detection_curve(page, model,
+                                                                              min_neighbors=40)
+        assert detect.detection_curve(page, model) != detect.detection_curve(page, model,
+                                                                              min_neighbors=3)
+    finally:
+        del model.metadata["detection"]
+
+
 # --- bad photos and memory -----------------------------------------------------------------------
 def test_bad_photos_get_a_clear_message_or_the_right_answer(tmp_path):
     """A truncated JPEG is named as such; a 1x1 picture and a 20,000 x 40 strip hold no face

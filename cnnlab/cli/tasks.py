@@ -147,9 +147,10 @@ def add_commands(commands) -> None:
                                         "or class 1 of a two-class model)")
     boxes.add_argument("--min-size", type=positive_int,
                        help="the smallest object in pixels (default: the model's window)")
-    boxes.add_argument("--min-neighbors", type=int, default=MIN_NEIGHBORS,
-                       help="overlapping windows a box needs besides its own (default: "
-                            "%(default)s, as OpenCV's detectMultiScale)")
+    boxes.add_argument("--min-neighbors", type=int,
+                       help=f"overlapping windows a box needs besides its own (default: the "
+                            f"count the model's recipe, or the verifier's, chose with its "
+                            f"threshold, else {MIN_NEIGHBORS}, as OpenCV's detectMultiScale)")
     clip = add_command(
         commands, "video", cmd_video, "classify or detect in every frame of a video",
         ["cnnlab video digits clip.mp4            # the shipped digits model",

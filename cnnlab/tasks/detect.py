@@ -43,7 +43,8 @@ NMS_IOU = 0.3
 MATCH_IOU = 0.3
 #: a kept box needs this many other windows above the threshold overlapping it (IoU > NMS_IOU):
 #: an object lights up its neighbouring windows and scales, a fluke mostly one. 3 is OpenCV's
-#: default for the same rule (``detectMultiScale``'s minNeighbors)
+#: default for the same rule (``detectMultiScale``'s minNeighbors), and the default of a model
+#: whose recipe chose none (``default_min_neighbors``)
 MIN_NEIGHBORS = 3
 #: a box lying mostly inside a better one (this share of its own area, or more) is a part of
 #: the same object seen larger (an eye and a nose, filling a window), not another object:
@@ -312,14 +313,21 @@ def default_threshold(model) -> float:
     return float(model.metadata.get("detection", {}).get("threshold", THRESHOLD))
 
 
+def default_min_neighbors(model) -> int:
+    """The neighbour count ``model``'s recipe chose with its threshold, else ``MIN_NEIGHBORS``:
+    a pair whose verifier rejects most flukes needs fewer windows behind a box."""
+    return int(model.metadata.get("detection", {}).get("min_neighbors", MIN_NEIGHBORS))
+
+
 def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=None,
            min_size: int | None = None, max_size: int | None = None,
-           overlap: float = NMS_IOU, min_neighbors: int = MIN_NEIGHBORS,
+           overlap: float = NMS_IOU, min_neighbors: int | None = None,
            verifier=None, contain: float | None = CONTAIN) -> list[Detection]:
     """Boxes where ``model`` (a shipped model name, a ``.cnnlab`` path or a model) scores class
     ``target`` at least ``threshold`` (default: the one its recipe chose on validation photos,
     else ``THRESHOLD``), over an image pyramid, after non-maximum suppression (each kept box
-    backed by ``min_neighbors`` overlapping windows; ``contain``: see
+    backed by ``min_neighbors`` overlapping windows, default :func:`default_min_neighbors`;
+    ``contain``: see
     :func:`non_max_suppression`), each box framed by the mean of its windows and boxes that
     then frame one object merged (``_framed``); best first (by the highest threshold that
     keeps each). ``image``: a path, a PIL image, or an (H, W, C) array in [0, 1].
@@ -330,6 +338,8 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
     is the one the verifier's recipe chose for the pair."""
     model, verifier, target, pixels = _loaded(image, model, verifier, target)
     threshold = default_threshold(verifier or model) if threshold is None else threshold
+    if min_neighbors is None:
+        min_neighbors = default_min_neighbors(verifier or model)
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be between 0 and 1; received {threshold!r}.")
     windows = _candidates(model, verifier, pixels, target, min(threshold, WINDOW_FLOOR),
@@ -377,7 +387,7 @@ def _candidates(model, verifier, pixels, target, threshold, min_size, max_size):
 
 def detection_curve(image, model, verifier=None, target=None, floor: float = WINDOW_FLOOR,
                     min_size: int | None = None, max_size: int | None = None,
-                    overlap: float = NMS_IOU, min_neighbors: int = MIN_NEIGHBORS,
+                    overlap: float = NMS_IOU, min_neighbors: int | None = None,
                     contain: float | None = CONTAIN) -> list[Detection]:
     """Every box :func:`detect` keeps at some threshold from ``floor`` up, each scored by the
     highest threshold that keeps it: the lower of its own score and the score of its
@@ -389,6 +399,8 @@ def detection_curve(image, model, verifier=None, target=None, floor: float = WIN
     model, verifier, target, pixels = _loaded(image, model, verifier, target)
     found = _candidates(model, verifier, pixels, target, min(floor, WINDOW_FLOOR), min_size,
                         max_size)
+    if min_neighbors is None:
+        min_neighbors = default_min_neighbors(verifier or model)
     return curve_of(found, floor, overlap, min_neighbors, contain)
 
 
