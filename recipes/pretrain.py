@@ -170,11 +170,10 @@ def choose_threshold(model, held_out, verifier=None) -> dict:
     photos = web_faces.pasted_photos(held_out.faces, held_out.scenes,
                                      seed=web_faces.VALIDATION_SEED)
     truth = [boxes for _, boxes in photos]
-    choices = []
-    for neighbours in MIN_NEIGHBORS_CHOICES:
-        found = [detect.detection_curve(grey[..., None], model, verifier,
-                                        min_neighbors=neighbours) for grey, _ in photos]
-        choices.append((detect.score_detections(found, truth), neighbours))
+    scored = [detect.candidates(grey[..., None], model, verifier) for grey, _ in photos]
+    choices = [(detect.score_detections([detect.curve_of(windows, min_neighbors=neighbours)
+                                         for windows in scored], truth), neighbours)
+               for neighbours in MIN_NEIGHBORS_CHOICES]
     scores, neighbours = max(choices, key=lambda c: (c[0].recall, c[0].average_precision))
     return {"threshold": scores.threshold, "min_neighbors": neighbours,
             "average_precision": round(scores.average_precision, 4),

@@ -61,48 +61,41 @@ def test_numpy_arrays_use_numpy_and_never_import_cupy(monkeypatch):
     assert "cupy" not in sys.modules
 
 
-def test_ops_compute_with_the_module_of_their_inputs(monkeypatch):
-    """Each op, forward and backward, on stand-in arrays with its module's ``np`` taken away:
-    NumPy's values, functions from the stand-in module, and arrays of the stand-in's type back
-    (a NumPy array coming back would be data leaving the device)."""
-    expected = {name: case() for name, case in op_cases(*sample_inputs())}
-    looked_up: set = set()
-    monkeypatch.setitem(sys.modules, "cupy", stand_in_module(looked_up))
-    for module in MODULES:
-        monkeypatch.setattr(module, "np", NoNumPy())
-    stand_ins = [a.view(StandInArray) for a in sample_inputs()]
-    for name, case in op_cases(*stand_ins):
-        result = case()
-        for got, want in zip(values_in(result), values_in(expected[name]), strict=True):
-            assert type(got) is StandInArray or np.ndim(got) == 0, name   # reductions: scalars
-            np.testing.assert_array_equal(np.asarray(got), want, err_msg=name)
-    assert {"maximum", "exp", "log", "tanh", "where", "arange", "clip", "stack",
-            "concatenate", "split"} <= looked_up
-
-
-def test_image_ops_compute_with_the_module_of_their_inputs(monkeypatch):
-    """The same for Dense, BatchNormalization, pooling, convolutions, the window helpers and the
-    optimizer updates: on stand-in arrays they run their NumPy reference (the compiled kernels
-    are CPU code) on the stand-in module, and equal the reference on NumPy arrays bit for bit
-    (every convolution on im2col: the input gradient's too)."""
+def _on_stand_ins(monkeypatch, cases_of, inputs) -> set:
+    """Every case on stand-in copies of ``inputs``, each engine module's ``np`` taken away:
+    arrays of the stand-in's type back (a NumPy array would be data leaving the device), bit
+    for bit the NumPy reference's values (compiled kernels off: a stand-in runs the reference,
+    and every convolution on im2col). Returns the stand-in module's functions the ops used."""
     monkeypatch.setattr(conv, "ALGORITHM", "direct")
-    inputs = image_inputs()
     kernels = config.kernels()
     config.set_kernels("numpy")
     try:
-        expected = {name: case() for name, case in image_op_cases(*inputs)}
+        expected = {name: case() for name, case in cases_of(*inputs)}
     finally:
         config.set_kernels(kernels)
     looked_up: set = set()
     monkeypatch.setitem(sys.modules, "cupy", stand_in_module(looked_up))
     for module in MODULES:
         monkeypatch.setattr(module, "np", NoNumPy())
-    stand_ins = [a.view(StandInArray) for a in inputs]
-    for name, case in image_op_cases(*stand_ins):
+    for name, case in cases_of(*[a.view(StandInArray) for a in inputs]):
         result = case()
         for got, want in zip(values_in(result), values_in(expected[name]), strict=True):
-            assert type(got) is StandInArray or np.ndim(got) == 0, name
+            assert type(got) is StandInArray or np.ndim(got) == 0, name   # reductions: scalars
             np.testing.assert_array_equal(np.asarray(got), want, err_msg=name)
+    return looked_up
+
+
+def test_ops_compute_with_the_module_of_their_inputs(monkeypatch):
+    """The activations, losses and merges, forward and backward."""
+    looked_up = _on_stand_ins(monkeypatch, op_cases, sample_inputs())
+    assert {"maximum", "exp", "log", "tanh", "where", "arange", "clip", "stack",
+            "concatenate", "split"} <= looked_up
+
+
+def test_image_ops_compute_with_the_module_of_their_inputs(monkeypatch):
+    """Dense, BatchNormalization, pooling, convolutions, dropout, the window helpers and the
+    optimizer updates."""
+    looked_up = _on_stand_ins(monkeypatch, image_op_cases, image_inputs())
     assert {"empty", "zeros", "ones", "copyto", "multiply", "stack", "concatenate", "sqrt",
             "any", "maximum", "broadcast_to", "asarray", "lib.stride_tricks.as_strided",
             "vstack", "matmul", "ascontiguousarray", "clip", "result_type", "empty_like",

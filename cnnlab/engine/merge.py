@@ -28,7 +28,7 @@ def add_forward(xs: list[np.ndarray], relu: bool = False):
     inputs of one float32 or float64 dtype and shape); the cache is the input count and, with
     ``relu``, the output."""
     xp = array_module(*xs)
-    kernels = compiled.module("merge_kernels") if relu and len(xs) == 2 and xp is np else None
+    kernels = compiled.module("merge_kernels", *xs) if relu and len(xs) == 2 else None
     if kernels is not None and xs[0].dtype == xs[1].dtype and xs[0].dtype in compiled.KERNEL_DTYPES \
             and xs[0].shape == xs[1].shape:
         a, b = np.ascontiguousarray(xs[0]), np.ascontiguousarray(xs[1])

@@ -252,21 +252,29 @@ def pyramid_scales(height: int, width: int, window, min_size: int | None = None,
     return scales
 
 
-def iou(a, b) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+def _intersection(a, b) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
+    return w * h
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    inter = _intersection(a, b)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
 
 
 def covered(a, b) -> float:
     """The share of box ``a``'s area that lies inside box ``b`` (x0, y0, x1, y1)."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     area = (a[2] - a[0]) * (a[3] - a[1])
-    return w * h / area if area > 0 else 0.0
+    return _intersection(a, b) / area if area > 0 else 0.0
+
+
+def _suppressed(box, better, overlap: float, contain: float | None) -> bool:
+    """Whether a better box takes ``box``'s place: IoU above ``overlap``, or with ``contain``,
+    that share of ``box``'s area or more inside it."""
+    return iou(box, better) > overlap or (contain is not None and covered(box, better) >= contain)
 
 
 def non_max_suppression(detections: list[Detection], overlap: float = NMS_IOU,
@@ -278,8 +286,7 @@ def non_max_suppression(detections: list[Detection], overlap: float = NMS_IOU,
     The neighbour rule follows in :func:`boxes_at`."""
     kept: list[Detection] = []
     for d in sorted(detections, key=lambda d: -d.score):
-        if all(iou(d.box, k.box) <= overlap and (contain is None or covered(d.box, k.box) < contain)
-               for k in kept):
+        if not any(_suppressed(d.box, k.box, overlap, contain) for k in kept):
             kept.append(d)
     return kept
 
@@ -325,11 +332,10 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
            verifier=None, contain: float | None = CONTAIN) -> list[Detection]:
     """Boxes where ``model`` (a shipped model name, a ``.cnnlab`` path or a model) scores class
     ``target`` at least ``threshold`` (default: the one its recipe chose on validation photos,
-    else ``THRESHOLD``), over an image pyramid, after non-maximum suppression (each kept box
-    backed by ``min_neighbors`` overlapping windows, default :func:`default_min_neighbors`;
-    ``contain``: see
-    :func:`non_max_suppression`), each box framed by the mean of its windows and boxes that
-    then frame one object merged (``_framed``); best first (by the highest threshold that
+    else ``THRESHOLD``), over an image pyramid, after non-maximum suppression (``contain``: see
+    :func:`non_max_suppression`; each kept box backed by ``min_neighbors`` overlapping windows,
+    default :func:`default_min_neighbors`), each box framed by the mean of its windows and boxes
+    that then frame one object merged (``_framed``); best first (by the highest threshold that
     keeps each). ``image``: a path, a PIL image, or an (H, W, C) array in [0, 1].
 
     ``verifier`` (a model or a ``.cnnlab`` path): a second classifier that looks again at every
@@ -355,7 +361,7 @@ def boxes_at(windows: list[Detection], threshold: float, overlap: float = NMS_IO
     score."""
     kept = _kept_boxes(windows, threshold, overlap, min_neighbors, contain)
     return [Detection(box, window.score)
-            for window, (box, _) in _framed(kept, windows, overlap, contain)]
+            for window, box, _ in _framed(kept, windows, overlap, contain)]
 
 
 #: the first stage's score from which a window goes to the verifier, whatever the threshold
@@ -385,6 +391,16 @@ def _candidates(model, verifier, pixels, target, threshold, min_size, max_size):
             if d.score >= threshold]
 
 
+def candidates(image, model, verifier=None, target=None, floor: float = WINDOW_FLOOR,
+               min_size: int | None = None, max_size: int | None = None) -> list[Detection]:
+    """The scored windows :func:`detection_curve` works from (from ``floor`` up, and from
+    ``WINDOW_FLOOR`` up to frame the boxes): what :func:`curve_of` takes, so that rules can be
+    compared, or chosen (``recipes/pretrain.py``), on one scoring of a photo."""
+    model, verifier, target, pixels = _loaded(image, model, verifier, target)
+    return _candidates(model, verifier, pixels, target, min(floor, WINDOW_FLOOR), min_size,
+                       max_size)
+
+
 def detection_curve(image, model, verifier=None, target=None, floor: float = WINDOW_FLOOR,
                     min_size: int | None = None, max_size: int | None = None,
                     overlap: float = NMS_IOU, min_neighbors: int | None = None,
@@ -396,22 +412,20 @@ def detection_curve(image, model, verifier=None, target=None, floor: float = WIN
     precision-recall sweep over these scores is the curve of ``detect`` itself, threshold by
     threshold: what a threshold is chosen on (``recipes/pretrain.py``) and scored on
     (``benchmarks/detect.py``). ``image``: (H, W, C) in [0, 1], or what :func:`detect` takes."""
-    model, verifier, target, pixels = _loaded(image, model, verifier, target)
-    found = _candidates(model, verifier, pixels, target, min(floor, WINDOW_FLOOR), min_size,
-                        max_size)
+    model = load_detector(model)
+    verifier = None if verifier is None else load_detector(verifier)
     if min_neighbors is None:
         min_neighbors = default_min_neighbors(verifier or model)
+    found = candidates(image, model, verifier, target, floor, min_size, max_size)
     return curve_of(found, floor, overlap, min_neighbors, contain)
 
 
 def curve_of(found: list[Detection], floor: float = WINDOW_FLOOR, overlap: float = NMS_IOU,
              min_neighbors: int = MIN_NEIGHBORS,
              contain: float | None = CONTAIN) -> list[Detection]:
-    """:func:`detection_curve` from the scored windows ``found`` (every one scoring ``floor`` or
-    more, and those from ``WINDOW_FLOOR`` up that frame the boxes): the suppression rules can be
-    compared on one scoring of a photo."""
+    """:func:`detection_curve` from the scored windows ``found`` (:func:`candidates`)."""
     kept = _kept_boxes(found, floor, overlap, min_neighbors, contain)
-    return [Detection(box, level) for _, (box, level) in _framed(kept, found, overlap, contain)]
+    return [Detection(box, level) for _, box, level in _framed(kept, found, overlap, contain)]
 
 
 def _kept_boxes(found: list[Detection], floor: float, overlap: float, min_neighbors: int,
@@ -431,7 +445,7 @@ def _kept_boxes(found: list[Detection], floor: float, overlap: float, min_neighb
 
 
 def _framed(kept, windows, overlap: float, contain: float | None):
-    """``(window, (box, level))``: each kept window's box moved to the mean of the windows it
+    """``(window, box, level)``: each kept window's box moved to the mean of the windows it
     stands for (:func:`averaged_boxes`, which does not depend on the threshold). Two kept windows
     that did not overlap enough to suppress one another (a window on a face and one on its
     eyes and forehead) can frame the same face once averaged: the one of lower level goes, as
@@ -441,12 +455,8 @@ def _framed(kept, windows, overlap: float, contain: float | None):
     order = sorted(range(len(kept)), key=lambda i: (-kept[i][1], -kept[i][0].score, i))
     framed: list = []
     for i in order:
-        box = boxes[i].box
-        if any(iou(box, other) > overlap or
-                                (contain is not None and covered(box, other) >= contain)
-                                for _, (other, _) in framed):
-            continue
-        framed.append((kept[i][0], (box, kept[i][1])))
+        if not any(_suppressed(boxes[i].box, box, overlap, contain) for _, box, _ in framed):
+            framed.append((kept[i][0], boxes[i].box, kept[i][1]))
     return framed
 
 
