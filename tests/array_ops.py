@@ -1,9 +1,12 @@
 """The ops that take their array module from their inputs, as calls to run on any module's
 arrays: ``tests/test_arrays.py`` runs them on a stand-in for CuPy, ``tests/test_gpu.py`` on
-CuPy."""
+CuPy; ``tests/test_placement.py`` trains whole models on the stand-in."""
+
+import types
 
 import numpy as np
 
+from cnnlab import Input, Model, layers
 from cnnlab.engine import (
     activations,
     conv,
@@ -169,3 +172,82 @@ def image_inputs(seed=0, n=2, size=6, channels=3, units=4):
     return (rng.standard_normal((n, size, size, channels)),
             rng.standard_normal((size * size * channels, units)), rng.standard_normal(units),
             rng.uniform(0.5, 2.0, channels))
+
+
+# --- a stand-in for CuPy: NumPy underneath, so values can be compared -----------------------------
+class StandInArray(np.ndarray):
+    """An array that says it is CuPy's, as ``cupy.ndarray`` does."""
+
+    def get(self) -> np.ndarray:
+        """A NumPy copy, as ``cupy.ndarray.get`` copies off the device."""
+        return np.array(self.view(np.ndarray))
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """Arithmetic with a NumPy array (not a scalar) is refused, as CuPy refuses it: data on
+        the host that should have been moved to the device first."""
+        operands = inputs + tuple(kwargs.get("out", ()))
+        if any(type(a) is np.ndarray and a.ndim for a in operands):
+            raise TypeError(f"{ufunc.__name__} mixes a host (NumPy) array with a device one")
+        plain = [a.view(np.ndarray) if isinstance(a, StandInArray) else a for a in inputs]
+        if "out" in kwargs:
+            kwargs["out"] = tuple(a.view(np.ndarray) if isinstance(a, StandInArray) else a
+                                  for a in kwargs["out"])
+        result = getattr(ufunc, method)(*plain, **kwargs)
+        if isinstance(result, tuple):
+            return tuple(r.view(StandInArray) if isinstance(r, np.ndarray) else r
+                         for r in result)
+        return result.view(StandInArray) if isinstance(result, np.ndarray) else result
+
+
+StandInArray.__module__ = "cupy"
+
+
+def stand_in_module(looked_up: set):
+    """A module named ``cupy`` that records which functions the ops take from it and runs
+    NumPy's, returning stand-in arrays."""
+    def lookup(name):
+        function = getattr(np, name)
+        if not callable(function) or isinstance(function, type):
+            return function
+
+        def call(*args, **kwargs):
+            looked_up.add(name)
+            if name == "asarray" and type(args[0]) is np.ndarray:   # host to device: a copy
+                args = (np.array(args[0]), *args[1:])
+            result = function(*args, **kwargs)
+            return result.view(StandInArray) if isinstance(result, np.ndarray) else result
+        return call
+    def as_strided(x, shape=None, strides=None):     # CuPy's signature: no read-only views
+        looked_up.add("lib.stride_tricks.as_strided")
+        return np.lib.stride_tricks.as_strided(x, shape, strides, subok=True)
+
+    module = types.ModuleType("cupy")
+    module.__getattr__ = lookup
+    module.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(as_strided=as_strided))
+    return module
+
+
+class NoNumPy:
+    """Put in place of an op module's ``np``: any use of it fails the test, but for the dtypes
+    and constants that name a type or a value on either module."""
+
+    ALLOWED = {"uint8", "int32", "float32", "float64", "inf", "ndarray"}
+
+    def __getattr__(self, name):
+        if name in self.ALLOWED:
+            return getattr(np, name)
+        raise AssertionError(f"np.{name} was used directly")
+
+
+def small_network():
+    """Every kind of layer whose state a training step touches: a convolution,
+    BatchNormalization's variables and moving statistics, a residual Add, max pooling, dropout
+    (its mask drawn on the host), a dense head. (N, 8, 8, 3) -> (N, 4) probabilities."""
+    x = Input((8, 8, 3))
+    h = layers.Conv2D(6, 3, padding="same", use_bias=False)(x)
+    h = layers.ReLU()(layers.BatchNormalization(momentum=0.5)(h))
+    shortcut = layers.Conv2D(6, 1)(x)
+    h = layers.Add()([layers.Conv2D(6, 3, padding="same")(h), shortcut])
+    h = layers.MaxPooling2D(2)(layers.ReLU()(h))
+    h = layers.Dropout(0.25)(layers.Flatten()(h))
+    return Model(x, layers.Dense(4, activation="softmax")(h))

@@ -4,55 +4,22 @@ a stand-in for CuPy (NumPy underneath, so the values can be compared); ``tests/t
 runs the same ops on CuPy itself where there is a GPU."""
 
 import sys
-import types
 
 import numpy as np
-from array_ops import MODULES, image_inputs, image_op_cases, op_cases, sample_inputs, values_in
+from array_ops import (
+    MODULES,
+    NoNumPy,
+    StandInArray,
+    image_inputs,
+    image_op_cases,
+    op_cases,
+    sample_inputs,
+    stand_in_module,
+    values_in,
+)
 
 from cnnlab import config
 from cnnlab.engine import arrays, conv
-
-
-class StandInArray(np.ndarray):
-    """An array that says it is CuPy's, as ``cupy.ndarray`` does."""
-
-
-StandInArray.__module__ = "cupy"
-
-
-def stand_in_module(looked_up: set):
-    """A module named ``cupy`` that records which functions the ops take from it and runs
-    NumPy's, returning stand-in arrays."""
-    def lookup(name):
-        function = getattr(np, name)
-        if not callable(function) or isinstance(function, type):
-            return function
-
-        def call(*args, **kwargs):
-            looked_up.add(name)
-            result = function(*args, **kwargs)
-            return result.view(StandInArray) if isinstance(result, np.ndarray) else result
-        return call
-    def as_strided(x, shape=None, strides=None):     # CuPy's signature: no read-only views
-        looked_up.add("lib.stride_tricks.as_strided")
-        return np.lib.stride_tricks.as_strided(x, shape, strides, subok=True)
-
-    module = types.ModuleType("cupy")
-    module.__getattr__ = lookup
-    module.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(as_strided=as_strided))
-    return module
-
-
-class NoNumPy:
-    """Put in place of an op module's ``np``: any use of it fails the test, but for the dtypes
-    and constants that name a type or a value on either module."""
-
-    ALLOWED = {"uint8", "int32", "float64", "inf", "ndarray"}
-
-    def __getattr__(self, name):
-        if name in self.ALLOWED:
-            return getattr(np, name)
-        raise AssertionError(f"np.{name} was used directly")
 
 
 def test_numpy_arrays_use_numpy_and_never_import_cupy(monkeypatch):

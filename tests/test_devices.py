@@ -75,7 +75,7 @@ def test_auto_says_in_one_line_that_it_passed_over_a_gpu_it_saw(fresh_probe, tmp
     assert main(["predict", "digits", "--device", "auto", str(digit)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == ("Running on the CPU: CuPy sees 1 CUDA device, but cnnlab's engine runs on "
-                      "the CPU only for now (its GPU path is not built).")
+                      "the CPU only for now (its GPU path is not yet tested on a GPU).")
     assert len(out) == 2 and out[1].startswith(f"{digit}: ")
 
 

@@ -12,9 +12,11 @@ inference), max, average and global average pooling, convolutions on the im2col 
 arrays always take it: the Winograd and frequency paths are CPU code), depthwise convolutions,
 the optimizer updates, and the window helpers under them (padding, im2col, col2im, column
 sums). Where such an op has a compiled kernel, ``compiled.module(name, *inputs)`` answers None
-for CuPy arrays and the op's reference runs on CuPy. The training loop still keeps its
-variables and batches as NumPy arrays, so the GPU runs no whole model yet
-(``engine.devices.GPU_ENGINE``).
+for CuPy arrays and the op's reference runs on CuPy.
+
+Crossing between the two is explicit, as CuPy itself insists (it refuses to turn its arrays
+into NumPy's behind the caller's back): :func:`on_device` copies to the module of a device,
+:func:`to_host` back to NumPy. ``training.placement`` uses them to move a model.
 """
 
 from __future__ import annotations
@@ -30,3 +32,23 @@ def array_module(*arrays):
         if type(array) is not np.ndarray and type(array).__module__.split(".")[0] == "cupy":
             return importlib.import_module("cupy")
     return np
+
+
+def device_module(device: str):
+    """The array module of ``'cpu'`` (NumPy) or ``'gpu'`` (CuPy)."""
+    return importlib.import_module("cupy") if device == "gpu" else np
+
+
+def to_host(array, copy: bool = False):
+    """``array`` as a NumPy array: a CuPy array is copied off its device; a NumPy one is itself
+    (a copy of it with ``copy``); anything else goes through ``np.asarray``."""
+    if type(array) is not np.ndarray and type(array).__module__.split(".")[0] == "cupy":
+        return array.get()
+    return np.array(array, copy=True) if copy else np.asarray(array)
+
+
+def on_device(array, module):
+    """``array`` on the device of ``module`` (NumPy or CuPy): itself when it is already there."""
+    if module is np:
+        return to_host(array)
+    return module.asarray(array)

@@ -4,12 +4,13 @@ also ``CNNLAB_DEVICE`` and ``--device``) resolved against what this machine has.
     resolve()        # 'cpu' or 'gpu'; asking for 'gpu' where it cannot be had is a ConfigError
                      # that says what was looked for and how to get it
 
-The GPU is CuPy's (``pip install 'cnnlab[gpu]'``). The engine's CuPy path is not built yet
-(``GPU_ENGINE``): most ops take their array module from their inputs (``engine.arrays`` lists
-them; tested on CuPy by ``tests/test_gpu.py`` where there is a GPU), but the training loop
-keeps its variables and batches as NumPy arrays. So today every model runs on the CPU:
-``'auto'`` resolves to it, and ``'gpu'`` says why it cannot be had, even where CuPy sees a
-device.
+The GPU is CuPy's (``pip install 'cnnlab[gpu]'``). Every op of the zoo's networks takes its
+array module from its inputs (``engine.arrays``), and ``training.placement`` keeps a model's
+variables, optimizer slots and batches on the device it runs on. Both are tested on a stand-in
+for CuPy (``tests/test_arrays.py``, ``tests/test_placement.py``); on CuPy itself only where
+there is a GPU (``tests/test_gpu.py``), and none has run them yet. Until they pass on one,
+``GPU_ENGINE`` stays False and every model runs on the CPU: ``'auto'`` resolves to it, and
+``'gpu'`` says why it cannot be had, even where CuPy sees a device.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import functools
 from cnnlab import config
 from cnnlab.errors import ConfigError
 
-#: whether the engine has a CuPy path; False until it does (no op runs on a GPU yet)
+#: whether models may run on CuPy; False until ``tests/test_gpu.py`` has passed on a GPU
 GPU_ENGINE = False
 INSTALL = "pip install 'cnnlab[gpu]' (CuPy for CUDA 13) or 'cnnlab[gpu-cuda12]' (CUDA 12)"
 
@@ -46,7 +47,7 @@ def gpu_unavailable() -> str | None:
     count, why = cupy_devices()
     if why is None and not GPU_ENGINE:
         why = (f"CuPy sees {count} CUDA device{'s' * (count > 1)}, but cnnlab's engine runs on "
-               f"the CPU only for now (its GPU path is not built)")
+               f"the CPU only for now (its GPU path is not yet tested on a GPU)")
     return why
 
 

@@ -69,7 +69,7 @@ def _arrays_for(model, kind: str, include_optimizer: bool) -> dict[str, np.ndarr
             arrays["training"] = json_array(record)
     arrays["model"] = json_array(document)
     for name, variable in model.named_variables():
-        arrays[f"weights/{name}"] = variable.value
+        arrays[f"weights/{name}"] = variable.numpy()
     if kind == "model" and include_optimizer and model.optimizer is not None:
         for key, value in model.optimizer.state_arrays().items():
             arrays[f"optimizer/{key}"] = np.asarray(value)
@@ -193,7 +193,7 @@ def _fill_variables(reader, model, where, version: int) -> None:
         if variable.pending:
             variable.value, variable.pending = array, None
         else:
-            variable.value[...] = array
+            variable.assign(array)
 
 
 def load_model(filepath, compile: bool = True, model_classes: dict | None = None):

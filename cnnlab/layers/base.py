@@ -37,7 +37,7 @@ import numpy as np
 
 from cnnlab import config as _config
 from cnnlab import seeding
-from cnnlab.engine import initializers
+from cnnlab.engine import arrays, initializers
 from cnnlab.engine.activations import ACTIVATIONS
 from cnnlab.engine.normalization import fold_affine
 from cnnlab.errors import ConfigError, NotBuiltError, ShapeError
@@ -247,6 +247,11 @@ class Layer:
         if symbolic_inputs(inputs):
             return record_call(self, inputs, training)
         inputs = self._as_inputs(inputs)
+        variables = self.variables
+        if variables and variables[0].value is not None:           # on the weights' device
+            module = arrays.array_module(variables[0].value)
+            inputs = ([arrays.on_device(x, module) for x in inputs] if isinstance(inputs, list)
+                      else arrays.on_device(inputs, module))
         if not self.built:
             self.build([x.shape[1:] for x in inputs] if isinstance(inputs, list)
                        else inputs.shape[1:])
@@ -307,6 +312,8 @@ class Layer:
         return self._as_input(inputs)
 
     def _as_input(self, x) -> np.ndarray:
+        if arrays.array_module(x) is not np:                  # a GPU array: checked there
+            return x if x.dtype == self.dtype else x.astype(self.dtype)
         x = np.asarray(x)
         if x.dtype != self.dtype:
             if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
@@ -413,7 +420,8 @@ class Layer:
         return [w for w in self.weights if id(w) not in trained]
 
     def get_weights(self) -> list[np.ndarray]:
-        return [w.copy() for w in self.weights]
+        """Copies of the variables' values, as NumPy arrays wherever the model runs (Keras')."""
+        return [v.numpy(copy=True) for v in self.variables]
 
     def set_weights(self, weights) -> None:
         """Copy values into the existing arrays (optimizer state stays attached)."""
@@ -428,7 +436,7 @@ class Layer:
                 raise ShapeError(f"{self._describe()}: weight {name!r} has shape "
                                  f"{target.value.shape}; received {value.shape}.")
         for (_, target), value in zip(targets, weights):
-            target.value[...] = value
+            target.assign(value)
 
     def count_params(self) -> int:
         return int(sum(w.size for w in self.weights))

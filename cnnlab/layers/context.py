@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnnlab.engine import arrays
+
 
 @dataclass(eq=False)
 class Variable:
@@ -33,6 +35,16 @@ class Variable:
         """A state update the forward pass asked for (the new moving average, say)."""
         self.value[...] = value
         self.updates += 1
+
+    def numpy(self, copy: bool = False) -> np.ndarray:
+        """The value as a NumPy array, wherever it lives (copied off a GPU; with ``copy``, never
+        the live array)."""
+        return arrays.to_host(self.value, copy)
+
+    def assign(self, value) -> None:
+        """Copy ``value`` (NumPy, or an array on the variable's device) into the live array,
+        on whichever device it lives."""
+        self.value[...] = arrays.on_device(value, arrays.array_module(self.value))
 
 
 _deferred = threading.local()

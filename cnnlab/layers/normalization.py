@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from cnnlab.engine import arrays
 from cnnlab.engine import normalization as ops
 from cnnlab.errors import ConfigError
 from cnnlab.layers.base import Layer
@@ -103,8 +104,9 @@ class BatchNormalization(Layer):
 
     def _affine(self, channels, dtype):
         """``gamma`` and ``beta``, ones and zeros where the layer does not learn them."""
-        gamma = self.variable("gamma") if self.scale else np.ones(channels, dtype)
-        beta = self.variable("beta") if self.center else np.zeros(channels, dtype)
+        xp = arrays.array_module(self.variable("moving_mean"))     # where the model runs
+        gamma = self.variable("gamma") if self.scale else xp.ones(channels, dtype)
+        beta = self.variable("beta") if self.center else xp.zeros(channels, dtype)
         return gamma, beta
 
     def inference_affine(self, channels: int, dtype):

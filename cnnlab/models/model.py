@@ -25,6 +25,7 @@ from cnnlab.io.export import to_onnx
 from cnnlab.layers.base import CallContext, unique_name
 from cnnlab.layers.normalization import warn_if_statistics_unsettled
 from cnnlab.layers.symbolic import Node
+from cnnlab.training import placement
 from cnnlab.training.trainer import Trainer
 
 
@@ -80,6 +81,9 @@ class Model(Trainer, Functional):
         any activation of the output layers (feature visualisation reads a filter's input to
         its ReLU)."""
         self._require_built()
+        # the tools that read a tape (feature maps, attribution, visualisation) compute on the
+        # host with NumPy, so the model comes back to the CPU for them (``training.placement``)
+        placement.place(self, "cpu")
         xs = x if isinstance(x, list) else [x]
         xs = [np.asarray(a, dtype=self.dtype) for a in xs]
         ctx = CallContext(training, keep_cache=keep_cache or training)

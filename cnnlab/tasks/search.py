@@ -81,7 +81,7 @@ def model_identity(model) -> dict:
     """The model's name and a SHA-256 of its weights (names, shapes and bytes)."""
     digest = hashlib.sha256()
     for name, variable in sorted(model.named_variables(), key=lambda item: item[0]):
-        value = np.ascontiguousarray(variable.value)
+        value = np.ascontiguousarray(variable.numpy())
         digest.update(f"{name}:{value.shape}:{value.dtype}".encode())
         digest.update(value.tobytes())
     return {"name": model.name, "weights_sha256": digest.hexdigest()}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.training import placement
 from cnnlab.training.data import as_float, batch_slices, check_inputs, check_pair
 
 
@@ -47,10 +48,11 @@ def as_list(data, names: list[str], what: str, where: str) -> list:
 
 
 class Adapter:
-    """Checks and batches the data for one model; ``where`` names the call in errors."""
+    """Checks and batches the data for one model; ``where`` names the call in errors, and
+    ``device`` is where the model runs (``training.placement``): it is moved there once built."""
 
-    def __init__(self, model, where: str):
-        self.model, self.where = model, where
+    def __init__(self, model, where: str, device: str):
+        self.model, self.where, self.device = model, where, device
 
     def inputs(self, x) -> list[np.ndarray]:
         """Checked input arrays (the model is built from the first data it sees)."""
@@ -58,6 +60,7 @@ class Adapter:
         xs = as_list(x, model.input_names, "inputs", self.where)
         if not model.built:
             model.build(np.asarray(xs[0]).shape[1:])
+        placement.place(model, self.device)
         xs = [check_inputs(a, shape, self.where) for a, shape in zip(xs, model.input_shapes)]
         if len({len(a) for a in xs}) > 1:
             raise DataError(f"{self.where}: the inputs have different numbers of samples "

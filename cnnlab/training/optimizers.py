@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from cnnlab.engine import updates
+from cnnlab.engine import arrays, updates
 from cnnlab.errors import ConfigError, ModelFileError, ShapeError
 from cnnlab.training import schedules
 from cnnlab.training.schedules import LearningRateSchedule
@@ -125,10 +125,11 @@ class Optimizer:
             if slots is None or any(s.shape != param.shape for s in slots.values()):
                 slots = self._slots[key] = self._new_slots(param)
             work.append((param, grad, slots, scale))
-        if self.elementwise:
+        if self.elementwise and work and arrays.array_module(work[0][0]) is np:
             # the update reads every parameter, gradient and slot once more after the backward
             # pass, memory-bound (the article's 1.2 M Dense weights: 0.5 ms of one core,
-            # compiled), and otherwise on one core while the other waits
+            # compiled), and otherwise on one core while the other waits; on a GPU it is the
+            # device's work, and more host threads would only queue it
             from cnnlab.training import parallel
             groups = parallel.split_elementwise(work)
             if groups is not None:
@@ -177,8 +178,14 @@ class Optimizer:
         for key, slots in self._slots.items():
             if not key.startswith("#"):
                 for slot, value in slots.items():
-                    state[f"{key}/{slot}"] = value
+                    state[f"{key}/{slot}"] = arrays.to_host(value)
         return state
+
+    def move_slots(self, move) -> None:
+        """Every slot replaced by ``move(slot)``: the model moved to another device
+        (``training.placement``)."""
+        self._slots = {key: {slot: move(value) for slot, value in slots.items()}
+                       for key, slots in self._slots.items()}
 
     def load_state_arrays(self, state: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
         """Restore :meth:`state_arrays`; ``params`` maps each parameter's name to its array, and
@@ -196,7 +203,7 @@ class Optimizer:
             if value.shape != expected.shape:
                 raise ModelFileError(f"Optimizer state {key!r} has shape {value.shape}; the "
                                      f"parameter needs {expected.shape}.")
-            expected[...] = value
+            expected[...] = arrays.on_device(value, arrays.array_module(expected))
         iterations = np.asarray(state.get("iterations", 0))
         if iterations.shape != () or iterations.dtype.kind not in "iu" or iterations < 0:
             raise ModelFileError(f"Optimizer state 'iterations' must be a non-negative integer "

@@ -21,16 +21,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnnlab.engine import arrays
 from cnnlab.graph import execute, fusion
 from cnnlab.layers.base import CallContext
-from cnnlab.training import parallel
+from cnnlab.training import parallel, placement
 
 
 @dataclass
 class BatchResult:
     loss: float                  # the weighted sum of the outputs' mean losses
     losses: list[float]          # each output's mean loss
-    outputs: list[np.ndarray]    # what metrics read: logits where the softmax went into the loss
+    outputs: list[np.ndarray]    # what metrics read: logits where the softmax went into the
+    #                              loss; NumPy arrays wherever the model runs
     grads: dict                  # {variable: gradient of the batch's mean loss}
     state_updates: list          # (variable, new value): BatchNormalization's moving statistics
 
@@ -66,7 +68,7 @@ def _losses(model, outputs, ys, as_logits, share, want_grads):
         if want_grads:
             grad = (loss.backward_logits if logits else loss.backward)(cache)
             scale = weight * share
-            grads.append(grad * np.asarray(scale, grad.dtype) if scale != 1.0 else grad)
+            grads.append(grad * grad.dtype.type(scale) if scale != 1.0 else grad)
     return losses, grads
 
 
@@ -88,6 +90,14 @@ def _context(model, training, batch_sum=None, generators=None, keep_cache=None) 
     return ctx
 
 
+def _on_model_device(model, xs, ys):
+    """The batch on the model's device, and its shards over the cores (None: one piece; always
+    on a GPU, where the device's own parallelism does the work)."""
+    if placement.device_of(model) == "cpu":
+        return xs, ys, parallel.shards(len(xs[0]))
+    return placement.batch_to(model, xs), placement.batch_to(model, ys), None
+
+
 def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: float = 1.0,
               comm=None, want_grads: bool | None = None) -> BatchResult:
     """Forward (and in training, backward) over one batch, on every core that pays. ``comm``:
@@ -95,7 +105,7 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
     batch only). ``want_grads`` defaults to ``training``."""
     want_grads = training if want_grads is None else want_grads
     n = len(xs[0])
-    parts = parallel.shards(n)
+    xs, ys, parts = _on_model_device(model, xs, ys)
     count = 1 if parts is None else len(parts)
     sums = parallel.BatchSums(count, comm) if training else None
     generators = _shard_generators(model, count) if training else [None] * count
@@ -113,8 +123,8 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
     weights = [(p.stop - p.start) / n for p in parts]
     losses = [sum(r[0][i] * w for r, w in zip(results, weights))
               for i in range(len(model.outputs))]
-    outputs = [np.concatenate([r[1][i] for r in results]) if len(results) > 1 else results[0][1][i]
-               for i in range(len(model.outputs))]
+    outputs = [np.concatenate([r[1][i] for r in results]) if len(results) > 1
+               else arrays.to_host(results[0][1][i]) for i in range(len(model.outputs))]
     grads = dict(results[0][2])
     for _, _, shard_grads in results[1:]:                   # shard order: repeatable sums
         for variable, grad in shard_grads.items():
@@ -134,15 +144,14 @@ def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
     """The model's outputs (probabilities, not logits), on every core that pays."""
     activations, _ = fusion.plan(model)
     folds = fusion.batch_norm_folds(model, activations)
-    n = len(xs[0])
-    parts = parallel.shards(n)
+    xs, _, parts = _on_model_device(model, xs, [])
 
     def run(inputs):
         return execute.forward(model, inputs, _context(model, False), activations,
                                folds=folds)[0]
 
     if parts is None:
-        return run(xs)
+        return [arrays.to_host(output) for output in run(xs)]
     results = parallel.run_sharded([functools.partial(run, [x[p] for x in xs]) for p in parts])
     return [np.concatenate([r[i] for r in results]) for i in range(len(model.outputs))]
 

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from cnnlab import seeding
-from cnnlab.engine import devices
+from cnnlab.engine import arrays, devices
 from cnnlab.errors import ConfigError, DataError, NotBuiltError
 from cnnlab.graph import execute
 from cnnlab.layers.normalization import warn_if_statistics_unsettled
@@ -123,9 +123,9 @@ class Trainer:
                 self.compiled_metrics.append((index, metric))
 
     def _adapter(self, where: str) -> Adapter:
-        devices.resolve()                    # device 'gpu' where there is none: say so first
+        device = devices.resolve()           # device 'gpu' where there is none: say so first
         self._resolve_compile()
-        return Adapter(self, where)
+        return Adapter(self, where, device)
 
     # --- one batch: the step API the fit loop (``training.loop``) and evaluate use -----------
     def train_batch(self, xs, ys, share: float = 1.0, comm=None, batch_norm_comm=None):
@@ -182,7 +182,7 @@ class Trainer:
         result = step.run_batch(self, adapter.floats(xs, slice(None)), ys, training=training,
                                 want_grads=True)
         outputs = result.outputs[0] if len(result.outputs) == 1 else result.outputs
-        return result.loss, outputs, {name: result.grads[v]
+        return result.loss, outputs, {name: arrays.to_host(result.grads[v])
                                       for name, v in self.named_trainable_params()
                                       if v in result.grads}
 
@@ -243,6 +243,9 @@ class Trainer:
         verbose = _resolve_verbose(verbose)
         comm = None
         if distributed:
+            if adapter.device == "gpu":
+                raise ConfigError("Distributed training runs on the CPU only for now; pass "
+                                  "--device cpu (cnnlab.config.set_device('cpu')) with it.")
             from cnnlab.training.distributed import Communicator
             comm = Communicator()
             if self._resume is not None:
@@ -279,7 +282,7 @@ class Trainer:
     def _validation_arrays(self, validation_data):
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ConfigError("validation_data must be a tuple (x_val, y_val).")
-        adapter = Adapter(self, "fit(validation_data)")
+        adapter = self._adapter("fit(validation_data)")
         xs = adapter.inputs(validation_data[0])
         return xs, adapter.targets(validation_data[1], len(xs[0]))
 

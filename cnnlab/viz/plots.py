@@ -87,7 +87,7 @@ def plot_filters(model, layer=None, path=None):
             raise ConfigError("plot_filters needs a Conv2D layer; this model has none.")
     else:
         conv = model.get_layer(layer) if isinstance(layer, str) else layer
-    kernel = conv.weights[0]
+    kernel = conv.get_weights()[0]
     grid = kernel_grid(kernel)
     fig = _figure(6, 6 * grid.shape[0] / grid.shape[1] + 0.8)
     ax = fig.subplots()

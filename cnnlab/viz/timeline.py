@@ -107,7 +107,7 @@ class TrainingTimeline(Callback):
 
     def _frame(self) -> Frame:
         model = self.model.flattened()
-        kernel = model.get_layer(self.first_layer).weights[0]
+        kernel = model.get_layer(self.first_layer).get_weights()[0]
         node = target_node(model, self.first_layer)
         _, tape = model.run(self.batch)
         count = min(self.visual_filters, model.get_layer(self.last_layer).weights[0].shape[-1])

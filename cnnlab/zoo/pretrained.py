@@ -120,6 +120,6 @@ def _copy_weights(source, target, weights) -> None:
                               f"weights were trained on {source.input_shape}).")
         pairs.append((variable, stored[name].value))
     for variable, value in pairs:
-        variable.value[...] = value
+        variable.assign(value)
 
 

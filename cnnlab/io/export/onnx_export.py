@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.engine import arrays
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.graph.functional import Functional
 from cnnlab.layers import (
@@ -80,7 +81,7 @@ class _Emitter:
     def constant(self, base: str, array: np.ndarray) -> str:
         name = self.name(base)
         self.initializers.append(self.numpy_helper.from_array(
-            np.ascontiguousarray(array, dtype=np.float32), name))
+            np.ascontiguousarray(arrays.to_host(array), dtype=np.float32), name))
         return name
 
     def node(self, op: str, inputs, base: str, **attributes) -> str:

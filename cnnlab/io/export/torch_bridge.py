@@ -15,6 +15,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import fx, nn
 
 from cnnlab import layers as L  # noqa: N812
+from cnnlab.engine import arrays
 from cnnlab.errors import ConfigError
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU,
@@ -64,7 +65,7 @@ def _torch_pads(layer, input_hw):
 
 
 def _tensor(array):
-    return torch.tensor(np.ascontiguousarray(array))
+    return torch.tensor(np.ascontiguousarray(arrays.to_host(array)))
 
 
 def _torch_dtype(layer):
