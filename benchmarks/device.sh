@@ -5,7 +5,8 @@
 # tqdm, matplotlib, threadpoolctl, PyTorch and CuPy, so cnnlab runs from the checkout. The
 # output goes to $OUT/device.log as well (the folder whose files come back).
 #  1. the device tests (what CuPy finds; `auto` still runs on the CPU) and the GPU tests (the
-#     ops that take their array module from their inputs, on CuPy against NumPy, float64);
+#     ops that take their array module from their inputs, on CuPy against NumPy, float64, and
+#     a whole model trained on CuPy against the same training on the CPU);
 #  2. #25's core-count target: resnet20 training at 1, 2, 4, 8 and 16 threads against PyTorch
 #     with the same thread count (`compare.py --threads-sweep`, one round: a fresh process per
 #     figure).
