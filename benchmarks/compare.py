@@ -6,6 +6,8 @@
     python benchmarks/compare.py --sweep          # batch sizes 1-512 (article and resnet20)
     python benchmarks/compare.py --threads-sweep --model resnet20   # 1, 2, 4, ... threads
     python benchmarks/compare.py --model cifar_vgg_wide   # or cifar_vgg: the CIFAR-10 recipes'
+    python benchmarks/compare.py --device gpu --model resnet20   # on the GPU: cnnlab on CuPy,
+                                                  # PyTorch eager and torch.compile on CUDA
 
 The models: ``article`` (the article's network on 28x28 digits), ``cifar10_cnn`` (Keras' classic
 CIFAR-10 example: conv32-conv32-pool-conv64-conv64-pool-dense512, on 32x32x3), ``resnet20`` and
@@ -20,6 +22,13 @@ that peer's own), in turn, and each ratio is taken against PyTorch eager *in the
 the table shows medians over rounds. Model-FLOP utilisation divides the model's FLOP rate by a
 float32 GEMM peak measured here, in the same run. Peers that are not installed are skipped:
 `pip install -e '.[bench]'` installs the optional ones that install cleanly.
+
+On the GPU (``--device gpu``) the peers are PyTorch eager and torch.compile on CUDA and cnnlab
+on CuPy. cnnlab's GPU path is switched off in the library until its tests pass on a GPU
+(``cnnlab.engine.devices.GPU_ENGINE``); this benchmark switches it on for its own process, to
+measure what is behind the switch. Every timed call waits for the device: cnnlab's return host
+values (the loss, the outputs), PyTorch's synchronise. MFU is left out there (the peak
+measured here is the CPU's).
 """
 
 from __future__ import annotations
@@ -40,6 +49,9 @@ import numpy as np
 BATCH = 128
 PEERS = ["cnnlab", "torch", "torch.compile", "keras-tensorflow", "keras-jax", "tinygrad",
          "onnxruntime"]
+GPU_PEERS = ["cnnlab", "torch", "torch.compile"]
+#: 'cpu' or 'gpu' (``--device``), for this process and the workers it starts
+DEVICE = "cpu"
 
 
 # --- what one step costs --------------------------------------------------------------------
@@ -157,6 +169,10 @@ def measure_keras_api(model, model_name, seconds) -> dict:
 # --- the peers ----------------------------------------------------------------------------------
 def run_cnnlab(model_name, seconds):
     import cnnlab
+    if DEVICE == "gpu":
+        from cnnlab.engine import devices
+        devices.GPU_ENGINE = True               # what is behind the switch (module docstring)
+        cnnlab.config.set_device("gpu")
     return {**measure_keras_api(cnnlab_model(model_name), model_name, seconds),
             "version": cnnlab.__version__}
 
@@ -168,18 +184,25 @@ def run_torch(model_name, seconds, compiled=False):
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     x, y = data(model_name, channels_first=True)
     x, y, one = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(x[:1].copy())
+    on_gpu = DEVICE == "gpu"
+    if on_gpu:
+        net, x, y, one = net.cuda(), x.cuda(), y.cuda(), one.cuda()
     model = torch.compile(net) if compiled else net
+    wait = torch.cuda.synchronize if on_gpu else (lambda: None)
 
     def train_step():
         net.train()
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
+        wait()
 
     def infer(batch):
         net.eval()
         with torch.no_grad():
-            return model(batch)
+            out = model(batch)
+        wait()
+        return out
 
     result = measure(train_step, lambda: infer(x), lambda: infer(one), seconds)
     return {**result, "version": torch.__version__, "threads": torch.get_num_threads()}
@@ -307,8 +330,8 @@ def installed(peer) -> bool:
 def run_worker(peer, model_name, seconds) -> dict:
     """One measurement in a fresh process: its JSON is the last line of stdout."""
     result = subprocess.run([sys.executable, __file__, "--worker", peer, "--model", model_name,
-                             "--seconds", str(seconds)], capture_output=True, text=True,
-                            timeout=900)
+                             "--seconds", str(seconds), "--device", DEVICE], capture_output=True,
+                            text=True, timeout=900)
     try:
         return json.loads(result.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
@@ -322,7 +345,7 @@ def compare(model_name, rounds, seconds, peers):
     rows = {p: [] for p in peers}
     peaks = []
     for r in range(rounds):
-        peaks.append(gemm_peak_gflops())
+        peaks.append(gemm_peak_gflops() if DEVICE == "cpu" else float("nan"))
         order = peers if r % 2 == 0 else list(reversed(peers))   # alternate who goes first
         for peer in order:
             rows[peer].append(run_worker(peer, model_name, seconds))
@@ -358,6 +381,11 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}"
 
 
+def gpu_name() -> str:
+    import torch
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+
+
 def markdown(model_name, table, peak, flops, rounds) -> str:
     def cell(entry, key, fmt):
         if key not in entry or entry[key] != entry[key]:
@@ -366,9 +394,10 @@ def markdown(model_name, table, peak, flops, rounds) -> str:
         ratio = entry.get(key + "_ratio")
         return f"{text} ({ratio:.2f}x)" if ratio is not None and ratio == ratio else text
 
+    where = (f"Machine: {machine()}. float32 GEMM peak measured in this run: {peak:.0f} "
+             f"GFLOP/s" if DEVICE == "cpu" else f"On the GPU: {gpu_name()}; host {machine()}")
     lines = [f"**{model_name}**, batch {BATCH}, float32, random data; medians of {rounds} "
-             f"interleaved rounds; (ratio to PyTorch eager in the same round). Machine: "
-             f"{machine()}. float32 GEMM peak measured in this run: {peak:.0f} GFLOP/s; a "
+             f"interleaved rounds; (ratio to PyTorch eager in the same round). {where}; a "
              f"training image costs {flops / 1e6:.1f} MFLOP.", "",
              "| peer | version | train img/s | infer img/s (batch 128) | batch-1 latency ms "
              "| peak RSS MB | train MFU |", "|---|---|---|---|---|---|---|"]
@@ -508,7 +537,9 @@ def main():
     parser.add_argument("--model", default="article", choices=[*MODELS, *RECIPE_MODELS, "all"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
-    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--peers", help=f"default: {','.join(PEERS)}; on the GPU "
+                                             f"{','.join(GPU_PEERS)}")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--threads-sweep", action="store_true",
@@ -519,6 +550,8 @@ def main():
     parser.add_argument("--sweep-worker", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     if args.sweep_worker:
         print(sweep_rate(args.sweep_worker, args.model, args.batch, args.threads))
         return
@@ -533,7 +566,8 @@ def main():
         if args.update_readme:
             update_readme("sweep", text)
         return
-    peers = [p for p in args.peers.split(",") if installed(p)]
+    peers = [p for p in (args.peers or ",".join(PEERS if DEVICE == "cpu" else GPU_PEERS))
+             .split(",") if installed(p)]
     if "torch" not in peers:
         raise SystemExit("PyTorch eager is the reference peer: pip install torch==2.13.0")
     for model_name in (MODELS if args.model == "all" else [args.model]):
