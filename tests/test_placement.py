@@ -6,6 +6,7 @@ never touch NumPy, and saving, ``get_weights`` and the tools read the values bac
 ``tests/test_gpu.py`` trains on CuPy itself where there is a GPU."""
 
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from array_ops import MODULES, NoNumPy, StandInArray, small_network, stand_in_mo
 import cnnlab
 from cnnlab import config
 from cnnlab.callbacks import Callback
+from cnnlab.cli import main
 from cnnlab.engine import conv, devices
 from cnnlab.errors import ConfigError
 
@@ -131,3 +133,19 @@ def test_distributed_training_on_the_gpu_is_refused(reference_engine):
     with pytest.raises(ConfigError, match="Distributed training runs on the CPU only"):
         model.fit(np.zeros((4, 8, 8, 3), np.float32), np.zeros(4, int), distributed=True,
                   verbose=0)
+
+
+def test_the_cli_says_which_gpu_it_runs_on_and_predicts_there(reference_engine, tmp_path,
+                                                              capsys):
+    from PIL import Image
+    _on_stand_in_gpu(reference_engine)
+    sys.modules["cupy"].cuda = types.SimpleNamespace(
+        Device=lambda: types.SimpleNamespace(id=0),
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Stand-in GPU"}))
+    digit = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(digit)
+    on_cpu = main(["predict", "digits", "--device", "cpu", str(digit)]), capsys.readouterr().out
+    assert main(["predict", "digits", "--device", "auto", str(digit)]) == 0 == on_cpu[0]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Running on the GPU: Stand-in GPU."
+    assert lines[1:] == on_cpu[1].splitlines()                  # the same answer, to the digit

@@ -74,13 +74,15 @@ def add_device_option(parser) -> None:
 
 def use_device(args, say=print) -> str:
     """Apply ``--device`` (for this command: ``main`` restores the setting after it) and resolve
-    it: asking for a GPU where none can be used is a one-line error before any work; 'auto'
-    that passes over a GPU it sees says so in one line."""
+    it: asking for a GPU where none can be used is a one-line error before any work; a run on
+    the GPU says which in one line, and so does 'auto' that passes over a GPU it sees."""
     from cnnlab import config
     from cnnlab.engine import devices
     if getattr(args, "device", None):
         config.set_device(args.device)
     where = devices.resolve()
-    if where == "cpu" and config.device() == "auto" and devices.cupy_devices()[0]:
+    if where == "gpu":
+        say(f"Running on the GPU: {devices.gpu_name()}.")
+    elif config.device() == "auto" and devices.cupy_devices()[0]:
         say(f"Running on the CPU: {devices.gpu_unavailable()}.")
     return where

@@ -51,6 +51,17 @@ def gpu_unavailable() -> str | None:
     return why
 
 
+def gpu_name() -> str:
+    """The name of the CUDA device CuPy uses (``'NVIDIA H200'``), for the one line that says
+    where a command runs."""
+    import cupy
+    try:
+        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+    except Exception:                          # a driver that will not say: the device anyway
+        return "CUDA device"
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def resolve(setting: str | None = None) -> str:
     """``'cpu'`` or ``'gpu'``: where a model runs under ``setting`` (default: the current
     ``config.device()``). ``'auto'`` takes the GPU only when it can be used; ``'gpu'`` where it
