@@ -166,7 +166,6 @@ def _winograd_transforms(x, pads, out_hw, tiles_hw, m, grad_out, bias):
     from cnnlab.engine import winograd
     kernels = compiled.module("winograd_kernels")
     n, f = x.shape[0], m.shape[2]
-    at = winograd.F4.at.astype(x.dtype)
     if kernels is None:
         y = winograd.output_transform_reference(m, n, tiles_hw, out_hw, winograd.F4, bias)
         return (winograd.input_transform_reference(x, pads, tiles_hw, winograd.F4), y,
@@ -174,10 +173,10 @@ def _winograd_transforms(x, pads, out_hw, tiles_hw, m, grad_out, bias):
                 np.maximum(y, 0))
     v = winograd.transform_input(x, pads, tiles_hw, winograd.F4)
     y, rectified = np.empty((2, n, *out_hw, f), x.dtype)
-    kernels.output_tiles(m, at, bias, *tiles_hw, y, False)
-    kernels.output_tiles(m, at, bias, *tiles_hw, rectified, True)
+    kernels.output_tiles(m, bias, *tiles_hw, y, False)
+    kernels.output_tiles(m, bias, *tiles_hw, rectified, True)
     grad_m = np.empty_like(m)
-    kernels.output_tiles_adjoint(grad_out, at, *tiles_hw, grad_m)
+    kernels.output_tiles_adjoint(grad_out, *tiles_hw, grad_m)
     return v, y, grad_m, rectified
 
 
@@ -189,6 +188,15 @@ def test_winograd_kernels_equal_the_reference_in_float64(seed, n, h, w, c, f, to
     """Odd sizes (tiles hanging over the edge), batch 1, padding 0-2, channel counts that no
     SIMD width divides."""
     case = _winograd_case(seed, n, h, w, c, f, top, left)
+    fast, reference = _both(lambda: _winograd_transforms(*case))
+    for name, a, b in zip(("V", "y", "grad_M", "relu(y)"), fast, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("c, f", [(300, 290), (272, 273), (545, 7)])
+def test_winograd_kernels_equal_the_reference_past_one_scratch_row(c, f):
+    """More channels than a scratch row holds (``winograd_kernels.BLOCK``): done in blocks."""
+    case = _winograd_case(c + f, 2, 7, 9, c, f, 1, 0)
     fast, reference = _both(lambda: _winograd_transforms(*case))
     for name, a, b in zip(("V", "y", "grad_M", "relu(y)"), fast, reference):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=name)
@@ -505,4 +513,4 @@ def test_kernels_stay_in_bounds(tmp_path):
     run = subprocess.run([sys.executable, "-c", BOUNDS_CHECKED_RUN, __file__], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "6 passed" in run.stdout, run.stdout[-2000:]
+    assert "9 passed" in run.stdout, run.stdout[-2000:]

@@ -261,11 +261,9 @@ def output_transform_adjoint(grad_out: np.ndarray, tiles_hw) -> np.ndarray:
 def transform_input(x: np.ndarray, pads: Pads, tiles_hw, tiles: Tiling) -> np.ndarray:
     """``V (alpha^2, T, C)`` by the fastest transform there is for ``tiles``."""
     kernels = compiled.module("winograd_kernels")
-    if kernels is not None:
-        v = np.empty((tiles.alpha ** 2, x.shape[0] * tiles_hw[0] * tiles_hw[1], x.shape[3]),
-                     dtype=x.dtype)
-        kernels.input_tiles(np.ascontiguousarray(x), tiles.bt.astype(x.dtype), pads[0][0],
-                            pads[1][0], *tiles_hw, v)
+    if kernels is not None and tiles is F4:
+        v = np.empty((36, x.shape[0] * tiles_hw[0] * tiles_hw[1], x.shape[3]), dtype=x.dtype)
+        kernels.input_tiles(np.ascontiguousarray(x), pads[0][0], pads[1][0], *tiles_hw, v)
         return v
     if tiles is F2:
         return input_transform(x, pads, tiles_hw).reshape(16, -1, x.shape[3])
@@ -289,10 +287,10 @@ def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
         u = kernel_transform(kernel.astype(dtype, copy=False), tiles)         # (alpha^2, C, F)
     m = np.matmul(v, u)                                                 # (alpha^2, T, F)
     kernels = compiled.module("winograd_kernels")
-    if kernels is not None:
+    if kernels is not None and tiles is F4:
         out = np.empty((n, *out_hw, f), dtype=m.dtype) if out is None else out
         shift = np.zeros(f, m.dtype) if bias is None else bias.astype(m.dtype)
-        kernels.output_tiles(m, tiles.at.astype(m.dtype), shift, *tiles_hw, out, relu)
+        kernels.output_tiles(m, shift, *tiles_hw, out, relu)
         return out, v
     if tiles is F2:
         y = output_transform(m.reshape(4, 4, -1, f), n, tiles_hw, out_hw)
@@ -313,10 +311,9 @@ def transformed_kernel_grad(grad_out: np.ndarray, v: np.ndarray, tiles: Tiling) 
     f = grad_out.shape[-1]
     tiles_hw = tile_counts(grad_out.shape[1:3], tiles.m)
     kernels = compiled.module("winograd_kernels")
-    if kernels is not None:
-        grad_m = np.empty((tiles.alpha ** 2, v.shape[1], f), dtype=grad_out.dtype)
-        kernels.output_tiles_adjoint(np.ascontiguousarray(grad_out),
-                                     tiles.at.astype(grad_out.dtype), *tiles_hw, grad_m)
+    if kernels is not None and tiles is F4:
+        grad_m = np.empty((36, v.shape[1], f), dtype=grad_out.dtype)
+        kernels.output_tiles_adjoint(np.ascontiguousarray(grad_out), *tiles_hw, grad_m)
     elif tiles is F2:
         grad_m = output_transform_adjoint(grad_out, tiles_hw).reshape(16, -1, f)
     else:

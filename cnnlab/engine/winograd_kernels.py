@@ -1,45 +1,52 @@
-"""Compiled Winograd transforms for any tiling F(m x m, 3x3), beside their NumPy references in
-``winograd.py`` (whose docstring has the shapes and formulas). ``bt (alpha, alpha)`` and
-``at (m, alpha)`` are the tiling's matrices, ``alpha = m + 2``; ``T = N * th * tw`` tiles, tile
-``t = (n * th + ty) * tw + tx`` covering outputs ``(ty*m .. ty*m + m-1, tx*m .. tx*m + m-1)``.
+"""Compiled Winograd transforms of F(4x4, 3x3), beside their NumPy references in ``winograd.py``
+(whose docstring has the shapes and formulas). ``T = N * th * tw`` tiles, tile
+``t = (n * th + ty) * tw + tx`` covering outputs ``(ty*4 .. ty*4 + 3, tx*4 .. tx*4 + 3)``; all
+arrays C-contiguous.
 
-    input_tiles          x (N, H, W, C)   -> V (alpha^2, T, C)    V = B^T d B, d the tile's patch
-    output_tiles         M (alpha^2, T, F) -> y (N, Ho, Wo, F)    y = A^T M A + bias (ReLU'd)
-    output_tiles_adjoint dy (N, Ho, Wo, F) -> dM (alpha^2, T, F)  dM = A dy A^T
+    input_tiles          x (N, H, W, C)    -> V (36, T, C)    V = B^T d B, d the tile's 6x6 patch
+    output_tiles         M (36, T, F)      -> y (N, Ho, Wo, F)   y = A^T M A + bias (ReLU'd)
+    output_tiles_adjoint dy (N, Ho, Wo, F) -> dM (36, T, F)   dM = A dy A^T
 
-What they save. The NumPy path pads the image into a copy, then makes one pass over the
-(alpha, alpha, T, C) arrays for each row of B^T, again for B, and the same for A^T. These
-kernels read the image straight (the padding is a bounds test, no copy), keep a tile row's
-intermediate results in a scratch that stays in cache, and write V once, laid out for the
-batched GEMMs. Matrix entries that are zero are skipped, so the generic loop does the additions
-a hand-written transform would.
+How they are fast. Each output of a tile is a short sum of its inputs (``_bt``, ``_at``, ``_a``:
+the matrices' rows written out, zeros skipped), so a tile's whole transform is straight-line
+code over one channel, and the loop over channels around it is what LLVM vectorises: every
+value is read once and written once, and the intermediate ones stay in registers. Two things
+decide whether LLVM does vectorise it, both measured on the input transform (one piece of
+7 images, 32 x 32 x 16, 1 thread, one-off script):
 
-Why the loops are shaped as they are. Every update is ``target = coef * source`` or
-``target += coef * source`` on 1-D rows (:func:`_scaled_row`), and its cost is per row as much as
-per value: each loop's entry (LLVM's checks that its rows do not overlap, the vector loop's
-set-up and its remainder) costs as much as a few dozen values. A tile's own rows are short (C
-values, 16 in ResNet-20's first stage), so the kernels work on a whole tile row at once: the
-patch columns ``j`` of all the row's tiles are gathered side by side (:func:`_deinterleaved`,
-``tiles_w * C`` values), and each row update then covers every tile of the row. Each image row
-is transformed along its columns once, though two tile rows read it, and kept in a ring of
-``alpha`` rows (a scratch the size of one tile row's, whatever the image's height: for a
-640-wide face detection level, 478 x 638 x 24, it took the input transform from 41.5 to 17.8 ms
-against a scratch of the whole image's rows). Measured on 64 images of
-32 x 32 x 16 (1 thread, float32): input 3.0 -> 2.0 ms, output 2.2 -> 1.4 ms, adjoint
-2.6 -> 1.7 ms against the per-tile loops these replaced. Where a tile row is two tiles
-(8 x 8 x 64) the gathering is pure cost: 0.01-0.14 ms slower each, far less than the first
-stage gains (``benchmarks/kernels.py`` has whole convolutions and steps).
+- Its 36 stores must be at fixed distances from one another, or LLVM cannot rule out that two
+  of them overlap and leaves the loop scalar (written straight into V, whose 36 rows are
+  ``T * C`` apart: 5.4x slower than the kernels these replaced). So the transforms write into
+  a scratch of ``36 x BLOCK`` values, one row per transform point, ``BLOCK`` a constant, and
+  copy each row out to V in one run per chunk of tiles.
+- Every index is unsigned (``np.uint64``), its constant part too: an index Numba types as
+  signed gets a wrap-around test for negative values, which stops LLVM vectorising the loop
+  (a plain row copy: 42 us a pass signed, 9.6 us unsigned). Numba types an integer literal
+  plus a uint64 as int64, so a row's offset is written ``np.uint64(k * BLOCK) + e``.
 
-Tried and dropped (one-off scripts, best of 20-30, 1 thread, float32, against these kernels,
-on pieces of 7 images at ResNet-20's three stages and of 2 images at 16 x 16 x 256): F(4x4)'s
-own formulas with their shared sums, all six outputs of a point in one loop (that loop has
-twelve arrays, and LLVM vectorised it only once the constants were typed as the data's):
-input 1.14-1.40x, output 0.57-0.89x; the input's column pass first, over whole image rows,
-with no gathering: 0.77-1.25x; every output row as one loop over all its terms (one
-expression, at most seven arrays, vectorised; two variants, timed while another benchmark
-ran): input 0.36-1.50x, output 0.29-1.02x, adjoint 0.33-1.13x. The transforms take half of
-ResNet-20's inference and a third of its training step (py-spy, batch 128, 2 threads), so a
-faster shape for them is worth finding.
+The image's rows are copied once into a ring of six zero-padded rows (the padding is zeros
+written once, not a test per value); the next tile row starts 4 rows down and finds its first
+two rows still there. The output gradient's 16 values per tile are gathered the same way, and
+M's 36 rows per chunk of tiles. Where channels pass ``BLOCK`` (``C > 272``), they are done in
+blocks of ``BLOCK``.
+
+Measured against the kernels these replaced (one loop per nonzero matrix entry over a whole
+tile row's values, for any F(m x m); ``git log`` has them), best of 40, 1 thread, float32,
+pieces as ``conv`` cuts them (one-off script, another job paused meanwhile):
+
+| piece | input | output (+ bias, ReLU) | adjoint |
+|---|---|---|---|
+| 7 x 32 x 32 x 16 (ResNet-20, stage 1) | 185 -> 85 us | 143 -> 51 us | 139 -> 73 us |
+| 14 x 16 x 16 x 32 (stage 2) | 167 -> 72 us | 105 -> 45 us | 154 -> 62 us |
+| 28 x 8 x 8 x 64 (stage 3) | 152 -> 82 us | 107 -> 49 us | 127 -> 61 us |
+| 2 x 16 x 16 x 256 (cifar_vgg_wide) | 130 -> 95 us | 117 -> 66 us | 130 -> 67 us |
+| 1 x 120 x 120 x 24 (a face detection band) | 484 -> 257 us | 375 -> 205 us | 363 -> 227 us |
+
+Whole steps, batch 128, 2 threads, medians of 15 steps in each of 3 interleaved rounds:
+ResNet-20 training 275.5-283.3 -> 237.6-240.3 ms, its inference 73.8-79.2 -> 59.8-61.8 ms,
+cifar10_cnn training 90.7-99.5 -> 84.0-94.9 ms. The price is paid once, on a machine's
+first run: compiling the three for float32 takes 4.4 s against 2.3 s (empty cache, one run
+each: 1.90, 1.08 and 1.43 s against 1.04, 0.69 and 0.57 s).
 """
 
 from __future__ import annotations
@@ -47,147 +54,330 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-
-@numba.njit(inline="always")
-def _scaled_row(target, coef, source, first):
-    """``target = coef * source`` (the first term of a sum) or ``target += coef * source``."""
-    if first:
-        for k in range(target.shape[0]):
-            target[k] = coef * source[k]
-    else:
-        for k in range(target.shape[0]):
-            target[k] += coef * source[k]
+#: values per scratch row: a chunk of tiles' channels (all of a tile row's in ResNet-20);
+#: 36 rows of it (39 KB in float32) stay in L1, and a row's length is no multiple of 4 KB
+BLOCK = 272
 
 
 @numba.njit(inline="always")
-def _deinterleaved(image_row, first_column, m, tiles_w, out):
-    """``out[j, tx*C + c] = image_row[tx*m + j + first_column, c]``, zero outside the row: column
-    ``j`` of every tile's patch row, side by side, so the transforms run along whole tile rows."""
-    width, channels = image_row.shape
-    for j in range(out.shape[0]):
-        target = out[j]
-        for tx in range(tiles_w):
-            column = tx * m + j + first_column
-            if 0 <= column < width:
-                source = image_row[column]
-                for c in range(channels):
-                    target[tx * channels + c] = source[c]
-            else:
-                for c in range(channels):
-                    target[tx * channels + c] = 0
+def _bt(p0, p1, p2, p3, p4, p5, two, four, five):
+    """``B^T p`` for F(4x4, 3x3): B^T's rows (4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0),
+    (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)."""
+    return (four * p0 - five * p2 + p4,
+            p3 + p4 - four * (p1 + p2),
+            four * (p1 - p2) - p3 + p4,
+            two * (p3 - p1) - p2 + p4,
+            two * (p1 - p3) - p2 + p4,
+            four * p1 - five * p3 + p5)
+
+
+@numba.njit(inline="always")
+def _at(p0, p1, p2, p3, p4, p5, two, four, eight):
+    """``A^T p``: A^T's rows (1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0),
+    (0, 1, -1, 8, -8, 1)."""
+    s12, d12, s34, d34 = p1 + p2, p1 - p2, p3 + p4, p3 - p4
+    return p0 + s12 + s34, d12 + two * d34, s12 + four * s34, d12 + eight * d34 + p5
+
+
+@numba.njit(inline="always")
+def _a(q0, q1, q2, q3, two, four, eight):
+    """``A q`` (A = (A^T)^T, 6 x 4): the adjoint of :func:`_at`."""
+    even, odd = q0 + q2, q1 + q3
+    even4, odd8 = q0 + four * q2, two * q1 + eight * q3
+    return q0, even + odd, even - odd, even4 + odd8, even4 - odd8, q3
+
+
+@numba.njit(inline="always")
+def _constants(dtype_of):
+    """2, 4, 5 and 8 in the data's dtype (an integer literal would make float32 code float64)."""
+    k = np.array([2, 4, 5, 8], dtype_of.dtype)
+    return k[0], k[1], k[2], k[3]
+
+
+@numba.njit(inline="always")
+def _copy(target, start, source, first, count):
+    """``target[start:start + count] = source[first:first + count]`` (1-D arrays)."""
+    start, first = np.uint64(start), np.uint64(first)
+    for e in range(np.uint64(count)):
+        target[start + e] = source[first + e]
+
+
+@numba.njit(inline="always")
+def _scratch_to_rows(scratch, rows, first, chunk_tiles, block, c0, width):
+    """Scratch row ``k`` (``chunk_tiles`` tiles, ``block`` values apart, of ``width`` channels
+    from ``c0``) into ``rows`` (36, T, C) from tile ``first``: the layout of V and dM."""
+    tiles, channels = rows.shape[1], rows.shape[2]
+    flat = rows.reshape(-1)
+    for k in range(36):
+        if width == channels:            # the chunk's tiles are one run in the row
+            _copy(flat, (k * tiles + first) * channels, scratch, k * BLOCK,
+                  chunk_tiles * channels)
+        else:
+            for q in range(chunk_tiles):
+                _copy(flat, (k * tiles + first + q) * channels + c0, scratch,
+                      k * BLOCK + q * block, width)
 
 
 @numba.njit(cache=True, nogil=True)
-def input_tiles(x, bt, top, left, tiles_h, tiles_w, v):
-    """``v[a*alpha + b, t, c] = sum_{i, j} bt[a, i] * d[i, j, c] * bt[b, j]``, where
-    ``d[i, j, c] = x[n, ty*m + i - top, tx*m + j - left, c]``, zero outside the image.
-    ``x`` C-contiguous."""
-    batch, height, _, channels = x.shape
-    alpha = bt.shape[0]
-    m = alpha - 2
-    span = tiles_w * channels
-    columns = np.empty((alpha, span), x.dtype)         # d[r, j] of a tile row, j = 0 .. alpha-1
-    # (d B)[r, b] of the alpha patch rows a tile row reads, image row y = r - top in slot
-    # r % alpha: the next tile row starts m rows down, so its first two rows are still here
-    half = np.empty((alpha, alpha, span), x.dtype)
+def input_tiles(x, top, left, tiles_h, tiles_w, v):
+    """``v[a*6 + b, t, c] = sum_{i, j} B^T[a, i] d[i, j, c] B^T[b, j]``, where
+    ``d[i, j, c] = x[n, ty*4 + i - top, tx*4 + j - left, c]``, zero outside the image."""
+    batch, height, width, channels = x.shape
+    two, four, five, _ = _constants(x)
+    row = (tiles_w * 4 + 2) * channels                # one zero-padded image row
+    ring = np.zeros(6 * row, x.dtype)                 # padded row r in slot r % 6
+    scratch = np.empty(36 * BLOCK, x.dtype)
+    image = x.reshape(-1)
+    inside = min(width, tiles_w * 4 + 2 - left) * channels
+    block = min(channels, BLOCK)
+    per_chunk = BLOCK // block
+    j1 = np.uint64(channels)             # the patch's columns 1-5, from column 0
+    j2, j3, j4, j5 = j1 + j1, j1 + j1 + j1, j1 + j1 + j1 + j1, j1 + j1 + j1 + j1 + j1
     for n in range(batch):
         for ty in range(tiles_h):
-            for r in range(0 if ty == 0 else ty * m + 2, ty * m + alpha):
-                y, slot = r - top, r % alpha
-                if not 0 <= y < height:
-                    half[slot] = 0
-                    continue
-                _deinterleaved(x[n, y], -left, m, tiles_w, columns)
-                for b in range(alpha):                 # (d B)[r, b] = sum_j d[r, j] B[j, b]
-                    first = True
-                    for j in range(alpha):
-                        if bt[b, j] != 0:
-                            _scaled_row(half[slot, b], bt[b, j], columns[j], first)
-                            first = False
-            t = (n * tiles_h + ty) * tiles_w
-            for a in range(alpha):                     # V[a, b] = sum_i B^T[a, i] (d B)[i, b]
-                for b in range(alpha):
-                    target = v[a * alpha + b, t:t + tiles_w].reshape(span)
-                    first = True
-                    for i in range(alpha):
-                        if bt[a, i] != 0:
-                            _scaled_row(target, bt[a, i], half[(ty * m + i) % alpha, b], first)
-                            first = False
+            for r in range(0 if ty == 0 else ty * 4 + 2, ty * 4 + 6):
+                y, slot = r - top, (r % 6) * row + left * channels
+                if 0 <= y < height:
+                    _copy(ring, slot, image, (n * height + y) * width * channels, inside)
+                else:
+                    for e in range(np.uint64(inside)):
+                        ring[np.uint64(slot) + e] = 0
+            # the slots of the tile row's six patch rows
+            row0, row1 = np.uint64((ty * 4 % 6) * row), np.uint64(((ty * 4 + 1) % 6) * row)
+            row2, row3 = np.uint64(((ty * 4 + 2) % 6) * row), np.uint64(((ty * 4 + 3) % 6) * row)
+            row4, row5 = np.uint64(((ty * 4 + 4) % 6) * row), np.uint64(((ty * 4 + 5) % 6) * row)
+            first_tile = (n * tiles_h + ty) * tiles_w
+            for c0 in range(0, channels, block):
+                width_c = min(block, channels - c0)
+                for tx0 in range(0, tiles_w, per_chunk):
+                    chunk = min(per_chunk, tiles_w - tx0)
+                    for q in range(chunk):
+                        column = np.uint64((tx0 + q) * 4 * channels + c0)
+                        r0, r1, r2 = row0 + column, row1 + column, row2 + column
+                        r3, r4, r5 = row3 + column, row4 + column, row5 + column
+                        s = np.uint64(q * block)
+                        for c in range(np.uint64(width_c)):
+                            # along each patch row: (d B)[i, b] = (B^T d[i, :])[b]
+                            h00, h01, h02, h03, h04, h05 = _bt(
+                                ring[r0 + c], ring[r0 + j1 + c], ring[r0 + j2 + c],
+                                ring[r0 + j3 + c], ring[r0 + j4 + c],
+                                ring[r0 + j5 + c], two, four, five)
+                            h10, h11, h12, h13, h14, h15 = _bt(
+                                ring[r1 + c], ring[r1 + j1 + c], ring[r1 + j2 + c],
+                                ring[r1 + j3 + c], ring[r1 + j4 + c],
+                                ring[r1 + j5 + c], two, four, five)
+                            h20, h21, h22, h23, h24, h25 = _bt(
+                                ring[r2 + c], ring[r2 + j1 + c], ring[r2 + j2 + c],
+                                ring[r2 + j3 + c], ring[r2 + j4 + c],
+                                ring[r2 + j5 + c], two, four, five)
+                            h30, h31, h32, h33, h34, h35 = _bt(
+                                ring[r3 + c], ring[r3 + j1 + c], ring[r3 + j2 + c],
+                                ring[r3 + j3 + c], ring[r3 + j4 + c],
+                                ring[r3 + j5 + c], two, four, five)
+                            h40, h41, h42, h43, h44, h45 = _bt(
+                                ring[r4 + c], ring[r4 + j1 + c], ring[r4 + j2 + c],
+                                ring[r4 + j3 + c], ring[r4 + j4 + c],
+                                ring[r4 + j5 + c], two, four, five)
+                            h50, h51, h52, h53, h54, h55 = _bt(
+                                ring[r5 + c], ring[r5 + j1 + c], ring[r5 + j2 + c],
+                                ring[r5 + j3 + c], ring[r5 + j4 + c],
+                                ring[r5 + j5 + c], two, four, five)
+                            # down each column b: V[a, b] = (B^T (d B)[:, b])[a], into
+                            # scratch row a*6 + b
+                            e = s + c
+                            v0, v1, v2, v3, v4, v5 = _bt(h00, h10, h20, h30, h40, h50,
+                                                         two, four, five)
+                            scratch[np.uint64(0 * BLOCK) + e], scratch[np.uint64(6 * BLOCK) + e] = v0, v1
+                            scratch[np.uint64(12 * BLOCK) + e], scratch[np.uint64(18 * BLOCK) + e] = v2, v3
+                            scratch[np.uint64(24 * BLOCK) + e], scratch[np.uint64(30 * BLOCK) + e] = v4, v5
+                            v0, v1, v2, v3, v4, v5 = _bt(h01, h11, h21, h31, h41, h51,
+                                                         two, four, five)
+                            scratch[np.uint64(1 * BLOCK) + e], scratch[np.uint64(7 * BLOCK) + e] = v0, v1
+                            scratch[np.uint64(13 * BLOCK) + e], scratch[np.uint64(19 * BLOCK) + e] = v2, v3
+                            scratch[np.uint64(25 * BLOCK) + e], scratch[np.uint64(31 * BLOCK) + e] = v4, v5
+                            v0, v1, v2, v3, v4, v5 = _bt(h02, h12, h22, h32, h42, h52,
+                                                         two, four, five)
+                            scratch[np.uint64(2 * BLOCK) + e], scratch[np.uint64(8 * BLOCK) + e] = v0, v1
+                            scratch[np.uint64(14 * BLOCK) + e], scratch[np.uint64(20 * BLOCK) + e] = v2, v3
+                            scratch[np.uint64(26 * BLOCK) + e], scratch[np.uint64(32 * BLOCK) + e] = v4, v5
+                            v0, v1, v2, v3, v4, v5 = _bt(h03, h13, h23, h33, h43, h53,
+                                                         two, four, five)
+                            scratch[np.uint64(3 * BLOCK) + e], scratch[np.uint64(9 * BLOCK) + e] = v0, v1
+                            scratch[np.uint64(15 * BLOCK) + e], scratch[np.uint64(21 * BLOCK) + e] = v2, v3
+                            scratch[np.uint64(27 * BLOCK) + e], scratch[np.uint64(33 * BLOCK) + e] = v4, v5
+                            v0, v1, v2, v3, v4, v5 = _bt(h04, h14, h24, h34, h44, h54,
+                                                         two, four, five)
+                            scratch[np.uint64(4 * BLOCK) + e], scratch[np.uint64(10 * BLOCK) + e] = v0, v1
+                            scratch[np.uint64(16 * BLOCK) + e], scratch[np.uint64(22 * BLOCK) + e] = v2, v3
+                            scratch[np.uint64(28 * BLOCK) + e], scratch[np.uint64(34 * BLOCK) + e] = v4, v5
+                            v0, v1, v2, v3, v4, v5 = _bt(h05, h15, h25, h35, h45, h55,
+                                                         two, four, five)
+                            scratch[np.uint64(5 * BLOCK) + e], scratch[np.uint64(11 * BLOCK) + e] = v0, v1
+                            scratch[np.uint64(17 * BLOCK) + e], scratch[np.uint64(23 * BLOCK) + e] = v2, v3
+                            scratch[np.uint64(29 * BLOCK) + e], scratch[np.uint64(35 * BLOCK) + e] = v4, v5
+                    _scratch_to_rows(scratch, v, first_tile + tx0, chunk, block, c0, width_c)
 
 
 @numba.njit(cache=True, nogil=True)
-def output_tiles(mt, at, bias, tiles_h, tiles_w, y, relu):
-    """``y[n, ty*m + a, tx*m + b, f] = bias[f] + sum_{i, j} at[a, i] * M[i*alpha + j, t, f] *
-    at[b, j]``, then ``max(y, 0)`` if ``relu`` (an inference epilogue: no second pass over y),
-    the tiles' overhang past ``y``'s edge dropped. ``M`` and ``y`` C-contiguous."""
+def output_tiles(mt, bias, tiles_h, tiles_w, y, relu):
+    """``y[n, ty*4 + a, tx*4 + b, f] = bias[f] + sum_{i, j} A^T[a, i] M[i*6 + j, t, f]
+    A^T[b, j]``, then ``max(y, 0)`` if ``relu`` (an inference epilogue: no second pass over
+    y), the tiles' overhang past ``y``'s edge dropped."""
     batch, out_h, out_w, filters = y.shape
-    m, alpha = at.shape
-    span = tiles_w * filters
-    rows = mt.reshape(alpha * alpha, -1)               # M[k, t*F + f]
-    half = np.empty((alpha, span), y.dtype)            # (A^T M)[a, j] for one a
-    block = np.empty((m, span), y.dtype)               # (A^T M A)[a, b] for that a
+    tiles = mt.shape[1]
+    two, four, _, eight = _constants(y)
+    gathered = np.empty(36 * BLOCK, y.dtype)            # M's 36 rows for a chunk of tiles
+    scratch = np.empty(16 * BLOCK, y.dtype)             # the chunk's y, row a*4 + b
+    points, image = mt.reshape(-1), y.reshape(-1)
+    block = min(filters, BLOCK)
+    per_chunk = BLOCK // block
     for n in range(batch):
         for ty in range(tiles_h):
-            t = (n * tiles_h + ty) * tiles_w
-            for a in range(m):
-                row = ty * m + a
-                if row >= out_h:
-                    break
-                for j in range(alpha):                 # (A^T M)[a, j] = sum_i A^T[a, i] M[i, j]
-                    first = True
-                    for i in range(alpha):
-                        if at[a, i] != 0:
-                            _scaled_row(half[j], at[a, i],
-                                        rows[i * alpha + j, t * filters:t * filters + span], first)
-                            first = False
-                for b in range(m):                     # (A^T M A)[a, b] = sum_j .[a, j] A[j, b]
-                    first = True
-                    for j in range(alpha):
-                        if at[b, j] != 0:
-                            _scaled_row(block[b], at[b, j], half[j], first)
-                            first = False
-                target = y[n, row]
-                for tx in range(tiles_w):              # the tiles' columns in place, + bias
-                    for b in range(min(m, out_w - tx * m)):
-                        source = block[b, tx * filters:(tx + 1) * filters]
-                        out = target[tx * m + b]
-                        if relu:
-                            for f in range(filters):
-                                out[f] = max(source[f] + bias[f], 0)
+            first_tile = (n * tiles_h + ty) * tiles_w
+            for f0 in range(0, filters, block):
+                width_f = min(block, filters - f0)
+                shift = bias[f0:f0 + width_f]
+                for tx0 in range(0, tiles_w, per_chunk):
+                    chunk = min(per_chunk, tiles_w - tx0)
+                    for k in range(36):
+                        if width_f == filters:
+                            _copy(gathered, k * BLOCK, points,
+                                  (k * tiles + first_tile + tx0) * filters, chunk * filters)
                         else:
-                            for f in range(filters):
-                                out[f] = source[f] + bias[f]
+                            for q in range(chunk):
+                                _copy(gathered, k * BLOCK + q * block, points,
+                                      (k * tiles + first_tile + tx0 + q) * filters + f0, width_f)
+                    for e in range(np.uint64(chunk * block)):
+                        # down each column j: (A^T M)[a, j], four values per column
+                        g00, g10, g20, g30 = _at(
+                            gathered[np.uint64(0 * BLOCK) + e], gathered[np.uint64(6 * BLOCK) + e],
+                            gathered[np.uint64(12 * BLOCK) + e], gathered[np.uint64(18 * BLOCK) + e],
+                            gathered[np.uint64(24 * BLOCK) + e], gathered[np.uint64(30 * BLOCK) + e],
+                            two, four, eight)
+                        g01, g11, g21, g31 = _at(
+                            gathered[np.uint64(1 * BLOCK) + e], gathered[np.uint64(7 * BLOCK) + e],
+                            gathered[np.uint64(13 * BLOCK) + e], gathered[np.uint64(19 * BLOCK) + e],
+                            gathered[np.uint64(25 * BLOCK) + e], gathered[np.uint64(31 * BLOCK) + e],
+                            two, four, eight)
+                        g02, g12, g22, g32 = _at(
+                            gathered[np.uint64(2 * BLOCK) + e], gathered[np.uint64(8 * BLOCK) + e],
+                            gathered[np.uint64(14 * BLOCK) + e], gathered[np.uint64(20 * BLOCK) + e],
+                            gathered[np.uint64(26 * BLOCK) + e], gathered[np.uint64(32 * BLOCK) + e],
+                            two, four, eight)
+                        g03, g13, g23, g33 = _at(
+                            gathered[np.uint64(3 * BLOCK) + e], gathered[np.uint64(9 * BLOCK) + e],
+                            gathered[np.uint64(15 * BLOCK) + e], gathered[np.uint64(21 * BLOCK) + e],
+                            gathered[np.uint64(27 * BLOCK) + e], gathered[np.uint64(33 * BLOCK) + e],
+                            two, four, eight)
+                        g04, g14, g24, g34 = _at(
+                            gathered[np.uint64(4 * BLOCK) + e], gathered[np.uint64(10 * BLOCK) + e],
+                            gathered[np.uint64(16 * BLOCK) + e], gathered[np.uint64(22 * BLOCK) + e],
+                            gathered[np.uint64(28 * BLOCK) + e], gathered[np.uint64(34 * BLOCK) + e],
+                            two, four, eight)
+                        g05, g15, g25, g35 = _at(
+                            gathered[np.uint64(5 * BLOCK) + e], gathered[np.uint64(11 * BLOCK) + e],
+                            gathered[np.uint64(17 * BLOCK) + e], gathered[np.uint64(23 * BLOCK) + e],
+                            gathered[np.uint64(29 * BLOCK) + e], gathered[np.uint64(35 * BLOCK) + e],
+                            two, four, eight)
+                        # along each row a: y[a, b] = ((A^T M)[a, :] A)[b], scratch row a*4 + b
+                        y0, y1, y2, y3 = _at(g00, g01, g02, g03, g04, g05, two, four, eight)
+                        scratch[np.uint64(0 * BLOCK) + e], scratch[np.uint64(1 * BLOCK) + e] = y0, y1
+                        scratch[np.uint64(2 * BLOCK) + e], scratch[np.uint64(3 * BLOCK) + e] = y2, y3
+                        y0, y1, y2, y3 = _at(g10, g11, g12, g13, g14, g15, two, four, eight)
+                        scratch[np.uint64(4 * BLOCK) + e], scratch[np.uint64(5 * BLOCK) + e] = y0, y1
+                        scratch[np.uint64(6 * BLOCK) + e], scratch[np.uint64(7 * BLOCK) + e] = y2, y3
+                        y0, y1, y2, y3 = _at(g20, g21, g22, g23, g24, g25, two, four, eight)
+                        scratch[np.uint64(8 * BLOCK) + e], scratch[np.uint64(9 * BLOCK) + e] = y0, y1
+                        scratch[np.uint64(10 * BLOCK) + e], scratch[np.uint64(11 * BLOCK) + e] = y2, y3
+                        y0, y1, y2, y3 = _at(g30, g31, g32, g33, g34, g35, two, four, eight)
+                        scratch[np.uint64(12 * BLOCK) + e], scratch[np.uint64(13 * BLOCK) + e] = y0, y1
+                        scratch[np.uint64(14 * BLOCK) + e], scratch[np.uint64(15 * BLOCK) + e] = y2, y3
+                    for q in range(chunk):                   # into y, + bias, cropped
+                        tx = tx0 + q
+                        for a in range(min(4, out_h - ty * 4)):
+                            for b in range(min(4, out_w - tx * 4)):
+                                target = np.uint64(
+                                    ((n * out_h + ty * 4 + a) * out_w + tx * 4 + b) * filters + f0)
+                                source = np.uint64((a * 4 + b) * BLOCK + q * block)
+                                if relu:
+                                    for f in range(np.uint64(width_f)):
+                                        image[target + f] = max(scratch[source + f] + shift[f], 0)
+                                else:
+                                    for f in range(np.uint64(width_f)):
+                                        image[target + f] = scratch[source + f] + shift[f]
 
 
 @numba.njit(cache=True, nogil=True)
-def output_tiles_adjoint(dy, at, tiles_h, tiles_w, dm):
-    """``dM[i*alpha + j, t, f] = sum_{a, b} at[a, i] * dy[n, ty*m + a, tx*m + b, f] * at[b, j]``,
-    with ``dy`` zero past its edge (the overhang had no gradient). ``dy`` C-contiguous."""
-    batch, out_h, _, filters = dy.shape
-    m, alpha = at.shape
-    span = tiles_w * filters
-    columns = np.empty((m, span), dy.dtype)            # dy[a, b] of a tile row, b = 0 .. m-1
-    half = np.empty((m, alpha, span), dy.dtype)        # (dy A^T)[a, j]
+def output_tiles_adjoint(dy, tiles_h, tiles_w, dm):
+    """``dM[i*6 + j, t, f] = sum_{a, b} A^T[a, i] dy[n, ty*4 + a, tx*4 + b, f] A^T[b, j]``,
+    with ``dy`` zero past its edge (the overhang had no gradient)."""
+    batch, out_h, out_w, filters = dy.shape
+    two, four, _, eight = _constants(dy)
+    gathered = np.empty(16 * BLOCK, dy.dtype)           # the chunk's dy, row a*4 + b
+    scratch = np.empty(36 * BLOCK, dy.dtype)
+    grads = dy.reshape(-1)
+    block = min(filters, BLOCK)
+    per_chunk = BLOCK // block
     for n in range(batch):
         for ty in range(tiles_h):
-            t = (n * tiles_h + ty) * tiles_w
-            for a in range(m):
-                row = ty * m + a
-                if row >= out_h:
-                    half[a] = 0
-                    continue
-                _deinterleaved(dy[n, row], 0, m, tiles_w, columns)
-                for j in range(alpha):                 # (dy A^T)[a, j] = sum_b dy[a, b] A^T[b, j]
-                    first = True
-                    for b in range(m):
-                        if at[b, j] != 0:
-                            _scaled_row(half[a, j], at[b, j], columns[b], first)
-                            first = False
-            for i in range(alpha):                     # dM[i, j] = sum_a A[i, a] (dy A^T)[a, j]
-                for j in range(alpha):
-                    target = dm[i * alpha + j, t:t + tiles_w].reshape(span)
-                    first = True
-                    for a in range(m):
-                        if at[a, i] != 0:
-                            _scaled_row(target, at[a, i], half[a, j], first)
-                            first = False
+            first_tile = (n * tiles_h + ty) * tiles_w
+            for f0 in range(0, filters, block):
+                width_f = min(block, filters - f0)
+                for tx0 in range(0, tiles_w, per_chunk):
+                    chunk = min(per_chunk, tiles_w - tx0)
+                    for q in range(chunk):
+                        tx = tx0 + q
+                        for a in range(4):
+                            for b in range(4):
+                                target = np.uint64((a * 4 + b) * BLOCK + q * block)
+                                if ty * 4 + a < out_h and tx * 4 + b < out_w:
+                                    _copy(gathered, target, grads,
+                                          ((n * out_h + ty * 4 + a) * out_w + tx * 4 + b)
+                                          * filters + f0, width_f)
+                                else:
+                                    for f in range(np.uint64(width_f)):
+                                        gathered[target + f] = 0
+                    for e in range(np.uint64(chunk * block)):
+                        # along each row a: (dy A^T)[a, j], six values per row
+                        h00, h01, h02, h03, h04, h05 = _a(
+                            gathered[np.uint64(0 * BLOCK) + e], gathered[np.uint64(1 * BLOCK) + e],
+                            gathered[np.uint64(2 * BLOCK) + e], gathered[np.uint64(3 * BLOCK) + e],
+                            two, four, eight)
+                        h10, h11, h12, h13, h14, h15 = _a(
+                            gathered[np.uint64(4 * BLOCK) + e], gathered[np.uint64(5 * BLOCK) + e],
+                            gathered[np.uint64(6 * BLOCK) + e], gathered[np.uint64(7 * BLOCK) + e],
+                            two, four, eight)
+                        h20, h21, h22, h23, h24, h25 = _a(
+                            gathered[np.uint64(8 * BLOCK) + e], gathered[np.uint64(9 * BLOCK) + e],
+                            gathered[np.uint64(10 * BLOCK) + e], gathered[np.uint64(11 * BLOCK) + e],
+                            two, four, eight)
+                        h30, h31, h32, h33, h34, h35 = _a(
+                            gathered[np.uint64(12 * BLOCK) + e], gathered[np.uint64(13 * BLOCK) + e],
+                            gathered[np.uint64(14 * BLOCK) + e], gathered[np.uint64(15 * BLOCK) + e],
+                            two, four, eight)
+                        # down each column j: dM[i, j] = (A (dy A^T)[:, j])[i], row i*6 + j
+                        m0, m1, m2, m3, m4, m5 = _a(h00, h10, h20, h30, two, four, eight)
+                        scratch[np.uint64(0 * BLOCK) + e], scratch[np.uint64(6 * BLOCK) + e] = m0, m1
+                        scratch[np.uint64(12 * BLOCK) + e], scratch[np.uint64(18 * BLOCK) + e] = m2, m3
+                        scratch[np.uint64(24 * BLOCK) + e], scratch[np.uint64(30 * BLOCK) + e] = m4, m5
+                        m0, m1, m2, m3, m4, m5 = _a(h01, h11, h21, h31, two, four, eight)
+                        scratch[np.uint64(1 * BLOCK) + e], scratch[np.uint64(7 * BLOCK) + e] = m0, m1
+                        scratch[np.uint64(13 * BLOCK) + e], scratch[np.uint64(19 * BLOCK) + e] = m2, m3
+                        scratch[np.uint64(25 * BLOCK) + e], scratch[np.uint64(31 * BLOCK) + e] = m4, m5
+                        m0, m1, m2, m3, m4, m5 = _a(h02, h12, h22, h32, two, four, eight)
+                        scratch[np.uint64(2 * BLOCK) + e], scratch[np.uint64(8 * BLOCK) + e] = m0, m1
+                        scratch[np.uint64(14 * BLOCK) + e], scratch[np.uint64(20 * BLOCK) + e] = m2, m3
+                        scratch[np.uint64(26 * BLOCK) + e], scratch[np.uint64(32 * BLOCK) + e] = m4, m5
+                        m0, m1, m2, m3, m4, m5 = _a(h03, h13, h23, h33, two, four, eight)
+                        scratch[np.uint64(3 * BLOCK) + e], scratch[np.uint64(9 * BLOCK) + e] = m0, m1
+                        scratch[np.uint64(15 * BLOCK) + e], scratch[np.uint64(21 * BLOCK) + e] = m2, m3
+                        scratch[np.uint64(27 * BLOCK) + e], scratch[np.uint64(33 * BLOCK) + e] = m4, m5
+                        m0, m1, m2, m3, m4, m5 = _a(h04, h14, h24, h34, two, four, eight)
+                        scratch[np.uint64(4 * BLOCK) + e], scratch[np.uint64(10 * BLOCK) + e] = m0, m1
+                        scratch[np.uint64(16 * BLOCK) + e], scratch[np.uint64(22 * BLOCK) + e] = m2, m3
+                        scratch[np.uint64(28 * BLOCK) + e], scratch[np.uint64(34 * BLOCK) + e] = m4, m5
+                        m0, m1, m2, m3, m4, m5 = _a(h05, h15, h25, h35, two, four, eight)
+                        scratch[np.uint64(5 * BLOCK) + e], scratch[np.uint64(11 * BLOCK) + e] = m0, m1
+                        scratch[np.uint64(17 * BLOCK) + e], scratch[np.uint64(23 * BLOCK) + e] = m2, m3
+                        scratch[np.uint64(29 * BLOCK) + e], scratch[np.uint64(35 * BLOCK) + e] = m4, m5
+                    _scratch_to_rows(scratch, dm, first_tile + tx0, chunk, block, f0, width_f)
