@@ -60,9 +60,11 @@ BLOCK = 272
 
 
 @numba.njit(inline="always")
-def _bt(p0, p1, p2, p3, p4, p5, two, four, five):
-    """``B^T p`` for F(4x4, 3x3): B^T's rows (4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0),
-    (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)."""
+def _bt(p, two, four, five):
+    """``B^T p`` for F(4x4, 3x3), ``p`` six values: B^T's rows (4, 0, -5, 0, 1, 0),
+    (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0),
+    (0, 4, 0, -5, 0, 1)."""
+    p0, p1, p2, p3, p4, p5 = p
     return (four * p0 - five * p2 + p4,
             p3 + p4 - four * (p1 + p2),
             four * (p1 - p2) - p3 + p4,
@@ -72,19 +74,69 @@ def _bt(p0, p1, p2, p3, p4, p5, two, four, five):
 
 
 @numba.njit(inline="always")
-def _at(p0, p1, p2, p3, p4, p5, two, four, eight):
-    """``A^T p``: A^T's rows (1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0),
-    (0, 1, -1, 8, -8, 1)."""
+def _patch_row(ring, start, c, j1, j2, j3, j4, j5):
+    """A patch row's six values of channel ``c``, from columns ``start``, ``start + j1``, ...
+    (every index uint64)."""
+    return (ring[start + c], ring[start + j1 + c], ring[start + j2 + c], ring[start + j3 + c],
+            ring[start + j4 + c], ring[start + j5 + c])
+
+
+@numba.njit(inline="always")
+def _at(p, two, four, eight):
+    """``A^T p``, ``p`` six values: A^T's rows (1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0),
+    (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)."""
+    p0, p1, p2, p3, p4, p5 = p
     s12, d12, s34, d34 = p1 + p2, p1 - p2, p3 + p4, p3 - p4
     return p0 + s12 + s34, d12 + two * d34, s12 + four * s34, d12 + eight * d34 + p5
 
 
 @numba.njit(inline="always")
-def _a(q0, q1, q2, q3, two, four, eight):
-    """``A q`` (A = (A^T)^T, 6 x 4): the adjoint of :func:`_at`."""
+def _column6(scratch, first, e):
+    """Scratch rows ``first, first + 6, ..., first + 30`` at ``e``: a column of 6 x 6 points."""
+    return (scratch[np.uint64(first * BLOCK) + e], scratch[np.uint64((first + 6) * BLOCK) + e],
+            scratch[np.uint64((first + 12) * BLOCK) + e],
+            scratch[np.uint64((first + 18) * BLOCK) + e],
+            scratch[np.uint64((first + 24) * BLOCK) + e],
+            scratch[np.uint64((first + 30) * BLOCK) + e])
+
+
+@numba.njit(inline="always")
+def _a(q, two, four, eight):
+    """``A q`` (A = (A^T)^T, 6 x 4), ``q`` four values: the adjoint of :func:`_at`."""
+    q0, q1, q2, q3 = q
     even, odd = q0 + q2, q1 + q3
     even4, odd8 = q0 + four * q2, two * q1 + eight * q3
     return q0, even + odd, even - odd, even4 + odd8, even4 - odd8, q3
+
+
+@numba.njit(inline="always")
+def _row4(scratch, first, e):
+    """Scratch rows ``first .. first + 3`` at ``e``: a row of 4 x 4 values."""
+    return (scratch[np.uint64(first * BLOCK) + e], scratch[np.uint64((first + 1) * BLOCK) + e],
+            scratch[np.uint64((first + 2) * BLOCK) + e],
+            scratch[np.uint64((first + 3) * BLOCK) + e])
+
+
+@numba.njit(inline="always")
+def _put_column6(scratch, first, e, values):
+    """``values`` (six) into scratch rows ``first, first + 6, ..., first + 30`` at ``e``."""
+    v0, v1, v2, v3, v4, v5 = values
+    scratch[np.uint64(first * BLOCK) + e] = v0
+    scratch[np.uint64((first + 6) * BLOCK) + e] = v1
+    scratch[np.uint64((first + 12) * BLOCK) + e] = v2
+    scratch[np.uint64((first + 18) * BLOCK) + e] = v3
+    scratch[np.uint64((first + 24) * BLOCK) + e] = v4
+    scratch[np.uint64((first + 30) * BLOCK) + e] = v5
+
+
+@numba.njit(inline="always")
+def _put_row4(scratch, first, e, values):
+    """``values`` (four) into scratch rows ``first .. first + 3`` at ``e``."""
+    v0, v1, v2, v3 = values
+    scratch[np.uint64(first * BLOCK) + e] = v0
+    scratch[np.uint64((first + 1) * BLOCK) + e] = v1
+    scratch[np.uint64((first + 2) * BLOCK) + e] = v2
+    scratch[np.uint64((first + 3) * BLOCK) + e] = v3
 
 
 @numba.njit(inline="always")
@@ -158,63 +210,33 @@ def input_tiles(x, top, left, tiles_h, tiles_w, v):
                         s = np.uint64(q * block)
                         for c in range(np.uint64(width_c)):
                             # along each patch row: (d B)[i, b] = (B^T d[i, :])[b]
-                            h00, h01, h02, h03, h04, h05 = _bt(
-                                ring[r0 + c], ring[r0 + j1 + c], ring[r0 + j2 + c],
-                                ring[r0 + j3 + c], ring[r0 + j4 + c],
-                                ring[r0 + j5 + c], two, four, five)
-                            h10, h11, h12, h13, h14, h15 = _bt(
-                                ring[r1 + c], ring[r1 + j1 + c], ring[r1 + j2 + c],
-                                ring[r1 + j3 + c], ring[r1 + j4 + c],
-                                ring[r1 + j5 + c], two, four, five)
-                            h20, h21, h22, h23, h24, h25 = _bt(
-                                ring[r2 + c], ring[r2 + j1 + c], ring[r2 + j2 + c],
-                                ring[r2 + j3 + c], ring[r2 + j4 + c],
-                                ring[r2 + j5 + c], two, four, five)
-                            h30, h31, h32, h33, h34, h35 = _bt(
-                                ring[r3 + c], ring[r3 + j1 + c], ring[r3 + j2 + c],
-                                ring[r3 + j3 + c], ring[r3 + j4 + c],
-                                ring[r3 + j5 + c], two, four, five)
-                            h40, h41, h42, h43, h44, h45 = _bt(
-                                ring[r4 + c], ring[r4 + j1 + c], ring[r4 + j2 + c],
-                                ring[r4 + j3 + c], ring[r4 + j4 + c],
-                                ring[r4 + j5 + c], two, four, five)
-                            h50, h51, h52, h53, h54, h55 = _bt(
-                                ring[r5 + c], ring[r5 + j1 + c], ring[r5 + j2 + c],
-                                ring[r5 + j3 + c], ring[r5 + j4 + c],
-                                ring[r5 + j5 + c], two, four, five)
+                            h0 = _bt(
+                                _patch_row(ring, r0, c, j1, j2, j3, j4, j5), two, four, five)
+                            h1 = _bt(
+                                _patch_row(ring, r1, c, j1, j2, j3, j4, j5), two, four, five)
+                            h2 = _bt(
+                                _patch_row(ring, r2, c, j1, j2, j3, j4, j5), two, four, five)
+                            h3 = _bt(
+                                _patch_row(ring, r3, c, j1, j2, j3, j4, j5), two, four, five)
+                            h4 = _bt(
+                                _patch_row(ring, r4, c, j1, j2, j3, j4, j5), two, four, five)
+                            h5 = _bt(
+                                _patch_row(ring, r5, c, j1, j2, j3, j4, j5), two, four, five)
                             # down each column b: V[a, b] = (B^T (d B)[:, b])[a], into
                             # scratch row a*6 + b
                             e = s + c
-                            v0, v1, v2, v3, v4, v5 = _bt(h00, h10, h20, h30, h40, h50,
-                                                         two, four, five)
-                            scratch[np.uint64(0 * BLOCK) + e], scratch[np.uint64(6 * BLOCK) + e] = v0, v1
-                            scratch[np.uint64(12 * BLOCK) + e], scratch[np.uint64(18 * BLOCK) + e] = v2, v3
-                            scratch[np.uint64(24 * BLOCK) + e], scratch[np.uint64(30 * BLOCK) + e] = v4, v5
-                            v0, v1, v2, v3, v4, v5 = _bt(h01, h11, h21, h31, h41, h51,
-                                                         two, four, five)
-                            scratch[np.uint64(1 * BLOCK) + e], scratch[np.uint64(7 * BLOCK) + e] = v0, v1
-                            scratch[np.uint64(13 * BLOCK) + e], scratch[np.uint64(19 * BLOCK) + e] = v2, v3
-                            scratch[np.uint64(25 * BLOCK) + e], scratch[np.uint64(31 * BLOCK) + e] = v4, v5
-                            v0, v1, v2, v3, v4, v5 = _bt(h02, h12, h22, h32, h42, h52,
-                                                         two, four, five)
-                            scratch[np.uint64(2 * BLOCK) + e], scratch[np.uint64(8 * BLOCK) + e] = v0, v1
-                            scratch[np.uint64(14 * BLOCK) + e], scratch[np.uint64(20 * BLOCK) + e] = v2, v3
-                            scratch[np.uint64(26 * BLOCK) + e], scratch[np.uint64(32 * BLOCK) + e] = v4, v5
-                            v0, v1, v2, v3, v4, v5 = _bt(h03, h13, h23, h33, h43, h53,
-                                                         two, four, five)
-                            scratch[np.uint64(3 * BLOCK) + e], scratch[np.uint64(9 * BLOCK) + e] = v0, v1
-                            scratch[np.uint64(15 * BLOCK) + e], scratch[np.uint64(21 * BLOCK) + e] = v2, v3
-                            scratch[np.uint64(27 * BLOCK) + e], scratch[np.uint64(33 * BLOCK) + e] = v4, v5
-                            v0, v1, v2, v3, v4, v5 = _bt(h04, h14, h24, h34, h44, h54,
-                                                         two, four, five)
-                            scratch[np.uint64(4 * BLOCK) + e], scratch[np.uint64(10 * BLOCK) + e] = v0, v1
-                            scratch[np.uint64(16 * BLOCK) + e], scratch[np.uint64(22 * BLOCK) + e] = v2, v3
-                            scratch[np.uint64(28 * BLOCK) + e], scratch[np.uint64(34 * BLOCK) + e] = v4, v5
-                            v0, v1, v2, v3, v4, v5 = _bt(h05, h15, h25, h35, h45, h55,
-                                                         two, four, five)
-                            scratch[np.uint64(5 * BLOCK) + e], scratch[np.uint64(11 * BLOCK) + e] = v0, v1
-                            scratch[np.uint64(17 * BLOCK) + e], scratch[np.uint64(23 * BLOCK) + e] = v2, v3
-                            scratch[np.uint64(29 * BLOCK) + e], scratch[np.uint64(35 * BLOCK) + e] = v4, v5
+                            _put_column6(scratch, 0, e, _bt(
+                                (h0[0], h1[0], h2[0], h3[0], h4[0], h5[0]), two, four, five))
+                            _put_column6(scratch, 1, e, _bt(
+                                (h0[1], h1[1], h2[1], h3[1], h4[1], h5[1]), two, four, five))
+                            _put_column6(scratch, 2, e, _bt(
+                                (h0[2], h1[2], h2[2], h3[2], h4[2], h5[2]), two, four, five))
+                            _put_column6(scratch, 3, e, _bt(
+                                (h0[3], h1[3], h2[3], h3[3], h4[3], h5[3]), two, four, five))
+                            _put_column6(scratch, 4, e, _bt(
+                                (h0[4], h1[4], h2[4], h3[4], h4[4], h5[4]), two, four, five))
+                            _put_column6(scratch, 5, e, _bt(
+                                (h0[5], h1[5], h2[5], h3[5], h4[5], h5[5]), two, four, five))
                     _scratch_to_rows(scratch, v, first_tile + tx0, chunk, block, c0, width_c)
 
 
@@ -249,49 +271,21 @@ def output_tiles(mt, bias, tiles_h, tiles_w, y, relu):
                                       (k * tiles + first_tile + tx0 + q) * filters + f0, width_f)
                     for e in range(np.uint64(chunk * block)):
                         # down each column j: (A^T M)[a, j], four values per column
-                        g00, g10, g20, g30 = _at(
-                            gathered[np.uint64(0 * BLOCK) + e], gathered[np.uint64(6 * BLOCK) + e],
-                            gathered[np.uint64(12 * BLOCK) + e], gathered[np.uint64(18 * BLOCK) + e],
-                            gathered[np.uint64(24 * BLOCK) + e], gathered[np.uint64(30 * BLOCK) + e],
-                            two, four, eight)
-                        g01, g11, g21, g31 = _at(
-                            gathered[np.uint64(1 * BLOCK) + e], gathered[np.uint64(7 * BLOCK) + e],
-                            gathered[np.uint64(13 * BLOCK) + e], gathered[np.uint64(19 * BLOCK) + e],
-                            gathered[np.uint64(25 * BLOCK) + e], gathered[np.uint64(31 * BLOCK) + e],
-                            two, four, eight)
-                        g02, g12, g22, g32 = _at(
-                            gathered[np.uint64(2 * BLOCK) + e], gathered[np.uint64(8 * BLOCK) + e],
-                            gathered[np.uint64(14 * BLOCK) + e], gathered[np.uint64(20 * BLOCK) + e],
-                            gathered[np.uint64(26 * BLOCK) + e], gathered[np.uint64(32 * BLOCK) + e],
-                            two, four, eight)
-                        g03, g13, g23, g33 = _at(
-                            gathered[np.uint64(3 * BLOCK) + e], gathered[np.uint64(9 * BLOCK) + e],
-                            gathered[np.uint64(15 * BLOCK) + e], gathered[np.uint64(21 * BLOCK) + e],
-                            gathered[np.uint64(27 * BLOCK) + e], gathered[np.uint64(33 * BLOCK) + e],
-                            two, four, eight)
-                        g04, g14, g24, g34 = _at(
-                            gathered[np.uint64(4 * BLOCK) + e], gathered[np.uint64(10 * BLOCK) + e],
-                            gathered[np.uint64(16 * BLOCK) + e], gathered[np.uint64(22 * BLOCK) + e],
-                            gathered[np.uint64(28 * BLOCK) + e], gathered[np.uint64(34 * BLOCK) + e],
-                            two, four, eight)
-                        g05, g15, g25, g35 = _at(
-                            gathered[np.uint64(5 * BLOCK) + e], gathered[np.uint64(11 * BLOCK) + e],
-                            gathered[np.uint64(17 * BLOCK) + e], gathered[np.uint64(23 * BLOCK) + e],
-                            gathered[np.uint64(29 * BLOCK) + e], gathered[np.uint64(35 * BLOCK) + e],
-                            two, four, eight)
+                        g0 = _at(_column6(gathered, 0, e), two, four, eight)
+                        g1 = _at(_column6(gathered, 1, e), two, four, eight)
+                        g2 = _at(_column6(gathered, 2, e), two, four, eight)
+                        g3 = _at(_column6(gathered, 3, e), two, four, eight)
+                        g4 = _at(_column6(gathered, 4, e), two, four, eight)
+                        g5 = _at(_column6(gathered, 5, e), two, four, eight)
                         # along each row a: y[a, b] = ((A^T M)[a, :] A)[b], scratch row a*4 + b
-                        y0, y1, y2, y3 = _at(g00, g01, g02, g03, g04, g05, two, four, eight)
-                        scratch[np.uint64(0 * BLOCK) + e], scratch[np.uint64(1 * BLOCK) + e] = y0, y1
-                        scratch[np.uint64(2 * BLOCK) + e], scratch[np.uint64(3 * BLOCK) + e] = y2, y3
-                        y0, y1, y2, y3 = _at(g10, g11, g12, g13, g14, g15, two, four, eight)
-                        scratch[np.uint64(4 * BLOCK) + e], scratch[np.uint64(5 * BLOCK) + e] = y0, y1
-                        scratch[np.uint64(6 * BLOCK) + e], scratch[np.uint64(7 * BLOCK) + e] = y2, y3
-                        y0, y1, y2, y3 = _at(g20, g21, g22, g23, g24, g25, two, four, eight)
-                        scratch[np.uint64(8 * BLOCK) + e], scratch[np.uint64(9 * BLOCK) + e] = y0, y1
-                        scratch[np.uint64(10 * BLOCK) + e], scratch[np.uint64(11 * BLOCK) + e] = y2, y3
-                        y0, y1, y2, y3 = _at(g30, g31, g32, g33, g34, g35, two, four, eight)
-                        scratch[np.uint64(12 * BLOCK) + e], scratch[np.uint64(13 * BLOCK) + e] = y0, y1
-                        scratch[np.uint64(14 * BLOCK) + e], scratch[np.uint64(15 * BLOCK) + e] = y2, y3
+                        _put_row4(scratch, 0, e, _at(
+                            (g0[0], g1[0], g2[0], g3[0], g4[0], g5[0]), two, four, eight))
+                        _put_row4(scratch, 4, e, _at(
+                            (g0[1], g1[1], g2[1], g3[1], g4[1], g5[1]), two, four, eight))
+                        _put_row4(scratch, 8, e, _at(
+                            (g0[2], g1[2], g2[2], g3[2], g4[2], g5[2]), two, four, eight))
+                        _put_row4(scratch, 12, e, _at(
+                            (g0[3], g1[3], g2[3], g3[3], g4[3], g5[3]), two, four, eight))
                     for q in range(chunk):                   # into y, + bias, cropped
                         tx = tx0 + q
                         for a in range(min(4, out_h - ty * 4)):
@@ -339,45 +333,15 @@ def output_tiles_adjoint(dy, tiles_h, tiles_w, dm):
                                         gathered[target + f] = 0
                     for e in range(np.uint64(chunk * block)):
                         # along each row a: (dy A^T)[a, j], six values per row
-                        h00, h01, h02, h03, h04, h05 = _a(
-                            gathered[np.uint64(0 * BLOCK) + e], gathered[np.uint64(1 * BLOCK) + e],
-                            gathered[np.uint64(2 * BLOCK) + e], gathered[np.uint64(3 * BLOCK) + e],
-                            two, four, eight)
-                        h10, h11, h12, h13, h14, h15 = _a(
-                            gathered[np.uint64(4 * BLOCK) + e], gathered[np.uint64(5 * BLOCK) + e],
-                            gathered[np.uint64(6 * BLOCK) + e], gathered[np.uint64(7 * BLOCK) + e],
-                            two, four, eight)
-                        h20, h21, h22, h23, h24, h25 = _a(
-                            gathered[np.uint64(8 * BLOCK) + e], gathered[np.uint64(9 * BLOCK) + e],
-                            gathered[np.uint64(10 * BLOCK) + e], gathered[np.uint64(11 * BLOCK) + e],
-                            two, four, eight)
-                        h30, h31, h32, h33, h34, h35 = _a(
-                            gathered[np.uint64(12 * BLOCK) + e], gathered[np.uint64(13 * BLOCK) + e],
-                            gathered[np.uint64(14 * BLOCK) + e], gathered[np.uint64(15 * BLOCK) + e],
-                            two, four, eight)
+                        h0 = _a(_row4(gathered, 0, e), two, four, eight)
+                        h1 = _a(_row4(gathered, 4, e), two, four, eight)
+                        h2 = _a(_row4(gathered, 8, e), two, four, eight)
+                        h3 = _a(_row4(gathered, 12, e), two, four, eight)
                         # down each column j: dM[i, j] = (A (dy A^T)[:, j])[i], row i*6 + j
-                        m0, m1, m2, m3, m4, m5 = _a(h00, h10, h20, h30, two, four, eight)
-                        scratch[np.uint64(0 * BLOCK) + e], scratch[np.uint64(6 * BLOCK) + e] = m0, m1
-                        scratch[np.uint64(12 * BLOCK) + e], scratch[np.uint64(18 * BLOCK) + e] = m2, m3
-                        scratch[np.uint64(24 * BLOCK) + e], scratch[np.uint64(30 * BLOCK) + e] = m4, m5
-                        m0, m1, m2, m3, m4, m5 = _a(h01, h11, h21, h31, two, four, eight)
-                        scratch[np.uint64(1 * BLOCK) + e], scratch[np.uint64(7 * BLOCK) + e] = m0, m1
-                        scratch[np.uint64(13 * BLOCK) + e], scratch[np.uint64(19 * BLOCK) + e] = m2, m3
-                        scratch[np.uint64(25 * BLOCK) + e], scratch[np.uint64(31 * BLOCK) + e] = m4, m5
-                        m0, m1, m2, m3, m4, m5 = _a(h02, h12, h22, h32, two, four, eight)
-                        scratch[np.uint64(2 * BLOCK) + e], scratch[np.uint64(8 * BLOCK) + e] = m0, m1
-                        scratch[np.uint64(14 * BLOCK) + e], scratch[np.uint64(20 * BLOCK) + e] = m2, m3
-                        scratch[np.uint64(26 * BLOCK) + e], scratch[np.uint64(32 * BLOCK) + e] = m4, m5
-                        m0, m1, m2, m3, m4, m5 = _a(h03, h13, h23, h33, two, four, eight)
-                        scratch[np.uint64(3 * BLOCK) + e], scratch[np.uint64(9 * BLOCK) + e] = m0, m1
-                        scratch[np.uint64(15 * BLOCK) + e], scratch[np.uint64(21 * BLOCK) + e] = m2, m3
-                        scratch[np.uint64(27 * BLOCK) + e], scratch[np.uint64(33 * BLOCK) + e] = m4, m5
-                        m0, m1, m2, m3, m4, m5 = _a(h04, h14, h24, h34, two, four, eight)
-                        scratch[np.uint64(4 * BLOCK) + e], scratch[np.uint64(10 * BLOCK) + e] = m0, m1
-                        scratch[np.uint64(16 * BLOCK) + e], scratch[np.uint64(22 * BLOCK) + e] = m2, m3
-                        scratch[np.uint64(28 * BLOCK) + e], scratch[np.uint64(34 * BLOCK) + e] = m4, m5
-                        m0, m1, m2, m3, m4, m5 = _a(h05, h15, h25, h35, two, four, eight)
-                        scratch[np.uint64(5 * BLOCK) + e], scratch[np.uint64(11 * BLOCK) + e] = m0, m1
-                        scratch[np.uint64(17 * BLOCK) + e], scratch[np.uint64(23 * BLOCK) + e] = m2, m3
-                        scratch[np.uint64(29 * BLOCK) + e], scratch[np.uint64(35 * BLOCK) + e] = m4, m5
+                        _put_column6(scratch, 0, e, _a((h0[0], h1[0], h2[0], h3[0]), two, four, eight))
+                        _put_column6(scratch, 1, e, _a((h0[1], h1[1], h2[1], h3[1]), two, four, eight))
+                        _put_column6(scratch, 2, e, _a((h0[2], h1[2], h2[2], h3[2]), two, four, eight))
+                        _put_column6(scratch, 3, e, _a((h0[3], h1[3], h2[3], h3[3]), two, four, eight))
+                        _put_column6(scratch, 4, e, _a((h0[4], h1[4], h2[4], h3[4]), two, four, eight))
+                        _put_column6(scratch, 5, e, _a((h0[5], h1[5], h2[5], h3[5]), two, four, eight))
                     _scratch_to_rows(scratch, dm, first_tile + tx0, chunk, block, f0, width_f)
