@@ -8,9 +8,11 @@ The model runs where its variables are. ``fit``, ``evaluate`` and ``predict`` pl
 ``config.device()`` resolves (``engine.devices.resolve``) before their first batch, and it stays
 there: a second ``predict`` copies nothing. Every batch crosses once, host to device, and what
 the caller gets back crosses once the other way, as Keras does: ``predict`` returns NumPy
-arrays, ``evaluate`` floats, ``get_weights`` NumPy copies; saving, export and the tools read
-variables through ``Variable.numpy()``. Metrics are computed on the host, from the outputs' copy
-(a batch of class scores: small beside the step).
+arrays, ``evaluate`` floats, ``get_weights`` NumPy copies. Saving reads variables through
+``Variable.numpy()``, export converts where its arrays leave for ONNX or PyTorch, and the tools
+that read a forward pass's tape (``Model.run``: feature maps, attribution, visualisation) take
+the model back to the CPU, where they compute. Metrics are computed on the host, from the
+outputs' copy (a batch of class scores: small beside the step).
 
 Why variables move rather than being copied in for each call: a step reads every weight, so a
 copy per call would cost a transfer of the whole model each batch. Why scratch buffers are
