@@ -132,3 +132,40 @@ def set_device(name: str) -> None:
     """Run models on ``'gpu'``, the ``'cpu'``, or ``'auto'`` (the GPU when one can be used)."""
     global _device
     _device = _checked(DEVICES, name, "set_device's name")
+
+
+#: glibc's mallopt parameters, and the values :func:`keep_freed_memory` sets
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 << 20              # glibc's ceiling for it on 64-bit systems
+_TRIM_THRESHOLD = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed memory for the next allocation instead of handing
+    it back to the operating system. Returns whether it could (glibc only; elsewhere nothing
+    changes). The same as starting Python with ``MALLOC_MMAP_THRESHOLD_=33554432
+    MALLOC_TRIM_THRESHOLD_=1073741824``.
+
+    Why: every training step allocates its activations, gradients and Winograd tiles afresh
+    and frees them at its end. By default glibc gives arrays past a size threshold to the
+    operating system as their own mappings, and trims freed memory off the heap's top, so the
+    next step pays a page fault for every 4 KB it touches again. Measured on 2 cores, fresh
+    processes, medians of 20 steps, one run each: ResNet-20 training steps at batch 8
+    40.1 -> 25.9 ms, at 16 59.8 -> 48.6 ms, at 32 104.7 -> 74.1 ms, at 128 261.6 -> 210.0 ms;
+    the article's network 5.6 -> 5.3 ms (16) and 18.4 -> 18.2 ms (128); PyTorch's ResNet-20
+    23.3 -> 21.5, 40.6 -> 35.2 and 276.2 -> 262.6 ms at 8, 16 and 128. The price: the
+    process keeps its peak memory until it exits.
+
+    The allocator belongs to the whole process, so importing cnnlab never calls this: a
+    program calls it when it wants the speed, and ``cnnlab``'s own command does (it owns its
+    process)."""
+    import ctypes
+    import platform
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and \
+        bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))

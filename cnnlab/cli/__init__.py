@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run() -> int:
+    """The ``cnnlab`` command: :func:`main` in a process of its own, whose allocator keeps freed
+    memory for the next training step (``config.keep_freed_memory``, which a library must not
+    do to its caller's process)."""
+    config.keep_freed_memory()
+    return main()
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     if not (sys.argv[1:] if argv is None else argv):      # a bare `cnnlab`: what it can do
