@@ -308,3 +308,27 @@ def test_summary_counts_moving_statistics_as_non_trainable_and_shows_connections
     assert "Connected to" in text and "bn2[0][0], bnp[0][0]" in text
     states = sum(v.value.size for v in model.variables if v.kind == "state")
     assert f"Non-trainable params: {states:,}" in text and states == 36
+
+
+def test_a_tape_keeps_its_gradients_when_the_model_runs_again_before_its_backward():
+    """Scratch buffers are kept per call site and reused by its next call (im2col's columns);
+    a tape whose backward comes after a second forward pass must still give its own
+    gradients, not ones mixed with the second input's. Every convolution path: im2col (the
+    strided layer), Winograd (3x3), the frequency domain (5x5), one GEMM (1x1)."""
+    x = Input((12, 12, 3))
+    h = layers.Conv2D(4, 3, strides=2, padding="same")(x)
+    h = layers.Conv2D(4, 3, padding="same")(h)
+    h = layers.Conv2D(4, 5, padding="same")(h)
+    h = layers.Conv2D(4, 1)(h)
+    model = Model(x, layers.Dense(2)(layers.Flatten()(h)))
+    rng = np.random.default_rng(0)
+    first, second = rng.standard_normal((2, 2, 12, 12, 3)).astype(np.float32)
+    grad = [np.ones((2, 2), np.float32)]
+    _, tape = model.run(first, keep_cache=True)
+    alone = model.backward_from(tape, grad).params
+    _, tape = model.run(first, keep_cache=True)
+    model.run(second, keep_cache=True)
+    after = model.backward_from(tape, grad).params
+    assert set(after) == set(alone)
+    for variable, value in alone.items():
+        np.testing.assert_array_equal(after[variable], value, err_msg=variable.name)

@@ -226,17 +226,21 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace):
         xp.matmul(buffer.reshape(-1, k), weights, out=out[chunk].reshape(-1, f))  # (n*Ho*Wo, F)
     if has_bias and not fold:
         out += bias
+    owner = None
     if workspace is not None:
-        workspace["cols"] = buffer
+        # the buffer is this call site's, reused by its next call: the token says whose
+        # columns it holds now, so a cache whose columns were overwritten (a second forward
+        # pass before this one's backward) rebuilds them from x
+        workspace["cols"], workspace["cols_owner"] = buffer, (owner := object())
     kept_cols = buffer if len(chunks) == 1 else None
-    return out, Im2colCache(kept_cols, x if kept_cols is None else None, kernel, x.shape,
-                            strides, pads, dilation, has_bias, fold, workspace)
+    return out, Im2colCache(kept_cols, x, kernel, x.shape, strides, pads, dilation, has_bias,
+                            fold, workspace, owner)
 
 
 class Im2colCache(NamedTuple):
     """What the im2col (and 1x1) backward pass needs."""
     cols: np.ndarray | None       # (N, Ho, Wo, K [+ 1]) when the batch fit one buffer
-    x: np.ndarray | None          # (N, H, W, C) otherwise, to rebuild cols chunk by chunk
+    x: np.ndarray | None          # (N, H, W, C), to rebuild cols chunk by chunk without them
     kernel: np.ndarray            # (KH, KW, C, F)
     x_shape: tuple
     strides: tuple
@@ -245,6 +249,7 @@ class Im2colCache(NamedTuple):
     has_bias: bool
     fold: bool                    # cols carry the ones column of a folded bias
     workspace: dict | None        # the call site's buffers, for the input gradient's own
+    owner: object = None          # cols are valid while the workspace's "cols_owner" is this
 
 
 class WinogradCache(NamedTuple):
@@ -441,7 +446,9 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
         return fourier.conv2d_backward(grad_out, cache, need_input_grad)
     if isinstance(cache, WinogradCache):
         return _winograd_backward(grad_out, cache, need_input_grad)
-    cols, x, kernel, x_shape, strides, pads, dilation, has_bias, fold, workspace = cache
+    cols, x, kernel, x_shape, strides, pads, dilation, has_bias, fold, workspace, owner = cache
+    if cols is not None and owner is not None and workspace.get("cols_owner") is not owner:
+        cols = None                                    # overwritten since: rebuilt from x
     xp = array_module(grad_out)
     kh, kw, c, f = kernel.shape
     n, ho, wo, _ = grad_out.shape
@@ -484,7 +491,7 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
 
 def conv2d_backward_reference(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     """The plain backward pass the fast one is tested against: one ``grad_cols`` product, col2im."""
-    cols, x, kernel, x_shape, strides, pads, dilation, has_bias, _, _ = cache
+    cols, x, kernel, x_shape, strides, pads, dilation, has_bias = cache[:8]
     kh, kw, c, f = kernel.shape
     n, ho, wo, _ = grad_out.shape
     if cols is None:
