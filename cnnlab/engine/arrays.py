@@ -26,11 +26,14 @@ import importlib
 import numpy as np
 
 
+def _is_cupy(array) -> bool:
+    return type(array) is not np.ndarray and type(array).__module__.split(".")[0] == "cupy"
+
+
 def array_module(*arrays):
     """``cupy`` if any of ``arrays`` is a CuPy array, else ``numpy``."""
-    for array in arrays:
-        if type(array) is not np.ndarray and type(array).__module__.split(".")[0] == "cupy":
-            return importlib.import_module("cupy")
+    if any(_is_cupy(array) for array in arrays):
+        return importlib.import_module("cupy")
     return np
 
 
@@ -42,7 +45,7 @@ def device_module(device: str):
 def to_host(array, copy: bool = False):
     """``array`` as a NumPy array: a CuPy array is copied off its device; a NumPy one is itself
     (a copy of it with ``copy``); anything else goes through ``np.asarray``."""
-    if type(array) is not np.ndarray and type(array).__module__.split(".")[0] == "cupy":
+    if _is_cupy(array):
         return array.get()
     return np.array(array, copy=True) if copy else np.asarray(array)
 

@@ -24,6 +24,10 @@ decide whether LLVM does vectorise it, both measured on the input transform (one
   (a plain row copy: 42 us a pass signed, 9.6 us unsigned). Numba types an integer literal
   plus a uint64 as int64, so a row's offset is written ``np.uint64(k * BLOCK) + e``.
 
+The second half of each transform (six columns, or four rows) is written out line by line on
+purpose: the same lines as a ``numba.literal_unroll`` loop left the input transform's loop
+scalar (no packed instructions in its assembly, checked this way in review).
+
 The image's rows are copied once into a ring of six zero-padded rows (the padding is zeros
 written once, not a test per value); the next tile row starts 4 rows down and finds its first
 two rows still there. The output gradient's 16 values per tile are gathered the same way, and

@@ -248,8 +248,8 @@ class Layer:
             return record_call(self, inputs, training)
         inputs = self._as_inputs(inputs)
         variables = self.variables
-        if variables and variables[0].value is not None:           # on the weights' device
-            module = arrays.array_module(variables[0].value)
+        module = arrays.array_module(variables[0].value) if variables else np
+        if module is not np:                                 # GPU weights: the inputs go there
             inputs = ([arrays.on_device(x, module) for x in inputs] if isinstance(inputs, list)
                       else arrays.on_device(inputs, module))
         if not self.built:

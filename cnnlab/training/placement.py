@@ -2,7 +2,7 @@
 
     place(model, 'gpu')      # its variables and optimizer slots moved there, once
     device_of(model)         # 'cpu' or 'gpu', from where its variables are
-    batch_to(model, arrays)  # a batch's arrays on the model's device (None stays None)
+    batch_to(values, device) # a batch's arrays on that device (None stays None)
 
 The model runs where its variables are. ``fit``, ``evaluate`` and ``predict`` place it where
 ``config.device()`` resolves (``engine.devices.resolve``) before their first batch, and it stays
@@ -53,9 +53,7 @@ def place(model, device: str) -> None:
     model.workspaces = execute.Workspaces()
 
 
-def batch_to(model, values: list) -> list:
-    """``values`` (a batch's inputs or targets) on the model's device."""
-    if device_of(model) == "cpu":
-        return values
-    module = arrays.device_module("gpu")
+def batch_to(values: list, device: str) -> list:
+    """``values`` (a batch's inputs or targets) on ``device`` (:func:`device_of` the model)."""
+    module = arrays.device_module(device)
     return [None if v is None else arrays.on_device(v, module) for v in values]

@@ -93,9 +93,10 @@ def _context(model, training, batch_sum=None, generators=None, keep_cache=None) 
 def _on_model_device(model, xs, ys):
     """The batch on the model's device, and its shards over the cores (None: one piece; always
     on a GPU, where the device's own parallelism does the work)."""
-    if placement.device_of(model) == "cpu":
+    device = placement.device_of(model)
+    if device == "cpu":
         return xs, ys, parallel.shards(len(xs[0]))
-    return placement.batch_to(model, xs), placement.batch_to(model, ys), None
+    return placement.batch_to(xs, device), placement.batch_to(ys, device), None
 
 
 def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: float = 1.0,
