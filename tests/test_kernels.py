@@ -332,6 +332,46 @@ def test_max_pool_kernels_equal_the_reference_in_float64(seed, n, h, w, c, kh, k
                                atol=1e-12 * np.abs(grad_out).max(initial=0), err_msg="dx")
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), h=st.integers(1, 11),
+       w=st.integers(1, 11), c=st.integers(1, 19), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                      st.tuples(st.integers(0, 2), st.integers(0, 2))))
+@example(seed=0, n=2, h=8, w=8, c=16, kh=3, kw=3, strides=(2, 2), dilation=(1, 1),
+         pads=((0, 1), (0, 1)))                                  # ResNet's strided layers
+def test_col2im_and_the_strided_input_gradient_equal_the_reference_in_float64(
+        seed, n, h, w, c, kh, kw, strides, dilation, pads):
+    """Windows that overlap (stride < kernel), tile or leave gaps (stride > kernel), dilated,
+    padded unevenly: the gather adds each pixel's taps in the reference's order, so the two
+    are equal bit for bit; and the strided convolution's input gradient built on it equals the
+    per-tap products' to 1e-12."""
+    from hypothesis import assume
+
+    from cnnlab.engine import conv, windows
+    from cnnlab.engine.shapes import output_hw
+    assume(h + sum(pads[0]) >= (kh - 1) * dilation[0] + 1)
+    assume(w + sum(pads[1]) >= (kw - 1) * dilation[1] + 1)
+    rng = np.random.default_rng(seed)
+    ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
+    grad_windows = rng.standard_normal((n, ho, wo, kh, kw, c))
+    fast, reference = _both(lambda: windows.col2im(grad_windows, (n, h, w, c), strides, pads,
+                                                   dilation))
+    np.testing.assert_array_equal(fast, reference)
+    assume(strides != (1, 1))
+    x, kernel = rng.standard_normal((n, h, w, c)), rng.standard_normal((kh, kw, c, 5))
+    grad_out = rng.standard_normal((n, ho, wo, 5))
+
+    def input_grad():
+        _, cache = conv.conv2d_forward(x, kernel, None, strides, pads, dilation,
+                                       algorithm="direct")
+        return conv.conv2d_backward(grad_out, cache)[0]
+    fast, reference = _both(input_grad)
+    np.testing.assert_allclose(fast, reference, rtol=1e-12,
+                               atol=1e-12 * np.abs(reference).max(initial=1))
+
+
 def test_max_pool_gradient_finds_the_maximum_of_a_window_of_more_than_256_cells():
     """A 17 x 17 window has 289 taps: their index outgrew the byte it was kept in, and the
     gradient went to the wrong cell. Checked against the argmax of each window, on both paths."""
@@ -473,11 +513,11 @@ def test_every_kernel_releases_the_gil():
     folder = os.path.dirname(compiled.__file__)
     names = sorted(name[:-3] for name in os.listdir(folder) if name.endswith("_kernels.py"))
     assert names == ["depthwise_kernels", "merge_kernels", "normalization_kernels",
-                     "pool_kernels", "update_kernels", "winograd_kernels"]
+                     "pool_kernels", "update_kernels", "windows_kernels", "winograd_kernels"]
     kernels = [obj for name in names
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 2 + 1 + 5 + 2 + 3 + 3
+    assert len(kernels) == 2 + 1 + 5 + 2 + 3 + 3 + 1
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 
@@ -513,4 +553,4 @@ def test_kernels_stay_in_bounds(tmp_path):
     run = subprocess.run([sys.executable, "-c", BOUNDS_CHECKED_RUN, __file__], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "9 passed" in run.stdout, run.stdout[-2000:]
+    assert "10 passed" in run.stdout, run.stdout[-2000:]

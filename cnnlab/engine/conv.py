@@ -439,7 +439,9 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
       KH*KW products with K = F below).
     - ``grad_x`` at other strides: each kernel tap ``(i, j)`` sends ``grad_out @ kernel[i, j]^T``
       back to the pixels it read, straight into the strided pixels: ~2x faster than one big
-      ``grad_cols`` product followed by col2im (kept as :func:`conv2d_backward_reference`).
+      ``grad_cols`` product followed by NumPy's col2im (kept as
+      :func:`conv2d_backward_reference`). With compiled kernels that product and a compiled
+      col2im, which writes each pixel once, are faster still (:func:`_strided_input_grad`).
     - ``need_input_grad=False`` (the first layer: nobody needs the image's gradient) skips it.
     """
     if isinstance(cache, fourier.SpectralCache):
@@ -475,6 +477,9 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
         full_pads = transposed_pads((kh, kw), pads, dilation)
         return (_input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace),
                 grad_kernel, grad_bias)
+    if compiled.module("windows_kernels", grad_out) is not None and \
+            grad_out.dtype in compiled.KERNEL_DTYPES:
+        return _strided_input_grad(grad_rows, kernel, cache), grad_kernel, grad_bias
     (top, bottom), (left, right) = pads
     grad_xp = xp.zeros((n, x_shape[1] + top + bottom, x_shape[2] + left + right, c),
                        dtype=grad_out.dtype)                                     # (N, Hp, Wp, C)
@@ -487,6 +492,25 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
             grad_xp[:, rows, cols_, :] += tap_grad.reshape(n, ho, wo, c)
     grad_x = grad_xp[:, top:top + x_shape[1], left:left + x_shape[2], :]         # (N, H, W, C)
     return grad_x, grad_kernel, grad_bias
+
+
+def _strided_input_grad(grad_rows, kernel, cache) -> np.ndarray:
+    """A strided convolution's input gradient with compiled kernels: ``grad_cols = grad_out @
+    kernel^T`` (one GEMM with K = F) and the compiled col2im, which writes each input pixel once,
+    chunk by chunk of images under the memory budget. 2.8 ms against 5.9 ms for the per-tap
+    products and strided adds (ResNet-20's 16 -> 32 channel layer, 64 images, 1 thread)."""
+    kh, kw, c, f = kernel.shape
+    n, h, w, _ = cache.x_shape
+    rows_per_image = grad_rows.shape[0] // n
+    weights_t = kernel.reshape(kh * kw * c, f).T                                 # (F, KH*KW*C)
+    grad_x = np.empty(cache.x_shape, dtype=grad_rows.dtype)                      # (N, H, W, C)
+    out_hw = output_hw((h, w), (kh, kw), cache.strides, cache.pads, cache.dilation)
+    for chunk in batch_chunks(n, rows_per_image * kh * kw * c * grad_rows.itemsize):
+        rows = grad_rows[chunk.start * rows_per_image:chunk.stop * rows_per_image]
+        grad_cols = rows @ weights_t                                             # (n*Ho*Wo, K)
+        col2im(grad_cols.reshape(-1, *out_hw, kh, kw, c), grad_x[chunk].shape, cache.strides,
+               cache.pads, cache.dilation, out=grad_x[chunk])
+    return grad_x
 
 
 def conv2d_backward_reference(grad_out: np.ndarray, cache, need_input_grad: bool = True):

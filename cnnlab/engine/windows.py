@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.engine import compiled
 from cnnlab.engine.arrays import array_module
 from cnnlab.engine.shapes import Pads, output_hw
 
@@ -95,13 +96,33 @@ def im2col(x: np.ndarray, kernel_hw: tuple[int, int], strides: tuple[int, int], 
 
 
 def col2im(grad_windows: np.ndarray, input_shape: tuple[int, ...], strides: tuple[int, int],
-           pads: Pads, dilation: tuple[int, int] = (1, 1)) -> np.ndarray:
+           pads: Pads, dilation: tuple[int, int] = (1, 1),
+           out: np.ndarray | None = None) -> np.ndarray:
     """Adjoint of :func:`sliding_windows`: add ``(N, Ho, Wo, KH, KW, C)`` back onto ``(N, H, W, C)``.
 
     One strided add per kernel tap: tap ``(i, j)`` of every window lands on padded pixels
     ``(o_h * sh + i * dh, o_w * sw + j * dw)``. Overlapping windows add up, as the chain rule says.
     The padding's share is cut away at the end: padded zeros have no gradient to pass on.
+    With compiled kernels, one gather pass instead (``windows_kernels``, the same sums in the
+    same order). ``out``: a C-contiguous ``(N, H, W, C)`` array to write into.
     """
+    kernels = compiled.module("windows_kernels", grad_windows)
+    if kernels is not None and grad_windows.dtype in compiled.KERNEL_DTYPES:
+        if out is None:
+            out = np.empty(input_shape, grad_windows.dtype)
+        return kernels.col2im(np.ascontiguousarray(grad_windows), *strides, *dilation,
+                              pads[0][0], pads[1][0], out)
+    grad_x = col2im_reference(grad_windows, input_shape, strides, pads, dilation)
+    if out is None:
+        return grad_x
+    out[...] = grad_x
+    return out
+
+
+def col2im_reference(grad_windows: np.ndarray, input_shape: tuple[int, ...],
+                     strides: tuple[int, int], pads: Pads,
+                     dilation: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """:func:`col2im` as NumPy strided adds, one per tap."""
     n, h, w, c = input_shape
     _, ho, wo, kh, kw, _ = grad_windows.shape
     (top, bottom), (left, right) = pads

@@ -1,0 +1,68 @@
+"""Compiled col2im, beside its NumPy reference (``windows.col2im``, whose docstring has the
+shapes): the adjoint of reading every window, which a strided convolution's input gradient and
+average pooling's gradient end in.
+
+    reference (scatter, one pass per tap)       here (gather, one pass in all)
+    grad_xp = 0                                 for each input pixel (y, x):
+    for each tap (i, j):                          grad_x[n, y, x, :] = sum over the taps (i, j)
+      grad_xp[:, i*dh + oy*sh, j*dw + ox*sw]        whose window (oy, ox) read it, i.e.
+        += grad_windows[:, oy, ox, i, j]            oy*sh + i*dh = y + top, ox*sw + j*dw = x + left,
+    grad_x = grad_xp without its padding            of grad_windows[n, oy, ox, i, j, :]
+
+The reference reads and writes the padded input-sized array once per tap (9 times for a 3x3
+kernel), strided, and zeroes it first; here every input pixel is written once, with its taps
+added in the reference's order (rows, then columns, from 0), so the two agree bit for bit.
+
+Indices are unsigned (``np.uint64``) where a loop over channels reads and writes: a signed
+index carries Numba's wrap-around test, which keeps LLVM from vectorising the loop (see
+``winograd_kernels``).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def col2im(grad_windows, sh, sw, dh, dw, top, left, grad_x):
+    """``grad_x (N, H, W, C)`` from ``grad_windows (N, Ho, Wo, KH, KW, C)``; both C-contiguous,
+    every cell of ``grad_x`` written. A pixel's sum is taken in a row of its own and copied
+    out (18-25% faster than adding into ``grad_x``, which LLVM must assume may overlap the
+    windows); which windows read a pixel is worked out once per row and once per column."""
+    batch, out_h, out_w, kh, kw, channels = grad_windows.shape
+    _, height, width, _ = grad_x.shape
+    source = grad_windows.reshape(-1)
+    target = grad_x.reshape(-1)
+    c = np.uint64(channels)
+    total = np.empty(channels, grad_x.dtype)
+    window_row = np.empty(kh, np.int64)             # per tap row i: the window row, or -1
+    window_col = np.empty((width, kw), np.int64)    # per column x and tap column j
+    for x in range(width):
+        for j in range(kw):
+            s = x + left - j * dw
+            window_col[x, j] = s // sw if s >= 0 and s % sw == 0 and s // sw < out_w else -1
+    for n in range(batch):
+        for y in range(height):
+            for i in range(kh):
+                r = y + top - i * dh
+                window_row[i] = r // sh if r >= 0 and r % sh == 0 and r // sh < out_h else -1
+            for x in range(width):
+                for e in range(c):
+                    total[e] = 0
+                for i in range(kh):
+                    oy = window_row[i]
+                    if oy < 0:
+                        continue
+                    for j in range(kw):
+                        ox = window_col[x, j]
+                        if ox < 0:
+                            continue
+                        read = np.uint64(((((n * out_h + oy) * out_w + ox) * kh + i) * kw + j)
+                                         * channels)
+                        for e in range(c):
+                            total[e] += source[read + e]
+                at = np.uint64(((n * height + y) * width + x) * channels)
+                for e in range(c):
+                    target[at + e] = total[e]
+    return grad_x
