@@ -132,6 +132,29 @@ def test_a_layer_called_twice_accumulates_its_gradient():
     compare(model, torch_loss, x_data, y)
 
 
+def test_gradients_add_in_place_only_into_an_array_nothing_else_holds():
+    """Backward sums a tensor's gradients in place when its running total is referenced by the
+    sum alone; an array a cache, a caller or a view still holds is never written."""
+    from cnnlab.graph.execute import _add
+    total = {}
+    _add(total, "x", np.ones(3))                       # only the dict holds it
+    first = id(total["x"])
+    _add(total, "x", np.full(3, 2.0))
+    assert id(total["x"]) == first and total["x"].tolist() == [3.0, 3.0, 3.0]
+    for hold in ("caller", "view"):
+        held = np.ones(3)
+        total = {"x": held}
+        kept = held if hold == "caller" else held[1:]
+        if hold == "view":
+            del held
+        _add(total, "x", np.full(3, 2.0))
+        assert kept.tolist() == [1.0] * len(kept), hold
+        assert total["x"].tolist() == [3.0, 3.0, 3.0], hold
+    total = {"x": np.ones(3, np.float32)}              # a wider sum is a new array
+    _add(total, "x", np.ones(3))
+    assert total["x"].dtype == np.float64
+
+
 def test_inception_style_concatenation_of_three_branches_equals_torch():
     x = Input((8, 8, 4))
     b1 = layers.Conv2D(3, 1, activation="relu", name="b1")(x)
