@@ -125,16 +125,15 @@ def test_the_fused_relu_is_the_relu_after_the_normalisation():
 
 
 def test_a_network_without_kernels_never_imports_numba():
-    """`import cnnlab` and predicting with a network with no compiled op (a 5x5 convolution and
-    a Dense layer) do not pay Numba's import; the first training step does (the optimizer's
-    update is compiled)."""
+    """`import cnnlab` and predicting with a network with no compiled op (Dense layers) do not
+    pay Numba's import; the first training step does (the optimizer's update is compiled)."""
     import os
     import subprocess
     import sys
     script = (
         "import sys, numpy as np, cnnlab\n"
         "L = cnnlab.layers\n"
-        "m = cnnlab.models.Sequential([L.Input((28, 28, 1)), L.Conv2D(4, 5), L.Flatten(),\n"
+        "m = cnnlab.models.Sequential([L.Input((28, 28, 1)), L.Flatten(), L.Dense(4),\n"
         "                              L.Dense(10, activation='softmax')])\n"
         "m.compile(optimizer='sgd', loss='sparse_categorical_crossentropy')\n"
         "x = np.zeros((8, 28, 28, 1), np.float32)\n"
@@ -341,12 +340,13 @@ def test_max_pool_kernels_equal_the_reference_in_float64(seed, n, h, w, c, kh, k
                       st.tuples(st.integers(0, 2), st.integers(0, 2))))
 @example(seed=0, n=2, h=8, w=8, c=16, kh=3, kw=3, strides=(2, 2), dilation=(1, 1),
          pads=((0, 1), (0, 1)))                                  # ResNet's strided layers
-def test_col2im_and_the_strided_input_gradient_equal_the_reference_in_float64(
+def test_im2col_col2im_and_the_strided_input_gradient_equal_the_reference_in_float64(
         seed, n, h, w, c, kh, kw, strides, dilation, pads):
     """Windows that overlap (stride < kernel), tile or leave gaps (stride > kernel), dilated,
-    padded unevenly: the gather adds each pixel's taps in the reference's order, so the two
-    are equal bit for bit; and the strided convolution's input gradient built on it equals the
-    per-tap products' to 1e-12."""
+    padded unevenly: im2col copies (with and without the ones column of a folded bias) and the
+    col2im gather adds each pixel's taps in the reference's order, so both equal the reference
+    bit for bit; the strided convolution's input gradient built on them equals the per-tap
+    products' to 1e-12."""
     from hypothesis import assume
 
     from cnnlab.engine import conv, windows
@@ -359,6 +359,11 @@ def test_col2im_and_the_strided_input_gradient_equal_the_reference_in_float64(
     fast, reference = _both(lambda: windows.col2im(grad_windows, (n, h, w, c), strides, pads,
                                                    dilation))
     np.testing.assert_array_equal(fast, reference)
+    image = rng.standard_normal((n, h, w, c))
+    for ones_column in (False, True):
+        fast, reference = _both(lambda ones=ones_column: windows.im2col(
+            image, (kh, kw), strides, pads, dilation, ones))
+        np.testing.assert_array_equal(fast, reference)
     assume(strides != (1, 1))
     x, kernel = rng.standard_normal((n, h, w, c)), rng.standard_normal((kh, kw, c, 5))
     grad_out = rng.standard_normal((n, ho, wo, 5))
@@ -517,7 +522,7 @@ def test_every_kernel_releases_the_gil():
     kernels = [obj for name in names
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 2 + 1 + 5 + 2 + 3 + 3 + 1
+    assert len(kernels) == 2 + 1 + 5 + 2 + 3 + 3 + 2
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 

@@ -1,5 +1,6 @@
 """The window arithmetic every sliding op shares: padding, one kernel tap's slice, im2col and
-its adjoint col2im, column sums, and batch chunks under a memory budget. Convolution, depthwise
+its adjoint col2im (compiled in ``windows_kernels``), column sums, and batch chunks under a
+memory budget. Convolution, depthwise
 convolution, pooling, resampling, the frequency and Winograd paths, Dense and BatchNorm import it
 from here, so none of them depends on another's algorithm.
 
@@ -78,7 +79,8 @@ def im2col(x: np.ndarray, kernel_hw: tuple[int, int], strides: tuple[int, int], 
     ``ones_column`` appends a column of ones, so that ``cols @ [kernel; bias]`` adds the bias
     inside the matrix multiply instead of in another pass over the output. ``out``: a buffer of
     the right shape to write into (reused across steps, it saves allocating and page-faulting
-    the largest array of the layer).
+    the largest array of the layer). With compiled kernels the copy is one pass that takes
+    padding as bounds (``windows_kernels.im2col``): no padded copy of ``x`` first.
     """
     n, h, w, c = x.shape
     ho, wo = output_hw((h, w), kernel_hw, strides, pads, dilation)
@@ -89,6 +91,10 @@ def im2col(x: np.ndarray, kernel_hw: tuple[int, int], strides: tuple[int, int], 
         out = xm.empty(shape, dtype=x.dtype)
         if ones_column:
             out[..., k] = 1
+    kernels = compiled.module("windows_kernels", x, out)
+    if kernels is not None and x.dtype in compiled.KERNEL_DTYPES:
+        return kernels.im2col(np.ascontiguousarray(x), *kernel_hw, *strides, *dilation,
+                              pads[0][0], pads[1][0], out)
     xp = pad_images(x, pads)                                          # (N, Hp, Wp, C)
     windows = sliding_windows(xp, kernel_hw, strides, dilation, (ho, wo))  # (N, Ho, Wo, KH, KW, C)
     xm.copyto(out[..., :k].reshape(n, ho, wo, *kernel_hw, c), windows)   # the im2col copy

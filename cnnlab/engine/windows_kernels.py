@@ -1,6 +1,12 @@
-"""Compiled col2im, beside its NumPy reference (``windows.col2im``, whose docstring has the
-shapes): the adjoint of reading every window, which a strided convolution's input gradient and
-average pooling's gradient end in.
+"""Compiled im2col and col2im, beside their NumPy references (``windows.im2col`` and
+``windows.col2im``, whose docstrings have the shapes): copying every window into a row, which
+the convolutions Winograd does not take (stems, strided layers) start from, and its adjoint,
+which a strided convolution's input gradient and average pooling's gradient end in.
+
+im2col's reference pads a copy of the input, then copies its windows through a 6-D strided
+view, whose innermost run is C values (3 for an RGB stem); here padding is a bounds test and a
+tap row on the image is one run of KW*C values: 2.54 -> 1.73 ms for ResNet-20's stem and
+1.93 -> 1.00 ms for its first strided layer (batch 128, 1 thread).
 
     reference (scatter, one pass per tap)       here (gather, one pass in all)
     grad_xp = 0                                 for each input pixel (y, x):
@@ -66,3 +72,47 @@ def col2im(grad_windows, sh, sw, dh, dw, top, left, grad_x):
                 for e in range(c):
                     target[at + e] = total[e]
     return grad_x
+
+
+@numba.njit(cache=True, nogil=True)
+def im2col(x, kh, kw, sh, sw, dh, dw, top, left, cols):
+    """Every window of ``x (N, H, W, C)`` copied into one row of ``cols (N, Ho, Wo, K')``,
+    C-contiguous, ``K' >= KH*KW*C`` (a folded bias's ones column after them is left as it is):
+    ``cols[n, oy, ox, (i*KW + j)*C + c] = x[n, oy*sh + i*dh - top, ox*sw + j*dw - left, c]``,
+    0 where that pixel is padding. A tap row whose pixels all lie on the image and touch
+    (``dw = 1``) is one run of ``KW*C`` values."""
+    batch, height, width, channels = x.shape
+    _, out_h, out_w, row_length = cols.shape
+    source = x.reshape(-1)
+    target = cols.reshape(-1)
+    zero = x.dtype.type(0)
+    run = np.uint64(kw * channels)
+    c = np.uint64(channels)
+    for n in range(batch):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                at = np.uint64(((n * out_h + oy) * out_w + ox) * row_length)
+                left_x = ox * sw - left
+                whole_row = dw == 1 and left_x >= 0 and left_x + kw <= width
+                for i in range(kh):
+                    y = oy * sh + i * dh - top
+                    put = at + np.uint64(i) * run
+                    if y < 0 or y >= height:
+                        for e in range(run):
+                            target[put + e] = zero
+                    elif whole_row:
+                        read = np.uint64(((n * height + y) * width + left_x) * channels)
+                        for e in range(run):
+                            target[put + e] = source[read + e]
+                    else:
+                        for j in range(kw):
+                            col = left_x + j * dw
+                            tap = put + np.uint64(j) * c
+                            if col < 0 or col >= width:
+                                for e in range(c):
+                                    target[tap + e] = zero
+                            else:
+                                read = np.uint64(((n * height + y) * width + col) * channels)
+                                for e in range(c):
+                                    target[tap + e] = source[read + e]
+    return cols
