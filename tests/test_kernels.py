@@ -451,9 +451,10 @@ def test_update_kernels_equal_the_reference_bit_for_bit(rule, dtype, size, seed,
 @given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=4),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31 - 1))
 def test_merge_kernel_and_its_gradient_equal_the_reference_bit_for_bit(shape, dtype, seed):
-    """ResNet's join, ``max(a + b, 0)``, and its gradient, on sizes no SIMD width divides, with
-    NaN, infinities and signed zeros planted: the same bits on both paths (a NaN sum stays NaN,
-    a sum of -0 is +0)."""
+    """ResNet's join, ``max(a + b, 0)``, and its gradient (the compiled ReLU gradient,
+    ``activations_kernels``), on sizes no SIMD width divides, with NaN, infinities and signed
+    zeros planted: the same bits on both paths (a NaN sum stays NaN, a sum of -0 is +0, a
+    masked negative gradient is -0)."""
     from cnnlab.engine import merge
     rng = np.random.default_rng(seed)
     a, b, dy = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
@@ -517,12 +518,12 @@ def test_every_kernel_releases_the_gil():
     import numba
     folder = os.path.dirname(compiled.__file__)
     names = sorted(name[:-3] for name in os.listdir(folder) if name.endswith("_kernels.py"))
-    assert names == ["depthwise_kernels", "merge_kernels", "normalization_kernels",
+    assert names == ["activations_kernels", "depthwise_kernels", "merge_kernels", "normalization_kernels",
                      "pool_kernels", "update_kernels", "windows_kernels", "winograd_kernels"]
     kernels = [obj for name in names
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 2 + 1 + 5 + 2 + 3 + 3 + 2
+    assert len(kernels) == 1 + 2 + 1 + 5 + 2 + 3 + 3 + 2
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 

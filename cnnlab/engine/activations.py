@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from cnnlab.engine import compiled
 from cnnlab.engine.arrays import array_module
 
 _SQRT_PI = math.sqrt(math.pi)
@@ -23,7 +24,16 @@ def relu_forward(x: np.ndarray):
 
 
 def relu_backward(grad_out: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Gradient passes where the output was positive; at exactly 0 it is 0, as in PyTorch."""
+    """Gradient passes where the output was positive; at exactly 0 it is 0, as in PyTorch.
+    Compiled (``activations_kernels``) for equal shapes of one float32 or float64 dtype: one
+    pass instead of a mask and a product."""
+    kernels = compiled.module("activations_kernels", grad_out, out)
+    if kernels is not None and grad_out.shape == out.shape and grad_out.dtype == out.dtype \
+            and grad_out.dtype in compiled.KERNEL_DTYPES:
+        grad_out, out = np.ascontiguousarray(grad_out), np.ascontiguousarray(out)
+        grad_in = np.empty_like(grad_out)
+        kernels.relu_backward(grad_out.reshape(-1), out.reshape(-1), grad_in.reshape(-1))
+        return grad_in
     return grad_out * (out > 0)
 
 

@@ -4,9 +4,8 @@ formulas). Every array is 1-D, one element per value of the (N, H, W, C) maps, C
     add_relu   y = max(a + b, 0)                  one pass: reads a and b, writes y
 
 ResNet's ``Add -> ReLU`` is two passes over the map on the reference (the sum, then the max in
-place); here it is one. Its gradient is ReLU's (``activations.relu_backward``): a kernel for
-it measured no faster on whole steps (the article's network, batch 128, 5 interleaved rounds:
-14.45-14.86 ms a step with it, 14.62-14.74 without). The values are the reference's bit for
+place); here it is one. Its gradient is ReLU's (``activations.relu_backward``, compiled in
+``activations_kernels``). The values are the reference's bit for
 bit, NaN and signed zeros included: a NaN sum stays NaN and a sum of -0 becomes +0, as
 ``np.maximum(s, 0)`` gives them.
 """
