@@ -9,7 +9,9 @@
    together at batch 128; a 3x3 convolution's forward and both gradients at batch 64 (one
    shard of 128 on 2 cores), on the path ``conv.choose`` picks with each setting (the
    reference's frequency domain or F(2x2); the compiled F(4x4) Winograd); a 3x3 depthwise
-   convolution's on MobileNet's shapes; 2x2 max pooling's (cifar10_cnn's and the article's
+   convolution's on MobileNet's shapes; the im2col path's (ResNet-20's stem and strided
+   layers: windows copied into rows, and added back for the input gradient); ReLU's gradient;
+   2x2 max pooling's (cifar10_cnn's and the article's
    pools in training, a face detection's first level at inference); the optimizers' updates
    of the article's largest weight matrix. The reference's time, the kernels', and the ratio;
 2. their share of whole ResNet-20 training steps (batch 128, 1 thread, so the profile is one
@@ -43,7 +45,7 @@ from threadpoolctl import threadpool_limits
 
 import cnnlab
 from cnnlab import zoo
-from cnnlab.engine import conv, depthwise, pool, updates, windows
+from cnnlab.engine import activations, conv, depthwise, pool, updates, windows
 from cnnlab.engine import normalization as bn
 
 SHAPES = [(128 * 32 * 32, 16), (128 * 16 * 16, 32), (128 * 8 * 8, 64)]   # (M, C) per stage
@@ -99,6 +101,31 @@ def op_times() -> None:
         print(f"  {size}x{size}x{channels:<3}: reference ({picked['numpy']}) "
               f"{found['numpy']:6.2f} ms, compiled ({picked['numba']}) {found['numba']:6.2f} ms "
               f"({found['numpy'] / found['numba']:.2f}x)")
+    print("Windows copied into rows (im2col) and added back (col2im): ResNet-20's stem "
+          "(forward + kernel gradient: nothing needs the image's) and strided layers (forward + "
+          "both gradients), batch 64, float32, 1 thread (best of 10):")
+    for size, channels, filters, stride in ((32, 3, 16, 1), (32, 16, 32, 2), (16, 32, 64, 2)):
+        x = rng.standard_normal((64, size, size, channels)).astype(np.float32)
+        kernel = rng.standard_normal((3, 3, channels, filters)).astype(np.float32)
+        pads = ((1, 1), (1, 1)) if stride == 1 else ((0, 1), (0, 1))
+
+        def step(x=x, kernel=kernel, pads=pads, stride=stride, workspace={}):  # noqa: B006
+            # the workspace keeps the columns' buffer between steps, as a layer's does
+            out, cache = conv.conv2d_forward(x, kernel, None, (stride, stride), pads,
+                                             (1, 1), workspace, algorithm="direct")
+            conv.conv2d_backward(out, cache, need_input_grad=stride != 1)
+        with threadpool_limits(1):
+            found = _reference_and_compiled_ms(step, repeats=10)
+        print(f"  {size}x{size}x{channels:<2} -> {filters:<2}, stride {stride}: reference "
+              f"{found['numpy']:6.2f} ms, compiled {found['numba']:6.2f} ms "
+              f"({found['numpy'] / found['numba']:.2f}x)")
+    print("ReLU's gradient, float32, one thread (best of 20):")
+    for shape in ((128, 32, 32, 32), (64, 32, 32, 16)):
+        dy = rng.standard_normal(shape).astype(np.float32)
+        y = np.maximum(rng.standard_normal(shape).astype(np.float32), 0)
+        found = _reference_and_compiled_ms(lambda dy=dy, y=y: activations.relu_backward(dy, y))
+        print(f"  {'x'.join(map(str, shape)):<14}: reference {found['numpy']:6.2f} ms, compiled "
+              f"{found['numba']:6.2f} ms ({found['numpy'] / found['numba']:.1f}x)")
     print("3x3 depthwise convolution forward + both gradients, batch 64, float32 (best of 10):")
     for size, channels in ((32, 32), (16, 64), (8, 128)):
         x = rng.standard_normal((64, size, size, channels)).astype(np.float32)
