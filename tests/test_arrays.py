@@ -67,3 +67,22 @@ def test_image_ops_compute_with_the_module_of_their_inputs(monkeypatch):
             "any", "maximum", "broadcast_to", "asarray", "lib.stride_tricks.as_strided",
             "vstack", "matmul", "ascontiguousarray", "clip", "result_type", "empty_like",
             "zeros_like"} <= looked_up
+
+
+def test_a_recycled_array_is_handed_out_again_only_when_nothing_else_holds_it():
+    """``arrays.recycled`` gives a call site its previous array back once the caller has let
+    go of it, and a new one while anything (a variable, a view) still refers to it or the shape
+    or dtype changed."""
+    workspace = {}
+    first = arrays.recycled(workspace, "out", (2, 3), np.float32)
+    first_id = id(first)
+    del first
+    again = arrays.recycled(workspace, "out", (2, 3), np.float32)
+    assert id(again) == first_id
+    held = arrays.recycled(workspace, "out", (2, 3), np.float32)
+    assert held is not again                       # `again` still holds the first
+    view = held[1:]
+    del held
+    assert id(arrays.recycled(workspace, "out", (2, 3), np.float32)) != id(view.base)
+    assert arrays.recycled(workspace, "out", (3, 2), np.float32).shape == (3, 2)
+    assert arrays.recycled(None, "out", (2, 3), np.float64).dtype == np.float64

@@ -333,11 +333,17 @@ def test_summary_counts_moving_statistics_as_non_trainable_and_shows_connections
     assert f"Non-trainable params: {states:,}" in text and states == 36
 
 
-def test_a_tape_keeps_its_gradients_when_the_model_runs_again_before_its_backward():
-    """Scratch buffers are kept per call site and reused by its next call (im2col's columns);
-    a tape whose backward comes after a second forward pass must still give its own
-    gradients, not ones mixed with the second input's. Every convolution path: im2col (the
-    strided layer), Winograd (3x3), the frequency domain (5x5), one GEMM (1x1)."""
+@pytest.mark.parametrize("algorithm", ["auto", "winograd"])
+def test_a_tape_keeps_its_gradients_when_the_model_runs_again_before_its_backward(
+        algorithm, monkeypatch):
+    """Buffers are kept per call site and reused by its next call (im2col's columns; in
+    training, Winograd's outputs and transformed tiles once nothing refers to them); a tape
+    whose backward comes after a second forward pass must still give its own gradients, not
+    ones mixed with the second input's. Every convolution path: im2col (the strided layer),
+    Winograd (3x3; forced too, since the cost model may pick im2col at this size), the
+    frequency domain (5x5), one GEMM (1x1)."""
+    from cnnlab.engine import conv
+    monkeypatch.setattr(conv, "ALGORITHM", algorithm)
     x = Input((12, 12, 3))
     h = layers.Conv2D(4, 3, strides=2, padding="same")(x)
     h = layers.Conv2D(4, 3, padding="same")(h)

@@ -22,6 +22,7 @@ into NumPy's behind the caller's back): :func:`on_device` copies to the module o
 from __future__ import annotations
 
 import importlib
+import sys
 
 import numpy as np
 
@@ -48,6 +49,25 @@ def to_host(array, copy: bool = False):
     if _is_cupy(array):
         return array.get()
     return np.array(array, copy=True) if copy else np.asarray(array)
+
+
+def recycled(workspace: dict | None, key, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised array for a call site's output, kept in its ``workspace`` and handed
+    out again by the site's next call once nothing else refers to it (CPython's reference
+    count: the tape of a step, a caller's variable or a view would each add one). ``workspace``
+    None: a new array."""
+    if workspace is None:
+        return np.empty(shape, dtype)
+    held = workspace.get(key)
+    if held is not None and held.shape == tuple(shape) and held.dtype == dtype \
+            and sys.getrefcount(held) == _ONLY_THE_WORKSPACE:
+        return held
+    held = workspace[key] = np.empty(shape, dtype)
+    return held
+
+
+#: ``sys.getrefcount(held)`` in :func:`recycled` when only the workspace holds the array
+_ONLY_THE_WORKSPACE = 3
 
 
 def on_device(array, module):

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cnnlab.engine import compiled, fourier, windows, winograd
-from cnnlab.engine.arrays import array_module
+from cnnlab.engine.arrays import array_module, recycled
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import batch_chunks, col2im, column_sums, im2col, tap_slices, transposed_product
 from cnnlab.errors import ConfigError
@@ -177,7 +177,8 @@ FOLD_BIAS_MAX_K = 64
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
                    dilation: tuple[int, int] = (1, 1), workspace: dict | None = None,
-                   algorithm: str | None = None, gradients: str = "all", relu: bool = False):
+                   algorithm: str | None = None, gradients: str = "all", relu: bool = False,
+                   recycle: bool | None = None):
     """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``,
     then ``max(out, 0)`` if ``relu`` (inference: the backward pass does not take the ReLU's
     gradient; compiled Winograd runs it in its output transform, the other paths in place).
@@ -188,13 +189,17 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     chunk. ``workspace``: a dict the caller keeps between calls, to reuse the cols buffer.
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
     Arrays that are not NumPy's (CuPy's: ``engine.arrays``) take the im2col path on their own
-    module: the Winograd and frequency paths are CPU code.
+    module: the Winograd and frequency paths are CPU code. ``recycle``: whether compiled
+    Winograd may write into the site's output of its previous call, once nothing refers to it
+    (``arrays.recycled``); by default in training (``gradients`` other than 'none'), where a
+    step holds every output until its backward pass anyway.
     """
     xp = array_module(x, kernel)
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
                   gradients=gradients) if xp is np else "direct"
     if path == "winograd":
-        return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients)
+        return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients,
+                                 gradients != "none" if recycle is None else recycle)
     if path == "fourier":
         out, cache = fourier.conv2d_forward(x, kernel, bias, pads, workspace)
     elif kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
@@ -313,26 +318,38 @@ def _piece_input(x, pads: Pads, piece: Piece):
                                          (left, right))
 
 
-def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="all"):
+def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="all",
+                      recycle=False):
     """Piece by piece, each piece's V kept for the backward pass while the whole batch's fits
     the memory budget (``windows.COLS_BUDGET_BYTES``) and gradients will be asked for; past
-    that the backward pass redoes V from ``x``."""
+    that the backward pass redoes V from ``x``. The output (with ``recycle``) and the kept V
+    are the site's arrays of its previous call once nothing refers to them
+    (``arrays.recycled``): fresh ones cost a page fault per 4 KB every step, when glibc has
+    handed the memory freed by the step before back to the system (cifar10_cnn's training,
+    2 threads: 10,500 faults a step before, 4,400 after, and 1,037-1,159 -> 1,265-1,429
+    img/s). At inference a fresh output reuses what the layer before just freed, still in
+    cache, so it is not recycled there."""
     n, h, w, c = x.shape
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
     tiling = winograd.tiling()
-    out = np.empty((n, *out_hw, f), dtype=np.result_type(x, kernel))
+    out = recycled(workspace if recycle else None, "out", (n, *out_hw, f),
+                   np.result_type(x, kernel))
     pieces = _winograd_pieces(n, out_hw, c, f, out.itemsize, tiling)
     th, tw = winograd.tile_counts(out_hw, tiling.m)
     keep = gradients != "none" and \
         tiling.alpha ** 2 * n * th * tw * c * out.itemsize <= windows.COLS_BUDGET_BYTES
     u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
     tiles = []
-    for piece in pieces:
+    for k, piece in enumerate(pieces):
         rows, piece_pads = _piece_input(x, pads, piece)
+        piece_tiles = ((piece.images.stop - piece.images.start)
+                       * -(-(piece.rows.stop - piece.rows.start) // tiling.m) * tw)
+        v = recycled(workspace, ("tiles", k), (tiling.alpha ** 2, piece_tiles, c), out.dtype) \
+            if keep and tiling is winograd.F4 else None
         _, v = winograd.conv3x3_forward(rows, kernel, bias, piece_pads,
                                         (piece.rows.stop - piece.rows.start, out_hw[1]), tiling,
-                                        u, out[piece.images, piece.rows], relu)
+                                        u, out[piece.images, piece.rows], relu, v)
         if keep:
             tiles.append(v)
     return out, WinogradCache(tiles if keep else None, None if keep else x, pieces, tiling,
@@ -400,7 +417,7 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace)
         kernel[::-1, ::-1].transpose(0, 1, 3, 2))                                # (KH, KW, F, C)
     scratch = workspace.setdefault("input_grad", {}) if workspace is not None else None
     return conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch,
-                          gradients="none")[0]
+                          gradients="none", recycle=True)[0]
 
 
 def _pointwise_forward(x, kernel, bias, strides, dilation, workspace):

@@ -258,11 +258,14 @@ def output_transform_adjoint(grad_out: np.ndarray, tiles_hw) -> np.ndarray:
 
 
 # --- the convolution -----------------------------------------------------------------------------
-def transform_input(x: np.ndarray, pads: Pads, tiles_hw, tiles: Tiling) -> np.ndarray:
-    """``V (alpha^2, T, C)`` by the fastest transform there is for ``tiles``."""
+def transform_input(x: np.ndarray, pads: Pads, tiles_hw, tiles: Tiling,
+                    v: np.ndarray | None = None) -> np.ndarray:
+    """``V (alpha^2, T, C)`` by the fastest transform there is for ``tiles`` (into ``v`` where
+    given and compiled)."""
     kernels = compiled.module("winograd_kernels")
     if kernels is not None and tiles is F4:
-        v = np.empty((36, x.shape[0] * tiles_hw[0] * tiles_hw[1], x.shape[3]), dtype=x.dtype)
+        shape = (36, x.shape[0] * tiles_hw[0] * tiles_hw[1], x.shape[3])
+        v = np.empty(shape, dtype=x.dtype) if v is None else v
         kernels.input_tiles(np.ascontiguousarray(x), pads[0][0], pads[1][0], *tiles_hw, v)
         return v
     if tiles is F2:
@@ -272,7 +275,8 @@ def transform_input(x: np.ndarray, pads: Pads, tiles_hw, tiles: Tiling) -> np.nd
 
 def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
                     tiles: Tiling | None = None, u: np.ndarray | None = None,
-                    out: np.ndarray | None = None, relu: bool = False):
+                    out: np.ndarray | None = None, relu: bool = False,
+                    v: np.ndarray | None = None):
     """``out = A^T [(B^T d B) * (G g G^T)] A (+ bias)``: (N, H, W, C) -> (N, Ho, Wo, F), and the
     cache for :func:`transformed_kernel_grad` (the transformed tiles V). ``tiles``: the tiling
     (default :func:`tiling`). A batch done in chunks passes ``u``, the kernel already
@@ -282,7 +286,7 @@ def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
     n, f = x.shape[0], kernel.shape[3]
     dtype = np.result_type(x, kernel)
     tiles_hw = tile_counts(out_hw, tiles.m)
-    v = transform_input(x.astype(dtype, copy=False), pads, tiles_hw, tiles)   # (alpha^2, T, C)
+    v = transform_input(x.astype(dtype, copy=False), pads, tiles_hw, tiles, v)  # (alpha^2, T, C)
     if u is None:
         u = kernel_transform(kernel.astype(dtype, copy=False), tiles)         # (alpha^2, C, F)
     m = np.matmul(v, u)                                                 # (alpha^2, T, F)
