@@ -273,8 +273,14 @@ class Trainer:
         if resume is not None:
             self.history.history = {k: list(v) for k, v in resume["history"].items()}
             progress.restore_generators(self, resume)
-        FitLoop(self, epochs_source, callback_list, validation, batch_size, comm,
-                comm if sync_batch_norm else None).run(initial_epoch, epochs, resume)
+        try:
+            FitLoop(self, epochs_source, callback_list, validation, batch_size, comm,
+                    comm if sync_batch_norm else None).run(initial_epoch, epochs, resume)
+        finally:
+            # the call sites' buffers (a training step's recycled outputs and tiles,
+            # ``engine.arrays.recycled``; im2col's columns) are a step's worth of memory: kept
+            # between the steps of a fit, handed back at its end
+            self.workspaces = execute.Workspaces()
         if comm is not None and not sync_batch_norm:      # one set of moving statistics
             comm.broadcast_arrays([v.value for v in self.variables if v.kind == "state"])
         return self.history
