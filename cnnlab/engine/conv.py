@@ -326,9 +326,9 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     are the site's arrays of its previous call once nothing refers to them
     (``arrays.recycled``): fresh ones cost a page fault per 4 KB every step, when glibc has
     handed the memory freed by the step before back to the system (cifar10_cnn's training,
-    2 threads: 10,500 faults a step before, 4,400 after, and 1,037-1,159 -> 1,265-1,429
-    img/s). At inference a fresh output reuses what the layer before just freed, still in
-    cache, so it is not recycled there."""
+    2 threads: 10,500 faults a step before, 1 after, and 1,053-1,137 -> 1,333-1,381 img/s).
+    At inference a fresh output reuses what the layer before just freed, still in cache, so
+    it is not recycled there."""
     n, h, w, c = x.shape
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)

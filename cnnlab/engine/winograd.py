@@ -260,12 +260,13 @@ def output_transform_adjoint(grad_out: np.ndarray, tiles_hw) -> np.ndarray:
 # --- the convolution -----------------------------------------------------------------------------
 def transform_input(x: np.ndarray, pads: Pads, tiles_hw, tiles: Tiling,
                     v: np.ndarray | None = None) -> np.ndarray:
-    """``V (alpha^2, T, C)`` by the fastest transform there is for ``tiles`` (into ``v`` where
-    given and compiled)."""
+    """``V (alpha^2, T, C)`` by the fastest transform there is for ``tiles`` (compiled: into
+    ``v`` when it is given with that shape and dtype)."""
     kernels = compiled.module("winograd_kernels")
     if kernels is not None and tiles is F4:
         shape = (36, x.shape[0] * tiles_hw[0] * tiles_hw[1], x.shape[3])
-        v = np.empty(shape, dtype=x.dtype) if v is None else v
+        if v is None or v.shape != shape or v.dtype != x.dtype:    # the kernel trusts its shape
+            v = np.empty(shape, dtype=x.dtype)
         kernels.input_tiles(np.ascontiguousarray(x), pads[0][0], pads[1][0], *tiles_hw, v)
         return v
     if tiles is F2:
