@@ -33,8 +33,9 @@ def _is_cupy(array) -> bool:
 
 def array_module(*arrays):
     """``cupy`` if any of ``arrays`` is a CuPy array, else ``numpy``."""
-    if any(_is_cupy(array) for array in arrays):
-        return importlib.import_module("cupy")
+    for array in arrays:             # a loop, not any(): every op of a step asks (~2,000 calls)
+        if _is_cupy(array):
+            return importlib.import_module("cupy")
     return np
 
 
@@ -51,23 +52,30 @@ def to_host(array, copy: bool = False):
     return np.array(array, copy=True) if copy else np.asarray(array)
 
 
+def unshared(array) -> bool:
+    """Whether one container alone holds ``array``, besides the caller's one name for it: so
+    it may be written in place or handed out again. CPython's reference count tells, since a
+    cache, another entry, a view of it or a caller's variable would each add one."""
+    return sys.getrefcount(array) == _ONE_HOLDER
+
+
+#: ``sys.getrefcount(array)`` in :func:`unshared` when one container holds it: that container,
+#: the caller's name, this function's parameter and getrefcount's own argument
+_ONE_HOLDER = 4
+
+
 def recycled(workspace: dict | None, key, shape: tuple, dtype) -> np.ndarray:
     """An uninitialised array for a call site's output, kept in its ``workspace`` and handed
-    out again by the site's next call once nothing else refers to it (CPython's reference
-    count: the tape of a step, a caller's variable or a view would each add one). ``workspace``
-    None: a new array."""
+    out again by the site's next call once nothing else refers to it (:func:`unshared`: the
+    tape of the step before no longer does). ``workspace`` None: a new array."""
     if workspace is None:
         return np.empty(shape, dtype)
     held = workspace.get(key)
     if held is not None and held.shape == tuple(shape) and held.dtype == dtype \
-            and sys.getrefcount(held) == _ONLY_THE_WORKSPACE:
+            and unshared(held):
         return held
     held = workspace[key] = np.empty(shape, dtype)
     return held
-
-
-#: ``sys.getrefcount(held)`` in :func:`recycled` when only the workspace holds the array
-_ONLY_THE_WORKSPACE = 3
 
 
 def on_device(array, module):

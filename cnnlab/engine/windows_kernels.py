@@ -30,12 +30,23 @@ import numba
 import numpy as np
 
 
+@numba.njit(inline="always")
+def _window(pixel, pad, tap, dilation, stride, windows):
+    """The window whose tap ``tap`` reads ``pixel`` along one axis (``window * stride + tap *
+    dilation = pixel + pad``), or -1 where none does."""
+    offset = pixel + pad - tap * dilation
+    if offset < 0 or offset % stride != 0 or offset // stride >= windows:
+        return -1
+    return offset // stride
+
+
 @numba.njit(cache=True, nogil=True)
 def col2im(grad_windows, sh, sw, dh, dw, top, left, grad_x):
     """``grad_x (N, H, W, C)`` from ``grad_windows (N, Ho, Wo, KH, KW, C)``; both C-contiguous,
     every cell of ``grad_x`` written. A pixel's sum is taken in a row of its own and copied
-    out (18-25% faster than adding into ``grad_x``, which LLVM must assume may overlap the
-    windows); which windows read a pixel is worked out once per row and once per column."""
+    out; which windows read a pixel is worked out once per row and once per column. (Adding
+    straight into ``grad_x``, with the windows worked out per pixel, took 1.32 and 0.43 ms
+    against 0.98 and 0.35 ms on ResNet-20's strided layers' gradients, 64 images.)"""
     batch, out_h, out_w, kh, kw, channels = grad_windows.shape
     _, height, width, _ = grad_x.shape
     source = grad_windows.reshape(-1)
@@ -46,13 +57,11 @@ def col2im(grad_windows, sh, sw, dh, dw, top, left, grad_x):
     window_col = np.empty((width, kw), np.int64)    # per column x and tap column j
     for x in range(width):
         for j in range(kw):
-            s = x + left - j * dw
-            window_col[x, j] = s // sw if s >= 0 and s % sw == 0 and s // sw < out_w else -1
+            window_col[x, j] = _window(x, left, j, dw, sw, out_w)
     for n in range(batch):
         for y in range(height):
             for i in range(kh):
-                r = y + top - i * dh
-                window_row[i] = r // sh if r >= 0 and r % sh == 0 and r // sh < out_h else -1
+                window_row[i] = _window(y, top, i, dh, sh, out_h)
             for x in range(width):
                 for e in range(c):
                     total[e] = 0

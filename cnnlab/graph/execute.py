@@ -15,11 +15,11 @@ records what it ran in its cache, so backward undoes exactly that.
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import numpy as np
 
+from cnnlab.engine.arrays import unshared
 from cnnlab.errors import ShapeError
 from cnnlab.layers.base import CallContext
 
@@ -54,26 +54,20 @@ class Workspaces(threading.local):
 
 def _add(total: dict, key, grad: np.ndarray) -> None:
     """Accumulate without touching an array some cache may still hold: in place only into an
-    array that owns its memory and that nothing but ``total`` refers to, as CPython's reference
-    count tells (a cache, another tensor's entry, a view of it or a caller's variable would each
-    add one). A residual block's input is the usual case: its shortcut's gradient is the
-    Add's, which the branch has read by the time the branch's own gradient arrives. In place,
-    the sum costs no new map-sized array (PyTorch's autograd accumulates the same way, by its
-    tensors' use counts)."""
+    array that owns its memory and that nothing but ``total`` refers to (``arrays.unshared``).
+    A residual block's input is the usual case: its shortcut's gradient is the Add's, which
+    the branch has read by the time the branch's own gradient arrives. In place, the sum costs
+    no new map-sized array (PyTorch's autograd accumulates the same way, by its tensors' use
+    counts)."""
     held = total.get(key)
     if held is None:
         total[key] = grad
     elif type(held) is np.ndarray and held.base is None and held.flags.writeable \
             and held.shape == grad.shape and held.dtype == np.result_type(held, grad) \
-            and sys.getrefcount(held) == _ONLY_TOTAL_HOLDS_IT:
+            and unshared(held):
         np.add(held, grad, out=held)
     else:
         total[key] = held + grad
-
-
-#: ``sys.getrefcount(held)`` in :func:`_add` when only ``total`` holds the array: the dict's
-#: reference, the local name's and the call's argument
-_ONLY_TOTAL_HOLDS_IT = 3
 
 
 class Step:
