@@ -276,8 +276,9 @@ def test_depthwise_kernels_equal_the_reference_in_float64(seed, n, h, w, c, m, k
 
 def test_depthwise_kernels_in_float32_within_rounding():
     """MobileNet's first depthwise layer (32 x 32 x 32, batch 16): the output and input gradient
-    add 9 products each; the kernel gradient sums 16,384 products, in float64 on the compiled
-    path and in blocked float32 on the reference, so both are within float32's rounding."""
+    add 9 products each; the kernel gradient sums 16,384 products, in float32 along each
+    image's 32 rows then float64 on the compiled path and in blocked float32 on the reference,
+    so both are within float32's rounding."""
     case = _depthwise_case(2, 16, 32, 32, 32, 1, 3, 3, (1, 1), (1, 1), ((1, 1), (1, 1)), True)
     case32 = tuple(a.astype(np.float32) if isinstance(a, np.ndarray) else a for a in case)
     fast, reference = _both(lambda: _depthwise_pass(*case32))

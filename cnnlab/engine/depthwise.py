@@ -20,7 +20,7 @@ to pay for it. Backward, per tap::
     dxp[tap's cells, c] += sum_m dout[n, y, x, c, m] * kernel[i, j, c, m]
 
 With compiled kernels on (``config.kernels()``), ``depthwise_kernels`` does each direction in one
-visit per output pixel, with no padded copy; the cache holds the kernels that made it
+visit per output pixel or row, with no padded copy; the cache holds the kernels that made it
 (None: the reference), so backward takes its forward's path.
 """
 
@@ -82,7 +82,7 @@ def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool
     n, ho, wo, _ = grad_out.shape
     grad_bias = column_sums(grad_out.reshape(-1, c * m)) if has_bias else None  # (C*M,)
     if kernels is not None:                     # compiled forward: xp is the unpadded x
-        grad_x = np.zeros(x_shape if need_input_grad else (0, 0, 0, 0), dtype=kernel.dtype)
+        grad_x = np.empty(x_shape if need_input_grad else (0, 0, 0, 0), dtype=kernel.dtype)
         grad_kernel = kernels.backward(
             np.ascontiguousarray(grad_out, dtype=kernel.dtype), xp, kernel, tuple(strides),
             tuple(dilation), pads[0][0], pads[1][0], need_input_grad, grad_x)
