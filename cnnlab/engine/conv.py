@@ -197,22 +197,25 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     xp = array_module(x, kernel)
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
                   gradients=gradients) if xp is np else "direct"
+    recycle = gradients != "none" if recycle is None else recycle
     if path == "winograd":
-        return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients,
-                                 gradients != "none" if recycle is None else recycle)
+        return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients, recycle)
     if path == "fourier":
         out, cache = fourier.conv2d_forward(x, kernel, bias, pads, workspace)
     elif kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
         out, cache = _pointwise_forward(x, kernel, bias, strides, dilation, workspace)
     else:
-        out, cache = _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace)
+        out, cache = _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace,
+                                     recycle and xp is np)
     if relu:
         xp.maximum(out, 0, out=out)
     return out, cache
 
 
-def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace):
-    """im2col, then one GEMM per chunk of the batch (``batch_chunks``)."""
+def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, recycle=False):
+    """im2col, then one GEMM per chunk of the batch (``batch_chunks``). ``recycle``: the output
+    is the site's array of its previous call once nothing refers to it (``arrays.recycled``),
+    as Winograd's is."""
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
@@ -224,7 +227,9 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace):
     if fold:
         weights = xp.vstack([weights, bias[None, :].astype(weights.dtype)])   # (KH*KW*C + 1, F)
     chunks = batch_chunks(n, ho * wo * k * x.dtype.itemsize)
-    out = xp.empty((n, ho, wo, f), dtype=xp.result_type(x, kernel))         # (N, Ho, Wo, F)
+    out = recycled(workspace if recycle else None, "out", (n, ho, wo, f),
+                   np.result_type(x, kernel)) if xp is np else \
+        xp.empty((n, ho, wo, f), dtype=xp.result_type(x, kernel))           # (N, Ho, Wo, F)
     buffer = workspace.get("cols") if workspace is not None else None
     for chunk in chunks:
         buffer = im2col(x[chunk], (kh, kw), strides, pads, dilation, fold, buffer)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.engine import compiled
-from cnnlab.engine.arrays import array_module
+from cnnlab.engine.arrays import array_module, recycled
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import col2im, pad_images, sliding_windows, tap_slices
 
@@ -35,7 +35,8 @@ def winner_dtype(pool: tuple[int, int]):
 
 
 def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int, int],
-                       pads: Pads = ((0, 0), (0, 0)), keep_cache: bool = True):
+                       pads: Pads = ((0, 0), (0, 0)), keep_cache: bool = True,
+                       workspace: dict | None = None):
     """``out[n, y, x, c] = max over the window of xp[n, y*sh + i, x*sw + j, c]``.
 
     Walks the KH*KW taps of all windows at once (one elementwise max per tap over the output's
@@ -44,7 +45,8 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
     :func:`max_pool2d_forward_reference`). A later tap wins only if strictly greater, so the
     remembered position is the *first* maximum in row-major window order, the cell PyTorch picks.
     'same' padding pads with -inf, so a padded cell never wins. Returns ``(out, cache)``;
-    ``keep_cache=False`` (inference) skips tracking the winners.
+    ``keep_cache=False`` (inference) skips tracking the winners. ``workspace``: the call site's
+    dict, where the compiled backward pass recycles its input gradient (``arrays.recycled``).
     """
     n, h, w, c = x.shape
     out_hw = output_hw((h, w), pool, strides, pads)
@@ -54,7 +56,7 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
         winner = np.empty(best.shape, winner_dtype(pool))   # not written unless keep_cache
         kernels.max_pool(np.ascontiguousarray(x), *pool, *strides, pads[0][0], pads[1][0], best,
                          winner, keep_cache)
-        return best, (winner if keep_cache else None, x.shape, pool, strides, pads)
+        return best, (winner if keep_cache else None, x.shape, pool, strides, pads, workspace)
     xp = pad_images(x, pads, value=-np.inf)                                 # (N, Hp, Wp, C)
     module = array_module(x)
     best = window_tap(xp, 0, 0, strides, out_hw).copy()                     # (N, Ho, Wo, C)
@@ -68,7 +70,7 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
             better = (candidate > best).view(np.uint8)
             module.maximum(winner, better * winner.dtype.type(tap), out=winner)
         module.maximum(best, candidate, out=best)
-    return best, (winner, x.shape, pool, strides, pads)
+    return best, (winner, x.shape, pool, strides, pads, None)
 
 
 def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
@@ -76,12 +78,12 @@ def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
 
     ``grad_out (N, Ho, Wo, C) -> grad_x (N, H, W, C)``: one masked, strided add per tap.
     """
-    winner, x_shape, pool, strides, pads = cache
+    winner, x_shape, pool, strides, pads, workspace = cache
     n, h, w, c = x_shape
     (top, bottom), (left, right) = pads
     kernels = compiled.module("pool_kernels", grad_out)
-    if kernels is not None:
-        grad_x = np.empty(x_shape, dtype=grad_out.dtype)
+    if kernels is not None:             # every cell is written, so a recycled array will do
+        grad_x = recycled(workspace, "grad_x", x_shape, grad_out.dtype)
         kernels.max_pool_backward(np.ascontiguousarray(grad_out), winner, *pool, *strides, top,
                                   left, grad_x)
         return grad_x
@@ -107,7 +109,7 @@ def max_pool2d_forward_reference(x, pool, strides, pads=((0, 0), (0, 0))):
     flat = windows.reshape(n, ho, wo, pool[0] * pool[1], c)                 # (N, Ho, Wo, KH*KW, C)
     winner = flat.argmax(axis=3)                                            # first maximum
     out = np.take_along_axis(flat, winner[:, :, :, None, :], axis=3)[:, :, :, 0, :]
-    return out, (winner.astype(winner_dtype(pool)), x.shape, pool, strides, pads)
+    return out, (winner.astype(winner_dtype(pool)), x.shape, pool, strides, pads, None)
 
 
 def _real_cells_per_window(size: int, window: int, stride: int, pad_before: int,

@@ -62,7 +62,8 @@ class MaxPooling2D(_Pooling2D):
         # at inference nobody asks where each maximum was (unless an attribution method will
         # backpropagate): skip tracking it
         return pool_ops.max_pool2d_forward(x, self.pool_size, self.strides,
-                                           self.pads_for(x.shape[1:3]), keep_cache=ctx.keep_cache)
+                                           self.pads_for(x.shape[1:3]), keep_cache=ctx.keep_cache,
+                                           workspace=ctx.workspace)
 
 
 class AveragePooling2D(_Pooling2D):
