@@ -257,10 +257,15 @@ def _depthwise_case(seed, n, h, w, c, m, kh, kw, strides, dilation, pads, with_b
        pads=st.tuples(st.tuples(st.integers(0, 2), st.integers(0, 2)),
                       st.tuples(st.integers(0, 2), st.integers(0, 2))),
        with_bias=st.booleans())
+@example(seed=3, n=2, h=6, w=7, c=70, m=1, kh=3, kw=3, strides=(1, 1), dilation=(1, 1),
+         pads=((1, 1), (1, 1)), with_bias=True)     # past ROWS_MAX_CHANNELS: the pixel loops
+@example(seed=4, n=1, h=5, w=9, c=5, m=1, kh=1, kw=3, strides=(1, 1), dilation=(1, 2),
+         pads=((2, 0), (0, 2)), with_bias=False)    # padding past the kernel's reach
 def test_depthwise_kernels_equal_the_reference_in_float64(seed, n, h, w, c, m, kh, kw, strides,
                                                           dilation, pads, with_bias):
     """Any stride, dilation and (asymmetric) padding, depth multipliers 1-3, batch 1, channel
-    counts no SIMD width divides: the output and all three gradients."""
+    counts no SIMD width divides: the output and all three gradients, on the row loops (one
+    filter per channel, stride 1 along the width, up to 64 channels) and the pixel loops."""
     from hypothesis import assume
     (top, bottom), (left, right) = pads
     assume(h + top + bottom >= (kh - 1) * dilation[0] + 1)
