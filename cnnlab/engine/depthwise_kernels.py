@@ -21,6 +21,12 @@ test) and each output is written once, by one of two loops:
   the kernel gradient this way, and the input gradient as the forward pass of the flipped
   kernel: a gather, each input pixel written once, with no zeroed array to scatter into.
 
+``depthwise.py`` picks the loop per call. Each kernel is compiled on its own: when one
+compiled function called the others, LLVM optimised the callees again inside each caller,
+and the first forward and backward with an empty cache took 6.0 and 4.1 s to compile (2.6 s
+together before the row loops); now 1.3 and 1.0 s at stride 1, and 0.8 and 0.9 s more for a
+network's first strided layer.
+
 MobileNet's depthwise layers, 64 images, float32, 1 thread, best of 10, before -> after (ms):
 
     layer (stride)        forward        backward
@@ -41,71 +47,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-
-@numba.njit(cache=True, nogil=True)
-def forward(x, kernel, bias, strides, dilation, top, left, out):
-    """``out (N, Ho, Wo, C*M)`` from ``x (N, H, W, C)``, ``kernel (KH, KW, C, M)`` and
-    ``bias (C*M,)`` (zeros when the layer has none). ``x`` and ``out`` C-contiguous."""
-    kh, kw, channels, mult = kernel.shape
-    out_w = out.shape[2]
-    if mult == 1 and strides[1] == 1 and channels <= ROWS_MAX_CHANNELS:
-        _forward_rows(x, _tiled(kernel.reshape(kh, kw, channels), out_w),
-                      _tiled(bias.reshape(1, 1, channels), out_w)[0, 0], strides[0], dilation,
-                      top, left, out)
-    else:
-        _forward_pixels(x, kernel, bias, strides, dilation, top, left, out)
-
-
-@numba.njit(cache=True, nogil=True)
-def backward(grad_out, x, kernel, strides, dilation, top, left, need_input_grad, grad_x):
-    """The kernel gradient ``(KH, KW, C, M)`` in ``kernel``'s dtype (summed in float64), and,
-    when ``need_input_grad``, the input gradient into ``grad_x (N, H, W, C)``, whatever it
-    held. ``grad_out (N, Ho, Wo, C*M)`` and ``x`` C-contiguous."""
-    kh, kw, _, mult = kernel.shape
-    flat = grad_out.shape[3]
-    if mult != 1 or strides[0] != 1 or strides[1] != 1:
-        # strided, the row pass below for the kernel gradient and a scatter for the input's
-        # cost more than one pixel loop doing both: 3.90 against 3.41-3.73 ms at MobileNet's
-        # 32 x 32 x 64, stride 2 (64 images, separate runs)
-        if need_input_grad:
-            grad_x[...] = 0
-        return _backward_pixels(grad_out, x, kernel, strides, dilation, top, left,
-                                need_input_grad, grad_x)
-    sums = _kernel_grad_rows(grad_out, x, kh, kw, dilation, top, left)
-    if need_input_grad:        # a stride-1 input gradient is the forward pass, kernel flipped
-        forward(grad_out, np.ascontiguousarray(kernel[::-1, ::-1]), np.zeros(flat, grad_x.dtype),
-                strides, dilation, (kh - 1) * dilation[0] - top, (kw - 1) * dilation[1] - left,
-                grad_x)
-    return sums.astype(kernel.dtype).reshape(kernel.shape)
-
-
-#: up to this many channels the forward pass goes a row at a time (below); past it, the pixel
-#: loop's runs of C values are long already and the row's tiled weights (KH*KW*Wo*C values)
-#: no longer fit L1. 3x3, stride 1, float32, 32 images, pixels against rows (ms): at 32x32,
-#: C = 16: 1.18 / 0.64, 32: 1.69 / 1.18, 64: 2.70 / 2.29, 128: 4.59 / 4.50, 256: 8.68 / 12.72;
-#: at 16x16, C = 64: 0.61 / 0.56, 128: 0.87 / 1.01.
-ROWS_MAX_CHANNELS = 64
-
-
 # --- one filter per channel, stride 1 along the width: whole rows at a time ------------------
 # Along an image row at stride 1, tap (i, j) pairs the output's flat row (Wo*C values) with
 # the input's row shifted by a whole number of pixels: one contiguous multiply-add over the row
-# against the tap's weights laid out Wo times (``_tiled``), instead of a short loop of C values
-# per pixel and tap. Each tap's run costs one aliasing check rather than one per pixel, and the
-# output row (a few KB) stays in L1 across the taps. Per element the order is the pixel loop's:
-# bias, then taps (i, j) in order, so the two forward paths agree bit for bit.
-
-@numba.njit(cache=True, nogil=True)
-def _tiled(taps, width):
-    """``(KH, KW, F)`` -> ``(KH, KW, width*F)``: each tap's F weights repeated ``width`` times."""
-    kh, kw, flat = taps.shape
-    out = np.empty((kh, kw, width * flat), taps.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            for p in range(width):
-                out[i, j, p * flat:(p + 1) * flat] = taps[i, j]
-    return out
-
+# against the tap's weights laid out Wo times (by ``depthwise``), instead of a short loop of C
+# values per pixel and tap. Each tap's run costs one aliasing check rather than one per pixel,
+# and the output row (a few KB) stays in L1 across the taps. Per element the order is the pixel
+# loop's: bias, then taps (i, j) in order, so the two forward paths agree bit for bit.
 
 @numba.njit(cache=True, nogil=True)
 def _columns(j, dilation_w, left, width, out_w):
@@ -117,7 +65,9 @@ def _columns(j, dilation_w, left, width, out_w):
 
 
 @numba.njit(cache=True, nogil=True)
-def _forward_rows(x, tiled, tiled_bias, stride_h, dilation, top, left, out):
+def forward_rows(x, tiled, tiled_bias, stride_h, dilation, top, left, out):
+    """``out (N, Ho, Wo, C)`` at stride 1 along the width, one filter per channel: ``tiled
+    (KH, KW, Wo*C)``, each tap's weights laid out Wo times, and ``tiled_bias (Wo*C,)``."""
     batch, height, width, channels = x.shape
     kh, kw, _ = tiled.shape
     _, out_h, out_w, _ = out.shape
@@ -142,7 +92,7 @@ def _forward_rows(x, tiled, tiled_bias, stride_h, dilation, top, left, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def _kernel_grad_rows(grad_out, x, kh, kw, dilation, top, left):
+def kernel_grad_rows(grad_out, x, kh, kw, dilation, top, left):
     """``(KH, KW, C)`` float64: per image, each tap's products summed along the rows in a flat
     (Wo*C) row of the data's dtype, a sum of Ho terms, then added into float64 per channel
     (the reference's column sums are blocked sums in the data's dtype of the whole batch)."""
@@ -176,7 +126,9 @@ def _kernel_grad_rows(grad_out, x, kh, kw, dilation, top, left):
 
 # --- any stride and depth multiplier: pixel by pixel ------------------------------------------
 @numba.njit(cache=True, nogil=True)
-def _forward_pixels(x, kernel, bias, strides, dilation, top, left, out):
+def forward_pixels(x, kernel, bias, strides, dilation, top, left, out):
+    """``out (N, Ho, Wo, C*M)`` from ``x (N, H, W, C)``, ``kernel (KH, KW, C, M)`` and
+    ``bias (C*M,)`` (zeros when the layer has none). ``x`` and ``out`` C-contiguous."""
     batch, height, width, channels = x.shape
     kh, kw, _, mult = kernel.shape
     _, out_h, out_w, flat = out.shape
@@ -206,10 +158,11 @@ def _forward_pixels(x, kernel, bias, strides, dilation, top, left, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def _backward_pixels(grad_out, x, kernel, strides, dilation, top, left, need_input_grad,
+def backward_pixels(grad_out, x, kernel, strides, dilation, top, left, need_input_grad,
                      grad_x):
-    """Pixel by pixel: the kernel gradient ``(KH, KW, C, M)`` (float64 sums), and the input
-    gradient added into ``grad_x`` (zeroed by the caller) when ``need_input_grad``."""
+    """The kernel gradient ``(KH, KW, C, M)`` in ``kernel``'s dtype (summed in float64), and,
+    when ``need_input_grad``, the input gradient added into ``grad_x (N, H, W, C)``, which the
+    caller zeroes. ``grad_out (N, Ho, Wo, C*M)`` and ``x`` C-contiguous."""
     batch, height, width, channels = x.shape
     kh, kw, _, mult = kernel.shape
     _, out_h, out_w, flat = grad_out.shape
