@@ -341,12 +341,14 @@ def test_a_tape_keeps_its_gradients_when_the_model_runs_again_before_its_backwar
     whose backward comes after a second forward pass must still give its own gradients, not
     ones mixed with the second input's. Every convolution path: im2col (the strided layer),
     Winograd (3x3; forced too, since the cost model may pick im2col at this size), the
-    frequency domain (5x5), one GEMM (1x1)."""
+    frequency domain (5x5), one GEMM (1x1); and max pooling, whose backward recycles its input
+    gradient."""
     from cnnlab.engine import conv
     monkeypatch.setattr(conv, "ALGORITHM", algorithm)
     x = Input((12, 12, 3))
     h = layers.Conv2D(4, 3, strides=2, padding="same")(x)
     h = layers.Conv2D(4, 3, padding="same")(h)
+    h = layers.MaxPooling2D(2, strides=1)(h)
     h = layers.Conv2D(4, 5, padding="same")(h)
     h = layers.Conv2D(4, 1)(h)
     model = Model(x, layers.Dense(2)(layers.Flatten()(h)))

@@ -189,10 +189,11 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     chunk. ``workspace``: a dict the caller keeps between calls, to reuse the cols buffer.
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
     Arrays that are not NumPy's (CuPy's: ``engine.arrays``) take the im2col path on their own
-    module: the Winograd and frequency paths are CPU code. ``recycle``: whether compiled
-    Winograd may write into the site's output of its previous call, once nothing refers to it
-    (``arrays.recycled``); by default in training (``gradients`` other than 'none'), where a
-    step holds every output until its backward pass anyway.
+    module: the Winograd and frequency paths are CPU code. ``recycle``: whether the compiled
+    Winograd and the im2col path (on NumPy's arrays) may write into the site's output of its
+    previous call, once nothing refers to it (``arrays.recycled``); by default in training
+    (``gradients`` other than 'none'), where a step holds every output until its backward pass
+    anyway.
     """
     xp = array_module(x, kernel)
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
@@ -206,16 +207,16 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
         out, cache = _pointwise_forward(x, kernel, bias, strides, dilation, workspace)
     else:
         out, cache = _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace,
-                                     recycle and xp is np)
+                                     recycle)
     if relu:
         xp.maximum(out, 0, out=out)
     return out, cache
 
 
 def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, recycle=False):
-    """im2col, then one GEMM per chunk of the batch (``batch_chunks``). ``recycle``: the output
-    is the site's array of its previous call once nothing refers to it (``arrays.recycled``),
-    as Winograd's is."""
+    """im2col, then one GEMM per chunk of the batch (``batch_chunks``). ``recycle``: a NumPy
+    output is the site's array of its previous call once nothing refers to it
+    (``arrays.recycled``), as Winograd's is; a CuPy one is always new."""
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)

@@ -93,9 +93,11 @@ def forward_rows(x, tiled, tiled_bias, stride_h, dilation, top, left, out):
 
 @numba.njit(cache=True, nogil=True)
 def kernel_grad_rows(grad_out, x, kh, kw, dilation, top, left):
-    """``(KH, KW, C)`` float64: per image, each tap's products summed along the rows in a flat
-    (Wo*C) row of the data's dtype, a sum of Ho terms, then added into float64 per channel
-    (the reference's column sums are blocked sums in the data's dtype of the whole batch)."""
+    """``dkernel (KH, KW, C)`` float64 from ``grad_out (N, Ho, Wo, C)`` and ``x (N, H, W, C)``
+    at stride 1, one filter per channel: per image, each tap's products summed along the rows
+    in a flat (Wo*C) row of the data's dtype, a sum of Ho terms, then added into float64 per
+    channel (the reference's column sums are blocked sums in the data's dtype of the whole
+    batch)."""
     batch, height, width, channels = x.shape
     _, out_h, out_w, _ = grad_out.shape
     sums = np.zeros((kh, kw, channels), np.float64)

@@ -138,9 +138,10 @@ class BatchSums:
 
 
 #: the update is split over the threads only when each gets this many elements, and a
-#: parameter is cut into row ranges only from this size. An update is memory-bound, about 1 ns
-#: an element (five streams of 4 bytes), and handing half to another thread costs a few hundred
-#: us, so it pays from about half a million elements a thread. At 1 << 16, ResNet-20 (65
+#: parameter is cut into row ranges only from this size. An update is memory-bound, roughly
+#: 1 ns an element (five streams of 4 bytes, an estimate), and handing half to another thread
+#: cost ~0.2 ms (the wait for it, in a profile of ResNet-20's split update at batch 1), so a
+#: split pays from a few hundred thousand elements a thread. At 1 << 16, ResNet-20 (65
 #: tensors, 0.27 M elements) split too: its update took 1.60-1.76 ms of a batch-1 step against
 #: 1.28-1.31 ms on one thread (1.97-2.21 against 1.56-1.63 ms at batch 8; two runs each). The
 #: article's 1.2 M Dense weights still split.
