@@ -412,9 +412,10 @@ def test_detections_are_scored_as_pascal_voc_scores_them():
     scores = detect.score_detections(found, [[a1, a2], [b1]])
     assert scores.average_precision == pytest.approx((1 + 0.75 + 0.75) / 3)
     assert scores.recall == pytest.approx(1 / 3) and scores.threshold == 0.9
-    # four false boxes allowed over the two photos: every face, at the last hit's score
+    # four false boxes allowed over the two photos: every face, at the last hit's score (the
+    # false box at 0.1 is within the allowance too, but keeping it finds nothing more)
     loose = detect.score_detections(found, [[a1, a2], [b1]], false_per_photo=2)
-    assert loose.recall == 1 and loose.threshold == 0.1
+    assert loose.recall == 1 and loose.threshold == 0.6
     assert detect.score_detections([[], []], [[a1], [b1]]).average_precision == 0
     # a tie between a hit and a false box: no threshold keeps one without the other
     tied = [[detect.Detection(a1, 0.9), detect.Detection((80, 80, 90, 90), 0.9)]]

@@ -599,7 +599,8 @@ def draw(image, detections: list[Detection], out) -> None:
 class Scores(NamedTuple):
     """How a detector did on photos with known boxes (PASCAL VOC's rules, a box found at
     ``IoU >= min_iou``): ``average_precision``; ``recall`` at ``false_per_photo`` false boxes a
-    photo at most, and the ``threshold`` that gives it (the lowest score kept; 1.0 and recall
+    photo at most, and the highest ``threshold`` that gives it (the lowest score kept: the
+    last face found's, so false boxes scored below it are not kept for nothing; 1.0 and recall
     0 when no threshold stays within the false boxes allowed)."""
     average_precision: float
     recall: float
@@ -641,5 +642,6 @@ def score_detections(found: list, truth: list, min_iou: float = MATCH_IOU,
     cuts = np.nonzero(where_it_drops & (false <= false_per_photo * len(truth)))[0]
     if not len(cuts):
         return Scores(average_precision, 0.0, false_per_photo, 1.0)
-    return Scores(average_precision, float(recall[cuts[-1]]), false_per_photo,
-                  float(scores[cuts[-1]]))
+    # the highest threshold with that recall: false boxes below the last hit buy nothing
+    best = cuts[hits[cuts] == hits[cuts[-1]]][0]
+    return Scores(average_precision, float(recall[best]), false_per_photo, float(scores[best]))
