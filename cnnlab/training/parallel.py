@@ -11,10 +11,10 @@ network ~1.7x faster.
 
 What threads cost: two shards of ResNet-20's 128 images took 246-284 ms a training step where
 two processes, each training 64 images on one core at the same time, took 216-238 ms each
-(one alone: 211-246 ms). The cores do not slow each other down; the shards do. Their
-kernel calls took 387 ms a step in sum against the two processes' 332 ms, counting the wait
-to take the GIL back after each, and each shard waited
-10.7-13.7 ms a step at the BatchNormalization barriers (measured in session 25, one-off scripts).
+(one alone: 211-246 ms). The cores do not slow each other down; the shards do. Their kernel
+calls took 387 ms a step in sum against the two processes' 332 ms, counting the wait to take
+the GIL back after each, and each shard waited 10.7-13.7 ms a step at the BatchNormalization
+barriers (measured in session 25, one-off scripts).
 
 The arithmetic is the same as one big batch: a shard's loss gradient is scaled by its share of
 the batch, so the summed gradients are those of the mean loss over the whole batch. Summation
