@@ -399,6 +399,52 @@ def test_the_shipped_face_model_boxes_the_portraits_face_and_nothing_else(name):
         [(d.box, d.score, round(detect.iou(d.box, face), 2)) for d in found]
 
 
+def _skimage_picture(name: str) -> Image.Image:
+    """One of the pictures scikit-image's wheel ships, by file name (no download)."""
+    import os
+
+    import skimage
+    return Image.open(os.path.join(os.path.dirname(skimage.__file__), "data", f"{name}.png"))
+
+
+def test_the_shipped_face_model_finds_every_held_out_face_pasted_into_a_scene():
+    """A group photo: five faces from ``lfw_faces``' test split, which the shipped model never
+    trained on, pasted at 48-90 pixels into scikit-image's ``motorcycle_right`` (a garage,
+    in no training set). Each face is found with IoU >= 0.5. The photo also gets one false box,
+    on the handlebar (see the scenery test below), which this test does not count."""
+    pytest.importorskip("skimage")
+    from cnnlab.data.datasets import lfw_faces
+    (_, _), (x_test, y_test) = lfw_faces.load_data()
+    faces, rng = x_test[y_test == 1], np.random.default_rng(0)
+    photo = np.array(_skimage_picture("motorcycle_right").convert("RGB"))
+    height, width = photo.shape[:2]
+    lane = (width - 40) // 5                                  # one face a lane, none overlap
+    boxes = []
+    for lane_index, k in enumerate(rng.choice(len(faces), 5, replace=False)):
+        side = int(rng.integers(48, 90))
+        x0 = 20 + lane_index * lane + int(rng.integers(0, max(1, lane - side)))
+        y0 = int(rng.integers(20, height - side - 20))
+        face = Image.fromarray(faces[k]).resize((side, side), Image.BILINEAR).convert("RGB")
+        photo[y0:y0 + side, x0:x0 + side] = np.asarray(face)
+        boxes.append((x0, y0, x0 + side, y0 + side))
+    found = detect.detect(Image.fromarray(photo))
+    best = [max([detect.iou(d.box, box) for d in found], default=0.0) for box in boxes]
+    assert min(best) >= 0.5, (best, [(d.box, d.score) for d in found])
+
+
+@pytest.mark.parametrize("name", [
+    "motorcycle_left",
+    pytest.param("motorcycle_right", marks=pytest.mark.xfail(strict=True, reason=(
+        "#27: the shipped lfw_faces model boxes the motorcycle's handlebar here, score 1.00, "
+        "in the other view of the same garage")))])
+def test_the_shipped_face_model_keeps_no_box_on_a_scene_without_people(name):
+    """Scenery none of the shipped model's data holds: scikit-image's two views of a
+    motorcycle in a garage. The left one gets no box; the right one gets one false box (a
+    known failure, strict: the test says so when it starts to pass)."""
+    pytest.importorskip("skimage")
+    assert detect.detect(_skimage_picture(name)) == []
+
+
 def test_detections_are_scored_as_pascal_voc_scores_them():
     """Worked by hand: photo A has two faces, photo B one. Ranked by score the detections are
     hit, false (a second box on a face already found), hit, hit: recall 1/3, 1/3, 2/3, 1 and
