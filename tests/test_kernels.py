@@ -529,7 +529,7 @@ def test_every_kernel_releases_the_gil():
     kernels = [obj for name in names
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 1 + 4 + 1 + 5 + 2 + 3 + 3 + 2
+    assert len(kernels) == 1 + 4 + 1 + 8 + 2 + 3 + 3 + 2
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 

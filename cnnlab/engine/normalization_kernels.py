@@ -98,3 +98,68 @@ def masked_input_grad(dy: np.ndarray, x: np.ndarray, scale: np.ndarray, shift: n
             passed = dy[m, c] if x[m, c] * scale[c] + shift[c] > 0 else zero
             dx[m, c] = passed * a[c] + x[m, c] * b[c] + k[c]
     return dx
+
+
+# --- the per-channel arithmetic between the passes ------------------------------------------------
+# A (C,) vector's worth of work, but a dozen NumPy calls of ~1-2 us each in Python: one call here
+# instead, with the reference's operations in its order and dtypes (float32 stays float32 where
+# NumPy keeps it, float64 where NumPy promotes), so the results are the same.
+
+@numba.njit(inline="always")
+def _variance(mean_square: float, mean: float) -> float:
+    """``np.maximum(mean_square - mean^2, 0)``: NaN stays NaN, as in NumPy (Python's max would
+    give 0)."""
+    var = mean_square - mean * mean
+    return 0.0 if var < 0.0 else var
+
+
+@numba.njit(cache=True, nogil=True)
+def statistics(totals: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon,
+               ratio: float, stats: np.ndarray) -> bool:
+    """From the whole batch's ``totals`` (float64: the row count M, then the C sums of x, then
+    the C sums of x^2), the rows of ``stats`` (5, C), in its dtype: ``mean = sum / M``,
+    ``var = max(sum_sq / M - mean^2, 0)`` (both in float64, then rounded), ``inv_std = 1 /
+    sqrt(var + epsilon)``, ``scale = gamma * inv_std``, ``shift = beta - mean * scale``.
+    ``epsilon``: in stats' dtype. False, with nothing written, where a channel's ``mean^2 >
+    ratio * var``: the reference's two passes are needed there."""
+    channels = stats.shape[1]
+    count = totals[0]
+    for c in range(channels):
+        mean = totals[1 + c] / count
+        if mean * mean > ratio * _variance(totals[1 + channels + c] / count, mean):
+            return False
+    one = np.ones(1, stats.dtype)[0]
+    for c in range(channels):
+        mean = totals[1 + c] / count
+        stats[0, c] = mean
+        stats[1, c] = _variance(totals[1 + channels + c] / count, mean)
+        stats[2, c] = one / np.sqrt(stats[1, c] + epsilon)
+        stats[3, c] = gamma[c] * stats[2, c]
+        stats[4, c] = beta[c] - stats[0, c] * stats[3, c]
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def parameter_grads(sums: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
+                    grads: np.ndarray) -> None:
+    """From the float64 ``sums`` (2, C) of dy and of dy * x: ``grads[0] = dbeta = sum dy`` and
+    ``grads[1] = dgamma = inv_std * (sum dy*x - mean * dbeta)``, in grads' dtype (the sums
+    rounded to it first)."""
+    for c in range(grads.shape[1]):
+        grads[0, c] = sums[0, c]
+        grads[1, c] = sums[1, c]
+        grads[1, c] = inv_std[c] * (grads[1, c] - mean[c] * grads[0, c])
+
+
+@numba.njit(cache=True, nogil=True)
+def input_grad_terms(totals: np.ndarray, gamma: np.ndarray, inv_std: np.ndarray,
+                     mean: np.ndarray, count: float, terms: np.ndarray) -> None:
+    """``a, b, k`` of :func:`input_grad` into the rows of ``terms`` (3, C), from the whole
+    batch's ``totals`` (2, C) = (sum dy, dgamma): ``a = gamma * inv_std``, ``b = -a * inv_std
+    * dgamma / M`` and ``k = -a * sum dy / M - b * mean``, divided by M in float64."""
+    for c in range(terms.shape[1]):
+        scale = gamma[c] * inv_std[c]
+        slope = (-scale * inv_std[c] * totals[1, c]) / count
+        terms[0, c] = scale
+        terms[1, c] = slope
+        terms[2, c] = (-scale * totals[0, c]) / count - slope * mean[c]
