@@ -138,9 +138,14 @@ class Optimizer:
                 return
         self._update_all(work)
 
+    def _clipping(self) -> dict:
+        """Every update's ``decay`` and ``clip`` arguments this step."""
+        return {"decay": self._step_lr * self.weight_decay,       # decoupled: g never sees it
+                "clip": math.inf if self.clipvalue is None else self.clipvalue}
+
     def _update_all(self, work) -> None:
-        clipping = {"decay": self._step_lr * self.weight_decay,   # decoupled: g never sees it
-                    "clip": math.inf if self.clipvalue is None else self.clipvalue}
+        """Each ``(param, grad, slots, scale)`` of ``work`` updated in place."""
+        clipping = self._clipping()
         for param, grad, slots, scale in work:
             self._update(param, grad, slots, scale=scale, **clipping)
 
@@ -243,6 +248,12 @@ class SGD(Optimizer):
         updates.sgd(param, grad, slots.get("momentum_buffer"), lr=self._step_lr,
                     momentum=self.momentum, nesterov=self.nesterov,
                     first_step=self.iterations == 1, **clipping)
+
+    def _update_all(self, work) -> None:
+        updates.sgd_each([(param, grad, slots.get("momentum_buffer"), scale)
+                          for param, grad, slots, scale in work], lr=self._step_lr,
+                         momentum=self.momentum, nesterov=self.nesterov,
+                         first_step=self.iterations == 1, **self._clipping())
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
