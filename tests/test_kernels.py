@@ -493,6 +493,42 @@ def test_merge_kernel_leaves_float16_and_three_inputs_to_the_reference():
         np.testing.assert_array_equal(fast, np.maximum(sum(xs), 0))
 
 
+def test_sgd_on_many_parameters_at_once_equals_the_reference_one_by_one():
+    """``updates.sgd_each`` (what ``optimizers.SGD`` runs, its scalars typed once per dtype)
+    against the NumPy reference parameter by parameter: float32 and float64 mixed, a scale of
+    each parameter's own (clipnorm), a strided view and a float16 parameter (both left to the
+    reference), two steps (the first takes the gradient as its buffer): the same bits."""
+    from cnnlab.engine import updates
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((6, 5))
+    def parameters():
+        return [base[0].astype(np.float32), base[:2].copy(), base[:, 1].astype(np.float16),
+                base.astype(np.float32)[:, 2]]           # the last a strided view
+    grads = [np.full(p.shape, 0.5, p.dtype) + np.arange(p.size).reshape(p.shape).astype(p.dtype)
+             for p in parameters()]
+    scales = [1.0, 0.3, 1.0, 0.7]
+    def run(each):
+        params = parameters()
+        buffers = [np.zeros_like(p) for p in params]
+        for step in (1, 2):
+            common = dict(lr=0.1, momentum=0.9, nesterov=True, first_step=step == 1,
+                          decay=1e-3, clip=1.5)
+            if each:
+                updates.sgd_each(list(zip(params, grads, buffers, scales)), **common)
+            else:
+                for p, g, b, s in zip(params, grads, buffers, scales):
+                    updates.sgd(p, g, b, scale=s, **common)
+        return params + buffers
+
+    cnnlab.config.set_kernels("numba")
+    fast = run(each=True)
+    cnnlab.config.set_kernels("numpy")
+    reference = run(each=False)
+    for a, b in zip(fast, reference):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
 def test_update_kernels_leave_what_they_cannot_take_to_the_reference():
     """A kernel writes one contiguous block of float32 or float64. A parameter that is a strided
     view (a column of a matrix, passed by hand) is updated by the reference, in place, never
