@@ -164,7 +164,8 @@ MIN_NEIGHBORS_CHOICES = (1, 2, 3, 4)
 
 def choose_threshold(model, held_out, verifier=None) -> dict:
     """The score threshold and neighbour count with the most recall at 0.3 false boxes a photo
-    (then the most average precision), on ``held_out``'s faces pasted into its scenes
+    (then the most average precision; the threshold the highest that gives that recall,
+    ``detect.score_detections``), on ``held_out``'s faces pasted into its scenes
     (``web_faces.pasted_photos``), and what they give there; of ``model`` alone, or with
     ``verifier``."""
     photos = web_faces.pasted_photos(held_out.faces, held_out.scenes,
