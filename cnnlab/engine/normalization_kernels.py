@@ -120,19 +120,18 @@ def statistics(totals: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon,
     the C sums of x^2), the rows of ``stats`` (5, C), in its dtype: ``mean = sum / M``,
     ``var = max(sum_sq / M - mean^2, 0)`` (both in float64, then rounded), ``inv_std = 1 /
     sqrt(var + epsilon)``, ``scale = gamma * inv_std``, ``shift = beta - mean * scale``.
-    ``epsilon``: in stats' dtype. False, with nothing written, where a channel's ``mean^2 >
-    ratio * var``: the reference's two passes are needed there."""
+    ``epsilon``: in stats' dtype. False where a channel's ``mean^2 > ratio * var`` (stats then
+    half written, and of no use): the reference's two passes are needed there."""
     channels = stats.shape[1]
     count = totals[0]
-    for c in range(channels):
-        mean = totals[1 + c] / count
-        if mean * mean > ratio * _variance(totals[1 + channels + c] / count, mean):
-            return False
     one = np.ones(1, stats.dtype)[0]
     for c in range(channels):
         mean = totals[1 + c] / count
+        var = _variance(totals[1 + channels + c] / count, mean)
+        if mean * mean > ratio * var:
+            return False
         stats[0, c] = mean
-        stats[1, c] = _variance(totals[1 + channels + c] / count, mean)
+        stats[1, c] = var
         stats[2, c] = one / np.sqrt(stats[1, c] + epsilon)
         stats[3, c] = gamma[c] * stats[2, c]
         stats[4, c] = beta[c] - stats[0, c] * stats[3, c]
