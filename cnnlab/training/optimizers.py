@@ -244,12 +244,7 @@ class SGD(Optimizer):
     def _new_slots(self, param):
         return {"momentum_buffer": np.zeros_like(param)} if self.momentum else {}
 
-    def _update(self, param, grad, slots, **clipping):
-        updates.sgd(param, grad, slots.get("momentum_buffer"), lr=self._step_lr,
-                    momentum=self.momentum, nesterov=self.nesterov,
-                    first_step=self.iterations == 1, **clipping)
-
-    def _update_all(self, work) -> None:
+    def _update_all(self, work) -> None:                   # all at once, not per _update
         updates.sgd_each([(param, grad, slots.get("momentum_buffer"), scale)
                           for param, grad, slots, scale in work], lr=self._step_lr,
                          momentum=self.momentum, nesterov=self.nesterov,
