@@ -170,8 +170,8 @@ def backward(graph, tape: Tape, output_grads: list, want_inputs: bool = False,
              wanted=()) -> Gradients:
     """Walk the tape in reverse from the gradients of the graph's outputs (None: that output does
     not contribute). The tensors worth a gradient are the forward pass's when nothing more is
-    asked (the same graph a moment before: working them out again took ~0.3 ms of a 10 ms
-    ResNet-20 step at batch 1)."""
+    asked (the same graph a moment before: ``needs_gradient`` takes 70 us on ResNet-20, once a
+    step instead of twice)."""
     needed = tape.needed if tape.needed is not None and not want_inputs and not wanted \
         else needs_gradient(graph, want_inputs, wanted)
     wanted_ids = {id(t) for t in wanted}
