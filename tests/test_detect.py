@@ -399,24 +399,24 @@ def test_the_shipped_face_model_boxes_the_portraits_face_and_nothing_else(name):
         [(d.box, d.score, round(detect.iou(d.box, face), 2)) for d in found]
 
 
-def _skimage_picture(name: str) -> Image.Image:
-    """One of the pictures scikit-image's wheel ships, by file name (no download)."""
-    import os
-
-    import skimage
-    return Image.open(os.path.join(os.path.dirname(skimage.__file__), "data", f"{name}.png"))
+def _garage(view: str) -> np.ndarray:
+    """One view of scikit-image's stereo pair, a motorcycle in a garage (bundled in its wheel:
+    no download): ``'left'`` or ``'right'``, (500, 741, 3) uint8."""
+    from skimage import data
+    left, right, _ = data.stereo_motorcycle()
+    return {"left": left, "right": right}[view]
 
 
 def test_the_shipped_face_model_finds_every_held_out_face_pasted_into_a_scene():
     """A group photo: five faces from ``lfw_faces``' test split, which the shipped model never
-    trained on, pasted at 48-90 pixels into scikit-image's ``motorcycle_right`` (a garage,
-    in no training set). Each face is found with IoU >= 0.5. The photo also gets one false box,
+    trained on, pasted at 48-90 pixels into the right view of scikit-image's garage
+    (``_garage``; in no training set). Each face is found with IoU >= 0.5. The photo also gets one false box,
     on the handlebar (see the scenery test below), which this test does not count."""
     pytest.importorskip("skimage")
     from cnnlab.data.datasets import lfw_faces
     (_, _), (x_test, y_test) = lfw_faces.load_data()
     faces, rng = x_test[y_test == 1], np.random.default_rng(0)
-    photo = np.array(_skimage_picture("motorcycle_right").convert("RGB"))
+    photo = _garage("right").copy()
     height, width = photo.shape[:2]
     lane = (width - 40) // 5                                  # one face a lane, none overlap
     boxes = []
@@ -432,17 +432,17 @@ def test_the_shipped_face_model_finds_every_held_out_face_pasted_into_a_scene():
     assert min(best) >= 0.5, (best, [(d.box, d.score) for d in found])
 
 
-@pytest.mark.parametrize("name", [
-    "motorcycle_left",
-    pytest.param("motorcycle_right", marks=pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.parametrize("view", [
+    "left",
+    pytest.param("right", marks=pytest.mark.xfail(strict=True, reason=(
         "#27: the shipped lfw_faces model boxes the motorcycle's handlebar here, score 1.00, "
         "in the other view of the same garage")))])
-def test_the_shipped_face_model_keeps_no_box_on_a_scene_without_people(name):
+def test_the_shipped_face_model_keeps_no_box_on_a_scene_without_people(view):
     """Scenery none of the shipped model's data holds: scikit-image's two views of a
     motorcycle in a garage. The left one gets no box; the right one gets one false box (a
     known failure, strict: the test says so when it starts to pass)."""
     pytest.importorskip("skimage")
-    assert detect.detect(_skimage_picture(name)) == []
+    assert detect.detect(Image.fromarray(_garage(view))) == []
 
 
 def test_detections_are_scored_as_pascal_voc_scores_them():
