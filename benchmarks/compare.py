@@ -18,9 +18,10 @@ onnxruntime runs ``cnnlab.export.to_onnx``'s graph, Keras builds it layer by lay
 configs, and tinygrad has a port of the article's network only.
 
 Every figure comes from this run: each round starts one fresh process per peer (so peak RSS is
-that peer's own), in turn, and each ratio is taken against PyTorch eager *in the same round*;
-the table shows medians over rounds. Model-FLOP utilisation divides the model's FLOP rate by a
-float32 GEMM peak measured here, in the same run. Peers that are not installed are skipped:
+that peer's own; cnnlab's includes its shard worker processes, ``workers_peak_mb``), in turn,
+and each ratio is taken against PyTorch eager *in the same round*; the table shows medians over
+rounds. Model-FLOP utilisation divides the model's FLOP rate by a float32 GEMM peak measured
+here, in the same run. Peers that are not installed are skipped:
 `pip install -e '.[bench]'` installs the optional ones that install cleanly.
 
 On the GPU (``--device gpu``) the peers are PyTorch eager and torch.compile on CUDA and cnnlab
@@ -88,7 +89,25 @@ def _timed(fn) -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS, and what cnnlab's shard worker processes add to it."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + workers_peak_mb()
+
+
+def workers_peak_mb() -> float:
+    """Each of cnnlab's shard worker processes' peak RSS, less the pages it still shares with
+    this one: shared since the fork, so shared at its peak too, and counted in this process's
+    RSS. An upper bound on what the workers add at the peak."""
+    workers = sys.modules.get("cnnlab.training.workers")
+    pool = workers and workers._pool
+    total_kb = 0
+    for process in pool.processes if pool else []:
+        with open(f"/proc/{process.pid}/status") as status:
+            peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        with open(f"/proc/{process.pid}/smaps_rollup") as rollup:
+            shared = sum(int(line.split()[1]) for line in rollup
+                         if line.startswith(("Shared_Clean:", "Shared_Dirty:")))
+        total_kb += peak - shared
+    return total_kb / 1024
 
 
 def measure(train_step, infer_batch, infer_one, seconds: float = 3.0) -> dict:

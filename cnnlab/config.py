@@ -84,6 +84,24 @@ def set_threads(count: int) -> None:
     _threads = count
 
 
+#: how a batch's shards run in training: "processes" (one forked worker process per shard
+#: beyond the first, where the platform forks: Linux; ``training.workers`` says why) or
+#: "threads" (every shard in this process). CNNLAB_SHARDS sets it at start.
+SHARDS = ("processes", "threads")
+
+
+def shards() -> str:
+    """How training runs a batch's shards: ``'processes'`` or ``'threads'``."""
+    return _shards
+
+
+def set_shards(name: str) -> None:
+    """Run a training batch's shards in worker ``'processes'`` or in ``'threads'`` of this
+    process. The results are the same bit for bit; processes are faster (``training.workers``)."""
+    global _shards
+    _shards = _checked(SHARDS, name, "set_shards's name")
+
+
 #: "numba": the engine's compiled kernels where it has them (the default); "numpy": the NumPy
 #: reference paths everywhere, for tests and debugging. CNNLAB_KERNELS sets it at start.
 KERNELS = ("numba", "numpy")
@@ -101,6 +119,7 @@ def _from_environment(variable: str, choices: tuple) -> str:
 
 
 _kernels = _from_environment("CNNLAB_KERNELS", KERNELS)
+_shards = _from_environment("CNNLAB_SHARDS", SHARDS)
 
 
 def kernels() -> str:

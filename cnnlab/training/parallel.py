@@ -1,5 +1,6 @@
 """Both cores for every batch: the batch is cut into shards, one per thread, and each thread runs
-the same model on its shard.
+the same model on its shard. (In training, the shards beyond the first run in worker processes
+instead where the platform forks: ``training.workers``; prediction and evaluation use threads.)
 
 Layers keep no per-call state, so the threads share the model as it is: each call's caches live
 on its own tape, its scratch buffers in its own thread's workspace, its random draws in a
@@ -14,7 +15,8 @@ two processes, each training 64 images on one core at the same time, took 216-23
 (one alone: 211-246 ms). The cores do not slow each other down; the shards do. Their kernel
 calls took 387 ms a step in sum against the two processes' 332 ms, counting the wait to take
 the GIL back after each, and each shard waited 10.7-13.7 ms a step at the BatchNormalization
-barriers (measured in session 25, one-off scripts).
+barriers (measured in session 25, one-off scripts). Worker processes, which have a GIL each,
+took 246-257 ms where these threads took 265-278 (``training.workers``).
 
 The arithmetic is the same as one big batch: a shard's loss gradient is scaled by its share of
 the batch, so the summed gradients are those of the mean loss over the whole batch. Summation
@@ -57,7 +59,7 @@ def shards(n: int) -> list[slice] | None:
     return bounds
 
 
-def _single_threaded_blas():
+def single_threaded_blas():
     """A context that limits BLAS to one thread (threadpoolctl; selected once, ~3 us to enter)."""
     global _blas
     if _blas is None:
@@ -78,7 +80,7 @@ def run_sharded(tasks, on_error=None):
             _executor.shutdown(wait=False)
         _workers = max(len(tasks) - 1, 1)
         _executor = ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="cnnlab-shard")
-    with _single_threaded_blas():
+    with single_threaded_blas():
         futures = [_executor.submit(task) for task in tasks[1:]]
         first = tasks[0]()
         return [first, *(f.result() for f in futures)]

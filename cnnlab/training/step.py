@@ -4,7 +4,8 @@
 
 Forward through the graph (``graph.execute``), the losses, backward, all on one batch. The batch
 is cut into shards over the cores (``training.parallel``) when that pays; each shard runs the same
-model on its own tape, so nothing is copied or replicated. A shard's loss gradient is scaled by
+model on its own tape: on threads of this process, or in training in worker processes forked
+with the model (``training.workers``), bit for bit the same step. A shard's loss gradient is scaled by
 its share of the batch, so the shards' gradients add up to those of the whole batch's mean loss
 (over MPI ranks too: ``share`` is this rank's part of the global batch). Gradients are summed in
 shard order, so a result repeats bit for bit for a given thread count.
@@ -24,7 +25,7 @@ import numpy as np
 from cnnlab.engine import arrays
 from cnnlab.graph import execute, fusion
 from cnnlab.layers.base import CallContext
-from cnnlab.training import parallel, placement
+from cnnlab.training import parallel, placement, workers
 
 
 @dataclass
@@ -43,14 +44,20 @@ def random_layers(model) -> list:
     return [layer for layer in model.leaf_layers() if hasattr(layer, "rng")]
 
 
-def _shard_generators(model, count: int) -> list[dict | None]:
-    """Shard 0 draws from each layer's own generator; the others from generators seeded from it,
-    drawn here on one thread in a fixed order, so a step repeats exactly."""
+def _shard_seeds(model, count: int) -> list[list[int] | None]:
+    """Shard 0 draws from each layer's own generator; the others from generators seeded from it
+    (one seed a random layer), drawn here on one thread in a fixed order, so a step repeats
+    exactly."""
     layers = random_layers(model)
     if count == 1 or not layers:
         return [None] * count
-    return [None] + [{layer: np.random.default_rng(int(layer.rng.integers(2**63)))
-                      for layer in layers} for _ in range(count - 1)]
+    return [None] + [[int(layer.rng.integers(2**63)) for layer in layers]
+                     for _ in range(count - 1)]
+
+
+def _generators(model, seeds: list[int] | None) -> dict | None:
+    return None if seeds is None else {layer: np.random.default_rng(seed)
+                                       for layer, seed in zip(random_layers(model), seeds)}
 
 
 def _losses(model, outputs, ys, as_logits, share, want_grads):
@@ -107,20 +114,18 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
     want_grads = training if want_grads is None else want_grads
     n = len(xs[0])
     xs, ys, parts = _on_model_device(model, xs, ys)
-    count = 1 if parts is None else len(parts)
-    sums = parallel.BatchSums(count, comm) if training else None
-    generators = _shard_generators(model, count) if training else [None] * count
-    contexts = [_context(model, training, sums.for_shard(k) if sums else None, generators[k],
-                         want_grads) for k in range(count)]
     if parts is None:
-        results = [_shard_pass(model, xs, ys, contexts[0], share, want_grads)]
-        parts = [slice(0, n)]
+        ctx = _context(model, training, _batch_sum(comm) if training else None, None, want_grads)
+        results, parts = [_shard_pass(model, xs, ys, ctx, share, want_grads)], [slice(0, n)]
     else:
-        results = parallel.run_sharded(
-            [functools.partial(_shard_pass, model, [x[p] for x in xs], [y[p] for y in ys],
-                               ctx, share * (p.stop - p.start) / n, want_grads)
-             for ctx, p in zip(contexts, parts)],
-            on_error=sums.abort if sums else None)
+        shares = [share * (p.stop - p.start) / n for p in parts]
+        seeds = _shard_seeds(model, len(parts)) if training else [None] * len(parts)
+        pieces = [([x[p] for x in xs], [y[p] for y in ys]) for p in parts]
+        if training and want_grads and workers.usable() and \
+                workers.packable([a for x, y in pieces[1:] for a in (*x, *y)]):
+            results, ctx = _in_processes(model, pieces, shares, seeds, comm)
+        else:
+            results, ctx = _in_threads(model, pieces, shares, seeds, comm, training, want_grads)
     weights = [(p.stop - p.start) / n for p in parts]
     losses = [sum(r[0][i] * w for r, w in zip(results, weights))
               for i in range(len(model.outputs))]
@@ -134,11 +139,53 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
                 grads[variable] = np.add(grads[variable], grad, out=grads[variable]) \
                     if grads[variable].flags.writeable else grads[variable] + grad
             else:
-                grads[variable] = grad
+                grads[variable] = grad.copy()     # a worker's is reused by its next step
     total = sum(w * loss for w, loss, fn in zip(model.loss_weights, losses, model.compiled_losses)
                 if fn is not None)
     # shard 0's statistics updates: every shard computed the same whole-batch statistics
-    return BatchResult(float(total), losses, outputs, grads, contexts[0].state_updates)
+    return BatchResult(float(total), losses, outputs, grads, ctx.state_updates)
+
+
+def _batch_sum(comm):
+    return None if comm is None else comm.sum_array
+
+
+def _in_threads(model, pieces, shares, seeds, comm, training, want_grads):
+    """Every shard on a thread of this process; shard 0's context."""
+    sums = parallel.BatchSums(len(pieces), comm) if training else None
+    contexts = [_context(model, training, sums.for_shard(k) if sums else None,
+                         _generators(model, seeds[k]), want_grads) for k in range(len(pieces))]
+    results = parallel.run_sharded(
+        [functools.partial(_shard_pass, model, xs, ys, ctx, share, want_grads)
+         for ctx, (xs, ys), share in zip(contexts, pieces, shares)],
+        on_error=sums.abort if sums else None)
+    return results, contexts[0]
+
+
+def _in_processes(model, pieces, shares, seeds, comm):
+    """Shard 0 here, the others in worker processes (``training.workers``); shard 0's
+    context. A failure anywhere stops the workers: they may be halfway through the step."""
+    room = max(workers.packed_bytes([*xs, *ys]) for xs, ys in pieces[1:])
+    try:
+        pool = workers.pool_for(model, len(pieces), room)
+        pool.start(pieces[1:], [{"share": share, "seeds": seed}
+                                for share, seed in zip(shares[1:], seeds[1:])])
+        ctx = _context(model, True, functools.partial(pool.batch_sum, comm=comm), None, True)
+        with parallel.single_threaded_blas():         # the workers have the other cores
+            first = _shard_pass(model, *pieces[0], ctx, shares[0], True)
+        return [first, *pool.finish()], ctx
+    except BaseException:
+        workers.close()
+        raise
+
+
+def _run_shard(model, xs, ys, batch_sum, seeds, share):
+    """One training shard in a worker process: its losses, outputs and gradients."""
+    ctx = _context(model, True, batch_sum, _generators(model, seeds), True)
+    return _shard_pass(model, xs, ys, ctx, share, True)
+
+
+workers.register(_run_shard)
 
 
 def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:

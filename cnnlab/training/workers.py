@@ -1,0 +1,310 @@
+"""A training batch's shards in processes of their own: this process runs shard 0, and one
+forked worker process per further shard runs the same model on its part.
+
+Why not threads: two thread shards of ResNet-20's 128 images took 247-248 ms a training step
+where two MPI ranks of 64 images each, exchanging BatchNormalization's sums and the gradients,
+took 219-229 ms (mobilenet_small 265-281 against 227-231 ms, cifar10_cnn 81-84 against 79-80,
+the article's network 22.1-24.1 against 21.5-22.2; 2 cores, two runs each, session 26). Every
+kernel call of a thread shard releases the GIL and must take it back, ~1,000 times a step, and
+waits whenever the other shard is running Python (``training.parallel``'s docstring has the
+measurements). Processes have a GIL each.
+
+How a step goes, for shard k > 0:
+- The model's variables live in one shared memory block (``_SharedVariables``): the parent's
+  ``Variable.value`` arrays are views into it, and the worker, forked after they were, sees
+  every update the optimizer makes in place. A value replaced by a new array (``set_weights``,
+  a load) is copied back in before the next step.
+- The parent writes the shard's inputs and targets into the worker's own block and sends a
+  header (JSON: offsets, shapes, dtypes, the shard's share of the loss, its random seeds).
+- BatchNormalization's partial sums go to the parent over a pipe; the parent adds every
+  shard's part in shard order, as the thread shards do (and sums over MPI ranks when asked),
+  and sends the total back. So the results are those of the thread shards, bit for bit.
+- The worker writes its gradients into its block and sends its losses and outputs; the parent
+  adds the gradients to its own in shard order.
+
+Nothing is pickled: headers are JSON, arrays are raw bytes. The workers are forked, so they
+start as copies of this process (no import, no model file), and are forked again when the
+model, its compiled losses, which parameters train, the variables' shapes or the kernels change
+(``_fingerprint``), or a batch needs more room. One set of workers exists at a time. A worker
+that fails sends its traceback; one that dies is noticed at the next wait; either way the
+step raises and the workers are stopped. A worker whose parent dies reads the end of its pipe
+and exits. Where the platform cannot fork safely (not Linux), in an MPI run (Open MPI does not
+support fork) or with ``config.set_shards("threads")``, the shards run as threads.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import multiprocessing
+import multiprocessing.connection
+import signal
+import sys
+import traceback
+import weakref
+
+import numpy as np
+
+from cnnlab import config
+
+_ALIGN = 64                                    # every array starts on a cache line
+
+_pool: ShardProcesses | None = None
+
+
+def usable() -> bool:
+    """Whether training shards may run as processes here and now."""
+    return (config.shards() == "processes" and sys.platform.startswith("linux")
+            and "mpi4py.MPI" not in sys.modules)
+
+
+def pool_for(model, count: int, arrays_bytes: int) -> ShardProcesses:
+    """The worker processes for ``count`` shards of ``model``'s steps, with room for
+    ``arrays_bytes`` of a shard's inputs and targets; forked anew when what they copied has
+    changed."""
+    global _pool
+    fingerprint = _fingerprint(model, count)
+    if _pool is not None and not _pool.serves(model, fingerprint, arrays_bytes):
+        close()
+    if _pool is None:
+        _pool = ShardProcesses(model, count, fingerprint, 2 * arrays_bytes)
+    return _pool
+
+
+def close() -> None:
+    """Stop the worker processes (the next step that wants them forks new ones)."""
+    if _pool is not None:
+        _close_pool(_pool)
+
+
+def _close_pool(pool: ShardProcesses) -> None:
+    global _pool
+    pool.close()
+    if _pool is pool:
+        _pool = None
+
+
+def _fingerprint(model, count: int) -> tuple:
+    """What a worker copied at its fork and uses in a step."""
+    return (count, config.kernels(), config.floatx(),
+            tuple((id(v), v.value.shape, v.value.dtype.str) for v in model.variables),
+            tuple(id(v) for _, v in model.named_trainable_params()),
+            tuple(id(loss) for loss in model.compiled_losses), tuple(model.loss_weights))
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // _ALIGN) * _ALIGN
+
+
+def _layout(arrays, start: int = 0) -> tuple[list, int]:
+    """``[offset, shape, dtype]`` for each array (None stays None), packed from ``start``; and
+    the end."""
+    specs, offset = [], start
+    for array in arrays:
+        if array is None:
+            specs.append(None)
+            continue
+        offset = _aligned(offset)
+        specs.append([offset, list(array.shape), array.dtype.str])
+        offset += array.nbytes
+    return specs, offset
+
+
+def _view(buffer, spec) -> np.ndarray | None:
+    if spec is None:
+        return None
+    offset, shape, dtype = spec
+    return np.ndarray(tuple(shape), np.dtype(dtype), buffer, offset)
+
+
+def packable(arrays) -> bool:
+    """Whether these arrays can travel as raw bytes (plain NumPy, no Python objects)."""
+    return all(a is None or (type(a) is np.ndarray and not a.dtype.hasobject) for a in arrays)
+
+
+def packed_bytes(arrays) -> int:
+    return _layout(arrays)[1]
+
+
+class _SharedVariables:
+    """Every variable's value in one shared block: the parent's ``Variable.value`` arrays are
+    views into it, set before the workers fork, so they inherit the same views."""
+
+    def __init__(self, variables):
+        self.variables = list(variables)
+        specs, size = _layout([v.value for v in self.variables])
+        self.block = mmap.mmap(-1, max(size, 1))
+        self.views = [_view(self.block, spec) for spec in specs]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Point every variable at its view again, copying a value that was replaced."""
+        for variable, view in zip(self.variables, self.views):
+            if variable.value is not view:
+                view[...] = variable.value
+                variable.value = view
+
+
+class ShardProcesses:
+    """Worker processes for shards 1 .. count - 1 of one model's training steps."""
+
+    def __init__(self, model, count: int, fingerprint: tuple, arrays_bytes: int):
+        self.model_ref, self.count, self.fingerprint = weakref.ref(model), count, fingerprint
+        self.shared = _SharedVariables(model.variables)
+        self.trainable = [v for _, v in model.named_trainable_params()]
+        self.grad_specs, grads_end = _layout([v.value for v in self.trainable])
+        self.arrays_start = _aligned(grads_end)
+        self.capacity = arrays_bytes
+        self.links, self.processes, self.blocks = [], [], []
+        self._finalizer = weakref.finalize(model, _close_pool, self)
+        context = multiprocessing.get_context("fork")
+        try:
+            for index in range(1, count):
+                block = mmap.mmap(-1, self.arrays_start + arrays_bytes)
+                parent_end, child_end = context.Pipe()
+                process = context.Process(     # forked: the arguments are not pickled
+                    target=_serve, name=f"cnnlab-shard-{index}", daemon=True,
+                    args=(self.model_ref, child_end, [*self.links, parent_end], block,
+                          self.trainable, self.grad_specs))
+                process.start()
+                child_end.close()
+                self.links.append(parent_end)
+                self.processes.append(process)
+                self.blocks.append(block)
+        except BaseException:
+            self.close()
+            raise
+
+    def serves(self, model, fingerprint: tuple, arrays_bytes: int) -> bool:
+        return (self.model_ref() is model and self.fingerprint == fingerprint
+                and arrays_bytes <= self.capacity
+                and all(process.is_alive() for process in self.processes))
+
+    def close(self) -> None:
+        """Close the pipes (each worker reads their end and exits); kill any that does not."""
+        self._finalizer.detach()
+        for link in self.links:
+            link.close()
+        for process in self.processes:
+            process.join(timeout=2)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.links, self.processes = [], []
+
+    # --- the parent's side of a step ----------------------------------------------------------
+    def start(self, shard_inputs: list, headers: list[dict]) -> None:
+        """Hand shard k's ``(xs, ys)`` and header to worker k - 1."""
+        self.shared.refresh()
+        for link, block, (xs, ys), header in zip(self.links, self.blocks, shard_inputs, headers):
+            xs_specs, end = _layout(xs, self.arrays_start)
+            ys_specs, _ = _layout(ys, end)
+            for array, spec in zip([*xs, *ys], [*xs_specs, *ys_specs]):
+                if spec is not None:
+                    _view(block, spec)[...] = array
+            link.send_bytes(json.dumps({**header, "xs": xs_specs, "ys": ys_specs}).encode())
+
+    def batch_sum(self, partial: np.ndarray, comm=None) -> np.ndarray:
+        """Shard 0's ``batch_sum``: every worker's part added to this one in shard order (over
+        MPI ranks too, with ``comm``), and the total sent to each."""
+        total = partial.copy()
+        for index in range(len(self.links)):
+            total += np.frombuffer(self._receive(index, b"S"), partial.dtype).reshape(
+                partial.shape)
+        if comm is not None:
+            total = comm.sum_array(total)
+        payload = np.ascontiguousarray(total).tobytes()
+        for link in self.links:
+            link.send_bytes(payload)
+        return total
+
+    def finish(self) -> list[tuple]:
+        """Each worker's ``(losses, outputs, grads)``, in shard order; the gradients are views
+        into its block, valid until the next step."""
+        results = []
+        for index, block in enumerate(self.blocks):
+            done = json.loads(self._receive(index, b"D"))
+            outputs = [np.frombuffer(self._receive(index, b"O"), np.dtype(dtype)).reshape(shape)
+                       for shape, dtype in done["outputs"]]
+            grads = {variable: _view(block, spec) for variable, spec, has
+                     in zip(self.trainable, self.grad_specs, done["grads"]) if has}
+            results.append((done["losses"], outputs, grads))
+        return results
+
+    def _receive(self, index: int, kind: bytes) -> bytes:
+        """Worker ``index``'s next message, which must be of ``kind``; its error or its death
+        raised here."""
+        link, process = self.links[index], self.processes[index]
+        try:
+            multiprocessing.connection.wait([link, process.sentinel])
+            message = link.recv_bytes()
+        except (EOFError, OSError):
+            process.join(timeout=1)
+            raise RuntimeError(f"The worker process of shard {index + 1} (pid {process.pid}) "
+                               f"died (exit code {process.exitcode}) during a training "
+                               f"step.") from None
+        if message[:1] == b"E":
+            raise RuntimeError(f"Shard {index + 1} of this batch failed in its worker process:\n"
+                               f"{message[1:].decode(errors='replace')}")
+        if message[:1] != kind:
+            raise RuntimeError(f"The worker process of shard {index + 1} sent {message[:1]!r} "
+                               f"where {kind!r} was due.")
+        return message[1:]
+
+
+# --- the worker's side ------------------------------------------------------------------------
+_run_shard = None          # set by ``training.step``: (model, xs, ys, batch_sum, seeds, share)
+
+
+def register(run_shard) -> None:
+    """The function a worker runs on its shard: ``run_shard(model, xs, ys, batch_sum, seeds,
+    share) -> (losses, outputs, grads)``. (``training.step`` owns it; registering keeps this
+    module below it.)"""
+    global _run_shard
+    _run_shard = run_shard
+
+
+def _serve(model_ref, link, inherited, block, trainable, grad_specs) -> None:
+    """A worker's loop: one header, one shard, one reply, until the parent closes the pipe."""
+    model = model_ref()                  # this process's copy, alive: the parent's was at fork
+    for other in inherited:              # other pipes' parent ends: EOF must reach their workers
+        other.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)          # Ctrl-C is the parent's to handle
+    config.set_threads(1)
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=1, user_api="blas")           # this process's BLAS: one core
+
+    def batch_sum(partial: np.ndarray) -> np.ndarray:
+        link.send_bytes(b"S" + np.ascontiguousarray(partial).tobytes())
+        return np.frombuffer(link.recv_bytes(), partial.dtype).reshape(partial.shape).copy()
+
+    while True:
+        try:
+            header = json.loads(link.recv_bytes())
+        except (EOFError, OSError):
+            return
+        try:
+            xs = [_view(block, spec) for spec in header["xs"]]
+            ys = [_view(block, spec) for spec in header["ys"]]
+            losses, outputs, grads = _run_shard(model, xs, ys, batch_sum, header["seeds"],
+                                                header["share"])
+            has = []
+            for variable, spec in zip(trainable, grad_specs):
+                grad = grads.get(variable)
+                has.append(grad is not None)
+                if grad is not None:
+                    _view(block, spec)[...] = grad
+            outputs = [np.ascontiguousarray(output) for output in outputs]
+            link.send_bytes(b"D" + json.dumps({
+                "losses": losses, "grads": has,
+                "outputs": [[list(o.shape), o.dtype.str] for o in outputs]}).encode())
+            for output in outputs:
+                link.send_bytes(b"O" + output.tobytes())
+        except (EOFError, BrokenPipeError):
+            return
+        except BaseException:
+            try:
+                link.send_bytes(b"E" + traceback.format_exc().encode())
+            except OSError:
+                pass
+            return

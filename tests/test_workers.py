@@ -1,0 +1,183 @@
+"""A training batch's shards in worker processes (training.workers) compute the very step the
+thread shards compute, and a worker that fails, dies or loses its parent is handled."""
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import cnnlab
+from cnnlab import layers, optimizers
+from cnnlab.training import workers
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="worker processes are forked, on Linux only")
+
+
+@pytest.fixture(autouse=True)
+def two_shards():
+    cnnlab.config.set_threads(2)
+    yield
+    workers.close()
+    cnnlab.config.set_shards("processes")
+    cnnlab.config.set_threads(2)
+    cnnlab.config.set_floatx("float32")
+
+
+def residual_model(seed=3, dropout=0.3):
+    """BatchNormalization (sums over the shards), Dropout (a generator a shard), a residual Add
+    and two outputs: everything a worker must get the same as a thread."""
+    cnnlab.config.set_floatx("float64")
+    cnnlab.utils.set_random_seed(seed)
+    inputs = layers.Input((8, 8, 3))
+    x = layers.Conv2D(6, 3, padding="same")(inputs)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    y = layers.BatchNormalization()(layers.Conv2D(6, 3, padding="same")(x))
+    x = layers.ReLU()(layers.Add()([x, y]))
+    x = layers.Dropout(dropout)(layers.GlobalAveragePooling2D()(x))
+    model = cnnlab.Model(inputs, [layers.Dense(4, activation="softmax", name="a")(x),
+                                  layers.Dense(2, name="b")(x)])
+    model.compile(optimizer=optimizers.SGD(0.1, momentum=0.9),
+                  loss=["sparse_categorical_crossentropy", "mse"], loss_weights=[1.0, 0.5])
+    return model
+
+
+def data(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, 8, 8, 3)),
+            [rng.integers(0, 4, n), rng.standard_normal((n, 2))])
+
+
+def train(shards, steps=3, threads=2, dropout=0.3):
+    cnnlab.config.set_shards(shards)
+    cnnlab.config.set_threads(threads)
+    model = residual_model(dropout=dropout)
+    x, y = data()
+    losses = [model.train_on_batch(x, y) for _ in range(steps)]
+    model.set_weights([w * 0.9 for w in model.get_weights()])    # replaced, not updated in place
+    losses.append(model.train_on_batch(x, y))
+    model.layers[1].trainable = False                     # the first convolution frozen: re-forked
+    model.compile(optimizer=optimizers.SGD(0.05), loss=["sparse_categorical_crossentropy", "mse"])
+    losses.append(model.train_on_batch(x, y))
+    return losses, model.get_weights(), workers._pool and len(workers._pool.processes)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_processes_compute_the_thread_shards_step_bit_for_bit(threads):
+    in_threads = train("threads", threads=threads)
+    in_processes = train("processes", threads=threads)
+    assert in_processes[2] == threads - 1 and not in_threads[2]
+    assert in_processes[0] == in_threads[0]
+    for a, b in zip(in_processes[1], in_threads[1]):
+        np.testing.assert_array_equal(a, b)
+    # and the unsplit step, to rounding (no dropout: one shard draws other masks than two)
+    one, split = train("threads", threads=1, dropout=0.0), train("processes", threads=threads,
+                                                                 dropout=0.0)
+    np.testing.assert_allclose(split[0], one[0], rtol=1e-10)
+    for a, b in zip(split[1], one[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_fit_with_processes_equals_fit_with_threads():
+    histories, weights = [], []
+    for shards in ("threads", "processes"):
+        cnnlab.config.set_shards(shards)
+        model = residual_model(seed=5)
+        x, y = data(100, seed=1)
+        history = model.fit(x, y, batch_size=40, epochs=2, shuffle=True, verbose=0,
+                            validation_data=(x[:20], [y[0][:20], y[1][:20]]))
+        histories.append(history.history)
+        weights.append(model.get_weights())
+    assert histories[0] == histories[1]
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def _failing_in_worker(exit_code=None):
+    parent = os.getpid()
+    original = workers._run_shard
+
+    def run_shard(*args):
+        if os.getpid() != parent:
+            if exit_code is not None:
+                os._exit(exit_code)
+            raise ValueError("a failure inside the worker")
+        return original(*args)
+    return run_shard
+
+
+@pytest.mark.parametrize("exit_code,message", [(None, "a failure inside the worker"),
+                                               (3, "died \\(exit code 3\\)")])
+def test_a_failed_or_dead_worker_raises_and_leaves_the_weights(monkeypatch, exit_code, message):
+    cnnlab.config.set_shards("processes")
+    model = residual_model()
+    x, y = data()
+    model.train_on_batch(x, y)
+    before = [w.copy() for w in model.get_weights()]
+    workers.close()                               # the next workers fork with the failure
+    monkeypatch.setattr(workers, "_run_shard", _failing_in_worker(exit_code))
+    with pytest.raises(RuntimeError, match=message):
+        model.train_on_batch(x, y)
+    assert workers._pool is None                  # stopped: they may be halfway through a step
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.undo()
+    model.train_on_batch(x, y)                     # new workers take over
+    assert all(p.is_alive() for p in workers._pool.processes)
+
+
+def test_workers_end_with_their_model():
+    cnnlab.config.set_shards("processes")
+    model = residual_model()
+    model.train_on_batch(*data())
+    processes = list(workers._pool.processes)
+    del model
+    gc.collect()
+    assert workers._pool is None or not workers._pool.processes
+    for process in processes:
+        process.join(timeout=5)
+        assert not process.is_alive()
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    script = textwrap.dedent("""
+        import os, sys, time, numpy as np, cnnlab
+        from cnnlab import layers
+        cnnlab.config.set_threads(3)
+        model = cnnlab.Sequential([layers.Input((4, 4, 1)), layers.Flatten(),
+                                   layers.Dense(2, activation="softmax")])
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        x = np.zeros((48, 4, 4, 1), "float32")
+        model.train_on_batch(x, np.zeros(48, int))
+        from cnnlab.training import workers
+        print(*[p.pid for p in workers._pool.processes], flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(pids) == 2
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in pids)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not a zombie waiting for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_shards_setting_is_checked():
+    with pytest.raises(cnnlab.errors.ConfigError, match="set_shards"):
+        cnnlab.config.set_shards("fibers")
