@@ -97,7 +97,8 @@ def shards() -> str:
 
 def set_shards(name: str) -> None:
     """Run a training batch's shards in worker ``'processes'`` or in ``'threads'`` of this
-    process. The results are the same bit for bit; processes are faster (``training.workers``)."""
+    process. The same shards give the same step bit for bit; processes are faster, and split
+    smaller batches than threads do (``training.workers``)."""
     global _shards
     _shards = _checked(SHARDS, name, "set_shards's name")
 

@@ -88,11 +88,12 @@ def test_fit_with_processes_equals_fit_with_threads():
     for shards in ("threads", "processes"):
         cnnlab.config.set_shards(shards)
         model = residual_model(seed=5)
-        x, y = data(100, seed=1)
+        x, y = data(96, seed=1)             # batches of 40, 40, 16: split alike both ways
         history = model.fit(x, y, batch_size=40, epochs=2, shuffle=True, verbose=0,
                             validation_data=(x[:20], [y[0][:20], y[1][:20]]))
         histories.append(history.history)
         weights.append(model.get_weights())
+        assert workers._pool is None              # its workers stopped at its end
     assert histories[0] == histories[1]
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
@@ -149,10 +150,11 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
         import os, sys, time, numpy as np, cnnlab
         from cnnlab import layers
         cnnlab.config.set_threads(3)
-        model = cnnlab.Sequential([layers.Input((4, 4, 1)), layers.Flatten(),
+        model = cnnlab.Sequential([layers.Input((16, 16, 1)), layers.Conv2D(8, 3),
+                                   layers.Conv2D(8, 3), layers.GlobalAveragePooling2D(),
                                    layers.Dense(2, activation="softmax")])
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-        x = np.zeros((48, 4, 4, 1), "float32")
+        x = np.zeros((48, 16, 16, 1), "float32")
         model.train_on_batch(x, np.zeros(48, int))
         from cnnlab.training import workers
         print(*[p.pid for p in workers._pool.processes], flush=True)
@@ -176,6 +178,25 @@ def _running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_worker_shards_where_their_work_dwarfs_the_parameters():
+    """A worker copies its gradients and exchanges BatchNormalization's sums: it pays for a
+    model with much arithmetic per parameter (convolutions), not for one of few (Dense)."""
+    conv = cnnlab.Sequential([layers.Input((32, 32, 3)), layers.Conv2D(16, 3, padding="same"),
+                              layers.Conv2D(16, 3, padding="same"),
+                              layers.GlobalAveragePooling2D(), layers.Dense(10)])
+    multiply_adds = 32 * 32 * (3 * 3 * 3 * 16 + 3 * 3 * 16 * 16) + 16 * 10
+    assert workers._forward_multiply_adds(conv) == multiply_adds
+    parameters = sum(v.value.size for v in conv.params)
+    assert workers.min_shard(conv) == -(-500 * parameters // multiply_adds) == 1
+    dense = cnnlab.Sequential([layers.Input((28, 28, 1)), layers.Flatten(),
+                               layers.Dense(256), layers.Dense(10)])
+    weights = 784 * 256 + 256 * 10                        # one multiply-add each, biases none
+    assert workers._forward_multiply_adds(dense) == weights
+    assert workers.min_shard(dense) == -(-500 * (weights + 266) // weights) == 501
+    nested = cnnlab.Sequential([layers.Input((32, 32, 3)), conv])
+    assert workers._forward_multiply_adds(nested) == multiply_adds
 
 
 def test_shards_setting_is_checked():

@@ -32,7 +32,8 @@ import numpy as np
 
 from cnnlab import config
 
-#: below this many samples per shard, splitting costs more than it saves. Measured on 2 cores,
+#: below this many samples per thread shard, splitting costs more than it saves (worker
+#: processes have their own rule: ``workers.min_shard``). Measured on 2 cores,
 #: one thread against two (ms a training step): the article's network 5.5 vs 7.2 at batch 16,
 #: 8.2 vs 8.8 at 32, 11.0 vs 9.8 at 48; ResNet-20 78 vs 87 at 16, 143 vs 120 at 32. Small shards
 #: run many small ops, and two threads doing that hand the GIL to each other after every one
@@ -45,9 +46,10 @@ _workers = 0                                   # its size
 _blas = None
 
 
-def shards(n: int) -> list[slice] | None:
-    """Contiguous, near-equal slices of ``range(n)``, one per thread; None: don't split."""
-    count = min(config.threads(), n // MIN_SHARD)
+def shards(n: int, min_shard: int = MIN_SHARD) -> list[slice] | None:
+    """Contiguous, near-equal slices of ``range(n)``, one per thread, each of at least
+    ``min_shard``; None: don't split."""
+    count = min(config.threads(), n // min_shard)
     if count < 2:
         return None
     size, extra = divmod(n, count)

@@ -97,13 +97,19 @@ def _context(model, training, batch_sum=None, generators=None, keep_cache=None) 
     return ctx
 
 
-def _on_model_device(model, xs, ys):
-    """The batch on the model's device, and its shards over the cores (None: one piece; always
-    on a GPU, where the device's own parallelism does the work)."""
+def _on_model_device(model, xs, ys, processes_pay: bool = False):
+    """The batch on the model's device, its shards over the cores (None: one piece; always on
+    a GPU, where the device's own parallelism does the work), and whether they are worker
+    processes' shards (``processes_pay``: a training step may use them)."""
     device = placement.device_of(model)
-    if device == "cpu":
-        return xs, ys, parallel.shards(len(xs[0]))
-    return placement.batch_to(xs, device), placement.batch_to(ys, device), None
+    if device != "cpu":
+        return placement.batch_to(xs, device), placement.batch_to(ys, device), None, False
+    n = len(xs[0])
+    parts = parallel.shards(n, workers.min_shard(model)) if processes_pay else None
+    if parts is not None and workers.packable([a for p in parts[1:] for a in
+                                               (*(x[p] for x in xs), *(y[p] for y in ys))]):
+        return xs, ys, parts, True
+    return xs, ys, parallel.shards(n), False
 
 
 def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: float = 1.0,
@@ -113,7 +119,8 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
     batch only). ``want_grads`` defaults to ``training``."""
     want_grads = training if want_grads is None else want_grads
     n = len(xs[0])
-    xs, ys, parts = _on_model_device(model, xs, ys)
+    xs, ys, parts, in_processes = _on_model_device(
+        model, xs, ys, training and want_grads and workers.usable())
     if parts is None:
         ctx = _context(model, training, _batch_sum(comm) if training else None, None, want_grads)
         results, parts = [_shard_pass(model, xs, ys, ctx, share, want_grads)], [slice(0, n)]
@@ -121,8 +128,7 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
         shares = [share * (p.stop - p.start) / n for p in parts]
         seeds = _shard_seeds(model, len(parts)) if training else [None] * len(parts)
         pieces = [([x[p] for x in xs], [y[p] for y in ys]) for p in parts]
-        if training and want_grads and workers.usable() and \
-                workers.packable([a for x, y in pieces[1:] for a in (*x, *y)]):
+        if in_processes:
             results, ctx = _in_processes(model, pieces, shares, seeds, comm)
         else:
             results, ctx = _in_threads(model, pieces, shares, seeds, comm, training, want_grads)
@@ -192,7 +198,7 @@ def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
     """The model's outputs (probabilities, not logits), on every core that pays."""
     activations, _ = fusion.plan(model)
     folds = fusion.batch_norm_folds(model, activations)
-    xs, _, parts = _on_model_device(model, xs, [])
+    xs, _, parts, _ = _on_model_device(model, xs, [])
 
     def run(inputs):
         return execute.forward(model, inputs, _context(model, False), activations,

@@ -21,7 +21,7 @@ from cnnlab.layers.normalization import warn_if_statistics_unsettled
 from cnnlab.training import losses as losses_module
 from cnnlab.training import metrics as metrics_module
 from cnnlab.training import optimizers as optimizers_module
-from cnnlab.training import progress, step
+from cnnlab.training import progress, step, workers
 from cnnlab.training.adapter import Adapter, ArrayEpochs, StreamEpochs, split_validation
 from cnnlab.training.callbacks import CallbackList, History, ProgbarLogger
 from cnnlab.training.data import check_batch_size, is_batches
@@ -279,8 +279,9 @@ class Trainer:
         finally:
             # the call sites' buffers (a training step's recycled outputs and tiles,
             # ``engine.arrays.recycled``; im2col's columns) are a step's worth of memory: kept
-            # between the steps of a fit, handed back at its end
+            # between the steps of a fit, handed back at its end; so are the shard workers'
             self.workspaces = execute.Workspaces()
+            workers.close()
         if comm is not None and not sync_batch_norm:      # one set of moving statistics
             comm.broadcast_arrays([v.value for v in self.variables if v.kind == "state"])
         return self.history

@@ -18,9 +18,18 @@ How a step goes, for shard k > 0:
   header (JSON: offsets, shapes, dtypes, the shard's share of the loss, its random seeds).
 - BatchNormalization's partial sums go to the parent over a pipe; the parent adds every
   shard's part in shard order, as the thread shards do (and sums over MPI ranks when asked),
-  and sends the total back. So the results are those of the thread shards, bit for bit.
+  and sends the total back. So the results are those of the same shards on threads, bit for
+  bit.
 - The worker writes its gradients into its block and sends its losses and outputs; the parent
   adds the gradients to its own in shard order.
+
+When: a training step on the CPU whose shards each have ``min_shard(model)`` samples, the
+fewest for which a worker pays for its copies and messages. ResNet-20's shards may be as small
+as 4 images, mobilenet_small's 6; below that, and for a network of few multiply-adds per
+parameter (the article's: 114 images), the thread shards' rule applies
+(``parallel.MIN_SHARD``). Small batches gain most, since threads are not worth splitting them:
+ResNet-20 at batch 16 went from 65-67 ms a step (unsplit) to 48-52 ms, mobilenet_small from
+65-71 to 43-44 ms.
 
 Nothing is pickled: headers are JSON, arrays are raw bytes. The workers are forked, so they
 start as copies of this process (no import, no model file), and are forked again when the
@@ -56,6 +65,45 @@ def usable() -> bool:
     """Whether training shards may run as processes here and now."""
     return (config.shards() == "processes" and sys.platform.startswith("linux")
             and "mpi4py.MPI" not in sys.modules)
+
+
+#: a worker process pays for itself when its shard's forward pass makes this many multiply-adds
+#: per parameter of the model, or more. What a worker adds to a step grows with the parameters
+#: (its gradients are copied into shared memory and added to the parent's) and with the
+#: messages (one a BatchNormalization sum); what it saves grows with its share of the work.
+#: Measured on 2 cores (ms a training step, fresh processes): ResNet-20 (41 M multiply-adds an
+#: image, 0.27 M parameters) at batch 16, 65-67 unsplit against 48-52 in two worker shards of
+#: 8 (1,190 a parameter); at batch 8, 39-42 against 35-40 in shards of 4 (590); the article's
+#: network (4.6 M, 1.09 M) at batch 128, 23.2-24.5 in thread shards against 24.3-24.6 in
+#: worker shards of 64 (270), and at batch 16, 7.0-7.4 unsplit against 7.8-7.9 in shards of 8;
+#: cifar10_cnn (20 M, 1.25 M) at 128, 94-97 on threads against 92-93 (1,040).
+MIN_MULTIPLY_ADDS_PER_PARAMETER = 500
+
+_min_shards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def min_shard(model) -> int:
+    """The fewest samples a shard of ``model``'s batches needs for a worker process to pay
+    (``MIN_MULTIPLY_ADDS_PER_PARAMETER``); counted once a model."""
+    if model not in _min_shards:
+        parameters = sum(v.value.size for v in model.params)
+        _min_shards[model] = max(1, -(-MIN_MULTIPLY_ADDS_PER_PARAMETER * parameters
+                                      // max(_forward_multiply_adds(model), 1)))
+    return _min_shards[model]
+
+
+def _forward_multiply_adds(model) -> int:
+    """One sample's multiply-adds in the forward pass, roughly: every weight of two or more
+    axes (a kernel) is used once at each position of its layer's output."""
+    total = 0
+    for node in model.nodes:
+        layer = node.layer
+        if hasattr(layer, "nodes"):                        # a model used as a layer
+            total += _forward_multiply_adds(layer)
+            continue
+        positions = int(np.prod(node.outputs[0].shape[1:-1], dtype=np.int64))
+        total += positions * sum(v.value.size for v in layer.params if v.value.ndim >= 2)
+    return total
 
 
 def pool_for(model, count: int, arrays_bytes: int) -> ShardProcesses:
