@@ -38,7 +38,10 @@ model, its compiled losses, which parameters train, the variables' shapes or the
 that fails sends its traceback; one that dies is noticed at the next wait; either way the
 step raises and the workers are stopped. A worker whose parent dies reads the end of its pipe
 and exits. Where the platform cannot fork safely (not Linux), in an MPI run (Open MPI does not
-support fork) or with ``config.set_shards("threads")``, the shards run as threads.
+support fork) or with ``config.set_shards("threads")``, the shards run as threads. From
+Python 3.12, forking a process that has threads (BLAS starts its own at import) issues a
+``DeprecationWarning``, as PyTorch's data loader workers do; ``set_shards("threads")`` is the
+way to a run without it.
 """
 
 from __future__ import annotations
