@@ -52,6 +52,7 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import sys
+import time
 import traceback
 import weakref
 
@@ -76,11 +77,13 @@ def usable() -> bool:
 #: messages (one a BatchNormalization sum); what it saves grows with its share of the work.
 #: Measured on 2 cores (ms a training step, fresh processes): ResNet-20 (41 M multiply-adds an
 #: image, 0.27 M parameters) at batch 16, 65-67 unsplit against 48-52 in two worker shards of
-#: 8 (1,190 a parameter); at batch 8, 39-42 against 35-40 in shards of 4 (590); the article's
-#: network (4.6 M, 1.09 M) at batch 128, 23.2-24.5 in thread shards against 24.3-24.6 in
-#: worker shards of 64 (270), and at batch 16, 7.0-7.4 unsplit against 7.8-7.9 in shards of 8;
-#: cifar10_cnn (20 M, 1.25 M) at 128, 94-97 on threads against 92-93 (1,040).
-MIN_MULTIPLY_ADDS_PER_PARAMETER = 500
+#: 8 (1,190 a parameter); at batch 4, 23.7-25.6 against 20.5-21.4 in shards of 2 (298, with
+#: ``SPIN_SECONDS``); mobilenet_small (17.6 M, 0.21 M) at batch 8, 26.3-26.9 against
+#: 20.8-21.2 in shards of 4 (336); the article's network (4.8 M, 1.09 M) at batch 128,
+#: 23.2-24.5 in thread shards against 24.3-24.6 in worker shards of 64 (280), and at batch 16,
+#: 7.0-7.4 unsplit against 7.8-7.9 in shards of 8; cifar10_cnn (20.7 M, 1.25 M) at 128, 94-97
+#: on threads against 92-93 (1,060).
+MIN_MULTIPLY_ADDS_PER_PARAMETER = 290
 
 _min_shards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -287,7 +290,8 @@ class ShardProcesses:
         raised here."""
         link, process = self.links[index], self.processes[index]
         try:
-            multiprocessing.connection.wait([link, process.sentinel])
+            if not _spin(link):
+                multiprocessing.connection.wait([link, process.sentinel])
             message = link.recv_bytes()
         except (EOFError, OSError):
             process.join(timeout=1)
@@ -301,6 +305,24 @@ class ShardProcesses:
             raise RuntimeError(f"The worker process of shard {index + 1} sent {message[:1]!r} "
                                f"where {kind!r} was due.")
         return message[1:]
+
+
+#: how long a process waiting for the other side's message polls before it sleeps. A shard
+#: waits at each BatchNormalization sum, and a process woken from sleep starts later than the
+#: message arrives: ResNet-20 at batch 8 (worker shards of 4) took 38.1-38.5 ms a step without
+#: polling, 32.6-33.1 ms with 300 us and 32.0-33.2 with 1 ms (100 us: 34.9-35.7); at batch 4
+#: in shards of 2, 25.3-25.8 against 20.5-21.4 ms (unsplit: 23.7-25.6). At batch 128, 200 us
+#: made no difference (3 pairs). The poll holds a core that its process would leave idle.
+SPIN_SECONDS = 300e-6
+
+
+def _spin(link) -> bool:
+    """Poll ``link`` for up to ``SPIN_SECONDS``; whether a message came."""
+    deadline = time.perf_counter() + SPIN_SECONDS
+    while time.perf_counter() < deadline:
+        if link.poll():
+            return True
+    return False
 
 
 # --- the worker's side ------------------------------------------------------------------------
@@ -327,6 +349,7 @@ def _serve(model_ref, link, inherited, block, trainable, grad_specs) -> None:
 
     def batch_sum(partial: np.ndarray) -> np.ndarray:
         link.send_bytes(b"S" + np.ascontiguousarray(partial).tobytes())
+        _spin(link)
         return np.frombuffer(link.recv_bytes(), partial.dtype).reshape(partial.shape).copy()
 
     while True:
