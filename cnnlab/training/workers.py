@@ -25,8 +25,8 @@ How a step goes, for shard k > 0:
 
 When: a training step on the CPU whose shards each have ``min_shard(model)`` samples, the
 fewest for which a worker pays for its copies and messages. ResNet-20's shards may be as small
-as 4 images, mobilenet_small's 6; below that, and for a network of few multiply-adds per
-parameter (the article's: 114 images), the thread shards' rule applies
+as 2 images, mobilenet_small's 4; below that, and for a network of few multiply-adds per
+parameter (the article's: 67 images), the thread shards' rule applies
 (``parallel.MIN_SHARD``). Small batches gain most, since threads are not worth splitting them:
 ResNet-20 at batch 16 went from 65-67 ms a step (unsplit) to 48-52 ms, mobilenet_small from
 65-71 to 43-44 ms.
