@@ -56,7 +56,10 @@ def data(n=48, seed=0):
 def train(shards, steps=3, threads=2, dropout=0.3):
     cnnlab.config.set_shards(shards)
     cnnlab.config.set_threads(threads)
-    model = residual_model(dropout=dropout)
+    return train_model(residual_model(dropout=dropout), steps)
+
+
+def train_model(model, steps=3):
     x, y = data()
     losses = [model.train_on_batch(x, y) for _ in range(steps)]
     model.set_weights([w * 0.9 for w in model.get_weights()])    # replaced, not updated in place
@@ -97,6 +100,32 @@ def test_fit_with_processes_equals_fit_with_threads():
     assert histories[0] == histories[1]
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
+
+
+def test_two_models_trained_at_once_in_two_threads():
+    """One set of workers: the thread that does not get them runs its shards on threads, the
+    same slices, so each model's steps are those it makes alone, bit for bit."""
+    import threading
+    cnnlab.config.set_shards("processes")
+    alone = train("processes")
+    models = [residual_model(), residual_model()]           # built here: seeding is global
+    results, errors = [None, None], []
+
+    def run(index):
+        try:
+            results[index] = train_model(models[index])
+        except BaseException as exc:            # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for losses, weights, _ in results:
+        assert losses == alone[0]
+        for a, b in zip(weights, alone[1]):
+            np.testing.assert_array_equal(a, b)
 
 
 def _failing_in_worker(exit_code=None):

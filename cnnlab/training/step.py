@@ -128,10 +128,12 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
         shares = [share * (p.stop - p.start) / n for p in parts]
         seeds = _shard_seeds(model, len(parts)) if training else [None] * len(parts)
         pieces = [([x[p] for x in xs], [y[p] for y in ys]) for p in parts]
-        if in_processes:
-            results, ctx = _in_processes(model, pieces, shares, seeds, comm)
-        else:
-            results, ctx = _in_threads(model, pieces, shares, seeds, comm, training, want_grads)
+        with workers.claimed(in_processes) as claimed:   # not while another thread has them
+            if claimed:
+                results, ctx = _in_processes(model, pieces, shares, seeds, comm)
+            else:
+                results, ctx = _in_threads(model, pieces, shares, seeds, comm, training,
+                                           want_grads)
     weights = [(p.stop - p.start) / n for p in parts]
     losses = [sum(r[0][i] * w for r, w in zip(results, weights))
               for i in range(len(model.outputs))]

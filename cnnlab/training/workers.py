@@ -46,12 +46,14 @@ way to a run without it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import multiprocessing
 import multiprocessing.connection
 import signal
 import sys
+import threading
 import time
 import traceback
 import weakref
@@ -63,6 +65,7 @@ from cnnlab import config
 _ALIGN = 64                                    # every array starts on a cache line
 
 _pool: ShardProcesses | None = None
+_in_use = threading.RLock()                    # held by the thread whose step uses ``_pool``
 
 
 def usable() -> bool:
@@ -125,17 +128,32 @@ def pool_for(model, count: int, arrays_bytes: int) -> ShardProcesses:
     return _pool
 
 
+@contextlib.contextmanager
+def claimed(wanted: bool = True):
+    """Whether this thread may use the worker processes for one step: not while another
+    thread's step has them (two models trained at once in one process), whose shards then run
+    as threads instead, on the same slices."""
+    got = wanted and _in_use.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            _in_use.release()
+
+
 def close() -> None:
-    """Stop the worker processes (the next step that wants them forks new ones)."""
+    """Stop the worker processes (the next step that wants them forks new ones), once no
+    step is using them."""
     if _pool is not None:
         _close_pool(_pool)
 
 
 def _close_pool(pool: ShardProcesses) -> None:
     global _pool
-    pool.close()
-    if _pool is pool:
-        _pool = None
+    with _in_use:
+        pool.close()
+        if _pool is pool:
+            _pool = None
 
 
 def _fingerprint(model, count: int) -> tuple:
