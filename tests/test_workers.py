@@ -128,6 +128,24 @@ def test_two_models_trained_at_once_in_two_threads():
             np.testing.assert_array_equal(a, b)
 
 
+def test_a_refused_fork_falls_back_to_threads_for_good(monkeypatch):
+    """Python 3.12 warns when a process with threads forks; under ``-W error`` the warning is
+    an exception. Training goes on in threads, with the same results, and says so once."""
+    in_threads = train("threads")
+
+    def refuse(*args, **kwargs):
+        raise DeprecationWarning("This process is multi-threaded, use of fork() may lead to "
+                                 "deadlocks in the child.")
+    monkeypatch.setattr(workers, "ShardProcesses", refuse)
+    monkeypatch.setattr(workers, "_fork_refused", None)
+    with pytest.warns(RuntimeWarning, match="could not start its shard worker processes"):
+        refused = train("processes")
+    assert workers._fork_refused.startswith("DeprecationWarning") and not workers.usable()
+    assert refused[0] == in_threads[0]
+    for a, b in zip(refused[1], in_threads[1]):
+        np.testing.assert_array_equal(a, b)
+
+
 def _failing_in_worker(exit_code=None):
     parent = os.getpid()
     original = workers._run_shard

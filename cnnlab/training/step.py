@@ -129,8 +129,10 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
         seeds = _shard_seeds(model, len(parts)) if training else [None] * len(parts)
         pieces = [([x[p] for x in xs], [y[p] for y in ys]) for p in parts]
         with workers.claimed(in_processes) as claimed:   # not while another thread has them
-            if claimed:
-                results, ctx = _in_processes(model, pieces, shares, seeds, comm)
+            pool = workers.pool_for(model, len(parts), max(
+                workers.packed_bytes([*x, *y]) for x, y in pieces[1:])) if claimed else None
+            if pool is not None:
+                results, ctx = _in_processes(model, pool, pieces, shares, seeds, comm)
             else:
                 results, ctx = _in_threads(model, pieces, shares, seeds, comm, training,
                                            want_grads)
@@ -170,12 +172,10 @@ def _in_threads(model, pieces, shares, seeds, comm, training, want_grads):
     return results, contexts[0]
 
 
-def _in_processes(model, pieces, shares, seeds, comm):
-    """Shard 0 here, the others in worker processes (``training.workers``); shard 0's
-    context. A failure anywhere stops the workers: they may be halfway through the step."""
-    room = max(workers.packed_bytes([*xs, *ys]) for xs, ys in pieces[1:])
+def _in_processes(model, pool, pieces, shares, seeds, comm):
+    """Shard 0 here, the others in ``pool``'s worker processes (``training.workers``); shard
+    0's context. A failure anywhere stops the workers: they may be halfway through the step."""
     try:
-        pool = workers.pool_for(model, len(pieces), room)
         pool.start(pieces[1:], [{"share": share, "seeds": seed}
                                 for share, seed in zip(shares[1:], seeds[1:])])
         ctx = _context(model, True, functools.partial(pool.batch_sum, comm=comm), None, True)

@@ -41,7 +41,8 @@ and exits. Where the platform cannot fork safely (not Linux), in an MPI run (Ope
 support fork) or with ``config.set_shards("threads")``, the shards run as threads. From
 Python 3.12, forking a process that has threads (BLAS starts its own at import) issues a
 ``DeprecationWarning``, as PyTorch's data loader workers do; ``set_shards("threads")`` is the
-way to a run without it.
+way to a run without it. Where forking fails (that warning made an error, no processes left),
+training says so once and runs its shards on threads from then on.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 import weakref
 
 import numpy as np
@@ -71,7 +73,10 @@ _in_use = threading.RLock()                    # held by the thread whose step u
 def usable() -> bool:
     """Whether training shards may run as processes here and now."""
     return (config.shards() == "processes" and sys.platform.startswith("linux")
-            and "mpi4py.MPI" not in sys.modules)
+            and "mpi4py.MPI" not in sys.modules and _fork_refused is None)
+
+
+_fork_refused: str | None = None      # why forking failed once in this process: threads since
 
 
 #: a worker process pays for itself when its shard's forward pass makes this many multiply-adds
@@ -115,16 +120,26 @@ def _forward_multiply_adds(model) -> int:
     return total
 
 
-def pool_for(model, count: int, arrays_bytes: int) -> ShardProcesses:
+def pool_for(model, count: int, arrays_bytes: int) -> ShardProcesses | None:
     """The worker processes for ``count`` shards of ``model``'s steps, with room for
     ``arrays_bytes`` of a shard's inputs and targets; forked anew when what they copied has
-    changed."""
+    changed. None when they cannot be forked (then ``usable()`` stays False)."""
     global _pool
     fingerprint = _fingerprint(model, count)
     if _pool is not None and not _pool.serves(model, fingerprint, arrays_bytes):
         close()
     if _pool is None:
-        _pool = ShardProcesses(model, count, fingerprint, 2 * arrays_bytes)
+        try:
+            _pool = ShardProcesses(model, count, fingerprint, 2 * arrays_bytes)
+        except (OSError, Warning) as exc:
+            # no fork to be had (out of processes or memory), or a warning made an error
+            # (Python 3.12's about forking a process that has threads): threads, from now on
+            global _fork_refused
+            _fork_refused = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"cnnlab could not start its shard worker processes ({_fork_refused});"
+                          f" training runs its shards on threads instead, with the same results "
+                          f"and somewhat slower.", RuntimeWarning, stacklevel=4)
+            return None
     return _pool
 
 
