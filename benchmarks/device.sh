@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need the lent machine (16 CPU cores, one NVIDIA GPU), prepared to run there
-# in one call from the repository's root: `bash benchmarks/device.sh` (about 4 minutes).
+# in one call from the repository's root: `bash benchmarks/device.sh` (about 6 minutes).
 # Nothing can be fetched there, and nothing needs to be: its python3 has NumPy, Numba, Pillow,
 # tqdm, matplotlib, threadpoolctl, PyTorch and CuPy, so cnnlab runs from the checkout. The
 # output goes to $OUT/device.log as well (the folder whose files come back).
@@ -11,7 +11,8 @@
 #     torch.compile on CUDA (`compare.py --device gpu`, one round);
 #  3. #25's core-count target: resnet20 training at 1, 2, 4, 8 and 16 threads against PyTorch
 #     with the same thread count (`compare.py --threads-sweep`, one round: a fresh process per
-#     figure).
+#     figure), with training's shards in worker processes (the default since session 26) and
+#     again on threads, to see which scales.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
@@ -26,4 +27,6 @@ numba.__version__, 'torch', torch.__version__)"
     python3 benchmarks/compare.py --device gpu --model resnet20 --rounds 1
     echo "== threads sweep"
     python3 benchmarks/compare.py --threads-sweep --model resnet20 --rounds 1
+    echo "== threads sweep, shards on threads"
+    CNNLAB_SHARDS=threads python3 benchmarks/compare.py --threads-sweep --model resnet20 --rounds 1
 } 2>&1 | tee "$log"
