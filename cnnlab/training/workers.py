@@ -7,7 +7,9 @@ took 219-229 ms (mobilenet_small 265-281 against 227-231 ms, cifar10_cnn 81-84 a
 the article's network 22.1-24.1 against 21.5-22.2; 2 cores, two runs each, session 26). Every
 kernel call of a thread shard releases the GIL and must take it back, ~1,000 times a step, and
 waits whenever the other shard is running Python (``training.parallel``'s docstring has the
-measurements). Processes have a GIL each.
+measurements). Processes have a GIL each. Built, they took 246-257 ms a step where threads
+took 265-278 (ResNet-20 at batch 128, 4 interleaved pairs), mobilenet_small 253-279 against
+292-322, cifar10_cnn 92-93 against 94-97.
 
 How a step goes, for shard k > 0:
 - The model's variables live in one shared memory block (``_SharedVariables``): the parent's
@@ -34,7 +36,8 @@ ResNet-20 at batch 16 went from 65-67 ms a step (unsplit) to 48-52 ms, mobilenet
 Nothing is pickled: headers are JSON, arrays are raw bytes. The workers are forked, so they
 start as copies of this process (no import, no model file), and are forked again when the
 model, its compiled losses, which parameters train, the variables' shapes or the kernels change
-(``_fingerprint``), or a batch needs more room. One set of workers exists at a time. A worker
+(``_fingerprint``), or a batch needs more room. One set of workers exists at a time (a second
+thread training another model meanwhile runs its shards on threads: ``claimed``). A worker
 that fails sends its traceback; one that dies is noticed at the next wait; either way the
 step raises and the workers are stopped. A worker whose parent dies reads the end of its pipe
 and exits. Where the platform cannot fork safely (not Linux), in an MPI run (Open MPI does not
