@@ -98,12 +98,11 @@ def workers_peak_mb() -> float:
     this one: shared since the fork, so shared at its peak too, and counted in this process's
     RSS. An upper bound on what the workers add at the peak."""
     workers = sys.modules.get("cnnlab.training.workers")
-    pool = workers and workers._pool
     total_kb = 0
-    for process in pool.processes if pool else []:
-        with open(f"/proc/{process.pid}/status") as status:
+    for pid in workers.pids() if workers else []:
+        with open(f"/proc/{pid}/status") as status:
             peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-        with open(f"/proc/{process.pid}/smaps_rollup") as rollup:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
             shared = sum(int(line.split()[1]) for line in rollup
                          if line.startswith(("Shared_Clean:", "Shared_Dirty:")))
         total_kb += peak - shared

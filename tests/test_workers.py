@@ -13,7 +13,7 @@ import pytest
 
 import cnnlab
 from cnnlab import layers, optimizers
-from cnnlab.training import workers
+from cnnlab.training import step, workers
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="worker processes are forked, on Linux only")
@@ -148,7 +148,7 @@ def test_a_refused_fork_falls_back_to_threads_for_good(monkeypatch):
 
 def _failing_in_worker(exit_code=None):
     parent = os.getpid()
-    original = workers._run_shard
+    original = step._run_shard
 
     def run_shard(*args):
         if os.getpid() != parent:
@@ -168,7 +168,7 @@ def test_a_failed_or_dead_worker_raises_and_leaves_the_weights(monkeypatch, exit
     model.train_on_batch(x, y)
     before = [w.copy() for w in model.get_weights()]
     workers.close()                               # the next workers fork with the failure
-    monkeypatch.setattr(workers, "_run_shard", _failing_in_worker(exit_code))
+    monkeypatch.setattr(step, "_run_shard", _failing_in_worker(exit_code))
     with pytest.raises(RuntimeError, match=message):
         model.train_on_batch(x, y)
     assert workers._pool is None                  # stopped: they may be halfway through a step
@@ -186,7 +186,7 @@ def test_workers_end_with_their_model():
     processes = list(workers._pool.processes)
     del model
     gc.collect()
-    assert workers._pool is None or not workers._pool.processes
+    assert workers._pool is None and workers.pids() == []
     for process in processes:
         process.join(timeout=5)
         assert not process.is_alive()
@@ -204,7 +204,7 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
         x = np.zeros((48, 16, 16, 1), "float32")
         model.train_on_batch(x, np.zeros(48, int))
         from cnnlab.training import workers
-        print(*[p.pid for p in workers._pool.processes], flush=True)
+        print(*workers.pids(), flush=True)
         time.sleep(60)
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

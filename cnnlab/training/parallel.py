@@ -108,11 +108,12 @@ class BatchSums:
     total. The parts alternate between two sets of slots: a shard can write sum k + 2's part
     only after every shard has reached sum k + 1's barrier, so after each has read sum k's
     parts. With MPI, one thread per rank exchanges the total and a second barrier hands it out,
-    in slots that alternate the same way."""
+    in slots that alternate the same way. (A batch in one piece sums over the ranks only:
+    ``comm.sum_array``; in worker processes, ``workers.ShardProcesses.batch_sum``.)"""
 
     def __init__(self, count: int, comm=None):
         self.count, self.comm = count, comm
-        self._barrier = threading.Barrier(count) if count > 1 else None
+        self._barrier = threading.Barrier(count)
         self._parts: list = [[None] * count, [None] * count]
         self._totals: list = [None, None]
         self._calls = [0] * count                # sums each shard has asked for
@@ -122,8 +123,6 @@ class BatchSums:
         return lambda partial: self._reduce(index, partial)
 
     def _reduce(self, index: int, partial: np.ndarray) -> np.ndarray:
-        if self._barrier is None:
-            return partial if self.comm is None else self.comm.sum_array(partial)
         slot = self._calls[index] % 2
         self._calls[index] += 1
         parts = self._parts[slot]
@@ -144,8 +143,7 @@ class BatchSums:
 
     def abort(self) -> None:
         """A shard failed: release the others from their barrier."""
-        if self._barrier is not None:
-            self._barrier.abort()
+        self._barrier.abort()
 
 
 #: the update is split over the threads only when each gets this many elements, and a

@@ -105,10 +105,10 @@ def _on_model_device(model, xs, ys, processes_pay: bool = False):
     if device != "cpu":
         return placement.batch_to(xs, device), placement.batch_to(ys, device), None, False
     n = len(xs[0])
-    parts = parallel.shards(n, workers.min_shard(model)) if processes_pay else None
-    if parts is not None and workers.packable([a for p in parts[1:] for a in
-                                               (*(x[p] for x in xs), *(y[p] for y in ys))]):
-        return xs, ys, parts, True
+    if processes_pay and workers.packable([*xs, *ys]):
+        parts = parallel.shards(n, workers.min_shard(model))
+        if parts is not None:
+            return xs, ys, parts, True
     return xs, ys, parallel.shards(n), False
 
 
@@ -122,15 +122,15 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
     xs, ys, parts, in_processes = _on_model_device(
         model, xs, ys, training and want_grads and workers.usable())
     if parts is None:
-        ctx = _context(model, training, _batch_sum(comm) if training else None, None, want_grads)
+        batch_sum = comm.sum_array if training and comm is not None else None   # ranks only
+        ctx = _context(model, training, batch_sum, None, want_grads)
         results, parts = [_shard_pass(model, xs, ys, ctx, share, want_grads)], [slice(0, n)]
     else:
         shares = [share * (p.stop - p.start) / n for p in parts]
         seeds = _shard_seeds(model, len(parts)) if training else [None] * len(parts)
         pieces = [([x[p] for x in xs], [y[p] for y in ys]) for p in parts]
         with workers.claimed(in_processes) as claimed:   # not while another thread has them
-            pool = workers.pool_for(model, len(parts), max(
-                workers.packed_bytes([*x, *y]) for x, y in pieces[1:])) if claimed else None
+            pool = workers.pool_for(model, pieces, _run_shard) if claimed else None
             if pool is not None:
                 results, ctx = _in_processes(model, pool, pieces, shares, seeds, comm)
             else:
@@ -154,10 +154,6 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
                 if fn is not None)
     # shard 0's statistics updates: every shard computed the same whole-batch statistics
     return BatchResult(float(total), losses, outputs, grads, ctx.state_updates)
-
-
-def _batch_sum(comm):
-    return None if comm is None else comm.sum_array
 
 
 def _in_threads(model, pieces, shares, seeds, comm, training, want_grads):
@@ -191,9 +187,6 @@ def _run_shard(model, xs, ys, batch_sum, seeds, share):
     """One training shard in a worker process: its losses, outputs and gradients."""
     ctx = _context(model, True, batch_sum, _generators(model, seeds), True)
     return _shard_pass(model, xs, ys, ctx, share, True)
-
-
-workers.register(_run_shard)
 
 
 def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:

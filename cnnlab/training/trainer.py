@@ -281,7 +281,7 @@ class Trainer:
             # ``engine.arrays.recycled``; im2col's columns) are a step's worth of memory: kept
             # between the steps of a fit, handed back at its end; so are the shard workers'
             self.workspaces = execute.Workspaces()
-            workers.close()
+            workers.close(self)
         if comm is not None and not sync_batch_norm:      # one set of moving statistics
             comm.broadcast_arrays([v.value for v in self.variables if v.kind == "state"])
         return self.history
