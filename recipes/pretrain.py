@@ -5,6 +5,7 @@
     python recipes/pretrain.py cifar10 --data DIR --classes airplane,automobile,... --out F
     python recipes/pretrain.py faces --negatives DIR          # face_net on lfw_faces, bootstrapped
     python recipes/pretrain.py web_faces --data faces-train.tar.gz --out F   # on 6,713 faces
+    python recipes/pretrain.py web_faces --data faces-train.tar.gz --first-stage F  # F's verifier
 
 ``DIR`` holds one folder of images per class, as ``cifar10-train-jpeg.tar.gz`` extracts
 (``tar xzf cifar10-train-jpeg.tar.gz -C /tmp/cifar10`` gives ``/tmp/cifar10/train``).
@@ -81,9 +82,10 @@ def class_subset(data: str, classes: list[str], root: str) -> str:
     return root
 
 
-def photo_squares(folder: str, count: int, seed: int = 0) -> np.ndarray:
-    """``count`` greyscale squares (25 to 32 pixels, shrunk to 25) cut at random from the photos
-    under ``folder``: more of the world that is not a face (CIFAR-10 has no class of people)."""
+def photo_squares(folder: str, count: int, seed: int = 0, size: int = 25) -> np.ndarray:
+    """``count`` greyscale squares (``size`` to 32 pixels, resized to ``size``) cut at random
+    from the photos under ``folder``: more of the world that is not a face (CIFAR-10 has no
+    class of people)."""
     from PIL import Image
 
     from cnnlab.tasks.search import image_files
@@ -93,9 +95,10 @@ def photo_squares(folder: str, count: int, seed: int = 0) -> np.ndarray:
     for k in rng.permutation(len(files))[:count]:
         with Image.open(os.path.join(folder, files[k])) as photo:
             grey = photo.convert("L")
-        side = int(rng.integers(25, min(grey.size) + 1))
+        side = int(rng.integers(min(size, *grey.size), min(grey.size) + 1))
         top, left = (int(v) for v in rng.integers(0, np.array(grey.size[::-1]) - side + 1))
-        square = grey.crop((left, top, left + side, top + side)).resize((25, 25), Image.BILINEAR)
+        square = grey.crop((left, top, left + side, top + side)).resize((size, size),
+                                                                        Image.BILINEAR)
         crops.append(np.asarray(square, np.float32) / 255)
     return np.stack(crops)[..., None]
 
@@ -190,18 +193,22 @@ VERIFIER_ARRANGEMENTS = 3
 VERIFIER_EPOCHS = 10
 
 
-def verifier_npz(first, train, held_out, folder: str, seed: int) -> tuple[str, int]:
+def verifier_npz(first, train, held_out, folder: str, seed: int,
+                 negatives=None) -> tuple[str, int]:
     """The verifier's data as an ``.npz`` in ``folder``: the training faces at 36x36 against
     every window that ``first`` scores ``detect.WINDOW_FLOOR`` or more in the training scenes
-    and frames no face, and squares of the scenes; the held-out faces and squares to score on.
-    ``(path, how many windows were mined)``."""
+    and frames no face, squares of the scenes and (``negatives``: ``(folder, count)``) squares
+    of other photos; the held-out faces and squares to score on. ``(path, how many windows
+    were mined)``."""
     rng = np.random.default_rng(seed)
     pictures, boxes = mining_pictures(
         train, [1000 * (seed + 1) + k for k in range(VERIFIER_ARRANGEMENTS)])
     mined = detect.hard_negatives(first, pictures, threshold=detect.WINDOW_FLOOR, limit=None,
                                   boxes=boxes, size=(VERIFIER_SIZE, VERIFIER_SIZE))
+    not_faces = mined if negatives is None else np.concatenate(
+        [mined, photo_squares(*negatives, seed=seed, size=VERIFIER_SIZE)])
     arrays = {}
-    for name, part, extra in (("train", train, mined), ("test", held_out, None)):
+    for name, part, extra in (("train", train, not_faces), ("test", held_out, None)):
         squares = np.concatenate([lfw_faces.random_squares(s / 255, SQUARES_PER_SCENE // 2, rng,
                                                            VERIFIER_SIZE) for s in part.scenes])
         others = squares if extra is None else np.concatenate(     # uint8, as every crop
@@ -214,10 +221,11 @@ def verifier_npz(first, train, held_out, folder: str, seed: int) -> tuple[str, i
     return out, len(mined)
 
 
-def train_verifier(first, train, held_out, folder: str, seed: int, verbose: int):
+def train_verifier(first, train, held_out, folder: str, seed: int, verbose: int,
+                   negatives=None):
     """A second ``face_net``, at 36x36, trained on what ``first`` gets wrong, through ``cnnlab
     train``'s path: ``(verifier, its settings, its held-out crops, windows mined)``."""
-    path, mined = verifier_npz(first, train, held_out, folder, seed)
+    path, mined = verifier_npz(first, train, held_out, folder, seed, negatives)
     print(f"Verifier: {mined} windows of the training scenes the first stage took for faces",
           flush=True)
     settings = run_settings(model="face_net", data=path, seed=seed, epochs=VERIFIER_EPOCHS)
@@ -233,7 +241,7 @@ def bootstrap(model, settings, train, test, rounds, negatives, verbose, pictures
     detector calls faces (score >= 0.5) and that frame none of the faces in ``boxes`` as
     further not-faces, and train a fresh network."""
     if negatives:
-        train = _with_not_faces(train, photo_squares(negatives[0], negatives[1]))
+        train = _with_not_faces(train, photo_squares(*negatives, size=train[0].shape[1]))
     elif pictures is not None:        # web_faces' .npz holds each face once: balance them now
         train = _with_not_faces(train)
     fit_run(model, settings, train, test, verbose=verbose)
@@ -267,24 +275,45 @@ def write_record(network, settings, data_name, loss, accuracy, held_out, seconds
         "cnnlab_version": cnnlab.__version__}
 
 
-def save_verifier(first, first_path, train, held_out, folder, seed, verbose, out) -> None:
+def _described(negatives) -> str:
+    """What ``--negatives`` added, for a file's record."""
+    if not negatives:
+        return ""
+    folder, count = negatives
+    return f"; and {count:,} squares of the photos in {os.path.basename(folder)} as not-faces"
+
+
+def save_verifier(first, first_path, train, held_out, folder, seed, verbose, out,
+                  negatives=None) -> None:
     """Train ``first``'s verifier (web_faces), choose the pair's threshold on the validation
     photos, and write it to ``out`` with its record."""
     start = time.perf_counter()
     verifier, settings, test, mined = train_verifier(first, train, held_out, folder, seed,
-                                                     verbose)
+                                                     verbose, negatives)
     loss, accuracy = verifier.evaluate(*test, batch_size=256, verbose=0)
     write_record(verifier, settings, "faces-train.tar.gz", loss, accuracy, len(test[0]),
                  time.perf_counter() - start, model="face_net", weights="web_faces verifier",
                  data=f"Caltech 10,000 Web Faces, 36x36 grey: the training faces against "
                       f"{mined:,} windows of the training scenes (empty, and with training faces "
                       f"pasted in) that {os.path.basename(first_path)} scores >= "
-                      f"{detect.WINDOW_FLOOR} and that frame no face, and squares of the scenes",
+                      f"{detect.WINDOW_FLOOR} and that frame no face, and squares of the scenes"
+                      + _described(negatives),
                  first_stage=os.path.basename(first_path))
     verifier.metadata["detection"] = choose_threshold(first, held_out, verifier)
     print(f"Detection with the verifier on held-out photos: {verifier.metadata['detection']}",
           flush=True)
     verifier.save(out, include_optimizer=False)
+
+
+def verifier_only(first_path: str, data: str, seed: int, verbose: int, out: str,
+                  negatives=None) -> dict:
+    """``web_faces``' second stage alone, for the first stage already in ``first_path``: the
+    same data, mining and threshold choice as a whole run's, written to ``out``."""
+    first = cnnlab.models.load_model(first_path, compile=False)
+    train, held_out = web_faces.split(web_faces.read(data))
+    with tempfile.TemporaryDirectory(prefix="cnnlab-pretrain-") as scratch:
+        save_verifier(first, first_path, train, held_out, scratch, seed, verbose, out, negatives)
+    return cnnlab.models.load_model(out, compile=False).metadata["pretrained"]
 
 
 def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None = None,
@@ -328,8 +357,7 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
             seconds, model=run["model"], weights=weights,
             data=run["describe"].format(train=trained_on, held_out=held_out)
             + (f"; classes {', '.join(classes)} only" if classes else "")
-            + (f"; and {negatives[1]:,} squares of the photos in {os.path.basename(negatives[0])} "
-               f"as not-faces" if negatives else ""),
+            + _described(negatives),
             **({"hard_negatives_per_round": mined} if mined else {}))
         if scoring_part is not None:             # the held-out faces and scenes, as photos
             model.metadata["detection"] = choose_threshold(model, scoring_part)
@@ -337,7 +365,7 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         model.save(out, include_optimizer=False)
         if verifier_out and training_part is not None:
             save_verifier(model, out, training_part, scoring_part, scratch, seed, verbose,
-                          verifier_out)
+                          verifier_out, negatives)
         return model.metadata["pretrained"]
 
 
@@ -360,18 +388,32 @@ def main() -> None:
     parser.add_argument("--verifier-out",
                         help="web_faces: where the second stage goes (default: the --out file's "
                              "name with -verifier added; 'none' to train the first stage only)")
+    parser.add_argument("--first-stage", metavar="FILE",
+                        help="web_faces: train only the verifier, for the first stage in FILE "
+                             "(written to --verifier-out, default FILE-verifier.cnnlab)")
     parser.add_argument("--negatives", metavar="DIR",
-                        help="faces: also cut not-faces from the photos in DIR")
+                        help="faces, web_faces: also cut not-faces from the photos in DIR "
+                             "(both stages of web_faces)")
     parser.add_argument("--negatives-count", type=int, default=8000,
                         help="how many squares to cut (default: %(default)s)")
     args = parser.parse_args()
+    negatives = (args.negatives, args.negatives_count) if args.negatives else None
+    if args.first_stage:
+        if args.weights != "web_faces" or not args.data:
+            parser.error("--first-stage is for web_faces, with --data")
+        if not os.path.isfile(args.first_stage):
+            parser.error(f"--first-stage: no file {args.first_stage!r}")
+        out = args.verifier_out or args.first_stage.removesuffix(".cnnlab") + "-verifier.cnnlab"
+        record = verifier_only(args.first_stage, args.data, args.seed, 2, out, negatives)
+        print(f"Wrote {out}: {record['accuracy']:.2%} on {record['held_out_images']:,} held-out "
+              f"crops, {record['train_seconds']:.0f} s")
+        return
     run = RUNS[args.weights]
     shipped = zoo.PRETRAINED.get((run["model"], args.weights))
     if args.out is None and shipped is None:
         parser.error(f"{args.weights}: pass --out FILE (these weights do not ship with cnnlab)")
     out = args.out or os.path.join(WEIGHTS_DIR, shipped)
     classes = args.classes.split(",") if args.classes else None
-    negatives = (args.negatives, args.negatives_count) if args.negatives else None
     verifier_out = None
     if args.weights == "web_faces" and args.verifier_out != "none":
         verifier_out = args.verifier_out or out.removesuffix(".cnnlab") + "-verifier.cnnlab"

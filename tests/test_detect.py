@@ -625,3 +625,23 @@ def test_a_16_megapixel_detection_peaks_under_a_gigabyte():
     boxes, kilobytes = (int(v) for v in out.stdout.split())
     assert boxes == 0
     assert kilobytes < 1024 * 1024, f"peak RSS {kilobytes / 1024:.0f} MB"
+
+
+def test_the_recipes_extra_not_faces_are_cut_at_each_stages_own_size(tmp_path):
+    """``recipes/pretrain.py --negatives`` cuts squares of other photos for each stage at its
+    input size: 25 for ``faces``, 24 for ``web_faces``' first stage and 36 for its verifier
+    (larger than CIFAR-10's 32-pixel photos, so those are enlarged whole). Before, every square
+    was 25 pixels, and ``web_faces`` could not take them at all."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parents[1] / "recipes" / "pretrain.py"
+    spec = importlib.util.spec_from_file_location("pretrain_recipe", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    rng = np.random.default_rng(0)
+    for k, (h, w) in enumerate([(32, 32), (50, 40)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(tmp_path / f"{k}.png")
+    for size in (24, 25, 36):
+        squares = recipe.photo_squares(str(tmp_path), 2, seed=1, size=size)
+        assert squares.shape == (2, size, size, 1) and squares.dtype == np.float32
+        assert 0 <= squares.min() and squares.max() <= 1 and squares.std() > 0.1
