@@ -43,16 +43,16 @@ def test_sharded_step_equals_single_thread_step(dtype, rtol):
 
 
 def test_shards_are_contiguous_and_cover_the_batch():
-    from cnnlab.training.parallel import shards
+    from cnnlab.training.parallel import shard_slices
     cnnlab.config.set_threads(3)
-    parts = shards(50)
+    parts = shard_slices(50)
     assert [(p.start, p.stop) for p in parts] == [(0, 17), (17, 34), (34, 50)]
-    assert shards(15) is None                 # too small to be worth splitting
+    assert shard_slices(15) is None                 # too small to be worth splitting
     cnnlab.config.set_threads(2)
-    assert shards(31) is None                 # a shard of 15 would lose (MIN_SHARD's note)
-    assert [(p.start, p.stop) for p in shards(32)] == [(0, 16), (16, 32)]
+    assert shard_slices(31) is None                 # a shard of 15 would lose (MIN_SHARD's note)
+    assert [(p.start, p.stop) for p in shard_slices(32)] == [(0, 16), (16, 32)]
     cnnlab.config.set_threads(1)
-    assert shards(1000) is None
+    assert shard_slices(1000) is None
     cnnlab.config.set_threads(2)
     with pytest.raises(cnnlab.errors.ConfigError):
         cnnlab.config.set_threads(0)

@@ -46,7 +46,7 @@ _workers = 0                                   # its size
 _blas = None
 
 
-def shards(n: int, min_shard: int = MIN_SHARD) -> list[slice] | None:
+def shard_slices(n: int, min_shard: int = MIN_SHARD) -> list[slice] | None:
     """Contiguous, near-equal slices of ``range(n)``, one per thread, each of at least
     ``min_shard``; None: don't split."""
     count = min(config.threads(), n // min_shard)

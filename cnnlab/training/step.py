@@ -106,10 +106,10 @@ def _on_model_device(model, xs, ys, processes_pay: bool = False):
         return placement.batch_to(xs, device), placement.batch_to(ys, device), None, False
     n = len(xs[0])
     if processes_pay and workers.packable([*xs, *ys]):
-        parts = parallel.shards(n, workers.min_shard(model))
+        parts = parallel.shard_slices(n, workers.min_shard(model))
         if parts is not None:
             return xs, ys, parts, True
-    return xs, ys, parallel.shards(n), False
+    return xs, ys, parallel.shard_slices(n), False
 
 
 def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: float = 1.0,
