@@ -178,7 +178,7 @@ start = time.perf_counter()
 from cnnlab.tasks import detect
 imported = time.perf_counter()
 model = detect.load_detector(sys.argv[1])
-verifier = detect.load_detector(sys.argv[3]) if len(sys.argv) > 3 else None
+verifier = detect.load_verifiers(sys.argv[3:]) or None
 loaded = time.perf_counter()
 sys.path.insert(0, sys.argv[2])
 from portraits import astronaut
@@ -194,14 +194,14 @@ print("startup", imported - start, loaded - imported)
 """
 
 
-def speed(model: str, verifier: str | None = None) -> None:
+def speed(model: str, verifier: list[str] | None = None) -> None:
     """Start-up apart from detection, in a fresh process; then the video rate, with the
-    ``verifier`` where one is given."""
+    ``verifier`` cascade where one is given."""
     tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
-    command = [sys.executable, "-c", SPEED, model, tests] + ([verifier] if verifier else [])
+    command = [sys.executable, "-c", SPEED, model, tests] + (verifier or [])
     lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
     imported, loaded = map(float, lines[-1].split()[1:])
-    print(f"Speed of tasks.detect ({model}{' + ' + verifier if verifier else ''}), in a fresh "
+    print(f"Speed of tasks.detect ({' + '.join([model, *(verifier or [])])}), in a fresh "
           f"process: import {imported:.2f} s, the model loaded in {loaded:.2f} s")
     for line in lines[:-1]:
         width, height, first, median = line.split()
@@ -212,7 +212,7 @@ def speed(model: str, verifier: str | None = None) -> None:
           f"second")
 
 
-def video_rate(model: str, frames: int = 30, verifier: str | None = None) -> float:
+def video_rate(model: str, frames: int = 30, verifier: list[str] | None = None) -> float:
     """Frames per second of ``tasks.video.process_video`` detecting in a 640x480 clip."""
     import tempfile
 
@@ -242,9 +242,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=detect.DEFAULT_MODEL)
     parser.add_argument("--threshold", type=float, default=detect.THRESHOLD)
-    parser.add_argument("--verifier", metavar="FILE",
+    parser.add_argument("--verifier", metavar="FILE", action="append",
                         help="a second stage (recipes/pretrain.py web_faces writes one): scored "
-                             "beside the first alone with --faces-data, and timed with --speed")
+                             "beside the first alone with --faces-data, and timed with --speed; "
+                             "repeated, a cascade (each looks at what the one before left)")
     parser.add_argument("--faces-data", metavar="FILE",
                         help="faces-train.tar.gz (or its folder): compare with OpenCV's Haar "
                              "cascade on held-out faces pasted into held-out scenes")
@@ -263,7 +264,7 @@ def main() -> None:
     model = detect.load_detector(args.model)
     if args.faces_data:
         versus_haar(model, args.faces_data,
-                    detect.load_detector(args.verifier) if args.verifier else None)
+                    detect.load_verifiers(args.verifier) or None)
         if args.misses:
             misses(model, args.faces_data)
     faces = lfw_faces.crops()[0].mean(axis=(1, 2)) / 255          # the 100 training faces

@@ -645,3 +645,34 @@ def test_the_recipes_extra_not_faces_are_cut_at_each_stages_own_size(tmp_path):
         squares = recipe.photo_squares(str(tmp_path), 2, seed=1, size=size)
         assert squares.shape == (2, size, size, 1) and squares.dtype == np.float32
         assert 0 <= squares.min() and squares.max() <= 1 and squares.std() > 0.1
+
+
+def test_a_cascade_of_verifiers_adds_each_ones_verdict_to_what_the_one_before_left(
+        digit_detector):
+    """``verifier=[a, b]``: ``b`` rescores the windows ``a`` left at ``WINDOW_FLOOR`` or more,
+    by the same Bayes' rule; one verifier in a list is that verifier; the threshold and
+    neighbour count default to the last one's."""
+    page, _ = _page(6)
+    pixels = page[..., None]
+    sure, doubtful = _verifier(0.9), _verifier(0.01)
+    alone = detect.candidates(pixels, digit_detector, sure)
+    assert alone and detect.candidates(pixels, digit_detector, [sure]) == alone
+    cascade = detect.candidates(pixels, digit_detector, [sure, doubtful])
+    by_hand = [d for d in detect.verified_windows(doubtful, pixels,
+                                                  [(d.box, d.score) for d in alone], 1)
+               if d.score >= detect.WINDOW_FLOOR]
+    assert cascade == by_hand and 0 < len(cascade) < len(alone)
+    before = {d.box: d.score for d in alone}
+    assert all(d.score < before[d.box] for d in cascade)
+    # the other way round, the sure verifier sees only what the doubtful one left: the windows
+    # it dropped do not come back, though the sure one's verdict would lift some of them again
+    survivors = detect.candidates(pixels, digit_detector, doubtful)
+    lifted = detect.verified_windows(sure, pixels, [(d.box, d.score) for d in survivors], 1)
+    assert detect.candidates(pixels, digit_detector, [doubtful, sure]) == lifted
+    assert len(detect.candidates(pixels, digit_detector, [doubtful, sure])) < len(alone)
+    doubtful.metadata["detection"] = {"threshold": 0.97, "min_neighbors": 1}
+    found = detect.detect(pixels, digit_detector, verifier=(sure, doubtful), max_size=36)
+    assert found == detect.detect(pixels, digit_detector, verifier=[sure, doubtful],
+                                  threshold=0.97, min_neighbors=1, max_size=36)
+    assert found != detect.detect(pixels, digit_detector, verifier=[sure, doubtful],
+                                  threshold=0.9, min_neighbors=3, max_size=36)

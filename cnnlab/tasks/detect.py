@@ -338,17 +338,20 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
     that then frame one object merged (``_framed``); best first (by the highest threshold that
     keeps each). ``image``: a path, a PIL image, or an (H, W, C) array in [0, 1].
 
-    ``verifier`` (a model or a ``.cnnlab`` path): a second classifier that looks again at every
-    window ``model`` scores ``WINDOW_FLOOR`` or more, at its own, finer input size; a window's
-    score is then both verdicts together (:func:`verified_windows`), and the default threshold
-    is the one the verifier's recipe chose for the pair."""
-    model, verifier, target, pixels = _loaded(image, model, verifier, target)
-    threshold = default_threshold(verifier or model) if threshold is None else threshold
+    ``verifier`` (a model, a shipped model name or a ``.cnnlab`` path): a second classifier
+    that looks again at every window ``model`` scores ``WINDOW_FLOOR`` or more, at its own,
+    finer input size; a window's score is then both verdicts together
+    (:func:`verified_windows`), and the default threshold is the one the verifier's recipe
+    chose for the pair. A list of them is a cascade: each looks at the windows the one before
+    left at ``WINDOW_FLOOR`` or more and adds its verdict; the defaults are the last one's."""
+    model, verifiers, target, pixels = _loaded(image, model, verifier, target)
+    last = verifiers[-1] if verifiers else model
+    threshold = default_threshold(last) if threshold is None else threshold
     if min_neighbors is None:
-        min_neighbors = default_min_neighbors(verifier or model)
+        min_neighbors = default_min_neighbors(last)
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be between 0 and 1; received {threshold!r}.")
-    windows = _candidates(model, verifier, pixels, target, min(threshold, WINDOW_FLOOR),
+    windows = _candidates(model, verifiers, pixels, target, min(threshold, WINDOW_FLOOR),
                           min_size, max_size)
     return boxes_at(windows, threshold, overlap, min_neighbors, contain)
 
@@ -370,25 +373,38 @@ def boxes_at(windows: list[Detection], threshold: float, overlap: float = NMS_IO
 WINDOW_FLOOR = 0.5
 
 
-def _loaded(image, model, verifier, target):
-    """What :func:`detect` and :func:`detection_curve` were given, loaded: ``(model, verifier
-    or None, target class index, pixels (H, W, C) in [0, 1])``."""
-    model = load_detector(model)
-    verifier = None if verifier is None else load_detector(verifier)
-    pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
-    return model, verifier, target_class(model, target), pixels
-
-
-def _candidates(model, verifier, pixels, target, threshold, min_size, max_size):
-    """The windows scoring ``threshold`` or more, as Detections: ``model``'s scores, or the
-    pair's when there is a ``verifier``."""
+def load_verifiers(verifier) -> tuple:
+    """``verifier`` as a cascade of loaded models: none (None), one (a model, name or path), or
+    each of a list or tuple, in order."""
     if verifier is None:
+        return ()
+    if isinstance(verifier, (list, tuple)):
+        return tuple(load_detector(v) for v in verifier)
+    return (load_detector(verifier),)
+
+
+def _loaded(image, model, verifier, target):
+    """What :func:`detect` and :func:`detection_curve` were given, loaded: ``(model,
+    verifiers (a tuple, maybe empty), target class index, pixels (H, W, C) in [0, 1])``."""
+    model = load_detector(model)
+    pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
+    return model, load_verifiers(verifier), target_class(model, target), pixels
+
+
+def _candidates(model, verifiers, pixels, target, threshold, min_size, max_size):
+    """The windows scoring ``threshold`` or more, as Detections: ``model``'s scores, or, with
+    ``verifiers``, the cascade's: each verifier rescores what the one before left at
+    ``WINDOW_FLOOR`` or more, and the last one's scores are kept from ``threshold`` up."""
+    if not verifiers:
         return [Detection(box, score) for box, score, _ in
                 scored_windows(model, pixels, target, threshold, min_size, max_size)]
     windows = [(box, score) for box, score, _ in scored_windows(
         model, pixels, target, WINDOW_FLOOR, min_size, max_size)]
-    return [d for d in verified_windows(verifier, pixels, windows, target)
-            if d.score >= threshold]
+    for k, verifier in enumerate(verifiers):
+        floor = threshold if k == len(verifiers) - 1 else WINDOW_FLOOR
+        windows = [(d.box, d.score) for d in verified_windows(verifier, pixels, windows, target)
+                   if d.score >= floor]
+    return [Detection(box, score) for box, score in windows]
 
 
 def candidates(image, model, verifier=None, target=None, floor: float = WINDOW_FLOOR,
@@ -396,8 +412,8 @@ def candidates(image, model, verifier=None, target=None, floor: float = WINDOW_F
     """The scored windows :func:`detection_curve` works from (from ``floor`` up, and from
     ``WINDOW_FLOOR`` up to frame the boxes): what :func:`curve_of` takes, so that rules can be
     compared, or chosen (``recipes/pretrain.py``), on one scoring of a photo."""
-    model, verifier, target, pixels = _loaded(image, model, verifier, target)
-    return _candidates(model, verifier, pixels, target, min(floor, WINDOW_FLOOR), min_size,
+    model, verifiers, target, pixels = _loaded(image, model, verifier, target)
+    return _candidates(model, verifiers, pixels, target, min(floor, WINDOW_FLOOR), min_size,
                        max_size)
 
 
@@ -412,11 +428,10 @@ def detection_curve(image, model, verifier=None, target=None, floor: float = WIN
     precision-recall sweep over these scores is the curve of ``detect`` itself, threshold by
     threshold: what a threshold is chosen on (``recipes/pretrain.py``) and scored on
     (``benchmarks/detect.py``). ``image``: (H, W, C) in [0, 1], or what :func:`detect` takes."""
-    model = load_detector(model)
-    verifier = None if verifier is None else load_detector(verifier)
+    model, verifiers = load_detector(model), load_verifiers(verifier)
     if min_neighbors is None:
-        min_neighbors = default_min_neighbors(verifier or model)
-    found = candidates(image, model, verifier, target, floor, min_size, max_size)
+        min_neighbors = default_min_neighbors(verifiers[-1] if verifiers else model)
+    found = candidates(image, model, verifiers, target, floor, min_size, max_size)
     return curve_of(found, floor, overlap, min_neighbors, contain)
 
 

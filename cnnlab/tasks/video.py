@@ -62,8 +62,8 @@ def process_video(model, src, out=None, csv_path=None, detect_objects: bool = Fa
     """Classify (or, with ``detect_objects``, detect in) each frame of ``src``; write the
     annotated frames to ``out`` (H.264 MP4) and one CSV row per frame (per box, detecting) to
     ``csv_path``. ``model``: a shipped name ('digits', 'cifar10', 'faces'), a ``.cnnlab`` path
-    or a model; ``verifier``, detecting: a second stage that looks again at each box
-    (``tasks.detect.detect``'s). ``max_frame_pixels`` and ``max_frames`` bound the work (a
+    or a model; ``verifier``, detecting: a second stage that looks again at each box, or a
+    list of them (``tasks.detect.detect``'s). ``max_frame_pixels`` and ``max_frames`` bound the work (a
     ``LimitError`` past them); ``name`` is how messages call ``src``. A video that fails leaves
     no output behind."""
     from cnnlab.tasks import detect
@@ -72,7 +72,7 @@ def process_video(model, src, out=None, csv_path=None, detect_objects: bool = Fa
     if verifier is not None and not detect_objects:
         raise ConfigError("A verifier checks detected boxes; it needs detect_objects=True "
                           "(--detect).")
-    verifier = None if verifier is None else detect.load_detector(verifier)
+    verifier = detect.load_verifiers(verifier) or None        # loaded once, not per frame
     what = name or repr(os.fspath(src))
     if not os.path.exists(src):
         raise DataError(f"No video file at {what}.")
