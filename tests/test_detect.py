@@ -299,6 +299,17 @@ def test_cli_detect_prints_json_boxes_draws_them_and_says_when_there_are_none(
     result = run(str(tmp_path / "blank.png"), "--model", str(tmp_path / "digits.cnnlab"),
                  "--verifier", str(tmp_path / "verifier.cnnlab"))
     assert result.returncode == 0 and "nothing scores 0.95 or more" in result.stdout
+    # repeated, a cascade: an undecided verifier, then the doubter, finds nothing; two
+    # undecided ones leave the first stage's boxes as they were
+    _verifier(None).save(tmp_path / "undecided.cnnlab")
+    result = run(str(tmp_path / "page.png"), "--model", str(tmp_path / "digits.cnnlab"),
+                 "--verifier", str(tmp_path / "undecided.cnnlab"),
+                 "--verifier", str(tmp_path / "verifier.cnnlab"), "--json")
+    assert result.returncode == 0 and json.loads(result.stdout) == [], result.stderr
+    result = run(str(tmp_path / "page.png"), "--model", str(tmp_path / "digits.cnnlab"),
+                 "--verifier", str(tmp_path / "undecided.cnnlab"),
+                 "--verifier", str(tmp_path / "undecided.cnnlab"), "--json")
+    assert result.returncode == 0 and json.loads(result.stdout) == found, result.stderr
 
 
 def test_the_detect_page_draws_the_boxes_the_api_finds(digit_detector, tmp_path, monkeypatch):

@@ -53,12 +53,12 @@ def cmd_detect(args) -> int:
     if args.out:                                        # before the work, not after it
         outputs.given_path(args.out, "--out", outputs.image_extensions(), args.overwrite)
     model = detect.load_detector(args.model)
-    verifier = detect.load_detector(args.verifier) if args.verifier else None
-    threshold = (detect.default_threshold(verifier or model) if args.threshold is None
-                 else args.threshold)
+    verifier = detect.load_verifiers(args.verifier)
+    threshold = (detect.default_threshold(verifier[-1] if verifier else model)
+                 if args.threshold is None else args.threshold)
     found = detect.detect(args.image, model=model, threshold=threshold,
                           target=args.target, min_size=args.min_size,
-                          min_neighbors=args.min_neighbors, verifier=verifier)
+                          min_neighbors=args.min_neighbors, verifier=verifier or None)
     if args.out:
         detect.draw(args.image, found, args.out)
     if args.json:
@@ -131,9 +131,11 @@ def add_commands(commands) -> None:
     boxes.add_argument("--model", default=DETECTOR,
                        help="the shipped face model (faces) or a .cnnlab classifier "
                             "(default: %(default)s)")
-    boxes.add_argument("--verifier", help="a second .cnnlab classifier that looks again at "
-                                          "every window the model passes (recipes/pretrain.py "
-                                          "web_faces trains one)")
+    boxes.add_argument("--verifier", action="append",
+                       help="a second .cnnlab classifier (or shipped model) that looks again at "
+                            "every window the model passes (recipes/pretrain.py web_faces "
+                            "trains one); repeated, a cascade: each looks at what the one "
+                            "before passed")
     boxes.add_argument("--out", help="also draw the boxes and scores on the photo, saved here")
     boxes.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     boxes.add_argument("--json", action="store_true",
@@ -169,5 +171,6 @@ def add_commands(commands) -> None:
                       help=f"with --detect: the least probability a box needs (default: the "
                            f"model's own, else {THRESHOLD})")
     clip.add_argument("--target", help="with --detect: the class to find")
-    clip.add_argument("--verifier", help="with --detect: a second .cnnlab classifier that looks "
-                                         "again at each box, as cnnlab detect's --verifier")
+    clip.add_argument("--verifier", action="append",
+                      help="with --detect: a second .cnnlab classifier that looks again at each "
+                           "box, as cnnlab detect's --verifier (repeatable)")
