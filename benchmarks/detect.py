@@ -19,8 +19,8 @@
    hand around the face, and how many other windows above the threshold overlap it (what the
    min-neighbours rule counts), with the rule and without.
 
-    python benchmarks/detect.py [--model faces|FILE] [--verifier FILE] [--threshold 0.9]
-                                [--faces-data FILE] [--memory] [--speed]
+    python benchmarks/detect.py [--model faces|FILE] [--verifier FILE]... [--threshold 0.9]
+                                [--faces-data FILE] [--min-neighbors N] [--memory] [--speed]
 
 - scikit-image's ``astronaut.png`` is the issue's target: one box overlaps her face with
   IoU >= 0.5 and no other box scores above the threshold.
@@ -91,19 +91,20 @@ def _test_photos(data: str, seed: int = web_faces.TEST_SEED):
     return photos, [boxes for _, boxes in photos]
 
 
-def versus_haar(model, data: str, verifier=None) -> None:
+def versus_haar(model, data: str, verifier=None, min_neighbors: int | None = None) -> None:
     """Both detectors on the same pasted photos; their scores side by side (cnnlab's with its
-    ``verifier`` too, when one is given)."""
+    ``verifier`` too, when one is given; ``min_neighbors``: cnnlab's neighbour count, default
+    each detector's own)."""
     photos, truth = _test_photos(data)
     megapixels = sum(p.size for p, _ in photos) / 1e6
     print(f"{len(photos)} held-out scenes with {sum(map(len, truth))} held-out faces pasted in "
           f"(24-160 px), {megapixels:.1f} megapixels")
     # the curve of detect() itself, threshold by threshold (neighbours counted from each one)
-    detectors = {f"cnnlab {model.name}": lambda grey: detect.detection_curve(grey[..., None],
-                                                                             model)}
+    detectors = {f"cnnlab {model.name}": lambda grey: detect.detection_curve(
+        grey[..., None], model, min_neighbors=min_neighbors)}
     if verifier is not None:
         detectors[f"cnnlab {model.name} + verifier"] = lambda grey: detect.detection_curve(
-            grey[..., None], model, verifier)
+            grey[..., None], model, verifier, min_neighbors=min_neighbors)
     try:
         detectors["OpenCV Haar cascade"] = _haar()
     except ImportError:
@@ -249,6 +250,9 @@ def main() -> None:
     parser.add_argument("--faces-data", metavar="FILE",
                         help="faces-train.tar.gz (or its folder): compare with OpenCV's Haar "
                              "cascade on held-out faces pasted into held-out scenes")
+    parser.add_argument("--min-neighbors", type=int,
+                        help="with --faces-data: cnnlab's neighbour count (default: each "
+                             "detector's recipe's, else 3)")
     parser.add_argument("--memory", action="store_true",
                         help="peak memory and time on blank 4 and 16 megapixel photos")
     parser.add_argument("--misses", action="store_true",
@@ -264,7 +268,7 @@ def main() -> None:
     model = detect.load_detector(args.model)
     if args.faces_data:
         versus_haar(model, args.faces_data,
-                    detect.load_verifiers(args.verifier) or None)
+                    detect.load_verifiers(args.verifier) or None, args.min_neighbors)
         if args.misses:
             misses(model, args.faces_data)
     faces = lfw_faces.crops()[0].mean(axis=(1, 2)) / 255          # the 100 training faces
