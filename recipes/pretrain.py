@@ -6,6 +6,7 @@
     python recipes/pretrain.py faces --negatives DIR          # face_net on lfw_faces, bootstrapped
     python recipes/pretrain.py web_faces --data faces-train.tar.gz --out F   # on 6,713 faces
     python recipes/pretrain.py web_faces --data faces-train.tar.gz --first-stage F  # F's verifier
+    python recipes/pretrain.py faces_cascade --data faces-train.tar.gz  # the shipped detector
 
 ``DIR`` holds one folder of images per class, as ``cifar10-train-jpeg.tar.gz`` extracts
 (``tar xzf cifar10-train-jpeg.tar.gz -C /tmp/cifar10`` gives ``/tmp/cifar10/train``).
@@ -369,10 +370,31 @@ def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None
         return model.metadata["pretrained"]
 
 
+CASCADE_VERIFIERS = ("face_net-web_faces-verifier.cnnlab", "face_net-faces.cnnlab")
+
+
+def faces_cascade(data: str) -> dict:
+    """The shipped face detector: the shipped ``web_faces`` pair, then the shipped ``faces``
+    model (``lfw_faces``, whose not-faces come from photos of people) as a third opinion. Its
+    threshold and neighbour count are chosen on the validation photos (``choose_threshold``)
+    and written into the ``web_faces`` file's metadata (``cascade``), which
+    ``tasks.detect.detector`` reads."""
+    path = os.path.join(WEIGHTS_DIR, zoo.PRETRAINED[("face_net", "web_faces")])
+    first = cnnlab.models.load_model(path, compile=False)
+    verifiers = [zoo.shipped_file(name) for name in CASCADE_VERIFIERS]
+    _, held_out = web_faces.split(web_faces.read(data))
+    chosen = choose_threshold(first, held_out, verifiers)
+    first.metadata["cascade"] = {
+        "verifiers": list(CASCADE_VERIFIERS), **chosen,
+        "command": "python recipes/pretrain.py faces_cascade " + " ".join(sys.argv[2:])}
+    first.save(path, include_optimizer=False)
+    return first.metadata["cascade"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("weights", choices=sorted(RUNS))
+    parser.add_argument("weights", choices=sorted([*RUNS, "faces_cascade"]))
     parser.add_argument("--data", help="the folder of class folders (cifar10)")
     parser.add_argument("--classes", help="comma-separated class folders to train on")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
@@ -397,6 +419,11 @@ def main() -> None:
     parser.add_argument("--negatives-count", type=int, default=8000,
                         help="how many squares to cut (default: %(default)s)")
     args = parser.parse_args()
+    if args.weights == "faces_cascade":
+        if not args.data:
+            parser.error("faces_cascade: pass --data faces-train.tar.gz")
+        print(f"The shipped face detector's rules: {faces_cascade(args.data)}")
+        return
     negatives = (args.negatives, args.negatives_count) if args.negatives else None
     if args.first_stage:
         if args.weights != "web_faces" or not args.data:

@@ -260,3 +260,12 @@ def test_a_transfer_run_resumes_bit_exactly_across_the_unfreezing(kill_after, fe
     assert resumed.optimizer.iterations == reference.optimizer.iterations == 16
     for ours, theirs in zip(resumed.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_shipped_weights_keep_the_input_size_they_were_trained_at():
+    """``get`` rebuilt every model at the architecture's default size; ``web_faces`` learned
+    faces at 24x24, where ``face_net``'s default is 25x25."""
+    assert zoo.get("face_net", weights="web_faces").input_shape == (24, 24, 1)
+    assert zoo.get("face_net", weights="faces").input_shape == (25, 25, 1)
+    trunk = zoo.get("cifar_vgg", weights="cifar10", include_top=False, input_shape=(48, 48, 3))
+    assert trunk.input_shape == (48, 48, 3)                       # asked for, still given

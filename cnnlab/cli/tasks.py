@@ -52,13 +52,11 @@ def cmd_detect(args) -> int:
     from cnnlab.tasks import detect
     if args.out:                                        # before the work, not after it
         outputs.given_path(args.out, "--out", outputs.image_extensions(), args.overwrite)
-    model = detect.load_detector(args.model)
-    verifier = detect.load_verifiers(args.verifier)
-    threshold = (detect.default_threshold(verifier[-1] if verifier else model)
-                 if args.threshold is None else args.threshold)
+    model, verifiers, (default, _) = detect.detector(args.model, args.verifier)
+    threshold = default if args.threshold is None else args.threshold
     found = detect.detect(args.image, model=model, threshold=threshold,
                           target=args.target, min_size=args.min_size,
-                          min_neighbors=args.min_neighbors, verifier=verifier or None)
+                          min_neighbors=args.min_neighbors, verifier=verifiers)
     if args.out:
         detect.draw(args.image, found, args.out)
     if args.json:
@@ -129,7 +127,8 @@ def add_commands(commands) -> None:
         ["cnnlab detect photo.jpg --out boxes.png", "cnnlab detect page.png --model digits.cnnlab --json"])
     boxes.add_argument("image", help="the photo")
     boxes.add_argument("--model", default=DETECTOR,
-                       help="the shipped face model (faces) or a .cnnlab classifier "
+                       help="the shipped face detector (web_faces: a cascade of three "
+                            "networks), the shipped faces model alone, or a .cnnlab classifier "
                             "(default: %(default)s)")
     boxes.add_argument("--verifier", action="append",
                        help="a second .cnnlab classifier (or shipped model) that looks again at "
@@ -156,7 +155,7 @@ def add_commands(commands) -> None:
     clip = add_command(
         commands, "video", cmd_video, "classify or detect in every frame of a video",
         ["cnnlab video digits clip.mp4            # the shipped digits model",
-         "cnnlab video faces clip.mp4 --detect --out boxes.mp4"])
+         "cnnlab video web_faces clip.mp4 --detect --out boxes.mp4   # the face detector"])
     clip.add_argument("model", help=zoo.model_help())
     clip.add_argument("input", help="the video (anything FFmpeg reads)")
     clip.add_argument("--out", help="the annotated video (default: INPUT-cnnlab.mp4)")

@@ -58,7 +58,7 @@ CONTAIN = 0.6
 #: image pixels scored in one pass of the sliding model: peak memory is about 1 kB per pixel
 #: for face_net (its activations and the convolutions' workspace), whatever the image's size
 BAND_PIXELS = 250_000
-DEFAULT_MODEL = "faces"
+DEFAULT_MODEL = "web_faces"
 _SKIPPED = ("Dropout", "RandomFlip", "RandomCrop", "RandomTranslation", "RandomRotation",
             "RandomZoom", "RandomContrast", "RandomBrightness")
 _COPIED = ("Conv2D", "DepthwiseConv2D", "MaxPooling2D", "AveragePooling2D",
@@ -344,11 +344,12 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
     (:func:`verified_windows`), and the default threshold is the one the verifier's recipe
     chose for the pair. A list of them is a cascade: each looks at the windows the one before
     left at ``WINDOW_FLOOR`` or more and adds its verdict; the defaults are the last one's."""
-    model, verifiers, target, pixels = _loaded(image, model, verifier, target)
-    last = verifiers[-1] if verifiers else model
-    threshold = default_threshold(last) if threshold is None else threshold
+    model, verifiers, rules = detector(model, verifier)
+    pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
+    target = target_class(model, target)
+    threshold = rules[0] if threshold is None else threshold
     if min_neighbors is None:
-        min_neighbors = default_min_neighbors(last)
+        min_neighbors = rules[1]
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be between 0 and 1; received {threshold!r}.")
     windows = _candidates(model, verifiers, pixels, target, min(threshold, WINDOW_FLOOR),
@@ -383,12 +384,30 @@ def load_verifiers(verifier) -> tuple:
     return (load_detector(verifier),)
 
 
-def _loaded(image, model, verifier, target):
-    """What :func:`detect` and :func:`detection_curve` were given, loaded: ``(model,
-    verifiers (a tuple, maybe empty), target class index, pixels (H, W, C) in [0, 1])``."""
+def detector(model, verifier=None):
+    """``(model, verifiers, (default threshold, default neighbour count))``, loaded. With no
+    ``verifier``, a model whose file names a cascade (``metadata['cascade']``, which
+    ``recipes/pretrain.py faces_cascade`` writes into the shipped ``web_faces`` file) brings its
+    verifiers, from cnnlab's own weights, and the rules chosen for the three together; else
+    the rules are the last verifier's recipe's, or the model's (``verifier=[]``: the model
+    alone)."""
+    from cnnlab import zoo
     model = load_detector(model)
+    cascade = model.metadata.get("cascade")
+    if verifier is None and cascade:
+        return (model, tuple(zoo.shipped_file(name) for name in cascade["verifiers"]),
+                (float(cascade["threshold"]), int(cascade["min_neighbors"])))
+    verifiers = load_verifiers(verifier)
+    owner = verifiers[-1] if verifiers else model
+    return model, verifiers, (default_threshold(owner), default_min_neighbors(owner))
+
+
+def _loaded(image, model, verifier, target):
+    """What :func:`candidates` was given, loaded: ``(model, verifiers (a tuple, maybe
+    empty), target class index, pixels (H, W, C) in [0, 1])``."""
+    model, verifiers, _ = detector(model, verifier)
     pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
-    return model, load_verifiers(verifier), target_class(model, target), pixels
+    return model, verifiers, target_class(model, target), pixels
 
 
 def _candidates(model, verifiers, pixels, target, threshold, min_size, max_size):
@@ -428,9 +447,9 @@ def detection_curve(image, model, verifier=None, target=None, floor: float = WIN
     precision-recall sweep over these scores is the curve of ``detect`` itself, threshold by
     threshold: what a threshold is chosen on (``recipes/pretrain.py``) and scored on
     (``benchmarks/detect.py``). ``image``: (H, W, C) in [0, 1], or what :func:`detect` takes."""
-    model, verifiers = load_detector(model), load_verifiers(verifier)
+    model, verifiers, rules = detector(model, verifier)
     if min_neighbors is None:
-        min_neighbors = default_min_neighbors(verifiers[-1] if verifiers else model)
+        min_neighbors = rules[1]
     found = candidates(image, model, verifiers, target, floor, min_size, max_size)
     return curve_of(found, floor, overlap, min_neighbors, contain)
 
@@ -591,8 +610,8 @@ def hard_negatives(model, pictures, target=None, threshold: float = 0.5,
 
 
 def load_detector(model):
-    """A shipped model name ('faces'), a ``.cnnlab`` path (a str or a path object), or a
-    model."""
+    """A shipped model name ('web_faces', 'faces'), a ``.cnnlab`` path (a str or a path
+    object), or a model."""
     from cnnlab import zoo
     return zoo.find(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
 

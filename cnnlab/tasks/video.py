@@ -61,7 +61,7 @@ def process_video(model, src, out=None, csv_path=None, detect_objects: bool = Fa
                   verifier=None) -> VideoResult:
     """Classify (or, with ``detect_objects``, detect in) each frame of ``src``; write the
     annotated frames to ``out`` (H.264 MP4) and one CSV row per frame (per box, detecting) to
-    ``csv_path``. ``model``: a shipped name ('digits', 'cifar10', 'faces'), a ``.cnnlab`` path
+    ``csv_path``. ``model``: a shipped name ('digits', 'cifar10', 'web_faces'), a ``.cnnlab`` path
     or a model; ``verifier``, detecting: a second stage that looks again at each box, or a
     list of them (``tasks.detect.detect``'s). ``max_frame_pixels`` and ``max_frames`` bound the work (a
     ``LimitError`` past them); ``name`` is how messages call ``src``. A video that fails leaves

@@ -41,6 +41,7 @@ from cnnlab.zoo.pretrained import (
     get,
     pretrained_model,
     pretrained_path,
+    shipped_file,
     stored_weights,
 )
 from cnnlab.zoo.recipes import (
@@ -58,7 +59,8 @@ __all__ = ["ALIASES", "AUGMENTABLE", "DATASET_MODELS", "DEFAULT_BACKBONE", "FINE
            "TRANSFER_RECIPE", "Recipe", "article_cnn", "backbone", "cifar_vgg",
            "cifar_vgg_wide", "face_net",
            "find", "get", "lenet5", "load", "mobilenet_small", "model_help", "pretrained_model",
-           "pretrained_path", "resnet20", "resolve", "simple_convnet", "stored_weights",
+           "pretrained_path", "resnet20", "resolve", "shipped_file", "simple_convnet",
+           "stored_weights",
            "with_new_head"]
 
 

@@ -17,7 +17,8 @@ from cnnlab.zoo.architectures import AUGMENTABLE, MODELS, resolve
 #: ``cnnlab/weights``.
 PRETRAINED = {("article", "digits"): "article-digits.cnnlab",
               ("cifar_vgg", "cifar10"): "cifar_vgg-cifar10.cnnlab",
-              ("face_net", "faces"): "face_net-faces.cnnlab"}
+              ("face_net", "faces"): "face_net-faces.cnnlab",
+              ("face_net", "web_faces"): "face_net-web_faces.cnnlab"}
 
 
 def pretrained_path(name: str, weights: str):
@@ -29,6 +30,19 @@ def pretrained_path(name: str, weights: str):
         raise ConfigError(f"No pretrained weights {weights!r} ship for {key}; cnnlab ships: "
                           f"{shipped}. Or pass weights= the path of a .cnnlab file.")
     return str(resources.files("cnnlab").joinpath("weights", PRETRAINED[(key, weights)]))
+
+
+def shipped_file(filename: str) -> Model:
+    """A model file in ``cnnlab/weights`` named by its file name alone, as a detector's file
+    names the verifiers of its cascade: never a path, so a file can only point at another file
+    that ships with cnnlab."""
+    from importlib import resources
+
+    from cnnlab.models import load_model
+    folder = resources.files("cnnlab").joinpath("weights")
+    if os.path.basename(filename) != filename or not folder.joinpath(filename).is_file():
+        raise ConfigError(f"{filename!r} is not a model file that ships with cnnlab.")
+    return load_model(str(folder.joinpath(filename)), compile=False)
 
 
 def pretrained_model(name: str, weights: str) -> Model:
@@ -71,8 +85,9 @@ def get(name: str, input_shape=None, num_classes: int | None = None, augment: bo
         weights: str | None = None, include_top: bool = True):
     """A zoo model, as ``keras.applications`` gives one.
 
-    ``input_shape``   without the batch axis; default: the model's own (28x28x1 for the digit
-                      models, 32x32x3 for the photo models)
+    ``input_shape``   without the batch axis; default: the pretrained weights' (what they were
+                      trained at), else the model's own (28x28x1 for the digit models,
+                      32x32x3 for the photo models)
     ``num_classes``   the classifier's outputs (default 10, or the pretrained weights' classes)
     ``augment``       puts the recipe's flips and crops inside the model (photo models)
     ``weights``       None (fresh, seeded by ``cnnlab.utils.set_random_seed``), the name of
@@ -98,6 +113,7 @@ def get(name: str, input_shape=None, num_classes: int | None = None, augment: bo
         raise ConfigError(f"The weights {weights!r} of {key} classify {classes} classes; "
                           f"received num_classes={num_classes}. Pass include_top=False and put "
                           f"a head of your own on the backbone (cnnlab.zoo.with_new_head).")
+    options.setdefault("input_shape", tuple(stored.input_shape))   # the size it learned at
     model = MODELS[key](num_classes=classes, **options)
     _copy_weights(stored, model, weights)
     model.metadata = dict(stored.metadata)
