@@ -285,9 +285,9 @@ def _described(negatives) -> str:
 
 
 def save_verifier(first, first_path, train, held_out, folder, seed, verbose, out,
-                  negatives=None) -> None:
+                  negatives=None) -> dict:
     """Train ``first``'s verifier (web_faces), choose the pair's threshold on the validation
-    photos, and write it to ``out`` with its record."""
+    photos, and write it to ``out`` with its record; the record."""
     start = time.perf_counter()
     verifier, settings, test, mined = train_verifier(first, train, held_out, folder, seed,
                                                      verbose, negatives)
@@ -304,6 +304,7 @@ def save_verifier(first, first_path, train, held_out, folder, seed, verbose, out
     print(f"Detection with the verifier on held-out photos: {verifier.metadata['detection']}",
           flush=True)
     verifier.save(out, include_optimizer=False)
+    return verifier.metadata["pretrained"]
 
 
 def verifier_only(first_path: str, data: str, seed: int, verbose: int, out: str,
@@ -313,8 +314,8 @@ def verifier_only(first_path: str, data: str, seed: int, verbose: int, out: str,
     first = cnnlab.models.load_model(first_path, compile=False)
     train, held_out = web_faces.split(web_faces.read(data))
     with tempfile.TemporaryDirectory(prefix="cnnlab-pretrain-") as scratch:
-        save_verifier(first, first_path, train, held_out, scratch, seed, verbose, out, negatives)
-    return cnnlab.models.load_model(out, compile=False).metadata["pretrained"]
+        return save_verifier(first, first_path, train, held_out, scratch, seed, verbose, out,
+                             negatives)
 
 
 def pretrain(weights: str, data: str | None, out: str, classes: list[str] | None = None,

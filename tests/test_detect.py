@@ -696,6 +696,7 @@ def test_the_shipped_detector_is_a_cascade_named_in_its_file_and_only_of_shipped
         (36, 36, 1), (25, 25, 1)]
     assert rules == (cascade["threshold"], cascade["min_neighbors"])
     assert cascade["recall"] >= 0.9 and "faces_cascade" in cascade["command"]
+    assert detect.detector(model)[1] is verifiers            # read once per loaded model
     alone, none, own = detect.detector(detect.DEFAULT_MODEL, [])
     assert none == () and own == (detect.default_threshold(alone),
                                   detect.default_min_neighbors(alone))

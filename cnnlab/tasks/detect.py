@@ -26,6 +26,7 @@ used here for accuracy: ``verified_windows``).
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -344,9 +345,7 @@ def detect(image, model=DEFAULT_MODEL, threshold: float | None = None, target=No
     (:func:`verified_windows`), and the default threshold is the one the verifier's recipe
     chose for the pair. A list of them is a cascade: each looks at the windows the one before
     left at ``WINDOW_FLOOR`` or more and adds its verdict; the defaults are the last one's."""
-    model, verifiers, rules = detector(model, verifier)
-    pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
-    target = target_class(model, target)
+    model, verifiers, rules, target, pixels = _loaded(image, model, verifier, target)
     threshold = rules[0] if threshold is None else threshold
     if min_neighbors is None:
         min_neighbors = rules[1]
@@ -391,23 +390,38 @@ def detector(model, verifier=None):
     verifiers, from cnnlab's own weights, and the rules chosen for the three together; else
     the rules are the last verifier's recipe's, or the model's (``verifier=[]``: the model
     alone)."""
-    from cnnlab import zoo
     model = load_detector(model)
     cascade = model.metadata.get("cascade")
     if verifier is None and cascade:
-        return (model, tuple(zoo.shipped_file(name) for name in cascade["verifiers"]),
+        return (model, _cascade_of(model),
                 (float(cascade["threshold"]), int(cascade["min_neighbors"])))
     verifiers = load_verifiers(verifier)
     owner = verifiers[-1] if verifiers else model
     return model, verifiers, (default_threshold(owner), default_min_neighbors(owner))
 
 
+#: a loaded model -> the verifiers its file names, loaded once: a video or the web app passes
+#: the same model frame after frame (reading the two files every frame: 4.2 frames a second on
+#: a 640x480 video, against 4.6 read once; benchmarks/detect.py --speed, one run each)
+_CASCADES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cascade_of(model) -> tuple:
+    verifiers = _CASCADES.get(model)
+    if verifiers is None:
+        from cnnlab import zoo
+        verifiers = _CASCADES[model] = tuple(
+            zoo.shipped_file(name) for name in model.metadata["cascade"]["verifiers"])
+    return verifiers
+
+
 def _loaded(image, model, verifier, target):
-    """What :func:`candidates` was given, loaded: ``(model, verifiers (a tuple, maybe
-    empty), target class index, pixels (H, W, C) in [0, 1])``."""
-    model, verifiers, _ = detector(model, verifier)
+    """What :func:`detect` and :func:`candidates` were given, loaded: ``(model, verifiers (a
+    tuple, maybe empty), (default threshold, neighbour count), target class index, pixels
+    (H, W, C) in [0, 1])``."""
+    model, verifiers, rules = detector(model, verifier)
     pixels = image if isinstance(image, np.ndarray) else prepare(model, image)
-    return model, verifiers, target_class(model, target), pixels
+    return model, verifiers, rules, target_class(model, target), pixels
 
 
 def _candidates(model, verifiers, pixels, target, threshold, min_size, max_size):
@@ -431,7 +445,7 @@ def candidates(image, model, verifier=None, target=None, floor: float = WINDOW_F
     """The scored windows :func:`detection_curve` works from (from ``floor`` up, and from
     ``WINDOW_FLOOR`` up to frame the boxes): what :func:`curve_of` takes, so that rules can be
     compared, or chosen (``recipes/pretrain.py``), on one scoring of a photo."""
-    model, verifiers, target, pixels = _loaded(image, model, verifier, target)
+    model, verifiers, _, target, pixels = _loaded(image, model, verifier, target)
     return _candidates(model, verifiers, pixels, target, min(floor, WINDOW_FLOOR), min_size,
                        max_size)
 

@@ -23,23 +23,25 @@ PRETRAINED = {("article", "digits"): "article-digits.cnnlab",
 
 def pretrained_path(name: str, weights: str):
     """The shipped file of ``weights`` for zoo model ``name``; a clear error if none ships."""
-    from importlib import resources
     key = resolve(name)
     if (key, weights) not in PRETRAINED:
         shipped = ", ".join(f"{m} (weights={w!r})" for m, w in PRETRAINED)
         raise ConfigError(f"No pretrained weights {weights!r} ship for {key}; cnnlab ships: "
                           f"{shipped}. Or pass weights= the path of a .cnnlab file.")
-    return str(resources.files("cnnlab").joinpath("weights", PRETRAINED[(key, weights)]))
+    return str(_weights_folder().joinpath(PRETRAINED[(key, weights)]))
+
+
+def _weights_folder():
+    from importlib import resources
+    return resources.files("cnnlab").joinpath("weights")
 
 
 def shipped_file(filename: str) -> Model:
     """A model file in ``cnnlab/weights`` named by its file name alone, as a detector's file
     names the verifiers of its cascade: never a path, so a file can only point at another file
     that ships with cnnlab."""
-    from importlib import resources
-
     from cnnlab.models import load_model
-    folder = resources.files("cnnlab").joinpath("weights")
+    folder = _weights_folder()
     if os.path.basename(filename) != filename or not folder.joinpath(filename).is_file():
         raise ConfigError(f"{filename!r} is not a model file that ships with cnnlab.")
     return load_model(str(folder.joinpath(filename)), compile=False)
