@@ -222,6 +222,9 @@ def test_the_search_page_shows_the_nearest_photos_with_their_similarity(search_s
         driver.execute_script("arguments[0].hidden = false;", upload)
         upload.send_keys(str(photos / "blue" / "1.png"))
         wait_for(driver, "document.querySelectorAll('#results .hit').length === 8")
+        # The thumbnails arrive after the list: wait until the first has loaded or failed, so
+        # the width below says whether it loaded, not how fast.
+        wait_for(driver, "document.querySelector('#results .hit img').complete")
         first = driver.execute_script(
             "const h = document.querySelector('#results .hit');"
             "return [h.querySelector('.path').textContent, h.querySelector('.similarity')"
