@@ -155,7 +155,8 @@ def main():
     data = load(name, args.data, args.train, args.val)
     print(f"{name}: {len(data[0][0]):,} training images, {len(data[1][0]):,} validation images "
           f"(loaded in {time.perf_counter() - start:.0f} s); recipe: "
-          f"{zoo.RECIPES[name].describe()}; run here for {args.epochs} epochs; torch {torch.__version__}, "
+          f"{zoo.RECIPES[name].describe(name)}; run here for {args.epochs} epochs; "
+          f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
     sides = [args.only] if args.only else ["cnnlab", "torch"]
     print("| seed | " + " | ".join(f"{s} accuracy" for s in sides) + " | "

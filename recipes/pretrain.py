@@ -269,7 +269,7 @@ def write_record(network, settings, data_name, loss, accuracy, held_out, seconds
     recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
     network.metadata["train_settings"] = {**settings, "data": data_name}
     network.metadata["pretrained"] = {
-        **facts, "recipe": recipe.describe() + f", seed {settings['seed']}",
+        **facts, "recipe": recipe.describe(settings["model"]) + f", seed {settings['seed']}",
         "accuracy": round(float(accuracy), 4), "loss": round(float(loss), 4),
         "held_out_images": held_out, "train_seconds": round(seconds, 1),
         "command": "python recipes/pretrain.py " + " ".join(sys.argv[1:]),

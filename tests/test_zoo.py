@@ -84,6 +84,26 @@ def test_recipes_resolve_and_options_override_them():
     assert optimizer.learning_rate.total_steps == 300
 
 
+#: the word a recipe's description uses for each augmentation layer
+_AUGMENTATION_WORDS = {"RandomFlip": "flip", "RandomCrop": "crop", "RandomTranslation": "shift",
+                       "RandomZoom": "zoom", "RandomRotation": "rotation",
+                       "RandomBrightness": "brightness", "RandomContrast": "contrast"}
+
+
+@pytest.mark.parametrize("name", sorted(zoo.AUGMENTABLE))
+def test_a_recipes_description_names_exactly_the_augmentation_its_model_runs(name):
+    shape = (24, 24, 1) if name == "face_net" else (32, 32, 3)
+    built = {type(layer).__name__ for layer in zoo.get(name, input_shape=shape,
+                                                        augment=True).layers}
+    said = zoo.RECIPES[name].describe(name)
+    for layer, word in _AUGMENTATION_WORDS.items():
+        assert (word in said) == (layer in built), (name, layer, said)
+    if name == "face_net":      # the shipped face files' records say what their training ran
+        for weights in ("faces", "web_faces"):
+            record = cnnlab.load_model(zoo.pretrained_path("face_net", weights)).metadata
+            assert zoo.AUGMENTATIONS[name] in record["pretrained"]["recipe"], weights
+
+
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory):
     """4 classes x 10 small random colour photos (32x32 PNG): 32 train, 8 validation."""

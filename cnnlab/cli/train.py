@@ -140,7 +140,8 @@ def _train(args, fresh_settings) -> int:
                  f"validation images" if streaming else
                  f"{len(train[0]):,} train / {len(test[0]):,} test images")
         recipe = zoo.Recipe(**{k: settings[k] for k in zoo.Recipe.__dataclass_fields__})
-        plan = recipe.describe()
+        # a new head has the photo recipe's augmentation in front, whatever the backbone
+        plan = recipe.describe(None if settings["pretrained"] else settings["model"])
         if settings["pretrained"]:
             plan = (f"a new head on {settings['model']}'s frozen backbone "
                     f"({settings['pretrained']} weights): {plan}")
@@ -246,7 +247,7 @@ def add_commands(commands) -> None:
          "cnnlab train --data photos/ --pretrained --fine-tune   # few photos",
          "mpirun -n 2 cnnlab train --distributed"],
         notes="Recipes (what --model NAME trains with unless an option says otherwise):\n"
-              + "\n".join(f"  {name}: {recipe.describe()}" for name, recipe in zoo.RECIPES.items()))
+              + "\n".join(f"  {name}: {recipe.describe(name)}" for name, recipe in zoo.RECIPES.items()))
     # settings default to None so that --resume can tell which ones were given
     train.add_argument("--model", help=f"zoo model: {', '.join(zoo.MODELS)} (default: "
                                        f"{DEFAULTS['model']}); each has a recipe, see below")

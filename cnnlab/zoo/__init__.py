@@ -23,6 +23,7 @@ from cnnlab.models.transfer import backbone, with_new_head
 from cnnlab.zoo.architectures import (
     ALIASES,
     AUGMENTABLE,
+    AUGMENTATIONS,
     MODELS,
     article_cnn,
     cifar_vgg,
@@ -54,7 +55,8 @@ from cnnlab.zoo.recipes import (
     Recipe,
 )
 
-__all__ = ["ALIASES", "AUGMENTABLE", "DATASET_MODELS", "DEFAULT_BACKBONE", "FINE_TUNE_EPOCHS",
+__all__ = ["ALIASES", "AUGMENTABLE", "AUGMENTATIONS", "DATASET_MODELS", "DEFAULT_BACKBONE",
+           "FINE_TUNE_EPOCHS",
            "FINE_TUNE_FACTOR", "MODELS", "OPTIMIZER_LR", "PRETRAINED", "RECIPES",
            "TRANSFER_RECIPE", "Recipe", "article_cnn", "backbone", "cifar_vgg",
            "cifar_vgg_wide", "face_net",

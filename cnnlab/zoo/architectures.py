@@ -188,8 +188,13 @@ MODELS = {"article": article_cnn, "lenet5": lenet5, "simple_convnet": simple_con
           "resnet20": resnet20, "cifar_vgg": cifar_vgg, "cifar_vgg_wide": cifar_vgg_wide,
           "mobilenet_small": mobilenet_small}
 ALIASES = {"article_cnn": "article", "lenet": "lenet5", "lenet-5": "lenet5"}
-#: the architectures that take ``augment`` (the others are for digits, which are not flipped)
-AUGMENTABLE = {"resnet20", "cifar_vgg", "cifar_vgg_wide", "mobilenet_small", "face_net"}
+#: the architectures that take ``augment``, and what it puts in front of them, in words (the
+#: others are for digits, which are not flipped)
+_PHOTO_AUGMENTATION = "flip + pad-4 crop augmentation"
+AUGMENTATIONS = {"resnet20": _PHOTO_AUGMENTATION, "cifar_vgg": _PHOTO_AUGMENTATION,
+                 "cifar_vgg_wide": _PHOTO_AUGMENTATION, "mobilenet_small": _PHOTO_AUGMENTATION,
+                 "face_net": "flip, shift, zoom, rotation, brightness and contrast augmentation"}
+AUGMENTABLE = frozenset(AUGMENTATIONS)
 
 
 def resolve(name: str) -> str:

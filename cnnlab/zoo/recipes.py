@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from cnnlab.zoo.architectures import AUGMENTATIONS
+
 #: the learning rate each optimizer starts from when a run chooses it over its recipe's own and
 #: names no rate
 OPTIMIZER_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.001}
@@ -15,8 +17,8 @@ class Recipe:
     """How a zoo model trains by default; `cnnlab train` options override any of it. The one
     source of the training settings' defaults: the command line, its help, the web app and
     ``runs.run_settings`` all read them from here. ``schedule``: 'constant', or 'onecycle'
-    (``optimizers.schedules.OneCycle`` over the run, peaking at ``lr``); ``augment``: flips
-    and pad-4 random crops inside the model."""
+    (``optimizers.schedules.OneCycle`` over the run, peaking at ``lr``); ``augment``: the
+    model's own augmentation layers, in training only (``architectures.AUGMENTATIONS``)."""
 
     optimizer: str = "sgd"
     lr: float = OPTIMIZER_LR["sgd"]
@@ -29,7 +31,8 @@ class Recipe:
     augment: bool = False
     image_size: int = 64                 # what a folder's images are resized to
 
-    def describe(self) -> str:
+    def describe(self, model: str | None = None) -> str:
+        """The recipe in one line; ``model`` (a zoo name) says what its augmentation is."""
         parts = [f"{self.optimizer} lr {self.lr:g}"
                  + (f" momentum {self.momentum:g}" if self.optimizer == "sgd" else ""),
                  f"{self.epochs} epoch{'s' * (self.epochs != 1)}", f"batch {self.batch_size}"]
@@ -40,7 +43,7 @@ class Recipe:
         if self.label_smoothing:
             parts.append(f"label smoothing {self.label_smoothing:g}")
         if self.augment:
-            parts.append("flip + crop augmentation")
+            parts.append(AUGMENTATIONS.get(model, "flip + pad-4 crop augmentation"))
         return ", ".join(parts) + f"; folders at {self.image_size}x{self.image_size}"
 
     def settings(self) -> dict:
