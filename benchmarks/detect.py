@@ -15,11 +15,12 @@
 3. ``--speed``: in a fresh process, the import and the model's loading apart from detection;
    then ``tasks.detect`` on a 640x480 and a 1000x1000 photo (the first call, and the median
    of 5 after it), and video: frames per second of ``tasks.video`` detecting in a 640x480 clip.
-4. On two portraits: every box the face model keeps, its score, its IoU with a box drawn by
-   hand around the face, and how many other windows above the threshold overlap it (what the
-   min-neighbours rule counts), with the rule and without.
+4. On two portraits: every box the detector keeps as it ships (its verifiers, threshold and
+   neighbour count; ``--threshold`` and ``--min-neighbors`` change them), its score, its IoU
+   with a box drawn by hand around the face, and how many other windows above the threshold
+   overlap it (what the min-neighbours rule counts), with the rule and without.
 
-    python benchmarks/detect.py [--model faces|FILE] [--verifier FILE]... [--threshold 0.9]
+    python benchmarks/detect.py [--model faces|FILE] [--verifier FILE]... [--threshold T]
                                 [--faces-data FILE] [--min-neighbors N] [--memory] [--speed]
 
 - scikit-image's ``astronaut.png`` is the issue's target: one box overlaps her face with
@@ -46,24 +47,29 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from portraits import PORTRAITS  # noqa: E402
 
 
-def measure(model, name: str, threshold: float) -> bool:
-    """Print the boxes on one portrait; whether one box is on the face and none elsewhere."""
+def measure(model, name: str, verifier=None, threshold: float | None = None,
+            min_neighbors: int | None = None) -> bool:
+    """Print the boxes on one portrait; whether one box is on the face and none elsewhere. The
+    detector runs as it ships (its verifiers, threshold and neighbour count, unless given)."""
+    model, verifiers, (chosen, neighbours) = detect.detector(model, verifier)
+    threshold = chosen if threshold is None else threshold
+    rule = neighbours if min_neighbors is None else min_neighbors
     load, face = PORTRAITS[name]
-    target = detect.target_class(model)
     picture = load()
-    pixels = detect.prepare(model, picture)
-    windows = [detect.Detection(box, score) for box, score, _ in
-               detect.scored_windows(model, pixels, target, threshold)]
+    windows = [w for w in detect.candidates(picture, model, list(verifiers))
+               if w.score >= threshold]
     lit = np.asarray(picture.convert("L").crop(face), np.float64).mean() / 255
-    print(f"{name}: {len(windows)} windows score >= {threshold}; the face's mean grey {lit:.2f}")
-    for rule in (0, detect.MIN_NEIGHBORS):        # the detector's own rule last: its verdict counts
-        kept = (detect.detect(picture, model, threshold=threshold, min_neighbors=rule) if rule
+    print(f"{name}: {len(windows)} windows score >= {threshold:.4f} ({1 + len(verifiers)} "
+          f"stage{'s' * bool(verifiers)}); the face's mean grey {lit:.2f}")
+    for neighbours in sorted({0, rule}):     # the detector's own rule last: its verdict counts
+        kept = (detect.detect(picture, model, threshold=threshold, min_neighbors=neighbours,
+                              verifier=list(verifiers)) if neighbours
                 else detect.non_max_suppression(windows, detect.NMS_IOU))   # no rule: every box
-        print(f"  min_neighbors={rule}: {len(kept)} boxes")
+        print(f"  min_neighbors={neighbours}: {len(kept)} boxes")
         for d in kept:
-            neighbours = sum(detect.iou(d.box, w.box) > detect.NMS_IOU for w in windows) - 1
-            print(f"    box ({', '.join(f'{v:.0f}' for v in d.box)})  score {d.score:.3f}  "
-                  f"IoU with the face {detect.iou(d.box, face):.2f}  neighbours {neighbours}")
+            others = sum(detect.iou(d.box, w.box) > detect.NMS_IOU for w in windows) - 1
+            print(f"    box ({', '.join(f'{v:.0f}' for v in d.box)})  score {d.score:.4f}  "
+                  f"IoU with the face {detect.iou(d.box, face):.2f}  neighbours {others}")
         faces = [d for d in kept if detect.iou(d.box, face) >= 0.5]
         met = len(faces) == 1 and len(kept) == 1
         print(f"    target {'met' if met else 'NOT met'}: {len(faces)} box(es) on the face, "
@@ -242,7 +248,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=detect.DEFAULT_MODEL)
-    parser.add_argument("--threshold", type=float, default=detect.THRESHOLD)
+    parser.add_argument("--threshold", type=float,
+                        help="on the portraits: the score a box needs (default: the "
+                             "detector's own, chosen by its recipe)")
     parser.add_argument("--verifier", metavar="FILE", action="append",
                         help="a second stage (recipes/pretrain.py web_faces writes one): scored "
                              "beside the first alone with --faces-data, and timed with --speed; "
@@ -251,8 +259,8 @@ def main() -> None:
                         help="faces-train.tar.gz (or its folder): compare with OpenCV's Haar "
                              "cascade on held-out faces pasted into held-out scenes")
     parser.add_argument("--min-neighbors", type=int,
-                        help="with --faces-data: cnnlab's neighbour count (default: each "
-                             "detector's recipe's, else 3)")
+                        help="with --faces-data and on the portraits: cnnlab's neighbour count "
+                             "(default: each detector's recipe's, else 3)")
     parser.add_argument("--memory", action="store_true",
                         help="peak memory and time on blank 4 and 16 megapixel photos")
     parser.add_argument("--misses", action="store_true",
@@ -274,7 +282,8 @@ def main() -> None:
     faces = lfw_faces.crops()[0].mean(axis=(1, 2)) / 255          # the 100 training faces
     print(f"{model.name} ({args.model}); lfw_faces' faces: mean grey {faces.mean():.2f}, "
           f"90th percentile {np.percentile(faces, 90):.2f}")
-    met = {name: measure(model, name, args.threshold) for name in PORTRAITS}
+    met = {name: measure(model, name, args.verifier, args.threshold, args.min_neighbors)
+           for name in PORTRAITS}
     print("summary: " + ", ".join(f"{name} {'met' if ok else 'NOT met'}"
                                   for name, ok in met.items()))
 
