@@ -377,6 +377,24 @@ def test_the_cost_model_picks_a_measured_fastest_path_on_the_calibrated_shapes(k
     assert measured[picked] <= 1.1 * min(measured.values()), (picked, measured)
 
 
+#: ms of the article's conv2 input gradient (grad_out (N, 8, 8, 64) with the flipped 5x5x64x32
+#: kernel, padded by 4), on each path, one core, compiled kernels (best of 30; session 28). In a
+#: training step its kernel is new each time, so the frequency path transforms it every call
+INPUT_GRADIENT_MEASURED = {1: {"direct": 0.17, "fourier": 0.51}, 2: {"direct": 0.35, "fourier": 0.61},
+                           4: {"direct": 0.70, "fourier": 0.71}}
+
+
+@pytest.mark.parametrize("n", sorted(INPUT_GRADIENT_MEASURED))
+def test_an_input_gradients_convolution_is_priced_with_its_new_kernels_transform(n):
+    """Priced as inference (the kernel's spectrum kept from the call before), the frequency
+    path won at batches 1 and 2 and ran 1.7-3x slower than im2col there."""
+    cnnlab.config.set_kernels("numba")
+    picked = conv.choose((n, 8, 8, 64), (5, 5, 64, 32), (1, 1), ((4, 4), (4, 4)), (1, 1),
+                         gradients="input")
+    measured = INPUT_GRADIENT_MEASURED[n]
+    assert measured[picked] <= 1.1 * min(measured.values()), (picked, measured)
+
+
 def test_strided_dilated_and_pointwise_convolutions_stay_direct():
     pads = ((1, 1), (1, 1))
     assert conv.choose((64, 32, 32, 16), (3, 3, 16, 32), (2, 2), pads, (1, 1)) == "direct"

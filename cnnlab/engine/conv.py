@@ -63,8 +63,10 @@ SECONDS_PER_COMPILED = {"direct": (1.29e-11, 7.44e-10, 0.0),
 
 
 #: which gradients follow a forward pass: "all" (the kernel's and the input's), "kernel" (the
-#: first layer: nothing needs the image's gradient), "none" (inference)
-GRADIENTS = ("all", "kernel", "none")
+#: first layer: nothing needs the image's gradient), "none" (inference), "input" (the input
+#: gradient's own convolution in a training step: none follows it, as at inference, but its
+#: flipped kernel is new every step, so a path that transforms the kernel pays for it each time)
+GRADIENTS = ("all", "kernel", "none", "input")
 
 
 def direct_step_work(x_shape, kernel_shape, out_hw, gradients: str = "all"):
@@ -75,7 +77,7 @@ def direct_step_work(x_shape, kernel_shape, out_hw, gradients: str = "all"):
     kh, kw, c, f = kernel_shape
     outputs = n * out_hw[0] * out_hw[1]
     gemm, copy = outputs * kh * kw * c * f, outputs * kh * kw * c
-    if gradients == "none":
+    if gradients in ("none", "input"):
         return gemm, copy, 7
     if gradients == "kernel":
         return 2 * gemm, 2 * copy, 12
@@ -343,7 +345,7 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
                    np.result_type(x, kernel))
     pieces = _winograd_pieces(n, out_hw, c, f, out.itemsize, tiling)
     th, tw = winograd.tile_counts(out_hw, tiling.m)
-    keep = gradients != "none" and \
+    keep = gradients in ("all", "kernel") and \
         tiling.alpha ** 2 * n * th * tw * c * out.itemsize <= windows.COLS_BUDGET_BYTES
     u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
     tiles = []
@@ -424,7 +426,7 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace)
         kernel[::-1, ::-1].transpose(0, 1, 3, 2))                                # (KH, KW, F, C)
     scratch = workspace.setdefault("input_grad", {}) if workspace is not None else None
     return conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch,
-                          gradients="none", recycle=True)[0]
+                          gradients="input", recycle=True)[0]
 
 
 def _pointwise_forward(x, kernel, bias, strides, dilation, workspace):

@@ -72,7 +72,7 @@ def _transform_cost(hp: int, wp: int, rows: int, cols: int) -> int:
 def step_work(batch: int, padded_hw, kernel_hw, channels: int, filters: int,
               gradients: str = "all"):
     """``(multiply-adds, elements moved, NumPy calls)`` of the forward pass and the ``gradients``
-    after it ('all', 'kernel' or 'none') in the frequency domain; ``conv.choose`` turns them
+    after it (``conv.GRADIENTS``) in the frequency domain; ``conv.choose`` turns them
     into seconds. For the article's conv2: 2.9 M multiply-adds per image instead of
     im2col's 9.8 M, plus 8.3 M per batch for the kernel's transforms. None where the path does not apply."""
     hp, wp = padded_hw
@@ -84,9 +84,12 @@ def step_work(batch: int, padded_hw, kernel_hw, channels: int, filters: int,
     spectra = 2 * frequencies * (channels + filters)             # one image's, in and out
     product = 4 * frequencies * channels * filters               # one complex product
     x_in, maps_out = _transform_cost(hp, wp, hp, wp), _transform_cost(hp, wp, ho, wo)
-    if gradients == "none":               # x in, out back, one product; the kernel's is kept
-        return batch * (channels * x_in + filters * maps_out + product), batch * spectra, 25
     kernel = channels * filters * _transform_cost(hp, wp, kh, kw)
+    if gradients in ("none", "input"):    # x in, out back, one product; at inference the
+        # kernel's spectrum is kept from the call before, an input gradient's kernel is new
+        fresh = kernel if gradients == "input" else 0
+        return (batch * (channels * x_in + filters * maps_out + product) + fresh,
+                batch * spectra, 25)
     if gradients == "kernel":             # + grad_out in, the kernel gradient's product
         return (batch * (channels * x_in + 2 * filters * maps_out + 2 * product) + 2 * kernel,
                 2 * batch * spectra, 45)

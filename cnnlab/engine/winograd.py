@@ -90,7 +90,7 @@ def tiling() -> Tiling:
 def step_work(batch: int, out_hw, channels: int, filters: int, gradients: str = "all",
               m: int = 2):
     """``(multiply-adds, elements moved, NumPy calls)`` of the forward pass and the
-    ``gradients`` after it ('all', 'kernel' or 'none'; the input gradient is another Winograd
+    ``gradients`` after it (``conv.GRADIENTS``; the input gradient is another Winograd
     convolution) with tiles of ``m x m``; ``conv.choose`` turns them into seconds."""
     th, tw = tile_counts(out_hw, m)
     points = (m + 2) ** 2 * batch * th * tw
@@ -102,7 +102,7 @@ def step_work(batch: int, out_hw, channels: int, filters: int, gradients: str = 
     # the kernel's transforms (U forward, grad_U back, and the input gradient's flipped U): a
     # few passes over (alpha^2, C, F) each, whatever the batch, which is what small batches feel
     kernel = 3 * (m + 2) ** 2 * channels * filters
-    if gradients == "none":
+    if gradients in ("none", "input"):    # U is transformed at every call
         return products, points * (channels + filters) * 3 + kernel, calls[0]
     if gradients == "kernel":
         return 2 * products, points * (channels + 2 * filters) * 3 + 2 * kernel, calls[1]
