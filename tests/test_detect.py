@@ -325,6 +325,9 @@ def test_the_detect_page_draws_the_boxes_the_api_finds(digit_detector, tmp_path,
     page, truth = _page(6)
     Image.fromarray((page * 255).astype(np.uint8)).save(tmp_path / "page.png")
     digit_detector.save(tmp_path / "digits.cnnlab")
+    own = cnnlab.load_model(tmp_path / "digits.cnnlab")      # as a recipe's threshold is kept
+    own.metadata["detection"] = {"threshold": 0.85, "min_neighbors": 3}
+    own.save(tmp_path / "digits.cnnlab", include_optimizer=False)
     from web import AUTH, TOKEN, signed_in
     app = serve.App({"lenet": (zoo.get("lenet5"), "zoo")}, serve.models_dir(),
                     detector=str(tmp_path / "digits.cnnlab"), token=TOKEN)
@@ -349,6 +352,11 @@ def test_the_detect_page_draws_the_boxes_the_api_finds(digit_detector, tmp_path,
             title = driver.execute_script("return document.getElementById('result-title')"
                                           ".textContent")
             assert title.endswith("digits found")
+            # the page starts from the detector's own threshold, as cnnlab detect does
+            assert wait_for(driver, "document.getElementById('threshold').value") == "0.85"
+            scores = driver.execute_script("return Array.from(document.querySelectorAll("
+                                           "'#list li')).map(li => li.textContent)")
+            assert all(float(text.split()[1]) >= 0.85 for text in scores), scores
             red = driver.execute_script("""
                 const c = document.getElementById('canvas'), x = c.getContext('2d');
                 const d = x.getImageData(0, 0, c.width, c.height).data;
@@ -379,6 +387,15 @@ def test_the_web_apps_detector_takes_a_verifier(digit_detector, tmp_path):
     assert len(alone.query(buffer.getvalue(), 0.9)["detections"]) >= 5
     assert paired.query(buffer.getvalue(), 0.9)["detections"] == []
     assert alone.describe()["verifier"] is None and paired.describe()["verifier"] == "face_net"
+    assert (alone.describe()["stages"], paired.describe()["stages"]) == ([], ["face_net"])
+    # with no --detector, the shipped cascade, and the threshold its recipe chose
+    shipped = api.DetectService().describe()
+    cascade = cnnlab.load_model(zoo.pretrained_path("face_net", "web_faces")).metadata["cascade"]
+    assert shipped["stages"] == ["face_net", "face_net"]
+    assert (shipped["threshold"], shipped["min_neighbors"]) == (cascade["threshold"],
+                                                                 cascade["min_neighbors"])
+    answer = alone.query(buffer.getvalue(), None)
+    assert answer["threshold"] == detect.default_threshold(digit_detector)
 
 
 def test_lfw_faces_is_stratified_balanced_in_training_and_names_its_extra_when_missing(

@@ -287,14 +287,25 @@ class DetectService:
         from cnnlab.tasks import detect
         return None if self._verifier_spec is None else detect.load_detector(self._verifier_spec)
 
-    def describe(self) -> dict:
+    def _detector(self):
+        """``tasks.detect.detector``'s answer for what this service runs: the model, the
+        verifiers it runs (``--verifier``'s, or the cascade its file names) and its rules."""
         from cnnlab.tasks import detect
-        model, verifier = self.model, self.verifier
+        return detect.detector(self.model, None if self.verifier is None else [self.verifier])
+
+    def describe(self) -> dict:
+        """What the Detect page says and starts from: the detector's own threshold and
+        neighbour count (what ``cnnlab detect`` uses), and the stages behind the first."""
+        from cnnlab.tasks import detect
+        model, verifiers, (threshold, neighbours) = self._detector()
         return {"model": model.name, "target": class_names(model)[detect.target_class(model)],
                 "window": list(model.input_shape),
-                "verifier": None if verifier is None else verifier.name}
+                "verifier": None if self.verifier is None else self.verifier.name,
+                "stages": [v.name for v in verifiers], "threshold": threshold,
+                "min_neighbors": neighbours}
 
-    def query(self, body: bytes, threshold: float) -> dict:
+    def query(self, body: bytes, threshold: float | None) -> dict:
+        """The boxes on an uploaded photo, at ``threshold`` (None: the detector's own)."""
         from cnnlab.tasks import detect
         image = uploaded_image(body)
         if image.width * image.height > MAX_DETECT_PIXELS:
@@ -306,8 +317,11 @@ class DetectService:
         with user_errors(), self._one_at_a_time:        # memory: one pyramid at once
             found = detect.detect(image, model=self.model, threshold=threshold,
                                   verifier=self.verifier)
+        if threshold is None:
+            threshold = self._detector()[2][0]
         return {"model": self.model.name, "width": image.width, "height": image.height,
                 "target": class_names(self.model)[detect.target_class(self.model)],
+                "threshold": threshold,
                 "detections": [d.to_json() for d in found],
                 "ms": round((time.perf_counter() - start) * 1e3, 1)}
 

@@ -11,12 +11,14 @@ async function run(file) {
   picture.src = URL.createObjectURL(file);
   await picture.decode();
   try {
-    const threshold = Number($("threshold").value) || 0.9;
-    const answer = await api(`/api/detect?threshold=${threshold}`, { method: "POST", body: file, type: file.type });
+    // empty until the detector has said its own threshold: the server then uses that one
+    const given = $("threshold").value;
+    const query = given === "" ? "" : `?threshold=${Number(given)}`;
+    const answer = await api(`/api/detect${query}`, { method: "POST", body: file, type: file.type });
     draw(picture, answer);
     const count = answer.detections.length;
     $("result-title").textContent = count ? `${count} ${answer.target}${count > 1 ? "s" : ""} found` :
-      `No ${answer.target} scores ${threshold} or more`;
+      `No ${answer.target} scores ${answer.threshold} or more`;
     $("list").replaceChildren(...answer.detections.map((d) => el("li", {
       text: `score ${format(d.score, 3)} · box (${d.box.map((v) => Math.round(v)).join(", ")})` })));
     $("summary").textContent = `${answer.model}, ${answer.width}×${answer.height} photo, ${format(answer.ms, 0)} ms. ` +
@@ -55,7 +57,11 @@ async function describe() {
   const info = await api("/api/detect/info");
   const [h, w] = info.window;
   $("title").textContent = `Find ${info.target.replaceAll("_", " ")}s in a photo`;
-  $("what").textContent = `${info.model}, a classifier that tells a ${w}×${h} ${info.target} from anything else,`;
+  const stages = info.stages.length;
+  $("what").textContent = `${info.model}, a classifier that tells a ${w}×${h} ${info.target} from anything else` +
+    (stages ? ` (then ${stages} more network${stages > 1 ? "s" : ""} look again at each window it passes),` : ",");
+  // the detector's own threshold, chosen by its recipe: what cnnlab detect uses too
+  if ($("threshold").value === "") $("threshold").value = info.threshold;
 }
 
 markNav();

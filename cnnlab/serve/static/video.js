@@ -22,7 +22,9 @@ async function run(file) {
   $("drop-text").textContent = `Processing ${file.name}…`;
   $("result-title").textContent = "The annotated video";
   try {
-    const query = detect ? `detect=yes&threshold=${Number($("threshold").value) || 0.9}`
+    // no threshold given: the detector's own, chosen by its recipe (what cnnlab detect uses)
+    const given = $("threshold").value;
+    const query = detect ? `detect=yes${given === "" ? "" : `&threshold=${Number(given)}`}`
       : `detect=no&model=${encodeURIComponent($("model").value)}`;
     const answer = await api(`/api/video?${query}`, { method: "POST", body: file, type: file.type || "application/octet-stream" });
     $("player").src = answer.video;
