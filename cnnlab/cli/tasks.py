@@ -52,11 +52,14 @@ def cmd_detect(args) -> int:
     from cnnlab.tasks import detect
     if args.out:                                        # before the work, not after it
         outputs.given_path(args.out, "--out", outputs.image_extensions(), args.overwrite)
-    model, verifiers, (default, _) = detect.detector(args.model, args.verifier)
-    threshold = default if args.threshold is None else args.threshold
+    # both rules from the one answer: passed its verifiers, detect() would take the last
+    # one's rules, where a file's cascade has rules chosen for its stages together
+    model, verifiers, (threshold, neighbours) = detect.detector(args.model, args.verifier)
+    threshold = threshold if args.threshold is None else args.threshold
     found = detect.detect(args.image, model=model, threshold=threshold,
                           target=args.target, min_size=args.min_size,
-                          min_neighbors=args.min_neighbors, verifier=verifiers)
+                          min_neighbors=neighbours if args.min_neighbors is None
+                          else args.min_neighbors, verifier=verifiers)
     if args.out:
         detect.draw(args.image, found, args.out)
     if args.json:
