@@ -118,6 +118,21 @@ def test_predict_with_a_non_image_file(trained_model, tmp_path, capsys):
     assert "is not an image" in capsys.readouterr().err
 
 
+def test_the_command_prints_a_warning_as_one_line_for_its_user(tmp_path):
+    """Not Python's ``file.py:180: UserWarning:`` and the source line under it."""
+    (x, y), _ = datasets.mnist_sample.load_data()
+    np.savez(tmp_path / "few.npz", x=x[:40], y=y[:40])
+    result = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--data",
+                             str(tmp_path / "few.npz"), "--model", "resnet20", "--epochs",
+                             "1", "--out",
+                             str(tmp_path / "few.cnnlab")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "Warning" in line]
+    assert warned and all(line.startswith("Warning: ") for line in warned), result.stderr
+    assert ".py:" not in result.stderr
+
+
 def test_bad_options_exit_2_with_usage():
     result = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--epochs", "zero"],
                             capture_output=True, text=True)

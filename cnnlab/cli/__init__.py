@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from cnnlab import config
 from cnnlab.cli import explain, models, serve, tasks, train
@@ -41,11 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as a command's user reads it: ``Warning: ...``, not the source file and line
+    Python shows a programmer."""
+    print(f"Warning: {message}", file=sys.stderr if file is None else file)
+
+
 def run() -> int:
     """The ``cnnlab`` command: :func:`main` in a process of its own, whose allocator keeps freed
-    memory for the next training step (``config.keep_freed_memory``, which a library must not
-    do to its caller's process)."""
+    memory for the next training step (``config.keep_freed_memory``) and whose warnings print
+    as one line each: both the process's owner's to choose, which a library must not do to its
+    caller's process."""
     config.keep_freed_memory()
+    warnings.showwarning = _show_warning
     return main()
 
 
