@@ -145,7 +145,7 @@ def web_faces_npz(path: str, folder: str, seed: int):
         arrays[f"y_{name}"] = np.concatenate([np.zeros(len(others), np.uint8),
                                               np.ones(len(faces), np.uint8)])
     out = os.path.join(folder, "web_faces.npz")
-    np.savez(out, **arrays)
+    np.savez(out, **arrays, class_names=np.array(lfw_faces.CLASS_NAMES))
     return (out, *mining_pictures(train, [seed]), train, held_out)
 
 
@@ -218,7 +218,7 @@ def verifier_npz(first, train, held_out, folder: str, seed: int,
         arrays[f"y_{name}"] = np.concatenate([np.zeros(len(others), np.uint8),
                                               np.ones(len(part.faces), np.uint8)])
     out = os.path.join(folder, "web_faces_verifier.npz")
-    np.savez(out, **arrays)
+    np.savez(out, **arrays, class_names=np.array(lfw_faces.CLASS_NAMES))
     return out, len(mined)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cnnlab
 from cnnlab import datasets
 from cnnlab.cli import build_parser, main
 
@@ -82,6 +83,24 @@ def test_train_on_an_npz_with_other_options(tmp_path, capsys):
                  "--out", str(out), "--verbose", "2"]) == 0
     text = capsys.readouterr().out
     assert "Epoch 1/1" in text and "Test accuracy" in text and out.exists()
+
+
+def test_an_npz_dataset_names_its_classes_for_the_model_trained_on_it(tmp_path, capsys):
+    """Its ``class_names`` array (strings, no pickle) is kept in the model; a list that does
+    not fit the labels is refused, naming what it holds and what was expected."""
+    (x, y), _ = datasets.mnist_sample.load_data()
+    keep = y < 2
+    names = np.array(["zero", "one"])
+    np.savez(tmp_path / "two.npz", x=x[keep][:200], y=y[keep][:200], class_names=names)
+    out = tmp_path / "two.cnnlab"
+    assert main(["train", "--data", str(tmp_path / "two.npz"), "--epochs", "1",
+                 "--out", str(out), "--verbose", "0"]) == 0
+    assert cnnlab.load_model(out).metadata["class_names"] == ["zero", "one"]
+    np.savez(tmp_path / "bad.npz", x=x[keep][:200], y=y[keep][:200],
+             class_names=np.array(["zero", "one", "two"]))
+    assert main(["train", "--data", str(tmp_path / "bad.npz"), "--epochs", "1",
+                 "--out", str(tmp_path / "bad.cnnlab")]) == 1
+    assert "class_names should be 2 strings" in capsys.readouterr().err
 
 
 def test_every_command_has_help_with_an_example():

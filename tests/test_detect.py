@@ -391,7 +391,7 @@ def test_the_web_apps_detector_takes_a_verifier(digit_detector, tmp_path):
     # with no --detector, the shipped cascade, and the threshold its recipe chose
     shipped = api.DetectService().describe()
     cascade = cnnlab.load_model(zoo.pretrained_path("face_net", "web_faces")).metadata["cascade"]
-    assert shipped["stages"] == ["face_net", "face_net"]
+    assert shipped["stages"] == ["face_net", "face_net"] and shipped["target"] == "face"
     assert (shipped["threshold"], shipped["min_neighbors"]) == (cascade["threshold"],
                                                                  cascade["min_neighbors"])
     answer = alone.query(buffer.getvalue(), None)

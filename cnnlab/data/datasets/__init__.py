@@ -22,9 +22,27 @@ NAMES = {"mnist_sample": mnist_sample, "mnist": mnist, "fashion_mnist": fashion_
 
 
 def class_names(spec: str, count: int) -> list[str]:
-    """A named dataset's class names (``CLASS_NAMES``), else '0', '1', ..."""
+    """A named dataset's class names (``CLASS_NAMES``), an ``.npz``'s ``class_names`` array,
+    else '0', '1', ..."""
     names = getattr(NAMES.get(spec), "CLASS_NAMES", None)
+    if names is None and spec not in NAMES and _is_zip(spec):
+        names = _npz_class_names(spec, count)
     return list(names) if names and len(names) == count else [str(i) for i in range(count)]
+
+
+def _npz_class_names(path: str, count: int) -> list[str] | None:
+    """The ``class_names`` an ``.npz`` dataset carries (one string per label), or None."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "class_names" not in data.files:
+                return None
+            names = data["class_names"]
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"Cannot read {path!r} as an .npz dataset ({exc}).") from None
+    if names.ndim != 1 or names.dtype.kind not in "US" or len(names) != count:
+        raise DataError(f"{path!r}: class_names should be {count} strings, one per label "
+                        f"0..{count - 1}; it holds {names.dtype} of shape {names.shape}.")
+    return [str(name) for name in names]
 
 
 def _is_zip(path) -> bool:
@@ -40,7 +58,8 @@ def load(spec: str):
     """``((x_train, y_train), (x_test, y_test))`` from a dataset name or an ``.npz`` path.
 
     An ``.npz`` holds ``x_train, y_train, x_test, y_test`` (or just ``x, y``, of which the last
-    20% become the test split). Images are ``(N, H, W)`` or ``(N, H, W, C)``.
+    20% become the test split), and may hold ``class_names`` (one string per label, which a
+    model trained on it keeps). Images are ``(N, H, W)`` or ``(N, H, W, C)``.
     """
     if spec in NAMES:
         return NAMES[spec].load_data()
