@@ -386,8 +386,12 @@ def test_the_web_apps_detector_takes_a_verifier(digit_detector, tmp_path):
     paired = api.DetectService(digit_detector, str(tmp_path / "never.cnnlab"))
     assert len(alone.query(buffer.getvalue(), 0.9)["detections"]) >= 5
     assert paired.query(buffer.getvalue(), 0.9)["detections"] == []
-    assert alone.describe()["verifier"] is None and paired.describe()["verifier"] == "face_net"
+    assert alone.describe()["verifiers"] == [] and paired.describe()["verifiers"] == ["face_net"]
     assert (alone.describe()["stages"], paired.describe()["stages"]) == ([], ["face_net"])
+    # repeated, a cascade (cnnlab serve --verifier A --verifier B), as cnnlab detect takes it
+    cascade = api.DetectService(digit_detector, [str(tmp_path / "never.cnnlab")] * 2)
+    assert cascade.describe()["stages"] == ["face_net", "face_net"]
+    assert cascade.query(buffer.getvalue(), 0.9)["detections"] == []
     # with no --detector, the shipped cascade, and the threshold its recipe chose
     shipped = api.DetectService().describe()
     cascade = cnnlab.load_model(zoo.pretrained_path("face_net", "web_faces")).metadata["cascade"]

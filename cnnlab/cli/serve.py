@@ -80,7 +80,7 @@ def add_commands(commands) -> None:
     serve.add_argument("--detector", metavar="FILE",
                        help="a two-class .cnnlab classifier for the Detect page (default: the "
                             "shipped face model)")
-    serve.add_argument("--verifier", metavar="FILE",
+    serve.add_argument("--verifier", metavar="FILE", action="append",
                        help="a second .cnnlab classifier that looks again at each box the "
                             "detector finds, on the Detect and Video pages (as cnnlab detect's "
-                            "--verifier)")
+                            "--verifier); repeated, a cascade")

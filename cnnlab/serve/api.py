@@ -269,9 +269,9 @@ class SearchService:
 
 
 class DetectService:
-    """Detection for the web app: the shipped face model, or the classifier given to
-    ``cnnlab serve --detector``, and the second stage given to ``--verifier`` (if any), each
-    loaded at its first use."""
+    """Detection for the web app: the shipped face detector, or the classifier given to
+    ``cnnlab serve --detector``, and the verifiers given to ``--verifier`` (none: the
+    detector's own cascade, if its file names one), each loaded at its first use."""
 
     def __init__(self, model=None, verifier=None):
         self._spec, self._verifier_spec = model, verifier
@@ -284,14 +284,17 @@ class DetectService:
 
     @functools.cached_property
     def verifier(self):
+        """``--verifier``'s classifiers, loaded, as ``tasks.detect`` takes them: a list (a
+        cascade, in order), or None for the detector's own."""
         from cnnlab.tasks import detect
-        return None if self._verifier_spec is None else detect.load_detector(self._verifier_spec)
+        return None if self._verifier_spec is None else list(
+            detect.load_verifiers(self._verifier_spec))
 
     def _detector(self):
         """``tasks.detect.detector``'s answer for what this service runs: the model, the
         verifiers it runs (``--verifier``'s, or the cascade its file names) and its rules."""
         from cnnlab.tasks import detect
-        return detect.detector(self.model, None if self.verifier is None else [self.verifier])
+        return detect.detector(self.model, self.verifier)
 
     def describe(self) -> dict:
         """What the Detect page says and starts from: the detector's own threshold and
@@ -300,7 +303,7 @@ class DetectService:
         model, verifiers, (threshold, neighbours) = self._detector()
         return {"model": model.name, "target": class_names(model)[detect.target_class(model)],
                 "window": list(model.input_shape),
-                "verifier": None if self.verifier is None else self.verifier.name,
+                "verifiers": [v.name for v in self.verifier or []],
                 "stages": [v.name for v in verifiers], "threshold": threshold,
                 "min_neighbors": neighbours}
 
