@@ -396,3 +396,19 @@ def test_predict_on_a_graph_returns_every_node_merges_included():
     join = answer["layers"][2]
     assert join["type"] == "Concatenate" and join["shape"] == [28, 28, 8] and join["count"] == 8
     assert abs(sum(answer["probabilities"]) - 1) < 1e-5
+
+
+def test_the_readme_lists_every_api_endpoint_the_server_answers():
+    """An unknown path's 404 says 'the README lists them': every route the server matches
+    (``server.py``'s "/api/..." literals) is in the README's endpoint table."""
+    import re
+    from pathlib import Path
+
+    from cnnlab.serve import server
+    routes = set(re.findall(r'"(/api/[a-z/]+)"', Path(server.__file__).read_text())) - {"/api/"}
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    table = [line for line in readme.read_text().splitlines() if line.startswith("| `GET /api/")
+             or line.startswith("| `POST /api/")]
+    missing = [route for route in sorted(routes)
+               if not any(f" {route}" in line.split("|")[1] for line in table)]
+    assert not missing, missing
