@@ -36,3 +36,8 @@ class ModelFileError(CnnlabError, ValueError):
 
 class NotBuiltError(CnnlabError, RuntimeError):
     """A layer or model was used before its input shape was known."""
+
+
+class OutOfMemoryError(CnnlabError, MemoryError):
+    """A batch did not fit in memory, this machine's or the GPU's (NumPy's and CuPy's
+    allocation errors are both MemoryErrors); the message names the batch size to try."""

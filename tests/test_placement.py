@@ -110,6 +110,31 @@ def test_a_model_trains_on_the_gpu_as_on_the_cpu(reference_engine, optimizer, tm
         np.testing.assert_array_equal(state[key], value)
 
 
+def test_out_of_gpu_memory_says_the_gpu_and_the_batch_to_try(reference_engine):
+    """CuPy's ``cuda.memory.OutOfMemoryError`` is a MemoryError: on the device it comes out as
+    cnnlab's, naming the GPU; with one image, the CPU is the way out."""
+    import cnnlab.layers.conv as conv_layer
+    from cnnlab.errors import OutOfMemoryError
+
+    class CupyOutOfMemoryError(MemoryError):            # as cupy.cuda.memory defines it
+        pass
+
+    cnnlab.utils.set_random_seed(7)
+    model = small_network()
+    x = np.random.default_rng(0).standard_normal((16, 8, 8, 3)).astype(np.float32)
+    _on_stand_in_gpu(reference_engine)
+    model.predict(x, verbose=0)                                 # placed on the device
+
+    def out_of_memory(*args, **kwargs):
+        raise CupyOutOfMemoryError("Out of memory allocating 1,073,741,824 bytes")
+    reference_engine.setattr(conv_layer, "conv2d_forward", out_of_memory)
+    with pytest.raises(OutOfMemoryError, match=r"on the GPU in prediction at a batch of 16 "
+                                               r"\(CupyOutOfMemoryError: .*batch_size=8"):
+        model.predict(x, batch_size=16, verbose=0)
+    with pytest.raises(OutOfMemoryError, match=r"on the GPU .* one image does not fit.*device cpu"):
+        model.predict(x[:1], verbose=0)
+
+
 def test_a_gpu_model_called_eagerly_or_set_computes_on_its_device(reference_engine):
     cnnlab.utils.set_random_seed(7)
     model = small_network()

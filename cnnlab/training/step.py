@@ -17,12 +17,14 @@ Its moving statistics are updated once per batch, after the step.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from cnnlab.engine import arrays
+from cnnlab.errors import OutOfMemoryError
 from cnnlab.graph import execute, fusion
 from cnnlab.layers.base import CallContext
 from cnnlab.training import parallel, placement, workers
@@ -112,11 +114,39 @@ def _on_model_device(model, xs, ys, processes_pay: bool = False):
     return xs, ys, parallel.shard_slices(n), False
 
 
+@contextlib.contextmanager
+def _fits(model, images: int, what: str):
+    """A MemoryError inside (NumPy's, or CuPy's ``cuda.memory.OutOfMemoryError``, one too) as an
+    ``OutOfMemoryError`` that says where and at what batch size, and the one to try. Nothing has
+    changed yet: the update comes after the batch's forward and backward passes."""
+    try:
+        yield
+    except OutOfMemoryError:
+        raise
+    except MemoryError as exc:
+        where = "the GPU" if placement.device_of(model) == "gpu" else "this machine"
+        if images > 1:
+            hint = (f"Try a batch of {images // 2}: batch_size={images // 2} in fit, evaluate "
+                    f"and predict, --batch-size {images // 2} on the command line.")
+        else:
+            hint = ("Even one image does not fit: the model or its input is too large for "
+                    f"{where}" + (" (device cpu runs it in this machine's memory)."
+                                  if where == "the GPU" else "."))
+        raise OutOfMemoryError(f"Out of memory on {where} in {what} at a batch of {images} "
+                          f"({type(exc).__name__}: {exc}). {hint}") from exc
+
+
 def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: float = 1.0,
               comm=None, want_grads: bool | None = None) -> BatchResult:
     """Forward (and in training, backward) over one batch, on every core that pays. ``comm``:
     the MPI communicator BatchNormalization sums its statistics over (None: this process's
-    batch only). ``want_grads`` defaults to ``training``."""
+    batch only). ``want_grads`` defaults to ``training``. Out of memory is an ``OutOfMemoryError``
+    that names the batch size to try."""
+    with _fits(model, len(xs[0]), "training" if training else "evaluation"):
+        return _run_batch(model, xs, ys, training, share, comm, want_grads)
+
+
+def _run_batch(model, xs, ys, training, share, comm, want_grads) -> BatchResult:
     want_grads = training if want_grads is None else want_grads
     n = len(xs[0])
     xs, ys, parts, in_processes = _on_model_device(
@@ -191,6 +221,11 @@ def _run_shard(model, xs, ys, batch_sum, seeds, share):
 
 def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
     """The model's outputs (probabilities, not logits), on every core that pays."""
+    with _fits(model, len(xs[0]), "prediction"):
+        return _predict_batch(model, xs)
+
+
+def _predict_batch(model, xs):
     activations, _ = fusion.plan(model)
     folds = fusion.batch_norm_folds(model, activations)
     xs, _, parts, _ = _on_model_device(model, xs, [])

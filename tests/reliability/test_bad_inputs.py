@@ -34,6 +34,54 @@ def test_bad_data_is_refused_with_a_clear_message(mutate, error, match):
         small_model().fit(x, y, verbose=0)
 
 
+def test_out_of_memory_names_the_batch_size_to_try_and_changes_nothing(monkeypatch, capsys):
+    """NumPy's allocation error (and CuPy's, a MemoryError too) deep in a batch comes out as
+    one error that says where, at what batch, and the batch to try; the weights are as before."""
+    import cnnlab.layers.conv as conv_layer
+    from cnnlab.errors import CnnlabError, OutOfMemoryError
+    x, y = toy_data(64)
+    model = small_model()
+    before = model.get_weights()
+    real = conv_layer.conv2d_forward
+
+    def allocating(x, *args, **kwargs):           # as NumPy says it, past 8 images
+        if len(x) > 8:
+            raise MemoryError(f"Unable to allocate 31.4 GiB for an array with shape {x.shape}")
+        return real(x, *args, **kwargs)
+    monkeypatch.setattr(conv_layer, "conv2d_forward", allocating)
+    with pytest.raises(OutOfMemoryError, match=r"this machine in training at a batch of 32 "
+                                               r"\(MemoryError: Unable to allocate.*batch_size=16"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before))
+    with pytest.raises(OutOfMemoryError, match="in prediction at a batch of 64.*a batch of 32"):
+        model.predict(x, batch_size=64, verbose=0)
+    with pytest.raises(OutOfMemoryError, match="in evaluation at a batch of 16"):
+        model.evaluate(x, y, batch_size=16, verbose=0)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)         # the size it named fits
+    error = OutOfMemoryError("x")
+    assert isinstance(error, MemoryError) and isinstance(error, CnnlabError)
+    monkeypatch.setattr(conv_layer, "conv2d_forward", lambda *a, **k: (_ for _ in ()).throw(
+        MemoryError("Unable to allocate")))
+    with pytest.raises(OutOfMemoryError, match="Even one image does not fit"):
+        model.predict(x[:1], verbose=0)
+
+
+def test_the_command_says_out_of_memory_in_one_line(monkeypatch, tmp_path, capsys):
+    import cnnlab.layers.conv as conv_layer
+
+    def allocating(*args, **kwargs):
+        raise MemoryError("Unable to allocate 31.4 GiB")
+    monkeypatch.setattr(conv_layer, "conv2d_forward", allocating)
+    (x, y), _ = cnnlab.datasets.mnist_sample.load_data()
+    np.savez(tmp_path / "toy.npz", x=x[:80], y=y[:80])
+    assert main(["train", "--data", str(tmp_path / "toy.npz"), "--batch-size", "32",
+                 "--out", str(tmp_path / "toy.cnnlab"), "--verbose", "0"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("cnnlab: error: Out of memory on this "
+                                                   "machine in training at a batch of 32")
+    assert "--batch-size 16" in error[0] and not (tmp_path / "toy.cnnlab").exists()
+
+
 def test_wrong_one_hot_width_names_both_widths():
     x, y = toy_data()
     model = small_model(loss="categorical_crossentropy")
