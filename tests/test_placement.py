@@ -110,6 +110,28 @@ def test_a_model_trains_on_the_gpu_as_on_the_cpu(reference_engine, optimizer, tm
         np.testing.assert_array_equal(state[key], value)
 
 
+@pytest.mark.parametrize("call", ["fit", "evaluate", "predict", "train_on_batch"])
+def test_bad_data_is_refused_before_anything_reaches_the_gpu(reference_engine, call):
+    """NaN inputs, or labels out of range: the same DataError as on the CPU, and neither the
+    batch nor the model's variables went to the device."""
+    from cnnlab.errors import DataError
+    looked_up = _on_stand_in_gpu(reference_engine)
+    model = small_network()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x, y = np.ones((8, 8, 8, 3), np.float32), np.zeros(8, int)
+    bad_x, bad_y = x.copy(), y.copy()
+    bad_x[3, 2, 2, 0] = np.nan
+    bad_y[5] = 9
+    for data, match in (((bad_x, y), "NaN or Inf"), ((x, bad_y), r"Labels must be in \[0, 4\)")):
+        if call == "predict" and data[0] is x:
+            continue                                           # predict takes no labels
+        method = getattr(model, call)
+        args = data[:1] if call == "predict" else data
+        with pytest.raises(DataError, match=match):
+            method(*args, **({} if call == "train_on_batch" else {"verbose": 0}))
+    assert not looked_up and all(type(v.value) is np.ndarray for v in model.variables)
+
+
 def test_out_of_gpu_memory_says_the_gpu_and_the_batch_to_try(reference_engine):
     """CuPy's ``cuda.memory.OutOfMemoryError`` is a MemoryError: on the device it comes out as
     cnnlab's, naming the GPU; with one image, the CPU is the way out."""

@@ -49,7 +49,8 @@ def as_list(data, names: list[str], what: str, where: str) -> list:
 
 class Adapter:
     """Checks and batches the data for one model; ``where`` names the call in errors, and
-    ``device`` is where the model runs (``training.placement``): it is moved there once built."""
+    ``device`` is where the model runs (``training.placement``): it is moved there with its
+    first batch, once that batch's data has passed every check."""
 
     def __init__(self, model, where: str, device: str):
         self.model, self.where, self.device = model, where, device
@@ -60,7 +61,6 @@ class Adapter:
         xs = as_list(x, model.input_names, "inputs", self.where)
         if not model.built:
             model.build(np.asarray(xs[0]).shape[1:])
-        placement.place(model, self.device)
         xs = [check_inputs(a, shape, self.where) for a, shape in zip(xs, model.input_shapes)]
         if len({len(a) for a in xs}) > 1:
             raise DataError(f"{self.where}: the inputs have different numbers of samples "
@@ -84,6 +84,9 @@ class Adapter:
         return prepared
 
     def floats(self, xs, index) -> list[np.ndarray]:
+        """A batch of checked inputs in the network's dtype. The model goes to its device here,
+        at its first batch: data that is refused never got it moved."""
+        placement.place(self.model, self.device)
         return [as_float(a[index], self.model.dtype) for a in xs]
 
     def array_epoch(self, xs, ys, batch_size: int, order=None, first_step: int = 0, comm=None):
@@ -116,7 +119,7 @@ class Adapter:
                 x = item[0] if isinstance(item, tuple) and len(item) == 2 else item
             xs = self.inputs(x)
             ys = self.targets(y, len(xs[0])) if with_targets else []
-            yield Batch(step, [as_float(a, self.model.dtype) for a in xs], ys, len(xs[0]))
+            yield Batch(step, self.floats(xs, slice(None)), ys, len(xs[0]))
 
 
 def split_validation(xs, ys, validation_split):
