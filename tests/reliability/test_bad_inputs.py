@@ -34,7 +34,7 @@ def test_bad_data_is_refused_with_a_clear_message(mutate, error, match):
         small_model().fit(x, y, verbose=0)
 
 
-def test_out_of_memory_names_the_batch_size_to_try_and_changes_nothing(monkeypatch, capsys):
+def test_out_of_memory_names_the_batch_size_to_try_and_changes_nothing(monkeypatch):
     """NumPy's allocation error (and CuPy's, a MemoryError too) deep in a batch comes out as
     one error that says where, at what batch, and the batch to try; the weights are as before."""
     import cnnlab.layers.conv as conv_layer
@@ -57,7 +57,7 @@ def test_out_of_memory_names_the_batch_size_to_try_and_changes_nothing(monkeypat
         model.predict(x, batch_size=64, verbose=0)
     with pytest.raises(OutOfMemoryError, match="in evaluation at a batch of 16"):
         model.evaluate(x, y, batch_size=16, verbose=0)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)         # the size it named fits
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)         # a batch that fits still trains
     error = OutOfMemoryError("x")
     assert isinstance(error, MemoryError) and isinstance(error, CnnlabError)
     monkeypatch.setattr(conv_layer, "conv2d_forward", lambda *a, **k: (_ for _ in ()).throw(
