@@ -52,20 +52,20 @@ def cmd_detect(args) -> int:
     from cnnlab.tasks import detect
     if args.out:                                        # before the work, not after it
         outputs.given_path(args.out, "--out", outputs.image_extensions(), args.overwrite)
-    # both rules from the one answer: passed its verifiers, detect() would take the last
-    # one's rules, where a file's cascade has rules chosen for its stages together
-    model, verifiers, (threshold, neighbours) = detect.detector(args.model, args.verifier)
-    threshold = threshold if args.threshold is None else args.threshold
-    found = detect.detect(args.image, model=model, threshold=threshold,
+    # what was given, as given: with no --verifier, detect() takes the file's own cascade and
+    # the rules chosen for its stages together
+    model = detect.load_detector(args.model)
+    found = detect.detect(args.image, model=model, threshold=args.threshold,
                           target=args.target, min_size=args.min_size,
-                          min_neighbors=neighbours if args.min_neighbors is None
-                          else args.min_neighbors, verifier=verifiers)
+                          min_neighbors=args.min_neighbors, verifier=args.verifier)
     if args.out:
         detect.draw(args.image, found, args.out)
     if args.json:
         print(json.dumps([d.to_json() for d in found]))
         return 0
     if not found:
+        threshold = (detect.detector(model, args.verifier)[2][0] if args.threshold is None
+                     else args.threshold)
         print(f"{args.image}: nothing scores {threshold:g} or more (try a lower "
               f"--threshold)")
     for d in found:

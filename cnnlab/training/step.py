@@ -17,7 +17,6 @@ Its moving statistics are updated once per batch, after the step.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -114,26 +113,20 @@ def _on_model_device(model, xs, ys, processes_pay: bool = False):
     return xs, ys, parallel.shard_slices(n), False
 
 
-@contextlib.contextmanager
-def _fits(model, images: int, what: str):
-    """A MemoryError inside (NumPy's, or CuPy's ``cuda.memory.OutOfMemoryError``, one too) as an
-    ``OutOfMemoryError`` that says where and at what batch size, and the one to try. Nothing has
+def _out_of_memory(model, images: int, what: str, exc: MemoryError) -> OutOfMemoryError:
+    """A MemoryError from a batch (NumPy's, or CuPy's ``cuda.memory.OutOfMemoryError``, one
+    too) as cnnlab's: where, in what, at what batch size, and the one to try. Nothing has
     changed yet: the update comes after the batch's forward and backward passes."""
-    try:
-        yield
-    except OutOfMemoryError:
-        raise
-    except MemoryError as exc:
-        where = "the GPU" if placement.device_of(model) == "gpu" else "this machine"
-        if images > 1:
-            hint = (f"Try a batch of {images // 2}: batch_size={images // 2} in fit, evaluate "
-                    f"and predict, --batch-size {images // 2} on the command line.")
-        else:
-            hint = ("Even one image does not fit: the model or its input is too large for "
-                    f"{where}" + (" (device cpu runs it in this machine's memory)."
-                                  if where == "the GPU" else "."))
-        raise OutOfMemoryError(f"Out of memory on {where} in {what} at a batch of {images} "
-                          f"({type(exc).__name__}: {exc}). {hint}") from exc
+    where = "the GPU" if placement.device_of(model) == "gpu" else "this machine"
+    if images > 1:
+        hint = (f"Try a batch of {images // 2}: batch_size={images // 2} in fit, evaluate and "
+                f"predict, --batch-size {images // 2} on the command line.")
+    else:
+        hint = (f"Even one image does not fit: the model or its input is too large for {where}"
+                + (" (device cpu runs it in this machine's memory)." if where == "the GPU"
+                   else "."))
+    return OutOfMemoryError(f"Out of memory on {where} in {what} at a batch of {images} "
+                            f"({type(exc).__name__}: {exc}). {hint}")
 
 
 def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: float = 1.0,
@@ -142,8 +135,13 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
     the MPI communicator BatchNormalization sums its statistics over (None: this process's
     batch only). ``want_grads`` defaults to ``training``. Out of memory is an ``OutOfMemoryError``
     that names the batch size to try."""
-    with _fits(model, len(xs[0]), "training" if training else "evaluation"):
+    try:                                  # costs nothing until something is raised
         return _run_batch(model, xs, ys, training, share, comm, want_grads)
+    except OutOfMemoryError:
+        raise
+    except MemoryError as exc:
+        raise _out_of_memory(model, len(xs[0]), "training" if training else "evaluation",
+                             exc) from exc
 
 
 def _run_batch(model, xs, ys, training, share, comm, want_grads) -> BatchResult:
@@ -221,8 +219,10 @@ def _run_shard(model, xs, ys, batch_sum, seeds, share):
 
 def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
     """The model's outputs (probabilities, not logits), on every core that pays."""
-    with _fits(model, len(xs[0]), "prediction"):
+    try:
         return _predict_batch(model, xs)
+    except MemoryError as exc:
+        raise _out_of_memory(model, len(xs[0]), "prediction", exc) from exc
 
 
 def _predict_batch(model, xs):

@@ -56,14 +56,11 @@ from cnnlab.zoo.recipes import (
 )
 
 __all__ = ["ALIASES", "AUGMENTABLE", "AUGMENTATIONS", "DATASET_MODELS", "DEFAULT_BACKBONE",
-           "FINE_TUNE_EPOCHS",
-           "FINE_TUNE_FACTOR", "MODELS", "OPTIMIZER_LR", "PRETRAINED", "RECIPES",
-           "TRANSFER_RECIPE", "Recipe", "article_cnn", "backbone", "cifar_vgg",
-           "cifar_vgg_wide", "face_net",
-           "find", "get", "lenet5", "load", "mobilenet_small", "model_help", "pretrained_model",
-           "pretrained_path", "resnet20", "resolve", "shipped_file", "simple_convnet",
-           "stored_weights",
-           "with_new_head"]
+           "FINE_TUNE_EPOCHS", "FINE_TUNE_FACTOR", "MODELS", "OPTIMIZER_LR", "PRETRAINED",
+           "RECIPES", "TRANSFER_RECIPE", "Recipe", "article_cnn", "backbone", "cifar_vgg",
+           "cifar_vgg_wide", "face_net", "find", "get", "lenet5", "load", "mobilenet_small",
+           "model_help", "pretrained_model", "pretrained_path", "resnet20", "resolve",
+           "shipped_file", "simple_convnet", "stored_weights", "with_new_head"]
 
 
 def find(spec: str, trained: bool = True, compile: bool = False):

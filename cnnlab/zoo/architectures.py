@@ -190,9 +190,10 @@ MODELS = {"article": article_cnn, "lenet5": lenet5, "simple_convnet": simple_con
 ALIASES = {"article_cnn": "article", "lenet": "lenet5", "lenet-5": "lenet5"}
 #: the architectures that take ``augment``, and what it puts in front of them, in words (the
 #: others are for digits, which are not flipped)
-_PHOTO_AUGMENTATION = "flip + pad-4 crop augmentation"
-AUGMENTATIONS = {"resnet20": _PHOTO_AUGMENTATION, "cifar_vgg": _PHOTO_AUGMENTATION,
-                 "cifar_vgg_wide": _PHOTO_AUGMENTATION, "mobilenet_small": _PHOTO_AUGMENTATION,
+#: (``PHOTO_AUGMENTATION``: ``models.transfer.photo_augmentation``'s, which a new head has too)
+PHOTO_AUGMENTATION = "flip + pad-4 crop augmentation"
+AUGMENTATIONS = {"resnet20": PHOTO_AUGMENTATION, "cifar_vgg": PHOTO_AUGMENTATION,
+                 "cifar_vgg_wide": PHOTO_AUGMENTATION, "mobilenet_small": PHOTO_AUGMENTATION,
                  "face_net": "flip, shift, zoom, rotation, brightness and contrast augmentation"}
 AUGMENTABLE = frozenset(AUGMENTATIONS)
 

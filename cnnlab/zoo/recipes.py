@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from cnnlab.zoo.architectures import AUGMENTATIONS
+from cnnlab.zoo.architectures import AUGMENTATIONS, PHOTO_AUGMENTATION
 
 #: the learning rate each optimizer starts from when a run chooses it over its recipe's own and
 #: names no rate
@@ -32,7 +32,8 @@ class Recipe:
     image_size: int = 64                 # what a folder's images are resized to
 
     def describe(self, model: str | None = None) -> str:
-        """The recipe in one line; ``model`` (a zoo name) says what its augmentation is."""
+        """The recipe in one line; ``model`` (a zoo name) says what its augmentation is (None:
+        a new head's, the photo recipe's)."""
         parts = [f"{self.optimizer} lr {self.lr:g}"
                  + (f" momentum {self.momentum:g}" if self.optimizer == "sgd" else ""),
                  f"{self.epochs} epoch{'s' * (self.epochs != 1)}", f"batch {self.batch_size}"]
@@ -43,7 +44,7 @@ class Recipe:
         if self.label_smoothing:
             parts.append(f"label smoothing {self.label_smoothing:g}")
         if self.augment:
-            parts.append(AUGMENTATIONS.get(model, "flip + pad-4 crop augmentation"))
+            parts.append(AUGMENTATIONS.get(model, PHOTO_AUGMENTATION))
         return ", ".join(parts) + f"; folders at {self.image_size}x{self.image_size}"
 
     def settings(self) -> dict:
