@@ -13,6 +13,7 @@ checks it in CI, against the contract in pyproject.toml):
     io/          the .cnnlab file, checkpoints, ONNX / PyTorch / Keras converters
     models/      Model and Sequential: a graph that trains, saves and loads; transfer learning
     callbacks, losses, metrics, optimizers, export   the public names of training/ and io/
+    mixed_precision  Keras' names for config's dtype policy
     data/        data in: named datasets, image folders, pictures, video frames, a run's data
     zoo/         architectures, recipes and shipped weights; ``find``, a model by any name
                  (``datasets``, ``utils``, ``preprocess``: Keras' names for parts of data/)
@@ -29,6 +30,7 @@ from cnnlab import (
     layers,
     losses,
     metrics,
+    mixed_precision,
     models,
     optimizers,
     seeding,
@@ -41,5 +43,5 @@ from cnnlab.models import Model, Sequential, load_model
 from cnnlab.version import __version__
 
 __all__ = ["Model", "Sequential", "Input", "load_model", "layers", "models", "optimizers",
-           "losses", "metrics", "callbacks", "utils", "datasets", "zoo", "config", "seeding",
-           "CnnlabError", "__version__"]
+           "losses", "metrics", "mixed_precision", "callbacks", "utils", "datasets", "zoo",
+           "config", "seeding", "CnnlabError", "__version__"]

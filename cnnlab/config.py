@@ -1,11 +1,13 @@
-"""Global defaults, Keras style: the float dtype new layers use, the threads a batch is split
-across, which kernels the engine runs (compiled, or the NumPy reference), and the device.
+"""Global defaults, Keras style: the float dtype new layers use and their dtype policy (mixed
+precision), the threads a batch is split across, which kernels the engine runs (compiled, or
+the NumPy reference), and the device.
 
 >>> import cnnlab
 >>> cnnlab.config.floatx()
 'float32'
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -41,6 +43,104 @@ def resolve_dtype(dtype) -> np.dtype:
     if resolved.name not in _SUPPORTED_FLOATX:
         raise ConfigError(f"dtype must be 'float32' or 'float64'. Received: dtype={dtype!r}")
     return resolved
+
+
+# --- dtype policies: Keras' mixed precision -------------------------------------------------------
+#: the policies a layer may have: its variables' dtype and the dtype it computes in
+_POLICIES = {"float32": ("float32", "float32"), "float64": ("float64", "float64"),
+             "mixed_bfloat16": ("float32", "bfloat16")}
+_UNSUPPORTED_POLICIES = {
+    "mixed_float16": "float16 needs loss scaling and NumPy has no float16 GEMM",
+    "float16": "float16 variables lose most updates to rounding",
+    "bfloat16": "bfloat16 variables lose most updates to rounding"}
+
+
+class DTypePolicy:
+    """Keras' dtype policy: the dtype a layer's variables are kept in and the dtype it computes
+    in. ``'float32'`` and ``'float64'`` compute in their own dtype; ``'mixed_bfloat16'`` keeps
+    float32 variables and computes in bfloat16 (``engine.precision``: each layer's inputs,
+    weights, outputs and gradients rounded to bfloat16; the loss and the optimizer in float32).
+
+    >>> DTypePolicy("mixed_bfloat16").compute_dtype, DTypePolicy("mixed_bfloat16").variable_dtype
+    ('bfloat16', 'float32')
+    """
+
+    def __init__(self, name: str):
+        if isinstance(name, DTypePolicy):
+            name = name.name
+        if name in _UNSUPPORTED_POLICIES:
+            raise ConfigError(f"The dtype policy {name!r} is not supported: "
+                              f"{_UNSUPPORTED_POLICIES[name]}. Use 'mixed_bfloat16' for mixed "
+                              f"precision (it needs no loss scaling), or one of "
+                              f"{sorted(_POLICIES)}.")
+        if name not in _POLICIES:
+            raise ConfigError(f"A dtype policy must be one of {sorted(_POLICIES)}. Received: "
+                              f"{name!r}")
+        self.name = name
+        self.variable_dtype, self.compute_dtype = _POLICIES[name]
+
+    @property
+    def rounds(self) -> bool:
+        """Whether a layer of this policy rounds what it computes to a narrower dtype."""
+        return self.compute_dtype != self.variable_dtype
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, DTypePolicy) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f'<DTypePolicy "{self.name}">'
+
+
+_dtype_policy: DTypePolicy | None = None          # None: floatx's own policy
+
+
+def dtype_policy() -> DTypePolicy:
+    """The policy new layers get when they are given no ``dtype`` (Keras'
+    ``keras.config.dtype_policy()``): the one set, else the current floatx's."""
+    return _dtype_policy if _dtype_policy is not None else DTypePolicy(_floatx)
+
+
+def set_dtype_policy(policy) -> None:
+    """Set the policy of the layers made from now on: ``'mixed_bfloat16'``, ``'float32'``,
+    ``'float64'``, a ``DTypePolicy``, or None for floatx's (Keras' ``set_dtype_policy``; also
+    ``cnnlab.mixed_precision.set_global_policy``). Layers already made keep theirs."""
+    global _dtype_policy
+    _dtype_policy = None if policy is None else DTypePolicy(policy)
+
+
+@contextlib.contextmanager
+def dtype_policy_scope(policy):
+    """``with dtype_policy_scope('mixed_bfloat16'):`` layers made inside get ``policy``; the
+    setting is as it was after the block."""
+    global _dtype_policy
+    before = _dtype_policy
+    set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        _dtype_policy = before
+
+
+def resolve_policy(dtype) -> DTypePolicy:
+    """A layer's ``dtype`` argument as its policy: None means :func:`dtype_policy`; a policy
+    name or a ``DTypePolicy`` is that policy; a float dtype is the policy of that name."""
+    if dtype is None:
+        return dtype_policy()
+    if isinstance(dtype, DTypePolicy):
+        return dtype
+    if isinstance(dtype, str) and (dtype in _POLICIES or dtype in _UNSUPPORTED_POLICIES):
+        return DTypePolicy(dtype)
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in _POLICIES:
+        raise ConfigError(f"dtype must be 'float32', 'float64' or a dtype policy "
+                          f"('mixed_bfloat16'). Received: dtype={dtype!r}")
+    return DTypePolicy(name)
 
 
 def home_dir():

@@ -26,7 +26,8 @@ from cnnlab.training.callbacks import Callback
 #: a run's settings when nothing is given: what the run trains on, and how (``zoo.Recipe``'s
 #: defaults, the only place those are written)
 DEFAULTS = {"model": "article", "data": datasets.DEFAULT, "seed": 0, "color_mode": "rgb",
-            "pretrained": None, "fine_tune": 0, **zoo.Recipe().settings()}
+            "pretrained": None, "fine_tune": 0, "dtype_policy": "float32",
+            **zoo.Recipe().settings()}
 TRAIN_SETTINGS = tuple(DEFAULTS)
 
 
@@ -90,14 +91,15 @@ def new_run(settings: dict):
                           f"fit_run in the same block). Current seeded block: "
                           f"{seeding.current_seed()}.")
     train, test, input_shape, names = training_data(settings)
-    if settings.get("pretrained"):
-        base = zoo.get(settings["model"], weights=settings["pretrained"], include_top=False,
-                       input_shape=tuple(input_shape))
-        base.trainable = False
-        model = with_new_head(base, len(names), augment=settings["augment"])
-    else:
-        model = zoo.get(settings["model"], input_shape=tuple(input_shape),
-                        num_classes=len(names), augment=settings["augment"])
+    with config.dtype_policy_scope(settings.get("dtype_policy") or DEFAULTS["dtype_policy"]):
+        if settings.get("pretrained"):
+            base = zoo.get(settings["model"], weights=settings["pretrained"], include_top=False,
+                           input_shape=tuple(input_shape))
+            base.trainable = False
+            model = with_new_head(base, len(names), augment=settings["augment"])
+        else:
+            model = zoo.get(settings["model"], input_shape=tuple(input_shape),
+                            num_classes=len(names), augment=settings["augment"])
     check_memory(model, settings["batch_size"])
     images = len(train[0]) if isinstance(train, tuple) else len(train.source.file_paths)
     model.compile(optimizer=make_optimizer(settings, -(-images // settings["batch_size"])),

@@ -17,6 +17,7 @@ def _fresh_state():
     cnnlab.seeding.set_random_seed(1234)
     yield
     cnnlab.config.set_floatx("float32")
+    cnnlab.config.set_dtype_policy(None)
     cnnlab.config.set_threads(threads)
     cnnlab.config.set_kernels(kernels)          # CNNLAB_KERNELS=numpy runs stay on the reference
 

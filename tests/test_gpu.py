@@ -77,3 +77,17 @@ def test_a_model_trains_on_cupy_as_on_the_cpu_in_float64(monkeypatch):
     np.testing.assert_allclose(outputs, cpu_outputs, rtol=1e-9, atol=1e-12)
     for got, want in zip(weights, cpu_weights, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_rounding_to_bfloat16_on_cupy_equals_the_cpus_bit_for_bit():
+    """The ``mixed_bfloat16`` policy's rounding (``engine.precision``) on the GPU."""
+    import cupy
+
+    from cnnlab.engine import precision
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2 ** 32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    got = precision.round_to_bfloat16(cupy.asarray(x))
+    assert isinstance(got, cupy.ndarray)
+    want, nan = precision.round_to_bfloat16(x), np.isnan(x)
+    assert np.array_equal(cupy.asnumpy(got)[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    assert np.isnan(cupy.asnumpy(got)[nan]).all()

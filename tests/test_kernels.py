@@ -548,6 +548,23 @@ def test_update_kernels_leave_what_they_cannot_take_to_the_reference():
     assert half.dtype == np.float16 and np.array_equal(half, [0.75] * 3)
 
 
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(0, 9), min_size=0, max_size=4), seed=st.integers(0, 2**31 - 1),
+       strided=st.booleans())
+def test_bfloat16_rounding_kernel_results_equal_the_reference_bit_for_bit(shape, seed, strided):
+    """The ``mixed_bfloat16`` policy's rounding (``precision_kernels``) on any shape, 0-d and
+    empty included, from random bit patterns (NaNs of both signs, infinities, subnormals, ties):
+    the reference's bits."""
+    from cnnlab.engine import precision
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2**32, int(np.prod(shape)) * 2, dtype=np.uint64).astype(np.uint32)
+    values = bits.view(np.float32)
+    x = values[::2].reshape(shape) if strided else values[:values.size // 2].reshape(shape)
+    got, want = _both(lambda: precision.round_to_bfloat16(x))
+    assert got.shape == want.shape == x.shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_every_kernel_releases_the_gil():
     """Training splits a batch over threads (``config.threads()``), each running kernels on its
     shard; a kernel that held the GIL would run the shards one after another (measured on
@@ -560,12 +577,13 @@ def test_every_kernel_releases_the_gil():
     import numba
     folder = os.path.dirname(compiled.__file__)
     names = sorted(name[:-3] for name in os.listdir(folder) if name.endswith("_kernels.py"))
-    assert names == ["activations_kernels", "depthwise_kernels", "merge_kernels", "normalization_kernels",
-                     "pool_kernels", "update_kernels", "windows_kernels", "winograd_kernels"]
+    assert names == ["activations_kernels", "depthwise_kernels", "merge_kernels",
+                     "normalization_kernels", "pool_kernels", "precision_kernels",
+                     "update_kernels", "windows_kernels", "winograd_kernels"]
     kernels = [obj for name in names
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 1 + 4 + 1 + 8 + 2 + 3 + 3 + 2
+    assert len(kernels) == 1 + 4 + 1 + 8 + 2 + 1 + 3 + 3 + 2
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 
@@ -601,4 +619,4 @@ def test_kernels_stay_in_bounds(tmp_path):
     run = subprocess.run([sys.executable, "-c", BOUNDS_CHECKED_RUN, __file__], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "10 passed" in run.stdout, run.stdout[-2000:]
+    assert "11 passed" in run.stdout, run.stdout[-2000:]

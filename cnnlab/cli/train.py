@@ -294,6 +294,10 @@ def add_commands(commands) -> None:
                        help=f"with --pretrained: then train every layer EPOCHS more epochs at "
                             f"{zoo.FINE_TUNE_FACTOR:g}x the rate (default "
                             f"{zoo.FINE_TUNE_EPOCHS})")
+    train.add_argument("--dtype-policy", choices=["float32", "float64", "mixed_bfloat16"],
+                       help="mixed_bfloat16: Keras' mixed precision, float32 variables and "
+                            "bfloat16 arithmetic; on the CPU it is emulated (bfloat16's "
+                            "numbers, not its speed) (default: float32)")
     train.add_argument("--seed", type=int,
                        help=f"random seed; the same seed repeats the run exactly "
                             f"(default: {DEFAULTS['seed']})")

@@ -81,6 +81,7 @@ class Functional(Layer):
     """The graph from ``inputs`` to ``outputs`` (each one tensor, a list, or a dict)."""
 
     input_count = None
+    rounds_what_crosses = False          # under a mixed policy its layers round, not the graph
 
     def __init__(self, inputs, outputs, name: str | None = None, trainable: bool = True):
         """``inputs`` and ``outputs`` None: a graph whose ends come later (``Sequential``'s,

@@ -23,7 +23,9 @@ layer's activation counts at once and no plan can go stale. The unfused graph is
    linear op (Conv2D, DepthwiseConv2D, Dense with no activation) it folds into that op's kernel
    and bias (``engine.normalization.fold_affine``), so the whole BN pass over the feature map
    disappears. Only when the BN is the op's sole consumer and the op's output is not a model
-   output; the weights are folded at every call (a few microseconds), so they are never stale.
+   output, and not under a mixed dtype policy (whose op rounds its output before the BN does
+   its float32 arithmetic); the weights are folded at every call (a few microseconds), so they
+   are never stale.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def batch_norm_folds(graph, activations: dict) -> dict:
     for node in graph.nodes:
         layer = node.layer
         if not layer.folds_output_affine or layer.activation != "linear" \
-                or node in activations or len(node.outputs) != 1 \
+                or layer.dtype_policy.rounds or node in activations or len(node.outputs) != 1 \
                 or id(node.outputs[0]) in output_ids:
             continue
         consumers = graph.consumers.get(id(node.outputs[0]), [])

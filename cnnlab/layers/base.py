@@ -17,11 +17,17 @@ applies whichever activation it is asked for after the core op and records it in
 the graph can move an activation (ReLU after max pooling, softmax into the loss) without the
 layer knowing, and backward undoes exactly what forward did.
 
+A layer's dtype policy (``dtype='mixed_bfloat16'``, or ``config.set_dtype_policy``: Keras'
+mixed precision) is kept here too: its variables stay float32, and :meth:`Layer.forward` and
+:meth:`Layer.backward` round what crosses the layer (inputs, output, gradients) to bfloat16,
+while the layer rounds its weights where it reads them (:meth:`Layer.compute_weight`).
+Rounding is treated as the identity in backward, as a cast is.
+
 Subclasses implement ``build_params(input_shape)`` (with :meth:`add_weight`),
 ``compute_output_shape(input_shape)``, ``call``/``call_backward`` and ``get_config``. Shapes
 exclude the batch axis; a merge layer gets a list of them.
 
-This module is longer than most (about 460 lines) because it is one contract: the ``Layer``
+This module is longer than most (about 540 lines) because it is one contract: the ``Layer``
 class, which every layer inherits whole, with the registry and naming that ``get_config`` and
 files rely on. Split, a reader would hold two files open to follow one call.
 """
@@ -40,6 +46,7 @@ from cnnlab import seeding
 from cnnlab.engine import arrays, initializers
 from cnnlab.engine.activations import ACTIVATIONS
 from cnnlab.engine.normalization import fold_affine
+from cnnlab.engine.precision import round_to_bfloat16
 from cnnlab.errors import ConfigError, NotBuiltError, ShapeError
 from cnnlab.layers.context import CallContext, Variable, deferred_variables, variables_deferred
 from cnnlab.layers.symbolic import SymbolicTensor, record_call
@@ -89,8 +96,8 @@ def unique_name(base: str) -> str:
 def linear_weights(layer, ctx: CallContext):
     """A linear op's (Conv2D, Dense: ``folds_output_affine``) kernel, output channel last, and
     bias or None, for this call: the layer's own, or with ``ctx.output_affine`` folded in."""
-    kernel = layer.variables[0].value
-    bias = layer.variables[1].value if layer.use_bias else None
+    kernel = layer.compute_weight(layer.variables[0].value)
+    bias = layer.compute_weight(layer.variables[1].value) if layer.use_bias else None
     if ctx.output_affine is None:
         return kernel, bias
     return fold_affine(kernel, bias, *ctx.output_affine)
@@ -148,6 +155,13 @@ class Layer:
     fresh_output = False
     #: how many inputs the layer takes: 1, or None for a list of two or more (merge layers)
     input_count: int | None = 1
+    #: under a mixed policy, whether the layer still computes in its variables' dtype, with
+    #: its weights and their gradients unrounded: Keras' BatchNormalization normalises in
+    #: float32 (its statistics need the bits), and so does cnnlab's; what crosses it (output,
+    #: input gradient) is rounded as any layer's
+    computes_in_variable_dtype = False
+    #: whether a mixed policy rounds what crosses this layer; a graph's layers do that for it
+    rounds_what_crosses = True
 
     def __init_subclass__(cls, replace: bool = False, **kwargs):
         """Register ``cls`` under its name for configurations and model files. A class of
@@ -169,7 +183,9 @@ class Layer:
             raise ConfigError(f"{type(self).__name__}: name must be a non-empty string without "
                               f"'/'. Received: name={name!r}")
         self.name = name or unique_name(_snake_case(type(self).__name__))
-        self.dtype = _config.resolve_dtype(dtype)
+        self._dtype_policy = _config.resolve_policy(dtype)
+        self.dtype = np.dtype(self._dtype_policy.variable_dtype)     # its arrays' dtype
+        self._rounds = self._dtype_policy.rounds and self.rounds_what_crosses
         self._trainable = bool(trainable)
         self.activation = check_activation(activation, self._describe())
         self._declared_input_shape = check_input_shape(input_shape, self._describe())
@@ -193,6 +209,38 @@ class Layer:
 
     def _describe(self) -> str:
         return f"{type(self).__name__} {getattr(self, 'name', '')!r}".strip()
+
+    @property
+    def dtype_policy(self):
+        """Keras' ``DTypePolicy``: ``float32``, ``float64`` or ``mixed_bfloat16``."""
+        return self._dtype_policy
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype this layer computes in (``'bfloat16'`` under ``mixed_bfloat16``)."""
+        return self._dtype_policy.compute_dtype
+
+    @property
+    def variable_dtype(self) -> str:
+        """The dtype of this layer's variables (``dtype``, as a string)."""
+        return self._dtype_policy.variable_dtype
+
+    def compute_weight(self, value):
+        """A variable's value as this call computes with it: rounded to bfloat16 under a mixed
+        policy (a new array; the variable keeps its float32 bits), else the value itself."""
+        return round_to_bfloat16(value) if self._rounds else value
+
+    def _rounded(self, arrays_):
+        """Under a mixed policy, an array (or a list of them, None kept) rounded to bfloat16."""
+        if isinstance(arrays_, list):
+            return [self._rounded(a) for a in arrays_]
+        if arrays_ is None:
+            return None
+        if arrays_.dtype != np.float32:
+            raise ConfigError(f"{self._describe()}: its dtype policy {self._dtype_policy.name!r}"
+                              f" computes from float32 arrays; received {arrays_.dtype}. Give "
+                              f"the layers around it the same policy.")
+        return round_to_bfloat16(arrays_)
 
     @property
     def trainable(self) -> bool:
@@ -270,6 +318,13 @@ class Layer:
         if not self.built:
             raise NotBuiltError(f"{self._describe()} is not built: call it on data, or give the "
                                 f"model an input shape, first.")
+        if self._rounds:                 # bfloat16 in, bfloat16 out (module docstring)
+            out, cache = self._activated(self._rounded(inputs), ctx, activation)
+            return self._rounded(out), cache
+        return self._activated(inputs, ctx, activation)
+
+    def _activated(self, inputs, ctx: CallContext, activation: str | None):
+        """:meth:`forward` without the policy's rounding: the core op, then the activation."""
         activation = self.activation if activation is None else activation
         if activation != "linear" and self.fuses(activation, ctx):   # the op's own pass runs it
             out, core = self.call(inputs, ctx, activation)
@@ -289,7 +344,12 @@ class Layer:
         core, activation, act = cache
         if activation is not None:
             grad = ACTIVATIONS[activation][1](grad, act)
-        return self.call_backward(grad, core, input_grad)
+        input_grads, param_grads = self.call_backward(grad, core, input_grad)
+        if self._rounds:                 # a bfloat16 op's gradients are bfloat16 too
+            input_grads = self._rounded(input_grads)
+            if not self.computes_in_variable_dtype:
+                param_grads = self._rounded(list(param_grads))
+        return input_grads, param_grads
 
     def call(self, inputs, ctx: CallContext):
         """The core op: ``(out, cache)``. The base layer is the identity."""
@@ -443,7 +503,7 @@ class Layer:
 
     # --- serialisation --------------------------------------------------------------------------
     def get_config(self) -> dict:
-        config = {"name": self.name, "dtype": self.dtype.name, "trainable": self.trainable}
+        config = {"name": self.name, "dtype": self._dtype_policy.name, "trainable": self.trainable}
         if self._declared_input_shape is not None:
             config["input_shape"] = list(self._declared_input_shape)
         return config

@@ -153,8 +153,8 @@ class DepthwiseConv2D(Conv2D):
 
     def kernel_and_bias(self, ctx):
         """As Conv2D's; output channel ``c * M + m`` is kernel ``[..., c, m]``."""
-        kernel = self.variables[0].value                                     # (KH, KW, C, M)
-        bias = self.variables[1].value if self.use_bias else None
+        kernel = self.compute_weight(self.variables[0].value)                # (KH, KW, C, M)
+        bias = self.compute_weight(self.variables[1].value) if self.use_bias else None
         if ctx.output_affine is None:
             return kernel, bias
         flat, bias = fold_affine(kernel.reshape(*kernel.shape[:2], -1), bias, *ctx.output_affine)
@@ -211,11 +211,11 @@ class SeparableConv2D(Conv2D):
             self.add_weight("bias", (self.filters,), self.bias_initializer)  # (F,)
 
     def call(self, x, ctx):
-        depthwise, pointwise = self.variables[0].value, self.variables[1].value
+        depthwise, pointwise = (self.compute_weight(v.value) for v in self.variables[:2])
         mid, depth_cache = depthwise_conv2d_forward(x, depthwise, None, self.strides,
                                                     self.pads_for(x.shape[1:3]),
                                                     self.dilation_rate)  # (N, Ho, Wo, C*M)
-        bias = self.variables[2].value if self.use_bias else None
+        bias = self.compute_weight(self.variables[2].value) if self.use_bias else None
         rows = mid.reshape(-1, mid.shape[-1])                                # (N*Ho*Wo, C*M)
         out, point_cache = dense_forward(rows, pointwise[0, 0], bias)       # (N*Ho*Wo, F)
         return out.reshape(*mid.shape[:3], self.filters), (depth_cache, point_cache, mid.shape)

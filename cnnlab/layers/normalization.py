@@ -62,6 +62,7 @@ class BatchNormalization(Layer):
     """
 
     fresh_output = True                      # y is written into a buffer of its own
+    computes_in_variable_dtype = True        # float32 under mixed_bfloat16, as Keras' does
 
     def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3,
                  center: bool = True, scale: bool = True, beta_initializer="zeros",
