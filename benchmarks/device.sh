@@ -5,8 +5,10 @@
 # tqdm, matplotlib, threadpoolctl, PyTorch and CuPy, so cnnlab runs from the checkout. The
 # output goes to $OUT/device.log as well (the folder whose files come back).
 #  1. the device tests (what CuPy finds; `auto` still runs on the CPU) and the GPU tests (the
-#     ops that take their array module from their inputs, on CuPy against NumPy, float64, and
-#     a whole model trained on CuPy against the same training on the CPU);
+#     ops that take their array module from their inputs, on CuPy against NumPy, float64; a
+#     whole model trained on CuPy against the same training on the CPU; ResNet-20's float64
+#     loss curve against PyTorch's on the GPU; a GPU-trained model loaded on the CPU; a run
+#     SIGKILLed and resumed on the GPU; the bfloat16 rounding of mixed precision);
 #  2. #26's first figures: ResNet-20 on the GPU, cnnlab on CuPy against PyTorch eager and
 #     torch.compile on CUDA (`compare.py --device gpu`, one round);
 #  3. #25's core-count target: resnet20 training at 1, 2, 4, 8 and 16 threads against PyTorch

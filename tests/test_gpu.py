@@ -1,8 +1,16 @@
 """The ops that take their array module from their inputs (``engine.arrays``), on CuPy arrays
 on a GPU, against the same ops on NumPy in float64: at most 1e-10 relative, forward and
-backward, arrays of CuPy's type back; and a whole model trained there (``training.placement``)
-against the same training on the CPU. Skipped, with the reason, where CuPy finds no GPU (every
-development machine and CI); ``bash benchmarks/device.sh`` runs them on the lent GPU machine."""
+backward, arrays of CuPy's type back; a whole model trained there (``training.placement``)
+against the same training on the CPU; ResNet-20's float64 loss curve against PyTorch's on the
+same GPU; a model trained there predicting the same once loaded on the CPU; and a run killed
+with SIGKILL and resumed there, bit for bit. Skipped, with the reason, where CuPy finds no GPU
+(every development machine and CI); ``bash benchmarks/device.sh`` runs them on the lent GPU
+machine. The helpers take the device, so each can be tried on the CPU too."""
+
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -91,3 +99,114 @@ def test_rounding_to_bfloat16_on_cupy_equals_the_cpus_bit_for_bit():
     want, nan = precision.round_to_bfloat16(x), np.isnan(x)
     assert np.array_equal(cupy.asnumpy(got)[~nan].view(np.uint32), want[~nan].view(np.uint32))
     assert np.isnan(cupy.asnumpy(got)[nan]).all()
+
+
+def resnet20_curves(device: str):
+    """20 SGD steps of ResNet-20 (16 x 16 inputs, BatchNormalization in training, residual
+    adds, strided and 1x1 convolutions) in float64 on ``device``, and PyTorch's on the same
+    device from the same weights: ``(ours, theirs)``, the losses."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from cnnlab.export import to_torch
+    config.set_floatx("float64")
+    config.set_device(device)
+    cnnlab.utils.set_random_seed(0)
+    model = cnnlab.zoo.get("resnet20", input_shape=(16, 16, 3), num_classes=5)
+    model.compile(optimizer=cnnlab.optimizers.SGD(0.05, momentum=0.9),
+                  loss="sparse_categorical_crossentropy")
+    where = "cuda" if device == "gpu" else "cpu"
+    net = to_torch(model).train().to(where)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((320, 16, 16, 3)), rng.integers(0, 5, 320)
+    ours, theirs = [], []
+    for step in range(20):
+        batch = slice((step % 10) * 32, (step % 10) * 32 + 32)
+        ours.append(model.train_on_batch(x[batch], y[batch]))
+        opt.zero_grad()
+        probabilities = net(torch.tensor(x[batch].transpose(0, 3, 1, 2), device=where))
+        loss = F.nll_loss(torch.log(probabilities), torch.tensor(y[batch], device=where))
+        loss.backward()
+        opt.step()
+        theirs.append(loss.item())
+    return ours, theirs
+
+
+def test_twenty_resnet20_steps_on_cupy_follow_pytorch_on_the_gpu_in_float64(monkeypatch):
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no CUDA device here")
+    monkeypatch.setattr(devices, "GPU_ENGINE", True)
+    floatx, device = config.floatx(), config.device()
+    try:
+        ours, theirs = resnet20_curves("gpu")
+    finally:
+        config.set_floatx(floatx)
+        config.set_device(device)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9)
+    assert ours[-1] < ours[0] - 0.1                                 # it really trained
+
+
+def saved_and_reloaded_on_the_cpu(device: str, path):
+    """``small_network`` trained 20 steps in float32 on ``device`` and saved to ``path``; its
+    predictions there, and those of the file loaded on the CPU: ``(there, here)``."""
+    rng = np.random.default_rng(8)
+    x, y = rng.random((160, 8, 8, 3), dtype=np.float32), rng.integers(0, 4, 160)
+    cnnlab.utils.set_random_seed(12)
+    config.set_device(device)
+    model = small_network()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    there = model.predict(x[:32], verbose=0)
+    model.save(path)
+    config.set_device("cpu")
+    return there, cnnlab.load_model(path).predict(x[:32], verbose=0)
+
+
+def test_a_model_trained_on_the_gpu_predicts_the_same_loaded_on_the_cpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(devices, "GPU_ENGINE", True)
+    device = config.device()
+    try:
+        there, here = saved_and_reloaded_on_the_cpu("gpu", tmp_path / "trained.cnnlab")
+    finally:
+        config.set_device(device)
+    assert type(there) is np.ndarray and type(here) is np.ndarray
+    np.testing.assert_allclose(here, there, rtol=1e-4, atol=1e-6)      # float32's rounding
+
+
+#: the ``cnnlab`` command with the GPU path switched on (``engine.devices.GPU_ENGINE``)
+GPU_COMMAND = ("import sys; from cnnlab.engine import devices; devices.GPU_ENGINE = True; "
+               "from cnnlab.cli import run; sys.exit(run())")
+
+
+def killed_and_resumed(device: str, folder):
+    """``cnnlab train`` on the bundled digits, 2 epochs of 64-image batches, on ``device``:
+    once straight through, and once SIGKILLed after its first checkpoint and resumed. Returns
+    both models' weights and the step the kill left the checkpoint at."""
+    def command(out, *extra):
+        return [sys.executable, "-c", GPU_COMMAND, "train", "--device", device, "--out",
+                str(out), "--verbose", "0", *extra]
+    options = ["--data", "mnist_sample", "--epochs", "2", "--batch-size", "64"]
+    subprocess.run(command(folder / "reference.cnnlab", *options), check=True, timeout=300)
+    checkpoints, out = folder / "ck", folder / "resumed.cnnlab"
+    process = subprocess.Popen(command(out, *options, "--checkpoint-dir", str(checkpoints),
+                                       "--checkpoint-every", "20"), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (checkpoints / "checkpoint.cnnlab").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]   # killed, not finished
+    progress = cnnlab.load_model(checkpoints / "checkpoint.cnnlab").optimizer.iterations
+    subprocess.run(command(out, "--resume", str(checkpoints)), check=True, timeout=300)
+    resumed, reference = cnnlab.load_model(out), cnnlab.load_model(folder / "reference.cnnlab")
+    assert resumed.optimizer.iterations == reference.optimizer.iterations
+    return resumed.get_weights(), reference.get_weights(), progress, reference.optimizer.iterations
+
+
+def test_a_run_killed_on_the_gpu_resumes_bit_for_bit(tmp_path):
+    resumed, reference, progress, total = killed_and_resumed("gpu", tmp_path)
+    assert 0 < progress < total
+    for ours, theirs in zip(resumed, reference, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
