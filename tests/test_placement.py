@@ -132,6 +132,25 @@ def test_bad_data_is_refused_before_anything_reaches_the_gpu(reference_engine, c
     assert not looked_up and all(type(v.value) is np.ndarray for v in model.variables)
 
 
+def test_a_mixed_precision_model_trains_on_the_gpu_as_on_the_cpu(reference_engine):
+    """``mixed_bfloat16`` rounds on the device (``engine.precision`` takes its module from its
+    input): the same steps, bit for bit, and nothing crosses back to NumPy meanwhile."""
+    from cnnlab.engine import precision
+    with config.dtype_policy_scope("mixed_bfloat16"):
+        cpu_model, cpu_history, _, cpu_outputs, _ = _train("adam")
+        looked_up = _on_stand_in_gpu(reference_engine)
+        with pytest.MonkeyPatch.context() as engine:
+            for module in (*MODULES, precision):
+                engine.setattr(module, "np", NoNumPy())
+            model, history, _, outputs, types = _train("adam")
+    assert model.layers[1].compute_dtype == "bfloat16"
+    assert types == {StandInArray} and "ascontiguousarray" in looked_up
+    assert history == cpu_history
+    np.testing.assert_array_equal(outputs, cpu_outputs)
+    for got, want in zip(model.get_weights(), cpu_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_out_of_gpu_memory_says_the_gpu_and_the_batch_to_try(reference_engine):
     """CuPy's ``cuda.memory.OutOfMemoryError`` is a MemoryError: on the device it comes out as
     cnnlab's, naming the GPU; with one image, the CPU is the way out."""
