@@ -395,6 +395,16 @@ def test_an_input_gradients_convolution_is_priced_with_its_new_kernels_transform
     assert measured[picked] <= 1.1 * min(measured.values()), (picked, measured)
 
 
+def test_an_input_gradients_convolution_never_goes_to_the_frequency_domain():
+    """At batch 64 the frequency path's price for the article's conv2 input gradient is below
+    im2col's, but its kernel spectrum would serve one call (``conv._cheapest``)."""
+    cnnlab.config.set_kernels("numba")
+    shape = ((64, 8, 8, 64), (5, 5, 64, 32), (1, 1), ((4, 4), (4, 4)), (1, 1))
+    costs = conv.step_costs(*shape[:2], shape[3], gradients="input")
+    assert costs["fourier"] < costs["direct"]
+    assert conv.choose(*shape, gradients="input") == "direct"
+
+
 def test_strided_dilated_and_pointwise_convolutions_stay_direct():
     pads = ((1, 1), (1, 1))
     assert conv.choose((64, 32, 32, 16), (3, 3, 16, 32), (2, 2), pads, (1, 1)) == "direct"
@@ -565,7 +575,8 @@ def test_add_relu_fusion_equals_layer_by_layer(monkeypatch):
 
 def test_convolutions_are_costed_for_the_gradients_that_will_follow(monkeypatch):
     """In training the first convolution is costed without an input gradient (nothing needs
-    the image's), the others with one; in inference with none."""
+    the image's), the others with one, and an input gradient that is a convolution of its own
+    (after im2col or Winograd) as one; in inference with none."""
     import cnnlab
     seen = []
     original = conv.choose
@@ -579,7 +590,8 @@ def test_convolutions_are_costed_for_the_gradients_that_will_follow(monkeypatch)
     model.compile("sgd", "sparse_categorical_crossentropy")
     x, y = np.random.default_rng(0).random((4, 28, 28, 1)), np.arange(4)
     model.train_on_batch(x, y)
-    assert seen == [(1, "kernel"), (32, "all")]
+    assert seen[:2] == [(1, "kernel"), (32, "all")]
+    assert seen[2:] in ([], [(64, "input")])           # conv2's, when its step ran im2col
     seen.clear()
     model.predict(x, verbose=0)
     assert seen == [(1, "none"), (32, "none")]

@@ -49,9 +49,11 @@ ALGORITHMS = ("auto", "direct", "fourier", "winograd")
 #: measured training steps (one core, float32): (per multiply-add, per element moved, per NumPy
 #: call). Their ratios, not their scale, decide: re-fit them on a very different CPU.
 #: Two fits, each of the paths as they ran together: ``SECONDS_PER`` with the NumPy reference
-#: (Winograd F(2x2)), which also prices every shape Winograd does not apply to;
-#: ``SECONDS_PER_COMPILED`` with the compiled kernels on (Winograd F(4x4)), which prices 3x3
-#: layers when they run. The compiled fit (2-core machine, batches 4, 16 and 64 of the 14 shapes
+#: (Winograd F(2x2)); ``SECONDS_PER_COMPILED`` with the compiled kernels on (Winograd F(4x4),
+#: compiled im2col), which prices every shape when they run. (It used to price 3x3 layers
+#: only: the article's 5x5 conv2 then trained at batch 4 in the frequency domain, 4.13-4.34 ms
+#: a step, against 3.71-3.89 ms on im2col, which these constants pick; 4 interleaved pairs.)
+#: The compiled fit (2-core machine, batches 4, 16 and 64 of the 14 shapes
 #: in conv_paths.py, refitted for the tile-row transforms): median error 10% (direct),
 #: 7% (winograd) and 9% (fourier); worst 46%, 79% and 61%, at batch 4, where fixed costs
 #: dominate.
@@ -121,8 +123,9 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
         return algorithm
     if not unit_steps or kernel_shape[:2] == (1, 1):
         return "direct"
+    tile = _winograd_tile(kernel_shape)
     return _cheapest(tuple(x_shape), tuple(kernel_shape), tuple(map(tuple, pads)), gradients,
-                     _winograd_tile(kernel_shape))
+                     tile, _compiled_constants(kernel_shape, tile))
 
 
 def _winograd_tile(kernel_shape) -> int:
@@ -131,13 +134,31 @@ def _winograd_tile(kernel_shape) -> int:
     return winograd.tiling().m if tuple(kernel_shape[:2]) == (3, 3) else 0
 
 
+def _compiled_constants(kernel_shape, tile: int) -> bool:
+    """Whether the compiled kernels run this convolution's paths: the F(4x4) tile for a 3x3
+    kernel (which a 3x3 layer asks for anyway); the compiled im2col for any other."""
+    if tuple(kernel_shape[:2]) == (3, 3):
+        return tile == winograd.F4.m
+    return compiled.module("windows_kernels") is not None
+
+
 @functools.lru_cache(maxsize=4096)
-def _cheapest(x_shape, kernel_shape, pads, gradients, tile) -> str:
-    """The path :func:`step_costs` predicts fastest, remembered per shape and Winograd tile
-    (the prediction costs ~30 us of Python, which a batch-1 inference of the article's network
-    would feel). It reads the constants once per shape: after changing them, call
-    ``_cheapest.cache_clear()``."""
+def _cheapest(x_shape, kernel_shape, pads, gradients, tile, compiled_on) -> str:
+    """The path :func:`step_costs` predicts fastest, remembered per shape, Winograd tile and
+    kernels (the prediction costs ~30 us of Python, which a batch-1 inference of the article's
+    network would feel; ``compiled_on`` keys it too). It reads the constants once per shape:
+    after changing them, call ``_cheapest.cache_clear()``.
+
+    An input gradient's convolution (``gradients='input'``: its forward ran im2col or
+    Winograd) never goes to the frequency domain: there the flipped kernel's spectrum would be
+    made for one use, and its transform is bound by the values it writes, not by the
+    multiply-adds it is priced by. The article's conv2 input gradient, one core, a new kernel
+    each call: 0.19 / 0.41 / 0.80 ms on im2col at batches 1 / 2 / 4, against 0.76 / 0.74 /
+    1.03 ms in the frequency domain (predicted 0.47 / 0.56 / 0.74). Where the frequency path
+    wins a step, its backward takes the input gradient itself, from the spectra it kept."""
     costs = step_costs(x_shape, kernel_shape, pads, gradients, tile)
+    if gradients == "input":
+        costs.pop("fourier", None)
     return min(costs.items(), key=lambda item: item[1])[0]
 
 
@@ -162,10 +183,11 @@ def step_work(x_shape, kernel_shape, pads, gradients: str = "all",
 def step_costs(x_shape, kernel_shape, pads, gradients: str = "all",
                tile: int | None = None) -> dict[str, float]:
     """Predicted seconds of a stride-1 step on each path: its work weighed by ``SECONDS_PER``,
-    or by ``SECONDS_PER_COMPILED`` where the compiled F(4x4) would run."""
+    or by ``SECONDS_PER_COMPILED`` where the compiled kernels would run."""
     tile = _winograd_tile(kernel_shape) if tile is None else tile
     work = step_work(x_shape, kernel_shape, pads, gradients, tile)
-    constants = SECONDS_PER_COMPILED if tile == winograd.F4.m else SECONDS_PER
+    constants = SECONDS_PER_COMPILED if _compiled_constants(kernel_shape, tile) \
+        else SECONDS_PER
     return {path: sum(a * b for a, b in zip(constants[path], counts))
             for path, counts in work.items()}
 
