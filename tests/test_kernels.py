@@ -453,6 +453,38 @@ def test_update_kernels_equal_the_reference_bit_for_bit(rule, dtype, size, seed,
             np.testing.assert_array_equal(a, b, err_msg=f"{rule} step {step} {name}")
 
 
+@pytest.mark.parametrize("rule", ["sgd", "adam", "rmsprop"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_update_slots_that_would_be_subnormal_are_stored_as_zero(rule, dtype):
+    """A slot whose gradients have stopped decays through the subnormals, where x86 arithmetic
+    is ~10-100x slower (``updates``' docstring): such a value is stored as +0, on both paths
+    alike, and a slot that stays normal keeps its plain value."""
+    from cnnlab.engine import updates
+    tiny = np.finfo(dtype).tiny
+    start = np.array([tiny, -tiny, 1.05 * tiny, 4 * tiny, -4 * tiny, 0.5], dtype)
+
+    def step():
+        param, grad = np.ones(6, dtype), np.zeros(6, dtype)
+        slots = [start.copy(), np.abs(start), start.copy()]
+        if rule == "sgd":
+            updates.sgd(param, grad, slots[0], lr=0.1, momentum=0.9)
+        elif rule == "adam":
+            updates.adam(param, grad, slots[0], slots[1], step_size=0.1, beta_1=0.9,
+                         beta_2=0.999, bias_root=1.0, epsilon=1e-7)
+        else:
+            updates.rmsprop(param, grad, slots[1], slots[0], slots[2], lr=0.1, rho=0.9,
+                            momentum=0.9, epsilon=1e-7)
+        return [param, *slots]
+
+    fast, reference = _both(step)
+    for a, b in zip(fast, reference, strict=True):
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))      # bit for bit
+    for slot in fast[1:]:
+        assert not ((slot != 0) & (np.abs(slot) < tiny)).any(), slot
+    assert fast[1][3] == dtype(4 * tiny) * dtype(0.9)            # normal: the plain product
+    assert fast[1][0] == 0 and not np.signbit(fast[1][1])         # subnormal: +0
+
+
 @settings(max_examples=40, deadline=None)
 @given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=4),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31 - 1))

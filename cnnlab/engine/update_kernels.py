@@ -38,13 +38,20 @@ def _clipped(g, clip, scale):
     return g * scale
 
 
+@numba.njit(inline="always")
+def _flushed(value, smallest):
+    """``value``, or +0 where it is subnormal (``|value| < smallest``, the dtype's smallest
+    normal number): ``updates.flush_subnormal``, one value at a time; NaN stays NaN."""
+    return value - value if -smallest < value < smallest else value     # +0, in value's dtype
+
+
 @numba.njit(cache=True, nogil=True)
-def sgd(param, grad, buffer, lr, momentum, decay, clip, scale, nesterov, first_step):
+def sgd(param, grad, buffer, lr, momentum, decay, clip, smallest, scale, nesterov, first_step):
     for i in range(param.shape[0]):
         p = _decayed(param[i], decay)
         g = _clipped(grad[i], clip, scale)
         if momentum != 0:
-            b = g if first_step else buffer[i] * momentum + g
+            b = _flushed(g if first_step else buffer[i] * momentum + g, smallest)
             buffer[i] = b
             g = g + momentum * b if nesterov else b
         param[i] = p - lr * g
@@ -52,32 +59,32 @@ def sgd(param, grad, buffer, lr, momentum, decay, clip, scale, nesterov, first_s
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def adam(param, grad, m, v, step_size, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2,
-         bias_root, epsilon, decay, clip, scale):
+         bias_root, epsilon, decay, clip, scale, smallest):
     for i in range(param.shape[0]):
         p = _decayed(param[i], decay)
         g = _clipped(grad[i], clip, scale)
-        m_i = m[i] * beta_1 + one_minus_beta_1 * g
-        v_i = v[i] * beta_2 + one_minus_beta_2 * (g * g)
+        m_i = _flushed(m[i] * beta_1 + one_minus_beta_1 * g, smallest)
+        v_i = _flushed(v[i] * beta_2 + one_minus_beta_2 * (g * g), smallest)
         m[i], v[i] = m_i, v_i
         param[i] = p - step_size * (m_i / (np.sqrt(v_i) / bias_root + epsilon))
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def rmsprop(param, grad, velocity, average, buffer, lr, rho, one_minus_rho, momentum, epsilon,
-            decay, clip, scale):
+            decay, clip, scale, smallest):
     centered, with_momentum = average.shape[0] > 0, buffer.shape[0] > 0
     for i in range(param.shape[0]):
         p = _decayed(param[i], decay)
         g = _clipped(grad[i], clip, scale)
-        v_i = velocity[i] * rho + one_minus_rho * (g * g)
+        v_i = _flushed(velocity[i] * rho + one_minus_rho * (g * g), smallest)
         velocity[i] = v_i
         denominator = v_i
         if centered:
-            a_i = average[i] * rho + one_minus_rho * g
+            a_i = _flushed(average[i] * rho + one_minus_rho * g, smallest)
             average[i] = a_i
             denominator = v_i - a_i * a_i
         increment = lr * g / np.sqrt(denominator + epsilon)
         if with_momentum:
-            increment = buffer[i] * momentum + increment
+            increment = _flushed(buffer[i] * momentum + increment, smallest)
             buffer[i] = increment
         param[i] = p - increment

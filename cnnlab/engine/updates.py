@@ -24,6 +24,14 @@ and then::
              d = lr * g / sqrt(v - a^2 + epsilon)                 (a = 0 unless centered)
              p -= d, or with momentum  b = momentum * b + d;  p -= b
 
+A slot (b, m, v, a) that would be subnormal (below the dtype's smallest normal number, 1.2e-38
+in float32) is stored as +0 (:func:`flush_subnormal`). A slot whose gradients have stopped (a
+converged sample, a dead unit) decays geometrically through the subnormals, ~150 steps at
+momentum 0.9 and ~16,000 at Adam's beta_2 = 0.999, and x86 does arithmetic on subnormals
+~10-100x slower: the article's network at batch 1, trained on one repeated sample, went from
+3.5 to 10.5 ms a step once its loss reached 0 and half its momentum slots were subnormal.
+PyTorch keeps them; the difference to a parameter is below 1e-38 times the learning rate.
+
 An update has no backward. The NumPy code here makes one pass over the parameter's size per
 term: SGD with momentum 4 after the clipping, Adam 13. The compiled kernels
 (``update_kernels``) read each element of the parameter, gradient and slots once and write the
@@ -61,7 +69,8 @@ def sgd_each(work, *, lr, momentum=0.0, nesterov=False, first_step=False, decay=
         if kernels is not None:
             scalars = typed.get(param.dtype)
             if scalars is None:
-                scalars = typed[param.dtype] = _typed(param, lr, momentum, decay, clip)
+                scalars = typed[param.dtype] = (*_typed(param, lr, momentum, decay, clip),
+                                                _smallest_normal(param))
             kernels.sgd(*_flat(param, grad, buffer), *scalars, param.dtype.type(scale),
                         bool(nesterov), bool(first_step))
             continue
@@ -73,6 +82,7 @@ def sgd_each(work, *, lr, momentum=0.0, nesterov=False, first_step=False, decay=
             else:
                 buffer *= t(momentum)
                 buffer += g
+            flush_subnormal(buffer)
             g = g + t(momentum) * buffer if nesterov else buffer
         param -= t(lr) * g
 
@@ -84,7 +94,7 @@ def adam(param, grad, m, v, *, step_size, beta_1, beta_2, bias_root, epsilon, de
     if kernels is not None:
         kernels.adam(*_flat(param, grad, m, v),
                      *_typed(param, step_size, beta_1, 1 - beta_1, beta_2, 1 - beta_2,
-                             bias_root, epsilon, decay, clip, scale))
+                             bias_root, epsilon, decay, clip, scale), _smallest_normal(param))
         return
     g = _decayed_and_clipped(param, grad, decay, clip, scale)
     t = param.dtype.type
@@ -92,6 +102,8 @@ def adam(param, grad, m, v, *, step_size, beta_1, beta_2, bias_root, epsilon, de
     m += t(1 - beta_1) * g
     v *= t(beta_2)
     v += t(1 - beta_2) * (g * g)
+    flush_subnormal(m)
+    flush_subnormal(v)
     denominator = array_module(v).sqrt(v)
     denominator /= t(bias_root)
     denominator += t(epsilon)
@@ -104,23 +116,45 @@ def rmsprop(param, grad, velocity, average, buffer, *, lr, rho, momentum, epsilo
     kernels = _kernels(param, velocity, average, buffer)
     if kernels is not None:
         kernels.rmsprop(*_flat(param, grad, velocity, average, buffer),
-                        *_typed(param, lr, rho, 1 - rho, momentum, epsilon, decay, clip, scale))
+                        *_typed(param, lr, rho, 1 - rho, momentum, epsilon, decay, clip, scale),
+                        _smallest_normal(param))
         return
     g = _decayed_and_clipped(param, grad, decay, clip, scale)
     t = param.dtype.type
     velocity *= t(rho)
     velocity += t(1 - rho) * (g * g)
+    flush_subnormal(velocity)
     denominator = velocity
     if average is not None:
         average *= t(rho)
         average += t(1 - rho) * g
+        flush_subnormal(average)
         denominator = velocity - average * average
     increment = t(lr) * g / array_module(velocity).sqrt(denominator + t(epsilon))
     if buffer is not None:
         buffer *= t(momentum)
         buffer += increment
+        flush_subnormal(buffer)
         increment = buffer
     param -= increment
+
+
+def flush_subnormal(slot) -> None:
+    """Set the subnormal values of ``slot`` (in place) to +0; NaN and infinities stay (module
+    docstring: why)."""
+    xp = array_module(slot)
+    xp.copyto(slot, 0, where=xp.abs(slot) < _smallest_normal(slot))
+
+
+#: each float dtype's smallest normal number, in that dtype (looked up once: every update asks)
+_SMALLEST_NORMAL = {np.dtype(t): t(np.finfo(t).tiny) for t in (np.float16, np.float32, np.float64)}
+
+
+def _smallest_normal(array):
+    """The smallest normal number of ``array``'s dtype, as a scalar of that dtype (0 for a
+    dtype without subnormals to flush)."""
+    smallest = _SMALLEST_NORMAL.get(array.dtype)
+    return array.dtype.type(0) if smallest is None else smallest
 
 
 def _decayed_and_clipped(param, grad, decay, clip, scale):
