@@ -5,8 +5,9 @@ bfloat16 is float32 with the low 16 bits of the mantissa dropped: the same 8-bit
 the same range, and no loss scaling), 8 significant bits instead of 24. Rounding a float32 to
 it is round-to-nearest-even on those 16 bits:
 
-    bits  = x viewed as uint32
-    bits' = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000        NaN stays NaN (quiet)
+    forward   bits  = x viewed as uint32, any shape
+              bits' = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000    NaN stays NaN (quiet)
+    backward  the identity, as a cast's gradient is (``Layer.backward`` passes it through)
 
 The result is kept in a float32 array. A product of two such values is exact in float32
 (8 + 8 significant bits), so a layer whose inputs and weights are rounded, that sums in float32

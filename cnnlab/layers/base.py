@@ -230,17 +230,17 @@ class Layer:
         policy (a new array; the variable keeps its float32 bits), else the value itself."""
         return round_to_bfloat16(value) if self._rounds else value
 
-    def _rounded(self, arrays_):
+    def _rounded(self, values):
         """Under a mixed policy, an array (or a list of them, None kept) rounded to bfloat16."""
-        if isinstance(arrays_, list):
-            return [self._rounded(a) for a in arrays_]
-        if arrays_ is None:
+        if isinstance(values, list):
+            return [self._rounded(a) for a in values]
+        if values is None:
             return None
-        if arrays_.dtype != np.float32:
+        if values.dtype != np.float32:
             raise ConfigError(f"{self._describe()}: its dtype policy {self._dtype_policy.name!r}"
-                              f" computes from float32 arrays; received {arrays_.dtype}. Give "
+                              f" computes from float32 arrays; received {values.dtype}. Give "
                               f"the layers around it the same policy.")
-        return round_to_bfloat16(arrays_)
+        return round_to_bfloat16(values)
 
     @property
     def trainable(self) -> bool:
