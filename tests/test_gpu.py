@@ -7,10 +7,7 @@ with SIGKILL and resumed there, bit for bit. Skipped, with the reason, where CuP
 (every development machine and CI); ``bash benchmarks/device.sh`` runs them on the lent GPU
 machine. The helpers take the device, so each can be tried on the CPU too."""
 
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -22,6 +19,7 @@ from array_ops import (
     small_network,
     values_in,
 )
+from interrupted import killed_and_resumed
 
 import cnnlab
 from cnnlab import config
@@ -180,33 +178,19 @@ GPU_COMMAND = ("import sys; from cnnlab.engine import devices; devices.GPU_ENGIN
                "from cnnlab.cli import run; sys.exit(run())")
 
 
-def killed_and_resumed(device: str, folder):
-    """``cnnlab train`` on the bundled digits, 2 epochs of 64-image batches, on ``device``:
-    once straight through, and once SIGKILLed after its first checkpoint and resumed. Returns
-    both models' weights and the step the kill left the checkpoint at."""
+def gpu_run_killed_and_resumed(device: str, folder):
+    """``cnnlab train`` on the bundled digits, 2 epochs of 64-image batches, on ``device``,
+    SIGKILLed after its first checkpoint (batch 20) and resumed, beside the same run straight
+    through (``tests/interrupted.py``): ``(resumed, reference, progress)``."""
     def command(out, *extra):
         return [sys.executable, "-c", GPU_COMMAND, "train", "--device", device, "--out",
                 str(out), "--verbose", "0", *extra]
     options = ["--data", "mnist_sample", "--epochs", "2", "--batch-size", "64"]
-    subprocess.run(command(folder / "reference.cnnlab", *options), check=True, timeout=300)
-    checkpoints, out = folder / "ck", folder / "resumed.cnnlab"
-    process = subprocess.Popen(command(out, *options, "--checkpoint-dir", str(checkpoints),
-                                       "--checkpoint-every", "20"), stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (checkpoints / "checkpoint.cnnlab").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]   # killed, not finished
-    progress = cnnlab.load_model(checkpoints / "checkpoint.cnnlab").optimizer.iterations
-    subprocess.run(command(out, "--resume", str(checkpoints)), check=True, timeout=300)
-    resumed, reference = cnnlab.load_model(out), cnnlab.load_model(folder / "reference.cnnlab")
-    assert resumed.optimizer.iterations == reference.optimizer.iterations
-    return resumed.get_weights(), reference.get_weights(), progress, reference.optimizer.iterations
+    return killed_and_resumed(command, options, folder, every=20)
 
 
 def test_a_run_killed_on_the_gpu_resumes_bit_for_bit(tmp_path):
-    resumed, reference, progress, total = killed_and_resumed("gpu", tmp_path)
-    assert 0 < progress < total
-    for ours, theirs in zip(resumed, reference, strict=True):
+    resumed, reference, progress = gpu_run_killed_and_resumed("gpu", tmp_path)
+    assert 0 < progress < reference.optimizer.iterations == resumed.optimizer.iterations
+    for ours, theirs in zip(resumed.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_array_equal(ours, theirs)

@@ -2,15 +2,13 @@
 and that each trains, saves, resumes and exports (ONNX under onnxruntime, and torch) equal to
 cnnlab. The long CIFAR-10 runs live in benchmarks/, not here."""
 
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from interrupted import killed_and_resumed
 from PIL import Image
 
 import cnnlab
@@ -127,20 +125,8 @@ def test_each_photo_model_resumes_bit_exactly_after_sigkill_midway_through_its_s
         return [sys.executable, "-m", "cnnlab", "train", "--out", str(out), "--verbose", "0",
                 *extra]
     options = ["--model", name, "--data", photo_folder, "--epochs", "3", "--batch-size", "8"]
-    subprocess.run(command(tmp_path / "reference.cnnlab", *options), check=True, timeout=300)
-    checkpoints, out = tmp_path / "ck", tmp_path / "resumed.cnnlab"
-    process = subprocess.Popen(command(out, *options, "--checkpoint-dir", str(checkpoints),
-                                       "--checkpoint-every", "1"), stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (checkpoints / "checkpoint.cnnlab").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]   # killed, not finished
-    progress = cnnlab.load_model(checkpoints / "checkpoint.cnnlab").optimizer.iterations
+    resumed, reference, progress = killed_and_resumed(command, options, tmp_path, every=1)
     assert 0 < progress < 12                                     # 4 steps per epoch, 3 epochs
-    subprocess.run(command(out, "--resume", str(checkpoints)), check=True, timeout=300)
-    resumed, reference = cnnlab.load_model(out), cnnlab.load_model(tmp_path / "reference.cnnlab")
     assert resumed.optimizer.iterations == reference.optimizer.iterations == 12
     for ours, theirs in zip(resumed.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(ours, theirs)
