@@ -67,7 +67,8 @@ SECONDS_PER_COMPILED = {"direct": (1.29e-11, 7.44e-10, 0.0),
 #: which gradients follow a forward pass: "all" (the kernel's and the input's), "kernel" (the
 #: first layer: nothing needs the image's gradient), "none" (inference), "input" (the input
 #: gradient's own convolution in a training step: none follows it, as at inference, but its
-#: flipped kernel is new every step, so a path that transforms the kernel pays for it each time)
+#: flipped kernel is new every step, so a path that transforms the kernel pays for it each
+#: time, and the frequency domain does not take it: ``fourier.step_work``)
 GRADIENTS = ("all", "kernel", "none", "input")
 
 
@@ -123,9 +124,8 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
         return algorithm
     if not unit_steps or kernel_shape[:2] == (1, 1):
         return "direct"
-    tile = _winograd_tile(kernel_shape)
     return _cheapest(tuple(x_shape), tuple(kernel_shape), tuple(map(tuple, pads)), gradients,
-                     tile, _compiled_constants(kernel_shape, tile))
+                     _winograd_tile(kernel_shape), _compiled_on())
 
 
 def _winograd_tile(kernel_shape) -> int:
@@ -134,11 +134,8 @@ def _winograd_tile(kernel_shape) -> int:
     return winograd.tiling().m if tuple(kernel_shape[:2]) == (3, 3) else 0
 
 
-def _compiled_constants(kernel_shape, tile: int) -> bool:
-    """Whether the compiled kernels run this convolution's paths: the F(4x4) tile for a 3x3
-    kernel (which a 3x3 layer asks for anyway); the compiled im2col for any other."""
-    if tuple(kernel_shape[:2]) == (3, 3):
-        return tile == winograd.F4.m
+def _compiled_on() -> bool:
+    """Whether the compiled kernels run (then ``SECONDS_PER_COMPILED`` prices every path)."""
     return compiled.module("windows_kernels") is not None
 
 
@@ -146,19 +143,9 @@ def _compiled_constants(kernel_shape, tile: int) -> bool:
 def _cheapest(x_shape, kernel_shape, pads, gradients, tile, compiled_on) -> str:
     """The path :func:`step_costs` predicts fastest, remembered per shape, Winograd tile and
     kernels (the prediction costs ~30 us of Python, which a batch-1 inference of the article's
-    network would feel; ``compiled_on`` keys it too). It reads the constants once per shape:
-    after changing them, call ``_cheapest.cache_clear()``.
-
-    An input gradient's convolution (``gradients='input'``: its forward ran im2col or
-    Winograd) never goes to the frequency domain: there the flipped kernel's spectrum would be
-    made for one use, and its transform is bound by the values it writes, not by the
-    multiply-adds it is priced by. The article's conv2 input gradient, one core, a new kernel
-    each call: 0.19 / 0.41 / 0.80 ms on im2col at batches 1 / 2 / 4, against 0.76 / 0.74 /
-    1.03 ms in the frequency domain (predicted 0.47 / 0.56 / 0.74). Where the frequency path
-    wins a step, its backward takes the input gradient itself, from the spectra it kept."""
+    network would feel; ``compiled_on`` keys it, the constants depend on it). It reads the
+    constants once per shape: after changing them, call ``_cheapest.cache_clear()``."""
     costs = step_costs(x_shape, kernel_shape, pads, gradients, tile)
-    if gradients == "input":
-        costs.pop("fourier", None)
     return min(costs.items(), key=lambda item: item[1])[0]
 
 
@@ -186,8 +173,7 @@ def step_costs(x_shape, kernel_shape, pads, gradients: str = "all",
     or by ``SECONDS_PER_COMPILED`` where the compiled kernels would run."""
     tile = _winograd_tile(kernel_shape) if tile is None else tile
     work = step_work(x_shape, kernel_shape, pads, gradients, tile)
-    constants = SECONDS_PER_COMPILED if _compiled_constants(kernel_shape, tile) \
-        else SECONDS_PER
+    constants = SECONDS_PER_COMPILED if _compiled_on() else SECONDS_PER
     return {path: sum(a * b for a, b in zip(constants[path], counts))
             for path, counts in work.items()}
 

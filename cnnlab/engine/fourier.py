@@ -74,7 +74,8 @@ def step_work(batch: int, padded_hw, kernel_hw, channels: int, filters: int,
     """``(multiply-adds, elements moved, NumPy calls)`` of the forward pass and the ``gradients``
     after it (``conv.GRADIENTS``) in the frequency domain; ``conv.choose`` turns them
     into seconds. For the article's conv2: 2.9 M multiply-adds per image instead of
-    im2col's 9.8 M, plus 8.3 M per batch for the kernel's transforms. None where the path does not apply."""
+    im2col's 9.8 M, plus 8.3 M per batch for the kernel's transforms. None where the path does
+    not apply, or is not taken (an input gradient's own convolution)."""
     hp, wp = padded_hw
     kh, kw = kernel_hw
     if hp * wp > MAX_PIXELS or hp < kh or wp < kw:
@@ -84,12 +85,18 @@ def step_work(batch: int, padded_hw, kernel_hw, channels: int, filters: int,
     spectra = 2 * frequencies * (channels + filters)             # one image's, in and out
     product = 4 * frequencies * channels * filters               # one complex product
     x_in, maps_out = _transform_cost(hp, wp, hp, wp), _transform_cost(hp, wp, ho, wo)
+    if gradients == "input":
+        # An input gradient's own convolution (its step ran im2col or Winograd) is not taken
+        # here: its flipped kernel's spectrum would serve one call, and that transform is bound
+        # by the values it writes, not by the multiply-adds it would be priced by. The
+        # article's conv2 input gradient, one core, a new kernel each call: 0.76 / 0.74 / 1.03
+        # ms here at batches 1 / 2 / 4 (priced 0.47 / 0.56 / 0.74), against 0.19 / 0.41 / 0.80
+        # ms on im2col. Where this path wins a step, its backward takes the input gradient
+        # itself, from the spectra it kept.
+        return None
     kernel = channels * filters * _transform_cost(hp, wp, kh, kw)
-    if gradients in ("none", "input"):    # x in, out back, one product; at inference the
-        # kernel's spectrum is kept from the call before, an input gradient's kernel is new
-        fresh = kernel if gradients == "input" else 0
-        return (batch * (channels * x_in + filters * maps_out + product) + fresh,
-                batch * spectra, 25)
+    if gradients == "none":               # x in, out back, one product; the kernel's is kept
+        return batch * (channels * x_in + filters * maps_out + product), batch * spectra, 25
     if gradients == "kernel":             # + grad_out in, the kernel gradient's product
         return (batch * (channels * x_in + 2 * filters * maps_out + 2 * product) + 2 * kernel,
                 2 * batch * spectra, 45)
