@@ -32,19 +32,6 @@ def set_floatx(value: str) -> None:
     _floatx = name
 
 
-def resolve_dtype(dtype) -> np.dtype:
-    """``None`` means the current floatx; anything else must name float32 or float64."""
-    if dtype is None:
-        return np.dtype(_floatx)
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError as exc:
-        raise ConfigError(f"dtype must be 'float32' or 'float64'. Received: dtype={dtype!r}") from exc
-    if resolved.name not in _SUPPORTED_FLOATX:
-        raise ConfigError(f"dtype must be 'float32' or 'float64'. Received: dtype={dtype!r}")
-    return resolved
-
-
 # --- dtype policies: Keras' mixed precision -------------------------------------------------------
 #: the policies a layer may have: its variables' dtype and the dtype it computes in
 _POLICIES = {"float32": ("float32", "float32"), "float64": ("float64", "float64"),

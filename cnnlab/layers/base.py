@@ -319,24 +319,22 @@ class Layer:
             raise NotBuiltError(f"{self._describe()} is not built: call it on data, or give the "
                                 f"model an input shape, first.")
         if self._rounds:                 # bfloat16 in, bfloat16 out (module docstring)
-            out, cache = self._activated(self._rounded(inputs), ctx, activation)
-            return self._rounded(out), cache
-        return self._activated(inputs, ctx, activation)
-
-    def _activated(self, inputs, ctx: CallContext, activation: str | None):
-        """:meth:`forward` without the policy's rounding: the core op, then the activation."""
+            inputs = self._rounded(inputs)
         activation = self.activation if activation is None else activation
         if activation != "linear" and self.fuses(activation, ctx):   # the op's own pass runs it
             out, core = self.call(inputs, ctx, activation)
-            return out, (core, None, None)
-        out, core = self.call(inputs, ctx)
-        if activation == "linear":
-            return out, (core, None, None)
-        if activation == "relu" and self.fresh_output:      # no second map-sized array
+            activation = None
+        else:
+            out, core = self.call(inputs, ctx)
+        if activation in (None, "linear"):
+            cache = (core, None, None)
+        elif activation == "relu" and self.fresh_output:    # no second map-sized array
             np.maximum(out, 0, out=out)
-            return out, (core, activation, out)
-        out, act = ACTIVATIONS[activation][0](out)
-        return out, (core, activation, act)
+            cache = (core, activation, out)
+        else:
+            out, act = ACTIVATIONS[activation][0](out)
+            cache = (core, activation, act)
+        return (self._rounded(out) if self._rounds else out), cache
 
     def backward(self, grad, cache, input_grad: bool = True):
         """``(input_grads, param_grads)`` for the upstream gradient ``grad`` of :meth:`forward`'s
