@@ -13,7 +13,8 @@
    layers: windows copied into rows, and added back for the input gradient); ReLU's gradient;
    2x2 max pooling's (cifar10_cnn's and the article's
    pools in training, a face detection's first level at inference); the optimizers' updates
-   of the article's largest weight matrix. The reference's time, the kernels', and the ratio;
+   of the article's largest weight matrix; the rounding to bfloat16 of mixed precision. The
+   reference's time, the kernels', and the ratio;
 2. their share of whole ResNet-20 training steps (batch 128, 1 thread, so the profile is one
    thread's): cumulative profiled time in each op over the steps, each path;
 3. whole steps at 1 thread and at the machine's thread count, the two paths interleaved;
@@ -45,7 +46,7 @@ from threadpoolctl import threadpool_limits
 
 import cnnlab
 from cnnlab import zoo
-from cnnlab.engine import activations, conv, depthwise, pool, updates, windows
+from cnnlab.engine import activations, conv, depthwise, pool, precision, updates, windows
 from cnnlab.engine import normalization as bn
 
 SHAPES = [(128 * 32 * 32, 16), (128 * 16 * 16, 32), (128 * 8 * 8, 64)]   # (M, C) per stage
@@ -167,6 +168,13 @@ def op_times() -> None:
         found = _reference_and_compiled_ms(step)
         print(f"  {name:<18}: reference {found['numpy']:6.2f} ms, compiled "
               f"{found['numba']:6.2f} ms ({found['numpy'] / found['numba']:.1f}x)")
+    print("Rounding to bfloat16 (the mixed_bfloat16 policy), the article's first map at batch "
+          "128 (128 x 24 x 24 x 32, float32), one thread (best of 20):")
+    first_map = rng.standard_normal((128, 24, 24, 32)).astype(np.float32)
+    found = _reference_and_compiled_ms(lambda: precision.round_to_bfloat16(first_map))
+    copy = _best_ms(first_map.copy)
+    print(f"  reference {found['numpy']:6.2f} ms, compiled {found['numba']:6.2f} ms "
+          f"({found['numpy'] / found['numba']:.1f}x); a copy {copy:.2f} ms")
 
 
 def _resnet_step():
