@@ -246,7 +246,7 @@ def test_a_nested_mixed_model_leaves_the_rounding_to_its_layers():
     model = cnnlab.Model(x, layers.Dense(2)(layers.Flatten()(inner(x))))
     model.compile("sgd", "sparse_categorical_crossentropy")
     grads = {}
-    model.optimizer.apply = lambda triples: grads.update(
+    model.optimizer.apply = lambda triples, threads: grads.update(
         {id(param): grad for _, param, grad in triples})
     model.train_on_batch(np.random.default_rng(7).random((5, 6, 6, 3), dtype=np.float32),
                          np.arange(5) % 2)

@@ -106,9 +106,15 @@ class Optimizer:
         norm = math.sqrt(sum(squares))
         return [self.global_clipnorm / norm if norm > self.global_clipnorm else 1.0] * len(grads)
 
-    def apply(self, params_and_grads) -> None:
+    def apply(self, params_and_grads, threads: int = 1) -> None:
         """Update each parameter in place from its gradient: ``(param, grad)`` pairs, or
-        ``(name, param, grad)`` triples (a model passes its parameters' names)."""
+        ``(name, param, grad)`` triples (a model passes its parameters' names). ``threads``:
+        how many threads of this process share an elementwise update (row ranges of the large
+        parameters, ``training.parallel.split_elementwise``; bit for bit the same result). One
+        unless the other cores are idle: training passes its thread shards' count."""
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"{type(self).__name__}.apply: threads must be a positive int. "
+                              f"Received: {threads!r}")
         items = [item if len(item) == 3 else (f"#{id(item[0])}", *item)
                  for item in params_and_grads]
         for key, param, grad in items:
@@ -125,13 +131,13 @@ class Optimizer:
             if slots is None or any(s.shape != param.shape for s in slots.values()):
                 slots = self._slots[key] = self._new_slots(param)
             work.append((param, grad, slots, scale))
-        if self.elementwise and work and arrays.array_module(work[0][0]) is np:
+        if threads > 1 and self.elementwise and work and arrays.array_module(work[0][0]) is np:
             # the update reads every parameter, gradient and slot once more after the backward
             # pass, memory-bound (the article's 1.2 M Dense weights: 0.5 ms of one core,
             # compiled), and otherwise on one core while the other waits; on a GPU it is the
             # device's work, and more host threads would only queue it
             from cnnlab.training import parallel
-            groups = parallel.split_elementwise(work)
+            groups = parallel.split_elementwise(work, threads)
             if groups is not None:
                 parallel.run_sharded([functools.partial(self._update_all, group)
                                       for group in groups])

@@ -37,6 +37,8 @@ class BatchResult:
     #                              loss; NumPy arrays wherever the model runs
     grads: dict                  # {variable: gradient of the batch's mean loss}
     state_updates: list          # (variable, new value): BatchNormalization's moving statistics
+    thread_shards: int = 1       # the threads of this process the batch ran on: their cores are
+    #                              idle now, free for the update (``parallel.split_elementwise``)
 
 
 def random_layers(model) -> list:
@@ -149,6 +151,7 @@ def _run_batch(model, xs, ys, training, share, comm, want_grads) -> BatchResult:
     n = len(xs[0])
     xs, ys, parts, in_processes = _on_model_device(
         model, xs, ys, training and want_grads and workers.usable())
+    on_threads = False
     if parts is None:
         batch_sum = comm.sum_array if training and comm is not None else None   # ranks only
         ctx = _context(model, training, batch_sum, None, want_grads)
@@ -164,6 +167,7 @@ def _run_batch(model, xs, ys, training, share, comm, want_grads) -> BatchResult:
             else:
                 results, ctx = _in_threads(model, pieces, shares, seeds, comm, training,
                                            want_grads)
+                on_threads = True
     weights = [(p.stop - p.start) / n for p in parts]
     losses = [sum(r[0][i] * w for r, w in zip(results, weights))
               for i in range(len(model.outputs))]
@@ -181,7 +185,8 @@ def _run_batch(model, xs, ys, training, share, comm, want_grads) -> BatchResult:
     total = sum(w * loss for w, loss, fn in zip(model.loss_weights, losses, model.compiled_losses)
                 if fn is not None)
     # shard 0's statistics updates: every shard computed the same whole-batch statistics
-    return BatchResult(float(total), losses, outputs, grads, ctx.state_updates)
+    return BatchResult(float(total), losses, outputs, grads, ctx.state_updates,
+                       len(results) if on_threads else 1)
 
 
 def _in_threads(model, pieces, shares, seeds, comm, training, want_grads):
@@ -241,10 +246,11 @@ def _predict_batch(model, xs):
 
 
 def apply_update(model, result: BatchResult) -> None:
-    """One optimizer step over every trainable parameter that has a gradient, by name; then the
-    state the forward pass asked to change (moving statistics)."""
+    """One optimizer step over every trainable parameter that has a gradient, by name, on the
+    threads the batch ran on; then the state the forward pass asked to change (moving
+    statistics)."""
     model.optimizer.apply([(name, variable.value, result.grads[variable])
                            for name, variable in model.named_trainable_params()
-                           if variable in result.grads])
+                           if variable in result.grads], threads=result.thread_shards)
     for variable, value in result.state_updates:
         variable.apply_update(value)
