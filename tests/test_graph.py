@@ -363,3 +363,44 @@ def test_a_tape_keeps_its_gradients_when_the_model_runs_again_before_its_backwar
     assert set(after) == set(alone)
     for variable, value in alone.items():
         np.testing.assert_array_equal(after[variable], value, err_msg=variable.name)
+
+
+def test_where_a_backward_pass_follows_a_site_reuses_its_output_once_nothing_refers_to_it(
+        monkeypatch):
+    """A run whose backward pass may follow writes each convolution's, depthwise convolution's,
+    BatchNormalization's, residual join's and max pool's output into the site's array of the
+    run before (``CallContext.output_workspace``): fresh ones would fault their pages in again
+    every step. What a caller still holds is never written: an output, or a tape's values.
+    Inference recycles none (a fresh output reuses what the layer before freed, in cache)."""
+    from cnnlab.engine import conv
+    monkeypatch.setattr(conv, "ALGORITHM", "winograd")    # where it applies: the 3x3, stride 1
+    x = Input((12, 12, 4))
+    h = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)     # im2col
+    h = layers.DepthwiseConv2D(3, padding="same")(h)
+    h = layers.Activation("relu")(layers.BatchNormalization()(h))
+    h = layers.ReLU()(layers.Add()([h, layers.Conv2D(8, 3, padding="same")(h)]))  # Winograd
+    middle = layers.MaxPooling2D(2, strides=1, padding="same")(h)
+    model = Model(x, [layers.Conv2D(3, 1)(middle), middle])                     # one GEMM
+    rng = np.random.default_rng(1)
+    first, second = rng.standard_normal((2, 3, 12, 12, 4)).astype(np.float32)
+
+    def outputs_held():
+        return {id(held) for site in model.workspaces.by_site.values()
+                for key, held in site.items() if key == "out"}
+
+    def run(batch):
+        return model.run(batch, training=True, keep_cache=True)[0]
+
+    model.predict_on_batch(first)
+    assert outputs_held() == set()                   # inference: none
+    expected = [[a.copy() for a in run(batch)] for batch in (first, second)]
+    held = outputs_held()
+    assert len(held) == 7                            # each of those sites kept its output
+    kept = run(first)                                # nothing held them: the same arrays again
+    assert outputs_held() == held and {id(a) for a in kept} <= held
+    again = run(second)                              # the caller holds two: those are new
+    assert len(outputs_held() & held) == 5 and not {id(a) for a in again} & held
+    for array, value in zip(kept, expected[0]):
+        np.testing.assert_array_equal(array, value)  # not overwritten by the second run
+    for array, value in zip(again, expected[1]):
+        np.testing.assert_array_equal(array, value)

@@ -200,10 +200,10 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
     Arrays that are not NumPy's (CuPy's: ``engine.arrays``) take the im2col path on their own
     module: the Winograd and frequency paths are CPU code. ``recycle``: whether the compiled
-    Winograd and the im2col path (on NumPy's arrays) may write into the site's output of its
-    previous call, once nothing refers to it (``arrays.recycled``); by default in training
-    (``gradients`` other than 'none'), where a step holds every output until its backward pass
-    anyway.
+    Winograd, the im2col and the 1x1 paths (on NumPy's arrays) may write into the site's output
+    of its previous call, once nothing refers to it (``arrays.recycled``); by default in
+    training (``gradients`` other than 'none'), where a step holds every output until its
+    backward pass anyway (``CallContext.output_workspace`` says why not at inference).
     """
     xp = array_module(x, kernel)
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
@@ -214,7 +214,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     if path == "fourier":
         out, cache = fourier.conv2d_forward(x, kernel, bias, pads, workspace)
     elif kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
-        out, cache = _pointwise_forward(x, kernel, bias, strides, dilation, workspace)
+        out, cache = _pointwise_forward(x, kernel, bias, strides, dilation, workspace, recycle)
     else:
         out, cache = _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace,
                                      recycle)
@@ -344,7 +344,7 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     handed the memory freed by the step before back to the system (cifar10_cnn's training,
     2 threads: 10,500 faults a step before, 1 after, and 1,053-1,137 -> 1,333-1,381 img/s).
     At inference a fresh output reuses what the layer before just freed, still in cache, so
-    it is not recycled there."""
+    it is not recycled there (``CallContext.output_workspace``)."""
     n, h, w, c = x.shape
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
@@ -437,15 +437,22 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace)
                           gradients="input", recycle=True)[0]
 
 
-def _pointwise_forward(x, kernel, bias, strides, dilation, workspace):
+def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, recycle=False):
     """A 1x1 convolution without padding: ``out = x[:, ::sh, ::sw] @ kernel[0, 0] (+ bias)``, one
     GEMM on the NHWC array, which is its own im2col matrix (a view at stride 1, a copy of the
-    sampled pixels at stride 2). The cache is im2col's, so the backward pass is shared."""
+    sampled pixels at stride 2). The cache is im2col's, so the backward pass is shared.
+    ``recycle``: a NumPy output is the site's array of its previous call once nothing refers to
+    it, as im2col's is."""
     f = kernel.shape[3]
-    picked = x if tuple(strides) == (1, 1) else array_module(x).ascontiguousarray(x[:, ::strides[0],
+    xp = array_module(x, kernel)
+    picked = x if tuple(strides) == (1, 1) else xp.ascontiguousarray(x[:, ::strides[0],
                                                                          ::strides[1]])
     n, ho, wo, c = picked.shape                                              # (N, Ho, Wo, C)
-    out = (picked.reshape(-1, c) @ kernel[0, 0]).reshape(n, ho, wo, f)       # (N, Ho, Wo, F)
+    if xp is np and recycle:
+        out = recycled(workspace, "out", (n, ho, wo, f), np.result_type(picked, kernel))
+        np.matmul(picked.reshape(-1, c), kernel[0, 0], out=out.reshape(-1, f))
+    else:
+        out = (picked.reshape(-1, c) @ kernel[0, 0]).reshape(n, ho, wo, f)   # (N, Ho, Wo, F)
     if bias is not None:
         out += bias
     return out, Im2colCache(picked, None, kernel, x.shape, strides, ((0, 0), (0, 0)), dilation,

@@ -29,15 +29,18 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.engine import compiled
-from cnnlab.engine.arrays import array_module
+from cnnlab.engine.arrays import array_module, recycled
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import column_sums, pad_images, tap_slices
 
 
 def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
-                             strides=(1, 1), pads: Pads = ((0, 0), (0, 0)), dilation=(1, 1)):
+                             strides=(1, 1), pads: Pads = ((0, 0), (0, 0)), dilation=(1, 1),
+                             workspace: dict | None = None):
     """Returns ``(out (N, Ho, Wo, C*M), cache)``. Per filter ``m`` and tap, one multiply into a
-    reused buffer and one add: no temporary the size of the output is made per tap."""
+    reused buffer and one add: no temporary the size of the output is made per tap.
+    ``workspace``: the call site's dict, where the compiled path writes into its output of the
+    call before once nothing refers to it (``arrays.recycled``)."""
     kh, kw, c, m = kernel.shape
     n, h, w, _ = x.shape
     out_hw = output_hw((h, w), (kh, kw), strides, pads, dilation)
@@ -47,7 +50,7 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
         x = np.ascontiguousarray(x, dtype=dtype)
         kernel = np.ascontiguousarray(kernel, dtype=dtype)
         shift = np.zeros(c * m, dtype) if bias is None else bias.astype(dtype)
-        out = np.empty((n, *out_hw, c * m), dtype=dtype)
+        out = recycled(workspace, "out", (n, *out_hw, c * m), dtype)
         _compiled_forward(kernels, x, kernel, shift, strides, dilation, pads[0][0], pads[1][0],
                           out)
         return out, (x, x.shape, kernel, strides, pads, dilation, bias is not None, kernels)

@@ -20,22 +20,27 @@ import numpy as np
 
 from cnnlab.engine import compiled
 from cnnlab.engine.activations import relu_backward
-from cnnlab.engine.arrays import array_module
+from cnnlab.engine.arrays import array_module, recycled
 
 
-def add_forward(xs: list[np.ndarray], relu: bool = False):
+def add_forward(xs: list[np.ndarray], relu: bool = False, workspace: dict | None = None):
     """The sum, and with ``relu`` its ReLU in the same pass where the kernels are compiled (two
     inputs of one float32 or float64 dtype and shape); the cache is the input count and, with
-    ``relu``, the output."""
+    ``relu``, the output. ``workspace``: the call site's dict, where the compiled pass writes
+    into its output of the call before once nothing refers to it (``arrays.recycled``)."""
     xp = array_module(*xs)
     kernels = compiled.module("merge_kernels", *xs) if relu and len(xs) == 2 else None
     if kernels is not None and xs[0].dtype == xs[1].dtype and xs[0].dtype in compiled.KERNEL_DTYPES \
             and xs[0].shape == xs[1].shape:
         a, b = np.ascontiguousarray(xs[0]), np.ascontiguousarray(xs[1])
-        out = np.empty_like(a)
+        out = recycled(workspace, "out", a.shape, a.dtype)
         kernels.add_relu(a.reshape(-1), b.reshape(-1), out.reshape(-1))
         return out, (len(xs), out)
-    out = xs[0] + xs[1]
+    if xp is np and xs[0].shape == xs[1].shape:
+        out = np.add(xs[0], xs[1], out=recycled(workspace, "out", xs[0].shape,
+                                                 np.result_type(xs[0], xs[1])))
+    else:
+        out = xs[0] + xs[1]
     for x in xs[2:]:
         out += x
     if relu:

@@ -36,7 +36,7 @@ import numpy as np
 
 from cnnlab.engine import compiled
 from cnnlab.engine.activations import relu_backward
-from cnnlab.engine.arrays import array_module
+from cnnlab.engine.arrays import array_module, recycled
 from cnnlab.engine.windows import column_sums
 
 
@@ -56,7 +56,7 @@ ONE_PASS_MAX_RATIO = 15.0
 
 
 def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float,
-                             batch_sum=_identity, relu: bool = False):
+                             batch_sum=_identity, relu: bool = False, workspace: dict | None = None):
     """Returns ``(y (M, C), (mean (C,), var (C,)), cache)``: the batch statistics are returned
     for the moving averages. ``y = x * scale + shift`` with ``scale = gamma / sqrt(var + eps)``
     and ``shift = beta - mean * scale``: two passes over x besides the sums. ``relu``: ``y`` is
@@ -66,7 +66,9 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     Compiled: the sums in one pass, the (C,) arithmetic in one call (``kernels.statistics``:
     at 1024 x 16, one image of ResNet-20's first stage, a forward call went from 32.2 to 20.6
     us when it replaced a dozen NumPy calls, best of 5 x 2,000), the normalising pass in one
-    more. Where the one-pass variance would cancel, the reference's two passes run instead."""
+    more. Where the one-pass variance would cancel, the reference's two passes run instead.
+    ``workspace``: the call site's dict, where the compiled pass writes into its output of the
+    step before once nothing refers to it (``arrays.recycled``)."""
     xp = array_module(x)
     kernels = compiled.module("normalization_kernels", x)
     if kernels is not None:
@@ -84,7 +86,8 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         if kernels.statistics(totals, gamma, beta, x.dtype.type(epsilon), ONE_PASS_MAX_RATIO,
                               stats):
             mean, var, inv_std, scale, shift = stats
-            y = kernels.scale_shift(x, scale, shift, relu)
+            y = kernels.scale_shift(x, scale, shift, relu,
+                                    recycled(workspace, "out", x.shape, x.dtype))
             return y, (mean, var), (x, None, mean, inv_std, gamma, totals[0], batch_sum, kernels,
                                     (scale, shift) if relu else None)
     count, sums = totals[0], totals[1:].reshape(sums.shape)

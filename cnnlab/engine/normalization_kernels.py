@@ -58,10 +58,11 @@ def masked_sums(dy: np.ndarray, x: np.ndarray, scale: np.ndarray,
 
 
 @numba.njit(cache=True, nogil=True)
-def scale_shift(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, relu: bool) -> np.ndarray:
-    """``y = x * scale + shift`` per channel, then ``max(y, 0)`` if ``relu``, in one pass."""
+def scale_shift(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, relu: bool,
+                y: np.ndarray) -> np.ndarray:
+    """``y = x * scale + shift`` per channel, then ``max(y, 0)`` if ``relu``, in one pass, into
+    ``y`` (x's shape and dtype)."""
     rows, channels = x.shape
-    y = np.empty_like(x)
     zero = np.zeros(1, y.dtype)[0]                  # in y's dtype, so nothing is widened
     if relu:                                        # two loops, so each one vectorises
         for m in range(rows):

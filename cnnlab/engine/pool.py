@@ -46,14 +46,16 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
     remembered position is the *first* maximum in row-major window order, the cell PyTorch picks.
     'same' padding pads with -inf, so a padded cell never wins. Returns ``(out, cache)``;
     ``keep_cache=False`` (inference) skips tracking the winners. ``workspace``: the call site's
-    dict, where the compiled backward pass recycles its input gradient (``arrays.recycled``).
+    dict, where the compiled passes recycle their outputs and the input gradient
+    (``arrays.recycled``).
     """
     n, h, w, c = x.shape
     out_hw = output_hw((h, w), pool, strides, pads)
     kernels = compiled.module("pool_kernels", x)
     if kernels is not None:
-        best = np.empty((n, *out_hw, c), dtype=x.dtype)
-        winner = np.empty(best.shape, winner_dtype(pool))   # not written unless keep_cache
+        best = recycled(workspace, "out", (n, *out_hw, c), x.dtype)
+        winner = recycled(workspace, "winner", best.shape, winner_dtype(pool)) if keep_cache \
+            else np.empty(best.shape, winner_dtype(pool))   # never touched: no pages faulted
         kernels.max_pool(np.ascontiguousarray(x), *pool, *strides, pads[0][0], pads[1][0], best,
                          winner, keep_cache)
         return best, (winner if keep_cache else None, x.shape, pool, strides, pads, workspace)

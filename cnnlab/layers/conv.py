@@ -163,7 +163,8 @@ class DepthwiseConv2D(Conv2D):
     def call(self, x, ctx):
         kernel, bias = self.kernel_and_bias(ctx)
         return depthwise_conv2d_forward(x, kernel, bias, self.strides,
-                                        self.pads_for(x.shape[1:3]), self.dilation_rate)
+                                        self.pads_for(x.shape[1:3]), self.dilation_rate,
+                                        ctx.output_workspace)
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = depthwise_conv2d_backward(grad_out, cache, input_grad)

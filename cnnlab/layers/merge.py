@@ -68,7 +68,7 @@ class Add(_Merge):
         return activation == "relu"
 
     def call(self, xs, ctx, activation="linear"):
-        return ops.add_forward(xs, relu=activation == "relu")
+        return ops.add_forward(xs, relu=activation == "relu", workspace=ctx.output_workspace)
 
 
 class Subtract(_Merge):

@@ -57,13 +57,14 @@ class MaxPooling2D(_Pooling2D):
 
     _forward = staticmethod(pool_ops.max_pool2d_forward)
     _backward = staticmethod(pool_ops.max_pool2d_backward)
+    fresh_output = True           # a new (or recycled) array: the ReLU moved after it runs in place
 
     def call(self, x, ctx):
         # at inference nobody asks where each maximum was (unless an attribution method will
         # backpropagate): skip tracking it
         return pool_ops.max_pool2d_forward(x, self.pool_size, self.strides,
                                            self.pads_for(x.shape[1:3]), keep_cache=ctx.keep_cache,
-                                           workspace=ctx.workspace)
+                                           workspace=ctx.output_workspace)
 
 
 class AveragePooling2D(_Pooling2D):
