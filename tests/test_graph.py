@@ -404,3 +404,43 @@ def test_where_a_backward_pass_follows_a_site_reuses_its_output_once_nothing_ref
         np.testing.assert_array_equal(array, value)  # not overwritten by the second run
     for array, value in zip(again, expected[1]):
         np.testing.assert_array_equal(array, value)
+
+
+def test_batch_normalization_writes_its_input_gradient_into_an_upstream_one_nothing_else_holds(
+        monkeypatch):
+    """Training's backward pass lets BatchNormalization write dx into the array of its output's
+    gradient where nothing else holds that array (``execute._owned``): here the gradient a
+    convolution's backward made. Not where a join handed the same array to its other input
+    too. The gradients are bit for bit those of the path that writes a new array."""
+    from cnnlab.engine import compiled, normalization
+    from cnnlab.graph import execute
+    if compiled.module("normalization_kernels") is None:
+        pytest.skip("the compiled kernels are off: the reference writes a new array")
+    x = Input((8, 8, 3))
+    h = layers.Conv2D(4, 3, padding="same")(x)
+    owned = layers.Activation("relu")(layers.BatchNormalization(name="owned")(h))
+    h = layers.Conv2D(4, 3, padding="same")(owned)                # its input gradient: fresh
+    shared = layers.BatchNormalization(name="shared")(h)
+    h = layers.Add()([shared, owned])                             # one array to both inputs
+    model = Model(x, layers.Dense(2)(layers.GlobalAveragePooling2D()(h)))
+    batch = np.random.default_rng(2).standard_normal((4, 8, 8, 3)).astype(np.float32)
+    grad = [np.ones((4, 2), np.float32)]
+
+    def gradients():
+        _, tape = model.run(batch, training=True, keep_cache=True)
+        return model.backward_from(tape, grad).params
+
+    calls = []
+    backward = normalization._compiled_backward
+
+    def spy(kernels, grad_y, cache, need_input_grad, into_grad=False):
+        dx, dgamma, dbeta = backward(kernels, grad_y, cache, need_input_grad, into_grad)
+        calls.append((into_grad, dx is grad_y))
+        return dx, dgamma, dbeta
+
+    monkeypatch.setattr(normalization, "_compiled_backward", spy)
+    written_in = gradients()
+    assert calls == [(False, False), (True, True)]                # "shared" first, then "owned"
+    monkeypatch.setattr(execute, "_owned", lambda outs: False)
+    for variable, value in gradients().items():
+        np.testing.assert_array_equal(written_in[variable], value, err_msg=variable.name)

@@ -77,28 +77,43 @@ def scale_shift(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, relu: bool,
 
 @numba.njit(cache=True, nogil=True)
 def input_grad(dy: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray,
-               k: np.ndarray) -> np.ndarray:
-    """``dx = dy * a + x * b + k`` per channel, in one pass."""
+               k: np.ndarray, dx) -> None:
+    """``dx = dy * a + x * b + k`` per channel, in one pass, into ``dx``; ``dx`` None: into
+    ``dy`` itself. Said so, not by passing ``dy`` twice: LLVM cannot rule out that two arrays
+    overlap, and for ones that do it runs the scalar loop it keeps for that case (65,536 x 64
+    float32: 3.42 ms passed twice, 1.28 ms into dy, 2.10 ms into a new array)."""
+    if dx is None:
+        _input_grad(dy, x, a, b, k, dy)
+    else:
+        _input_grad(dy, x, a, b, k, dx)
+
+
+@numba.njit(inline="always")
+def _input_grad(dy, x, a, b, k, dx):
     rows, channels = x.shape
-    dx = np.empty_like(dy)
     for m in range(rows):
         for c in range(channels):
             dx[m, c] = dy[m, c] * a[c] + x[m, c] * b[c] + k[c]
-    return dx
 
 
 @numba.njit(cache=True, nogil=True)
 def masked_input_grad(dy: np.ndarray, x: np.ndarray, scale: np.ndarray, shift: np.ndarray,
-                      a: np.ndarray, b: np.ndarray, k: np.ndarray) -> np.ndarray:
+                      a: np.ndarray, b: np.ndarray, k: np.ndarray, dx) -> None:
     """:func:`input_grad` with ``dy`` taken as 0 where the ReLU cut ``x * scale + shift``."""
+    if dx is None:
+        _masked_input_grad(dy, x, scale, shift, a, b, k, dy)
+    else:
+        _masked_input_grad(dy, x, scale, shift, a, b, k, dx)
+
+
+@numba.njit(inline="always")
+def _masked_input_grad(dy, x, scale, shift, a, b, k, dx):
     rows, channels = x.shape
-    dx = np.empty_like(dy)
     zero = np.zeros(1, dy.dtype)[0]
     for m in range(rows):
         for c in range(channels):
             passed = dy[m, c] if x[m, c] * scale[c] + shift[c] > 0 else zero
             dx[m, c] = passed * a[c] + x[m, c] * b[c] + k[c]
-    return dx
 
 
 # --- the per-channel arithmetic between the passes ------------------------------------------------

@@ -71,6 +71,47 @@ def _add(total: dict, key, grad: np.ndarray) -> None:
         total[key] = held + grad
 
 
+def _node_backward(node, cache, grads: dict, params: dict, needed, wanted_ids) -> None:
+    """One node's backward pass: its output gradients taken from ``grads``, its input gradients
+    added into ``grads`` and its parameters' into ``params``. A function of its own, so that no
+    name outlives it holding a gradient array (``_owned`` counts the references)."""
+    outs = [grads.get(id(t)) if id(t) in wanted_ids else grads.pop(id(t), None)
+            for t in node.outputs]
+    if all(g is None for g in outs):
+        return
+    layer = node.layer
+    input_grad = any(id(t) in needed for t in node.inbound)
+    trainable = layer.trainable_params
+    if not input_grad and not trainable:
+        return
+    owned = _owned(outs)                    # before a call's argument adds a reference
+    in_grads, param_grads = layer.backward(outs[0] if len(outs) == 1 else outs, cache,
+                                           input_grad, grad_owned=owned)
+    if trainable:
+        keep = {id(v) for v in trainable}
+        for variable, grad in zip(layer.params, param_grads):
+            if grad is not None and id(variable) in keep:
+                _add(params, variable, grad)
+    if input_grad:
+        in_grads = in_grads if layer.input_count != 1 else [in_grads]
+        for tensor, grad in zip(node.inbound, in_grads):
+            if grad is not None and id(tensor) in needed:
+                _add(grads, id(tensor), grad)
+
+
+def _owned(outs: list) -> bool:
+    """Whether a node's one output gradient is an array that ``outs`` alone holds and that owns
+    its memory: its backward pass may then write its own input gradient into it (a layer with
+    ``writes_into_grad``), instead of into a new array. Not a gradient that another tensor's
+    entry still holds (a join hands one array to each of its inputs), one the caller passed
+    in, one a ``wanted`` tensor keeps, nor a view."""
+    if len(outs) != 1:
+        return False
+    grad = outs[0]
+    return type(grad) is np.ndarray and grad.base is None and grad.flags.writeable \
+        and grad.flags.c_contiguous and unshared(grad)
+
+
 class Step:
     """One node as the forward pass runs it, worked out once per graph: which values it reads,
     which it writes, which it is the last reader of (they can be dropped after it), and the key
@@ -182,27 +223,7 @@ def backward(graph, tape: Tape, output_grads: list, want_inputs: bool = False,
     params: dict = {}
     tensors: dict[int, np.ndarray] = {}
     for node, cache in reversed(tape):
-        outs = [grads.get(id(t)) if id(t) in wanted_ids else grads.pop(id(t), None)
-                for t in node.outputs]
-        if all(g is None for g in outs):
-            continue
-        layer = node.layer
-        input_grad = any(id(t) in needed for t in node.inbound)
-        trainable = layer.trainable_params
-        if not input_grad and not trainable:
-            continue
-        in_grads, param_grads = layer.backward(outs[0] if len(outs) == 1 else outs, cache,
-                                               input_grad)
-        if trainable:
-            keep = {id(v) for v in trainable}
-            for variable, grad in zip(layer.params, param_grads):
-                if grad is not None and id(variable) in keep:
-                    _add(params, variable, grad)
-        if input_grad:
-            in_grads = in_grads if layer.input_count != 1 else [in_grads]
-            for tensor, grad in zip(node.inbound, in_grads):
-                if grad is not None and id(tensor) in needed:
-                    _add(grads, id(tensor), grad)
+        _node_backward(node, cache, grads, params, needed, wanted_ids)
     for tensor_id in wanted_ids:
         if tensor_id in grads:
             tensors[tensor_id] = grads[tensor_id]

@@ -153,6 +153,9 @@ class Layer:
     #: the core op's output is a fresh array nothing else holds (not its input, not its cache),
     #: so a ReLU after it may overwrite it in place (``graph.fusion``'s BatchNorm + ReLU)
     fresh_output = False
+    #: its ``call_backward`` takes ``grad_owned`` and, when True, may write the input gradient
+    #: into the upstream gradient's array (an elementwise backward of the same shape)
+    writes_into_grad = False
     #: how many inputs the layer takes: 1, or None for a list of two or more (merge layers)
     input_count: int | None = 1
     #: under a mixed policy, whether the layer still computes in its variables' dtype, with
@@ -336,13 +339,18 @@ class Layer:
             cache = (core, activation, act)
         return (self._rounded(out) if self._rounds else out), cache
 
-    def backward(self, grad, cache, input_grad: bool = True):
+    def backward(self, grad, cache, input_grad: bool = True, grad_owned: bool = False):
         """``(input_grads, param_grads)`` for the upstream gradient ``grad`` of :meth:`forward`'s
-        output; ``input_grad=False`` when nobody needs the input's gradient (it is then None)."""
+        output; ``input_grad=False`` when nobody needs the input's gradient (it is then None).
+        ``grad_owned``: nothing else holds ``grad``, so a layer that ``writes_into_grad`` may
+        write its input gradient into it (the graph's backward pass says so)."""
         core, activation, act = cache
         if activation is not None:
             grad = ACTIVATIONS[activation][1](grad, act)
-        input_grads, param_grads = self.call_backward(grad, core, input_grad)
+        if self.writes_into_grad and activation is None:
+            input_grads, param_grads = self.call_backward(grad, core, input_grad, grad_owned)
+        else:
+            input_grads, param_grads = self.call_backward(grad, core, input_grad)
         if self._rounds:                 # a bfloat16 op's gradients are bfloat16 too
             input_grads = self._rounded(input_grads)
             if not self.computes_in_variable_dtype:

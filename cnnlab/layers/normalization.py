@@ -62,6 +62,7 @@ class BatchNormalization(Layer):
     """
 
     fresh_output = True                      # y is written into a buffer of its own
+    writes_into_grad = True                  # dx, elementwise, into dy's array when it may
     computes_in_variable_dtype = True        # float32 under mixed_bfloat16, as Keras' does
 
     def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3,
@@ -159,9 +160,13 @@ class BatchNormalization(Layer):
     def _state(self, name):
         return next(v for v in self.variables if v.name == name)
 
-    def call_backward(self, grad, cache, input_grad):
+    def call_backward(self, grad, cache, input_grad, grad_owned=False):
         backward, cache, shape = cache            # the backward of the forward that ran
-        dx, dgamma, dbeta = backward(grad.reshape(-1, shape[-1]), cache, input_grad)
+        rows = grad.reshape(-1, shape[-1])
+        if backward is ops.batch_norm_train_backward:
+            dx, dgamma, dbeta = backward(rows, cache, input_grad, into_grad=grad_owned)
+        else:
+            dx, dgamma, dbeta = backward(rows, cache, input_grad)
         grads = ([dgamma] if self.scale else []) + ([dbeta] if self.center else [])
         return (None if dx is None else dx.reshape(shape)), grads
 
