@@ -408,10 +408,11 @@ def test_where_a_backward_pass_follows_a_site_reuses_its_output_once_nothing_ref
 
 def test_batch_normalization_writes_its_input_gradient_into_an_upstream_one_nothing_else_holds(
         monkeypatch):
-    """Training's backward pass lets BatchNormalization write dx into the array of its output's
-    gradient where nothing else holds that array (``execute._owned``): here the gradient a
-    convolution's backward made. Not where a join handed the same array to its other input
-    too. The gradients are bit for bit those of the path that writes a new array."""
+    """A backward pass lets BatchNormalization write dx into the array of its output's gradient
+    where nothing else holds that array (``execute._owned``): here the gradient a convolution's
+    backward made. Not where a join handed the same array to its other input too. In training
+    and in inference mode (attribution); the gradients are bit for bit those of the path that
+    writes a new array."""
     from cnnlab.engine import compiled, normalization
     from cnnlab.graph import execute
     if compiled.module("normalization_kernels") is None:
@@ -426,21 +427,25 @@ def test_batch_normalization_writes_its_input_gradient_into_an_upstream_one_noth
     batch = np.random.default_rng(2).standard_normal((4, 8, 8, 3)).astype(np.float32)
     grad = [np.ones((4, 2), np.float32)]
 
-    def gradients():
-        _, tape = model.run(batch, training=True, keep_cache=True)
+    def gradients(training):
+        _, tape = model.run(batch, training=training, keep_cache=True)
         return model.backward_from(tape, grad).params
 
+    def spied(backward, into):                 # records (into_grad, dx is the upstream array)
+        def spy(*args, into_grad=False):
+            dx, dgamma, dbeta = backward(*args, into_grad=into_grad)
+            calls.append((into_grad, dx is into(args)))
+            return dx, dgamma, dbeta
+        return spy
+
     calls = []
-    backward = normalization._compiled_backward
-
-    def spy(kernels, grad_y, cache, need_input_grad, into_grad=False):
-        dx, dgamma, dbeta = backward(kernels, grad_y, cache, need_input_grad, into_grad)
-        calls.append((into_grad, dx is grad_y))
-        return dx, dgamma, dbeta
-
-    monkeypatch.setattr(normalization, "_compiled_backward", spy)
-    written_in = gradients()
-    assert calls == [(False, False), (True, True)]                # "shared" first, then "owned"
+    monkeypatch.setattr(normalization, "_compiled_backward",            # training: compiled
+                        spied(normalization._compiled_backward, lambda args: args[1]))
+    monkeypatch.setattr(normalization, "batch_norm_infer_backward",     # attribution
+                        spied(normalization.batch_norm_infer_backward, lambda args: args[0]))
+    written_in = [gradients(training) for training in (True, False)]
+    assert calls == [(False, False), (True, True)] * 2             # "shared" first, then "owned"
     monkeypatch.setattr(execute, "_owned", lambda outs: False)
-    for variable, value in gradients().items():
-        np.testing.assert_array_equal(written_in[variable], value, err_msg=variable.name)
+    for training, expected in zip((True, False), written_in):
+        for variable, value in gradients(training).items():
+            np.testing.assert_array_equal(expected[variable], value, err_msg=variable.name)

@@ -83,32 +83,26 @@ def test_optimizer_split_over_cores_equals_one_core_bit_for_bit(make):
     assert not np.array_equal(results[0][0], params[0])                 # it did update
 
 
-def test_the_update_shares_only_the_threads_the_batch_ran_on():
+def test_the_update_shares_only_the_threads_the_batch_ran_on(monkeypatch):
     """The optimizer's update takes the thread shards' cores, which are idle after them; a batch
     in one piece (BLAS's threads on the other core) or in worker processes keeps it on one."""
+    from cnnlab.training import workers
     cnnlab.config.set_threads(2)
     model, x, y = model_and_data("float32")
     seen = []
     apply = model.optimizer.apply
     model.optimizer.apply = lambda items, threads: (seen.append(threads), apply(items, threads))
-    previous = cnnlab.config.shards()
+    monkeypatch.setattr(cnnlab.config, "_shards", "threads")
+    model.train_on_batch(x, y)                      # two thread shards of 25
+    model.train_on_batch(x[:20], y[:20])            # one piece (shards of 10 would lose)
+    monkeypatch.setattr(cnnlab.config, "_shards", "processes")
+    monkeypatch.setattr(workers, "MIN_MULTIPLY_ADDS_PER_PARAMETER", 0)    # workers pay at once
+    monkeypatch.setattr(workers, "_min_shards", type(workers._min_shards)())
     try:
-        cnnlab.config.set_shards("threads")
-        model.train_on_batch(x, y)                  # two thread shards of 25
-        model.train_on_batch(x[:20], y[:20])        # one piece (shards of 10 would lose)
-        cnnlab.config.set_shards("processes")
-        from cnnlab.training import workers
-        workers.MIN_MULTIPLY_ADDS_PER_PARAMETER, keep = 0, workers.MIN_MULTIPLY_ADDS_PER_PARAMETER
-        workers._min_shards.clear()
-        try:
-            model.train_on_batch(x, y)              # shard 1 in a worker process
-            assert workers._pool is not None
-        finally:
-            workers.MIN_MULTIPLY_ADDS_PER_PARAMETER = keep
-            workers._min_shards.clear()
-            workers.close()
+        model.train_on_batch(x, y)                  # shard 1 in a worker process
+        assert workers._pool is not None
     finally:
-        cnnlab.config.set_shards(previous)
+        workers.close()
     assert seen == [2, 1, 1]
     with pytest.raises(cnnlab.errors.ConfigError, match="threads must be a positive int"):
         apply([(np.ones(3), np.ones(3))], threads=0)

@@ -53,10 +53,12 @@ def to_host(array, copy: bool = False):
 
 
 def unshared(array) -> bool:
-    """Whether one container alone holds ``array``, besides the caller's one name for it: so
-    it may be written in place or handed out again. CPython's reference count tells, since a
-    cache, another entry, a view of it or a caller's variable would each add one."""
-    return sys.getrefcount(array) == _ONE_HOLDER
+    """Whether ``array`` is a NumPy array that owns writeable memory and that one container
+    alone holds, besides the caller's one name for it: so it may be written in place or handed
+    out again. CPython's reference count tells, since a cache, another entry, a view of it or a
+    caller's variable would each add one."""
+    return type(array) is np.ndarray and array.base is None and array.flags.writeable \
+        and sys.getrefcount(array) == _ONE_HOLDER
 
 
 #: ``sys.getrefcount(array)`` in :func:`unshared` when one container holds it: that container,

@@ -128,10 +128,9 @@ def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool =
     gradients reaching its BatchNormalizations are convolutions' recycled arrays, which their
     workspaces hold."""
     x, centred, mean, inv_std, gamma, count, batch_sum, kernels, cut = cache
-    if kernels is not None:
-        same = grad_y.dtype == x.dtype
+    if kernels is not None:            # grad_y itself, or a copy of it in x's dtype: ours
         return _compiled_backward(kernels, grad_y.astype(x.dtype, copy=False), cache,
-                                  need_input_grad, into_grad and same)
+                                  need_input_grad, into_grad=into_grad)
     xp = array_module(grad_y)
     if cut is not None:
         grad_y = relu_backward(grad_y, cut)                           # (M, C)
@@ -172,13 +171,12 @@ def _compiled_backward(kernels, grad_y, cache, need_input_grad, into_grad=False)
     totals = batch_sum(grads.copy())                                  # (2, C), whole batch
     terms = np.empty((3, x.shape[1]), x.dtype)                        # dx = dy * a + x * b + k
     kernels.input_grad_terms(totals, gamma, inv_std, mean, count, terms)
-    dx = None if into_grad else np.empty_like(grad_y)                  # None: into grad_y
+    out = None if into_grad else np.empty_like(grad_y)                 # None: into grad_y
     if cut is None:
-        kernels.input_grad(grad_y, x, *terms, dx)
+        kernels.input_grad(grad_y, x, *terms, out)
     else:
-        kernels.masked_input_grad(grad_y, x, *cut, *terms, dx)
-    dx = grad_y if into_grad else dx
-    return dx, dgamma, dbeta
+        kernels.masked_input_grad(grad_y, x, *cut, *terms, out)
+    return (grad_y if into_grad else out), dgamma, dbeta
 
 
 def inference_affine(gamma, beta, moving_mean, moving_var, epsilon: float):
@@ -206,12 +204,17 @@ def fold_affine(kernel: np.ndarray, bias, scale: np.ndarray, shift: np.ndarray):
     return kernel * scale.astype(kernel.dtype), folded_bias.astype(kernel.dtype)
 
 
-def batch_norm_infer_backward(grad_y: np.ndarray, cache, need_input_grad: bool = True):
-    """Returns ``(dx or None, dgamma, dbeta)`` of the inference-mode map."""
+def batch_norm_infer_backward(grad_y: np.ndarray, cache, need_input_grad: bool = True,
+                              into_grad: bool = False):
+    """Returns ``(dx or None, dgamma, dbeta)`` of the inference-mode map. ``into_grad``: dx
+    goes into ``grad_y``, which nothing else holds, after the sums have read it."""
     x, moving_mean, inv_std, scale = cache
     dbeta = column_sums(grad_y)                                       # (C,)
     dgamma = column_sums(grad_y * ((x - moving_mean) * inv_std))      # (C,)
-    return (grad_y * scale if need_input_grad else None), dgamma, dbeta
+    if not need_input_grad:
+        return None, dgamma, dbeta
+    return array_module(grad_y).multiply(grad_y, scale, out=grad_y if into_grad else None), \
+        dgamma, dbeta
 
 
 def moving_average(moving: np.ndarray, batch: np.ndarray, momentum: float) -> np.ndarray:

@@ -63,8 +63,7 @@ def _add(total: dict, key, grad: np.ndarray) -> None:
     held = total.get(key)
     if held is None:
         total[key] = grad
-    elif type(held) is np.ndarray and held.base is None and held.flags.writeable \
-            and held.shape == grad.shape and held.dtype == np.result_type(held, grad) \
+    elif held.shape == grad.shape and held.dtype == np.result_type(held, grad) \
             and unshared(held):
         np.add(held, grad, out=held)
     else:
@@ -108,8 +107,7 @@ def _owned(outs: list) -> bool:
     if len(outs) != 1:
         return False
     grad = outs[0]
-    return type(grad) is np.ndarray and grad.base is None and grad.flags.writeable \
-        and grad.flags.c_contiguous and unshared(grad)
+    return unshared(grad)
 
 
 class Step:

@@ -162,11 +162,8 @@ class BatchNormalization(Layer):
 
     def call_backward(self, grad, cache, input_grad, grad_owned=False):
         backward, cache, shape = cache            # the backward of the forward that ran
-        rows = grad.reshape(-1, shape[-1])
-        if backward is ops.batch_norm_train_backward:
-            dx, dgamma, dbeta = backward(rows, cache, input_grad, into_grad=grad_owned)
-        else:
-            dx, dgamma, dbeta = backward(rows, cache, input_grad)
+        dx, dgamma, dbeta = backward(grad.reshape(-1, shape[-1]), cache, input_grad,
+                                     into_grad=grad_owned)
         grads = ([dgamma] if self.scale else []) + ([dbeta] if self.center else [])
         return (None if dx is None else dx.reshape(shape)), grads
 

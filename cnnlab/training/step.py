@@ -151,7 +151,7 @@ def _run_batch(model, xs, ys, training, share, comm, want_grads) -> BatchResult:
     n = len(xs[0])
     xs, ys, parts, in_processes = _on_model_device(
         model, xs, ys, training and want_grads and workers.usable())
-    on_threads = False
+    thread_shards = 1
     if parts is None:
         batch_sum = comm.sum_array if training and comm is not None else None   # ranks only
         ctx = _context(model, training, batch_sum, None, want_grads)
@@ -167,7 +167,7 @@ def _run_batch(model, xs, ys, training, share, comm, want_grads) -> BatchResult:
             else:
                 results, ctx = _in_threads(model, pieces, shares, seeds, comm, training,
                                            want_grads)
-                on_threads = True
+                thread_shards = len(results)
     weights = [(p.stop - p.start) / n for p in parts]
     losses = [sum(r[0][i] * w for r, w in zip(results, weights))
               for i in range(len(model.outputs))]
@@ -185,8 +185,7 @@ def _run_batch(model, xs, ys, training, share, comm, want_grads) -> BatchResult:
     total = sum(w * loss for w, loss, fn in zip(model.loss_weights, losses, model.compiled_losses)
                 if fn is not None)
     # shard 0's statistics updates: every shard computed the same whole-batch statistics
-    return BatchResult(float(total), losses, outputs, grads, ctx.state_updates,
-                       len(results) if on_threads else 1)
+    return BatchResult(float(total), losses, outputs, grads, ctx.state_updates, thread_shards)
 
 
 def _in_threads(model, pieces, shares, seeds, comm, training, want_grads):
