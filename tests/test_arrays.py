@@ -86,3 +86,32 @@ def test_a_recycled_array_is_handed_out_again_only_when_nothing_else_holds_it():
     assert id(arrays.recycled(workspace, "out", (2, 3), np.float32)) != id(view.base)
     assert arrays.recycled(workspace, "out", (3, 2), np.float32).shape == (3, 2)
     assert arrays.recycled(None, "out", (2, 3), np.float64).dtype == np.float64
+
+
+def test_a_free_list_hands_back_the_last_free_array_of_a_shape_and_forgets_what_a_pass_left():
+    """``arrays.FreeList.take`` gives back the most recently taken array of that shape and
+    dtype that nothing (a variable, a view) refers to any more, else a new one; a pass that did
+    not take an array lets it go at the next ``start_pass``."""
+    free = arrays.FreeList()
+    first = free.take((2, 3), np.float32)
+    second = free.take((2, 3), np.float32)
+    assert second is not first                     # `first` still holds its array
+    first_id, second_id = id(first), id(second)
+    del first, second
+    assert id(free.take((2, 3), np.float32)) == second_id      # the later one first
+    assert id(free.take([2, 3], "float32")) == second_id       # the same shape and dtype
+    view = free.take((2, 3), np.float32)[1:]
+    assert id(view.base) == second_id
+    assert id(free.take((2, 3), np.float32)) == first_id       # the view holds the other
+    assert free.take((2, 3), np.float64).dtype == np.float64
+    assert free.take((3, 2), np.float32).shape == (3, 2)
+    del view
+    free.start_pass()
+    kept = free.take((2, 3), np.float32)           # taken in the pass before: kept
+    assert id(kept) in (first_id, second_id)
+    kept_id = id(kept)
+    del kept
+    free.start_pass()                              # (3, 2) and float64 were not taken again
+    assert [id(a) for kept in free._kept.values() for a in kept] == [kept_id]
+    free.start_pass()                              # nor was anything in the last pass
+    assert free._kept == {}

@@ -371,7 +371,7 @@ def test_where_a_backward_pass_follows_a_site_reuses_its_output_once_nothing_ref
     BatchNormalization's, residual join's and max pool's output into the site's array of the
     run before (``CallContext.output_workspace``): fresh ones would fault their pages in again
     every step. What a caller still holds is never written: an output, or a tape's values.
-    Inference recycles none (a fresh output reuses what the layer before freed, in cache)."""
+    Inference keeps no output per site (it takes them from a free list, the next test)."""
     from cnnlab.engine import conv
     monkeypatch.setattr(conv, "ALGORITHM", "winograd")    # where it applies: the 3x3, stride 1
     x = Input((12, 12, 4))
@@ -404,6 +404,57 @@ def test_where_a_backward_pass_follows_a_site_reuses_its_output_once_nothing_ref
         np.testing.assert_array_equal(array, value)  # not overwritten by the second run
     for array, value in zip(again, expected[1]):
         np.testing.assert_array_equal(array, value)
+
+
+def test_inference_takes_outputs_and_tiles_from_the_threads_free_list_and_never_writes_held_ones(
+        monkeypatch):
+    """At inference every op that can takes its output (and Winograd its transformed tiles and
+    products) from this thread's free list (``CallContext.output_workspace``): a second call
+    allocates nothing new, an output the caller still holds is never written, every value
+    equals that of a run without the free list, and a call at another batch size leaves
+    nothing behind two calls later."""
+    from cnnlab.engine import compiled, conv
+    from cnnlab.layers.context import CallContext
+    monkeypatch.setattr(conv, "ALGORITHM", "winograd")    # where it applies: the 3x3, stride 1
+    x = Input((12, 12, 4))
+    h = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)     # im2col
+    h = layers.DepthwiseConv2D(3, padding="same")(h)
+    h = layers.Activation("relu")(layers.BatchNormalization()(h))
+    h = layers.ReLU()(layers.Add()([h, layers.Conv2D(8, 3, padding="same")(h)]))  # Winograd
+    h = layers.MaxPooling2D(2, strides=1, padding="same")(h)
+    model = Model(x, layers.Conv2D(3, 1)(h))                                    # one GEMM
+    rng = np.random.default_rng(2)
+    first, second = rng.standard_normal((2, 3, 12, 12, 4)).astype(np.float32)
+    free = model.workspaces.free_list
+
+    def held():
+        return {id(array) for kept in free._kept.values() for array in kept}
+
+    def without_free_list(batch):
+        with monkeypatch.context() as patch:
+            patch.setattr(CallContext, "output_workspace", property(lambda self: None))
+            return model.run(batch)[0][0]
+
+    expected = [without_free_list(batch) for batch in (first, second)]
+    out = model.run(first)[0][0]
+    taken = held()
+    # compiled: im2col, depthwise (BatchNormalization folded into it), Winograd's output, V and
+    # M, the join, max pool, 1x1; the NumPy reference: im2col, Winograd's output, join, 1x1
+    assert len(taken) == (8 if compiled.module("winograd_kernels") is not None else 4)
+    assert id(out) in taken
+    np.testing.assert_array_equal(out, expected[0])
+    again = model.run(second)[0][0]                 # the caller holds `out`: not written
+    np.testing.assert_array_equal(out, expected[0])
+    np.testing.assert_array_equal(again, expected[1])
+    assert id(again) != id(out) and held() == taken | {id(again)}
+    out_id, again_id = id(out), id(again)
+    del out, again
+    model.run(first)             # nothing new; `out`'s array, untaken a pass, is forgotten
+    assert held() == taken - {out_id} | {again_id}
+    model.run(first[:2])
+    model.run(first)
+    model.run(first)                                # two passes without the batch of 2
+    assert all(shape[0] != 2 for shape, _ in free._kept)
 
 
 def test_batch_normalization_writes_its_input_gradient_into_an_upstream_one_nothing_else_holds(

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cnnlab.engine import compiled, fourier, windows, winograd
-from cnnlab.engine.arrays import array_module, recycled
+from cnnlab.engine.arrays import FreeList, array_module, recycled
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import batch_chunks, col2im, column_sums, im2col, tap_slices, transposed_product
 from cnnlab.errors import ConfigError
@@ -188,7 +188,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
                    dilation: tuple[int, int] = (1, 1), workspace: dict | None = None,
                    algorithm: str | None = None, gradients: str = "all", relu: bool = False,
-                   recycle: bool | None = None):
+                   outputs: dict | FreeList | None = None):
     """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``,
     then ``max(out, 0)`` if ``relu`` (inference: the backward pass does not take the ReLU's
     gradient; compiled Winograd runs it in its output transform, the other paths in place).
@@ -199,34 +199,33 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     chunk. ``workspace``: a dict the caller keeps between calls, to reuse the cols buffer.
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
     Arrays that are not NumPy's (CuPy's: ``engine.arrays``) take the im2col path on their own
-    module: the Winograd and frequency paths are CPU code. ``recycle``: whether the compiled
-    Winograd, the im2col and the 1x1 paths (on NumPy's arrays) may write into the site's output
-    of its previous call, once nothing refers to it (``arrays.recycled``); by default in
-    training (``gradients`` other than 'none'), where a step holds every output until its
-    backward pass anyway (``CallContext.output_workspace`` says why not at inference).
+    module: the Winograd and frequency paths are CPU code. ``outputs``: where the compiled
+    Winograd, the im2col and the 1x1 paths (on NumPy's arrays) take their output from
+    (``arrays.recycled``, ``CallContext.output_workspace`` says why): None, a new array; the
+    call site's dict, its output of the call before once nothing refers to it (training); an
+    ``arrays.FreeList``, whose free arrays Winograd's transformed tiles and products come from
+    too (inference).
     """
     xp = array_module(x, kernel)
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
                   gradients=gradients) if xp is np else "direct"
-    recycle = gradients != "none" if recycle is None else recycle
     if path == "winograd":
-        return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients, recycle)
+        return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients, outputs)
     if path == "fourier":
         out, cache = fourier.conv2d_forward(x, kernel, bias, pads, workspace)
     elif kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
-        out, cache = _pointwise_forward(x, kernel, bias, strides, dilation, workspace, recycle)
+        out, cache = _pointwise_forward(x, kernel, bias, strides, dilation, workspace, outputs)
     else:
         out, cache = _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace,
-                                     recycle)
+                                     outputs)
     if relu:
         xp.maximum(out, 0, out=out)
     return out, cache
 
 
-def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, recycle=False):
-    """im2col, then one GEMM per chunk of the batch (``batch_chunks``). ``recycle``: a NumPy
-    output is the site's array of its previous call once nothing refers to it
-    (``arrays.recycled``), as Winograd's is; a CuPy one is always new."""
+def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, outputs=None):
+    """im2col, then one GEMM per chunk of the batch (``batch_chunks``). A NumPy output comes
+    from ``outputs`` (``conv2d_forward``); a CuPy one is always new."""
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
@@ -238,8 +237,7 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, recycle
     if fold:
         weights = xp.vstack([weights, bias[None, :].astype(weights.dtype)])   # (KH*KW*C + 1, F)
     chunks = batch_chunks(n, ho * wo * k * x.dtype.itemsize)
-    out = recycled(workspace if recycle else None, "out", (n, ho, wo, f),
-                   np.result_type(x, kernel)) if xp is np else \
+    out = recycled(outputs, "out", (n, ho, wo, f), np.result_type(x, kernel)) if xp is np else \
         xp.empty((n, ho, wo, f), dtype=xp.result_type(x, kernel))           # (N, Ho, Wo, F)
     buffer = workspace.get("cols") if workspace is not None else None
     for chunk in chunks:
@@ -335,26 +333,26 @@ def _piece_input(x, pads: Pads, piece: Piece):
 
 
 def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="all",
-                      recycle=False):
+                      outputs=None):
     """Piece by piece, each piece's V kept for the backward pass while the whole batch's fits
     the memory budget (``windows.COLS_BUDGET_BYTES``) and gradients will be asked for; past
-    that the backward pass redoes V from ``x``. The output (with ``recycle``) and the kept V
-    are the site's arrays of its previous call once nothing refers to them
-    (``arrays.recycled``): fresh ones cost a page fault per 4 KB every step, when glibc has
-    handed the memory freed by the step before back to the system (cifar10_cnn's training,
-    2 threads: 10,500 faults a step before, 1 after, and 1,053-1,137 -> 1,333-1,381 img/s).
-    At inference a fresh output reuses what the layer before just freed, still in cache, so
-    it is not recycled there (``CallContext.output_workspace``). Each piece's products M stay
-    fresh too: one recycled scratch per site for them made ResNet-20's training steps slower
-    (batch 128, 2 cores, the other outputs recycled either way: 226.9-233.9 ms with it,
-    215.5-223.9 without, 3 runs each beside their own base runs of 211-223 and 212-214),
-    probably since each site's first piece then starts from a cold buffer."""
+    that the backward pass redoes V from ``x``. The output comes from ``outputs``
+    (``conv2d_forward``); in training it and the kept V are the site's arrays of its previous
+    call once nothing refers to them (``arrays.recycled``): fresh ones cost a page fault per
+    4 KB every step, when glibc has handed the memory freed by the step before back to the
+    system (cifar10_cnn's training, 2 threads: 10,500 faults a step before, 1 after, and
+    1,053-1,137 -> 1,333-1,381 img/s). There each piece's products M stay fresh: one recycled
+    scratch per site for them made ResNet-20's training steps slower (batch 128, 2 cores, the
+    other outputs recycled either way: 226.9-233.9 ms with it, 215.5-223.9 without, 3 runs
+    each beside their own base runs of 211-223 and 212-214), probably since each site's first
+    piece then starts from a cold buffer. At inference (``outputs`` an ``arrays.FreeList``)
+    V and M come from the free list, whose most recently taken free array is the previous
+    piece's, still in cache."""
     n, h, w, c = x.shape
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
     tiling = winograd.tiling()
-    out = recycled(workspace if recycle else None, "out", (n, *out_hw, f),
-                   np.result_type(x, kernel))
+    out = recycled(outputs, "out", (n, *out_hw, f), np.result_type(x, kernel))
     pieces = _winograd_pieces(n, out_hw, c, f, out.itemsize, tiling)
     th, tw = winograd.tile_counts(out_hw, tiling.m)
     keep = gradients in ("all", "kernel") and \
@@ -364,13 +362,16 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     for k, piece in enumerate(pieces):
         rows, piece_pads = _piece_input(x, pads, piece)
         piece_hw = (piece.rows.stop - piece.rows.start, out_hw[1])
-        v = None
+        v = m = None
+        piece_th, piece_tw = winograd.tile_counts(piece_hw, tiling.m)
+        tile_count = len(rows) * piece_th * piece_tw
         if keep and tiling is winograd.F4:       # this piece's V of the step before, once free
-            piece_th, piece_tw = winograd.tile_counts(piece_hw, tiling.m)
-            v = recycled(workspace, ("tiles", k), (36, len(rows) * piece_th * piece_tw, c),
-                         out.dtype)
+            v = recycled(workspace, ("tiles", k), (36, tile_count, c), out.dtype)
+        elif isinstance(outputs, FreeList) and tiling is winograd.F4:
+            v = outputs.take((36, tile_count, c), out.dtype)
+            m = outputs.take((36, tile_count, f), out.dtype)
         _, v = winograd.conv3x3_forward(rows, kernel, bias, piece_pads, piece_hw, tiling, u,
-                                        out[piece.images, piece.rows], relu, v)
+                                        out[piece.images, piece.rows], relu, v, m)
         if keep:
             tiles.append(v)
     return out, WinogradCache(tiles if keep else None, None if keep else x, pieces, tiling,
@@ -438,22 +439,21 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace)
         kernel[::-1, ::-1].transpose(0, 1, 3, 2))                                # (KH, KW, F, C)
     scratch = workspace.setdefault("input_grad", {}) if workspace is not None else None
     return conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch,
-                          gradients="input", recycle=True)[0]
+                          gradients="input", outputs=scratch)[0]
 
 
-def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, recycle=False):
+def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, outputs=None):
     """A 1x1 convolution without padding: ``out = x[:, ::sh, ::sw] @ kernel[0, 0] (+ bias)``, one
     GEMM on the NHWC array, which is its own im2col matrix (a view at stride 1, a copy of the
     sampled pixels at stride 2). The cache is im2col's, so the backward pass is shared.
-    ``recycle``: a NumPy output is the site's array of its previous call once nothing refers to
-    it, as im2col's is."""
+    A NumPy output comes from ``outputs`` (``conv2d_forward``)."""
     f = kernel.shape[3]
     xp = array_module(x, kernel)
     picked = x if tuple(strides) == (1, 1) else xp.ascontiguousarray(x[:, ::strides[0],
                                                                          ::strides[1]])
     n, ho, wo, c = picked.shape                                              # (N, Ho, Wo, C)
-    if xp is np and recycle:
-        out = recycled(workspace, "out", (n, ho, wo, f), np.result_type(picked, kernel))
+    if xp is np and outputs is not None:
+        out = recycled(outputs, "out", (n, ho, wo, f), np.result_type(picked, kernel))
         np.matmul(picked.reshape(-1, c), kernel[0, 0], out=out.reshape(-1, f))
     else:
         out = (picked.reshape(-1, c) @ kernel[0, 0]).reshape(n, ho, wo, f)   # (N, Ho, Wo, F)

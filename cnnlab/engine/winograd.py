@@ -277,7 +277,7 @@ def transform_input(x: np.ndarray, pads: Pads, tiles_hw, tiles: Tiling,
 def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
                     tiles: Tiling | None = None, u: np.ndarray | None = None,
                     out: np.ndarray | None = None, relu: bool = False,
-                    v: np.ndarray | None = None):
+                    v: np.ndarray | None = None, m: np.ndarray | None = None):
     """``out = A^T [(B^T d B) * (G g G^T)] A (+ bias)``: (N, H, W, C) -> (N, Ho, Wo, F), and the
     cache for :func:`transformed_kernel_grad` (the transformed tiles V). ``tiles``: the tiling
     (default :func:`tiling`). A batch done in chunks passes ``u``, the kernel already
@@ -290,7 +290,7 @@ def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
     v = transform_input(x.astype(dtype, copy=False), pads, tiles_hw, tiles, v)  # (alpha^2, T, C)
     if u is None:
         u = kernel_transform(kernel.astype(dtype, copy=False), tiles)         # (alpha^2, C, F)
-    m = np.matmul(v, u)                                                 # (alpha^2, T, F)
+    m = np.matmul(v, u, out=m)                                          # (alpha^2, T, F)
     kernels = compiled.module("winograd_kernels")
     if kernels is not None and tiles is F4:
         out = np.empty((n, *out_hw, f), dtype=m.dtype) if out is None else out
