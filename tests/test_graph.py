@@ -365,6 +365,20 @@ def test_a_tape_keeps_its_gradients_when_the_model_runs_again_before_its_backwar
         np.testing.assert_array_equal(after[variable], value, err_msg=variable.name)
 
 
+def _every_output_site(keep_pooled: bool) -> Model:
+    """A model with every op that takes its output from ``CallContext.output_workspace``:
+    im2col, a depthwise convolution, BatchNormalization + ReLU, Winograd, Add + ReLU, max
+    pooling and a 1x1 convolution; with ``keep_pooled`` the pool's output is an output too."""
+    x = Input((12, 12, 4))
+    h = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)     # im2col
+    h = layers.DepthwiseConv2D(3, padding="same")(h)
+    h = layers.Activation("relu")(layers.BatchNormalization()(h))
+    h = layers.ReLU()(layers.Add()([h, layers.Conv2D(8, 3, padding="same")(h)]))  # Winograd
+    pooled = layers.MaxPooling2D(2, strides=1, padding="same")(h)
+    out = layers.Conv2D(3, 1)(pooled)                                           # one GEMM
+    return Model(x, [out, pooled] if keep_pooled else out)
+
+
 def test_where_a_backward_pass_follows_a_site_reuses_its_output_once_nothing_refers_to_it(
         monkeypatch):
     """A run whose backward pass may follow writes each convolution's, depthwise convolution's,
@@ -374,13 +388,7 @@ def test_where_a_backward_pass_follows_a_site_reuses_its_output_once_nothing_ref
     Inference keeps no output per site (it takes them from a free list, the next test)."""
     from cnnlab.engine import conv
     monkeypatch.setattr(conv, "ALGORITHM", "winograd")    # where it applies: the 3x3, stride 1
-    x = Input((12, 12, 4))
-    h = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)     # im2col
-    h = layers.DepthwiseConv2D(3, padding="same")(h)
-    h = layers.Activation("relu")(layers.BatchNormalization()(h))
-    h = layers.ReLU()(layers.Add()([h, layers.Conv2D(8, 3, padding="same")(h)]))  # Winograd
-    middle = layers.MaxPooling2D(2, strides=1, padding="same")(h)
-    model = Model(x, [layers.Conv2D(3, 1)(middle), middle])                     # one GEMM
+    model = _every_output_site(keep_pooled=True)
     rng = np.random.default_rng(1)
     first, second = rng.standard_normal((2, 3, 12, 12, 4)).astype(np.float32)
 
@@ -416,13 +424,7 @@ def test_inference_takes_outputs_and_tiles_from_the_threads_free_list_and_never_
     from cnnlab.engine import compiled, conv
     from cnnlab.layers.context import CallContext
     monkeypatch.setattr(conv, "ALGORITHM", "winograd")    # where it applies: the 3x3, stride 1
-    x = Input((12, 12, 4))
-    h = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)     # im2col
-    h = layers.DepthwiseConv2D(3, padding="same")(h)
-    h = layers.Activation("relu")(layers.BatchNormalization()(h))
-    h = layers.ReLU()(layers.Add()([h, layers.Conv2D(8, 3, padding="same")(h)]))  # Winograd
-    h = layers.MaxPooling2D(2, strides=1, padding="same")(h)
-    model = Model(x, layers.Conv2D(3, 1)(h))                                    # one GEMM
+    model = _every_output_site(keep_pooled=False)
     rng = np.random.default_rng(2)
     first, second = rng.standard_normal((2, 3, 12, 12, 4)).astype(np.float32)
     free = model.workspaces.free_list
