@@ -365,66 +365,31 @@ def test_a_tape_keeps_its_gradients_when_the_model_runs_again_before_its_backwar
         np.testing.assert_array_equal(after[variable], value, err_msg=variable.name)
 
 
-def _every_output_site(keep_pooled: bool) -> Model:
+def _every_output_site() -> Model:
     """A model with every op that takes its output from ``CallContext.output_workspace``:
     im2col, a depthwise convolution, BatchNormalization + ReLU, Winograd, Add + ReLU, max
-    pooling and a 1x1 convolution; with ``keep_pooled`` the pool's output is an output too."""
+    pooling and a 1x1 convolution."""
     x = Input((12, 12, 4))
     h = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)     # im2col
     h = layers.DepthwiseConv2D(3, padding="same")(h)
     h = layers.Activation("relu")(layers.BatchNormalization()(h))
     h = layers.ReLU()(layers.Add()([h, layers.Conv2D(8, 3, padding="same")(h)]))  # Winograd
-    pooled = layers.MaxPooling2D(2, strides=1, padding="same")(h)
-    out = layers.Conv2D(3, 1)(pooled)                                           # one GEMM
-    return Model(x, [out, pooled] if keep_pooled else out)
+    h = layers.MaxPooling2D(2, strides=1, padding="same")(h)
+    return Model(x, layers.Conv2D(3, 1)(h))                                     # one GEMM
 
 
-def test_where_a_backward_pass_follows_a_site_reuses_its_output_once_nothing_refers_to_it(
-        monkeypatch):
-    """A run whose backward pass may follow writes each convolution's, depthwise convolution's,
-    BatchNormalization's, residual join's and max pool's output into the site's array of the
-    run before (``CallContext.output_workspace``): fresh ones would fault their pages in again
-    every step. What a caller still holds is never written: an output, or a tape's values.
-    Inference keeps no output per site (it takes them from a free list, the next test)."""
-    from cnnlab.engine import conv
-    monkeypatch.setattr(conv, "ALGORITHM", "winograd")    # where it applies: the 3x3, stride 1
-    model = _every_output_site(keep_pooled=True)
-    rng = np.random.default_rng(1)
-    first, second = rng.standard_normal((2, 3, 12, 12, 4)).astype(np.float32)
-
-    def outputs_held():
-        return {id(held) for site in model.workspaces.by_site.values()
-                for key, held in site.items() if key == "out"}
-
-    def run(batch):
-        return model.run(batch, training=True, keep_cache=True)[0]
-
-    model.predict_on_batch(first)
-    assert outputs_held() == set()                   # inference: none
-    expected = [[a.copy() for a in run(batch)] for batch in (first, second)]
-    held = outputs_held()
-    assert len(held) == 7                            # each of those sites kept its output
-    kept = run(first)                                # nothing held them: the same arrays again
-    assert outputs_held() == held and {id(a) for a in kept} <= held
-    again = run(second)                              # the caller holds two: those are new
-    assert len(outputs_held() & held) == 5 and not {id(a) for a in again} & held
-    for array, value in zip(kept, expected[0]):
-        np.testing.assert_array_equal(array, value)  # not overwritten by the second run
-    for array, value in zip(again, expected[1]):
-        np.testing.assert_array_equal(array, value)
-
-
-def test_inference_takes_outputs_and_tiles_from_the_threads_free_list_and_never_writes_held_ones(
-        monkeypatch):
-    """At inference every op that can takes its output (and Winograd its transformed tiles and
-    products) from this thread's free list (``CallContext.output_workspace``): a second call
-    allocates nothing new, an output the caller still holds is never written, every value
-    equals that of a run without the free list, and a call at another batch size leaves
-    nothing behind two calls later."""
+@pytest.mark.parametrize("training", [False, True])
+def test_forward_passes_take_outputs_from_the_threads_free_list_and_never_write_held_ones(
+        training, monkeypatch):
+    """In training and at inference every op that can takes its output (and Winograd its
+    products, and its transformed tiles where it does not keep them) from this thread's free
+    list (``CallContext.output_workspace``): a second run allocates nothing new, an output
+    the caller still holds is never written, every value equals that of a run without the
+    free list, and a run at another batch size leaves nothing behind two runs later."""
     from cnnlab.engine import compiled, conv
     from cnnlab.layers.context import CallContext
     monkeypatch.setattr(conv, "ALGORITHM", "winograd")    # where it applies: the 3x3, stride 1
-    model = _every_output_site(keep_pooled=False)
+    model = _every_output_site()
     rng = np.random.default_rng(2)
     first, second = rng.standard_normal((2, 3, 12, 12, 4)).astype(np.float32)
     free = model.workspaces.free_list
@@ -432,30 +397,36 @@ def test_inference_takes_outputs_and_tiles_from_the_threads_free_list_and_never_
     def held():
         return {id(array) for kept in free._kept.values() for array in kept}
 
+    def run(batch):
+        return model.run(batch, training=training, keep_cache=training)[0][0]
+
     def without_free_list(batch):
         with monkeypatch.context() as patch:
             patch.setattr(CallContext, "output_workspace", property(lambda self: None))
-            return model.run(batch)[0][0]
+            return run(batch)
 
     expected = [without_free_list(batch) for batch in (first, second)]
-    out = model.run(first)[0][0]
+    out = run(first)
     taken = held()
-    # compiled: im2col, depthwise (BatchNormalization folded into it), Winograd's output, V and
-    # M, the join, max pool, 1x1; the NumPy reference: im2col, Winograd's output, join, 1x1
-    assert len(taken) == (8 if compiled.module("winograd_kernels") is not None else 4)
+    # as many arrays as were live at once, those of outputs dead before the pass's end serving
+    # later ones: compiled, 8 at inference (V and M among them), 9 in training (max pool's
+    # winners and BatchNormalization's rows; Winograd keeps V in its site's workspace); the
+    # NumPy reference takes them for im2col, Winograd's output, the join and the 1x1 only
+    compiled_on = compiled.module("winograd_kernels") is not None
+    assert len(taken) == ((9 if training else 8) if compiled_on else 4)
     assert id(out) in taken
     np.testing.assert_array_equal(out, expected[0])
-    again = model.run(second)[0][0]                 # the caller holds `out`: not written
+    again = run(second)                             # the caller holds `out`: not written
     np.testing.assert_array_equal(out, expected[0])
     np.testing.assert_array_equal(again, expected[1])
     assert id(again) != id(out) and held() == taken | {id(again)}
     out_id, again_id = id(out), id(again)
     del out, again
-    model.run(first)             # nothing new; `out`'s array, untaken a pass, is forgotten
+    run(first)                   # nothing new; `out`'s array, untaken a pass, is forgotten
     assert held() == taken - {out_id} | {again_id}
-    model.run(first[:2])
-    model.run(first)
-    model.run(first)                                # two passes without the batch of 2
+    run(first[:2])
+    run(first)
+    run(first)                                      # two passes without the batch of 2
     assert all(shape[0] != 2 for shape, _ in free._kept)
 
 

@@ -83,14 +83,17 @@ def recycled(workspace: dict | None, key, shape: tuple, dtype) -> np.ndarray:
 
 
 class FreeList:
-    """Arrays kept for reuse by shape and dtype, for the outputs and scratch of forward passes at
-    inference. :meth:`take` hands out again the most recently taken array of a shape that
-    nothing refers to any more (:func:`unshared`'s test: a view, a cache or a caller's name
-    would each hold a reference), the one most likely still in cache; else a new one.
+    """Arrays kept for reuse by shape and dtype, for the outputs and scratch of forward passes
+    (``CallContext.output_workspace``). :meth:`take` hands out again the most recently taken
+    array of a shape that nothing refers to any more (:func:`unshared`'s test: a view, a cache
+    or a caller's name would each hold a reference), the one most likely still in cache; else
+    a new one.
 
     Why not glibc's own reuse: arrays past its thresholds (a map of 128 images is megabytes)
     go back to the operating system when freed, so the next call faults every 4 KB of them in
-    again (ResNet-20's inference, 128 images on 2 cores: ~10,000 faults a call).
+    again (ResNet-20's inference, 128 images on 2 cores: ~10,000 faults a call). Unlike an
+    array per call site (:func:`recycled`), an output dead before the pass ends serves the
+    next output of its shape in the same pass.
 
     What it holds stays bounded: :meth:`start_pass` at the top of each forward pass drops the
     arrays the pass before did not take, so a model run on ever new shapes (an image pyramid,

@@ -337,17 +337,15 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     """Piece by piece, each piece's V kept for the backward pass while the whole batch's fits
     the memory budget (``windows.COLS_BUDGET_BYTES``) and gradients will be asked for; past
     that the backward pass redoes V from ``x``. The output comes from ``outputs``
-    (``conv2d_forward``); in training it and the kept V are the site's arrays of its previous
-    call once nothing refers to them (``arrays.recycled``): fresh ones cost a page fault per
-    4 KB every step, when glibc has handed the memory freed by the step before back to the
-    system (cifar10_cnn's training, 2 threads: 10,500 faults a step before, 1 after, and
-    1,053-1,137 -> 1,333-1,381 img/s). There each piece's products M stay fresh: one recycled
-    scratch per site for them made ResNet-20's training steps slower (batch 128, 2 cores, the
-    other outputs recycled either way: 226.9-233.9 ms with it, 215.5-223.9 without, 3 runs
-    each beside their own base runs of 211-223 and 212-214), probably since each site's first
-    piece then starts from a cold buffer. At inference (``outputs`` an ``arrays.FreeList``)
-    V and M come from the free list, whose most recently taken free array is the previous
-    piece's, still in cache."""
+    (``conv2d_forward``). A kept V is the site's array of its previous call once nothing
+    refers to it (``arrays.recycled``): a fresh one costs a page fault per 4 KB every step,
+    when glibc has handed the memory freed by the step before back to the system (cifar10_cnn's
+    training, 2 threads: 10,500 faults a step before, 1 after, and 1,053-1,137 -> 1,333-1,381
+    img/s). Where ``outputs`` is an ``arrays.FreeList``, the products M, and V where it is not
+    kept, come from it: its most recently taken free array is the previous piece's, still in
+    cache. (One recycled M per site instead made ResNet-20's training steps slower, batch 128,
+    2 cores: 226.9-233.9 ms with it, 215.5-223.9 without, 3 runs each, probably since each
+    site's first piece then started from a cold buffer.)"""
     n, h, w, c = x.shape
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
@@ -367,8 +365,8 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
         tile_count = len(rows) * piece_th * piece_tw
         if keep and tiling is winograd.F4:       # this piece's V of the step before, once free
             v = recycled(workspace, ("tiles", k), (36, tile_count, c), out.dtype)
-        elif isinstance(outputs, FreeList) and tiling is winograd.F4:
-            v = outputs.take((36, tile_count, c), out.dtype)
+        if isinstance(outputs, FreeList) and tiling is winograd.F4:
+            v = outputs.take((36, tile_count, c), out.dtype) if v is None else v
             m = outputs.take((36, tile_count, f), out.dtype)
         _, v = winograd.conv3x3_forward(rows, kernel, bias, piece_pads, piece_hw, tiling, u,
                                         out[piece.images, piece.rows], relu, v, m)

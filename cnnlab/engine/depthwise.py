@@ -36,11 +36,11 @@ from cnnlab.engine.windows import column_sums, pad_images, tap_slices
 
 def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                              strides=(1, 1), pads: Pads = ((0, 0), (0, 0)), dilation=(1, 1),
-                             workspace: dict | None = None):
+                             workspace=None):
     """Returns ``(out (N, Ho, Wo, C*M), cache)``. Per filter ``m`` and tap, one multiply into a
     reused buffer and one add: no temporary the size of the output is made per tap.
-    ``workspace``: the call site's dict, where the compiled path writes into its output of the
-    call before once nothing refers to it (``arrays.recycled``)."""
+    ``workspace``: where the compiled path takes its output from (``arrays.recycled``: a free
+    list, or a call site's dict)."""
     kh, kw, c, m = kernel.shape
     n, h, w, _ = x.shape
     out_hw = output_hw((h, w), (kh, kw), strides, pads, dilation)

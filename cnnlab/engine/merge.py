@@ -23,11 +23,11 @@ from cnnlab.engine.activations import relu_backward
 from cnnlab.engine.arrays import array_module, recycled
 
 
-def add_forward(xs: list[np.ndarray], relu: bool = False, workspace: dict | None = None):
+def add_forward(xs: list[np.ndarray], relu: bool = False, workspace=None):
     """The sum, and with ``relu`` its ReLU in the same pass where the kernels are compiled (two
     inputs of one float32 or float64 dtype and shape); the cache is the input count and, with
-    ``relu``, the output. ``workspace``: the call site's dict, where the compiled pass writes
-    into its output of the call before once nothing refers to it (``arrays.recycled``)."""
+    ``relu``, the output. ``workspace``: where the compiled pass takes its output from
+    (``arrays.recycled``: a free list, or a call site's dict)."""
     xp = array_module(*xs)
     kernels = compiled.module("merge_kernels", *xs) if relu and len(xs) == 2 else None
     if kernels is not None and xs[0].dtype == xs[1].dtype and xs[0].dtype in compiled.KERNEL_DTYPES \

@@ -67,8 +67,8 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     at 1024 x 16, one image of ResNet-20's first stage, a forward call went from 32.2 to 20.6
     us when it replaced a dozen NumPy calls, best of 5 x 2,000), the normalising pass in one
     more. Where the one-pass variance would cancel, the reference's two passes run instead.
-    ``workspace``: the call site's dict, where the compiled pass writes into its output of the
-    step before once nothing refers to it (``arrays.recycled``)."""
+    ``workspace``: where the compiled pass takes its output from (``arrays.recycled``: a free
+    list, or a call site's dict)."""
     xp = array_module(x)
     kernels = compiled.module("normalization_kernels", x)
     if kernels is not None:

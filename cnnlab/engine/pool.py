@@ -45,9 +45,9 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
     :func:`max_pool2d_forward_reference`). A later tap wins only if strictly greater, so the
     remembered position is the *first* maximum in row-major window order, the cell PyTorch picks.
     'same' padding pads with -inf, so a padded cell never wins. Returns ``(out, cache)``;
-    ``keep_cache=False`` (inference) skips tracking the winners. ``workspace``: the call site's
-    dict, where the compiled passes recycle their outputs and the input gradient
-    (``arrays.recycled``).
+    ``keep_cache=False`` (inference) skips tracking the winners. ``workspace``: where the
+    compiled passes take their outputs and the input gradient from (``arrays.recycled``: a
+    free list, or a call site's dict).
     """
     n, h, w, c = x.shape
     out_hw = output_hw((h, w), pool, strides, pads)

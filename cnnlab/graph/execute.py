@@ -45,9 +45,9 @@ class Gradients:
 class Workspaces(threading.local):
     """Scratch buffers (im2col columns, kernel spectra) kept between calls, per thread and per
     call site: two threads, or two calls of one layer in a graph, never share a buffer. And
-    per thread, the free list that inference takes its outputs and scratch from
-    (``CallContext.output_workspace``); each top-level forward pass at inference starts a pass
-    of it, which bounds what it keeps."""
+    per thread, the free list that forward passes take their outputs and scratch from
+    (``CallContext.output_workspace``); each top-level forward pass starts a pass of it, which
+    bounds what it keeps."""
 
     def __init__(self):
         self.by_site: dict[tuple, dict] = {}
@@ -158,8 +158,8 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
             raise ShapeError(f"Model {graph.name!r}: input {tensor.name!r} expects (N, "
                              f"{', '.join(map(str, tensor.shape[1:]))}); received {x.shape}.")
     scope, sites = ctx.scope, ctx.workspaces
-    if sites is not None and not scope and not ctx.keep_cache:
-        sites.free_list.start_pass()              # a top-level pass at inference
+    if sites is not None and not scope:
+        sites.free_list.start_pass()              # a top-level pass
     # which nodes' inputs a backward pass will want gradients of (not the graph's own inputs,
     # unless asked later: the choice only tunes speed, every path computes every gradient)
     needed = needs_gradient(graph) if ctx.keep_cache else None

@@ -101,28 +101,24 @@ class CallContext:
         self._generators = generators
 
     @property
-    def output_workspace(self) -> dict | arrays.FreeList | None:
-        """Where an op takes its output from (``engine.arrays.recycled``).
+    def output_workspace(self) -> arrays.FreeList | None:
+        """Where an op takes its output from (``engine.arrays.recycled``): this thread's free
+        list (``engine.arrays.FreeList``), whose arrays nothing refers to any more are handed
+        out again, the one freed last first; None where the caller keeps no workspaces.
 
-        Where a backward pass follows: the call site's workspace, whose output of the call
-        before is written again once nothing refers to it, since the tape holds every output
-        until then anyway and a fresh one would fault its pages in again (mobilenet_small's
-        training, 64 images on one core: 37,365 page faults a step, 8,129 with its depthwise,
-        BatchNormalization, 1x1 and max pool outputs recycled too; at batch 128 on 2 cores
-        229-246 -> 191-225 ms a step, 3 interleaved pairs of fresh processes).
+        Why not fresh arrays: glibc hands large freed blocks back to the system, and the next
+        step or call faults every 4 KB of them in again (mobilenet_small's training, 64 images
+        on one core: 37,365 page faults a step; ResNet-20's inference, 128 images on 2 cores:
+        ~10,000 a call, 75.9-83.1 -> 59.8-67.6 ms a call with the free list, 3 interleaved
+        pairs of fresh processes).
 
-        At inference: this thread's free list (``engine.arrays.FreeList``), not the site's
-        array: one per site is cold by the time the site runs again (ResNet-20's inference
-        with every output recycled faulted no page but took 69 ms a batch of 128 against 63
-        ms, one run each), while the free list hands back the array freed last, still in
-        cache, and never gives memory back to the system for the next call to fault in again.
-        ResNet-20's inference in a fresh process, 128 images on 2 cores: ~10,000 faults a call
-        -> 0, 75.9-83.1 -> 59.8-67.6 ms a call (medians of 20 calls, 3 interleaved pairs of
-        processes); after training in the same process glibc's heap already held the memory
-        (no faults either way) and the two were level (63.8-66.1 against 64.7-67.8 ms). None
-        where the caller keeps no workspaces."""
-        if self.keep_cache:
-            return self.workspace
+        Why not one array per call site, kept from step to step (session 30's way in training):
+        a site's array is held even after its last reader, so its memory serves nothing else
+        (ResNet-20's BatchNormalization outputs, which no later cache reads, once Winograd keeps
+        its transformed tiles instead of its input: peak RSS 814.7 MB with per-site arrays,
+        744.5-744.8 MB with the free list, training process and worker), and it is cold by
+        the time the site runs again (ResNet-20's inference with per-site outputs: 69 against 63
+        ms a batch of 128, one run each)."""
         return None if self.workspaces is None else self.workspaces.free_list
 
     def sum_over_batch(self, partial: np.ndarray) -> np.ndarray:
