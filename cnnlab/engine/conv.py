@@ -253,7 +253,7 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, outputs
         workspace["cols"], workspace["cols_owner"] = buffer, (owner := object())
     kept_cols = buffer if len(chunks) == 1 else None
     return out, Im2colCache(kept_cols, x, kernel, x.shape, strides, pads, dilation, has_bias,
-                            fold, workspace, owner)
+                            fold, workspace, owner, _free_list(outputs))
 
 
 class Im2colCache(NamedTuple):
@@ -269,6 +269,7 @@ class Im2colCache(NamedTuple):
     fold: bool                    # cols carry the ones column of a folded bias
     workspace: dict | None        # the call site's buffers, for the input gradient's own
     owner: object = None          # cols are valid while the workspace's "cols_owner" is this
+    free: FreeList | None = None  # where the input gradient's array comes from, if anywhere
 
 
 class WinogradCache(NamedTuple):
@@ -283,6 +284,7 @@ class WinogradCache(NamedTuple):
     pads: Pads
     has_bias: bool
     workspace: dict | None
+    free: FreeList | None = None  # where the input gradient's array comes from, if anywhere
 
 
 class Piece(NamedTuple):
@@ -373,7 +375,8 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
         if keep:
             tiles.append(v)
     return out, WinogradCache(tiles if keep else None, None if keep else x, pieces, tiling,
-                              kernel, x.shape, pads, bias is not None, workspace)
+                              kernel, x.shape, pads, bias is not None, workspace,
+                              _free_list(outputs))
 
 
 def _kernel_grad_runs(cache: WinogradCache, itemsize: int) -> list[range]:
@@ -421,10 +424,19 @@ def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
     if not need_input_grad:
         return None, grad_kernel, grad_bias
     return _input_grad_as_convolution(grad_out, cache.kernel, transposed_pads(
-        (3, 3), cache.pads, (1, 1)), (1, 1), cache.workspace), grad_kernel, grad_bias
+        (3, 3), cache.pads, (1, 1)), (1, 1), cache.workspace, cache.free), grad_kernel, grad_bias
 
 
-def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace):
+def _free_list(outputs) -> FreeList | None:
+    """``outputs`` where it is a free list: the backward pass takes its stride-1 input gradient
+    from it too, so the array of a gradient already consumed serves the next one of its shape.
+    (From the call site's workspace, one array per site kept from step to step, ResNet-20's
+    training held 19 map-sized gradients between steps; fresh ones faulted ~2,900 pages a
+    step.)"""
+    return outputs if isinstance(outputs, FreeList) else None
+
+
+def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace, free=None):
     """A stride-1 convolution's input gradient, ``grad_x[n, y, x, c] = sum_{i, j, f}
     gp[n, y + i*dh, x + j*dw, f] * kernel[KH-1-i, KW-1-j, c, f]`` with ``gp`` = grad_out padded by
     ``full_pads`` (cropped where negative): itself a convolution (of grad_out with the flipped
@@ -437,7 +449,7 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace)
         kernel[::-1, ::-1].transpose(0, 1, 3, 2))                                # (KH, KW, F, C)
     scratch = workspace.setdefault("input_grad", {}) if workspace is not None else None
     return conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch,
-                          gradients="input", outputs=scratch)[0]
+                          gradients="input", outputs=scratch if free is None else free)[0]
 
 
 def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, outputs=None):
@@ -458,7 +470,7 @@ def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, outputs=No
     if bias is not None:
         out += bias
     return out, Im2colCache(picked, None, kernel, x.shape, strides, ((0, 0), (0, 0)), dilation,
-                            bias is not None, False, workspace)
+                            bias is not None, False, workspace, free=_free_list(outputs))
 
 
 def transposed_pads(kernel_hw, pads: Pads, dilation) -> Pads:
@@ -491,7 +503,8 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
         return fourier.conv2d_backward(grad_out, cache, need_input_grad)
     if isinstance(cache, WinogradCache):
         return _winograd_backward(grad_out, cache, need_input_grad)
-    cols, x, kernel, x_shape, strides, pads, dilation, has_bias, fold, workspace, owner = cache
+    cols, x, kernel, x_shape, strides, pads, dilation, has_bias, fold, workspace, owner, free = \
+        cache
     if cols is not None and owner is not None and workspace.get("cols_owner") is not owner:
         cols = None                                    # overwritten since: rebuilt from x
     xp = array_module(grad_out)
@@ -518,8 +531,8 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
         return None, grad_kernel, grad_bias
     if tuple(strides) == (1, 1):
         full_pads = transposed_pads((kh, kw), pads, dilation)
-        return (_input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace),
-                grad_kernel, grad_bias)
+        return (_input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace,
+                                           free), grad_kernel, grad_bias)
     if compiled.module("windows_kernels", grad_out) is not None and \
             grad_out.dtype in compiled.KERNEL_DTYPES:
         return _strided_input_grad(grad_rows, kernel, cache), grad_kernel, grad_bias
