@@ -188,7 +188,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
                    dilation: tuple[int, int] = (1, 1), workspace: dict | None = None,
                    algorithm: str | None = None, gradients: str = "all", relu: bool = False,
-                   outputs: dict | FreeList | None = None):
+                   free: FreeList | None = None):
     """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``,
     then ``max(out, 0)`` if ``relu`` (inference: the backward pass does not take the ReLU's
     gradient; compiled Winograd runs it in its output transform, the other paths in place).
@@ -199,33 +199,31 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     chunk. ``workspace``: a dict the caller keeps between calls, to reuse the cols buffer.
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
     Arrays that are not NumPy's (CuPy's: ``engine.arrays``) take the im2col path on their own
-    module: the Winograd and frequency paths are CPU code. ``outputs``: where the compiled
-    Winograd, the im2col and the 1x1 paths (on NumPy's arrays) take their output from
-    (``arrays.recycled``, ``CallContext.output_workspace`` says why): None, a new array; the
-    call site's dict, its output of the call before once nothing refers to it (training); an
-    ``arrays.FreeList``, whose free arrays Winograd's transformed tiles and products come from
-    too (inference).
+    module: the Winograd and frequency paths are CPU code. ``free``: the caller's
+    ``arrays.FreeList`` (``CallContext.output_workspace`` says why), which the compiled
+    Winograd, the im2col and the 1x1 paths (on NumPy's arrays) take their output from, Winograd
+    its products and unkept tiles, and the backward pass its stride-1 input gradient; None: new
+    arrays.
     """
     xp = array_module(x, kernel)
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
                   gradients=gradients) if xp is np else "direct"
     if path == "winograd":
-        return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients, outputs)
+        return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients, free)
     if path == "fourier":
         out, cache = fourier.conv2d_forward(x, kernel, bias, pads, workspace)
     elif kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
-        out, cache = _pointwise_forward(x, kernel, bias, strides, dilation, workspace, outputs)
+        out, cache = _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free)
     else:
-        out, cache = _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace,
-                                     outputs)
+        out, cache = _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free)
     if relu:
         xp.maximum(out, 0, out=out)
     return out, cache
 
 
-def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, outputs=None):
+def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=None):
     """im2col, then one GEMM per chunk of the batch (``batch_chunks``). A NumPy output comes
-    from ``outputs`` (``conv2d_forward``); a CuPy one is always new."""
+    from ``free`` (``conv2d_forward``); a CuPy one is always new."""
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
@@ -237,7 +235,7 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, outputs
     if fold:
         weights = xp.vstack([weights, bias[None, :].astype(weights.dtype)])   # (KH*KW*C + 1, F)
     chunks = batch_chunks(n, ho * wo * k * x.dtype.itemsize)
-    out = recycled(outputs, "out", (n, ho, wo, f), np.result_type(x, kernel)) if xp is np else \
+    out = recycled(free, "out", (n, ho, wo, f), np.result_type(x, kernel)) if xp is np else \
         xp.empty((n, ho, wo, f), dtype=xp.result_type(x, kernel))           # (N, Ho, Wo, F)
     buffer = workspace.get("cols") if workspace is not None else None
     for chunk in chunks:
@@ -253,7 +251,7 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, outputs
         workspace["cols"], workspace["cols_owner"] = buffer, (owner := object())
     kept_cols = buffer if len(chunks) == 1 else None
     return out, Im2colCache(kept_cols, x, kernel, x.shape, strides, pads, dilation, has_bias,
-                            fold, workspace, owner, _free_list(outputs))
+                            fold, workspace, owner, free)
 
 
 class Im2colCache(NamedTuple):
@@ -335,16 +333,16 @@ def _piece_input(x, pads: Pads, piece: Piece):
 
 
 def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="all",
-                      outputs=None):
+                      free=None):
     """Piece by piece, each piece's V kept for the backward pass while the whole batch's fits
     the memory budget (``windows.COLS_BUDGET_BYTES``) and gradients will be asked for; past
-    that the backward pass redoes V from ``x``. The output comes from ``outputs``
+    that the backward pass redoes V from ``x``. The output comes from ``free``
     (``conv2d_forward``). A kept V is the site's array of its previous call once nothing
     refers to it (``arrays.recycled``): a fresh one costs a page fault per 4 KB every step,
     when glibc has handed the memory freed by the step before back to the system (cifar10_cnn's
     training, 2 threads: 10,500 faults a step before, 1 after, and 1,053-1,137 -> 1,333-1,381
-    img/s). Where ``outputs`` is an ``arrays.FreeList``, the products M, and V where it is not
-    kept, come from it: its most recently taken free array is the previous piece's, still in
+    img/s). Where there is a free list, the products M, and V where it is not kept, come from
+    it: its most recently taken free array is the previous piece's, still in
     cache. (One recycled M per site instead made ResNet-20's training steps slower, batch 128,
     2 cores: 226.9-233.9 ms with it, 215.5-223.9 without, 3 runs each, probably since each
     site's first piece then started from a cold buffer.)"""
@@ -352,7 +350,7 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
     tiling = winograd.tiling()
-    out = recycled(outputs, "out", (n, *out_hw, f), np.result_type(x, kernel))
+    out = recycled(free, "out", (n, *out_hw, f), np.result_type(x, kernel))
     pieces = _winograd_pieces(n, out_hw, c, f, out.itemsize, tiling)
     th, tw = winograd.tile_counts(out_hw, tiling.m)
     keep = gradients in ("all", "kernel") and \
@@ -367,16 +365,15 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
         tile_count = len(rows) * piece_th * piece_tw
         if keep and tiling is winograd.F4:       # this piece's V of the step before, once free
             v = recycled(workspace, ("tiles", k), (36, tile_count, c), out.dtype)
-        if isinstance(outputs, FreeList) and tiling is winograd.F4:
-            v = outputs.take((36, tile_count, c), out.dtype) if v is None else v
-            m = outputs.take((36, tile_count, f), out.dtype)
+        if free is not None and tiling is winograd.F4:
+            v = free.take((36, tile_count, c), out.dtype) if v is None else v
+            m = free.take((36, tile_count, f), out.dtype)
         _, v = winograd.conv3x3_forward(rows, kernel, bias, piece_pads, piece_hw, tiling, u,
                                         out[piece.images, piece.rows], relu, v, m)
         if keep:
             tiles.append(v)
     return out, WinogradCache(tiles if keep else None, None if keep else x, pieces, tiling,
-                              kernel, x.shape, pads, bias is not None, workspace,
-                              _free_list(outputs))
+                              kernel, x.shape, pads, bias is not None, workspace, free)
 
 
 def _kernel_grad_runs(cache: WinogradCache, itemsize: int) -> list[range]:
@@ -427,20 +424,15 @@ def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
         (3, 3), cache.pads, (1, 1)), (1, 1), cache.workspace, cache.free), grad_kernel, grad_bias
 
 
-def _free_list(outputs) -> FreeList | None:
-    """``outputs`` where it is a free list: the backward pass takes its stride-1 input gradient
-    from it too, so the array of a gradient already consumed serves the next one of its shape.
-    (From the call site's workspace, one array per site kept from step to step, ResNet-20's
-    training held 19 map-sized gradients between steps; fresh ones faulted ~2,900 pages a
-    step.)"""
-    return outputs if isinstance(outputs, FreeList) else None
-
-
 def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace, free=None):
     """A stride-1 convolution's input gradient, ``grad_x[n, y, x, c] = sum_{i, j, f}
     gp[n, y + i*dh, x + j*dw, f] * kernel[KH-1-i, KW-1-j, c, f]`` with ``gp`` = grad_out padded by
     ``full_pads`` (cropped where negative): itself a convolution (of grad_out with the flipped
-    kernel, channel axes swapped), done by whichever path :func:`choose` picks for its shape."""
+    kernel, channel axes swapped), done by whichever path :func:`choose` picks for its shape.
+    Its array comes from ``free``, the forward pass's free list, so a gradient already consumed
+    serves the next of its shape. (One array per call site, kept from step to step, held
+    ResNet-20's 19 map-sized input gradients between steps: peak RSS 744.7 against 696.6-696.9
+    MB; fresh ones faulted ~2,900 pages a step.)"""
     (top, bottom), (left, right) = full_pads
     _, ho, wo, _ = grad_out.shape
     grad_out = grad_out[:, max(-top, 0):ho - max(-bottom, 0), max(-left, 0):wo - max(-right, 0)]
@@ -449,28 +441,28 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace,
         kernel[::-1, ::-1].transpose(0, 1, 3, 2))                                # (KH, KW, F, C)
     scratch = workspace.setdefault("input_grad", {}) if workspace is not None else None
     return conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch,
-                          gradients="input", outputs=scratch if free is None else free)[0]
+                          gradients="input", free=free)[0]
 
 
-def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, outputs=None):
+def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free=None):
     """A 1x1 convolution without padding: ``out = x[:, ::sh, ::sw] @ kernel[0, 0] (+ bias)``, one
     GEMM on the NHWC array, which is its own im2col matrix (a view at stride 1, a copy of the
     sampled pixels at stride 2). The cache is im2col's, so the backward pass is shared.
-    A NumPy output comes from ``outputs`` (``conv2d_forward``)."""
+    A NumPy output comes from ``free`` (``conv2d_forward``)."""
     f = kernel.shape[3]
     xp = array_module(x, kernel)
     picked = x if tuple(strides) == (1, 1) else xp.ascontiguousarray(x[:, ::strides[0],
                                                                          ::strides[1]])
     n, ho, wo, c = picked.shape                                              # (N, Ho, Wo, C)
-    if xp is np and outputs is not None:
-        out = recycled(outputs, "out", (n, ho, wo, f), np.result_type(picked, kernel))
+    if xp is np and free is not None:
+        out = free.take((n, ho, wo, f), np.result_type(picked, kernel))
         np.matmul(picked.reshape(-1, c), kernel[0, 0], out=out.reshape(-1, f))
     else:
         out = (picked.reshape(-1, c) @ kernel[0, 0]).reshape(n, ho, wo, f)   # (N, Ho, Wo, F)
     if bias is not None:
         out += bias
     return out, Im2colCache(picked, None, kernel, x.shape, strides, ((0, 0), (0, 0)), dilation,
-                            bias is not None, False, workspace, free=_free_list(outputs))
+                            bias is not None, False, workspace, free=free)
 
 
 def transposed_pads(kernel_hw, pads: Pads, dilation) -> Pads:

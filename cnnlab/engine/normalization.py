@@ -125,8 +125,8 @@ def batch_norm_train_backward(grad_y: np.ndarray, cache, need_input_grad: bool =
     one written is still in cache. mobilenet_small's training at batch 128: 212-214 -> 193-198
     ms a step (3 interleaved pairs; 64 images on one core: 8,129 page faults a step -> 0, the
     backward of its BatchNormalizations 48.8 -> 39.4 ms). ResNet-20's is unchanged: the
-    gradients reaching its BatchNormalizations are convolutions' recycled arrays, which their
-    workspaces hold."""
+    gradients reaching its BatchNormalizations are convolutions' input gradients, which the
+    free list they came from holds."""
     x, centred, mean, inv_std, gamma, count, batch_sum, kernels, cut = cache
     if kernels is not None:            # grad_y itself, or a copy of it in x's dtype: ours
         return _compiled_backward(kernels, grad_y.astype(x.dtype, copy=False), cache,

@@ -92,7 +92,7 @@ class Conv2D(Layer):
         kernel, bias = self.kernel_and_bias(ctx)
         return conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
                               self.dilation_rate, ctx.workspace, gradients=ctx.gradients,
-                              relu=activation == "relu", outputs=ctx.output_workspace)
+                              relu=activation == "relu", free=ctx.output_workspace)
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache, input_grad)
