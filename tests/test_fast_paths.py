@@ -186,7 +186,7 @@ def test_a_relu_inside_the_convolution_at_inference_equals_the_relu_after_it(
     layer(x)
     layer.set_weights([rng.standard_normal((3, 3, 3, 7)), rng.standard_normal(7)])
     assert layer.fuses("relu", CallContext()) and not layer.fuses("relu", CallContext(True))
-    assert not layers.DepthwiseConv2D(3, activation="relu").fuses("relu", CallContext())
+    assert not layers.SeparableConv2D(4, 3, activation="relu").fuses("relu", CallContext())
     plain, _ = conv.conv2d_forward(x, *layer.get_weights(), (1, 1), ((1, 1), (1, 1)),
                                    algorithm="direct")
     fused, cache = layer.forward(x, CallContext())
@@ -225,6 +225,44 @@ def test_a_relu_after_a_folded_batch_norm_runs_inside_the_convolution(monkeypatc
     expected = np.maximum((conv_out - mean) / np.sqrt(variance + bn.epsilon) * gamma + beta, 0)
     assert_close(fused, expected, np.float64, "relu(bn(conv))")
     assert (fused == 0).any() and (fused > 0).any()
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_a_relu_after_a_folded_batch_norm_runs_inside_the_depthwise_convolution(monkeypatch,
+                                                                                 strides):
+    """MobileNet's DepthwiseConv2D -> BatchNormalization -> ReLU predicting: the BN folds into
+    the depthwise kernel and the ReLU runs in its loops (the row loops at stride 1, the pixel
+    loops at 2); the output equals the three layers' formulas one after the other, written
+    out here tap by tap, in float64. In training the ReLU stays apart, for its gradient."""
+    from cnnlab import layers
+    from cnnlab.layers.context import CallContext
+    from cnnlab.layers.conv import DepthwiseConv2D
+    asked = []
+    call = DepthwiseConv2D.call
+    monkeypatch.setattr(DepthwiseConv2D, "call", lambda self, x, ctx, activation="linear": (
+        asked.append(activation), call(self, x, ctx, activation))[1])
+    rng = np.random.default_rng(9)
+    cnnlab.config.set_floatx("float64")
+    model = cnnlab.Sequential([layers.Input((9, 11, 6)),
+                               layers.DepthwiseConv2D(3, strides, padding="same"),
+                               layers.BatchNormalization(), layers.ReLU()])
+    bn = model.layers[1]
+    bn.set_weights([rng.uniform(0.5, 2, 6), rng.standard_normal(6), rng.standard_normal(6),
+                    rng.uniform(0.5, 2, 6)])
+    x = rng.standard_normal((4, 9, 11, 6))              # "same" pads 1 on every side
+    fused = model.predict(x, verbose=0)
+    assert asked == ["relu"]
+    kernel, bias = model.layers[0].get_weights()                    # (3, 3, 6, 1), (6,)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ho, wo = fused.shape[1:3]
+    depthwise = bias + sum(padded[:, i:i + strides * ho:strides, j:j + strides * wo:strides]
+                           * kernel[i, j, :, 0] for i in range(3) for j in range(3))
+    gamma, beta, mean, variance = bn.get_weights()
+    expected = np.maximum((depthwise - mean) / np.sqrt(variance + bn.epsilon) * gamma + beta, 0)
+    assert_close(fused, expected, np.float64, "relu(bn(depthwise))")
+    assert (fused == 0).any() and (fused > 0).any()
+    layer = model.layers[0]
+    assert layer.fuses("relu", CallContext()) and not layer.fuses("relu", CallContext(True))
 
 
 @settings(max_examples=60, deadline=None)

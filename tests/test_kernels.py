@@ -234,10 +234,13 @@ def test_the_switch_selects_the_winograd_tiling():
 
 
 # --- depthwise convolution: the compiled kernels against the per-tap NumPy reference ----------
-def _depthwise_pass(x, kernel, bias, strides, pads, dilation, grad_out):
+def _depthwise_pass(x, kernel, bias, strides, pads, dilation, grad_out, relu=False):
     from cnnlab.engine import depthwise
     out, cache = depthwise.depthwise_conv2d_forward(x, kernel, bias, strides, pads, dilation)
-    return (out, *depthwise.depthwise_conv2d_backward(grad_out, cache, True))
+    grads = depthwise.depthwise_conv2d_backward(grad_out, cache, True)
+    rectified, _ = depthwise.depthwise_conv2d_forward(x, kernel, bias, strides, pads, dilation,
+                                                      relu=True)
+    return out, *grads, rectified
 
 
 def _depthwise_case(seed, n, h, w, c, m, kh, kw, strides, dilation, pads, with_bias):
@@ -265,18 +268,20 @@ def test_depthwise_kernels_equal_the_reference_in_float64(seed, n, h, w, c, m, k
                                                           dilation, pads, with_bias):
     """Any stride, dilation and (asymmetric) padding, depth multipliers 1-3, batch 1, channel
     counts no SIMD width divides: the output and all three gradients, on the row loops (one
-    filter per channel, stride 1 along the width, up to 64 channels) and the pixel loops."""
+    filter per channel, stride 1 along the width, up to 64 channels) and the pixel loops; and
+    the output with the ReLU fused (inference), which is also ``max(out, 0)``."""
     from hypothesis import assume
     (top, bottom), (left, right) = pads
     assume(h + top + bottom >= (kh - 1) * dilation[0] + 1)
     assume(w + left + right >= (kw - 1) * dilation[1] + 1)
     case = _depthwise_case(seed, n, h, w, c, m, kh, kw, strides, dilation, pads, with_bias)
     fast, reference = _both(lambda: _depthwise_pass(*case))
-    for name, a, b in zip(("out", "dx", "dkernel", "dbias"), fast, reference):
+    for name, a, b in zip(("out", "dx", "dkernel", "dbias", "relu(out)"), fast, reference):
         if b is None:
             assert a is None, name
             continue
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=name)
+    np.testing.assert_array_equal(fast[-1], np.maximum(fast[0], 0))
 
 
 def test_depthwise_kernels_in_float32_within_rounding():
@@ -288,7 +293,8 @@ def test_depthwise_kernels_in_float32_within_rounding():
     case32 = tuple(a.astype(np.float32) if isinstance(a, np.ndarray) else a for a in case)
     fast, reference = _both(lambda: _depthwise_pass(*case32))
     exact = _depthwise_pass(*case)
-    for name, a, b, truth in zip(("out", "dx", "dkernel", "dbias"), fast, reference, exact):
+    for name, a, b, truth in zip(("out", "dx", "dkernel", "dbias", "relu(out)"), fast,
+                                 reference, exact):
         assert a.dtype == np.float32, name
         for got in (a, b):
             np.testing.assert_allclose(got, truth, rtol=0, atol=2e-6 * np.abs(truth).max(),
@@ -512,6 +518,40 @@ def test_merge_kernel_and_its_gradient_equal_the_reference_bit_for_bit(shape, dt
         assert np.array_equal(x.view(f"u{x.itemsize}"), y.view(f"u{y.itemsize}"))   # bits
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_bias_relu_epilogue_equals_the_references_two_passes_bit_for_bit(dtype, monkeypatch):
+    """``conv.add_bias`` with a ReLU (a convolution's output at inference, after a folded
+    BatchNormalization): one compiled pass, bit for bit the reference's ``out += bias`` then
+    ``np.maximum(out, 0)``, with NaN, infinities and signed zeros among the values and the bias,
+    on a 1x1 convolution's output and on an im2col one's; and the switch takes each path."""
+    from cnnlab.engine import conv
+    rng = np.random.default_rng(1)
+    specials = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], dtype)
+    x = rng.standard_normal((3, 5, 7, 6)).astype(dtype)
+    bias = rng.standard_normal(11).astype(dtype)
+    x.reshape(-1)[rng.integers(0, x.size, 6)] = rng.choice(specials, 6)
+    bias[:5] = specials
+    for shape in ((1, 1, 6, 11), (3, 3, 6, 11)):
+        kernel = rng.standard_normal(shape).astype(dtype)
+        def forward(kernel=kernel):
+            out, _ = conv.conv2d_forward(x, kernel, bias, pads=((1, 1), (1, 0)) if shape[0] > 1
+                                         else ((0, 0), (0, 0)), algorithm="direct", relu=True)
+            return out
+        with np.errstate(invalid="ignore"):
+            fast, reference = _both(forward)
+        assert fast.dtype == dtype and np.isnan(fast).any() and (fast == np.inf).any()
+        assert np.array_equal(fast.view(f"u{fast.itemsize}"),
+                              reference.view(f"u{reference.itemsize}")), shape  # bits
+    out, calls = rng.standard_normal((4, 11)).astype(dtype), []
+    cnnlab.config.set_kernels("numba")
+    kernels = compiled.module("activations_kernels")
+    monkeypatch.setattr(kernels, "bias_relu", lambda *args: calls.append(args))
+    conv.add_bias(out.copy(), bias, relu=True)
+    cnnlab.config.set_kernels("numpy")
+    conv.add_bias(out.copy(), bias, relu=True)
+    assert len(calls) == 1
+
+
 def test_merge_kernel_leaves_float16_and_three_inputs_to_the_reference():
     """Numba has no float16 arithmetic, and the kernel joins two maps: those go to the
     reference, with the same values, whatever the switch says."""
@@ -615,7 +655,7 @@ def test_every_kernel_releases_the_gil():
     kernels = [obj for name in names
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 1 + 4 + 1 + 8 + 2 + 1 + 3 + 3 + 2
+    assert len(kernels) == 2 + 4 + 1 + 8 + 2 + 1 + 3 + 3 + 2
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 

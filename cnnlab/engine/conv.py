@@ -212,18 +212,35 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
         return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients, free)
     if path == "fourier":
         out, cache = fourier.conv2d_forward(x, kernel, bias, pads, workspace)
-    elif kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
-        out, cache = _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free)
-    else:
-        out, cache = _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free)
+        if relu:
+            np.maximum(out, 0, out=out)
+        return out, cache
+    if kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
+        return _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free, relu)
+    return _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free, relu)
+
+
+def add_bias(out, bias, relu: bool) -> None:
+    """The epilogue of a GEMM's output ``out (N, Ho, Wo, F)``, in place: ``out += bias (F,)``
+    (None: none), then ``max(out, 0)`` if ``relu``. Both in one compiled pass
+    (``activations_kernels.bias_relu``) where they run together on one float dtype, as at
+    inference after a folded BatchNormalization; the reference's two passes otherwise."""
+    if bias is not None and relu and out.dtype == bias.dtype and out.flags.c_contiguous \
+            and out.dtype in compiled.KERNEL_DTYPES:
+        kernels = compiled.module("activations_kernels", out, bias)
+        if kernels is not None:
+            kernels.bias_relu(out.reshape(-1, out.shape[-1]), bias)
+            return
+    if bias is not None:
+        out += bias
     if relu:
-        xp.maximum(out, 0, out=out)
-    return out, cache
+        array_module(out).maximum(out, 0, out=out)
 
 
-def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=None):
-    """im2col, then one GEMM per chunk of the batch (``batch_chunks``). A NumPy output comes
-    from ``free`` (``conv2d_forward``); a CuPy one is always new."""
+def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=None,
+                    relu=False):
+    """im2col, then one GEMM per chunk of the batch (``batch_chunks``), then :func:`add_bias`.
+    A NumPy output comes from ``free`` (``conv2d_forward``); a CuPy one is always new."""
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
@@ -241,8 +258,7 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=No
     for chunk in chunks:
         buffer = im2col(x[chunk], (kh, kw), strides, pads, dilation, fold, buffer)
         xp.matmul(buffer.reshape(-1, k), weights, out=out[chunk].reshape(-1, f))  # (n*Ho*Wo, F)
-    if has_bias and not fold:
-        out += bias
+    add_bias(out, None if fold else bias, relu)
     owner = None
     if workspace is not None:
         # the buffer is this call site's, reused by its next call: the token says whose
@@ -444,11 +460,11 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace,
                           gradients="input", free=free)[0]
 
 
-def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free=None):
+def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free=None, relu=False):
     """A 1x1 convolution without padding: ``out = x[:, ::sh, ::sw] @ kernel[0, 0] (+ bias)``, one
     GEMM on the NHWC array, which is its own im2col matrix (a view at stride 1, a copy of the
-    sampled pixels at stride 2). The cache is im2col's, so the backward pass is shared.
-    A NumPy output comes from ``free`` (``conv2d_forward``)."""
+    sampled pixels at stride 2), then :func:`add_bias`. The cache is im2col's, so the backward
+    pass is shared. A NumPy output comes from ``free`` (``conv2d_forward``)."""
     f = kernel.shape[3]
     xp = array_module(x, kernel)
     picked = x if tuple(strides) == (1, 1) else xp.ascontiguousarray(x[:, ::strides[0],
@@ -459,8 +475,7 @@ def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free=None)
         np.matmul(picked.reshape(-1, c), kernel[0, 0], out=out.reshape(-1, f))
     else:
         out = (picked.reshape(-1, c) @ kernel[0, 0]).reshape(n, ho, wo, f)   # (N, Ho, Wo, F)
-    if bias is not None:
-        out += bias
+    add_bias(out, bias, relu)
     return out, Im2colCache(picked, None, kernel, x.shape, strides, ((0, 0), (0, 0)), dilation,
                             bias is not None, False, workspace, free=free)
 

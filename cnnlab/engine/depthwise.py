@@ -36,11 +36,13 @@ from cnnlab.engine.windows import column_sums, pad_images, tap_slices
 
 def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                              strides=(1, 1), pads: Pads = ((0, 0), (0, 0)), dilation=(1, 1),
-                             workspace=None):
+                             workspace=None, relu: bool = False):
     """Returns ``(out (N, Ho, Wo, C*M), cache)``. Per filter ``m`` and tap, one multiply into a
     reused buffer and one add: no temporary the size of the output is made per tap.
     ``workspace``: where the compiled path takes its output from (``arrays.recycled``: a free
-    list, or a call site's dict)."""
+    list, or a call site's dict). ``relu``: ``max(out, 0)`` too (inference: the backward pass
+    does not take the ReLU's gradient), in the compiled loops' own pass over each row or pixel,
+    in place after the bias on the reference."""
     kh, kw, c, m = kernel.shape
     n, h, w, _ = x.shape
     out_hw = output_hw((h, w), (kh, kw), strides, pads, dilation)
@@ -52,7 +54,7 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
         shift = np.zeros(c * m, dtype) if bias is None else bias.astype(dtype)
         out = recycled(workspace, "out", (n, *out_hw, c * m), dtype)
         _compiled_forward(kernels, x, kernel, shift, strides, dilation, pads[0][0], pads[1][0],
-                          out)
+                          out, relu)
         return out, (x, x.shape, kernel, strides, pads, dilation, bias is not None, kernels)
     module = array_module(x, kernel)
     xp = pad_images(x, pads)                                                 # (N, Hp, Wp, C)
@@ -73,6 +75,8 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
     out = out.reshape(n, *out_hw, c * m)                                     # (N, Ho, Wo, C*M)
     if bias is not None:
         out += bias
+    if relu:
+        module.maximum(out, 0, out=out)
     return out, (xp, x.shape, kernel, strides, pads, dilation, bias is not None, None)
 
 
@@ -85,7 +89,8 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
 ROWS_MAX_CHANNELS = 64
 
 
-def _compiled_forward(kernels, x, kernel, bias, strides, dilation, top, left, out) -> None:
+def _compiled_forward(kernels, x, kernel, bias, strides, dilation, top, left, out,
+                      relu=False) -> None:
     """``out`` by the compiled row loops where they apply (one filter per channel, stride 1
     along the width) and pay (``ROWS_MAX_CHANNELS``), else by the pixel loops. The rows take
     each tap's weights, and the bias, laid out once per output column."""
@@ -93,9 +98,11 @@ def _compiled_forward(kernels, x, kernel, bias, strides, dilation, top, left, ou
     if m == 1 and strides[1] == 1 and c <= ROWS_MAX_CHANNELS:
         width = out.shape[2]
         kernels.forward_rows(x, np.tile(kernel.reshape(kh, kw, c), (1, 1, width)),
-                             np.tile(bias, width), strides[0], tuple(dilation), top, left, out)
+                             np.tile(bias, width), strides[0], tuple(dilation), top, left, relu,
+                             out)
     else:
-        kernels.forward_pixels(x, kernel, bias, tuple(strides), tuple(dilation), top, left, out)
+        kernels.forward_pixels(x, kernel, bias, tuple(strides), tuple(dilation), top, left, relu,
+                               out)
 
 
 def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):

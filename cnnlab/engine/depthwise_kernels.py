@@ -4,6 +4,7 @@ is input channel ``c`` through filter ``m``; output pixel ``(y, x)``'s tap ``(i,
 input pixel ``(y*sh + i*dh - top, x*sw + j*dw - left)``, zero outside the image.
 
     forward   out[n, y, x, k] = bias[k] + sum_{i, j} x[n, iy, ix, c] * kernel[i, j, k]
+              then max(out, 0) when the caller fuses a ReLU (inference)
     backward  dkernel[i, j, k] = sum_{n, y, x} x[n, iy, ix, c] * dout[n, y, x, k]
               dx[n, iy, ix, c] = sum_{y, x, i, j, m at that pixel} dout[n, y, x, k] * kernel[i, j, k]
 
@@ -65,9 +66,10 @@ def _columns(j, dilation_w, left, width, out_w):
 
 
 @numba.njit(cache=True, nogil=True)
-def forward_rows(x, tiled, tiled_bias, stride_h, dilation, top, left, out):
+def forward_rows(x, tiled, tiled_bias, stride_h, dilation, top, left, relu, out):
     """``out (N, Ho, Wo, C)`` at stride 1 along the width, one filter per channel: ``tiled
-    (KH, KW, Wo*C)``, each tap's weights laid out Wo times, and ``tiled_bias (Wo*C,)``."""
+    (KH, KW, Wo*C)``, each tap's weights laid out Wo times, and ``tiled_bias (Wo*C,)``;
+    ``relu``: then ``max(out, 0)``, on the row while it is in L1."""
     batch, height, width, channels = x.shape
     kh, kw, _ = tiled.shape
     _, out_h, out_w, _ = out.shape
@@ -89,6 +91,17 @@ def forward_rows(x, tiled, tiled_bias, stride_h, dilation, top, left, out):
                     weights = tiled[i, j, lo * channels:hi * channels]
                     for t in range(target.size):
                         target[t] += source[t] * weights[t]
+            if relu:
+                _relu(row)
+
+
+@numba.njit(cache=True, nogil=True)
+def _relu(values):
+    """``max(values, 0)`` in place, as ``np.maximum(values, 0)``: NaN stays, -0 becomes +0."""
+    zero = values.dtype.type(0)
+    for t in range(values.size):
+        value = values[t]
+        values[t] = value if value > zero or value != value else zero
 
 
 @numba.njit(cache=True, nogil=True)
@@ -128,9 +141,10 @@ def kernel_grad_rows(grad_out, x, kh, kw, dilation, top, left):
 
 # --- any stride and depth multiplier: pixel by pixel ------------------------------------------
 @numba.njit(cache=True, nogil=True)
-def forward_pixels(x, kernel, bias, strides, dilation, top, left, out):
+def forward_pixels(x, kernel, bias, strides, dilation, top, left, relu, out):
     """``out (N, Ho, Wo, C*M)`` from ``x (N, H, W, C)``, ``kernel (KH, KW, C, M)`` and
-    ``bias (C*M,)`` (zeros when the layer has none). ``x`` and ``out`` C-contiguous."""
+    ``bias (C*M,)`` (zeros when the layer has none); ``relu``: then ``max(out, 0)``, each
+    pixel as it is done. ``x`` and ``out`` C-contiguous."""
     batch, height, width, channels = x.shape
     kh, kw, _, mult = kernel.shape
     _, out_h, out_w, flat = out.shape
@@ -157,6 +171,8 @@ def forward_pixels(x, kernel, bias, strides, dilation, top, left, out):
                             for c in range(channels):
                                 for m in range(mult):
                                     row[c * mult + m] += source[c] * weights[c * mult + m]
+                if relu:
+                    _relu(row)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -160,11 +160,15 @@ class DepthwiseConv2D(Conv2D):
         flat, bias = fold_affine(kernel.reshape(*kernel.shape[:2], -1), bias, *ctx.output_affine)
         return flat.reshape(kernel.shape), bias
 
-    def call(self, x, ctx):
+    def fuses(self, activation, ctx):
+        """At inference a ReLU runs inside the depthwise loops, on each row while it is in L1."""
+        return activation == "relu" and not ctx.keep_cache
+
+    def call(self, x, ctx, activation="linear"):
         kernel, bias = self.kernel_and_bias(ctx)
         return depthwise_conv2d_forward(x, kernel, bias, self.strides,
                                         self.pads_for(x.shape[1:3]), self.dilation_rate,
-                                        ctx.output_workspace)
+                                        ctx.output_workspace, relu=activation == "relu")
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = depthwise_conv2d_backward(grad_out, cache, input_grad)
