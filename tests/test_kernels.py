@@ -531,11 +531,11 @@ def test_the_bias_relu_epilogue_equals_the_references_two_passes_bit_for_bit(dty
     bias = rng.standard_normal(11).astype(dtype)
     x.reshape(-1)[rng.integers(0, x.size, 6)] = rng.choice(specials, 6)
     bias[:5] = specials
-    for shape in ((1, 1, 6, 11), (3, 3, 6, 11)):
+    for shape, pads in (((1, 1, 6, 11), ((0, 0), (0, 0))), ((3, 3, 6, 11), ((1, 1), (1, 0)))):
         kernel = rng.standard_normal(shape).astype(dtype)
-        def forward(kernel=kernel):
-            out, _ = conv.conv2d_forward(x, kernel, bias, pads=((1, 1), (1, 0)) if shape[0] > 1
-                                         else ((0, 0), (0, 0)), algorithm="direct", relu=True)
+        def forward(kernel=kernel, pads=pads):
+            out, _ = conv.conv2d_forward(x, kernel, bias, pads=pads, algorithm="direct",
+                                         relu=True)
             return out
         with np.errstate(invalid="ignore"):
             fast, reference = _both(forward)
