@@ -527,11 +527,11 @@ def test_the_bias_relu_epilogue_equals_the_references_two_passes_bit_for_bit(dty
     from cnnlab.engine import conv
     rng = np.random.default_rng(1)
     specials = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], dtype)
-    x = rng.standard_normal((3, 5, 7, 6)).astype(dtype)
+    x = rng.standard_normal((3, 5, 7, 8)).astype(dtype)       # 3x3x8: K = 72, bias not folded
     bias = rng.standard_normal(11).astype(dtype)
     x.reshape(-1)[rng.integers(0, x.size, 6)] = rng.choice(specials, 6)
     bias[:5] = specials
-    for shape, pads in (((1, 1, 6, 11), ((0, 0), (0, 0))), ((3, 3, 6, 11), ((1, 1), (1, 0)))):
+    for shape, pads in (((1, 1, 8, 11), ((0, 0), (0, 0))), ((3, 3, 8, 11), ((1, 1), (1, 0)))):
         kernel = rng.standard_normal(shape).astype(dtype)
         def forward(kernel=kernel, pads=pads):
             out, _ = conv.conv2d_forward(x, kernel, bias, pads=pads, algorithm="direct",
