@@ -191,7 +191,8 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    free: FreeList | None = None):
     """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``,
     then ``max(out, 0)`` if ``relu`` (inference: the backward pass does not take the ReLU's
-    gradient; compiled Winograd runs it in its output transform, the other paths in place).
+    gradient; compiled Winograd runs it in its output transform, the im2col and 1x1 paths in
+    their bias's pass (:func:`add_bias`), the frequency domain in place).
 
     Returns ``(out (N, Ho, Wo, F), cache)``. The bias rides in the matrix multiply as an extra
     row of the kernel against a column of ones in cols. The cache keeps ``cols`` for the backward
