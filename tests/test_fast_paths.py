@@ -198,16 +198,23 @@ def test_a_relu_inside_the_convolution_at_inference_equals_the_relu_after_it(
     np.testing.assert_allclose(trained, fused, rtol=1e-12, atol=1e-12)
 
 
+def _activations_run_inside(monkeypatch, layer_class) -> list:
+    """The activation each call of ``layer_class.call`` is asked to run inside its op, in call
+    order (the list fills as the model runs)."""
+    asked = []
+    call = layer_class.call
+    monkeypatch.setattr(layer_class, "call", lambda self, x, ctx, activation="linear": (
+        asked.append(activation), call(self, x, ctx, activation))[1])
+    return asked
+
+
 def test_a_relu_after_a_folded_batch_norm_runs_inside_the_convolution(monkeypatch):
     """Conv2D -> BatchNormalization -> ReLU predicting: the BN folds into the convolution and
     the ReLU moves on into it (``graph.fusion``); the output equals the three layers one after
     the other, in float64."""
     from cnnlab import layers
     from cnnlab.layers.conv import Conv2D
-    asked = []
-    call = Conv2D.call
-    monkeypatch.setattr(Conv2D, "call", lambda self, x, ctx, activation="linear": (
-        asked.append(activation), call(self, x, ctx, activation))[1])
+    asked = _activations_run_inside(monkeypatch, Conv2D)
     rng = np.random.default_rng(8)
     cnnlab.config.set_floatx("float64")
     model = cnnlab.Sequential([layers.Input((9, 10, 3)), layers.Conv2D(5, 3, padding="same"),
@@ -237,10 +244,7 @@ def test_a_relu_after_a_folded_batch_norm_runs_inside_the_depthwise_convolution(
     from cnnlab import layers
     from cnnlab.layers.context import CallContext
     from cnnlab.layers.conv import DepthwiseConv2D
-    asked = []
-    call = DepthwiseConv2D.call
-    monkeypatch.setattr(DepthwiseConv2D, "call", lambda self, x, ctx, activation="linear": (
-        asked.append(activation), call(self, x, ctx, activation))[1])
+    asked = _activations_run_inside(monkeypatch, DepthwiseConv2D)
     rng = np.random.default_rng(9)
     cnnlab.config.set_floatx("float64")
     model = cnnlab.Sequential([layers.Input((9, 11, 6)),
