@@ -366,7 +366,7 @@ def test_a_tape_keeps_its_gradients_when_the_model_runs_again_before_its_backwar
 
 
 def _every_output_site() -> Model:
-    """A model with every op that takes its output from ``CallContext.output_workspace``:
+    """A model with every op that takes its output from ``CallContext.free_list``:
     im2col, a depthwise convolution, BatchNormalization + ReLU, Winograd, Add + ReLU, max
     pooling and a 1x1 convolution."""
     x = Input((12, 12, 4))
@@ -383,7 +383,7 @@ def test_forward_passes_take_outputs_from_the_threads_free_list_and_never_write_
         training, monkeypatch):
     """In training and at inference every op that can takes its output (and Winograd its
     products, and its transformed tiles where it does not keep them) from this thread's free
-    list (``CallContext.output_workspace``): a second run allocates nothing new, an output
+    list (``CallContext.free_list``): a second run allocates nothing new, an output
     the caller still holds is never written, every value equals that of a run without the
     free list, and a run at another batch size leaves nothing behind two runs later."""
     from cnnlab.engine import compiled, conv
@@ -402,7 +402,7 @@ def test_forward_passes_take_outputs_from_the_threads_free_list_and_never_write_
 
     def without_free_list(batch):
         with monkeypatch.context() as patch:
-            patch.setattr(CallContext, "output_workspace", property(lambda self: None))
+            patch.setattr(CallContext, "free_list", property(lambda self: None))
             return run(batch)
 
     expected = [without_free_list(batch) for batch in (first, second)]
@@ -441,7 +441,7 @@ def test_forward_passes_take_outputs_from_the_threads_free_list_and_never_write_
         assert held() == before
         assert id(grads.tensors[id(pooled)]) in held()      # the 1x1's input gradient
         with monkeypatch.context() as patch:
-            patch.setattr(CallContext, "output_workspace", property(lambda self: None))
+            patch.setattr(CallContext, "free_list", property(lambda self: None))
             plain = step()
         for variable, grad in plain.params.items():
             np.testing.assert_array_equal(grads.params[variable], grad, err_msg=variable.name)

@@ -66,14 +66,19 @@ def unshared(array) -> bool:
 _ONE_HOLDER = 4
 
 
+def empty(shape: tuple, dtype, free: FreeList | None) -> np.ndarray:
+    """An uninitialised array: from the free list ``free`` (:class:`FreeList`), or a new one
+    where there is none."""
+    return np.empty(shape, dtype) if free is None else free.take(shape, dtype)
+
+
 def recycled(workspace: dict | None, key, shape: tuple, dtype) -> np.ndarray:
-    """An uninitialised array for a call site's output, kept in its ``workspace`` and handed
-    out again by the site's next call once nothing else refers to it (:func:`unshared`: the
-    tape of the step before no longer does). ``workspace`` None: a new array."""
+    """An uninitialised array kept in a call site's ``workspace`` under ``key`` and handed out
+    again by the site's next call once nothing else refers to it (:func:`unshared`: the tape
+    of the step before no longer does): for what must outlive the forward pass (Winograd's
+    kept tiles). ``workspace`` None: a new array."""
     if workspace is None:
         return np.empty(shape, dtype)
-    if isinstance(workspace, FreeList):
-        return workspace.take(shape, dtype)
     held = workspace.get(key)
     if held is not None and held.shape == tuple(shape) and held.dtype == dtype \
             and unshared(held):
@@ -84,7 +89,7 @@ def recycled(workspace: dict | None, key, shape: tuple, dtype) -> np.ndarray:
 
 class FreeList:
     """Arrays kept for reuse by shape and dtype, for the outputs and scratch of forward passes
-    (``CallContext.output_workspace``). :meth:`take` hands out again the most recently taken
+    (``CallContext.free_list``). :meth:`take` hands out again the most recently taken
     array of a shape that nothing refers to any more (:func:`unshared`'s test: a view, a cache
     or a caller's name would each hold a reference), the one most likely still in cache; else
     a new one.

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cnnlab.engine import compiled, fourier, windows, winograd
-from cnnlab.engine.arrays import FreeList, array_module, recycled
+from cnnlab.engine.arrays import FreeList, array_module, empty, recycled
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import batch_chunks, col2im, column_sums, im2col, tap_slices, transposed_product
 from cnnlab.errors import ConfigError
@@ -201,7 +201,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
     Arrays that are not NumPy's (CuPy's: ``engine.arrays``) take the im2col path on their own
     module: the Winograd and frequency paths are CPU code. ``free``: the caller's
-    ``arrays.FreeList`` (``CallContext.output_workspace`` says why), which the compiled
+    ``arrays.FreeList`` (``CallContext.free_list`` says why), which the compiled
     Winograd, the im2col and the 1x1 paths (on NumPy's arrays) take their output from, Winograd
     its products and unkept tiles, and the backward pass its stride-1 input gradient; None: new
     arrays.
@@ -267,7 +267,7 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=No
         weights = xp.vstack([weights, bias[None, :].astype(weights.dtype)])   # (KH*KW*C + 1, F)
     chunks = batch_chunks(n, ho * wo * k * x.dtype.itemsize,
                           None if keep_cols else INFERENCE_COLS_BYTES)
-    out = recycled(free, "out", (n, ho, wo, f), np.result_type(x, kernel)) if xp is np else \
+    out = empty((n, ho, wo, f), np.result_type(x, kernel), free) if xp is np else \
         xp.empty((n, ho, wo, f), dtype=xp.result_type(x, kernel))           # (N, Ho, Wo, F)
     buffer = workspace.get("cols") if workspace is not None else None
     for chunk in chunks:
@@ -381,7 +381,7 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     f = kernel.shape[3]
     out_hw = output_hw((h, w), (3, 3), (1, 1), pads)
     tiling = winograd.tiling()
-    out = recycled(free, "out", (n, *out_hw, f), np.result_type(x, kernel))
+    out = empty((n, *out_hw, f), np.result_type(x, kernel), free)
     pieces = _winograd_pieces(n, out_hw, c, f, out.itemsize, tiling)
     th, tw = winograd.tile_counts(out_hw, tiling.m)
     keep = gradients in ("all", "kernel") and \

@@ -29,18 +29,18 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.engine import compiled
-from cnnlab.engine.arrays import array_module, recycled
+from cnnlab.engine.arrays import FreeList, array_module, empty
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import column_sums, pad_images, tap_slices
 
 
 def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                              strides=(1, 1), pads: Pads = ((0, 0), (0, 0)), dilation=(1, 1),
-                             workspace=None, relu: bool = False):
+                             free: FreeList | None = None, relu: bool = False):
     """Returns ``(out (N, Ho, Wo, C*M), cache)``. Per filter ``m`` and tap, one multiply into a
     reused buffer and one add: no temporary the size of the output is made per tap.
-    ``workspace``: where the compiled path takes its output from (``arrays.recycled``: a free
-    list, or a call site's dict). ``relu``: ``max(out, 0)`` too (inference: the backward pass
+    ``free``: the free list (``arrays.FreeList``) the compiled path takes its output from; None:
+    a new array. ``relu``: ``max(out, 0)`` too (inference: the backward pass
     does not take the ReLU's gradient), in the compiled loops' own pass over each row or pixel,
     in place after the bias on the reference."""
     kh, kw, c, m = kernel.shape
@@ -52,7 +52,7 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
         x = np.ascontiguousarray(x, dtype=dtype)
         kernel = np.ascontiguousarray(kernel, dtype=dtype)
         shift = np.zeros(c * m, dtype) if bias is None else bias.astype(dtype)
-        out = recycled(workspace, "out", (n, *out_hw, c * m), dtype)
+        out = empty((n, *out_hw, c * m), dtype, free)
         _compiled_forward(kernels, x, kernel, shift, strides, dilation, pads[0][0], pads[1][0],
                           out, relu)
         return out, (x, x.shape, kernel, strides, pads, dilation, bias is not None, kernels)

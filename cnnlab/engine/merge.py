@@ -20,25 +20,24 @@ import numpy as np
 
 from cnnlab.engine import compiled
 from cnnlab.engine.activations import relu_backward
-from cnnlab.engine.arrays import array_module, recycled
+from cnnlab.engine.arrays import FreeList, array_module, empty
 
 
-def add_forward(xs: list[np.ndarray], relu: bool = False, workspace=None):
+def add_forward(xs: list[np.ndarray], relu: bool = False, free: FreeList | None = None):
     """The sum, and with ``relu`` its ReLU in the same pass where the kernels are compiled (two
     inputs of one float32 or float64 dtype and shape); the cache is the input count and, with
-    ``relu``, the output. ``workspace``: where the compiled pass takes its output from
-    (``arrays.recycled``: a free list, or a call site's dict)."""
+    ``relu``, the output. ``free``: the free list (``arrays.FreeList``) the sum takes its output
+    from; None: a new array."""
     xp = array_module(*xs)
     kernels = compiled.module("merge_kernels", *xs) if relu and len(xs) == 2 else None
     if kernels is not None and xs[0].dtype == xs[1].dtype and xs[0].dtype in compiled.KERNEL_DTYPES \
             and xs[0].shape == xs[1].shape:
         a, b = np.ascontiguousarray(xs[0]), np.ascontiguousarray(xs[1])
-        out = recycled(workspace, "out", a.shape, a.dtype)
+        out = empty(a.shape, a.dtype, free)
         kernels.add_relu(a.reshape(-1), b.reshape(-1), out.reshape(-1))
         return out, (len(xs), out)
     if xp is np and xs[0].shape == xs[1].shape:
-        out = np.add(xs[0], xs[1], out=recycled(workspace, "out", xs[0].shape,
-                                                 np.result_type(xs[0], xs[1])))
+        out = np.add(xs[0], xs[1], out=empty(xs[0].shape, np.result_type(xs[0], xs[1]), free))
     else:
         out = xs[0] + xs[1]
     for x in xs[2:]:

@@ -36,7 +36,7 @@ import numpy as np
 
 from cnnlab.engine import compiled
 from cnnlab.engine.activations import relu_backward
-from cnnlab.engine.arrays import array_module, recycled
+from cnnlab.engine.arrays import FreeList, array_module, empty
 from cnnlab.engine.windows import column_sums
 
 
@@ -56,7 +56,7 @@ ONE_PASS_MAX_RATIO = 15.0
 
 
 def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float,
-                             batch_sum=_identity, relu: bool = False, workspace: dict | None = None):
+                             batch_sum=_identity, relu: bool = False, free: FreeList | None = None):
     """Returns ``(y (M, C), (mean (C,), var (C,)), cache)``: the batch statistics are returned
     for the moving averages. ``y = x * scale + shift`` with ``scale = gamma / sqrt(var + eps)``
     and ``shift = beta - mean * scale``: two passes over x besides the sums. ``relu``: ``y`` is
@@ -67,8 +67,8 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     at 1024 x 16, one image of ResNet-20's first stage, a forward call went from 32.2 to 20.6
     us when it replaced a dozen NumPy calls, best of 5 x 2,000), the normalising pass in one
     more. Where the one-pass variance would cancel, the reference's two passes run instead.
-    ``workspace``: where the compiled pass takes its output from (``arrays.recycled``: a free
-    list, or a call site's dict)."""
+    ``free``: the free list (``arrays.FreeList``) the compiled pass takes its output from; None:
+    a new array."""
     xp = array_module(x)
     kernels = compiled.module("normalization_kernels", x)
     if kernels is not None:
@@ -87,7 +87,7 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                               stats):
             mean, var, inv_std, scale, shift = stats
             y = kernels.scale_shift(x, scale, shift, relu,
-                                    recycled(workspace, "out", x.shape, x.dtype))
+                                    empty(x.shape, x.dtype, free))
             return y, (mean, var), (x, None, mean, inv_std, gamma, totals[0], batch_sum, kernels,
                                     (scale, shift) if relu else None)
     count, sums = totals[0], totals[1:].reshape(sums.shape)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.engine import compiled
-from cnnlab.engine.arrays import array_module, recycled
+from cnnlab.engine.arrays import FreeList, array_module, empty
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import col2im, pad_images, sliding_windows, tap_slices
 
@@ -36,7 +36,7 @@ def winner_dtype(pool: tuple[int, int]):
 
 def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int, int],
                        pads: Pads = ((0, 0), (0, 0)), keep_cache: bool = True,
-                       workspace: dict | None = None):
+                       free: FreeList | None = None):
     """``out[n, y, x, c] = max over the window of xp[n, y*sh + i, x*sw + j, c]``.
 
     Walks the KH*KW taps of all windows at once (one elementwise max per tap over the output's
@@ -45,20 +45,20 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
     :func:`max_pool2d_forward_reference`). A later tap wins only if strictly greater, so the
     remembered position is the *first* maximum in row-major window order, the cell PyTorch picks.
     'same' padding pads with -inf, so a padded cell never wins. Returns ``(out, cache)``;
-    ``keep_cache=False`` (inference) skips tracking the winners. ``workspace``: where the
-    compiled passes take their outputs and the input gradient from (``arrays.recycled``: a
-    free list, or a call site's dict).
+    ``keep_cache=False`` (inference) skips tracking the winners. ``free``: the free list
+    (``arrays.FreeList``) the compiled passes take their outputs and the input gradient from;
+    None: new arrays.
     """
     n, h, w, c = x.shape
     out_hw = output_hw((h, w), pool, strides, pads)
     kernels = compiled.module("pool_kernels", x)
     if kernels is not None:
-        best = recycled(workspace, "out", (n, *out_hw, c), x.dtype)
-        winner = recycled(workspace, "winner", best.shape, winner_dtype(pool)) if keep_cache \
+        best = empty((n, *out_hw, c), x.dtype, free)
+        winner = empty(best.shape, winner_dtype(pool), free) if keep_cache \
             else np.empty(best.shape, winner_dtype(pool))   # never touched: no pages faulted
         kernels.max_pool(np.ascontiguousarray(x), *pool, *strides, pads[0][0], pads[1][0], best,
                          winner, keep_cache)
-        return best, (winner if keep_cache else None, x.shape, pool, strides, pads, workspace)
+        return best, (winner if keep_cache else None, x.shape, pool, strides, pads, free)
     xp = pad_images(x, pads, value=-np.inf)                                 # (N, Hp, Wp, C)
     module = array_module(x)
     best = window_tap(xp, 0, 0, strides, out_hw).copy()                     # (N, Ho, Wo, C)
@@ -80,12 +80,12 @@ def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
 
     ``grad_out (N, Ho, Wo, C) -> grad_x (N, H, W, C)``: one masked, strided add per tap.
     """
-    winner, x_shape, pool, strides, pads, workspace = cache
+    winner, x_shape, pool, strides, pads, free = cache
     n, h, w, c = x_shape
     (top, bottom), (left, right) = pads
     kernels = compiled.module("pool_kernels", grad_out)
-    if kernels is not None:             # every cell is written, so a recycled array will do
-        grad_x = recycled(workspace, "grad_x", x_shape, grad_out.dtype)
+    if kernels is not None:             # every cell is written, so a reused array will do
+        grad_x = empty(x_shape, grad_out.dtype, free)
         kernels.max_pool_backward(np.ascontiguousarray(grad_out), winner, *pool, *strides, top,
                                   left, grad_x)
         return grad_x

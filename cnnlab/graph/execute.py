@@ -46,7 +46,7 @@ class Workspaces(threading.local):
     """Scratch buffers (im2col columns, kernel spectra) kept between calls, per thread and per
     call site: two threads, or two calls of one layer in a graph, never share a buffer. And
     per thread, the free list that forward passes take their outputs and scratch from
-    (``CallContext.output_workspace``); each top-level forward pass starts a pass of it, which
+    (``CallContext.free_list``); each top-level forward pass starts a pass of it, which
     bounds what it keeps."""
 
     def __init__(self):

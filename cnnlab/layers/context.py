@@ -101,8 +101,8 @@ class CallContext:
         self._generators = generators
 
     @property
-    def output_workspace(self) -> arrays.FreeList | None:
-        """Where an op takes its output from (``engine.arrays.recycled``): this thread's free
+    def free_list(self) -> arrays.FreeList | None:
+        """Where an op takes its output from (``engine.arrays.empty``): this thread's free
         list (``engine.arrays.FreeList``), whose arrays nothing refers to any more are handed
         out again, the one freed last first; None where the caller keeps no workspaces.
 

@@ -93,7 +93,7 @@ class Conv2D(Layer):
         kernel, bias = self.kernel_and_bias(ctx)
         return conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
                               self.dilation_rate, ctx.workspace, gradients=ctx.gradients,
-                              relu=activation == "relu", free=ctx.output_workspace)
+                              relu=activation == "relu", free=ctx.free_list)
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache, input_grad)
@@ -169,7 +169,7 @@ class DepthwiseConv2D(Conv2D):
         kernel, bias = self.kernel_and_bias(ctx)
         return depthwise_conv2d_forward(x, kernel, bias, self.strides,
                                         self.pads_for(x.shape[1:3]), self.dilation_rate,
-                                        ctx.output_workspace, relu=activation == "relu")
+                                        ctx.free_list, relu=activation == "relu")
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = depthwise_conv2d_backward(grad_out, cache, input_grad)

@@ -68,7 +68,7 @@ class Add(_Merge):
         return activation == "relu"
 
     def call(self, xs, ctx, activation="linear"):
-        return ops.add_forward(xs, relu=activation == "relu", workspace=ctx.output_workspace)
+        return ops.add_forward(xs, relu=activation == "relu", free=ctx.free_list)
 
 
 class Subtract(_Merge):

@@ -130,7 +130,7 @@ class BatchNormalization(Layer):
             y, (mean, var), cache = ops.batch_norm_train_forward(rows, gamma, beta, self.epsilon,
                                                                  ctx.sum_over_batch,
                                                                  relu=activation == "relu",
-                                                                 workspace=ctx.output_workspace)
+                                                                 free=ctx.free_list)
             for name, batch in (("moving_mean", mean), ("moving_variance", var)):
                 moving = self._state(name)
                 ctx.state_updates.append((moving, ops.moving_average(moving.value, batch,

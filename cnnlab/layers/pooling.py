@@ -64,7 +64,7 @@ class MaxPooling2D(_Pooling2D):
         # backpropagate): skip tracking it
         return pool_ops.max_pool2d_forward(x, self.pool_size, self.strides,
                                            self.pads_for(x.shape[1:3]), keep_cache=ctx.keep_cache,
-                                           workspace=ctx.output_workspace)
+                                           free=ctx.free_list)
 
 
 class AveragePooling2D(_Pooling2D):

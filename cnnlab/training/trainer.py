@@ -277,8 +277,8 @@ class Trainer:
             FitLoop(self, epochs_source, callback_list, validation, batch_size, comm,
                     comm if sync_batch_norm else None).run(initial_epoch, epochs, resume)
         finally:
-            # the call sites' buffers (a training step's recycled outputs and tiles,
-            # ``engine.arrays.recycled``; im2col's columns) are a step's worth of memory: kept
+            # the free lists and call sites' buffers (a step's outputs, ``engine.arrays.
+            # FreeList``; Winograd's kept tiles; im2col's columns) are a step's worth of memory: kept
             # between the steps of a fit, handed back at its end; so are the shard workers'
             self.workspaces = execute.Workspaces()
             workers.close(self)
