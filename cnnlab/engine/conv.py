@@ -485,11 +485,9 @@ def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free=None,
     picked = x if tuple(strides) == (1, 1) else xp.ascontiguousarray(x[:, ::strides[0],
                                                                          ::strides[1]])
     n, ho, wo, c = picked.shape                                              # (N, Ho, Wo, C)
-    if xp is np and free is not None:
-        out = free.take((n, ho, wo, f), np.result_type(picked, kernel))
-        np.matmul(picked.reshape(-1, c), kernel[0, 0], out=out.reshape(-1, f))
-    else:
-        out = (picked.reshape(-1, c) @ kernel[0, 0]).reshape(n, ho, wo, f)   # (N, Ho, Wo, F)
+    out = empty((n, ho, wo, f), np.result_type(picked, kernel), free) if xp is np else \
+        xp.empty((n, ho, wo, f), dtype=xp.result_type(picked, kernel))      # (N, Ho, Wo, F)
+    xp.matmul(picked.reshape(-1, c), kernel[0, 0], out=out.reshape(-1, f))  # (N*Ho*Wo, F)
     add_bias(out, bias, relu)
     return out, Im2colCache(picked, None, kernel, x.shape, strides, ((0, 0), (0, 0)), dilation,
                             bias is not None, False, workspace, free=free)
