@@ -520,36 +520,153 @@ def test_merge_kernel_and_its_gradient_equal_the_reference_bit_for_bit(shape, dt
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_bias_relu_epilogue_equals_the_references_two_passes_bit_for_bit(dtype, monkeypatch):
-    """``conv.add_bias`` with a ReLU (a convolution's output at inference, after a folded
-    BatchNormalization): one compiled pass, bit for bit the reference's ``out += bias`` then
-    ``np.maximum(out, 0)``, with NaN, infinities and signed zeros among the values and the bias,
-    on a 1x1 convolution's output and on an im2col one's; and the switch takes each path."""
-    from cnnlab.engine import conv
+    """``dense.add_bias`` with a ReLU (the epilogue of a GEMM the compiled one does not take:
+    fewer than one vector of columns, a float16 output): one compiled pass, bit for bit the
+    reference's ``out += bias`` then ``np.maximum(out, 0)``, with NaN, infinities and signed
+    zeros among the values and the bias; and the switch takes each path."""
+    from cnnlab.engine import dense
     rng = np.random.default_rng(1)
     specials = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], dtype)
-    x = rng.standard_normal((3, 5, 7, 8)).astype(dtype)       # 3x3x8: K = 72, bias not folded
+    out = rng.standard_normal((3, 5, 7, 11)).astype(dtype)
     bias = rng.standard_normal(11).astype(dtype)
-    x.reshape(-1)[rng.integers(0, x.size, 6)] = rng.choice(specials, 6)
+    out.reshape(-1)[rng.integers(0, out.size, 12)] = rng.choice(specials, 12)
     bias[:5] = specials
-    for shape, pads in (((1, 1, 8, 11), ((0, 0), (0, 0))), ((3, 3, 8, 11), ((1, 1), (1, 0)))):
-        kernel = rng.standard_normal(shape).astype(dtype)
-        def forward(kernel=kernel, pads=pads):
-            out, _ = conv.conv2d_forward(x, kernel, bias, pads=pads, algorithm="direct",
-                                         relu=True)
-            return out
-        with np.errstate(invalid="ignore"):
-            fast, reference = _both(forward)
-        assert fast.dtype == dtype and np.isnan(fast).any() and (fast == np.inf).any()
-        assert np.array_equal(fast.view(f"u{fast.itemsize}"),
-                              reference.view(f"u{reference.itemsize}")), shape  # bits
-    out, calls = rng.standard_normal((4, 11)).astype(dtype), []
+
+    def epilogue():
+        result = out.copy()
+        dense.add_bias(result, bias, relu=True)
+        return result
+
+    with np.errstate(invalid="ignore"):
+        fast, reference = _both(epilogue)
+    assert fast.dtype == dtype and np.isnan(fast).any() and (fast == np.inf).any()
+    assert np.array_equal(fast.view(f"u{fast.itemsize}"),
+                          reference.view(f"u{reference.itemsize}"))       # bits
+    calls = []
     cnnlab.config.set_kernels("numba")
     kernels = compiled.module("activations_kernels")
     monkeypatch.setattr(kernels, "bias_relu", lambda *args: calls.append(args))
-    conv.add_bias(out.copy(), bias, relu=True)
+    dense.add_bias(out.copy(), bias, relu=True)
     cnnlab.config.set_kernels("numpy")
-    conv.add_bias(out.copy(), bias, relu=True)
+    dense.add_bias(out.copy(), bias, relu=True)
     assert len(calls) == 1
+
+
+def _fenced(rng, shape, dtype, fence):
+    """A C-contiguous array of ``shape`` inside a flat buffer whose other cells hold ``fence``:
+    a kernel that reads past its edges takes a NaN in, one that writes past them changes the
+    fence."""
+    size = int(np.prod(shape))
+    buffer = np.full(size + 64, fence, dtype)
+    start = int(rng.integers(1, 33))
+    view = buffer[start:start + size].reshape(shape)
+    return view, buffer, start
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.one_of(st.integers(1, 40), st.integers(256, 300)), depth=st.integers(1, 70),
+       features=st.integers(1, 70),
+       has_bias=st.booleans(), relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@example(rows=256, depth=1, features=8, has_bias=True, relu=True, seed=0)    # whole blocks
+@example(rows=259, depth=27, features=17, has_bias=False, relu=False, seed=1)  # both edges moved
+def test_the_compiled_linear_equals_the_reference_in_float64(rows, depth, features, has_bias,
+                                                               relu, seed):
+    """``dense.linear``, the GEMM and its epilogue, on any shape (odd ones, that neither the
+    block's rows nor a vector's lanes divide; too few rows or columns, which the reference
+    takes): the compiled kernel equals BLAS's product and the reference epilogue to 1e-12 of
+    the sum's terms, and never reads or writes outside its arrays (each sits in a buffer of
+    NaN, and its output's fence stays as it was)."""
+    from cnnlab.engine import dense
+    rng = np.random.default_rng(seed)
+    a, _, _ = _fenced(rng, (rows, depth), np.float64, np.nan)
+    b, _, _ = _fenced(rng, (depth, features), np.float64, np.nan)
+    a[...] = rng.standard_normal((rows, depth))
+    b[...] = rng.standard_normal((depth, features))
+    bias = rng.standard_normal(features) if has_bias else None
+
+    def run():
+        out, buffer, start = _fenced(rng, (rows, features), np.float64, -7.0)
+        dense.linear(a, b, bias, relu, out)
+        fence = np.delete(buffer, np.arange(start, start + out.size))
+        assert (fence == -7.0).all(), "written outside the output"
+        return out.copy()
+
+    fast, reference = _both(run)
+    assert not np.isnan(fast).any(), "read outside an input"
+    scale = np.abs(a) @ np.abs(b) + (np.abs(bias) if has_bias else 0)
+    assert (np.abs(fast - reference) <= 1e-12 * scale).all()
+    expected = a @ b + (bias if has_bias else 0)
+    np.testing.assert_allclose(fast, np.maximum(expected, 0) if relu else expected,
+                               rtol=0, atol=1e-12 * scale.max())
+
+
+@pytest.mark.parametrize("shape", [(256, 5, 16), (500, 27, 16), (371, 144, 40), (300, 64, 128)])
+def test_the_compiled_linear_in_float32_within_the_rounding_of_its_sums(shape):
+    """float32: within K units of rounding of the sum of the terms' sizes (the reduction
+    length's bound), against float64; the bias and the ReLU's NaN and signed zero as the
+    reference gives them."""
+    from cnnlab.engine import dense
+    rows, depth, features = shape
+    rng = np.random.default_rng(depth)
+    a = rng.standard_normal((rows, depth)).astype(np.float32)
+    b = rng.standard_normal((depth, features)).astype(np.float32)
+    bias = rng.standard_normal(features).astype(np.float32)
+    a[0, 0], bias[1], bias[2] = np.nan, -np.inf, 0.0
+    b[:, 2] = -0.0                                          # column 2: sums of -0, bias +0
+
+    def run(relu):
+        out = np.empty((rows, features), np.float32)
+        with np.errstate(invalid="ignore"):
+            return dense.linear(a, b, bias, relu, out)
+
+    for relu in (False, True):
+        fast, reference = _both(lambda relu=relu: run(relu))
+        assert np.array_equal(np.isnan(fast), np.isnan(reference))
+        assert np.array_equal(np.signbit(fast[:, 2]), np.signbit(reference[:, 2]))
+        assert np.isnan(fast[0]).all()                                # row 0 read the NaN
+        finite = np.isfinite(reference)
+        exact = a.astype(np.float64) @ b + bias
+        scale = np.abs(a.astype(np.float64)) @ np.abs(b) + np.abs(bias)
+        bound = (depth + 2) * np.finfo(np.float32).eps * scale
+        exact = np.maximum(exact, 0) if relu else exact
+        assert (np.abs(fast - exact)[finite] <= bound[finite]).all()
+        assert np.array_equal(fast[~finite], reference[~finite], equal_nan=True)
+
+
+def test_linear_takes_the_compiled_kernel_exactly_where_it_applies(monkeypatch):
+    """The switch and the shapes: the kernel runs on one float dtype with at least
+    ``LINEAR_MIN_ROWS`` rows, no fewer than its columns, and a vector of columns; fewer rows or
+    columns, a float16 or mixed dtype, a strided view or the reference switch go to BLAS's
+    product."""
+    from cnnlab.engine import dense
+    cnnlab.config.set_kernels("numba")
+    kernels = compiled.module("dense_kernels")
+    calls = []
+    real = kernels.matmul
+    monkeypatch.setattr(kernels, "matmul", lambda *args: calls.append(args) or real(*args))
+    rng = np.random.default_rng(0)
+
+    def run(rows, depth, features, dtype=np.float32, b_dtype=None, strided=False):
+        a = rng.standard_normal((rows, depth * (2 if strided else 1))).astype(dtype)
+        a = a[:, ::2] if strided else a
+        b = rng.standard_normal((depth, features)).astype(b_dtype or dtype)
+        out = np.empty((rows, features), np.result_type(a, b))
+        before = len(calls)
+        dense.linear(a, b, None, False, out)
+        np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-2, atol=1e-2)
+        return len(calls) - before
+
+    lanes, rows = kernels.VECTOR_BYTES // 4, dense.LINEAR_MIN_ROWS
+    assert run(rows, 3, lanes) == 1
+    assert run(rows - 1, 3, lanes) == 0
+    assert run(rows, 3, lanes - 1) == 0
+    assert run(rows, 3, rows + 1) == 0                  # fewer rows than columns
+    assert run(rows, 3, 8, np.float64) == 1
+    assert run(rows, 3, 16, np.float16) == 0
+    assert run(rows, 3, 16, np.float32, np.float64) == 0
+    assert run(rows, 3, 16, strided=True) == 0
+    cnnlab.config.set_kernels("numpy")
+    assert run(rows, 3, lanes) == 0
 
 
 def test_merge_kernel_leaves_float16_and_three_inputs_to_the_reference():
@@ -649,13 +766,13 @@ def test_every_kernel_releases_the_gil():
     import numba
     folder = os.path.dirname(compiled.__file__)
     names = sorted(name[:-3] for name in os.listdir(folder) if name.endswith("_kernels.py"))
-    assert names == ["activations_kernels", "depthwise_kernels", "merge_kernels",
+    assert names == ["activations_kernels", "dense_kernels", "depthwise_kernels", "merge_kernels",
                      "normalization_kernels", "pool_kernels", "precision_kernels",
                      "update_kernels", "windows_kernels", "winograd_kernels"]
     kernels = [obj for name in names
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 2 + 4 + 1 + 8 + 2 + 1 + 3 + 3 + 2
+    assert len(kernels) == 2 + 1 + 4 + 1 + 8 + 2 + 1 + 3 + 3 + 2
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 

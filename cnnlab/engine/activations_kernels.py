@@ -1,5 +1,5 @@
 """The compiled ReLU gradient, and a linear op's bias with its ReLU, beside their NumPy
-references (``activations.relu_backward``; ``conv.add_bias``: ``out += bias`` then
+references (``activations.relu_backward``; ``dense.add_bias``: ``out += bias`` then
 ``np.maximum(out, 0, out=out)``).
 
     relu_backward   dx = dy * (y > 0)          one pass: reads dy and y, writes dx

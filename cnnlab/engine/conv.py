@@ -34,6 +34,7 @@ import numpy as np
 
 from cnnlab.engine import compiled, fourier, windows, winograd
 from cnnlab.engine.arrays import FreeList, array_module, empty, recycled
+from cnnlab.engine.dense import linear, linear_kernels
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import batch_chunks, col2im, column_sums, im2col, tap_slices, transposed_product
 from cnnlab.errors import ConfigError
@@ -192,7 +193,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``,
     then ``max(out, 0)`` if ``relu`` (inference: the backward pass does not take the ReLU's
     gradient; compiled Winograd runs it in its output transform, the im2col and 1x1 paths in
-    their bias's pass (:func:`add_bias`), the frequency domain in place).
+    their GEMM's epilogue (``dense.linear``), the frequency domain in place).
 
     Returns ``(out (N, Ho, Wo, F), cache)``. The bias rides in the matrix multiply as an extra
     row of the kernel against a column of ones in cols. The cache keeps ``cols`` for the backward
@@ -222,23 +223,6 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                            gradients != "none")
 
 
-def add_bias(out, bias, relu: bool) -> None:
-    """The epilogue of a GEMM's output ``out (N, Ho, Wo, F)``, in place: ``out += bias (F,)``
-    (None: none), then ``max(out, 0)`` if ``relu``. Both in one compiled pass
-    (``activations_kernels.bias_relu``) where they run together on one float dtype, as at
-    inference after a folded BatchNormalization; the reference's two passes otherwise."""
-    if bias is not None and relu and out.dtype == bias.dtype and out.flags.c_contiguous \
-            and out.dtype in compiled.KERNEL_DTYPES:
-        kernels = compiled.module("activations_kernels", out, bias)
-        if kernels is not None:
-            kernels.bias_relu(out.reshape(-1, out.shape[-1]), bias)
-            return
-    if bias is not None:
-        out += bias
-    if relu:
-        array_module(out).maximum(out, 0, out=out)
-
-
 #: At inference (no cols kept for a backward pass), im2col's chunks of the batch are this
 #: small, so each chunk's columns and output are still in cache when the GEMM reads them and
 #: the epilogue runs. mobilenet_small's stem (64 x 32 x 32 x 3 -> 32, bias and ReLU), 1 thread
@@ -250,30 +234,33 @@ INFERENCE_COLS_BYTES = 4 * 2**20
 
 def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=None,
                     relu=False, keep_cols=True):
-    """im2col, then per chunk of the batch (``batch_chunks``) one GEMM and :func:`add_bias`.
-    The bias rides in the GEMM below ``FOLD_BIAS_MAX_K`` unless a ReLU follows: then the
-    epilogue's one pass adds it. ``keep_cols=False`` (inference) takes the chunks cache-sized
-    (``INFERENCE_COLS_BYTES``). A NumPy output comes from ``free`` (``conv2d_forward``); a
-    CuPy one is always new."""
+    """im2col, then per chunk of the batch (``batch_chunks``) one GEMM with its epilogue
+    (``dense.linear``). Where the compiled GEMM does not run, the bias rides in the GEMM below
+    ``FOLD_BIAS_MAX_K`` unless a ReLU follows (then the epilogue's one pass adds it); the
+    compiled one adds it to the sums in registers. ``keep_cols=False`` (inference) takes the
+    chunks cache-sized (``INFERENCE_COLS_BYTES``). A NumPy output comes from ``free``
+    (``conv2d_forward``); a CuPy one is always new."""
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
     xp = array_module(x, kernel)
     has_bias = bias is not None
-    fold = has_bias and kh * kw * c < FOLD_BIAS_MAX_K and not relu
+    out_dtype = np.result_type(x, kernel)
+    fold = has_bias and kh * kw * c < FOLD_BIAS_MAX_K and not relu \
+        and linear_kernels(out_dtype, f, x, kernel, bias) is None
     k = kh * kw * c + fold
     weights = kernel.reshape(kh * kw * c, f)                                  # (KH*KW*C, F)
     if fold:
         weights = xp.vstack([weights, bias[None, :].astype(weights.dtype)])   # (KH*KW*C + 1, F)
     chunks = batch_chunks(n, ho * wo * k * x.dtype.itemsize,
                           None if keep_cols else INFERENCE_COLS_BYTES)
-    out = empty((n, ho, wo, f), np.result_type(x, kernel), free) if xp is np else \
-        xp.empty((n, ho, wo, f), dtype=xp.result_type(x, kernel))           # (N, Ho, Wo, F)
+    out = empty((n, ho, wo, f), out_dtype, free) if xp is np else \
+        xp.empty((n, ho, wo, f), dtype=out_dtype)                           # (N, Ho, Wo, F)
     buffer = workspace.get("cols") if workspace is not None else None
     for chunk in chunks:
         buffer = im2col(x[chunk], (kh, kw), strides, pads, dilation, fold, buffer)
-        xp.matmul(buffer.reshape(-1, k), weights, out=out[chunk].reshape(-1, f))  # (n*Ho*Wo, F)
-        add_bias(out[chunk], None if fold else bias, relu)
+        linear(buffer.reshape(-1, k), weights, None if fold else bias, relu,
+               out[chunk].reshape(-1, f))                                    # (n*Ho*Wo, F)
     owner = None
     if workspace is not None:
         # the buffer is this call site's, reused by its next call: the token says whose
@@ -478,7 +465,7 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace,
 def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free=None, relu=False):
     """A 1x1 convolution without padding: ``out = x[:, ::sh, ::sw] @ kernel[0, 0] (+ bias)``, one
     GEMM on the NHWC array, which is its own im2col matrix (a view at stride 1, a copy of the
-    sampled pixels at stride 2), then :func:`add_bias`. The cache is im2col's, so the backward
+    sampled pixels at stride 2), with its epilogue (``dense.linear``). The cache is im2col's, so the backward
     pass is shared. A NumPy output comes from ``free`` (``conv2d_forward``)."""
     f = kernel.shape[3]
     xp = array_module(x, kernel)
@@ -487,8 +474,7 @@ def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free=None,
     n, ho, wo, c = picked.shape                                              # (N, Ho, Wo, C)
     out = empty((n, ho, wo, f), np.result_type(picked, kernel), free) if xp is np else \
         xp.empty((n, ho, wo, f), dtype=xp.result_type(picked, kernel))      # (N, Ho, Wo, F)
-    xp.matmul(picked.reshape(-1, c), kernel[0, 0], out=out.reshape(-1, f))  # (N*Ho*Wo, F)
-    add_bias(out, bias, relu)
+    linear(picked.reshape(-1, c), kernel[0, 0], bias, relu, out.reshape(-1, f))  # (N*Ho*Wo, F)
     return out, Im2colCache(picked, None, kernel, x.shape, strides, ((0, 0), (0, 0)), dilation,
                             bias is not None, False, workspace, free=free)
 

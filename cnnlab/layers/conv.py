@@ -83,7 +83,7 @@ class Conv2D(Layer):
     def fuses(self, activation, ctx):
         """At inference (no backward pass follows), a ReLU runs inside the convolution: compiled
         Winograd applies it in its output transform, the im2col and 1x1 paths in the same pass
-        as the bias (``conv.add_bias``), so the map is not read and written again. Not in
+        as the bias (``dense.add_bias``), so the map is not read and written again. Not in
         subclasses, whose own ops have no such step (DepthwiseConv2D has its own)."""
         return activation == "relu" and not ctx.keep_cache and type(self) is Conv2D
 
