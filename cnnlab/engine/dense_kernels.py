@@ -46,18 +46,16 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
+
+from cnnlab.engine.simd import VECTOR_BYTES, Vectors
 
 #: rows of ``a`` a block holds: 6 accumulators are 6 of AVX-512's 32 vector registers, or 12
 #: of AVX2's 16 (a 64-byte vector is two of its registers), with room for ``b``'s vector and
 #: the broadcasts. Against 4 rows, 6 ran 2% slower to 15% faster on the shapes above; 8 was
 #: no faster than 6.
 ROWS = 6
-#: one block's width in bytes: a 512-bit vector (two 256-bit ones on AVX2)
-VECTOR_BYTES = 64
 
 
 @intrinsic
@@ -74,75 +72,25 @@ def _block(typingctx, a, a_at, a_row, b, b_at, b_row, k, bias, bias_at, has_bias
                      out_at, out_row)
 
     def codegen(context, builder, signature, args):
-        def data(i):
-            return context.make_array(signature.args[i])(context, builder, args[i]).data
-
-        def integer(i):
-            return context.cast(builder, args[i], signature.args[i], types.intp)
-
-        a_ptr, b_ptr, bias_ptr, out_ptr = data(0), data(3), data(7), data(11)
+        v = Vectors(context, builder, signature.args[0].dtype)
+        a_ptr, b_ptr, bias_ptr, out_ptr = (v.pointer(args[i], signature.args[i])
+                                           for i in (0, 3, 7, 11))
         a_at, a_row, b_at, b_row, k, bias_at, out_at, out_row = (
-            integer(i) for i in (1, 2, 4, 5, 6, 8, 12, 13))
-        has_bias = context.cast(builder, args[9], signature.args[9], types.boolean)
-        relu = context.cast(builder, args[10], signature.args[10], types.boolean)
-        scalar = context.get_data_type(signature.args[0].dtype)
-        size = context.get_abi_sizeof(scalar)
-        lanes = VECTOR_BYTES // size
-        vector = ir.VectorType(scalar, lanes)
-        intp = context.get_value_type(types.intp)
-        name = f"llvm.fmuladd.v{lanes}{'f32' if size == 4 else 'f64'}"
-        fmuladd = cgutils.get_or_insert_function(builder.module,
-                                                 ir.FunctionType(vector, [vector] * 3), name)
-        zero = ir.Constant(vector, [0.0] * lanes)
-        empty = ir.Constant(vector, ir.Undefined)
-        splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+            v.index(args[i], signature.args[i]) for i in (1, 2, 4, 5, 6, 8, 12, 13))
+        has_bias, relu = args[9], args[10]
+        a_rows = [builder.add(a_at, builder.mul(v.integer(r), a_row)) for r in range(ROWS)]
 
-        def constant(value):
-            return ir.Constant(intp, value)
+        def step(t, sums):
+            b_vector = v.load(b_ptr, builder.add(b_at, builder.mul(t, b_row)))
+            return [v.fmuladd(v.splat(v.load_scalar(a_ptr, builder.add(start, t))), b_vector,
+                              total) for start, total in zip(a_rows, sums)]
 
-        def vector_at(base, at):
-            return builder.bitcast(builder.gep(base, [at]), vector.as_pointer())
-
-        start = builder.block
-        loop = builder.append_basic_block("block_loop")
-        done = builder.append_basic_block("block_done")
-        builder.cbranch(builder.icmp_signed(">", k, constant(0)), loop, done)
-
-        builder.position_at_end(loop)
-        t = builder.phi(intp)
-        sums = [builder.phi(vector) for _ in range(ROWS)]
-        b_vector = builder.load(vector_at(b_ptr, builder.add(b_at, builder.mul(t, b_row))),
-                                align=size)
-        updated = []
+        sums = v.loop(k, [v.zero] * ROWS, step)
+        bias = v.load(bias_ptr, bias_at)
         for r, total in enumerate(sums):
-            a_value = builder.load(builder.gep(a_ptr, [builder.add(
-                builder.add(a_at, builder.mul(constant(r), a_row)), t)]), align=size)
-            broadcast = builder.shuffle_vector(
-                builder.insert_element(empty, a_value, ir.Constant(ir.IntType(32), 0)),
-                empty, splat)
-            updated.append(builder.call(fmuladd, [broadcast, b_vector, total]))
-        t_next = builder.add(t, constant(1))
-        t.add_incoming(constant(0), start)
-        t.add_incoming(t_next, loop)
-        for total, new in zip(sums, updated):
-            total.add_incoming(zero, start)
-            total.add_incoming(new, loop)
-        builder.cbranch(builder.icmp_signed("<", t_next, k), loop, done)
-
-        builder.position_at_end(done)
-        results = []
-        for new in updated:
-            result = builder.phi(vector)
-            result.add_incoming(zero, start)
-            result.add_incoming(new, loop)
-            results.append(result)
-        bias_vector = builder.load(vector_at(bias_ptr, bias_at), align=size)
-        for r, result in enumerate(results):
-            result = builder.select(has_bias, builder.fadd(result, bias_vector), result)
-            kept = builder.fcmp_unordered(">", result, zero)      # NaN stays, -0 becomes 0
-            result = builder.select(relu, builder.select(kept, result, zero), result)
-            at = builder.add(out_at, builder.mul(constant(r), out_row))
-            builder.store(result, vector_at(out_ptr, at), align=size)
+            total = builder.select(has_bias, builder.fadd(total, bias), total)
+            v.store(v.relu(total, on=relu), out_ptr,
+                    builder.add(out_at, builder.mul(v.integer(r), out_row)))
         return context.get_dummy_value()
 
     return sig, codegen

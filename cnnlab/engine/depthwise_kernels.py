@@ -47,6 +47,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
+
+from cnnlab.engine.simd import VECTOR_BYTES, Vectors
 
 # --- one filter per channel, stride 1 along the width: whole rows at a time ------------------
 # Along an image row at stride 1, tap (i, j) pairs the output's flat row (Wo*C values) with
@@ -140,39 +144,166 @@ def kernel_grad_rows(grad_out, x, kh, kw, dilation, top, left):
 
 
 # --- any stride and depth multiplier: pixel by pixel ------------------------------------------
+@numba.njit(inline="always")
+def _pixel(x, taps, bias, n, y, xo, strides, dilation, top, left, relu, row):
+    """One output pixel's ``C*M`` values into ``row``: the bias, then each tap's products in
+    order (rows i, then columns j), taps off the image skipped; then the ReLU if ``relu``."""
+    _, height, width, channels = x.shape
+    kh, kw, flat = taps.shape
+    mult = flat // channels
+    for k in range(flat):
+        row[k] = bias[k]
+    for i in range(kh):
+        iy = y * strides[0] + i * dilation[0] - top
+        if iy < 0 or iy >= height:
+            continue
+        for j in range(kw):
+            ix = xo * strides[1] + j * dilation[1] - left
+            if ix < 0 or ix >= width:
+                continue
+            source, weights = x[n, iy, ix], taps[i, j]
+            if mult == 1:
+                for k in range(flat):
+                    row[k] += source[k] * weights[k]
+            else:
+                for c in range(channels):
+                    for m in range(mult):
+                        row[c * mult + m] += source[c] * weights[c * mult + m]
+    if relu:
+        _relu(row)
+
+
 @numba.njit(cache=True, nogil=True)
 def forward_pixels(x, kernel, bias, strides, dilation, top, left, relu, out):
     """``out (N, Ho, Wo, C*M)`` from ``x (N, H, W, C)``, ``kernel (KH, KW, C, M)`` and
     ``bias (C*M,)`` (zeros when the layer has none); ``relu``: then ``max(out, 0)``, each
     pixel as it is done. ``x`` and ``out`` C-contiguous."""
-    batch, height, width, channels = x.shape
+    batch = x.shape[0]
     kh, kw, _, mult = kernel.shape
     _, out_h, out_w, flat = out.shape
     taps = kernel.reshape(kh, kw, flat)
     for n in range(batch):
         for y in range(out_h):
             for xo in range(out_w):
-                row = out[n, y, xo]
-                for k in range(flat):
-                    row[k] = bias[k]
+                _pixel(x, taps, bias, n, y, xo, strides, dilation, top, left, relu, out[n, y, xo])
+
+
+# --- one filter per channel, a vector of channels at a time: blocks of pixels ----------------
+# Where a row's pixels are far enough from the image's sides that every tap lies on it, a
+# block of BLOCK_PIXELS neighbouring output pixels by one vector of channels is one loop over
+# the taps whose sums stay in registers (``_taps_block``, LLVM vector values: ``simd``): per
+# tap, one load of the weights' vector and one of each pixel's input vector. The pixel loops
+# above keep their sums in the output row instead, a load and a store around every
+# multiply-add. The order of the sums is the pixel loop's (the bias, then each tap's product,
+# multiplied and added apart, not fused), so the two agree bit for bit; the pixels near the
+# sides, and a row too short for one block, go through ``_pixel``.
+
+#: neighbouring output pixels per block: 4 vector sums (8 of AVX2's 16 registers, with the
+#: weights' vector and one input vector beside them)
+BLOCK_PIXELS = 4
+
+
+def _taps_block(pixels: int):
+    """The intrinsic for blocks of ``pixels`` neighbouring output pixels (see the section's
+    comment): for ``p < pixels`` and a vector of ``lanes`` channels from ``channel``,
+    ``out[out_at + p*out_step + e] = bias[channel + e] + sum_t x[x_at + x_offsets[t] +
+    p*pixel_step + e] * weights[w_offsets[t] + channel + e]`` over ``t < taps`` in order, each
+    product rounded before it is added; then the ReLU if ``relu``. No bounds are checked."""
+    @intrinsic
+    def block(typingctx, x, x_at, pixel_step, x_offsets, weights, w_offsets, taps, bias,
+              channel, relu, out, out_at, out_step):
+        sig = types.void(x, x_at, pixel_step, x_offsets, weights, w_offsets, taps, bias,
+                         channel, relu, out, out_at, out_step)
+
+        def codegen(context, builder, signature, args):
+            v = Vectors(context, builder, signature.args[0].dtype)
+            x_ptr, x_off_ptr, w_ptr, w_off_ptr, bias_ptr, out_ptr = (
+                v.pointer(args[i], signature.args[i]) for i in (0, 3, 4, 5, 7, 10))
+            x_at, pixel_step, taps, channel, out_at, out_step = (
+                v.index(args[i], signature.args[i]) for i in (1, 2, 6, 8, 11, 12))
+            starts = [builder.add(x_at, builder.mul(v.integer(p), pixel_step))
+                      for p in range(pixels)]
+
+            def step(t, sums):
+                x_offset = builder.load(builder.gep(x_off_ptr, [t]))
+                w_offset = builder.load(builder.gep(w_off_ptr, [t]))
+                weight = v.load(w_ptr, builder.add(w_offset, channel))
+                return [builder.fadd(total, builder.fmul(
+                    v.load(x_ptr, builder.add(start, x_offset)), weight))
+                    for start, total in zip(starts, sums)]
+
+            sums = v.loop(taps, [v.load(bias_ptr, channel)] * pixels, step)
+            for p, total in enumerate(sums):
+                v.store(v.relu(total, on=args[9]), out_ptr,
+                        builder.add(out_at, builder.mul(v.integer(p), out_step)))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return block
+
+
+_block_of_pixels = _taps_block(BLOCK_PIXELS)
+_one_pixel = _taps_block(1)
+
+
+@numba.njit(cache=True, nogil=True)
+def forward_blocks(x, kernel, bias, strides, dilation, top, left, relu, out):
+    """``forward_pixels`` for one filter per channel (``kernel (KH, KW, C, 1)``) and at least
+    one vector of channels. The pixels of a row whose taps all lie on the image (columns
+    ``first`` to ``end``) go in blocks of ``BLOCK_PIXELS``, the row's tap list made once; the
+    last block of a row, and the last vector of channels, move back to end on the edge (some
+    values made twice, the same way). The others go one by one, each with the list of its
+    taps on the image."""
+    batch, height, width, channels = x.shape
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    _, out_h, out_w, _ = out.shape
+    lanes = VECTOR_BYTES // x.itemsize
+    weights, flat_x, flat_out = kernel.reshape(-1), x.reshape(-1), out.reshape(-1)
+    x_offsets, w_offsets = np.empty(kh * kw, np.int64), np.empty(kh * kw, np.int64)
+    first = max(0, (left + strides[1] - 1) // strides[1])  # x*sw - left >= 0 (left < 0: a crop)
+    last = width - 1 - (kw - 1) * dilation[1] + left   # x*sw - left + (KW-1)*dw <= W - 1
+    end = min(out_w, last // strides[1] + 1) if last >= 0 else 0
+    if end - first < BLOCK_PIXELS:
+        first = end = out_w                            # every pixel one by one
+    for n in range(batch):
+        for y in range(out_h):
+            for xo in range(out_w):
+                if first <= xo < end:
+                    continue
+                count = 0
                 for i in range(kh):
                     iy = y * strides[0] + i * dilation[0] - top
-                    if iy < 0 or iy >= height:
-                        continue
                     for j in range(kw):
                         ix = xo * strides[1] + j * dilation[1] - left
-                        if ix < 0 or ix >= width:
-                            continue
-                        source, weights = x[n, iy, ix], taps[i, j]
-                        if mult == 1:
-                            for k in range(flat):
-                                row[k] += source[k] * weights[k]
-                        else:
-                            for c in range(channels):
-                                for m in range(mult):
-                                    row[c * mult + m] += source[c] * weights[c * mult + m]
-                if relu:
-                    _relu(row)
+                        if 0 <= iy < height and 0 <= ix < width:
+                            x_offsets[count] = ((n * height + iy) * width + ix) * channels
+                            w_offsets[count] = (i * kw + j) * channels
+                            count += 1
+                at = ((n * out_h + y) * out_w + xo) * channels
+                for vector in range(0, channels, lanes):
+                    channel = min(vector, channels - lanes)
+                    _one_pixel(flat_x, channel, 0, x_offsets, weights, w_offsets, count, bias,
+                               channel, relu, flat_out, at + channel, channels)
+            if first == end:
+                continue
+            count = 0
+            for i in range(kh):
+                iy = y * strides[0] + i * dilation[0] - top
+                if 0 <= iy < height:
+                    for j in range(kw):
+                        x_offsets[count] = ((n * height + iy) * width + j * dilation[1]) * channels
+                        w_offsets[count] = (i * kw + j) * channels
+                        count += 1
+            for block in range(first, end, BLOCK_PIXELS):
+                xo = min(block, end - BLOCK_PIXELS)
+                at = ((n * out_h + y) * out_w + xo) * channels
+                for vector in range(0, channels, lanes):
+                    channel = min(vector, channels - lanes)
+                    _block_of_pixels(flat_x, (xo * strides[1] - left) * channels + channel,
+                                     strides[1] * channels, x_offsets, weights, w_offsets,
+                                     count, bias, channel, relu, flat_out, at + channel,
+                                     channels)
 
 
 @numba.njit(cache=True, nogil=True)
