@@ -674,6 +674,87 @@ def test_the_compiled_linear_in_float32_within_the_rounding_of_its_sums(shape):
         assert np.array_equal(fast[~finite], reference[~finite], equal_nan=True)
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 2), h=st.integers(1, 12),
+       w=st.integers(1, 14), c=st.integers(1, 4), extra=st.integers(0, 20),
+       kh=st.integers(1, 5), kw=st.integers(1, 5),
+       strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                      st.tuples(st.integers(0, 2), st.integers(0, 2))),
+       has_bias=st.booleans(), relu=st.booleans())
+@example(seed=1, n=2, h=32, w=32, c=3, extra=8, kh=3, kw=3, strides=(1, 1), dilation=(1, 1),
+         pads=((1, 1), (1, 1)), has_bias=True, relu=True)           # an RGB stem
+@example(seed=2, n=1, h=5, w=13, c=1, extra=0, kh=5, kw=5, strides=(1, 1), dilation=(1, 1),
+         pads=((0, 0), (0, 0)), has_bias=False, relu=False)         # a row of one block
+def test_the_implicit_gemm_convolution_equals_the_reference_in_float64(
+        seed, n, h, w, c, extra, kh, kw, strides, dilation, pads, has_bias, relu):
+    """``conv_kernels.implicit_gemm`` (the inference path of convolutions with few channels)
+    on any stride, dilation, padding and odd size, against the reference (im2col and BLAS) to
+    1e-12 of the sum's terms; the input in a buffer of NaN, the output fenced: it reads and
+    writes nothing outside them, its side pixels one by one included."""
+    from hypothesis import assume
+
+    from cnnlab.engine import conv, dense_kernels
+    from cnnlab.engine import conv_kernels as kernels
+    from cnnlab.engine.shapes import output_hw
+    (top, bottom), (left, right) = pads
+    assume(h + top + bottom >= (kh - 1) * dilation[0] + 1)
+    assume(w + left + right >= (kw - 1) * dilation[1] + 1)
+    rng = np.random.default_rng(seed)
+    f = 8 + extra
+    x, _, _ = _fenced(rng, (n, h, w, c), np.float64, np.nan)
+    x[...] = rng.standard_normal(x.shape)
+    kernel = rng.standard_normal((kh, kw, c, f))
+    bias = rng.standard_normal(f)
+    cnnlab.config.set_kernels("numpy")
+    reference, _ = conv.conv2d_forward(x, kernel, bias if has_bias else None, strides, pads,
+                                       dilation, algorithm="direct", relu=relu)
+    out, buffer, start = _fenced(rng, (n, *output_hw((h, w), (kh, kw), strides, pads,
+                                                     dilation), f), np.float64, -7.0)
+    kernels.implicit_gemm(x, dense_kernels.pack(kernel.reshape(-1, f)), kh, kw, bias, has_bias,
+                          relu, strides, dilation, top, left, out)
+    assert (np.delete(buffer, np.arange(start, start + out.size)) == -7.0).all()
+    assert not np.isnan(out).any(), "read outside the input"
+    scale = conv.conv2d_forward(np.abs(x), np.abs(kernel), np.abs(bias) if has_bias else None,
+                                strides, pads, dilation, algorithm="direct")[0]
+    assert (np.abs(out - reference) <= 1e-12 * scale).all()
+
+
+def test_convolutions_of_few_channels_skip_im2col_at_inference_only(monkeypatch):
+    """The switch: at inference (no gradients), a convolution of at most
+    ``IMPLICIT_MAX_CHANNELS`` input channels takes the implicit GEMM, padded along the width
+    by a copy; in training, or with more channels, or on the reference, im2col. Each path's
+    output equals PyTorch's in float64."""
+    import torch
+
+    from cnnlab.engine import conv
+    cnnlab.config.set_kernels("numba")
+    kernels = compiled.module("conv_kernels")
+    calls = []
+    real = kernels.implicit_gemm
+    monkeypatch.setattr(kernels, "implicit_gemm", lambda *args: calls.append(args) or real(*args))
+    rng = np.random.default_rng(0)
+
+    def run(channels, gradients, switch="numba"):
+        cnnlab.config.set_kernels(switch)
+        x = rng.standard_normal((2, 9, 11, channels))
+        kernel, bias = rng.standard_normal((3, 3, channels, 20)), rng.standard_normal(20)
+        before = len(calls)
+        out, _ = conv.conv2d_forward(x, kernel, bias, (2, 1), ((1, 1), (1, 1)),
+                                     algorithm="direct", gradients=gradients, relu=True)
+        expected = torch.relu(torch.nn.functional.conv2d(
+            torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(kernel).permute(3, 2, 0, 1),
+            torch.from_numpy(bias), stride=(2, 1), padding=1)).permute(0, 2, 3, 1).numpy()
+        np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+        return len(calls) - before
+
+    assert run(conv.IMPLICIT_MAX_CHANNELS, "none") == 1
+    assert run(conv.IMPLICIT_MAX_CHANNELS, "all") == 0
+    assert run(conv.IMPLICIT_MAX_CHANNELS + 1, "none") == 0
+    assert run(3, "none", switch="numpy") == 0
+
+
 def test_linear_takes_the_compiled_kernel_exactly_where_it_applies(monkeypatch):
     """The switch and the shapes: the kernel runs on one float dtype with at least
     ``LINEAR_MIN_ROWS`` rows, no fewer than its columns, and a vector of columns; fewer rows or
@@ -807,13 +888,14 @@ def test_every_kernel_releases_the_gil():
     import numba
     folder = os.path.dirname(compiled.__file__)
     names = sorted(name[:-3] for name in os.listdir(folder) if name.endswith("_kernels.py"))
-    assert names == ["activations_kernels", "dense_kernels", "depthwise_kernels", "merge_kernels",
+    assert names == ["activations_kernels", "conv_kernels", "dense_kernels", "depthwise_kernels",
+                     "merge_kernels",
                      "normalization_kernels", "pool_kernels", "precision_kernels",
                      "update_kernels", "windows_kernels", "winograd_kernels"]
     kernels = [obj for name in names
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 2 + 1 + 5 + 1 + 8 + 2 + 1 + 3 + 3 + 2
+    assert len(kernels) == 2 + 1 + 2 + 5 + 1 + 8 + 2 + 1 + 3 + 3 + 2
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 

@@ -246,6 +246,14 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=No
     xp = array_module(x, kernel)
     has_bias = bias is not None
     out_dtype = np.result_type(x, kernel)
+    if not keep_cols and c <= IMPLICIT_MAX_CHANNELS and min(min(pads)) >= 0 \
+            and linear_kernels(out_dtype, f, x, kernel, bias) is not None:
+        kernels = compiled.module("conv_kernels", x, kernel)
+        if kernels is not None:
+            out = _implicit_forward(kernels, x, kernel, bias, strides, pads, dilation, relu,
+                                    (n, ho, wo, f), free)
+            return out, Im2colCache(None, x, kernel, x.shape, strides, pads, dilation, has_bias,
+                                    False, workspace, None, free)
     fold = has_bias and kh * kw * c < FOLD_BIAS_MAX_K and not relu \
         and linear_kernels(out_dtype, f, x, kernel, bias) is None
     k = kh * kw * c + fold
@@ -270,6 +278,41 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=No
     kept_cols = buffer if len(chunks) == 1 else None
     return out, Im2colCache(kept_cols, x, kernel, x.shape, strides, pads, dilation, has_bias,
                             fold, workspace, owner, free)
+
+
+#: At inference, a convolution of at most this many input channels (an RGB stem, the
+#: article's first layer) skips im2col for the compiled implicit GEMM
+#: (``conv_kernels.implicit_gemm``), whose windows are read where they lie: im2col's rows of
+#: K = 27 or 25 values cost more to copy than the GEMM takes to use them. 64 images, float32,
+#: bias and ReLU, 1 thread, best of 20 (ms), im2col + GEMM against this: 32 x 32 x 3 -> 16
+#: (ResNet-20's stem) 2.03 / 1.20, -> 32 (mobilenet_small's) 2.55 / 1.86, the article's
+#: 28 x 28 x 1 -> 32 (5x5, valid) 1.28 / 0.91. With 16 channels (a stride-2 layer,
+#: 32 x 32 x 16 -> 32) it was slower, 2.39 against 2.60: a tap's run of 16 values is long
+#: enough for im2col's copy.
+IMPLICIT_MAX_CHANNELS = 4
+
+
+def _implicit_forward(kernels, x, kernel, bias, strides, pads, dilation, relu, out_shape,
+                      free):
+    """``conv_kernels.implicit_gemm`` on a copy of ``x`` padded along the width (small, with
+    C <= ``IMPLICIT_MAX_CHANNELS``): every pixel of a row then runs in the GEMM's blocks, and
+    only the rows above and below the image are skipped taps. Output from ``free``."""
+    kh, kw, c, f = kernel.shape
+    n, h, w, _ = x.shape
+    (top, _), (left, right) = pads
+    if left or right:
+        wide = empty((n, h, w + left + right, c), x.dtype, free)    # (N, H, W + pads, C)
+        wide[:, :, :left] = 0
+        wide[:, :, left + w:] = 0
+        wide[:, :, left:left + w] = x
+        x = wide
+    panels = compiled.module("dense_kernels").pack(
+        np.ascontiguousarray(kernel).reshape(kh * kw * c, f))
+    out = empty(out_shape, x.dtype, free)                             # (N, Ho, Wo, F)
+    kernels.implicit_gemm(np.ascontiguousarray(x), panels, kh, kw,
+                          panels if bias is None else bias, bias is not None, relu,
+                          tuple(strides), tuple(dilation), top, 0, out)
+    return out
 
 
 class Im2colCache(NamedTuple):

@@ -58,42 +58,78 @@ from cnnlab.engine.simd import VECTOR_BYTES, Vectors
 ROWS = 6
 
 
-@intrinsic
-def _block(typingctx, a, a_at, a_row, b, b_at, b_row, k, bias, bias_at, has_bias, relu, out,
-           out_at, out_row):
-    """``out[out_at + r*out_row + e] = sum_t a[a_at + r*a_row + t] * b[b_at + t*b_row + e]``
-    for ``r < ROWS``, ``e < lanes``, t in order from 0 to k - 1: one loop whose ROWS vector
-    accumulators are loop-carried values (phi nodes), so they live in registers. Then, while
-    they are still there, ``+ bias[bias_at + e]`` if ``has_bias`` and ``max(., 0)`` if
-    ``relu``. a, b, bias, out: 1-D arrays of one float dtype; ``bias`` is read even where
-    ``has_bias`` is false (pass any array with values there), and no bounds are checked (the
-    caller's loops keep inside)."""
-    sig = types.void(a, a_at, a_row, b, b_at, b_row, k, bias, bias_at, has_bias, relu, out,
-                     out_at, out_row)
+def gemm_block(rows: int, gathered: bool):
+    """The intrinsic for one block of ``rows`` rows by one vector of ``lanes`` columns:
+
+        out[out_at + r*out_row + e] = sum over t < k, in order, of
+            a[a_at + r*a_row + t] * b[b_at + t*b_row + e]                  (plain)
+            a[a_at + r*a_row + a_offsets[t]] * b[b_at + b_offsets[t] + e]  (gathered)
+
+    for ``r < rows``, ``e < lanes``: one loop whose ``rows`` vector sums are loop-carried values
+    (phi nodes), so they live in registers. Then, while they are still there, ``+ bias[bias_at
+    + e]`` if ``has_bias`` and ``max(., 0)`` if ``relu``. The gathered form takes a window's
+    taps where they lie in an image (``conv_kernels``): no im2col copy. Arguments, in order:
+    ``a, a_at, a_row, [a_offsets,] b, b_at, (b_row | b_offsets), k, bias, bias_at, has_bias,
+    relu, out, out_at, out_row``; a, b, bias, out 1-D arrays of one float dtype, offsets int64;
+    ``bias`` is read even where ``has_bias`` is false (pass any array with values there), and
+    no bounds are checked (the caller's loops keep inside)."""
+    names = PLAIN if not gathered else GATHERED
 
     def codegen(context, builder, signature, args):
         v = Vectors(context, builder, signature.args[0].dtype)
-        a_ptr, b_ptr, bias_ptr, out_ptr = (v.pointer(args[i], signature.args[i])
-                                           for i in (0, 3, 7, 11))
-        a_at, a_row, b_at, b_row, k, bias_at, out_at, out_row = (
-            v.index(args[i], signature.args[i]) for i in (1, 2, 4, 5, 6, 8, 12, 13))
-        has_bias, relu = args[9], args[10]
-        a_rows = [builder.add(a_at, builder.mul(v.integer(r), a_row)) for r in range(ROWS)]
+        given = dict(zip(names, zip(args, signature.args)))
+
+        def pointer(name):
+            return v.pointer(*given[name])
+
+        def index(name):
+            return v.index(*given[name])
+
+        a_ptr, b_ptr, bias_ptr, out_ptr = (pointer(name) for name in ("a", "b", "bias", "out"))
+        a_at, a_row, b_at, k, bias_at, out_at, out_row = (
+            index(name) for name in ("a_at", "a_row", "b_at", "k", "bias_at", "out_at",
+                                     "out_row"))
+        a_rows = [builder.add(a_at, builder.mul(v.integer(r), a_row)) for r in range(rows)]
 
         def step(t, sums):
-            b_vector = v.load(b_ptr, builder.add(b_at, builder.mul(t, b_row)))
-            return [v.fmuladd(v.splat(v.load_scalar(a_ptr, builder.add(start, t))), b_vector,
-                              total) for start, total in zip(a_rows, sums)]
+            if gathered:
+                a_step = builder.load(builder.gep(pointer("a_offsets"), [t]))
+                b_at_t = builder.add(b_at, builder.load(builder.gep(pointer("b_offsets"), [t])))
+            else:
+                a_step, b_at_t = t, builder.add(b_at, builder.mul(t, index("b_row")))
+            b_vector = v.load(b_ptr, b_at_t)
+            return [v.fmuladd(v.splat(v.load_scalar(a_ptr, builder.add(start, a_step))),
+                              b_vector, total) for start, total in zip(a_rows, sums)]
 
-        sums = v.loop(k, [v.zero] * ROWS, step)
+        sums = v.loop(k, [v.zero] * rows, step)
         bias = v.load(bias_ptr, bias_at)
+        has_bias, relu = given["has_bias"][0], given["relu"][0]
         for r, total in enumerate(sums):
             total = builder.select(has_bias, builder.fadd(total, bias), total)
             v.store(v.relu(total, on=relu), out_ptr,
                     builder.add(out_at, builder.mul(v.integer(r), out_row)))
         return context.get_dummy_value()
 
-    return sig, codegen
+    if gathered:
+        def block(typingctx, a, a_at, a_row, a_offsets, b, b_at, b_offsets, k, bias, bias_at,
+                  has_bias, relu, out, out_at, out_row):
+            return types.void(a, a_at, a_row, a_offsets, b, b_at, b_offsets, k, bias, bias_at,
+                              has_bias, relu, out, out_at, out_row), codegen
+    else:
+        def block(typingctx, a, a_at, a_row, b, b_at, b_row, k, bias, bias_at, has_bias, relu,
+                  out, out_at, out_row):
+            return types.void(a, a_at, a_row, b, b_at, b_row, k, bias, bias_at, has_bias, relu,
+                              out, out_at, out_row), codegen
+    return intrinsic(block)
+
+
+#: the intrinsics' arguments, in order (``gemm_block``)
+PLAIN = ("a", "a_at", "a_row", "b", "b_at", "b_row", "k", "bias", "bias_at", "has_bias", "relu",
+         "out", "out_at", "out_row")
+GATHERED = ("a", "a_at", "a_row", "a_offsets", "b", "b_at", "b_offsets", "k", "bias",
+            "bias_at", "has_bias", "relu", "out", "out_at", "out_row")
+
+_block = gemm_block(ROWS, gathered=False)
 
 
 @numba.njit(inline="always")
@@ -104,6 +140,19 @@ def _pack(b, column, lanes, panel, at):
     for t in range(b.shape[0]):
         for e in range(lanes):
             panel[at + t * lanes + e] = b[t, column + e]
+
+
+@numba.njit(cache=True, nogil=True)
+def pack(b):
+    """``b (K, F)``'s column blocks, each a contiguous (K, lanes) panel, one after another (the
+    last moved back to end on F's edge): what the blocks read as their ``b``."""
+    k, f = b.shape
+    lanes = VECTOR_BYTES // b.itemsize
+    columns = (f + lanes - 1) // lanes
+    panels = np.empty(columns * k * lanes, b.dtype)
+    for block in range(columns):
+        _pack(b, min(block * lanes, f - lanes), lanes, panels, block * k * lanes)
+    return panels
 
 
 @numba.njit(cache=True, nogil=True)
@@ -122,9 +171,7 @@ def matmul(a, b, bias, has_bias, relu, out):
                          "F >= one vector")
     flat_bias = bias.reshape(-1) if has_bias else flat_out     # read, never added, if no bias
     columns = (f + lanes - 1) // lanes
-    panels = np.empty(columns * k * lanes, a.dtype)
-    for block in range(columns):
-        _pack(b, min(block * lanes, f - lanes), lanes, panels, block * k * lanes)
+    panels = pack(b)
     for row_block in range(0, m, ROWS):
         row = min(row_block, m - ROWS)
         for block in range(columns):
