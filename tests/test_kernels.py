@@ -755,6 +755,45 @@ def test_convolutions_of_few_channels_skip_im2col_at_inference_only(monkeypatch)
     assert run(3, "none", switch="numpy") == 0
 
 
+@settings(max_examples=50, deadline=None)
+@given(rows=st.one_of(st.integers(1, 40), st.integers(256, 3000)), depth=st.integers(1, 40),
+       features=st.integers(1, 50), seed=st.integers(0, 2**31 - 1))
+@example(rows=2000, depth=27, features=16, seed=0)       # whole vectors: b read in place
+@example(rows=300, depth=5, features=17, seed=1)         # fewer than a block of rows of out
+def test_the_compiled_transposed_product_equals_the_reference_in_float64(rows, depth, features,
+                                                                         seed):
+    """``windows.transposed_product`` (a weight gradient, ``a.T @ b``): the compiled kernel
+    (M in chunks, ``a`` read in place, K and F padded to whole blocks) equals BLAS's to 1e-12
+    of the sum's terms on any shape, odd ones and several chunks included, and reads nothing
+    outside its inputs (each in a buffer of NaN)."""
+    from cnnlab.engine import windows
+    rng = np.random.default_rng(seed)
+    a, _, _ = _fenced(rng, (rows, depth), np.float64, np.nan)
+    b, _, _ = _fenced(rng, (rows, features), np.float64, np.nan)
+    a[...] = rng.standard_normal(a.shape)
+    b[...] = rng.standard_normal(b.shape)
+    fast, reference = _both(lambda: windows.transposed_product(a, b))
+    assert fast.shape == (depth, features) and not np.isnan(fast).any()
+    assert (np.abs(fast - reference) <= 1e-12 * (np.abs(a).T @ np.abs(b))).all()
+
+
+def test_the_compiled_transposed_product_in_float32_within_the_rounding_of_its_sums():
+    """float32 over 65,536 rows (ResNet-20's stem, 64 images: 43 chunks) and 3,000 (4 chunks,
+    F not a whole vector): within M units of rounding of the sum of the terms' sizes against
+    float64, and taken by the kernel."""
+    from cnnlab.engine import windows
+    rng = np.random.default_rng(0)
+    for rows, depth, features in ((65536, 27, 16), (3000, 25, 33)):
+        a = rng.standard_normal((rows, depth)).astype(np.float32)
+        b = rng.standard_normal((rows, features)).astype(np.float32)
+        cnnlab.config.set_kernels("numba")
+        assert windows.compiled_transposed_product(a, b) is not None
+        got = windows.transposed_product(a, b)
+        exact = a.astype(np.float64).T @ b
+        bound = rows * np.finfo(np.float32).eps * (np.abs(a.astype(np.float64)).T @ np.abs(b))
+        assert got.dtype == np.float32 and (np.abs(got - exact) <= bound).all()
+
+
 def test_linear_takes_the_compiled_kernel_exactly_where_it_applies(monkeypatch):
     """The switch and the shapes: the kernel runs on one float dtype with at least
     ``LINEAR_MIN_ROWS`` rows, no fewer than its columns, and a vector of columns; fewer rows or
@@ -895,7 +934,7 @@ def test_every_kernel_releases_the_gil():
     kernels = [obj for name in names
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 2 + 1 + 2 + 5 + 1 + 8 + 2 + 1 + 3 + 3 + 2
+    assert len(kernels) == 2 + 1 + 3 + 5 + 1 + 8 + 2 + 1 + 3 + 3 + 2
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 

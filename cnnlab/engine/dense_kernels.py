@@ -58,19 +58,20 @@ from cnnlab.engine.simd import VECTOR_BYTES, Vectors
 ROWS = 6
 
 
-def gemm_block(rows: int, gathered: bool):
+def gemm_block(rows: int, gathered: bool, accumulate: bool = False):
     """The intrinsic for one block of ``rows`` rows by one vector of ``lanes`` columns:
 
         out[out_at + r*out_row + e] = sum over t < k, in order, of
-            a[a_at + r*a_row + t] * b[b_at + t*b_row + e]                  (plain)
+            a[a_at + r*a_row + t*a_step] * b[b_at + t*b_row + e]           (plain)
             a[a_at + r*a_row + a_offsets[t]] * b[b_at + b_offsets[t] + e]  (gathered)
 
     for ``r < rows``, ``e < lanes``: one loop whose ``rows`` vector sums are loop-carried values
-    (phi nodes), so they live in registers. Then, while they are still there, ``+ bias[bias_at
+    (phi nodes), so they live in registers; with ``accumulate``, the sums start from ``out``'s
+    values instead of 0, and the loop adds into them. Then, while they are still there, ``+ bias[bias_at
     + e]`` if ``has_bias`` and ``max(., 0)`` if ``relu``. The gathered form takes a window's
     taps where they lie in an image (``conv_kernels``): no im2col copy. Arguments, in order:
-    ``a, a_at, a_row, [a_offsets,] b, b_at, (b_row | b_offsets), k, bias, bias_at, has_bias,
-    relu, out, out_at, out_row``; a, b, bias, out 1-D arrays of one float dtype, offsets int64;
+    ``a, a_at, a_row, (a_step | a_offsets), b, b_at, (b_row | b_offsets), k, bias, bias_at,
+    has_bias, relu, out, out_at, out_row``; a, b, bias, out 1-D arrays of one float dtype, offsets int64;
     ``bias`` is read even where ``has_bias`` is false (pass any array with values there), and
     no bounds are checked (the caller's loops keep inside)."""
     names = PLAIN if not gathered else GATHERED
@@ -96,18 +97,20 @@ def gemm_block(rows: int, gathered: bool):
                 a_step = builder.load(builder.gep(pointer("a_offsets"), [t]))
                 b_at_t = builder.add(b_at, builder.load(builder.gep(pointer("b_offsets"), [t])))
             else:
-                a_step, b_at_t = t, builder.add(b_at, builder.mul(t, index("b_row")))
+                a_step = builder.mul(t, index("a_step"))
+                b_at_t = builder.add(b_at, builder.mul(t, index("b_row")))
             b_vector = v.load(b_ptr, b_at_t)
             return [v.fmuladd(v.splat(v.load_scalar(a_ptr, builder.add(start, a_step))),
                               b_vector, total) for start, total in zip(a_rows, sums)]
 
-        sums = v.loop(k, [v.zero] * rows, step)
+        out_rows = [builder.add(out_at, builder.mul(v.integer(r), out_row)) for r in range(rows)]
+        first = [v.load(out_ptr, at) for at in out_rows] if accumulate else [v.zero] * rows
+        sums = v.loop(k, first, step)
         bias = v.load(bias_ptr, bias_at)
         has_bias, relu = given["has_bias"][0], given["relu"][0]
-        for r, total in enumerate(sums):
+        for at, total in zip(out_rows, sums):
             total = builder.select(has_bias, builder.fadd(total, bias), total)
-            v.store(v.relu(total, on=relu), out_ptr,
-                    builder.add(out_at, builder.mul(v.integer(r), out_row)))
+            v.store(v.relu(total, on=relu), out_ptr, at)
         return context.get_dummy_value()
 
     if gathered:
@@ -116,20 +119,25 @@ def gemm_block(rows: int, gathered: bool):
             return types.void(a, a_at, a_row, a_offsets, b, b_at, b_offsets, k, bias, bias_at,
                               has_bias, relu, out, out_at, out_row), codegen
     else:
-        def block(typingctx, a, a_at, a_row, b, b_at, b_row, k, bias, bias_at, has_bias, relu,
-                  out, out_at, out_row):
-            return types.void(a, a_at, a_row, b, b_at, b_row, k, bias, bias_at, has_bias, relu,
-                              out, out_at, out_row), codegen
+        def block(typingctx, a, a_at, a_row, a_step, b, b_at, b_row, k, bias, bias_at,
+                  has_bias, relu, out, out_at, out_row):
+            return types.void(a, a_at, a_row, a_step, b, b_at, b_row, k, bias, bias_at,
+                              has_bias, relu, out, out_at, out_row), codegen
     return intrinsic(block)
 
 
 #: the intrinsics' arguments, in order (``gemm_block``)
-PLAIN = ("a", "a_at", "a_row", "b", "b_at", "b_row", "k", "bias", "bias_at", "has_bias", "relu",
-         "out", "out_at", "out_row")
+PLAIN = ("a", "a_at", "a_row", "a_step", "b", "b_at", "b_row", "k", "bias", "bias_at",
+         "has_bias", "relu", "out", "out_at", "out_row")
 GATHERED = ("a", "a_at", "a_row", "a_offsets", "b", "b_at", "b_offsets", "k", "bias",
             "bias_at", "has_bias", "relu", "out", "out_at", "out_row")
 
 _block = gemm_block(ROWS, gathered=False)
+_adding_block = gemm_block(ROWS, gathered=False, accumulate=True)
+
+#: :func:`transposed_matmul` takes M in chunks whose packed rows of ``a`` and ``b`` fit this
+#: much of L2, so each block reads them from cache
+TRANSPOSED_CHUNK_BYTES = 256 * 2**10
 
 
 @numba.njit(inline="always")
@@ -140,6 +148,14 @@ def _pack(b, column, lanes, panel, at):
     for t in range(b.shape[0]):
         for e in range(lanes):
             panel[at + t * lanes + e] = b[t, column + e]
+
+
+@numba.njit(inline="always")
+def _copy(source, read, target, write, count):
+    """``target[write:write + count] = source[read:read + count]`` (flat arrays)."""
+    read, write = np.uint64(read), np.uint64(write)
+    for e in range(np.uint64(count)):
+        target[write + e] = source[read + e]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -176,6 +192,61 @@ def matmul(a, b, bias, has_bias, relu, out):
         row = min(row_block, m - ROWS)
         for block in range(columns):
             column = min(block * lanes, f - lanes)
-            _block(flat_a, row * k, k, panels, block * k * lanes, lanes, k, flat_bias, column,
-                   has_bias, relu, flat_out, row * f + column, f)
+            _block(flat_a, row * k, k, 1, panels, block * k * lanes, lanes, k, flat_bias,
+                   column, has_bias, relu, flat_out, row * f + column, f)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def transposed_matmul(a, b, out):
+    """``out (K, F) = a (M, K).T @ b (M, F)``: a weight gradient, a sum over M (pixels or
+    images) of outer products. A block of ``ROWS`` rows of ``out`` broadcasts ``ROWS``
+    neighbouring values of each row of ``a`` (one cache line, read in place: ``a_step = K``);
+    ``b`` goes into one panel per vector of columns, padded with zeros to whole vectors. M goes
+    in chunks (``TRANSPOSED_CHUNK_BYTES``) that stay in L2 while every block adds the chunk into
+    its sums (``_adding_block``, on an F-padded copy of the result); the last block of rows,
+    where ROWS does not divide K, comes from a copy of ``a``'s last columns padded with
+    zeros, so no block adds over another. Each value's sum runs over M in order, as one
+    product over M would."""
+    m, k = a.shape
+    f = b.shape[1]
+    lanes = VECTOR_BYTES // a.itemsize
+    if b.shape[0] != m or out.shape[0] != k or out.shape[1] != f:
+        raise ValueError("transposed_matmul takes a (M, K), b (M, F) into out (K, F)")
+    columns = (f + lanes - 1) // lanes
+    f_padded = columns * lanes
+    whole = k // ROWS                                  # blocks of rows read from a in place
+    tail = k - whole * ROWS                            # rows from the padded copy
+    chunk = max(1, min(m, TRANSPOSED_CHUNK_BYTES // ((k + f_padded) * a.itemsize)))
+    in_place = f == f_padded                           # b's rows are whole vectors: no panels
+    b_packed = np.zeros(0 if in_place else columns * chunk * lanes, a.dtype)
+    a_tail = np.zeros(chunk * ROWS, a.dtype)
+    total = np.zeros((whole + (tail > 0)) * ROWS * f_padded, a.dtype)
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    for start in range(0, m, chunk):
+        length = min(chunk, m - start)
+        if in_place:
+            source, source_at, source_row, block_step = flat_b, start * f, f, lanes
+        else:
+            for t in range(length):
+                for block in range(columns):
+                    _copy(flat_b, (start + t) * f + block * lanes, b_packed,
+                          (block * chunk + t) * lanes, min(lanes, f - block * lanes))
+            source, source_at, source_row, block_step = b_packed, 0, lanes, chunk * lanes
+        for row_block in range(whole):
+            for block in range(columns):
+                _adding_block(flat_a, start * k + row_block * ROWS, 1, k, source,
+                              source_at + block * block_step, source_row, length, total, 0,
+                              False, False, total, row_block * ROWS * f_padded + block * lanes,
+                              f_padded)
+        if tail:
+            for t in range(length):
+                _copy(flat_a, (start + t) * k + whole * ROWS, a_tail, t * ROWS, tail)
+            for block in range(columns):
+                _adding_block(a_tail, 0, 1, ROWS, source, source_at + block * block_step,
+                              source_row, length, total, 0, False, False, total,
+                              whole * ROWS * f_padded + block * lanes, f_padded)
+    for q in range(k):
+        for column in range(f):
+            out[q, column] = total[q * f_padded + column]
     return out

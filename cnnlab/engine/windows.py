@@ -150,9 +150,34 @@ def transposed_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     matmul holds the GIL through part of the product (a Python thread beside it ran at 0.46
     of its speed, 0.99 beside ``np.dot``), but ``np.dot`` took the article's Dense kernel
     gradient (9216 x 128) at 2-16 images from 166-305 to 505-583 us (best of 7 x 50 calls)."""
+    kernels = compiled_transposed_product(a, b)
+    if kernels is not None:
+        return kernels.transposed_matmul(a, b, np.empty((a.shape[1], b.shape[1]), a.dtype))
     if a.shape[0] == 1 and array_module(a, b) is np:
         a, b = np.concatenate([a, np.zeros_like(a)]), np.concatenate([b, np.zeros_like(b)])
     return a.T @ b
+
+
+#: the fewest rows (M) :func:`transposed_product` gives the compiled kernel
+#: (``dense_kernels.transposed_matmul``); fewer (a Dense layer's batch) stay with BLAS
+TRANSPOSED_MIN_ROWS = 256
+
+
+def compiled_transposed_product(a, b):
+    """The compiled kernels' module if :func:`transposed_product` runs them on ``a`` and ``b``:
+    NumPy arrays, C-contiguous, of one float dtype, with at least ``TRANSPOSED_MIN_ROWS`` rows
+    and one 64-byte vector of ``b``'s columns; else None. One core, float32, best of 20, G
+    multiply-adds a second, OpenBLAS's ``a.T @ b`` against the kernel: (M, K) x (M, F) =
+    (65536, 27) x (65536, 16), ResNet-20's stem, 26.0 / 37.6; (36864, 25) x 32, the article's
+    conv1, 33.0 / 39.8; (16384, 144) x 32, a stride-2 layer, 28.2 / 43.2; (16384, 64) x 128, a
+    1x1 layer, 33.8 / 36.7; (4096, 256) x 256, 44.7 / 44.8."""
+    kernels = compiled.module("dense_kernels", a, b)
+    if kernels is None or a.dtype != b.dtype or a.dtype not in compiled.KERNEL_DTYPES \
+            or a.ndim != 2 or a.shape[0] < TRANSPOSED_MIN_ROWS \
+            or b.shape[1] * b.dtype.itemsize < kernels.VECTOR_BYTES \
+            or not (a.flags.c_contiguous and b.flags.c_contiguous):
+        return None
+    return kernels
 
 
 #: rows per block in :func:`column_sums`
