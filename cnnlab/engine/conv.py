@@ -245,7 +245,7 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=No
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
     xp = array_module(x, kernel)
     has_bias = bias is not None
-    out_dtype = np.result_type(x, kernel)
+    out_dtype = xp.result_type(x, kernel)
     if not keep_cols and c <= IMPLICIT_MAX_CHANNELS and min(min(pads)) >= 0 \
             and linear_kernels(out_dtype, f, x, kernel, bias) is not None:
         kernels = compiled.module("conv_kernels", x, kernel)

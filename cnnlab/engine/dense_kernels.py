@@ -1,9 +1,13 @@
-"""A compiled matrix multiply with its epilogue, beside its NumPy reference (``np.matmul``, then
-``dense.add_bias``):
+"""A compiled matrix multiply with its epilogue, and the transposed product of a weight gradient,
+beside their NumPy references (``np.matmul`` then ``dense.add_bias``; ``a.T @ b``):
 
     matmul(a (M, K), b (K, F), bias (F,), has_bias, relu, out (M, F))
         out = a @ b  (+ bias)  (then max(out, 0) if relu)
-        M >= ROWS, F >= LANES; a, b and out C-contiguous, one float dtype
+        M >= ROWS, F >= one vector; a, b and out C-contiguous, one float dtype
+    transposed_matmul(a (M, K), b (M, F), out (K, F))
+        out = a.T @ b      (see its docstring)
+    gemm_block(rows, gathered, accumulate)
+        the intrinsic both run, and ``conv_kernels``' implicit GEMM
 
 Why not plain Numba loops: written as loops over rows, taps and output columns, LLVM keeps the
 accumulators in memory (one load and one store for every multiply-add) or vectorises the
@@ -11,8 +15,8 @@ reduction loop instead, with gathers from ``b``: 8-10 G multiply-adds a second o
 against OpenBLAS's 45, on a (4096, 144) x (144, 32) product. Numba gives no way to say "keep
 these in registers".
 
-So the inner block is written in LLVM's own vector types (``_block``, a Numba intrinsic): a
-block of ``ROWS`` rows by one 64-byte vector of columns (16 float32 or 8 float64) is one loop
+So the inner block is written in LLVM's own vector types (``gemm_block``, a Numba intrinsic
+built with ``simd.Vectors``): a block of ``ROWS`` rows by one 64-byte vector of columns (16 float32 or 8 float64) is one loop
 over K whose ``ROWS`` accumulators are SSA values, which LLVM keeps in registers. Each step
 loads one vector of ``b``'s row, broadcasts one value of each of ``a``'s rows, and runs
 ``ROWS`` fused multiply-adds (``llvm.fmuladd``: one instruction where the CPU has FMA, a

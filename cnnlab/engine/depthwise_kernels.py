@@ -11,7 +11,7 @@ input pixel ``(y*sh + i*dh - top, x*sw + j*dw - left)``, zero outside the image.
 What they save. The reference pads the input into a copy and, per filter and tap, makes two
 passes over the whole output (a multiply into a buffer, an add); backward the same again for
 each gradient, plus a column sum per tap. Here nothing is padded (the padding is a bounds
-test) and each output is written once, by one of two loops:
+test) and each output is written once, by one of three loops:
 
 - **pixels** (any stride and depth multiplier): every output pixel's ``C*M`` values are made in
   one visit, its taps' input rows read where they lie and accumulated in place, in L1.
@@ -21,6 +21,9 @@ test) and each output is written once, by one of two loops:
   contiguous multiply-add over the row (below, where it starts). Backward at stride 1 takes
   the kernel gradient this way, and the input gradient as the forward pass of the flipped
   kernel: a gather, each input pixel written once, with no zeroed array to scatter into.
+- **blocks** (one filter per channel, at least one 64-byte vector of channels; used at stride
+  1): 4 neighbouring pixels by one vector of channels, the sums in registers (LLVM vector
+  values, ``simd``), bit for bit the pixel loops' sums.
 
 ``depthwise.py`` picks the loop per call. Each kernel is compiled on its own: when one
 compiled function called the others, LLVM optimised the callees again inside each caller,
