@@ -16,8 +16,9 @@ against OpenBLAS's 45, on a (4096, 144) x (144, 32) product. Numba gives no way 
 these in registers".
 
 So the inner block is written in LLVM's own vector types (``gemm_block``, a Numba intrinsic
-built with ``simd.Vectors``): a block of ``ROWS`` rows by one 64-byte vector of columns (16 float32 or 8 float64) is one loop
-over K whose ``ROWS`` accumulators are SSA values, which LLVM keeps in registers. Each step
+built with ``simd.Vectors``): a block of ``ROWS`` rows by one 64-byte vector of columns (16
+float32 or 8 float64) is one loop over K whose ``ROWS`` accumulators are SSA values, which
+LLVM keeps in registers. Each step
 loads one vector of ``b``'s row, broadcasts one value of each of ``a``'s rows, and runs
 ``ROWS`` fused multiply-adds (``llvm.fmuladd``: one instruction where the CPU has FMA, a
 multiply and an add where it has not). The epilogue (bias, ReLU) runs on the accumulators
