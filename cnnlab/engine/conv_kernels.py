@@ -14,7 +14,8 @@ layer. Here the GEMM's block (``dense_kernels.gemm_block``, gathered) reads each
 it lies: a row of the output's pixels (``ROWS`` of them, ``sw*C`` apart in the input) takes
 its taps through one list of offsets into the image, made once per output row from the kernel
 rows that lie on it; the pixels near the left and right sides, whose taps leave the image,
-go one by one, each with a list of its own taps. The weights' offsets follow the same list,
+go one by one, each with a list of its own taps (``conv.py`` pads the width by a copy first,
+so that none do there). The weights' offsets follow the same list,
 so a skipped tap skips its weights too. Values agree with the reference to rounding (sums
 in tap order, fused multiply-adds).
 """
