@@ -593,6 +593,16 @@ def test_the_bias_relu_epilogue_equals_the_references_two_passes_bit_for_bit(dty
     assert len(calls) == 1
 
 
+def _counting(monkeypatch, module: str, name: str) -> list:
+    """The compiled kernel ``module.name`` wrapped so that each call is recorded in the list
+    returned (and still runs); kernels switched on."""
+    cnnlab.config.set_kernels("numba")
+    kernels = compiled.module(module)
+    calls, real = [], getattr(kernels, name)
+    monkeypatch.setattr(kernels, name, lambda *args: calls.append(args) or real(*args))
+    return calls
+
+
 def _fenced(rng, shape, dtype, fence):
     """A C-contiguous array of ``shape`` inside a flat buffer whose other cells hold ``fence``:
     a kernel that reads past its edges takes a NaN in, one that writes past them changes the
@@ -729,11 +739,7 @@ def test_convolutions_of_few_channels_skip_im2col_at_inference_only(monkeypatch)
     import torch
 
     from cnnlab.engine import conv
-    cnnlab.config.set_kernels("numba")
-    kernels = compiled.module("conv_kernels")
-    calls = []
-    real = kernels.implicit_gemm
-    monkeypatch.setattr(kernels, "implicit_gemm", lambda *args: calls.append(args) or real(*args))
+    calls = _counting(monkeypatch, "conv_kernels", "implicit_gemm")
     rng = np.random.default_rng(0)
 
     def run(channels, gradients, switch="numba"):
@@ -800,11 +806,8 @@ def test_linear_takes_the_compiled_kernel_exactly_where_it_applies(monkeypatch):
     columns, a float16 or mixed dtype, a strided view or the reference switch go to BLAS's
     product."""
     from cnnlab.engine import dense
-    cnnlab.config.set_kernels("numba")
+    calls = _counting(monkeypatch, "dense_kernels", "matmul")
     kernels = compiled.module("dense_kernels")
-    calls = []
-    real = kernels.matmul
-    monkeypatch.setattr(kernels, "matmul", lambda *args: calls.append(args) or real(*args))
     rng = np.random.default_rng(0)
 
     def run(rows, depth, features, dtype=np.float32, b_dtype=None, strided=False):
@@ -928,14 +931,13 @@ def test_every_kernel_releases_the_gil():
     folder = os.path.dirname(compiled.__file__)
     names = sorted(name[:-3] for name in os.listdir(folder) if name.endswith("_kernels.py"))
     assert names == ["activations_kernels", "conv_kernels", "dense_kernels", "depthwise_kernels",
-                     "merge_kernels",
-                     "normalization_kernels", "pool_kernels", "precision_kernels",
+                     "merge_kernels", "normalization_kernels", "pool_kernels", "precision_kernels",
                      "update_kernels", "windows_kernels", "winograd_kernels"]
-    kernels = [obj for name in names
+    kernels = {id(obj): obj for name in names   # one each: a shared helper is imported twice
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
-               if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")]
-    assert len(kernels) == 2 + 1 + 3 + 5 + 1 + 8 + 2 + 1 + 3 + 3 + 2
-    for kernel in kernels:
+               if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")}
+    assert len(kernels) == 2 + 1 + 3 + 5 + 1 + 8 + 2 + 1 + 3 + 5 + 2
+    for kernel in kernels.values():
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 
 

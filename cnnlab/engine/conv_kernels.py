@@ -27,6 +27,7 @@ import numpy as np
 
 from cnnlab.engine.dense_kernels import ROWS, gemm_block
 from cnnlab.engine.simd import VECTOR_BYTES
+from cnnlab.engine.windows_kernels import inner_columns, tap_pixel
 
 _rows_block = gemm_block(ROWS, gathered=True)
 _one_row = gemm_block(1, gathered=True)
@@ -39,12 +40,9 @@ def _pixel_taps(n, y, xo, height, width, channels, kh, kw, strides, dilation, to
     into a column block's panel (K index times lanes); returns how many."""
     count = 0
     for i in range(kh):
-        iy = y * strides[0] + i * dilation[0] - top
-        if iy < 0 or iy >= height:
-            continue
         for j in range(kw):
-            ix = xo * strides[1] + j * dilation[1] - left
-            if ix < 0 or ix >= width:
+            iy, ix, on_image = tap_pixel(y, xo, i, j, strides, dilation, top, left, height, width)
+            if not on_image:
                 continue
             for c in range(channels):
                 a_offsets[count] = ((n * height + iy) * width + ix) * channels + c
@@ -67,11 +65,7 @@ def implicit_gemm(x, panels, kh, kw, bias, has_bias, relu, strides, dilation, to
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
     flat_bias = bias.reshape(-1) if has_bias else flat_out     # read, never added, if no bias
     a_offsets, b_offsets = np.empty(k, np.int64), np.empty(k, np.int64)
-    first = max(0, (left + strides[1] - 1) // strides[1])      # x*sw - left >= 0
-    last = width - 1 - (kw - 1) * dilation[1] + left          # x*sw - left + (KW-1)*dw < W
-    end = min(out_w, last // strides[1] + 1) if last >= 0 else 0
-    if end - first < ROWS:
-        first = end = out_w                                    # every pixel one by one
+    first, end = inner_columns(out_w, width, kw, strides[1], dilation[1], left, ROWS)
     for n in range(batch):
         for y in range(out_h):
             for xo in range(out_w):

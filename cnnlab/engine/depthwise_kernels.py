@@ -54,6 +54,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from cnnlab.engine.simd import VECTOR_BYTES, Vectors
+from cnnlab.engine.windows_kernels import inner_columns, tap_pixel
 
 # --- one filter per channel, stride 1 along the width: whole rows at a time ------------------
 # Along an image row at stride 1, tap (i, j) pairs the output's flat row (Wo*C values) with
@@ -157,12 +158,9 @@ def _pixel(x, taps, bias, n, y, xo, strides, dilation, top, left, relu, row):
     for k in range(flat):
         row[k] = bias[k]
     for i in range(kh):
-        iy = y * strides[0] + i * dilation[0] - top
-        if iy < 0 or iy >= height:
-            continue
         for j in range(kw):
-            ix = xo * strides[1] + j * dilation[1] - left
-            if ix < 0 or ix >= width:
+            iy, ix, on_image = tap_pixel(y, xo, i, j, strides, dilation, top, left, height, width)
+            if not on_image:
                 continue
             source, weights = x[n, iy, ix], taps[i, j]
             if mult == 1:
@@ -264,11 +262,7 @@ def forward_blocks(x, kernel, bias, strides, dilation, top, left, relu, out):
     lanes = VECTOR_BYTES // x.itemsize
     weights, flat_x, flat_out = kernel.reshape(-1), x.reshape(-1), out.reshape(-1)
     x_offsets, w_offsets = np.empty(kh * kw, np.int64), np.empty(kh * kw, np.int64)
-    first = max(0, (left + strides[1] - 1) // strides[1])  # x*sw - left >= 0 (left < 0: a crop)
-    last = width - 1 - (kw - 1) * dilation[1] + left   # x*sw - left + (KW-1)*dw <= W - 1
-    end = min(out_w, last // strides[1] + 1) if last >= 0 else 0
-    if end - first < BLOCK_PIXELS:
-        first = end = out_w                            # every pixel one by one
+    first, end = inner_columns(out_w, width, kw, strides[1], dilation[1], left, BLOCK_PIXELS)
     for n in range(batch):
         for y in range(out_h):
             for xo in range(out_w):
@@ -276,10 +270,10 @@ def forward_blocks(x, kernel, bias, strides, dilation, top, left, relu, out):
                     continue
                 count = 0
                 for i in range(kh):
-                    iy = y * strides[0] + i * dilation[0] - top
                     for j in range(kw):
-                        ix = xo * strides[1] + j * dilation[1] - left
-                        if 0 <= iy < height and 0 <= ix < width:
+                        iy, ix, on_image = tap_pixel(y, xo, i, j, strides, dilation, top, left,
+                                                     height, width)
+                        if on_image:
                             x_offsets[count] = ((n * height + iy) * width + ix) * channels
                             w_offsets[count] = (i * kw + j) * channels
                             count += 1
@@ -325,12 +319,10 @@ def backward_pixels(grad_out, x, kernel, strides, dilation, top, left, need_inpu
             for xo in range(out_w):
                 g = grad_out[n, y, xo]
                 for i in range(kh):
-                    iy = y * strides[0] + i * dilation[0] - top
-                    if iy < 0 or iy >= height:
-                        continue
                     for j in range(kw):
-                        ix = xo * strides[1] + j * dilation[1] - left
-                        if ix < 0 or ix >= width:
+                        iy, ix, on_image = tap_pixel(y, xo, i, j, strides, dilation, top, left,
+                                                     height, width)
+                        if not on_image:
                             continue
                         source, weights, total = x[n, iy, ix], taps[i, j], sums[i, j]
                         if mult == 1:

@@ -40,6 +40,30 @@ def _window(pixel, pad, tap, dilation, stride, windows):
     return offset // stride
 
 
+@numba.njit(inline="always", nogil=True)
+def tap_pixel(y, x, i, j, strides, dilation, top, left, height, width):
+    """The input pixel ``(iy, ix)`` that tap ``(i, j)`` of output pixel ``(y, x)`` reads, and
+    whether it lies on the image (padding reads a zero): ``iy = y*sh + i*dh - top``, ``ix =
+    x*sw + j*dw - left``. What the compiled direct convolutions share."""
+    iy = y * strides[0] + i * dilation[0] - top
+    ix = x * strides[1] + j * dilation[1] - left
+    return iy, ix, 0 <= iy < height and 0 <= ix < width
+
+
+@numba.njit(inline="always", nogil=True)
+def inner_columns(out_w, width, kw, stride, dilation, left, block):
+    """The output columns ``[first, end)`` whose every tap lies on the image along the width
+    (``x*sw - left >= 0`` and ``x*sw - left + (KW - 1)*dw <= W - 1``; ``left < 0`` is a crop),
+    which a direct convolution runs in blocks of ``block`` pixels; ``(out_w, out_w)`` where
+    they are fewer than one block, so that every pixel goes one by one."""
+    first = max(0, (left + stride - 1) // stride)
+    last = width - 1 - (kw - 1) * dilation + left
+    end = min(out_w, last // stride + 1) if last >= 0 else 0
+    if end - first < block:
+        return out_w, out_w
+    return first, end
+
+
 @numba.njit(cache=True, nogil=True)
 def col2im(grad_windows, sh, sw, dh, dw, top, left, grad_x):
     """``grad_x (N, H, W, C)`` from ``grad_windows (N, Ho, Wo, KH, KW, C)``; both C-contiguous,
