@@ -58,6 +58,29 @@ def test_shards_are_contiguous_and_cover_the_batch():
         cnnlab.config.set_threads(0)
 
 
+def test_an_error_in_one_shard_propagates_only_once_every_shard_has_ended():
+    """No shard runs on behind an error (it would still be compiling, say, Numba's warning
+    recording active on its thread, while the caller goes on): the first shard fails at once,
+    the second ends later, and the error reaches the caller after it."""
+    import threading
+    import time
+
+    from cnnlab.training.parallel import run_sharded
+    ended = threading.Event()
+
+    def failing():
+        raise MemoryError("shard 0")
+
+    def slow():
+        time.sleep(0.2)
+        ended.set()
+        return 1
+
+    with pytest.raises(MemoryError, match="shard 0"):
+        run_sharded([failing, slow])
+    assert ended.is_set()
+
+
 @pytest.mark.parametrize("make", [
     lambda: cnnlab.optimizers.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
     lambda: cnnlab.optimizers.Adam(1e-3, weight_decay=1e-3)])

@@ -26,7 +26,7 @@ order is fixed, so results repeat bit for bit for a given thread count.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -72,8 +72,13 @@ def single_threaded_blas():
 
 def run_sharded(tasks, on_error=None):
     """Run zero-argument callables, one per thread (the first on this thread); return results
-    in order. Exceptions propagate; ``on_error`` runs first, so that shards waiting for the
-    failed one (``BatchSums``) are released."""
+    in order. Exceptions propagate once every shard has ended, so none runs on behind an
+    error; ``on_error`` runs first, so that shards waiting for the failed one (``BatchSums``)
+    are released. (A shard left running behind an out-of-memory error went on compiling its
+    first kernels: Numba records warnings process-wide while it types one, and its thread
+    ending last restored the recording state of a compile on the main thread, which then
+    took every later warning of the process. With an empty kernel cache, a test of the NaN
+    loss's warning that ran after such a test failed 1 run in 3.)"""
     if on_error is not None:
         tasks = [_calling_on_error(task, on_error) for task in tasks]
     global _executor, _workers
@@ -84,7 +89,10 @@ def run_sharded(tasks, on_error=None):
         _executor = ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="cnnlab-shard")
     with single_threaded_blas():
         futures = [_executor.submit(task) for task in tasks[1:]]
-        first = tasks[0]()
+        try:
+            first = tasks[0]()
+        finally:
+            wait(futures)
         return [first, *(f.result() for f in futures)]
 
 
