@@ -195,8 +195,9 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     gradient; compiled Winograd runs it in its output transform, the im2col and 1x1 paths in
     their GEMM's epilogue (``dense.linear``), the frequency domain in place).
 
-    Returns ``(out (N, Ho, Wo, F), cache)``. The bias rides in the matrix multiply as an extra
-    row of the kernel against a column of ones in cols. The cache keeps ``cols`` for the backward
+    Returns ``(out (N, Ho, Wo, F), cache)``. On the im2col path the compiled GEMM adds the bias
+    to its sums in registers; BLAS's takes it as an extra row of the kernel against a column of
+    ones in cols, below ``FOLD_BIAS_MAX_K``. The cache keeps ``cols`` for the backward
     pass when they fit the budget; otherwise it keeps ``x``, and backward rebuilds cols chunk by
     chunk. ``workspace``: a dict the caller keeps between calls, to reuse the cols buffer.
     ``algorithm``: see ``ALGORITHM``; the frequency domain returns a ``fourier.SpectralCache``.
@@ -246,16 +247,16 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=No
     xp = array_module(x, kernel)
     has_bias = bias is not None
     out_dtype = xp.result_type(x, kernel)
-    if not keep_cols and c <= IMPLICIT_MAX_CHANNELS and min(min(pads)) >= 0 \
-            and linear_kernels(out_dtype, f, x, kernel, bias) is not None:
+    compiled_gemm = linear_kernels(out_dtype, f, x, kernel, bias) is not None
+    if compiled_gemm and not keep_cols and c <= IMPLICIT_MAX_CHANNELS \
+            and min(min(side) for side in pads) >= 0:
         kernels = compiled.module("conv_kernels", x, kernel)
         if kernels is not None:
             out = _implicit_forward(kernels, x, kernel, bias, strides, pads, dilation, relu,
                                     (n, ho, wo, f), free)
             return out, Im2colCache(None, x, kernel, x.shape, strides, pads, dilation, has_bias,
                                     False, workspace, None, free)
-    fold = has_bias and kh * kw * c < FOLD_BIAS_MAX_K and not relu \
-        and linear_kernels(out_dtype, f, x, kernel, bias) is None
+    fold = has_bias and kh * kw * c < FOLD_BIAS_MAX_K and not relu and not compiled_gemm
     k = kh * kw * c + fold
     weights = kernel.reshape(kh * kw * c, f)                                  # (KH*KW*C, F)
     if fold:
@@ -508,8 +509,8 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace,
 def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free=None, relu=False):
     """A 1x1 convolution without padding: ``out = x[:, ::sh, ::sw] @ kernel[0, 0] (+ bias)``, one
     GEMM on the NHWC array, which is its own im2col matrix (a view at stride 1, a copy of the
-    sampled pixels at stride 2), with its epilogue (``dense.linear``). The cache is im2col's, so the backward
-    pass is shared. A NumPy output comes from ``free`` (``conv2d_forward``)."""
+    sampled pixels at stride 2), with its epilogue (``dense.linear``). The cache is im2col's,
+    so the backward pass is shared. A NumPy output comes from ``free`` (``conv2d_forward``)."""
     f = kernel.shape[3]
     xp = array_module(x, kernel)
     picked = x if tuple(strides) == (1, 1) else xp.ascontiguousarray(x[:, ::strides[0],

@@ -42,10 +42,13 @@ def compiled_linear(a, b, bias, out):
     """The compiled kernels' module if :func:`linear` runs them on these arrays, else None:
     :func:`linear_kernels` takes them, ``a`` has at least ``LINEAR_MIN_ROWS`` rows and no fewer
     than ``b`` has columns (the kernel's loop order, ``dense_kernels.matmul``), and all three
-    are C-contiguous."""
-    kernels = linear_kernels(out.dtype, b.shape[1], a, b, bias, out)
+    are C-contiguous. The shapes are asked first: a small product (a Dense layer's batch)
+    never imports Numba."""
     rows = a.shape[0]
-    if kernels is None or rows < LINEAR_MIN_ROWS or rows < b.shape[1] or a.shape[1] < 1 \
+    if rows < LINEAR_MIN_ROWS or rows < b.shape[1] or a.shape[1] < 1:
+        return None
+    kernels = linear_kernels(out.dtype, b.shape[1], a, b, bias, out)
+    if kernels is None \
             or not (a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous):
         return None
     return kernels
@@ -85,10 +88,10 @@ def add_bias(out, bias, relu: bool) -> None:
 
 
 def dense_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None):
-    """``out = x @ kernel + bias``. Returns ``(out (N, D_out), cache)``."""
-    out = x @ kernel                                  # (N, D_out)
-    if bias is not None:
-        out += bias
+    """``out = x @ kernel + bias`` (:func:`linear`). Returns ``(out (N, D_out), cache)``."""
+    xp = array_module(x, kernel)
+    out = xp.empty((x.shape[0], kernel.shape[1]), dtype=xp.result_type(x, kernel))
+    linear(x, kernel, bias, False, out)               # (N, D_out)
     return out, (x, kernel, bias is not None)
 
 

@@ -72,13 +72,14 @@ def gemm_block(rows: int, gathered: bool, accumulate: bool = False):
 
     for ``r < rows``, ``e < lanes``: one loop whose ``rows`` vector sums are loop-carried values
     (phi nodes), so they live in registers; with ``accumulate``, the sums start from ``out``'s
-    values instead of 0, and the loop adds into them. Then, while they are still there, ``+ bias[bias_at
-    + e]`` if ``has_bias`` and ``max(., 0)`` if ``relu``. The gathered form takes a window's
-    taps where they lie in an image (``conv_kernels``): no im2col copy. Arguments, in order:
-    ``a, a_at, a_row, (a_step | a_offsets), b, b_at, (b_row | b_offsets), k, bias, bias_at,
-    has_bias, relu, out, out_at, out_row``; a, b, bias, out 1-D arrays of one float dtype, offsets int64;
-    ``bias`` is read even where ``has_bias`` is false (pass any array with values there), and
-    no bounds are checked (the caller's loops keep inside)."""
+    values instead of 0, and the loop adds into them. Then, while they are still there,
+    ``+ bias[bias_at + e]`` if ``has_bias`` and ``max(., 0)`` if ``relu``. The gathered form
+    takes a window's taps where they lie in an image (``conv_kernels``): no im2col copy.
+    Arguments, in order (``PLAIN``, ``GATHERED``): ``a, a_at, a_row, (a_step | a_offsets), b,
+    b_at, (b_row | b_offsets), k, bias, bias_at, has_bias, relu, out, out_at, out_row``; a, b,
+    bias, out 1-D arrays of one float dtype, offsets int64; ``bias`` is read even where
+    ``has_bias`` is false (pass any array with values there), and no bounds are checked (the
+    caller's loops keep inside)."""
     names = PLAIN if not gathered else GATHERED
 
     def codegen(context, builder, signature, args):
@@ -96,14 +97,18 @@ def gemm_block(rows: int, gathered: bool, accumulate: bool = False):
             index(name) for name in ("a_at", "a_row", "b_at", "k", "bias_at", "out_at",
                                      "out_row"))
         a_rows = [builder.add(a_at, builder.mul(v.integer(r), a_row)) for r in range(rows)]
+        if gathered:
+            a_offsets, b_offsets = pointer("a_offsets"), pointer("b_offsets")
+        else:
+            a_stride, b_row = index("a_step"), index("b_row")
 
         def step(t, sums):
             if gathered:
-                a_step = builder.load(builder.gep(pointer("a_offsets"), [t]))
-                b_at_t = builder.add(b_at, builder.load(builder.gep(pointer("b_offsets"), [t])))
+                a_step = builder.load(builder.gep(a_offsets, [t]))
+                b_at_t = builder.add(b_at, builder.load(builder.gep(b_offsets, [t])))
             else:
-                a_step = builder.mul(t, index("a_step"))
-                b_at_t = builder.add(b_at, builder.mul(t, index("b_row")))
+                a_step = builder.mul(t, a_stride)
+                b_at_t = builder.add(b_at, builder.mul(t, b_row))
             b_vector = v.load(b_ptr, b_at_t)
             return [v.fmuladd(v.splat(v.load_scalar(a_ptr, builder.add(start, a_step))),
                               b_vector, total) for start, total in zip(a_rows, sums)]
@@ -146,16 +151,6 @@ TRANSPOSED_CHUNK_BYTES = 256 * 2**10
 
 
 @numba.njit(inline="always")
-def _pack(b, column, lanes, panel, at):
-    """Columns ``column .. column + lanes`` of ``b (K, F)`` into ``panel[at:]`` as one
-    contiguous (K, lanes) block: the block's loads are then sequential, whatever F is (rows
-    4 KB apart, as at F = 1024 float32, share cache sets and halved the speed)."""
-    for t in range(b.shape[0]):
-        for e in range(lanes):
-            panel[at + t * lanes + e] = b[t, column + e]
-
-
-@numba.njit(inline="always")
 def _copy(source, read, target, write, count):
     """``target[write:write + count] = source[read:read + count]`` (flat arrays)."""
     read, write = np.uint64(read), np.uint64(write)
@@ -166,13 +161,18 @@ def _copy(source, read, target, write, count):
 @numba.njit(cache=True, nogil=True)
 def pack(b):
     """``b (K, F)``'s column blocks, each a contiguous (K, lanes) panel, one after another (the
-    last moved back to end on F's edge): what the blocks read as their ``b``."""
+    last moved back to end on F's edge): what the blocks read as their ``b``, sequentially
+    whatever F is (rows 4 KB apart, as at F = 1024 float32, share cache sets and halved the
+    speed). ``b`` C-contiguous."""
     k, f = b.shape
     lanes = VECTOR_BYTES // b.itemsize
     columns = (f + lanes - 1) // lanes
     panels = np.empty(columns * k * lanes, b.dtype)
+    flat_b = b.reshape(-1)
     for block in range(columns):
-        _pack(b, min(block * lanes, f - lanes), lanes, panels, block * k * lanes)
+        column = min(block * lanes, f - lanes)
+        for t in range(k):
+            _copy(flat_b, t * f + column, panels, (block * k + t) * lanes, lanes)
     return panels
 
 

@@ -171,10 +171,11 @@ def compiled_transposed_product(a, b):
     (65536, 27) x (65536, 16), ResNet-20's stem, 26.0 / 37.6; (36864, 25) x 32, the article's
     conv1, 33.0 / 39.8; (16384, 144) x 32, a stride-2 layer, 28.2 / 43.2; (16384, 64) x 128, a
     1x1 layer, 33.8 / 36.7; (4096, 256) x 256, 44.7 / 44.8."""
+    if a.ndim != 2 or a.shape[0] < TRANSPOSED_MIN_ROWS or a.dtype != b.dtype \
+            or a.dtype not in compiled.KERNEL_DTYPES:
+        return None
     kernels = compiled.module("dense_kernels", a, b)
-    if kernels is None or a.dtype != b.dtype or a.dtype not in compiled.KERNEL_DTYPES \
-            or a.ndim != 2 or a.shape[0] < TRANSPOSED_MIN_ROWS \
-            or b.shape[1] * b.dtype.itemsize < kernels.VECTOR_BYTES \
+    if kernels is None or b.shape[1] * b.dtype.itemsize < kernels.VECTOR_BYTES \
             or not (a.flags.c_contiguous and b.flags.c_contiguous):
         return None
     return kernels
