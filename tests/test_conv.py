@@ -170,6 +170,49 @@ def test_too_small_input_names_the_formula():
         conv2d_forward(np.zeros((1, 4, 4, 1)), np.zeros((5, 5, 1, 1)), None)
 
 
+@pytest.mark.parametrize("algorithm, kernel_size", [("winograd", 3), ("direct", 3),
+                                                   ("fourier", 3), ("direct", 1)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cache_bytes", [None, 20_000])
+def test_a_residual_is_added_before_the_relu_on_every_path(monkeypatch, algorithm, kernel_size,
+                                                           dtype, cache_bytes):
+    """ResNet's join at inference: ``relu(conv(x) + bias + residual)`` against PyTorch in
+    float64, with and without the ReLU. ``cache_bytes``: compiled Winograd's piece budget,
+    small enough to cut the batch into pieces and one image into bands of rows (each piece
+    reads its own part of the residual)."""
+    import cnnlab.engine.conv as conv
+    if cache_bytes is not None:
+        monkeypatch.setattr(conv, "WINOGRAD_CACHE_BYTES", cache_bytes)
+    rng = np.random.default_rng(kernel_size)
+    x = rng.standard_normal((3, 13, 11, 6)).astype(dtype)
+    kernel = rng.standard_normal((kernel_size, kernel_size, 6, 17)).astype(dtype)
+    bias = rng.standard_normal(17).astype(dtype)
+    pad = kernel_size // 2
+    pads = ((pad, pad), (pad, pad))
+    residual = rng.standard_normal((3, 13, 11, 17)).astype(dtype)
+    before = residual.copy()
+    expected = nhwc(F.conv2d(torch_pad(nchw(x.astype(np.float64), grad=False), pads),
+                             torch_kernel(kernel.astype(np.float64)),
+                             torch.tensor(bias.astype(np.float64)))) + residual
+    for relu in (False, True):
+        out, _ = conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm=algorithm,
+                                gradients="none", relu=relu, residual=residual)
+        assert out.dtype == dtype
+        assert_close(out, np.maximum(expected, 0) if relu else expected, dtype,
+                     f"{algorithm}, relu={relu}")
+    np.testing.assert_array_equal(residual, before)              # read, never written
+
+
+def test_a_residual_of_the_wrong_shape_or_in_training_is_refused():
+    x, kernel = np.zeros((2, 8, 8, 3)), np.zeros((3, 3, 3, 4))
+    pads = ((1, 1), (1, 1))
+    with pytest.raises(ValueError, match=r"output's shape \(2, 8, 8, 4\); received \(2, 8, 8, 3\)"):
+        conv2d_forward(x, kernel, None, (1, 1), pads, gradients="none",
+                       residual=np.zeros((2, 8, 8, 3)))
+    with pytest.raises(ValueError, match="inference only"):
+        conv2d_forward(x, kernel, None, (1, 1), pads, residual=np.zeros((2, 8, 8, 4)))
+
+
 def test_the_float32_case_where_torch_is_wrong_is_right_here():
     """Found by hypothesis: torch's float32 CPU conv2d returns garbage for this shape (its float64
     and non-oneDNN paths agree with each other and with us)."""

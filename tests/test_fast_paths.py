@@ -547,6 +547,56 @@ def test_batch_norm_folded_into_the_op_before_it_equals_the_unfolded_graph():
     assert_close(model.predict(x, verbose=0), unfolded, np.float64, "folded")
 
 
+def test_a_residual_add_joins_the_convolution_before_it_and_equals_the_unfused_graph(
+        monkeypatch):
+    """Inference runs ResNet's ``conv -> BN -> Add(shortcut) -> ReLU`` as one convolution that
+    adds the shortcut before its ReLU (``graph.fusion``'s residual join), also with the
+    shortcut as the Add's first input and with no BN between. Not where the conv's output is
+    read twice, where the Add has three inputs, nor where the shortcut is made after the conv.
+    The predictions equal the same graph with no join bit for bit, and every layer run as it is
+    (``model.run``) to float64 rounding; the joined convolutions run the Add's sum themselves."""
+    from cnnlab import layers
+    from cnnlab.engine import merge
+    from cnnlab.graph import fusion
+    cnnlab.config.set_floatx("float64")
+    inputs = cnnlab.Input((12, 12, 8))
+    a = layers.ReLU(name="relu_a")(layers.Add(name="add_a")([layers.BatchNormalization(
+        name="bn_a")(layers.Conv2D(8, 3, padding="same", name="conv_a")(inputs)), inputs]))
+    b = layers.Add(name="add_b")([a, layers.Conv2D(8, 1, name="conv_b")(a)])   # shortcut first
+    twice = layers.Conv2D(8, 3, padding="same", name="twice")(b)
+    c = layers.Add(name="add_c")([twice, layers.ReLU()(twice)])               # read twice
+    three = layers.Add(name="add_three")([layers.Conv2D(8, 3, padding="same", name="three")(c),
+                                          c, b])
+    late = layers.Conv2D(8, 3, padding="same", name="late")(three)
+    after = layers.Conv2D(8, 1, name="after")(late)          # made after "late": joins "after"
+    d = layers.Add(name="add_d")([late, after])
+    outputs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(d))
+    model = cnnlab.Model(inputs, outputs)
+    rng = np.random.default_rng(5)
+    bn = model.get_layer("bn_a")
+    bn.set_weights([rng.uniform(0.5, 2, 8), rng.standard_normal(8), rng.standard_normal(8),
+                    rng.uniform(0.5, 2, 8)])
+    activations, _ = fusion.plan(model)
+    joins = fusion.residual_joins(model, activations, fusion.batch_norm_folds(model, activations))
+    assert {op.layer.name: join.add.layer.name for op, join in joins.items()} == {
+        "conv_a": "add_a", "conv_b": "add_b", "after": "add_d"}
+    x = rng.standard_normal((4, 12, 12, 8))
+    monkeypatch.setattr(conv, "ALGORITHM", "winograd")      # the 3x3 convs by Winograd
+    sums = []
+    add_forward = merge.add_forward
+    monkeypatch.setattr(merge, "add_forward", lambda xs, *args, **kwargs: (
+        sums.append(len(xs)), add_forward(xs, *args, **kwargs))[1])
+    joined = model.predict(x, verbose=0)
+    # add_c, add_three, and the joined 1x1 convs, which add as the Add would; compiled
+    # Winograd (conv_a) adds in its own pass
+    takes = compiled.module("winograd_kernels") is not None
+    assert sorted(sums) == [2] * (4 - takes) + [3]
+    unjoined = model.run(x)[0][0]
+    assert_close(joined, unjoined, np.float64, "joined")
+    monkeypatch.setattr(fusion, "residual_joins", lambda *args: {})
+    np.testing.assert_array_equal(model.predict(x, verbose=0), joined)
+
+
 def test_batch_norm_relu_fusion_equals_layer_by_layer(monkeypatch):
     """Training through BatchNormalization -> ReLU (a layer, and Activation('relu')) with the
     ReLU run in place inside the BN's step gives the unfused graph's loss, outputs and every

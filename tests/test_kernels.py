@@ -157,11 +157,17 @@ def _winograd_case(seed, n, h, w, c, f, top, left):
     m = rng.standard_normal((36, n * tiles_hw[0] * tiles_hw[1], f))
     grad_out = rng.standard_normal((n, *out_hw, f))
     bias = rng.standard_normal(f)
-    return x, pads, out_hw, tiles_hw, m, grad_out, bias
+    residual = rng.standard_normal((n, *out_hw, f))
+    return x, pads, out_hw, tiles_hw, m, grad_out, bias, residual
 
 
-def _winograd_transforms(x, pads, out_hw, tiles_hw, m, grad_out, bias):
-    """(V, y, grad_M, max(y, 0)) by whichever path the switch selects."""
+#: what ``_winograd_transforms`` returns
+TRANSFORMS = ("V", "y", "grad_M", "relu(y)", "y + residual", "relu(y + residual)")
+
+
+def _winograd_transforms(x, pads, out_hw, tiles_hw, m, grad_out, bias, residual):
+    """``TRANSFORMS`` by whichever path the switch selects; the output transform's epilogues
+    against the reference's passes after it (as the unfused conv, BN and Add run them)."""
     from cnnlab.engine import winograd
     kernels = compiled.module("winograd_kernels")
     n, f = x.shape[0], m.shape[2]
@@ -169,14 +175,16 @@ def _winograd_transforms(x, pads, out_hw, tiles_hw, m, grad_out, bias):
         y = winograd.output_transform_reference(m, n, tiles_hw, out_hw, winograd.F4, bias)
         return (winograd.input_transform_reference(x, pads, tiles_hw, winograd.F4), y,
                 winograd.output_adjoint_reference(grad_out, tiles_hw, winograd.F4),
-                np.maximum(y, 0))
+                np.maximum(y, 0), y + residual, np.maximum(y + residual, 0))
     v = winograd.transform_input(x, pads, tiles_hw, winograd.F4)
-    y, rectified = np.empty((2, n, *out_hw, f), x.dtype)
-    kernels.output_tiles(m, bias, *tiles_hw, y, False)
-    kernels.output_tiles(m, bias, *tiles_hw, rectified, True)
+    y, rectified, joined, joined_rectified = np.full((4, n, *out_hw, f), np.nan, x.dtype)
+    kernels.output_tiles(m, bias, *tiles_hw, y, False, y, False)
+    kernels.output_tiles(m, bias, *tiles_hw, rectified, True, y, False)
+    kernels.output_tiles(m, bias, *tiles_hw, joined, False, residual, True)
+    kernels.output_tiles(m, bias, *tiles_hw, joined_rectified, True, residual, True)
     grad_m = np.empty_like(m)
     kernels.output_tiles_adjoint(grad_out, *tiles_hw, grad_m)
-    return v, y, grad_m, rectified
+    return v, y, grad_m, rectified, joined, joined_rectified
 
 
 @settings(max_examples=40, deadline=None)
@@ -188,7 +196,7 @@ def test_winograd_kernels_equal_the_reference_in_float64(seed, n, h, w, c, f, to
     SIMD width divides."""
     case = _winograd_case(seed, n, h, w, c, f, top, left)
     fast, reference = _both(lambda: _winograd_transforms(*case))
-    for name, a, b in zip(("V", "y", "grad_M", "relu(y)"), fast, reference):
+    for name, a, b in zip(TRANSFORMS, fast, reference):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=name)
 
 
@@ -197,18 +205,19 @@ def test_winograd_kernels_equal_the_reference_past_one_scratch_row(c, f):
     """More channels than a scratch row holds (``winograd_kernels.BLOCK``): done in blocks."""
     case = _winograd_case(c + f, 2, 7, 9, c, f, 1, 0)
     fast, reference = _both(lambda: _winograd_transforms(*case))
-    for name, a, b in zip(("V", "y", "grad_M", "relu(y)"), fast, reference):
+    for name, a, b in zip(TRANSFORMS, fast, reference):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=name)
 
 
 def test_winograd_kernels_in_float32_within_rounding():
     """ResNet-20's first stage (32 x 32 x 16, batch 8): the transforms add at most 6 terms with
     coefficients up to 25 (B) or 8 (A), so they agree to a few float32 roundings of the terms."""
-    x, pads, out_hw, tiles_hw, m, grad_out, bias = _winograd_case(3, 8, 32, 32, 16, 16, 1, 1)
+    x, pads, out_hw, tiles_hw, m, grad_out, bias, residual = _winograd_case(
+        3, 8, 32, 32, 16, 16, 1, 1)
     case = (x.astype(np.float32), pads, out_hw, tiles_hw, m.astype(np.float32),
-            grad_out.astype(np.float32), bias.astype(np.float32))
+            grad_out.astype(np.float32), bias.astype(np.float32), residual.astype(np.float32))
     fast, reference = _both(lambda: _winograd_transforms(*case))
-    for name, a, b in zip(("V", "y", "grad_M", "relu(y)"), fast, reference):
+    for name, a, b in zip(TRANSFORMS, fast, reference):
         assert a.dtype == np.float32, name
         np.testing.assert_allclose(a, b, rtol=0, atol=64 * 6e-8 * np.abs(b).max(), err_msg=name)
 

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cnnlab.engine import compiled, fourier, windows, winograd
+from cnnlab.engine import compiled, fourier, merge, windows, winograd
 from cnnlab.engine.arrays import FreeList, array_module, empty, recycled
 from cnnlab.engine.dense import linear, linear_kernels
 from cnnlab.engine.shapes import Pads, output_hw
@@ -189,11 +189,15 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
                    dilation: tuple[int, int] = (1, 1), workspace: dict | None = None,
                    algorithm: str | None = None, gradients: str = "all", relu: bool = False,
-                   free: FreeList | None = None):
+                   free: FreeList | None = None, residual: np.ndarray | None = None):
     """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``,
-    then ``max(out, 0)`` if ``relu`` (inference: the backward pass does not take the ReLU's
-    gradient; compiled Winograd runs it in its output transform, the im2col and 1x1 paths in
-    their GEMM's epilogue (``dense.linear``), the frequency domain in place).
+    then ``+ residual[n, y, x, f]`` if a ``residual`` (N, Ho, Wo, F) is given, then
+    ``max(out, 0)`` if ``relu``. Both are inference epilogues (the backward pass takes neither's
+    gradient; a residual needs ``gradients='none'``): compiled Winograd runs both in its output
+    transform; the im2col and 1x1 paths run the ReLU in their GEMM's epilogue
+    (``dense.linear``), the frequency domain in place. Where the residual is not taken in the
+    output transform, the sum and its ReLU run as the Add after the conv would
+    (``merge.add_forward``): ``graph.fusion``'s residual join is exact on every path.
 
     Returns ``(out (N, Ho, Wo, F), cache)``. On the im2col path the compiled GEMM adds the bias
     to its sums in registers; BLAS's takes it as an extra row of the kernel against a column of
@@ -208,9 +212,44 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     its products and unkept tiles, and the backward pass its stride-1 input gradient; None: new
     arrays.
     """
+    if residual is not None:
+        _check_residual(residual, x, kernel, strides, pads, dilation, gradients)
     xp = array_module(x, kernel)
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
                   gradients=gradients) if xp is np else "direct"
+    if path == "winograd" and _winograd_takes_residual(x, kernel, residual):
+        return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients, free,
+                                 residual)
+    out, cache = _forward(path, x, kernel, bias, strides, pads, dilation, workspace,
+                          relu and residual is None, gradients, free)
+    if residual is not None:
+        out, _ = merge.add_forward([out, residual], relu, free)
+    return out, cache
+
+
+def _check_residual(residual, x, kernel, strides, pads, dilation, gradients) -> None:
+    """A residual is the output's shape and comes at inference only: checked before any kernel
+    reads it."""
+    shape = (x.shape[0], *output_hw(x.shape[1:3], kernel.shape[:2], strides, pads, dilation),
+             kernel.shape[3])
+    if tuple(residual.shape) != shape:
+        raise ValueError(f"conv2d_forward's residual must have the output's shape {shape}; "
+                         f"received {tuple(residual.shape)}")
+    if gradients != "none":
+        raise ValueError("conv2d_forward adds a residual at inference only (gradients='none'); "
+                         f"received gradients={gradients!r}")
+
+
+def _winograd_takes_residual(x, kernel, residual) -> bool:
+    """Whether the Winograd path adds ``residual`` in its compiled output transform: F(4x4),
+    and the residual C-contiguous in the output's dtype (None: nothing to take)."""
+    return residual is None or (
+        compiled.module("winograd_kernels") is not None and winograd.tiling() is winograd.F4
+        and residual.dtype == np.result_type(x, kernel) and residual.flags.c_contiguous)
+
+
+def _forward(path, x, kernel, bias, strides, pads, dilation, workspace, relu, gradients, free):
+    """The convolution by ``path`` (:func:`choose`), with its ReLU (see :func:`conv2d_forward`)."""
     if path == "winograd":
         return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients, free)
     if path == "fourier":
@@ -395,8 +434,9 @@ def _piece_input(x, pads: Pads, piece: Piece):
 
 
 def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="all",
-                      free=None):
-    """Piece by piece, each piece's V kept for the backward pass while the whole batch's fits
+                      free=None, residual=None):
+    """Piece by piece (each with its part of ``residual``, if any: ``conv2d_forward``), each
+    piece's V kept for the backward pass while the whole batch's fits
     the memory budget (``windows.COLS_BUDGET_BYTES``) and gradients will be asked for; past
     that the backward pass redoes V from ``x``. The output comes from ``free``
     (``conv2d_forward``). A kept V is the site's array of its previous call once nothing
@@ -430,8 +470,9 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
         if free is not None and tiling is winograd.F4:
             v = free.take((36, tile_count, c), out.dtype) if v is None else v
             m = free.take((36, tile_count, f), out.dtype)
-        _, v = winograd.conv3x3_forward(rows, kernel, bias, piece_pads, piece_hw, tiling, u,
-                                        out[piece.images, piece.rows], relu, v, m)
+        _, v = winograd.conv3x3_forward(
+            rows, kernel, bias, piece_pads, piece_hw, tiling, u, out[piece.images, piece.rows],
+            relu, v, m, None if residual is None else residual[piece.images, piece.rows])
         if keep:
             tiles.append(v)
     return out, WinogradCache(tiles if keep else None, None if keep else x, pieces, tiling,

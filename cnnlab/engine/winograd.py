@@ -277,12 +277,15 @@ def transform_input(x: np.ndarray, pads: Pads, tiles_hw, tiles: Tiling,
 def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
                     tiles: Tiling | None = None, u: np.ndarray | None = None,
                     out: np.ndarray | None = None, relu: bool = False,
-                    v: np.ndarray | None = None, m: np.ndarray | None = None):
+                    v: np.ndarray | None = None, m: np.ndarray | None = None,
+                    residual: np.ndarray | None = None):
     """``out = A^T [(B^T d B) * (G g G^T)] A (+ bias)``: (N, H, W, C) -> (N, Ho, Wo, F), and the
     cache for :func:`transformed_kernel_grad` (the transformed tiles V). ``tiles``: the tiling
     (default :func:`tiling`). A batch done in chunks passes ``u``, the kernel already
     transformed with it, and ``out``, its chunk of the output (C-contiguous) to write into.
-    ``relu``: ``max(out, 0)`` too, in the output transform's pass where it is compiled."""
+    ``residual`` (shaped as ``out``, of its dtype, C-contiguous; inference only): ``+=
+    residual`` after the bias. ``relu``: ``max(out, 0)`` last. Both in the output transform's
+    pass where it is compiled."""
     tiles = tiles or tiling()
     n, f = x.shape[0], kernel.shape[3]
     dtype = np.result_type(x, kernel)
@@ -295,13 +298,16 @@ def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
     if kernels is not None and tiles is F4:
         out = np.empty((n, *out_hw, f), dtype=m.dtype) if out is None else out
         shift = np.zeros(f, m.dtype) if bias is None else bias.astype(m.dtype)
-        kernels.output_tiles(m, shift, *tiles_hw, out, relu)
+        kernels.output_tiles(m, shift, *tiles_hw, out, relu,
+                             out if residual is None else residual, residual is not None)
         return out, v
     if tiles is F2:
         y = output_transform(m.reshape(4, 4, -1, f), n, tiles_hw, out_hw)
         y = np.ascontiguousarray(y if bias is None else y + bias)
     else:
         y = output_transform_reference(m, n, tiles_hw, out_hw, tiles, bias)
+    if residual is not None:
+        y += residual
     if relu:
         np.maximum(y, 0, out=y)
     if out is None:

@@ -145,14 +145,18 @@ def plan_steps(nodes, outputs) -> list[Step]:
 
 
 def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict | None = None,
-            keep_values: bool = False, folds: dict | None = None) -> tuple[list[np.ndarray], Tape]:
+            keep_values: bool = False, folds: dict | None = None,
+            joins: dict | None = None) -> tuple[list[np.ndarray], Tape]:
     """Run every node of ``graph`` in topological order on ``inputs`` (one array per graph
     input). Values no later node needs are dropped at once unless ``keep_values``. ``folds``
     (inference only, ``fusion.batch_norm_folds``): {op node: BatchNormalization node} whose BN
-    runs inside the op's weights; the BN node passes its input on."""
+    runs inside the op's weights; the BN node passes its input on. ``joins`` (inference only,
+    ``fusion.residual_joins``): {op node: Join} whose Add the op runs in its last pass; the Add
+    node passes the op's result on."""
     activations = activations or {}
-    folds = folds or {}
+    folds, joins = folds or {}, joins or {}
     folded = {id(bn) for bn in folds.values()}
+    passed_on = {id(join.add): id(join.joined) for join in joins.values()}
     for tensor, x in zip(graph.inputs, inputs):
         if x.shape[1:] != tensor.shape[1:]:
             raise ShapeError(f"Model {graph.name!r}: input {tensor.name!r} expects (N, "
@@ -174,15 +178,20 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
         ctx.training = outer_training if step.training is None else step.training
         if id(step.node) in folded:                     # already applied by the op before it
             out, cache = args[0], None
+        elif id(step.node) in passed_on:                # the op before it added its inputs
+            out, cache = values[passed_on[id(step.node)]], None
         else:
             if needed is not None and outer_gradients != "none":
                 ctx.gradients = "all" if any(key in needed for key in step.reads) else "kernel"
-            bn = folds.get(step.node)
+            bn, join = folds.get(step.node), joins.get(step.node)
             ctx.output_affine = None if bn is None else bn.layer.inference_affine(
                 bn.outputs[0].shape[-1], args[0].dtype)
-            out, cache = step.layer.forward(args[0] if step.one_input else args, ctx,
-                                            activations.get(step.node if bn is None else bn))
-            ctx.output_affine = None
+            ctx.output_residual = None if join is None else values[id(join.residual)]
+            activation = activations.get(step.node if bn is None else bn)
+            if join is not None:
+                activation = activations.get(join.add, join.add.layer.activation)
+            out, cache = step.layer.forward(args[0] if step.one_input else args, ctx, activation)
+            ctx.output_affine = ctx.output_residual = None
         if len(step.writes) == 1:
             values[step.writes[0]] = out
         else:

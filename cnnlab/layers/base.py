@@ -150,6 +150,9 @@ class Layer:
     input_rank: int | None = None
     #: folds ``ctx.output_affine`` into its weights (a linear op: conv, dense)
     folds_output_affine = False
+    #: adds ``ctx.output_residual`` to its output in its own last pass, before its activation
+    #: (``graph.fusion``'s residual join: Conv2D)
+    folds_output_residual = False
     #: the core op's output is a fresh array nothing else holds (not its input, not its cache),
     #: so a ReLU after it may overwrite it in place (``graph.fusion``'s BatchNorm + ReLU)
     fresh_output = False

@@ -85,6 +85,9 @@ class CallContext:
     ``output_affine``   ``(scale, shift)`` per output channel that a layer able to (conv, dense:
                         ``folds_output_affine``) folds into its weights for this call: the
                         inference-mode BatchNormalization after it (``graph.fusion``)
+    ``output_residual`` an array of the output's shape that a layer able to
+                        (``folds_output_residual``) adds to its output before its activation:
+                        the other input of the Add after it (``graph.fusion``'s residual join)
     """
 
     def __init__(self, training: bool = False, keep_cache: bool | None = None,
@@ -96,6 +99,7 @@ class CallContext:
         self.workspace: dict | None = None
         self.state_updates: list[tuple[Variable, np.ndarray]] = []
         self.output_affine: tuple[np.ndarray, np.ndarray] | None = None
+        self.output_residual: np.ndarray | None = None
         self.gradients = "all" if self.keep_cache else "none"
         self._batch_sum = batch_sum
         self._generators = generators

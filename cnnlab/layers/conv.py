@@ -41,6 +41,7 @@ class Conv2D(Layer):
 
     input_rank = 4
     folds_output_affine = True
+    folds_output_residual = True
     fresh_output = True                      # every path writes a new output array
 
     def __init__(self, filters: int, kernel_size, strides=(1, 1), padding="valid",
@@ -93,7 +94,8 @@ class Conv2D(Layer):
         kernel, bias = self.kernel_and_bias(ctx)
         return conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
                               self.dilation_rate, ctx.workspace, gradients=ctx.gradients,
-                              relu=activation == "relu", free=ctx.free_list)
+                              relu=activation == "relu", free=ctx.free_list,
+                              residual=ctx.output_residual)
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache, input_grad)
@@ -129,6 +131,8 @@ class DepthwiseConv2D(Conv2D):
     channels): ``(N, H, W, C) -> (N, Ho, Wo, C * depth_multiplier)``, the same output-size formula
     as ``Conv2D``. Kernel ``(KH, KW, C, depth_multiplier)``, as in Keras; ``engine.depthwise``.
     """
+
+    folds_output_residual = False          # its op has no residual epilogue
 
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier: int = 1,
                  dilation_rate=(1, 1), activation=None, use_bias: bool = True,
@@ -191,6 +195,7 @@ class SeparableConv2D(Conv2D):
     """
 
     folds_output_affine = False            # its output comes from the pointwise step
+    folds_output_residual = False
 
     def __init__(self, filters: int, kernel_size, strides=(1, 1), padding="valid",
                  depth_multiplier: int = 1, dilation_rate=(1, 1), activation=None,

@@ -86,9 +86,11 @@ def _shard_pass(model, xs, ys, ctx, share, want_grads):
     candidates = [i for i, loss in enumerate(model.compiled_losses)
                   if loss is not None and loss.fuses_softmax and not loss.from_logits]
     activations, as_logits = fusion.plan(model, candidates)
-    inference = not ctx.training and not ctx.keep_cache
-    outputs, tape = execute.forward(model, xs, ctx, activations, folds=fusion.batch_norm_folds(
-        model, activations) if inference else None)
+    folds = joins = None
+    if not ctx.training and not ctx.keep_cache:                 # inference: no backward pass
+        folds = fusion.batch_norm_folds(model, activations)
+        joins = fusion.residual_joins(model, activations, folds)
+    outputs, tape = execute.forward(model, xs, ctx, activations, folds=folds, joins=joins)
     losses, output_grads = _losses(model, outputs, ys, as_logits, share, want_grads)
     grads = execute.backward(model, tape, output_grads).params if want_grads else {}
     return losses, outputs, grads
@@ -232,11 +234,12 @@ def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
 def _predict_batch(model, xs):
     activations, _ = fusion.plan(model)
     folds = fusion.batch_norm_folds(model, activations)
+    joins = fusion.residual_joins(model, activations, folds)
     xs, _, parts, _ = _on_model_device(model, xs, [])
 
     def run(inputs):
         return execute.forward(model, inputs, _context(model, False), activations,
-                               folds=folds)[0]
+                               folds=folds, joins=joins)[0]
 
     if parts is None:
         return [arrays.to_host(output) for output in run(xs)]
