@@ -173,19 +173,20 @@ def test_too_small_input_names_the_formula():
 @pytest.mark.parametrize("algorithm, kernel_size", [("winograd", 3), ("direct", 3),
                                                    ("fourier", 3), ("direct", 1)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("cache_bytes", [None, 20_000])
+@pytest.mark.parametrize("cache_bytes, channels", [(None, 6), (20_000, 6), (None, 17)])
 def test_a_residual_is_added_before_the_relu_on_every_path(monkeypatch, algorithm, kernel_size,
-                                                           dtype, cache_bytes):
+                                                           dtype, cache_bytes, channels):
     """ResNet's join at inference: ``relu(conv(x) + bias + residual)`` against PyTorch in
     float64, with and without the ReLU. ``cache_bytes``: compiled Winograd's piece budget,
     small enough to cut the batch into pieces and one image into bands of rows (each piece
-    reads its own part of the residual)."""
+    reads its own part of the residual); 17 channels: Winograd in one pass
+    (``winograd_fused_kernels``), fewer than a vector: in three."""
     import cnnlab.engine.conv as conv
     if cache_bytes is not None:
         monkeypatch.setattr(conv, "WINOGRAD_CACHE_BYTES", cache_bytes)
     rng = np.random.default_rng(kernel_size)
-    x = rng.standard_normal((3, 13, 11, 6)).astype(dtype)
-    kernel = rng.standard_normal((kernel_size, kernel_size, 6, 17)).astype(dtype)
+    x = rng.standard_normal((3, 13, 11, channels)).astype(dtype)
+    kernel = rng.standard_normal((kernel_size, kernel_size, channels, 17)).astype(dtype)
     bias = rng.standard_normal(17).astype(dtype)
     pad = kernel_size // 2
     pads = ((pad, pad), (pad, pad))

@@ -740,6 +740,97 @@ def test_the_implicit_gemm_convolution_equals_the_reference_in_float64(
     assert (np.abs(out - reference) <= 1e-12 * scale).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), h=st.integers(1, 14),
+       w=st.integers(1, 14), c=st.integers(8, 20), f=st.integers(8, 20),
+       pads=st.tuples(*[st.tuples(st.integers(0, 2), st.integers(0, 2))] * 2),
+       has_residual=st.booleans(), relu=st.booleans())
+@example(seed=0, n=1, h=4, w=4, c=8, f=8, pads=((1, 1), (1, 1)), has_residual=True,
+         relu=True)                                            # one tile, whole vectors
+def test_the_one_pass_winograd_kernels_equal_the_reference_in_float64(
+        seed, n, h, w, c, f, pads, has_residual, relu):
+    """``winograd_fused_kernels.conv3x3`` (inference and input gradients: no V kept) on odd
+    sizes (tiles hanging over the output's edges, blocks partly filled, channel and filter
+    counts that a vector does not divide), padding 0-2 on each side, with and without the
+    residual and the ReLU: equal to the reference (im2col and BLAS, the residual's Add and
+    ReLU after it) to 1e-12 of the largest sum of its terms; the input in a buffer of NaN and
+    the output fenced."""
+    from hypothesis import assume
+
+    from cnnlab.engine import conv, winograd
+    from cnnlab.engine import winograd_fused_kernels as kernels
+    (top, bottom), (left, right) = pads
+    assume(h + top + bottom >= 3 and w + left + right >= 3)
+    rng = np.random.default_rng(seed)
+    x, _, _ = _fenced(rng, (n, h, w, c), np.float64, np.nan)
+    x[...] = rng.standard_normal(x.shape)
+    kernel, bias = rng.standard_normal((3, 3, c, f)), rng.standard_normal(f)
+    out_hw = (h + top + bottom - 2, w + left + right - 2)
+    residual = rng.standard_normal((n, *out_hw, f))
+    cnnlab.config.set_kernels("numpy")
+    reference, _ = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="direct")
+    if has_residual:
+        reference = reference + residual
+    if relu:
+        reference = np.maximum(reference, 0)
+    out, buffer, start = _fenced(rng, (n, *out_hw, f), np.float64, -7.0)
+    u = winograd.kernel_transform(kernel, winograd.F4)
+    kernels.conv3x3(x, top, left, kernels.pack_kernel(u), bias,
+                    residual if has_residual else out, has_residual, relu, out,
+                    kernels.block_tiles(c, f, 8))
+    assert (np.delete(buffer, np.arange(start, start + out.size)) == -7.0).all()
+    assert not np.isnan(out).any(), "read outside the input, or an output not written"
+    scale = conv.conv2d_forward(np.abs(x), np.abs(kernel), np.abs(bias), (1, 1), pads,
+                                algorithm="direct")[0].max() + np.abs(residual).max()
+    np.testing.assert_allclose(out, reference, rtol=0, atol=1e-12 * scale)
+
+
+def test_the_one_pass_winograd_in_float32_within_rounding():
+    """ResNet-20's first stage (batch 8, 32 x 32 x 16 -> 16, its shortcut and ReLU) against
+    float64: F(4x4)'s float32 error, a few units of rounding of the largest output (as the
+    three-pass path's, ``test_winograd_kernels_in_float32_within_rounding``)."""
+    from cnnlab.engine import conv, winograd
+    from cnnlab.engine import winograd_fused_kernels as kernels
+    rng = np.random.default_rng(4)
+    x, kernel = rng.standard_normal((8, 32, 32, 16)), rng.standard_normal((3, 3, 16, 16)) / 12
+    bias, residual = rng.standard_normal(16), rng.standard_normal((8, 32, 32, 16))
+    pads = ((1, 1), (1, 1))
+    exact = np.maximum(conv.conv2d_forward(x, kernel, bias, (1, 1), pads,
+                                           algorithm="direct")[0] + residual, 0)
+    single = [a.astype(np.float32) for a in (x, kernel, bias, residual)]
+    out = np.empty((8, 32, 32, 16), np.float32)
+    kernels.conv3x3(single[0], 1, 1, kernels.pack_kernel(winograd.kernel_transform(
+        single[1], winograd.F4)), single[2], single[3], True, True, out,
+        kernels.block_tiles(16, 16, 4))
+    np.testing.assert_allclose(out, exact, rtol=0,
+                               atol=64 * np.finfo(np.float32).eps * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("gradients, c, f, one_pass", [
+    ("none", 16, 16, True), ("input", 16, 16, True), ("all", 16, 16, False),
+    ("kernel", 16, 16, False), ("none", 15, 16, False), ("none", 16, 15, False)])
+def test_winograd_takes_one_pass_where_no_tiles_are_kept(monkeypatch, gradients, c, f,
+                                                         one_pass):
+    """The switch: a Winograd convolution that keeps no transformed tiles (inference, the
+    input gradient's) and has channels and filters of a vector or more (float32: 16) takes
+    the one-pass kernel; the rest the three passes. Either way the output equals PyTorch's
+    in float64 to float32's rounding."""
+    import torch
+
+    from cnnlab.engine import conv
+    calls = _counting(monkeypatch, "winograd_fused_kernels", "conv3x3")
+    rng = np.random.default_rng(c * f)
+    x = rng.standard_normal((3, 10, 9, c)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, c, f)).astype(np.float32)
+    out, _ = conv.conv2d_forward(x, kernel, None, (1, 1), ((1, 1), (1, 1)),
+                                 algorithm="winograd", gradients=gradients)
+    assert len(calls) == one_pass
+    expected = torch.nn.functional.conv2d(torch.tensor(x.astype(np.float64)).permute(0, 3, 1, 2),
+                                          torch.tensor(kernel.astype(np.float64)).permute(
+                                              3, 2, 0, 1), padding=1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
 def test_convolutions_of_few_channels_skip_im2col_at_inference_only(monkeypatch):
     """The switch: at inference (no gradients), a convolution of at most
     ``IMPLICIT_MAX_CHANNELS`` input channels takes the implicit GEMM, padded along the width
@@ -941,11 +1032,12 @@ def test_every_kernel_releases_the_gil():
     names = sorted(name[:-3] for name in os.listdir(folder) if name.endswith("_kernels.py"))
     assert names == ["activations_kernels", "conv_kernels", "dense_kernels", "depthwise_kernels",
                      "merge_kernels", "normalization_kernels", "pool_kernels", "precision_kernels",
-                     "update_kernels", "windows_kernels", "winograd_kernels"]
+                     "update_kernels", "windows_kernels", "winograd_fused_kernels",
+                     "winograd_kernels"]
     kernels = {id(obj): obj for name in names   # one each: a shared helper is imported twice
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")}
-    assert len(kernels) == 2 + 1 + 3 + 5 + 1 + 8 + 2 + 1 + 3 + 5 + 2
+    assert len(kernels) == 2 + 1 + 3 + 5 + 1 + 8 + 2 + 1 + 3 + 5 + 1 + 2
     for kernel in kernels.values():
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 
@@ -981,4 +1073,4 @@ def test_kernels_stay_in_bounds(tmp_path):
     run = subprocess.run([sys.executable, "-c", BOUNDS_CHECKED_RUN, __file__], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "11 passed" in run.stdout, run.stdout[-2000:]
+    assert "12 passed" in run.stdout, run.stdout[-2000:]

@@ -458,6 +458,15 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     keep = gradients in ("all", "kernel") and \
         tiling.alpha ** 2 * n * th * tw * c * out.itemsize <= windows.COLS_BUDGET_BYTES
     u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
+    fused = None if gradients in ("all", "kernel") else _fused_winograd(x, u, pads, out)
+    if fused is not None:                   # no V to keep: one pass over blocks of tiles
+        shift = np.zeros(f, out.dtype) if bias is None else bias.astype(out.dtype, copy=False)
+        fused.conv3x3(np.ascontiguousarray(x, out.dtype), pads[0][0], pads[1][0],
+                      fused.pack_kernel(u), shift, out if residual is None else residual,
+                      residual is not None, relu, out,
+                      fused.block_tiles(c, f, out.itemsize))
+        return out, WinogradCache(None, x, [Piece(slice(0, n), slice(0, out_hw[0]))], tiling,
+                                  kernel, x.shape, pads, bias is not None, workspace, free)
     tiles = []
     for k, piece in enumerate(pieces):
         rows, piece_pads = _piece_input(x, pads, piece)
@@ -477,6 +486,18 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
             tiles.append(v)
     return out, WinogradCache(tiles if keep else None, None if keep else x, pieces, tiling,
                               kernel, x.shape, pads, bias is not None, workspace, free)
+
+
+def _fused_winograd(x, u, pads, out):
+    """The one-pass kernels (``winograd_fused_kernels``) where they take this call: F(4x4),
+    padding of no negative side, channels and filters of at least one vector each; else None.
+    ``u``: the transformed kernel (36, C, F); ``out``: the output array."""
+    if winograd.tiling() is not winograd.F4 or out.dtype not in compiled.KERNEL_DTYPES \
+            or min(min(side) for side in pads) < 0 or not out.flags.c_contiguous:
+        return None
+    kernels = compiled.module("winograd_fused_kernels", x, u)
+    lanes = 0 if kernels is None else kernels.VECTOR_BYTES // out.itemsize
+    return kernels if kernels is not None and min(x.shape[3], out.shape[3]) >= lanes else None
 
 
 def _kernel_grad_runs(cache: WinogradCache, itemsize: int) -> list[range]:

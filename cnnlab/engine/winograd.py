@@ -1,6 +1,8 @@
 """3x3 stride-1 convolution by Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray, 2016):
 F(2x2, 3x3) in NumPy (the reference path), F(4x4, 3x3) with compiled transforms
-(``winograd_kernels``) when ``config.kernels()`` is 'numba'.
+(``winograd_kernels``) when ``config.kernels()`` is 'numba', and in one compiled pass over
+blocks of tiles where no V is kept for a kernel gradient (``winograd_fused_kernels``, chosen by
+``conv``).
 
 Shapes (letters defined in ``cnnlab.engine``), for output tiles of m x m and ``alpha = m + 2``::
 
