@@ -744,17 +744,17 @@ def test_the_implicit_gemm_convolution_equals_the_reference_in_float64(
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), h=st.integers(1, 14),
        w=st.integers(1, 14), c=st.integers(8, 20), f=st.integers(8, 20),
        pads=st.tuples(*[st.tuples(st.integers(0, 2), st.integers(0, 2))] * 2),
-       has_residual=st.booleans(), relu=st.booleans())
+       has_residual=st.booleans(), relu=st.booleans(), keep=st.booleans())
 @example(seed=0, n=1, h=4, w=4, c=8, f=8, pads=((1, 1), (1, 1)), has_residual=True,
-         relu=True)                                            # one tile, whole vectors
+         relu=True, keep=True)                                 # one tile, whole vectors
 def test_the_one_pass_winograd_kernels_equal_the_reference_in_float64(
-        seed, n, h, w, c, f, pads, has_residual, relu):
-    """``winograd_fused_kernels.conv3x3`` (inference and input gradients: no V kept) on odd
-    sizes (tiles hanging over the output's edges, blocks partly filled, channel and filter
-    counts that a vector does not divide), padding 0-2 on each side, with and without the
-    residual and the ReLU: equal to the reference (im2col and BLAS, the residual's Add and
-    ReLU after it) to 1e-12 of the largest sum of its terms; the input in a buffer of NaN and
-    the output fenced."""
+        seed, n, h, w, c, f, pads, has_residual, relu, keep):
+    """``winograd_fused_kernels.conv3x3`` on odd sizes (tiles hanging over the output's
+    edges, blocks partly filled, channel and filter counts that a vector does not divide),
+    padding 0-2 on each side, with and without the residual, the ReLU and V copied out: equal
+    to the reference (im2col and BLAS, the residual's Add and ReLU after it; V by
+    ``winograd.input_transform_reference``) to 1e-12 of the largest sum of its terms; the
+    input in a buffer of NaN, the output and V fenced."""
     from hypothesis import assume
 
     from cnnlab.engine import conv, winograd
@@ -774,12 +774,21 @@ def test_the_one_pass_winograd_kernels_equal_the_reference_in_float64(
     if relu:
         reference = np.maximum(reference, 0)
     out, buffer, start = _fenced(rng, (n, *out_hw, f), np.float64, -7.0)
+    tiles_hw = winograd.tile_counts(out_hw, 4)
+    v, v_buffer, v_start = _fenced(rng, (36, n * tiles_hw[0] * tiles_hw[1], c), np.float64,
+                                   -7.0)
     u = winograd.kernel_transform(kernel, winograd.F4)
     kernels.conv3x3(x, top, left, kernels.pack_kernel(u), bias,
                     residual if has_residual else out, has_residual, relu, out,
-                    kernels.block_tiles(c, f, 8))
+                    kernels.block_tiles(c, f, 8), v if keep else out, keep)
     assert (np.delete(buffer, np.arange(start, start + out.size)) == -7.0).all()
+    assert (np.delete(v_buffer, np.arange(v_start, v_start + v.size)) == -7.0).all()
     assert not np.isnan(out).any(), "read outside the input, or an output not written"
+    if keep:
+        expected = winograd.input_transform_reference(x, pads, tiles_hw, winograd.F4)
+        np.testing.assert_allclose(v, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+    else:
+        assert (v == -7.0).all()
     scale = conv.conv2d_forward(np.abs(x), np.abs(kernel), np.abs(bias), (1, 1), pads,
                                 algorithm="direct")[0].max() + np.abs(residual).max()
     np.testing.assert_allclose(out, reference, rtol=0, atol=1e-12 * scale)
@@ -801,34 +810,46 @@ def test_the_one_pass_winograd_in_float32_within_rounding():
     out = np.empty((8, 32, 32, 16), np.float32)
     kernels.conv3x3(single[0], 1, 1, kernels.pack_kernel(winograd.kernel_transform(
         single[1], winograd.F4)), single[2], single[3], True, True, out,
-        kernels.block_tiles(16, 16, 4))
+        kernels.block_tiles(16, 16, 4), out, False)
     np.testing.assert_allclose(out, exact, rtol=0,
                                atol=64 * np.finfo(np.float32).eps * np.abs(exact).max())
 
 
-@pytest.mark.parametrize("gradients, c, f, one_pass", [
-    ("none", 16, 16, True), ("input", 16, 16, True), ("all", 16, 16, False),
-    ("kernel", 16, 16, False), ("none", 15, 16, False), ("none", 16, 15, False)])
-def test_winograd_takes_one_pass_where_no_tiles_are_kept(monkeypatch, gradients, c, f,
-                                                         one_pass):
-    """The switch: a Winograd convolution that keeps no transformed tiles (inference, the
-    input gradient's) and has channels and filters of a vector or more (float32: 16) takes
-    the one-pass kernel; the rest the three passes. Either way the output equals PyTorch's
-    in float64 to float32's rounding."""
+@pytest.mark.parametrize("gradients, c, f, calls_expected", [
+    ("none", 16, 16, 1), ("input", 16, 16, 1), ("all", 16, 16, 3), ("kernel", 16, 16, 3),
+    ("none", 15, 16, 0), ("none", 16, 15, 0)])
+def test_winograd_takes_one_pass_where_its_vectors_fit(monkeypatch, gradients, c, f,
+                                                       calls_expected):
+    """The switch: a Winograd convolution whose channels and filters fill a vector or more
+    (float32: 16) takes the one-pass kernel, in one call where no V is kept (inference, the
+    input gradient's), piece by piece, copying V out, where a kernel gradient follows (a
+    cache budget small enough for 3 pieces); the rest take the three passes. Either way the
+    output, and the kernel gradient from the kept V, equal PyTorch's in float64 to float32's
+    rounding."""
     import torch
 
     from cnnlab.engine import conv
+    monkeypatch.setattr(conv, "WINOGRAD_CACHE_BYTES", 36 * 9 * (c + f) * 4)  # one image
     calls = _counting(monkeypatch, "winograd_fused_kernels", "conv3x3")
     rng = np.random.default_rng(c * f)
     x = rng.standard_normal((3, 10, 9, c)).astype(np.float32)
     kernel = rng.standard_normal((3, 3, c, f)).astype(np.float32)
-    out, _ = conv.conv2d_forward(x, kernel, None, (1, 1), ((1, 1), (1, 1)),
-                                 algorithm="winograd", gradients=gradients)
-    assert len(calls) == one_pass
-    expected = torch.nn.functional.conv2d(torch.tensor(x.astype(np.float64)).permute(0, 3, 1, 2),
-                                          torch.tensor(kernel.astype(np.float64)).permute(
-                                              3, 2, 0, 1), padding=1).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    out, cache = conv.conv2d_forward(x, kernel, None, (1, 1), ((1, 1), (1, 1)),
+                                     algorithm="winograd", gradients=gradients)
+    assert len(calls) == calls_expected
+    xt = torch.tensor(x.astype(np.float64)).permute(0, 3, 1, 2)
+    kt = torch.tensor(kernel.astype(np.float64)).permute(3, 2, 0, 1).requires_grad_()
+    expected = torch.nn.functional.conv2d(xt, kt, padding=1)
+    np.testing.assert_allclose(out, expected.permute(0, 2, 3, 1).detach().numpy(), rtol=0,
+                               atol=1e-5 * expected.abs().max().item())
+    if gradients in ("all", "kernel"):
+        grad_out = rng.standard_normal(out.shape).astype(np.float32)
+        grad_kernel = conv.conv2d_backward(grad_out, cache, need_input_grad=False)[1]
+        (expected * torch.tensor(grad_out.astype(np.float64)).permute(0, 3, 1, 2)).sum() \
+            .backward()
+        torch_grad = kt.grad.permute(2, 3, 1, 0).numpy()
+        np.testing.assert_allclose(grad_kernel, torch_grad, rtol=0,
+                                   atol=1e-5 * np.abs(torch_grad).max())
 
 
 def test_convolutions_of_few_channels_skip_im2col_at_inference_only(monkeypatch):

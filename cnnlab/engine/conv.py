@@ -443,7 +443,8 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     refers to it (``arrays.recycled``): a fresh one costs a page fault per 4 KB every step,
     when glibc has handed the memory freed by the step before back to the system (cifar10_cnn's
     training, 2 threads: 10,500 faults a step before, 1 after, and 1,053-1,137 -> 1,333-1,381
-    img/s). Where there is a free list, the products M, and V where it is not kept, come from
+    img/s). The one-pass kernel (``_fused_winograd``) holds its V and M itself; on the three
+    passes, where there is a free list, the products M, and V where it is not kept, come from
     it: its most recently taken free array is the previous piece's, still in
     cache. (One recycled M per site instead made ResNet-20's training steps slower, batch 128,
     2 cores: 226.9-233.9 ms with it, 215.5-223.9 without, 3 runs each, probably since each
@@ -458,15 +459,16 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     keep = gradients in ("all", "kernel") and \
         tiling.alpha ** 2 * n * th * tw * c * out.itemsize <= windows.COLS_BUDGET_BYTES
     u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
-    fused = None if gradients in ("all", "kernel") else _fused_winograd(x, u, pads, out)
-    if fused is not None:                   # no V to keep: one pass over blocks of tiles
-        shift = np.zeros(f, out.dtype) if bias is None else bias.astype(out.dtype, copy=False)
-        fused.conv3x3(np.ascontiguousarray(x, out.dtype), pads[0][0], pads[1][0],
-                      fused.pack_kernel(u), shift, out if residual is None else residual,
-                      residual is not None, relu, out,
-                      fused.block_tiles(c, f, out.itemsize))
-        return out, WinogradCache(None, x, [Piece(slice(0, n), slice(0, out_hw[0]))], tiling,
-                                  kernel, x.shape, pads, bias is not None, workspace, free)
+    fused = _fused_winograd(x, u, pads, out)
+    if fused is not None:                         # one pass over blocks of tiles
+        x = np.ascontiguousarray(x, out.dtype)
+        run = functools.partial(_fused_piece, fused, fused.pack_kernel(u), np.zeros(
+            f, out.dtype) if bias is None else bias.astype(out.dtype, copy=False), relu,
+                                fused.block_tiles(c, f, out.itemsize))
+        if not keep:                              # the whole batch at once
+            run(x, pads, out, residual, None)
+            return out, WinogradCache(None, x, pieces, tiling, kernel, x.shape, pads,
+                                      bias is not None, workspace, free)
     tiles = []
     for k, piece in enumerate(pieces):
         rows, piece_pads = _piece_input(x, pads, piece)
@@ -476,22 +478,37 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
         tile_count = len(rows) * piece_th * piece_tw
         if keep and tiling is winograd.F4:       # this piece's V of the step before, once free
             v = recycled(workspace, ("tiles", k), (36, tile_count, c), out.dtype)
-        if free is not None and tiling is winograd.F4:
-            v = free.take((36, tile_count, c), out.dtype) if v is None else v
-            m = free.take((36, tile_count, f), out.dtype)
-        _, v = winograd.conv3x3_forward(
-            rows, kernel, bias, piece_pads, piece_hw, tiling, u, out[piece.images, piece.rows],
-            relu, v, m, None if residual is None else residual[piece.images, piece.rows])
+        piece_residual = None if residual is None else residual[piece.images, piece.rows]
+        if fused is not None:
+            run(rows, piece_pads, out[piece.images, piece.rows], piece_residual, v)
+        else:
+            if free is not None and tiling is winograd.F4:
+                v = free.take((36, tile_count, c), out.dtype) if v is None else v
+                m = free.take((36, tile_count, f), out.dtype)
+            _, v = winograd.conv3x3_forward(
+                rows, kernel, bias, piece_pads, piece_hw, tiling, u,
+                out[piece.images, piece.rows], relu, v, m, piece_residual)
         if keep:
             tiles.append(v)
     return out, WinogradCache(tiles if keep else None, None if keep else x, pieces, tiling,
                               kernel, x.shape, pads, bias is not None, workspace, free)
 
 
+def _fused_piece(kernels, panels, shift, relu, block, x, pads, out, residual, kept):
+    """One call of the one-pass kernel (``winograd_fused_kernels.conv3x3``) on ``x`` with
+    ``pads`` into ``out``, adding ``residual`` (None: none), copying V into ``kept`` (None:
+    not kept)."""
+    kernels.conv3x3(x, pads[0][0], pads[1][0], panels, shift,
+                    out if residual is None else residual, residual is not None, relu, out,
+                    block, out if kept is None else kept, kept is not None)
+
+
 def _fused_winograd(x, u, pads, out):
     """The one-pass kernels (``winograd_fused_kernels``) where they take this call: F(4x4),
     padding of no negative side, channels and filters of at least one vector each; else None.
-    ``u``: the transformed kernel (36, C, F); ``out``: the output array."""
+    ``u``: the transformed kernel (36, C, F); ``out``: the output array. Where a kernel
+    gradient follows, the forward pass still runs piece by piece (``_winograd_pieces``), each
+    piece's V copied out as the kernel makes it."""
     if winograd.tiling() is not winograd.F4 or out.dtype not in compiled.KERNEL_DTYPES \
             or min(min(side) for side in pads) < 0 or not out.flags.c_contiguous:
         return None

@@ -1,12 +1,13 @@
 """A compiled 3x3 stride-1 convolution by Winograd's F(4x4, 3x3) in one pass over blocks of
-tiles, for calls that keep no transformed tiles (inference, and the input gradient, itself such
-a convolution): beside the three-pass path of ``winograd_kernels`` (whose docstring has the
-formulas) and its NumPy reference, ``winograd.py``.
+tiles, beside the three-pass path of ``winograd_kernels`` (whose docstring has the formulas)
+and its NumPy reference, ``winograd.py``. It runs every forward pass whose channels and filters
+fill a vector: at inference, in training (copying V out for the kernel gradient), and the
+input gradient's, itself such a convolution.
 
     conv3x3(x (N, H, W, C), top, left, panels, bias (F,), residual, has_residual, relu,
-            y (N, Ho, Wo, F), block)
+            y (N, Ho, Wo, F), block, kept (36, T, C), keep)
         y = A^T [(B^T d B) * U] A + bias (+ residual) (then max(y, 0) if relu)
-        per block of ``block`` tiles: V (36, block, C) -> M (36, block, F) -> y
+        per block of ``block`` tiles: V (36, block, C) (-> kept) -> M (36, block, F) -> y
     panels = pack_kernel(U (36, C, F))               (NumPy)
 
 Why a block at a time. The three-pass path writes V as 36 rows of ``T * C`` values: each tile's
@@ -15,7 +16,14 @@ as much again. A tile's transform is ~150 vector operations, yet one 16-channel 
 180-250 ns (470-650 cycles) there, even where V fitted L1; with its 36 vectors stored into a
 compact scratch instead, 60-75 ns (ResNet-20's stage 1, 1 thread, one-off script). Here V is
 ``(36, block, C)`` for a block of a few dozen tiles: its rows are ``block * C`` values apart,
-and V and M stay in L1 or L2 between the three steps.
+and V and M stay in L1 or L2 between the three steps. Where V is kept, each block's 36 rows
+are copied out in runs of ``block * C`` values.
+
+Measured (1 thread, float32, best of 20, one-off script; three passes -> one): 128 images of
+32 x 32 x 16 -> 16 5.27 -> 3.37 ms, 16 x 16 x 32 -> 32 2.97 -> 1.91 ms, 8 x 8 x 64 -> 64 2.46
+-> 1.75 ms. Blocks of 6 tiles were the fastest or within 5% (12, 24, 48 and 96 tried). ResNet-20's
+training step at 1 thread: its Winograd forward passes, input gradients' included, 163.6 ->
+136.6 ms (107 -> 72 ms for the forward passes that keep V), the step 350.6 -> 320.8 ms.
 
 Each step is register-level code (``simd.Vectors``), one vector of channels at a time:
 
@@ -162,21 +170,24 @@ def pack_kernel(u: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def conv3x3(x, top, left, panels, bias, residual, has_residual, relu, y, block):
+def conv3x3(x, top, left, panels, bias, residual, has_residual, relu, y, block, kept, keep):
     """``y = A^T [(B^T d B) * U] A + bias`` (+ ``residual`` if ``has_residual``; then
     ``max(y, 0)`` if ``relu``), ``d`` each tile's patch of ``x`` padded by ``top`` and ``left``
     (and by zeros past its far edges), ``U`` packed by :func:`pack_kernel`; ``block`` tiles a
     block (a multiple of ``ROWS``: :func:`block_tiles`). ``residual``: an array of ``y``'s
-    shape, or ``y`` itself where there is none. All arrays C-contiguous, one float dtype;
+    shape, or ``y`` itself where there is none. With ``keep``, V is also copied into ``kept``
+    (36, T, C), block by block, for the kernel gradient (``winograd.transformed_kernel_grad``);
+    ``kept`` is any array where ``keep`` is false. All arrays C-contiguous, one float dtype;
     C and F at least one vector."""
     batch, height, width, channels = x.shape
     _, out_h, out_w, filters = y.shape
     lanes = VECTOR_BYTES // x.itemsize
-    if channels < lanes or filters < lanes or block % ROWS or residual.shape != y.shape \
-            or panels.shape[0] != 36 or bias.shape[0] != filters:
-        raise ValueError("conv3x3 takes C and F of at least one vector, a block of whole ROWS, "
-                         "a residual shaped as y and U's 36 packed panels")
     tiles_h, tiles_w = (out_h + 3) // 4, (out_w + 3) // 4
+    if channels < lanes or filters < lanes or block % ROWS or residual.shape != y.shape \
+            or panels.shape[0] != 36 or bias.shape[0] != filters \
+            or (keep and kept.size != 36 * batch * tiles_h * tiles_w * channels):
+        raise ValueError("conv3x3 takes C and F of at least one vector, a block of whole ROWS, "
+                         "a residual shaped as y, U's 36 packed panels and V (36, T, C)")
     row = (tiles_w * 4 + 2) * channels                # one zero-padded image row
     ring = np.zeros(6 * row, x.dtype)                 # padded row r in slot r % 6
     image, out, skip = x.reshape(-1), y.reshape(-1), residual.reshape(-1)
@@ -208,11 +219,12 @@ def conv3x3(x, top, left, panels, bias, residual, has_residual, relu, y, block):
                 held += 1
                 if held == block:
                     _finish(v, m, panels, tiles, held, block, channels, bias, skip,
-                            has_residual, relu, out, out_h, out_w, filters, tiles_h, tiles_w)
+                            has_residual, relu, out, out_h, out_w, filters, tiles_h, tiles_w,
+                            kept, keep)
                     held = 0
     if held:
         _finish(v, m, panels, tiles, held, block, channels, bias, skip, has_residual, relu, out,
-                out_h, out_w, filters, tiles_h, tiles_w)
+                out_h, out_w, filters, tiles_h, tiles_w, kept, keep)
     return y
 
 
@@ -226,10 +238,17 @@ def _copy(target, start, source, first, count):
 
 @numba.njit(inline="always")
 def _finish(v, m, panels, tiles, held, block, channels, bias, skip, has_residual, relu, out,
-            out_h, out_w, filters, tiles_h, tiles_w):
-    """The block's products ``M[k] = V[k] @ U[k]`` and its ``held`` tiles' outputs."""
+            out_h, out_w, filters, tiles_h, tiles_w, kept, keep):
+    """The block's V copied out if ``keep`` (its tiles are consecutive: one run per point),
+    its products ``M[k] = V[k] @ U[k]`` and its ``held`` tiles' outputs."""
     lanes = VECTOR_BYTES // v.itemsize
     columns = (filters + lanes - 1) // lanes
+    if keep:
+        count = kept.size // (36 * channels)                      # T
+        flat = kept.reshape(-1)
+        for k in range(36):
+            _copy(flat, (k * count + tiles[0]) * channels, v, k * block * channels,
+                  held * channels)
     for k in range(36):
         for first in range(0, held, ROWS):
             for column_block in range(columns):
