@@ -226,6 +226,25 @@ def test_the_float32_case_where_torch_is_wrong_is_right_here():
     assert_close(out, expected, np.float32, "naive loops")
 
 
+def test_cook_toom_builds_f4_exactly_and_f4_5x5_correlates():
+    """``winograd.cook_toom`` from F4's points gives F4's matrices exactly; F(4x4, 5x5)'s,
+    applied in one dimension, ``A^T [(G g) * (B^T d)]``, equal the correlation of 8 values with
+    5 taps to float64 rounding; a wrong number of points is refused."""
+    from cnnlab.engine import winograd
+    rebuilt = winograd.cook_toom(4, 3, (0, 1, -1, 2, -2))
+    for mine, shipped in zip(rebuilt, winograd.F4):
+        np.testing.assert_array_equal(mine, shipped)
+    tiling = winograd.F4_5
+    assert (tiling.m, tiling.alpha, tiling.taps) == (4, 8, 5)
+    rng = np.random.default_rng(0)
+    d, g = rng.standard_normal(8), rng.standard_normal(5)
+    expected = [d[i:i + 5] @ g for i in range(4)]
+    np.testing.assert_allclose(tiling.at @ ((tiling.g @ g) * (tiling.bt @ d)), expected,
+                               rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="takes 7 finite points"):
+        winograd.cook_toom(4, 5, (0, 1, -1))
+
+
 @pytest.mark.parametrize("m", [2, 4])
 def test_winograd_kernel_transforms_are_g_g_g_transposed_and_its_adjoint(m):
     """U = G g G^T as the formula reads it (einsum over the 3x3 taps, float64) for F(2x2) and

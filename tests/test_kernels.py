@@ -740,32 +740,36 @@ def test_the_implicit_gemm_convolution_equals_the_reference_in_float64(
     assert (np.abs(out - reference) <= 1e-12 * scale).all()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), h=st.integers(1, 14),
        w=st.integers(1, 14), c=st.integers(8, 20), f=st.integers(8, 20),
-       pads=st.tuples(*[st.tuples(st.integers(0, 2), st.integers(0, 2))] * 2),
-       has_residual=st.booleans(), relu=st.booleans(), keep=st.booleans())
+       pads=st.tuples(*[st.tuples(st.integers(0, 4), st.integers(0, 4))] * 2),
+       has_residual=st.booleans(), relu=st.booleans(), keep=st.booleans(),
+       taps=st.sampled_from([3, 5]))
 @example(seed=0, n=1, h=4, w=4, c=8, f=8, pads=((1, 1), (1, 1)), has_residual=True,
-         relu=True, keep=True)                                 # one tile, whole vectors
+         relu=True, keep=True, taps=3)                         # one tile, whole vectors
+@example(seed=0, n=2, h=12, w=12, c=16, f=8, pads=((0, 0), (0, 0)), has_residual=False,
+         relu=True, keep=True, taps=5)                         # the article's conv2, smaller
 def test_the_one_pass_winograd_kernels_equal_the_reference_in_float64(
-        seed, n, h, w, c, f, pads, has_residual, relu, keep):
-    """``winograd_fused_kernels.conv3x3`` on odd sizes (tiles hanging over the output's
-    edges, blocks partly filled, channel and filter counts that a vector does not divide),
-    padding 0-2 on each side, with and without the residual, the ReLU and V copied out: equal
-    to the reference (im2col and BLAS, the residual's Add and ReLU after it; V by
-    ``winograd.input_transform_reference``) to 1e-12 of the largest sum of its terms; the
+        seed, n, h, w, c, f, pads, has_residual, relu, keep, taps):
+    """``winograd_fused_kernels.conv3x3`` and ``conv5x5`` on odd sizes (tiles hanging over
+    the output's edges, blocks partly filled, channel and filter counts that a vector does
+    not divide), padding 0-4 on each side, with and without the residual, the ReLU and V
+    copied out: equal to the reference (im2col and BLAS, the residual's Add and ReLU after it;
+    V by ``winograd.input_transform_reference``) to 1e-12 of the largest sum of its terms; the
     input in a buffer of NaN, the output and V fenced."""
     from hypothesis import assume
 
     from cnnlab.engine import conv, winograd
     from cnnlab.engine import winograd_fused_kernels as kernels
     (top, bottom), (left, right) = pads
-    assume(h + top + bottom >= 3 and w + left + right >= 3)
+    assume(h + top + bottom >= taps and w + left + right >= taps)
     rng = np.random.default_rng(seed)
     x, _, _ = _fenced(rng, (n, h, w, c), np.float64, np.nan)
     x[...] = rng.standard_normal(x.shape)
-    kernel, bias = rng.standard_normal((3, 3, c, f)), rng.standard_normal(f)
-    out_hw = (h + top + bottom - 2, w + left + right - 2)
+    kernel, bias = rng.standard_normal((taps, taps, c, f)), rng.standard_normal(f)
+    out_hw = (h + top + bottom - taps + 1, w + left + right - taps + 1)
+    tiling = kernels.TILINGS[taps]
     residual = rng.standard_normal((n, *out_hw, f))
     cnnlab.config.set_kernels("numpy")
     reference, _ = conv.conv2d_forward(x, kernel, bias, (1, 1), pads, algorithm="direct")
@@ -775,17 +779,18 @@ def test_the_one_pass_winograd_kernels_equal_the_reference_in_float64(
         reference = np.maximum(reference, 0)
     out, buffer, start = _fenced(rng, (n, *out_hw, f), np.float64, -7.0)
     tiles_hw = winograd.tile_counts(out_hw, 4)
-    v, v_buffer, v_start = _fenced(rng, (36, n * tiles_hw[0] * tiles_hw[1], c), np.float64,
-                                   -7.0)
-    u = winograd.kernel_transform(kernel, winograd.F4)
-    kernels.conv3x3(x, top, left, kernels.pack_kernel(u), bias,
-                    residual if has_residual else out, has_residual, relu, out,
-                    kernels.block_tiles(c, f, 8), v if keep else out, keep)
+    v, v_buffer, v_start = _fenced(rng, (tiling.alpha ** 2, n * tiles_hw[0] * tiles_hw[1], c),
+                                   np.float64, -7.0)
+    u = winograd.kernel_transform(kernel, tiling)
+    convolve = kernels.conv3x3 if taps == 3 else kernels.conv5x5
+    convolve(x, top, left, kernels.pack_kernel(u), bias, residual if has_residual else out,
+             has_residual, relu, out, kernels.block_tiles(c, f, 8, taps), v if keep else out,
+             keep)
     assert (np.delete(buffer, np.arange(start, start + out.size)) == -7.0).all()
     assert (np.delete(v_buffer, np.arange(v_start, v_start + v.size)) == -7.0).all()
     assert not np.isnan(out).any(), "read outside the input, or an output not written"
     if keep:
-        expected = winograd.input_transform_reference(x, pads, tiles_hw, winograd.F4)
+        expected = winograd.input_transform_reference(x, pads, tiles_hw, tiling)
         np.testing.assert_allclose(v, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
     else:
         assert (v == -7.0).all()
@@ -850,6 +855,44 @@ def test_winograd_takes_one_pass_where_its_vectors_fit(monkeypatch, gradients, c
         torch_grad = kt.grad.permute(2, 3, 1, 0).numpy()
         np.testing.assert_allclose(grad_kernel, torch_grad, rtol=0,
                                    atol=1e-5 * np.abs(torch_grad).max())
+
+
+@pytest.mark.parametrize("gradients, c, f, strides, one_pass", [
+    ("none", 16, 32, 1, True), ("input", 32, 16, 1, True), ("all", 16, 32, 1, False),
+    ("none", 15, 32, 1, False), ("none", 16, 32, 2, False)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_five_by_five_convolutions_without_a_kernel_gradient_take_one_pass_winograd(
+        monkeypatch, gradients, c, f, strides, one_pass, dtype):
+    """The switch (``conv.ONE_PASS_5X5_MIN_CHANNELS``): a 5x5 stride-1 convolution with no
+    kernel gradient after it (inference; an input gradient, with its full padding) and 16 or
+    more channels and filters runs by one-pass F(4x4, 5x5); training's forward pass, fewer
+    channels or a stride keep their path. Every case, with its residual and ReLU, equals
+    PyTorch in float64 (float32: to F(4x4, 5x5)'s rounding, measured ~5e-6 of the largest
+    output)."""
+    import torch
+
+    from cnnlab.engine import conv
+    calls = _counting(monkeypatch, "winograd_fused_kernels", "conv5x5")
+    rng = np.random.default_rng(c + f + strides)
+    pad = 4 if gradients == "input" else 1
+    x = rng.standard_normal((3, 11, 10, c)).astype(dtype)
+    kernel = (rng.standard_normal((5, 5, c, f)) / 10).astype(dtype)
+    bias = rng.standard_normal(f).astype(dtype)
+    expected = torch.nn.functional.conv2d(
+        torch.tensor(x.astype(np.float64)).permute(0, 3, 1, 2),
+        torch.tensor(kernel.astype(np.float64)).permute(3, 2, 0, 1),
+        torch.tensor(bias.astype(np.float64)), stride=strides,
+        padding=pad).permute(0, 2, 3, 1).numpy()
+    residual = rng.standard_normal(expected.shape).astype(dtype)
+    expected = np.maximum(expected + residual, 0)
+    out, _ = conv.conv2d_forward(x, kernel, bias, (strides, strides), ((pad, pad), (pad, pad)),
+                                 gradients=gradients, relu=gradients == "none",
+                                 residual=residual if gradients == "none" else None)
+    assert len(calls) == one_pass
+    if gradients != "none":                        # the residual and ReLU are inference's
+        out = np.maximum(out + residual, 0)
+    tolerance = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance * np.abs(expected).max())
 
 
 def test_convolutions_of_few_channels_skip_im2col_at_inference_only(monkeypatch):
@@ -1058,7 +1101,7 @@ def test_every_kernel_releases_the_gil():
     kernels = {id(obj): obj for name in names   # one each: a shared helper is imported twice
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")}
-    assert len(kernels) == 2 + 1 + 3 + 5 + 1 + 8 + 2 + 1 + 3 + 5 + 1 + 2
+    assert len(kernels) == 2 + 1 + 3 + 5 + 1 + 8 + 2 + 1 + 3 + 5 + 2 + 2
     for kernel in kernels.values():
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 
