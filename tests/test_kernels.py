@@ -857,26 +857,29 @@ def test_winograd_takes_one_pass_where_its_vectors_fit(monkeypatch, gradients, c
                                    atol=1e-5 * np.abs(torch_grad).max())
 
 
-@pytest.mark.parametrize("gradients, c, f, strides, one_pass", [
-    ("none", 16, 32, 1, True), ("input", 32, 16, 1, True), ("all", 16, 32, 1, False),
-    ("none", 15, 32, 1, False), ("none", 16, 32, 2, False)])
+@pytest.mark.parametrize("taps, gradients, c, f, strides, size, one_pass", [
+    (5, "none", 16, 32, 1, 11, True), (5, "input", 32, 16, 1, 11, True),
+    (5, "all", 16, 32, 1, 11, False), (5, "none", 15, 32, 1, 11, False),
+    (5, "none", 16, 32, 2, 11, False), (3, "none", 24, 48, 1, 11, True),
+    (3, "none", 16, 16, 1, 3, False)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_five_by_five_convolutions_without_a_kernel_gradient_take_one_pass_winograd(
-        monkeypatch, gradients, c, f, strides, one_pass, dtype):
-    """The switch (``conv.ONE_PASS_5X5_MIN_CHANNELS``): a 5x5 stride-1 convolution with no
-    kernel gradient after it (inference; an input gradient, with its full padding) and 16 or
-    more channels and filters runs by one-pass F(4x4, 5x5); training's forward pass, fewer
-    channels or a stride keep their path. Every case, with its residual and ReLU, equals
-    PyTorch in float64 (float32: to F(4x4, 5x5)'s rounding, measured ~5e-6 of the largest
-    output)."""
+def test_convolutions_without_a_kernel_gradient_take_one_pass_winograd(
+        monkeypatch, taps, gradients, c, f, strides, size, one_pass, dtype):
+    """The switch (``conv.ONE_PASS_MIN_CHANNELS``): a 3x3 or 5x5 stride-1 convolution with no
+    kernel gradient after it (inference; an input gradient, with its full padding), 16 or
+    more channels and filters and an output of a tile or more runs by one-pass Winograd,
+    whatever the cost model picks (face_net's second layer, 3x3 24 -> 48: im2col);
+    training's forward pass, fewer channels, a stride or a 3 x 3 output keep their path.
+    Every case, with its residual and ReLU, equals PyTorch in float64 (float32: to F(4x4,
+    5x5)'s rounding, measured ~5e-6 of the largest output)."""
     import torch
 
     from cnnlab.engine import conv
-    calls = _counting(monkeypatch, "winograd_fused_kernels", "conv5x5")
+    calls = _counting(monkeypatch, "winograd_fused_kernels", f"conv{taps}x{taps}")
     rng = np.random.default_rng(c + f + strides)
-    pad = 4 if gradients == "input" else 1
-    x = rng.standard_normal((3, 11, 10, c)).astype(dtype)
-    kernel = (rng.standard_normal((5, 5, c, f)) / 10).astype(dtype)
+    pad = taps - 1 if gradients == "input" else 0 if size < 11 else taps // 2 - 1
+    x = rng.standard_normal((3, size, size - 1 if size > 3 else size, c)).astype(dtype)
+    kernel = (rng.standard_normal((taps, taps, c, f)) / 10).astype(dtype)
     bias = rng.standard_normal(f).astype(dtype)
     expected = torch.nn.functional.conv2d(
         torch.tensor(x.astype(np.float64)).permute(0, 3, 1, 2),

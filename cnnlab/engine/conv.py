@@ -217,7 +217,8 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     xp = array_module(x, kernel)
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
                   gradients=gradients) if xp is np else "direct"
-    if xp is np and algorithm is None and _one_pass_5x5(x, kernel, strides, dilation, gradients) \
+    if xp is np and algorithm is None and _one_pass(x, kernel, strides, pads, dilation,
+                                                    gradients) \
             and _fused_winograd(x, kernel, pads) is not None:
         path = "winograd"
     if path == "winograd" and _winograd_takes_residual(x, kernel, residual):
@@ -251,20 +252,26 @@ def _winograd_takes_residual(x, kernel, residual) -> bool:
         and residual.dtype == np.result_type(x, kernel) and residual.flags.c_contiguous)
 
 
-#: a 5x5 convolution with no kernel gradient after it (inference, an input gradient) and
-#: channels and filters of at least 16 runs by one-pass F(4x4, 5x5)
-#: (``winograd_fused_kernels.conv5x5``). Its backward pass is not written, so training's
-#: forward passes keep ``choose``'s path. The article's conv2 (64 images of 12 x 12 x 32 -> 64,
-#: 1 thread, best of 20): 0.90-1.09 ms, against 2.39 in the frequency domain and 4.02 by
-#: im2col; its input gradient (8 x 8 x 64 -> 12 x 12 x 32): 2.24-2.96 ms against 4.86 and 9.43.
-ONE_PASS_5X5_MIN_CHANNELS = 16
+#: A 3x3 or 5x5 stride-1 convolution with no kernel gradient after it (inference, an input
+#: gradient), channels and filters of at least this many and an output of at least 4 x 4 (one
+#: whole tile) runs by one-pass Winograd (``winograd_fused_kernels``), whatever ``choose``'s
+#: cost model (fitted before that kernel) predicts. 1 thread, float32, best of 15-20, ms,
+#: im2col | frequency domain | one pass: the article's conv2 (64 images of 12 x 12 x 32 -> 64,
+#: 5x5) 4.02 | 2.39 | 0.90-1.09; its input gradient (8 x 8 x 64 -> 12 x 12 x 32) 9.43 | 4.86 |
+#: 2.24-2.96; face_net's second layer (64 of 11 x 11 x 24 -> 48, 3x3, where the model chose
+#: im2col) 1.11 | 3.48 | 0.64. F(4x4, 5x5)'s backward is not written, so training's forward
+#: passes keep ``choose``'s path.
+ONE_PASS_MIN_CHANNELS = 16
 
 
-def _one_pass_5x5(x, kernel, strides, dilation, gradients) -> bool:
-    """Whether this convolution takes one-pass F(4x4, 5x5) (``ONE_PASS_5X5_MIN_CHANNELS``)."""
-    return kernel.shape[:2] == (5, 5) and tuple(strides) == (1, 1) \
+def _one_pass(x, kernel, strides, pads, dilation, gradients) -> bool:
+    """Whether this convolution takes one-pass Winograd over ``choose``'s path
+    (``ONE_PASS_MIN_CHANNELS``)."""
+    out_hw = output_hw(x.shape[1:3], kernel.shape[:2], strides, pads, dilation)
+    return kernel.shape[:2] in ((3, 3), (5, 5)) and tuple(strides) == (1, 1) \
         and tuple(dilation) == (1, 1) and gradients in ("none", "input") \
-        and min(kernel.shape[2:]) >= ONE_PASS_5X5_MIN_CHANNELS and ALGORITHM == "auto"
+        and min(kernel.shape[2:]) >= ONE_PASS_MIN_CHANNELS and min(out_hw) >= 4 \
+        and ALGORITHM == "auto"
 
 
 def _forward(path, x, kernel, bias, strides, pads, dilation, workspace, relu, gradients, free):

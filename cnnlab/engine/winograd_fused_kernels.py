@@ -3,7 +3,7 @@ blocks of tiles, beside the three-pass path of ``winograd_kernels`` (whose docst
 formulas) and the references, ``winograd.py`` and im2col. 3x3: every forward pass whose
 channels and filters fill a vector, at inference, in training (copying V out for the kernel
 gradient), and the input gradient's, itself such a convolution. 5x5: the forward passes with
-no kernel gradient after them (``conv.ONE_PASS_5X5_MIN_CHANNELS``).
+no kernel gradient after them (``conv.ONE_PASS_MIN_CHANNELS``).
 
     conv3x3 / conv5x5(x (N, H, W, C), top, left, panels, bias (F,), residual, has_residual,
                       relu, y (N, Ho, Wo, F), block, kept (alpha^2, T, C), keep)
