@@ -784,8 +784,8 @@ def test_the_one_pass_winograd_kernels_equal_the_reference_in_float64(
     u = winograd.kernel_transform(kernel, tiling)
     convolve = kernels.conv3x3 if taps == 3 else kernels.conv5x5
     convolve(x, top, left, kernels.pack_kernel(u), bias, residual if has_residual else out,
-             has_residual, relu, out, kernels.block_tiles(c, f, 8, taps), v if keep else out,
-             keep)
+             has_residual, relu, out, kernels.block_tiles(c, f, 8, taps),
+             (v if keep else out).reshape(-1), keep)
     assert (np.delete(buffer, np.arange(start, start + out.size)) == -7.0).all()
     assert (np.delete(v_buffer, np.arange(v_start, v_start + v.size)) == -7.0).all()
     assert not np.isnan(out).any(), "read outside the input, or an output not written"
@@ -815,7 +815,7 @@ def test_the_one_pass_winograd_in_float32_within_rounding():
     out = np.empty((8, 32, 32, 16), np.float32)
     kernels.conv3x3(single[0], 1, 1, kernels.pack_kernel(winograd.kernel_transform(
         single[1], winograd.F4)), single[2], single[3], True, True, out,
-        kernels.block_tiles(16, 16, 4), out, False)
+        kernels.block_tiles(16, 16, 4), out.reshape(-1), False)
     np.testing.assert_allclose(out, exact, rtol=0,
                                atol=64 * np.finfo(np.float32).eps * np.abs(exact).max())
 

@@ -526,7 +526,7 @@ def _fused_piece(kernels, taps, panels, shift, relu, block, x, pads, out, residu
     ``kept`` (None: not kept)."""
     convolve = kernels.conv3x3 if taps == 3 else kernels.conv5x5
     convolve(x, pads[0][0], pads[1][0], panels, shift, out if residual is None else residual,
-             residual is not None, relu, out, block, out if kept is None else kept,
+             residual is not None, relu, out, block, (out if kept is None else kept).reshape(-1),
              kept is not None)
 
 

@@ -6,7 +6,7 @@ gradient), and the input gradient's, itself such a convolution. 5x5: the forward
 no kernel gradient after them (``conv.ONE_PASS_MIN_CHANNELS``).
 
     conv3x3 / conv5x5(x (N, H, W, C), top, left, panels, bias (F,), residual, has_residual,
-                      relu, y (N, Ho, Wo, F), block, kept (alpha^2, T, C), keep)
+                      relu, y (N, Ho, Wo, F), block, kept (alpha^2 * T * C,), keep)
         y = A^T [(B^T d B) * U] A + bias (+ residual) (then max(y, 0) if relu)
         per block of ``block`` tiles: V (alpha^2, block, C) (-> kept) -> M (alpha^2, block, F)
         -> y;  alpha = 6 (3x3) or 8 (5x5)
@@ -210,8 +210,9 @@ def _convolve(x, top, left, panels, bias, residual, has_residual, relu, y, block
     (and by zeros past its far edges), ``U`` packed by :func:`pack_kernel`; ``block`` tiles a
     block (a multiple of ``ROWS``: :func:`block_tiles`). ``residual``: an array of ``y``'s
     shape, or ``y`` itself where there is none. With ``keep``, V is also copied into ``kept``
-    (alpha^2, T, C), block by block, for the kernel gradient
-    (``winograd.transformed_kernel_grad``); ``kept`` is any array where ``keep`` is false. All
+    (alpha^2, T, C) flattened, block by block, for the kernel gradient
+    (``winograd.transformed_kernel_grad``); ``kept`` is any 1-D array where ``keep`` is false
+    (1-D either way: one compiled signature). All
     arrays C-contiguous, one float dtype; C and F at least one vector. ``taps``: a literal, the
     kernel's size."""
     batch, height, width, channels = x.shape
@@ -272,19 +273,19 @@ def _copy(target, start, source, first, count):
         target[start + e] = source[first + e]
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _finish(v, m, panels, tiles, held, block, channels, bias, skip, has_residual, relu, out,
             out_h, out_w, filters, tiles_h, tiles_w, kept, keep, taps):
     """The block's V copied out if ``keep`` (its tiles are consecutive: one run per point),
-    its products ``M[k] = V[k] @ U[k]`` and its ``held`` tiles' outputs."""
+    its products ``M[k] = V[k] @ U[k]`` and its ``held`` tiles' outputs. A call, not inlined:
+    :func:`_convolve` calls it twice, and inlined, its code was compiled twice."""
     lanes = VECTOR_BYTES // v.itemsize
     columns = (filters + lanes - 1) // lanes
     points = panels.shape[0]
     if keep:
         count = kept.size // (points * channels)                 # T
-        flat = kept.reshape(-1)
         for k in range(points):
-            _copy(flat, (k * count + tiles[0]) * channels, v, k * block * channels,
+            _copy(kept, (k * count + tiles[0]) * channels, v, k * block * channels,
                   held * channels)
     for k in range(points):
         for first in range(0, held, ROWS):
