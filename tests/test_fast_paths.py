@@ -599,6 +599,35 @@ def test_a_residual_add_joins_the_convolution_before_it_and_equals_the_unfused_g
     np.testing.assert_array_equal(model.predict(x, verbose=0), joined)
 
 
+def test_one_pass_winograd_reuses_its_packed_kernel_only_while_the_weights_are_unchanged(
+        monkeypatch):
+    """At inference the one-pass Winograd keeps its transformed, packed kernel per call site
+    (``conv._packed_kernel``): a second prediction packs nothing; a change of the weights in
+    place, which keeps the array, is seen at once, and the output follows im2col's on the new
+    weights."""
+    from cnnlab import layers
+    if compiled.module("winograd_fused_kernels") is None:
+        pytest.skip("the one-pass kernel is compiled code")
+    kernels = compiled.module("winograd_fused_kernels")
+    packed = []
+    pack = kernels.pack_kernel
+    monkeypatch.setattr(kernels, "pack_kernel", lambda u: packed.append(1) or pack(u))
+    cnnlab.config.set_floatx("float64")
+    model = cnnlab.Sequential([layers.Input((9, 8, 16)),
+                               layers.Conv2D(16, 3, padding="same", name="conv")])
+    x = np.random.default_rng(1).standard_normal((2, 9, 8, 16))
+    model.predict(x, verbose=0)
+    model.predict(x, verbose=0)
+    assert len(packed) == 1
+    kernel = model.get_layer("conv").variable("kernel")
+    kernel[0, 0, 0, 0] += 1.0                                  # in place: the same array
+    changed = model.predict(x, verbose=0)
+    assert len(packed) == 2
+    expected, _ = conv.conv2d_forward(x, kernel, model.get_layer("conv").variable("bias"),
+                                      (1, 1), ((1, 1), (1, 1)), algorithm="direct")
+    assert_close(changed, expected, np.float64, "after the change")
+
+
 def test_batch_norm_relu_fusion_equals_layer_by_layer(monkeypatch):
     """Training through BatchNormalization -> ReLU (a layer, and Activation('relu')) with the
     ReLU run in place inside the BN's step gives the unfused graph's loss, outputs and every

@@ -484,17 +484,20 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     th, tw = winograd.tile_counts(out_hw, tiling.m)
     keep = gradients in ("all", "kernel") and \
         tiling.alpha ** 2 * n * th * tw * c * out.itemsize <= windows.COLS_BUDGET_BYTES
-    u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
     fused = _fused_winograd(x, kernel, pads)
     if fused is not None:                         # one pass over blocks of tiles
         x = np.ascontiguousarray(x, out.dtype)
-        run = functools.partial(_fused_piece, fused, taps, fused.pack_kernel(u), np.zeros(
+        panels = _packed_kernel(fused, kernel.astype(out.dtype, copy=False), tiling,
+                                workspace if gradients == "none" else None)
+        run = functools.partial(_fused_piece, fused, taps, panels, np.zeros(
             f, out.dtype) if bias is None else bias.astype(out.dtype, copy=False), relu,
                                 fused.block_tiles(c, f, out.itemsize, taps))
         if not keep:                              # the whole batch at once
             run(x, pads, out, residual, None)
             return out, WinogradCache(None, x, pieces, tiling, kernel, x.shape, pads,
                                       bias is not None, workspace, free)
+    else:
+        u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
     tiles = []
     for k, piece in enumerate(pieces):
         rows, piece_pads = _piece_input(x, pads, piece)
@@ -518,6 +521,24 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
             tiles.append(v)
     return out, WinogradCache(tiles if keep else None, None if keep else x, pieces, tiling,
                               kernel, x.shape, pads, bias is not None, workspace, free)
+
+
+def _packed_kernel(kernels, kernel, tiling, workspace):
+    """The kernel transformed (``winograd.kernel_transform``) and packed for the one-pass
+    kernel (``pack_kernel``), reused from ``workspace`` while the kernel's values (compared
+    exactly, as ``fourier`` keeps its spectrum) are those it was made from: at batch 1 the
+    transform and packing cost more than the convolution (the article's network predicting one
+    digit: 0.32 ms a call by the frequency domain, 0.87 ms by one-pass F(4x4, 5x5) before this
+    cache). Inference only (``workspace`` None otherwise): in training the weights change at
+    every step, and a wide layer's panels are megabytes."""
+    saved = workspace.get("winograd_panels") if workspace is not None else None
+    if saved is not None and saved[0].shape == kernel.shape and saved[0].dtype == kernel.dtype \
+            and np.array_equal(saved[0], kernel):
+        return saved[1]
+    panels = kernels.pack_kernel(winograd.kernel_transform(kernel, tiling))
+    if workspace is not None:
+        workspace["winograd_panels"] = (kernel.copy(), panels)
+    return panels
 
 
 def _fused_piece(kernels, taps, panels, shift, relu, block, x, pads, out, residual, kept):
