@@ -781,9 +781,9 @@ def test_the_one_pass_winograd_kernels_equal_the_reference_in_float64(
     tiles_hw = winograd.tile_counts(out_hw, 4)
     v, v_buffer, v_start = _fenced(rng, (tiling.alpha ** 2, n * tiles_hw[0] * tiles_hw[1], c),
                                    np.float64, -7.0)
-    u = winograd.kernel_transform(kernel, tiling)
     convolve = kernels.conv3x3 if taps == 3 else kernels.conv5x5
-    convolve(x, top, left, kernels.pack_kernel(u), bias, residual if has_residual else out,
+    convolve(x, top, left, kernels.pack_kernel(kernel, tiling), bias,
+             residual if has_residual else out,
              has_residual, relu, out, kernels.block_tiles(c, f, 8, taps),
              (v if keep else out).reshape(-1), keep)
     assert (np.delete(buffer, np.arange(start, start + out.size)) == -7.0).all()
@@ -797,6 +797,23 @@ def test_the_one_pass_winograd_kernels_equal_the_reference_in_float64(
     scale = conv.conv2d_forward(np.abs(x), np.abs(kernel), np.abs(bias), (1, 1), pads,
                                 algorithm="direct")[0].max() + np.abs(residual).max()
     np.testing.assert_allclose(out, reference, rtol=0, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("taps, c, f", [(3, 16, 16), (3, 8, 21), (5, 9, 40), (5, 32, 64)])
+def test_the_one_pass_winograds_packed_kernel_is_u_packed_point_by_point(taps, c, f):
+    """``pack_kernel`` lays the kernel's columns out as panels before the transform; each
+    point's row equals ``dense_kernels.pack`` of that point's U (``kernel_transform``), float64
+    to rounding."""
+    from cnnlab.engine import dense_kernels, winograd
+    from cnnlab.engine import winograd_fused_kernels as kernels
+    tiling = kernels.TILINGS[taps]
+    kernel = np.random.default_rng(taps * c).standard_normal((taps, taps, c, f))
+    packed = kernels.pack_kernel(kernel, tiling)
+    u = winograd.kernel_transform(kernel, tiling)
+    assert packed.shape[0] == tiling.alpha ** 2
+    for point in range(tiling.alpha ** 2):
+        np.testing.assert_allclose(packed[point], dense_kernels.pack(u[point]), rtol=0,
+                                   atol=1e-14 * np.abs(u).max())
 
 
 def test_the_one_pass_winograd_in_float32_within_rounding():
@@ -813,8 +830,8 @@ def test_the_one_pass_winograd_in_float32_within_rounding():
                                            algorithm="direct")[0] + residual, 0)
     single = [a.astype(np.float32) for a in (x, kernel, bias, residual)]
     out = np.empty((8, 32, 32, 16), np.float32)
-    kernels.conv3x3(single[0], 1, 1, kernels.pack_kernel(winograd.kernel_transform(
-        single[1], winograd.F4)), single[2], single[3], True, True, out,
+    kernels.conv3x3(single[0], 1, 1, kernels.pack_kernel(single[1], winograd.F4), single[2],
+                    single[3], True, True, out,
         kernels.block_tiles(16, 16, 4), out.reshape(-1), False)
     np.testing.assert_allclose(out, exact, rtol=0,
                                atol=64 * np.finfo(np.float32).eps * np.abs(exact).max())
@@ -857,24 +874,26 @@ def test_winograd_takes_one_pass_where_its_vectors_fit(monkeypatch, gradients, c
                                    atol=1e-5 * np.abs(torch_grad).max())
 
 
-@pytest.mark.parametrize("taps, gradients, c, f, strides, size, one_pass", [
-    (5, "none", 16, 32, 1, 11, True), (5, "input", 32, 16, 1, 11, True),
-    (5, "all", 16, 32, 1, 11, False), (5, "none", 15, 32, 1, 11, False),
-    (5, "none", 16, 32, 2, 11, False), (3, "none", 24, 48, 1, 11, True),
-    (3, "none", 16, 16, 1, 3, False)])
+@pytest.mark.parametrize("taps, gradients, c, f, strides, size, min_tiles, one_pass", [
+    (5, "none", 16, 32, 1, 11, 8, True), (5, "input", 32, 16, 1, 11, 8, True),
+    (5, "all", 16, 32, 1, 11, 8, False), (5, "none", 15, 32, 1, 11, 8, False),
+    (5, "none", 16, 32, 2, 11, 8, False), (3, "none", 24, 48, 1, 11, 8, True),
+    (3, "none", 16, 16, 1, 3, 1, False), (5, "none", 16, 32, 1, 11, 19, False)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_convolutions_without_a_kernel_gradient_take_one_pass_winograd(
-        monkeypatch, taps, gradients, c, f, strides, size, one_pass, dtype):
+        monkeypatch, taps, gradients, c, f, strides, size, min_tiles, one_pass, dtype):
     """The switch (``conv.ONE_PASS_MIN_CHANNELS``): a 3x3 or 5x5 stride-1 convolution with no
     kernel gradient after it (inference; an input gradient, with its full padding), 16 or
-    more channels and filters and an output of a tile or more runs by one-pass Winograd,
-    whatever the cost model picks (face_net's second layer, 3x3 24 -> 48: im2col);
-    training's forward pass, fewer channels, a stride or a 3 x 3 output keep their path.
-    Every case, with its residual and ReLU, equals PyTorch in float64 (float32: to F(4x4,
-    5x5)'s rounding, measured ~5e-6 of the largest output)."""
+    more channels and filters, an output of a tile or more and at least
+    ``ONE_PASS_MIN_TILES`` tiles (here ``min_tiles``; 18 in the last case) runs by one-pass
+    Winograd, whatever the cost model picks (face_net's second layer, 3x3 24 -> 48: im2col);
+    training's forward pass, fewer channels, a stride, a 3 x 3 output or fewer tiles keep
+    their path. Every case, with its residual and ReLU, equals PyTorch in float64 (float32:
+    to F(4x4, 5x5)'s rounding, measured ~5e-6 of the largest output)."""
     import torch
 
     from cnnlab.engine import conv
+    monkeypatch.setattr(conv, "ONE_PASS_MIN_TILES", min_tiles)
     calls = _counting(monkeypatch, "winograd_fused_kernels", f"conv{taps}x{taps}")
     rng = np.random.default_rng(c + f + strides)
     pad = taps - 1 if gradients == "input" else 0 if size < 11 else taps // 2 - 1

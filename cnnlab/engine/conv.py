@@ -253,25 +253,30 @@ def _winograd_takes_residual(x, kernel, residual) -> bool:
 
 
 #: A 3x3 or 5x5 stride-1 convolution with no kernel gradient after it (inference, an input
-#: gradient), channels and filters of at least this many and an output of at least 4 x 4 (one
-#: whole tile) runs by one-pass Winograd (``winograd_fused_kernels``), whatever ``choose``'s
-#: cost model (fitted before that kernel) predicts. 1 thread, float32, best of 15-20, ms,
+#: gradient), channels and filters of at least this many and at least ``ONE_PASS_MIN_TILES``
+#: output tiles of 4 x 4 runs by one-pass Winograd (``winograd_fused_kernels``), whatever
+#: ``choose``'s cost model (fitted before that kernel) predicts. 1 thread, float32, best of 15-20, ms,
 #: im2col | frequency domain | one pass: the article's conv2 (64 images of 12 x 12 x 32 -> 64,
 #: 5x5) 4.02 | 2.39 | 0.90-1.09; its input gradient (8 x 8 x 64 -> 12 x 12 x 32) 9.43 | 4.86 |
 #: 2.24-2.96; face_net's second layer (64 of 11 x 11 x 24 -> 48, 3x3, where the model chose
 #: im2col) 1.11 | 3.48 | 0.64. F(4x4, 5x5)'s backward is not written, so training's forward
 #: passes keep ``choose``'s path.
 ONE_PASS_MIN_CHANNELS = 16
+#: below this many tiles the kernel's transform, made at every call in training, costs as much
+#: as the convolution, and ``choose`` decides: ResNet-20's training step at batch 1 (4 to 64
+#: tiles a layer) took 11.9 ms with every input gradient forced to one pass, 8.3 ms before it
+ONE_PASS_MIN_TILES = 64
 
 
 def _one_pass(x, kernel, strides, pads, dilation, gradients) -> bool:
     """Whether this convolution takes one-pass Winograd over ``choose``'s path
     (``ONE_PASS_MIN_CHANNELS``)."""
     out_hw = output_hw(x.shape[1:3], kernel.shape[:2], strides, pads, dilation)
+    tiles = x.shape[0] * winograd.tile_counts(out_hw, 4)[0] * winograd.tile_counts(out_hw, 4)[1]
     return kernel.shape[:2] in ((3, 3), (5, 5)) and tuple(strides) == (1, 1) \
         and tuple(dilation) == (1, 1) and gradients in ("none", "input") \
         and min(kernel.shape[2:]) >= ONE_PASS_MIN_CHANNELS and min(out_hw) >= 4 \
-        and ALGORITHM == "auto"
+        and tiles >= ONE_PASS_MIN_TILES and ALGORITHM == "auto"
 
 
 def _forward(path, x, kernel, bias, strides, pads, dilation, workspace, relu, gradients, free):
@@ -535,7 +540,7 @@ def _packed_kernel(kernels, kernel, tiling, workspace):
     if saved is not None and saved[0].shape == kernel.shape and saved[0].dtype == kernel.dtype \
             and np.array_equal(saved[0], kernel):
         return saved[1]
-    panels = kernels.pack_kernel(winograd.kernel_transform(kernel, tiling))
+    panels = kernels.pack_kernel(kernel, tiling)
     if workspace is not None:
         workspace["winograd_panels"] = (kernel.copy(), panels)
     return panels
