@@ -194,10 +194,14 @@ def test_sigkill_and_resume_is_bit_exact_for_a_resnet_with_batch_norm(tmp_path):
     ends, bit for bit, history included."""
     script = tmp_path / "train.py"
     script.write_text(RESNET_SCRIPT)
-    began = time.perf_counter()
-    subprocess.run([sys.executable, str(script), str(tmp_path / "none.cnnlab"), "-",
-                    str(tmp_path / "reference.npz")], check=True, timeout=300)
-    whole_run = time.perf_counter() - began
+    # the uninterrupted run is timed once Numba's cache holds its kernels: on a fresh machine
+    # the first run also compiles them (seconds), the killed runs after it do not, and a window
+    # scaled to the first run let a resumed run finish before its second kill (CI, session 34)
+    for _ in range(2):
+        began = time.perf_counter()
+        subprocess.run([sys.executable, str(script), str(tmp_path / "none.cnnlab"), "-",
+                        str(tmp_path / "reference.npz")], check=True, timeout=300)
+        whole_run = time.perf_counter() - began
     checkpoint, out = tmp_path / "ck.cnnlab", tmp_path / "resumed.npz"
     # the kills fall in the first half of an uninterrupted run, however fast this machine is
     # (a fixed window in seconds let a quick machine finish before the second kill)
