@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cnnlab.engine import compiled, fourier, merge, windows, winograd
-from cnnlab.engine.arrays import FreeList, array_module, empty, recycled
+from cnnlab.engine.arrays import FreeList, array_module, derived, empty, recycled
 from cnnlab.engine.dense import linear, linear_kernels
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import batch_chunks, col2im, column_sums, im2col, tap_slices, transposed_product
@@ -89,7 +89,7 @@ def direct_step_work(x_shape, kernel_shape, out_hw, gradients: str = "all"):
 
 
 def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
-           gradients: str = "all") -> str:
+           gradients: str = "all", dtype=None) -> str:
     """The one place that decides how a convolution is computed: 'direct' (im2col + GEMM; a 1x1
     kernel without padding is one GEMM on the array itself), 'winograd' or 'fourier'.
 
@@ -100,9 +100,11 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
     by copies and transforms, which NumPy runs at memory speed on one core; and NumPy calls, a
     fixed cost that dominates small batches. ``SECONDS_PER`` weighs them, per path, as fitted to
     measured steps on the zoo's layer shapes. Only stride 1 and dilation 1 have a choice (the
-    transforms need every offset); Winograd F(2x2, 3x3) only 3x3 kernels. ``algorithm`` (or
-    the module-wide ``ALGORITHM``) forces a path instead; im2col stays the reference every other
-    path is tested against."""
+    transforms need every offset); Winograd F(2x2, 3x3) only 3x3 kernels. The model was fitted
+    before one-pass Winograd, so where that kernel runs it is taken without asking the model
+    (``ONE_PASS_MIN_CHANNELS``; ``dtype``: the result's, None for float32 or float64).
+    ``algorithm`` (or the module-wide ``ALGORITHM``) forces a path instead; im2col stays the
+    reference every other path is tested against."""
     if gradients not in GRADIENTS:
         raise ConfigError(f"gradients must be one of {GRADIENTS}. Received: {gradients!r}")
     asked = algorithm is not None
@@ -125,8 +127,40 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
         return algorithm
     if not unit_steps or kernel_shape[:2] == (1, 1):
         return "direct"
+    if _one_pass(x_shape, kernel_shape, pads, gradients, dtype):
+        return "winograd"
     return _cheapest(tuple(x_shape), tuple(kernel_shape), tuple(map(tuple, pads)), gradients,
                      _winograd_tile(kernel_shape), _compiled_on())
+
+
+#: A 3x3 or 5x5 stride-1 convolution with no kernel gradient after it (inference, an input
+#: gradient), channels and filters of at least this many and at least ``ONE_PASS_MIN_TILES``
+#: output tiles of 4 x 4 runs by one-pass Winograd (``winograd_fused_kernels``), whatever
+#: ``choose``'s cost model (fitted before that kernel) predicts. 1 thread, float32, best of
+#: 15-20, ms, im2col | frequency domain | one pass: the article's conv2 (64 images of
+#: 12 x 12 x 32 -> 64, 5x5) 4.02 | 2.39 | 0.90-1.09; its input gradient (8 x 8 x 64 ->
+#: 12 x 12 x 32) 9.43 | 4.86 | 2.24-2.96; face_net's second layer (64 of 11 x 11 x 24 -> 48,
+#: 3x3, where the model chose im2col) 1.11 | 3.48 | 0.64. F(4x4, 5x5)'s backward is not
+#: written, so training's forward passes keep ``choose``'s path.
+ONE_PASS_MIN_CHANNELS = 16
+#: below this many tiles the kernel's transform, made at every call in training, costs as much
+#: as the convolution, and ``choose`` decides: ResNet-20's training step at batch 1 (4 to 64
+#: tiles a layer) took 11.9 ms with every input gradient forced to one pass, 8.3 ms before it
+ONE_PASS_MIN_TILES = 64
+
+
+def _one_pass(x_shape, kernel_shape, pads, gradients, dtype) -> bool:
+    """Whether ``choose`` takes one-pass Winograd for this stride-1 convolution without asking
+    its cost model (``ONE_PASS_MIN_CHANNELS``, ``ONE_PASS_MIN_TILES``); the compiled kernel
+    runs it (``_fused_winograd`` agrees: 16 channels fill a vector in either float dtype)."""
+    if tuple(kernel_shape[:2]) not in ((3, 3), (5, 5)) or gradients not in ("none", "input") \
+            or min(kernel_shape[2:]) < ONE_PASS_MIN_CHANNELS or min(min(side) for side in pads) < 0 \
+            or (dtype is not None and np.dtype(dtype) not in compiled.KERNEL_DTYPES):
+        return False
+    out_hw = output_hw(x_shape[1:3], kernel_shape[:2], (1, 1), pads)
+    th, tw = winograd.tile_counts(out_hw, 4)
+    return min(out_hw) >= 4 and x_shape[0] * th * tw >= ONE_PASS_MIN_TILES \
+        and compiled.module("winograd_fused_kernels") is not None
 
 
 def _winograd_tile(kernel_shape) -> int:
@@ -216,11 +250,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
         _check_residual(residual, x, kernel, strides, pads, dilation, gradients)
     xp = array_module(x, kernel)
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
-                  gradients=gradients) if xp is np else "direct"
-    if xp is np and algorithm is None and _one_pass(x, kernel, strides, pads, dilation,
-                                                    gradients) \
-            and _fused_winograd(x, kernel, pads) is not None:
-        path = "winograd"
+                  gradients=gradients, dtype=np.result_type(x, kernel)) if xp is np else "direct"
     if path == "winograd" and _winograd_takes_residual(x, kernel, residual):
         return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients, free,
                                  residual)
@@ -245,38 +275,11 @@ def _check_residual(residual, x, kernel, strides, pads, dilation, gradients) -> 
 
 
 def _winograd_takes_residual(x, kernel, residual) -> bool:
-    """Whether the Winograd path adds ``residual`` in its compiled output transform: F(4x4),
-    and the residual C-contiguous in the output's dtype (None: nothing to take)."""
-    return residual is None or (
-        compiled.module("winograd_kernels") is not None and winograd.tiling() is winograd.F4
-        and residual.dtype == np.result_type(x, kernel) and residual.flags.c_contiguous)
-
-
-#: A 3x3 or 5x5 stride-1 convolution with no kernel gradient after it (inference, an input
-#: gradient), channels and filters of at least this many and at least ``ONE_PASS_MIN_TILES``
-#: output tiles of 4 x 4 runs by one-pass Winograd (``winograd_fused_kernels``), whatever
-#: ``choose``'s cost model (fitted before that kernel) predicts. 1 thread, float32, best of 15-20, ms,
-#: im2col | frequency domain | one pass: the article's conv2 (64 images of 12 x 12 x 32 -> 64,
-#: 5x5) 4.02 | 2.39 | 0.90-1.09; its input gradient (8 x 8 x 64 -> 12 x 12 x 32) 9.43 | 4.86 |
-#: 2.24-2.96; face_net's second layer (64 of 11 x 11 x 24 -> 48, 3x3, where the model chose
-#: im2col) 1.11 | 3.48 | 0.64. F(4x4, 5x5)'s backward is not written, so training's forward
-#: passes keep ``choose``'s path.
-ONE_PASS_MIN_CHANNELS = 16
-#: below this many tiles the kernel's transform, made at every call in training, costs as much
-#: as the convolution, and ``choose`` decides: ResNet-20's training step at batch 1 (4 to 64
-#: tiles a layer) took 11.9 ms with every input gradient forced to one pass, 8.3 ms before it
-ONE_PASS_MIN_TILES = 64
-
-
-def _one_pass(x, kernel, strides, pads, dilation, gradients) -> bool:
-    """Whether this convolution takes one-pass Winograd over ``choose``'s path
-    (``ONE_PASS_MIN_CHANNELS``)."""
-    out_hw = output_hw(x.shape[1:3], kernel.shape[:2], strides, pads, dilation)
-    tiles = x.shape[0] * winograd.tile_counts(out_hw, 4)[0] * winograd.tile_counts(out_hw, 4)[1]
-    return kernel.shape[:2] in ((3, 3), (5, 5)) and tuple(strides) == (1, 1) \
-        and tuple(dilation) == (1, 1) and gradients in ("none", "input") \
-        and min(kernel.shape[2:]) >= ONE_PASS_MIN_CHANNELS and min(out_hw) >= 4 \
-        and tiles >= ONE_PASS_MIN_TILES and ALGORITHM == "auto"
+    """Whether the Winograd path adds ``residual`` in its own last pass (every tiling does):
+    the residual in the output's dtype, as the Add would give it, and C-contiguous, as the
+    compiled output transforms read it (None: nothing to take)."""
+    return residual is None or (residual.dtype == np.result_type(x, kernel)
+                                and residual.flags.c_contiguous)
 
 
 def _forward(path, x, kernel, bias, strides, pads, dilation, workspace, relu, gradients, free):
@@ -529,21 +532,14 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
 
 
 def _packed_kernel(kernels, kernel, tiling, workspace):
-    """The kernel transformed (``winograd.kernel_transform``) and packed for the one-pass
-    kernel (``pack_kernel``), reused from ``workspace`` while the kernel's values (compared
-    exactly, as ``fourier`` keeps its spectrum) are those it was made from: at batch 1 the
-    transform and packing cost more than the convolution (the article's network predicting one
-    digit: 0.32 ms a call by the frequency domain, 0.87 ms by one-pass F(4x4, 5x5) before this
-    cache). Inference only (``workspace`` None otherwise): in training the weights change at
-    every step, and a wide layer's panels are megabytes."""
-    saved = workspace.get("winograd_panels") if workspace is not None else None
-    if saved is not None and saved[0].shape == kernel.shape and saved[0].dtype == kernel.dtype \
-            and np.array_equal(saved[0], kernel):
-        return saved[1]
-    panels = kernels.pack_kernel(kernel, tiling)
-    if workspace is not None:
-        workspace["winograd_panels"] = (kernel.copy(), panels)
-    return panels
+    """The kernel transformed and packed for the one-pass kernel (``pack_kernel``), kept in
+    ``workspace`` at inference (``arrays.derived``): at batch 1 the transform and packing cost
+    more than the convolution (the article's network predicting one digit: 0.32 ms a call by
+    the frequency domain, 0.87 ms by one-pass F(4x4, 5x5) before this cache). ``workspace``
+    None in training: the weights change at every step, and a wide layer's panels are
+    megabytes."""
+    return derived(workspace, "winograd_panels", kernel,
+                   lambda: kernels.pack_kernel(kernel, tiling))
 
 
 def _fused_piece(kernels, taps, panels, shift, relu, block, x, pads, out, residual, kept):

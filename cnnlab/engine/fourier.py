@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cnnlab.engine.arrays import derived
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import column_sums, pad_images
 
@@ -255,19 +256,12 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, p
 
 
 def _kernel_spectrum(kernel: np.ndarray, hp: int, wp: int, workspace: dict | None) -> np.ndarray:
-    """DFT of the kernel zero-padded to Hp x Wp, stacked ``(2S, C*F)``; reused while the kernel's
-    values (compared exactly, ~20 us) are those it was computed from."""
+    """DFT of the kernel zero-padded to Hp x Wp, stacked ``(2S, C*F)``; reused from
+    ``workspace`` while the kernel's values are those it was computed from
+    (``arrays.derived``)."""
     kh, kw, c, f = kernel.shape
-    saved = workspace.get("kernel_spectrum") if workspace is not None else None
-    if saved is not None:
-        saved_kernel, saved_hw, spectrum = saved
-        if saved_hw == (hp, wp) and saved_kernel.shape == kernel.shape \
-                and saved_kernel.dtype == kernel.dtype and np.array_equal(saved_kernel, kernel):
-            return spectrum
-    spectrum = _dft(kernel.reshape(kh, kw, c * f), hp, wp)
-    if workspace is not None:
-        workspace["kernel_spectrum"] = (kernel.copy(), (hp, wp), spectrum)
-    return spectrum
+    return derived(workspace, "kernel_spectrum", kernel,
+                   lambda: _dft(kernel.reshape(kh, kw, c * f), hp, wp), tag=(hp, wp))
 
 
 def _window_sees_ink(xp: np.ndarray, kh: int, kw: int) -> np.ndarray:

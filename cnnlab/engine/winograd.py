@@ -1,14 +1,16 @@
-"""3x3 stride-1 convolution by Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray, 2016):
-F(2x2, 3x3) in NumPy (the reference path), F(4x4, 3x3) with compiled transforms
-(``winograd_kernels``) when ``config.kernels()`` is 'numba', and in one compiled pass over
-blocks of tiles where no V is kept for a kernel gradient (``winograd_fused_kernels``, chosen by
-``conv``).
+"""Stride-1 convolution by Winograd's minimal filtering F(m x m, r x r) (Lavin & Gray, 2016).
+3x3: F(2x2, 3x3) in NumPy (the reference path), F(4x4, 3x3) with compiled transforms
+(``winograd_kernels``) when ``config.kernels()`` is 'numba', in one compiled pass over blocks
+of tiles where channels and filters fill a vector (``winograd_fused_kernels``). 5x5:
+F(4x4, 5x5) (:func:`cook_toom`), in that one pass only, where no kernel gradient follows
+(``conv.ONE_PASS_MIN_CHANNELS``). ``conv`` chooses.
 
-Shapes (letters defined in ``cnnlab.engine``), for output tiles of m x m and ``alpha = m + 2``::
+Shapes (letters defined in ``cnnlab.engine``), for output tiles of m x m and ``alpha = m + r -
+1`` (6 for F(4x4, 3x3), 8 for F(4x4, 5x5))::
 
-    x       (N, H, W, C)          kernel (3, 3, C, F)          out (N, Ho, Wo, F)
+    x       (N, H, W, C)          kernel (r, r, C, F)          out (N, Ho, Wo, F)
     tiles   T = N * th * tw       th = ceil(Ho / m), tw = ceil(Wo / m): one tile per m x m outputs
-    d       (alpha, alpha, T, C)  the patch each tile reads (neighbours overlap by 2)
+    d       (alpha, alpha, T, C)  the patch each tile reads (neighbours overlap by r - 1)
     V       (alpha^2, T, C)       V = B^T d B        the patches in the transform domain
     U       (alpha^2, C, F)       U = G g G^T        the kernel in the transform domain
     M       (alpha^2, T, F)       M[k] = V[k] @ U[k]       alpha^2 GEMMs
@@ -25,7 +27,8 @@ Forward and backward side by side::
                                               itself done here
 
 Why: an m x m block of outputs from an alpha x alpha patch needs alpha^2 multiplies per (C, F)
-pair instead of 9 m^2 directly: 2.25x fewer for F(2x2), 4x for F(4x4); and the products are
+pair instead of r^2 m^2 directly: 2.25x fewer for F(2x2, 3x3), 4x for F(4x4, 3x3), 6.25x for
+F(4x4, 5x5); and the products are
 GEMMs over all tiles at once. The price is the transforms. In NumPy each row of B^T and A^T is a
 pass over arrays larger than the input or output (the tiles overlap), so they cost memory
 traffic the GEMMs save in arithmetic; the compiled transforms read each patch once and keep it
@@ -37,14 +40,15 @@ the products round differently from the direct sum: in float64 the results equal
 convolution to ~1e-14 relative; in float32 F(4x4) is ~1e-6 relative, the accuracy oneDNN and
 cuDNN accept for it. Padding is zeros in d, and the tiles past the output's edge are cropped.
 
-Measured and not adopted (one-off scripts; the tiling matrices built from their points by the
-Cook-Toom construction, which gives F4's exactly): Winograd for 5x5 kernels, on the article's
-second layer (64 images of 12 x 12 x 32 -> 64, forward and both gradients, 1 thread, the
-compiled transforms with the tile size passed in): F(2x2, 5x5) 12.3 ms, F(3x3, 5x5) 9.9 ms,
-F(4x4, 5x5) 7.1 ms, against 5.2 ms in the frequency domain and 11.7 ms by im2col, so 5x5 stays
-with ``fourier``. F(6x6, 3x3) (points 0, +-1, +-2, +-1/2): float32 error ~1e-5 relative, twice
-F(4x4)'s; but CIFAR-sized maps (32, 16, 8) are not multiples of 6, so its tiles overhang the
-output by 27% or more, which takes back its saving (1.78 multiplies an output against 2.25).
+5x5 kernels: an earlier session measured the three-pass transforms on the article's second
+layer (64 images of 12 x 12 x 32 -> 64, forward and both gradients, 1 thread): F(2x2, 5x5)
+12.3 ms, F(3x3, 5x5) 9.9 ms, F(4x4, 5x5) 7.1 ms, against 5.2 ms in the frequency domain and
+11.7 ms by im2col, so its training stays with ``fourier``. In one pass, F(4x4, 5x5)'s forward
+alone takes 0.90-1.09 ms there against 2.39 (``conv.ONE_PASS_MIN_CHANNELS``); its float32 error
+is ~5e-6 of the largest output. Measured and not adopted: F(6x6, 3x3) (points 0, +-1, +-2,
++-1/2): float32 error ~1e-5 relative, twice F(4x4)'s; but CIFAR-sized maps (32, 16, 8) are
+not multiples of 6, so its tiles overhang the output by 27% or more, which takes back its
+saving (1.78 multiplies an output against 2.25).
 """
 
 from __future__ import annotations
@@ -156,7 +160,7 @@ def tile_counts(out_hw, m: int = 2) -> tuple[int, int]:
 
 def kernel_transform(kernel: np.ndarray, tiles: Tiling = F2) -> np.ndarray:
     """``U[a, b] = sum_{i, j} G[a, i] kernel[i, j] G[b, j]``: (r, r, C, F) -> (alpha^2, C, F).
-    One GEMM in the kernel's dtype, ``U = (G kron G) @ kernel`` with the kernel as (9, C*F):
+    One GEMM in the kernel's dtype, ``U = (G kron G) @ kernel`` with the kernel as (r^2, C*F):
     no float64 copies of a wide layer's kernel and U (``benchmarks/kernels.py --wide``). In
     float32, G kron G's entries (1/36 ... 1/576) are rounded once: U stays within a few float32
     epsilons of the float64 U, relative to its largest entry (tested)."""
@@ -166,7 +170,7 @@ def kernel_transform(kernel: np.ndarray, tiles: Tiling = F2) -> np.ndarray:
 
 
 def kernel_grad_transform(grad_u: np.ndarray, tiles: Tiling) -> np.ndarray:
-    """``grad_kernel = G^T grad_U G``: (alpha^2, C, F) -> (3, 3, C, F), the adjoint of
+    """``grad_kernel = G^T grad_U G``: (alpha^2, C, F) -> (r, r, C, F), the adjoint of
     :func:`kernel_transform`: ``(G kron G)^T @ grad_U`` with grad_U as (alpha^2, C*F)."""
     c, f = grad_u.shape[1:]
     return (_kron(tiles.m, tiles.taps, grad_u.dtype).T @ grad_u.reshape(-1, c * f)).reshape(

@@ -13,26 +13,30 @@ no kernel gradient after them (``conv.ONE_PASS_MIN_CHANNELS``).
     panels = pack_kernel(kernel (r, r, C, F), tiling)   U, packed (NumPy)
 
 Why a block at a time. The three-pass path writes V as 36 rows of ``T * C`` values: each tile's
-36 transformed vectors go to 36 places megabytes apart, and its scratch-and-copy design costs
-as much again. A tile's transform is ~150 vector operations, yet one 16-channel tile took
-180-250 ns (470-650 cycles) there, even where V fitted L1; with its 36 vectors stored into a
-compact scratch instead, 60-75 ns (ResNet-20's stage 1, 1 thread, one-off script). Here V is
-``(36, block, C)`` for a block of a few dozen tiles: its rows are ``block * C`` values apart,
-and V and M stay in L1 or L2 between the three steps. Where V is kept, each block's 36 rows
-are copied out in runs of ``block * C`` values.
+36 transformed vectors go to 36 places megabytes apart (through a scratch and a copy per chunk
+of tiles; stored straight into the rows, a piece took 185 us against its 87). A tile's
+transform is ~150 vector operations, yet one 16-channel tile took 180-250 ns (470-650 cycles)
+there, 220-320 ns where V was 36 KB; with its 36 vectors stored into a compact scratch
+instead, 60-75 ns (ResNet-20's stage 1, 1 thread, one-off script). Here V is
+``(36, block, C)`` for a block of 6 tiles: its rows are ``6 * C`` values apart, and V and M
+stay in L1 or L2 between the three steps. Where V is kept, each block's 36 rows are copied out
+in runs of ``6 * C`` values.
 
 Measured (1 thread, float32, best of 20, one-off script; three passes -> one): 128 images of
 32 x 32 x 16 -> 16 5.27 -> 3.37 ms, 16 x 16 x 32 -> 32 2.97 -> 1.91 ms, 8 x 8 x 64 -> 64 2.46
--> 1.75 ms. Blocks of 6 tiles were the fastest or within 5% (12, 24, 48 and 96 tried). ResNet-20's
-training step at 1 thread: its Winograd forward passes, input gradients' included, 163.6 ->
-136.6 ms (107 -> 72 ms for the forward passes that keep V), the step 350.6 -> 320.8 ms.
+-> 1.75 ms. Blocks of 6 tiles were the fastest of 6, 12, 24, 48 and 96 on these three, and of
+6, 12 and 24 on the article's 5x5 conv2 (0.90 against 1.03-1.07 ms); on its input gradient (8 x 8 x 64 ->
+12 x 12 x 32) 24 ran 2.24 against 6's 2.55 ms, which ``block_tiles`` does not follow.
+ResNet-20's training step at 1 thread: its Winograd forward passes, input gradients'
+included, 163.6 -> 136.6 ms (107 -> 72 ms for the forward passes that keep V), the step 350.6
+-> 320.8 ms.
 
 Each step is register-level code (``simd.Vectors``), one vector of channels at a time, generated
 from the tiling's constant matrices (``_product``: zero terms skipped, ones as adds):
 
 - ``_input_tile``: the tile's alpha x alpha patch of one channel vector, read from a ring of
-  alpha zero-padded image rows (as ``winograd_kernels.input_tiles`` fills its six),
-  ``B^T d B`` in registers, alpha^2 vectors stored into the block's V.
+  alpha zero-padded image rows (``winograd_kernels._fill_ring``, shared with the three-pass
+  transform), ``B^T d B`` in registers, alpha^2 vectors stored into the block's V.
 - the products: for each point, ``V[k] (block, C) @ U[k] (C, F)`` by
   ``dense_kernels.gemm_block`` on ``U[k]``'s packed panels; the block's rows go in groups of
   ``ROWS`` (a last, partial group computes rows past the block's last tile, from V's stale or
@@ -60,6 +64,7 @@ from numba.extending import intrinsic
 from cnnlab.engine.dense_kernels import ROWS, gemm_block
 from cnnlab.engine.simd import VECTOR_BYTES, Vectors
 from cnnlab.engine.winograd import F4, F4_5, kernel_transform
+from cnnlab.engine.winograd_kernels import _copy, _fill_ring
 
 _block = gemm_block(ROWS, gathered=False)
 
@@ -242,18 +247,11 @@ def _convolve(x, top, left, panels, bias, residual, has_residual, relu, y, block
     inside = min(width, tiles_w * 4 + taps - 1 - left) * channels
     v = np.zeros(points * block * channels, x.dtype)  # the block's V (alpha^2, block, C)
     m = np.zeros(points * block * filters, x.dtype)   # and M (alpha^2, block, F)
-    tiles = np.empty(block, np.int64)                 # the block's tiles, t = (n*th + ty)*tw + tx
     slots = np.empty(alpha, np.int64)                 # where each patch row starts
-    held = 0
+    held = 0                                          # tiles t - held .. t - 1 are in the block
     for n in range(batch):
         for ty in range(tiles_h):
-            for r in range(0 if ty == 0 else ty * 4 + alpha - 4, ty * 4 + alpha):
-                y_in, slot = r - top, (r % alpha) * row + left * channels
-                if 0 <= y_in < height:
-                    _copy(ring, slot, image, (n * height + y_in) * width * channels, inside)
-                else:
-                    for e in range(np.uint64(inside)):
-                        ring[np.uint64(slot) + e] = 0
+            _fill_ring(ring, image, n, ty, alpha, row, top, left, height, width, channels, inside)
             for tx in range(tiles_w):
                 for c0 in range(0, channels, lanes):
                     c = min(c0, channels - lanes)
@@ -261,50 +259,43 @@ def _convolve(x, top, left, panels, bias, residual, has_residual, relu, y, block
                         slots[i] = (ty * 4 + i) % alpha * row + tx * 4 * channels + c
                     _input_tile(taps, ring, slots, channels, v, held * channels + c,
                                 block * channels)
-                tiles[held] = (n * tiles_h + ty) * tiles_w + tx
                 held += 1
                 if held == block:
-                    _finish(v, m, panels, tiles, held, block, channels, bias, skip,
-                            has_residual, relu, out, out_h, out_w, filters, tiles_h, tiles_w,
-                            kept, keep, taps)
+                    _finish(v, m, panels, (n * tiles_h + ty) * tiles_w + tx + 1 - held, held,
+                            block, channels, bias, skip, has_residual, relu, out, out_h, out_w,
+                            filters, tiles_h, tiles_w, kept, keep, taps)
                     held = 0
     if held:
-        _finish(v, m, panels, tiles, held, block, channels, bias, skip, has_residual, relu, out,
-                out_h, out_w, filters, tiles_h, tiles_w, kept, keep, taps)
+        _finish(v, m, panels, batch * tiles_h * tiles_w - held, held, block, channels, bias,
+                skip, has_residual, relu, out, out_h, out_w, filters, tiles_h, tiles_w, kept,
+                keep, taps)
     return y
 
 
-@numba.njit(inline="always")
-def _copy(target, start, source, first, count):
-    """``target[start:start + count] = source[first:first + count]`` (1-D arrays)."""
-    start, first = np.uint64(start), np.uint64(first)
-    for e in range(np.uint64(count)):
-        target[start + e] = source[first + e]
-
-
 @numba.njit(nogil=True)
-def _finish(v, m, panels, tiles, held, block, channels, bias, skip, has_residual, relu, out,
+def _finish(v, m, panels, first, held, block, channels, bias, skip, has_residual, relu, out,
             out_h, out_w, filters, tiles_h, tiles_w, kept, keep, taps):
-    """The block's V copied out if ``keep`` (its tiles are consecutive: one run per point),
-    its products ``M[k] = V[k] @ U[k]`` and its ``held`` tiles' outputs. A call, not inlined:
-    :func:`_convolve` calls it twice, and inlined, its code was compiled twice."""
+    """The block of tiles ``first .. first + held - 1`` (``t = (n*th + ty)*tw + tx``): its V
+    copied out if ``keep`` (one run per point), its products ``M[k] = V[k] @ U[k]`` and its
+    outputs. A call, not inlined: :func:`_convolve` calls it twice, and inlined, its code was
+    compiled twice."""
     lanes = VECTOR_BYTES // v.itemsize
     columns = (filters + lanes - 1) // lanes
     points = panels.shape[0]
     if keep:
         count = kept.size // (points * channels)                 # T
         for k in range(points):
-            _copy(kept, (k * count + tiles[0]) * channels, v, k * block * channels,
+            _copy(kept, (k * count + first) * channels, v, k * block * channels,
                   held * channels)
     for k in range(points):
-        for first in range(0, held, ROWS):
+        for row in range(0, held, ROWS):
             for column_block in range(columns):
                 f0 = min(column_block * lanes, filters - lanes)
-                _block(v, (k * block + first) * channels, channels, 1, panels[k],
+                _block(v, (k * block + row) * channels, channels, 1, panels[k],
                        column_block * channels * lanes, lanes, channels, bias, 0, False, False,
-                       m, (k * block + first) * filters + f0, filters)
+                       m, (k * block + row) * filters + f0, filters)
     for q in range(held):
-        t = tiles[q]
+        t = first + q
         tx, rest = t % tiles_w, t // tiles_w
         ty, n = rest % tiles_h, rest // tiles_h
         at = ((n * out_h + ty * 4) * out_w + tx * 4) * filters

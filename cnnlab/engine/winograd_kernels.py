@@ -160,6 +160,21 @@ def _copy(target, start, source, first, count):
 
 
 @numba.njit(inline="always")
+def _fill_ring(ring, image, n, ty, alpha, row, top, left, height, width, channels, inside):
+    """The padded image rows tile row ``ty`` of image ``n`` reads, into their slots of
+    ``ring`` (padded row r in slot ``r % alpha``, ``left`` zeros before its ``inside`` values;
+    rows past the image zeros): all ``alpha`` at the first tile row, after it the 4 that the
+    tile row below the last does not share. ``image`` is ``x`` flat, (N, H, W, C)."""
+    for r in range(0 if ty == 0 else ty * 4 + alpha - 4, ty * 4 + alpha):
+        y, slot = r - top, (r % alpha) * row + left * channels
+        if 0 <= y < height:
+            _copy(ring, slot, image, (n * height + y) * width * channels, inside)
+        else:
+            for e in range(np.uint64(inside)):
+                ring[np.uint64(slot) + e] = 0
+
+
+@numba.njit(inline="always")
 def _scratch_to_rows(scratch, rows, first, chunk_tiles, block, c0, width):
     """Scratch row ``k`` (``chunk_tiles`` tiles, ``block`` values apart, of ``width`` channels
     from ``c0``) into ``rows`` (36, T, C) from tile ``first``: the layout of V and dM."""
@@ -192,13 +207,7 @@ def input_tiles(x, top, left, tiles_h, tiles_w, v):
     j2, j3, j4, j5 = j1 + j1, j1 + j1 + j1, j1 + j1 + j1 + j1, j1 + j1 + j1 + j1 + j1
     for n in range(batch):
         for ty in range(tiles_h):
-            for r in range(0 if ty == 0 else ty * 4 + 2, ty * 4 + 6):
-                y, slot = r - top, (r % 6) * row + left * channels
-                if 0 <= y < height:
-                    _copy(ring, slot, image, (n * height + y) * width * channels, inside)
-                else:
-                    for e in range(np.uint64(inside)):
-                        ring[np.uint64(slot) + e] = 0
+            _fill_ring(ring, image, n, ty, 6, row, top, left, height, width, channels, inside)
             # the slots of the tile row's six patch rows
             row0, row1 = np.uint64((ty * 4 % 6) * row), np.uint64(((ty * 4 + 1) % 6) * row)
             row2, row3 = np.uint64(((ty * 4 + 2) % 6) * row), np.uint64(((ty * 4 + 3) % 6) * row)

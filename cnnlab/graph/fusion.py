@@ -141,15 +141,12 @@ def _joinable_op(graph, joined, add, activations: dict, folded_into: dict, outpu
     if id(joined) in output_ids or graph.consumers.get(id(joined), []) != [add] \
             or len(producer.outputs) != 1:
         return None
-    if id(producer) in folded_into:
+    if id(producer) in folded_into:           # batch_norm_folds vouches for the op before it
         op = folded_into[id(producer)]
         if activations.get(producer, "linear") != "linear":    # a ReLU moved into the BN
             return None
     else:
         op = producer
-        if op in activations or op.layer.activation != "linear":
+        if op in activations or op.layer.activation != "linear" or op.layer.dtype_policy.rounds:
             return None
-    layer = op.layer
-    if not layer.folds_output_residual or layer.dtype_policy.rounds or len(op.outputs) != 1:
-        return None
-    return op
+    return op if op.layer.folds_output_residual else None
