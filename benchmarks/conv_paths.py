@@ -110,7 +110,7 @@ def main():
             pads = resolve_padding("same", (h, w), (k, k), (1, 1), (1, 1))
             times = {}
             for path in paths:
-                if path == "winograd" and k != 3:
+                if path == "winograd" and k not in (3, 5):
                     continue
                 times[path] = step_time(path, x, kernel, pads, args.repeats) * 1e3
             picked = conv.choose(x.shape, kernel.shape, (1, 1), pads, (1, 1))

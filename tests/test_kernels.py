@@ -182,8 +182,7 @@ def _winograd_transforms(x, pads, out_hw, tiles_hw, m, grad_out, bias, residual)
     kernels.output_tiles(m, bias, *tiles_hw, rectified, True, y, False)
     kernels.output_tiles(m, bias, *tiles_hw, joined, False, residual, True)
     kernels.output_tiles(m, bias, *tiles_hw, joined_rectified, True, residual, True)
-    grad_m = np.empty_like(m)
-    kernels.output_tiles_adjoint(grad_out, *tiles_hw, grad_m)
+    grad_m = winograd.output_adjoint(grad_out, tiles_hw, winograd.F4)   # the generated kernel
     return v, y, grad_m, rectified, joined, joined_rectified
 
 
@@ -874,26 +873,99 @@ def test_winograd_takes_one_pass_where_its_vectors_fit(monkeypatch, gradients, c
                                    atol=1e-5 * np.abs(torch_grad).max())
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cache_bytes, n, size, pad", [
+    (None, 3, 12, 0), (64 * 9 * 48 * 8, 5, 13, 2), (64 * 3 * 48 * 8, 2, 14, 1)])
+def test_a_5x5_training_step_by_one_pass_winograd_equals_pytorch(monkeypatch, dtype,
+                                                                 cache_bytes, n, size, pad):
+    """F(4x4, 5x5) in training: the forward pass by one-pass Winograd, copying V out, the
+    kernel gradient from it by the generated adjoint (``adjoint5x5``) and its products, the
+    input gradient by one-pass Winograd again; against PyTorch in float64 (1e-10; float32 to
+    its rounding). ``cache_bytes``: the piece budget, one image a piece (second case) or bands
+    of rows of one image (third), each piece reading its rows and the 4 below."""
+    import torch
+
+    from cnnlab.engine import conv
+    if cache_bytes is not None:
+        monkeypatch.setattr(conv, "WINOGRAD_CACHE_BYTES", cache_bytes)
+    monkeypatch.setattr(conv, "ONE_PASS_MIN_TILES", {3: 64, 5: 1})
+    forward = _counting(monkeypatch, "winograd_fused_kernels", "conv5x5")
+    adjoint = _counting(monkeypatch, "winograd_fused_kernels", "adjoint5x5")
+    rng = np.random.default_rng(n * size)
+    x = rng.standard_normal((n, size, size - 1, 17)).astype(dtype)
+    kernel = (rng.standard_normal((5, 5, 17, 19)) / 10).astype(dtype)
+    bias = rng.standard_normal(19).astype(dtype)
+    pads = ((pad, pad), (pad, pad))
+    out, cache = conv.conv2d_forward(x, kernel, bias, (1, 1), pads)
+    assert isinstance(cache, conv.WinogradCache) and cache.tiling.alpha == 8
+    assert len(forward) == len(cache.pieces) and len(cache.pieces) > (cache_bytes is not None)
+    grad_out = rng.standard_normal(out.shape).astype(dtype)
+    grad_x, grad_kernel, grad_bias = conv.conv2d_backward(grad_out, cache)
+    assert len(forward) == len(cache.pieces) + 1 and adjoint
+    xt = torch.tensor(x.astype(np.float64)).permute(0, 3, 1, 2).requires_grad_()
+    kt = torch.tensor(kernel.astype(np.float64)).permute(3, 2, 0, 1).requires_grad_()
+    bt = torch.tensor(bias.astype(np.float64)).requires_grad_()
+    expected = torch.nn.functional.conv2d(xt, kt, bt, padding=pad)
+    (expected * torch.tensor(grad_out.astype(np.float64)).permute(0, 3, 1, 2)).sum().backward()
+    tolerance = 1e-10 if dtype == np.float64 else 2e-5
+    for name, ours, theirs in (
+            ("y", out, expected.detach().permute(0, 2, 3, 1)),
+            ("grad_x", grad_x, xt.grad.permute(0, 2, 3, 1)),
+            ("grad_kernel", grad_kernel, kt.grad.permute(2, 3, 1, 0)), ("grad_bias", grad_bias,
+                                                                       bt.grad)):
+        assert ours.dtype == dtype, name
+        theirs = theirs.numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=0,
+                                   atol=tolerance * np.abs(theirs).max(), err_msg=name)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), h=st.integers(1, 13),
+       w=st.integers(1, 13), f=st.integers(1, 40), taps=st.sampled_from([3, 5]))
+def test_the_generated_adjoint_equals_the_reference_in_float64(seed, n, h, w, f, taps):
+    """``grad_M = A grad_y A^T`` by ``adjoint3x3`` / ``adjoint5x5`` (odd sizes: the tiles'
+    overhang has no gradient; filters no SIMD width divides, fewer than a vector padded to
+    one) against the formula as einsum reads it."""
+    from cnnlab.engine import winograd
+    tiling = {3: winograd.F4, 5: winograd.F4_5}[taps]
+    grad_out = np.random.default_rng(seed).standard_normal((n, h, w, f))
+    tiles_hw = winograd.tile_counts((h, w), 4)
+    cnnlab.config.set_kernels("numba")
+    kernels, name = compiled.module("winograd_fused_kernels"), f"adjoint{taps}x{taps}"
+    real, calls = getattr(kernels, name), []
+    setattr(kernels, name, lambda *args: calls.append(args) or real(*args))
+    try:
+        fast = winograd.output_adjoint(grad_out, tiles_hw, tiling)
+    finally:
+        setattr(kernels, name, real)
+    assert len(calls) == 1                              # the compiled kernel ran
+    reference = winograd.output_adjoint_reference(grad_out, tiles_hw, tiling)
+    assert fast.shape == reference.shape == (tiling.alpha ** 2, n * tiles_hw[0] * tiles_hw[1], f)
+    np.testing.assert_allclose(fast, reference, rtol=1e-12,
+                               atol=1e-12 * np.abs(reference).max())
+
+
 @pytest.mark.parametrize("taps, gradients, c, f, strides, size, min_tiles, one_pass", [
     (5, "none", 16, 32, 1, 11, 8, True), (5, "input", 32, 16, 1, 11, 8, True),
-    (5, "all", 16, 32, 1, 11, 8, False), (5, "none", 15, 32, 1, 11, 8, False),
+    (5, "all", 16, 32, 1, 11, 8, True), (3, "all", 16, 32, 1, 11, 8, False),
+    (5, "none", 15, 32, 1, 11, 8, False),
     (5, "none", 16, 32, 2, 11, 8, False), (3, "none", 24, 48, 1, 11, 8, True),
     (3, "none", 16, 16, 1, 3, 1, False), (5, "none", 16, 32, 1, 11, 19, False)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_convolutions_without_a_kernel_gradient_take_one_pass_winograd(
         monkeypatch, taps, gradients, c, f, strides, size, min_tiles, one_pass, dtype):
-    """The switch (``conv.ONE_PASS_MIN_CHANNELS``): a 3x3 or 5x5 stride-1 convolution with no
-    kernel gradient after it (inference; an input gradient, with its full padding), 16 or
-    more channels and filters, an output of a tile or more and at least
-    ``ONE_PASS_MIN_TILES`` tiles (here ``min_tiles``; 18 in the last case) runs by one-pass
-    Winograd, whatever the cost model picks (face_net's second layer, 3x3 24 -> 48: im2col);
-    training's forward pass, fewer channels, a stride, a 3 x 3 output or fewer tiles keep
-    their path. Every case, with its residual and ReLU, equals PyTorch in float64 (float32:
+    """The switch (``conv.ONE_PASS_MIN_CHANNELS``): a 3x3 stride-1 convolution with no
+    kernel gradient after it (inference; an input gradient, with its full padding), a 5x5 one
+    in training too, with 16 or more channels and filters, an output of a tile or more and at
+    least ``ONE_PASS_MIN_TILES`` tiles (here ``min_tiles``; 18 in the last case) runs by
+    one-pass Winograd, whatever the cost model picks (face_net's second layer, 3x3 24 -> 48:
+    im2col); a 3x3 training forward pass, fewer channels, a stride, a 3 x 3 output or fewer
+    tiles keep their path. Every case, with its residual and ReLU, equals PyTorch in float64 (float32:
     to F(4x4, 5x5)'s rounding, measured ~5e-6 of the largest output)."""
     import torch
 
     from cnnlab.engine import conv
-    monkeypatch.setattr(conv, "ONE_PASS_MIN_TILES", min_tiles)
+    monkeypatch.setattr(conv, "ONE_PASS_MIN_TILES", {3: min_tiles, 5: min_tiles})
     calls = _counting(monkeypatch, "winograd_fused_kernels", f"conv{taps}x{taps}")
     rng = np.random.default_rng(c + f + strides)
     pad = taps - 1 if gradients == "input" else 0 if size < 11 else taps // 2 - 1
@@ -1123,7 +1195,7 @@ def test_every_kernel_releases_the_gil():
     kernels = {id(obj): obj for name in names   # one each: a shared helper is imported twice
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")}
-    assert len(kernels) == 2 + 1 + 3 + 5 + 1 + 8 + 2 + 1 + 3 + 5 + 2 + 2
+    assert len(kernels) == 2 + 1 + 3 + 5 + 1 + 8 + 2 + 1 + 3 + 4 + 4 + 2
     for kernel in kernels.values():
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 

@@ -20,7 +20,7 @@ whichever path suits it; a strided one sends ``grad_out @ kernel[i, j]^T`` back 
 each tap read, adding where windows overlap (col2im's adjoint, tap by tap).
 
 Stride-1 convolutions can also go through the frequency domain (``engine.fourier``) or
-Winograd's minimal filtering (``engine.winograd``, 3x3 only); :func:`choose` picks by a
+Winograd's minimal filtering (``engine.winograd``, 3x3 and 5x5); :func:`choose` picks by a
 calibrated cost model, ``algorithm`` (or the module-wide ``ALGORITHM``) forces a path, and
 im2col stays the reference every other path is tested against.
 """
@@ -100,9 +100,10 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
     by copies and transforms, which NumPy runs at memory speed on one core; and NumPy calls, a
     fixed cost that dominates small batches. ``SECONDS_PER`` weighs them, per path, as fitted to
     measured steps on the zoo's layer shapes. Only stride 1 and dilation 1 have a choice (the
-    transforms need every offset); Winograd F(2x2, 3x3) only 3x3 kernels. The model was fitted
-    before one-pass Winograd, so where that kernel runs it is taken without asking the model
-    (``ONE_PASS_MIN_CHANNELS``; ``dtype``: the result's, None for float32 or float64).
+    transforms need every offset); Winograd only 3x3 kernels (and 5x5 in one pass). The model
+    was fitted before one-pass Winograd, so where that kernel runs it is taken without asking
+    the model (``ONE_PASS_MIN_CHANNELS``; ``dtype``: the result's, None for float32 or
+    float64).
     ``algorithm`` (or the module-wide ``ALGORITHM``) forces a path instead; im2col stays the
     reference every other path is tested against."""
     if gradients not in GRADIENTS:
@@ -114,13 +115,13 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
     if algorithm == "direct":
         return "direct"
     unit_steps = tuple(strides) == (1, 1) and tuple(dilation) == (1, 1)
-    three_by_three = tuple(kernel_shape[:2]) == (3, 3)
+    tiled = tuple(kernel_shape[:2]) in ((3, 3), (5, 5))
     if algorithm != "auto":
-        applies = unit_steps and (algorithm != "winograd" or three_by_three)
+        applies = unit_steps and (algorithm != "winograd" or tiled)
         if not applies and not asked:           # the module-wide setting: where it applies
             return "direct"
         if not applies:
-            needs = "a 3x3 kernel, " if algorithm == "winograd" else ""
+            needs = "a 3x3 or 5x5 kernel, " if algorithm == "winograd" else ""
             raise ConfigError(f"The {algorithm} convolution needs {needs}stride 1 and dilation "
                               f"1; received kernel {tuple(kernel_shape[:2])}, strides="
                               f"{tuple(strides)}, dilation={tuple(dilation)}.")
@@ -133,33 +134,40 @@ def choose(x_shape, kernel_shape, strides, pads, dilation, algorithm=None,
                      _winograd_tile(kernel_shape), _compiled_on())
 
 
-#: A 3x3 or 5x5 stride-1 convolution with no kernel gradient after it (inference, an input
-#: gradient), channels and filters of at least this many and at least ``ONE_PASS_MIN_TILES``
-#: output tiles of 4 x 4 runs by one-pass Winograd (``winograd_fused_kernels``), whatever
-#: ``choose``'s cost model (fitted before that kernel) predicts. 1 thread, float32, best of
-#: 15-20, ms, im2col | frequency domain | one pass: the article's conv2 (64 images of
-#: 12 x 12 x 32 -> 64, 5x5) 4.02 | 2.39 | 0.90-1.09; its input gradient (8 x 8 x 64 ->
-#: 12 x 12 x 32) 9.43 | 4.86 | 2.24-2.96; face_net's second layer (64 of 11 x 11 x 24 -> 48,
-#: 3x3, where the model chose im2col) 1.11 | 3.48 | 0.64. F(4x4, 5x5)'s backward is not
-#: written, so training's forward passes keep ``choose``'s path.
+#: One-pass Winograd (``winograd_fused_kernels``) runs, whatever ``choose``'s cost model (fitted
+#: before that kernel) predicts: a 3x3 stride-1 convolution with no kernel gradient after it
+#: (inference, an input gradient), and a 5x5 one in training too, whose channels and filters
+#: are at least this many, whose output is at least one 4 x 4 tile and which has at least
+#: ``ONE_PASS_MIN_TILES`` tiles. 1 thread, float32, best of 15-20, ms, im2col | frequency
+#: domain | one pass: the article's conv2 (64 images of 12 x 12 x 32 -> 64, 5x5) 4.02 | 2.39
+#: | 0.90-1.09; its input gradient (8 x 8 x 64 -> 12 x 12 x 32) 9.43 | 4.86 | 2.24-2.96;
+#: face_net's second layer (64 of 11 x 11 x 24 -> 48, 3x3, where the model chose im2col) 1.11
+#: | 3.48 | 0.64; the article's conv2's whole training step (forward and both gradients,
+#: 'valid', ``benchmarks/conv_paths.py``'s timing) at 64 images 36.3 | 15.9 | 9.2 (the 'same'
+#: shape). A 3x3 training step keeps the cost model's path, which prices three-pass Winograd.
 ONE_PASS_MIN_CHANNELS = 16
-#: below this many tiles the kernel's transform, made at every call in training, costs as much
-#: as the convolution, and ``choose`` decides: ResNet-20's training step at batch 1 (4 to 64
-#: tiles a layer) took 11.9 ms with every input gradient forced to one pass, 8.3 ms before it
-ONE_PASS_MIN_TILES = 64
+#: by kernel size: below this many tiles the kernel's transform and packing, made at every call
+#: in training, cost as much as the convolution, and ``choose`` decides. 3x3: ResNet-20's
+#: training step at batch 1 (4 to 64 tiles a layer) took 11.9 ms with every input gradient
+#: forced to one pass, 8.3 ms before it. 5x5, the article's conv2's training step, 'valid'
+#: (4 tiles an image), ms, im2col | frequency domain | one pass: 1 image 0.38 | 1.45 | 1.39;
+#: 2 images 0.63 | 0.78 | 0.65; 3 images 0.90 | 0.78 | 0.70; 4 images 1.16 | 0.93 | 0.82
+ONE_PASS_MIN_TILES = {3: 64, 5: 12}
 
 
 def _one_pass(x_shape, kernel_shape, pads, gradients, dtype) -> bool:
     """Whether ``choose`` takes one-pass Winograd for this stride-1 convolution without asking
     its cost model (``ONE_PASS_MIN_CHANNELS``, ``ONE_PASS_MIN_TILES``); the compiled kernel
     runs it (``_fused_winograd`` agrees: 16 channels fill a vector in either float dtype)."""
-    if tuple(kernel_shape[:2]) not in ((3, 3), (5, 5)) or gradients not in ("none", "input") \
+    taps = kernel_shape[0]
+    if tuple(kernel_shape[:2]) not in ((3, 3), (5, 5)) \
+            or (gradients not in ("none", "input") and taps == 3) \
             or min(kernel_shape[2:]) < ONE_PASS_MIN_CHANNELS or min(min(side) for side in pads) < 0 \
             or (dtype is not None and np.dtype(dtype) not in compiled.KERNEL_DTYPES):
         return False
     out_hw = output_hw(x_shape[1:3], kernel_shape[:2], (1, 1), pads)
     th, tw = winograd.tile_counts(out_hw, 4)
-    return min(out_hw) >= 4 and x_shape[0] * th * tw >= ONE_PASS_MIN_TILES \
+    return min(out_hw) >= 4 and x_shape[0] * th * tw >= ONE_PASS_MIN_TILES[taps] \
         and compiled.module("winograd_fused_kernels") is not None
 
 
@@ -412,7 +420,7 @@ class WinogradCache(NamedTuple):
     x: np.ndarray | None          # (N, H, W, C), when tiles is None
     pieces: list                  # the Pieces of the batch, as the forward pass ran them
     tiling: winograd.Tiling
-    kernel: np.ndarray            # (3, 3, C, F)
+    kernel: np.ndarray            # (r, r, C, F)
     x_shape: tuple
     pads: Pads
     has_bias: bool
@@ -455,16 +463,17 @@ def _winograd_pieces(n: int, out_hw, c: int, f: int, itemsize: int, tiling) -> l
             for image in range(n) for first in range(0, out_hw[0], rows)]
 
 
-def _piece_input(x, pads: Pads, piece: Piece):
-    """``(the input rows piece's output rows read, their padding)``: the rows above and the 2
-    below (3x3); the padding above the image is only the first band's, and past its last row
-    the band is padded as the image is."""
+def _piece_input(x, pads: Pads, piece: Piece, taps: int):
+    """``(the input rows piece's output rows read, their padding)``: the rows above and the
+    ``taps - 1`` below; the padding above the image is only the first band's, and past its last
+    row the band is padded as the image is."""
     (top, _), (left, right) = pads
     first, last = piece.rows.start, piece.rows.stop
-    start, stop = max(0, first - top), min(x.shape[1], last + 2 - top)
+    halo = taps - 1
+    start, stop = max(0, first - top), min(x.shape[1], last + halo - top)
     band_top = start - first + top                             # zero rows above this band
-    return x[piece.images, start:stop], ((band_top, last - first + 2 - band_top - (stop - start)),
-                                         (left, right))
+    return x[piece.images, start:stop], (
+        (band_top, last - first + halo - band_top - (stop - start)), (left, right))
 
 
 def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="all",
@@ -502,19 +511,21 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
                                 fused.block_tiles(c, f, out.itemsize, taps))
         if not keep:                              # the whole batch at once
             run(x, pads, out, residual, None)
+            _exact_where_blank(out, x, kernel, bias, pads, relu, residual, gradients)
             return out, WinogradCache(None, x, pieces, tiling, kernel, x.shape, pads,
                                       bias is not None, workspace, free)
     else:
         u = winograd.kernel_transform(kernel.astype(out.dtype, copy=False), tiling)
     tiles = []
     for k, piece in enumerate(pieces):
-        rows, piece_pads = _piece_input(x, pads, piece)
+        rows, piece_pads = _piece_input(x, pads, piece, taps)
         piece_hw = (piece.rows.stop - piece.rows.start, out_hw[1])
         v = m = None
         piece_th, piece_tw = winograd.tile_counts(piece_hw, tiling.m)
         tile_count = len(rows) * piece_th * piece_tw
-        if keep and tiling is winograd.F4:       # this piece's V of the step before, once free
-            v = recycled(workspace, ("tiles", k), (36, tile_count, c), out.dtype)
+        if keep and (fused is not None or tiling is winograd.F4):   # this piece's V of the
+            v = recycled(workspace, ("tiles", k), (tiling.alpha ** 2, tile_count, c),  # step
+                         out.dtype)                                 # before, once free
         piece_residual = None if residual is None else residual[piece.images, piece.rows]
         if fused is not None:
             run(rows, piece_pads, out[piece.images, piece.rows], piece_residual, v)
@@ -527,8 +538,30 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
                 out[piece.images, piece.rows], relu, v, m, piece_residual)
         if keep:
             tiles.append(v)
+    _exact_where_blank(out, x, kernel, bias, pads, relu, residual, gradients)
     return out, WinogradCache(tiles if keep else None, None if keep else x, pieces, tiling,
                               kernel, x.shape, pads, bias is not None, workspace, free)
+
+
+def _exact_where_blank(out, x, kernel, bias, pads, relu, residual, gradients):
+    """A 5x5 layer's outputs whose window saw only zeros set to their exact value, ``bias (+
+    residual)`` (ReLU'd if ``relu``), as the frequency domain it took over from does
+    (``windows.window_sees_ink``): the article's network on MNIST has many, and its float64
+    training follows PyTorch's loss curve to 1e-9 only with them. Not for an input gradient (no
+    ReLU follows it), and not for 3x3 layers: finding the windows costs a pass over ``x``
+    (ResNet-20's inference would pay it 18 times), and the zoo's 3x3 layers feed a
+    BatchNormalization, or see a photo's or an earlier layer's values, where a window of only
+    zeros is rare."""
+    if kernel.shape[0] != 5 or gradients == "input":
+        return
+    blank = ~windows.window_sees_ink(x, pads, 5, 5)
+    if not blank.any():
+        return
+    exact = np.broadcast_to(np.zeros(1, out.dtype) if bias is None else bias.astype(out.dtype),
+                            out[blank].shape)
+    if residual is not None:
+        exact = exact + residual[blank]
+    out[blank] = np.maximum(exact, 0) if relu else exact
 
 
 def _packed_kernel(kernels, kernel, tiling, workspace):
@@ -600,7 +633,7 @@ def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
         first, last = cache.pieces[run[0]], cache.pieces[run[-1]]
         grad_part = grad_out[first.images.start:last.images.stop, first.rows]
         if cache.tiles is None:                           # redo this piece's V from its rows
-            rows, piece_pads = _piece_input(cache.x, cache.pads, first)
+            rows, piece_pads = _piece_input(cache.x, cache.pads, first, tiling.taps)
             v = winograd.transform_input(rows.astype(grad_out.dtype, copy=False), piece_pads,
                                          winograd.tile_counts(grad_part.shape[1:3], tiling.m),
                                          tiling)
@@ -613,7 +646,8 @@ def _winograd_backward(grad_out, cache: WinogradCache, need_input_grad: bool):
     if not need_input_grad:
         return None, grad_kernel, grad_bias
     return _input_grad_as_convolution(grad_out, cache.kernel, transposed_pads(
-        (3, 3), cache.pads, (1, 1)), (1, 1), cache.workspace, cache.free), grad_kernel, grad_bias
+        cache.kernel.shape[:2], cache.pads, (1, 1)), (1, 1), cache.workspace, cache.free), \
+        grad_kernel, grad_bias
 
 
 def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace, free=None):

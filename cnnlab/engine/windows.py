@@ -39,6 +39,28 @@ def pad_images(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
     return out
 
 
+def window_sees_ink(x: np.ndarray, pads: Pads, kh: int, kw: int) -> np.ndarray:
+    """``(N, Ho, Wo)`` of a stride-1 ``kh x kw`` convolution of ``x`` padded by ``pads``: True
+    where some value of the window is non-zero (an OR over the window, one axis at a time).
+    Where it is False, direct convolution gives exactly the bias; the frequency domain and
+    Winograd give the bias plus rounding noise (~1e-17), which a ReLU or max pool after them
+    would put on the other side of the kink at 0, or among tied values, from where im2col and
+    PyTorch put it. Those paths write the exact value there."""
+    # the sum of |x| over channels is non-zero exactly when one value is (a sum of non-negative
+    # numbers cannot round to 0; a NaN makes it NaN, which counts as ink, so NaN still spreads
+    # as in direct convolution); as a matrix-vector product it is 2x faster than any()
+    ink = pad_images(((np.abs(x) @ np.ones(x.shape[3], dtype=x.dtype)) != 0)[..., None],
+                     pads, False)[..., 0]                                   # (N, Hp, Wp)
+    ho, wo = output_hw(ink.shape[1:], (kh, kw), (1, 1), ((0, 0), (0, 0)))
+    rows = ink[:, :ho].copy()
+    for i in range(1, kh):
+        rows |= ink[:, i:i + ho]
+    seen = rows[:, :, :wo].copy()
+    for j in range(1, kw):
+        seen |= rows[:, :, j:j + wo]
+    return seen
+
+
 def pad_images_reference(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
     """:func:`pad_images` by ``np.pad``."""
     (top, bottom), (left, right) = pads

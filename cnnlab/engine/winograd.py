@@ -2,8 +2,9 @@
 3x3: F(2x2, 3x3) in NumPy (the reference path), F(4x4, 3x3) with compiled transforms
 (``winograd_kernels``) when ``config.kernels()`` is 'numba', in one compiled pass over blocks
 of tiles where channels and filters fill a vector (``winograd_fused_kernels``). 5x5:
-F(4x4, 5x5) (:func:`cook_toom`), in that one pass only, where no kernel gradient follows
-(``conv.ONE_PASS_MIN_CHANNELS``). ``conv`` chooses.
+F(4x4, 5x5) (:func:`cook_toom`), in that one pass, forward and backward
+(``conv.ONE_PASS_MIN_CHANNELS``; forced with ``algorithm='winograd'`` elsewhere, the einsum
+references run it). ``conv`` chooses.
 
 Shapes (letters defined in ``cnnlab.engine``), for output tiles of m x m and ``alpha = m + r -
 1`` (6 for F(4x4, 3x3), 8 for F(4x4, 5x5))::
@@ -43,12 +44,14 @@ cuDNN accept for it. Padding is zeros in d, and the tiles past the output's edge
 5x5 kernels: an earlier session measured the three-pass transforms on the article's second
 layer (64 images of 12 x 12 x 32 -> 64, forward and both gradients, 1 thread): F(2x2, 5x5)
 12.3 ms, F(3x3, 5x5) 9.9 ms, F(4x4, 5x5) 7.1 ms, against 5.2 ms in the frequency domain and
-11.7 ms by im2col, so its training stays with ``fourier``. In one pass, F(4x4, 5x5)'s forward
+11.7 ms by im2col, so its training stayed with ``fourier``. In one pass, F(4x4, 5x5)'s forward
 alone takes 0.90-1.09 ms there against 2.39 (``conv.ONE_PASS_MIN_CHANNELS``); its float32 error
-is ~5e-6 of the largest output. Measured and not adopted: F(6x6, 3x3) (points 0, +-1, +-2,
-+-1/2): float32 error ~1e-5 relative, twice F(4x4)'s; but CIFAR-sized maps (32, 16, 8) are
-not multiples of 6, so its tiles overhang the output by 27% or more, which takes back its
-saving (1.78 multiplies an output against 2.25).
+is ~5e-6 of the largest output. With the generated adjoint (:func:`output_adjoint`) for its
+kernel gradient, its whole training step at 64 images ('same') took 9.2 ms against the
+frequency domain's 15.9 and im2col's 36.3, and the article's network trains by it. Measured and
+not adopted: F(6x6, 3x3) (points 0, +-1, +-2, +-1/2): float32 error ~1e-5 relative, twice
+F(4x4)'s; but CIFAR-sized maps (32, 16, 8) are not multiples of 6, so its tiles overhang the
+output by 27% or more, which takes back its saving (1.78 multiplies an output against 2.25).
 """
 
 from __future__ import annotations
@@ -365,17 +368,32 @@ def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
     return out, v
 
 
+def output_adjoint(grad_out: np.ndarray, tiles_hw, tiles: Tiling) -> np.ndarray:
+    """``grad_M = A grad_y A^T`` (alpha^2, T, F) by the fastest path there is for ``tiles``:
+    compiled for F(4x4, 3x3) and F(4x4, 5x5) (``winograd_fused_kernels.adjoint3x3`` and
+    ``adjoint5x5``; a gradient of fewer filters than a vector holds is padded with zero
+    filters to one, and the result is a view of the real ones), NumPy for F(2x2), else the
+    reference."""
+    kernels = compiled.module("winograd_fused_kernels", grad_out)
+    n, f = grad_out.shape[0], grad_out.shape[-1]
+    if kernels is not None and (tiles is F4 or tiles is F4_5) \
+            and grad_out.dtype in compiled.KERNEL_DTYPES:
+        lanes = kernels.VECTOR_BYTES // grad_out.itemsize
+        wide = np.pad(grad_out, ((0, 0),) * 3 + ((0, lanes - f),)) if f < lanes \
+            else np.ascontiguousarray(grad_out)
+        grad_m = np.empty((tiles.alpha ** 2, n * tiles_hw[0] * tiles_hw[1], wide.shape[-1]),
+                          grad_out.dtype)
+        adjoint = kernels.adjoint3x3 if tiles.taps == 3 else kernels.adjoint5x5
+        adjoint(wide, *tiles_hw, grad_m, kernels.adjoint_block(wide.shape[-1],
+                                                               grad_out.itemsize, tiles.taps))
+        return grad_m[..., :f]
+    if tiles is F2:
+        return output_transform_adjoint(grad_out, tiles_hw).reshape(16, -1, f)
+    return output_adjoint_reference(grad_out, tiles_hw, tiles)
+
+
 def transformed_kernel_grad(grad_out: np.ndarray, v: np.ndarray, tiles: Tiling) -> np.ndarray:
     """``grad_U = V^T @ (A grad_y A^T)`` (alpha^2, C, F), the kernel's gradient before its
     transform back (linear: the grad_U of a batch's chunks add up to the batch's)."""
-    f = grad_out.shape[-1]
-    tiles_hw = tile_counts(grad_out.shape[1:3], tiles.m)
-    kernels = compiled.module("winograd_kernels")
-    if kernels is not None and tiles is F4:
-        grad_m = np.empty((36, v.shape[1], f), dtype=grad_out.dtype)
-        kernels.output_tiles_adjoint(np.ascontiguousarray(grad_out), *tiles_hw, grad_m)
-    elif tiles is F2:
-        grad_m = output_transform_adjoint(grad_out, tiles_hw).reshape(16, -1, f)
-    else:
-        grad_m = output_adjoint_reference(grad_out, tiles_hw, tiles)
+    grad_m = output_adjoint(grad_out, tile_counts(grad_out.shape[1:3], tiles.m), tiles)
     return np.matmul(v.transpose(0, 2, 1), grad_m)                      # (alpha^2, C, F)

@@ -6,9 +6,11 @@ arrays C-contiguous.
     input_tiles          x (N, H, W, C)    -> V (36, T, C)    V = B^T d B, d the tile's 6x6 patch
     output_tiles         M (36, T, F)      -> y (N, Ho, Wo, F)   y = A^T M A + bias (+ residual)
                                                                  (ReLU'd)
-    output_tiles_adjoint dy (N, Ho, Wo, F) -> dM (36, T, F)   dM = A dy A^T
 
-How they are fast. Each output of a tile is a short sum of its inputs (``_bt``, ``_at``, ``_a``:
+The kernel gradient's adjoint transform, ``dM = A dy A^T``, is ``winograd_fused_kernels``'
+(``adjoint3x3``), generated from the tiling as its one-pass kernels are.
+
+How they are fast. Each output of a tile is a short sum of its inputs (``_bt``, ``_at``:
 the matrices' rows written out, zeros skipped), so a tile's whole transform is straight-line
 code over one channel, and the loop over channels around it is what LLVM vectorises: every
 value is read once and written once, and the intermediate ones stay in registers. Two things
@@ -31,9 +33,8 @@ scalar (no packed instructions in its assembly, checked this way in review).
 
 The image's rows are copied once into a ring of six zero-padded rows (the padding is zeros
 written once, not a test per value); the next tile row starts 4 rows down and finds its first
-two rows still there. The output gradient's 16 values per tile are gathered the same way, and
-M's 36 rows per chunk of tiles. Where channels pass ``BLOCK`` (``C > 272``), they are done in
-blocks of ``BLOCK``.
+two rows still there. M's 36 rows per chunk of tiles are gathered the same way. Where channels
+pass ``BLOCK`` (``C > 272``), they are done in blocks of ``BLOCK``.
 
 Measured against the kernels these replaced (one loop per nonzero matrix entry over a whole
 tile row's values, for any F(m x m); ``git log`` has them), best of 40, 1 thread, float32,
@@ -46,6 +47,9 @@ pieces as ``conv`` cuts them (one-off script, another job paused meanwhile):
 | 28 x 8 x 8 x 64 (stage 3) | 152 -> 82 us | 107 -> 49 us | 127 -> 61 us |
 | 2 x 16 x 16 x 256 (cifar_vgg_wide) | 130 -> 95 us | 117 -> 66 us | 130 -> 67 us |
 | 1 x 120 x 120 x 24 (a face detection band) | 484 -> 257 us | 375 -> 205 us | 363 -> 227 us |
+
+(The adjoint of this module has since been replaced by the generated ``adjoint3x3``: 0.054 ->
+0.043 ms on the stage-3 piece.)
 
 Whole steps, batch 128, 2 threads, medians of 15 steps in each of 3 interleaved rounds:
 ResNet-20 training 275.5-283.3 -> 237.6-240.3 ms, its inference 73.8-79.2 -> 59.8-61.8 ms,
@@ -103,23 +107,6 @@ def _column6(scratch, first, e):
             scratch[np.uint64((first + 18) * BLOCK) + e],
             scratch[np.uint64((first + 24) * BLOCK) + e],
             scratch[np.uint64((first + 30) * BLOCK) + e])
-
-
-@numba.njit(inline="always")
-def _a(q, two, four, eight):
-    """``A q`` (A = (A^T)^T, 6 x 4), ``q`` four values: the adjoint of :func:`_at`."""
-    q0, q1, q2, q3 = q
-    even, odd = q0 + q2, q1 + q3
-    even4, odd8 = q0 + four * q2, two * q1 + eight * q3
-    return q0, even + odd, even - odd, even4 + odd8, even4 - odd8, q3
-
-
-@numba.njit(inline="always")
-def _row4(scratch, first, e):
-    """Scratch rows ``first .. first + 3`` at ``e``: a row of 4 x 4 values."""
-    return (scratch[np.uint64(first * BLOCK) + e], scratch[np.uint64((first + 1) * BLOCK) + e],
-            scratch[np.uint64((first + 2) * BLOCK) + e],
-            scratch[np.uint64((first + 3) * BLOCK) + e])
 
 
 @numba.njit(inline="always")
@@ -328,49 +315,3 @@ def output_tiles(mt, bias, tiles_h, tiles_w, y, relu, residual, has_residual):
                                 else:
                                     for f in range(np.uint64(width_f)):
                                         image[target + f] = scratch[source + f] + shift[f]
-
-
-@numba.njit(cache=True, nogil=True)
-def output_tiles_adjoint(dy, tiles_h, tiles_w, dm):
-    """``dM[i*6 + j, t, f] = sum_{a, b} A^T[a, i] dy[n, ty*4 + a, tx*4 + b, f] A^T[b, j]``,
-    with ``dy`` zero past its edge (the overhang had no gradient)."""
-    batch, out_h, out_w, filters = dy.shape
-    two, four, _, eight = _constants(dy)
-    gathered = np.empty(16 * BLOCK, dy.dtype)           # the chunk's dy, row a*4 + b
-    scratch = np.empty(36 * BLOCK, dy.dtype)
-    grads = dy.reshape(-1)
-    block = min(filters, BLOCK)
-    per_chunk = BLOCK // block
-    for n in range(batch):
-        for ty in range(tiles_h):
-            first_tile = (n * tiles_h + ty) * tiles_w
-            for f0 in range(0, filters, block):
-                width_f = min(block, filters - f0)
-                for tx0 in range(0, tiles_w, per_chunk):
-                    chunk = min(per_chunk, tiles_w - tx0)
-                    for q in range(chunk):
-                        tx = tx0 + q
-                        for a in range(4):
-                            for b in range(4):
-                                target = np.uint64((a * 4 + b) * BLOCK + q * block)
-                                if ty * 4 + a < out_h and tx * 4 + b < out_w:
-                                    _copy(gathered, target, grads,
-                                          ((n * out_h + ty * 4 + a) * out_w + tx * 4 + b)
-                                          * filters + f0, width_f)
-                                else:
-                                    for f in range(np.uint64(width_f)):
-                                        gathered[target + f] = 0
-                    for e in range(np.uint64(chunk * block)):
-                        # along each row a: (dy A^T)[a, j], six values per row
-                        h0 = _a(_row4(gathered, 0, e), two, four, eight)
-                        h1 = _a(_row4(gathered, 4, e), two, four, eight)
-                        h2 = _a(_row4(gathered, 8, e), two, four, eight)
-                        h3 = _a(_row4(gathered, 12, e), two, four, eight)
-                        # down each column j: dM[i, j] = (A (dy A^T)[:, j])[i], row i*6 + j
-                        _put_column6(scratch, 0, e, _a((h0[0], h1[0], h2[0], h3[0]), two, four, eight))
-                        _put_column6(scratch, 1, e, _a((h0[1], h1[1], h2[1], h3[1]), two, four, eight))
-                        _put_column6(scratch, 2, e, _a((h0[2], h1[2], h2[2], h3[2]), two, four, eight))
-                        _put_column6(scratch, 3, e, _a((h0[3], h1[3], h2[3], h3[3]), two, four, eight))
-                        _put_column6(scratch, 4, e, _a((h0[4], h1[4], h2[4], h3[4]), two, four, eight))
-                        _put_column6(scratch, 5, e, _a((h0[5], h1[5], h2[5], h3[5]), two, four, eight))
-                    _scratch_to_rows(scratch, dm, first_tile + tx0, chunk, block, f0, width_f)
