@@ -116,7 +116,7 @@ def main():
             picked = conv.choose(x.shape, kernel.shape, (1, 1), pads, (1, 1))
             fastest = min(times, key=times.get)
             verdict = "" if times[picked] <= 1.1 * times[fastest] else " MISS"
-            cells = " | ".join(f"{times[p]:.1f}" if p in times else "-" for p in paths)
+            cells = " | ".join(f"{times[p]:.2f}" if p in times else "-" for p in paths)
             print(f"| {where} | {args.batch},{h},{w},{c} -> {f} | {cells} | {picked} | "
                   f"{fastest}{verdict} |", flush=True)
 

@@ -947,8 +947,7 @@ def test_the_generated_adjoint_equals_the_reference_in_float64(seed, n, h, w, f,
 
 @pytest.mark.parametrize("taps, gradients, c, f, strides, size, min_tiles, one_pass", [
     (5, "none", 16, 32, 1, 11, 8, True), (5, "input", 32, 16, 1, 11, 8, True),
-    (5, "all", 16, 32, 1, 11, 8, True), (3, "all", 16, 32, 1, 11, 8, False),
-    (5, "none", 15, 32, 1, 11, 8, False),
+    (5, "all", 16, 32, 1, 11, 8, True), (5, "none", 15, 32, 1, 11, 8, False),
     (5, "none", 16, 32, 2, 11, 8, False), (3, "none", 24, 48, 1, 11, 8, True),
     (3, "none", 16, 16, 1, 3, 1, False), (5, "none", 16, 32, 1, 11, 19, False)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -987,6 +986,21 @@ def test_convolutions_without_a_kernel_gradient_take_one_pass_winograd(
         out = np.maximum(out + residual, 0)
     tolerance = 1e-12 if dtype == np.float64 else 2e-5
     np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance * np.abs(expected).max())
+
+
+def test_a_3x3_training_forward_pass_is_left_to_the_cost_model():
+    """The one-pass rule takes a 3x3 convolution where no kernel gradient follows and a 5x5 one
+    in training too; a 3x3 training forward pass is the cost model's (which prices
+    Winograd's three passes; where it picks Winograd, the one-pass kernel runs it)."""
+    from cnnlab.engine import conv
+    cnnlab.config.set_kernels("numba")
+    same, valid = ((1, 1), (1, 1)), ((0, 0), (0, 0))
+    assert conv._one_pass((64, 16, 16, 32), (3, 3, 32, 32), same, "none", None)
+    assert conv._one_pass((64, 16, 16, 32), (3, 3, 32, 32), same, "input", None)
+    assert not conv._one_pass((64, 16, 16, 32), (3, 3, 32, 32), same, "all", None)
+    assert not conv._one_pass((64, 16, 16, 32), (3, 3, 32, 32), same, "kernel", None)
+    assert conv._one_pass((64, 12, 12, 32), (5, 5, 32, 64), valid, "all", None)
+    assert not conv._one_pass((2, 12, 12, 32), (5, 5, 32, 64), valid, "all", None)  # 8 tiles
 
 
 def test_convolutions_of_few_channels_skip_im2col_at_inference_only(monkeypatch):

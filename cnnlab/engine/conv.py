@@ -57,7 +57,12 @@ ALGORITHMS = ("auto", "direct", "fourier", "winograd")
 #: The compiled fit (2-core machine, batches 4, 16 and 64 of the 14 shapes
 #: in conv_paths.py, refitted for the tile-row transforms): median error 10% (direct),
 #: 7% (winograd) and 9% (fourier); worst 46%, 79% and 61%, at batch 4, where fixed costs
-#: dominate.
+#: dominate. Kept after a refit in session 35 (one-pass Winograd): on a fresh measurement at
+#: batches 1-64 the refit's picks were within 10% of the fastest path in 82 of 84 layer steps
+#: against these constants' 77 (medians 12%, 17% and 11% against 29%, 105% and 26%), yet it
+#: took more layers to Winograd at small batches, and ResNet-20's training steps at batches 2,
+#: 4 and 8 ran 15-30% slower (fresh processes, 3 interleaved pairs each): a layer's step timed
+#: alone is not its cost inside the network there.
 SECONDS_PER = {"direct": (1.8e-11, 5.8e-10, 0.0), "winograd": (2.71e-11, 2.88e-10, 2.54e-06),
                "fourier": (3.81e-11, 0.0, 4.7e-06)}
 SECONDS_PER_COMPILED = {"direct": (1.29e-11, 7.44e-10, 0.0),
