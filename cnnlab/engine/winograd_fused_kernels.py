@@ -362,15 +362,22 @@ def _finish(v, m, panels, first, held, block, channels, bias, skip, has_residual
                        column_block * channels * lanes, lanes, channels, bias, 0, False, False,
                        m, (k * block + row) * filters + f0, filters)
     for q in range(held):
-        t = first + q
-        tx, rest = t % tiles_w, t // tiles_w
-        ty, n = rest % tiles_h, rest // tiles_h
-        at = ((n * out_h + ty * 4) * out_w + tx * 4) * filters
+        at, rows, columns = _tile_place(first + q, tiles_h, tiles_w, out_h, out_w, filters)
         for f in range(0, filters, lanes):
             f0 = min(f, filters - lanes)
             _output_tile(taps, m, q * filters + f0, block * filters, bias, f0, skip,
-                         has_residual, relu, out, at + f0, out_w * filters, filters,
-                         min(4, out_h - ty * 4), min(4, out_w - tx * 4))
+                         has_residual, relu, out, at + f0, out_w * filters, filters, rows,
+                         columns)
+
+
+@numba.njit(inline="always")
+def _tile_place(t, tiles_h, tiles_w, out_h, out_w, filters):
+    """Tile ``t = (n*th + ty)*tw + tx``'s first output in ``y (N, Ho, Wo, F)`` flat, and how
+    many of its 4 rows and 4 columns lie inside the output."""
+    tx, rest = t % tiles_w, t // tiles_w
+    ty, n = rest % tiles_h, rest // tiles_h
+    return (((n * out_h + ty * 4) * out_w + tx * 4) * filters, min(4, out_h - ty * 4),
+            min(4, out_w - tx * 4))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -406,15 +413,11 @@ def _adjoint(dy, tiles_h, tiles_w, dm, block, taps):
     for first in range(0, count, block):
         held = min(block, count - first)
         for q in range(held):
-            t = first + q
-            tx, rest = t % tiles_w, t // tiles_w
-            ty, n = rest % tiles_h, rest // tiles_h
-            at = ((n * out_h + ty * 4) * out_w + tx * 4) * filters
+            at, rows, columns = _tile_place(first + q, tiles_h, tiles_w, out_h, out_w, filters)
             for f in range(0, filters, lanes):
                 f0 = min(f, filters - lanes)
-                _adjoint_tile(taps, grads, at + f0, out_w * filters, filters,
-                              min(4, out_h - ty * 4), min(4, out_w - tx * 4), scratch,
-                              q * filters + f0, block * filters)
+                _adjoint_tile(taps, grads, at + f0, out_w * filters, filters, rows, columns,
+                              scratch, q * filters + f0, block * filters)
         for k in range(points):
             _copy(out, (k * count + first) * filters, scratch, k * block * filters,
                   held * filters)
