@@ -917,12 +917,26 @@ def test_a_5x5_training_step_by_one_pass_winograd_equals_pytorch(monkeypatch, dt
         theirs = theirs.numpy()
         np.testing.assert_allclose(ours, theirs, rtol=0,
                                    atol=tolerance * np.abs(theirs).max(), err_msg=name)
+    if dtype == np.float64:         # and central differences of sum(y * grad_out), same path
+        def objective(x_, kernel_):
+            return float((conv.conv2d_forward(x_, kernel_, bias, (1, 1), pads)[0]
+                          * grad_out).sum())
+        for array, grad, index in ((kernel, grad_kernel, (2, 3, 5, 7)),
+                                   (kernel, grad_kernel, (4, 0, 16, 18)),
+                                   (x, grad_x, (n - 1, size // 2, 3, 11))):
+            plus, minus = array.copy(), array.copy()
+            plus[index] += 1e-6
+            minus[index] -= 1e-6
+            pair = (plus, kernel) if array is x else (x, plus), \
+                (minus, kernel) if array is x else (x, minus)
+            numeric = (objective(*pair[0]) - objective(*pair[1])) / 2e-6
+            assert abs(numeric - grad[index]) <= 1e-6 * max(1.0, abs(numeric)), index
 
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), h=st.integers(1, 13),
        w=st.integers(1, 13), f=st.integers(1, 40), taps=st.sampled_from([3, 5]))
-def test_the_generated_adjoint_equals_the_reference_in_float64(seed, n, h, w, f, taps):
+def test_the_generated_adjoint_kernels_equal_the_reference_in_float64(seed, n, h, w, f, taps):
     """``grad_M = A grad_y A^T`` by ``adjoint3x3`` / ``adjoint5x5`` (odd sizes: the tiles'
     overhang has no gradient; filters no SIMD width divides, fewer than a vector padded to
     one) against the formula as einsum reads it."""
@@ -1245,4 +1259,4 @@ def test_kernels_stay_in_bounds(tmp_path):
     run = subprocess.run([sys.executable, "-c", BOUNDS_CHECKED_RUN, __file__], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "12 passed" in run.stdout, run.stdout[-2000:]
+    assert "13 passed" in run.stdout, run.stdout[-2000:]

@@ -500,7 +500,7 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
     n, h, w, c = x.shape
     taps, f = kernel.shape[0], kernel.shape[3]
     out_hw = output_hw((h, w), (taps, taps), (1, 1), pads)
-    tiling = winograd.tiling() if taps == 3 else winograd.F4_5     # 5x5: one pass only
+    tiling = winograd.tiling() if taps == 3 else winograd.F4_5
     out = empty((n, *out_hw, f), np.result_type(x, kernel), free)
     pieces = _winograd_pieces(n, out_hw, c, f, out.itemsize, tiling)
     th, tw = winograd.tile_counts(out_hw, tiling.m)

@@ -32,6 +32,10 @@ it lands on rows ``>= Ho``, where the zero-padded ``grad_out`` is zero.
 
 Only stride 1 and dilation 1 (the transform identities need every offset). ``conv.choose``
 decides from ``step_work``; ``cnnlab.engine.conv`` keeps the im2col path as the reference.
+With the compiled kernels, one-pass F(4x4, 5x5) Winograd has taken the article's conv2 from
+this path wherever a shard has 12 tiles or more, in training since session 35
+(``conv.ONE_PASS_MIN_TILES``: 9.2 ms against 15.9 for a 64-image step); this path keeps what
+the cost model gives it below that, and the reference's 5x5 layers.
 """
 
 from __future__ import annotations
