@@ -924,12 +924,12 @@ def test_a_5x5_training_step_by_one_pass_winograd_equals_pytorch(monkeypatch, dt
         for array, grad, index in ((kernel, grad_kernel, (2, 3, 5, 7)),
                                    (kernel, grad_kernel, (4, 0, 16, 18)),
                                    (x, grad_x, (n - 1, size // 2, 3, 11))):
-            plus, minus = array.copy(), array.copy()
-            plus[index] += 1e-6
-            minus[index] -= 1e-6
-            pair = (plus, kernel) if array is x else (x, plus), \
-                (minus, kernel) if array is x else (x, minus)
-            numeric = (objective(*pair[0]) - objective(*pair[1])) / 2e-6
+            values = []
+            for step in (1e-6, -1e-6):
+                moved = array.copy()
+                moved[index] += step
+                values.append(objective(moved, kernel) if array is x else objective(x, moved))
+            numeric = (values[0] - values[1]) / 2e-6
             assert abs(numeric - grad[index]) <= 1e-6 * max(1.0, abs(numeric)), index
 
 

@@ -516,7 +516,7 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
                                 fused.block_tiles(c, f, out.itemsize, taps))
         if not keep:                              # the whole batch at once
             run(x, pads, out, residual, None)
-            _exact_where_blank(out, x, kernel, bias, pads, relu, residual, gradients)
+            _exact_where_blank(out, x, kernel, bias, pads, relu, gradients)
             return out, WinogradCache(None, x, pieces, tiling, kernel, x.shape, pads,
                                       bias is not None, workspace, free)
     else:
@@ -528,9 +528,9 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
         v = m = None
         piece_th, piece_tw = winograd.tile_counts(piece_hw, tiling.m)
         tile_count = len(rows) * piece_th * piece_tw
-        if keep and (fused is not None or tiling is winograd.F4):   # this piece's V of the
-            v = recycled(workspace, ("tiles", k), (tiling.alpha ** 2, tile_count, c),  # step
-                         out.dtype)                                 # before, once free
+        if keep and (fused is not None or tiling is winograd.F4):
+            # this piece's V of the step before, once nothing refers to it
+            v = recycled(workspace, ("tiles", k), (tiling.alpha ** 2, tile_count, c), out.dtype)
         piece_residual = None if residual is None else residual[piece.images, piece.rows]
         if fused is not None:
             run(rows, piece_pads, out[piece.images, piece.rows], piece_residual, v)
@@ -543,30 +543,26 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
                 out[piece.images, piece.rows], relu, v, m, piece_residual)
         if keep:
             tiles.append(v)
-    _exact_where_blank(out, x, kernel, bias, pads, relu, residual, gradients)
+    _exact_where_blank(out, x, kernel, bias, pads, relu, gradients)
     return out, WinogradCache(tiles if keep else None, None if keep else x, pieces, tiling,
                               kernel, x.shape, pads, bias is not None, workspace, free)
 
 
-def _exact_where_blank(out, x, kernel, bias, pads, relu, residual, gradients):
-    """A 5x5 layer's outputs whose window saw only zeros set to their exact value, ``bias (+
-    residual)`` (ReLU'd if ``relu``), as the frequency domain it took over from does
-    (``windows.window_sees_ink``): the article's network on MNIST has many, and its float64
-    training follows PyTorch's loss curve to 1e-9 only with them. Not for an input gradient (no
-    ReLU follows it), and not for 3x3 layers: finding the windows costs a pass over ``x``
-    (ResNet-20's inference would pay it 18 times), and the zoo's 3x3 layers feed a
-    BatchNormalization, or see a photo's or an earlier layer's values, where a window of only
-    zeros is rare."""
-    if kernel.shape[0] != 5 or gradients == "input":
+def _exact_where_blank(out, x, kernel, bias, pads, relu, gradients):
+    """In training, a 5x5 layer's outputs whose window saw only zeros set to exactly the
+    bias (ReLU'd if ``relu``), as direct convolution gives it and the frequency domain it took over from does
+    (``windows.window_sees_ink``). Winograd gives the bias plus ~1e-17 there, and the ReLU's
+    gradient after it would take the other side of its kink: the article's network on MNIST
+    has many such windows, and its float64 training followed PyTorch's loss curve to 1e-9 only
+    with this. Not at inference (no gradient passes the kink; the outputs differ by the
+    rounding alone, and finding the windows costs 14 us of a one-digit prediction, 0.19 ms for
+    128 images), not for an input gradient, and not for 3x3 layers: ResNet-20 would pay the
+    pass over ``x`` 18 times, and the zoo's 3x3 layers feed a BatchNormalization or see
+    photos, where a window of only zeros is rare."""
+    if kernel.shape[0] != 5 or gradients not in ("all", "kernel"):
         return
-    blank = ~windows.window_sees_ink(x, pads, 5, 5)
-    if not blank.any():
-        return
-    exact = np.broadcast_to(np.zeros(1, out.dtype) if bias is None else bias.astype(out.dtype),
-                            out[blank].shape)
-    if residual is not None:
-        exact = exact + residual[blank]
-    out[blank] = np.maximum(exact, 0) if relu else exact
+    exact = np.zeros(out.shape[-1], out.dtype) if bias is None else bias.astype(out.dtype)
+    out[~windows.window_sees_ink(x, pads, 5, 5)] = np.maximum(exact, 0) if relu else exact
 
 
 def _packed_kernel(kernels, kernel, tiling, workspace):

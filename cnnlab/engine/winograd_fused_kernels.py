@@ -30,8 +30,11 @@ in runs of ``6 * C`` values.
 Measured (1 thread, float32, best of 20, one-off script; three passes -> one): 128 images of
 32 x 32 x 16 -> 16 5.27 -> 3.37 ms, 16 x 16 x 32 -> 32 2.97 -> 1.91 ms, 8 x 8 x 64 -> 64 2.46
 -> 1.75 ms. Blocks of 6 tiles were the fastest of 6, 12, 24, 48 and 96 on these three, and of
-6, 12 and 24 on the article's 5x5 conv2 (0.90 against 1.03-1.07 ms); on its input gradient (8 x 8 x 64 ->
-12 x 12 x 32) 24 ran 2.24 against 6's 2.55 ms, which ``block_tiles`` does not follow.
+6, 12 and 24 on the article's 5x5 conv2 (0.90 against 1.03-1.07 ms); on its input gradient
+(8 x 8 x 64 -> 12 x 12 x 32) 24 ran 2.24 against 6's 2.55 ms. A later run had blocks of 18
+7% faster on both (64 images: forward 1.40 against 1.52 ms, input gradient 2.48 against 2.59),
+but the article's whole training step only 0.8% (16.84 against 16.97 ms, medians of 8
+interleaved rounds), so ``block_tiles`` keeps one rule for both sizes.
 ResNet-20's training step at 1 thread: its Winograd forward passes, input gradients'
 included, 163.6 -> 136.6 ms (107 -> 72 ms for the forward passes that keep V), the step 350.6
 -> 320.8 ms.
@@ -347,7 +350,7 @@ def _finish(v, m, panels, first, held, block, channels, bias, skip, has_residual
     outputs. A call, not inlined: :func:`_convolve` calls it twice, and inlined, its code was
     compiled twice."""
     lanes = VECTOR_BYTES // v.itemsize
-    columns = (filters + lanes - 1) // lanes
+    column_blocks = (filters + lanes - 1) // lanes
     points = panels.shape[0]
     if keep:
         count = kept.size // (points * channels)                 # T
@@ -356,7 +359,7 @@ def _finish(v, m, panels, first, held, block, channels, bias, skip, has_residual
                   held * channels)
     for k in range(points):
         for row in range(0, held, ROWS):
-            for column_block in range(columns):
+            for column_block in range(column_blocks):
                 f0 = min(column_block * lanes, filters - lanes)
                 _block(v, (k * block + row) * channels, channels, 1, panels[k],
                        column_block * channels * lanes, lanes, channels, bias, 0, False, False,
