@@ -40,7 +40,8 @@ def pad_images(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
 
 
 def window_sees_ink(x: np.ndarray, pads: Pads, kh: int, kw: int) -> np.ndarray:
-    """``(N, Ho, Wo)`` of a stride-1 ``kh x kw`` convolution of ``x`` padded by ``pads``: True
+    """``x (N, H, W, C)`` -> ``(N, Ho, Wo)`` bool, for a stride-1 ``kh x kw`` convolution of
+    ``x`` padded by ``pads``: True
     where some value of the window is non-zero (an OR over the window, one axis at a time).
     Where it is False, direct convolution gives exactly the bias; the frequency domain and
     Winograd give the bias plus rounding noise (~1e-17), which a ReLU or max pool after them

@@ -369,7 +369,8 @@ def conv3x3_forward(x: np.ndarray, kernel: np.ndarray, bias, pads: Pads, out_hw,
 
 
 def output_adjoint(grad_out: np.ndarray, tiles_hw, tiles: Tiling) -> np.ndarray:
-    """``grad_M = A grad_y A^T`` (alpha^2, T, F) by the fastest path there is for ``tiles``:
+    """``grad_M = A grad_y A^T``: grad_y (N, Ho, Wo, F) -> (alpha^2, T, F), the overhang past
+    the output's edge taken as zeros, by the fastest path there is for ``tiles``:
     compiled for F(4x4, 3x3) and F(4x4, 5x5) (``winograd_fused_kernels.adjoint3x3`` and
     ``adjoint5x5``; a gradient of fewer filters than a vector holds is padded with zero
     filters to one, and the result is a view of the real ones), NumPy for F(2x2), else the
