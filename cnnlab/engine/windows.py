@@ -40,13 +40,12 @@ def pad_images(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
 
 
 def window_sees_ink(x: np.ndarray, pads: Pads, kh: int, kw: int) -> np.ndarray:
-    """``x (N, H, W, C)`` -> ``(N, Ho, Wo)`` bool, for a stride-1 ``kh x kw`` convolution of
-    ``x`` padded by ``pads``: True
-    where some value of the window is non-zero (an OR over the window, one axis at a time).
-    Where it is False, direct convolution gives exactly the bias; the frequency domain and
-    Winograd give the bias plus rounding noise (~1e-17), which a ReLU or max pool after them
-    would put on the other side of the kink at 0, or among tied values, from where im2col and
-    PyTorch put it. Those paths write the exact value there."""
+    """``x (N, H, W, C)`` -> ``(N, Ho, Wo)`` bool, for a stride-1 ``kh x kw`` convolution of ``x``
+    padded by ``pads``: True where some value of the window is non-zero (an OR over the window,
+    one axis at a time). Where it is False, direct convolution gives exactly the bias; the
+    frequency domain and Winograd give the bias plus rounding noise (~1e-17), which a ReLU or
+    max pool after them would put on the other side of the kink at 0, or among tied values,
+    from where im2col and PyTorch put it. Those paths write the exact value there."""
     # the sum of |x| over channels is non-zero exactly when one value is (a sum of non-negative
     # numbers cannot round to 0; a NaN makes it NaN, which counts as ink, so NaN still spreads
     # as in direct convolution); as a matrix-vector product it is 2x faster than any()
