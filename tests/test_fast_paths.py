@@ -632,6 +632,51 @@ def test_a_residual_add_joins_the_convolution_before_it_and_equals_the_unfused_g
     np.testing.assert_array_equal(model.predict(x, verbose=0), joined)
 
 
+def test_a_max_pool_runs_inside_the_convolution_before_it_and_equals_the_unfused_graph(
+        monkeypatch):
+    """Training and inference run ``Conv2D -> MaxPooling2D`` (windows that tile, 'valid') as
+    one convolution that returns the pooled map (``graph.fusion``'s pooled convolution): in
+    one pass for a layer of few channels (the implicit GEMM, here face_net's odd 23 x 23 map),
+    the conv and then the pool for the others. Not where the windows overlap, nor where the
+    conv's output is read twice. The predictions equal the unfused graph's bit for bit (the
+    same sums, the same maxima), and the loss and every gradient to float64 rounding (the
+    bias gradient sums the pooled gradient, not the conv's); the article's network trains
+    against PyTorch on this path (``test_training_vs_torch``)."""
+    from cnnlab import layers
+    from cnnlab.graph import fusion
+    cnnlab.config.set_floatx("float64")
+    inputs = cnnlab.Input((25, 25, 1))
+    a = layers.MaxPooling2D(name="pool_a")(layers.Conv2D(16, 3, activation="relu",
+                                                         name="conv_a")(inputs))    # 11 x 11
+    b = layers.MaxPooling2D(name="pool_b")(layers.Conv2D(16, 3, padding="same",
+                                                         name="conv_b")(a))          # 5 x 5
+    c = layers.MaxPooling2D(2, strides=1, name="overlapping")(layers.Conv2D(
+        16, 3, padding="same", name="conv_c")(b))
+    twice = layers.Conv2D(16, 1, name="twice")(c)
+    d = layers.Add()([layers.MaxPooling2D(name="pool_d")(twice),
+                      layers.MaxPooling2D(name="pool_e")(twice)])
+    outputs = layers.Dense(3, activation="softmax")(layers.Flatten()(d))
+    model = cnnlab.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    pools = fusion.pooled_convs(model, fusion.plan(model)[0])
+    assert {op.layer.name: p.layer.name for op, p in pools.items()} == {
+        "conv_a": "pool_a", "conv_b": "pool_b"}
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((6, 25, 25, 1)), rng.integers(0, 3, 6)
+    calls = []
+    pooled_forward = conv._pooled_forward
+    monkeypatch.setattr(conv, "_pooled_forward", lambda *args: (
+        calls.append(args[2].shape[2]), pooled_forward(*args))[1])
+    fused = model.predict(x, verbose=0), model.loss_and_gradients(x, y)
+    assert calls == [1, 16, 1, 16]           # conv_a and conv_b, predicting and training
+    monkeypatch.setattr(fusion, "pooled_convs", lambda *args: {})
+    plain = model.predict(x, verbose=0), model.loss_and_gradients(x, y)
+    np.testing.assert_array_equal(fused[0], plain[0])
+    assert_close(fused[1][0], plain[1][0], np.float64, "loss")
+    for name in plain[1][2]:
+        assert_close(fused[1][2][name], plain[1][2][name], np.float64, name)
+
+
 def test_one_pass_winograd_reuses_its_packed_kernel_only_while_the_weights_are_unchanged(
         monkeypatch):
     """At inference the one-pass Winograd keeps its transformed, packed kernel per call site

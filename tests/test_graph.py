@@ -411,11 +411,11 @@ def test_forward_passes_take_outputs_from_the_threads_free_list_and_never_write_
     # as many arrays as were live at once, those of outputs dead before the pass's end serving
     # later ones: compiled, 7 at inference (the width-padded copy of the 4-channel input that
     # the implicit GEMM reads among them; one-pass Winograd holds its blocks of V and M
-    # itself), 8 in training (max pool's winners and BatchNormalization's rows among them;
-    # Winograd copies V into its site's workspace); the NumPy reference takes them for im2col,
-    # Winograd's output, the join and the 1x1 only
+    # itself), 9 in training (that copy, max pool's winners and BatchNormalization's rows
+    # among them; Winograd copies V into its site's workspace); the NumPy reference takes
+    # them for im2col, Winograd's output, the join and the 1x1 only
     compiled_on = compiled.module("winograd_kernels") is not None
-    assert len(taken) == ((8 if training else 7) if compiled_on else 4)
+    assert len(taken) == ((9 if training else 7) if compiled_on else 4)
     assert id(out) in taken
     np.testing.assert_array_equal(out, expected[0])
     again = run(second)                             # the caller holds `out`: not written

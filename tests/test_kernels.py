@@ -705,7 +705,7 @@ def test_the_compiled_linear_in_float32_within_the_rounding_of_its_sums(shape):
          pads=((1, 1), (1, 1)), has_bias=True, relu=True)           # an RGB stem
 @example(seed=2, n=1, h=5, w=13, c=1, extra=0, kh=5, kw=5, strides=(1, 1), dilation=(1, 1),
          pads=((0, 0), (0, 0)), has_bias=False, relu=False)         # a row of one block
-def test_the_implicit_gemm_convolution_equals_the_reference_in_float64(
+def test_the_implicit_gemm_convolution_kernels_equal_the_reference_in_float64(
         seed, n, h, w, c, extra, kh, kw, strides, dilation, pads, has_bias, relu):
     """``conv_kernels.implicit_gemm`` (the inference path of convolutions with few channels)
     on any stride, dilation, padding and odd size, against the reference (im2col and BLAS) to
@@ -737,6 +737,155 @@ def test_the_implicit_gemm_convolution_equals_the_reference_in_float64(
     scale = conv.conv2d_forward(np.abs(x), np.abs(kernel), np.abs(bias) if has_bias else None,
                                 strides, pads, dilation, algorithm="direct")[0]
     assert (np.abs(out - reference) <= 1e-12 * scale).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 2), h=st.integers(1, 12),
+       w=st.integers(1, 14), c=st.integers(1, 4), extra=st.integers(0, 20),
+       kh=st.integers(1, 5), kw=st.integers(1, 5),
+       strides=st.tuples(st.integers(1, 3), st.integers(1, 3)), dilation_h=st.integers(1, 2),
+       top_bottom=st.tuples(st.integers(0, 2), st.integers(0, 2)))
+@example(seed=1, n=2, h=28, w=28, c=1, extra=24, kh=5, kw=5, strides=(1, 1), dilation_h=1,
+         top_bottom=(0, 0))                                           # the article's conv1
+@example(seed=2, n=1, h=3, w=7, c=3, extra=0, kh=3, kw=3, strides=(1, 2), dilation_h=1,
+         top_bottom=(1, 1))                                           # one output column block
+def test_the_implicit_kernel_gradient_kernels_equal_the_reference_in_float64(
+        seed, n, h, w, c, extra, kh, kw, strides, dilation_h, top_bottom):
+    """``conv_kernels.implicit_kernel_grad`` (the kernel gradient of a convolution that trained
+    by the implicit GEMM) on any stride, height dilation and padding, F from 8 to 28 (whole
+    vectors of float64 or not), against the reference (im2col, then ``cols^T @ grad_out``) to
+    1e-12 of the sum's terms. Its inputs sit in buffers of NaN and its sums inside a fence: it
+    reads and writes nothing outside them. ``x`` comes as wide as its windows, as
+    ``conv._widened`` makes it."""
+    from hypothesis import assume
+
+    from cnnlab.engine import conv
+    from cnnlab.engine import conv_kernels as kernels
+    from cnnlab.engine.shapes import output_hw
+    top, bottom = top_bottom
+    pads = ((top, bottom), (0, 0))
+    assume(h + top + bottom >= (kh - 1) * dilation_h + 1 and w >= kw)
+    rng = np.random.default_rng(seed)
+    f = 8 + extra
+    x, _, _ = _fenced(rng, (n, h, w, c), np.float64, np.nan)
+    x[...] = rng.standard_normal(x.shape)
+    kernel = rng.standard_normal((kh, kw, c, f))
+    out_shape = (n, *output_hw((h, w), (kh, kw), strides, pads, (dilation_h, 1)), f)
+    grad_out, _, _ = _fenced(rng, out_shape, np.float64, np.nan)
+    grad_out[...] = rng.standard_normal(out_shape)
+    cnnlab.config.set_kernels("numpy")
+
+    def reference(x, grad_out):
+        _, cache = conv.conv2d_forward(x, kernel, None, strides, pads, (dilation_h, 1),
+                                       algorithm="direct")
+        return conv.conv2d_backward(grad_out, cache, need_input_grad=False)[1]
+    cnnlab.config.set_kernels("numba")
+    blocks = -(-f // 8)
+    sums, buffer, start = _fenced(rng, (kh * kw * c, blocks * 8), np.float64, -7.0)
+    sums[...] = 0
+    kernels.implicit_kernel_grad(x, grad_out, kh, kw, strides, dilation_h, top, sums)
+    assert (np.delete(buffer, np.arange(start, start + sums.size)) == -7.0).all()
+    assert not np.isnan(sums).any(), "read outside the input or the output gradient"
+    fast = conv._implicit_kernel_grad(x, grad_out, kernel, strides, pads, (dilation_h, 1))
+    assert np.array_equal(fast.reshape(-1, f)[:, :8], sums[:, :8])
+    scale = reference(np.abs(x), np.abs(grad_out))
+    assert (np.abs(fast - reference(x, grad_out)) <= 1e-12 * scale).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 2), h=st.integers(2, 12),
+       w=st.integers(2, 14), c=st.integers(1, 4), extra=st.integers(0, 20),
+       kh=st.integers(1, 4), kw=st.integers(1, 4),
+       strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(st.tuples(st.integers(0, 1), st.integers(0, 1)),
+                      st.tuples(st.integers(0, 1), st.integers(0, 1))),
+       pool=st.tuples(st.integers(1, 3), st.integers(1, 3)), has_bias=st.booleans(),
+       relu=st.booleans(), ties=st.booleans())
+@example(seed=1, n=2, h=28, w=28, c=1, extra=24, kh=5, kw=5, strides=(1, 1),
+         pads=((0, 0), (0, 0)), pool=(2, 2), has_bias=True, relu=False, ties=False)  # article
+@example(seed=2, n=1, h=25, w=25, c=1, extra=16, kh=3, kw=3, strides=(1, 1),
+         pads=((0, 0), (0, 0)), pool=(2, 2), has_bias=True, relu=True, ties=True)  # face_net
+def test_the_pooled_implicit_gemm_and_its_kernel_gradient_equal_the_reference_in_float64(
+        seed, n, h, w, c, extra, kh, kw, strides, pads, pool, has_bias, relu, ties):
+    """``conv_kernels.implicit_gemm_pooled`` (a convolution of few channels and the max pooling
+    that tiles its output, in one pass) and ``implicit_kernel_grad_pooled`` (its kernel
+    gradient from the pooling's), on any stride, padding, pool and odd size (rows and columns
+    no window reads included), F from 8 to 28: the pooled values to 1e-12 of the sum's terms
+    of the reference (im2col and BLAS, then ``max_pool2d_forward``'s NumPy passes), its
+    winners those of the compiled convolution's output pooled apart (the same sums, so the
+    same ties: with ``ties``, integer inputs make many), and the kernel gradient to 1e-12 of
+    the reference's (the pooling's backward, then ``cols^T @ grad_out``). Inputs sit in
+    buffers of NaN and outputs inside fences: nothing outside them is read or written."""
+    from hypothesis import assume
+
+    from cnnlab.engine import conv, dense_kernels, pool_kernels
+    from cnnlab.engine import conv_kernels as kernels
+    from cnnlab.engine import pool as pooling
+    from cnnlab.engine.shapes import output_hw
+    (top, bottom), (left, right) = pads
+    assume(h + top + bottom >= kh and w + left + right >= kw)
+    ho, wo = output_hw((h, w), (kh, kw), strides, pads, (1, 1))
+    assume(ho >= pool[0] and wo >= pool[1])
+    rng = np.random.default_rng(seed)
+    f = 8 + extra
+
+    def values(shape):
+        return rng.integers(-2, 3, shape).astype(float) if ties else rng.standard_normal(shape)
+    x, _, _ = _fenced(rng, (n, h, w, c), np.float64, np.nan)
+    x[...] = values(x.shape)
+    kernel, bias = values((kh, kw, c, f)), values(f)
+    wide = conv._widened(x, pads[1])                            # as conv.py hands it over
+    panels = dense_kernels.pack(kernel.reshape(-1, f))
+    shape = (n, ho // pool[0], wo // pool[1], f)
+    out, out_buffer, out_start = _fenced(rng, shape, np.float64, -7.0)
+    winner = np.full(shape, 99, np.uint8)
+    kernels.implicit_gemm_pooled(wide, panels, kh, kw, bias, has_bias, relu, strides, (1, 1),
+                                 top, 0, pool[1], np.full((pool[0], wo, f), np.nan), out,
+                                 winner, True)
+    assert (np.delete(out_buffer, np.arange(out_start, out_start + out.size)) == -7.0).all()
+    assert not np.isnan(out).any(), "read outside the input"
+    plain = np.empty((n, ho, wo, f))                   # the compiled convolution, pooled apart
+    kernels.implicit_gemm(wide, panels, kh, kw, bias, has_bias, False, strides, (1, 1), top, 0,
+                          plain)
+    apart, apart_winner = np.empty(shape), np.empty(shape, np.uint8)
+    pool_kernels.max_pool(plain, *pool, *pool, 0, 0, apart, apart_winner, True)
+    np.testing.assert_array_equal(winner, apart_winner)
+    np.testing.assert_array_equal(out, np.maximum(apart, 0) if relu else apart)
+
+    cnnlab.config.set_kernels("numpy")
+
+    def reference(x, kernel, bias, grad_pooled=None):
+        conv_out, cache = conv.conv2d_forward(x, kernel, bias if has_bias else None, strides,
+                                              pads, algorithm="direct")
+        pooled, pool_cache = pooling.max_pool2d_forward(conv_out, pool, pool)
+        if grad_pooled is None:
+            return pooled
+        pool_cache = pool_cache._replace(winner=winner)       # the same windows' winners
+        grad_out = pooling.max_pool2d_backward(grad_pooled, pool_cache)
+        return conv.conv2d_backward(grad_out, cache, need_input_grad=False)[1]
+    scale = reference(np.abs(x), np.abs(kernel), np.abs(bias))
+    expected = reference(x, kernel, bias)
+    expected = np.maximum(expected, 0) if relu else expected
+    assert (np.abs(out - expected) <= 1e-12 * scale).all()
+
+    grad_pooled, _, _ = _fenced(rng, shape, np.float64, np.nan)
+    grad_pooled[...] = rng.standard_normal(shape)
+    blocks = -(-f // 8)
+    sums, sums_buffer, sums_start = _fenced(rng, (kh * kw * c, blocks * 8), np.float64, -7.0)
+    sums[...] = 0
+    kernels.implicit_kernel_grad_pooled(wide, grad_pooled, winner, pool[1], kh, kw, strides, 1,
+                                        top, np.full((pool[0], wo, f), np.nan), sums)
+    assert (np.delete(sums_buffer, np.arange(sums_start, sums_start + sums.size)) == -7.0).all()
+    assert not np.isnan(sums).any(), "read outside the input or the gradient"
+    cnnlab.config.set_kernels("numba")
+    fast = conv._implicit_kernel_grad(x, grad_pooled, kernel, strides, pads, (1, 1),
+                                      pooling.MaxPoolCache(winner, (n, ho, wo, f), pool, pool,
+                                                           ((0, 0), (0, 0)), None))
+    assert np.array_equal(fast.reshape(-1, f)[:, :8], sums[:, :8])
+    cnnlab.config.set_kernels("numpy")
+    exact = reference(x, kernel, bias, grad_pooled)
+    bound = reference(np.abs(x), np.abs(kernel), np.abs(bias), np.abs(grad_pooled))
+    assert (np.abs(fast - exact) <= 1e-12 * bound).all()
 
 
 @settings(max_examples=80, deadline=None)
@@ -1017,34 +1166,47 @@ def test_a_3x3_training_forward_pass_is_left_to_the_cost_model():
     assert not conv._one_pass((2, 12, 12, 32), (5, 5, 32, 64), valid, "all", None)  # 8 tiles
 
 
-def test_convolutions_of_few_channels_skip_im2col_at_inference_only(monkeypatch):
-    """The switch: at inference (no gradients), a convolution of at most
-    ``IMPLICIT_MAX_CHANNELS`` input channels takes the implicit GEMM, padded along the width
-    by a copy; in training, or with more channels, or on the reference, im2col. Each path's
-    output equals PyTorch's in float64."""
+def test_convolutions_of_few_channels_skip_im2col(monkeypatch):
+    """The switch: a convolution of at most ``IMPLICIT_MAX_CHANNELS`` input channels takes the
+    implicit GEMM, padded along the width by a copy, at inference and in training, where its
+    kernel gradient reads the windows the same way (at dilation 1 along the width); with more
+    channels, a dilated width in training, or on the reference, im2col. Each path's output and
+    gradients equal PyTorch's in float64."""
     import torch
 
     from cnnlab.engine import conv
-    calls = _counting(monkeypatch, "conv_kernels", "implicit_gemm")
+    forward = _counting(monkeypatch, "conv_kernels", "implicit_gemm")
+    backward = _counting(monkeypatch, "conv_kernels", "implicit_kernel_grad")
     rng = np.random.default_rng(0)
 
-    def run(channels, gradients, switch="numba"):
+    def run(channels, gradients, switch="numba", dilation=(1, 1)):
         cnnlab.config.set_kernels(switch)
         x = rng.standard_normal((2, 9, 11, channels))
         kernel, bias = rng.standard_normal((3, 3, channels, 20)), rng.standard_normal(20)
-        before = len(calls)
-        out, _ = conv.conv2d_forward(x, kernel, bias, (2, 1), ((1, 1), (1, 1)),
-                                     algorithm="direct", gradients=gradients, relu=True)
-        expected = torch.relu(torch.nn.functional.conv2d(
-            torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(kernel).permute(3, 2, 0, 1),
-            torch.from_numpy(bias), stride=(2, 1), padding=1)).permute(0, 2, 3, 1).numpy()
-        np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
-        return len(calls) - before
+        before = len(forward), len(backward)
+        out, cache = conv.conv2d_forward(x, kernel, bias, (2, 1), ((1, 1), (1, 1)), dilation,
+                                         algorithm="direct", gradients=gradients,
+                                         relu=gradients == "none")
+        tensors = [torch.from_numpy(a).requires_grad_() for a in (x, kernel, bias)]
+        expected = torch.nn.functional.conv2d(
+            tensors[0].permute(0, 3, 1, 2), tensors[1].permute(3, 2, 0, 1), tensors[2],
+            stride=(2, 1), padding=1, dilation=dilation).permute(0, 2, 3, 1)
+        if gradients == "none":
+            expected = torch.relu(expected)
+        np.testing.assert_allclose(out, expected.detach().numpy(), rtol=1e-10, atol=1e-10)
+        if gradients != "none":
+            grad_out = rng.standard_normal(out.shape)
+            expected.backward(torch.from_numpy(grad_out))
+            for got, tensor in zip(conv.conv2d_backward(grad_out, cache), tensors):
+                np.testing.assert_allclose(got, tensor.grad.numpy(), rtol=1e-10, atol=1e-10)
+        return len(forward) - before[0], len(backward) - before[1]
 
-    assert run(conv.IMPLICIT_MAX_CHANNELS, "none") == 1
-    assert run(conv.IMPLICIT_MAX_CHANNELS, "all") == 0
-    assert run(conv.IMPLICIT_MAX_CHANNELS + 1, "none") == 0
-    assert run(3, "none", switch="numpy") == 0
+    assert run(conv.IMPLICIT_MAX_CHANNELS, "none") == (1, 0)
+    assert run(conv.IMPLICIT_MAX_CHANNELS, "all") == (1, 1)
+    assert run(1, "kernel") == (1, 1)
+    assert run(3, "all", dilation=(2, 2)) == (0, 0)
+    assert run(conv.IMPLICIT_MAX_CHANNELS + 1, "all") == (0, 0)
+    assert run(3, "all", switch="numpy") == (0, 0)
 
 
 @settings(max_examples=50, deadline=None)
@@ -1223,7 +1385,7 @@ def test_every_kernel_releases_the_gil():
     kernels = {id(obj): obj for name in names   # one each: a shared helper is imported twice
                for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")}
-    assert len(kernels) == 2 + 1 + 3 + 5 + 1 + 8 + 2 + 1 + 3 + 4 + 4 + 2
+    assert len(kernels) == 2 + 4 + 3 + 5 + 1 + 8 + 2 + 1 + 3 + 4 + 4 + 2
     for kernel in kernels.values():
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 
@@ -1259,4 +1421,4 @@ def test_kernels_stay_in_bounds(tmp_path):
     run = subprocess.run([sys.executable, "-c", BOUNDS_CHECKED_RUN, __file__], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "13 passed" in run.stdout, run.stdout[-2000:]
+    assert "16 passed" in run.stdout, run.stdout[-2000:]

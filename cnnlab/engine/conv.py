@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cnnlab.engine import compiled, fourier, merge, windows, winograd
+from cnnlab.engine import compiled, fourier, merge, pool, windows, winograd
 from cnnlab.engine.arrays import FreeList, array_module, derived, empty, recycled
 from cnnlab.engine.dense import linear, linear_kernels
 from cnnlab.engine.shapes import Pads, output_hw
@@ -236,7 +236,8 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
                    strides: tuple[int, int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
                    dilation: tuple[int, int] = (1, 1), workspace: dict | None = None,
                    algorithm: str | None = None, gradients: str = "all", relu: bool = False,
-                   free: FreeList | None = None, residual: np.ndarray | None = None):
+                   free: FreeList | None = None, residual: np.ndarray | None = None,
+                   max_pool: tuple[int, int] | None = None):
     """``out[n, y, x, f] = bias[f] + sum_{i, j, c} xp[n, y*sh + i*dh, x*sw + j*dw, c] * kernel[i, j, c, f]``,
     then ``+ residual[n, y, x, f]`` if a ``residual`` (N, Ho, Wo, F) is given, then
     ``max(out, 0)`` if ``relu``. Both are inference epilogues (the backward pass takes neither's
@@ -258,12 +259,22 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     Winograd, the im2col and the 1x1 paths (on NumPy's arrays) take their output from, Winograd
     its products and unkept tiles, and the backward pass its stride-1 input gradient; None: new
     arrays.
+
+    ``max_pool``: ``(PH, PW)``, a max pooling of the output with stride = pool and no padding,
+    in the same call (``graph.fusion``'s pooled convolution); the result is then the pooled
+    map ``(N, Ho // PH, Wo // PW, F)``, the ReLU (if asked) comes after the pooling, and the
+    cache is a :class:`PooledCache`. The implicit GEMM pools each row of windows while the rows
+    it read are in cache (``conv_kernels.implicit_gemm_pooled``), so the convolution's output
+    is never written; every other path runs the convolution, then ``pool.max_pool2d_forward``.
     """
     if residual is not None:
         _check_residual(residual, x, kernel, strides, pads, dilation, gradients)
     xp = array_module(x, kernel)
     path = choose(x.shape, kernel.shape, strides, pads, dilation, algorithm,
                   gradients=gradients, dtype=np.result_type(x, kernel)) if xp is np else "direct"
+    if max_pool is not None:
+        return _pooled_forward(path, x, kernel, bias, strides, pads, dilation, workspace,
+                               gradients, relu, free, tuple(max_pool))
     if path == "winograd" and _winograd_takes_residual(x, kernel, residual):
         return _winograd_forward(x, kernel, bias, pads, workspace, relu, gradients, free,
                                  residual)
@@ -272,6 +283,66 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     if residual is not None:
         out, _ = merge.add_forward([out, residual], relu, free)
     return out, cache
+
+
+class PooledCache(NamedTuple):
+    """A convolution whose output a max pooling took in the same call (``max_pool``)."""
+    conv: object                  # the convolution's own cache
+    pool: pool.MaxPoolCache       # the pooling's, over the convolution's output
+
+
+def _pooled_forward(path, x, kernel, bias, strides, pads, dilation, workspace, gradients, relu,
+                    free, max_pool):
+    """:func:`conv2d_forward` by ``path`` with ``max_pool``: in one pass where the implicit GEMM
+    runs, else the convolution, then the pooling (then the ReLU, in place)."""
+    keep = gradients != "none"
+    kh, kw, c, f = kernel.shape
+    n = x.shape[0]
+    ho, wo = output_hw(x.shape[1:3], (kh, kw), strides, pads, dilation)
+    if path == "direct" and _implicit_runs(x, kernel, bias, pads, dilation, keep):
+        dtype = np.result_type(x, kernel)
+        shape = (n, ho // max_pool[0], wo // max_pool[1], f)
+        pooled = empty(shape, dtype, free)                                 # (N, Hp, Wp, F)
+        winner_type = pool.winner_dtype(max_pool)
+        winner = empty(shape, winner_type, free) if keep else np.empty(shape, winner_type)
+        panels = compiled.module("dense_kernels").pack(
+            np.ascontiguousarray(kernel).reshape(kh * kw * c, f))
+        compiled.module("conv_kernels").implicit_gemm_pooled(
+            _widened(x, pads[1], free), panels, kh, kw, panels if bias is None else bias,
+            bias is not None, relu, tuple(strides), tuple(dilation), pads[0][0], 0, max_pool[1],
+            np.empty((max_pool[0], wo, f), dtype), pooled, winner, keep)
+        return pooled, PooledCache(
+            Im2colCache(None, x, kernel, x.shape, strides, pads, dilation, bias is not None,
+                        False, workspace, None, free, implicit=True),
+            pool.MaxPoolCache(winner if keep else None, (n, ho, wo, f), max_pool, max_pool,
+                              ((0, 0), (0, 0)), free))
+    out, cache = _forward(path, x, kernel, bias, strides, pads, dilation, workspace, False,
+                          gradients, free)
+    pooled, pool_cache = pool.max_pool2d_forward(out, max_pool, max_pool, keep_cache=keep,
+                                                 free=free)
+    if relu:
+        array_module(pooled).maximum(pooled, 0, out=pooled)
+    return pooled, PooledCache(cache, pool_cache)
+
+
+def _pooled_backward(grad_pooled, cache: PooledCache, need_input_grad: bool):
+    """:func:`conv2d_backward` of a pooled convolution, from the pooling's gradient
+    ``grad_pooled (N, Hp, Wp, F)``. A first layer (no input gradient) that ran the implicit
+    GEMM takes its kernel gradient straight from it and the winners, a row of windows at a
+    time (``conv_kernels.implicit_kernel_grad_pooled``), and its bias gradient as the sums of
+    ``grad_pooled`` (each window's gradient goes to one output); every other layer has the
+    pooling's backward make the convolution's output gradient, then its own backward."""
+    conv_cache, pool_cache = cache
+    if need_input_grad or not isinstance(conv_cache, Im2colCache) or not conv_cache.implicit \
+            or type(grad_pooled) is not np.ndarray:
+        return conv2d_backward(pool.max_pool2d_backward(grad_pooled, pool_cache), conv_cache,
+                               need_input_grad)
+    kernel = conv_cache.kernel
+    grad_kernel = _implicit_kernel_grad(conv_cache.x, grad_pooled, kernel, conv_cache.strides,
+                                        conv_cache.pads, conv_cache.dilation, pool_cache)
+    grad_bias = column_sums(grad_pooled.reshape(-1, kernel.shape[3])) \
+        if conv_cache.has_bias else None
+    return None, grad_kernel, grad_bias
 
 
 def _check_residual(residual, x, kernel, strides, pads, dilation, gradients) -> None:
@@ -325,23 +396,21 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=No
     (``dense.linear``). Where the compiled GEMM does not run, the bias rides in the GEMM below
     ``FOLD_BIAS_MAX_K`` unless a ReLU follows (then the epilogue's one pass adds it); the
     compiled one adds it to the sums in registers. ``keep_cols=False`` (inference) takes the
-    chunks cache-sized (``INFERENCE_COLS_BYTES``). A NumPy output comes from ``free``
-    (``conv2d_forward``); a CuPy one is always new."""
+    chunks cache-sized (``INFERENCE_COLS_BYTES``). A layer of few input channels takes the
+    implicit GEMM instead (``IMPLICIT_MAX_CHANNELS``), and its cache keeps x, not cols. A
+    NumPy output comes from ``free`` (``conv2d_forward``); a CuPy one is always new."""
     kh, kw, c, f = kernel.shape
     n, h, w, _ = x.shape
     ho, wo = output_hw((h, w), (kh, kw), strides, pads, dilation)
     xp = array_module(x, kernel)
     has_bias = bias is not None
     out_dtype = xp.result_type(x, kernel)
+    if _implicit_runs(x, kernel, bias, pads, dilation, keep_cols):
+        out = _implicit_forward(compiled.module("conv_kernels"), x, kernel, bias, strides, pads,
+                                dilation, relu, (n, ho, wo, f), free)
+        return out, Im2colCache(None, x, kernel, x.shape, strides, pads, dilation, has_bias,
+                                False, workspace, None, free, implicit=True)
     compiled_gemm = linear_kernels(out_dtype, f, x, kernel, bias) is not None
-    if compiled_gemm and not keep_cols and c <= IMPLICIT_MAX_CHANNELS \
-            and min(min(side) for side in pads) >= 0:
-        kernels = compiled.module("conv_kernels", x, kernel)
-        if kernels is not None:
-            out = _implicit_forward(kernels, x, kernel, bias, strides, pads, dilation, relu,
-                                    (n, ho, wo, f), free)
-            return out, Im2colCache(None, x, kernel, x.shape, strides, pads, dilation, has_bias,
-                                    False, workspace, None, free)
     fold = has_bias and kh * kw * c < FOLD_BIAS_MAX_K and not relu and not compiled_gemm
     k = kh * kw * c + fold
     weights = kernel.reshape(kh * kw * c, f)                                  # (KH*KW*C, F)
@@ -367,12 +436,13 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=No
                             fold, workspace, owner, free)
 
 
-#: At inference, a convolution of at most this many input channels (an RGB stem, the
-#: article's first layer) skips im2col for the compiled implicit GEMM
-#: (``conv_kernels.implicit_gemm``), whose windows are read where they lie: im2col's rows of
-#: K = 27 or 25 values cost more to copy than the GEMM takes to use them. 64 images, float32,
-#: bias and ReLU, 1 thread, best of 20 (ms), im2col + GEMM against this: 32 x 32 x 3 -> 16
-#: (ResNet-20's stem) 2.03 / 1.20, -> 32 (mobilenet_small's) 2.55 / 1.86, the article's
+#: A convolution of at most this many input channels (an RGB stem, the article's first layer)
+#: skips im2col for the compiled implicit GEMM (``conv_kernels.implicit_gemm``), whose windows
+#: are read where they lie: at inference, and in training where its kernel gradient reads them
+#: the same way (:func:`_implicit_kernel_grad`). im2col's rows of K = 27 or 25 values cost
+#: more to copy than the GEMM takes to use them. 64 images, float32, bias and ReLU, 1 thread,
+#: best of 20 (ms), im2col + GEMM against this: 32 x 32 x 3 -> 16 (ResNet-20's stem)
+#: 2.03 / 1.20, -> 32 (mobilenet_small's) 2.55 / 1.86, the article's
 #: 28 x 28 x 1 -> 32 (5x5, valid) 1.28 / 0.91. With 16 channels (a stride-2 layer,
 #: 32 x 32 x 16 -> 32) it was slower, 2.39 against 2.60: a tap's run of 16 values is long
 #: enough for im2col's copy.
@@ -385,21 +455,75 @@ def _implicit_forward(kernels, x, kernel, bias, strides, pads, dilation, relu, o
     C <= ``IMPLICIT_MAX_CHANNELS``): every pixel of a row then runs in the GEMM's blocks, and
     only the rows above and below the image are skipped taps. Output from ``free``."""
     kh, kw, c, f = kernel.shape
-    n, h, w, _ = x.shape
-    (top, _), (left, right) = pads
-    if left or right:
-        wide = empty((n, h, w + left + right, c), x.dtype, free)    # (N, H, W + pads, C)
-        wide[:, :, :left] = 0
-        wide[:, :, left + w:] = 0
-        wide[:, :, left:left + w] = x
-        x = wide
     panels = compiled.module("dense_kernels").pack(
         np.ascontiguousarray(kernel).reshape(kh * kw * c, f))
     out = empty(out_shape, x.dtype, free)                             # (N, Ho, Wo, F)
-    kernels.implicit_gemm(np.ascontiguousarray(x), panels, kh, kw,
+    kernels.implicit_gemm(_widened(x, pads[1], free), panels, kh, kw,
                           panels if bias is None else bias, bias is not None, relu,
-                          tuple(strides), tuple(dilation), top, 0, out)
+                          tuple(strides), tuple(dilation), pads[0][0], 0, out)
     return out
+
+
+def _widened(x, left_right, free=None):
+    """``x (N, H, W, C)`` C-contiguous, in a copy padded with zeros along the width
+    (``left_right``: the columns to add on each side) if any; from ``free`` if given."""
+    left, right = left_right
+    if not (left or right):
+        return np.ascontiguousarray(x)
+    n, h, w, c = x.shape
+    wide = empty((n, h, w + left + right, c), x.dtype, free)        # (N, H, W + pads, C)
+    wide[:, :, :left] = 0
+    wide[:, :, left + w:] = 0
+    wide[:, :, left:left + w] = x
+    return wide
+
+
+def _implicit_runs(x, kernel, bias, pads, dilation, training: bool) -> bool:
+    """Whether the direct path takes the implicit GEMM (``IMPLICIT_MAX_CHANNELS``): its
+    kernels on these arrays, no crop, and in ``training`` a kernel gradient that reads the
+    windows the same way (:func:`_implicit_kernel_grad`: dilation 1 along the width, where a
+    kernel row's taps are neighbours)."""
+    f = kernel.shape[3]
+    return kernel.shape[2] <= IMPLICIT_MAX_CHANNELS and min(min(side) for side in pads) >= 0 \
+        and not (training and dilation[1] != 1) \
+        and linear_kernels(array_module(x, kernel).result_type(x, kernel), f, x, kernel,
+                           bias) is not None \
+        and compiled.module("conv_kernels", x, kernel) is not None
+
+
+def _implicit_kernel_grad(x, grad_out, kernel, strides, pads, dilation, pooled=None):
+    """``dkernel (KH, KW, C, F)`` of a convolution that ran the implicit GEMM in training
+    (:func:`_implicit_forward`), by ``conv_kernels.implicit_kernel_grad``: the windows read
+    where they lie, as im2col's rows would hold them (the reference: ``cols^T @ grad_out``).
+    ``pooled``: the ``pool.MaxPoolCache`` of a pooling that took the output (``max_pool``);
+    ``grad_out`` is then the pooling's gradient (``implicit_kernel_grad_pooled``).
+    One core, float32, 64 images, best of 20 (ms), im2col and ``cols^T @ grad_out`` against
+    this: the article's first layer (28 x 28 x 1 -> 32, 5x5, valid) 1.47 / 0.73, ResNet-20's
+    stem (32 x 32 x 3 -> 16) 1.60 / 0.74, mobilenet_small's (-> 32) 2.42 / 1.29. Inside the
+    article's training step (batch 128, two thread shards of 64), its first layer's forward |
+    backward went from 1.61-1.69 | 1.23-1.59 ms to 0.89-0.95 | 0.91-1.24 (two runs each), and
+    the step's median from 18.09-21.55 to 17.60-19.34 ms (6 interleaved pairs of fresh
+    processes, 120 steps each; faster in 5)."""
+    kh, kw, c, f = kernel.shape
+    lanes = compiled.module("conv_kernels").VECTOR_BYTES // grad_out.itemsize
+    blocks = -(-f // lanes)
+    sums = np.zeros((kh * kw * c, blocks * lanes), grad_out.dtype)   # (KH*KW*C, blocks*lanes)
+    kernels = compiled.module("conv_kernels")
+    wide, grad_out = _widened(x.astype(grad_out.dtype, copy=False), pads[1]), \
+        np.ascontiguousarray(grad_out)
+    if pooled is None:
+        kernels.implicit_kernel_grad(wide, grad_out, kh, kw, tuple(strides), dilation[0],
+                                     pads[0][0], sums)
+    else:
+        rows = np.empty((pooled.pool[0], pooled.x_shape[2], f), grad_out.dtype)
+        kernels.implicit_kernel_grad_pooled(wide, grad_out, pooled.winner, pooled.pool[1], kh,
+                                            kw, tuple(strides), dilation[0], pads[0][0], rows,
+                                            sums)
+    # block b holds output columns min(b*lanes, F - lanes) on: each column from its own block
+    columns = np.arange(f)
+    block = np.minimum(columns // lanes, blocks - 1)
+    at = block * lanes + columns - np.minimum(block * lanes, f - lanes)
+    return sums[:, at].reshape(kh, kw, c, f)
 
 
 class Im2colCache(NamedTuple):
@@ -416,6 +540,7 @@ class Im2colCache(NamedTuple):
     workspace: dict | None        # the call site's buffers, for the input gradient's own
     owner: object = None          # cols are valid while the workspace's "cols_owner" is this
     free: FreeList | None = None  # where the input gradient's array comes from, if anywhere
+    implicit: bool = False        # the implicit GEMM ran: the kernel gradient reads x likewise
 
 
 class WinogradCache(NamedTuple):
@@ -718,8 +843,10 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
         return fourier.conv2d_backward(grad_out, cache, need_input_grad)
     if isinstance(cache, WinogradCache):
         return _winograd_backward(grad_out, cache, need_input_grad)
-    cols, x, kernel, x_shape, strides, pads, dilation, has_bias, fold, workspace, owner, free = \
-        cache
+    if isinstance(cache, PooledCache):
+        return _pooled_backward(grad_out, cache, need_input_grad)
+    cols, x, kernel, x_shape, strides, pads, dilation, has_bias, fold, workspace, owner, free, \
+        implicit = cache
     if cols is not None and owner is not None and workspace.get("cols_owner") is not owner:
         cols = None                                    # overwritten since: rebuilt from x
     xp = array_module(grad_out)
@@ -730,6 +857,9 @@ def conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
     # with the ones column, the same product yields the bias gradient as its last row
     if cols is not None:
         grad_weights = transposed_product(cols.reshape(-1, k), grad_rows)        # (K [+ 1], F)
+    elif x is not None and not fold and implicit:
+        grad_weights = _implicit_kernel_grad(x, grad_out, kernel, strides, pads,
+                                             dilation).reshape(k, f)
     else:
         grad_weights = xp.zeros((k, f), dtype=grad_out.dtype)
         buffer = None

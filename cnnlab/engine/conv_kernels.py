@@ -7,6 +7,16 @@ the GEMM and its epilogue, ``dense.linear``):
                                                   * kernel[i, j, c, f]   (0 off the image)
         then max(out, 0) if relu; ``panels``: the kernel as ``(KH*KW*C, F)`` packed by
         ``dense_kernels.pack`` into column blocks of one vector each
+    implicit_kernel_grad(x (N, H, W, C), grad_out (N, Ho, Wo, F), kh, kw, strides,
+                         dilation_h, top, sums (KH*KW*C, blocks * lanes))
+        dkernel[i, j, c, f] = sum_{n, y, x} x[n, y*sh + i*dh - top, x*sw + j, c]
+                                            * grad_out[n, y, x, f]           (its backward)
+        dilation 1 and no padding along the width (``conv.py`` pads a copy); ``sums`` holds
+        one vector of columns per block, the last moved back to end on F's edge
+    implicit_gemm_pooled(..., pool_w, rows, out (N, Hp, Wp, F), winner, track)
+        implicit_gemm, then a max pooling whose windows tile its output, in one pass
+    implicit_kernel_grad_pooled(x, grad_pooled (N, Hp, Wp, F), winner, pool_w, ..., rows, sums)
+        implicit_kernel_grad, its grad_out made from the pooling's gradient row by row
 
 im2col copies every window into a row (KH*KW times the input, written out and read back) for
 a GEMM whose K is small where it is used: 27 for an RGB stem, 25 for the article's first
@@ -18,6 +28,26 @@ go one by one, each with a list of its own taps (``conv.py`` pads the width by a
 so that none do there). The weights' offsets follow the same list,
 so a skipped tap skips its weights too. Values agree with the reference to rounding (sums
 in tap order, fused multiply-adds).
+
+Training needs the kernel gradient too, which the reference takes from im2col's rows (kept
+from the forward pass, or rebuilt): ``cols^T @ grad_out``. Here it reads the windows where
+they lie, as the forward pass does. Along a kernel row at dilation 1 the taps (j, c) are
+``KW*C`` neighbouring values of x, so a block of them against one vector of F is a plain
+GEMM block (``dense_kernels.gemm_block``, adding into the sums): its rows one value apart in
+x, its steps the output row's pixels, ``sw*C`` apart in x and F apart in grad_out. A row of
+KW*C taps takes blocks of ``ROWS`` and one of the rest (1 to ROWS - 1 rows, each its own
+intrinsic). Each output row of grad_out (a few KB) is read once from memory and then from L1
+for every kernel row. The article's first layer (28 x 28 x 1 -> 32, 5x5) now trains with no
+im2col at all, and an RGB stem's kernel gradient takes half the time (``conv.py``'s
+``_implicit_kernel_grad`` has the figures).
+
+Where a max pooling whose windows tile the map follows (``graph.fusion``'s pooled
+convolution: the article's first layer, face_net's), the pooled pair runs a row of windows at
+a time: the forward pass computes the pool-height rows of output that row reads into a
+scratch of a few KB and pools them there, and the kernel gradient makes the same rows of
+grad_out from the pooling's gradient and winners (the winner gets the window's gradient,
+every other cell 0) and reads them from there. The convolution's output and its gradient
+(4.7 MB each for the article's 64 images) never go to memory. Times: ``graph.fusion``.
 """
 
 from __future__ import annotations
@@ -31,6 +61,11 @@ from cnnlab.engine.windows_kernels import inner_columns, tap_pixel
 
 _rows_block = gemm_block(ROWS, gathered=True)
 _one_row = gemm_block(1, gathered=True)
+# the kernel gradient's blocks of taps, by how many rows: a full block and each remainder
+_adding_6 = gemm_block(ROWS, gathered=False, accumulate=True)
+_adding_5, _adding_4, _adding_3, _adding_2, _adding_1 = (
+    gemm_block(rows, gathered=False, accumulate=True) for rows in (5, 4, 3, 2, 1))
+assert ROWS == 6, "the kernel gradient's blocks are written for ROWS = 6"
 
 
 @numba.njit(inline="always")
@@ -51,6 +86,46 @@ def _pixel_taps(n, y, xo, height, width, channels, kh, kw, strides, dilation, to
     return count
 
 
+@numba.njit(inline="always")
+def _output_row(flat_x, panels, n, y, height, width, channels, kh, kw, strides, dilation, top,
+                left, lanes, columns, features, first, end, out_w, a_offsets, b_offsets,
+                flat_bias, has_bias, relu, flat_out, row_at):
+    """Output row ``y`` of image ``n``, its ``out_w`` pixels' ``features`` values written from
+    ``flat_out[row_at]`` on: the pixels outside ``[first, end)`` one by one, those inside in
+    blocks of ``ROWS``."""
+    k = kh * kw * channels
+    for xo in range(out_w):
+        if first <= xo < end:
+            continue
+        count = _pixel_taps(n, y, xo, height, width, channels, kh, kw, strides, dilation, top,
+                            left, lanes, a_offsets, b_offsets)
+        at = row_at + xo * features
+        for block in range(columns):
+            column = min(block * lanes, features - lanes)
+            _one_row(flat_x, 0, 0, a_offsets, panels, block * k * lanes, b_offsets, count,
+                     flat_bias, column, has_bias, relu, flat_out, at + column, features)
+    if first == end:
+        return
+    count = 0                             # the row's taps, from the first pixel's column 0
+    for i in range(kh):
+        iy = y * strides[0] + i * dilation[0] - top
+        if iy < 0 or iy >= height:
+            continue
+        for j in range(kw):
+            for c in range(channels):
+                a_offsets[count] = ((n * height + iy) * width + j * dilation[1]) * channels + c
+                b_offsets[count] = ((i * kw + j) * channels + c) * lanes
+                count += 1
+    for row_block in range(first, end, ROWS):
+        xo = min(row_block, end - ROWS)
+        at = row_at + xo * features
+        for block in range(columns):
+            column = min(block * lanes, features - lanes)
+            _rows_block(flat_x, (xo * strides[1] - left) * channels, strides[1] * channels,
+                        a_offsets, panels, block * k * lanes, b_offsets, count, flat_bias,
+                        column, has_bias, relu, flat_out, at + column, features)
+
+
 @numba.njit(cache=True, nogil=True)
 def implicit_gemm(x, panels, kh, kw, bias, has_bias, relu, strides, dilation, top, left, out):
     """See the module docstring. ``x`` and ``out`` C-contiguous; Wo >= ROWS is not needed (a
@@ -68,37 +143,206 @@ def implicit_gemm(x, panels, kh, kw, bias, has_bias, relu, strides, dilation, to
     first, end = inner_columns(out_w, width, kw, strides[1], dilation[1], left, ROWS)
     for n in range(batch):
         for y in range(out_h):
-            for xo in range(out_w):
-                if first <= xo < end:
-                    continue
-                count = _pixel_taps(n, y, xo, height, width, channels, kh, kw, strides,
-                                    dilation, top, left, lanes, a_offsets, b_offsets)
-                at = ((n * out_h + y) * out_w + xo) * features
-                for block in range(columns):
-                    column = min(block * lanes, features - lanes)
-                    _one_row(flat_x, 0, 0, a_offsets, panels, block * k * lanes, b_offsets,
-                             count, flat_bias, column, has_bias, relu, flat_out, at + column,
-                             features)
-            if first == end:
-                continue
-            count = 0                     # the row's taps, from the first pixel's column 0
-            for i in range(kh):
-                iy = y * strides[0] + i * dilation[0] - top
-                if iy < 0 or iy >= height:
-                    continue
-                for j in range(kw):
-                    for c in range(channels):
-                        a_offsets[count] = ((n * height + iy) * width + j * dilation[1]) \
-                            * channels + c
-                        b_offsets[count] = ((i * kw + j) * channels + c) * lanes
-                        count += 1
-            for row_block in range(first, end, ROWS):
-                xo = min(row_block, end - ROWS)
-                at = ((n * out_h + y) * out_w + xo) * features
-                for block in range(columns):
-                    column = min(block * lanes, features - lanes)
-                    _rows_block(flat_x, (xo * strides[1] - left) * channels,
-                                strides[1] * channels, a_offsets, panels, block * k * lanes,
-                                b_offsets, count, flat_bias, column, has_bias, relu, flat_out,
-                                at + column, features)
+            _output_row(flat_x, panels, n, y, height, width, channels, kh, kw, strides,
+                        dilation, top, left, lanes, columns, features, first, end, out_w,
+                        a_offsets, b_offsets, flat_bias, has_bias, relu, flat_out,
+                        (n * out_h + y) * out_w * features)
     return out
+
+
+@numba.njit(inline="always")
+def _larger(value, best, won, tap):
+    """One tap of a max pooling window, as ``pool_kernels.max_pool`` takes it: the value wins
+    if strictly greater; a NaN makes the maximum NaN without winning."""
+    greater = value > best
+    return (value if greater or value != value else best), (tap if greater else won)
+
+
+@numba.njit(inline="always")
+def _relu(value):
+    return value if value > 0 or value != value else value - value + 0    # -0, negative -> +0
+
+
+@numba.njit(inline="always")
+def _pool_2x2(rows, px, best, won, track, relu):
+    """Window ``px`` of a 2x2 pooling of ``rows (2, Wo, F)`` into ``best`` and ``won`` (F,):
+    each channel's four taps held in registers and compared by selects, so the loop over F
+    vectorises (written into memory tap by tap, it took 0.38 ms of the article's first layer
+    at 64 images; a tap loop with branches, more)."""
+    top, bottom = rows[0], rows[1]
+    column = 2 * px
+    for f in range(best.shape[0]):
+        value, tap = top[column, f], np.uint8(0)
+        value, tap = _larger(top[column + 1, f], value, tap, np.uint8(1))
+        value, tap = _larger(bottom[column, f], value, tap, np.uint8(2))
+        value, tap = _larger(bottom[column + 1, f], value, tap, np.uint8(3))
+        best[f] = _relu(value) if relu else value
+        if track:
+            won[f] = tap
+
+
+@numba.njit(inline="always")
+def _pool_window(rows, pool_h, pool_w, px, best, won, track, relu):
+    """Window ``px`` of any pooling that tiles ``rows (pool_h, Wo, F)``: :func:`_pool_2x2`'s
+    rule, a tap at a time."""
+    best[:] = rows[0, px * pool_w]
+    if track:
+        won[:] = 0
+    for tap in range(1, pool_h * pool_w):
+        row = rows[tap // pool_w, px * pool_w + tap % pool_w]
+        for f in range(best.shape[0]):
+            value, held = _larger(row[f], best[f], won[f], tap)
+            best[f] = value
+            if track:
+                won[f] = held
+    if relu:
+        for f in range(best.shape[0]):
+            best[f] = _relu(best[f])
+
+
+@numba.njit(cache=True, nogil=True)
+def implicit_gemm_pooled(x, panels, kh, kw, bias, has_bias, relu, strides, dilation, top,
+                         left, pool_w, rows, out, winner, track):
+    """:func:`implicit_gemm` followed by a max pooling whose windows tile the output (stride
+    = pool, no padding), without the convolution's output ever leaving cache: the KH_p rows
+    of output a row of windows reads go into ``rows (KH_p, Wo, F)``, and ``out (N, Hp, Wp, F)``
+    gets each window's maximum (then ``max(., 0)`` if ``relu``; windows ``KH_p`` by
+    ``pool_w``), ``winner`` (when ``track``)
+    its first tap ``i*KW_p + j`` that holds it, as ``pool_kernels.max_pool`` gives them: a
+    NaN makes the output NaN without taking the winner. Rows and columns of the convolution
+    no window reads (Ho or Wo not a multiple of the pool) are never computed."""
+    batch, height, width, channels = x.shape
+    _, pooled_h, pooled_w, features = out.shape
+    pool_h, out_w = rows.shape[0], rows.shape[1]
+    lanes = VECTOR_BYTES // x.itemsize
+    k = kh * kw * channels
+    columns = (features + lanes - 1) // lanes
+    if features < lanes or panels.size != columns * k * lanes or rows.shape[2] != features \
+            or pooled_w * pool_w > out_w:
+        raise ValueError("implicit_gemm_pooled takes panels of (KH*KW*C, F), F >= one vector, "
+                         "and rows (pool height, Wo, F)")
+    flat_x, flat_rows = x.reshape(-1), rows.reshape(-1)
+    flat_bias = bias.reshape(-1) if has_bias else flat_rows    # read, never added, if no bias
+    a_offsets, b_offsets = np.empty(k, np.int64), np.empty(k, np.int64)
+    first, end = inner_columns(out_w, width, kw, strides[1], dilation[1], left, ROWS)
+    for n in range(batch):
+        for py in range(pooled_h):
+            for i in range(pool_h):
+                _output_row(flat_x, panels, n, py * pool_h + i, height, width, channels, kh,
+                            kw, strides, dilation, top, left, lanes, columns, features, first,
+                            end, out_w, a_offsets, b_offsets, flat_bias, has_bias, False,
+                            flat_rows, i * out_w * features)
+            for px in range(pooled_w):
+                if pool_h == 2 and pool_w == 2:
+                    _pool_2x2(rows, px, out[n, py, px], winner[n, py, px], track, relu)
+                else:
+                    _pool_window(rows, pool_h, pool_w, px, out[n, py, px], winner[n, py, px],
+                                 track, relu)
+    return out
+
+@numba.njit(inline="always")
+def _add_block(rows, x, x_at, x_step, g, g_at, g_row, steps, sums, sums_at, sums_row):
+    """``sums[sums_at + r*sums_row + e] += sum over t < steps of x[x_at + r + t*x_step] *
+    g[g_at + t*g_row + e]`` for ``r < rows`` (1 to ROWS), ``e`` < one vector."""
+    if rows == 6:
+        _adding_6(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
+                  sums_at, sums_row)
+    elif rows == 5:
+        _adding_5(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
+                  sums_at, sums_row)
+    elif rows == 4:
+        _adding_4(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
+                  sums_at, sums_row)
+    elif rows == 3:
+        _adding_3(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
+                  sums_at, sums_row)
+    elif rows == 2:
+        _adding_2(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
+                  sums_at, sums_row)
+    else:
+        _adding_1(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
+                  sums_at, sums_row)
+
+
+@numba.njit(inline="always")
+def _kernel_grad_row(flat_x, n, y, height, width, channels, kh, kw, strides, dilation_h, top,
+                     flat_g, g_at, features, out_w, flat_sums, row):
+    """Every kernel row's sums (``sums``' rows ``i*KW*C`` on, ``row`` values apart) plus output
+    row ``y`` of image ``n``'s share: its ``out_w`` pixels' gradients from ``flat_g[g_at]`` on,
+    ``features`` apart."""
+    lanes = VECTOR_BYTES // flat_x.itemsize
+    blocks = (features + lanes - 1) // lanes
+    run = kw * channels                       # one kernel row's taps: neighbours in x
+    for i in range(kh):
+        iy = y * strides[0] + i * dilation_h - top
+        if iy < 0 or iy >= height:
+            continue
+        x_at = (n * height + iy) * width * channels
+        for first in range(0, run, ROWS):
+            rows = min(ROWS, run - first)
+            for block in range(blocks):
+                column = min(block * lanes, features - lanes)
+                _add_block(rows, flat_x, x_at + first, strides[1] * channels, flat_g,
+                           g_at + column, features, out_w, flat_sums,
+                           (i * run + first) * row + block * lanes, row)
+
+
+@numba.njit(inline="always")
+def _check_sums(x, kh, kw, features, out_w, strides, sums):
+    lanes = VECTOR_BYTES // x.itemsize
+    blocks = (features + lanes - 1) // lanes
+    if features < lanes or sums.shape[0] != kh * kw * x.shape[3] \
+            or sums.shape[1] != blocks * lanes or (out_w - 1) * strides[1] + kw > x.shape[2]:
+        raise ValueError("the kernel gradient takes sums of (KH*KW*C, whole vectors of F), "
+                         "F >= one vector, and windows inside x's width")
+
+
+@numba.njit(cache=True, nogil=True)
+def implicit_kernel_grad(x, grad_out, kh, kw, strides, dilation_h, top, sums):
+    """See the module docstring: ``sums (KH*KW*C, blocks * lanes)``, zeros on entry, gets
+    column block ``b`` (output columns ``min(b*lanes, F - lanes)`` on) in its columns
+    ``b*lanes`` on. ``x`` is as wide as the windows need (no padding along the width:
+    ``(Wo - 1)*sw + KW <= W``), dilation 1 along it; ``x``, ``grad_out`` C-contiguous."""
+    batch, height, width, channels = x.shape
+    _, out_h, out_w, features = grad_out.shape
+    _check_sums(x, kh, kw, features, out_w, strides, sums)
+    flat_x, flat_g, flat_sums = x.reshape(-1), grad_out.reshape(-1), sums.reshape(-1)
+    for n in range(batch):
+        for y in range(out_h):
+            _kernel_grad_row(flat_x, n, y, height, width, channels, kh, kw, strides,
+                             dilation_h, top, flat_g, (n * out_h + y) * out_w * features,
+                             features, out_w, flat_sums, sums.shape[1])
+    return sums
+
+
+@numba.njit(cache=True, nogil=True)
+def implicit_kernel_grad_pooled(x, grad_pooled, winner, pool_w, kh, kw, strides, dilation_h,
+                                top, rows, sums):
+    """:func:`implicit_kernel_grad` of a convolution whose output a max pooling that tiles it
+    took (``implicit_gemm_pooled``), from the pooling's gradient ``grad_pooled (N, Hp, Wp, F)``
+    and ``winner``: each row of windows' share of the convolution's output gradient is made in
+    ``rows (pool height, Wo, F)`` (the winning tap gets the window's gradient, every other
+    cell 0) and taken from there, so that gradient is never written to memory. Rows of the
+    convolution no window read have no gradient and are skipped."""
+    batch, height, width, channels = x.shape
+    _, pooled_h, pooled_w, features = grad_pooled.shape
+    pool_h, out_w = rows.shape[0], rows.shape[1]
+    _check_sums(x, kh, kw, features, out_w, strides, sums)
+    if rows.shape[2] != features or pooled_w * pool_w > out_w:
+        raise ValueError("implicit_kernel_grad_pooled takes rows (pool height, Wo, F)")
+    flat_x, flat_rows, flat_sums = x.reshape(-1), rows.reshape(-1), sums.reshape(-1)
+    for n in range(batch):
+        for py in range(pooled_h):
+            rows[:, pooled_w * pool_w:] = 0               # columns no window reads
+            for px in range(pooled_w):
+                grad, won = grad_pooled[n, py, px], winner[n, py, px]
+                for i in range(pool_h):
+                    for j in range(pool_w):
+                        target, tap = rows[i, px * pool_w + j], i * pool_w + j
+                        for f in range(features):     # a select for each cell: vectorises
+                            target[f] = grad[f] if won[f] == tap else 0
+            for i in range(pool_h):
+                _kernel_grad_row(flat_x, n, py * pool_h + i, height, width, channels, kh, kw,
+                                 strides, dilation_h, top, flat_rows, i * out_w * features,
+                                 features, out_w, flat_sums, sums.shape[1])
+    return sums

@@ -14,6 +14,8 @@ on CuPy).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from cnnlab.engine import compiled
@@ -32,6 +34,16 @@ def window_tap(xp: np.ndarray, i: int, j: int, strides: tuple[int, int],
 def winner_dtype(pool: tuple[int, int]):
     """The type that holds a tap index 0 .. KH*KW - 1: a byte up to 16x16 windows."""
     return np.uint8 if pool[0] * pool[1] <= 256 else np.int32
+
+
+class MaxPoolCache(NamedTuple):
+    """What :func:`max_pool2d_backward` needs of its forward pass."""
+    winner: np.ndarray | None     # (N, Ho, Wo, C): each window's first maximum's tap i*KW + j
+    x_shape: tuple                # (N, H, W, C)
+    pool: tuple
+    strides: tuple
+    pads: Pads
+    free: FreeList | None         # where the compiled backward takes its gradient from
 
 
 def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int, int],
@@ -58,7 +70,8 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
             else np.empty(best.shape, winner_dtype(pool))   # never touched: no pages faulted
         kernels.max_pool(np.ascontiguousarray(x), *pool, *strides, pads[0][0], pads[1][0], best,
                          winner, keep_cache)
-        return best, (winner if keep_cache else None, x.shape, pool, strides, pads, free)
+        return best, MaxPoolCache(winner if keep_cache else None, x.shape, pool, strides, pads,
+                                  free)
     xp = pad_images(x, pads, value=-np.inf)                                 # (N, Hp, Wp, C)
     module = array_module(x)
     best = window_tap(xp, 0, 0, strides, out_hw).copy()                     # (N, Ho, Wo, C)
@@ -72,7 +85,7 @@ def max_pool2d_forward(x: np.ndarray, pool: tuple[int, int], strides: tuple[int,
             better = (candidate > best).view(np.uint8)
             module.maximum(winner, better * winner.dtype.type(tap), out=winner)
         module.maximum(best, candidate, out=best)
-    return best, (winner, x.shape, pool, strides, pads, None)
+    return best, MaxPoolCache(winner, x.shape, pool, strides, pads, None)
 
 
 def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:

@@ -74,6 +74,11 @@ def _add(total: dict, key, grad: np.ndarray) -> None:
         total[key] = held + grad
 
 
+#: the cache of a node whose op ran inside the node before it (``forward``'s ``pools``): its
+#: output is its input's value, so its gradient is its input's
+PASSED_ON = "passed on"
+
+
 def _node_backward(node, cache, grads: dict, params: dict, needed, wanted_ids) -> None:
     """One node's backward pass: its output gradients taken from ``grads``, its input gradients
     added into ``grads`` and its parameters' into ``params``. A function of its own, so that no
@@ -81,6 +86,10 @@ def _node_backward(node, cache, grads: dict, params: dict, needed, wanted_ids) -
     outs = [grads.get(id(t)) if id(t) in wanted_ids else grads.pop(id(t), None)
             for t in node.outputs]
     if all(g is None for g in outs):
+        return
+    if cache is PASSED_ON:
+        if id(node.inbound[0]) in needed:
+            _add(grads, id(node.inbound[0]), outs[0])
         return
     layer = node.layer
     input_grad = any(id(t) in needed for t in node.inbound)
@@ -146,17 +155,20 @@ def plan_steps(nodes, outputs) -> list[Step]:
 
 def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict | None = None,
             keep_values: bool = False, folds: dict | None = None,
-            joins: dict | None = None) -> tuple[list[np.ndarray], Tape]:
+            joins: dict | None = None, pools: dict | None = None) -> tuple[list[np.ndarray], Tape]:
     """Run every node of ``graph`` in topological order on ``inputs`` (one array per graph
     input). Values no later node needs are dropped at once unless ``keep_values``. ``folds``
     (inference only, ``fusion.batch_norm_folds``): {op node: BatchNormalization node} whose BN
     runs inside the op's weights; the BN node passes its input on. ``joins`` (inference only,
     ``fusion.residual_joins``): {op node: Join} whose Add the op runs in its last pass; the Add
-    node passes the op's result on."""
+    node passes the op's result on. ``pools`` (``fusion.pooled_convs``): {conv node: max pool
+    node} whose pooling the conv runs; the pool node passes the pooled map on, and in a
+    backward pass its gradient back (:data:`PASSED_ON`)."""
     activations = activations or {}
-    folds, joins = folds or {}, joins or {}
+    folds, joins, pools = folds or {}, joins or {}, pools or {}
     folded = {id(bn) for bn in folds.values()}
     passed_on = {id(join.add): id(join.joined) for join in joins.values()}
+    passed_on.update((id(pool), id(conv.outputs[0])) for conv, pool in pools.items())
     for tensor, x in zip(graph.inputs, inputs):
         if x.shape[1:] != tensor.shape[1:]:
             raise ShapeError(f"Model {graph.name!r}: input {tensor.name!r} expects (N, "
@@ -178,20 +190,23 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
         ctx.training = outer_training if step.training is None else step.training
         if id(step.node) in folded:                     # already applied by the op before it
             out, cache = args[0], None
-        elif id(step.node) in passed_on:                # the op before it added its inputs
-            out, cache = values[passed_on[id(step.node)]], None
+        elif id(step.node) in passed_on:     # the op before it added its inputs, or pooled
+            out, cache = values[passed_on[id(step.node)]], PASSED_ON
         else:
             if needed is not None and outer_gradients != "none":
                 ctx.gradients = "all" if any(key in needed for key in step.reads) else "kernel"
-            bn, join = folds.get(step.node), joins.get(step.node)
+            bn, join, pool = folds.get(step.node), joins.get(step.node), pools.get(step.node)
             ctx.output_affine = None if bn is None else bn.layer.inference_affine(
                 bn.outputs[0].shape[-1], args[0].dtype)
             ctx.output_residual = None if join is None else values[id(join.residual)]
             activation = activations.get(step.node if bn is None else bn)
             if join is not None:
                 activation = activations.get(join.add, join.add.layer.activation)
+            if pool is not None:
+                ctx.output_pool = pool.layer.pool_size
+                activation = activations.get(pool, pool.layer.activation)
             out, cache = step.layer.forward(args[0] if step.one_input else args, ctx, activation)
-            ctx.output_affine = ctx.output_residual = None
+            ctx.output_affine = ctx.output_residual = ctx.output_pool = None
         if len(step.writes) == 1:
             values[step.writes[0]] = out
         else:

@@ -153,6 +153,9 @@ class Layer:
     #: adds ``ctx.output_residual`` to its output in its own last pass, before its activation
     #: (``graph.fusion``'s residual join: Conv2D)
     folds_output_residual = False
+    #: takes ``ctx.output_pool``, the max pooling after it, into its own call, and returns the
+    #: pooled map (``graph.fusion``'s pooled convolution: Conv2D)
+    folds_output_pool = False
     #: the core op's output is a fresh array nothing else holds (not its input, not its cache),
     #: so a ReLU after it may overwrite it in place (``graph.fusion``'s BatchNorm + ReLU)
     fresh_output = False

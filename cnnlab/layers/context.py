@@ -88,6 +88,9 @@ class CallContext:
     ``output_residual`` an array of the output's shape that a layer able to
                         (``folds_output_residual``) adds to its output before its activation:
                         the other input of the Add after it (``graph.fusion``'s residual join)
+    ``output_pool``     ``(PH, PW)``: a layer able to (``folds_output_pool``) runs the max
+                        pooling after it (stride = pool, no padding) in its own call and returns
+                        the pooled map (``graph.fusion``'s pooled convolution)
     """
 
     def __init__(self, training: bool = False, keep_cache: bool | None = None,
@@ -100,6 +103,7 @@ class CallContext:
         self.state_updates: list[tuple[Variable, np.ndarray]] = []
         self.output_affine: tuple[np.ndarray, np.ndarray] | None = None
         self.output_residual: np.ndarray | None = None
+        self.output_pool: tuple[int, int] | None = None
         self.gradients = "all" if self.keep_cache else "none"
         self._batch_sum = batch_sum
         self._generators = generators

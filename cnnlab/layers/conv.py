@@ -42,6 +42,7 @@ class Conv2D(Layer):
     input_rank = 4
     folds_output_affine = True
     folds_output_residual = True
+    folds_output_pool = True
     fresh_output = True                      # every path writes a new output array
 
     def __init__(self, filters: int, kernel_size, strides=(1, 1), padding="valid",
@@ -95,7 +96,7 @@ class Conv2D(Layer):
         return conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
                               self.dilation_rate, ctx.workspace, gradients=ctx.gradients,
                               relu=activation == "relu", free=ctx.free_list,
-                              residual=ctx.output_residual)
+                              residual=ctx.output_residual, max_pool=ctx.output_pool)
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache, input_grad)
@@ -133,6 +134,7 @@ class DepthwiseConv2D(Conv2D):
     """
 
     folds_output_residual = False          # its op has no residual epilogue
+    folds_output_pool = False              # nor a pooled one
 
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier: int = 1,
                  dilation_rate=(1, 1), activation=None, use_bias: bool = True,
@@ -196,6 +198,7 @@ class SeparableConv2D(Conv2D):
 
     folds_output_affine = False            # its output comes from the pointwise step
     folds_output_residual = False
+    folds_output_pool = False
 
     def __init__(self, filters: int, kernel_size, strides=(1, 1), padding="valid",
                  depth_multiplier: int = 1, dilation_rate=(1, 1), activation=None,

@@ -90,7 +90,8 @@ def _shard_pass(model, xs, ys, ctx, share, want_grads):
     if not ctx.training and not ctx.keep_cache:                 # inference: no backward pass
         folds = fusion.batch_norm_folds(model, activations)
         joins = fusion.residual_joins(model, activations, folds)
-    outputs, tape = execute.forward(model, xs, ctx, activations, folds=folds, joins=joins)
+    outputs, tape = execute.forward(model, xs, ctx, activations, folds=folds, joins=joins,
+                                    pools=fusion.pooled_convs(model, activations))
     losses, output_grads = _losses(model, outputs, ys, as_logits, share, want_grads)
     grads = execute.backward(model, tape, output_grads).params if want_grads else {}
     return losses, outputs, grads
@@ -235,11 +236,12 @@ def _predict_batch(model, xs):
     activations, _ = fusion.plan(model)
     folds = fusion.batch_norm_folds(model, activations)
     joins = fusion.residual_joins(model, activations, folds)
+    pools = fusion.pooled_convs(model, activations)
     xs, _, parts, _ = _on_model_device(model, xs, [])
 
     def run(inputs):
         return execute.forward(model, inputs, _context(model, False), activations,
-                               folds=folds, joins=joins)[0]
+                               folds=folds, joins=joins, pools=pools)[0]
 
     if parts is None:
         return [arrays.to_host(output) for output in run(xs)]
