@@ -611,6 +611,13 @@ def _counting(monkeypatch, module: str, name: str) -> list:
     return calls
 
 
+def _fenced_copy(rng, values):
+    """``values`` copied into a buffer of NaN (:func:`_fenced`)."""
+    copy, _, _ = _fenced(rng, values.shape, values.dtype, np.nan)
+    copy[...] = values
+    return copy
+
+
 def _fenced(rng, shape, dtype, fence):
     """A C-contiguous array of ``shape`` inside a flat buffer whose other cells hold ``fence``:
     a kernel that reads past its edges takes a NaN in, one that writes past them changes the
@@ -755,8 +762,8 @@ def test_the_implicit_kernel_gradient_kernels_equal_the_reference_in_float64(
     by the implicit GEMM) on any stride, height dilation and padding, F from 8 to 28 (whole
     vectors of float64 or not), against the reference (im2col, then ``cols^T @ grad_out``) to
     1e-12 of the sum's terms. Its inputs sit in buffers of NaN and its sums inside a fence: it
-    reads and writes nothing outside them. ``x`` comes as wide as its windows, as
-    ``conv._widened`` makes it."""
+    reads and writes nothing outside them. ``x`` comes as ``conv.kernel_grad_input`` pads it
+    for the taps past a kernel row's last block."""
     from hypothesis import assume
 
     from cnnlab.engine import conv
@@ -767,8 +774,7 @@ def test_the_implicit_kernel_gradient_kernels_equal_the_reference_in_float64(
     assume(h + top + bottom >= (kh - 1) * dilation_h + 1 and w >= kw)
     rng = np.random.default_rng(seed)
     f = 8 + extra
-    x, _, _ = _fenced(rng, (n, h, w, c), np.float64, np.nan)
-    x[...] = rng.standard_normal(x.shape)
+    x = rng.standard_normal((n, h, w, c))
     kernel = rng.standard_normal((kh, kw, c, f))
     out_shape = (n, *output_hw((h, w), (kh, kw), strides, pads, (dilation_h, 1)), f)
     grad_out, _, _ = _fenced(rng, out_shape, np.float64, np.nan)
@@ -780,14 +786,16 @@ def test_the_implicit_kernel_gradient_kernels_equal_the_reference_in_float64(
                                        algorithm="direct")
         return conv.conv2d_backward(grad_out, cache, need_input_grad=False)[1]
     cnnlab.config.set_kernels("numba")
-    blocks = -(-f // 8)
-    sums, buffer, start = _fenced(rng, (kh * kw * c, blocks * 8), np.float64, -7.0)
+    wide = _fenced_copy(rng, conv.kernel_grad_input(x, kw, pads))
+    run, blocks = kernels.taps_padded(kw, c), -(-f // 8)
+    sums, buffer, start = _fenced(rng, (kh * run, blocks * 8), np.float64, -7.0)
     sums[...] = 0
-    kernels.implicit_kernel_grad(x, grad_out, kh, kw, strides, dilation_h, top, sums)
+    kernels.implicit_kernel_grad(wide, grad_out, kh, kw, strides, dilation_h, top, sums)
     assert (np.delete(buffer, np.arange(start, start + sums.size)) == -7.0).all()
     assert not np.isnan(sums).any(), "read outside the input or the output gradient"
     fast = conv._implicit_kernel_grad(x, grad_out, kernel, strides, pads, (dilation_h, 1))
-    assert np.array_equal(fast.reshape(-1, f)[:, :8], sums[:, :8])
+    assert np.array_equal(fast.reshape(-1, f)[:, :8],
+                          sums.reshape(kh, run, -1)[:, :kw * c, :8].reshape(-1, 8))
     scale = reference(np.abs(x), np.abs(grad_out))
     assert (np.abs(fast - reference(x, grad_out)) <= 1e-12 * scale).all()
 
@@ -851,6 +859,8 @@ def test_the_pooled_implicit_gemm_and_its_kernel_gradient_equal_the_reference_in
     pool_kernels.max_pool(plain, *pool, *pool, 0, 0, apart, apart_winner, True)
     np.testing.assert_array_equal(winner, apart_winner)
     np.testing.assert_array_equal(out, np.maximum(apart, 0) if relu else apart)
+    cnnlab.config.set_kernels("numba")
+    wide_for_grad = _fenced_copy(rng, conv.kernel_grad_input(x, kw, pads))
 
     cnnlab.config.set_kernels("numpy")
 
@@ -870,18 +880,19 @@ def test_the_pooled_implicit_gemm_and_its_kernel_gradient_equal_the_reference_in
 
     grad_pooled, _, _ = _fenced(rng, shape, np.float64, np.nan)
     grad_pooled[...] = rng.standard_normal(shape)
-    blocks = -(-f // 8)
-    sums, sums_buffer, sums_start = _fenced(rng, (kh * kw * c, blocks * 8), np.float64, -7.0)
+    run, blocks = kernels.taps_padded(kw, c), -(-f // 8)
+    sums, sums_buffer, sums_start = _fenced(rng, (kh * run, blocks * 8), np.float64, -7.0)
     sums[...] = 0
-    kernels.implicit_kernel_grad_pooled(wide, grad_pooled, winner, pool[1], kh, kw, strides, 1,
-                                        top, np.full((pool[0], wo, f), np.nan), sums)
+    kernels.implicit_kernel_grad_pooled(wide_for_grad, grad_pooled, winner, pool[1], kh, kw,
+                                        strides, 1, top, np.full((pool[0], wo, f), np.nan), sums)
     assert (np.delete(sums_buffer, np.arange(sums_start, sums_start + sums.size)) == -7.0).all()
     assert not np.isnan(sums).any(), "read outside the input or the gradient"
     cnnlab.config.set_kernels("numba")
     fast = conv._implicit_kernel_grad(x, grad_pooled, kernel, strides, pads, (1, 1),
                                       pooling.MaxPoolCache(winner, (n, ho, wo, f), pool, pool,
                                                            ((0, 0), (0, 0)), None))
-    assert np.array_equal(fast.reshape(-1, f)[:, :8], sums[:, :8])
+    assert np.array_equal(fast.reshape(-1, f)[:, :8],
+                          sums.reshape(kh, run, -1)[:, :kw * c, :8].reshape(-1, 8))
     cnnlab.config.set_kernels("numpy")
     exact = reference(x, kernel, bias, grad_pooled)
     bound = reference(np.abs(x), np.abs(kernel), np.abs(bias), np.abs(grad_pooled))

@@ -505,11 +505,11 @@ def _implicit_kernel_grad(x, grad_out, kernel, strides, pads, dilation, pooled=N
     the step's median from 18.09-21.55 to 17.60-19.34 ms (6 interleaved pairs of fresh
     processes, 120 steps each; faster in 5)."""
     kh, kw, c, f = kernel.shape
-    lanes = compiled.module("conv_kernels").VECTOR_BYTES // grad_out.itemsize
-    blocks = -(-f // lanes)
-    sums = np.zeros((kh * kw * c, blocks * lanes), grad_out.dtype)   # (KH*KW*C, blocks*lanes)
     kernels = compiled.module("conv_kernels")
-    wide, grad_out = _widened(x.astype(grad_out.dtype, copy=False), pads[1]), \
+    lanes, run = kernels.VECTOR_BYTES // grad_out.itemsize, kernels.taps_padded(kw, c)
+    blocks = -(-f // lanes)
+    sums = np.zeros((kh * run, blocks * lanes), grad_out.dtype)    # (KH * run, blocks*lanes)
+    wide, grad_out = kernel_grad_input(x.astype(grad_out.dtype, copy=False), kw, pads), \
         np.ascontiguousarray(grad_out)
     if pooled is None:
         kernels.implicit_kernel_grad(wide, grad_out, kh, kw, tuple(strides), dilation[0],
@@ -519,11 +519,21 @@ def _implicit_kernel_grad(x, grad_out, kernel, strides, pads, dilation, pooled=N
         kernels.implicit_kernel_grad_pooled(wide, grad_out, pooled.winner, pooled.pool[1], kh,
                                             kw, tuple(strides), dilation[0], pads[0][0], rows,
                                             sums)
-    # block b holds output columns min(b*lanes, F - lanes) on: each column from its own block
+    # each kernel row's first KW*C taps; column block b holds output columns
+    # min(b*lanes, F - lanes) on: each column from its own block
     columns = np.arange(f)
     block = np.minimum(columns // lanes, blocks - 1)
     at = block * lanes + columns - np.minimum(block * lanes, f - lanes)
-    return sums[:, at].reshape(kh, kw, c, f)
+    return sums.reshape(kh, run, -1)[:, :kw * c][..., at].reshape(kh, kw, c, f)
+
+
+def kernel_grad_input(x, kw: int, pads: Pads):
+    """``x (N, H, W, C)`` as the kernel gradient's kernels read it: padded along the width
+    with zeros by the layer's padding, and on the right by enough columns more for a kernel
+    row's padded taps (``conv_kernels.taps_padded``) past the last window. Kernels on."""
+    c = x.shape[3]
+    extra = -(-(compiled.module("conv_kernels").taps_padded(kw, c) - kw * c) // c)
+    return _widened(x, (pads[1][0], pads[1][1] + extra))
 
 
 class Im2colCache(NamedTuple):

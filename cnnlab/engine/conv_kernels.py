@@ -34,12 +34,13 @@ from the forward pass, or rebuilt): ``cols^T @ grad_out``. Here it reads the win
 they lie, as the forward pass does. Along a kernel row at dilation 1 the taps (j, c) are
 ``KW*C`` neighbouring values of x, so a block of them against one vector of F is a plain
 GEMM block (``dense_kernels.gemm_block``, adding into the sums): its rows one value apart in
-x, its steps the output row's pixels, ``sw*C`` apart in x and F apart in grad_out. A row of
-KW*C taps takes blocks of ``ROWS`` and one of the rest (1 to ROWS - 1 rows, each its own
-intrinsic). Each output row of grad_out (a few KB) is read once from memory and then from L1
-for every kernel row. The article's first layer (28 x 28 x 1 -> 32, 5x5) now trains with no
-im2col at all, and an RGB stem's kernel gradient takes half the time (``conv.py``'s
-``_implicit_kernel_grad`` has the figures).
+x, its steps the output row's pixels, ``sw*C`` apart in x and F apart in grad_out. A kernel
+row's taps go in whole blocks of ``ROWS``, the last reading on past them into zeros that
+``conv.py`` pads x's width with, its extra sums dropped (``taps_padded``): one intrinsic,
+where a block for each remainder took five more. Each output row of grad_out (a few KB) is
+read once from memory and then from L1 for every kernel row. The article's first layer
+(28 x 28 x 1 -> 32, 5x5) now trains with no im2col at all, and an RGB stem's kernel gradient
+takes half the time (``conv.py``'s ``_implicit_kernel_grad`` has the figures).
 
 Where a max pooling whose windows tile the map follows (``graph.fusion``'s pooled
 convolution: the article's first layer, face_net's), the pooled pair runs a row of windows at
@@ -61,11 +62,7 @@ from cnnlab.engine.windows_kernels import inner_columns, tap_pixel
 
 _rows_block = gemm_block(ROWS, gathered=True)
 _one_row = gemm_block(1, gathered=True)
-# the kernel gradient's blocks of taps, by how many rows: a full block and each remainder
-_adding_6 = gemm_block(ROWS, gathered=False, accumulate=True)
-_adding_5, _adding_4, _adding_3, _adding_2, _adding_1 = (
-    gemm_block(rows, gathered=False, accumulate=True) for rows in (5, 4, 3, 2, 1))
-assert ROWS == 6, "the kernel gradient's blocks are written for ROWS = 6"
+_adding_block = gemm_block(ROWS, gathered=False, accumulate=True)   # the kernel gradient's
 
 
 @numba.njit(inline="always")
@@ -126,21 +123,29 @@ def _output_row(flat_x, panels, n, y, height, width, channels, kh, kw, strides, 
                         column, has_bias, relu, flat_out, at + column, features)
 
 
+@numba.njit(inline="always")
+def _rows_setup(x, panels, kh, kw, features, out_w, strides, dilation, left):
+    """What :func:`_output_row` needs of a call, worked out once: the lanes of a vector, the
+    column blocks, the taps' offset lists and the output columns that go in blocks."""
+    lanes = VECTOR_BYTES // x.itemsize
+    k = kh * kw * x.shape[3]
+    columns = (features + lanes - 1) // lanes
+    if features < lanes or panels.size != columns * k * lanes:
+        raise ValueError("the implicit GEMM takes panels of (KH*KW*C, F), F >= one vector")
+    first, end = inner_columns(out_w, x.shape[2], kw, strides[1], dilation[1], left, ROWS)
+    return lanes, columns, np.empty(k, np.int64), np.empty(k, np.int64), first, end
+
+
 @numba.njit(cache=True, nogil=True)
 def implicit_gemm(x, panels, kh, kw, bias, has_bias, relu, strides, dilation, top, left, out):
     """See the module docstring. ``x`` and ``out`` C-contiguous; Wo >= ROWS is not needed (a
     row too short for one block goes pixel by pixel), F >= one vector is."""
     batch, height, width, channels = x.shape
     _, out_h, out_w, features = out.shape
-    lanes = VECTOR_BYTES // x.itemsize
-    k = kh * kw * channels
-    columns = (features + lanes - 1) // lanes
-    if features < lanes or panels.size != columns * k * lanes:
-        raise ValueError("implicit_gemm takes panels of (KH*KW*C, F), F >= one vector")
+    lanes, columns, a_offsets, b_offsets, first, end = _rows_setup(
+        x, panels, kh, kw, features, out_w, strides, dilation, left)
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
     flat_bias = bias.reshape(-1) if has_bias else flat_out     # read, never added, if no bias
-    a_offsets, b_offsets = np.empty(k, np.int64), np.empty(k, np.int64)
-    first, end = inner_columns(out_w, width, kw, strides[1], dilation[1], left, ROWS)
     for n in range(batch):
         for y in range(out_h):
             _output_row(flat_x, panels, n, y, height, width, channels, kh, kw, strides,
@@ -214,17 +219,12 @@ def implicit_gemm_pooled(x, panels, kh, kw, bias, has_bias, relu, strides, dilat
     batch, height, width, channels = x.shape
     _, pooled_h, pooled_w, features = out.shape
     pool_h, out_w = rows.shape[0], rows.shape[1]
-    lanes = VECTOR_BYTES // x.itemsize
-    k = kh * kw * channels
-    columns = (features + lanes - 1) // lanes
-    if features < lanes or panels.size != columns * k * lanes or rows.shape[2] != features \
-            or pooled_w * pool_w > out_w:
-        raise ValueError("implicit_gemm_pooled takes panels of (KH*KW*C, F), F >= one vector, "
-                         "and rows (pool height, Wo, F)")
+    if rows.shape[2] != features or pooled_w * pool_w > out_w:
+        raise ValueError("implicit_gemm_pooled takes rows (pool height, Wo, F)")
+    lanes, columns, a_offsets, b_offsets, first, end = _rows_setup(
+        x, panels, kh, kw, features, out_w, strides, dilation, left)
     flat_x, flat_rows = x.reshape(-1), rows.reshape(-1)
     flat_bias = bias.reshape(-1) if has_bias else flat_rows    # read, never added, if no bias
-    a_offsets, b_offsets = np.empty(k, np.int64), np.empty(k, np.int64)
-    first, end = inner_columns(out_w, width, kw, strides[1], dilation[1], left, ROWS)
     for n in range(batch):
         for py in range(pooled_h):
             for i in range(pool_h):
@@ -240,69 +240,55 @@ def implicit_gemm_pooled(x, panels, kh, kw, bias, has_bias, relu, strides, dilat
                                  track, relu)
     return out
 
-@numba.njit(inline="always")
-def _add_block(rows, x, x_at, x_step, g, g_at, g_row, steps, sums, sums_at, sums_row):
-    """``sums[sums_at + r*sums_row + e] += sum over t < steps of x[x_at + r + t*x_step] *
-    g[g_at + t*g_row + e]`` for ``r < rows`` (1 to ROWS), ``e`` < one vector."""
-    if rows == 6:
-        _adding_6(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
-                  sums_at, sums_row)
-    elif rows == 5:
-        _adding_5(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
-                  sums_at, sums_row)
-    elif rows == 4:
-        _adding_4(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
-                  sums_at, sums_row)
-    elif rows == 3:
-        _adding_3(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
-                  sums_at, sums_row)
-    elif rows == 2:
-        _adding_2(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
-                  sums_at, sums_row)
-    else:
-        _adding_1(x, x_at, 1, x_step, g, g_at, g_row, steps, sums, 0, False, False, sums,
-                  sums_at, sums_row)
+
+def taps_padded(kw: int, channels: int) -> int:
+    """The taps of one kernel row (``KW*C``) rounded up to whole blocks of ``ROWS``: the rows
+    of the kernel gradient's sums each kernel row gets (the kernels read and sum the taps past
+    ``KW*C`` too, from the zeros ``conv.py`` pads x's width with, and its caller drops them)."""
+    return -(-kw * channels // ROWS) * ROWS
 
 
 @numba.njit(inline="always")
 def _kernel_grad_row(flat_x, n, y, height, width, channels, kh, kw, strides, dilation_h, top,
                      flat_g, g_at, features, out_w, flat_sums, row):
-    """Every kernel row's sums (``sums``' rows ``i*KW*C`` on, ``row`` values apart) plus output
-    row ``y`` of image ``n``'s share: its ``out_w`` pixels' gradients from ``flat_g[g_at]`` on,
-    ``features`` apart."""
+    """Every kernel row's sums (``sums``' rows ``i*run`` on, ``row`` values apart, ``run`` the
+    padded taps of a kernel row) plus output row ``y`` of image ``n``'s share: its ``out_w``
+    pixels' gradients from ``flat_g[g_at]`` on, ``features`` apart."""
     lanes = VECTOR_BYTES // flat_x.itemsize
     blocks = (features + lanes - 1) // lanes
-    run = kw * channels                       # one kernel row's taps: neighbours in x
+    run = (kw * channels + ROWS - 1) // ROWS * ROWS          # taps_padded: neighbours in x
     for i in range(kh):
         iy = y * strides[0] + i * dilation_h - top
         if iy < 0 or iy >= height:
             continue
         x_at = (n * height + iy) * width * channels
         for first in range(0, run, ROWS):
-            rows = min(ROWS, run - first)
             for block in range(blocks):
                 column = min(block * lanes, features - lanes)
-                _add_block(rows, flat_x, x_at + first, strides[1] * channels, flat_g,
-                           g_at + column, features, out_w, flat_sums,
-                           (i * run + first) * row + block * lanes, row)
+                _adding_block(flat_x, x_at + first, 1, strides[1] * channels, flat_g,
+                              g_at + column, features, out_w, flat_sums, 0, False, False,
+                              flat_sums, (i * run + first) * row + block * lanes, row)
 
 
 @numba.njit(inline="always")
 def _check_sums(x, kh, kw, features, out_w, strides, sums):
     lanes = VECTOR_BYTES // x.itemsize
     blocks = (features + lanes - 1) // lanes
-    if features < lanes or sums.shape[0] != kh * kw * x.shape[3] \
-            or sums.shape[1] != blocks * lanes or (out_w - 1) * strides[1] + kw > x.shape[2]:
-        raise ValueError("the kernel gradient takes sums of (KH*KW*C, whole vectors of F), "
-                         "F >= one vector, and windows inside x's width")
+    channels = x.shape[3]
+    run = (kw * channels + ROWS - 1) // ROWS * ROWS
+    if features < lanes or sums.shape[0] != kh * run or sums.shape[1] != blocks * lanes \
+            or (out_w - 1) * strides[1] * channels + run > x.shape[2] * channels:
+        raise ValueError("the kernel gradient takes sums of (KH * taps_padded, whole vectors "
+                         "of F), F >= one vector, and x as wide as its windows' padded taps")
 
 
 @numba.njit(cache=True, nogil=True)
 def implicit_kernel_grad(x, grad_out, kh, kw, strides, dilation_h, top, sums):
-    """See the module docstring: ``sums (KH*KW*C, blocks * lanes)``, zeros on entry, gets
-    column block ``b`` (output columns ``min(b*lanes, F - lanes)`` on) in its columns
-    ``b*lanes`` on. ``x`` is as wide as the windows need (no padding along the width:
-    ``(Wo - 1)*sw + KW <= W``), dilation 1 along it; ``x``, ``grad_out`` C-contiguous."""
+    """See the module docstring: ``sums (KH * taps_padded, blocks * lanes)``, zeros on entry,
+    gets kernel row ``i``'s tap ``t`` in row ``i * taps_padded + t``, and column block ``b``
+    (output columns ``min(b*lanes, F - lanes)`` on) in its columns ``b*lanes`` on. ``x`` is
+    as wide as the windows' padded taps read (no padding along the width: ``(Wo - 1)*sw*C +
+    taps_padded <= W*C``), dilation 1 along it; ``x``, ``grad_out`` C-contiguous."""
     batch, height, width, channels = x.shape
     _, out_h, out_w, features = grad_out.shape
     _check_sums(x, kh, kw, features, out_w, strides, sums)
