@@ -263,9 +263,10 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     ``max_pool``: ``(PH, PW)``, a max pooling of the output with stride = pool and no padding,
     in the same call (``graph.fusion``'s pooled convolution); the result is then the pooled
     map ``(N, Ho // PH, Wo // PW, F)``, the ReLU (if asked) comes after the pooling, and the
-    cache is a :class:`PooledCache`. The implicit GEMM pools each row of windows while the rows
-    it read are in cache (``conv_kernels.implicit_gemm_pooled``), so the convolution's output
-    is never written; every other path runs the convolution, then ``pool.max_pool2d_forward``.
+    cache is a :class:`PooledCache`. The implicit GEMM pools each row of 2x2 windows while
+    the rows it read are in cache (``conv_kernels.implicit_gemm_pooled``), so the
+    convolution's output is never written; every other path or pool runs the convolution,
+    then ``pool.max_pool2d_forward``.
     """
     if residual is not None:
         _check_residual(residual, x, kernel, strides, pads, dilation, gradients)
@@ -299,7 +300,8 @@ def _pooled_forward(path, x, kernel, bias, strides, pads, dilation, workspace, g
     kh, kw, c, f = kernel.shape
     n = x.shape[0]
     ho, wo = output_hw(x.shape[1:3], (kh, kw), strides, pads, dilation)
-    if path == "direct" and _implicit_runs(x, kernel, bias, pads, dilation, keep):
+    if path == "direct" and max_pool == (2, 2) \
+            and _implicit_runs(x, kernel, bias, pads, dilation, keep):
         dtype = np.result_type(x, kernel)
         shape = (n, ho // max_pool[0], wo // max_pool[1], f)
         pooled = empty(shape, dtype, free)                                 # (N, Hp, Wp, F)
@@ -309,8 +311,8 @@ def _pooled_forward(path, x, kernel, bias, strides, pads, dilation, workspace, g
             np.ascontiguousarray(kernel).reshape(kh * kw * c, f))
         compiled.module("conv_kernels").implicit_gemm_pooled(
             _widened(x, pads[1], free), panels, kh, kw, panels if bias is None else bias,
-            bias is not None, relu, tuple(strides), tuple(dilation), pads[0][0], 0, max_pool[1],
-            np.empty((max_pool[0], wo, f), dtype), pooled, winner, keep)
+            bias is not None, relu, tuple(strides), tuple(dilation), pads[0][0], 0,
+            np.empty((2, wo, f), dtype), pooled, winner, keep)
         return pooled, PooledCache(
             Im2colCache(None, x, kernel, x.shape, strides, pads, dilation, bias is not None,
                         False, workspace, None, free, implicit=True),

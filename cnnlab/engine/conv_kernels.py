@@ -13,8 +13,8 @@ the GEMM and its epilogue, ``dense.linear``):
                                             * grad_out[n, y, x, f]           (its backward)
         dilation 1 and no padding along the width (``conv.py`` pads a copy); ``sums`` holds
         one vector of columns per block, the last moved back to end on F's edge
-    implicit_gemm_pooled(..., pool_w, rows, out (N, Hp, Wp, F), winner, track)
-        implicit_gemm, then a max pooling whose windows tile its output, in one pass
+    implicit_gemm_pooled(..., rows, out (N, Ho // 2, Wo // 2, F), winner, track)
+        implicit_gemm, then a 2x2 max pooling with stride 2, in one pass
     implicit_kernel_grad_pooled(x, grad_pooled (N, Hp, Wp, F), winner, pool_w, ..., rows, sums)
         implicit_kernel_grad, its grad_out made from the pooling's gradient row by row
 
@@ -42,10 +42,10 @@ read once from memory and then from L1 for every kernel row. The article's first
 (28 x 28 x 1 -> 32, 5x5) now trains with no im2col at all, and an RGB stem's kernel gradient
 takes half the time (``conv.py``'s ``_implicit_kernel_grad`` has the figures).
 
-Where a max pooling whose windows tile the map follows (``graph.fusion``'s pooled
-convolution: the article's first layer, face_net's), the pooled pair runs a row of windows at
-a time: the forward pass computes the pool-height rows of output that row reads into a
-scratch of a few KB and pools them there, and the kernel gradient makes the same rows of
+Where a 2x2 max pooling with stride 2 follows (``graph.fusion``'s pooled convolution: the
+article's first layer, face_net's), the pooled pair runs a row of windows at a time: the
+forward pass computes the two rows of output that row reads into a scratch of a few KB and
+pools them there, and the kernel gradient makes the same rows of
 grad_out from the pooling's gradient and winners (the winner gets the window's gradient,
 every other cell 0) and reads them from there. The convolution's output and its gradient
 (4.7 MB each for the article's 64 images) never go to memory. Times: ``graph.fusion``.
@@ -173,7 +173,8 @@ def _pool_2x2(rows, px, best, won, track, relu):
     """Window ``px`` of a 2x2 pooling of ``rows (2, Wo, F)`` into ``best`` and ``won`` (F,):
     each channel's four taps held in registers and compared by selects, so the loop over F
     vectorises (written into memory tap by tap, it took 0.38 ms of the article's first layer
-    at 64 images; a tap loop with branches, more)."""
+    at 64 images; a tap loop with branches, more). Other pools go to ``pool.py`` after the
+    convolution: a tap loop for any pool here took 3 s more to compile (4.9 s against 1.8)."""
     top, bottom = rows[0], rows[1]
     column = 2 * px
     for f in range(best.shape[0]):
@@ -186,58 +187,34 @@ def _pool_2x2(rows, px, best, won, track, relu):
             won[f] = tap
 
 
-@numba.njit(inline="always")
-def _pool_window(rows, pool_h, pool_w, px, best, won, track, relu):
-    """Window ``px`` of any pooling that tiles ``rows (pool_h, Wo, F)``: :func:`_pool_2x2`'s
-    rule, a tap at a time."""
-    best[:] = rows[0, px * pool_w]
-    if track:
-        won[:] = 0
-    for tap in range(1, pool_h * pool_w):
-        row = rows[tap // pool_w, px * pool_w + tap % pool_w]
-        for f in range(best.shape[0]):
-            value, held = _larger(row[f], best[f], won[f], tap)
-            best[f] = value
-            if track:
-                won[f] = held
-    if relu:
-        for f in range(best.shape[0]):
-            best[f] = _relu(best[f])
-
-
 @numba.njit(cache=True, nogil=True)
 def implicit_gemm_pooled(x, panels, kh, kw, bias, has_bias, relu, strides, dilation, top,
-                         left, pool_w, rows, out, winner, track):
-    """:func:`implicit_gemm` followed by a max pooling whose windows tile the output (stride
-    = pool, no padding), without the convolution's output ever leaving cache: the KH_p rows
-    of output a row of windows reads go into ``rows (KH_p, Wo, F)``, and ``out (N, Hp, Wp, F)``
-    gets each window's maximum (then ``max(., 0)`` if ``relu``; windows ``KH_p`` by
-    ``pool_w``), ``winner`` (when ``track``)
-    its first tap ``i*KW_p + j`` that holds it, as ``pool_kernels.max_pool`` gives them: a
-    NaN makes the output NaN without taking the winner. Rows and columns of the convolution
-    no window reads (Ho or Wo not a multiple of the pool) are never computed."""
+                         left, rows, out, winner, track):
+    """:func:`implicit_gemm` followed by a 2x2 max pooling with stride 2 and no padding,
+    without the convolution's output ever leaving cache: the two rows of output a row of
+    windows reads go into ``rows (2, Wo, F)``, and ``out (N, Ho // 2, Wo // 2, F)`` gets each
+    window's maximum (then ``max(., 0)`` if ``relu``), ``winner`` (when ``track``) its first
+    tap ``i*2 + j`` that holds it, as ``pool_kernels.max_pool`` gives them: a NaN makes the
+    output NaN without taking the winner. A last row or column of the convolution that no
+    window reads (Ho or Wo odd) is never computed."""
     batch, height, width, channels = x.shape
     _, pooled_h, pooled_w, features = out.shape
-    pool_h, out_w = rows.shape[0], rows.shape[1]
-    if rows.shape[2] != features or pooled_w * pool_w > out_w:
-        raise ValueError("implicit_gemm_pooled takes rows (pool height, Wo, F)")
+    out_w = rows.shape[1]
+    if rows.shape[0] != 2 or rows.shape[2] != features or pooled_w * 2 > out_w:
+        raise ValueError("implicit_gemm_pooled takes rows (2, Wo, F)")
     lanes, columns, a_offsets, b_offsets, first, end = _rows_setup(
         x, panels, kh, kw, features, out_w, strides, dilation, left)
     flat_x, flat_rows = x.reshape(-1), rows.reshape(-1)
     flat_bias = bias.reshape(-1) if has_bias else flat_rows    # read, never added, if no bias
     for n in range(batch):
         for py in range(pooled_h):
-            for i in range(pool_h):
-                _output_row(flat_x, panels, n, py * pool_h + i, height, width, channels, kh,
+            for i in range(2):
+                _output_row(flat_x, panels, n, py * 2 + i, height, width, channels, kh,
                             kw, strides, dilation, top, left, lanes, columns, features, first,
                             end, out_w, a_offsets, b_offsets, flat_bias, has_bias, False,
                             flat_rows, i * out_w * features)
             for px in range(pooled_w):
-                if pool_h == 2 and pool_w == 2:
-                    _pool_2x2(rows, px, out[n, py, px], winner[n, py, px], track, relu)
-                else:
-                    _pool_window(rows, pool_h, pool_w, px, out[n, py, px], winner[n, py, px],
-                                 track, relu)
+                _pool_2x2(rows, px, out[n, py, px], winner[n, py, px], track, relu)
     return out
 
 

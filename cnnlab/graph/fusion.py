@@ -44,16 +44,20 @@ layer's activation counts at once and no plan can go stale. The unfused graph is
    pass its gradient goes straight to the conv, whose cache holds the winners
    (``engine.conv.PooledCache``). The pool's planned activation (a ReLU moved after it, 1.)
    becomes the conv's, run after the pooling. Where the conv takes the implicit GEMM (a few
-   input channels: the article's first layer, face_net's) the pooling runs on each row of
-   windows while the rows it reads are in cache, so the conv's output is never written to
-   memory; every other conv runs the pooling itself after the conv, the values those of the
-   two nodes run apart. Only where the pool is the conv's sole consumer and neither output is
-   a model output, and not under a mixed dtype policy. The article's first layer and its
-   pool, 64 images, float32, one thread (median of 30, ms): forward 1.18-1.27 apart, 0.95-0.96
-   in one pass (the conv alone 0.80-0.83); kernel and bias gradients from the pool's
-   gradient 1.01 against 0.91. The article's training step (batch 128, two thread shards),
-   4 interleaved pairs of fresh processes, medians of 120 steps: 17.26-18.55 ms apart,
-   16.27-17.41 ms fused, faster in all four.
+   input channels: the article's first layer, face_net's) and the pool is 2x2, the pooling
+   runs on each row of windows while the rows it reads are in cache, so the conv's output is
+   never written to memory (nor, in training, its gradient); every other pair runs the
+   pooling after the conv, in the conv's call, the values those of the two nodes run apart.
+   Only where the pool is the conv's sole consumer and neither output is a model output, and
+   not under a mixed dtype policy. The article's first layer and its pool, 64 images,
+   float32, one thread (median of 30, ms, 4 runs): forward 1.18-1.28 apart, 0.95-1.14 in one
+   pass (the conv alone 0.79-0.83); kernel and bias gradients from the pool's gradient
+   0.93-1.03 apart against 0.86-1.01 (within noise alone: the gain is inside the network,
+   where the 4.7 MB the pair no longer writes would have left the cache). The article's
+   training step (batch 128, two thread shards), fusion off against on, interleaved fresh
+   processes, 120 steps each: medians 17.26-18.55 -> 16.27-17.41 ms (4 pairs, faster in all),
+   and on the final kernels 17.45-18.04 -> 16.49-17.97 (4 pairs: faster in 2, level in 2;
+   minima 16.41-16.86 -> 15.54-15.94, faster in all).
 """
 
 from __future__ import annotations
