@@ -221,8 +221,12 @@ def implicit_gemm_pooled(x, panels, kh, kw, bias, has_bias, relu, strides, dilat
 def taps_padded(kw: int, channels: int) -> int:
     """The taps of one kernel row (``KW*C``) rounded up to whole blocks of ``ROWS``: the rows
     of the kernel gradient's sums each kernel row gets (the kernels read and sum the taps past
-    ``KW*C`` too, from the zeros ``conv.py`` pads x's width with, and its caller drops them)."""
+    ``KW*C`` too, from the zeros ``conv.py`` pads x's width with, and its caller drops them).
+    For Python callers; the kernels compile :func:`_taps_padded`, the same."""
     return -(-kw * channels // ROWS) * ROWS
+
+
+_taps_padded = numba.njit(inline="always")(taps_padded)
 
 
 @numba.njit(inline="always")
@@ -233,7 +237,7 @@ def _kernel_grad_row(flat_x, n, y, height, width, channels, kh, kw, strides, dil
     pixels' gradients from ``flat_g[g_at]`` on, ``features`` apart."""
     lanes = VECTOR_BYTES // flat_x.itemsize
     blocks = (features + lanes - 1) // lanes
-    run = (kw * channels + ROWS - 1) // ROWS * ROWS          # taps_padded: neighbours in x
+    run = _taps_padded(kw, channels)                 # a kernel row's taps: neighbours in x
     for i in range(kh):
         iy = y * strides[0] + i * dilation_h - top
         if iy < 0 or iy >= height:
@@ -249,10 +253,12 @@ def _kernel_grad_row(flat_x, n, y, height, width, channels, kh, kw, strides, dil
 
 @numba.njit(inline="always")
 def _check_sums(x, kh, kw, features, out_w, strides, sums):
+    """The kernel gradient's shapes, checked before its loops run (its blocks check no
+    bounds): ``sums`` as its docstring lays them out, x wide enough for every padded tap."""
     lanes = VECTOR_BYTES // x.itemsize
     blocks = (features + lanes - 1) // lanes
+    run = _taps_padded(kw, x.shape[3])
     channels = x.shape[3]
-    run = (kw * channels + ROWS - 1) // ROWS * ROWS
     if features < lanes or sums.shape[0] != kh * run or sums.shape[1] != blocks * lanes \
             or (out_w - 1) * strides[1] * channels + run > x.shape[2] * channels:
         raise ValueError("the kernel gradient takes sums of (KH * taps_padded, whole vectors "
