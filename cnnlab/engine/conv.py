@@ -297,27 +297,10 @@ def _pooled_forward(path, x, kernel, bias, strides, pads, dilation, workspace, g
     """:func:`conv2d_forward` by ``path`` with ``max_pool``: in one pass where the implicit GEMM
     runs, else the convolution, then the pooling (then the ReLU, in place)."""
     keep = gradients != "none"
-    kh, kw, c, f = kernel.shape
-    n = x.shape[0]
-    ho, wo = output_hw(x.shape[1:3], (kh, kw), strides, pads, dilation)
     if path == "direct" and max_pool == (2, 2) \
             and _implicit_runs(x, kernel, bias, pads, dilation, keep):
-        dtype = np.result_type(x, kernel)
-        shape = (n, ho // max_pool[0], wo // max_pool[1], f)
-        pooled = empty(shape, dtype, free)                                 # (N, Hp, Wp, F)
-        winner_type = pool.winner_dtype(max_pool)
-        winner = empty(shape, winner_type, free) if keep else np.empty(shape, winner_type)
-        panels = compiled.module("dense_kernels").pack(
-            np.ascontiguousarray(kernel).reshape(kh * kw * c, f))
-        compiled.module("conv_kernels").implicit_gemm_pooled(
-            _widened(x, pads[1], free), panels, kh, kw, panels if bias is None else bias,
-            bias is not None, relu, tuple(strides), tuple(dilation), pads[0][0], 0,
-            np.empty((2, wo, f), dtype), pooled, winner, keep)
-        return pooled, PooledCache(
-            Im2colCache(None, x, kernel, x.shape, strides, pads, dilation, bias is not None,
-                        False, workspace, None, free, implicit=True),
-            pool.MaxPoolCache(winner if keep else None, (n, ho, wo, f), max_pool, max_pool,
-                              ((0, 0), (0, 0)), free))
+        return _implicit_forward(x, kernel, bias, strides, pads, dilation, relu, workspace,
+                                 free, pooled=True, keep=keep)
     out, cache = _forward(path, x, kernel, bias, strides, pads, dilation, workspace, False,
                           gradients, free)
     pooled, pool_cache = pool.max_pool2d_forward(out, max_pool, max_pool, keep_cache=keep,
@@ -408,10 +391,7 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=No
     has_bias = bias is not None
     out_dtype = xp.result_type(x, kernel)
     if _implicit_runs(x, kernel, bias, pads, dilation, keep_cols):
-        out = _implicit_forward(compiled.module("conv_kernels"), x, kernel, bias, strides, pads,
-                                dilation, relu, (n, ho, wo, f), free)
-        return out, Im2colCache(None, x, kernel, x.shape, strides, pads, dilation, has_bias,
-                                False, workspace, None, free, implicit=True)
+        return _implicit_forward(x, kernel, bias, strides, pads, dilation, relu, workspace, free)
     compiled_gemm = linear_kernels(out_dtype, f, x, kernel, bias) is not None
     fold = has_bias and kh * kw * c < FOLD_BIAS_MAX_K and not relu and not compiled_gemm
     k = kh * kw * c + fold
@@ -451,19 +431,37 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=No
 IMPLICIT_MAX_CHANNELS = 4
 
 
-def _implicit_forward(kernels, x, kernel, bias, strides, pads, dilation, relu, out_shape,
-                      free):
-    """``conv_kernels.implicit_gemm`` on a copy of ``x`` padded along the width (small, with
-    C <= ``IMPLICIT_MAX_CHANNELS``): every pixel of a row then runs in the GEMM's blocks, and
-    only the rows above and below the image are skipped taps. Output from ``free``."""
+def _implicit_forward(x, kernel, bias, strides, pads, dilation, relu, workspace, free,
+                      pooled=False, keep=True):
+    """``(out (N, Ho, Wo, F), cache)`` by ``conv_kernels.implicit_gemm`` on a copy of ``x``
+    padded along the width (small, with C <= ``IMPLICIT_MAX_CHANNELS``): every pixel of a row
+    then runs in the GEMM's blocks, and only the rows above and below the image are skipped
+    taps. ``pooled``: with the 2x2 max pooling after it, by ``implicit_gemm_pooled``, which
+    gives ``(N, Ho // 2, Wo // 2, F)`` and a :class:`PooledCache` (its winners tracked if
+    ``keep``). Outputs from ``free``."""
     kh, kw, c, f = kernel.shape
+    n = x.shape[0]
+    ho, wo = output_hw(x.shape[1:3], (kh, kw), strides, pads, dilation)
     panels = compiled.module("dense_kernels").pack(
         np.ascontiguousarray(kernel).reshape(kh * kw * c, f))
-    out = empty(out_shape, x.dtype, free)                             # (N, Ho, Wo, F)
-    kernels.implicit_gemm(_widened(x, pads[1], free), panels, kh, kw,
-                          panels if bias is None else bias, bias is not None, relu,
-                          tuple(strides), tuple(dilation), pads[0][0], 0, out)
-    return out
+    kernels = compiled.module("conv_kernels")
+    wide, shift = _widened(x, pads[1], free), panels if bias is None else bias
+    cache = Im2colCache(None, x, kernel, x.shape, strides, pads, dilation, bias is not None,
+                        False, workspace, None, free, implicit=True)
+    if not pooled:
+        out = empty((n, ho, wo, f), x.dtype, free)                    # (N, Ho, Wo, F)
+        kernels.implicit_gemm(wide, panels, kh, kw, shift, bias is not None, relu,
+                              tuple(strides), tuple(dilation), pads[0][0], 0, out)
+        return out, cache
+    shape = (n, ho // 2, wo // 2, f)
+    out = empty(shape, x.dtype, free)                                 # (N, Ho // 2, Wo // 2, F)
+    winner = empty(shape, pool.winner_dtype((2, 2)), free) if keep \
+        else np.empty(shape, pool.winner_dtype((2, 2)))       # never touched: no pages faulted
+    kernels.implicit_gemm_pooled(wide, panels, kh, kw, shift, bias is not None, relu,
+                                 tuple(strides), tuple(dilation), pads[0][0], 0,
+                                 np.empty((2, wo, f), x.dtype), out, winner, keep)
+    return out, PooledCache(cache, pool.MaxPoolCache(winner if keep else None, (n, ho, wo, f),
+                                                     (2, 2), (2, 2), ((0, 0), (0, 0)), free))
 
 
 def _widened(x, left_right, free=None):
@@ -500,8 +498,9 @@ def _implicit_kernel_grad(x, grad_out, kernel, strides, pads, dilation, pooled=N
     ``pooled``: the ``pool.MaxPoolCache`` of a pooling that took the output (``max_pool``);
     ``grad_out`` is then the pooling's gradient (``implicit_kernel_grad_pooled``).
     One core, float32, 64 images, best of 20 (ms), im2col and ``cols^T @ grad_out`` against
-    this: the article's first layer (28 x 28 x 1 -> 32, 5x5, valid) 1.47 / 0.73, ResNet-20's
-    stem (32 x 32 x 3 -> 16) 1.60 / 0.74, mobilenet_small's (-> 32) 2.42 / 1.29. Inside the
+    this: the article's first layer (28 x 28 x 1 -> 32, 5x5, valid) 1.47 / 0.72, ResNet-20's
+    stem (32 x 32 x 3 -> 16) 1.60-1.69 / 0.70, mobilenet_small's (-> 32) 2.42-2.46 / 1.49 (9
+    taps a kernel row in two blocks of 6; 1.29 with a block of 3 for the rest). Inside the
     article's training step (batch 128, two thread shards of 64), its first layer's forward |
     backward went from 1.61-1.69 | 1.23-1.59 ms to 0.89-0.95 | 0.91-1.24 (two runs each), and
     the step's median from 18.09-21.55 to 17.60-19.34 ms (6 interleaved pairs of fresh
@@ -687,15 +686,15 @@ def _winograd_forward(x, kernel, bias, pads, workspace, relu=False, gradients="a
 
 def _exact_where_blank(out, x, kernel, bias, pads, relu, gradients):
     """In training, a 5x5 layer's outputs whose window saw only zeros set to exactly the
-    bias (ReLU'd if ``relu``), as direct convolution gives it and the frequency domain it took over from does
-    (``windows.window_sees_ink``). Winograd gives the bias plus ~1e-17 there, and the ReLU's
-    gradient after it would take the other side of its kink: the article's network on MNIST
-    has many such windows, and its float64 training followed PyTorch's loss curve to 1e-9 only
-    with this. Not at inference (no gradient passes the kink; the outputs differ by the
-    rounding alone, and finding the windows costs 14 us of a one-digit prediction, 0.19 ms for
-    128 images), not for an input gradient, and not for 3x3 layers: ResNet-20 would pay the
-    pass over ``x`` 18 times, and the zoo's 3x3 layers feed a BatchNormalization or see
-    photos, where a window of only zeros is rare."""
+    bias (ReLU'd if ``relu``), as direct convolution gives it and as the frequency domain it
+    took over from does (``windows.window_sees_ink``). Winograd gives the bias plus ~1e-17
+    there, and the ReLU's gradient after it would take the other side of its kink: the
+    article's network on MNIST has many such windows, and its float64 training followed
+    PyTorch's loss curve to 1e-9 only with this. Not at inference (no gradient passes the
+    kink; the outputs differ by the rounding alone, and finding the windows costs 14 us of a
+    one-digit prediction, 0.19 ms for 128 images), not for an input gradient, and not for 3x3
+    layers: ResNet-20 would pay the pass over ``x`` 18 times, and the zoo's 3x3 layers feed a
+    BatchNormalization or see photos, where a window of only zeros is rare."""
     if kernel.shape[0] != 5 or gradients not in ("all", "kernel"):
         return
     exact = np.zeros(out.shape[-1], out.dtype) if bias is None else bias.astype(out.dtype)

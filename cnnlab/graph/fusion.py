@@ -50,8 +50,9 @@ layer's activation counts at once and no plan can go stale. The unfused graph is
    pooling after the conv, in the conv's call, the values those of the two nodes run apart.
    Only where the pool is the conv's sole consumer and neither output is a model output, and
    not under a mixed dtype policy. The article's first layer and its pool, 64 images,
-   float32, one thread (median of 30, ms, 4 runs): forward 1.18-1.28 apart, 0.95-1.14 in one
-   pass (the conv alone 0.79-0.83); kernel and bias gradients from the pool's gradient
+   float32, one thread (median of 30, ms): forward 1.18-1.30 apart, 0.81-0.94 in one pass
+   (3 runs; the conv alone 0.81-0.84, so the pooling costs next to nothing; 0.95-1.14 before
+   its ReLU's zero was typed, 4 runs); kernel and bias gradients from the pool's gradient
    0.93-1.03 apart against 0.86-1.01 (within noise alone: the gain is inside the network,
    where the 4.7 MB the pair no longer writes would have left the cache). The article's
    training step (batch 128, two thread shards), fusion off against on, interleaved fresh
