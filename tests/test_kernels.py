@@ -904,6 +904,26 @@ def test_the_pooled_implicit_gemm_and_its_kernel_gradient_equal_the_reference_in
     assert (np.abs(fast - exact) <= 1e-12 * bound).all()
 
 
+def test_the_pooled_implicit_gemm_takes_its_relu_as_np_maximum_does(monkeypatch):
+    """At inference the one-pass conv + 2x2 pool runs the ReLU after the pooling: a window
+    whose maximum is -inf gives +0, one with a NaN stays NaN, as ``np.maximum(., 0)`` after
+    the unfused conv and pool gives them (the reference path)."""
+    from cnnlab.engine import conv, pool
+    calls = _counting(monkeypatch, "conv_kernels", "implicit_gemm_pooled")
+    x = np.full((1, 4, 6, 1), -np.inf)
+    x[0, 0, 2] = np.nan                            # the second window
+    x[0, :2, 4:, 0] = [[-3.0, -1.0], [-2.0, 5.0]]  # the third: finite, one positive
+    kernel = np.arange(1.0, 9.0).reshape(1, 1, 1, 8)
+    fused, _ = conv.conv2d_forward(x, kernel, None, gradients="none", relu=True, max_pool=(2, 2))
+    assert len(calls) == 1
+    cnnlab.config.set_kernels("numpy")
+    apart, _ = conv.conv2d_forward(x, kernel, None, gradients="none")
+    expected = np.maximum(pool.max_pool2d_forward(apart, (2, 2), (2, 2))[0], 0)
+    np.testing.assert_array_equal(fused, expected)
+    assert (fused[0, 0, 0] == 0).all() and not np.signbit(fused[0, 0, 0]).any()
+    assert np.isnan(fused[0, 0, 1]).all() and (fused[0, 0, 2] == 5 * kernel[0, 0, 0]).all()
+
+
 @settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), h=st.integers(1, 14),
        w=st.integers(1, 14), c=st.integers(8, 20), f=st.integers(8, 20),

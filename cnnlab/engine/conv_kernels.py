@@ -124,16 +124,21 @@ def _output_row(flat_x, panels, n, y, height, width, channels, kh, kw, strides, 
 
 
 @numba.njit(inline="always")
-def _rows_setup(x, panels, kh, kw, features, out_w, strides, dilation, left):
-    """What :func:`_output_row` needs of a call, worked out once: the lanes of a vector, the
-    column blocks, the taps' offset lists and the output columns that go in blocks."""
+def _rows_setup(x, panels, bias, has_bias, kh, kw, out, out_w, strides, dilation, left):
+    """What :func:`_output_row` needs of a call, worked out once: the flat input, bias and
+    output (``out``, where the rows go), the lanes of a vector, the column blocks, the taps'
+    offset lists and the output columns that go in blocks."""
+    features = out.shape[-1]
     lanes = VECTOR_BYTES // x.itemsize
     k = kh * kw * x.shape[3]
     columns = (features + lanes - 1) // lanes
     if features < lanes or panels.size != columns * k * lanes:
         raise ValueError("the implicit GEMM takes panels of (KH*KW*C, F), F >= one vector")
     first, end = inner_columns(out_w, x.shape[2], kw, strides[1], dilation[1], left, ROWS)
-    return lanes, columns, np.empty(k, np.int64), np.empty(k, np.int64), first, end
+    flat_out = out.reshape(-1)
+    flat_bias = bias.reshape(-1) if has_bias else flat_out     # read, never added, if no bias
+    return (x.reshape(-1), flat_bias, flat_out, lanes, columns, np.empty(k, np.int64),
+            np.empty(k, np.int64), first, end)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -142,10 +147,8 @@ def implicit_gemm(x, panels, kh, kw, bias, has_bias, relu, strides, dilation, to
     row too short for one block goes pixel by pixel), F >= one vector is."""
     batch, height, width, channels = x.shape
     _, out_h, out_w, features = out.shape
-    lanes, columns, a_offsets, b_offsets, first, end = _rows_setup(
-        x, panels, kh, kw, features, out_w, strides, dilation, left)
-    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
-    flat_bias = bias.reshape(-1) if has_bias else flat_out     # read, never added, if no bias
+    flat_x, flat_bias, flat_out, lanes, columns, a_offsets, b_offsets, first, end = \
+        _rows_setup(x, panels, bias, has_bias, kh, kw, out, out_w, strides, dilation, left)
     for n in range(batch):
         for y in range(out_h):
             _output_row(flat_x, panels, n, y, height, width, channels, kh, kw, strides,
@@ -164,8 +167,9 @@ def _larger(value, best, won, tap):
 
 
 @numba.njit(inline="always")
-def _relu(value):
-    return value if value > 0 or value != value else value - value + 0    # -0, negative -> +0
+def _relu(value, zero):
+    """``max(value, 0)`` as ``np.maximum`` gives it: NaN stays, -0 and -inf become +0."""
+    return value if value > zero or value != value else zero
 
 
 @numba.njit(inline="always")
@@ -176,13 +180,13 @@ def _pool_2x2(rows, px, best, won, track, relu):
     at 64 images; a tap loop with branches, more). Other pools go to ``pool.py`` after the
     convolution: a tap loop for any pool here took 3 s more to compile (4.9 s against 1.8)."""
     top, bottom = rows[0], rows[1]
-    column = 2 * px
+    column, zero = 2 * px, best.dtype.type(0)
     for f in range(best.shape[0]):
         value, tap = top[column, f], np.uint8(0)
         value, tap = _larger(top[column + 1, f], value, tap, np.uint8(1))
         value, tap = _larger(bottom[column, f], value, tap, np.uint8(2))
         value, tap = _larger(bottom[column + 1, f], value, tap, np.uint8(3))
-        best[f] = _relu(value) if relu else value
+        best[f] = _relu(value, zero) if relu else value
         if track:
             won[f] = tap
 
@@ -202,10 +206,8 @@ def implicit_gemm_pooled(x, panels, kh, kw, bias, has_bias, relu, strides, dilat
     out_w = rows.shape[1]
     if rows.shape[0] != 2 or rows.shape[2] != features or pooled_w * 2 > out_w:
         raise ValueError("implicit_gemm_pooled takes rows (2, Wo, F)")
-    lanes, columns, a_offsets, b_offsets, first, end = _rows_setup(
-        x, panels, kh, kw, features, out_w, strides, dilation, left)
-    flat_x, flat_rows = x.reshape(-1), rows.reshape(-1)
-    flat_bias = bias.reshape(-1) if has_bias else flat_rows    # read, never added, if no bias
+    flat_x, flat_bias, flat_rows, lanes, columns, a_offsets, b_offsets, first, end = \
+        _rows_setup(x, panels, bias, has_bias, kh, kw, rows, out_w, strides, dilation, left)
     for n in range(batch):
         for py in range(pooled_h):
             for i in range(2):
