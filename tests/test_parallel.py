@@ -106,9 +106,45 @@ def test_optimizer_split_over_cores_equals_one_core_bit_for_bit(make):
     assert not np.array_equal(results[0][0], params[0])                 # it did update
 
 
+def test_a_batch_in_one_piece_holds_blas_to_one_thread(monkeypatch):
+    """A batch too small to split runs with BLAS at one thread, in training, evaluation and
+    prediction, and the caller's BLAS limit comes back after it: a second BLAS thread spinning
+    between calls is what made small batches 4x slower in phases (``parallel``, "One batch")."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from cnnlab.graph import execute
+    from cnnlab.training import step
+
+    def blas_threads():                 # NumPy's BLAS; Numba loads SciPy's, which it never runs
+        counts = [pool["num_threads"] for pool in threadpool_info()
+                  if pool["user_api"] == "blas" and "numpy" in pool["filepath"]]
+        if len(counts) != 1:
+            pytest.skip("NumPy's BLAS is not one library of its own here")
+        return counts[0]
+
+    cnnlab.config.set_threads(2)
+    model, x, y = model_and_data("float32")
+    seen = []
+    shard_pass, forward = step._shard_pass, execute.forward
+    monkeypatch.setattr(step, "_shard_pass",
+                        lambda *a, **k: (seen.append(("pass", blas_threads())), shard_pass(*a, **k))[1])
+    monkeypatch.setattr(execute, "forward",
+                        lambda *a, **k: (seen.append(("forward", blas_threads())), forward(*a, **k))[1])
+    with threadpool_limits(2, user_api="blas"):
+        if blas_threads() != 2:
+            pytest.skip("this BLAS cannot run two threads here")
+        model.train_on_batch(x[:20], y[:20])                 # one piece: shards of 10 would lose
+        model.evaluate(x[:20], y[:20], batch_size=20, verbose=0)
+        model.predict(x[:20], batch_size=20, verbose=0)
+        after = blas_threads()
+    assert [count for _, count in seen] == [1] * len(seen) and len(seen) >= 4
+    assert {what for what, _ in seen} == {"pass", "forward"}
+    assert after == 2
+
+
 def test_the_update_shares_only_the_threads_the_batch_ran_on(monkeypatch):
     """The optimizer's update takes the thread shards' cores, which are idle after them; a batch
-    in one piece (BLAS's threads on the other core) or in worker processes keeps it on one."""
+    in one piece or in worker processes keeps it on one (``parallel.split_elementwise``)."""
     from cnnlab.training import workers
     cnnlab.config.set_threads(2)
     model, x, y = model_and_data("float32")

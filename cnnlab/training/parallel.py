@@ -18,6 +18,19 @@ the GIL back after each, and each shard waited 10.7-13.7 ms a step at the BatchN
 barriers (measured in session 25, one-off scripts). Worker processes, which have a GIL each,
 took 246-257 ms where these threads took 265-278 (``training.workers``).
 
+One batch: a batch too small to split (under two shards of ``MIN_SHARD``) runs on this thread
+with BLAS at one thread too, so ``set_threads`` is the only thing that decides how many cores
+cnnlab uses. Left at two, OpenBLAS's second thread spins on a core between calls, waiting for
+the next GEMM, while this thread runs everything else; on the 2-core virtual machine the
+benchmarks run on, that put the article's training at batch 1 into phases 3.5-4x slower
+(15-second runs, half-second windows: 83 of 150 windows at 5.7-6.4 ms a step against 1.5-2.2
+with its second thread, 0 of 150 with one; with OpenBLAS told to stop spinning at once,
+``OPENBLAS_THREAD_TIMEOUT=4``, 4 of 150). The second thread's GEMMs were worth little: at
+batches 16 and 24 the median step was 8.5 and 9.7 ms with it and 5.4 and 7.1 without;
+ResNet-20 at batches 2-24 moved under 5% either way. The one loss: the article's batch-1
+prediction, 0.24-0.26 ms in a fast phase with it, 0.32-0.37 without (its second layer's GEMM
+on one core), and 0.36-0.58 ms in its slow phases.
+
 The arithmetic is the same as one big batch: a shard's loss gradient is scaled by its share of
 the batch, so the summed gradients are those of the mean loss over the whole batch. Summation
 order is fixed, so results repeat bit for bit for a given thread count.

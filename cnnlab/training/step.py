@@ -158,7 +158,8 @@ def _run_batch(model, xs, ys, training, share, comm, want_grads) -> BatchResult:
     if parts is None:
         batch_sum = comm.sum_array if training and comm is not None else None   # ranks only
         ctx = _context(model, training, batch_sum, None, want_grads)
-        results, parts = [_shard_pass(model, xs, ys, ctx, share, want_grads)], [slice(0, n)]
+        with parallel.single_threaded_blas():           # why: ``parallel``, "One batch"
+            results, parts = [_shard_pass(model, xs, ys, ctx, share, want_grads)], [slice(0, n)]
     else:
         shares = [share * (p.stop - p.start) / n for p in parts]
         seeds = _shard_seeds(model, len(parts)) if training else [None] * len(parts)
@@ -244,7 +245,8 @@ def _predict_batch(model, xs):
                                folds=folds, joins=joins, pools=pools)[0]
 
     if parts is None:
-        return [arrays.to_host(output) for output in run(xs)]
+        with parallel.single_threaded_blas():           # why: ``parallel``, "One batch"
+            return [arrays.to_host(output) for output in run(xs)]
     results = parallel.run_sharded([functools.partial(run, [x[p] for x in xs]) for p in parts])
     return [np.concatenate([r[i] for r in results]) for i in range(len(model.outputs))]
 
