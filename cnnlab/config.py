@@ -163,8 +163,11 @@ def threads() -> int:
 
 
 def set_threads(count: int) -> None:
-    """Use ``count`` threads per batch (1: the plain single-threaded loop). Results are bitwise
-    repeatable for a given thread count; a different count changes the float rounding order."""
+    """Use ``count`` threads per batch (1: the plain single-threaded loop). Training steps,
+    ``evaluate`` and ``predict`` run BLAS at one thread inside each, so this alone decides how
+    many cores they use (``training.parallel``).
+    Results are bitwise repeatable for a given thread count; a different count changes the float
+    rounding order."""
     global _threads
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"set_threads expects a positive int. Received: {count!r}")
