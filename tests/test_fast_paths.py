@@ -824,3 +824,108 @@ def test_folded_batch_norms_follow_every_in_place_change_of_their_variables():
         unfolded = model.run(images)[0][0]
         assert_close(model.predict(images, verbose=0), unfolded, np.float64, variable)
 
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("hw,c,f,stride,padding,relu,dw_relu,dw_bias", [
+    (16, 8, 32, 1, "same", True, True, True),
+    (15, 24, 64, 2, "same", False, True, False),        # odd map, 'same' at stride 2
+    (8, 16, 128, 1, "valid", True, False, True),
+    (9, 5, 16, 2, "valid", True, True, True)])
+def test_a_1x1_convolution_and_the_depthwise_after_it_in_pieces_equal_the_two_apart(
+        monkeypatch, dtype, hw, c, f, stride, padding, relu, dw_relu, dw_bias):
+    """``depthwise.pointwise_depthwise_forward`` runs a batch in pieces of whole images (here
+    as small as the compiled GEMM takes) and gives the values of the 1x1 convolution and the
+    depthwise convolution run apart on the whole batch, bit for bit; with the reference
+    switched on it runs them apart."""
+    from cnnlab.engine import dense, depthwise
+    monkeypatch.setattr(depthwise, "PAIR_PIECE_BYTES", 1)
+    rng = np.random.default_rng(hw * c + f)
+    n = 13
+    x = rng.standard_normal((n, hw, hw, c)).astype(dtype)
+    kernel = rng.standard_normal((1, 1, c, f)).astype(dtype)
+    bias = rng.standard_normal(f).astype(dtype)
+    dw_kernel = rng.standard_normal((3, 3, f, 1)).astype(dtype)
+    dw_bias_value = rng.standard_normal(f).astype(dtype) if dw_bias else None
+    pads = resolve_padding(padding, (hw, hw), (3, 3), (stride, stride), (1, 1), "test")
+    pieces = depthwise.pair_pieces(x, kernel.reshape(c, f), bias, dw_kernel, dw_bias_value)
+    assert pieces is not None and len(pieces) >= 2                # the pieces ran
+    assert [p.start for p in pieces] + [n] == sorted({p.start for p in pieces} | {n})
+
+    def fused():
+        return depthwise.pointwise_depthwise_forward(x, kernel, bias, relu, dw_kernel,
+                                                     dw_bias_value, (stride, stride), pads,
+                                                     (1, 1), dw_relu)
+
+    def apart():
+        mid = np.empty((n, hw, hw, f), dtype)
+        dense.linear(x.reshape(-1, c), kernel.reshape(c, f), bias, relu, mid.reshape(-1, f))
+        return depthwise.depthwise_conv2d_forward(mid, dw_kernel, dw_bias_value,
+                                                  (stride, stride), pads, relu=dw_relu)[0]
+
+    np.testing.assert_array_equal(fused(), apart())
+    monkeypatch.setattr(cnnlab.config, "_kernels", "numpy")
+    assert depthwise.pair_pieces(x, kernel.reshape(c, f), bias, dw_kernel, dw_bias_value) is None
+    np.testing.assert_array_equal(fused(), apart())
+
+
+def test_a_1x1_convolution_runs_the_depthwise_convolution_after_it_at_inference(monkeypatch):
+    """``graph.fusion``'s 7.: MobileNet's ``Conv2D(1x1) -> BN -> ReLU -> DepthwiseConv2D -> BN
+    -> ReLU`` predicts as one call of the 1x1 conv, its folded BatchNormalizations and ReLUs
+    included, and the predictions and evaluation equal the unfused graph's bit for bit. Not
+    where the 1x1 output is read twice, where an activation other than a ReLU sits between, or
+    for a 3x3 conv; training is never fused."""
+    from cnnlab import layers
+    from cnnlab.engine import depthwise
+    from cnnlab.graph import fusion
+    monkeypatch.setattr(depthwise, "PAIR_PIECE_BYTES", 1)
+    cnnlab.utils.set_random_seed(4)
+
+    def bn_relu(x, name):
+        return layers.ReLU(name=name + "_relu")(layers.BatchNormalization(name=name + "_bn")(x))
+
+    inputs = cnnlab.Input((16, 16, 3))
+    x = bn_relu(layers.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inputs), "s")
+    x = bn_relu(layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw1")(x), "d1")
+    x = bn_relu(layers.Conv2D(32, 1, use_bias=False, name="pw1")(x), "p1")
+    x = bn_relu(layers.DepthwiseConv2D(3, strides=2, padding="same", name="dw2")(x), "d2")
+    x = layers.Conv2D(32, 1, activation="relu", name="pw2")(x)              # no BN between
+    x = layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw3")(x)
+    twice = layers.Conv2D(32, 1, name="read_twice")(x)
+    x = layers.Add()([layers.DepthwiseConv2D(3, padding="same", name="dw4")(twice), twice])
+    x = layers.Conv2D(32, 1, activation="tanh", name="tanh")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw5")(x)
+    outputs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+    model = cnnlab.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((40, 16, 16, 3)).astype(np.float32), rng.integers(0, 3, 40)
+    for layer in model.layers:                       # moving statistics that are not 0 and 1
+        if isinstance(layer, layers.BatchNormalization):
+            for variable in layer.variables:
+                variable.value[...] = rng.uniform(0.5, 1.5, variable.value.shape)
+    activations, _ = fusion.plan(model)
+    pairs = fusion.pointwise_depthwise(model, activations,
+                                       fusion.batch_norm_folds(model, activations))
+    assert {p.layer.name: d.depthwise.layer.name for p, d in pairs.items()} == {
+        "pw1": "dw2", "pw2": "dw3"}
+    calls = []
+    fused_forward = depthwise.pointwise_depthwise_forward
+    monkeypatch.setattr(depthwise, "pointwise_depthwise_forward", lambda *a: (
+        calls.append(a[0].shape), fused_forward(*a))[1])
+    from cnnlab.layers import conv as conv_layers
+    monkeypatch.setattr(conv_layers, "pointwise_depthwise_forward",
+                        depthwise.pointwise_depthwise_forward)
+    cnnlab.config.set_threads(1)
+    fused = model.predict(x, batch_size=40, verbose=0), model.evaluate(x, y, batch_size=40,
+                                                                        verbose=0)
+    assert len(calls) == 4                                  # both pairs, predict and evaluate
+    pair_plan = fusion.pointwise_depthwise
+    monkeypatch.setattr(fusion, "pointwise_depthwise", lambda *a: {})
+    plain = model.predict(x, batch_size=40, verbose=0), model.evaluate(x, y, batch_size=40,
+                                                                        verbose=0)
+    np.testing.assert_array_equal(fused[0], plain[0])
+    assert fused[1] == plain[1]
+    monkeypatch.setattr(fusion, "pointwise_depthwise", pair_plan)
+    model.train_on_batch(x[:8], y[:8])
+    assert len(calls) == 4                                  # training runs them apart

@@ -155,7 +155,8 @@ def plan_steps(nodes, outputs) -> list[Step]:
 
 def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict | None = None,
             keep_values: bool = False, folds: dict | None = None,
-            joins: dict | None = None, pools: dict | None = None) -> tuple[list[np.ndarray], Tape]:
+            joins: dict | None = None, pools: dict | None = None,
+            pairs: dict | None = None) -> tuple[list[np.ndarray], Tape]:
     """Run every node of ``graph`` in topological order on ``inputs`` (one array per graph
     input). Values no later node needs are dropped at once unless ``keep_values``. ``folds``
     (inference only, ``fusion.batch_norm_folds``): {op node: BatchNormalization node} whose BN
@@ -163,10 +164,14 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
     ``fusion.residual_joins``): {op node: Join} whose Add the op runs in its last pass; the Add
     node passes the op's result on. ``pools`` (``fusion.pooled_convs``): {conv node: max pool
     node} whose pooling the conv runs; the pool node passes the pooled map on, and in a
-    backward pass its gradient back (:data:`PASSED_ON`)."""
+    backward pass its gradient back (:data:`PASSED_ON`). ``pairs`` (inference only,
+    ``fusion.pointwise_depthwise``): {1x1 conv node: DepthwiseAfter} whose depthwise
+    convolution the conv runs; the depthwise node and the nodes between pass their input, the
+    conv's result, on."""
     activations = activations or {}
-    folds, joins, pools = folds or {}, joins or {}, pools or {}
+    folds, joins, pools, pairs = folds or {}, joins or {}, pools or {}, pairs or {}
     folded = {id(bn) for bn in folds.values()}
+    folded.update(id(after) for pair in pairs.values() for after in (*pair.between, pair.depthwise))
     passed_on = {id(join.add): id(join.joined) for join in joins.values()}
     passed_on.update((id(pool), id(conv.outputs[0])) for conv, pool in pools.items())
     for tensor, x in zip(graph.inputs, inputs):
@@ -196,6 +201,7 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
             if needed is not None and outer_gradients != "none":
                 ctx.gradients = "all" if any(key in needed for key in step.reads) else "kernel"
             bn, join, pool = folds.get(step.node), joins.get(step.node), pools.get(step.node)
+            pair = pairs.get(step.node)
             ctx.output_affine = None if bn is None else bn.layer.inference_affine(
                 bn.outputs[0].shape[-1], args[0].dtype)
             ctx.output_residual = None if join is None else values[id(join.residual)]
@@ -205,8 +211,12 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
             if pool is not None:
                 ctx.output_pool = pool.layer.pool_size
                 activation = activations.get(pool, pool.layer.activation)
+            if pair is not None:
+                ctx.output_depthwise = _depthwise_after(pair.depthwise, folds, activations,
+                                                        args[0].dtype)
             out, cache = step.layer.forward(args[0] if step.one_input else args, ctx, activation)
             ctx.output_affine = ctx.output_residual = ctx.output_pool = None
+            ctx.output_depthwise = None
         if len(step.writes) == 1:
             values[step.writes[0]] = out
         else:
@@ -220,6 +230,18 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
     if keep_values:
         tape.values = values
     return [values[id(t)] for t in graph.outputs], tape
+
+
+def _depthwise_after(node, folds: dict, activations: dict, dtype):
+    """``ctx.output_depthwise`` for a 1x1 conv that runs ``node``'s depthwise convolution:
+    the layer, its folded BatchNormalization's ``(scale, shift)`` or None, and whether a ReLU
+    follows it (as the depthwise node itself would run them)."""
+    bn = folds.get(node)
+    affine = None if bn is None else bn.layer.inference_affine(bn.outputs[0].shape[-1], dtype)
+    activation = activations.get(node if bn is None else bn)
+    if activation is None:
+        activation = node.layer.activation if bn is None else "linear"
+    return node.layer, affine, activation == "relu"
 
 
 def needs_gradient(graph, want_inputs: bool = False, wanted=()) -> set[int]:

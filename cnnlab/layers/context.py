@@ -91,6 +91,9 @@ class CallContext:
     ``output_pool``     ``(PH, PW)``: a layer able to (``folds_output_pool``) runs the max
                         pooling after it (stride = pool, no padding) in its own call and returns
                         the pooled map (``graph.fusion``'s pooled convolution)
+    ``output_depthwise`` ``(layer, (scale, shift) or None, relu)``: a 1x1 Conv2D runs this
+                        DepthwiseConv2D after it, its folded BatchNormalization and ReLU, in its
+                        own call and returns its output (``graph.fusion``'s 7.; inference)
     """
 
     def __init__(self, training: bool = False, keep_cache: bool | None = None,
@@ -104,6 +107,7 @@ class CallContext:
         self.output_affine: tuple[np.ndarray, np.ndarray] | None = None
         self.output_residual: np.ndarray | None = None
         self.output_pool: tuple[int, int] | None = None
+        self.output_depthwise: tuple | None = None
         self.gradients = "all" if self.keep_cache else "none"
         self._batch_sum = batch_sum
         self._generators = generators

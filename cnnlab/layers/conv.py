@@ -16,9 +16,13 @@ Input shape ``(N, H, W, C)``; output shape ``(N, Ho, Wo, filters)`` with
 from __future__ import annotations
 
 from cnnlab.engine import initializers
-from cnnlab.engine.conv import conv2d_backward, conv2d_forward
+from cnnlab.engine.conv import choose, conv2d_backward, conv2d_forward
 from cnnlab.engine.dense import dense_backward, dense_forward
-from cnnlab.engine.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
+from cnnlab.engine.depthwise import (
+    depthwise_conv2d_backward,
+    depthwise_conv2d_forward,
+    pointwise_depthwise_forward,
+)
 from cnnlab.engine.normalization import fold_affine
 from cnnlab.engine.shapes import as_pair, output_hw, resolve_padding, validate_padding
 from cnnlab.layers.base import Layer, check_positive_int, linear_weights
@@ -93,10 +97,31 @@ class Conv2D(Layer):
         # ctx.workspace: the im2col buffer and kernel spectrum the caller keeps for this call
         # site between steps (one per thread and per node, so concurrent calls never share one)
         kernel, bias = self.kernel_and_bias(ctx)
+        if ctx.output_depthwise is not None:
+            return self._with_depthwise(x, kernel, bias, activation == "relu", ctx), None
         return conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
                               self.dilation_rate, ctx.workspace, gradients=ctx.gradients,
                               relu=activation == "relu", free=ctx.free_list,
                               residual=ctx.output_residual, max_pool=ctx.output_pool)
+
+    def _with_depthwise(self, x, kernel, bias, relu: bool, ctx):
+        """This 1x1 convolution and ``ctx.output_depthwise``'s layer after it (inference:
+        ``graph.fusion``'s 7.), in pieces of images where the compiled kernels run, else the
+        two apart; the depthwise layer's output."""
+        depthwise, affine, dw_relu = ctx.output_depthwise
+        dw_kernel, dw_bias = depthwise.folded_weights(affine)
+        if choose(x.shape, kernel.shape, self.strides, ((0, 0), (0, 0)), self.dilation_rate,
+                  gradients="none", dtype=x.dtype) == "direct":
+            return pointwise_depthwise_forward(x, kernel, bias, relu, dw_kernel, dw_bias,
+                                               depthwise.strides,
+                                               depthwise.pads_for(x.shape[1:3]),
+                                               depthwise.dilation_rate, dw_relu, ctx.free_list)
+        mid, _ = conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
+                                self.dilation_rate, ctx.workspace, gradients="none", relu=relu,
+                                free=ctx.free_list)
+        return depthwise_conv2d_forward(mid, dw_kernel, dw_bias, depthwise.strides,
+                                        depthwise.pads_for(mid.shape[1:3]),
+                                        depthwise.dilation_rate, ctx.free_list, relu=dw_relu)[0]
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache, input_grad)
@@ -160,11 +185,16 @@ class DepthwiseConv2D(Conv2D):
 
     def kernel_and_bias(self, ctx):
         """As Conv2D's; output channel ``c * M + m`` is kernel ``[..., c, m]``."""
+        return self.folded_weights(ctx.output_affine)
+
+    def folded_weights(self, affine):
+        """The kernel ``(KH, KW, C, M)`` and bias (or None), with ``affine``, a ``(scale,
+        shift)`` per output channel, folded in (None: the layer's own)."""
         kernel = self.compute_weight(self.variables[0].value)                # (KH, KW, C, M)
         bias = self.compute_weight(self.variables[1].value) if self.use_bias else None
-        if ctx.output_affine is None:
+        if affine is None:
             return kernel, bias
-        flat, bias = fold_affine(kernel.reshape(*kernel.shape[:2], -1), bias, *ctx.output_affine)
+        flat, bias = fold_affine(kernel.reshape(*kernel.shape[:2], -1), bias, *affine)
         return flat.reshape(kernel.shape), bias
 
     def fuses(self, activation, ctx):

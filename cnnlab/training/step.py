@@ -86,12 +86,13 @@ def _shard_pass(model, xs, ys, ctx, share, want_grads):
     candidates = [i for i, loss in enumerate(model.compiled_losses)
                   if loss is not None and loss.fuses_softmax and not loss.from_logits]
     activations, as_logits = fusion.plan(model, candidates)
-    folds = joins = None
+    folds = joins = pairs = None
     if not ctx.training and not ctx.keep_cache:                 # inference: no backward pass
         folds = fusion.batch_norm_folds(model, activations)
         joins = fusion.residual_joins(model, activations, folds)
+        pairs = fusion.pointwise_depthwise(model, activations, folds)
     outputs, tape = execute.forward(model, xs, ctx, activations, folds=folds, joins=joins,
-                                    pools=fusion.pooled_convs(model, activations))
+                                    pools=fusion.pooled_convs(model, activations), pairs=pairs)
     losses, output_grads = _losses(model, outputs, ys, as_logits, share, want_grads)
     grads = execute.backward(model, tape, output_grads).params if want_grads else {}
     return losses, outputs, grads
@@ -238,11 +239,12 @@ def _predict_batch(model, xs):
     folds = fusion.batch_norm_folds(model, activations)
     joins = fusion.residual_joins(model, activations, folds)
     pools = fusion.pooled_convs(model, activations)
+    pairs = fusion.pointwise_depthwise(model, activations, folds)
     xs, _, parts, _ = _on_model_device(model, xs, [])
 
     def run(inputs):
         return execute.forward(model, inputs, _context(model, False), activations,
-                               folds=folds, joins=joins, pools=pools)[0]
+                               folds=folds, joins=joins, pools=pools, pairs=pairs)[0]
 
     if parts is None:
         with parallel.single_threaded_blas():           # why: ``parallel``, "One batch"
