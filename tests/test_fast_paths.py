@@ -839,6 +839,7 @@ def test_a_1x1_convolution_and_the_depthwise_after_it_in_pieces_equal_the_two_ap
     depthwise convolution run apart on the whole batch, bit for bit; with the reference
     switched on it runs them apart."""
     from cnnlab.engine import dense, depthwise
+    cnnlab.config.set_kernels("numba")               # the conftest puts the switch back
     monkeypatch.setattr(depthwise, "PAIR_PIECE_BYTES", 1)
     rng = np.random.default_rng(hw * c + f)
     n = 13
@@ -864,7 +865,7 @@ def test_a_1x1_convolution_and_the_depthwise_after_it_in_pieces_equal_the_two_ap
                                                   (stride, stride), pads, relu=dw_relu)[0]
 
     np.testing.assert_array_equal(fused(), apart())
-    monkeypatch.setattr(cnnlab.config, "_kernels", "numpy")
+    cnnlab.config.set_kernels("numpy")
     assert depthwise.pair_pieces(x, kernel.reshape(c, f), bias, dw_kernel, dw_bias_value) is None
     np.testing.assert_array_equal(fused(), apart())
 
@@ -878,6 +879,7 @@ def test_a_1x1_convolution_runs_the_depthwise_convolution_after_it_at_inference(
     from cnnlab import layers
     from cnnlab.engine import depthwise
     from cnnlab.graph import fusion
+    cnnlab.config.set_kernels("numba")
     monkeypatch.setattr(depthwise, "PAIR_PIECE_BYTES", 1)
     cnnlab.utils.set_random_seed(4)
 

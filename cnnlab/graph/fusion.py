@@ -1,6 +1,7 @@
-"""The graph's two fusions, as rewrites of which activation runs where. Planned from the graph
-and the layers' current settings at every call (a few dozen attribute reads), so a change to a
-layer's activation counts at once and no plan can go stale. The unfused graph is the reference:
+"""The graph's fusions: rewrites of which activation runs where (1.-3.) and of which node's op
+runs inside the op before it (4.-7.). Planned from the graph and the layers' current settings
+at every call (a few dozen attribute reads), so a change to a layer's activation counts at once
+and no plan can go stale. The unfused graph is the reference:
 ``activations = {}`` runs every layer exactly as configured.
 
 1. **ReLU after max pooling.** ``conv(relu) -> MaxPooling2D`` runs as ``conv -> pool -> relu``.
