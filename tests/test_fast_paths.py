@@ -874,8 +874,8 @@ def test_a_1x1_convolution_runs_the_depthwise_convolution_after_it_at_inference(
     """``graph.fusion``'s 7.: MobileNet's ``Conv2D(1x1) -> BN -> ReLU -> DepthwiseConv2D -> BN
     -> ReLU`` predicts as one call of the 1x1 conv, its folded BatchNormalizations and ReLUs
     included, and the predictions and evaluation equal the unfused graph's bit for bit. Not
-    where the 1x1 output is read twice, where an activation other than a ReLU sits between, or
-    for a 3x3 conv; training is never fused."""
+    where the 1x1 output is read twice, after a 1x1 conv whose activation is not a ReLU or that
+    pads its input, or for a 3x3 conv; training is never fused."""
     from cnnlab import layers
     from cnnlab.engine import depthwise
     from cnnlab.graph import fusion
@@ -897,6 +897,8 @@ def test_a_1x1_convolution_runs_the_depthwise_convolution_after_it_at_inference(
     x = layers.Add()([layers.DepthwiseConv2D(3, padding="same", name="dw4")(twice), twice])
     x = layers.Conv2D(32, 1, activation="tanh", name="tanh")(x)
     x = layers.DepthwiseConv2D(3, padding="same", name="dw5")(x)
+    x = layers.Conv2D(32, 1, padding=1, name="padded")(x)              # 10 x 10: a border
+    x = layers.DepthwiseConv2D(3, name="dw6")(x)
     outputs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(x))
     model = cnnlab.Model(inputs, outputs)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")

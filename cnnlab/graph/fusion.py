@@ -66,7 +66,8 @@ and no plan can go stale. The unfused graph is the reference:
    too, a few images at a time (``engine.depthwise.pointwise_depthwise_forward``), so the
    depthwise loops read the 1x1 output from L2 and the full map is never written; the
    depthwise node, and a ReLU node left between (planned 'linear'), pass the result on. Only a
-   Conv2D with a 1x1 kernel, stride 1 and dilation 1, whose planned activation is 'linear' or
+   Conv2D with a 1x1 kernel, stride 1, dilation 1 and no explicit padding, whose planned
+   activation is 'linear' or
    'relu', whose output (or its folded BN's) reaches a DepthwiseConv2D of depth multiplier 1
    alone, through nothing but such ReLU nodes, with no model output on the way, and not under a
    mixed dtype policy. The values are the unfused graph's, bit for bit. mobilenet_small
@@ -158,7 +159,8 @@ def pointwise_depthwise(graph, activations: dict, folds: dict) -> dict:
         layer = node.layer
         if type(layer) is not Conv2D or tuple(layer.kernel_size) != (1, 1) \
                 or tuple(layer.strides) != (1, 1) or tuple(layer.dilation_rate) != (1, 1) \
-                or layer.dtype_policy.rounds or len(node.outputs) != 1:
+                or layer.padding not in ("valid", "same") or layer.dtype_policy.rounds \
+                or len(node.outputs) != 1:                  # 'valid' = 'same' here: no padding
             continue
         last = folds.get(node, node)
         if activations.get(last, last.layer.activation if last is node else "linear") \
