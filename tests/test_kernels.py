@@ -292,24 +292,29 @@ def test_depthwise_kernels_equal_the_reference_in_float64(seed, n, h, w, c, m, k
     np.testing.assert_array_equal(fast[-1], np.maximum(fast[0], 0))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 2), h=st.integers(1, 12),
        w=st.integers(1, 14), extra=st.integers(0, 21), kh=st.integers(1, 3),
-       kw=st.integers(1, 3), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       kw=st.integers(1, 3), strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
        pads=st.tuples(st.tuples(st.integers(-2, 2), st.integers(-2, 2)),
                       st.tuples(st.integers(-2, 2), st.integers(-2, 2))),
        relu=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
-@example(seed=6, n=1, h=5, w=9, extra=0, kh=1, kw=3, dilation=(1, 2), pads=((0, -2), (-2, 0)),
-         relu=False, dtype=np.float64)         # negative padding: the input gradient's crop
-@example(seed=5, n=1, h=6, w=13, extra=3, kh=3, kw=3, dilation=(1, 1), pads=((1, 1), (1, 1)),
-         relu=True, dtype=np.float32)          # a row's last block and last channels moved back
+@example(seed=6, n=1, h=5, w=9, extra=0, kh=1, kw=3, strides=(1, 1), dilation=(1, 2),
+         pads=((0, -2), (-2, 0)), relu=False,
+         dtype=np.float64)                      # negative padding: the input gradient's crop
+@example(seed=5, n=1, h=6, w=13, extra=3, kh=3, kw=3, strides=(1, 1), dilation=(1, 1),
+         pads=((1, 1), (1, 1)), relu=True,
+         dtype=np.float32)                      # a row's last block and last channels moved back
+@example(seed=7, n=2, h=12, w=13, extra=5, kh=3, kw=3, strides=(2, 2), dilation=(1, 1),
+         pads=((0, 1), (0, 1)), relu=True, dtype=np.float32)      # mobilenet's strided layers
 def test_depthwise_register_blocks_equal_the_pixel_loops_bit_for_bit(seed, n, h, w, extra, kh,
-                                                                     kw, dilation, pads, relu,
-                                                                     dtype):
-    """``forward_blocks`` (vector sums in registers, stride 1, one filter per channel, at least
-    one 64-byte vector of channels) against ``forward_pixels``: the same bits, NaN and signed
-    zeros planted, the ReLU on and off; and it reads nothing outside the input (set in a buffer
-    of NaN) nor writes outside the output (set in a fenced buffer)."""
+                                                                     kw, strides, dilation, pads,
+                                                                     relu, dtype):
+    """``forward_blocks`` (vector sums in registers, one filter per channel, at least one
+    64-byte vector of channels; any stride) against ``forward_pixels``: the same bits, NaN and
+    signed zeros planted, the ReLU on and off; and it reads nothing outside the input (set in a
+    buffer of NaN) nor writes outside the output (set in a fenced buffer)."""
     from hypothesis import assume
 
     from cnnlab.engine import depthwise_kernels as kernels
@@ -324,11 +329,12 @@ def test_depthwise_register_blocks_equal_the_pixel_loops_bit_for_bit(seed, n, h,
     x.reshape(-1)[rng.integers(0, x.size, 3)] = [np.nan, -0.0, 0.0]
     kernel = rng.standard_normal((kh, kw, c, 1)).astype(dtype)
     bias = rng.standard_normal(c).astype(dtype)
-    out_hw = (h + top + bottom - (kh - 1) * dilation[0], w + left + right - (kw - 1) * dilation[1])
+    out_hw = ((h + top + bottom - (kh - 1) * dilation[0] - 1) // strides[0] + 1,
+              (w + left + right - (kw - 1) * dilation[1] - 1) // strides[1] + 1)
     expected = np.empty((n, *out_hw, c), dtype)
-    kernels.forward_pixels(x, kernel, bias, (1, 1), dilation, top, left, relu, expected)
+    kernels.forward_pixels(x, kernel, bias, strides, dilation, top, left, relu, expected)
     out, buffer, start = _fenced(rng, expected.shape, dtype, -7.0)
-    kernels.forward_blocks(x, kernel, bias, (1, 1), dilation, top, left, relu, out)
+    kernels.forward_blocks(x, kernel, bias, strides, dilation, top, left, relu, out)
     assert (np.delete(buffer, np.arange(start, start + out.size)) == -7.0).all()
     assert np.array_equal(out.view(f"u{out.itemsize}"), expected.view(f"u{out.itemsize}"))
 
