@@ -837,7 +837,7 @@ def test_a_1x1_convolution_and_the_depthwise_after_it_in_pieces_equal_the_two_ap
     """``depthwise.pointwise_depthwise_forward`` runs a batch in pieces of whole images (here
     as small as the compiled GEMM takes) and gives the values of the 1x1 convolution and the
     depthwise convolution run apart on the whole batch, bit for bit; with the reference
-    switched on it runs them apart."""
+    switched on, ``pair_pieces`` sends the layer to the two ops apart."""
     from cnnlab.engine import dense, depthwise
     cnnlab.config.set_kernels("numba")               # the conftest puts the switch back
     monkeypatch.setattr(depthwise, "PAIR_PIECE_BYTES", 1)
@@ -852,22 +852,16 @@ def test_a_1x1_convolution_and_the_depthwise_after_it_in_pieces_equal_the_two_ap
     pieces = depthwise.pair_pieces(x, kernel.reshape(c, f), bias, dw_kernel, dw_bias_value)
     assert pieces is not None and len(pieces) >= 2                # the pieces ran
     assert [p.start for p in pieces] + [n] == sorted({p.start for p in pieces} | {n})
-
-    def fused():
-        return depthwise.pointwise_depthwise_forward(x, kernel, bias, relu, dw_kernel,
-                                                     dw_bias_value, (stride, stride), pads,
-                                                     (1, 1), dw_relu)
-
-    def apart():
-        mid = np.empty((n, hw, hw, f), dtype)
-        dense.linear(x.reshape(-1, c), kernel.reshape(c, f), bias, relu, mid.reshape(-1, f))
-        return depthwise.depthwise_conv2d_forward(mid, dw_kernel, dw_bias_value,
-                                                  (stride, stride), pads, relu=dw_relu)[0]
-
-    np.testing.assert_array_equal(fused(), apart())
+    fused = depthwise.pointwise_depthwise_forward(x, kernel, bias, relu, dw_kernel,
+                                                  dw_bias_value, (stride, stride), pads,
+                                                  (1, 1), dw_relu, pieces)
+    mid = np.empty((n, hw, hw, f), dtype)
+    dense.linear(x.reshape(-1, c), kernel.reshape(c, f), bias, relu, mid.reshape(-1, f))
+    apart, _ = depthwise.depthwise_conv2d_forward(mid, dw_kernel, dw_bias_value,
+                                                  (stride, stride), pads, relu=dw_relu)
+    np.testing.assert_array_equal(fused, apart)
     cnnlab.config.set_kernels("numpy")
     assert depthwise.pair_pieces(x, kernel.reshape(c, f), bias, dw_kernel, dw_bias_value) is None
-    np.testing.assert_array_equal(fused(), apart())
 
 
 def test_a_1x1_convolution_runs_the_depthwise_convolution_after_it_at_inference(monkeypatch):

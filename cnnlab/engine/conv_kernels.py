@@ -259,8 +259,8 @@ def _check_sums(x, kh, kw, features, out_w, strides, sums):
     bounds): ``sums`` as its docstring lays them out, x wide enough for every padded tap."""
     lanes = VECTOR_BYTES // x.itemsize
     blocks = (features + lanes - 1) // lanes
-    run = _taps_padded(kw, x.shape[3])
     channels = x.shape[3]
+    run = _taps_padded(kw, channels)
     if features < lanes or sums.shape[0] != kh * run or sums.shape[1] != blocks * lanes \
             or (out_w - 1) * strides[1] * channels + run > x.shape[2] * channels:
         raise ValueError("the kernel gradient takes sums of (KH * taps_padded, whole vectors "

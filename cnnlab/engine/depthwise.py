@@ -133,29 +133,26 @@ PAIR_PIECE_BYTES = 2**19
 
 
 def pointwise_depthwise_forward(x, kernel, bias, relu: bool, dw_kernel, dw_bias, strides,
-                                pads: Pads, dilation, dw_relu: bool, free: FreeList | None = None):
+                                pads: Pads, dilation, dw_relu: bool, pieces: list[slice],
+                                free: FreeList | None = None) -> np.ndarray:
     """Inference (no cache): a 1x1 convolution, stride 1 and no padding, and the depthwise
-    convolution of its output (``graph.fusion``'s 7.)::
+    convolution of its output (``graph.fusion``'s 7.), in ``pieces`` of whole images
+    (:func:`pair_pieces`; where it gives None the caller runs the two ops apart, which is the
+    reference)::
 
+        x (N, H, W, C), kernel (1, 1, C, F), dw_kernel (KH, KW, F, 1)
         mid = x @ kernel[0, 0] (+ bias), then max(mid, 0) if relu     (N, H, W, F)
-        out = depthwise(mid, dw_kernel, dw_bias, strides, pads, dilation), ReLU if dw_relu
+        out = depthwise(mid, dw_kernel, dw_bias, strides, pads, dilation),
+              then max(out, 0) if dw_relu                              (N, Ho, Wo, F)
 
-    With compiled kernels, in pieces of whole images (``PAIR_PIECE_BYTES``), so the map ``mid``
-    is never written whole: each piece's rows take the compiled GEMM as the whole batch's do,
-    with each row's sums in the same order, and the depthwise loops make each image alone, so
-    the values are those of the two ops run apart. Where a piece would not take the compiled
-    kernels, the two ops run apart on the whole batch, which is also the reference."""
+    Only a piece of ``mid`` (``PAIR_PIECE_BYTES``) exists at a time, read by the depthwise
+    loops from cache. Each piece's rows take the compiled GEMM as the whole batch's do, each
+    row's sums in the same order, and the depthwise loops make each image alone, so the values
+    are those of the two ops run apart, bit for bit."""
     n, h, w, c = x.shape
     f = kernel.shape[3]
     weights = kernel.reshape(c, f)
-    pieces = pair_pieces(x, weights, bias, dw_kernel, dw_bias)
     dtype = np.result_type(x, kernel)
-    if pieces is None:
-        mid = empty((n, h, w, f), dtype, free) if array_module(x) is np else \
-            array_module(x).empty((n, h, w, f), dtype=dtype)
-        linear(x.reshape(-1, c), weights, bias, relu, mid.reshape(-1, f))
-        return depthwise_conv2d_forward(mid, dw_kernel, dw_bias, strides, pads, dilation, free,
-                                        relu=dw_relu)[0]
     kernels = compiled.module("depthwise_kernels", x, dw_kernel)
     out = empty((n, *output_hw((h, w), dw_kernel.shape[:2], strides, pads, dilation), f),
                 dtype, free)
@@ -171,8 +168,9 @@ def pointwise_depthwise_forward(x, kernel, bias, relu: bool, dw_kernel, dw_bias,
 
 
 def pair_pieces(x, weights, bias, dw_kernel, dw_bias) -> list[slice] | None:
-    """The pieces of whole images :func:`pointwise_depthwise_forward` runs ``x`` in, or None
-    where it runs the two ops apart: the compiled GEMM must take every piece (``dense.linear``:
+    """The pieces of whole images :func:`pointwise_depthwise_forward` runs ``x`` in
+    (``weights (C, F)``, the 1x1 kernel), or None where the two ops should run apart: the
+    compiled GEMM must take every piece (``dense.linear``:
     at least ``LINEAR_MIN_ROWS`` rows and F of them, C-contiguous, one dtype), the compiled
     depthwise loops must run, and there must be two pieces or more."""
     n, h, w, _ = x.shape

@@ -21,6 +21,7 @@ import numpy as np
 
 from cnnlab.engine.arrays import FreeList, unshared
 from cnnlab.errors import ShapeError
+from cnnlab.graph import fusion
 from cnnlab.layers.base import CallContext
 
 
@@ -202,8 +203,7 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
                 ctx.gradients = "all" if any(key in needed for key in step.reads) else "kernel"
             bn, join, pool = folds.get(step.node), joins.get(step.node), pools.get(step.node)
             pair = pairs.get(step.node)
-            ctx.output_affine = None if bn is None else bn.layer.inference_affine(
-                bn.outputs[0].shape[-1], args[0].dtype)
+            ctx.output_affine = _folded_affine(bn, args[0].dtype)
             ctx.output_residual = None if join is None else values[id(join.residual)]
             activation = activations.get(step.node if bn is None else bn)
             if join is not None:
@@ -211,9 +211,10 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
             if pool is not None:
                 ctx.output_pool = pool.layer.pool_size
                 activation = activations.get(pool, pool.layer.activation)
-            if pair is not None:
-                ctx.output_depthwise = _depthwise_after(pair.depthwise, folds, activations,
-                                                        args[0].dtype)
+            if pair is not None:                           # the depthwise node's own
+                dw = pair.depthwise
+                ctx.output_depthwise = (dw.layer, _folded_affine(folds.get(dw), args[0].dtype),
+                                        fusion.planned_activation(dw, activations, folds) == "relu")
             out, cache = step.layer.forward(args[0] if step.one_input else args, ctx, activation)
             ctx.output_affine = ctx.output_residual = ctx.output_pool = None
             ctx.output_depthwise = None
@@ -232,16 +233,9 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
     return [values[id(t)] for t in graph.outputs], tape
 
 
-def _depthwise_after(node, folds: dict, activations: dict, dtype):
-    """``ctx.output_depthwise`` for a 1x1 conv that runs ``node``'s depthwise convolution:
-    the layer, its folded BatchNormalization's ``(scale, shift)`` or None, and whether a ReLU
-    follows it (as the depthwise node itself would run them)."""
-    bn = folds.get(node)
-    affine = None if bn is None else bn.layer.inference_affine(bn.outputs[0].shape[-1], dtype)
-    activation = activations.get(node if bn is None else bn)
-    if activation is None:
-        activation = node.layer.activation if bn is None else "linear"
-    return node.layer, affine, activation == "relu"
+def _folded_affine(bn, dtype):
+    """``(scale, shift)`` of a BatchNormalization node folded into the op before it, or None."""
+    return None if bn is None else bn.layer.inference_affine(bn.outputs[0].shape[-1], dtype)
 
 
 def needs_gradient(graph, want_inputs: bool = False, wanted=()) -> set[int]:

@@ -162,11 +162,9 @@ def pointwise_depthwise(graph, activations: dict, folds: dict) -> dict:
                 or layer.padding not in ("valid", "same") or layer.dtype_policy.rounds \
                 or len(node.outputs) != 1:                  # 'valid' = 'same' here: no padding
             continue
-        last = folds.get(node, node)
-        if activations.get(last, last.layer.activation if last is node else "linear") \
-                not in ("linear", "relu"):
+        if planned_activation(node, activations, folds) not in ("linear", "relu"):
             continue
-        tensor, between = last.outputs[0], []
+        tensor, between = folds.get(node, node).outputs[0], []
         while id(tensor) not in output_ids:
             consumers = graph.consumers.get(id(tensor), [])
             if len(consumers) != 1:
@@ -177,14 +175,22 @@ def pointwise_depthwise(graph, activations: dict, folds: dict) -> dict:
                 tensor = after.outputs[0]
                 continue
             depthwise = after.layer
-            end = folds.get(after, after)
             if type(depthwise) is DepthwiseConv2D and depthwise.depth_multiplier == 1 \
                     and not depthwise.dtype_policy.rounds \
-                    and activations.get(end, depthwise.activation if end is after else "linear") \
-                    in ("linear", "relu"):
+                    and planned_activation(after, activations, folds) in ("linear", "relu"):
                 pairs[node] = DepthwiseAfter(after, tuple(between))
             break
     return pairs
+
+
+def planned_activation(node, activations: dict, folds: dict) -> str:
+    """The activation that runs after ``node``'s op in this plan: its folded BatchNormalization's
+    planned one (a ReLU moved into the BN, 3.) where one is folded into it, else its own planned
+    or configured one."""
+    bn = folds.get(node)
+    if bn is not None:
+        return activations.get(bn, "linear")
+    return activations.get(node, node.layer.activation)
 
 
 def batch_norm_folds(graph, activations: dict) -> dict:

@@ -21,6 +21,7 @@ from cnnlab.engine.dense import dense_backward, dense_forward
 from cnnlab.engine.depthwise import (
     depthwise_conv2d_backward,
     depthwise_conv2d_forward,
+    pair_pieces,
     pointwise_depthwise_forward,
 )
 from cnnlab.engine.normalization import fold_affine
@@ -106,16 +107,20 @@ class Conv2D(Layer):
 
     def _with_depthwise(self, x, kernel, bias, relu: bool, ctx):
         """This 1x1 convolution and ``ctx.output_depthwise``'s layer after it (inference:
-        ``graph.fusion``'s 7.), in pieces of images where the compiled kernels run, else the
-        two apart; the depthwise layer's output."""
+        ``graph.fusion``'s 7.), in pieces of images where the conv takes its one GEMM and the
+        compiled kernels run (``depthwise.pair_pieces``), else the two apart; the depthwise
+        layer's output."""
         depthwise, affine, dw_relu = ctx.output_depthwise
         dw_kernel, dw_bias = depthwise.folded_weights(affine)
-        if choose(x.shape, kernel.shape, self.strides, ((0, 0), (0, 0)), self.dilation_rate,
-                  gradients="none", dtype=x.dtype) == "direct":
+        direct = choose(x.shape, kernel.shape, self.strides, ((0, 0), (0, 0)),
+                        self.dilation_rate, gradients="none", dtype=x.dtype) == "direct"
+        pieces = pair_pieces(x, kernel[0, 0], bias, dw_kernel, dw_bias) if direct else None
+        if pieces is not None:
             return pointwise_depthwise_forward(x, kernel, bias, relu, dw_kernel, dw_bias,
                                                depthwise.strides,
                                                depthwise.pads_for(x.shape[1:3]),
-                                               depthwise.dilation_rate, dw_relu, ctx.free_list)
+                                               depthwise.dilation_rate, dw_relu, pieces,
+                                               ctx.free_list)
         mid, _ = conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
                                 self.dilation_rate, ctx.workspace, gradients="none", relu=relu,
                                 free=ctx.free_list)

@@ -86,16 +86,22 @@ def _shard_pass(model, xs, ys, ctx, share, want_grads):
     candidates = [i for i, loss in enumerate(model.compiled_losses)
                   if loss is not None and loss.fuses_softmax and not loss.from_logits]
     activations, as_logits = fusion.plan(model, candidates)
-    folds = joins = pairs = None
-    if not ctx.training and not ctx.keep_cache:                 # inference: no backward pass
-        folds = fusion.batch_norm_folds(model, activations)
-        joins = fusion.residual_joins(model, activations, folds)
-        pairs = fusion.pointwise_depthwise(model, activations, folds)
-    outputs, tape = execute.forward(model, xs, ctx, activations, folds=folds, joins=joins,
-                                    pools=fusion.pooled_convs(model, activations), pairs=pairs)
+    outputs, tape = execute.forward(model, xs, ctx, activations, **_op_fusions(
+        model, activations, inference=not ctx.training and not ctx.keep_cache))
     losses, output_grads = _losses(model, outputs, ys, as_logits, share, want_grads)
     grads = execute.backward(model, tape, output_grads).params if want_grads else {}
     return losses, outputs, grads
+
+
+def _op_fusions(model, activations: dict, inference: bool) -> dict:
+    """``execute.forward``'s ``folds``, ``joins``, ``pools`` and ``pairs`` (``graph.fusion``):
+    the pooled convolution always, the others only where no backward pass follows."""
+    plan = {"pools": fusion.pooled_convs(model, activations)}
+    if inference:
+        plan["folds"] = fusion.batch_norm_folds(model, activations)
+        plan["joins"] = fusion.residual_joins(model, activations, plan["folds"])
+        plan["pairs"] = fusion.pointwise_depthwise(model, activations, plan["folds"])
+    return plan
 
 
 def _context(model, training, batch_sum=None, generators=None, keep_cache=None) -> CallContext:
@@ -236,15 +242,12 @@ def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 def _predict_batch(model, xs):
     activations, _ = fusion.plan(model)
-    folds = fusion.batch_norm_folds(model, activations)
-    joins = fusion.residual_joins(model, activations, folds)
-    pools = fusion.pooled_convs(model, activations)
-    pairs = fusion.pointwise_depthwise(model, activations, folds)
+    fusions = _op_fusions(model, activations, inference=True)
     xs, _, parts, _ = _on_model_device(model, xs, [])
 
     def run(inputs):
         return execute.forward(model, inputs, _context(model, False), activations,
-                               folds=folds, joins=joins, pools=pools, pairs=pairs)[0]
+                               **fusions)[0]
 
     if parts is None:
         with parallel.single_threaded_blas():           # why: ``parallel``, "One batch"
