@@ -127,8 +127,10 @@ def _compiled_forward(kernels, x, kernel, bias, strides, dilation, top, left, ou
 #: predicting 128 images (medians of 30 calls, fresh processes): one thread 68.6-70.4 ms apart,
 #: 61.3-62.8 in pieces of 512 KB (2 runs each; 128 KB and 256 KB 62.8-65.9, 1 MB 59.9-61.9 in
 #: another pair of runs against 63.9-65.8 apart); two threads 33.6-37.9 ms apart (6 runs),
-#: 32.8-37.5 in pieces (9 runs, 512 KB and 1 MB; minima 30.9-33.0 against 32.6-33.9): there the
-#: gain is within the machine's noise.
+#: 32.8-37.5 in pieces (9 runs, 512 KB and 1 MB; minima 30.9-33.0 against 32.6-33.9), within
+#: the machine's noise, while the strided depthwise layers still took the pixel loops; with
+#: the register blocks in the pieces (``_compiled_forward``'s ``in_cache``) ``graph.fusion``'s
+#: 7. has the figures.
 PAIR_PIECE_BYTES = 2**19
 
 

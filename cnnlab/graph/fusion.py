@@ -71,8 +71,10 @@ and no plan can go stale. The unfused graph is the reference:
    'relu', whose output (or its folded BN's) reaches a DepthwiseConv2D of depth multiplier 1
    alone, through nothing but such ReLU nodes, with no model output on the way, and not under a
    mixed dtype policy. The values are the unfused graph's, bit for bit. mobilenet_small
-   predicting 128 images: 6-10% faster on one thread, within noise on two
-   (``engine.depthwise.PAIR_PIECE_BYTES`` has the figures).
+   predicting 128 images: 65.4 -> 59.4 ms on one thread; on two, 4 interleaved pairs of fresh
+   processes, medians 33.25-36.83 -> 30.44-33.88 ms (minima 32.3-33.3 -> 29.8-31.0), once the
+   strided depthwise layers took the register blocks in the pieces (within noise before:
+   ``engine.depthwise.PAIR_PIECE_BYTES``).
 """
 
 from __future__ import annotations
