@@ -826,55 +826,82 @@ def test_folded_batch_norms_follow_every_in_place_change_of_their_variables():
 
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("hw,c,f,stride,padding,relu,dw_relu,dw_bias", [
-    (16, 8, 32, 1, "same", True, True, True),
-    (15, 24, 64, 2, "same", False, True, False),        # odd map, 'same' at stride 2
-    (8, 16, 128, 1, "valid", True, False, True),
-    (9, 5, 16, 2, "valid", True, True, True)])
-def test_a_1x1_convolution_and_the_depthwise_after_it_in_pieces_equal_the_two_apart(
-        monkeypatch, dtype, hw, c, f, stride, padding, relu, dw_relu, dw_bias):
-    """``depthwise.pointwise_depthwise_forward`` runs a batch in pieces of whole images (here
-    as small as the compiled GEMM takes) and gives the values of the 1x1 convolution and the
-    depthwise convolution run apart on the whole batch, bit for bit; with the reference
-    switched on, ``pair_pieces`` sends the layer to the two ops apart."""
+def _chain_apart(x, ops):
+    """The reference for ``depthwise.separable_forward``: each op on the whole batch, the 1x1
+    ones by ``dense.linear``, the depthwise ones by ``depthwise_conv2d_forward``."""
     from cnnlab.engine import dense, depthwise
+    for op in ops:
+        if isinstance(op, depthwise.Pointwise):
+            out = np.empty((*x.shape[:3], op.weights.shape[1]), x.dtype)
+            dense.linear(x.reshape(-1, x.shape[3]), op.weights, op.bias, op.relu,
+                         out.reshape(-1, out.shape[3]))
+            x = out
+        else:
+            x, _ = depthwise.depthwise_conv2d_forward(x, op.kernel, op.bias, op.strides, op.pads,
+                                                      op.dilation, relu=op.relu)
+    return x
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("order,hw,c,stride,padding,dilation,relu,bias", [
+    ("pd", 16, 8, 1, "same", 1, True, True),
+    ("pdp", 15, 24, 2, "same", 1, False, False),       # odd map, 'same' at stride 2
+    ("dpdp", 17, 16, 1, "valid", 2, True, True),       # a depthwise head, dilation 2
+    ("pdpd", 19, 5, 2, "valid", 1, True, False),       # the first GEMM: K = 5
+    ("pp", 9, 32, 1, "same", 1, False, True)])
+def test_a_chain_of_1x1_and_depthwise_convolutions_in_pieces_equals_the_ops_apart(
+        monkeypatch, dtype, order, hw, c, stride, padding, dilation, relu, bias):
+    """``depthwise.separable_forward`` runs a chain of 1x1 ('p') and depthwise ('d')
+    convolutions in pieces of whole images (here as small as the compiled GEMM takes) and gives
+    the values of the ops run one by one on the whole batch, bit for bit; with the reference
+    switched on, ``separable_pieces`` sends the chain to the ops apart, as it does where a 1x1
+    conv's whole batch is too small for the compiled GEMM."""
+    from cnnlab.engine import depthwise
     cnnlab.config.set_kernels("numba")               # the conftest puts the switch back
-    monkeypatch.setattr(depthwise, "PAIR_PIECE_BYTES", 1)
-    rng = np.random.default_rng(hw * c + f)
-    n = 13
+    monkeypatch.setattr(depthwise, "CHAIN_PIECE_BYTES", 1)
+    rng = np.random.default_rng(hw * c + len(order))
+    n, size, channels, ops = 13, hw, c, []
+    for k, kind in enumerate(order):
+        use_bias, use_relu = (bias or k % 2), (relu or k % 2)    # some ops with, some without
+        if kind == "p":
+            out_channels = 2 * channels + 7 * (k == 0)      # F: not whole vectors
+            ops.append(depthwise.Pointwise(
+                rng.standard_normal((channels, out_channels)).astype(dtype),
+                rng.standard_normal(out_channels).astype(dtype) if use_bias else None,
+                bool(use_relu)))
+            channels = out_channels
+        else:
+            pads = resolve_padding(padding, (size, size), (3, 3), (stride, stride),
+                                   (dilation, dilation), "test")
+            ops.append(depthwise.Depthwise(
+                rng.standard_normal((3, 3, channels, 1)).astype(dtype),
+                rng.standard_normal(channels).astype(dtype) if use_bias else None,
+                (stride, stride), pads, (dilation, dilation), bool(use_relu)))
+            size = -(-(size + sum(pads[0]) - 2 * dilation) // stride)
     x = rng.standard_normal((n, hw, hw, c)).astype(dtype)
-    kernel = rng.standard_normal((1, 1, c, f)).astype(dtype)
-    bias = rng.standard_normal(f).astype(dtype)
-    dw_kernel = rng.standard_normal((3, 3, f, 1)).astype(dtype)
-    dw_bias_value = rng.standard_normal(f).astype(dtype) if dw_bias else None
-    pads = resolve_padding(padding, (hw, hw), (3, 3), (stride, stride), (1, 1), "test")
-    pieces = depthwise.pair_pieces(x, kernel.reshape(c, f), bias, dw_kernel, dw_bias_value)
+    pieces = depthwise.separable_pieces(x, ops)
     assert pieces is not None and len(pieces) >= 2                # the pieces ran
     assert [p.start for p in pieces] + [n] == sorted({p.start for p in pieces} | {n})
-    fused = depthwise.pointwise_depthwise_forward(x, kernel, bias, relu, dw_kernel,
-                                                  dw_bias_value, (stride, stride), pads,
-                                                  (1, 1), dw_relu, pieces)
-    mid = np.empty((n, hw, hw, f), dtype)
-    dense.linear(x.reshape(-1, c), kernel.reshape(c, f), bias, relu, mid.reshape(-1, f))
-    apart, _ = depthwise.depthwise_conv2d_forward(mid, dw_kernel, dw_bias_value,
-                                                  (stride, stride), pads, relu=dw_relu)
-    np.testing.assert_array_equal(fused, apart)
+    chained = depthwise.separable_forward(x, ops, pieces)
+    np.testing.assert_array_equal(chained, _chain_apart(x, ops))
+    if "p" in order:                    # a whole batch the compiled GEMM would not take
+        monkeypatch.setattr(depthwise, "LINEAR_MIN_ROWS", n * hw * hw + 1)
+        assert depthwise.separable_pieces(x, ops) is None
     cnnlab.config.set_kernels("numpy")
-    assert depthwise.pair_pieces(x, kernel.reshape(c, f), bias, dw_kernel, dw_bias_value) is None
+    assert depthwise.separable_pieces(x, ops) is None
 
 
-def test_a_1x1_convolution_runs_the_depthwise_convolution_after_it_at_inference(monkeypatch):
-    """``graph.fusion``'s 7.: MobileNet's ``Conv2D(1x1) -> BN -> ReLU -> DepthwiseConv2D -> BN
-    -> ReLU`` predicts as one call of the 1x1 conv, its folded BatchNormalizations and ReLUs
-    included, and the predictions and evaluation equal the unfused graph's bit for bit. Not
-    where the 1x1 output is read twice, after a 1x1 conv whose activation is not a ReLU or that
-    pads its input, or for a 3x3 conv; training is never fused."""
+def test_a_chain_of_1x1_and_depthwise_convolutions_runs_in_one_call_at_inference(monkeypatch):
+    """``graph.fusion``'s 7.: MobileNet's ``DepthwiseConv2D -> BN -> ReLU -> Conv2D(1x1) -> BN
+    -> ReLU -> ...`` predicts as one call of the first layer, the folded BatchNormalizations
+    and ReLUs included, and the predictions and evaluation equal the unfused graph's bit for
+    bit. The chain ends at an output read twice; a 1x1 conv whose activation is not a ReLU or
+    that pads its input, and a 3x3 conv, never join one; training is never fused."""
     from cnnlab import layers
     from cnnlab.engine import depthwise
     from cnnlab.graph import fusion
     cnnlab.config.set_kernels("numba")
-    monkeypatch.setattr(depthwise, "PAIR_PIECE_BYTES", 1)
+    monkeypatch.setattr(depthwise, "CHAIN_PIECE_BYTES", 1)
     cnnlab.utils.set_random_seed(4)
 
     def bn_relu(x, name):
@@ -903,27 +930,26 @@ def test_a_1x1_convolution_runs_the_depthwise_convolution_after_it_at_inference(
             for variable in layer.variables:
                 variable.value[...] = rng.uniform(0.5, 1.5, variable.value.shape)
     activations, _ = fusion.plan(model)
-    pairs = fusion.pointwise_depthwise(model, activations,
-                                       fusion.batch_norm_folds(model, activations))
-    assert {p.layer.name: d.depthwise.layer.name for p, d in pairs.items()} == {
-        "pw1": "dw2", "pw2": "dw3"}
+    chains = fusion.separable_chains(model, activations,
+                                     fusion.batch_norm_folds(model, activations))
+    assert {head.layer.name: [link.node.layer.name for link in links]
+            for head, links in chains.items()} == {
+        "dw1": ["pw1", "dw2", "pw2", "dw3", "read_twice"]}
     calls = []
-    fused_forward = depthwise.pointwise_depthwise_forward
-    monkeypatch.setattr(depthwise, "pointwise_depthwise_forward", lambda *a: (
-        calls.append(a[0].shape), fused_forward(*a))[1])
+    chained_forward = depthwise.separable_forward
     from cnnlab.layers import conv as conv_layers
-    monkeypatch.setattr(conv_layers, "pointwise_depthwise_forward",
-                        depthwise.pointwise_depthwise_forward)
+    monkeypatch.setattr(conv_layers, "separable_forward", lambda *a: (
+        calls.append(len(a[1])), chained_forward(*a))[1])
     cnnlab.config.set_threads(1)
     fused = model.predict(x, batch_size=40, verbose=0), model.evaluate(x, y, batch_size=40,
                                                                         verbose=0)
-    assert len(calls) == 4                                  # both pairs, predict and evaluate
-    pair_plan = fusion.pointwise_depthwise
-    monkeypatch.setattr(fusion, "pointwise_depthwise", lambda *a: {})
+    assert calls == [6, 6]                          # the whole chain, predict and evaluate
+    chain_plan = fusion.separable_chains
+    monkeypatch.setattr(fusion, "separable_chains", lambda *a: {})
     plain = model.predict(x, batch_size=40, verbose=0), model.evaluate(x, y, batch_size=40,
                                                                         verbose=0)
     np.testing.assert_array_equal(fused[0], plain[0])
     assert fused[1] == plain[1]
-    monkeypatch.setattr(fusion, "pointwise_depthwise", pair_plan)
+    monkeypatch.setattr(fusion, "separable_chains", chain_plan)
     model.train_on_batch(x[:8], y[:8])
-    assert len(calls) == 4                                  # training runs them apart
+    assert calls == [6, 6]                                  # training runs them apart

@@ -183,16 +183,24 @@ def matmul(a, b, bias, has_bias, relu, out):
     ``b`` is packed once; each block of ``a``'s rows then runs over them all, so ``b`` is read
     from cache and ``a`` once from memory: the order for a convolution's many pixels (M) and
     few filters (F)."""
+    if b.shape[0] != a.shape[1] or out.shape[1] != b.shape[1]:
+        raise ValueError("matmul takes a (M, K) @ b (K, F) into out (M, F)")
+    return matmul_packed(a, pack(b), bias, has_bias, relu, out)
+
+
+@numba.njit(cache=True, nogil=True)
+def matmul_packed(a, panels, bias, has_bias, relu, out):
+    """:func:`matmul` with ``b`` already packed (``panels = pack(b)``), for a caller that
+    multiplies many ``a`` by one ``b``; F is ``out``'s."""
     m, k = a.shape
-    f = b.shape[1]
+    f = out.shape[1]
     lanes = VECTOR_BYTES // a.itemsize
     flat_a, flat_out = a.reshape(-1), out.reshape(-1)
-    if m < ROWS or f < lanes or b.shape[0] != k or out.shape[0] != m or out.shape[1] != f:
+    columns = (f + lanes - 1) // lanes
+    if m < ROWS or f < lanes or out.shape[0] != m or panels.size != columns * k * lanes:
         raise ValueError("matmul takes a (M, K) @ b (K, F) into out (M, F), M >= ROWS and "
                          "F >= one vector")
     flat_bias = bias.reshape(-1) if has_bias else flat_out     # read, never added, if no bias
-    columns = (f + lanes - 1) // lanes
-    panels = pack(b)
     for row_block in range(0, m, ROWS):
         row = min(row_block, m - ROWS)
         for block in range(columns):

@@ -26,11 +26,13 @@ visit per output pixel or row, with no padded copy; the cache holds the kernels 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from cnnlab.engine import compiled
 from cnnlab.engine.arrays import FreeList, array_module, empty
-from cnnlab.engine.dense import LINEAR_MIN_ROWS, linear, linear_kernels
+from cnnlab.engine.dense import LINEAR_MIN_ROWS, linear_kernels
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import column_sums, pad_images, tap_slices
 
@@ -119,77 +121,121 @@ def _compiled_forward(kernels, x, kernel, bias, strides, dilation, top, left, ou
                                out)
 
 
-#: a 1x1 convolution run together with the depthwise one after it goes in pieces of whole
-#: images with about this many bytes of its output, which the depthwise loops then read from L2
-#: instead of memory. mobilenet_small's four 1x1 -> depthwise pairs on its 32 x 32 to 8 x 8
-#: maps, 64 images, one core, the kernels called directly (ms): 21.8 layer by layer, 17.9 in
-#: pieces of 4 images (256 KB to 1 MB), the depthwise parts 7.4 -> 3.8. The whole network
-#: predicting 128 images (medians of 30 calls, fresh processes): one thread 68.6-70.4 ms apart,
-#: 61.3-62.8 in pieces of 512 KB (2 runs each; 128 KB and 256 KB 62.8-65.9, 1 MB 59.9-61.9 in
-#: another pair of runs against 63.9-65.8 apart); two threads 33.6-37.9 ms apart (6 runs),
-#: 32.8-37.5 in pieces (9 runs, 512 KB and 1 MB; minima 30.9-33.0 against 32.6-33.9), within
-#: the machine's noise, while the strided depthwise layers still took the pixel loops; with
-#: the register blocks in the pieces (``_compiled_forward``'s ``in_cache``) ``graph.fusion``'s
-#: 7. has the figures.
-PAIR_PIECE_BYTES = 2**19
+class Pointwise(NamedTuple):
+    """A 1x1 convolution, stride 1, no padding, in a chain (:func:`separable_forward`)::
+
+        x (N, H, W, C) -> x @ weights (+ bias), then max(., 0) if relu      (N, H, W, F)
+    """
+    weights: np.ndarray              # (C, F)
+    bias: np.ndarray | None          # (F,)
+    relu: bool
 
 
-def pointwise_depthwise_forward(x, kernel, bias, relu: bool, dw_kernel, dw_bias, strides,
-                                pads: Pads, dilation, dw_relu: bool, pieces: list[slice],
-                                free: FreeList | None = None) -> np.ndarray:
-    """Inference (no cache): a 1x1 convolution, stride 1 and no padding, and the depthwise
-    convolution of its output (``graph.fusion``'s 7.), in ``pieces`` of whole images
-    (:func:`pair_pieces`; where it gives None the caller runs the two ops apart, which is the
-    reference)::
-
-        x (N, H, W, C), kernel (1, 1, C, F), dw_kernel (KH, KW, F, 1)
-        mid = x @ kernel[0, 0] (+ bias), then max(mid, 0) if relu     (N, H, W, F)
-        out = depthwise(mid, dw_kernel, dw_bias, strides, pads, dilation),
-              then max(out, 0) if dw_relu                              (N, Ho, Wo, F)
-
-    Only a piece of ``mid`` (``PAIR_PIECE_BYTES``) exists at a time, read by the depthwise
-    loops from cache. Each piece's rows take the compiled GEMM as the whole batch's do, each
-    row's sums in the same order, and the depthwise loops make each image alone, so the values
-    are those of the two ops run apart, bit for bit."""
-    n, h, w, c = x.shape
-    f = kernel.shape[3]
-    weights = kernel.reshape(c, f)
-    dtype = np.result_type(x, kernel)
-    kernels = compiled.module("depthwise_kernels", x, dw_kernel)
-    out = empty((n, *output_hw((h, w), dw_kernel.shape[:2], strides, pads, dilation), f),
-                dtype, free)
-    mid = np.empty((max(p.stop - p.start for p in pieces), h, w, f), dtype)
-    shift = np.zeros(f, dtype) if dw_bias is None else dw_bias.astype(dtype)
-    dw_kernel = np.ascontiguousarray(dw_kernel, dtype=dtype)
-    for piece in pieces:
-        part = mid[:piece.stop - piece.start]
-        linear(x[piece].reshape(-1, c), weights, bias, relu, part.reshape(-1, f))
-        _compiled_forward(kernels, part, dw_kernel, shift, strides, dilation, pads[0][0],
-                          pads[1][0], out[piece], dw_relu, in_cache=True)
-    return out
+class Depthwise(NamedTuple):
+    """A depthwise convolution with one filter per channel, in a chain: as
+    :func:`depthwise_conv2d_forward` ``(N, H, W, C) -> (N, Ho, Wo, C)``."""
+    kernel: np.ndarray               # (KH, KW, C, 1)
+    bias: np.ndarray | None          # (C,)
+    strides: tuple
+    pads: Pads
+    dilation: tuple
+    relu: bool
 
 
-def pair_pieces(x, weights, bias, dw_kernel, dw_bias) -> list[slice] | None:
-    """The pieces of whole images :func:`pointwise_depthwise_forward` runs ``x`` in
-    (``weights (C, F)``, the 1x1 kernel), or None where the two ops should run apart: the
-    compiled GEMM must take every piece (``dense.linear``:
-    at least ``LINEAR_MIN_ROWS`` rows and F of them, C-contiguous, one dtype), the compiled
-    depthwise loops must run, and there must be two pieces or more."""
-    n, h, w, _ = x.shape
-    f = weights.shape[1]
-    if array_module(x) is not np or dw_kernel.shape[3] != 1 or not x.flags.c_contiguous \
-            or not weights.flags.c_contiguous \
-            or linear_kernels(x.dtype, f, x, weights, bias, dw_kernel, dw_bias) is None \
-            or compiled.module("depthwise_kernels", x, dw_kernel) is None:
+def _chain_shapes(x_shape, ops) -> list[tuple]:
+    """Each op's output shape ``(N, H, W, C)``, in order."""
+    n, h, w, _ = x_shape
+    shapes = []
+    for op in ops:
+        if isinstance(op, Pointwise):
+            shapes.append((n, h, w, op.weights.shape[1]))
+        else:
+            h, w = output_hw((h, w), op.kernel.shape[:2], op.strides, op.pads, op.dilation)
+            shapes.append((n, h, w, op.kernel.shape[2]))
+    return shapes
+
+
+#: a chain of 1x1 and depthwise convolutions runs in pieces of whole images whose largest map
+#: takes about this many bytes, so that each op reads its input from L2, where the op before
+#: wrote it, instead of memory. mobilenet_small (figures in ``graph.fusion``'s 7.).
+CHAIN_PIECE_BYTES = 2**19
+
+
+def separable_pieces(x, ops) -> list[slice] | None:
+    """The pieces of whole images :func:`separable_forward` runs ``x`` in, or None where the
+    ops should run apart (the reference): the compiled kernels must run every op (each
+    depthwise one's loops; for each 1x1 one the compiled GEMM, which ``dense.linear`` takes on
+    the whole batch: at least ``LINEAR_MIN_ROWS`` rows and F of them, C-contiguous, one dtype,
+    so that the values in pieces are bit for bit the ops' apart), and there must be two pieces
+    or more."""
+    if array_module(x) is not np or not x.flags.c_contiguous:
         return None
-    pixels = h * w
-    per_piece = max(-(-max(LINEAR_MIN_ROWS, f) // pixels),
-                    PAIR_PIECE_BYTES // (pixels * f * x.itemsize), 1)
+    shapes = _chain_shapes(x.shape, ops)
+    n = x.shape[0]
+    per_piece = 1
+    for op, shape in zip(ops, shapes):
+        arrays = (x, *op[:2])
+        if isinstance(op, Pointwise):
+            rows = shape[1] * shape[2]             # a piece's rows per image
+            gemm = linear_kernels(x.dtype, shape[3], *arrays)
+            if gemm is None or not op.weights.flags.c_contiguous \
+                    or n * rows < max(LINEAR_MIN_ROWS, shape[3]):
+                return None
+            per_piece = max(per_piece, -(-gemm.ROWS // rows))     # the fewest it takes
+        elif op.kernel.shape[3] != 1 or compiled.module("depthwise_kernels", x, op.kernel) is None \
+                or any(array is not None and array.dtype != x.dtype for array in arrays):
+            return None
+    largest = max(h * w * c for _, h, w, c in shapes) * x.itemsize
+    per_piece = max(per_piece, CHAIN_PIECE_BYTES // largest)
     count = n // per_piece
     if count < 2:
         return None
     bounds = [n * i // count for i in range(count + 1)]        # near-equal, each >= per_piece
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
+def separable_forward(x, ops, pieces: list[slice], free: FreeList | None = None) -> np.ndarray:
+    """Inference (no cache): a chain of 1x1 (:class:`Pointwise`) and depthwise
+    (:class:`Depthwise`) convolutions, each reading the one before's output
+    (``graph.fusion``'s 7.), run in ``pieces`` of whole images (:func:`separable_pieces`; where
+    it gives None the caller runs the ops apart, which is the reference)::
+
+        x (N, H, W, C) -> ops[0] -> ops[1] -> ... -> out (N, Ho, Wo, F)
+
+    Only a piece of each map between exists at a time, read by the next op from cache. Each
+    piece's rows take the compiled GEMM as the whole batch's do, each row's sums in the same
+    order, and the depthwise loops make each image alone, so the values are those of the ops run
+    apart, bit for bit."""
+    dtype = x.dtype
+    shapes = _chain_shapes(x.shape, ops)
+    out = empty(shapes[-1], dtype, free)
+    most = max(p.stop - p.start for p in pieces)
+    size = max(h * w * c for _, h, w, c in shapes[:-1]) * most
+    between = [np.empty(size, dtype), np.empty(size, dtype)]     # written and read in turn
+    gemm = compiled.module("dense_kernels", x)
+    loops = compiled.module("depthwise_kernels", x)
+    # the kernels' arguments: a bias array always (one the GEMM never reads where none)
+    biases = [(op.weights if op.bias is None else op.bias) if isinstance(op, Pointwise)
+              else (np.zeros(op.kernel.shape[2], dtype) if op.bias is None else op.bias)
+              for op in ops]
+    weights = [gemm.pack(op.weights) if isinstance(op, Pointwise)     # packed once, not a
+               else np.ascontiguousarray(op.kernel) for op in ops]   # piece at a time
+    for piece in pieces:
+        count = piece.stop - piece.start
+        source = x[piece]
+        for k, op in enumerate(ops):
+            shape = (count, *shapes[k][1:])
+            target = out[piece] if k == len(ops) - 1 \
+                else between[k % 2][:count * shape[1] * shape[2] * shape[3]].reshape(shape)
+            if isinstance(op, Pointwise):
+                gemm.matmul_packed(source.reshape(-1, source.shape[3]), weights[k], biases[k],
+                                   op.bias is not None, op.relu, target.reshape(-1, shape[3]))
+            else:
+                _compiled_forward(loops, source, weights[k], biases[k], op.strides,
+                                  op.dilation, op.pads[0][0], op.pads[1][0], target, op.relu,
+                                  in_cache=True)
+            source = target
+    return out
 
 
 def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):

@@ -157,7 +157,7 @@ def plan_steps(nodes, outputs) -> list[Step]:
 def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict | None = None,
             keep_values: bool = False, folds: dict | None = None,
             joins: dict | None = None, pools: dict | None = None,
-            pairs: dict | None = None) -> tuple[list[np.ndarray], Tape]:
+            chains: dict | None = None) -> tuple[list[np.ndarray], Tape]:
     """Run every node of ``graph`` in topological order on ``inputs`` (one array per graph
     input). Values no later node needs are dropped at once unless ``keep_values``. ``folds``
     (inference only, ``fusion.batch_norm_folds``): {op node: BatchNormalization node} whose BN
@@ -165,14 +165,15 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
     ``fusion.residual_joins``): {op node: Join} whose Add the op runs in its last pass; the Add
     node passes the op's result on. ``pools`` (``fusion.pooled_convs``): {conv node: max pool
     node} whose pooling the conv runs; the pool node passes the pooled map on, and in a
-    backward pass its gradient back (:data:`PASSED_ON`). ``pairs`` (inference only,
-    ``fusion.pointwise_depthwise``): {1x1 conv node: DepthwiseAfter} whose depthwise
-    convolution the conv runs; the depthwise node and the nodes between pass their input, the
-    conv's result, on."""
+    backward pass its gradient back (:data:`PASSED_ON`). ``chains`` (inference only,
+    ``fusion.separable_chains``): {1x1 or depthwise conv node: its Links} whose ops the node's
+    layer runs after its own; their nodes and the nodes between pass their input, the chain's
+    result, on."""
     activations = activations or {}
-    folds, joins, pools, pairs = folds or {}, joins or {}, pools or {}, pairs or {}
+    folds, joins, pools, chains = folds or {}, joins or {}, pools or {}, chains or {}
     folded = {id(bn) for bn in folds.values()}
-    folded.update(id(after) for pair in pairs.values() for after in (*pair.between, pair.depthwise))
+    folded.update(id(node) for links in chains.values() for link in links
+                  for node in (*link.between, link.node))
     passed_on = {id(join.add): id(join.joined) for join in joins.values()}
     passed_on.update((id(pool), id(conv.outputs[0])) for conv, pool in pools.items())
     for tensor, x in zip(graph.inputs, inputs):
@@ -202,7 +203,7 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
             if needed is not None and outer_gradients != "none":
                 ctx.gradients = "all" if any(key in needed for key in step.reads) else "kernel"
             bn, join, pool = folds.get(step.node), joins.get(step.node), pools.get(step.node)
-            pair = pairs.get(step.node)
+            chain = chains.get(step.node)
             ctx.output_affine = _folded_affine(bn, args[0].dtype)
             ctx.output_residual = None if join is None else values[id(join.residual)]
             activation = activations.get(step.node if bn is None else bn)
@@ -211,13 +212,14 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
             if pool is not None:
                 ctx.output_pool = pool.layer.pool_size
                 activation = activations.get(pool, pool.layer.activation)
-            if pair is not None:                           # the depthwise node's own
-                dw = pair.depthwise
-                ctx.output_depthwise = (dw.layer, _folded_affine(folds.get(dw), args[0].dtype),
-                                        fusion.planned_activation(dw, activations, folds) == "relu")
+            if chain is not None:                            # the linked nodes' own
+                ctx.output_chain = tuple(
+                    (link.node.layer, _folded_affine(folds.get(link.node), args[0].dtype),
+                     fusion.planned_activation(link.node, activations, folds) == "relu")
+                    for link in chain)
             out, cache = step.layer.forward(args[0] if step.one_input else args, ctx, activation)
             ctx.output_affine = ctx.output_residual = ctx.output_pool = None
-            ctx.output_depthwise = None
+            ctx.output_chain = None
         if len(step.writes) == 1:
             values[step.writes[0]] = out
         else:

@@ -146,43 +146,57 @@ def pooled_convs(graph, activations: dict) -> dict:
     return pools
 
 
-class DepthwiseAfter(NamedTuple):
-    """The depthwise convolution a 1x1 conv runs in its own call (``pointwise_depthwise``)."""
-    depthwise: object    # the DepthwiseConv2D's node, which then passes the conv's result on
-    between: tuple       # the ReLU nodes planned 'linear' between them, which pass it on too
+class Link(NamedTuple):
+    """An op a chain's first op runs after it, in its own call (``separable_chains``)."""
+    node: object         # a 1x1 Conv2D's or DepthwiseConv2D's node, which then passes it on
+    between: tuple       # the ReLU nodes planned 'linear' before it, which pass it on too
 
 
-def pointwise_depthwise(graph, activations: dict, folds: dict) -> dict:
-    """``{1x1 Conv2D node: DepthwiseAfter}`` (the module docstring's 7.) for an inference call.
-    ``activations`` and ``folds``: the other fusions' plan."""
-    pairs = {}
+def separable_chains(graph, activations: dict, folds: dict) -> dict:
+    """``{first op's node: (Link, ...)}`` (the module docstring's 7.) for an inference call:
+    each run of two or more chainable ops (:func:`_chainable`), each op's output (or its folded
+    BN's) read by the next alone, through nothing but ReLU nodes planned 'linear', with no model
+    output on the way. ``activations`` and ``folds``: the other fusions' plan."""
+    chains, linked = {}, set()
     output_ids = {id(t) for t in graph.outputs}
-    for node in graph.nodes:
-        layer = node.layer
-        if type(layer) is not Conv2D or tuple(layer.kernel_size) != (1, 1) \
-                or tuple(layer.strides) != (1, 1) or tuple(layer.dilation_rate) != (1, 1) \
-                or layer.padding not in ("valid", "same") or layer.dtype_policy.rounds \
-                or len(node.outputs) != 1:                  # 'valid' = 'same' here: no padding
+    for node in graph.nodes:                                       # in topological order
+        if id(node) in linked or not _chainable(node, activations, folds):
             continue
-        if planned_activation(node, activations, folds) not in ("linear", "relu"):
-            continue
-        tensor, between = folds.get(node, node).outputs[0], []
-        while id(tensor) not in output_ids:
-            consumers = graph.consumers.get(id(tensor), [])
-            if len(consumers) != 1:
-                break
-            after = consumers[0]
-            if type(after.layer) in (ReLU, Activation) and activations.get(after) == "linear":
+        links, op = [], node
+        while True:
+            tensor, between = folds.get(op, op).outputs[0], []
+            while id(tensor) not in output_ids and len(graph.consumers.get(id(tensor), [])) == 1:
+                after = graph.consumers[id(tensor)][0]
+                if type(after.layer) not in (ReLU, Activation) \
+                        or activations.get(after) != "linear":
+                    break
                 between.append(after)
                 tensor = after.outputs[0]
-                continue
-            depthwise = after.layer
-            if type(depthwise) is DepthwiseConv2D and depthwise.depth_multiplier == 1 \
-                    and not depthwise.dtype_policy.rounds \
-                    and planned_activation(after, activations, folds) in ("linear", "relu"):
-                pairs[node] = DepthwiseAfter(after, tuple(between))
-            break
-    return pairs
+            consumers = graph.consumers.get(id(tensor), [])
+            if id(tensor) in output_ids or len(consumers) != 1 \
+                    or not _chainable(consumers[0], activations, folds):
+                break
+            op = consumers[0]
+            links.append(Link(op, tuple(between)))
+            linked.add(id(op))
+        if links:
+            chains[node] = tuple(links)
+    return chains
+
+
+def _chainable(node, activations: dict, folds: dict) -> bool:
+    """Whether ``node``'s op can run in a chain: a DepthwiseConv2D of depth multiplier 1, or a
+    Conv2D with a 1x1 kernel, stride 1, dilation 1 and no explicit padding; with one output,
+    planned activation 'linear' or 'relu', not under a mixed dtype policy."""
+    layer = node.layer
+    if layer.dtype_policy.rounds or len(node.outputs) != 1 \
+            or planned_activation(node, activations, folds) not in ("linear", "relu"):
+        return False
+    if type(layer) is DepthwiseConv2D:
+        return layer.depth_multiplier == 1
+    return type(layer) is Conv2D and tuple(layer.kernel_size) == (1, 1) \
+        and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1) \
+        and layer.padding in ("valid", "same")              # 'valid' = 'same' here: no padding
 
 
 def planned_activation(node, activations: dict, folds: dict) -> str:

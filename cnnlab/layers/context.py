@@ -91,9 +91,10 @@ class CallContext:
     ``output_pool``     ``(PH, PW)``: a layer able to (``folds_output_pool``) runs the max
                         pooling after it (stride = pool, no padding) in its own call and returns
                         the pooled map (``graph.fusion``'s pooled convolution)
-    ``output_depthwise`` ``(layer, (scale, shift) or None, relu)``: a 1x1 Conv2D runs this
-                        DepthwiseConv2D after it, its folded BatchNormalization and ReLU, in its
-                        own call and returns its output (``graph.fusion``'s 7.; inference)
+    ``output_chain``    ``((layer, (scale, shift) or None, relu), ...)``: a 1x1 or depthwise
+                        Conv2D runs these 1x1 and depthwise convs after it, each with its folded
+                        BatchNormalization and ReLU, in its own call and returns the last one's
+                        output (``graph.fusion``'s 7.; inference)
     """
 
     def __init__(self, training: bool = False, keep_cache: bool | None = None,
@@ -107,7 +108,7 @@ class CallContext:
         self.output_affine: tuple[np.ndarray, np.ndarray] | None = None
         self.output_residual: np.ndarray | None = None
         self.output_pool: tuple[int, int] | None = None
-        self.output_depthwise: tuple | None = None
+        self.output_chain: tuple | None = None
         self.gradients = "all" if self.keep_cache else "none"
         self._batch_sum = batch_sum
         self._generators = generators

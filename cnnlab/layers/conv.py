@@ -19,14 +19,16 @@ from cnnlab.engine import initializers
 from cnnlab.engine.conv import choose, conv2d_backward, conv2d_forward
 from cnnlab.engine.dense import dense_backward, dense_forward
 from cnnlab.engine.depthwise import (
+    Depthwise,
+    Pointwise,
     depthwise_conv2d_backward,
     depthwise_conv2d_forward,
-    pair_pieces,
-    pointwise_depthwise_forward,
+    separable_forward,
+    separable_pieces,
 )
 from cnnlab.engine.normalization import fold_affine
 from cnnlab.engine.shapes import as_pair, output_hw, resolve_padding, validate_padding
-from cnnlab.layers.base import Layer, check_positive_int, linear_weights
+from cnnlab.layers.base import Layer, check_positive_int
 
 
 class Conv2D(Layer):
@@ -85,7 +87,14 @@ class Conv2D(Layer):
 
     def kernel_and_bias(self, ctx):
         """The weights this call runs with: kernel ``(KH, KW, C, F)``, bias ``(F,)`` or None."""
-        return linear_weights(self, ctx)
+        return self.folded_weights(ctx.output_affine)
+
+    def folded_weights(self, affine):
+        """The kernel and bias (or None), with ``affine``, a ``(scale, shift)`` per output
+        channel, folded in (None: the layer's own)."""
+        kernel = self.compute_weight(self.variables[0].value)
+        bias = self.compute_weight(self.variables[1].value) if self.use_bias else None
+        return (kernel, bias) if affine is None else fold_affine(kernel, bias, *affine)
 
     def fuses(self, activation, ctx):
         """At inference (no backward pass follows), a ReLU runs inside the convolution: compiled
@@ -98,35 +107,43 @@ class Conv2D(Layer):
         # ctx.workspace: the im2col buffer and kernel spectrum the caller keeps for this call
         # site between steps (one per thread and per node, so concurrent calls never share one)
         kernel, bias = self.kernel_and_bias(ctx)
-        if ctx.output_depthwise is not None:
-            return self._with_depthwise(x, kernel, bias, activation == "relu", ctx), None
+        if ctx.output_chain is not None:
+            return self._with_chain(x, kernel, bias, activation == "relu", ctx), None
         return conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
                               self.dilation_rate, ctx.workspace, gradients=ctx.gradients,
                               relu=activation == "relu", free=ctx.free_list,
                               residual=ctx.output_residual, max_pool=ctx.output_pool)
 
-    def _with_depthwise(self, x, kernel, bias, relu: bool, ctx):
-        """This 1x1 convolution and ``ctx.output_depthwise``'s layer after it (inference:
-        ``graph.fusion``'s 7.), in pieces of images where the conv takes its one GEMM and the
-        compiled kernels run (``depthwise.pair_pieces``), else the two apart; the depthwise
-        layer's output."""
-        depthwise, affine, dw_relu = ctx.output_depthwise
-        dw_kernel, dw_bias = depthwise.folded_weights(affine)
-        direct = choose(x.shape, kernel.shape, self.strides, ((0, 0), (0, 0)),
-                        self.dilation_rate, gradients="none", dtype=x.dtype) == "direct"
-        pieces = pair_pieces(x, kernel[0, 0], bias, dw_kernel, dw_bias) if direct else None
+    def chain_op(self, kernel, bias, relu: bool, input_hw):
+        """This 1x1 convolution in a chain (``engine.depthwise.separable_forward``)."""
+        return Pointwise(kernel[0, 0], bias, relu)
+
+    def _with_chain(self, x, kernel, bias, relu: bool, ctx):
+        """This layer (a 1x1 Conv2D or a DepthwiseConv2D) and ``ctx.output_chain``'s after it
+        (inference: ``graph.fusion``'s 7.), in pieces of images where every 1x1 conv takes its
+        one GEMM and the compiled kernels run (``depthwise.separable_pieces``), else one by
+        one; the last one's output."""
+        ops, hw, direct = [], x.shape[1:3], True
+        for layer, (k, b), r in [(self, (kernel, bias), relu)] + [
+                (layer, layer.folded_weights(affine), r) for layer, affine, r in ctx.output_chain]:
+            ops.append(layer.chain_op(k, b, r, hw))
+            if isinstance(ops[-1], Pointwise):        # one GEMM on the whole batch, as apart
+                direct = direct and choose((x.shape[0], *hw, k.shape[2]), k.shape, (1, 1),
+                                           ((0, 0), (0, 0)), (1, 1), gradients="none",
+                                           dtype=x.dtype) == "direct"
+            hw = layer.compute_output_shape((*hw, k.shape[2]))[:2]
+        pieces = separable_pieces(x, ops) if direct else None
         if pieces is not None:
-            return pointwise_depthwise_forward(x, kernel, bias, relu, dw_kernel, dw_bias,
-                                               depthwise.strides,
-                                               depthwise.pads_for(x.shape[1:3]),
-                                               depthwise.dilation_rate, dw_relu, pieces,
-                                               ctx.free_list)
-        mid, _ = conv2d_forward(x, kernel, bias, self.strides, self.pads_for(x.shape[1:3]),
-                                self.dilation_rate, ctx.workspace, gradients="none", relu=relu,
-                                free=ctx.free_list)
-        return depthwise_conv2d_forward(mid, dw_kernel, dw_bias, depthwise.strides,
-                                        depthwise.pads_for(mid.shape[1:3]),
-                                        depthwise.dilation_rate, ctx.free_list, relu=dw_relu)[0]
+            return separable_forward(x, ops, pieces, ctx.free_list)
+        for op in ops:
+            if isinstance(op, Pointwise):
+                x, _ = conv2d_forward(x, op.weights[None, None], op.bias, (1, 1),
+                                      ((0, 0), (0, 0)), (1, 1), None, gradients="none",
+                                      relu=op.relu, free=ctx.free_list)
+            else:
+                x, _ = depthwise_conv2d_forward(x, op.kernel, op.bias, op.strides, op.pads,
+                                                op.dilation, ctx.free_list, relu=op.relu)
+        return x
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache, input_grad)
@@ -188,13 +205,10 @@ class DepthwiseConv2D(Conv2D):
         self.filters = input_shape[-1] * self.depth_multiplier
         return super().compute_output_shape(input_shape)
 
-    def kernel_and_bias(self, ctx):
-        """As Conv2D's; output channel ``c * M + m`` is kernel ``[..., c, m]``."""
-        return self.folded_weights(ctx.output_affine)
-
     def folded_weights(self, affine):
         """The kernel ``(KH, KW, C, M)`` and bias (or None), with ``affine``, a ``(scale,
-        shift)`` per output channel, folded in (None: the layer's own)."""
+        shift)`` per output channel, folded in (None: the layer's own); output channel
+        ``c * M + m`` is kernel ``[..., c, m]``."""
         kernel = self.compute_weight(self.variables[0].value)                # (KH, KW, C, M)
         bias = self.compute_weight(self.variables[1].value) if self.use_bias else None
         if affine is None:
@@ -206,8 +220,16 @@ class DepthwiseConv2D(Conv2D):
         """At inference a ReLU runs inside the depthwise loops, on each row while it is in L1."""
         return activation == "relu" and not ctx.keep_cache
 
+    def chain_op(self, kernel, bias, relu: bool, input_hw):
+        """This depthwise convolution, on maps of ``input_hw``, in a chain
+        (``engine.depthwise.separable_forward``)."""
+        return Depthwise(kernel, bias, self.strides, self.pads_for(input_hw),
+                         self.dilation_rate, relu)
+
     def call(self, x, ctx, activation="linear"):
         kernel, bias = self.kernel_and_bias(ctx)
+        if ctx.output_chain is not None:
+            return self._with_chain(x, kernel, bias, activation == "relu", ctx), None
         return depthwise_conv2d_forward(x, kernel, bias, self.strides,
                                         self.pads_for(x.shape[1:3]), self.dilation_rate,
                                         ctx.free_list, relu=activation == "relu")

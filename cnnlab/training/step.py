@@ -94,13 +94,13 @@ def _shard_pass(model, xs, ys, ctx, share, want_grads):
 
 
 def _op_fusions(model, activations: dict, inference: bool) -> dict:
-    """``execute.forward``'s ``folds``, ``joins``, ``pools`` and ``pairs`` (``graph.fusion``):
+    """``execute.forward``'s ``folds``, ``joins``, ``pools`` and ``chains`` (``graph.fusion``):
     the pooled convolution always, the others only where no backward pass follows."""
     plan = {"pools": fusion.pooled_convs(model, activations)}
     if inference:
         plan["folds"] = fusion.batch_norm_folds(model, activations)
         plan["joins"] = fusion.residual_joins(model, activations, plan["folds"])
-        plan["pairs"] = fusion.pointwise_depthwise(model, activations, plan["folds"])
+        plan["chains"] = fusion.separable_chains(model, activations, plan["folds"])
     return plan
 
 
