@@ -827,18 +827,22 @@ def test_folded_batch_norms_follow_every_in_place_change_of_their_variables():
 
 
 def _chain_apart(x, ops):
-    """The reference for ``depthwise.separable_forward``: each op on the whole batch, the 1x1
-    ones by ``dense.linear``, the depthwise ones by ``depthwise_conv2d_forward``."""
+    """The reference for ``engine.chain``: each op on the whole batch, a 1x1 convolution by
+    ``dense.linear``, another by ``conv2d_forward``, a depthwise one by
+    ``depthwise_conv2d_forward``."""
     from cnnlab.engine import dense, depthwise
     for op in ops:
-        if isinstance(op, depthwise.Pointwise):
-            out = np.empty((*x.shape[:3], op.weights.shape[1]), x.dtype)
-            dense.linear(x.reshape(-1, x.shape[3]), op.weights, op.bias, op.relu,
+        if op.depthwise:
+            x, _ = depthwise.depthwise_conv2d_forward(x, op.kernel, op.bias, op.strides, op.pads,
+                                                      op.dilation, relu=op.relu)
+        elif op.kernel.shape[:2] == (1, 1):
+            out = np.empty((*x.shape[:3], op.kernel.shape[3]), x.dtype)
+            dense.linear(x.reshape(-1, x.shape[3]), op.kernel[0, 0], op.bias, op.relu,
                          out.reshape(-1, out.shape[3]))
             x = out
         else:
-            x, _ = depthwise.depthwise_conv2d_forward(x, op.kernel, op.bias, op.strides, op.pads,
-                                                      op.dilation, relu=op.relu)
+            x, _ = conv.conv2d_forward(x, op.kernel, op.bias, op.strides, op.pads, op.dilation,
+                                       gradients="none", relu=op.relu)
     return x
 
 
@@ -848,60 +852,66 @@ def _chain_apart(x, ops):
     ("pdp", 15, 24, 2, "same", 1, False, False),       # odd map, 'same' at stride 2
     ("dpdp", 17, 16, 1, "valid", 2, True, True),       # a depthwise head, dilation 2
     ("pdpd", 19, 5, 2, "valid", 1, True, False),       # the first GEMM: K = 5
-    ("pp", 9, 32, 1, "same", 1, False, True)])
-def test_a_chain_of_1x1_and_depthwise_convolutions_in_pieces_equals_the_ops_apart(
+    ("pp", 9, 32, 1, "same", 1, False, True),
+    ("sdp", 18, 3, 1, "same", 1, True, False),         # an RGB stem, as MobileNet's
+    ("sd", 21, 1, 2, "valid", 1, False, True)])        # a stride-2 stem of one channel
+def test_a_chain_of_convolutions_in_pieces_equals_the_ops_apart(
         monkeypatch, dtype, order, hw, c, stride, padding, dilation, relu, bias):
-    """``depthwise.separable_forward`` runs a chain of 1x1 ('p') and depthwise ('d')
-    convolutions in pieces of whole images (here as small as the compiled GEMM takes) and gives
-    the values of the ops run one by one on the whole batch, bit for bit; with the reference
-    switched on, ``separable_pieces`` sends the chain to the ops apart, as it does where a 1x1
-    conv's whole batch is too small for the compiled GEMM."""
-    from cnnlab.engine import depthwise
+    """``engine.chain`` runs a chain of 1x1 ('p'), depthwise ('d') and stem ('s': few input
+    channels, 3x3) convolutions in pieces of whole images (here as small as the compiled GEMM
+    takes) and gives the values of the ops run one by one on the whole batch, bit for bit;
+    with the reference switched on, or where a 1x1 conv's whole batch is too small for the
+    compiled GEMM, it runs the ops apart."""
+    from cnnlab.engine import chain
     cnnlab.config.set_kernels("numba")               # the conftest puts the switch back
-    monkeypatch.setattr(depthwise, "CHAIN_PIECE_BYTES", 1)
+    monkeypatch.setattr(chain, "CHAIN_PIECE_BYTES", 1)
     rng = np.random.default_rng(hw * c + len(order))
     n, size, channels, ops = 13, hw, c, []
     for k, kind in enumerate(order):
-        use_bias, use_relu = (bias or k % 2), (relu or k % 2)    # some ops with, some without
-        if kind == "p":
-            out_channels = 2 * channels + 7 * (k == 0)      # F: not whole vectors
-            ops.append(depthwise.Pointwise(
-                rng.standard_normal((channels, out_channels)).astype(dtype),
-                rng.standard_normal(out_channels).astype(dtype) if use_bias else None,
-                bool(use_relu)))
-            channels = out_channels
-        else:
-            pads = resolve_padding(padding, (size, size), (3, 3), (stride, stride),
-                                   (dilation, dilation), "test")
-            ops.append(depthwise.Depthwise(
-                rng.standard_normal((3, 3, channels, 1)).astype(dtype),
-                rng.standard_normal(channels).astype(dtype) if use_bias else None,
-                (stride, stride), pads, (dilation, dilation), bool(use_relu)))
-            size = -(-(size + sum(pads[0]) - 2 * dilation) // stride)
+        use_bias, use_relu = bool(bias or k % 2), bool(relu or k % 2)   # some with, some not
+        window = 1 if kind == "p" else 3
+        steps = (1, 1) if kind == "p" else (stride, stride)
+        dilated = (1, 1) if kind == "p" else (dilation, dilation)
+        pads = resolve_padding("valid" if kind == "p" else padding, (size, size),
+                               (window, window), steps, dilated, "test")
+        out_channels = {"d": channels, "s": 16 + 2 * channels,         # F: not whole vectors
+                        "p": 2 * channels + (7 if k == 0 else 16)}[kind]
+        ops.append(chain.ChainOp(
+            kind == "d", rng.standard_normal(
+                (window, window, channels, 1 if kind == "d" else out_channels)).astype(dtype),
+            rng.standard_normal(out_channels).astype(dtype) if use_bias else None,
+            steps, pads, dilated, use_relu))
+        channels = out_channels
+        size = (size + sum(pads[0]) - dilated[0] * (window - 1) - 1) // steps[0] + 1
     x = rng.standard_normal((n, hw, hw, c)).astype(dtype)
-    pieces = depthwise.separable_pieces(x, ops)
+    assert chain.chain_shapes(x.shape, ops)[-1] == (n, size, size, channels)
+    pieces = chain.chain_pieces(x, ops)
     assert pieces is not None and len(pieces) >= 2                # the pieces ran
     assert [p.start for p in pieces] + [n] == sorted({p.start for p in pieces} | {n})
-    chained = depthwise.separable_forward(x, ops, pieces)
-    np.testing.assert_array_equal(chained, _chain_apart(x, ops))
+    expected = _chain_apart(x, ops)
+    np.testing.assert_array_equal(chain.chain_forward(x, ops), expected)
     if "p" in order:                    # a whole batch the compiled GEMM would not take
-        monkeypatch.setattr(depthwise, "LINEAR_MIN_ROWS", n * hw * hw + 1)
-        assert depthwise.separable_pieces(x, ops) is None
+        monkeypatch.setattr(chain, "LINEAR_MIN_ROWS", n * hw * hw + 1)
+        assert chain.chain_pieces(x, ops) is None
+        np.testing.assert_array_equal(chain.chain_forward(x, ops), expected)
     cnnlab.config.set_kernels("numpy")
-    assert depthwise.separable_pieces(x, ops) is None
+    assert chain.chain_pieces(x, ops) is None
+    np.testing.assert_allclose(chain.chain_forward(x, ops), expected,
+                               rtol=1e-4 if dtype == "float32" else 1e-10, atol=1e-4)
 
 
-def test_a_chain_of_1x1_and_depthwise_convolutions_runs_in_one_call_at_inference(monkeypatch):
-    """``graph.fusion``'s 7.: MobileNet's ``DepthwiseConv2D -> BN -> ReLU -> Conv2D(1x1) -> BN
-    -> ReLU -> ...`` predicts as one call of the first layer, the folded BatchNormalizations
-    and ReLUs included, and the predictions and evaluation equal the unfused graph's bit for
-    bit. The chain ends at an output read twice; a 1x1 conv whose activation is not a ReLU or
-    that pads its input, and a 3x3 conv, never join one; training is never fused."""
+def test_a_chain_of_convolutions_runs_in_one_call_at_inference(monkeypatch):
+    """``graph.fusion``'s 7.: MobileNet's ``stem -> BN -> ReLU -> DepthwiseConv2D -> BN -> ReLU
+    -> Conv2D(1x1) -> BN -> ReLU -> ...`` predicts as one call of the stem, the folded
+    BatchNormalizations and ReLUs included, and the predictions and evaluation equal the
+    unfused graph's bit for bit. The chain ends at an output read twice; a 1x1 conv whose
+    activation is not a ReLU, that pads its input or that adds a residual (MobileNetV2's
+    projection), and a 3x3 conv after the first op, never join one; training never chains."""
     from cnnlab import layers
-    from cnnlab.engine import depthwise
+    from cnnlab.engine import chain
     from cnnlab.graph import fusion
     cnnlab.config.set_kernels("numba")
-    monkeypatch.setattr(depthwise, "CHAIN_PIECE_BYTES", 1)
+    monkeypatch.setattr(chain, "CHAIN_PIECE_BYTES", 1)
     cnnlab.utils.set_random_seed(4)
 
     def bn_relu(x, name):
@@ -919,7 +929,12 @@ def test_a_chain_of_1x1_and_depthwise_convolutions_runs_in_one_call_at_inference
     x = layers.Conv2D(32, 1, activation="tanh", name="tanh")(x)
     x = layers.DepthwiseConv2D(3, padding="same", name="dw5")(x)
     x = layers.Conv2D(32, 1, padding=1, name="padded")(x)              # 10 x 10: a border
-    x = layers.DepthwiseConv2D(3, name="dw6")(x)
+    x = layers.Conv2D(32, 3, name="conv3x3")(x)
+    block = layers.DepthwiseConv2D(3, name="dw6")(x)                   # 6 x 6
+    x = bn_relu(layers.Conv2D(64, 1, use_bias=False, name="expand")(block), "e")
+    x = bn_relu(layers.DepthwiseConv2D(3, padding="same", name="dw7")(x), "d7")
+    x = layers.BatchNormalization(name="project_bn")(layers.Conv2D(32, 1, name="project")(x))
+    x = layers.Add()([x, block])
     outputs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(x))
     model = cnnlab.Model(inputs, outputs)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
@@ -930,20 +945,23 @@ def test_a_chain_of_1x1_and_depthwise_convolutions_runs_in_one_call_at_inference
             for variable in layer.variables:
                 variable.value[...] = rng.uniform(0.5, 1.5, variable.value.shape)
     activations, _ = fusion.plan(model)
-    chains = fusion.separable_chains(model, activations,
-                                     fusion.batch_norm_folds(model, activations))
+    folds = fusion.batch_norm_folds(model, activations)
+    joins = fusion.residual_joins(model, activations, folds)
+    assert [op.layer.name for op in joins] == ["project"]
+    chains = fusion.separable_chains(model, activations, folds, joins)
     assert {head.layer.name: [link.node.layer.name for link in links]
             for head, links in chains.items()} == {
-        "dw1": ["pw1", "dw2", "pw2", "dw3", "read_twice"]}
+        "stem": ["dw1", "pw1", "dw2", "pw2", "dw3", "read_twice"], "expand": ["dw7"]}
     calls = []
-    chained_forward = depthwise.separable_forward
+    chained_forward = chain.chain_forward
     from cnnlab.layers import conv as conv_layers
-    monkeypatch.setattr(conv_layers, "separable_forward", lambda *a: (
-        calls.append(len(a[1])), chained_forward(*a))[1])
+    monkeypatch.setattr(conv_layers, "chain_forward", lambda *a: (
+        calls.append((len(a[1]), chain.chain_pieces(*a[:2]) is not None)),
+        chained_forward(*a))[1])
     cnnlab.config.set_threads(1)
     fused = model.predict(x, batch_size=40, verbose=0), model.evaluate(x, y, batch_size=40,
                                                                         verbose=0)
-    assert calls == [6, 6]                          # the whole chain, predict and evaluate
+    assert calls == [(7, True), (2, True)] * 2     # both chains in pieces, predict and evaluate
     chain_plan = fusion.separable_chains
     monkeypatch.setattr(fusion, "separable_chains", lambda *a: {})
     plain = model.predict(x, batch_size=40, verbose=0), model.evaluate(x, y, batch_size=40,
@@ -952,4 +970,4 @@ def test_a_chain_of_1x1_and_depthwise_convolutions_runs_in_one_call_at_inference
     assert fused[1] == plain[1]
     monkeypatch.setattr(fusion, "separable_chains", chain_plan)
     model.train_on_batch(x[:8], y[:8])
-    assert calls == [6, 6]                                  # training runs them apart
+    assert len(calls) == 4                                  # training never chains

@@ -849,7 +849,7 @@ def test_the_pooled_implicit_gemm_and_its_kernel_gradient_equal_the_reference_in
     x, _, _ = _fenced(rng, (n, h, w, c), np.float64, np.nan)
     x[...] = values(x.shape)
     kernel, bias = values((kh, kw, c, f)), values(f)
-    wide = conv._widened(x, pads[1])                            # as conv.py hands it over
+    wide = conv.widened(x, pads[1])                            # as conv.py hands it over
     panels = dense_kernels.pack(kernel.reshape(-1, f))
     shape = (n, ho // pool[0], wo // pool[1], f)
     plain = np.empty((n, ho, wo, f))                   # the compiled convolution, pooled apart

@@ -298,7 +298,7 @@ def _pooled_forward(path, x, kernel, bias, strides, pads, dilation, workspace, g
     runs, else the convolution, then the pooling (then the ReLU, in place)."""
     keep = gradients != "none"
     if path == "direct" and max_pool == (2, 2) \
-            and _implicit_runs(x, kernel, bias, pads, dilation, keep):
+            and implicit_runs(x, kernel, bias, pads, dilation, keep):
         return _implicit_forward(x, kernel, bias, strides, pads, dilation, relu, workspace,
                                  free, pooled=True, keep=keep)
     out, cache = _forward(path, x, kernel, bias, strides, pads, dilation, workspace, False,
@@ -390,7 +390,7 @@ def _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free=No
     xp = array_module(x, kernel)
     has_bias = bias is not None
     out_dtype = xp.result_type(x, kernel)
-    if _implicit_runs(x, kernel, bias, pads, dilation, keep_cols):
+    if implicit_runs(x, kernel, bias, pads, dilation, keep_cols):
         return _implicit_forward(x, kernel, bias, strides, pads, dilation, relu, workspace, free)
     compiled_gemm = linear_kernels(out_dtype, f, x, kernel, bias) is not None
     fold = has_bias and kh * kw * c < FOLD_BIAS_MAX_K and not relu and not compiled_gemm
@@ -445,7 +445,7 @@ def _implicit_forward(x, kernel, bias, strides, pads, dilation, relu, workspace,
     panels = compiled.module("dense_kernels").pack(
         np.ascontiguousarray(kernel).reshape(kh * kw * c, f))
     kernels = compiled.module("conv_kernels")
-    wide, shift = _widened(x, pads[1], free), panels if bias is None else bias
+    wide, shift = widened(x, pads[1], free), panels if bias is None else bias
     cache = Im2colCache(None, x, kernel, x.shape, strides, pads, dilation, bias is not None,
                         False, workspace, None, free, implicit=True)
     if not pooled:
@@ -464,7 +464,7 @@ def _implicit_forward(x, kernel, bias, strides, pads, dilation, relu, workspace,
                                                      (2, 2), (2, 2), ((0, 0), (0, 0)), free))
 
 
-def _widened(x, left_right, free=None):
+def widened(x, left_right, free=None):
     """``x (N, H, W, C)`` C-contiguous, in a copy padded with zeros along the width
     (``left_right``: the columns to add on each side) if any; from ``free`` if given."""
     left, right = left_right
@@ -478,7 +478,7 @@ def _widened(x, left_right, free=None):
     return wide
 
 
-def _implicit_runs(x, kernel, bias, pads, dilation, training: bool) -> bool:
+def implicit_runs(x, kernel, bias, pads, dilation, training: bool) -> bool:
     """Whether the direct path takes the implicit GEMM (``IMPLICIT_MAX_CHANNELS``): its
     kernels on these arrays, no crop, and in ``training`` a kernel gradient that reads the
     windows the same way (:func:`_implicit_kernel_grad`: dilation 1 along the width, where a
@@ -534,7 +534,7 @@ def kernel_grad_input(x, kw: int, pads: Pads):
     row's padded taps (``conv_kernels.taps_padded``) past the last window. Kernels on."""
     c = x.shape[3]
     extra = -(-(compiled.module("conv_kernels").taps_padded(kw, c) - kw * c) // c)
-    return _widened(x, (pads[1][0], pads[1][1] + extra))
+    return widened(x, (pads[1][0], pads[1][1] + extra))
 
 
 class Im2colCache(NamedTuple):

@@ -26,13 +26,10 @@ visit per output pixel or row, with no padded copy; the cache holds the kernels 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
 from cnnlab.engine import compiled
 from cnnlab.engine.arrays import FreeList, array_module, empty
-from cnnlab.engine.dense import LINEAR_MIN_ROWS, linear_kernels
 from cnnlab.engine.shapes import Pads, output_hw
 from cnnlab.engine.windows import column_sums, pad_images, tap_slices
 
@@ -56,7 +53,7 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
         kernel = np.ascontiguousarray(kernel, dtype=dtype)
         shift = np.zeros(c * m, dtype) if bias is None else bias.astype(dtype)
         out = empty((n, *out_hw, c * m), dtype, free)
-        _compiled_forward(kernels, x, kernel, shift, strides, dilation, pads[0][0], pads[1][0],
+        compiled_forward(kernels, x, kernel, shift, strides, dilation, pads[0][0], pads[1][0],
                           out, relu)
         return out, (x, x.shape, kernel, strides, pads, dilation, bias is not None, kernels)
     module = array_module(x, kernel)
@@ -92,7 +89,7 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
 ROWS_MAX_CHANNELS = 64
 
 
-def _compiled_forward(kernels, x, kernel, bias, strides, dilation, top, left, out,
+def compiled_forward(kernels, x, kernel, bias, strides, dilation, top, left, out,
                       relu=False, in_cache=False) -> None:
     """``out`` by the compiled loops: in register blocks (``depthwise_kernels.forward_blocks``)
     for one filter per channel, stride 1 (any stride when ``x`` is ``in_cache``: see below) and
@@ -104,7 +101,7 @@ def _compiled_forward(kernels, x, kernel, bias, strides, dilation, top, left, ou
     2.64, 16 x 16 x 128 3.02 / 2.73, 8 x 8 x 256 1.60 / 1.73; stride 2 (where the pixel loops
     stay), 32 x 32 x 64 2.49 / 3.04, 16 x 16 x 128 1.17 / 1.77, 8 x 8 x 256 0.71 / 0.80.
     Those strided layers read their input from memory. Read from cache (8 images, alone; or a
-    piece of ``pointwise_depthwise_forward``'s) the blocks win at stride 2 too: 32 x 32 x 64
+    piece of ``chain.chain_forward``'s) the blocks win at stride 2 too: 32 x 32 x 64
     0.290 -> 0.107 ms, 16 x 16 x 128 0.076 -> 0.035, 8 x 8 x 256 0.032 -> 0.033."""
     kh, kw, c, m = kernel.shape
     if m == 1 and (tuple(strides) == (1, 1) or in_cache) \
@@ -119,123 +116,6 @@ def _compiled_forward(kernels, x, kernel, bias, strides, dilation, top, left, ou
     else:
         kernels.forward_pixels(x, kernel, bias, tuple(strides), tuple(dilation), top, left, relu,
                                out)
-
-
-class Pointwise(NamedTuple):
-    """A 1x1 convolution, stride 1, no padding, in a chain (:func:`separable_forward`)::
-
-        x (N, H, W, C) -> x @ weights (+ bias), then max(., 0) if relu      (N, H, W, F)
-    """
-    weights: np.ndarray              # (C, F)
-    bias: np.ndarray | None          # (F,)
-    relu: bool
-
-
-class Depthwise(NamedTuple):
-    """A depthwise convolution with one filter per channel, in a chain: as
-    :func:`depthwise_conv2d_forward` ``(N, H, W, C) -> (N, Ho, Wo, C)``."""
-    kernel: np.ndarray               # (KH, KW, C, 1)
-    bias: np.ndarray | None          # (C,)
-    strides: tuple
-    pads: Pads
-    dilation: tuple
-    relu: bool
-
-
-def _chain_shapes(x_shape, ops) -> list[tuple]:
-    """Each op's output shape ``(N, H, W, C)``, in order."""
-    n, h, w, _ = x_shape
-    shapes = []
-    for op in ops:
-        if isinstance(op, Pointwise):
-            shapes.append((n, h, w, op.weights.shape[1]))
-        else:
-            h, w = output_hw((h, w), op.kernel.shape[:2], op.strides, op.pads, op.dilation)
-            shapes.append((n, h, w, op.kernel.shape[2]))
-    return shapes
-
-
-#: a chain of 1x1 and depthwise convolutions runs in pieces of whole images whose largest map
-#: takes about this many bytes, so that each op reads its input from L2, where the op before
-#: wrote it, instead of memory. mobilenet_small (figures in ``graph.fusion``'s 7.).
-CHAIN_PIECE_BYTES = 2**19
-
-
-def separable_pieces(x, ops) -> list[slice] | None:
-    """The pieces of whole images :func:`separable_forward` runs ``x`` in, or None where the
-    ops should run apart (the reference): the compiled kernels must run every op (each
-    depthwise one's loops; for each 1x1 one the compiled GEMM, which ``dense.linear`` takes on
-    the whole batch: at least ``LINEAR_MIN_ROWS`` rows and F of them, C-contiguous, one dtype,
-    so that the values in pieces are bit for bit the ops' apart), and there must be two pieces
-    or more."""
-    if array_module(x) is not np or not x.flags.c_contiguous:
-        return None
-    shapes = _chain_shapes(x.shape, ops)
-    n = x.shape[0]
-    per_piece = 1
-    for op, shape in zip(ops, shapes):
-        arrays = (x, *op[:2])
-        if isinstance(op, Pointwise):
-            rows = shape[1] * shape[2]             # a piece's rows per image
-            gemm = linear_kernels(x.dtype, shape[3], *arrays)
-            if gemm is None or not op.weights.flags.c_contiguous \
-                    or n * rows < max(LINEAR_MIN_ROWS, shape[3]):
-                return None
-            per_piece = max(per_piece, -(-gemm.ROWS // rows))     # the fewest it takes
-        elif op.kernel.shape[3] != 1 or compiled.module("depthwise_kernels", x, op.kernel) is None \
-                or any(array is not None and array.dtype != x.dtype for array in arrays):
-            return None
-    largest = max(h * w * c for _, h, w, c in shapes) * x.itemsize
-    per_piece = max(per_piece, CHAIN_PIECE_BYTES // largest)
-    count = n // per_piece
-    if count < 2:
-        return None
-    bounds = [n * i // count for i in range(count + 1)]        # near-equal, each >= per_piece
-    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
-
-
-def separable_forward(x, ops, pieces: list[slice], free: FreeList | None = None) -> np.ndarray:
-    """Inference (no cache): a chain of 1x1 (:class:`Pointwise`) and depthwise
-    (:class:`Depthwise`) convolutions, each reading the one before's output
-    (``graph.fusion``'s 7.), run in ``pieces`` of whole images (:func:`separable_pieces`; where
-    it gives None the caller runs the ops apart, which is the reference)::
-
-        x (N, H, W, C) -> ops[0] -> ops[1] -> ... -> out (N, Ho, Wo, F)
-
-    Only a piece of each map between exists at a time, read by the next op from cache. Each
-    piece's rows take the compiled GEMM as the whole batch's do, each row's sums in the same
-    order, and the depthwise loops make each image alone, so the values are those of the ops run
-    apart, bit for bit."""
-    dtype = x.dtype
-    shapes = _chain_shapes(x.shape, ops)
-    out = empty(shapes[-1], dtype, free)
-    most = max(p.stop - p.start for p in pieces)
-    size = max(h * w * c for _, h, w, c in shapes[:-1]) * most
-    between = [np.empty(size, dtype), np.empty(size, dtype)]     # written and read in turn
-    gemm = compiled.module("dense_kernels", x)
-    loops = compiled.module("depthwise_kernels", x)
-    # the kernels' arguments: a bias array always (one the GEMM never reads where none)
-    biases = [(op.weights if op.bias is None else op.bias) if isinstance(op, Pointwise)
-              else (np.zeros(op.kernel.shape[2], dtype) if op.bias is None else op.bias)
-              for op in ops]
-    weights = [gemm.pack(op.weights) if isinstance(op, Pointwise)     # packed once, not a
-               else np.ascontiguousarray(op.kernel) for op in ops]   # piece at a time
-    for piece in pieces:
-        count = piece.stop - piece.start
-        source = x[piece]
-        for k, op in enumerate(ops):
-            shape = (count, *shapes[k][1:])
-            target = out[piece] if k == len(ops) - 1 \
-                else between[k % 2][:count * shape[1] * shape[2] * shape[3]].reshape(shape)
-            if isinstance(op, Pointwise):
-                gemm.matmul_packed(source.reshape(-1, source.shape[3]), weights[k], biases[k],
-                                   op.bias is not None, op.relu, target.reshape(-1, shape[3]))
-            else:
-                _compiled_forward(loops, source, weights[k], biases[k], op.strides,
-                                  op.dilation, op.pads[0][0], op.pads[1][0], target, op.relu,
-                                  in_cache=True)
-            source = target
-    return out
 
 
 def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool = True):
@@ -255,7 +135,7 @@ def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool
             grad_x = None
             if need_input_grad:    # at stride 1, the forward pass of the flipped kernel
                 grad_x = np.empty(x_shape, dtype=kernel.dtype)
-                _compiled_forward(kernels, grad_out, np.ascontiguousarray(kernel[::-1, ::-1]),
+                compiled_forward(kernels, grad_out, np.ascontiguousarray(kernel[::-1, ::-1]),
                                   np.zeros(c, kernel.dtype), (1, 1), dilation,
                                   (kh - 1) * dilation[0] - top, (kw - 1) * dilation[1] - left,
                                   grad_x)

@@ -60,27 +60,44 @@ and no plan can go stale. The unfused graph is the reference:
    processes, 120 steps each: medians 17.26-18.55 -> 16.27-17.41 ms (4 pairs, faster in all),
    and on the final kernels 17.45-18.04 -> 16.49-17.97 (4 pairs: faster in 2, level in 2;
    minima 16.41-16.86 -> 15.54-15.94, faster in all).
-7. **A 1x1 convolution and the depthwise convolution after it, in one call** (inference
-   only). MobileNet's ``Conv2D(1x1) -> BN -> ReLU -> DepthwiseConv2D -> BN -> ReLU``: with both
-   BNs folded (4.) and the ReLUs moved into them (3.), the 1x1 conv runs the depthwise layer
-   too, a few images at a time (``engine.depthwise.pointwise_depthwise_forward``), so the
-   depthwise loops read the 1x1 output from L2 and the full map is never written; the
-   depthwise node, and a ReLU node left between (planned 'linear'), pass the result on. Only a
-   Conv2D with a 1x1 kernel, stride 1, dilation 1 and no explicit padding, whose planned
-   activation is 'linear' or
-   'relu', whose output (or its folded BN's) reaches a DepthwiseConv2D of depth multiplier 1
-   alone, through nothing but such ReLU nodes, with no model output on the way, and not under a
-   mixed dtype policy. The values are the unfused graph's, bit for bit. mobilenet_small
-   predicting 128 images: 65.4 -> 59.4 ms on one thread; on two, 4 interleaved pairs of fresh
-   processes, medians 33.25-36.83 -> 30.44-33.88 ms (minima 32.3-33.3 -> 29.8-31.0), once the
-   strided depthwise layers took the register blocks in the pieces (within noise before:
-   ``engine.depthwise.PAIR_PIECE_BYTES``).
+7. **A chain of convolutions, in one call** (inference only). MobileNet's ``stem -> BN ->
+   ReLU -> DepthwiseConv2D -> BN -> ReLU -> Conv2D(1x1) -> BN -> ReLU -> DepthwiseConv2D ->
+   ...``: with the BNs folded (4.) and the ReLUs moved into them (3.), the first layer runs
+   every op of the chain, a few images at a time (``engine.chain``), so each op reads the one
+   before's output from L2 and no map between is written to memory; the other ops' nodes, and
+   ReLU nodes left between (planned 'linear'), pass the result on. An op joins a chain when it
+   is a DepthwiseConv2D of depth multiplier 1, or a Conv2D with a 1x1 kernel, stride 1,
+   dilation 1 and no explicit padding (the first op may also be a Conv2D of at most
+   ``engine.conv.IMPLICIT_MAX_CHANNELS`` input channels: a stem); when its planned activation
+   is 'linear' or 'relu'; when it runs no other node's op already (a residual Add, 5., as
+   MobileNetV2's projection does; a pooling, 6.); when it is not under a mixed dtype policy;
+   and when the output of the op before (or of its folded BN) reaches it alone, through
+   nothing but such ReLU nodes, and is not a model output. The values are the unfused
+   graph's, bit for bit. mobilenet_small predicting 128 images (medians of 30 calls,
+   interleaved fresh processes, ms):
+
+   ===================================================  ===========  ===========
+   the plan                                             one thread   two threads
+   ===================================================  ===========  ===========
+   each op apart                                        65.4
+   a 1x1 layer and the depthwise layer after it, in     58.9-60.1    30.5-35.6
+   pairs (session 37's form of this rule)
+   one chain from the first depthwise layer (12 ops)    52.2-57.0    28.9-30.4
+   (against the pairs, 4 runs each)
+   one chain from the stem (13 ops; against the one     51.3-51.9    27.9-30.2
+   above, 52.8-53.5 and 29.3-30.5, 3 runs each)
+   ===================================================  ===========  ===========
+
+   On one thread the chain from the first depthwise layer spent 48.7 ms, about what its
+   multiply-adds take at the compiled GEMM's 48 G a second and the depthwise loops' 20 G on
+   data in cache (``engine.chain.CHAIN_PIECE_BYTES``).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from cnnlab.engine.conv import IMPLICIT_MAX_CHANNELS
 from cnnlab.layers.conv import Conv2D, DepthwiseConv2D
 from cnnlab.layers.core import Activation, ReLU
 from cnnlab.layers.merge import Add
@@ -152,15 +169,18 @@ class Link(NamedTuple):
     between: tuple       # the ReLU nodes planned 'linear' before it, which pass it on too
 
 
-def separable_chains(graph, activations: dict, folds: dict) -> dict:
+def separable_chains(graph, activations: dict, folds: dict, fused: dict) -> dict:
     """``{first op's node: (Link, ...)}`` (the module docstring's 7.) for an inference call:
-    each run of two or more chainable ops (:func:`_chainable`), each op's output (or its folded
-    BN's) read by the next alone, through nothing but ReLU nodes planned 'linear', with no model
-    output on the way. ``activations`` and ``folds``: the other fusions' plan."""
+    each run of ops that can chain (:func:`_chainable`; the first may be a stem instead), each
+    op's output (or its folded BN's) read by the next alone, through nothing but ReLU nodes
+    planned 'linear', with no model output on the way. ``activations`` and ``folds``: the other
+    fusions' plan; ``fused``: nodes whose op runs another node's already (5., 6.), which never
+    chain."""
     chains, linked = {}, set()
     output_ids = {id(t) for t in graph.outputs}
     for node in graph.nodes:                                       # in topological order
-        if id(node) in linked or not _chainable(node, activations, folds):
+        if id(node) in linked or node in fused \
+                or not _chainable(node, activations, folds, first=True):
             continue
         links, op = [], node
         while True:
@@ -173,7 +193,7 @@ def separable_chains(graph, activations: dict, folds: dict) -> dict:
                 between.append(after)
                 tensor = after.outputs[0]
             consumers = graph.consumers.get(id(tensor), [])
-            if id(tensor) in output_ids or len(consumers) != 1 \
+            if id(tensor) in output_ids or len(consumers) != 1 or consumers[0] in fused \
                     or not _chainable(consumers[0], activations, folds):
                 break
             op = consumers[0]
@@ -184,18 +204,23 @@ def separable_chains(graph, activations: dict, folds: dict) -> dict:
     return chains
 
 
-def _chainable(node, activations: dict, folds: dict) -> bool:
+def _chainable(node, activations: dict, folds: dict, first: bool = False) -> bool:
     """Whether ``node``'s op can run in a chain: a DepthwiseConv2D of depth multiplier 1, or a
-    Conv2D with a 1x1 kernel, stride 1, dilation 1 and no explicit padding; with one output,
-    planned activation 'linear' or 'relu', not under a mixed dtype policy."""
+    Conv2D with a 1x1 kernel, stride 1, dilation 1 and no explicit padding, or, ``first`` in
+    it, a Conv2D of at most ``engine.conv.IMPLICIT_MAX_CHANNELS`` input channels (a stem); with
+    one output, planned activation 'linear' or 'relu', not under a mixed dtype policy."""
     layer = node.layer
-    if layer.dtype_policy.rounds or len(node.outputs) != 1 \
+    if layer.dtype_policy.rounds or len(node.outputs) != 1 or len(node.inbound) != 1 \
             or planned_activation(node, activations, folds) not in ("linear", "relu"):
         return False
     if type(layer) is DepthwiseConv2D:
         return layer.depth_multiplier == 1
-    return type(layer) is Conv2D and tuple(layer.kernel_size) == (1, 1) \
-        and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1) \
+    if type(layer) is not Conv2D:
+        return False
+    if first and node.inbound[0].shape[-1] <= IMPLICIT_MAX_CHANNELS:
+        return True
+    return tuple(layer.kernel_size) == (1, 1) and tuple(layer.strides) == (1, 1) \
+        and tuple(layer.dilation_rate) == (1, 1) \
         and layer.padding in ("valid", "same")              # 'valid' = 'same' here: no padding
 
 

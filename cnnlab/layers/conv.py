@@ -16,16 +16,10 @@ Input shape ``(N, H, W, C)``; output shape ``(N, Ho, Wo, filters)`` with
 from __future__ import annotations
 
 from cnnlab.engine import initializers
-from cnnlab.engine.conv import choose, conv2d_backward, conv2d_forward
+from cnnlab.engine.chain import ChainOp, chain_forward
+from cnnlab.engine.conv import conv2d_backward, conv2d_forward
 from cnnlab.engine.dense import dense_backward, dense_forward
-from cnnlab.engine.depthwise import (
-    Depthwise,
-    Pointwise,
-    depthwise_conv2d_backward,
-    depthwise_conv2d_forward,
-    separable_forward,
-    separable_pieces,
-)
+from cnnlab.engine.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
 from cnnlab.engine.normalization import fold_affine
 from cnnlab.engine.shapes import as_pair, output_hw, resolve_padding, validate_padding
 from cnnlab.layers.base import Layer, check_positive_int
@@ -114,36 +108,21 @@ class Conv2D(Layer):
                               relu=activation == "relu", free=ctx.free_list,
                               residual=ctx.output_residual, max_pool=ctx.output_pool)
 
-    def chain_op(self, kernel, bias, relu: bool, input_hw):
-        """This 1x1 convolution in a chain (``engine.depthwise.separable_forward``)."""
-        return Pointwise(kernel[0, 0], bias, relu)
+    def chain_op(self, kernel, bias, relu: bool, input_hw) -> ChainOp:
+        """This convolution, on maps of ``input_hw``, with these weights, as an op of a chain
+        (``engine.chain``)."""
+        return ChainOp(isinstance(self, DepthwiseConv2D), kernel, bias, self.strides,
+                       self.pads_for(input_hw), self.dilation_rate, relu)
 
     def _with_chain(self, x, kernel, bias, relu: bool, ctx):
-        """This layer (a 1x1 Conv2D or a DepthwiseConv2D) and ``ctx.output_chain``'s after it
-        (inference: ``graph.fusion``'s 7.), in pieces of images where every 1x1 conv takes its
-        one GEMM and the compiled kernels run (``depthwise.separable_pieces``), else one by
-        one; the last one's output."""
-        ops, hw, direct = [], x.shape[1:3], True
+        """This layer and ``ctx.output_chain``'s after it (inference: ``graph.fusion``'s 7.) by
+        ``engine.chain``: the last one's output."""
+        ops, hw = [], x.shape[1:3]
         for layer, (k, b), r in [(self, (kernel, bias), relu)] + [
                 (layer, layer.folded_weights(affine), r) for layer, affine, r in ctx.output_chain]:
             ops.append(layer.chain_op(k, b, r, hw))
-            if isinstance(ops[-1], Pointwise):        # one GEMM on the whole batch, as apart
-                direct = direct and choose((x.shape[0], *hw, k.shape[2]), k.shape, (1, 1),
-                                           ((0, 0), (0, 0)), (1, 1), gradients="none",
-                                           dtype=x.dtype) == "direct"
             hw = layer.compute_output_shape((*hw, k.shape[2]))[:2]
-        pieces = separable_pieces(x, ops) if direct else None
-        if pieces is not None:
-            return separable_forward(x, ops, pieces, ctx.free_list)
-        for op in ops:
-            if isinstance(op, Pointwise):
-                x, _ = conv2d_forward(x, op.weights[None, None], op.bias, (1, 1),
-                                      ((0, 0), (0, 0)), (1, 1), None, gradients="none",
-                                      relu=op.relu, free=ctx.free_list)
-            else:
-                x, _ = depthwise_conv2d_forward(x, op.kernel, op.bias, op.strides, op.pads,
-                                                op.dilation, ctx.free_list, relu=op.relu)
-        return x
+        return chain_forward(x, ops, ctx.free_list)
 
     def call_backward(self, grad_out, cache, input_grad):
         grad_x, grad_kernel, grad_bias = conv2d_backward(grad_out, cache, input_grad)
@@ -219,12 +198,6 @@ class DepthwiseConv2D(Conv2D):
     def fuses(self, activation, ctx):
         """At inference a ReLU runs inside the depthwise loops, on each row while it is in L1."""
         return activation == "relu" and not ctx.keep_cache
-
-    def chain_op(self, kernel, bias, relu: bool, input_hw):
-        """This depthwise convolution, on maps of ``input_hw``, in a chain
-        (``engine.depthwise.separable_forward``)."""
-        return Depthwise(kernel, bias, self.strides, self.pads_for(input_hw),
-                         self.dilation_rate, relu)
 
     def call(self, x, ctx, activation="linear"):
         kernel, bias = self.kernel_and_bias(ctx)

@@ -100,7 +100,8 @@ def _op_fusions(model, activations: dict, inference: bool) -> dict:
     if inference:
         plan["folds"] = fusion.batch_norm_folds(model, activations)
         plan["joins"] = fusion.residual_joins(model, activations, plan["folds"])
-        plan["chains"] = fusion.separable_chains(model, activations, plan["folds"])
+        plan["chains"] = fusion.separable_chains(model, activations, plan["folds"],
+                                                 {**plan["joins"], **plan["pools"]})
     return plan
 
 
