@@ -292,7 +292,7 @@ def test_depthwise_kernels_equal_the_reference_in_float64(seed, n, h, w, c, m, k
     np.testing.assert_array_equal(fast[-1], np.maximum(fast[0], 0))
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 2), h=st.integers(1, 12),
        w=st.integers(1, 14), extra=st.integers(0, 21), kh=st.integers(1, 3),
        kw=st.integers(1, 3), strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
@@ -308,11 +308,16 @@ def test_depthwise_kernels_equal_the_reference_in_float64(seed, n, h, w, c, m, k
          dtype=np.float32)                      # a row's last block and last channels moved back
 @example(seed=7, n=2, h=12, w=13, extra=5, kh=3, kw=3, strides=(2, 2), dilation=(1, 1),
          pads=((0, 1), (0, 1)), relu=True, dtype=np.float32)      # mobilenet's strided layers
+@example(seed=8, n=1, h=7, w=14, extra=1, kh=3, kw=3, strides=(2, 1), dilation=(2, 1),
+         pads=((2, -1), (1, 1)), relu=False, dtype=np.float64)    # kernel rows 2 apart, a crop
+@example(seed=9, n=1, h=1, w=9, extra=0, kh=2, kw=3, strides=(1, 1), dilation=(2, 1),
+         pads=((1, 1), (1, 1)), relu=True, dtype=np.float32)      # no kernel row on the image
 def test_depthwise_register_blocks_equal_the_pixel_loops_bit_for_bit(seed, n, h, w, extra, kh,
                                                                      kw, strides, dilation, pads,
                                                                      relu, dtype):
     """``forward_blocks`` (vector sums in registers, one filter per channel, at least one
-    64-byte vector of channels; any stride) against ``forward_pixels``: the same bits, NaN and
+    64-byte vector of channels; any stride; 3-tap kernel rows a row at a time at strides 1
+    and 2) against ``forward_pixels``: the same bits, NaN and
     signed zeros planted, the ReLU on and off; and it reads nothing outside the input (set in a
     buffer of NaN) nor writes outside the output (set in a fenced buffer)."""
     from hypothesis import assume

@@ -22,8 +22,9 @@ test) and each output is written once, by one of three loops:
   the kernel gradient this way, and the input gradient as the forward pass of the flipped
   kernel: a gather, each input pixel written once, with no zeroed array to scatter into.
 - **blocks** (one filter per channel, at least one 64-byte vector of channels; used at stride
-  1): 4 neighbouring pixels by one vector of channels, the sums in registers (LLVM vector
-  values, ``simd``), bit for bit the pixel loops' sums.
+  1, and at any stride on data in cache): 4 neighbouring pixels by one vector of channels, the
+  sums in registers (LLVM vector values, ``simd``), bit for bit the pixel loops' sums; a
+  3-tap kernel row's input vectors loaded once for its taps.
 
 ``depthwise.py`` picks the loop per call. Each kernel is compiled on its own: when one
 compiled function called the others, LLVM optimised the callees again inside each caller,
@@ -248,14 +249,73 @@ _block_of_pixels = _taps_block(BLOCK_PIXELS)
 _one_pixel = _taps_block(1)
 
 
+def _kernel_rows_block(pixels: int, kw: int, stride: int):
+    """The intrinsic for blocks of ``pixels`` neighbouring output pixels whose kernel rows are
+    ``kw`` taps wide, ``stride`` apart along the width, dilation 1: a block's taps in one
+    kernel row read ``(pixels - 1) * stride + kw`` neighbouring input vectors, each loaded once
+    for all of them (``_taps_block`` loads one per tap and pixel). For ``p < pixels`` and a
+    vector of channels from ``channel``: ``out[out_at + p*out_step + e] = bias[channel + e] +
+    sum_{r < rows} sum_{j < kw} x[x_at + r*row_step + (p*stride + j)*channels + e] *
+    weights[w_at + r*w_row_step + j*channels + e]``, in that order (``_taps_block``'s: rows,
+    then taps), each product rounded before it is added; then the ReLU if ``relu``. ``x_at``
+    and ``w_at`` include ``channel``. No bounds are checked."""
+    @intrinsic
+    def block(typingctx, x, x_at, row_step, rows, weights, w_at, w_row_step, channels, bias,
+              channel, relu, out, out_at, out_step):
+        sig = types.void(x, x_at, row_step, rows, weights, w_at, w_row_step, channels, bias,
+                         channel, relu, out, out_at, out_step)
+
+        def codegen(context, builder, signature, args):
+            v = Vectors(context, builder, signature.args[0].dtype)
+            x_ptr, w_ptr, bias_ptr, out_ptr = (
+                v.pointer(args[i], signature.args[i]) for i in (0, 4, 8, 11))
+            x_at, row_step, rows, w_at, w_row_step, c, channel, out_at, out_step = (
+                v.index(args[i], signature.args[i]) for i in (1, 2, 3, 5, 6, 7, 9, 12, 13))
+
+            def step(r, sums):
+                x_row = builder.add(x_at, builder.mul(r, row_step))
+                w_row = builder.add(w_at, builder.mul(r, w_row_step))
+                weights = [v.load(w_ptr, builder.add(w_row, builder.mul(v.integer(j), c)))
+                           for j in range(kw)]
+                columns = [v.load(x_ptr, builder.add(x_row, builder.mul(v.integer(col), c)))
+                           for col in range((pixels - 1) * stride + kw)]
+                sums = list(sums)
+                for j in range(kw):
+                    for p in range(pixels):
+                        sums[p] = builder.fadd(sums[p], builder.fmul(columns[p * stride + j],
+                                                                     weights[j]))
+                return sums
+
+            sums = v.loop(rows, [v.load(bias_ptr, channel)] * pixels, step)
+            for p, total in enumerate(sums):
+                v.store(v.relu(total, on=args[10]), out_ptr,
+                        builder.add(out_at, builder.mul(v.integer(p), out_step)))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return block
+
+
+#: 3-tap kernel rows at stride 1 and 2, the shapes the zoo's depthwise layers have; others
+#: take ``_block_of_pixels``. In L2 (2 images, as in ``engine.chain``'s pieces), 1 thread,
+#: G multiply-adds a second, ``_block_of_pixels`` against these: 32 x 32 x 32 stride 1
+#: 19.3 / 23.6, 16 x 16 x 128 15.8 / 20.4, 8 x 8 x 256 18.3 / 20.8; stride 2: 32 x 32 x 64
+#: 14.9 / 17.3, 16 x 16 x 128 16.2 / 17.8, 8 x 8 x 256 12.0 / 11.5. From memory (64 images)
+#: they were level, and did not land before the chain kept the input in cache.
+_row_block_3 = _kernel_rows_block(BLOCK_PIXELS, 3, 1)
+_row_block_3_stride_2 = _kernel_rows_block(BLOCK_PIXELS, 3, 2)
+
+
 @numba.njit(cache=True, nogil=True)
 def forward_blocks(x, kernel, bias, strides, dilation, top, left, relu, out):
     """``forward_pixels`` for one filter per channel (``kernel (KH, KW, C, 1)``) and at least
     one vector of channels. The pixels of a row whose taps all lie on the image (columns
     ``first`` to ``end``) go in blocks of ``BLOCK_PIXELS``, the row's tap list made once; the
     last block of a row, and the last vector of channels, move back to end on the edge (some
-    values made twice, the same way). The others go one by one, each with the list of its
-    taps on the image."""
+    values made twice, the same way); a 3-tap kernel row at stride 1 or 2 (dilation 1 along
+    the width) is read a row at a time (``_kernel_rows_block``). The others go one by one,
+    each with the list of its taps on the image."""
     batch, height, width, channels = x.shape
     kh, kw = kernel.shape[0], kernel.shape[1]
     _, out_h, out_w, _ = out.shape
@@ -283,6 +343,27 @@ def forward_blocks(x, kernel, bias, strides, dilation, top, left, relu, out):
                     _one_pixel(flat_x, channel, 0, x_offsets, weights, w_offsets, count, bias,
                                channel, relu, flat_out, at + channel, channels)
             if first == end:
+                continue
+            if kw == 3 and dilation[1] == 1 and strides[1] <= 2:       # a kernel row at once
+                lowest, highest = kh, 0                     # the kernel rows on the image
+                for i in range(kh):
+                    if 0 <= y * strides[0] + i * dilation[0] - top < height:
+                        lowest, highest = min(lowest, i), i + 1
+                row = (n * height + y * strides[0] + lowest * dilation[0] - top) * width
+                for block in range(first, end, BLOCK_PIXELS):
+                    xo = min(block, end - BLOCK_PIXELS)
+                    at = ((n * out_h + y) * out_w + xo) * channels
+                    x_at = (row + xo * strides[1] - left) * channels
+                    for vector in range(0, channels, lanes):
+                        channel = min(vector, channels - lanes)
+                        arguments = (flat_x, x_at + channel, dilation[0] * width * channels,
+                                     highest - lowest, weights, lowest * kw * channels + channel,
+                                     kw * channels, channels, bias, channel, relu, flat_out,
+                                     at + channel, channels)
+                        if strides[1] == 1:
+                            _row_block_3(*arguments)
+                        else:
+                            _row_block_3_stride_2(*arguments)
                 continue
             count = 0
             for i in range(kh):
