@@ -26,7 +26,9 @@ def linear(a, b, bias, relu: bool, out):
     product and then :func:`add_bias`."""
     kernels = compiled_linear(a, b, bias, out)
     if kernels is not None:
-        kernels.matmul(a, b, b if bias is None else bias, bias is not None, relu, out)
+        # no bias: a 1-D array it never reads, so that both cases run one compiled signature
+        kernels.matmul(a, b, b.reshape(-1) if bias is None else bias, bias is not None, relu,
+                       out)
         return out
     array_module(a, b).matmul(a, b, out=out)
     add_bias(out, bias, relu)

@@ -171,12 +171,12 @@ def _compiled_backward(kernels, grad_y, cache, need_input_grad, into_grad=False)
     totals = batch_sum(grads.copy())                                  # (2, C), whole batch
     terms = np.empty((3, x.shape[1]), x.dtype)                        # dx = dy * a + x * b + k
     kernels.input_grad_terms(totals, gamma, inv_std, mean, count, terms)
-    out = None if into_grad else np.empty_like(grad_y)                 # None: into grad_y
+    out = grad_y if into_grad else np.empty_like(grad_y)
     if cut is None:
-        kernels.input_grad(grad_y, x, *terms, out)
+        kernels.input_grad(grad_y, x, *terms, into_grad, out)
     else:
-        kernels.masked_input_grad(grad_y, x, *cut, *terms, out)
-    return (grad_y if into_grad else out), dgamma, dbeta
+        kernels.masked_input_grad(grad_y, x, *cut, *terms, into_grad, out)
+    return out, dgamma, dbeta
 
 
 def inference_affine(gamma, beta, moving_mean, moving_var, epsilon: float):
