@@ -205,6 +205,14 @@ def forward_pixels(x, kernel, bias, strides, dilation, top, left, relu, out):
 BLOCK_PIXELS = 4
 
 
+def _store_sums(v, sums, relu, out_ptr, out_at, out_step) -> None:
+    """A block's epilogue: pixel ``p``'s vector sum, with the ReLU if ``relu`` (the intrinsic's
+    argument), into ``out[out_at + p * out_step:]``."""
+    for p, total in enumerate(sums):
+        v.store(v.relu(total, on=relu), out_ptr,
+                v.builder.add(out_at, v.builder.mul(v.integer(p), out_step)))
+
+
 def _taps_block(pixels: int):
     """The intrinsic for blocks of ``pixels`` neighbouring output pixels (see the section's
     comment): for ``p < pixels`` and a vector of ``lanes`` channels from ``channel``,
@@ -235,9 +243,7 @@ def _taps_block(pixels: int):
                     for start, total in zip(starts, sums)]
 
             sums = v.loop(taps, [v.load(bias_ptr, channel)] * pixels, step)
-            for p, total in enumerate(sums):
-                v.store(v.relu(total, on=args[9]), out_ptr,
-                        builder.add(out_at, builder.mul(v.integer(p), out_step)))
+            _store_sums(v, sums, args[9], out_ptr, out_at, out_step)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -287,9 +293,7 @@ def _kernel_rows_block(pixels: int, kw: int, stride: int):
                 return sums
 
             sums = v.loop(rows, [v.load(bias_ptr, channel)] * pixels, step)
-            for p, total in enumerate(sums):
-                v.store(v.relu(total, on=args[10]), out_ptr,
-                        builder.add(out_at, builder.mul(v.integer(p), out_step)))
+            _store_sums(v, sums, args[10], out_ptr, out_at, out_step)
             return context.get_dummy_value()
 
         return sig, codegen
