@@ -1437,6 +1437,55 @@ def test_every_kernel_releases_the_gil():
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 
 
+ONE_SIGNATURE_RUN = """
+import importlib, os
+import numba, numpy as np
+import cnnlab
+from cnnlab import layers
+from cnnlab.engine import compiled
+
+def bn_relu(x):
+    return layers.ReLU()(layers.BatchNormalization()(x))
+
+cnnlab.utils.set_random_seed(0)
+inputs = cnnlab.Input((16, 16, 3))
+x = bn_relu(layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs))     # a stem
+x = bn_relu(layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x))
+x = bn_relu(layers.Conv2D(32, 1, use_bias=False)(x))
+y = bn_relu(layers.Conv2D(32, 3, padding="same", use_bias=False)(x))
+x = layers.ReLU()(layers.Add()([layers.BatchNormalization()(
+    layers.Conv2D(32, 3, padding="same", use_bias=False)(y)), x]))             # a residual block
+x = layers.MaxPooling2D(2)(layers.Conv2D(32, 3, padding="same", activation="relu")(x))
+outputs = layers.Dense(4, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+model = cnnlab.Model(inputs, outputs)
+model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+rng = np.random.default_rng(0)
+for batch in (8, 128):
+    images = rng.random((batch, 16, 16, 3)).astype(np.float32)
+    model.train_on_batch(images, rng.integers(0, 4, batch))
+    model.predict_on_batch(images)
+folder = os.path.dirname(compiled.__file__)
+for name in sorted(n[:-3] for n in os.listdir(folder) if n.endswith("_kernels.py")):
+    for key, kernel in vars(importlib.import_module("cnnlab.engine." + name)).items():
+        if isinstance(kernel, numba.core.registry.CPUDispatcher) and len(kernel.signatures) > 1:
+            print(name, key, kernel.signatures)
+"""
+
+
+def test_every_kernel_compiles_one_signature_in_training_and_prediction():
+    """A first run compiles each kernel it calls once per signature (0.2-1 s each on an empty
+    cache), so a kernel called with a None here and an array there, or a 1-D bias here and a
+    2-D dummy there, costs a second compile. A float32 network with every kind of layer the
+    compiled paths fuse (a stem, a depthwise-separable chain, BatchNormalization with and
+    without a ReLU cut, a residual Add, a pooled convolution), trained and predicting at
+    batches 8 and 128, compiles one signature of each kernel (fresh process: the signatures
+    of this one's other tests would count)."""
+    run = subprocess.run([sys.executable, "-c", ONE_SIGNATURE_RUN], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout == "", run.stdout
+
+
 BOUNDS_CHECKED_RUN = """
 import sys
 import numba
