@@ -835,7 +835,7 @@ def _chain_apart(x, ops):
         if op.depthwise:
             x, _ = depthwise.depthwise_conv2d_forward(x, op.kernel, op.bias, op.strides, op.pads,
                                                       op.dilation, relu=op.relu)
-        elif op.kernel.shape[:2] == (1, 1):
+        elif op.kernel.shape[:2] == (1, 1) and tuple(op.strides) == (1, 1):
             out = np.empty((*x.shape[:3], op.kernel.shape[3]), x.dtype)
             dense.linear(x.reshape(-1, x.shape[3]), op.kernel[0, 0], op.bias, op.relu,
                          out.reshape(-1, out.shape[3]))
@@ -898,6 +898,24 @@ def test_a_chain_of_convolutions_in_pieces_equals_the_ops_apart(
     assert chain.chain_pieces(x, ops) is None
     np.testing.assert_allclose(chain.chain_forward(x, ops), expected,
                                rtol=1e-4 if dtype == "float32" else 1e-10, atol=1e-4)
+
+
+def test_a_chain_whose_first_op_is_a_strided_1x1_convolution_runs_apart(monkeypatch):
+    """A 1x1 stem at stride 2 takes the convolution's own GEMM on the subsampled map, not the
+    implicit GEMM the chain's pieces would run, so the chain runs its ops apart, with the
+    values of the ops run one by one."""
+    from cnnlab.engine import chain
+    cnnlab.config.set_kernels("numba")
+    monkeypatch.setattr(chain, "CHAIN_PIECE_BYTES", 1)        # else too small to cut
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((13, 16, 16, 3)).astype(np.float32)
+    same = resolve_padding("same", (8, 8), (3, 3), (1, 1), (1, 1), "test")
+    ops = [chain.ChainOp(False, rng.standard_normal((1, 1, 3, 16)).astype(np.float32), None,
+                         (2, 2), ((0, 0), (0, 0)), (1, 1), True),
+           chain.ChainOp(True, rng.standard_normal((3, 3, 16, 1)).astype(np.float32), None,
+                         (1, 1), same, (1, 1), True)]
+    assert chain.chain_pieces(x, ops) is None
+    np.testing.assert_array_equal(chain.chain_forward(x, ops), _chain_apart(x, ops))
 
 
 def test_a_chain_of_convolutions_runs_in_one_call_at_inference(monkeypatch):

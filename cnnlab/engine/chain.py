@@ -83,8 +83,9 @@ def chain_pieces(x, ops) -> list[slice] | None:
     and F of them; another the implicit GEMM), and there must be two pieces or more."""
     if array_module(x) is not np or not x.flags.c_contiguous:
         return None
+    shapes = chain_shapes(x.shape, ops)
     n, in_shape, per_piece = x.shape[0], x.shape, 1
-    for op, shape in zip(ops, chain_shapes(x.shape, ops)):
+    for op, shape in zip(ops, shapes):
         arrays = [array for array in (x, op.kernel, op.bias) if array is not None]
         if any(array.dtype != x.dtype for array in arrays):
             return None
@@ -100,10 +101,11 @@ def chain_pieces(x, ops) -> list[slice] | None:
             if gemm is None or n * rows < max(LINEAR_MIN_ROWS, shape[3]):
                 return None
             per_piece = max(per_piece, -(-gemm.ROWS // rows))     # the fewest it takes
-        elif not implicit_runs(x, op.kernel, op.bias, op.pads, op.dilation, False):
-            return None
+        elif op.kernel.shape[:2] == (1, 1) and not any(any(side) for side in op.pads) \
+                or not implicit_runs(x, op.kernel, op.bias, op.pads, op.dilation, False):
+            return None                    # (a strided 1x1 conv takes a GEMM of its own)
         in_shape = shape
-    largest = max(h * w * c for _, h, w, c in chain_shapes(x.shape, ops)) * x.itemsize
+    largest = max(h * w * c for _, h, w, c in shapes) * x.itemsize
     per_piece = max(per_piece, CHAIN_PIECE_BYTES // largest)
     count = n // per_piece
     if count < 2:
