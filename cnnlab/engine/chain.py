@@ -68,7 +68,9 @@ def chain_shapes(x_shape, ops) -> list[tuple]:
 #: a chain runs in pieces of whole images whose largest map takes about this many bytes, so
 #: that each op reads its input from L2, where the op before wrote it, instead of memory.
 #: mobilenet_small, figures in ``graph.fusion``'s 7.; 512 KB, 1 MB and 2 MB were level within
-#: the machine's noise on two threads (medians of 30 calls 30.4-35.7 ms, 3 runs each). Pieces
+#: the machine's noise on two threads (medians of 30 calls 30.4-35.7 ms, 3 runs each; 1 MB
+#: against 512 KB, 4 pairs: 27.1-32.9 against 28.7-32.0), and 256 KB (1 image, twice the
+#: calls) slower: 34.7-36.6 against 27.5-31.8 ms (4 interleaved pairs). Pieces
 #: that grew along the chain as the maps shrink (2 images at 32 x 32, 4 at 16 x 16, 8 at 8 x 8,
 #: 32 at 4 x 4: half the kernel calls) were slower, the later ops' inputs and outputs no longer
 #: fitting L2 together: one thread 51.3-54.4 ms against 49.2-50.4 (minima, 4 interleaved
