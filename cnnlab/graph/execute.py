@@ -166,7 +166,7 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
     node passes the op's result on. ``pools`` (``fusion.pooled_convs``): {conv node: max pool
     node} whose pooling the conv runs; the pool node passes the pooled map on, and in a
     backward pass its gradient back (:data:`PASSED_ON`). ``chains`` (inference only,
-    ``fusion.separable_chains``): {1x1 or depthwise conv node: its Links} whose ops the node's
+    ``fusion.separable_chains``): {a chain's first conv node: its Links} whose ops the node's
     layer runs after its own; their nodes and the nodes between pass their input, the chain's
     result, on."""
     activations = activations or {}

@@ -91,10 +91,10 @@ class CallContext:
     ``output_pool``     ``(PH, PW)``: a layer able to (``folds_output_pool``) runs the max
                         pooling after it (stride = pool, no padding) in its own call and returns
                         the pooled map (``graph.fusion``'s pooled convolution)
-    ``output_chain``    ``((layer, (scale, shift) or None, relu), ...)``: a 1x1 or depthwise
-                        Conv2D runs these 1x1 and depthwise convs after it, each with its folded
-                        BatchNormalization and ReLU, in its own call and returns the last one's
-                        output (``graph.fusion``'s 7.; inference)
+    ``output_chain``    ``((layer, (scale, shift) or None, relu), ...)``: a Conv2D (a stem, a
+                        1x1 or a depthwise one) runs these 1x1 and depthwise convs after it,
+                        each with its folded BatchNormalization and ReLU, in its own call and
+                        returns the last one's output (``graph.fusion``'s 7.; inference)
     """
 
     def __init__(self, training: bool = False, keep_cache: bool | None = None,
