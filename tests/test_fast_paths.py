@@ -885,17 +885,19 @@ def test_a_chain_of_convolutions_in_pieces_equals_the_ops_apart(
         size = (size + sum(pads[0]) - dilated[0] * (window - 1) - 1) // steps[0] + 1
     x = rng.standard_normal((n, hw, hw, c)).astype(dtype)
     assert chain.chain_shapes(x.shape, ops)[-1] == (n, size, size, channels)
-    pieces = chain.chain_pieces(x, ops)
-    assert pieces is not None and len(pieces) >= 2                # the pieces ran
-    assert [p.start for p in pieces] + [n] == sorted({p.start for p in pieces} | {n})
+    (run,) = chain.chain_runs(x, ops)                          # all of it, in pieces
+    assert run.ops == range(len(ops)) and run.pieces is not None and len(run.pieces) >= 2
+    starts = [p.start for p in run.pieces]
+    assert starts + [n] == sorted({*starts, n}) and run.pieces[-1].stop == n
     expected = _chain_apart(x, ops)
     np.testing.assert_array_equal(chain.chain_forward(x, ops), expected)
     if "p" in order:                    # a whole batch the compiled GEMM would not take
         monkeypatch.setattr(chain, "LINEAR_MIN_ROWS", n * hw * hw + 1)
-        assert chain.chain_pieces(x, ops) is None
+        assert all(run.pieces is None or not any(ops[k].pointwise for k in run.ops)
+                   for run in chain.chain_runs(x, ops))      # the others may still chain
         np.testing.assert_array_equal(chain.chain_forward(x, ops), expected)
     cnnlab.config.set_kernels("numpy")
-    assert chain.chain_pieces(x, ops) is None
+    assert chain.chain_runs(x, ops) == [chain.Run(range(len(ops)), None)]
     np.testing.assert_allclose(chain.chain_forward(x, ops), expected,
                                rtol=1e-4 if dtype == "float32" else 1e-10, atol=1e-4)
 
@@ -914,7 +916,37 @@ def test_a_chain_whose_first_op_is_a_strided_1x1_convolution_runs_apart(monkeypa
                          (2, 2), ((0, 0), (0, 0)), (1, 1), True),
            chain.ChainOp(True, rng.standard_normal((3, 3, 16, 1)).astype(np.float32), None,
                          (1, 1), same, (1, 1), True)]
-    assert chain.chain_pieces(x, ops) is None
+    assert chain.chain_runs(x, ops) == [chain.Run(range(2), None)]
+    np.testing.assert_array_equal(chain.chain_forward(x, ops), _chain_apart(x, ops))
+
+
+def test_a_chain_runs_in_pieces_around_an_op_that_cannot(monkeypatch):
+    """mobilenet_small at batch 8: its last 1x1 layer's whole batch (4 x 4 maps) is too small
+    for the compiled GEMM, and the ops before it still run in pieces. Here such a 1x1 conv in
+    the middle: the runs before and after it go in pieces, it alone on the whole batch, and
+    the values are those of the ops one by one."""
+    from cnnlab.engine import chain
+    cnnlab.config.set_kernels("numba")
+    monkeypatch.setattr(chain, "CHAIN_PIECE_BYTES", 1)
+    rng = np.random.default_rng(4)
+    n, f = 13, 32
+    x = rng.standard_normal((n, 12, 12, f)).astype(np.float32)
+
+    def conv(window, stride, depthwise):
+        pads = resolve_padding("same", (12, 12), (window, window), (stride, stride), (1, 1),
+                               "test")
+        shape = (window, window, f, 1 if depthwise else f)
+        return chain.ChainOp(depthwise, rng.standard_normal(shape).astype(np.float32),
+                             rng.standard_normal(f).astype(np.float32), (stride, stride),
+                             pads, (1, 1), True)
+
+    ops = [conv(3, 1, True), conv(1, 1, False), conv(3, 2, True), conv(1, 1, False),
+           conv(3, 1, True), conv(3, 1, True)]
+    # the 1x1 convs' whole batches: 13 x 144 rows, then 13 x 36 = 468, under 469
+    monkeypatch.setattr(chain, "LINEAR_MIN_ROWS", 469)
+    runs = chain.chain_runs(x, ops)
+    assert [(run.ops, run.pieces is not None) for run in runs] == [
+        (range(0, 3), True), (range(3, 4), False), (range(4, 6), True)]
     np.testing.assert_array_equal(chain.chain_forward(x, ops), _chain_apart(x, ops))
 
 
@@ -974,7 +1006,7 @@ def test_a_chain_of_convolutions_runs_in_one_call_at_inference(monkeypatch):
     chained_forward = chain.chain_forward
     from cnnlab.layers import conv as conv_layers
     monkeypatch.setattr(conv_layers, "chain_forward", lambda *a: (
-        calls.append((len(a[1]), chain.chain_pieces(*a[:2]) is not None)),
+        calls.append((len(a[1]), all(run.pieces for run in chain.chain_runs(*a[:2])))),
         chained_forward(*a))[1])
     cnnlab.config.set_threads(1)
     fused = model.predict(x, batch_size=40, verbose=0), model.evaluate(x, y, batch_size=40,

@@ -13,15 +13,16 @@ each with its bias (or None) and then ``max(out, 0)`` if ``relu``. MobileNet's s
 depthwise and 1x1 layers alternating, is one chain (its BatchNormalizations folded into the
 kernels by the caller).
 
-:func:`chain_forward` runs the ops in pieces of whole images (:func:`chain_pieces`) where the
-compiled kernels run every one of them as they would on the whole batch: a 1x1 convolution
+:func:`chain_forward` runs the ops in pieces of whole images (:func:`chain_runs`) where the
+compiled kernels run them as they would on the whole batch: a 1x1 convolution
 (stride 1, no padding) by the compiled GEMM (``dense_kernels.matmul_packed``, the kernel packed
 once a call), a convolution of few input channels by the implicit GEMM
 (``conv_kernels.implicit_gemm``) and a depthwise one by its compiled loops. Each output value is
 made by the same sums in the same order as on the whole batch, so the pieces give the ops'
-values apart bit for bit. Elsewhere (the reference kernels, a GPU, a batch too small for the
-GEMM, another convolution path) the ops run one by one on the whole batch, which is the
-reference. There is no backward pass: training never chains.
+values apart bit for bit. Elsewhere (the reference kernels, a GPU, a batch too small for a
+1x1 layer's GEMM, another convolution path) the ops run one by one on the whole batch, which
+is the reference; the ops before and after such an op still run in pieces. There is no
+backward pass: training never chains.
 """
 
 from __future__ import annotations
@@ -78,62 +79,100 @@ def chain_shapes(x_shape, ops) -> list[tuple]:
 CHAIN_PIECE_BYTES = 2**19
 
 
-def chain_pieces(x, ops) -> list[slice] | None:
-    """The pieces of whole images :func:`chain_forward` runs ``x`` in, or None where the ops
-    run one by one (the module docstring): every op must take its compiled kernel on the whole
-    batch (a 1x1 convolution ``dense.linear``'s compiled GEMM: at least ``LINEAR_MIN_ROWS`` rows
-    and F of them; another the implicit GEMM), and there must be two pieces or more."""
-    if array_module(x) is not np or not x.flags.c_contiguous:
-        return None
+class Run(NamedTuple):
+    """Consecutive ops of a chain, and the pieces of whole images they run in (None: one by
+    one on the whole batch)."""
+    ops: range
+    pieces: list[slice] | None
+
+
+def chain_runs(x, ops) -> list[Run]:
+    """How :func:`chain_forward` runs ``ops`` on ``x`` (the module docstring): each longest
+    stretch of two ops or more that the compiled kernels take as they would on the whole batch
+    (:func:`_fewest_images`) in pieces, if it makes two or more; the other ops one by one."""
+    if x.shape[0] < 2 or array_module(x) is not np or not x.flags.c_contiguous:
+        return [Run(range(len(ops)), None)]            # (one image: no two pieces to make)
     shapes = chain_shapes(x.shape, ops)
-    n, in_shape, per_piece = x.shape[0], x.shape, 1
-    for op, shape in zip(ops, shapes):
-        arrays = [array for array in (x, op.kernel, op.bias) if array is not None]
-        if any(array.dtype != x.dtype for array in arrays):
-            return None
-        if op.depthwise:
-            if op.kernel.shape[3] != 1 or compiled.module("depthwise_kernels", *arrays) is None:
-                return None
-        elif choose(in_shape, op.kernel.shape, op.strides, op.pads, op.dilation,
-                    gradients="none", dtype=x.dtype) != "direct":
-            return None
-        elif op.pointwise:
-            rows = shape[1] * shape[2]             # a piece's rows per image
-            gemm = linear_kernels(x.dtype, shape[3], *arrays)
-            if gemm is None or n * rows < max(LINEAR_MIN_ROWS, shape[3]):
-                return None
-            per_piece = max(per_piece, -(-gemm.ROWS // rows))     # the fewest it takes
-        elif op.kernel.shape[:2] == (1, 1) and not any(any(side) for side in op.pads) \
-                or not implicit_runs(x, op.kernel, op.bias, op.pads, op.dilation, False):
-            return None                    # (a strided 1x1 conv takes a GEMM of its own)
-        in_shape = shape
-    largest = max(h * w * c for _, h, w, c in shapes) * x.itemsize
-    per_piece = max(per_piece, CHAIN_PIECE_BYTES // largest)
-    count = n // per_piece
-    if count < 2:
+    fewest = [_fewest_images(x, op, in_shape, shape)
+              for op, in_shape, shape in zip(ops, [x.shape, *shapes], shapes)]
+    runs, start = [], 0
+    while start < len(ops):
+        stop = start + 1
+        while stop < len(ops) and (fewest[start] is None) == (fewest[stop] is None):
+            stop += 1
+        pieces = None
+        if fewest[start] is not None and stop - start >= 2:
+            largest = max(h * w * c for _, h, w, c in shapes[start:stop]) * x.itemsize
+            per_piece = max(max(fewest[start:stop]), CHAIN_PIECE_BYTES // largest)
+            count = x.shape[0] // per_piece
+            if count >= 2:
+                bounds = [x.shape[0] * i // count for i in range(count + 1)]  # each >= per_piece
+                pieces = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+        if runs and pieces is None and runs[-1].pieces is None:      # one by one, joined
+            runs[-1] = Run(range(runs[-1].ops.start, stop), None)
+        else:
+            runs.append(Run(range(start, stop), pieces))
+        start = stop
+    return runs
+
+
+def _fewest_images(x, op, in_shape, shape) -> int | None:
+    """The fewest images a piece of ``op`` (input ``in_shape``, output ``shape``, on the whole
+    batch ``x``'s dtype) may hold, or None where no compiled kernel takes it as it would the
+    whole batch: a 1x1 convolution ``dense.linear``'s compiled GEMM (on at least
+    ``LINEAR_MIN_ROWS`` rows and F of them), another the implicit GEMM, a depthwise one (one
+    filter per channel) its compiled loops."""
+    arrays = [array for array in (x, op.kernel, op.bias) if array is not None]
+    if any(array.dtype != x.dtype for array in arrays):
         return None
-    bounds = [n * i // count for i in range(count + 1)]        # near-equal, each >= per_piece
-    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+    if op.depthwise:
+        return 1 if op.kernel.shape[3] == 1 \
+            and compiled.module("depthwise_kernels", *arrays) is not None else None
+    if choose(in_shape, op.kernel.shape, op.strides, op.pads, op.dilation, gradients="none",
+              dtype=x.dtype) != "direct":
+        return None
+    if op.pointwise:
+        rows = shape[1] * shape[2]                 # a piece's rows per image
+        gemm = linear_kernels(x.dtype, shape[3], *arrays)
+        if gemm is None or shape[0] * rows < max(LINEAR_MIN_ROWS, shape[3]):
+            return None
+        return -(-gemm.ROWS // rows)                # the fewest rows the GEMM takes
+    if op.kernel.shape[:2] == (1, 1) and not any(any(side) for side in op.pads) \
+            or not implicit_runs(x, op.kernel, op.bias, op.pads, op.dilation, False):
+        return None                        # (a strided 1x1 conv takes a GEMM of its own)
+    return 1
 
 
 def chain_forward(x, ops, free: FreeList | None = None) -> np.ndarray:
-    """``out`` of the chain ``ops`` on ``x`` (the module docstring): in the pieces of
-    :func:`chain_pieces`, else one op at a time on the whole batch. Outputs from ``free``."""
-    pieces = chain_pieces(x, ops)
-    if pieces is None:
-        for op in ops:
-            if op.depthwise:
-                x, _ = depthwise_conv2d_forward(x, op.kernel, op.bias, op.strides, op.pads,
-                                                op.dilation, free, relu=op.relu)
-            else:
-                x, _ = conv2d_forward(x, op.kernel, op.bias, op.strides, op.pads, op.dilation,
-                                      gradients="none", relu=op.relu, free=free)
-        return x
+    """``out`` of the chain ``ops`` on ``x`` (the module docstring), run by run
+    (:func:`chain_runs`). Outputs from ``free``."""
+    for run in chain_runs(x, ops):
+        part = [ops[k] for k in run.ops]
+        x = _one_by_one(x, part, free) if run.pieces is None \
+            else _in_pieces(x, part, run.pieces, free)
+    return x
+
+
+def _one_by_one(x, ops, free):
+    """The reference: each op on the whole batch."""
+    for op in ops:
+        if op.depthwise:
+            x, _ = depthwise_conv2d_forward(x, op.kernel, op.bias, op.strides, op.pads,
+                                            op.dilation, free, relu=op.relu)
+        else:
+            x, _ = conv2d_forward(x, op.kernel, op.bias, op.strides, op.pads, op.dilation,
+                                  gradients="none", relu=op.relu, free=free)
+    return x
+
+
+def _in_pieces(x, ops, pieces, free):
+    """The ops on each piece in turn, the maps between them in two buffers written and read in
+    turn."""
     shapes = chain_shapes(x.shape, ops)
     out = empty(shapes[-1], x.dtype, free)
     most = max(p.stop - p.start for p in pieces)
     size = max(h * w * c for _, h, w, c in shapes[:-1]) * most
-    between = [np.empty(size, x.dtype), np.empty(size, x.dtype)]   # written and read in turn
+    between = [np.empty(size, x.dtype), np.empty(size, x.dtype)]
     runs = [_piece_runner(op, x.dtype) for op in ops]
     for piece in pieces:
         count = piece.stop - piece.start
@@ -149,7 +188,7 @@ def chain_forward(x, ops, free: FreeList | None = None) -> np.ndarray:
 
 def _piece_runner(op, dtype):
     """``run(source (n, H, W, C), target (n, Ho, Wo, F))``: ``op`` on a piece, by the compiled
-    kernel :func:`chain_pieces` vouched for, its arguments made once a call."""
+    kernel :func:`chain_runs` vouched for, its arguments made once a call."""
     if op.depthwise:
         loops = compiled.module("depthwise_kernels", op.kernel)
         kernel = np.ascontiguousarray(op.kernel)
