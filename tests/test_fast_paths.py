@@ -825,7 +825,6 @@ def test_folded_batch_norms_follow_every_in_place_change_of_their_variables():
         assert_close(model.predict(images, verbose=0), unfolded, np.float64, variable)
 
 
-
 def _chain_apart(x, ops):
     """The reference for ``engine.chain``: each op on the whole batch, a 1x1 convolution by
     ``dense.linear``, another by ``conv2d_forward``, a depthwise one by

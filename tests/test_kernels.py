@@ -854,7 +854,7 @@ def test_the_pooled_implicit_gemm_and_its_kernel_gradient_equal_the_reference_in
     x, _, _ = _fenced(rng, (n, h, w, c), np.float64, np.nan)
     x[...] = values(x.shape)
     kernel, bias = values((kh, kw, c, f)), values(f)
-    wide = conv.widened(x, pads[1])                            # as conv.py hands it over
+    wide = conv.widened(x, pads[1])                             # as conv.py hands it over
     panels = dense_kernels.pack(kernel.reshape(-1, f))
     shape = (n, ho // pool[0], wo // pool[1], f)
     plain = np.empty((n, ho, wo, f))                   # the compiled convolution, pooled apart
@@ -1413,36 +1413,49 @@ def test_bfloat16_rounding_kernel_results_equal_the_reference_bit_for_bit(shape,
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+def kernel_modules() -> list[str]:
+    """The engine's compiled-kernel modules (``*_kernels.py``), by name."""
+    folder = os.path.dirname(compiled.__file__)
+    return sorted(name[:-3] for name in os.listdir(folder) if name.endswith("_kernels.py"))
+
+
+def public_kernels() -> dict:
+    """``{"module.name": dispatcher}`` of every kernel called from Python (not a ``_name``
+    helper inlined into them), each under the module that defines it: a shared one is imported
+    by others too."""
+    import importlib
+
+    import numba
+    return {f"{name}.{key}": obj for name in kernel_modules()
+            for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
+            if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")
+            and obj.py_func.__module__ == f"cnnlab.engine.{name}"}
+
+
 def test_every_kernel_releases_the_gil():
     """Training splits a batch over threads (``config.threads()``), each running kernels on its
     shard; a kernel that held the GIL would run the shards one after another (measured on
     ResNet-20 at 2 threads before ``nogil``: 0.547 s a step compiled, 0.521 s on the reference;
     after: 0.418 s against 0.552 s). Helpers inlined into the kernels (``_name``) are never
     called from Python."""
-    import importlib
     import inspect
-
-    import numba
-    folder = os.path.dirname(compiled.__file__)
-    names = sorted(name[:-3] for name in os.listdir(folder) if name.endswith("_kernels.py"))
-    assert names == ["activations_kernels", "conv_kernels", "dense_kernels", "depthwise_kernels",
-                     "merge_kernels", "normalization_kernels", "pool_kernels", "precision_kernels",
-                     "update_kernels", "windows_kernels", "winograd_fused_kernels",
-                     "winograd_kernels"]
-    kernels = {id(obj): obj for name in names   # one each: a shared helper is imported twice
-               for key, obj in vars(importlib.import_module(f"cnnlab.engine.{name}")).items()
-               if isinstance(obj, numba.core.registry.CPUDispatcher) and not key.startswith("_")}
+    assert kernel_modules() == [
+        "activations_kernels", "conv_kernels", "dense_kernels", "depthwise_kernels",
+        "merge_kernels", "normalization_kernels", "pool_kernels", "precision_kernels",
+        "update_kernels", "windows_kernels", "winograd_fused_kernels", "winograd_kernels"]
+    kernels = public_kernels()
     assert len(kernels) == 2 + 4 + 4 + 5 + 1 + 8 + 2 + 1 + 3 + 4 + 4 + 2
     for kernel in kernels.values():
         assert kernel.targetoptions.get("nogil") is True, inspect.getsource(kernel.py_func)[:60]
 
 
 ONE_SIGNATURE_RUN = """
-import importlib, os
-import numba, numpy as np
+import os, sys
+import numpy as np
 import cnnlab
 from cnnlab import layers
-from cnnlab.engine import compiled
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+from test_kernels import public_kernels
 
 def bn_relu(x):
     return layers.ReLU()(layers.BatchNormalization()(x))
@@ -1464,11 +1477,9 @@ for batch in (8, 128):
     images = rng.random((batch, 16, 16, 3)).astype(np.float32)
     model.train_on_batch(images, rng.integers(0, 4, batch))
     model.predict_on_batch(images)
-folder = os.path.dirname(compiled.__file__)
-for name in sorted(n[:-3] for n in os.listdir(folder) if n.endswith("_kernels.py")):
-    for key, kernel in vars(importlib.import_module("cnnlab.engine." + name)).items():
-        if isinstance(kernel, numba.core.registry.CPUDispatcher) and len(kernel.signatures) > 1:
-            print(name, key, kernel.signatures)
+for name, kernel in public_kernels().items():
+    if len(kernel.signatures) > 1:
+        print(name, kernel.signatures)
 """
 
 
@@ -1480,8 +1491,8 @@ def test_every_kernel_compiles_one_signature_in_training_and_prediction():
     without a ReLU cut, a residual Add, a pooled convolution), trained and predicting at
     batches 8 and 128, compiles one signature of each kernel (fresh process: the signatures
     of this one's other tests would count)."""
-    run = subprocess.run([sys.executable, "-c", ONE_SIGNATURE_RUN], capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-c", ONE_SIGNATURE_RUN, __file__],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout == "", run.stdout
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from cnnlab.engine import compiled
 from cnnlab.engine.arrays import FreeList, array_module, empty
-from cnnlab.engine.conv import choose, conv2d_forward, implicit_runs, widened
+from cnnlab.engine.conv import choose, conv2d_forward, implicit_runs, one_gemm, widened
 from cnnlab.engine.dense import LINEAR_MIN_ROWS, linear_kernels
 from cnnlab.engine.depthwise import compiled_forward, depthwise_conv2d_forward
 from cnnlab.engine.shapes import Pads, output_hw
@@ -52,8 +52,8 @@ class ChainOp(NamedTuple):
     @property
     def pointwise(self) -> bool:
         """A 1x1 convolution, stride 1, no padding: one GEMM on the map as it lies."""
-        return not self.depthwise and self.kernel.shape[:2] == (1, 1) \
-            and tuple(self.strides) == (1, 1) and not any(any(side) for side in self.pads)
+        return not self.depthwise and one_gemm(self.kernel.shape, self.pads) \
+            and tuple(self.strides) == (1, 1)
 
 
 def chain_shapes(x_shape, ops) -> list[tuple]:
@@ -137,7 +137,7 @@ def _fewest_images(x, op, in_shape, shape) -> int | None:
         if gemm is None or shape[0] * rows < max(LINEAR_MIN_ROWS, shape[3]):
             return None
         return -(-gemm.ROWS // rows)                # the fewest rows the GEMM takes
-    if op.kernel.shape[:2] == (1, 1) and not any(any(side) for side in op.pads) \
+    if one_gemm(op.kernel.shape, op.pads) \
             or not implicit_runs(x, op.kernel, op.bias, op.pads, op.dilation, False):
         return None                        # (a strided 1x1 conv takes a GEMM of its own)
     return 1

@@ -360,7 +360,7 @@ def _forward(path, x, kernel, bias, strides, pads, dilation, workspace, relu, gr
         if relu:
             np.maximum(out, 0, out=out)
         return out, cache
-    if kernel.shape[:2] == (1, 1) and not any(any(side) for side in pads):
+    if one_gemm(kernel.shape, pads):
         return _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free, relu)
     return _im2col_forward(x, kernel, bias, strides, pads, dilation, workspace, free, relu,
                            gradients != "none")
@@ -805,6 +805,12 @@ def _input_grad_as_convolution(grad_out, kernel, full_pads, dilation, workspace,
     scratch = workspace.setdefault("input_grad", {}) if workspace is not None else None
     return conv2d_forward(grad_out, flipped, None, (1, 1), full_pads, dilation, scratch,
                           gradients="input", free=free)[0]
+
+
+def one_gemm(kernel_shape, pads) -> bool:
+    """Whether the direct path is one GEMM on the input as it lies (at stride 1) or on its
+    subsampled pixels: a 1x1 kernel without padding (:func:`_pointwise_forward`)."""
+    return tuple(kernel_shape[:2]) == (1, 1) and not any(any(side) for side in pads)
 
 
 def _pointwise_forward(x, kernel, bias, strides, dilation, workspace, free=None, relu=False):

@@ -54,7 +54,7 @@ def depthwise_conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray
         shift = np.zeros(c * m, dtype) if bias is None else bias.astype(dtype)
         out = empty((n, *out_hw, c * m), dtype, free)
         compiled_forward(kernels, x, kernel, shift, strides, dilation, pads[0][0], pads[1][0],
-                          out, relu)
+                         out, relu)
         return out, (x, x.shape, kernel, strides, pads, dilation, bias is not None, kernels)
     module = array_module(x, kernel)
     xp = pad_images(x, pads)                                                 # (N, Hp, Wp, C)
@@ -90,7 +90,7 @@ ROWS_MAX_CHANNELS = 64
 
 
 def compiled_forward(kernels, x, kernel, bias, strides, dilation, top, left, out,
-                      relu=False, in_cache=False) -> None:
+                     relu=False, in_cache=False) -> None:
     """``out`` by the compiled loops: in register blocks (``depthwise_kernels.forward_blocks``)
     for one filter per channel, stride 1 (any stride when ``x`` is ``in_cache``: see below) and
     at least one 64-byte vector of channels; else by
@@ -136,9 +136,9 @@ def depthwise_conv2d_backward(grad_out: np.ndarray, cache, need_input_grad: bool
             if need_input_grad:    # at stride 1, the forward pass of the flipped kernel
                 grad_x = np.empty(x_shape, dtype=kernel.dtype)
                 compiled_forward(kernels, grad_out, np.ascontiguousarray(kernel[::-1, ::-1]),
-                                  np.zeros(c, kernel.dtype), (1, 1), dilation,
-                                  (kh - 1) * dilation[0] - top, (kw - 1) * dilation[1] - left,
-                                  grad_x)
+                                 np.zeros(c, kernel.dtype), (1, 1), dilation,
+                                 (kh - 1) * dilation[0] - top, (kw - 1) * dilation[1] - left,
+                                 grad_x)
             return grad_x, grad_kernel, grad_bias
         # strided, a row pass for the kernel gradient and a scatter for the input's cost more
         # than one pixel loop doing both: 3.90 against 3.41-3.73 ms at MobileNet's 32 x 32 x 64,

@@ -21,7 +21,6 @@ import numpy as np
 
 from cnnlab.engine.arrays import FreeList, unshared
 from cnnlab.errors import ShapeError
-from cnnlab.graph import fusion
 from cnnlab.layers.base import CallContext
 
 
@@ -215,8 +214,7 @@ def forward(graph, inputs: list[np.ndarray], ctx: CallContext, activations: dict
             if chain is not None:                            # the linked nodes' own
                 ctx.output_chain = tuple(
                     (link.node.layer, _folded_affine(folds.get(link.node), args[0].dtype),
-                     fusion.planned_activation(link.node, activations, folds) == "relu")
-                    for link in chain)
+                     link.relu) for link in chain)
             out, cache = step.layer.forward(args[0] if step.one_input else args, ctx, activation)
             ctx.output_affine = ctx.output_residual = ctx.output_pool = None
             ctx.output_chain = None

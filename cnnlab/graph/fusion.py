@@ -168,6 +168,7 @@ class Link(NamedTuple):
     """An op a chain's first op runs after it, in its own call (``separable_chains``)."""
     node: object         # a 1x1 Conv2D's or DepthwiseConv2D's node, which then passes it on
     between: tuple       # the ReLU nodes planned 'linear' before it, which pass it on too
+    relu: bool           # its planned activation (planned_activation) is a ReLU
 
 
 def separable_chains(graph, activations: dict, folds: dict, fused: dict) -> dict:
@@ -198,7 +199,8 @@ def separable_chains(graph, activations: dict, folds: dict, fused: dict) -> dict
                     or not _chainable(consumers[0], activations, folds):
                 break
             op = consumers[0]
-            links.append(Link(op, tuple(between)))
+            links.append(Link(op, tuple(between),
+                              planned_activation(op, activations, folds) == "relu"))
             linked.add(id(op))
         if links:
             chains[node] = tuple(links)

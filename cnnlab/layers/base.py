@@ -93,14 +93,15 @@ def unique_name(base: str) -> str:
     return base if count == 0 else f"{base}_{count}"
 
 
-def linear_weights(layer, ctx: CallContext):
+def linear_weights(layer, affine=None):
     """A linear op's (Conv2D, Dense: ``folds_output_affine``) kernel, output channel last, and
-    bias or None, for this call: the layer's own, or with ``ctx.output_affine`` folded in."""
+    bias or None: the layer's own, or with ``affine``, a ``(scale, shift)`` per output channel
+    (a call's ``ctx.output_affine``), folded in."""
     kernel = layer.compute_weight(layer.variables[0].value)
     bias = layer.compute_weight(layer.variables[1].value) if layer.use_bias else None
-    if ctx.output_affine is None:
+    if affine is None:
         return kernel, bias
-    return fold_affine(kernel, bias, *ctx.output_affine)
+    return fold_affine(kernel, bias, *affine)
 
 
 def check_activation(activation, owner: str) -> str:

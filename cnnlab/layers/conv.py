@@ -22,7 +22,7 @@ from cnnlab.engine.dense import dense_backward, dense_forward
 from cnnlab.engine.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
 from cnnlab.engine.normalization import fold_affine
 from cnnlab.engine.shapes import as_pair, output_hw, resolve_padding, validate_padding
-from cnnlab.layers.base import Layer, check_positive_int
+from cnnlab.layers.base import Layer, check_positive_int, linear_weights
 
 
 class Conv2D(Layer):
@@ -86,9 +86,7 @@ class Conv2D(Layer):
     def folded_weights(self, affine):
         """The kernel and bias (or None), with ``affine``, a ``(scale, shift)`` per output
         channel, folded in (None: the layer's own)."""
-        kernel = self.compute_weight(self.variables[0].value)
-        bias = self.compute_weight(self.variables[1].value) if self.use_bias else None
-        return (kernel, bias) if affine is None else fold_affine(kernel, bias, *affine)
+        return linear_weights(self, affine)
 
     def fuses(self, activation, ctx):
         """At inference (no backward pass follows), a ReLU runs inside the convolution: compiled
@@ -120,8 +118,9 @@ class Conv2D(Layer):
         ops, hw = [], x.shape[1:3]
         for layer, (k, b), r in [(self, (kernel, bias), relu)] + [
                 (layer, layer.folded_weights(affine), r) for layer, affine, r in ctx.output_chain]:
-            ops.append(layer.chain_op(k, b, r, hw))
-            hw = layer.compute_output_shape((*hw, k.shape[2]))[:2]
+            op = layer.chain_op(k, b, r, hw)
+            ops.append(op)
+            hw = output_hw(hw, k.shape[:2], op.strides, op.pads, op.dilation)
         return chain_forward(x, ops, ctx.free_list)
 
     def call_backward(self, grad_out, cache, input_grad):
@@ -188,8 +187,7 @@ class DepthwiseConv2D(Conv2D):
         """The kernel ``(KH, KW, C, M)`` and bias (or None), with ``affine``, a ``(scale,
         shift)`` per output channel, folded in (None: the layer's own); output channel
         ``c * M + m`` is kernel ``[..., c, m]``."""
-        kernel = self.compute_weight(self.variables[0].value)                # (KH, KW, C, M)
-        bias = self.compute_weight(self.variables[1].value) if self.use_bias else None
+        kernel, bias = linear_weights(self)                                  # (KH, KW, C, M)
         if affine is None:
             return kernel, bias
         flat, bias = fold_affine(kernel.reshape(*kernel.shape[:2], -1), bias, *affine)

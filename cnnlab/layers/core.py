@@ -88,7 +88,7 @@ class Dense(Layer):
 
     def call(self, x, ctx):
         x2 = x.reshape(-1, x.shape[-1])                                     # (N*..., D_in)
-        kernel, bias = linear_weights(self, ctx)                            # (D_in, units)
+        kernel, bias = linear_weights(self, ctx.output_affine)              # (D_in, units)
         out, cache = dense_forward(x2, kernel, bias)                        # (N*..., units)
         return out.reshape(*x.shape[:-1], self.units), (cache, x.shape[:-1])
 
