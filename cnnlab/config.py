@@ -174,21 +174,22 @@ def set_threads(count: int) -> None:
     _threads = count
 
 
-#: how a batch's shards run in training: "processes" (one forked worker process per shard
-#: beyond the first, where the platform forks: Linux; ``training.workers`` says why) or
-#: "threads" (every shard in this process). CNNLAB_SHARDS sets it at start.
+#: how a batch's shards run (training, evaluation, prediction): "processes" (one forked worker
+#: process per shard beyond the first, where the platform forks: Linux; ``training.workers``
+#: says why) or "threads" (every shard in this process). CNNLAB_SHARDS sets it at start.
 SHARDS = ("processes", "threads")
 
 
 def shards() -> str:
-    """How training runs a batch's shards: ``'processes'`` or ``'threads'``."""
+    """How a batch's shards run: ``'processes'`` or ``'threads'``."""
     return _shards
 
 
 def set_shards(name: str) -> None:
-    """Run a training batch's shards in worker ``'processes'`` or in ``'threads'`` of this
-    process. The same shards give the same step bit for bit; processes are faster, and split
-    smaller batches than threads do (``training.workers``)."""
+    """Run a batch's shards (training, evaluation, prediction) in worker ``'processes'`` or in
+    ``'threads'`` of this process. The same shards give the same results bit for bit;
+    processes are faster, and split smaller training batches than threads do
+    (``training.workers``)."""
     global _shards
     _shards = _checked(SHARDS, name, "set_shards's name")
 

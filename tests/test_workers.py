@@ -1,5 +1,6 @@
-"""A training batch's shards in worker processes (training.workers) compute the very step the
-thread shards compute, and a worker that fails, dies or loses its parent is handled."""
+"""A batch's shards in worker processes (training.workers) compute the very step, outputs and
+losses the thread shards compute, and a worker that fails, dies or loses its parent is
+handled."""
 
 import gc
 import os
@@ -102,6 +103,31 @@ def test_fit_with_processes_equals_fit_with_threads():
         np.testing.assert_array_equal(a, b)
 
 
+def test_prediction_and_evaluation_in_processes_equal_threads_bit_for_bit():
+    """Inference shards go to the workers too (no GIL to share), split by the threads' rule,
+    so the outputs and losses are the threads' bit for bit, fused inference included."""
+    results = {}
+    for shards in ("threads", "processes"):
+        cnnlab.config.set_shards(shards)
+        model = residual_model(seed=7, dropout=0.0)
+        x, y = data(40, seed=2)
+        results[shards] = (model.predict(x, batch_size=40, verbose=0),
+                           model.predict_on_batch(x[:32]),
+                           model.evaluate(x, y, batch_size=40, verbose=0),
+                           model.test_on_batch(x[:36], [y[0][:36], y[1][:36]]),
+                           len(workers.pids()))
+        workers.close()
+    threads, processes = results["threads"], results["processes"]
+    assert threads[4] == 0 and processes[4] == 1
+    for a, b in zip([*threads[0], *threads[1]], [*processes[0], *processes[1]]):
+        np.testing.assert_array_equal(a, b)
+    assert threads[2] == processes[2] and threads[3] == processes[3]
+    # the worker's shard is the second half: a worker that computed anything else fails here
+    alone = residual_model(seed=7, dropout=0.0).predict_on_batch(data(40, seed=2)[0][16:32])
+    for a, b in zip(alone, processes[1]):
+        np.testing.assert_allclose(b[16:], a, rtol=1e-12)
+
+
 def test_two_models_trained_at_once_in_two_threads():
     """One set of workers: the thread that does not get them runs its shards on threads, the
     same slices, so each model's steps are those it makes alone, bit for bit."""
@@ -177,6 +203,45 @@ def test_a_failed_or_dead_worker_raises_and_leaves_the_weights(monkeypatch, exit
     monkeypatch.undo()
     model.train_on_batch(x, y)                     # new workers take over
     assert all(p.is_alive() for p in workers._pool.processes)
+
+
+def test_only_the_main_thread_forks_workers():
+    """A fork waits for any threaded BLAS call in flight, forever if that call's threads are
+    busy (the web app hung so): a server's or a job's thread runs its shards on threads."""
+    import threading
+    cnnlab.config.set_shards("processes")
+    model = residual_model(dropout=0.0)
+    x, y = data()
+    got = {}
+
+    def run():
+        got["outputs"] = model.predict_on_batch(x)
+        got["loss"] = model.train_on_batch(x, y)
+        got["pids"] = workers.pids()
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert got["pids"] == [] and "loss" in got
+    same = residual_model(dropout=0.0)                      # the same weights, untrained
+    for a, b in zip(got["outputs"], same.predict_on_batch(x)):         # main thread: workers
+        np.testing.assert_array_equal(a, b)
+    assert len(workers.pids()) == 1
+
+
+def test_a_failed_worker_in_prediction_raises_and_the_next_call_forks_anew(monkeypatch):
+    cnnlab.config.set_shards("processes")
+    model = residual_model(dropout=0.0)
+    x, _ = data()
+    expected = model.predict_on_batch(x)
+    workers.close()
+    monkeypatch.setattr(step, "_run_shard", _failing_in_worker())
+    with pytest.raises(RuntimeError, match="a failure inside the worker"):
+        model.predict_on_batch(x)
+    assert workers._pool is None
+    monkeypatch.undo()
+    for a, b in zip(model.predict_on_batch(x), expected):
+        np.testing.assert_array_equal(a, b)
+    assert len(workers.pids()) == 1
 
 
 def test_workers_end_with_their_model():

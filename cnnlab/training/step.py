@@ -111,19 +111,25 @@ def _context(model, training, batch_sum=None, generators=None, keep_cache=None) 
     return ctx
 
 
-def _on_model_device(model, xs, ys, processes_pay: bool = False):
+def _on_model_device(model, xs, ys, gradients: bool):
     """The batch on the model's device, its shards over the cores (None: one piece; always on
-    a GPU, where the device's own parallelism does the work), and whether they are worker
-    processes' shards (``processes_pay``: a training step may use them)."""
+    a GPU, where the device's own parallelism does the work), and whether they run in worker
+    processes (``training.workers``) rather than threads. A batch with ``gradients`` is split
+    by the workers' rule (``workers.min_shard``: a worker copies its gradients back), and runs
+    on threads where that rule does not split it; any other batch is split by the threads'
+    rule either way, so that the same batch makes the same shards, and the same outputs bit
+    for bit, in workers and in threads."""
     device = placement.device_of(model)
     if device != "cpu":
         return placement.batch_to(xs, device), placement.batch_to(ys, device), None, False
     n = len(xs[0])
-    if processes_pay and workers.packable([*xs, *ys]):
+    in_processes = workers.usable() and workers.packable([*xs, *ys])
+    if in_processes and gradients:
         parts = parallel.shard_slices(n, workers.min_shard(model))
         if parts is not None:
             return xs, ys, parts, True
-    return xs, ys, parallel.shard_slices(n), False
+        in_processes = False
+    return xs, ys, parallel.shard_slices(n), in_processes
 
 
 def _out_of_memory(model, images: int, what: str, exc: MemoryError) -> OutOfMemoryError:
@@ -160,8 +166,7 @@ def run_batch(model, xs: list[np.ndarray], ys: list, training: bool, share: floa
 def _run_batch(model, xs, ys, training, share, comm, want_grads) -> BatchResult:
     want_grads = training if want_grads is None else want_grads
     n = len(xs[0])
-    xs, ys, parts, in_processes = _on_model_device(
-        model, xs, ys, training and want_grads and workers.usable())
+    xs, ys, parts, in_processes = _on_model_device(model, xs, ys, training and want_grads)
     thread_shards = 1
     if parts is None:
         batch_sum = comm.sum_array if training and comm is not None else None   # ranks only
@@ -175,7 +180,8 @@ def _run_batch(model, xs, ys, training, share, comm, want_grads) -> BatchResult:
         with workers.claimed(in_processes) as claimed:   # not while another thread has them
             pool = workers.pool_for(model, pieces, _run_shard) if claimed else None
             if pool is not None:
-                results, ctx = _in_processes(model, pool, pieces, shares, seeds, comm)
+                results, ctx = _in_processes(model, pool, pieces, shares, seeds, comm, training,
+                                             want_grads)
             else:
                 results, ctx = _in_threads(model, pieces, shares, seeds, comm, training,
                                            want_grads)
@@ -212,25 +218,39 @@ def _in_threads(model, pieces, shares, seeds, comm, training, want_grads):
     return results, contexts[0]
 
 
-def _in_processes(model, pool, pieces, shares, seeds, comm):
+def _in_processes(model, pool, pieces, shares, seeds, comm, training, want_grads):
     """Shard 0 here, the others in ``pool``'s worker processes (``training.workers``); shard
-    0's context. A failure anywhere stops the workers: they may be halfway through the step."""
+    0's context."""
+    batch_sum = functools.partial(pool.batch_sum, comm=comm) if training else None
+    ctx = _context(model, training, batch_sum, None, want_grads)
+    headers = [{"pass": "batch", "training": training, "want_grads": want_grads, "share": share,
+                "seeds": seed} for share, seed in zip(shares[1:], seeds[1:])]
+    return _with_workers(pool, pieces, headers, functools.partial(
+        _shard_pass, model, *pieces[0], ctx, shares[0], want_grads)), ctx
+
+
+def _with_workers(pool, pieces, headers, first_shard) -> list:
+    """Every shard's result: shard 0's by ``first_shard()`` here, the others' from ``pool``'s
+    workers. A failure anywhere stops the workers: they may be halfway through the batch."""
     try:
-        pool.start(pieces[1:], [{"share": share, "seeds": seed}
-                                for share, seed in zip(shares[1:], seeds[1:])])
-        ctx = _context(model, True, functools.partial(pool.batch_sum, comm=comm), None, True)
+        pool.start(pieces[1:], headers)
         with parallel.single_threaded_blas():         # the workers have the other cores
-            first = _shard_pass(model, *pieces[0], ctx, shares[0], True)
-        return [first, *pool.finish()], ctx
+            first = first_shard()
+        return [first, *pool.finish()]
     except BaseException:
         workers.close()
         raise
 
 
-def _run_shard(model, xs, ys, batch_sum, seeds, share):
-    """One training shard in a worker process: its losses, outputs and gradients."""
-    ctx = _context(model, True, batch_sum, _generators(model, seeds), True)
-    return _shard_pass(model, xs, ys, ctx, share, True)
+def _run_shard(model, xs, ys, batch_sum, header):
+    """One shard of a worker process, or shard 0 of a prediction, as the header asks
+    (``_in_processes``, ``_predict_batch``): its losses, outputs and gradients."""
+    if header["pass"] == "predict":
+        return [], _predict_pass(model, xs), {}
+    training, want_grads = header["training"], header["want_grads"]
+    ctx = _context(model, training, batch_sum if training else None,
+                   _generators(model, header["seeds"]), want_grads)
+    return _shard_pass(model, xs, ys, ctx, header["share"], want_grads)
 
 
 def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -242,19 +262,29 @@ def predict_batch(model, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _predict_batch(model, xs):
-    activations, _ = fusion.plan(model)
-    fusions = _op_fusions(model, activations, inference=True)
-    xs, _, parts, _ = _on_model_device(model, xs, [])
-
-    def run(inputs):
-        return execute.forward(model, inputs, _context(model, False), activations,
-                               **fusions)[0]
-
+    xs, _, parts, in_processes = _on_model_device(model, xs, [], False)
     if parts is None:
         with parallel.single_threaded_blas():           # why: ``parallel``, "One batch"
-            return [arrays.to_host(output) for output in run(xs)]
-    results = parallel.run_sharded([functools.partial(run, [x[p] for x in xs]) for p in parts])
+            return [arrays.to_host(output) for output in _predict_pass(model, xs)]
+    pieces = [([x[p] for x in xs], []) for p in parts]
+    with workers.claimed(in_processes) as claimed:       # not while another thread has them
+        pool = workers.pool_for(model, pieces, _run_shard) if claimed else None
+        if pool is not None:
+            results = [outputs for _, outputs, _ in _with_workers(
+                pool, pieces, [{"pass": "predict"}] * (len(pieces) - 1),
+                functools.partial(_run_shard, model, pieces[0][0], [], None,
+                                  {"pass": "predict"}))]
+        else:
+            results = parallel.run_sharded([functools.partial(_predict_pass, model, piece)
+                                            for piece, _ in pieces])
     return [np.concatenate([r[i] for r in results]) for i in range(len(model.outputs))]
+
+
+def _predict_pass(model, xs) -> list:
+    """The model's outputs for one shard, at inference (every fusion ``graph.fusion`` has)."""
+    activations, _ = fusion.plan(model)
+    return execute.forward(model, xs, _context(model, False), activations,
+                           **_op_fusions(model, activations, inference=True))[0]
 
 
 def apply_update(model, result: BatchResult) -> None:

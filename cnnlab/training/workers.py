@@ -1,5 +1,6 @@
-"""A training batch's shards in processes of their own: this process runs shard 0, and one
-forked worker process per further shard runs the same model on its part.
+"""A batch's shards in processes of their own: this process runs shard 0, and one forked worker
+process per further shard runs the same model on its part, in training, evaluation and
+prediction alike.
 
 Why not threads: two thread shards of ResNet-20's 128 images took 247-248 ms a training step
 where two MPI ranks of 64 images each, exchanging BatchNormalization's sums and the gradients,
@@ -9,7 +10,13 @@ kernel call of a thread shard releases the GIL and must take it back, ~1,000 tim
 waits whenever the other shard is running Python (``training.parallel``'s docstring has the
 measurements). Processes have a GIL each. Built, they took 246-257 ms a step where threads
 took 265-278 (ResNet-20 at batch 128, 4 interleaved pairs), mobilenet_small 253-279 against
-292-322, cifar10_cnn 92-93 against 94-97.
+292-322, cifar10_cnn 92-93 against 94-97. Prediction gains most where a network makes many
+short kernel calls: mobilenet_small predicting 128 images, whose chains of convolutions run a
+few images at a time (``engine.chain``), took 26.4-26.8 ms where threads took 27.6-27.8 (3
+interleaved pairs, medians of 60 calls; its shard 0 alone 25.6 ms of that, handing the other
+shard over and taking its outputs back 0.3 ms), and 7.7-9.7 against 9.6-10.7 ms at batch 32;
+cifar10_cnn at 128, 19.3-23.2 against 21.8-25.5; ResNet-20 and the article's network were
+level (session 39).
 
 How a step goes, for shard k > 0:
 - The model's variables live in one shared memory block (``_SharedVariables``): the parent's
@@ -31,7 +38,9 @@ as 2 images, mobilenet_small's 4; below that, and for a network of few multiply-
 parameter (the article's: 67 images), the thread shards' rule applies
 (``parallel.MIN_SHARD``). Small batches gain most, since threads are not worth splitting them:
 ResNet-20 at batch 16 went from 65-67 ms a step (unsplit) to 48-52 ms, mobilenet_small from
-65-71 to 43-44 ms.
+65-71 to 43-44 ms. Evaluation and prediction, whose workers copy no gradients, split wherever
+the thread shards' rule does, so that workers and threads make the same shards, and the same
+outputs bit for bit.
 
 Nothing is pickled: headers are JSON, arrays are raw bytes. The workers are forked, so they
 start as copies of this process (no import, no model file), and are forked again when the
@@ -45,7 +54,7 @@ support fork) or with ``config.set_shards("threads")``, the shards run as thread
 Python 3.12, forking a process that has threads (BLAS starts its own at import) issues a
 ``DeprecationWarning``, as PyTorch's data loader workers do; ``set_shards("threads")`` is the
 way to a run without it. Where forking fails (that warning made an error, no processes left),
-training says so once and runs its shards on threads from then on.
+cnnlab says so once and runs its shards on threads from then on.
 """
 
 from __future__ import annotations
@@ -75,8 +84,14 @@ _fork_refused: str | None = None      # why forking failed once in this process:
 
 
 def usable() -> bool:
-    """Whether training shards may run as processes here and now."""
+    """Whether a batch's shards may run as processes here and now: on the main thread only. A
+    fork waits in OpenBLAS's fork handler for any BLAS call in flight, and one whose threads
+    are busy never ends: the web app hung for good when one request thread forked to predict
+    while another was inside a threaded GEMM (the inside page, session 39). Servers and
+    background jobs run their batches on threads; a script, a notebook or the command line
+    on its main thread."""
     return (config.shards() == "processes" and sys.platform.startswith("linux")
+            and threading.current_thread() is threading.main_thread()
             and "mpi4py.MPI" not in sys.modules and _fork_refused is None)
 
 
@@ -125,8 +140,9 @@ def pool_for(model, pieces: list, run_shard) -> ShardProcesses | None:
     """The worker processes for ``model``'s steps in these ``(xs, ys)`` pieces, one a shard
     (the first is this process's), with room for the largest; forked anew when what they
     copied has changed. None when they cannot be forked (then ``usable()`` stays False).
-    ``run_shard(model, xs, ys, batch_sum, seeds, share) -> (losses, outputs, grads)`` is what
-    a worker runs on its shard (``training.step``'s: passed in, to keep this module below it)."""
+    ``run_shard(model, xs, ys, batch_sum, header) -> (losses, outputs, grads)`` is what a
+    worker runs on its shard, ``header`` being what :meth:`ShardProcesses.start` sent it
+    (``training.step``'s: passed in, to keep this module below it)."""
     global _pool, _fork_refused
     fingerprint = _fingerprint(model, len(pieces))
     room = max(_layout([*xs, *ys])[1] for xs, ys in pieces[1:])
@@ -140,7 +156,7 @@ def pool_for(model, pieces: list, run_shard) -> ShardProcesses | None:
             # (Python 3.12's about forking a process that has threads): threads, from now on
             _fork_refused = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"cnnlab could not start its shard worker processes ({_fork_refused});"
-                          f" training runs its shards on threads instead, with the same results "
+                          f" it runs its shards on threads instead, with the same results "
                           f"and somewhat slower.", RuntimeWarning, stacklevel=4)
             return None
     return _pool
@@ -238,7 +254,7 @@ class _SharedVariables:
 
 
 class ShardProcesses:
-    """Worker processes for shards 1 .. count - 1 of one model's training steps."""
+    """Worker processes for shards 1 .. count - 1 of one model's batches."""
 
     def __init__(self, model, count: int, fingerprint: tuple, arrays_bytes: int, run_shard):
         self.model_ref, self.fingerprint = weakref.ref(model), fingerprint
@@ -334,8 +350,7 @@ class ShardProcesses:
         except (EOFError, OSError):
             process.join(timeout=1)
             raise RuntimeError(f"The worker process of shard {index + 1} (pid {process.pid}) "
-                               f"died (exit code {process.exitcode}) during a training "
-                               f"step.") from None
+                               f"died (exit code {process.exitcode}) during a batch.") from None
         if message[:1] == b"E":
             raise RuntimeError(f"Shard {index + 1} of this batch failed in its worker process:\n"
                                f"{message[1:].decode(errors='replace')}")
@@ -387,8 +402,7 @@ def _serve(model_ref, link, inherited, block, trainable, grad_specs, run_shard) 
         try:
             xs = [_view(block, spec) for spec in header["xs"]]
             ys = [_view(block, spec) for spec in header["ys"]]
-            losses, outputs, grads = run_shard(model, xs, ys, batch_sum, header["seeds"],
-                                               header["share"])
+            losses, outputs, grads = run_shard(model, xs, ys, batch_sum, header)
             has = []
             for variable, spec in zip(trainable, grad_specs):
                 grad = grads.get(variable)
