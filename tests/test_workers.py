@@ -129,8 +129,8 @@ def test_prediction_and_evaluation_in_processes_equal_threads_bit_for_bit():
 
 
 def test_two_models_trained_at_once_in_two_threads():
-    """One set of workers: the thread that does not get them runs its shards on threads, the
-    same slices, so each model's steps are those it makes alone, bit for bit."""
+    """Off the main thread the shards run on threads (``workers.usable``), on the slices the
+    workers would have had, so each model's steps are those it makes alone, bit for bit."""
     import threading
     cnnlab.config.set_shards("processes")
     alone = train("processes")

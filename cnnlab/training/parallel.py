@@ -1,6 +1,6 @@
 """Both cores for every batch: the batch is cut into shards, one per thread, and each thread runs
-the same model on its shard. (In training, the shards beyond the first run in worker processes
-instead where the platform forks: ``training.workers``; prediction and evaluation use threads.)
+the same model on its shard. (On the main thread, where the platform forks, the shards beyond
+the first run in worker processes instead: ``training.workers``.)
 
 Layers keep no per-call state, so the threads share the model as it is: each call's caches live
 on its own tape, its scratch buffers in its own thread's workspace, its random draws in a

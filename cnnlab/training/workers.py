@@ -45,12 +45,15 @@ outputs bit for bit.
 Nothing is pickled: headers are JSON, arrays are raw bytes. The workers are forked, so they
 start as copies of this process (no import, no model file), and are forked again when the
 model, its compiled losses, which parameters train, the variables' shapes or the kernels change
-(``_fingerprint``), or a batch needs more room. One set of workers exists at a time (a second
-thread training another model meanwhile runs its shards on threads: ``claimed``). A worker
+(``_fingerprint``), or a batch needs more room. One set of workers exists at a time, the main
+thread's (``usable``; a model trained or used on another thread runs its shards on threads). A worker
 that fails sends its traceback; one that dies is noticed at the next wait; either way the
 step raises and the workers are stopped. A worker whose parent dies reads the end of its pipe
-and exits. Where the platform cannot fork safely (not Linux), in an MPI run (Open MPI does not
-support fork) or with ``config.set_shards("threads")``, the shards run as threads. From
+and exits. Between batches the workers wait on their pipes, holding their memory, until their
+model is collected, ``fit`` ends, another model needs them or ``close()``: a model that
+predicts batch after batch forks once. Where the platform cannot fork safely (not Linux), in
+an MPI run (Open MPI does not support fork), off the main thread (``usable``) or with
+``config.set_shards("threads")``, the shards run as threads. From
 Python 3.12, forking a process that has threads (BLAS starts its own at import) issues a
 ``DeprecationWarning``, as PyTorch's data loader workers do; ``set_shards("threads")`` is the
 way to a run without it. Where forking fails (that warning made an error, no processes left),
@@ -165,8 +168,9 @@ def pool_for(model, pieces: list, run_shard) -> ShardProcesses | None:
 @contextlib.contextmanager
 def claimed(wanted: bool = True):
     """Whether this thread may use the worker processes for one step: not while another
-    thread's step has them (two models trained at once in one process), whose shards then run
-    as threads instead, on the same slices."""
+    thread has them (``close`` from a model's finalizer, which may run on any thread); the
+    shards then run as threads instead, on the same slices. (Only the main thread forks and
+    uses them: ``usable``.)"""
     got = wanted and _in_use.acquire(blocking=False)
     try:
         yield got
