@@ -188,8 +188,7 @@ def shards() -> str:
 def set_shards(name: str) -> None:
     """Run a batch's shards (training, evaluation, prediction) in worker ``'processes'`` or in
     ``'threads'`` of this process. The same shards give the same results bit for bit;
-    processes are faster, and split smaller training batches than threads do
-    (``training.workers``)."""
+    processes are faster, and split smaller batches than threads do (``training.workers``)."""
     global _shards
     _shards = _checked(SHARDS, name, "set_shards's name")
 

@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 @pytest.fixture(autouse=True)
 def _fresh_state():
     import cnnlab
-    threads, kernels = cnnlab.config.threads(), cnnlab.config.kernels()
+    threads, kernels, shards = cnnlab.config.threads(), cnnlab.config.kernels(), \
+        cnnlab.config.shards()
     cnnlab.config.set_floatx("float32")
     cnnlab.seeding.set_random_seed(1234)
     yield
@@ -20,6 +21,7 @@ def _fresh_state():
     cnnlab.config.set_dtype_policy(None)
     cnnlab.config.set_threads(threads)
     cnnlab.config.set_kernels(kernels)          # CNNLAB_KERNELS=numpy runs stay on the reference
+    cnnlab.config.set_shards(shards)
 
 
 @pytest.fixture

@@ -691,6 +691,7 @@ def test_one_pass_winograd_reuses_its_packed_kernel_only_while_the_weights_are_u
     pack = kernels.pack_kernel
     monkeypatch.setattr(kernels, "pack_kernel", lambda *args: packed.append(1) or pack(*args))
     cnnlab.config.set_floatx("float64")
+    cnnlab.config.set_shards("threads")     # one shard: the cache under test is this process's
     model = cnnlab.Sequential([layers.Input((17, 16, 16)),
                                layers.Conv2D(16, 3, padding="same", name="conv")])
     x = np.random.default_rng(1).standard_normal((4, 17, 16, 16))     # 80 tiles

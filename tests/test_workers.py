@@ -94,7 +94,7 @@ def test_fit_with_processes_equals_fit_with_threads():
         model = residual_model(seed=5)
         x, y = data(96, seed=1)             # batches of 32: split alike both ways
         history = model.fit(x, y, batch_size=32, epochs=2, shuffle=True, verbose=0,
-                            validation_data=(x[:20], [y[0][:20], y[1][:20]]))
+                            validation_data=(x[:32], [y[0][:32], y[1][:32]]))
         histories.append(history.history)
         weights.append(model.get_weights())
         assert workers._pool is None              # its workers stopped at its end
@@ -104,8 +104,9 @@ def test_fit_with_processes_equals_fit_with_threads():
 
 
 def test_prediction_and_evaluation_in_processes_equal_threads_bit_for_bit():
-    """Inference shards go to the workers too (no GIL to share), split by the threads' rule,
-    so the outputs and losses are the threads' bit for bit, fused inference included."""
+    """Inference shards go to the workers too (no GIL to share). At 32 images and more both
+    split a batch alike, so the outputs and losses are the threads' bit for bit, fused
+    inference included; below, the workers split where threads do not, to rounding."""
     results = {}
     for shards in ("threads", "processes"):
         cnnlab.config.set_shards(shards)
@@ -126,6 +127,17 @@ def test_prediction_and_evaluation_in_processes_equal_threads_bit_for_bit():
     alone = residual_model(seed=7, dropout=0.0).predict_on_batch(data(40, seed=2)[0][16:32])
     for a, b in zip(alone, processes[1]):
         np.testing.assert_allclose(b[16:], a, rtol=1e-12)
+    model = residual_model(seed=7, dropout=0.0)
+    n = 2 * workers.min_shard(model)                  # two worker shards; one thread shard
+    assert n < 2 * cnnlab.training.parallel.MIN_SHARD
+    x = data(n, seed=3)[0]
+    cnnlab.config.set_shards("threads")
+    unsplit = residual_model(seed=7, dropout=0.0).predict_on_batch(x)
+    cnnlab.config.set_shards("processes")
+    split = model.predict_on_batch(x)
+    assert len(workers.pids()) == 1
+    for a, b in zip(split, unsplit):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
 def test_two_models_trained_at_once_in_two_threads():

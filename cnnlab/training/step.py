@@ -114,21 +114,20 @@ def _context(model, training, batch_sum=None, generators=None, keep_cache=None) 
 def _on_model_device(model, xs, ys, gradients: bool):
     """The batch on the model's device, its shards over the cores (None: one piece; always on
     a GPU, where the device's own parallelism does the work), and whether they run in worker
-    processes (``training.workers``) rather than threads. A batch with ``gradients`` is split
-    by the workers' rule (``workers.min_shard``: a worker copies its gradients back), and runs
-    on threads where that rule does not split it; any other batch is split by the threads'
-    rule either way, so that the same batch makes the same shards, and the same outputs bit
-    for bit, in workers and in threads."""
+    processes (``training.workers``) rather than threads. Workers split by their own rule
+    (``workers.min_shard``), smaller batches than threads do; where it does not split a batch,
+    the threads' rule does, the shards going to the workers all the same unless the batch has
+    ``gradients`` (the copies of which the workers' rule weighs)."""
     device = placement.device_of(model)
     if device != "cpu":
         return placement.batch_to(xs, device), placement.batch_to(ys, device), None, False
     n = len(xs[0])
     in_processes = workers.usable() and workers.packable([*xs, *ys])
-    if in_processes and gradients:
+    if in_processes:
         parts = parallel.shard_slices(n, workers.min_shard(model))
         if parts is not None:
             return xs, ys, parts, True
-        in_processes = False
+        in_processes = not gradients
     return xs, ys, parallel.shard_slices(n), in_processes
 
 

@@ -16,7 +16,7 @@ few images at a time (``engine.chain``), took 26.4-26.8 ms where threads took 27
 interleaved pairs, medians of 60 calls; its shard 0 alone 25.6 ms of that, handing the other
 shard over and taking its outputs back 0.3 ms), and 7.7-9.7 against 9.6-10.7 ms at batch 32;
 cifar10_cnn at 128, 19.3-23.2 against 21.8-25.5; ResNet-20 and the article's network were
-level (session 39).
+level (session 39). Smaller batches gain more (below).
 
 How a step goes, for shard k > 0:
 - The model's variables live in one shared memory block (``_SharedVariables``): the parent's
@@ -38,9 +38,13 @@ as 2 images, mobilenet_small's 4; below that, and for a network of few multiply-
 parameter (the article's: 67 images), the thread shards' rule applies
 (``parallel.MIN_SHARD``). Small batches gain most, since threads are not worth splitting them:
 ResNet-20 at batch 16 went from 65-67 ms a step (unsplit) to 48-52 ms, mobilenet_small from
-65-71 to 43-44 ms. Evaluation and prediction, whose workers copy no gradients, split wherever
-the thread shards' rule does, so that workers and threads make the same shards, and the same
-outputs bit for bit.
+65-71 to 43-44 ms. Evaluation and prediction split by the same rule, and where it does not
+split a batch, by the thread shards' rule, still in workers (they copy no gradients). From 32
+images both rules make the same shards, so workers and threads give the same outputs bit for
+bit; below, the workers split batches that threads leave whole: mobilenet_small predicting 8
+images took 2.88 ms against 4.00-4.14 unsplit, 16 images 4.55-4.69 against 7.38-7.43, and
+ResNet-20 16 images 5.91-6.75 against 8.98-9.25 (2 interleaved pairs each, medians of 300
+calls; session 39).
 
 Nothing is pickled: headers are JSON, arrays are raw bytes. The workers are forked, so they
 start as copies of this process (no import, no model file), and are forked again when the
