@@ -104,9 +104,10 @@ def test_fit_with_processes_equals_fit_with_threads():
 
 
 def test_prediction_and_evaluation_in_processes_equal_threads_bit_for_bit():
-    """Inference shards go to the workers too (no GIL to share). At 32 images and more both
-    split a batch alike, so the outputs and losses are the threads' bit for bit, fused
-    inference included; below, the workers split where threads do not, to rounding."""
+    """Inference shards go to the workers too (no GIL to share). On two threads, at 32 images
+    and more, both split a batch alike, so the outputs and losses are the threads' bit for
+    bit, fused inference included; below, the workers split where threads do not, to
+    rounding."""
     results = {}
     for shards in ("threads", "processes"):
         cnnlab.config.set_shards(shards)

@@ -39,12 +39,12 @@ parameter (the article's: 67 images), the thread shards' rule applies
 (``parallel.MIN_SHARD``). Small batches gain most, since threads are not worth splitting them:
 ResNet-20 at batch 16 went from 65-67 ms a step (unsplit) to 48-52 ms, mobilenet_small from
 65-71 to 43-44 ms. Evaluation and prediction split by the same rule, and where it does not
-split a batch, by the thread shards' rule, still in workers (they copy no gradients). From 32
-images both rules make the same shards, so workers and threads give the same outputs bit for
-bit; below, the workers split batches that threads leave whole: mobilenet_small predicting 8
-images took 2.88 ms against 4.00-4.14 unsplit, 16 images 4.55-4.69 against 7.38-7.43, and
-ResNet-20 16 images 5.91-6.75 against 8.98-9.25 (2 interleaved pairs each, medians of 300
-calls; session 39).
+split a batch, by the thread shards' rule, still in workers (they copy no gradients). Where
+both rules make the same shards (on two threads, every batch of 32 images or more), workers
+and threads give the same outputs bit for bit; elsewhere, equal to rounding. The workers split
+small batches that threads leave whole: mobilenet_small predicting 8 images took 2.88 ms
+against 4.00-4.14 unsplit, 16 images 4.55-4.69 against 7.38-7.43, and ResNet-20 16 images
+5.91-6.75 against 8.98-9.25 (2 interleaved pairs each, medians of 300 calls; session 39).
 
 Nothing is pickled: headers are JSON, arrays are raw bytes. The workers are forked, so they
 start as copies of this process (no import, no model file), and are forked again when the
