@@ -241,6 +241,37 @@ def test_only_the_main_thread_forks_workers():
     assert len(workers.pids()) == 1
 
 
+def test_a_worker_predicts_with_weights_changed_in_place_or_replaced():
+    """The workers share the variables' memory, and what inference derives from a kernel (a
+    folded BatchNormalization, a packed Winograd kernel) is compared by value
+    (``engine.arrays.derived``): a prediction after the weights change, in place or by
+    ``set_weights``, is the threads' on the new weights, bit for bit."""
+    cnnlab.config.set_floatx("float64")
+    cnnlab.utils.set_random_seed(4)
+    model = cnnlab.Sequential([layers.Input((16, 16, 16)), layers.Conv2D(16, 3, padding="same"),
+                               layers.BatchNormalization(), layers.ReLU(),
+                               layers.GlobalAveragePooling2D(), layers.Dense(3)])
+    x = np.random.default_rng(5).standard_normal((32, 16, 16, 16))
+    kernel = model.layers[0].variables[0]                               # the Variable
+
+    initial = model.get_weights()
+
+    def predictions(shards):
+        cnnlab.config.set_shards(shards)
+        model.set_weights(initial)
+        first = model.predict_on_batch(x)
+        kernel.value[...] *= 0.5                                       # in place
+        halved = model.predict_on_batch(x)
+        model.set_weights([w * 1.5 for w in model.get_weights()])      # replaced
+        scaled = model.predict_on_batch(x)
+        return first, halved, scaled, workers.pids()
+    in_processes, in_threads = predictions("processes"), predictions("threads")
+    assert len(in_processes[3]) == 1
+    assert not np.array_equal(in_processes[0], in_processes[1])
+    for a, b in zip(in_processes[:3], in_threads[:3]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_failed_worker_in_prediction_raises_and_the_next_call_forks_anew(monkeypatch):
     cnnlab.config.set_shards("processes")
     model = residual_model(dropout=0.0)
